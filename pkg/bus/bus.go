@@ -1,0 +1,90 @@
+// Package bus is the contract between eventbus services and the transport
+// that carries their events. Payloads are opaque bytes here: the envelope
+// package gives them meaning. redisbus implements the contract on Redis
+// pub/sub; bustest is the conformance suite every implementation passes.
+//
+// Channels and patterns follow package channel: "*" matches any run of
+// characters, ':' included.
+package bus
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrClosed is returned by operations on a closed Bus or Subscription.
+var ErrClosed = errors.New("bus closed")
+
+// Message is one delivery to a subscription.
+type Message struct {
+	// Channel the message was published on.
+	Channel string
+	// Pattern is the subscription that matched: a pattern such as "order:*",
+	// or the channel itself for a subscription to an exact channel.
+	Pattern string
+	// Payload as published. The receiver owns it.
+	Payload []byte
+}
+
+// Publication is one message to publish.
+type Publication struct {
+	Channel string
+	Payload []byte
+}
+
+// Publisher sends messages to channels. It is safe for concurrent use.
+type Publisher interface {
+	// Publish sends payload on channel and returns how many subscriptions
+	// received it (a message matching several patterns of one subscriber
+	// counts once per pattern). Delivery is at most once: a subscriber that
+	// is not listening now never sees the message. An error means the
+	// message may or may not have been published; a context cancelled while
+	// waiting for the reply returns ctx.Err() in the same uncertain state.
+	Publish(ctx context.Context, channel string, payload []byte) (receivers int64, err error)
+
+	// PublishBatch publishes msgs in order, as one round trip where the
+	// transport allows it. It returns one receiver count and one error per
+	// message (nil where it was published); the error is non-nil only when
+	// the batch could not be attempted at all.
+	PublishBatch(ctx context.Context, msgs []Publication) (receivers []int64, errs []error, err error)
+}
+
+// Subscriber registers interest in channels.
+type Subscriber interface {
+	// Subscribe starts listening on every channel matching any of patterns
+	// (an exact channel is a pattern without '*'). It returns only after
+	// the transport has confirmed every pattern, so a message published
+	// after Subscribe returns is not missed. Each Subscription holds its own
+	// connection: share one among many listeners rather than opening one per
+	// listener.
+	Subscribe(ctx context.Context, patterns ...string) (Subscription, error)
+}
+
+// Subscription is a live set of patterns on one connection. Its methods
+// are safe for concurrent use.
+type Subscription interface {
+	// Messages delivers messages in the order the transport delivered them;
+	// a message matching n patterns of this subscription arrives n times,
+	// once with each Pattern. When the consumer falls behind, delivery
+	// blocks (and the implementation says so) rather than dropping
+	// messages. The channel is closed after Close.
+	Messages() <-chan Message
+
+	// Add subscribes to more patterns and returns once they are confirmed.
+	// Adding a pattern already present is harmless.
+	Add(ctx context.Context, patterns ...string) error
+
+	// Remove unsubscribes from patterns and returns once they are
+	// confirmed; messages already in the Messages buffer for them stay there.
+	Remove(ctx context.Context, patterns ...string) error
+
+	// Live reports whether the connection is up and every pattern is
+	// subscribed. After a lost connection the subscription reconnects and
+	// resubscribes by itself; messages published meanwhile are lost, as
+	// pub/sub keeps nothing.
+	Live() bool
+
+	// Close ends the subscription and closes Messages. It does not wait for
+	// the consumer to drain Messages.
+	Close() error
+}

@@ -1,0 +1,264 @@
+// Package bustest is the conformance suite of package bus: every
+// implementation passes Run.
+package bustest
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+)
+
+// Bus is what the suite tests.
+type Bus interface {
+	bus.Publisher
+	bus.Subscriber
+}
+
+// NewBus returns a bus isolated from every other bus the suite creates: a
+// message published on one is never seen by another. It arranges its own
+// cleanup with t.Cleanup.
+type NewBus func(t *testing.T) Bus
+
+// wait bounds how long a test waits for a message before it fails; it is
+// a failure guard, never a synchronisation.
+const wait = 10 * time.Second
+
+// Run runs the conformance suite.
+func Run(t *testing.T, newBus NewBus) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, b Bus)
+	}{
+		{"ExactChannel", testExactChannel},
+		{"Pattern", testPattern},
+		{"NoSubscribers", testNoSubscribers},
+		{"OrderedAndComplete", testOrdered},
+		{"ConcurrentPublishers", testConcurrent},
+		{"OverlappingPatterns", testOverlapping},
+		{"AddRemove", testAddRemove},
+		{"PublishBatch", testBatch},
+		{"Close", testClose},
+		{"InvalidInput", testInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tt.run(t, newBus(t))
+		})
+	}
+}
+
+func subscribe(t *testing.T, b Bus, patterns ...string) bus.Subscription {
+	t.Helper()
+	sub, err := b.Subscribe(t.Context(), patterns...)
+	if err != nil {
+		t.Fatalf("Subscribe(%q) = %v", patterns, err)
+	}
+	t.Cleanup(func() { _ = sub.Close() })
+	return sub
+}
+
+func publish(t *testing.T, b Bus, ch, payload string, wantReceivers int64) {
+	t.Helper()
+	n, err := b.Publish(t.Context(), ch, []byte(payload))
+	if err != nil {
+		t.Fatalf("Publish(%q) = %v", ch, err)
+	}
+	if n != wantReceivers {
+		t.Fatalf("Publish(%q) = %d receivers, want %d", ch, n, wantReceivers)
+	}
+}
+
+// Receive returns the next message of sub, failing the test if none comes.
+func Receive(t testing.TB, sub bus.Subscription) bus.Message {
+	t.Helper()
+	select {
+	case m, ok := <-sub.Messages():
+		if !ok {
+			t.Fatal("Messages() closed, want a message")
+		}
+		return m
+	case <-time.After(wait):
+		t.Fatalf("no message within %v", wait)
+		return bus.Message{}
+	}
+}
+
+func expect(t *testing.T, sub bus.Subscription, ch, pattern, payload string) {
+	t.Helper()
+	m := Receive(t, sub)
+	if m.Channel != ch || m.Pattern != pattern || string(m.Payload) != payload {
+		t.Fatalf("received {%q %q %q}, want {%q %q %q}", m.Channel, m.Pattern, m.Payload, ch, pattern, payload)
+	}
+}
+
+func testExactChannel(t *testing.T, b Bus) {
+	sub := subscribe(t, b, "order:placed")
+	publish(t, b, "order:shipped", "other", 0)
+	publish(t, b, "order:placed", "hello", 1)
+	expect(t, sub, "order:placed", "order:placed", "hello")
+}
+
+func testPattern(t *testing.T, b Bus) {
+	sub := subscribe(t, b, "user:*")
+	publish(t, b, "order:placed", "no", 0)
+	publish(t, b, "user:42:deleted", "crosses colons", 1)
+	publish(t, b, "user:created", "plain", 1)
+	expect(t, sub, "user:42:deleted", "user:*", "crosses colons")
+	expect(t, sub, "user:created", "user:*", "plain")
+}
+
+func testNoSubscribers(t *testing.T, b Bus) {
+	publish(t, b, "nobody:listens", "x", 0)
+}
+
+func testOrdered(t *testing.T, b Bus) {
+	const n = 2000
+	sub := subscribe(t, b, "seq:*")
+	for i := range n {
+		publish(t, b, "seq:"+strconv.Itoa(i%3), strconv.Itoa(i), 1)
+	}
+	for i := range n {
+		if m := Receive(t, sub); string(m.Payload) != strconv.Itoa(i) {
+			t.Fatalf("message %d has payload %q, want %d", i, m.Payload, i)
+		}
+	}
+}
+
+func testConcurrent(t *testing.T, b Bus) {
+	const publishers, each = 16, 250
+	sub := subscribe(t, b, "conc:*")
+	var wg sync.WaitGroup
+	errs := make(chan error, publishers)
+	for p := range publishers {
+		wg.Go(func() {
+			for i := range each {
+				n, err := b.Publish(t.Context(), "conc:"+strconv.Itoa(p), fmt.Appendf(nil, "%d/%d", p, i))
+				if err != nil || n != 1 {
+					errs <- fmt.Errorf("Publish = %d, %v; want 1, nil", n, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	seen := make(map[string]bool, publishers*each)
+	next := make([]int, publishers) // per publisher, order holds
+	for range publishers * each {
+		m := Receive(t, sub)
+		var p, i int
+		if _, err := fmt.Sscanf(string(m.Payload), "%d/%d", &p, &i); err != nil {
+			t.Fatalf("payload %q: %v", m.Payload, err)
+		}
+		if seen[string(m.Payload)] {
+			t.Fatalf("payload %q delivered twice", m.Payload)
+		}
+		seen[string(m.Payload)] = true
+		if i != next[p] {
+			t.Fatalf("publisher %d: got message %d, want %d", p, i, next[p])
+		}
+		next[p]++
+	}
+}
+
+func testOverlapping(t *testing.T, b Bus) {
+	sub := subscribe(t, b, "ov:*", "ov:a")
+	publish(t, b, "ov:a", "twice", 2)
+	got := map[string]bool{Receive(t, sub).Pattern: true, Receive(t, sub).Pattern: true}
+	if !got["ov:*"] || !got["ov:a"] {
+		t.Fatalf("patterns of the two deliveries = %v, want ov:* and ov:a", got)
+	}
+}
+
+func testAddRemove(t *testing.T, b Bus) {
+	sub := subscribe(t, b, "ar:first")
+	if err := sub.Add(t.Context(), "ar:more:*", "ar:exact"); err != nil {
+		t.Fatalf("Add = %v", err)
+	}
+	publish(t, b, "ar:more:1", "m", 1)
+	publish(t, b, "ar:exact", "e", 1)
+	expect(t, sub, "ar:more:1", "ar:more:*", "m")
+	expect(t, sub, "ar:exact", "ar:exact", "e")
+	if err := sub.Remove(t.Context(), "ar:more:*", "ar:exact"); err != nil {
+		t.Fatalf("Remove = %v", err)
+	}
+	publish(t, b, "ar:more:1", "gone", 0)
+	publish(t, b, "ar:exact", "gone", 0)
+	publish(t, b, "ar:first", "still", 1)
+	expect(t, sub, "ar:first", "ar:first", "still")
+}
+
+func testBatch(t *testing.T, b Bus) {
+	sub := subscribe(t, b, "batch:a")
+	msgs := make([]bus.Publication, 100)
+	for i := range msgs {
+		ch := "batch:a"
+		if i%2 == 1 {
+			ch = "batch:b" // nobody listens
+		}
+		msgs[i] = bus.Publication{Channel: ch, Payload: []byte(strconv.Itoa(i))}
+	}
+	receivers, errs, err := b.PublishBatch(t.Context(), msgs)
+	if err != nil {
+		t.Fatalf("PublishBatch = %v", err)
+	}
+	if len(receivers) != len(msgs) || len(errs) != len(msgs) {
+		t.Fatalf("PublishBatch gave %d counts and %d errors, want %d each", len(receivers), len(errs), len(msgs))
+	}
+	for i := range msgs {
+		if want := int64(1 - i%2); receivers[i] != want || errs[i] != nil {
+			t.Fatalf("message %d: %d receivers, error %v; want %d, nil", i, receivers[i], errs[i], want)
+		}
+	}
+	for i := 0; i < len(msgs); i += 2 {
+		expect(t, sub, "batch:a", "batch:a", strconv.Itoa(i))
+	}
+}
+
+func testClose(t *testing.T, b Bus) {
+	sub, err := b.Subscribe(t.Context(), "close:*")
+	if err != nil {
+		t.Fatalf("Subscribe = %v", err)
+	}
+	if err := sub.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	select {
+	case _, ok := <-sub.Messages():
+		if ok {
+			t.Fatal("Messages() delivered after Close, want it closed")
+		}
+	case <-time.After(wait):
+		t.Fatal("Messages() still open after Close")
+	}
+	if sub.Live() {
+		t.Error("Live() = true after Close")
+	}
+	publish(t, b, "close:x", "nobody", 0)
+}
+
+func testInvalid(t *testing.T, b Bus) {
+	if _, err := b.Publish(t.Context(), "Not A Channel", nil); !errors.Is(err, channel.ErrInvalid) {
+		t.Errorf("Publish(bad channel) = %v, want channel.ErrInvalid", err)
+	}
+	if _, err := b.Publish(t.Context(), "wild:*", nil); !errors.Is(err, channel.ErrInvalid) {
+		t.Errorf("Publish(pattern) = %v, want channel.ErrInvalid", err)
+	}
+	if _, err := b.Subscribe(t.Context(), "a:[bc]"); !errors.Is(err, channel.ErrInvalid) {
+		t.Errorf("Subscribe(glob class) = %v, want channel.ErrInvalid", err)
+	}
+	_, _, err := b.PublishBatch(t.Context(), []bus.Publication{{Channel: "ok"}, {Channel: "NO"}})
+	if !errors.Is(err, channel.ErrInvalid) {
+		t.Errorf("PublishBatch(bad channel) = %v, want channel.ErrInvalid", err)
+	}
+}

@@ -1,0 +1,130 @@
+// Package redisbus implements package bus on Redis pub/sub with go-redis.
+//
+// Publishes from any number of goroutines are pipelined: while one pipeline
+// is in flight, the next requests queue up and go out together, so many
+// concurrent publishers share a round trip. Each Subscription owns one
+// pub/sub connection, reconnects by itself after Redis goes away, and
+// resubscribes to everything it had, which it reports in a log line and in
+// the reconnects metric.
+package redisbus
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+)
+
+// Options configure a Bus. The zero value works.
+type Options struct {
+	// Prefix is put before every channel and pattern in Redis and taken off
+	// on the way back, so several deployments or tests can share one Redis
+	// without seeing each other. It must be empty or a channel followed by
+	// ':' (no wildcard).
+	Prefix string
+	// Logger receives connection losses, resubscriptions and stalls.
+	// Nil discards them.
+	Logger *slog.Logger
+	// Registerer, when set, gets the bus metrics, named Namespace + "_bus_...".
+	Registerer prometheus.Registerer
+	// Namespace prefixes metric names, e.g. "eventbus_api".
+	Namespace string
+	// MaxBatch caps the commands in one pipeline. Default 512.
+	MaxBatch int
+	// Buffer is the length of each subscription's Messages channel.
+	// Default 4096.
+	Buffer int
+}
+
+// Bus publishes and subscribes through one Redis server.
+type Bus struct {
+	client *redis.Client
+	opts   Options
+	log    *slog.Logger
+	m      *metrics
+
+	reqs chan *request
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool
+	subs   map[*Subscription]struct{}
+}
+
+// New returns a Bus on client and starts its publishing pipeline; Close
+// stops it. The client stays the caller's: Close does not close it.
+func New(client *redis.Client, opts Options) (*Bus, error) {
+	if opts.Prefix != "" {
+		p := strings.TrimSuffix(opts.Prefix, ":")
+		if err := channel.Validate(p); err != nil || p+":" != opts.Prefix {
+			return nil, fmt.Errorf("redisbus prefix %q: want a channel followed by ':'", opts.Prefix)
+		}
+	}
+	opts.MaxBatch = cmp.Or(opts.MaxBatch, 512)
+	opts.Buffer = cmp.Or(opts.Buffer, 4096)
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(opts.Registerer, opts.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	b := &Bus{
+		client: client,
+		opts:   opts,
+		log:    log,
+		m:      m,
+		reqs:   make(chan *request, opts.MaxBatch),
+		stop:   make(chan struct{}),
+		subs:   make(map[*Subscription]struct{}),
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.pipeline()
+	}()
+	return b, nil
+}
+
+// Ping reports whether Redis answers.
+func (b *Bus) Ping(ctx context.Context) error {
+	if err := b.client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("ping redis: %w", err)
+	}
+	return nil
+}
+
+// Close closes every subscription, waits for publishes in flight and stops
+// the pipeline. Publishing after Close returns bus.ErrClosed.
+func (b *Bus) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	subs := make([]*Subscription, 0, len(b.subs))
+	for s := range b.subs {
+		subs = append(subs, s)
+	}
+	b.mu.Unlock()
+	for _, s := range subs {
+		_ = s.Close()
+	}
+	close(b.stop)
+	b.wg.Wait()
+	return nil
+}
+
+func (b *Bus) key(ch string) string { return b.opts.Prefix + ch }
+
+func (b *Bus) unkey(ch string) string { return strings.TrimPrefix(ch, b.opts.Prefix) }

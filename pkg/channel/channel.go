@@ -1,0 +1,124 @@
+// Package channel is the grammar of bus channels, subscription patterns and
+// event types, and the mapping between them.
+//
+// A channel is one or more lower-case tokens of [a-z0-9_-] joined by ':', such
+// as "order:placed" or "notify:user:42". A pattern is a channel in which any
+// token may also contain '*'. As in Redis PSUBSCRIBE, '*' matches any run of
+// characters, ':' included, so "user:*" matches "user:42:deleted". Redis's
+// other glob characters ('?', '[', '\') are not part of the grammar, which
+// keeps every pattern's meaning the same in Redis and in Match.
+//
+// An event type is the same shape with '.' for ':' ("order.placed"), and it
+// travels on the channel with the dots turned into colons.
+package channel
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// MaxLen is the longest channel, pattern or type accepted, in bytes.
+const MaxLen = 256
+
+// ErrInvalid is wrapped by every error this package returns for input
+// outside the grammar.
+var ErrInvalid = errors.New("invalid channel")
+
+// Validate reports whether ch is a channel: tokens of [a-z0-9_-]+ joined by
+// ':'. The error wraps ErrInvalid and says what is wrong.
+func Validate(ch string) error {
+	return check("channel", ch, ':', false)
+}
+
+// ValidatePattern reports whether p is a subscription pattern: a channel
+// whose tokens may also contain '*'. Every channel is a pattern.
+func ValidatePattern(p string) error {
+	return check("pattern", p, ':', true)
+}
+
+// ValidateType reports whether t is an event type: tokens of [a-z0-9_-]+
+// joined by '.'.
+func ValidateType(t string) error {
+	return check("type", t, '.', false)
+}
+
+// IsPattern reports whether p contains a wildcard, i.e. whether it needs a
+// pattern subscription rather than a channel subscription.
+func IsPattern(p string) bool {
+	return strings.IndexByte(p, '*') >= 0
+}
+
+// FromType returns the channel an event of type t travels on:
+// "order.placed" → "order:placed".
+func FromType(t string) (string, error) {
+	if err := ValidateType(t); err != nil {
+		return "", err
+	}
+	return strings.ReplaceAll(t, ".", ":"), nil
+}
+
+// Match reports whether channel ch matches pattern p with Redis glob
+// semantics restricted to the grammar: '*' matches any run of characters,
+// ':' included; everything else matches itself.
+func Match(p, ch string) bool {
+	// Iterative glob with single-star backtracking: linear in practice and
+	// never exponential, unlike the recursive form.
+	pi, ci := 0, 0
+	star, mark := -1, 0
+	for ci < len(ch) {
+		switch {
+		case pi < len(p) && p[pi] == '*':
+			star, mark = pi, ci
+			pi++
+		case pi < len(p) && p[pi] == ch[ci]:
+			pi++
+			ci++
+		case star >= 0:
+			mark++
+			pi, ci = star+1, mark
+		default:
+			return false
+		}
+	}
+	for pi < len(p) && p[pi] == '*' {
+		pi++
+	}
+	return pi == len(p)
+}
+
+func check(what, s string, sep byte, wildcard bool) error {
+	if s == "" {
+		return fmt.Errorf("%w: empty %s", ErrInvalid, what)
+	}
+	if len(s) > MaxLen {
+		return fmt.Errorf("%w: %s is %d bytes long, more than %d", ErrInvalid, what, len(s), MaxLen)
+	}
+	tokenStart := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == sep:
+			if i == tokenStart {
+				return fmt.Errorf("%w: %s %q has an empty token at byte %d", ErrInvalid, what, s, i)
+			}
+			tokenStart = i + 1
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '_', c == '-':
+		case c == '*' && wildcard:
+		default:
+			return fmt.Errorf("%w: %s %q has %q at byte %d; allowed are %s", ErrInvalid, what, s, c, i, allowed(sep, wildcard))
+		}
+	}
+	if tokenStart == len(s) {
+		return fmt.Errorf("%w: %s %q ends with %q", ErrInvalid, what, s, sep)
+	}
+	return nil
+}
+
+func allowed(sep byte, wildcard bool) string {
+	a := fmt.Sprintf("a-z 0-9 _ - and %q between tokens", sep)
+	if wildcard {
+		a += " and '*'"
+	}
+	return a
+}

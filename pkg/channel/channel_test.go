@@ -1,0 +1,139 @@
+package channel_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+)
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		in      string
+		channel bool
+		pattern bool
+	}{
+		{name: "two tokens", in: "order:placed", channel: true, pattern: true},
+		{name: "one token", in: "orders", channel: true, pattern: true},
+		{name: "digits underscore dash", in: "notify:user:42_a-b", channel: true, pattern: true},
+		{name: "empty", in: ""},
+		{name: "upper case", in: "Order:placed"},
+		{name: "leading colon", in: ":order"},
+		{name: "trailing colon", in: "order:"},
+		{name: "double colon", in: "order::placed"},
+		{name: "dot", in: "order.placed"},
+		{name: "space", in: "order placed"},
+		{name: "non ascii", in: "ordér"},
+		{name: "star token", in: "order:*", pattern: true},
+		{name: "star alone", in: "*", pattern: true},
+		{name: "star inside token", in: "us*r:4*", pattern: true},
+		{name: "question mark", in: "order:?"},
+		{name: "bracket", in: "order:[ab]"},
+		{name: "backslash", in: `order:\*`},
+		{name: "longest", in: strings.Repeat("a", channel.MaxLen), channel: true, pattern: true},
+		{name: "too long", in: strings.Repeat("a", channel.MaxLen+1)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if err := channel.Validate(tt.in); (err == nil) != tt.channel {
+				t.Errorf("Validate(%q) = %v, want valid %v", tt.in, err, tt.channel)
+			} else if err != nil && !errors.Is(err, channel.ErrInvalid) {
+				t.Errorf("Validate(%q) = %v, want it to wrap ErrInvalid", tt.in, err)
+			}
+			if err := channel.ValidatePattern(tt.in); (err == nil) != tt.pattern {
+				t.Errorf("ValidatePattern(%q) = %v, want valid %v", tt.in, err, tt.pattern)
+			}
+		})
+	}
+}
+
+func TestFromType(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		in      string
+		want    string
+		wantErr bool
+	}{
+		{name: "two tokens", in: "order.placed", want: "order:placed"},
+		{name: "reverse dns", in: "com.example.thing.done", want: "com:example:thing:done"},
+		{name: "one token", in: "ping", want: "ping"},
+		{name: "colon is not a type separator", in: "order:placed", wantErr: true},
+		{name: "empty token", in: "order..placed", wantErr: true},
+		{name: "wildcard", in: "order.*", wantErr: true},
+		{name: "upper case", in: "Order.Placed", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := channel.FromType(tt.in)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("FromType(%q) = %q, %v; want %q, error %v", tt.in, got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestMatch(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		pattern string
+		channel string
+		want    bool
+	}{
+		{name: "exact", pattern: "order:placed", channel: "order:placed", want: true},
+		{name: "exact differs", pattern: "order:placed", channel: "order:shipped"},
+		{name: "prefix only", pattern: "order", channel: "order:placed"},
+		{name: "star suffix", pattern: "order:*", channel: "order:placed", want: true},
+		{name: "star crosses colon", pattern: "user:*", channel: "user:42:deleted", want: true},
+		{name: "star matches empty", pattern: "order:*", channel: "order:", want: true},
+		{name: "star needs the colon", pattern: "order:*", channel: "order", want: false},
+		{name: "star everything", pattern: "*", channel: "anything:at:all", want: true},
+		{name: "star middle", pattern: "notify:*:42", channel: "notify:user:42", want: true},
+		{name: "star middle mismatch", pattern: "notify:*:42", channel: "notify:user:43"},
+		{name: "star prefix", pattern: "*:placed", channel: "order:placed", want: true},
+		{name: "two stars", pattern: "*:user:*", channel: "notify:user:7", want: true},
+		{name: "backtracking", pattern: "a*b*c", channel: "aXbYbZc", want: true},
+		{name: "backtracking fails", pattern: "a*b*c", channel: "aXbYbZ"},
+		{name: "empty pattern", pattern: "", channel: "x"},
+		{name: "many stars long channel", pattern: "*a*a*a*a*b", channel: strings.Repeat("a", 200)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := channel.Match(tt.pattern, tt.channel); got != tt.want {
+				t.Errorf("Match(%q, %q) = %v, want %v", tt.pattern, tt.channel, got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzValidatePattern(f *testing.F) {
+	for _, s := range []string{"order:*", "user:42", "*", "a::b", "x*y*z", "notify:user:*"} {
+		f.Add(s, "order:placed")
+	}
+	f.Fuzz(func(t *testing.T, p, ch string) {
+		if channel.ValidatePattern(p) != nil {
+			return
+		}
+		// A valid pattern without a wildcard is a channel and matches only itself.
+		if !channel.IsPattern(p) {
+			if channel.Validate(p) != nil {
+				t.Fatalf("ValidatePattern(%q) ok but Validate failed", p)
+			}
+			if channel.Match(p, ch) != (p == ch) {
+				t.Fatalf("Match(%q, %q) = %v, want %v", p, ch, !(p == ch), p == ch)
+			}
+		}
+		// Every pattern matches the channel obtained by deleting its stars
+		// from a pattern ending with a token.
+		if lit := strings.ReplaceAll(p, "*", ""); !channel.Match(p, lit) {
+			t.Fatalf("Match(%q, %q) = false, want true", p, lit)
+		}
+	})
+}

@@ -1,0 +1,159 @@
+package envelope
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
+)
+
+// Type is an event type the bus knows: its data has a protobuf message and
+// checks of its own.
+type Type struct {
+	name  string
+	zero  proto.Message
+	check func(proto.Message) error
+}
+
+// Name is the event type, e.g. "order.placed".
+func (t Type) Name() string { return t.name }
+
+// Descriptor describes the data message of the type.
+func (t Type) Descriptor() protoreflect.MessageDescriptor {
+	return t.zero.ProtoReflect().Descriptor()
+}
+
+// New returns an empty data message of the type.
+func (t Type) New() proto.Message { return t.zero.ProtoReflect().New().Interface() }
+
+// Check reports what is missing or wrong in msg, a message of the type.
+func (t Type) Check(msg proto.Message) error { return t.check(msg) }
+
+func typed[M proto.Message](name string, check func(M) error) Type {
+	var zero M
+	return Type{
+		name:  name,
+		zero:  zero.ProtoReflect().Type().Zero().Interface(),
+		check: func(m proto.Message) error { return check(m.(M)) },
+	}
+}
+
+var registry = map[string]Type{}
+
+func register(ts ...Type) {
+	for _, t := range ts {
+		registry[t.name] = t
+	}
+}
+
+func init() {
+	register(
+		typed("user.created", func(m *eventbusv1.UserCreated) error {
+			return errors.Join(required("user_id", m.GetUserId()), required("email", m.GetEmail()))
+		}),
+		typed("order.placed", func(m *eventbusv1.OrderPlaced) error {
+			errs := []error{required("order_id", m.GetOrderId()), required("user_id", m.GetUserId()),
+				nonNegative("total", m.GetTotal()), currency(m.GetCurrency())}
+			for i, it := range m.GetItems() {
+				if it.GetQuantity() <= 0 {
+					errs = append(errs, fmt.Errorf("items[%d].quantity: must be positive, got %d", i, it.GetQuantity()))
+				}
+				if it.GetUnitPrice() < 0 {
+					errs = append(errs, fmt.Errorf("items[%d].unit_price: must not be negative", i))
+				}
+			}
+			return errors.Join(errs...)
+		}),
+		typed("order.shipped", func(m *eventbusv1.OrderShipped) error {
+			return errors.Join(required("order_id", m.GetOrderId()), required("user_id", m.GetUserId()),
+				required("carrier", m.GetCarrier()), required("tracking_number", m.GetTrackingNumber()))
+		}),
+		typed("payment.completed", func(m *eventbusv1.PaymentCompleted) error {
+			return errors.Join(required("payment_id", m.GetPaymentId()), required("order_id", m.GetOrderId()),
+				required("user_id", m.GetUserId()), nonNegative("amount", m.GetAmount()), currency(m.GetCurrency()))
+		}),
+		typed("notification.created", func(m *eventbusv1.Notification) error {
+			return errors.Join(required("user_id", m.GetUserId()), required("title", m.GetTitle()))
+		}),
+	)
+}
+
+// Lookup returns the registered type called name.
+func Lookup(name string) (Type, bool) {
+	t, ok := registry[name]
+	return t, ok
+}
+
+func required(field, v string) error {
+	if v == "" {
+		return fmt.Errorf("%s: required", field)
+	}
+	return nil
+}
+
+func nonNegative(field string, v int64) error {
+	if v < 0 {
+		return fmt.Errorf("%s: must not be negative, got %d", field, v)
+	}
+	return nil
+}
+
+func currency(c string) error {
+	if len(c) != 3 || c[0] < 'A' || c[0] > 'Z' || c[1] < 'A' || c[1] > 'Z' || c[2] < 'A' || c[2] > 'Z' {
+		return fmt.Errorf("currency: want a three-letter ISO 4217 code such as \"EUR\", got %q", c)
+	}
+	return nil
+}
+
+// strictJSON rejects unknown fields, so a typo in a field name is an error
+// that names the field rather than data silently lost.
+var strictJSON = protojson.UnmarshalOptions{}
+
+// DecodeData turns the JSON data of an event of type typ into an Any. Data
+// of a registered type is decoded strictly into its message (an unknown
+// field or a wrong JSON type is an error naming the field) and checked;
+// data of any other type must be a JSON object and travels as a
+// google.protobuf.Struct. Empty or null data gives nil. Errors wrap
+// ErrInvalid.
+func DecodeData(typ string, data []byte) (*anypb.Any, error) {
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 || bytes.Equal(data, []byte("null")) {
+		return nil, nil
+	}
+	var msg proto.Message
+	if t, ok := Lookup(typ); ok {
+		msg = t.New()
+		if err := strictJSON.Unmarshal(data, msg); err != nil {
+			return nil, fmt.Errorf("%w: data of %s: %s", ErrInvalid, typ, protoErrorText(err))
+		}
+		if err := t.Check(msg); err != nil {
+			return nil, fmt.Errorf("%w: data of %s: %w", ErrInvalid, typ, err)
+		}
+	} else {
+		if data[0] != '{' {
+			return nil, fmt.Errorf("%w: data of %s: want a JSON object", ErrInvalid, typ)
+		}
+		s := new(structpb.Struct)
+		if err := strictJSON.Unmarshal(data, s); err != nil {
+			return nil, fmt.Errorf("%w: data of %s: %s", ErrInvalid, typ, protoErrorText(err))
+		}
+		msg = s
+	}
+	return PackData(msg)
+}
+
+// protoErrorText drops the "proto: " prefix protojson puts on its errors,
+// which means nothing to someone who sent JSON. protojson deliberately
+// varies the space after it between ' ' and U+00A0.
+func protoErrorText(err error) string {
+	s := strings.TrimPrefix(err.Error(), "proto:")
+	return strings.TrimLeft(s, " \u00a0")
+}
