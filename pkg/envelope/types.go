@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/mail"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -57,7 +58,7 @@ func register(ts ...Type) {
 func init() {
 	register(
 		typed("user.created", func(m *eventbusv1.UserCreated) error {
-			return errors.Join(required("user_id", m.GetUserId()), required("email", m.GetEmail()))
+			return errors.Join(required("user_id", m.GetUserId()), email(m.GetEmail()))
 		}),
 		typed("order.placed", func(m *eventbusv1.OrderPlaced) error {
 			errs := []error{required("order_id", m.GetOrderId()), required("user_id", m.GetUserId()),
@@ -95,6 +96,16 @@ func Lookup(name string) (Type, bool) {
 func required(field, v string) error {
 	if v == "" {
 		return fmt.Errorf("%s: required", field)
+	}
+	return nil
+}
+
+func email(v string) error {
+	if v == "" {
+		return errors.New("email: required")
+	}
+	if a, err := mail.ParseAddress(v); err != nil || a.Address != v {
+		return fmt.Errorf("email: want a bare address such as ada@example.com, got %q", v)
 	}
 	return nil
 }

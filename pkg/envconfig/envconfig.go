@@ -1,0 +1,135 @@
+// Package envconfig reads typed settings through a getenv function and
+// collects every bad one, so a service can name all its bad variables at
+// once. It never touches the environment itself: callers pass os.Getenv,
+// tests pass a map.
+package envconfig
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Reader reads variables and remembers what was wrong with them.
+type Reader struct {
+	getenv func(string) string
+	errs   []error
+}
+
+// New returns a Reader over getenv.
+func New(getenv func(string) string) *Reader { return &Reader{getenv: getenv} }
+
+// Err returns every problem met so far, or nil.
+func (r *Reader) Err() error { return errors.Join(r.errs...) }
+
+func (r *Reader) fail(name, v, want string) {
+	r.errs = append(r.errs, fmt.Errorf("%s=%q: want %s", name, v, want))
+}
+
+// String returns the variable, or def when it is unset or empty.
+func (r *Reader) String(name, def string) string {
+	if v := strings.TrimSpace(r.getenv(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+// List returns the comma-separated items of the variable, trimmed, empty
+// ones dropped; def when it is unset.
+func (r *Reader) List(name string, def []string) []string {
+	v := r.getenv(name)
+	if strings.TrimSpace(v) == "" {
+		return def
+	}
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Addr returns a listen address of the form host:port.
+func (r *Reader) Addr(name, def string) string {
+	v := r.String(name, def)
+	if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
+		r.fail(name, v, "a listen address such as :8080 or 127.0.0.1:8080")
+	}
+	return v
+}
+
+// Bool returns the variable parsed by strconv.ParseBool.
+func (r *Reader) Bool(name string, def bool) bool {
+	v := r.String(name, "")
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		r.fail(name, v, "true or false")
+	}
+	return b
+}
+
+// Int returns a whole number of at least min.
+func (r *Reader) Int(name string, def, min int64) int64 {
+	v := r.String(name, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < min {
+		r.fail(name, v, fmt.Sprintf("a whole number ≥ %d", min))
+	}
+	return n
+}
+
+// Duration returns a positive time.ParseDuration value.
+func (r *Reader) Duration(name string, def time.Duration) time.Duration {
+	v := r.String(name, "")
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		r.fail(name, v, "a positive duration such as 25s")
+	}
+	return d
+}
+
+// LogLevel returns debug, info, warn or error.
+func (r *Reader) LogLevel(name string, def slog.Level) slog.Level {
+	v := r.String(name, "")
+	if v == "" {
+		return def
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(v)); err != nil {
+		r.fail(name, v, "debug, info, warn or error")
+	}
+	return l
+}
+
+// RedisURL returns a URL that go-redis parses, such as
+// redis://localhost:6379/0.
+func (r *Reader) RedisURL(name, def string) string {
+	v := r.String(name, def)
+	if _, err := redis.ParseURL(v); err != nil {
+		r.fail(name, v, "a URL such as redis://localhost:6379/0")
+	}
+	return v
+}
+
+// Check records a problem found by the caller's own validation.
+func (r *Reader) Check(name, v string, err error) {
+	if err != nil {
+		r.errs = append(r.errs, fmt.Errorf("%s=%q: %w", name, v, err))
+	}
+}

@@ -1,0 +1,54 @@
+package envconfig_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/eventbus-suite/eventbus/pkg/envconfig"
+)
+
+func TestReaderDefaultsAndValues(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{
+		"ADDR": "127.0.0.1:9", "LIST": " a, ,b ", "ON": "true", "N": "42", "D": "25s",
+		"URL": "redis://example:6380/2",
+	}
+	r := envconfig.New(func(k string) string { return env[k] })
+	got := []any{
+		r.Addr("ADDR", ":1"), r.Addr("UNSET_ADDR", ":8080"), r.List("LIST", nil), r.Bool("ON", false),
+		r.Int("N", 0, 1), r.Int("UNSET_N", 7, 1), r.Duration("D", time.Second), r.RedisURL("URL", ""),
+	}
+	want := []any{"127.0.0.1:9", ":8080", []string{"a", "b"}, true, int64(42), int64(7), 25 * time.Second, "redis://example:6380/2"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("values (-want +got):\n%s", diff)
+	}
+	if err := r.Err(); err != nil {
+		t.Errorf("Err() = %v, want nil", err)
+	}
+}
+
+func TestReaderNamesEveryBadVariable(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{
+		"ADDR": "8080", "ON": "maybe", "N": "-1", "D": "soon", "URL": "http://x", "LEVEL": "loud",
+	}
+	r := envconfig.New(func(k string) string { return env[k] })
+	r.Addr("ADDR", "")
+	r.Bool("ON", false)
+	r.Int("N", 0, 1)
+	r.Duration("D", 0)
+	r.RedisURL("URL", "")
+	r.LogLevel("LEVEL", 0)
+	err := r.Err()
+	if err == nil {
+		t.Fatal("Err() = nil, want every bad variable named")
+	}
+	for name := range env {
+		if !strings.Contains(err.Error(), name+"=") {
+			t.Errorf("Err() = %q, does not name %s", err, name)
+		}
+	}
+}

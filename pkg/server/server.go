@@ -1,0 +1,117 @@
+// Package server runs HTTP and gRPC servers bound to a context, and serves
+// the endpoints every eventbus service has: /healthz, /readyz, /metrics.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+)
+
+// ShutdownTimeout bounds a graceful shutdown; services stop within 10 s of
+// SIGTERM with room to spare.
+const ShutdownTimeout = 8 * time.Second
+
+// ServeHTTP serves srv on l until ctx ends, then shuts it down gracefully,
+// waiting at most ShutdownTimeout for requests in flight. Handlers that
+// stream (SSE, WebSocket) must end on their own when ctx ends: Shutdown does
+// not interrupt them. It returns nil after a shutdown caused by ctx.
+func ServeHTTP(ctx context.Context, srv *http.Server, l net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve http on %s: %w", l.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = serr
+	}
+	if err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("shut down http on %s: %w", l.Addr(), err)
+	}
+	return nil
+}
+
+// ServeGRPC serves srv on l until ctx ends, then stops it gracefully,
+// cutting calls still running after ShutdownTimeout. It returns nil after a
+// stop caused by ctx.
+func ServeGRPC(ctx context.Context, srv *grpc.Server, l net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve grpc on %s: %w", l.Addr(), err)
+	case <-ctx.Done():
+	}
+	stopped := make(chan struct{})
+	go func() {
+		srv.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(ShutdownTimeout):
+		srv.Stop()
+		<-stopped
+	}
+	<-errc
+	return nil
+}
+
+// Listen opens a TCP listener, naming the address on failure.
+func Listen(ctx context.Context, addr string) (net.Listener, error) {
+	l, err := new(net.ListenConfig).Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// Ops adds /healthz (the process is up), /readyz (ready returns nil) and
+// /metrics (everything g gathers) to mux.
+func Ops(mux *http.ServeMux, g prometheus.Gatherer, ready func(context.Context) error) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeStatus(w, http.StatusOK, "ok", nil)
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := ready(ctx); err != nil {
+			writeStatus(w, http.StatusServiceUnavailable, "unavailable", err)
+			return
+		}
+		writeStatus(w, http.StatusOK, "ok", nil)
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+}
+
+func writeStatus(w http.ResponseWriter, code int, status string, err error) {
+	body := map[string]string{"status": status}
+	if err != nil {
+		body["error"] = err.Error()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// NewRegistry returns a registry with the Go runtime and process
+// collectors, which every service exports.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return reg
+}
