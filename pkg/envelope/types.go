@@ -63,13 +63,18 @@ func init() {
 		typed("order.placed", func(m *eventbusv1.OrderPlaced) error {
 			errs := []error{required("order_id", m.GetOrderId()), required("user_id", m.GetUserId()),
 				nonNegative("total", m.GetTotal()), currency(m.GetCurrency())}
+			var sum int64
 			for i, it := range m.GetItems() {
+				sum += int64(it.GetQuantity()) * it.GetUnitPrice()
 				if it.GetQuantity() <= 0 {
 					errs = append(errs, fmt.Errorf("items[%d].quantity: must be positive, got %d", i, it.GetQuantity()))
 				}
 				if it.GetUnitPrice() < 0 {
 					errs = append(errs, fmt.Errorf("items[%d].unit_price: must not be negative", i))
 				}
+			}
+			if len(m.GetItems()) > 0 && sum != m.GetTotal() {
+				errs = append(errs, fmt.Errorf("total: %d is not the sum of the items, %d", m.GetTotal(), sum))
 			}
 			return errors.Join(errs...)
 		}),
@@ -143,7 +148,7 @@ func DecodeData(typ string, data []byte) (*anypb.Any, error) {
 	if t, ok := Lookup(typ); ok {
 		msg = t.New()
 		if err := strictJSON.Unmarshal(data, msg); err != nil {
-			return nil, fmt.Errorf("%w: data of %s: %s", ErrInvalid, typ, protoErrorText(err))
+			return nil, fmt.Errorf("%w: data of %s: %s", ErrInvalid, typ, ErrorText(err))
 		}
 		if err := t.Check(msg); err != nil {
 			return nil, fmt.Errorf("%w: data of %s: %w", ErrInvalid, typ, err)
@@ -154,17 +159,17 @@ func DecodeData(typ string, data []byte) (*anypb.Any, error) {
 		}
 		s := new(structpb.Struct)
 		if err := strictJSON.Unmarshal(data, s); err != nil {
-			return nil, fmt.Errorf("%w: data of %s: %s", ErrInvalid, typ, protoErrorText(err))
+			return nil, fmt.Errorf("%w: data of %s: %s", ErrInvalid, typ, ErrorText(err))
 		}
 		msg = s
 	}
 	return PackData(msg)
 }
 
-// protoErrorText drops the "proto: " prefix protojson puts on its errors,
-// which means nothing to someone who sent JSON. protojson deliberately
-// varies the space after it between ' ' and U+00A0.
-func protoErrorText(err error) string {
+// ErrorText renders a protojson error for someone who sent JSON: without
+// the "proto: " prefix, whose following space protojson deliberately
+// varies between ' ' and U+00A0.
+func ErrorText(err error) string {
 	s := strings.TrimPrefix(err.Error(), "proto:")
 	return strings.TrimLeft(s, " \u00a0")
 }

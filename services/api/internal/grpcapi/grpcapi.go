@@ -1,0 +1,199 @@
+// Package grpcapi is the gRPC transport of the API service:
+// eventbus.v1.EventService, the standard health service and reflection.
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
+
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/services/api/internal/auth"
+	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
+)
+
+const (
+	// streamBatch is how many events of a stream go to Redis together.
+	streamBatch = 256
+	// maxStreamErrors caps the errors listed in a PublishStreamResponse;
+	// the counts stay exact.
+	maxStreamErrors = 1000
+)
+
+// Server implements eventbus.v1.EventService.
+type Server struct {
+	eventbusv1.UnimplementedEventServiceServer
+	ingest *ingest.Service
+	idem   *ingest.Idempotency
+	log    *slog.Logger
+}
+
+// New returns a gRPC server with EventService, health and reflection
+// registered. With keys set, every call but health checks needs
+// "authorization: Bearer <key>" metadata.
+func New(svc *ingest.Service, idem *ingest.Idempotency, keys auth.Keys, log *slog.Logger) *grpc.Server {
+	s := &Server{ingest: svc, idem: idem, log: log}
+	gs := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+			if err := authorize(ctx, keys, info.FullMethod); err != nil {
+				return nil, err
+			}
+			return next(ctx, req)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, next grpc.StreamHandler) error {
+			if err := authorize(ss.Context(), keys, info.FullMethod); err != nil {
+				return err
+			}
+			return next(srv, ss)
+		}),
+	)
+	eventbusv1.RegisterEventServiceServer(gs, s)
+	healthpb.RegisterHealthServer(gs, health.NewServer()) // SERVING by default
+	reflection.Register(gs)
+	return gs
+}
+
+func authorize(ctx context.Context, keys auth.Keys, method string) error {
+	if keys.Open() || strings.HasPrefix(method, "/grpc.health.v1.Health/") {
+		return nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if keys.Allow(v) {
+			return nil
+		}
+	}
+	return status.Error(codes.Unauthenticated, "missing or unknown API key: send metadata authorization: Bearer <key>")
+}
+
+// toStatus maps an error to a gRPC status once for the service: caller
+// errors are echoed, everything else is logged and reported without
+// internals.
+func (s *Server) toStatus(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, envelope.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ingest.ErrKeyReused):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, ingest.ErrInProgress):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, ingest.ErrUnavailable):
+		s.log.ErrorContext(ctx, "publish failed", "error", err)
+		return status.Error(codes.Unavailable, "the event bus (Redis) is unavailable; nothing was published, retry later")
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	}
+	s.log.ErrorContext(ctx, "call failed", "error", err)
+	return status.Error(codes.Internal, "internal error")
+}
+
+// Publish implements EventService.
+func (s *Server) Publish(ctx context.Context, req *eventbusv1.PublishRequest) (*eventbusv1.PublishResponse, error) {
+	env := req.GetEvent()
+	if env == nil {
+		return nil, status.Error(codes.InvalidArgument, "event: required")
+	}
+	publish := func() (*eventbusv1.PublishResponse, error) {
+		res, err := s.ingest.Publish(ctx, env)
+		if err != nil {
+			return nil, err
+		}
+		return &eventbusv1.PublishResponse{Id: res.ID, Channel: res.Channel, Receivers: res.Receivers}, nil
+	}
+	if req.GetIdempotencyKey() == "" {
+		resp, err := publish()
+		if err != nil {
+			return nil, s.toStatus(ctx, err)
+		}
+		return resp, nil
+	}
+	request, err := proto.MarshalOptions{Deterministic: true}.Marshal(env)
+	if err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	reply, _, err := s.idem.Do(ctx, "grpc:"+req.GetIdempotencyKey(), request, func() ([]byte, error) {
+		resp, err := publish()
+		if err != nil {
+			return nil, err
+		}
+		return proto.Marshal(resp)
+	})
+	if err != nil {
+		if ingest.ValidKey(req.GetIdempotencyKey()) != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		return nil, s.toStatus(ctx, err)
+	}
+	resp := new(eventbusv1.PublishResponse)
+	if err := proto.Unmarshal(reply, resp); err != nil {
+		return nil, s.toStatus(ctx, err)
+	}
+	return resp, nil
+}
+
+// PublishStream implements EventService: events are validated one by one
+// and published in order, in batches, and the reply sums up the stream.
+func (s *Server) PublishStream(stream grpc.ClientStreamingServer[eventbusv1.PublishStreamRequest, eventbusv1.PublishStreamResponse]) error {
+	ctx := stream.Context()
+	resp := new(eventbusv1.PublishStreamResponse)
+	var (
+		batch   = make([]*envelope.Envelope, 0, streamBatch)
+		indexes = make([]int64, 0, streamBatch)
+		index   int64
+	)
+	reject := func(i int64, err error) {
+		resp.Rejected++
+		if len(resp.Errors) >= maxStreamErrors {
+			return
+		}
+		st, _ := status.FromError(s.toStatus(ctx, err))
+		resp.Errors = append(resp.Errors, &eventbusv1.EventError{
+			Index: i, Code: strings.ToLower(st.Code().String()), Message: st.Message(),
+		})
+	}
+	flush := func() {
+		_, errs := s.ingest.PublishMany(ctx, batch)
+		for j, err := range errs {
+			if err != nil {
+				reject(indexes[j], err)
+			} else {
+				resp.Accepted++
+			}
+		}
+		batch, indexes = batch[:0], indexes[:0]
+	}
+	for ; ; index++ {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if req.GetEvent() == nil {
+			reject(index, fmt.Errorf("%w: event: required", envelope.ErrInvalid))
+			continue
+		}
+		batch = append(batch, req.GetEvent())
+		indexes = append(indexes, index)
+		if len(batch) == streamBatch {
+			flush()
+		}
+	}
+	flush()
+	return stream.SendAndClose(resp)
+}

@@ -1,0 +1,118 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Errors of Idempotency.Do that the caller reports to its client.
+var (
+	// ErrInProgress: a request with the same key is still running.
+	ErrInProgress = errors.New("a request with this idempotency key is in progress")
+	// ErrKeyReused: the key was first used for a different request.
+	ErrKeyReused = errors.New("this idempotency key was used for a different request")
+)
+
+// MaxKeyLen is the longest idempotency key accepted.
+const MaxKeyLen = 255
+
+// Idempotency remembers replies by key in Redis, so that a retried request
+// publishes nothing twice.
+type Idempotency struct {
+	rdb     *redis.Client
+	prefix  string
+	ttl     time.Duration
+	pending time.Duration
+}
+
+// NewIdempotency keeps replies for ttl under keys starting with prefix.
+func NewIdempotency(rdb *redis.Client, prefix string, ttl time.Duration) *Idempotency {
+	return &Idempotency{rdb: rdb, prefix: prefix + "idempotency:", ttl: ttl, pending: time.Minute}
+}
+
+type record struct {
+	Done        bool   `json:"done"`
+	Fingerprint []byte `json:"fp"`
+	Reply       []byte `json:"reply,omitempty"`
+}
+
+// ValidKey reports what is wrong with key, or nil.
+func ValidKey(key string) error {
+	if len(key) == 0 || len(key) > MaxKeyLen {
+		return fmt.Errorf("idempotency key: want 1 to %d characters, got %d", MaxKeyLen, len(key))
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x21 || key[i] > 0x7e {
+			return fmt.Errorf("idempotency key: want printable ASCII without spaces, got byte %#x at %d", key[i], i)
+		}
+	}
+	return nil
+}
+
+// Do runs fn once per key within the retention time. The first call claims
+// the key, runs fn and stores its reply; a later call with the same key and
+// request returns that reply with replayed true and runs nothing. request
+// identifies what was asked (e.g. method, path and body): the same key with
+// another request is ErrKeyReused, and a call while the first still runs is
+// ErrInProgress. When fn fails, the claim is released so a retry can run.
+func (i *Idempotency) Do(ctx context.Context, key string, request []byte, fn func() ([]byte, error)) (reply []byte, replayed bool, err error) {
+	if err := ValidKey(key); err != nil {
+		return nil, false, err
+	}
+	fp := sha256.Sum256(request)
+	k := i.prefix + key
+	claim, err := json.Marshal(record{Fingerprint: fp[:]})
+	if err != nil {
+		return nil, false, err
+	}
+	ok, err := i.rdb.SetNX(ctx, k, claim, i.pending).Result()
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: claim idempotency key: %w", ErrUnavailable, err)
+	}
+	if !ok {
+		return i.replay(ctx, k, fp[:])
+	}
+	reply, err = fn()
+	if err != nil {
+		// Release the claim so the client's retry can run. If the delete
+		// fails, the claim expires after i.pending.
+		_ = i.rdb.Del(context.WithoutCancel(ctx), k).Err()
+		return nil, false, err
+	}
+	// The event is out whether or not remembering the reply works. If the
+	// write fails, the claim still refuses retries until it expires, so
+	// nothing is published twice within that time.
+	done, _ := json.Marshal(record{Done: true, Fingerprint: fp[:], Reply: reply})
+	_ = i.rdb.Set(context.WithoutCancel(ctx), k, done, i.ttl).Err()
+	return reply, false, nil
+}
+
+func (i *Idempotency) replay(ctx context.Context, k string, fp []byte) ([]byte, bool, error) {
+	raw, err := i.rdb.Get(ctx, k).Bytes()
+	if errors.Is(err, redis.Nil) {
+		// The first request failed and released its claim between our
+		// SETNX and GET: the client raced its own retry.
+		return nil, false, ErrInProgress
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: read idempotency key: %w", ErrUnavailable, err)
+	}
+	var rec record
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return nil, false, fmt.Errorf("decode idempotency record: %w", err)
+	}
+	if !bytes.Equal(rec.Fingerprint, fp) {
+		return nil, false, ErrKeyReused
+	}
+	if !rec.Done {
+		return nil, false, ErrInProgress
+	}
+	return rec.Reply, true, nil
+}

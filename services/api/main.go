@@ -1,0 +1,90 @@
+// Command api turns HTTP and gRPC calls into events on the bus.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
+	"github.com/eventbus-suite/eventbus/pkg/server"
+	"github.com/eventbus-suite/eventbus/services/api/internal/auth"
+	"github.com/eventbus-suite/eventbus/services/api/internal/config"
+	"github.com/eventbus-suite/eventbus/services/api/internal/grpcapi"
+	"github.com/eventbus-suite/eventbus/services/api/internal/httpapi"
+	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Getenv, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "api: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "api")
+	keys := auth.NewKeys(cfg.APIKeys)
+	if keys.Open() {
+		log.Warn("API_KEYS is not set: every /v1 route and gRPC call is open to anyone who can reach it")
+	}
+
+	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	reg := server.NewRegistry()
+	b, err := redisbus.New(rdb, redisbus.Options{
+		Prefix: cfg.RedisPrefix, Logger: log, Registerer: reg, Namespace: "eventbus_api",
+	})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+
+	svc := ingest.New(b, "eventbus/api", reg)
+	idem := ingest.NewIdempotency(rdb, cfg.RedisPrefix, 24*time.Hour)
+	mux := http.NewServeMux()
+	httpapi.Register(mux, httpapi.Options{
+		Ingest: svc, Idempotency: idem, Stats: b.Stats, Keys: keys, Logger: log,
+		MaxBodyBytes: cfg.MaxBodyBytes, MaxBatchBytes: cfg.MaxBatchBytes,
+	})
+	server.Ops(mux, reg, b.Ping)
+	gs := grpcapi.New(svc, idem, keys, log)
+
+	hl, err := server.Listen(ctx, cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	gl, err := server.Listen(ctx, cfg.GRPCAddr)
+	if err != nil {
+		hl.Close()
+		return err
+	}
+	log.Info("listening", "http_addr", hl.Addr().String(), "grpc_addr", gl.Addr().String())
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return server.ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, hl)
+	})
+	g.Go(func() error { return server.ServeGRPC(ctx, gs, gl) })
+	err = g.Wait()
+	log.Info("stopped")
+	return err
+}
