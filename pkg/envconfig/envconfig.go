@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/eventbus-suite/eventbus/pkg/channel"
 )
 
 // Reader reads variables and remembers what was wrong with them.
@@ -132,4 +134,15 @@ func (r *Reader) Check(name, v string, err error) {
 	if err != nil {
 		r.errs = append(r.errs, fmt.Errorf("%s=%q: %w", name, v, err))
 	}
+}
+
+// ChannelPrefix reads a channel prefix such as "staging" (a trailing ':' is
+// allowed) and returns it as "staging:", or "" when unset.
+func (r *Reader) ChannelPrefix(name string) string {
+	v := strings.TrimSuffix(r.String(name, ""), ":")
+	if v == "" {
+		return ""
+	}
+	r.Check(name, v, channel.Validate(v))
+	return v + ":"
 }

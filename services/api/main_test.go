@@ -1,15 +1,13 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,6 +29,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
@@ -43,39 +42,7 @@ type api struct {
 	redis  *redistest.Server
 }
 
-// lineWatcher is run's stderr: it keeps the log and reports the addresses
-// of the "listening" line.
-type lineWatcher struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	addrs chan [2]string
-}
-
-func (w *lineWatcher) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(p)
-	for _, line := range bytes.Split(p, []byte("\n")) {
-		var rec struct{ Msg, HTTPAddr, GRPCAddr string }
-		var raw map[string]any
-		if json.Unmarshal(line, &raw) != nil || raw["msg"] != "listening" {
-			continue
-		}
-		rec.HTTPAddr, _ = raw["http_addr"].(string)
-		rec.GRPCAddr, _ = raw["grpc_addr"].(string)
-		w.addrs <- [2]string{rec.HTTPAddr, rec.GRPCAddr}
-	}
-	return len(p), nil
-}
-
-func (w *lineWatcher) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
-}
-
-// startAPI runs the service with env on top of test defaults, and stops it
-// when the test ends, checking that it shut down cleanly.
+// startAPI runs the service with env on top of test defaults.
 func startAPI(t *testing.T, srv *redistest.Server, env map[string]string) *api {
 	t.Helper()
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
@@ -83,36 +50,9 @@ func startAPI(t *testing.T, srv *redistest.Server, env map[string]string) *api {
 		"API_HTTP_ADDR": "127.0.0.1:0", "API_GRPC_ADDR": "127.0.0.1:0",
 		"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "debug",
 	}
-	for k, v := range env {
-		vars[k] = v
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	logs := &lineWatcher{addrs: make(chan [2]string, 1)}
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, func(k string) string { return vars[k] }, logs) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run returned %v after shutdown, want nil", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("run did not stop within 10s of cancellation")
-		}
-		if t.Failed() {
-			t.Logf("service log:\n%s", logs)
-		}
-	})
-	select {
-	case a := <-logs.addrs:
-		return &api{http: "http://" + a[0], grpc: a[1], prefix: prefix, redis: srv}
-	case err := <-done:
-		t.Fatalf("run = %v before listening\n%s", err, logs)
-	case <-time.After(10 * time.Second):
-		t.Fatalf("service not listening after 10s\n%s", logs)
-	}
-	return nil
+	maps.Copy(vars, env)
+	s := servicetest.Start(t, run, vars)
+	return &api{http: "http://" + s.Addrs["http_addr"], grpc: s.Addrs["grpc_addr"], prefix: prefix, redis: srv}
 }
 
 // subscribe listens on the service's prefix, as another service would.

@@ -4,9 +4,7 @@ package config
 import (
 	"fmt"
 	"log/slog"
-	"strings"
 
-	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envconfig"
 )
 
@@ -30,7 +28,7 @@ func Load(getenv func(string) string) (Config, error) {
 		HTTPAddr:      r.Addr("API_HTTP_ADDR", ":8080"),
 		GRPCAddr:      r.Addr("API_GRPC_ADDR", ":9090"),
 		RedisURL:      r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
-		RedisPrefix:   Prefix(r),
+		RedisPrefix:   r.ChannelPrefix("REDIS_PREFIX"),
 		APIKeys:       r.List("API_KEYS", nil),
 		MaxBodyBytes:  r.Int("API_MAX_BODY_BYTES", 1<<20, 1),
 		MaxBatchBytes: r.Int("API_MAX_BATCH_BYTES", 16<<20, 1),
@@ -40,15 +38,4 @@ func Load(getenv func(string) string) (Config, error) {
 		return Config{}, fmt.Errorf("configuration: %w", err)
 	}
 	return c, nil
-}
-
-// Prefix reads REDIS_PREFIX: empty, or a channel such as "staging" that
-// becomes the prefix "staging:".
-func Prefix(r *envconfig.Reader) string {
-	v := strings.TrimSuffix(r.String("REDIS_PREFIX", ""), ":")
-	if v == "" {
-		return ""
-	}
-	r.Check("REDIS_PREFIX", v, channel.Validate(v))
-	return v + ":"
 }

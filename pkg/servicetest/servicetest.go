@@ -1,0 +1,114 @@
+// Package servicetest runs a service's run function inside a test, the way
+// main would, and hands back the addresses it listens on.
+package servicetest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// RunFunc is the shape of every service's run.
+type RunFunc func(ctx context.Context, getenv func(string) string, stderr io.Writer) error
+
+// Service is a running service.
+type Service struct {
+	// Addrs holds the "..._addr" attributes of the service's "listening"
+	// log line, e.g. Addrs["http_addr"] = "127.0.0.1:41234".
+	Addrs map[string]string
+	logs  *watcher
+	stop  func() error
+}
+
+// Logs returns everything the service logged so far.
+func (s *Service) Logs() string { return s.logs.String() }
+
+// Stop cancels the service's context and returns what run returned. The
+// test fails if run takes more than 10 s to return.
+func (s *Service) Stop() error { return s.stop() }
+
+// Start runs run with env as its environment, waits until it logs
+// "listening", and stops it when the test ends, failing the test unless run
+// then returns nil within 10 s.
+func Start(t testing.TB, run RunFunc, env map[string]string) *Service {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &watcher{listening: make(chan map[string]string, 1)}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(k string) string { return env[k] }, w) }()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(10 * time.Second):
+				t.Errorf("service did not stop within 10s of cancellation")
+			}
+		})
+		return runErr
+	}
+	s := &Service{logs: w, stop: stop}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("run returned %v after shutdown, want nil", err)
+		}
+		if t.Failed() {
+			t.Logf("service log:\n%s", w)
+		}
+	})
+	select {
+	case s.Addrs = <-w.listening:
+		return s
+	case err := <-done:
+		t.Fatalf("run = %v before listening\n%s", err, w)
+	case <-time.After(15 * time.Second):
+		t.Fatalf("service not listening after 15s\n%s", w)
+	}
+	return nil
+}
+
+// watcher keeps the log and spots the "listening" line.
+type watcher struct {
+	mu        sync.Mutex
+	buf       bytes.Buffer
+	listening chan map[string]string
+	seen      bool
+}
+
+func (w *watcher) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if w.seen {
+		return len(p), nil
+	}
+	for _, line := range bytes.Split(p, []byte("\n")) {
+		var rec map[string]any
+		if json.Unmarshal(line, &rec) != nil || rec["msg"] != "listening" {
+			continue
+		}
+		addrs := map[string]string{}
+		for k, v := range rec {
+			if s, ok := v.(string); ok && strings.HasSuffix(k, "_addr") {
+				addrs[k] = s
+			}
+		}
+		w.seen = true
+		w.listening <- addrs
+		break
+	}
+	return len(p), nil
+}
+
+func (w *watcher) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}

@@ -1,0 +1,174 @@
+package eventlog_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/services/logger/internal/eventlog"
+)
+
+func record(t *testing.T, ch string, i int) eventlog.Record {
+	t.Helper()
+	env := &envelope.Envelope{Type: "test.event", Channel: ch, Subject: strconv.Itoa(i)}
+	if err := envelope.Fill(env, "test", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	b, err := envelope.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := eventlog.Format(bus.Message{Channel: ch, Pattern: "*", Payload: b}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+func subjects(t *testing.T, recs []eventlog.Record) string {
+	t.Helper()
+	var s []string
+	for _, r := range recs {
+		p, err := eventlog.Parse(r.Line)
+		if err != nil || p.ID != r.ID || p.Channel != r.Channel {
+			t.Fatalf("Parse(%s) = %+v, %v; want id %s channel %s", r.Line, p, err, r.ID, r.Channel)
+		}
+		_, rest, _ := strings.Cut(string(r.Line), `"subject":"`)
+		sub, _, _ := strings.Cut(rest, `"`)
+		s = append(s, sub)
+	}
+	return strings.Join(s, ",")
+}
+
+func TestFilesRotateAndReload(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fs, err := eventlog.OpenFiles(dir, 4096, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	for i := range n {
+		if err := fs.WriteLine(record(t, "a:b", i).Line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 3 {
+		t.Fatalf("%d files in the log directory, want events.log and 2 rotated", len(entries))
+	}
+	for _, e := range entries {
+		info, _ := e.Info()
+		if info.Size() > 4096 {
+			t.Errorf("%s is %d bytes, more than the 4096 allowed", e.Name(), info.Size())
+		}
+	}
+	recent, err := eventlog.LoadRecent(dir, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := subjects(t, recent), "90,91,92,93,94,95,96,97,98,99"; got != want {
+		t.Errorf("LoadRecent(10) subjects = %s, want %s", got, want)
+	}
+	// Reopening appends rather than truncating.
+	fs, err = eventlog.OpenFiles(dir, 4096, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.WriteLine(record(t, "a:b", n).Line); err != nil {
+		t.Fatal(err)
+	}
+	fs.Close()
+	recent, _ = eventlog.LoadRecent(dir, 2)
+	if got := subjects(t, recent); got != "99,100" {
+		t.Errorf("after reopening, last two = %s, want 99,100", got)
+	}
+}
+
+func TestLoadRecentSkipsATornLine(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	good := record(t, "a:b", 1).Line
+	content := fmt.Sprintf("%s\n{\"channel\":\"a:b\",\"ev", good)
+	if err := os.WriteFile(filepath.Join(dir, "events.log"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	recent, err := eventlog.LoadRecent(dir, 10)
+	if err != nil || len(recent) != 1 {
+		t.Fatalf("LoadRecent = %d records, %v; want the 1 whole line", len(recent), err)
+	}
+}
+
+func TestWindowFollow(t *testing.T) {
+	t.Parallel()
+	var recs []eventlog.Record
+	for i := range 8 {
+		ch := "order:placed"
+		if i%2 == 1 {
+			ch = "user:created"
+		}
+		recs = append(recs, record(t, ch, i))
+	}
+	w := eventlog.NewWindow(6, recs[:7]) // holds 1..6
+	backlog, tail := w.Follow("order:*", 2, "")
+	defer tail.Close()
+	if got := subjects(t, backlog); got != "4,6" {
+		t.Errorf("backlog of order:* n=2 = %s, want 4,6", got)
+	}
+	w.Append(recs[7]) // user:created: not for this tail
+	w.Append(record(t, "order:shipped", 8))
+	if got := subjects(t, []eventlog.Record{<-tail.C()}); got != "8" {
+		t.Errorf("live record = %s, want 8", got)
+	}
+
+	resumed, t2 := w.Follow("*", 0, recs[5].ID)
+	defer t2.Close()
+	if got := subjects(t, resumed); got != "6,7,8" {
+		t.Errorf("resume after 5 = %s, want 6,7,8", got)
+	}
+	gone, t3 := w.Follow("*", 1, recs[0].ID) // no longer held: fall back to n
+	defer t3.Close()
+	if got := subjects(t, gone); got != "8" {
+		t.Errorf("resume after a forgotten id = %s, want the last 1: 8", got)
+	}
+}
+
+func TestWindowCutsOffASlowTail(t *testing.T) {
+	t.Parallel()
+	w := eventlog.NewWindow(10, nil)
+	_, tail := w.Follow("*", 0, "")
+	rec := record(t, "a:b", 0)
+	for range 5000 { // more than a tail may have waiting
+		w.Append(rec)
+	}
+	n := 0
+	for range tail.C() {
+		n++
+	}
+	if !tail.Lagged || n == 0 || n >= 5000 {
+		t.Errorf("slow tail got %d records, lagged %v; want it cut off part way with Lagged set", n, tail.Lagged)
+	}
+}
+
+func TestFormatKeepsAPayloadThatIsNoEnvelope(t *testing.T) {
+	t.Parallel()
+	rec, err := eventlog.Format(bus.Message{Channel: "x:y", Pattern: "x:*", Payload: []byte{0xff, 0x01}}, time.Now())
+	if err == nil {
+		t.Fatal("Format(garbage) error = nil, want the decoding error")
+	}
+	if !strings.Contains(string(rec.Line), `"payload_base64":"/wE="`) || !strings.Contains(string(rec.Line), `"pattern":"x:*"`) {
+		t.Errorf("line = %s, want the raw payload and pattern kept", rec.Line)
+	}
+}

@@ -1,0 +1,81 @@
+// Package eventlog is the logger's record of events: the JSON line format,
+// size-rotated files, and the in-memory window of recent events that tails
+// read from.
+package eventlog
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"strconv"
+	"time"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
+)
+
+// Record is one logged event.
+type Record struct {
+	// ID is the envelope id, or "" for a payload that was no envelope.
+	ID string
+	// Channel the event travelled on.
+	Channel string
+	// Line is the JSON line as written, without the newline.
+	Line []byte
+	// Time is the event's own time; zero when unknown.
+	Time time.Time
+}
+
+// line is the shape of a log line, for reading one back.
+type line struct {
+	Channel string `json:"channel"`
+	Event   struct {
+		ID string `json:"id"`
+	} `json:"event"`
+}
+
+// Format renders a message as a log line:
+//
+//	{"logged_at":"…","channel":"order:placed","pattern":"order:*","event":{…envelope in protojson…}}
+//
+// A payload that is not an envelope is logged all the same, as
+// "payload_base64" with the decoding "error", so that nothing vanishes.
+func Format(m bus.Message, now time.Time) (Record, error) {
+	b := make([]byte, 0, 256+2*len(m.Payload))
+	b = append(b, `{"logged_at":`...)
+	b = strconv.AppendQuote(b, now.UTC().Format(time.RFC3339Nano))
+	b = append(b, `,"channel":`...)
+	b = appendJSONString(b, m.Channel)
+	b = append(b, `,"pattern":`...)
+	b = appendJSONString(b, m.Pattern)
+	env, err := envelope.Unmarshal(m.Payload)
+	var js []byte
+	if err == nil {
+		js, err = envelope.MarshalJSON(env)
+	}
+	if err != nil {
+		b = append(b, `,"error":`...)
+		b = appendJSONString(b, err.Error())
+		b = append(b, `,"payload_base64":"`...)
+		b = base64.StdEncoding.AppendEncode(b, m.Payload)
+		b = append(b, `"}`...)
+		return Record{Channel: m.Channel, Line: b}, err
+	}
+	b = append(b, `,"event":`...)
+	b = append(b, js...)
+	b = append(b, '}')
+	return Record{ID: env.GetId(), Channel: m.Channel, Line: b, Time: env.GetTime().AsTime()}, nil
+}
+
+func appendJSONString(b []byte, s string) []byte {
+	js, _ := json.Marshal(s) // a string always marshals
+	return append(b, js...)
+}
+
+// Parse reads a log line back into a Record.
+func Parse(l []byte) (Record, error) {
+	var v line
+	if err := json.Unmarshal(l, &v); err != nil {
+		return Record{}, err
+	}
+	return Record{ID: v.Event.ID, Channel: v.Channel, Line: l}, nil
+}

@@ -1,0 +1,99 @@
+// Command logger records every event on the bus and lets people tail them.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
+	"github.com/eventbus-suite/eventbus/pkg/server"
+	"github.com/eventbus-suite/eventbus/services/logger/internal/config"
+	"github.com/eventbus-suite/eventbus/services/logger/internal/eventlog"
+	"github.com/eventbus-suite/eventbus/services/logger/internal/recorder"
+	"github.com/eventbus-suite/eventbus/services/logger/internal/tailapi"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "logger: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "logger")
+
+	recent, err := eventlog.LoadRecent(cfg.Dir, cfg.TailBuffer)
+	if err != nil {
+		return err
+	}
+	files, err := eventlog.OpenFiles(cfg.Dir, cfg.MaxFileBytes, cfg.MaxFiles)
+	if err != nil {
+		return err
+	}
+	defer files.Close()
+	window := eventlog.NewWindow(cfg.TailBuffer, recent)
+
+	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	reg := server.NewRegistry()
+	b, err := redisbus.New(rdb, redisbus.Options{
+		Prefix: cfg.RedisPrefix, Logger: log, Registerer: reg, Namespace: "eventbus_logger",
+	})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	sub, err := b.Subscribe(ctx, cfg.Patterns...)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	if !cfg.Stdout {
+		stdout = nil
+	}
+	rec := recorder.New(sub, files, stdout, window, log, reg)
+
+	mux := http.NewServeMux()
+	tailapi.Register(ctx, mux, window, cfg.TailBuffer)
+	server.Ops(mux, reg, func(ctx context.Context) error {
+		if !sub.Live() {
+			return errors.New("subscription to redis is not live")
+		}
+		return b.Ping(ctx)
+	})
+	l, err := server.Listen(ctx, cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	log.Info("listening", "http_addr", l.Addr().String(), "patterns", cfg.Patterns, "dir", cfg.Dir, "recent", len(recent))
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return rec.Run(ctx) })
+	g.Go(func() error {
+		return server.ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, l)
+	})
+	err = g.Wait()
+	log.Info("stopped")
+	return err
+}
