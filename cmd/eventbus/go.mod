@@ -1,0 +1,15 @@
+module github.com/eventbus-suite/eventbus/cmd/eventbus
+
+go 1.26.0
+
+require (
+	github.com/alicebob/miniredis/v2 v2.40.0
+	github.com/eventbus-suite/eventbus/pkg v0.0.0
+)
+
+require github.com/yuin/gopher-lua v1.1.1 // indirect
+
+replace (
+	github.com/eventbus-suite/eventbus/pkg => ../../pkg
+	github.com/eventbus-suite/eventbus/proto => ../../proto
+)

@@ -1,0 +1,134 @@
+// Command eventbus is the command-line tool of the eventbus suite: publish
+// events, tail the logger, read bus statistics, run a development Redis.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+const usage = `eventbus is the command-line tool of the eventbus suite.
+
+Usage:
+  eventbus publish [flags] TYPE JSON    publish an event through the API
+  eventbus tail [flags] [PATTERN]       follow the logger, like tail -f
+  eventbus stats [flags]                show channels and subscribers
+  eventbus devredis [flags]             run an embedded Redis-compatible server (development only)
+
+Run 'eventbus COMMAND --help' for the flags of a command.
+Addresses and the API key come from flags or from EVENTBUS_API
+(http://localhost:8080), EVENTBUS_LOGGER (http://localhost:8082) and
+EVENTBUS_API_KEY.
+`
+
+// errUsage asks for the usage text, with exit status 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errUsage):
+		os.Exit(2)
+	default:
+		fmt.Fprintf(os.Stderr, "eventbus: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// env carries what every command needs.
+type env struct {
+	getenv func(string) string
+	stdout io.Writer
+	stderr io.Writer
+}
+
+type command struct {
+	summary string
+	run     func(ctx context.Context, e env, args []string) error
+}
+
+var commands = map[string]command{
+	"publish":  {"publish an event through the API", runPublish},
+	"tail":     {"follow the logger", runTail},
+	"stats":    {"show channels and subscribers", runStats},
+	"devredis": {"run an embedded Redis-compatible server", runDevRedis},
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		if len(args) == 0 {
+			return errUsage
+		}
+		return nil
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "eventbus: unknown command %q\n\n%s", args[0], usage)
+		return errUsage
+	}
+	return cmd.run(ctx, env{getenv: getenv, stdout: stdout, stderr: stderr}, args[1:])
+}
+
+// flags returns a FlagSet for a command whose usage names its arguments.
+func flags(e env, name, argsUsage, about string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "Usage: eventbus %s [flags] %s\n\n%s\n\nFlags:\n", name, argsUsage, about)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags wherever they stand among the arguments, so that
+// "eventbus tail order:* -n 5" works as well as "eventbus tail -n 5 order:*",
+// and returns the positional arguments.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, errUsage
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return positional, nil
+		}
+		if args[0] == "--" {
+			return append(positional, args[1:]...), nil
+		}
+		positional = append(positional, args[0])
+		args = args[1:]
+	}
+}
+
+// common are the flags shared by the commands that talk to services.
+type common struct {
+	api, logger, apiKey string
+}
+
+func (c *common) register(fs *flag.FlagSet, e env) {
+	fs.StringVar(&c.api, "api", or(e.getenv("EVENTBUS_API"), "http://localhost:8080"), "API base URL (env EVENTBUS_API)")
+	fs.StringVar(&c.logger, "logger", or(e.getenv("EVENTBUS_LOGGER"), "http://localhost:8082"), "logger base URL (env EVENTBUS_LOGGER)")
+	fs.StringVar(&c.apiKey, "api-key", e.getenv("EVENTBUS_API_KEY"), "API key sent as a bearer token (env EVENTBUS_API_KEY)")
+}
+
+func or(v, def string) string {
+	if strings.TrimSpace(v) == "" {
+		return def
+	}
+	return v
+}

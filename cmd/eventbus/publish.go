@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+)
+
+func runPublish(ctx context.Context, e env, args []string) error {
+	fs := flags(e, "publish", "TYPE JSON",
+		"Publishes an event of TYPE (e.g. order.placed) whose data is JSON, and prints the reply:\n"+
+			"the event id, its channel and how many subscribers received it.")
+	var c common
+	c.register(fs, e)
+	subject := fs.String("subject", "", "what the event is about, e.g. an order id")
+	idem := fs.String("idempotency-key", "", "publish at most once per key within 24 h")
+	asJSON := fs.Bool("json", false, "print the reply as JSON")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		fs.Usage()
+		return errUsage
+	}
+	data := json.RawMessage(pos[1])
+	if !json.Valid(data) {
+		return fmt.Errorf("JSON argument %q is not valid JSON", pos[1])
+	}
+	body, err := json.Marshal(map[string]any{"type": pos[0], "subject": *subject, "data": data})
+	if err != nil {
+		return err
+	}
+	header := http.Header{}
+	if *idem != "" {
+		header.Set("Idempotency-Key", *idem)
+	}
+	var reply struct {
+		ID        string `json:"id"`
+		Channel   string `json:"channel"`
+		Receivers int64  `json:"receivers"`
+	}
+	if err := newClient(c).do(ctx, http.MethodPost, "/v1/events", body, header, &reply); err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(e.stdout).Encode(reply)
+	}
+	fmt.Fprintf(e.stdout, "published %s on %s to %d subscriber(s)\n", reply.ID, reply.Channel, reply.Receivers)
+	return nil
+}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"text/tabwriter"
+)
+
+func runStats(ctx context.Context, e env, args []string) error {
+	fs := flags(e, "stats", "", "Shows the channels with subscribers and the pattern count, as Redis reports them.")
+	var c common
+	c.register(fs, e)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if pos, err := parse(fs, args); err != nil {
+		return err
+	} else if len(pos) != 0 {
+		fs.Usage()
+		return errUsage
+	}
+	var st struct {
+		Channels []string         `json:"channels"`
+		NumSub   map[string]int64 `json:"numsub"`
+		NumPat   int64            `json:"numpat"`
+	}
+	if err := newClient(c).do(ctx, http.MethodGet, "/v1/stats", nil, nil, &st); err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(e.stdout).Encode(st)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHANNEL\tSUBSCRIBERS")
+	for _, ch := range st.Channels {
+		fmt.Fprintf(tw, "%s\t%d\n", ch, st.NumSub[ch])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(e.stdout, "\n%d channel(s) with subscribers; %d pattern subscription(s) on the server\n", len(st.Channels), st.NumPat)
+	return err
+}

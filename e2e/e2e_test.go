@@ -1,0 +1,330 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
+
+	"github.com/eventbus-suite/eventbus/pkg/redistest"
+)
+
+// bin is the directory holding the binaries under test.
+var bin string
+
+// TestMain uses the binaries of EVENTBUS_BIN (make test sets it to bin/),
+// or builds them, so that `go test work` alone works too.
+func TestMain(m *testing.M) {
+	bin = os.Getenv("EVENTBUS_BIN")
+	if bin == "" {
+		dir, err := os.MkdirTemp("", "eventbus-e2e-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer os.RemoveAll(dir)
+		for name, pkg := range map[string]string{"api": "./services/api", "logger": "./services/logger", "eventbus": "./cmd/eventbus"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+			cmd.Dir = ".."
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
+				os.Exit(1)
+			}
+		}
+		bin = dir
+	}
+	redistest.Main(m)
+}
+
+// process is a binary started by a test.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs bin/name with env and stops it with SIGTERM when the test ends.
+func start(t *testing.T, name string, env map[string]string, args ...string) *process {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(bin, name), args...)
+	cmd.Env = os.Environ()
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	p := &process{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
+	if cmd.Stdout == nil {
+		cmd.Stdout = p.out
+	}
+	cmd.Stderr = p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		p.stop(t)
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, p.out)
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and fails the test unless the process exits cleanly
+// within 10 s.
+func (p *process) stop(t *testing.T) {
+	t.Helper()
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Errorf("%s exited with %v after SIGTERM, want 0", p.name, err)
+		}
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		t.Errorf("%s did not exit within 10s of SIGTERM", p.name)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// waitReady polls url until it answers 200.
+func waitReady(t *testing.T, p *process, url string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case err := <-p.done:
+			t.Fatalf("%s exited (%v) before %s was ready:\n%s", p.name, err, url, p.out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not ready after 15s:\n%s", url, p.out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// lines streams the stdout of a process line by line.
+func linesOf(t *testing.T, cmd *exec.Cmd) <-chan string {
+	t.Helper()
+	r, w := io.Pipe()
+	cmd.Stdout = w
+	c := make(chan string, 1024)
+	go func() {
+		defer close(c)
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			c <- sc.Text()
+		}
+	}()
+	t.Cleanup(func() { w.Close() })
+	return c
+}
+
+func TestPublishedEventsReachTheLoggerTailInOrder(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	apiHTTP, apiGRPC, loggerHTTP := freeAddr(t), freeAddr(t), freeAddr(t)
+	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
+	logDir := t.TempDir()
+
+	logger := start(t, "logger", merge(common, map[string]string{
+		"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": logDir, "LOGGER_STDOUT": "false"}))
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
+	waitReady(t, logger, "http://"+loggerHTTP+"/readyz")
+	waitReady(t, api, "http://"+apiHTTP+"/readyz")
+
+	// The CLI follows the logger from before the first event.
+	tail := exec.Command(filepath.Join(bin, "eventbus"), "tail", "--json", "-n", "0", "--logger", "http://"+loggerHTTP, "e2e:*")
+	lines := linesOf(t, tail)
+	tailErr := &syncBuffer{}
+	tail.Stderr = tailErr
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tail.Process.Kill(); _ = tail.Wait() })
+	// The tail is connected once a marker published now reaches it.
+	cli := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(filepath.Join(bin, "eventbus"), append(args, "--api", "http://"+apiHTTP)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("eventbus %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	for connected := false; !connected; {
+		cli("publish", "e2e.marker", "{}")
+		select {
+		case l := <-lines:
+			connected = strings.Contains(l, `"type":"e2e.marker"`)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	for drained := false; !drained; { // markers sent before the first one seen
+		select {
+		case <-lines:
+		case <-time.After(200 * time.Millisecond):
+			drained = true
+		}
+	}
+
+	var want []string
+	// 300 over HTTP, one request each.
+	for i := range 300 {
+		subject := "http-" + strconv.Itoa(i)
+		body := fmt.Sprintf(`{"type":"e2e.http","subject":%q,"data":{"i":%d}}`, subject, i)
+		resp, err := http.Post("http://"+apiHTTP+"/v1/events", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST /v1/events = %d", resp.StatusCode)
+		}
+		want = append(want, subject)
+	}
+	// 2000 over one gRPC stream.
+	conn, err := grpc.NewClient(apiGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := eventbusv1.NewEventServiceClient(conn).PublishStream(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2000 {
+		subject := "grpc-" + strconv.Itoa(i)
+		if err := stream.Send(&eventbusv1.PublishStreamRequest{Event: &eventbusv1.Envelope{Type: "e2e.grpc", Subject: subject}}); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, subject)
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil || resp.GetAccepted() != 2000 {
+		t.Fatalf("PublishStream = %v, %v; want 2000 accepted", resp, err)
+	}
+	// And one through the CLI.
+	if out := cli("publish", "e2e.cli", `{"via":"cli"}`, "--subject", "cli-0"); !strings.Contains(out, "on e2e:cli to 1 subscriber") {
+		t.Errorf("eventbus publish printed %q, want it published on e2e:cli to the logger", out)
+	}
+	want = append(want, "cli-0")
+
+	for i, w := range want {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("eventbus tail ended after %d of %d events:\n%s", i, len(want), tailErr)
+			}
+			var rec struct {
+				Event struct{ Subject string } `json:"event"`
+			}
+			if err := json.Unmarshal([]byte(l), &rec); err != nil {
+				t.Fatalf("tail line %q: %v", l, err)
+			}
+			if rec.Event.Subject != w {
+				t.Fatalf("tail event %d = %s, want %s: lost or out of order", i, rec.Event.Subject, w)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatalf("tail stalled after %d of %d events:\n%s", i, len(want), tailErr)
+		}
+	}
+
+	if out := cli("stats"); !strings.Contains(out, "pattern subscription(s) on the server") {
+		t.Errorf("eventbus stats printed %q", out)
+	}
+	api.stop(t)
+	logger.stop(t)
+	// Everything is in the log file too, marker events aside.
+	content, err := os.ReadFile(filepath.Join(logDir, "events.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The top-level channel is followed by the matched pattern.
+	if got := strings.Count(string(content), `"channel":"e2e:http","pattern"`) + strings.Count(string(content), `"channel":"e2e:grpc","pattern"`); got != 2300 {
+		t.Errorf("events.log holds %d http and grpc events, want 2300", got)
+	}
+}
+
+func merge(ms ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, m := range ms {
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// TestBadConfigurationExits checks that a bad variable stops a binary at
+// once with its name.
+func TestBadConfigurationExits(t *testing.T) {
+	for _, tt := range []struct{ bin, name, value string }{
+		{"api", "API_MAX_BODY_BYTES", "big"},
+		{"logger", "LOGGER_PATTERNS", "Bad Pattern"},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, tt.bin))
+		cmd.Env = append(os.Environ(), tt.name+"="+tt.value)
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err == nil || !strings.Contains(string(out), tt.name) {
+			t.Errorf("%s with %s=%q: %v, output %q; want a non-zero exit naming the variable", tt.bin, tt.name, tt.value, err, out)
+		}
+	}
+}

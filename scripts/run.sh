@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Starts eventbus on localhost for development: Redis (the one answering at
+# REDIS_URL, else redis-server, else the embedded server of bin/eventbus),
+# then every service as its own process, their logs interleaved and
+# prefixed by service. Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export REDIS_URL=${REDIS_URL:-redis://localhost:6379/0}
+hostport=${REDIS_URL#*://}
+hostport=${hostport#*@}
+hostport=${hostport%%/*}
+redis_host=${hostport%:*}
+redis_port=${hostport##*:}
+[[ $redis_port == "$hostport" ]] && redis_port=6379
+
+pids=()
+stop_all() {
+	trap - INT TERM EXIT
+	((${#pids[@]})) && kill -TERM "${pids[@]}" 2>/dev/null || true
+	wait 2>/dev/null || true
+}
+trap stop_all INT TERM EXIT
+
+# start NAME CMD...: run CMD with its output prefixed by [NAME]. $! is the
+# command itself, so stop_all signals the service, not a pipe.
+start() {
+	local name=$1
+	shift
+	"$@" > >(sed -u "s/^/[$name] /") 2>&1 &
+	pids+=($!)
+}
+
+redis_answers() {
+	{
+		exec 3<>"/dev/tcp/$redis_host/$redis_port" &&
+			printf 'PING\r\n' >&3 &&
+			IFS= read -r -t 2 reply <&3 &&
+			exec 3>&-
+	} 2>/dev/null || return 1
+	[[ $reply == +PONG* ]]
+}
+
+if redis_answers; then
+	echo "[run] using the Redis answering at $REDIS_URL"
+elif command -v redis-server >/dev/null; then
+	echo "[run] starting redis-server on $redis_host:$redis_port"
+	start redis redis-server --bind "$redis_host" --port "$redis_port" --save "" --appendonly no
+elif [[ -x bin/eventbus ]]; then
+	echo "[run] no redis-server installed: starting the embedded Redis-compatible server on $redis_host:$redis_port (development only)"
+	start redis bin/eventbus devredis --addr "$redis_host:$redis_port"
+fi
+for _ in $(seq 100); do
+	redis_answers && break
+	sleep 0.1
+done
+redis_answers || { echo "[run] Redis is not answering at $REDIS_URL" >&2; exit 1; }
+
+start api bin/api
+start logger bin/logger
+
+cat <<MSG
+[run] eventbus is starting:
+[run]   API      http://localhost${API_HTTP_ADDR:-:8080}  (gRPC on ${API_GRPC_ADDR:-:9090})
+[run]   logger   http://localhost${LOGGER_HTTP_ADDR:-:8082}/v1/tail
+[run] try:  bin/eventbus publish order.placed '{"order_id":"o1","user_id":"42","total":1299,"currency":"EUR"}'
+[run]       bin/eventbus tail
+[run] Ctrl-C stops everything.
+MSG
+
+# Stop everything as soon as one service exits.
+set +e
+wait -n "${pids[@]}"
+status=$?
+echo "[run] a process exited with status $status; stopping the others"
+exit "$status"
