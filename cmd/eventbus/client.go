@@ -49,7 +49,9 @@ func (c *client) do(ctx context.Context, method, path string, body []byte, heade
 		return fmt.Errorf("read reply of %s %s: %w", method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e struct{ Error struct{ Code, Message string } }
+		var e struct {
+			Error struct{ Code, Message string }
+		}
 		if json.Unmarshal(raw, &e) == nil && e.Error.Message != "" {
 			return fmt.Errorf("%s %s: %d %s: %s", method, path, resp.StatusCode, e.Error.Code, e.Error.Message)
 		}
