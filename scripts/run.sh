@@ -34,7 +34,7 @@ start() {
 redis_answers() {
 	{
 		exec 3<>"/dev/tcp/$redis_host/$redis_port" &&
-			printf 'PING\r\n' >&3 &&
+			printf '*1\r\n$4\r\nPING\r\n' >&3 &&
 			IFS= read -r -t 2 reply <&3 &&
 			exec 3>&-
 	} 2>/dev/null || return 1

@@ -3,6 +3,8 @@
 package envelope
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -134,14 +136,21 @@ func Unmarshal(b []byte) (*Envelope, error) {
 // packages fill when imported.
 var jsonOptions = protojson.MarshalOptions{UseProtoNames: true}
 
-// MarshalJSON renders env as protojson with proto field names; data of a
-// registered type is rendered as that message with an "@type" key.
+// MarshalJSON renders env as compact protojson with proto field names;
+// data of a registered type is rendered as that message with an "@type"
+// key. protojson varies its whitespace on purpose, so the output is
+// compacted to be the same for the same envelope.
 func MarshalJSON(env *Envelope) ([]byte, error) {
 	b, err := jsonOptions.Marshal(env)
 	if err != nil {
 		return nil, fmt.Errorf("marshal envelope as json: %w", err)
 	}
-	return b, nil
+	var out bytes.Buffer
+	out.Grow(len(b))
+	if err := json.Compact(&out, b); err != nil {
+		return nil, fmt.Errorf("compact envelope json: %w", err)
+	}
+	return out.Bytes(), nil
 }
 
 // PackData wraps msg in an Any.
