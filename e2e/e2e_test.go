@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +23,7 @@ import (
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 // bin is the directory holding the binaries under test.
@@ -58,25 +57,8 @@ func TestMain(m *testing.M) {
 type process struct {
 	name string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *servicetest.Buffer
 	done chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // start runs bin/name with env and stops it with SIGTERM when the test ends.
@@ -87,7 +69,7 @@ func start(t *testing.T, name string, env map[string]string, args ...string) *pr
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	p := &process{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
+	p := &process{name: name, cmd: cmd, out: &servicetest.Buffer{}, done: make(chan error, 1)}
 	if cmd.Stdout == nil {
 		cmd.Stdout = p.out
 	}
@@ -192,7 +174,7 @@ func TestPublishedEventsReachTheLoggerTailInOrder(t *testing.T) {
 	// The CLI follows the logger from before the first event.
 	tail := exec.Command(filepath.Join(bin, "eventbus"), "tail", "--json", "-n", "0", "--logger", "http://"+loggerHTTP, "e2e:*")
 	lines := linesOf(t, tail)
-	tailErr := &syncBuffer{}
+	tailErr := &servicetest.Buffer{}
 	tail.Stderr = tailErr
 	if err := tail.Start(); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/alicebob/miniredis/v2 v2.40.0
 	github.com/eventbus-suite/eventbus/pkg v0.0.0
+	github.com/google/go-cmp v0.7.0
 )
 
 require github.com/yuin/gopher-lua v1.1.1 // indirect

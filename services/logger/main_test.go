@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,28 +23,10 @@ import (
 
 func TestMain(m *testing.M) { redistest.Main(m) }
 
-// lockedBuffer is the service's stdout.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type logger struct {
 	url    string
 	dir    string
-	stdout *lockedBuffer
+	stdout *servicetest.Buffer
 	bus    *redisbus.Bus
 	svc    *servicetest.Service
 }
@@ -57,7 +38,7 @@ func startLogger(t *testing.T, srv *redistest.Server, prefix, dir string, env ma
 		"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix,
 	}
 	maps.Copy(vars, env)
-	stdout := &lockedBuffer{}
+	stdout := &servicetest.Buffer{}
 	svc := servicetest.Start(t, func(ctx context.Context, getenv func(string) string, stderr io.Writer) error {
 		return run(ctx, getenv, stdout, stderr)
 	}, vars)

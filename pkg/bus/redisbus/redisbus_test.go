@@ -1,12 +1,10 @@
 package redisbus_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus/bustest"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
@@ -71,29 +70,11 @@ func TestNewRejectsBadPrefix(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination safe for the subscription's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestResubscribesAfterRedisRestart(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
 	redistest.RequireReal(t, srv)
-	var logs syncBuffer
+	var logs servicetest.Buffer
 	reg := prometheus.NewRegistry()
 	b := newBus(t, srv, redisbus.Options{
 		Logger:     slog.New(slog.NewJSONHandler(&logs, nil)),

@@ -121,6 +121,9 @@ func (s *Server) Publish(ctx context.Context, req *eventbusv1.PublishRequest) (*
 		}
 		return resp, nil
 	}
+	if err := ingest.ValidKey(req.GetIdempotencyKey()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	request, err := proto.MarshalOptions{Deterministic: true}.Marshal(env)
 	if err != nil {
 		return nil, s.toStatus(ctx, err)
@@ -133,9 +136,6 @@ func (s *Server) Publish(ctx context.Context, req *eventbusv1.PublishRequest) (*
 		return proto.Marshal(resp)
 	})
 	if err != nil {
-		if ingest.ValidKey(req.GetIdempotencyKey()) != nil {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
-		}
 		return nil, s.toStatus(ctx, err)
 	}
 	resp := new(eventbusv1.PublishResponse)

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseTakesFlagsAnywhere(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		want []string
+		n    int
+		js   bool
+	}{
+		{name: "flags first", args: []string{"-n", "5", "--json", "order:*"}, want: []string{"order:*"}, n: 5, js: true},
+		{name: "flags last", args: []string{"order:*", "-n", "5", "--json"}, want: []string{"order:*"}, n: 5, js: true},
+		{name: "mixed", args: []string{"a", "-n=3", "b"}, want: []string{"a", "b"}, n: 3},
+		{name: "double dash", args: []string{"--", "-n"}, want: []string{"-n"}, n: 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			fs := flags(env{stderr: io.Discard}, "x", "", "")
+			n := fs.Int("n", 10, "")
+			js := fs.Bool("json", false, "")
+			got, err := parse(fs, tt.args)
+			if err != nil || !cmp.Equal(got, tt.want) || *n != tt.n || *js != tt.js {
+				t.Errorf("parse(%q) = %q, %v, n=%d json=%v; want %q, n=%d json=%v", tt.args, got, err, *n, *js, tt.want, tt.n, tt.js)
+			}
+		})
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{nil, {"nope"}, {"publish", "only-type"}, {"tail", "a", "b"}, {"stats", "--bogus"}} {
+		var stdout, stderr bytes.Buffer
+		err := run(t.Context(), args, func(string) string { return "" }, &stdout, &stderr)
+		if !errors.Is(err, errUsage) {
+			t.Errorf("run(%q) = %v, want errUsage", args, err)
+		}
+		if stdout.Len()+stderr.Len() == 0 {
+			t.Errorf("run(%q) printed nothing, want the usage", args)
+		}
+	}
+}
+
+func TestPublishRejectsBadJSONLocally(t *testing.T) {
+	t.Parallel()
+	err := run(t.Context(), []string{"publish", "a.b", "{nope", "--api", "http://127.0.0.1:1"}, func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "not valid JSON") {
+		t.Errorf("publish with bad JSON = %v, want a local JSON error", err)
+	}
+}
+
+func TestReadable(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ name, line, want string }{
+		{
+			name: "typed",
+			line: `{"channel":"order:placed","pattern":"*","event":{"id":"1","type":"order.placed","subject":"o1","time":"2026-11-22T05:00:00Z","data":{"@type":"type.googleapis.com/eventbus.v1.OrderPlaced","order_id":"o1","total":"5"}}}`,
+			want: `2026-11-22T05:00:00Z  order:placed  order.placed  subject=o1  {"order_id":"o1","total":"5"}`,
+		},
+		{
+			name: "free form",
+			line: `{"channel":"a:b","event":{"type":"a.b","time":"T","data":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{"x":1}}}}`,
+			want: `T  a:b  a.b  {"x":1}`,
+		},
+		{name: "not an envelope", line: `{"channel":"a:b","error":"bad","payload_base64":"AA=="}`, want: "a:b  (not an envelope: bad)"},
+		{name: "not json", line: `garbage`, want: "garbage"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := readable(tt.line); got != tt.want {
+				t.Errorf("readable() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
