@@ -122,3 +122,30 @@ func allowed(sep byte, wildcard bool) string {
 	}
 	return a
 }
+
+// Covers reports whether pattern a matches every channel that pattern p
+// can match, so that a client allowed a may subscribe to p. It treats each
+// '*' of p as a character only a '*' of a can absorb: sound (it never says
+// yes wrongly) and exact for one allowed pattern against one requested
+// pattern. Both are assumed valid patterns.
+func Covers(a, p string) bool {
+	// ok[j] reports whether a[i:] covers p[j:], for i going down from len(a).
+	ok := make([]bool, len(p)+1)
+	ok[len(p)] = true // a[len(a):] covers only the empty rest
+	for i := len(a) - 1; i >= 0; i-- {
+		next := ok
+		ok = make([]bool, len(p)+1)
+		if a[i] == '*' {
+			// '*' absorbs p[j:k] for any k: ok[j] = next[j] || ok[j+1].
+			ok[len(p)] = next[len(p)]
+			for j := len(p) - 1; j >= 0; j-- {
+				ok[j] = next[j] || ok[j+1]
+			}
+			continue
+		}
+		for j := len(p) - 1; j >= 0; j-- {
+			ok[j] = p[j] == a[i] && next[j+1]
+		}
+	}
+	return ok[0]
+}

@@ -137,3 +137,51 @@ func FuzzValidatePattern(f *testing.F) {
 		}
 	})
 }
+
+func TestCovers(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		allowed, requested string
+		want               bool
+	}{
+		{"order:*", "order:*", true},
+		{"order:*", "order:placed", true},
+		{"order:*", "order:*:eu", true},
+		{"*", "anything:*", true},
+		{"notify:user:42", "notify:user:42", true},
+		{"notify:user:42", "notify:user:*", false},
+		{"notify:user:4*", "notify:user:*", false},
+		{"order:*", "*", false},
+		{"order:*", "order*", false}, // order* also matches "orders"
+		{"order:placed", "order:*", false},
+		{"*:placed", "order:placed", true},
+		{"*:placed", "order:*", false},
+		{"*a*", "x*a*y", true},
+		{"*ab*", "*a*b*", false}, // a*b matches aXb, which has no "ab"
+		{"a*b", "a*b*b", true},
+	}
+	for _, tt := range tests {
+		if got := channel.Covers(tt.allowed, tt.requested); got != tt.want {
+			t.Errorf("Covers(%q, %q) = %v, want %v", tt.allowed, tt.requested, got, tt.want)
+		}
+	}
+}
+
+// FuzzCovers checks Covers against Match: when a covers p, every channel p
+// matches, a matches too.
+func FuzzCovers(f *testing.F) {
+	f.Add("order:*", "order:*:x", "order:a:x")
+	f.Add("*a*", "x*a*y", "xzay")
+	f.Add("a*b", "a*b*b", "ab-b")
+	f.Fuzz(func(t *testing.T, a, p, ch string) {
+		if channel.ValidatePattern(a) != nil || channel.ValidatePattern(p) != nil || channel.Validate(ch) != nil {
+			return
+		}
+		if channel.Covers(a, p) && channel.Match(p, ch) && !channel.Match(a, ch) {
+			t.Fatalf("Covers(%q, %q) = true, but %q matches only the second", a, p, ch)
+		}
+		if !channel.IsPattern(p) && channel.Covers(a, p) != channel.Match(a, p) {
+			t.Fatalf("Covers(%q, %q) = %v, want Match = %v for a plain channel", a, p, channel.Covers(a, p), channel.Match(a, p))
+		}
+	})
+}

@@ -1,0 +1,58 @@
+package token_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/eventbus-suite/eventbus/pkg/token"
+)
+
+func TestIssueAndVerify(t *testing.T) {
+	t.Parallel()
+	secret := []byte("s3cret")
+	now := time.Now()
+	tok, err := token.Issue(secret, "42", []string{"order:*"}, time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := token.NewVerifier(secret).Verify(tok)
+	if err != nil || c.Subject != "42" || len(c.Channels) != 1 || c.Channels[0] != "order:*" {
+		t.Fatalf("Verify = %+v, %v; want sub 42 with order:*", c, err)
+	}
+}
+
+func TestVerifyRefusals(t *testing.T) {
+	t.Parallel()
+	secret := []byte("s3cret")
+	now := time.Now()
+	good := func(sub string, ttl time.Duration) string {
+		tok, err := token.Issue(secret, sub, nil, ttl, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.MapClaims{"sub": "42", "exp": now.Add(time.Hour).Unix()}).SignedString(jwt.UnsafeAllowNoneSignatureType)
+	noExp, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42"}).SignedString(secret)
+	badChan, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42", "exp": now.Add(time.Hour).Unix(), "channels": []string{"A B"}}).SignedString(secret)
+	other, _ := token.Issue([]byte("other"), "42", nil, time.Hour, now)
+	tests := []struct{ name, tok, reason string }{
+		{"expired", good("42", -time.Minute), "expired"},
+		{"wrong secret", other, "signature"},
+		{"garbage", "not.a.jwt", "malformed"},
+		{"alg none", none, "signature"},
+		{"no exp", noExp, "no expiry"},
+		{"no subject", good("", time.Hour), "no subject"},
+		{"bad channels claim", badChan, "channels"},
+	}
+	for _, tt := range tests {
+		_, err := token.NewVerifier(secret).Verify(tt.tok)
+		if !errors.Is(err, token.ErrInvalid) || !strings.Contains(err.Error(), tt.reason) {
+			t.Errorf("%s: Verify = %v, want ErrInvalid saying %q", tt.name, err, tt.reason)
+		}
+	}
+}
