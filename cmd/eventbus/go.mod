@@ -8,7 +8,10 @@ require (
 	github.com/google/go-cmp v0.7.0
 )
 
-require github.com/yuin/gopher-lua v1.1.1 // indirect
+require (
+	github.com/golang-jwt/jwt/v5 v5.3.1 // indirect
+	github.com/yuin/gopher-lua v1.1.1 // indirect
+)
 
 replace (
 	github.com/eventbus-suite/eventbus/pkg => ../../pkg

@@ -20,6 +20,7 @@ Usage:
   eventbus publish [flags] TYPE JSON    publish an event through the API
   eventbus tail [flags] [PATTERN]       follow the logger, like tail -f
   eventbus stats [flags]                show channels and subscribers
+  eventbus token --sub ID [flags]       mint a development token for the edge
   eventbus devredis [flags]             run an embedded Redis-compatible server (development only)
 
 Run 'eventbus COMMAND --help' for the flags of a command.
@@ -61,6 +62,7 @@ var commands = map[string]command{
 	"publish":  {"publish an event through the API", runPublish},
 	"tail":     {"follow the logger", runTail},
 	"stats":    {"show channels and subscribers", runStats},
+	"token":    {"mint a development token for the edge", runToken},
 	"devredis": {"run an embedded Redis-compatible server", runDevRedis},
 }
 

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
 func TestParseTakesFlagsAnywhere(t *testing.T) {
@@ -83,5 +85,24 @@ func TestReadable(t *testing.T) {
 				t.Errorf("readable() = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestTokenVerifies(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	secret := "a-development-secret"
+	err := run(t.Context(), []string{"token", "--sub", "42", "--channels", "order:*, user:*"}, func(k string) string {
+		if k == "EDGE_JWT_SECRET" {
+			return secret
+		}
+		return ""
+	}, &out, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := token.NewVerifier([]byte(secret)).Verify(strings.TrimSpace(out.String()))
+	if err != nil || c.Subject != "42" || !cmp.Equal(c.Channels, []string{"order:*", "user:*"}) {
+		t.Errorf("token verifies as %+v, %v; want sub 42 with order:* and user:*", c, err)
 	}
 }

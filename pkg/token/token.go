@@ -6,6 +6,7 @@ package token
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -86,8 +87,8 @@ func (v *Verifier) Verify(tok string) (*Claims, error) {
 	if c.Subject == "" {
 		return nil, fmt.Errorf("%w: no subject (sub)", ErrInvalid)
 	}
-	if channel.Validate(c.Subject) != nil {
-		return nil, fmt.Errorf("%w: subject %q is not a channel token", ErrInvalid, c.Subject)
+	if channel.Validate(c.Subject) != nil || strings.ContainsRune(c.Subject, ':') {
+		return nil, fmt.Errorf("%w: subject %q is not one channel token ([a-z0-9_-]+)", ErrInvalid, c.Subject)
 	}
 	for _, p := range c.Channels {
 		if err := channel.ValidatePattern(p); err != nil {

@@ -1,0 +1,71 @@
+// Package config reads the edge service's settings from the environment.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/envconfig"
+)
+
+// Config is every setting of bin/edge.
+type Config struct {
+	HTTPAddr         string        // EDGE_HTTP_ADDR
+	JWTSecret        []byte        // EDGE_JWT_SECRET: HS256 key of client tokens
+	AllowAnonymous   bool          // EDGE_ALLOW_ANONYMOUS: tokenless clients may subscribe to PublicChannels
+	PublicChannels   []string      // EDGE_PUBLIC_CHANNELS
+	AllowedOrigins   []string      // EDGE_ALLOWED_ORIGINS: host patterns besides the edge's own host
+	Demo             bool          // EDGE_DEMO: mint demo tokens for the demo page
+	PingInterval     time.Duration // EDGE_PING_INTERVAL
+	PongTimeout      time.Duration // EDGE_PONG_TIMEOUT
+	AuthTimeout      time.Duration // EDGE_AUTH_TIMEOUT
+	MaxMessageBytes  int64         // EDGE_MAX_MESSAGE_BYTES: largest client frame
+	MaxSubscriptions int           // EDGE_MAX_SUBSCRIPTIONS per connection
+	RateLimit        float64       // EDGE_RATE_LIMIT: client frames per second per connection
+	RateBurst        int           // EDGE_RATE_BURST
+	SendQueue        int           // EDGE_SEND_QUEUE: events waiting per connection before it is dropped as slow
+	RedisURL         string        // REDIS_URL
+	RedisPrefix      string        // REDIS_PREFIX
+	LogLevel         slog.Level    // LOG_LEVEL
+}
+
+// Load reads the configuration through getenv and reports every bad
+// variable at once.
+func Load(getenv func(string) string) (Config, error) {
+	r := envconfig.New(getenv)
+	c := Config{
+		HTTPAddr:         r.Addr("EDGE_HTTP_ADDR", ":8081"),
+		JWTSecret:        []byte(r.String("EDGE_JWT_SECRET", "")),
+		AllowAnonymous:   r.Bool("EDGE_ALLOW_ANONYMOUS", false),
+		PublicChannels:   r.List("EDGE_PUBLIC_CHANNELS", nil),
+		AllowedOrigins:   r.List("EDGE_ALLOWED_ORIGINS", nil),
+		Demo:             r.Bool("EDGE_DEMO", false),
+		PingInterval:     r.Duration("EDGE_PING_INTERVAL", 25*time.Second),
+		PongTimeout:      r.Duration("EDGE_PONG_TIMEOUT", 10*time.Second),
+		AuthTimeout:      r.Duration("EDGE_AUTH_TIMEOUT", 5*time.Second),
+		MaxMessageBytes:  r.Int("EDGE_MAX_MESSAGE_BYTES", 64<<10, 256),
+		MaxSubscriptions: int(r.Int("EDGE_MAX_SUBSCRIPTIONS", 100, 1)),
+		RateLimit:        float64(r.Int("EDGE_RATE_LIMIT", 20, 1)),
+		RateBurst:        int(r.Int("EDGE_RATE_BURST", 40, 1)),
+		SendQueue:        int(r.Int("EDGE_SEND_QUEUE", 256, 1)),
+		RedisURL:         r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
+		RedisPrefix:      r.ChannelPrefix("REDIS_PREFIX"),
+		LogLevel:         r.LogLevel("LOG_LEVEL", slog.LevelInfo),
+	}
+	for _, p := range c.PublicChannels {
+		r.Check("EDGE_PUBLIC_CHANNELS", p, channel.ValidatePattern(p))
+	}
+	if len(c.JWTSecret) > 0 && len(c.JWTSecret) < 16 {
+		r.Check("EDGE_JWT_SECRET", "…", errors.New("want at least 16 bytes"))
+	}
+	if len(c.JWTSecret) == 0 && !c.AllowAnonymous && !c.Demo {
+		r.Check("EDGE_JWT_SECRET", "", errors.New("required unless EDGE_ALLOW_ANONYMOUS or EDGE_DEMO is true: no client could subscribe"))
+	}
+	if err := r.Err(); err != nil {
+		return Config{}, fmt.Errorf("configuration: %w", err)
+	}
+	return c, nil
+}

@@ -1,0 +1,345 @@
+// Package hub is the core of the edge: it shares one Redis subscription
+// among every connected client, subscribes a pattern in Redis when the first
+// client wants it and unsubscribes it when the last one leaves, and fans
+// each event out to the clients whose subscriptions match, once per client.
+package hub
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
+)
+
+// Errors a caller reports to its client.
+var (
+	ErrClosed      = errors.New("the edge is shutting down")
+	ErrUnavailable = errors.New("the event bus (Redis) is unavailable")
+)
+
+// Client is one connection as the hub sees it.
+type Client struct {
+	send   chan []byte
+	quit   chan struct{}
+	once   sync.Once
+	kicked atomic.Bool
+	code   websocket.StatusCode
+	reason string
+	subs   map[string]struct{} // guarded by Hub.mu
+}
+
+// Send delivers the frames to write, in order.
+func (c *Client) Send() <-chan []byte { return c.send }
+
+// Quit is closed when the hub wants the connection closed; CloseReason
+// then says with what.
+func (c *Client) Quit() <-chan struct{} { return c.quit }
+
+// CloseReason returns the close code and reason; valid once Quit is closed.
+func (c *Client) CloseReason() (websocket.StatusCode, string) { return c.code, c.reason }
+
+// Kick asks for the connection to be closed with code. The first call wins.
+func (c *Client) Kick(code websocket.StatusCode, reason string) {
+	c.once.Do(func() {
+		c.code, c.reason = code, reason
+		c.kicked.Store(true)
+		close(c.quit)
+	})
+}
+
+// Hub fans events out to clients. Its methods are safe for concurrent use.
+type Hub struct {
+	sub   bus.Subscription
+	queue int
+	log   *slog.Logger
+	m     *metrics
+
+	// change serialises changes of the Redis subscription, so that the
+	// first-in and last-out of one pattern never race.
+	change sync.Mutex
+
+	mu      sync.RWMutex
+	closed  bool
+	clients map[*Client]struct{}
+	exact   map[string]map[*Client]struct{} // channel → clients subscribed to it exactly
+	wild    map[string]map[*Client]struct{} // pattern with '*' → clients
+	joined  sync.WaitGroup
+
+	// Only the dispatching goroutine touches these.
+	last   lastEvent
+	seen   map[*Client]struct{}
+	frames map[string][]byte
+}
+
+// lastEvent recognises the further deliveries of one publish: Redis sends
+// a message once per matching subscription of the connection, back to
+// back.
+type lastEvent struct {
+	channel string
+	payload []byte
+	pending int
+}
+
+// New returns a hub fanning out what sub receives; each client may have
+// queue frames waiting before it is dropped as too slow.
+func New(sub bus.Subscription, queue int, log *slog.Logger, reg prometheus.Registerer) *Hub {
+	h := &Hub{
+		sub:     sub,
+		queue:   queue,
+		log:     log,
+		clients: make(map[*Client]struct{}),
+		exact:   make(map[string]map[*Client]struct{}),
+		wild:    make(map[string]map[*Client]struct{}),
+		seen:    make(map[*Client]struct{}),
+		frames:  make(map[string][]byte),
+	}
+	h.m = newMetrics(h, reg)
+	return h
+}
+
+// Join registers a new connection. Every Join is followed by one Leave.
+func (h *Hub) Join() (*Client, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, ErrClosed
+	}
+	c := &Client{send: make(chan []byte, h.queue), quit: make(chan struct{}), subs: make(map[string]struct{})}
+	h.clients[c] = struct{}{}
+	h.joined.Add(1)
+	return c, nil
+}
+
+// Leave unregisters c and drops its subscriptions, unsubscribing in Redis
+// the patterns no one else wants.
+func (h *Hub) Leave(c *Client) {
+	defer h.joined.Done()
+	h.change.Lock()
+	defer h.change.Unlock()
+	h.mu.Lock()
+	var orphans []string
+	for p := range c.subs {
+		if h.drop(c, p) {
+			orphans = append(orphans, p)
+		}
+	}
+	delete(h.clients, c)
+	h.mu.Unlock()
+	if len(orphans) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := h.sub.Remove(ctx, orphans...); err != nil {
+			h.log.Warn("unsubscribe in redis", "patterns", orphans, "error", err)
+		}
+	}
+}
+
+// Count returns how many subscriptions c has.
+func (h *Hub) Count(c *Client) int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(c.subs)
+}
+
+func (h *Hub) index(p string) map[string]map[*Client]struct{} {
+	if channel.IsPattern(p) {
+		return h.wild
+	}
+	return h.exact
+}
+
+// Subscribe adds pattern p (already validated and authorised) to c. It
+// returns once Redis delivers p, so no event published afterwards is missed.
+func (h *Hub) Subscribe(ctx context.Context, c *Client, p string) error {
+	h.change.Lock()
+	defer h.change.Unlock()
+	h.mu.RLock()
+	_, has := c.subs[p]
+	first := len(h.index(p)[p]) == 0
+	closed := h.closed
+	h.mu.RUnlock()
+	switch {
+	case closed:
+		return ErrClosed
+	case has:
+		return nil
+	case first:
+		if err := h.sub.Add(ctx, p); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+	}
+	h.mu.Lock()
+	idx := h.index(p)
+	if idx[p] == nil {
+		idx[p] = make(map[*Client]struct{})
+	}
+	idx[p][c] = struct{}{}
+	c.subs[p] = struct{}{}
+	h.mu.Unlock()
+	h.m.subscriptions.Inc()
+	return nil
+}
+
+// Unsubscribe removes p from c; removing what c does not have is harmless.
+func (h *Hub) Unsubscribe(ctx context.Context, c *Client, p string) error {
+	h.change.Lock()
+	defer h.change.Unlock()
+	h.mu.Lock()
+	last := h.drop(c, p)
+	h.mu.Unlock()
+	if last {
+		if err := h.sub.Remove(ctx, p); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+	}
+	return nil
+}
+
+// drop removes p from c and reports whether no client wants p any more.
+// Call with mu held.
+func (h *Hub) drop(c *Client, p string) bool {
+	if _, ok := c.subs[p]; !ok {
+		return false
+	}
+	delete(c.subs, p)
+	h.m.subscriptions.Dec()
+	idx := h.index(p)
+	delete(idx[p], c)
+	if len(idx[p]) > 0 {
+		return false
+	}
+	delete(idx, p)
+	return true
+}
+
+// Run fans out events until ctx ends, then closes every connection with
+// 1001 going away and waits (at most 5 s) for them to leave.
+func (h *Hub) Run(ctx context.Context) error {
+	msgs := h.sub.Messages()
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				return errors.New("redis subscription closed")
+			}
+			h.dispatch(m)
+		case <-ctx.Done():
+			h.shutdown()
+			return nil
+		}
+	}
+}
+
+func (h *Hub) shutdown() {
+	h.mu.Lock()
+	h.closed = true
+	for c := range h.clients {
+		c.Kick(websocket.StatusGoingAway, "server shutting down")
+	}
+	h.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		h.joined.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		h.log.Warn("connections still open 5s after shutdown began")
+	}
+}
+
+// dispatch sends one event to every client with a matching subscription,
+// once per client however many of its subscriptions match.
+func (h *Hub) dispatch(m bus.Message) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.repeat(m) {
+		return
+	}
+	env, err := envelope.Unmarshal(m.Payload)
+	var event []byte
+	if err == nil {
+		event, err = envelope.MarshalJSON(env)
+	}
+	if err != nil {
+		h.m.malformed.Inc()
+		h.log.Debug("message is not an envelope; not forwarded", "channel", m.Channel, "error", err)
+		return
+	}
+	clear(h.seen)
+	clear(h.frames)
+	for c := range h.exact[m.Channel] {
+		h.deliver(c, m.Channel, event)
+	}
+	for p, set := range h.wild {
+		if channel.Match(p, m.Channel) {
+			for c := range set {
+				h.deliver(c, m.Channel, event)
+			}
+		}
+	}
+}
+
+// repeat reports whether m is a further delivery of the event just
+// dispatched. Call with mu held.
+func (h *Hub) repeat(m bus.Message) bool {
+	if h.last.pending > 0 && m.Channel == h.last.channel && bytes.Equal(m.Payload, h.last.payload) {
+		h.last.pending--
+		return true
+	}
+	n := 0
+	if _, ok := h.exact[m.Channel]; ok {
+		n++
+	}
+	for p := range h.wild {
+		if channel.Match(p, m.Channel) {
+			n++
+		}
+	}
+	h.last = lastEvent{channel: m.Channel, payload: m.Payload, pending: n - 1}
+	return false
+}
+
+// deliver queues the event's frame for c unless c has it already. Clients
+// with the same matching subscriptions share one frame.
+func (h *Hub) deliver(c *Client, ch string, event []byte) {
+	if _, ok := h.seen[c]; ok || c.kicked.Load() {
+		return
+	}
+	h.seen[c] = struct{}{}
+	subs := make([]string, 0, 2)
+	for p := range c.subs {
+		if channel.Match(p, ch) {
+			subs = append(subs, p)
+		}
+	}
+	slices.Sort(subs)
+	key := strings.Join(subs, "\x00")
+	frame, ok := h.frames[key]
+	if !ok {
+		frame = protocol.AppendEvent(make([]byte, 0, len(event)+64+len(key)), ch, subs, event)
+		h.frames[key] = frame
+	}
+	select {
+	case c.send <- frame:
+		h.m.delivered.Inc()
+	default:
+		h.m.slowCloses.Inc()
+		c.Kick(protocol.CloseSlowConsumer, "too slow: the send queue overflowed")
+	}
+}

@@ -1,0 +1,144 @@
+// Package protocol is the edge's WebSocket protocol: JSON text frames from
+// the browser (requests) and to it (replies and events), with the error
+// codes and close codes documented in docs/protocol.md.
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/coder/websocket"
+)
+
+// Actions a client may send.
+const (
+	ActionSubscribe   = "subscribe"
+	ActionUnsubscribe = "unsubscribe"
+	ActionPing        = "ping"
+	ActionAuth        = "auth"
+)
+
+// Error codes of replies.
+const (
+	CodeBadRequest           = "bad_request"
+	CodeInvalidChannel       = "invalid_channel"
+	CodeForbidden            = "forbidden"
+	CodeUnauthorized         = "unauthorized"
+	CodeTooManySubscriptions = "too_many_subscriptions"
+	CodeRateLimited          = "rate_limited"
+	CodeUnavailable          = "unavailable"
+)
+
+// Close codes the edge uses besides the standard ones (1001 going away on
+// shutdown, 1009 message too big, 1011 internal error).
+const (
+	CloseUnauthorized     websocket.StatusCode = 4001 // no valid token in time
+	CloseHeartbeatTimeout websocket.StatusCode = 4002 // no pong in time
+	CloseSlowConsumer     websocket.StatusCode = 4008 // send queue overflowed
+)
+
+// Request is a frame from the client. ID is optional and echoed in the
+// reply.
+type Request struct {
+	Action  string `json:"action"`
+	Channel string `json:"channel,omitempty"`
+	ID      string `json:"id,omitempty"`
+	Token   string `json:"token,omitempty"`
+}
+
+// Error is the error of a reply.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Errorf builds an Error.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ParseRequest decodes a client frame strictly: unknown fields, unknown
+// actions and missing arguments are errors that say so.
+func ParseRequest(b []byte) (Request, *Error) {
+	var r Request
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return r, Errorf(CodeBadRequest, "frame is not a request object: %s", strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return r, Errorf(CodeBadRequest, "frame has data after the request object")
+	}
+	switch r.Action {
+	case ActionSubscribe, ActionUnsubscribe:
+		if r.Channel == "" {
+			return r, Errorf(CodeBadRequest, "%s needs a channel", r.Action)
+		}
+	case ActionAuth:
+		if r.Token == "" {
+			return r, Errorf(CodeBadRequest, "auth needs a token")
+		}
+	case ActionPing:
+	case "":
+		return r, Errorf(CodeBadRequest, "action is missing; want subscribe, unsubscribe, ping or auth")
+	default:
+		return r, Errorf(CodeBadRequest, "unknown action %q; want subscribe, unsubscribe, ping or auth", r.Action)
+	}
+	return r, nil
+}
+
+type reply struct {
+	ID     string `json:"id,omitempty"`
+	OK     bool   `json:"ok,omitempty"`
+	Action string `json:"action,omitempty"`
+	Error  *Error `json:"error,omitempty"`
+}
+
+// OK is the reply to a request that succeeded.
+func OK(id string) []byte { return marshal(reply{ID: id, OK: true}) }
+
+// Pong is the reply to a ping.
+func Pong(id string) []byte { return marshal(reply{ID: id, OK: true, Action: "pong"}) }
+
+// Fail is the reply to a request that failed.
+func Fail(id string, e *Error) []byte { return marshal(reply{ID: id, Error: e}) }
+
+func marshal(r reply) []byte {
+	b, _ := json.Marshal(r) // plain strings and bools always marshal
+	return b
+}
+
+// AppendEvent appends the frame of an event:
+//
+//	{"channel":"order:placed","subscriptions":["order:*"],"event":{…}}
+//
+// event is the envelope in protojson; subscriptions are the client's
+// patterns that matched.
+func AppendEvent(b []byte, channel string, subscriptions []string, event []byte) []byte {
+	b = append(b, `{"channel":`...)
+	b = appendString(b, channel)
+	b = append(b, `,"subscriptions":[`...)
+	for i, s := range subscriptions {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, s)
+	}
+	b = append(b, `],"event":`...)
+	b = append(b, event...)
+	return append(b, '}')
+}
+
+// appendString appends a channel or pattern as a JSON string; the grammar
+// keeps them free of characters JSON would escape.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}

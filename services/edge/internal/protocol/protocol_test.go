@@ -1,0 +1,82 @@
+package protocol_test
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
+)
+
+func TestParseRequest(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, frame, code string
+	}{
+		{"subscribe", `{"action":"subscribe","channel":"order:*","id":"7"}`, ""},
+		{"subscribe without id, as the seed tutorial sends", `{"action":"subscribe","channel":"news"}`, ""},
+		{"ping", `{"action":"ping","id":"9"}`, ""},
+		{"auth", `{"action":"auth","token":"x.y.z"}`, ""},
+		{"not json", `subscribe order:*`, protocol.CodeBadRequest},
+		{"unknown field", `{"action":"subscribe","channel":"a","chanel":"b"}`, protocol.CodeBadRequest},
+		{"unknown action", `{"action":"publish","channel":"a"}`, protocol.CodeBadRequest},
+		{"missing action", `{"channel":"a"}`, protocol.CodeBadRequest},
+		{"subscribe without channel", `{"action":"subscribe"}`, protocol.CodeBadRequest},
+		{"auth without token", `{"action":"auth"}`, protocol.CodeBadRequest},
+		{"two objects", `{"action":"ping"}{"action":"ping"}`, protocol.CodeBadRequest},
+		{"array", `[{"action":"ping"}]`, protocol.CodeBadRequest},
+	}
+	for _, tt := range tests {
+		_, err := protocol.ParseRequest([]byte(tt.frame))
+		if got := ""; err != nil {
+			got = err.Code
+			if got != tt.code {
+				t.Errorf("%s: ParseRequest(%s) = %v, want code %q", tt.name, tt.frame, err, tt.code)
+			}
+		} else if tt.code != "" {
+			t.Errorf("%s: ParseRequest(%s) = ok, want code %q", tt.name, tt.frame, tt.code)
+		}
+	}
+}
+
+func TestAppendEventIsJSON(t *testing.T) {
+	t.Parallel()
+	b := protocol.AppendEvent(nil, "order:placed", []string{"order:*", "order:placed"}, []byte(`{"id":"1"}`))
+	var v struct {
+		Channel       string
+		Subscriptions []string
+		Event         map[string]string
+	}
+	if err := json.Unmarshal(b, &v); err != nil || v.Channel != "order:placed" || len(v.Subscriptions) != 2 || v.Event["id"] != "1" {
+		t.Errorf("AppendEvent = %s (%v), want the channel, both subscriptions and the event", b, err)
+	}
+}
+
+// FuzzParseRequest: no frame panics the parser, and a request it accepts
+// has a known action with its argument.
+func FuzzParseRequest(f *testing.F) {
+	for _, s := range []string{`{"action":"subscribe","channel":"order:*","id":"7"}`, `{"action":"auth","token":"t"}`, `{"action":"ping"}`, `{`, `null`, `{"action":"subscribe","channel":1}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		r, err := protocol.ParseRequest(frame)
+		if err != nil {
+			if err.Code == "" || err.Message == "" {
+				t.Fatalf("ParseRequest(%q) error without code or message: %+v", frame, err)
+			}
+			return
+		}
+		switch r.Action {
+		case protocol.ActionSubscribe, protocol.ActionUnsubscribe:
+			if r.Channel == "" {
+				t.Fatalf("accepted %s without channel", r.Action)
+			}
+		case protocol.ActionAuth:
+			if r.Token == "" {
+				t.Fatal("accepted auth without token")
+			}
+		case protocol.ActionPing:
+		default:
+			t.Fatalf("accepted unknown action %q", r.Action)
+		}
+	})
+}

@@ -1,0 +1,110 @@
+// Command edge is the WebSocket gateway between browsers and the bus.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
+	"github.com/eventbus-suite/eventbus/pkg/server"
+	"github.com/eventbus-suite/eventbus/pkg/token"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/config"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/web"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/wsapi"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Getenv, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "edge: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "edge")
+	secret := cfg.JWTSecret
+	if cfg.Demo {
+		if len(secret) == 0 {
+			secret = []byte(rand.Text()) // demo tokens only need to verify here
+		}
+		log.Warn("EDGE_DEMO is on: GET /demo/token mints a token for any user; never enable it where real users connect")
+	}
+	var verifier *token.Verifier
+	if len(secret) > 0 {
+		verifier = token.NewVerifier(secret)
+	}
+
+	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	reg := server.NewRegistry()
+	b, err := redisbus.New(rdb, redisbus.Options{
+		Prefix: cfg.RedisPrefix, Logger: log, Registerer: reg, Namespace: "eventbus_edge",
+	})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	// One pub/sub connection for every client of this edge.
+	sub, err := b.Subscribe(ctx)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	h := hub.New(sub, cfg.SendQueue, log, reg)
+
+	mux := http.NewServeMux()
+	mux.Handle("GET /ws", wsapi.New(wsapi.Options{
+		Hub: h, Verifier: verifier, Logger: log,
+		AllowAnonymous: cfg.AllowAnonymous, PublicChannels: cfg.PublicChannels, AllowedOrigins: cfg.AllowedOrigins,
+		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout,
+		MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
+	}, reg))
+	var demoSecret []byte
+	if cfg.Demo {
+		demoSecret = secret
+	}
+	web.Register(mux, demoSecret)
+	server.Ops(mux, reg, func(ctx context.Context) error {
+		if !sub.Live() {
+			return errors.New("subscription to redis is not live")
+		}
+		return b.Ping(ctx)
+	})
+	l, err := server.Listen(ctx, cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	log.Info("listening", "http_addr", l.Addr().String(), "demo", cfg.Demo, "anonymous", cfg.AllowAnonymous)
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return h.Run(ctx) })
+	g.Go(func() error {
+		return server.ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, l)
+	})
+	err = g.Wait()
+	log.Info("stopped")
+	return err
+}
