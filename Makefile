@@ -5,14 +5,14 @@ MAKEFLAGS += --no-builtin-rules
 
 BIN      := $(CURDIR)/bin
 TOOLS    := $(CURDIR)/.bin
-BINARIES := api logger eventbus
 
 # Pinned tool versions, installed into .bin/ by `make tools`.
 BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
-GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
+# Test artifacts (the browser test's screenshot) land in test-output/_artifacts.
+GO_TEST_FLAGS ?= -race -count=1 -timeout 15m -artifacts -outputdir $(CURDIR)/test-output
 
 .PHONY: help
 help: ## List the targets
@@ -23,10 +23,12 @@ build: ## Build every binary into bin/
 	@mkdir -p $(BIN)
 	go build -o $(BIN)/api ./services/api
 	go build -o $(BIN)/logger ./services/logger
+	go build -o $(BIN)/edge ./services/edge
 	go build -o $(BIN)/eventbus ./cmd/eventbus
 
 .PHONY: test
 test: build ## Run the whole test suite against a real redis-server (or the embedded fallback)
+	@mkdir -p test-output
 	@report=$$(mktemp); trap 'rm -f "$$report"' EXIT; \
 	status=0; EVENTBUS_BIN=$(BIN) EVENTBUS_SKIP_REPORT="$$report" go test $(GO_TEST_FLAGS) work || status=$$?; \
 	if [[ -s $$report ]]; then echo; echo "Skipped for want of a real redis-server:"; cat "$$report"; fi; \
@@ -66,12 +68,14 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzValidatePattern -fuzztime=$${FUZZTIME:-20s} ./pkg/channel
 	go test -run='^$$' -fuzz=FuzzDecodeData -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
 	go test -run='^$$' -fuzz=FuzzReader -fuzztime=$${FUZZTIME:-20s} ./pkg/sse
+	go test -run='^$$' -fuzz=FuzzCovers -fuzztime=$${FUZZTIME:-20s} ./pkg/channel
 	go test -run='^$$' -fuzz=FuzzDecodeEvent -fuzztime=$${FUZZTIME:-20s} ./services/api/internal/httpapi
+	go test -run='^$$' -fuzz=FuzzParseRequest -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/protocol
 
 .PHONY: tidy
 tidy: ## go mod tidy in every module
-	for m in proto pkg services/api services/logger cmd/eventbus e2e; do (cd $$m && GOWORK=off go mod tidy); done
+	for m in proto pkg services/api services/logger services/edge cmd/eventbus e2e; do (cd $$m && GOWORK=off go mod tidy); done
 
 .PHONY: clean
-clean: ## Remove bin/ and data/
-	rm -rf $(BIN) data
+clean: ## Remove bin/, data/ and test-output/
+	rm -rf $(BIN) data test-output

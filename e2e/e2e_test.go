@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -24,6 +25,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
+	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
 // bin is the directory holding the binaries under test.
@@ -40,7 +42,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		defer os.RemoveAll(dir)
-		for name, pkg := range map[string]string{"api": "./services/api", "logger": "./services/logger", "eventbus": "./cmd/eventbus"} {
+		for name, pkg := range map[string]string{"api": "./services/api", "logger": "./services/logger", "edge": "./services/edge", "eventbus": "./cmd/eventbus"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
 			cmd.Dir = ".."
 			if out, err := cmd.CombinedOutput(); err != nil {
@@ -309,4 +311,74 @@ func TestBadConfigurationExits(t *testing.T) {
 			t.Errorf("%s with %s=%q: %v, output %q; want a non-zero exit naming the variable", tt.bin, tt.name, tt.value, err, out)
 		}
 	}
+}
+
+// TestAPIEventReachesABrowserThroughTheEdge follows a notification from an
+// HTTP call through Redis and the edge binary to a WebSocket client.
+func TestAPIEventReachesABrowserThroughTheEdge(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	apiHTTP, apiGRPC, edgeHTTP := freeAddr(t), freeAddr(t), freeAddr(t)
+	const secret = "e2e-secret-0123456789abcdef"
+	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
+	edge := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_JWT_SECRET": secret}))
+	waitReady(t, api, "http://"+apiHTTP+"/readyz")
+	waitReady(t, edge, "http://"+edgeHTTP+"/readyz")
+
+	tok, err := token.Issue([]byte(secret), "7", nil, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, "ws://"+edgeHTTP+"/ws?token="+tok, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	if err := conn.Write(ctx, websocket.MessageText, []byte(`{"action":"subscribe","channel":"notify:user:7","id":"1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := conn.Read(ctx); err != nil || !strings.Contains(string(b), `"ok":true`) {
+		t.Fatalf("subscribe reply = %s, %v", b, err)
+	}
+	body := `{"type":"notification.created","channel":"notify:user:7","data":{"user_id":"7","title":"Hello","body":"from the API"}}`
+	resp, err := http.Post("http://"+apiHTTP+"/v1/events", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || !strings.Contains(string(reply), `"receivers":1`) {
+		t.Fatalf("POST /v1/events = %d %s, want 202 with the edge as its receiver", resp.StatusCode, reply)
+	}
+	_, b, err := conn.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Channel       string
+		Subscriptions []string
+		Event         struct {
+			Type string
+			Data struct{ Title, Body string }
+		}
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	if f.Channel != "notify:user:7" || f.Event.Type != "notification.created" || f.Event.Data.Title != "Hello" {
+		t.Errorf("browser got %s, want the notification", b)
+	}
+	// Read while the edge stops, as a browser would, to answer its close.
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		edge.stop(t)
+	}()
+	if _, _, err := conn.Read(ctx); websocket.CloseStatus(err) != websocket.StatusGoingAway {
+		t.Errorf("after SIGTERM the connection ended with %v, want 1001 going away", err)
+	}
+	<-stopped
 }

@@ -3,6 +3,7 @@ module github.com/eventbus-suite/eventbus/e2e
 go 1.26.0
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/eventbus-suite/eventbus/pkg v0.0.0
 	github.com/eventbus-suite/eventbus/proto v0.0.0
 	google.golang.org/grpc v1.85.0
@@ -11,6 +12,7 @@ require (
 require (
 	github.com/alicebob/miniredis/v2 v2.40.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/golang-jwt/jwt/v5 v5.3.1 // indirect
 	github.com/redis/go-redis/v9 v9.23.0 // indirect
 	github.com/yuin/gopher-lua v1.1.1 // indirect
 	go.uber.org/atomic v1.12.0 // indirect

@@ -58,11 +58,14 @@ redis_answers || { echo "[run] Redis is not answering at $REDIS_URL" >&2; exit 1
 
 start api bin/api
 start logger bin/logger
+# Demo mode mints tokens for the demo page: for this local run only.
+start edge env EDGE_DEMO="${EDGE_DEMO:-true}" bin/edge
 
 cat <<MSG
 [run] eventbus is starting:
 [run]   API      http://localhost${API_HTTP_ADDR:-:8080}  (gRPC on ${API_GRPC_ADDR:-:9090})
 [run]   logger   http://localhost${LOGGER_HTTP_ADDR:-:8082}/v1/tail
+[run]   edge     http://localhost${EDGE_HTTP_ADDR:-:8081}   <- open this: the live demo page
 [run] try:  bin/eventbus publish order.placed '{"order_id":"o1","user_id":"42","total":1299,"currency":"EUR"}'
 [run]       bin/eventbus tail
 [run] Ctrl-C stops everything.

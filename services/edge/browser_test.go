@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
+
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/pkg/redistest"
+)
+
+// chromium finds Debian's chromium, which .ci/run installs. Without it the
+// test is skipped, unless EVENTBUS_REQUIRE_BROWSER=1 (as in CI) makes that a
+// failure.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("EVENTBUS_REQUIRE_BROWSER") == "1" {
+		t.Fatal("EVENTBUS_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
+	}
+	t.Skip("no chromium on PATH: install it (apt-get install chromium) to run the browser test")
+	return ""
+}
+
+// TestDemoPageShowsANotification opens the demo page in headless Chromium,
+// publishes a notification for the page's user and waits for it to appear.
+func TestDemoPageShowsANotification(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_DEMO": "true"})
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium(t)),
+		chromedp.NoSandbox, // CI runs as root
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.WindowSize(1100, 800),
+	)
+	alloc, cancel := chromedp.NewExecAllocator(t.Context(), opts...)
+	defer cancel()
+	browser, cancel := chromedp.NewContext(alloc)
+	defer cancel()
+	// The first action starts the browser and must not carry a timeout;
+	// the later ones get one, so a missing element fails rather than hangs.
+	if err := chromedp.Do(browser, chromedp.Navigate(e.base+"/?user=42")); err != nil {
+		t.Fatalf("open the demo page: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(browser, 60*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`#status[data-state="open"]`))); err != nil {
+		t.Fatalf("wait for the page to connect: %v; %s", err, pageState(t, browser))
+	}
+	// The page subscribes once the socket is open; wait until Redis has it.
+	waitFor(t, "the page's subscriptions", func() bool {
+		st, err := e.bus.Stats(t.Context())
+		return err == nil && st.NumSub["notify:user:42"] == 1
+	})
+
+	data, err := envelope.PackData(&eventbusv1.Notification{
+		NotificationId: "n1", UserId: "42", Title: "Your order has shipped", Body: "DHL JD0001", CauseEventId: "e1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &envelope.Envelope{Type: "notification.created", Channel: "notify:user:42", Data: data}
+	if err := envelope.Fill(env, "test", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	payload, err := envelope.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.bus.Publish(t.Context(), env.GetChannel(), payload); err != nil || n != 1 {
+		t.Fatalf("Publish = %d, %v; want the page's edge as the 1 receiver", n, err)
+	}
+	e.publish(t, "order:placed", "o-feed", 1) // the live feed watches order:* by default
+
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`#toasts .toast`)), chromedp.WaitVisible(chromedp.CSS(`#feed li`))); err != nil {
+		t.Fatalf("wait for the notification: %v; %s", err, pageState(t, browser))
+	}
+	title := do(t, ctx, chromedp.Text(chromedp.CSS(`#toasts .toast strong`)))
+	body := do(t, ctx, chromedp.Text(chromedp.CSS(`#toasts .toast span`)))
+	feed := do(t, ctx, chromedp.Text(chromedp.CSS(`#feed`)))
+	png := do(t, ctx, chromedp.FullScreenshot(100))
+	if title != "Your order has shipped" || body != "DHL JD0001" {
+		t.Errorf("toast = %q / %q, want the notification's title and body", title, body)
+	}
+	if !strings.Contains(feed, "order:placed") {
+		t.Errorf("live feed = %q, want the order:placed event", feed)
+	}
+	shot := filepath.Join(t.ArtifactDir(), "demo-page.png")
+	if err := os.WriteFile(shot, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", shot)
+}
+
+// do runs one browser action and returns its value, failing the test on
+// error.
+func do[T any](t *testing.T, ctx context.Context, a chromedp.Action[T]) T {
+	t.Helper()
+	v, err := chromedp.Run(ctx, a)
+	if err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	return v
+}
+
+// pageState describes the page for a failure message, and keeps a
+// screenshot of it.
+func pageState(t *testing.T, browser context.Context) string {
+	ctx, cancel := context.WithTimeout(browser, 10*time.Second)
+	defer cancel()
+	status, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`#status`)))
+	if err != nil {
+		return "page unreadable: " + err.Error()
+	}
+	if png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
+		_ = os.WriteFile(filepath.Join(t.ArtifactDir(), "failure.png"), png, 0o644)
+	}
+	return "page status: " + status
+}
