@@ -112,3 +112,17 @@ func (w *watcher) String() string {
 	defer w.mu.Unlock()
 	return w.buf.String()
 }
+
+// WaitFor polls cond every 10 ms until it holds, failing the test after
+// 15 s: the way to wait for a condition another process or goroutine brings
+// about, rather than sleeping.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after 15s waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 // chromium finds Debian's chromium, which .ci/run installs. Without it the
@@ -63,7 +64,7 @@ func TestDemoPageShowsANotification(t *testing.T) {
 		t.Fatalf("wait for the page to connect: %v; %s", err, pageState(t, browser))
 	}
 	// The page subscribes once the socket is open; wait until Redis has it.
-	waitFor(t, "the page's subscriptions", func() bool {
+	servicetest.WaitFor(t, "the page's subscriptions", func() bool {
 		st, err := e.bus.Stats(t.Context())
 		return err == nil && st.NumSub["notify:user:42"] == 1
 	})

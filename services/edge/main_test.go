@@ -182,18 +182,6 @@ func (e *edge) metric(t *testing.T, name string) float64 {
 	return 0
 }
 
-// waitFor polls cond until it holds, failing after 15 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestPatternsAndChannels(t *testing.T) {
 	t.Parallel()
 	e := startEdge(t, redistest.Shared(t), nil)
@@ -270,7 +258,7 @@ func TestReferenceCountedRedisSubscriptions(t *testing.T) {
 	}
 	clients[0].conn.Close(websocket.StatusNormalClosure, "")
 	clients[1].conn.Close(websocket.StatusNormalClosure, "")
-	waitFor(t, "two clients to leave", func() bool { return e.metric(t, "eventbus_edge_connections") == 1 })
+	servicetest.WaitFor(t, "two clients to leave", func() bool { return e.metric(t, "eventbus_edge_connections") == 1 })
 	if got := numpat(); got != basePat+1 {
 		t.Fatalf("NUMPAT with 1 client left = %d, want %d", got, basePat+1)
 	}
@@ -279,7 +267,7 @@ func TestReferenceCountedRedisSubscriptions(t *testing.T) {
 		t.Fatalf("remaining client got %+v", f)
 	}
 	clients[2].conn.Close(websocket.StatusNormalClosure, "")
-	waitFor(t, "NUMPAT back to its start", func() bool { return numpat() == basePat })
+	servicetest.WaitFor(t, "NUMPAT back to its start", func() bool { return numpat() == basePat })
 	if got := e.metric(t, "eventbus_edge_redis_subscriptions"); got != 0 {
 		t.Errorf("eventbus_edge_redis_subscriptions = %v after every client left, want 0", got)
 	}
@@ -452,7 +440,7 @@ func TestSlowClientIsDroppedOthersKeepUp(t *testing.T) {
 			t.Fatalf("fast client: event %d has subject %.10s…, want %d", i, f.subject(), i)
 		}
 	}
-	waitFor(t, "the slow client to be dropped", func() bool {
+	servicetest.WaitFor(t, "the slow client to be dropped", func() bool {
 		return e.metric(t, "eventbus_edge_slow_consumer_closes_total") == 1 && e.metric(t, "eventbus_edge_connections") == 1
 	})
 	if r := fast.do(`{"action":"ping","id":"after"}`); !r.OK {
@@ -465,7 +453,7 @@ func TestHeartbeatClosesASilentClient(t *testing.T) {
 	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_PING_INTERVAL": "50ms", "EDGE_PONG_TIMEOUT": "100ms"})
 	// A client that never reads never answers pings.
 	c := e.dial(t, mint(t, "1"))
-	waitFor(t, "the silent client to be closed", func() bool { return e.metric(t, "eventbus_edge_connections") == 0 })
+	servicetest.WaitFor(t, "the silent client to be closed", func() bool { return e.metric(t, "eventbus_edge_connections") == 0 })
 	if code := c.closeStatus(); code != 4002 {
 		t.Errorf("silent client closed with %d, want 4002", code)
 	}
@@ -488,7 +476,7 @@ func TestRedisRestart(t *testing.T) {
 	c.subscribe("1", "rs:*")
 	srv.Stop(t)
 	srv.Restart(t)
-	waitFor(t, "the edge to be ready again", func() bool {
+	servicetest.WaitFor(t, "the edge to be ready again", func() bool {
 		resp, err := http.Get(e.base + "/readyz")
 		if err != nil {
 			return false

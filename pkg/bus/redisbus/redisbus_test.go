@@ -97,7 +97,7 @@ func TestResubscribesAfterRedisRestart(t *testing.T) {
 	}
 	srv.Restart(t)
 
-	waitFor(t, "subscription live again", sub.Live)
+	servicetest.WaitFor(t, "subscription live again", sub.Live)
 	for _, ch := range []string{"order:placed", "user:created"} {
 		if n, err := b.Publish(t.Context(), ch, []byte(ch)); err != nil || n != 1 {
 			t.Fatalf("Publish(%s) after restart = %d, %v; want 1, nil", ch, n, err)
@@ -130,16 +130,4 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("metric %s not registered", name)
 	return 0
-}
-
-// waitFor polls cond until it holds, failing after 15 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
