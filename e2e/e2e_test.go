@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		defer os.RemoveAll(dir)
-		for name, pkg := range map[string]string{"api": "./services/api", "logger": "./services/logger", "edge": "./services/edge", "eventbus": "./cmd/eventbus"} {
+		for name, pkg := range map[string]string{"api": "./services/api", "logger": "./services/logger", "edge": "./services/edge", "notification": "./services/notification", "eventbus": "./cmd/eventbus"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
 			cmd.Dir = ".."
 			if out, err := cmd.CombinedOutput(); err != nil {
@@ -381,4 +381,83 @@ func TestAPIEventReachesABrowserThroughTheEdge(t *testing.T) {
 		t.Errorf("after SIGTERM the connection ended with %v, want 1001 going away", err)
 	}
 	<-stopped
+}
+
+// TestSignupAndShippingReachTheUser runs what make run runs and follows a
+// user through it: POST /v1/users logs a dry-run welcome email, and
+// shipping that user's order shows a notification to the user's browser.
+func TestSignupAndShippingReachTheUser(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	apiHTTP, apiGRPC, edgeHTTP, notifyHTTP := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
+	edge := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_DEMO": "true"}))
+	notification := start(t, "notification", merge(common, map[string]string{"NOTIFICATION_HTTP_ADDR": notifyHTTP}))
+	for p, addr := range map[*process]string{api: apiHTTP, edge: edgeHTTP, notification: notifyHTTP} {
+		waitReady(t, p, "http://"+addr+"/readyz")
+	}
+
+	// The browser: a demo token for user 42, subscribed to its notifications.
+	resp, err := http.Get("http://" + edgeHTTP + "/demo/token?user=42")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var demo struct{ Token string }
+	err = json.NewDecoder(resp.Body).Decode(&demo)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, "ws://"+edgeHTTP+"/ws?token="+demo.Token, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	if err := conn.Write(ctx, websocket.MessageText, []byte(`{"action":"subscribe","channel":"notify:user:42","id":"1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := conn.Read(ctx); err != nil || !strings.Contains(string(b), `"ok":true`) {
+		t.Fatalf("subscribe reply = %s, %v", b, err)
+	}
+
+	post := func(path, body string) {
+		t.Helper()
+		resp, err := http.Post("http://"+apiHTTP+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST %s = %d", path, resp.StatusCode)
+		}
+	}
+	post("/v1/users", `{"user_id":"42","email":"ada@example.com","name":"Ada"}`)
+	servicetest.WaitFor(t, "the dry-run welcome email", func() bool {
+		return strings.Contains(notification.out.String(), "dry-run: would send email") &&
+			strings.Contains(notification.out.String(), "Welcome to eventbus, Ada!")
+	})
+	post("/v1/orders/o1/ship", `{"user_id":"42","carrier":"DHL","tracking_number":"JD0001"}`)
+	_, b, err := conn.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Channel string
+		Event   struct {
+			Type string
+			Data struct{ Title, Body string }
+		}
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	if f.Channel != "notify:user:42" || f.Event.Data.Title != "Order shipped" || !strings.Contains(f.Event.Data.Body, "JD0001") {
+		t.Errorf("browser got %s, want the shipping notification", b)
+	}
+	servicetest.WaitFor(t, "the dry-run shipping email", func() bool {
+		return strings.Contains(notification.out.String(), "Your order o1 is on its way")
+	})
 }

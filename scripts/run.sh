@@ -60,13 +60,19 @@ start api bin/api
 start logger bin/logger
 # Demo mode mints tokens for the demo page: for this local run only.
 start edge env EDGE_DEMO="${EDGE_DEMO:-true}" bin/edge
+# Without SENDGRID_API_KEY in the environment, emails are only logged.
+start notification bin/notification
 
+email_mode="dry-run, logged below"
+[[ -n ${SENDGRID_API_KEY:-} ]] && email_mode="sent through SendGrid"
 cat <<MSG
 [run] eventbus is starting:
 [run]   API      http://localhost${API_HTTP_ADDR:-:8080}  (gRPC on ${API_GRPC_ADDR:-:9090})
 [run]   logger   http://localhost${LOGGER_HTTP_ADDR:-:8082}/v1/tail
 [run]   edge     http://localhost${EDGE_HTTP_ADDR:-:8081}   <- open this: the live demo page
-[run] try:  bin/eventbus publish order.placed '{"order_id":"o1","user_id":"42","total":1299,"currency":"EUR"}'
+[run]   notification  http://localhost${NOTIFICATION_HTTP_ADDR:-:8083}/metrics  (emails: $email_mode)
+[run] try:  curl -s localhost:8080/v1/users -d '{"user_id":"42","email":"ada@example.com","name":"Ada"}'
+[run]       curl -s localhost:8080/v1/orders/o1/ship -d '{"user_id":"42","carrier":"DHL","tracking_number":"JD01"}'
 [run]       bin/eventbus tail
 [run] Ctrl-C stops everything.
 MSG

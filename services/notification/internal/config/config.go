@@ -1,0 +1,62 @@
+// Package config reads the notification service's settings from the
+// environment.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/mail"
+	"net/url"
+	"time"
+
+	"github.com/eventbus-suite/eventbus/pkg/envconfig"
+)
+
+// Config is every setting of bin/notification.
+type Config struct {
+	HTTPAddr       string        // NOTIFICATION_HTTP_ADDR
+	SendGridAPIKey string        // SENDGRID_API_KEY: empty means dry-run
+	SendGridURL    string        // SENDGRID_API_URL: base URL of the SendGrid API
+	FromEmail      string        // NOTIFY_FROM_EMAIL
+	FromName       string        // NOTIFY_FROM_NAME
+	MaxAttempts    int           // NOTIFICATION_MAX_ATTEMPTS: tries per email on 429 and 5xx
+	RetryBase      time.Duration // NOTIFICATION_RETRY_BASE: first backoff, doubled each try
+	RetryMax       time.Duration // NOTIFICATION_RETRY_MAX: longest wait between tries
+	ClaimTTL       time.Duration // NOTIFICATION_CLAIM_TTL: how long a sent notification is remembered
+	Workers        int           // NOTIFICATION_WORKERS: events handled at once (per user in order)
+	RedisURL       string        // REDIS_URL
+	RedisPrefix    string        // REDIS_PREFIX
+	LogLevel       slog.Level    // LOG_LEVEL
+}
+
+// Load reads the configuration through getenv and reports every bad
+// variable at once.
+func Load(getenv func(string) string) (Config, error) {
+	r := envconfig.New(getenv)
+	c := Config{
+		HTTPAddr:       r.Addr("NOTIFICATION_HTTP_ADDR", ":8083"),
+		SendGridAPIKey: r.String("SENDGRID_API_KEY", ""),
+		SendGridURL:    r.String("SENDGRID_API_URL", "https://api.sendgrid.com"),
+		FromEmail:      r.String("NOTIFY_FROM_EMAIL", "eventbus@example.com"),
+		FromName:       r.String("NOTIFY_FROM_NAME", "eventbus"),
+		MaxAttempts:    int(r.Int("NOTIFICATION_MAX_ATTEMPTS", 5, 1)),
+		RetryBase:      r.Duration("NOTIFICATION_RETRY_BASE", 500*time.Millisecond),
+		RetryMax:       r.Duration("NOTIFICATION_RETRY_MAX", 30*time.Second),
+		ClaimTTL:       r.Duration("NOTIFICATION_CLAIM_TTL", 24*time.Hour),
+		Workers:        int(r.Int("NOTIFICATION_WORKERS", 8, 1)),
+		RedisURL:       r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
+		RedisPrefix:    r.ChannelPrefix("REDIS_PREFIX"),
+		LogLevel:       r.LogLevel("LOG_LEVEL", slog.LevelInfo),
+	}
+	if u, err := url.Parse(c.SendGridURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		r.Check("SENDGRID_API_URL", c.SendGridURL, errors.New("want an http(s) base URL such as https://api.sendgrid.com"))
+	}
+	if a, err := mail.ParseAddress(c.FromEmail); err != nil || a.Address != c.FromEmail {
+		r.Check("NOTIFY_FROM_EMAIL", c.FromEmail, errors.New("want a bare address such as noreply@example.com"))
+	}
+	if err := r.Err(); err != nil {
+		return Config{}, fmt.Errorf("configuration: %w", err)
+	}
+	return c, nil
+}

@@ -1,0 +1,340 @@
+// Package notifier is the core of the notification service: it turns the
+// events of a subscription into emails and browser notifications, each sent
+// once in total however many replicas receive the event.
+package notifier
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/mailer"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/rules"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/templates"
+)
+
+// DrainTimeout bounds how long a shutdown waits for the sends in flight.
+const DrainTimeout = 8 * time.Second
+
+// Options configure a Notifier.
+type Options struct {
+	Sub       bus.Subscription
+	Publisher bus.Publisher
+	Redis     *redis.Client
+	// Prefix is put before every Redis key, like the bus's channel prefix.
+	Prefix    string
+	Mailer    mailer.Mailer
+	Templates *templates.Set
+	Logger    *slog.Logger
+	// Workers handle events concurrently; the events of one user always go
+	// to the same worker, in order.
+	Workers int
+	// ClaimTTL is how long a sent notification is remembered, and so how
+	// long a redelivered event is recognised.
+	ClaimTTL time.Duration
+}
+
+// Notifier handles events.
+type Notifier struct {
+	Options
+	owner string // written into claims, for operators
+	m     *Metrics
+}
+
+// New returns a Notifier registering its metrics on reg.
+func New(opts Options, reg prometheus.Registerer) *Notifier {
+	host, _ := os.Hostname()
+	return &Notifier{Options: opts, owner: fmt.Sprintf("%s/%d", host, os.Getpid()), m: NewMetrics(reg)}
+}
+
+// Metrics of the notifier; RetryHook feeds the mailer's retries in.
+type Metrics struct {
+	events        *prometheus.CounterVec
+	emailsSent    prometheus.Counter
+	emailsFailed  prometheus.Counter
+	emailsRetried prometheus.Counter
+	published     prometheus.Counter
+	publishFailed prometheus.Counter
+	conflicts     prometheus.Counter
+	unknownUsers  prometheus.Counter
+}
+
+// NewMetrics registers the notifier's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: "eventbus_notification_" + name, Help: help})
+	}
+	m := &Metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventbus_notification_events_total", Help: "Events handled, by type."}, []string{"type"}),
+		emailsSent:    c("emails_sent_total", "Emails sent (or logged, in dry-run mode)."),
+		emailsFailed:  c("emails_failed_total", "Emails that finally failed and went to the dead-letter list."),
+		emailsRetried: c("emails_retried_total", "Retries of emails after a 429 or 5xx."),
+		published:     c("notifications_published_total", "Browser notifications published."),
+		publishFailed: c("notifications_failed_total", "Browser notifications that could not be published."),
+		conflicts:     c("claim_conflicts_total", "Notifications skipped because another replica had claimed them."),
+		unknownUsers:  c("unknown_users_total", "Emails not sent because the user's contact is unknown."),
+	}
+	reg.MustRegister(m.events, m.emailsSent, m.emailsFailed, m.emailsRetried, m.published, m.publishFailed, m.conflicts, m.unknownUsers)
+	return m
+}
+
+// CountRetry is a mailer retry hook.
+func (n *Notifier) CountRetry(int, time.Duration) { n.m.emailsRetried.Inc() }
+
+type job struct {
+	env  *envelope.Envelope
+	plan rules.Plan
+}
+
+// Run handles events until ctx ends, then finishes the events already
+// taken, giving the sends in flight at most DrainTimeout.
+func (n *Notifier) Run(ctx context.Context) error {
+	// Sends outlive ctx by DrainTimeout, so a shutdown does not cut an
+	// email in half.
+	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSends()
+	queues := make([]chan job, n.Workers)
+	var wg sync.WaitGroup
+	for i := range queues {
+		queues[i] = make(chan job, 64)
+		wg.Go(func() {
+			for j := range queues[i] {
+				n.handle(sendCtx, j)
+			}
+		})
+	}
+	stop := func() {
+		for _, q := range queues {
+			close(q)
+		}
+		drained := make(chan struct{})
+		go func() {
+			wg.Wait()
+			close(drained)
+		}()
+		select {
+		case <-drained:
+		case <-time.After(DrainTimeout):
+			n.Logger.Warn("sends still running after the drain timeout; cancelling them")
+			cancelSends()
+			<-drained
+		}
+	}
+	msgs := n.Sub.Messages()
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				stop()
+				return errors.New("redis subscription closed")
+			}
+			j, ok := n.plan(m)
+			if !ok {
+				continue
+			}
+			select {
+			case queues[shard(j.plan.UserID, len(queues))] <- j:
+			case <-ctx.Done():
+				stop()
+				return nil
+			}
+		case <-ctx.Done():
+			stop()
+			return nil
+		}
+	}
+}
+
+func shard(key string, n int) int {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	return int(h.Sum32() % uint32(n))
+}
+
+// plan decodes a message and asks the rules what to do.
+func (n *Notifier) plan(m bus.Message) (job, bool) {
+	env, err := envelope.Unmarshal(m.Payload)
+	if err != nil {
+		n.Logger.Warn("message is not an envelope; ignored", "channel", m.Channel, "error", err)
+		return job{}, false
+	}
+	if env.GetData() == nil {
+		return job{}, false
+	}
+	msg, err := env.GetData().UnmarshalNew()
+	if err != nil {
+		n.Logger.Warn("event data does not decode; ignored", "event_id", env.GetId(), "type", env.GetType(), "error", err)
+		return job{}, false
+	}
+	p := rules.For(env.GetType(), msg)
+	if len(p.Actions) == 0 && p.SaveContact == nil {
+		return job{}, false
+	}
+	n.m.events.WithLabelValues(env.GetType()).Inc()
+	return job{env: env, plan: p}, true
+}
+
+func (n *Notifier) contactKey(userID string) string { return n.Prefix + "contact:" + userID }
+
+// DeadLetterKey is the Redis list of emails that finally failed, newest
+// first, each a JSON DeadLetter.
+func DeadLetterKey(prefix string) string { return prefix + "notification:dead_letters" }
+
+func (n *Notifier) handle(ctx context.Context, j job) {
+	log := n.Logger.With("event_id", j.env.GetId(), "type", j.env.GetType(), "user_id", j.plan.UserID)
+	if c := j.plan.SaveContact; c != nil {
+		err := n.Redis.HSet(ctx, n.contactKey(j.plan.UserID), "email", c.Email, "name", c.Name).Err()
+		if err != nil {
+			log.Error("record contact", "error", err)
+		}
+	}
+	for _, a := range j.plan.Actions {
+		n.do(ctx, log.With("notification", a.Name), j.env, a)
+	}
+}
+
+// do sends one notification if this replica claims it first.
+func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action) {
+	to := a.To
+	if a.Kind == rules.Email && to == nil {
+		c, err := n.contact(ctx, a.UserID)
+		if err != nil {
+			log.Error("look up contact", "error", err)
+			return
+		}
+		if c == nil {
+			n.m.unknownUsers.Inc()
+			log.Warn("no contact recorded for the user: email not sent (was user.created ever published?)")
+			return
+		}
+		to = c
+	}
+	claim := n.Prefix + "notification:claim:" + env.GetId() + ":" + a.Name
+	ok, err := n.Redis.SetNX(ctx, claim, n.owner, n.ClaimTTL).Result()
+	if err != nil {
+		log.Error("claim notification", "error", err)
+		return
+	}
+	if !ok {
+		n.m.conflicts.Inc()
+		log.Debug("claimed by another replica")
+		return
+	}
+	var sendErr error
+	if a.Kind == rules.Email {
+		sendErr = n.email(ctx, log, env, a, to)
+	} else {
+		sendErr = n.browser(ctx, env, a)
+	}
+	if sendErr != nil {
+		// Release the claim, so that a redelivery of the event may try again.
+		if err := n.Redis.Del(context.WithoutCancel(ctx), claim).Err(); err != nil {
+			log.Error("release claim", "error", err)
+		}
+	}
+}
+
+func (n *Notifier) contact(ctx context.Context, userID string) (*rules.Contact, error) {
+	v, err := n.Redis.HGetAll(ctx, n.contactKey(userID)).Result()
+	if err != nil {
+		return nil, err
+	}
+	if v["email"] == "" {
+		return nil, nil
+	}
+	return &rules.Contact{Email: v["email"], Name: v["name"]}, nil
+}
+
+// DeadLetter is an email that finally failed.
+type DeadLetter struct {
+	EventID  string    `json:"event_id"`
+	Type     string    `json:"type"`
+	Name     string    `json:"notification"`
+	UserID   string    `json:"user_id"`
+	To       string    `json:"to"`
+	Subject  string    `json:"subject"`
+	Reason   string    `json:"reason"`
+	FailedAt time.Time `json:"failed_at"`
+}
+
+func (n *Notifier) email(ctx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action, to *rules.Contact) error {
+	data := map[string]string{"Name": to.Name, "Email": to.Email, "UserID": a.UserID}
+	for k, v := range a.Data {
+		data[k] = v
+	}
+	subject, text, html, err := n.Templates.Email(a.Template, data)
+	if err == nil {
+		err = n.Mailer.Send(ctx, mailer.Email{ToEmail: to.Email, ToName: to.Name, Subject: subject, Text: text, HTML: html})
+	}
+	if err == nil {
+		n.m.emailsSent.Inc()
+		log.Info("email sent", "to", to.Email, "subject", subject)
+		return nil
+	}
+	n.m.emailsFailed.Inc()
+	log.Error("email failed; dead-lettered", "to", to.Email, "error", err)
+	dl, _ := json.Marshal(DeadLetter{
+		EventID: env.GetId(), Type: env.GetType(), Name: a.Name, UserID: a.UserID, To: to.Email,
+		Subject: subject, Reason: err.Error(), FailedAt: time.Now().UTC(),
+	})
+	if lerr := n.Redis.LPush(context.WithoutCancel(ctx), DeadLetterKey(n.Prefix), dl).Err(); lerr != nil {
+		log.Error("write dead letter", "error", lerr, "dead_letter", string(dl))
+	}
+	return err
+}
+
+func (n *Notifier) browser(ctx context.Context, env *envelope.Envelope, a rules.Action) error {
+	title, body, err := n.Templates.Browser(a.Template, a.Data)
+	if err != nil {
+		n.m.publishFailed.Inc()
+		return err
+	}
+	note := &eventbusv1.Notification{
+		NotificationId: envelope.NewID(), UserId: a.UserID, Title: title, Body: body, Link: a.Link, CauseEventId: env.GetId(),
+	}
+	if err := n.publish(ctx, env, note); err != nil {
+		n.m.publishFailed.Inc()
+		n.Logger.Error("publish browser notification", "event_id", env.GetId(), "user_id", a.UserID, "error", err)
+		return err
+	}
+	n.m.published.Inc()
+	return nil
+}
+
+func (n *Notifier) publish(ctx context.Context, cause *envelope.Envelope, note *eventbusv1.Notification) error {
+	data, err := envelope.PackData(note)
+	if err != nil {
+		return err
+	}
+	user := note.GetUserId()
+	out := &envelope.Envelope{
+		Type: "notification.created", Channel: "notify:user:" + user, Subject: user, Data: data,
+		Attributes: map[string]string{"causationid": cause.GetId()},
+	}
+	if tp := cause.GetAttributes()["traceparent"]; tp != "" {
+		out.Attributes["traceparent"] = tp
+	}
+	if err := envelope.Fill(out, "eventbus/notification", time.Now()); err != nil {
+		return err
+	}
+	b, err := envelope.Marshal(out)
+	if err != nil {
+		return err
+	}
+	_, err = n.Publisher.Publish(ctx, out.GetChannel(), b)
+	return err
+}

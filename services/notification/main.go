@@ -1,0 +1,103 @@
+// Command notification turns events into welcome and receipt emails
+// (through SendGrid) and browser notifications, each sent exactly once
+// however many replicas run.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
+	"github.com/eventbus-suite/eventbus/pkg/server"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/config"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/mailer"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/notifier"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/rules"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/templates"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Getenv, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "notification: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "notification")
+	tmpl, err := templates.Load()
+	if err != nil {
+		return err
+	}
+
+	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	reg := server.NewRegistry()
+	b, err := redisbus.New(rdb, redisbus.Options{
+		Prefix: cfg.RedisPrefix, Logger: log, Registerer: reg, Namespace: "eventbus_notification",
+	})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	sub, err := b.Subscribe(ctx, rules.Patterns...)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+
+	n := notifier.New(notifier.Options{
+		Sub: sub, Publisher: b, Redis: rdb, Prefix: cfg.RedisPrefix, Templates: tmpl, Logger: log,
+		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL,
+	}, reg)
+	if cfg.SendGridAPIKey == "" {
+		log.Warn("SENDGRID_API_KEY is not set: dry-run mode, emails are logged, not sent")
+		n.Mailer = mailer.DryRun{Log: log}
+	} else {
+		sg := mailer.NewSendGrid(cfg.SendGridAPIKey, cfg.SendGridURL, cfg.FromEmail, cfg.FromName, cfg.MaxAttempts, cfg.RetryBase, cfg.RetryMax)
+		sg.OnRetry = n.CountRetry
+		n.Mailer = sg
+	}
+
+	mux := http.NewServeMux()
+	server.Ops(mux, reg, func(ctx context.Context) error {
+		if !sub.Live() {
+			return errors.New("subscription to redis is not live")
+		}
+		return b.Ping(ctx)
+	})
+	l, err := server.Listen(ctx, cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	log.Info("listening", "http_addr", l.Addr().String(), "patterns", rules.Patterns, "dry_run", cfg.SendGridAPIKey == "")
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return n.Run(ctx) })
+	g.Go(func() error {
+		return server.ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, l)
+	})
+	err = g.Wait()
+	log.Info("stopped")
+	return err
+}
