@@ -52,7 +52,6 @@ func Load() (*Set, error) {
 	return s, nil
 }
 
-
 func (s *Set) render(name string, data any) (string, error) {
 	var b bytes.Buffer
 	var err error
