@@ -75,7 +75,7 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 
 .PHONY: tidy
 tidy: ## go mod tidy in every module
-	for m in proto pkg services/api services/logger services/edge services/notification cmd/eventbus e2e; do (cd $$m && GOWORK=off go mod tidy); done
+	for m in proto pkg services/api services/logger services/edge services/notification cmd/eventbus deploy e2e; do (cd $$m && GOWORK=off go mod tidy); done
 
 .PHONY: clean
 clean: ## Remove bin/, data/ and test-output/

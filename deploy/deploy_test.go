@@ -387,3 +387,29 @@ func TestGrafanaProvisioning(t *testing.T) {
 		}
 	}
 }
+
+// TestDockerfileCopiesEveryModule: the image builds with the workspace, so
+// every module go.work uses must have its go.mod and go.sum copied before
+// `go mod download`.
+func TestDockerfileCopiesEveryModule(t *testing.T) {
+	t.Parallel()
+	work, err := os.ReadFile(filepath.Join(root, "go.work"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dockerfile, err := os.ReadFile(filepath.Join(root, "deploy/docker/Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	uses := regexp.MustCompile(`(?m)^\s+\./(\S+)$`).FindAllStringSubmatch(string(work), -1)
+	if len(uses) < 5 {
+		t.Fatalf("go.work lists %d modules, want them all", len(uses))
+	}
+	for _, u := range uses {
+		dir := u[1]
+		want := "COPY " + dir + "/go.mod " + dir + "/go.sum " + dir + "/"
+		if !strings.Contains(string(dockerfile), want) {
+			t.Errorf("the Dockerfile lacks %q", want)
+		}
+	}
+}

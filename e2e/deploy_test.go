@@ -1,0 +1,281 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
+)
+
+// startNginx runs nginx with the repository's nginx.conf, its upstream and
+// port replaced by the given edges and a free port, and returns its address.
+func startNginx(t *testing.T, edges ...string) string {
+	t.Helper()
+	nginx, err := exec.LookPath("nginx")
+	if err != nil {
+		if os.Getenv("EVENTBUS_REQUIRE_NGINX") == "1" {
+			t.Fatal("EVENTBUS_REQUIRE_NGINX=1 but nginx is not installed")
+		}
+		t.Skip("nginx is not installed (apt-get install nginx)")
+	}
+	conf, err := os.ReadFile("../deploy/nginx/nginx.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var servers []string
+	for _, e := range edges {
+		servers = append(servers, "server "+e+" max_fails=1 fail_timeout=5s;")
+	}
+	addr := freeAddr(t)
+	s := strings.Replace(string(conf), "server edge:8081 max_fails=1 fail_timeout=5s;", strings.Join(servers, "\n        "), 1)
+	s = strings.Replace(s, "listen 80;", "listen "+addr+";", 1)
+	if s == string(conf) || !strings.Contains(s, "listen "+addr) || strings.Contains(s, "edge:8081") {
+		t.Fatal("nginx.conf no longer has the upstream and listen lines this test replaces")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	global := "daemon off; error_log " + filepath.Join(dir, "error.log") + "; pid " + filepath.Join(dir, "nginx.pid") + ";"
+	if os.Geteuid() == 0 {
+		global += " user root;" // workers must reach the temp dirs under the test's private dir
+	}
+	cmd := exec.Command(nginx, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-g", global)
+	out := &servicetest.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGQUIT)
+		_ = cmd.Wait()
+		if t.Failed() {
+			logs, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Logf("nginx output:\n%s\n%s", out, logs)
+		}
+	})
+	servicetest.WaitFor(t, "nginx to answer", func() bool {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return addr
+}
+
+// TestComposeTopologyBehindNginx runs, as processes, what docker compose
+// runs: a browser connected through nginx gets its notification once, and
+// when its edge is killed it reconnects through nginx to the other edge and
+// keeps receiving.
+func TestComposeTopologyBehindNginx(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
+	const secret = "compose-e2e-secret-0123456789"
+	apiHTTP, apiGRPC, loggerHTTP := freeAddr(t), freeAddr(t), freeAddr(t)
+	ready := map[*process]string{}
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
+	ready[api] = apiHTTP
+	logger := start(t, "logger", merge(common, map[string]string{"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": t.TempDir(), "LOGGER_STDOUT": "false"}))
+	ready[logger] = loggerHTTP
+	var notifications []string
+	for range 2 {
+		a := freeAddr(t)
+		ready[start(t, "notification", merge(common, map[string]string{"NOTIFICATION_HTTP_ADDR": a}))] = a
+		notifications = append(notifications, a)
+	}
+	edges := map[string]*process{}
+	var edgeAddrs []string
+	for range 2 {
+		a := freeAddr(t)
+		p := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": a, "EDGE_JWT_SECRET": secret, "EDGE_DEMO": "true"}))
+		ready[p] = a
+		edges[a] = p
+		edgeAddrs = append(edgeAddrs, a)
+	}
+	for p, a := range ready {
+		waitReady(t, p, "http://"+a+"/readyz")
+	}
+	front := startNginx(t, edgeAddrs...)
+
+	post := func(path, body string) {
+		t.Helper()
+		resp, err := http.Post("http://"+apiHTTP+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST %s = %d", path, resp.StatusCode)
+		}
+	}
+	post("/v1/users", `{"user_id":"77","email":"u77@example.com","name":"Seventy"}`)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	conn := connectThroughNginx(t, ctx, front, "77")
+	post("/v1/orders/o1/ship", `{"user_id":"77","carrier":"DHL","tracking_number":"T1"}`)
+	if body := nextNotificationBody(t, ctx, conn); !strings.Contains(body, "T1") {
+		t.Fatalf("first notification = %q, want the shipment T1", body)
+	}
+	post("/v1/orders/o2/ship", `{"user_id":"77","carrier":"DHL","tracking_number":"T2"}`)
+	if body := nextNotificationBody(t, ctx, conn); !strings.Contains(body, "T2") {
+		t.Fatalf("second notification = %q, want T2: two notification replicas sent T1 twice", body)
+	}
+
+	// Kill the edge holding the connection, as a crash would.
+	var victim string
+	for _, a := range edgeAddrs {
+		if metricValue(t, a, "eventbus_edge_connections") == 1 {
+			victim = a
+		}
+	}
+	if victim == "" {
+		t.Fatal("no edge reports the connection")
+	}
+	if err := edges[victim].cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-edges[victim].done
+	if _, _, err := conn.Read(ctx); err == nil {
+		t.Fatal("the connection survived its edge")
+	}
+	// The client reconnects through nginx, which now reaches the other edge.
+	var survivor string
+	for _, a := range edgeAddrs {
+		if a != victim {
+			survivor = a
+		}
+	}
+	conn = connectThroughNginx(t, ctx, front, "77")
+	if got := metricValue(t, survivor, "eventbus_edge_connections"); got != 1 {
+		t.Fatalf("surviving edge has %v connections, want the reconnected client", got)
+	}
+	post("/v1/orders/o3/ship", `{"user_id":"77","carrier":"DHL","tracking_number":"T3"}`)
+	if body := nextNotificationBody(t, ctx, conn); !strings.Contains(body, "T3") {
+		t.Fatalf("notification after the failover = %q, want T3", body)
+	}
+
+	// Every metric the Grafana dashboard charts is exported by a running
+	// service.
+	var exported strings.Builder
+	for _, a := range append([]string{apiHTTP, loggerHTTP, survivor}, notifications...) {
+		resp, err := http.Get("http://" + a + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		exported.Write(b)
+	}
+	for _, name := range dashboardMetrics(t) {
+		if !regexp.MustCompile(`(?m)^` + name + `[{ ]`).MatchString(exported.String()) {
+			t.Errorf("the dashboard charts %s, which no service exports", name)
+		}
+	}
+}
+
+// connectThroughNginx fetches a demo token and subscribes to the user's
+// notifications, all through nginx.
+func connectThroughNginx(t *testing.T, ctx context.Context, front, user string) *websocket.Conn {
+	t.Helper()
+	resp, err := http.Get("http://" + front + "/demo/token?user=" + user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var demo struct{ Token string }
+	err = json.NewDecoder(resp.Body).Decode(&demo)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("demo token through nginx: %v", err)
+	}
+	conn, _, err := websocket.Dial(ctx, "ws://"+front+"/ws?token="+demo.Token, nil)
+	if err != nil {
+		t.Fatalf("websocket through nginx: %v", err)
+	}
+	t.Cleanup(func() { conn.CloseNow() })
+	sub := fmt.Sprintf(`{"action":"subscribe","channel":"notify:user:%s","id":"s"}`, user)
+	if err := conn.Write(ctx, websocket.MessageText, []byte(sub)); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := conn.Read(ctx); err != nil || !strings.Contains(string(b), `"ok":true`) {
+		t.Fatalf("subscribe through nginx = %s, %v", b, err)
+	}
+	return conn
+}
+
+func nextNotificationBody(t *testing.T, ctx context.Context, conn *websocket.Conn) string {
+	t.Helper()
+	_, b, err := conn.Read(ctx)
+	if err != nil {
+		t.Fatalf("read notification: %v", err)
+	}
+	var f struct {
+		Event struct {
+			Data struct{ Body string }
+		}
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	return f.Event.Data.Body
+}
+
+func metricValue(t *testing.T, addr, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// dashboardMetrics lists the metric names the Grafana dashboard queries.
+func dashboardMetrics(t *testing.T) []string {
+	t.Helper()
+	raw, err := os.ReadFile("../deploy/grafana/dashboards/eventbus.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct{ Targets []struct{ Expr string } }
+	}
+	if err := json.Unmarshal(raw, &d); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			names = append(names, regexp.MustCompile(`eventbus_[a-z_]+`).FindAllString(tg.Expr, -1)...)
+		}
+	}
+	if len(names) == 0 {
+		t.Fatal("the dashboard queries no eventbus metric")
+	}
+	return names
+}
