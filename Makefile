@@ -39,6 +39,19 @@ test: build ## Run the whole test suite against a real redis-server (or the embe
 run: build ## Start Redis and every service on localhost; Ctrl-C stops all
 	./scripts/run.sh
 
+# The benchmarks run against their own system: quiet logger, a known token
+# secret, and the edge's send queue and rate limits as in production.
+BENCH_ENV := LOGGER_STDOUT=false LOG_LEVEL=warn EDGE_DEMO=false EDGE_JWT_SECRET=bench-secret-0123456789abcdef
+
+.PHONY: bench
+bench: build ## Start the system and run the standard benchmark scenarios
+	$(BENCH_ENV) ./scripts/run.sh ./scripts/bench.sh
+
+.PHONY: bench-smoke
+bench-smoke: build ## Run every benchmark scenario for a moment, to prove each works
+	$(BENCH_ENV) BENCH_SMOKE=1 API_HTTP_ADDR=:18080 API_GRPC_ADDR=:19090 EDGE_HTTP_ADDR=:18081 \
+		LOGGER_HTTP_ADDR=:18082 NOTIFICATION_HTTP_ADDR=:18083 LOGGER_DIR=$$(mktemp -d) ./scripts/run.sh ./scripts/bench.sh
+
 .PHONY: tools
 tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc ## Install the pinned code generators into .bin/
 

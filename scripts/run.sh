@@ -3,6 +3,10 @@
 # REDIS_URL, else redis-server, else the embedded server of bin/eventbus),
 # then every service as its own process, their logs interleaved and
 # prefixed by service. Ctrl-C stops everything.
+#
+# With arguments, it runs them as a command once every service is ready,
+# then stops everything and exits with the command's status:
+#   scripts/run.sh bin/eventbus bench fanout --subscribers 100
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,6 +80,22 @@ cat <<MSG
 [run]       bin/eventbus tail
 [run] Ctrl-C stops everything.
 MSG
+
+if (($#)); then
+	for url in "http://localhost${API_HTTP_ADDR:-:8080}" "http://localhost${LOGGER_HTTP_ADDR:-:8082}" \
+		"http://localhost${EDGE_HTTP_ADDR:-:8081}" "http://localhost${NOTIFICATION_HTTP_ADDR:-:8083}"; do
+		for _ in $(seq 100); do
+			curl -sf "$url/readyz" >/dev/null && break
+			sleep 0.1
+		done
+		curl -sf "$url/readyz" >/dev/null || { echo "[run] $url is not ready" >&2; exit 1; }
+	done
+	set +e
+	"$@"
+	status=$?
+	echo "[run] $1 exited with status $status; stopping everything"
+	exit "$status"
+fi
 
 # Stop everything as soon as one service exits.
 set +e

@@ -4,8 +4,10 @@ go 1.26.0
 
 require (
 	github.com/alicebob/miniredis/v2 v2.40.0
+	github.com/coder/websocket v1.8.15
 	github.com/eventbus-suite/eventbus/pkg v0.0.0
 	github.com/google/go-cmp v0.7.0
+	golang.org/x/sync v0.24.0
 )
 
 require (

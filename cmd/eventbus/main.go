@@ -21,6 +21,7 @@ Usage:
   eventbus tail [flags] [PATTERN]       follow the logger, like tail -f
   eventbus stats [flags]                show channels and subscribers
   eventbus token --sub ID [flags]       mint a development token for the edge
+  eventbus bench SCENARIO [flags]       measure a running system: fanout, ingest, connections
   eventbus devredis [flags]             run an embedded Redis-compatible server (development only)
 
 Run 'eventbus COMMAND --help' for the flags of a command.
@@ -63,6 +64,7 @@ var commands = map[string]command{
 	"tail":     {"follow the logger", runTail},
 	"stats":    {"show channels and subscribers", runStats},
 	"token":    {"mint a development token for the edge", runToken},
+	"bench":    {"measure a running system", runBench},
 	"devredis": {"run an embedded Redis-compatible server", runDevRedis},
 }
 

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/sync/errgroup"
+)
+
+func benchConnections(ctx context.Context, e env, args []string) error {
+	fs := flags(e, "bench connections", "",
+		"Opens N idle WebSocket connections to the edge, from source addresses spread over\n"+
+			"127.0.0.0/8, and reports how long that took and the edge's resident memory and Go heap\n"+
+			"per connection, read from its own metrics.")
+	var b benchFlags
+	b.register(fs, e)
+	count := fs.Int("count", 10000, "connections to open")
+	settle := fs.Duration("settle", 3*time.Second, "how long to let the edge settle before reading its memory")
+	if pos, err := parse(fs, args); err != nil {
+		return err
+	} else if len(pos) != 0 || *count < 1 {
+		fs.Usage()
+		return errUsage
+	}
+	readMem := func() (rss, heap float64, err error) {
+		if rss, err = scrape(ctx, b.edge, "process_resident_memory_bytes"); err != nil {
+			return
+		}
+		heap, err = scrape(ctx, b.edge, "go_memstats_heap_inuse_bytes")
+		return
+	}
+	rss0, heap0, err := readMem()
+	if err != nil {
+		return err
+	}
+	conns0, err := scrape(ctx, b.edge, "eventbus_edge_connections")
+	if err != nil {
+		return err
+	}
+	tok, err := b.token(ctx, "bench")
+	if err != nil {
+		return err
+	}
+	var src sourceClients
+	conns := make([]*websocket.Conn, *count)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.CloseNow()
+			}
+		}
+	}()
+	var opened atomic.Int64
+	stop := progress(e, func() string { return fmt.Sprintf("connections: %d of %d open", opened.Load(), *count) })
+	start := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(128)
+	for i := range conns {
+		g.Go(func() error {
+			c, err := b.dialEdge(gctx, &src, i, tok, "")
+			if err != nil {
+				return err
+			}
+			conns[i] = c
+			// Read, so the edge's pings are answered; nothing else arrives.
+			go func() { _, _, _ = c.Read(ctx) }()
+			opened.Add(1)
+			return nil
+		})
+	}
+	err = g.Wait()
+	connectTime := time.Since(start)
+	stop()
+	if err != nil {
+		return fmt.Errorf("opened %d of %d connections: %w", opened.Load(), *count, err)
+	}
+	select {
+	case <-time.After(*settle):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	conns1, err := scrape(ctx, b.edge, "eventbus_edge_connections")
+	if err != nil {
+		return err
+	}
+	if got := int(conns1 - conns0); got != *count {
+		return fmt.Errorf("the edge reports %d new connections, want %d", got, *count)
+	}
+	rss1, heap1, err := readMem()
+	if err != nil {
+		return err
+	}
+	n := float64(*count)
+	res := result{
+		{"count", *count}, {"connect_seconds", round(connectTime.Seconds(), 2)},
+		{"rss_bytes_per_conn", round((rss1-rss0)/n, 0)}, {"heap_bytes_per_conn", round((heap1-heap0)/n, 0)},
+		{"edge_rss_bytes", rss1}, {"edge_heap_inuse_bytes", heap1},
+	}
+	return res.print(e.stdout, b.json, "connections")
+}

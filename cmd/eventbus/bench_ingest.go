@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
+)
+
+const loggedMetric = "eventbus_logger_events_logged_total"
+
+func benchIngest(ctx context.Context, e env, args []string) error {
+	fs := flags(e, "bench ingest", "",
+		"Publishes as fast as C clients can: HTTP POST /v1/events from keep-alive clients, or with\n"+
+			"--grpc, PublishStream streams of --batch events (latencies are then per stream). Then it\n"+
+			"checks that the logger recorded every accepted event.")
+	var b benchFlags
+	b.register(fs, e)
+	concurrency := fs.Int("concurrency", 32, "concurrent clients (or streams)")
+	duration := fs.Duration("duration", 10*time.Second, "how long to publish")
+	batch := fs.Int("batch", 1000, "events per gRPC stream")
+	if pos, err := parse(fs, args); err != nil {
+		return err
+	} else if len(pos) != 0 || *concurrency < 1 || *batch < 1 {
+		fs.Usage()
+		return errUsage
+	}
+	before, loggerErr := scrape(ctx, b.logger, loggedMetric)
+
+	var accepted, failed atomic.Int64
+	lat := make([][]time.Duration, *concurrency)
+	deadline := time.Now().Add(*duration)
+	var work func(i int) error
+	useGRPC := b.grpc.on
+	if useGRPC {
+		conn, err := grpc.NewClient(b.grpc.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		client := eventbusv1.NewEventServiceClient(conn)
+		if b.apiKey != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+b.apiKey)
+		}
+		req := &eventbusv1.PublishStreamRequest{Event: &eventbusv1.Envelope{Type: "bench.ingest", Subject: "grpc"}}
+		work = func(i int) error {
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				t0 := time.Now()
+				stream, err := client.PublishStream(ctx)
+				if err != nil {
+					return err
+				}
+				for range *batch {
+					if err := stream.Send(req); err != nil {
+						return err
+					}
+				}
+				resp, err := stream.CloseAndRecv()
+				if err != nil {
+					return err
+				}
+				lat[i] = append(lat[i], time.Since(t0))
+				accepted.Add(resp.GetAccepted())
+				failed.Add(resp.GetRejected())
+			}
+			return nil
+		}
+	} else {
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *concurrency}, Timeout: 10 * time.Second}
+		url := strings.TrimSuffix(b.api, "/") + "/v1/events"
+		work = func(i int) error {
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(`{"type":"bench.ingest","subject":"http"}`))
+				req.Header.Set("Content-Type", "application/json")
+				if b.apiKey != "" {
+					req.Header.Set("Authorization", "Bearer "+b.apiKey)
+				}
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				lat[i] = append(lat[i], time.Since(t0))
+				if resp.StatusCode == http.StatusAccepted {
+					accepted.Add(1)
+				} else {
+					failed.Add(1)
+				}
+			}
+			return nil
+		}
+	}
+	stop := progress(e, func() string { return fmt.Sprintf("ingest: accepted %d, errors %d", accepted.Load(), failed.Load()) })
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, *concurrency)
+	for i := range *concurrency {
+		wg.Go(func() { errs[i] = work(i) })
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	stop()
+	for _, err := range errs {
+		if err != nil {
+			return fmt.Errorf("ingest: %w", err)
+		}
+	}
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	p := percentiles(all, 50, 99)
+	transport := "http"
+	if useGRPC {
+		transport = "grpc"
+	}
+	res := result{
+		{"transport", transport}, {"concurrency", *concurrency}, {"duration_s", round(elapsed.Seconds(), 2)},
+		{"events_per_sec", round(float64(accepted.Load())/elapsed.Seconds(), 0)},
+		{"p50_ms", p[0]}, {"p99_ms", p[1]}, {"accepted", accepted.Load()}, {"errors", failed.Load()},
+	}
+	if loggerErr != nil {
+		fmt.Fprintf(e.stderr, "ingest: not counting what the logger recorded: %v\n", loggerErr)
+		return res.print(e.stdout, b.json, "ingest")
+	}
+	// The logger may trail: wait until it has everything or stops moving.
+	logged, err := waitLogged(ctx, b.logger, before, accepted.Load())
+	if err != nil {
+		return err
+	}
+	res = append(res, field{"logged", logged})
+	if err := res.print(e.stdout, b.json, "ingest"); err != nil {
+		return err
+	}
+	if logged != accepted.Load() {
+		fmt.Fprintf(e.stderr, "\n*** ingest: the logger recorded %d of %d accepted events ***\n\n", logged, accepted.Load())
+		return errLoss
+	}
+	return nil
+}
+
+func waitLogged(ctx context.Context, logger string, before float64, want int64) (int64, error) {
+	var last float64 = -1
+	lastChange := time.Now()
+	for {
+		now, err := scrape(ctx, logger, loggedMetric)
+		if err != nil {
+			return 0, err
+		}
+		got := int64(now - before)
+		if got >= want || time.Since(lastChange) > 5*time.Second {
+			return got, nil
+		}
+		if now != last {
+			last, lastChange = now, time.Now()
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return got, ctx.Err()
+		}
+	}
+}
