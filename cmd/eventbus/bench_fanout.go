@@ -93,34 +93,42 @@ func (s *subscriber) read(ctx context.Context, delivered *atomic.Int64) {
 			return
 		}
 		now := time.Now().UnixNano()
-		frame := buf.Bytes()
-		i := bytes.Index(frame, key)
-		if i < 0 {
-			continue // a reply, not an event
+		for frame := range bytes.SplitSeq(buf.Bytes(), []byte("\n")) {
+			if s.count(frame, key, now) {
+				delivered.Add(1)
+			}
 		}
-		subject := frame[i+len(key):]
-		subject = subject[:bytes.IndexByte(subject, '"')]
-		dot := bytes.IndexByte(subject, '.')
-		if dot < 0 {
-			continue
-		}
-		seq, err1 := strconv.Atoi(string(subject[:dot]))
-		sent, err2 := strconv.ParseInt(string(subject[dot+1:]), 10, 64)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		for seq >= len(s.seen) {
-			s.seen = append(s.seen, make([]bool, len(s.seen)+1024)...)
-		}
-		if s.seen[seq] {
-			s.dups++
-		} else {
-			s.seen[seq] = true
-			s.unique++
-		}
-		s.latencies = append(s.latencies, time.Duration(now-sent))
-		delivered.Add(1)
 	}
+}
+
+// count records one frame and reports whether it was an event.
+func (s *subscriber) count(frame, key []byte, now int64) bool {
+	i := bytes.Index(frame, key)
+	if i < 0 {
+		return false // a reply, not an event
+	}
+	subject := frame[i+len(key):]
+	subject = subject[:bytes.IndexByte(subject, '"')]
+	dot := bytes.IndexByte(subject, '.')
+	if dot < 0 {
+		return false
+	}
+	seq, err1 := strconv.Atoi(string(subject[:dot]))
+	sent, err2 := strconv.ParseInt(string(subject[dot+1:]), 10, 64)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	for seq >= len(s.seen) {
+		s.seen = append(s.seen, make([]bool, len(s.seen)+1024)...)
+	}
+	if s.seen[seq] {
+		s.dups++
+	} else {
+		s.seen[seq] = true
+		s.unique++
+	}
+	s.latencies = append(s.latencies, time.Duration(now-sent))
+	return true
 }
 
 func fanoutTrial(ctx context.Context, e env, b *benchFlags, nsubs, rate int, duration time.Duration, pattern bool) (result, error) {

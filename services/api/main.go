@@ -65,6 +65,9 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		Ingest: svc, Idempotency: idem, Stats: b.Stats, Keys: keys, Logger: log,
 		MaxBodyBytes: cfg.MaxBodyBytes, MaxBatchBytes: cfg.MaxBatchBytes,
 	})
+	if cfg.Pprof {
+		server.Pprof(mux)
+	}
 	server.Ops(mux, reg, b.Ping)
 	gs := grpcapi.New(svc, idem, keys, log)
 

@@ -87,6 +87,9 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		demoSecret = secret
 	}
 	web.Register(mux, demoSecret)
+	if cfg.Pprof {
+		server.Pprof(mux)
+	}
 	server.Ops(mux, reg, func(ctx context.Context) error {
 		if !sub.Live() {
 			return errors.New("subscription to redis is not live")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -63,8 +64,9 @@ func mint(t *testing.T, sub string, channels ...string) string {
 
 // client is a test WebSocket client.
 type client struct {
-	t    *testing.T
-	conn *websocket.Conn
+	t       *testing.T
+	conn    *websocket.Conn
+	pending [][]byte // frames of a message not handed out yet
 }
 
 func (e *edge) dial(t *testing.T, tok string) *client {
@@ -107,15 +109,21 @@ func (f frame) subject() string {
 	return e.Subject
 }
 
-// next reads one frame; a missing frame fails the test after 10 s.
+// next reads one frame; a missing frame fails the test after 10 s. One
+// WebSocket message may carry several frames, one per line.
 func (c *client) next() frame {
 	c.t.Helper()
-	ctx, cancel := context.WithTimeout(c.t.Context(), 10*time.Second)
-	defer cancel()
-	_, b, err := c.conn.Read(ctx)
-	if err != nil {
-		c.t.Fatalf("read: %v", err)
+	if len(c.pending) == 0 {
+		ctx, cancel := context.WithTimeout(c.t.Context(), 10*time.Second)
+		defer cancel()
+		_, msg, err := c.conn.Read(ctx)
+		if err != nil {
+			c.t.Fatalf("read: %v", err)
+		}
+		c.pending = bytes.Split(msg, []byte("\n"))
 	}
+	b := c.pending[0]
+	c.pending = c.pending[1:]
 	var f frame
 	if err := json.Unmarshal(b, &f); err != nil {
 		c.t.Fatalf("frame %s: %v", b, err)

@@ -76,6 +76,9 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 
 	mux := http.NewServeMux()
 	tailapi.Register(ctx, mux, window, cfg.TailBuffer)
+	if cfg.Pprof {
+		server.Pprof(mux)
+	}
 	server.Ops(mux, reg, func(ctx context.Context) error {
 		if !sub.Live() {
 			return errors.New("subscription to redis is not live")

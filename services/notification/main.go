@@ -80,6 +80,9 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 
 	mux := http.NewServeMux()
+	if cfg.Pprof {
+		server.Pprof(mux)
+	}
 	server.Ops(mux, reg, func(ctx context.Context) error {
 		if !sub.Live() {
 			return errors.New("subscription to redis is not live")

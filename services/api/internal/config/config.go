@@ -17,6 +17,7 @@ type Config struct {
 	APIKeys       []string   // API_KEYS: comma-separated; empty means open
 	MaxBodyBytes  int64      // API_MAX_BODY_BYTES
 	MaxBatchBytes int64      // API_MAX_BATCH_BYTES
+	Pprof         bool       // PPROF: serve /debug/pprof on the HTTP port, for profiling only
 	LogLevel      slog.Level // LOG_LEVEL
 }
 
@@ -32,6 +33,7 @@ func Load(getenv func(string) string) (Config, error) {
 		APIKeys:       r.List("API_KEYS", nil),
 		MaxBodyBytes:  r.Int("API_MAX_BODY_BYTES", 1<<20, 1),
 		MaxBatchBytes: r.Int("API_MAX_BATCH_BYTES", 16<<20, 1),
+		Pprof:         r.Bool("PPROF", false),
 		LogLevel:      r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 	}
 	if err := r.Err(); err != nil {

@@ -29,6 +29,7 @@ type Config struct {
 	SendQueue        int           // EDGE_SEND_QUEUE: events waiting per connection before it is dropped as slow
 	RedisURL         string        // REDIS_URL
 	RedisPrefix      string        // REDIS_PREFIX
+	Pprof            bool          // PPROF: serve /debug/pprof on the HTTP port, for profiling only
 	LogLevel         slog.Level    // LOG_LEVEL
 }
 
@@ -53,6 +54,7 @@ func Load(getenv func(string) string) (Config, error) {
 		SendQueue:        int(r.Int("EDGE_SEND_QUEUE", 256, 1)),
 		RedisURL:         r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
 		RedisPrefix:      r.ChannelPrefix("REDIS_PREFIX"),
+		Pprof:            r.Bool("PPROF", false),
 		LogLevel:         r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 	}
 	for _, p := range c.PublicChannels {

@@ -35,6 +35,7 @@ var (
 type Client struct {
 	send   chan []byte
 	quit   chan struct{}
+	onKick func()
 	once   sync.Once
 	kicked atomic.Bool
 	code   websocket.StatusCode
@@ -53,11 +54,14 @@ func (c *Client) Quit() <-chan struct{} { return c.quit }
 func (c *Client) CloseReason() (websocket.StatusCode, string) { return c.code, c.reason }
 
 // Kick asks for the connection to be closed with code. The first call wins.
+// It calls the Join's onKick at once, which should abort a write in
+// progress: a client too slow to read must not hold its writer.
 func (c *Client) Kick(code websocket.StatusCode, reason string) {
 	c.once.Do(func() {
 		c.code, c.reason = code, reason
 		c.kicked.Store(true)
 		close(c.quit)
+		c.onKick()
 	})
 }
 
@@ -111,14 +115,15 @@ func New(sub bus.Subscription, queue int, log *slog.Logger, reg prometheus.Regis
 	return h
 }
 
-// Join registers a new connection. Every Join is followed by one Leave.
-func (h *Hub) Join() (*Client, error) {
+// Join registers a new connection; onKick is called when the hub kicks it.
+// Every Join is followed by one Leave.
+func (h *Hub) Join(onKick func()) (*Client, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, ErrClosed
 	}
-	c := &Client{send: make(chan []byte, h.queue), quit: make(chan struct{}), subs: make(map[string]struct{})}
+	c := &Client{send: make(chan []byte, h.queue), quit: make(chan struct{}), onKick: onKick, subs: make(map[string]struct{})}
 	h.clients[c] = struct{}{}
 	h.joined.Add(1)
 	return c, nil

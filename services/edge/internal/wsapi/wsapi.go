@@ -22,8 +22,15 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
 
-// writeTimeout bounds one frame write; a client that takes longer is gone.
-const writeTimeout = 10 * time.Second
+const (
+	// writeTimeout bounds the write of a reply; a client that takes longer
+	// is gone. Event writes have no deadline of their own: a client that
+	// stops reading overflows its queue or misses a pong, and is kicked,
+	// which aborts the write.
+	writeTimeout = 10 * time.Second
+	// maxBatch caps the frames packed into one WebSocket message.
+	maxBatch = 64
+)
 
 // Options configure the handler.
 type Options struct {
@@ -58,7 +65,7 @@ func New(opts Options, reg prometheus.Registerer) *Handler {
 		messagesIn: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_edge_messages_in_total", Help: "Frames received from clients."}),
 		messagesOut: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "eventbus_edge_messages_out_total", Help: "Frames written to clients."}),
+			Name: "eventbus_edge_messages_out_total", Help: "WebSocket messages written to clients; several event frames may share one."}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "eventbus_edge_auth_failures_total", Help: "Refused tokens and unauthenticated connections, by reason."},
 			[]string{"reason"}),
@@ -100,7 +107,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer conn.CloseNow()
 	conn.SetReadLimit(h.MaxMessageBytes)
-	c, err := h.Hub.Join()
+	// Kicking the client cancels writes in progress.
+	ctx, kick := context.WithCancel(r.Context())
+	defer kick()
+	c, err := h.Hub.Join(kick)
 	if err != nil {
 		conn.Close(websocket.StatusGoingAway, err.Error())
 		return
@@ -108,7 +118,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer h.Hub.Leave(c)
 	s := &session{h: h, conn: conn, client: c, limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst)}
 	s.authenticate(claims)
-	s.run(r.Context())
+	s.run(r.Context(), ctx)
 }
 
 // session is one connection.
@@ -136,12 +146,12 @@ func (s *session) authenticate(c *token.Claims) {
 
 func (s *session) authenticated() bool { return s.claims.Load() != nil || s.h.AllowAnonymous }
 
-func (s *session) run(ctx context.Context) {
+// run serves the connection with two goroutines: this one reads, the
+// other writes and pings. kctx ends when the hub kicks the client.
+func (s *session) run(ctx, kctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
-	// Kicking the client cancels writes in progress: a client too slow to
-	// read must not hold its writer.
-	kctx, kick := context.WithCancel(ctx)
-	defer kick()
 	if !s.authenticated() {
 		t := time.AfterFunc(s.h.AuthTimeout, func() {
 			if s.claims.Load() == nil {
@@ -156,31 +166,49 @@ func (s *session) run(ctx context.Context) {
 			s.expiry.Stop()
 		}
 	}()
-	g.Go(func() error { return s.read(ctx) })
-	g.Go(func() error { return s.write(ctx, kctx) })
-	g.Go(func() error {
-		select {
-		case <-s.client.Quit():
-			kick()
-		case <-ctx.Done():
-		}
-		return nil
-	})
-	g.Go(func() error { return s.heartbeat(ctx) })
+	g.Go(func() error { return s.write(ctx, kctx, g) })
+	_ = s.read(ctx)
+	cancel() // the peer is gone: stop the writer too
 	_ = g.Wait()
 }
 
 // errClosed ends a session's goroutines once the connection is closed.
 var errClosed = errors.New("connection closed")
 
-func (s *session) write(ctx, kctx context.Context) error {
+// write sends queued events, packing the frames that wait together into
+// one WebSocket message separated by newlines: under load one write
+// carries many events, idle it carries one. It also pings the client.
+func (s *session) write(ctx, kctx context.Context, g *errgroup.Group) error {
+	ping := time.NewTicker(s.h.PingInterval)
+	defer ping.Stop()
+	pinging := make(chan struct{}, 1) // holds a token while a ping is in flight
+	var batch []byte
 	for {
 		select {
 		case frame := <-s.client.Send():
-			if err := s.writeFrame(kctx, frame); err != nil {
+			batch = append(batch[:0], frame...)
+		fill:
+			for range maxBatch - 1 {
+				select {
+				case f := <-s.client.Send():
+					batch = append(append(batch, '\n'), f...)
+				default:
+					break fill
+				}
+			}
+			if err := s.conn.Write(kctx, websocket.MessageText, batch); err != nil {
 				return err
 			}
 			s.h.messagesOut.Inc()
+		case <-ping.C:
+			select {
+			case pinging <- struct{}{}:
+				g.Go(func() error {
+					defer func() { <-pinging }()
+					return s.ping(ctx)
+				})
+			default: // the last ping is still waiting for its pong
+			}
 		case <-s.client.Quit():
 			code, reason := s.client.CloseReason()
 			_ = s.conn.Close(code, reason)
@@ -191,31 +219,20 @@ func (s *session) write(ctx, kctx context.Context) error {
 	}
 }
 
+// ping kicks the client unless it answers a ping within PongTimeout.
+func (s *session) ping(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, s.h.PongTimeout)
+	defer cancel()
+	if err := s.conn.Ping(pctx); err != nil && ctx.Err() == nil {
+		s.client.Kick(protocol.CloseHeartbeatTimeout, fmt.Sprintf("no pong within %v", s.h.PongTimeout))
+	}
+	return nil
+}
+
 func (s *session) writeFrame(ctx context.Context, frame []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	return s.conn.Write(ctx, websocket.MessageText, frame)
-}
-
-func (s *session) heartbeat(ctx context.Context) error {
-	t := time.NewTicker(s.h.PingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			pctx, cancel := context.WithTimeout(ctx, s.h.PongTimeout)
-			err := s.conn.Ping(pctx)
-			cancel()
-			if err != nil {
-				if ctx.Err() == nil {
-					s.client.Kick(protocol.CloseHeartbeatTimeout, fmt.Sprintf("no pong within %v", s.h.PongTimeout))
-				}
-				return nil
-			}
-		case <-ctx.Done():
-			return nil
-		}
-	}
 }
 
 func (s *session) read(ctx context.Context) error {

@@ -20,6 +20,7 @@ type Config struct {
 	Stdout       bool       // LOGGER_STDOUT: also write each event line to stdout
 	RedisURL     string     // REDIS_URL
 	RedisPrefix  string     // REDIS_PREFIX
+	Pprof        bool       // PPROF: serve /debug/pprof on the HTTP port, for profiling only
 	LogLevel     slog.Level // LOG_LEVEL
 }
 
@@ -37,6 +38,7 @@ func Load(getenv func(string) string) (Config, error) {
 		Stdout:       r.Bool("LOGGER_STDOUT", true),
 		RedisURL:     r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
 		RedisPrefix:  r.ChannelPrefix("REDIS_PREFIX"),
+		Pprof:        r.Bool("PPROF", false),
 		LogLevel:     r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 	}
 	for _, p := range c.Patterns {

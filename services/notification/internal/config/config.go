@@ -27,6 +27,7 @@ type Config struct {
 	Workers        int           // NOTIFICATION_WORKERS: events handled at once (per user in order)
 	RedisURL       string        // REDIS_URL
 	RedisPrefix    string        // REDIS_PREFIX
+	Pprof          bool          // PPROF: serve /debug/pprof on the HTTP port, for profiling only
 	LogLevel       slog.Level    // LOG_LEVEL
 }
 
@@ -47,6 +48,7 @@ func Load(getenv func(string) string) (Config, error) {
 		Workers:        int(r.Int("NOTIFICATION_WORKERS", 8, 1)),
 		RedisURL:       r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
 		RedisPrefix:    r.ChannelPrefix("REDIS_PREFIX"),
+		Pprof:          r.Bool("PPROF", false),
 		LogLevel:       r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 	}
 	if u, err := url.Parse(c.SendGridURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

@@ -41,7 +41,8 @@ export class EventBus {
       this.onStatus("open");
       for (const pattern of this.handlers.keys()) this.request({ action: "subscribe", channel: pattern }).catch(() => {});
     };
-    ws.onmessage = (msg) => this.receive(msg.data);
+    // Under load the edge packs several frames into one message, one per line.
+    ws.onmessage = (msg) => { for (const line of msg.data.split("\n")) if (line) this.receive(line); };
     ws.onclose = (ev) => {
       for (const { reject } of this.pending.values()) reject(new Error("connection closed"));
       this.pending.clear();
