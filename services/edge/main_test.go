@@ -484,6 +484,13 @@ func TestRedisRestart(t *testing.T) {
 	c.subscribe("1", "rs:*")
 	srv.Stop(t)
 	srv.Restart(t)
+	// Right after a restart /readyz can still report the old connection as
+	// live for a moment, so wait for what matters: the pattern back in Redis.
+	rdb := srv.Client(t)
+	servicetest.WaitFor(t, "the edge to resubscribe", func() bool {
+		n, err := rdb.PubSubNumPat(t.Context()).Result()
+		return err == nil && n == 1
+	})
 	servicetest.WaitFor(t, "the edge to be ready again", func() bool {
 		resp, err := http.Get(e.base + "/readyz")
 		if err != nil {

@@ -98,6 +98,14 @@ func TestResubscribesAfterRedisRestart(t *testing.T) {
 	srv.Restart(t)
 
 	servicetest.WaitFor(t, "subscription live again", sub.Live)
+	// Live is the receive loop's last word; under load it may not have seen
+	// the loss yet. Wait until Redis has both subscriptions back as well.
+	rdb := srv.Client(t)
+	servicetest.WaitFor(t, "both subscriptions back in Redis", func() bool {
+		pat, err1 := rdb.PubSubNumPat(t.Context()).Result()
+		chans, err2 := rdb.PubSubChannels(t.Context(), "*").Result()
+		return err1 == nil && err2 == nil && pat == 1 && len(chans) == 1
+	})
 	for _, ch := range []string{"order:placed", "user:created"} {
 		if n, err := b.Publish(t.Context(), ch, []byte(ch)); err != nil || n != 1 {
 			t.Fatalf("Publish(%s) after restart = %d, %v; want 1, nil", ch, n, err)
