@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -130,7 +129,7 @@ func TestComposeTopologyBehindNginx(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	conn := connectThroughNginx(t, ctx, front, "77")
+	conn := subscribeViaDemoToken(t, ctx, front, "77")
 	post("/v1/orders/o1/ship", `{"user_id":"77","carrier":"DHL","tracking_number":"T1"}`)
 	if body := nextNotificationBody(t, ctx, conn); !strings.Contains(body, "T1") {
 		t.Fatalf("first notification = %q, want the shipment T1", body)
@@ -143,7 +142,7 @@ func TestComposeTopologyBehindNginx(t *testing.T) {
 	// Kill the edge holding the connection, as a crash would.
 	var victim string
 	for _, a := range edgeAddrs {
-		if metricValue(t, a, "eventbus_edge_connections") == 1 {
+		if servicetest.Metric(t, "http://"+a, "eventbus_edge_connections") == 1 {
 			victim = a
 		}
 	}
@@ -164,8 +163,8 @@ func TestComposeTopologyBehindNginx(t *testing.T) {
 			survivor = a
 		}
 	}
-	conn = connectThroughNginx(t, ctx, front, "77")
-	if got := metricValue(t, survivor, "eventbus_edge_connections"); got != 1 {
+	conn = subscribeViaDemoToken(t, ctx, front, "77")
+	if got := servicetest.Metric(t, "http://"+survivor, "eventbus_edge_connections"); got != 1 {
 		t.Fatalf("surviving edge has %v connections, want the reconnected client", got)
 	}
 	post("/v1/orders/o3/ship", `{"user_id":"77","carrier":"DHL","tracking_number":"T3"}`)
@@ -192,11 +191,11 @@ func TestComposeTopologyBehindNginx(t *testing.T) {
 	}
 }
 
-// connectThroughNginx fetches a demo token and subscribes to the user's
-// notifications, all through nginx.
-func connectThroughNginx(t *testing.T, ctx context.Context, front, user string) *websocket.Conn {
+// subscribeViaDemoToken fetches a demo token from the edge (or the nginx in
+// front of it) at addr and subscribes to the user's notifications.
+func subscribeViaDemoToken(t *testing.T, ctx context.Context, addr, user string) *websocket.Conn {
 	t.Helper()
-	resp, err := http.Get("http://" + front + "/demo/token?user=" + user)
+	resp, err := http.Get("http://" + addr + "/demo/token?user=" + user)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,11 +203,11 @@ func connectThroughNginx(t *testing.T, ctx context.Context, front, user string) 
 	err = json.NewDecoder(resp.Body).Decode(&demo)
 	resp.Body.Close()
 	if err != nil {
-		t.Fatalf("demo token through nginx: %v", err)
+		t.Fatalf("demo token from %s: %v", addr, err)
 	}
-	conn, _, err := websocket.Dial(ctx, "ws://"+front+"/ws?token="+demo.Token, nil)
+	conn, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws?token="+demo.Token, nil)
 	if err != nil {
-		t.Fatalf("websocket through nginx: %v", err)
+		t.Fatalf("websocket to %s: %v", addr, err)
 	}
 	t.Cleanup(func() { conn.CloseNow() })
 	sub := fmt.Sprintf(`{"action":"subscribe","channel":"notify:user:%s","id":"s"}`, user)
@@ -216,7 +215,7 @@ func connectThroughNginx(t *testing.T, ctx context.Context, front, user string) 
 		t.Fatal(err)
 	}
 	if _, b, err := conn.Read(ctx); err != nil || !strings.Contains(string(b), `"ok":true`) {
-		t.Fatalf("subscribe through nginx = %s, %v", b, err)
+		t.Fatalf("subscribe via %s = %s, %v", addr, b, err)
 	}
 	return conn
 }
@@ -236,23 +235,6 @@ func nextNotificationBody(t *testing.T, ctx context.Context, conn *websocket.Con
 		t.Fatal(err)
 	}
 	return f.Event.Data.Body
-}
-
-func metricValue(t *testing.T, addr, name string) float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
 }
 
 // dashboardMetrics lists the metric names the Grafana dashboard queries.

@@ -399,29 +399,9 @@ func TestSignupAndShippingReachTheUser(t *testing.T) {
 	}
 
 	// The browser: a demo token for user 42, subscribed to its notifications.
-	resp, err := http.Get("http://" + edgeHTTP + "/demo/token?user=42")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var demo struct{ Token string }
-	err = json.NewDecoder(resp.Body).Decode(&demo)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws://"+edgeHTTP+"/ws?token="+demo.Token, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.CloseNow()
-	if err := conn.Write(ctx, websocket.MessageText, []byte(`{"action":"subscribe","channel":"notify:user:42","id":"1"}`)); err != nil {
-		t.Fatal(err)
-	}
-	if _, b, err := conn.Read(ctx); err != nil || !strings.Contains(string(b), `"ok":true`) {
-		t.Fatalf("subscribe reply = %s, %v", b, err)
-	}
+	conn := subscribeViaDemoToken(t, ctx, edgeHTTP, "42")
 
 	post := func(path, body string) {
 		t.Helper()

@@ -44,13 +44,8 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		log.Warn("API_KEYS is not set: every /v1 route and gRPC call is open to anyone who can reach it")
 	}
 
-	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
 	reg := server.NewRegistry()
-	b, err := redisbus.New(rdb, redisbus.Options{
+	b, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, redisbus.Options{
 		Prefix: cfg.RedisPrefix, Logger: log, Registerer: reg, Namespace: "eventbus_api",
 	})
 	if err != nil {
@@ -59,7 +54,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	defer b.Close()
 
 	svc := ingest.New(b, "eventbus/api", reg)
-	idem := ingest.NewIdempotency(rdb, cfg.RedisPrefix, 24*time.Hour)
+	idem := ingest.NewIdempotency(b.Client(), cfg.RedisPrefix, 24*time.Hour)
 	mux := http.NewServeMux()
 	httpapi.Register(mux, httpapi.Options{
 		Ingest: svc, Idempotency: idem, Stats: b.Stats, Keys: keys, Logger: log,
@@ -68,7 +63,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if cfg.Pprof {
 		server.Pprof(mux)
 	}
-	server.Ops(mux, reg, b.Ping)
+	server.Ops(mux, reg, b.Ready)
 	gs := grpcapi.New(svc, idem, keys, log)
 
 	hl, err := server.Listen(ctx, cfg.HTTPAddr)

@@ -4,7 +4,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -53,13 +52,8 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		verifier = token.NewVerifier(secret)
 	}
 
-	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
 	reg := server.NewRegistry()
-	b, err := redisbus.New(rdb, redisbus.Options{
+	b, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, redisbus.Options{
 		Prefix: cfg.RedisPrefix, Logger: log, Registerer: reg, Namespace: "eventbus_edge",
 	})
 	if err != nil {
@@ -90,12 +84,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if cfg.Pprof {
 		server.Pprof(mux)
 	}
-	server.Ops(mux, reg, func(ctx context.Context) error {
-		if !sub.Live() {
-			return errors.New("subscription to redis is not live")
-		}
-		return b.Ping(ctx)
-	})
+	server.Ops(mux, reg, b.Ready)
 	l, err := server.Listen(ctx, cfg.HTTPAddr)
 	if err != nil {
 		return err

@@ -174,20 +174,7 @@ func (e *edge) publish(t *testing.T, ch, subject string, wantReceivers int64) {
 
 func (e *edge) metric(t *testing.T, name string) float64 {
 	t.Helper()
-	resp, err := http.Get(e.base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	t.Fatalf("metric %s not exported", name)
-	return 0
+	return servicetest.Metric(t, e.base, name)
 }
 
 func TestPatternsAndChannels(t *testing.T) {

@@ -3,7 +3,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -51,13 +50,8 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	defer files.Close()
 	window := eventlog.NewWindow(cfg.TailBuffer, recent)
 
-	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
 	reg := server.NewRegistry()
-	b, err := redisbus.New(rdb, redisbus.Options{
+	b, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, redisbus.Options{
 		Prefix: cfg.RedisPrefix, Logger: log, Registerer: reg, Namespace: "eventbus_logger",
 	})
 	if err != nil {
@@ -79,12 +73,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	if cfg.Pprof {
 		server.Pprof(mux)
 	}
-	server.Ops(mux, reg, func(ctx context.Context) error {
-		if !sub.Live() {
-			return errors.New("subscription to redis is not live")
-		}
-		return b.Ping(ctx)
-	})
+	server.Ops(mux, reg, b.Ready)
 	l, err := server.Listen(ctx, cfg.HTTPAddr)
 	if err != nil {
 		return err

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -47,13 +46,8 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		return err
 	}
 
-	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
 	reg := server.NewRegistry()
-	b, err := redisbus.New(rdb, redisbus.Options{
+	b, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, redisbus.Options{
 		Prefix: cfg.RedisPrefix, Logger: log, Registerer: reg, Namespace: "eventbus_notification",
 	})
 	if err != nil {
@@ -67,7 +61,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	defer sub.Close()
 
 	n := notifier.New(notifier.Options{
-		Sub: sub, Publisher: b, Redis: rdb, Prefix: cfg.RedisPrefix, Templates: tmpl, Logger: log,
+		Sub: sub, Publisher: b, Redis: b.Client(), Prefix: cfg.RedisPrefix, Templates: tmpl, Logger: log,
 		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL,
 	}, reg)
 	if cfg.SendGridAPIKey == "" {
@@ -83,12 +77,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if cfg.Pprof {
 		server.Pprof(mux)
 	}
-	server.Ops(mux, reg, func(ctx context.Context) error {
-		if !sub.Live() {
-			return errors.New("subscription to redis is not live")
-		}
-		return b.Ping(ctx)
-	})
+	server.Ops(mux, reg, b.Ready)
 	l, err := server.Listen(ctx, cfg.HTTPAddr)
 	if err != nil {
 		return err

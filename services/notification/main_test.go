@@ -107,20 +107,7 @@ func nextNotification(t *testing.T, sub bus.Subscription) (*envelope.Envelope, *
 
 func metric(t *testing.T, s *servicetest.Service, name string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + s.Addrs["http_addr"] + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	t.Fatalf("metric %s not exported", name)
-	return 0
+	return servicetest.Metric(t, "http://"+s.Addrs["http_addr"], name)
 }
 
 func TestRules(t *testing.T) {

@@ -2,6 +2,7 @@ package redisbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -24,6 +25,40 @@ func Dial(ctx context.Context, url string, timeout time.Duration) (*redis.Client
 		return nil, fmt.Errorf("connect to redis at %s: %w", opt.Addr, err)
 	}
 	return c, nil
+}
+
+// Open dials url like Dial and returns a Bus on the connection that owns
+// it: Close closes the client too.
+func Open(ctx context.Context, url string, timeout time.Duration, opts Options) (*Bus, error) {
+	c, err := Dial(ctx, url, timeout)
+	if err != nil {
+		return nil, err
+	}
+	b, err := New(c, opts)
+	if err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	b.ownsClient = true
+	return b, nil
+}
+
+// Client returns the Redis client, for commands outside pub/sub (keys,
+// idempotency records). It stays valid until Close.
+func (b *Bus) Client() *redis.Client { return b.client }
+
+// Ready reports whether Redis answers and every open subscription is live:
+// what a service's /readyz needs.
+func (b *Bus) Ready(ctx context.Context) error {
+	b.mu.Lock()
+	for s := range b.subs {
+		if !s.Live() {
+			b.mu.Unlock()
+			return errors.New("a subscription to redis is not live")
+		}
+	}
+	b.mu.Unlock()
+	return b.Ping(ctx)
 }
 
 // Stats is what Redis says about pub/sub, seen through the bus's prefix.

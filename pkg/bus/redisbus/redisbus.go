@@ -54,13 +54,15 @@ type Bus struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
-	mu     sync.Mutex
-	closed bool
-	subs   map[*Subscription]struct{}
+	mu         sync.Mutex
+	closed     bool
+	subs       map[*Subscription]struct{}
+	ownsClient bool // made by Open: Close closes the client
 }
 
 // New returns a Bus on client and starts its publishing pipeline; Close
-// stops it. The client stays the caller's: Close does not close it.
+// stops it. The client stays the caller's: Close does not close it (Open
+// makes a Bus that owns its client).
 func New(client *redis.Client, opts Options) (*Bus, error) {
 	if opts.Prefix != "" {
 		p := strings.TrimSuffix(opts.Prefix, ":")
@@ -122,6 +124,9 @@ func (b *Bus) Close() error {
 	}
 	close(b.stop)
 	b.wg.Wait()
+	if b.ownsClient {
+		return b.client.Close()
+	}
 	return nil
 }
 
