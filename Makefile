@@ -81,6 +81,7 @@ lint: tools ## go vet, gofmt and buf lint
 fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzValidatePattern -fuzztime=$${FUZZTIME:-20s} ./pkg/channel
 	go test -run='^$$' -fuzz=FuzzDecodeData -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
+	go test -run='^$$' -fuzz=FuzzCompact -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
 	go test -run='^$$' -fuzz=FuzzReader -fuzztime=$${FUZZTIME:-20s} ./pkg/sse
 	go test -run='^$$' -fuzz=FuzzCovers -fuzztime=$${FUZZTIME:-20s} ./pkg/channel
 	go test -run='^$$' -fuzz=FuzzDecodeEvent -fuzztime=$${FUZZTIME:-20s} ./services/api/internal/httpapi
