@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,12 +47,14 @@ func benchConnections(ctx context.Context, e env, args []string) error {
 	}
 	var src sourceClients
 	conns := make([]*websocket.Conn, *count)
+	var readers sync.WaitGroup
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
 				c.CloseNow()
 			}
 		}
+		readers.Wait()
 	}()
 	var opened atomic.Int64
 	stop := progress(e, func() string { return fmt.Sprintf("connections: %d of %d open", opened.Load(), *count) })
@@ -66,7 +69,8 @@ func benchConnections(ctx context.Context, e env, args []string) error {
 			}
 			conns[i] = c
 			// Read, so the edge's pings are answered; nothing else arrives.
-			go func() { _, _, _ = c.Read(ctx) }()
+			// The read ends when the deferred close above closes c.
+			readers.Go(func() { _, _, _ = c.Read(ctx) })
 			opened.Add(1)
 			return nil
 		})
