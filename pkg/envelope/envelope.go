@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -127,46 +126,6 @@ func Unmarshal(b []byte) (*Envelope, error) {
 		return nil, fmt.Errorf("unmarshal envelope: %w", err)
 	}
 	return env, nil
-}
-
-// jsonOptions renders envelopes with proto field names, as the docs show
-// them, and resolves Any through the global registry that the generated
-// packages fill when imported.
-var jsonOptions = protojson.MarshalOptions{UseProtoNames: true}
-
-// MarshalJSON renders env as compact protojson with proto field names;
-// data of a registered type is rendered as that message with an "@type"
-// key. protojson varies its whitespace on purpose, so the output is
-// compacted to be the same for the same envelope.
-func MarshalJSON(env *Envelope) ([]byte, error) {
-	b, err := jsonOptions.Marshal(env)
-	if err != nil {
-		return nil, fmt.Errorf("marshal envelope as json: %w", err)
-	}
-	return compact(b), nil
-}
-
-// compact drops the whitespace outside strings from JSON that is known to
-// be valid, in place. It does what json.Compact does for protojson's
-// output without json.Compact's validating scanner, which cost the logger
-// more than the encoding itself.
-func compact(b []byte) []byte {
-	out := b[:0]
-	inString, escaped := false, false
-	for _, c := range b {
-		switch {
-		case escaped:
-			escaped = false
-		case inString && c == '\\':
-			escaped = true
-		case c == '"':
-			inString = !inString
-		case !inString && (c == ' ' || c == '\n' || c == '\t' || c == '\r'):
-			continue
-		}
-		out = append(out, c)
-	}
-	return out
 }
 
 // PackData wraps msg in an Any.
