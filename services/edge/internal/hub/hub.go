@@ -84,9 +84,10 @@ type Hub struct {
 	joined  sync.WaitGroup
 
 	// Only the dispatching goroutine touches these.
-	last   lastEvent
-	seen   map[*Client]struct{}
-	frames map[string][]byte
+	last    lastEvent
+	matched []string // wildcard patterns matching the current channel
+	seen    map[*Client]struct{}
+	frames  map[string][]byte
 }
 
 // lastEvent recognises the further deliveries of one publish: Redis sends
@@ -276,6 +277,20 @@ func (h *Hub) dispatch(m bus.Message) {
 	if h.repeat(m) {
 		return
 	}
+	// The wildcard patterns matching the channel serve twice: to know how
+	// many repeats of this message Redis will send and to find its recipients.
+	h.matched = h.matched[:0]
+	for p := range h.wild {
+		if channel.Match(p, m.Channel) {
+			h.matched = append(h.matched, p)
+		}
+	}
+	exact, hasExact := h.exact[m.Channel]
+	deliveries := len(h.matched)
+	if hasExact {
+		deliveries++
+	}
+	h.last = lastEvent{channel: m.Channel, payload: m.Payload, pending: deliveries - 1}
 	env, err := envelope.Unmarshal(m.Payload)
 	var event []byte
 	if err == nil {
@@ -288,35 +303,24 @@ func (h *Hub) dispatch(m bus.Message) {
 	}
 	clear(h.seen)
 	clear(h.frames)
-	for c := range h.exact[m.Channel] {
+	for c := range exact {
 		h.deliver(c, m.Channel, event)
 	}
-	for p, set := range h.wild {
-		if channel.Match(p, m.Channel) {
-			for c := range set {
-				h.deliver(c, m.Channel, event)
-			}
+	for _, p := range h.matched {
+		for c := range h.wild[p] {
+			h.deliver(c, m.Channel, event)
 		}
 	}
 }
 
 // repeat reports whether m is a further delivery of the event just
-// dispatched. Call with mu held.
+// dispatched: Redis delivers a message once per matching subscription of
+// the connection, back to back. Call with mu held.
 func (h *Hub) repeat(m bus.Message) bool {
 	if h.last.pending > 0 && m.Channel == h.last.channel && bytes.Equal(m.Payload, h.last.payload) {
 		h.last.pending--
 		return true
 	}
-	n := 0
-	if _, ok := h.exact[m.Channel]; ok {
-		n++
-	}
-	for p := range h.wild {
-		if channel.Match(p, m.Channel) {
-			n++
-		}
-	}
-	h.last = lastEvent{channel: m.Channel, payload: m.Payload, pending: n - 1}
 	return false
 }
 
