@@ -14,6 +14,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/api/internal/auth"
 	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
@@ -94,8 +95,8 @@ func toAPIError(err error) (ae *apiError, internal bool) {
 func methodNotAllowed(allow string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", allow)
-		writeError(w, &apiError{http.StatusMethodNotAllowed, "method_not_allowed",
-			fmt.Sprintf("%s %s: use %s", r.Method, r.URL.Path, allow)})
+		server.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed",
+			fmt.Sprintf("%s %s: use %s", r.Method, r.URL.Path, allow))
 	})
 }
 
@@ -103,10 +104,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, ae *apiError) {
-	writeJSON(w, ae.status, map[string]any{"error": map[string]string{"code": ae.code, "message": ae.message}})
 }
 
 // handle turns a handler that returns an error into an http.Handler that
@@ -122,7 +119,7 @@ func (h *handler) handle(fn func(http.ResponseWriter, *http.Request) error) http
 		if internal {
 			h.Logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "error", err)
 		}
-		writeError(w, ae)
+		server.WriteError(w, ae.status, ae.code, ae.message)
 	})
 }
 
@@ -130,7 +127,7 @@ func (h *handler) authorize(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !h.Keys.Allow(r.Header.Get("Authorization")) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="eventbus"`)
-			writeError(w, &apiError{http.StatusUnauthorized, "unauthorized", "missing or unknown API key: send Authorization: Bearer <key>"})
+			server.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or unknown API key: send Authorization: Bearer <key>")
 			return
 		}
 		next.ServeHTTP(w, r)

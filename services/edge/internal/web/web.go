@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
@@ -35,11 +36,8 @@ func Register(mux *http.ServeMux, demoSecret []byte) {
 	}
 	mux.HandleFunc("GET /demo/token", func(w http.ResponseWriter, r *http.Request) {
 		user := r.URL.Query().Get("user")
-		w.Header().Set("Content-Type", "application/json")
 		if err := channel.Validate(user); err != nil || len(user) > 64 || strings.ContainsRune(user, ':') {
-			w.WriteHeader(http.StatusBadRequest)
-			_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{
-				"code": "invalid_argument", "message": "user: want 1-64 characters of a-z, 0-9, _ and -"}})
+			server.WriteError(w, http.StatusBadRequest, "invalid_argument", "user: want 1-64 characters of a-z, 0-9, _ and -")
 			return
 		}
 		tok, err := token.Issue(demoSecret, user, []string{"*"}, demoTTL, time.Now())
@@ -47,6 +45,7 @@ func Register(mux *http.ServeMux, demoSecret []byte) {
 			w.WriteHeader(http.StatusInternalServerError)
 			return
 		}
+		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]string{"token": tok, "user_id": user})
 	})
 }

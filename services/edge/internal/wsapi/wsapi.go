@@ -17,6 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
@@ -74,12 +75,6 @@ func New(opts Options, reg prometheus.Registerer) *Handler {
 	return h
 }
 
-func httpError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": protocol.Error{Code: code, Message: msg}})
-}
-
 func (h *Handler) verify(tok string) (*token.Claims, error) {
 	if h.Verifier == nil {
 		return nil, errors.New("this edge accepts no tokens (EDGE_JWT_SECRET is not set)")
@@ -96,7 +91,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		var err error
 		if claims, err = h.verify(tok); err != nil {
 			h.authFailures.WithLabelValues("invalid_token").Inc()
-			httpError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
+			server.WriteError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 			return
 		}
 	}

@@ -4,13 +4,13 @@ package tailapi
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/logger/internal/eventlog"
 )
 
@@ -25,12 +25,6 @@ func Register(ctx context.Context, mux *http.ServeMux, w *eventlog.Window, maxN 
 	})
 }
 
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
-}
-
 // tail streams the last n events matching pattern from the log, then every
 // new one. The SSE id of each event is its envelope id; a client that
 // reconnects with Last-Event-ID resumes after that event when the logger
@@ -42,14 +36,14 @@ func tail(ctx context.Context, w http.ResponseWriter, r *http.Request, win *even
 		pattern = "*"
 	}
 	if err := channel.ValidatePattern(pattern); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "pattern: "+err.Error())
+		server.WriteError(w, http.StatusBadRequest, "invalid_argument", "pattern: "+err.Error())
 		return
 	}
 	n := 20
 	if v := q.Get("n"); v != "" {
 		var err error
 		if n, err = strconv.Atoi(v); err != nil || n < 0 || n > maxN {
-			writeError(w, http.StatusBadRequest, "invalid_argument", fmt.Sprintf("n: want a whole number from 0 to %d, got %q", maxN, v))
+			server.WriteError(w, http.StatusBadRequest, "invalid_argument", fmt.Sprintf("n: want a whole number from 0 to %d, got %q", maxN, v))
 			return
 		}
 	}
