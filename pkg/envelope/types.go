@@ -24,9 +24,6 @@ type Type struct {
 	check func(proto.Message) error
 }
 
-// Name is the event type, e.g. "order.placed".
-func (t Type) Name() string { return t.name }
-
 // Descriptor describes the data message of the type.
 func (t Type) Descriptor() protoreflect.MessageDescriptor {
 	return t.zero.ProtoReflect().Descriptor()

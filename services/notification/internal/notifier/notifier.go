@@ -51,17 +51,17 @@ type Options struct {
 type Notifier struct {
 	Options
 	owner string // written into claims, for operators
-	m     *Metrics
+	m     *metrics
 }
 
 // New returns a Notifier registering its metrics on reg.
 func New(opts Options, reg prometheus.Registerer) *Notifier {
 	host, _ := os.Hostname()
-	return &Notifier{Options: opts, owner: fmt.Sprintf("%s/%d", host, os.Getpid()), m: NewMetrics(reg)}
+	return &Notifier{Options: opts, owner: fmt.Sprintf("%s/%d", host, os.Getpid()), m: newMetrics(reg)}
 }
 
-// Metrics of the notifier; RetryHook feeds the mailer's retries in.
-type Metrics struct {
+// metrics of the notifier; CountRetry feeds the mailer's retries in.
+type metrics struct {
 	events        *prometheus.CounterVec
 	emailsSent    prometheus.Counter
 	emailsFailed  prometheus.Counter
@@ -72,12 +72,11 @@ type Metrics struct {
 	unknownUsers  prometheus.Counter
 }
 
-// NewMetrics registers the notifier's metrics on reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+func newMetrics(reg prometheus.Registerer) *metrics {
 	c := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: "eventbus_notification_" + name, Help: help})
 	}
-	m := &Metrics{
+	m := &metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "eventbus_notification_events_total", Help: "Events handled, by type."}, []string{"type"}),
 		emailsSent:    c("emails_sent_total", "Emails sent (or logged, in dry-run mode)."),

@@ -24,13 +24,6 @@ const (
 	Browser
 )
 
-func (k Kind) String() string {
-	if k == Email {
-		return "email"
-	}
-	return "browser"
-}
-
 // Contact is where a user's emails go.
 type Contact struct {
 	Email string
