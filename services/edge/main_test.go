@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -412,6 +414,50 @@ func TestLimits(t *testing.T) {
 	big.send(`{"action":"ping","id":"` + strings.Repeat("x", 2000) + `"}`)
 	if code := big.closeStatus(); code != websocket.StatusMessageTooBig {
 		t.Errorf("oversize frame closed with %d, want 1009", code)
+	}
+}
+
+// A client may send its first frame in the same packet as its handshake:
+// the edge must read it from what net/http buffered before the upgrade.
+func TestFrameRightBehindTheHandshake(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	payload := []byte(`{"action":"ping","id":"early"}`)
+	mask := [4]byte{1, 2, 3, 4}
+	msg := append([]byte{0x81, 0x80 | byte(len(payload))}, mask[:]...) // FIN text, masked, length < 126
+	for i, b := range payload {
+		msg = append(msg, b^mask[i%4])
+	}
+	handshake := "GET /ws?token=" + mint(t, "1") + " HTTP/1.1\r\nHost: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := conn.Write(append([]byte(handshake), msg...)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v, %v; want 101", resp, err)
+	}
+	head := make([]byte, 2)
+	if _, err := io.ReadFull(br, head); err != nil {
+		t.Fatal(err)
+	}
+	if head[0] != 0x81 || head[1] >= 126 {
+		t.Fatalf("frame header % x, want a short unmasked text frame", head)
+	}
+	body := make([]byte, head[1])
+	if _, err := io.ReadFull(br, body); err != nil {
+		t.Fatal(err)
+	}
+	var f frame
+	if err := json.Unmarshal(body, &f); err != nil || f.ID != "early" || f.Action != "pong" {
+		t.Errorf("reply %s (%v), want the pong to id early", body, err)
 	}
 }
 

@@ -31,37 +31,72 @@ var (
 	ErrUnavailable = errors.New("the event bus (Redis) is unavailable")
 )
 
-// Client is one connection as the hub sees it.
+// Client is one connection as the hub sees it. Its send queue costs
+// nothing until a frame waits, and no writer runs while none does: an idle
+// connection holds no buffer and no goroutine for sending.
 type Client struct {
-	send   chan []byte
-	quit   chan struct{}
-	onKick func()
-	once   sync.Once
-	kicked atomic.Bool
-	code   websocket.StatusCode
-	reason string
-	subs   map[string]struct{} // guarded by Hub.mu
+	onReady func()
+	onKick  func(code websocket.StatusCode, reason string)
+	max     int
+	once    sync.Once
+	kicked  atomic.Bool
+	subs    map[string]struct{} // guarded by Hub.mu; nil until the first subscription
+
+	mu      sync.Mutex
+	queue   [][]byte // frames waiting, in order
+	writing bool     // onReady was called and Take has not found the queue empty since
 }
 
-// Send delivers the frames to write, in order.
-func (c *Client) Send() <-chan []byte { return c.send }
+// push queues frame, calling onReady if no writer runs. It reports false,
+// queueing nothing, when max frames wait already.
+func (c *Client) push(frame []byte) bool {
+	c.mu.Lock()
+	if len(c.queue) >= c.max {
+		c.mu.Unlock()
+		return false
+	}
+	c.queue = append(c.queue, frame)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		c.onReady()
+	}
+	return true
+}
 
-// Quit is closed when the hub wants the connection closed; CloseReason
-// then says with what.
-func (c *Client) Quit() <-chan struct{} { return c.quit }
+// Take appends the waiting frames to dst, in order, and empties the queue.
+// When none wait it returns dst as it is, and the writer that called it must
+// stop: the next frame calls onReady again.
+func (c *Client) Take(dst [][]byte) [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) == 0 {
+		c.writing = false
+		if cap(c.queue) > 16 {
+			c.queue = nil // a burst is over: give its memory back
+		}
+		return dst
+	}
+	dst = append(dst, c.queue...)
+	clear(c.queue)
+	c.queue = c.queue[:0]
+	return dst
+}
 
-// CloseReason returns the close code and reason; valid once Quit is closed.
-func (c *Client) CloseReason() (websocket.StatusCode, string) { return c.code, c.reason }
+func (c *Client) queued() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.queue)
+}
 
-// Kick asks for the connection to be closed with code. The first call wins.
-// It calls the Join's onKick at once, which should abort a write in
-// progress: a client too slow to read must not hold its writer.
+// Kick asks for the connection to be closed with code. The first call wins:
+// it calls the Join's onKick, which must not block, and the hub stops
+// queueing frames for c.
 func (c *Client) Kick(code websocket.StatusCode, reason string) {
 	c.once.Do(func() {
-		c.code, c.reason = code, reason
 		c.kicked.Store(true)
-		close(c.quit)
-		c.onKick()
+		c.onKick(code, reason)
 	})
 }
 
@@ -116,15 +151,18 @@ func New(sub bus.Subscription, queue int, log *slog.Logger, reg prometheus.Regis
 	return h
 }
 
-// Join registers a new connection; onKick is called when the hub kicks it.
+// Join registers a new connection. The hub calls onReady when frames wait
+// for it and no writer runs; the writer then calls Take until it returns
+// nothing. It calls onKick once, when it wants the connection closed. Both
+// must return without blocking; neither is called after Leave returns.
 // Every Join is followed by one Leave.
-func (h *Hub) Join(onKick func()) (*Client, error) {
+func (h *Hub) Join(onReady func(), onKick func(code websocket.StatusCode, reason string)) (*Client, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, ErrClosed
 	}
-	c := &Client{send: make(chan []byte, h.queue), quit: make(chan struct{}), onKick: onKick, subs: make(map[string]struct{})}
+	c := &Client{onReady: onReady, onKick: onKick, max: h.queue}
 	h.clients[c] = struct{}{}
 	h.joined.Add(1)
 	return c, nil
@@ -194,6 +232,9 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string) error {
 		idx[p] = make(map[*Client]struct{})
 	}
 	idx[p][c] = struct{}{}
+	if c.subs == nil {
+		c.subs = make(map[string]struct{})
+	}
 	c.subs[p] = struct{}{}
 	h.mu.Unlock()
 	h.m.subscriptions.Inc()
@@ -344,11 +385,10 @@ func (h *Hub) deliver(c *Client, ch string, event []byte) {
 		frame = protocol.AppendEvent(make([]byte, 0, len(event)+64+len(key)), ch, subs, event)
 		h.frames[key] = frame
 	}
-	select {
-	case c.send <- frame:
-		h.m.delivered.Inc()
-	default:
+	if !c.push(frame) {
 		h.m.slowCloses.Inc()
 		c.Kick(protocol.CloseSlowConsumer, "too slow: the send queue overflowed")
+		return
 	}
+	h.m.delivered.Inc()
 }

@@ -42,7 +42,7 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 				defer h.mu.RUnlock()
 				n := 0
 				for c := range h.clients {
-					n += len(c.send)
+					n += c.queued()
 				}
 				return float64(n)
 			}),

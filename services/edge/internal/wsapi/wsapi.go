@@ -2,18 +2,22 @@
 package wsapi
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -29,8 +33,12 @@ const (
 	// stops reading overflows its queue or misses a pong, and is kicked,
 	// which aborts the write.
 	writeTimeout = 10 * time.Second
-	// maxBatch caps the frames packed into one WebSocket message.
-	maxBatch = 64
+	// readBuffer and writeBuffer size a connection's buffers. A message
+	// of at most maxPacked bytes (writeBuffer less the largest frame
+	// header) costs one write(2); a longer one, two.
+	readBuffer  = 1 << 10
+	writeBuffer = 4 << 10
+	maxPacked   = writeBuffer - 14
 )
 
 // Options configure the handler.
@@ -95,35 +103,74 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: h.AllowedOrigins})
+	conn, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{OriginPatterns: h.AllowedOrigins})
 	if err != nil {
 		h.Logger.Debug("websocket upgrade refused", "error", err, "origin", r.Header.Get("Origin"))
 		return // Accept has answered: 403 for a foreign origin, 400 for a bad handshake
 	}
+	// net/http keeps the request and its own 8 KB of buffers while this
+	// handler runs: the connection gets a goroutine of its own instead.
+	go h.serve(conn, claims)
+}
+
+func (h *Handler) serve(conn *websocket.Conn, claims *token.Claims) {
 	defer conn.CloseNow()
 	conn.SetReadLimit(h.MaxMessageBytes)
-	// Kicking the client cancels writes in progress.
-	ctx, kick := context.WithCancel(r.Context())
-	defer kick()
-	c, err := h.Hub.Join(kick)
+	// ctx ends writes, pings and requests to the hub: cancelled when the
+	// client is kicked (which aborts a write in progress: a client too slow
+	// to read must not hold its writer) or when the reader is done.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := &session{h: h, conn: conn, ctx: ctx, cancel: cancel, limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst)}
+	c, err := h.Hub.Join(s.ready, s.kicked)
 	if err != nil {
 		conn.Close(websocket.StatusGoingAway, err.Error())
 		return
 	}
-	defer h.Hub.Leave(c)
-	s := &session{h: h, conn: conn, client: c, limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst)}
+	s.client = c
 	s.authenticate(claims)
-	s.run(r.Context(), ctx)
+	s.run()
+	h.Hub.Leave(c) // after it no writer starts
+	cancel()
+	s.writers.Wait()
 }
 
-// session is one connection.
+// smallBuffers hands coder/websocket buffers of its own instead of
+// net/http's 4 KB pair, which it keeps for the life of the connection: most
+// connections are idle and read little, so the read buffer is small.
+type smallBuffers struct{ http.ResponseWriter }
+
+func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	// Frames the client sent right behind its handshake may wait in
+	// net/http's buffer: they must wait in the new one, where
+	// coder/websocket looks for them.
+	early, _ := brw.Reader.Peek(brw.Reader.Buffered())
+	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), conn), max(readBuffer, len(early)))
+	if _, err := br.Peek(len(early)); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, writeBuffer)), nil
+}
+
+// session is one connection. Only its reading goroutine lives as long as
+// the connection: a writer runs while events wait, a ping while one is in
+// flight, so an idle connection costs one goroutine.
 type session struct {
 	h       *Handler
 	conn    *websocket.Conn
+	ctx     context.Context // for writes and pings
+	cancel  context.CancelFunc
 	client  *hub.Client
 	limiter *rate.Limiter
 	claims  atomic.Pointer[token.Claims] // nil until authenticated
 	expiry  *time.Timer                  // touched by the reading goroutine only
+	pinger  atomic.Pointer[time.Timer]
+	writers sync.WaitGroup
 }
 
 func (s *session) authenticate(c *token.Claims) {
@@ -141,12 +188,9 @@ func (s *session) authenticate(c *token.Claims) {
 
 func (s *session) authenticated() bool { return s.claims.Load() != nil || s.h.AllowAnonymous }
 
-// run serves the connection with two goroutines: this one reads, the
-// other writes and pings. kctx ends when the hub kicks the client.
-func (s *session) run(ctx, kctx context.Context) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	g, ctx := errgroup.WithContext(ctx)
+// run reads the client's requests until the connection ends, with the
+// timers that ping the client and enforce authentication.
+func (s *session) run() {
 	if !s.authenticated() {
 		t := time.AfterFunc(s.h.AuthTimeout, func() {
 			if s.claims.Load() == nil {
@@ -156,102 +200,116 @@ func (s *session) run(ctx, kctx context.Context) {
 		})
 		defer t.Stop()
 	}
+	s.schedulePing()
+	defer func() { s.pinger.Load().Stop() }()
 	defer func() {
 		if s.expiry != nil {
 			s.expiry.Stop()
 		}
 	}()
-	g.Go(func() error { return s.write(ctx, kctx, g) })
-	_ = s.read(ctx)
-	cancel() // the peer is gone: stop the writer too
-	_ = g.Wait()
+	s.read()
 }
 
-// errClosed ends a session's goroutines once the connection is closed.
-var errClosed = errors.New("connection closed")
+// kicked closes the connection with code, in the background: the hub calls
+// it and must not wait. The close handshake ends when the reader sees the
+// peer's reply, or when serve's CloseNow cuts it short.
+func (s *session) kicked(code websocket.StatusCode, reason string) {
+	s.cancel()
+	go func() { _ = s.conn.Close(code, reason) }()
+}
 
-// write sends queued events, packing the frames that wait together into
-// one WebSocket message separated by newlines: under load one write
-// carries many events, idle it carries one. It also pings the client.
-func (s *session) write(ctx, kctx context.Context, g *errgroup.Group) error {
-	ping := time.NewTicker(s.h.PingInterval)
-	defer ping.Stop()
-	pinging := make(chan struct{}, 1) // holds a token while a ping is in flight
-	var batch []byte
+// batch is a writer's scratch space, pooled: an idle connection keeps none.
+type batch struct {
+	frames [][]byte
+	msg    []byte
+}
+
+var batches = sync.Pool{New: func() any { return new(batch) }}
+
+// ready starts a writer for the frames the hub queued.
+func (s *session) ready() {
+	s.writers.Go(s.flush)
+}
+
+// flush writes queued events until none wait, packing the frames that
+// wait together into one WebSocket message separated by newlines: under
+// load one write carries many events, idle it carries one.
+func (s *session) flush() {
+	b := batches.Get().(*batch)
+	defer batches.Put(b)
 	for {
-		select {
-		case frame := <-s.client.Send():
-			batch = append(batch[:0], frame...)
-		fill:
-			for range maxBatch - 1 {
-				select {
-				case f := <-s.client.Send():
-					batch = append(append(batch, '\n'), f...)
-				default:
-					break fill
-				}
+		b.frames = s.client.Take(b.frames[:0])
+		if len(b.frames) == 0 {
+			return
+		}
+		frames := b.frames
+		for len(frames) > 0 {
+			// Pack frames while the message fits the write buffer; a
+			// frame too big for it goes alone.
+			b.msg = append(b.msg[:0], frames[0]...)
+			n := 1
+			for ; n < len(frames) && len(b.msg)+1+len(frames[n]) <= maxPacked; n++ {
+				b.msg = append(append(b.msg, '\n'), frames[n]...)
 			}
-			if err := s.conn.Write(kctx, websocket.MessageText, batch); err != nil {
-				return err
+			frames = frames[n:]
+			if err := s.conn.Write(s.ctx, websocket.MessageText, b.msg); err != nil {
+				// Kicked, or the connection broke: either way it is done,
+				// and the hub must stop queueing for it.
+				s.client.Kick(websocket.StatusInternalError, "write failed")
+				clear(b.frames)
+				return
 			}
 			s.h.messagesOut.Inc()
-		case <-ping.C:
-			select {
-			case pinging <- struct{}{}:
-				g.Go(func() error {
-					defer func() { <-pinging }()
-					return s.ping(ctx)
-				})
-			default: // the last ping is still waiting for its pong
-			}
-		case <-s.client.Quit():
-			code, reason := s.client.CloseReason()
-			_ = s.conn.Close(code, reason)
-			return errClosed
-		case <-ctx.Done():
-			return nil
 		}
+		clear(b.frames)
 	}
 }
 
-// ping kicks the client unless it answers a ping within PongTimeout.
-func (s *session) ping(ctx context.Context) error {
-	pctx, cancel := context.WithTimeout(ctx, s.h.PongTimeout)
-	defer cancel()
-	if err := s.conn.Ping(pctx); err != nil && ctx.Err() == nil {
-		s.client.Kick(protocol.CloseHeartbeatTimeout, fmt.Sprintf("no pong within %v", s.h.PongTimeout))
+func (s *session) schedulePing() {
+	if s.ctx.Err() == nil {
+		s.pinger.Store(time.AfterFunc(s.h.PingInterval, s.ping))
 	}
-	return nil
 }
 
-func (s *session) writeFrame(ctx context.Context, frame []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+// ping kicks the client unless it answers a ping within PongTimeout, then
+// schedules the next one.
+func (s *session) ping() {
+	ctx, cancel := context.WithTimeout(s.ctx, s.h.PongTimeout)
 	defer cancel()
-	return s.conn.Write(ctx, websocket.MessageText, frame)
+	if err := s.conn.Ping(ctx); err != nil {
+		if s.ctx.Err() == nil {
+			s.client.Kick(protocol.CloseHeartbeatTimeout, fmt.Sprintf("no pong within %v", s.h.PongTimeout))
+		}
+		return
+	}
+	s.schedulePing()
 }
 
-func (s *session) read(ctx context.Context) error {
+// read serves the client's requests until the connection is closed: by
+// the peer, by a kick, or by a too large frame (1009). Reads need no
+// context of their own: closing the connection ends them.
+func (s *session) read() {
 	for {
-		typ, b, err := s.conn.Read(ctx)
+		typ, b, err := s.conn.Read(context.Background())
 		if err != nil {
-			return errClosed // closed by the peer, by a kick, or by a too large frame (1009)
+			return
 		}
 		s.h.messagesIn.Inc()
 		if !s.limiter.Allow() {
-			s.reply(ctx, protocol.Fail(idOf(b), protocol.Errorf(protocol.CodeRateLimited,
+			s.reply(protocol.Fail(idOf(b), protocol.Errorf(protocol.CodeRateLimited,
 				"more than %g frames per second (burst %d); this one was ignored", s.h.RateLimit, s.h.RateBurst)))
 			continue
 		}
 		if typ != websocket.MessageText {
-			s.reply(ctx, protocol.Fail("", protocol.Errorf(protocol.CodeBadRequest, "binary frames are not supported; send JSON text")))
+			s.reply(protocol.Fail("", protocol.Errorf(protocol.CodeBadRequest, "binary frames are not supported; send JSON text")))
 			continue
 		}
 		req, perr := protocol.ParseRequest(b)
 		if perr != nil {
-			s.reply(ctx, protocol.Fail(req.ID, perr))
+			s.reply(protocol.Fail(req.ID, perr))
 			continue
 		}
-		s.reply(ctx, s.handle(ctx, req))
+		s.reply(s.handle(req))
 	}
 }
 
@@ -263,13 +321,20 @@ func idOf(b []byte) string {
 	return v.ID
 }
 
-func (s *session) reply(ctx context.Context, frame []byte) {
-	if err := s.writeFrame(ctx, frame); err == nil {
+// reply answers a request. A kick does not abort it, so the answer that
+// explains a kick reaches the client before the close frame.
+func (s *session) reply(frame []byte) {
+	if frame == nil {
+		return // answered already
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	if err := s.conn.Write(ctx, websocket.MessageText, frame); err == nil {
 		s.h.messagesOut.Inc()
 	}
 }
 
-func (s *session) handle(ctx context.Context, req protocol.Request) []byte {
+func (s *session) handle(req protocol.Request) []byte {
 	switch req.Action {
 	case protocol.ActionPing:
 		return protocol.Pong(req.ID)
@@ -277,10 +342,13 @@ func (s *session) handle(ctx context.Context, req protocol.Request) []byte {
 		c, err := s.h.verify(req.Token)
 		if err != nil {
 			s.h.authFailures.WithLabelValues("invalid_token").Inc()
+			fail := protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnauthorized, "%v", err))
 			if !s.authenticated() {
+				s.reply(fail)
 				s.client.Kick(protocol.CloseUnauthorized, err.Error())
+				return nil
 			}
-			return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnauthorized, "%v", err))
+			return fail
 		}
 		s.authenticate(c)
 		return protocol.OK(req.ID)
@@ -292,7 +360,7 @@ func (s *session) handle(ctx context.Context, req protocol.Request) []byte {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeInvalidChannel, "%v", err))
 	}
 	if req.Action == protocol.ActionUnsubscribe {
-		if err := s.h.Hub.Unsubscribe(ctx, s.client, req.Channel); err != nil {
+		if err := s.h.Hub.Unsubscribe(s.ctx, s.client, req.Channel); err != nil {
 			return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnavailable, "%v", err))
 		}
 		return protocol.OK(req.ID)
@@ -303,7 +371,7 @@ func (s *session) handle(ctx context.Context, req protocol.Request) []byte {
 	if s.h.Hub.Count(s.client) >= s.h.MaxSubscriptions {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManySubscriptions, "at most %d subscriptions per connection", s.h.MaxSubscriptions))
 	}
-	if err := s.h.Hub.Subscribe(ctx, s.client, req.Channel); err != nil {
+	if err := s.h.Hub.Subscribe(s.ctx, s.client, req.Channel); err != nil {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnavailable, "%v", err))
 	}
 	return protocol.OK(req.ID)
