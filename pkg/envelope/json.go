@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -22,41 +21,28 @@ var jsonOptions = protojson.MarshalOptions{UseProtoNames: true}
 // data goes through protojson, which is what the logger and the edge spend
 // their time on per event.
 func MarshalJSON(env *Envelope) ([]byte, error) {
-	b := make([]byte, 0, 320)
-	b = append(b, '{')
-	sep := false
-	field := func(name string) {
-		if sep {
-			b = append(b, ',')
-		}
-		sep = true
-		b = append(b, '"')
-		b = append(b, name...)
-		b = append(b, '"', ':')
-	}
-	var err error
-	str := func(name, v string) {
-		if v == "" {
-			return
-		}
-		field(name)
-		b, err = appendString(b, v, err)
-	}
-	str("id", env.GetId())
-	str("source", env.GetSource())
-	str("type", env.GetType())
-	str("subject", env.GetSubject())
+	return AppendJSON(make([]byte, 0, 320), env)
+}
+
+// AppendJSON appends env rendered as MarshalJSON does to b. On error it
+// returns b as it was.
+func AppendJSON(b []byte, env *Envelope) ([]byte, error) {
+	e := jsonEncoder{b: append(b, '{')}
+	e.str("id", env.GetId())
+	e.str("source", env.GetSource())
+	e.str("type", env.GetType())
+	e.str("subject", env.GetSubject())
 	if ts := env.GetTime(); ts != nil {
-		if verr := ts.CheckValid(); verr != nil {
-			return nil, fmt.Errorf("marshal envelope as json: time: %w", verr)
+		if err := ts.CheckValid(); err != nil {
+			return b, fmt.Errorf("marshal envelope as json: time: %w", err)
 		}
-		field("time")
-		b = appendTimestamp(b, ts)
+		e.field("time")
+		e.b = appendTimestamp(e.b, ts)
 	}
-	str("channel", env.GetChannel())
+	e.str("channel", env.GetChannel())
 	if attrs := env.GetAttributes(); len(attrs) > 0 {
-		field("attributes")
-		b = append(b, '{')
+		e.field("attributes")
+		e.b = append(e.b, '{')
 		keys := make([]string, 0, len(attrs))
 		for k := range attrs {
 			keys = append(keys, k)
@@ -64,26 +50,52 @@ func MarshalJSON(env *Envelope) ([]byte, error) {
 		slices.Sort(keys)
 		for i, k := range keys {
 			if i > 0 {
-				b = append(b, ',')
+				e.b = append(e.b, ',')
 			}
-			b, err = appendString(b, k, err)
-			b = append(b, ':')
-			b, err = appendString(b, attrs[k], err)
+			e.b, e.err = appendString(e.b, k, e.err)
+			e.b = append(e.b, ':')
+			e.b, e.err = appendString(e.b, attrs[k], e.err)
 		}
-		b = append(b, '}')
+		e.b = append(e.b, '}')
 	}
-	if err != nil {
-		return nil, fmt.Errorf("marshal envelope as json: %w", err)
+	if e.err != nil {
+		return b, fmt.Errorf("marshal envelope as json: %w", e.err)
 	}
 	if d := env.GetData(); d != nil {
 		js, err := jsonOptions.Marshal(d)
 		if err != nil {
-			return nil, fmt.Errorf("marshal envelope as json: data: %w", err)
+			return b, fmt.Errorf("marshal envelope as json: data: %w", err)
 		}
-		field("data")
-		b = append(b, compact(js)...)
+		e.field("data")
+		e.b = append(e.b, compact(js)...)
 	}
-	return append(b, '}'), nil
+	return append(e.b, '}'), nil
+}
+
+// jsonEncoder writes the fields of one JSON object.
+type jsonEncoder struct {
+	b   []byte
+	sep bool
+	err error // the first string that was no valid UTF-8
+}
+
+func (e *jsonEncoder) field(name string) {
+	if e.sep {
+		e.b = append(e.b, ',')
+	}
+	e.sep = true
+	e.b = append(e.b, '"')
+	e.b = append(e.b, name...)
+	e.b = append(e.b, '"', ':')
+}
+
+// str writes a string field unless it is empty, as protojson does.
+func (e *jsonEncoder) str(name, v string) {
+	if v == "" {
+		return
+	}
+	e.field(name)
+	e.b, e.err = appendString(e.b, v, e.err)
 }
 
 var errUTF8 = errors.New("string field contains invalid UTF-8")
@@ -123,12 +135,22 @@ func appendString(b []byte, s string, err error) ([]byte, error) {
 // appendTimestamp writes a valid timestamp as protojson does: RFC 3339 in
 // UTC with 0, 3, 6 or 9 fractional digits.
 func appendTimestamp(b []byte, ts *timestamppb.Timestamp) []byte {
-	x := ts.AsTime().UTC().Format("2006-01-02T15:04:05.000000000")
-	x = strings.TrimSuffix(x, "000")
-	x = strings.TrimSuffix(x, "000")
-	x = strings.TrimSuffix(x, ".000")
+	t := ts.AsTime().UTC()
 	b = append(b, '"')
-	b = append(b, x...)
+	b = t.AppendFormat(b, "2006-01-02T15:04:05")
+	if ns := t.Nanosecond(); ns != 0 {
+		digits := 9
+		for digits > 3 && ns%1000 == 0 {
+			ns /= 1000
+			digits -= 3
+		}
+		var frac [9]byte
+		for i := digits - 1; i >= 0; i-- {
+			frac[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		b = append(append(b, '.'), frac[:digits]...)
+	}
 	return append(b, 'Z', '"')
 }
 

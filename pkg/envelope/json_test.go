@@ -51,6 +51,8 @@ func TestMarshalJSONMatchesProtojson(t *testing.T) {
 		{Time: timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 120000000, time.UTC))},
 		{Time: timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 123456000, time.UTC))},
 		{Time: timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC))},
+		{Time: timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 1, time.UTC))},
+		{Time: timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 1000, time.UTC))},
 		{Attributes: map[string]string{"traceparent": "00-x-01", "b": "2", "a": "<&>"}},
 		{Id: "3", Type: "order.placed", Data: typed},
 		{Id: "4", Type: "x.y", Data: free},

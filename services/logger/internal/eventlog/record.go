@@ -6,7 +6,6 @@ package eventlog
 import (
 	"encoding/base64"
 	"encoding/json"
-	"strconv"
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
@@ -41,18 +40,19 @@ type line struct {
 // "payload_base64" with the decoding "error", so that nothing vanishes.
 func Format(m bus.Message, now time.Time) (Record, error) {
 	b := make([]byte, 0, 256+2*len(m.Payload))
-	b = append(b, `{"logged_at":`...)
-	b = strconv.AppendQuote(b, now.UTC().Format(time.RFC3339Nano))
-	b = append(b, `,"channel":`...)
+	b = append(b, `{"logged_at":"`...)
+	b = now.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","channel":`...)
 	b = appendJSONString(b, m.Channel)
 	b = append(b, `,"pattern":`...)
 	b = appendJSONString(b, m.Pattern)
+	b = append(b, `,"event":`...)
 	env, err := envelope.Unmarshal(m.Payload)
-	var js []byte
 	if err == nil {
-		js, err = envelope.MarshalJSON(env)
+		b, err = envelope.AppendJSON(b, env)
 	}
 	if err != nil {
+		b = b[:len(b)-len(`,"event":`)]
 		b = append(b, `,"error":`...)
 		b = appendJSONString(b, err.Error())
 		b = append(b, `,"payload_base64":"`...)
@@ -60,15 +60,23 @@ func Format(m bus.Message, now time.Time) (Record, error) {
 		b = append(b, `"}`...)
 		return Record{Channel: m.Channel, Line: b}, err
 	}
-	b = append(b, `,"event":`...)
-	b = append(b, js...)
 	b = append(b, '}')
 	return Record{ID: env.GetId(), Channel: m.Channel, Line: b, Time: env.GetTime().AsTime()}, nil
 }
 
+// appendJSONString appends s as a JSON string. Channels and patterns are
+// plain printable ASCII and are copied as they are; anything else goes
+// through encoding/json.
 func appendJSONString(b []byte, s string) []byte {
-	js, _ := json.Marshal(s) // a string always marshals
-	return append(b, js...)
+	for i := range len(s) {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			js, _ := json.Marshal(s) // a string always marshals
+			return append(b, js...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // Parse reads a log line back into a Record.

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +27,7 @@ type Recorder struct {
 	window *eventlog.Window
 	log    *slog.Logger
 	now    func() time.Time
+	out    []formatted // one batch's lines, reused
 
 	logged    prometheus.Counter
 	malformed prometheus.Counter
@@ -35,7 +38,7 @@ type Recorder struct {
 func New(sub bus.Subscription, files *eventlog.Files, stdout io.Writer, window *eventlog.Window,
 	log *slog.Logger, reg prometheus.Registerer) *Recorder {
 	r := &Recorder{
-		sub: sub, files: files, window: window, log: log, now: time.Now,
+		sub: sub, files: files, window: window, log: log, now: time.Now, out: make([]formatted, maxBatch),
 		logged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_logger_events_logged_total", Help: "Events written to the log."}),
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
@@ -50,20 +53,44 @@ func New(sub bus.Subscription, files *eventlog.Files, stdout io.Writer, window *
 	return r
 }
 
-// Run records until ctx ends or the subscription closes. Lines are flushed
-// whenever no message is waiting, so the files trail the bus by at most
-// one batch, and always before Run returns.
+const (
+	// maxBatch caps the messages taken from the subscription at once.
+	maxBatch = 512
+	// minParallel is the smallest batch worth formatting on several cores.
+	minParallel = 64
+)
+
+// Run records until ctx ends or the subscription closes. It takes every
+// message waiting, formats them (on every core when there are many) and
+// writes them in order. Lines are flushed whenever no message is waiting,
+// so the files trail the bus by at most one batch, and always before Run
+// returns.
 func (r *Recorder) Run(ctx context.Context) error {
 	msgs := r.sub.Messages()
+	batch := make([]bus.Message, 0, maxBatch)
 	for {
 		select {
 		case m, ok := <-msgs:
 			if !ok {
 				return errors.Join(errors.New("subscription closed"), r.flush())
 			}
-			if err := r.record(m); err != nil {
+			batch = append(batch[:0], m)
+		fill:
+			for len(batch) < maxBatch {
+				select {
+				case m, ok := <-msgs:
+					if !ok {
+						break fill // the next receive reports it
+					}
+					batch = append(batch, m)
+				default:
+					break fill
+				}
+			}
+			if err := r.record(batch); err != nil {
 				return err
 			}
+			clear(batch)
 			if len(msgs) == 0 {
 				if err := r.flush(); err != nil {
 					return err
@@ -75,24 +102,47 @@ func (r *Recorder) Run(ctx context.Context) error {
 	}
 }
 
-func (r *Recorder) record(m bus.Message) error {
+type formatted struct {
+	rec eventlog.Record
+	err error
+}
+
+func (r *Recorder) record(batch []bus.Message) error {
 	now := r.now()
-	rec, err := eventlog.Format(m, now)
-	if err != nil {
-		r.malformed.Inc()
-		r.log.Warn("message is not an envelope; logged raw", "channel", m.Channel, "error", err)
+	out := r.out[:len(batch)]
+	format := func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			out[i].rec, out[i].err = eventlog.Format(batch[i], now)
+		}
 	}
-	if err := r.files.WriteLine(rec.Line); err != nil {
-		return err
+	if workers := runtime.GOMAXPROCS(0); len(batch) < minParallel || workers == 1 {
+		format(0, len(batch))
+	} else {
+		var wg sync.WaitGroup
+		per := (len(batch) + workers - 1) / workers
+		for lo := 0; lo < len(batch); lo += per {
+			wg.Go(func() { format(lo, min(lo+per, len(batch))) })
+		}
+		wg.Wait()
 	}
-	if r.stdout != nil {
-		r.stdout.Write(rec.Line)
-		r.stdout.WriteByte('\n')
-	}
-	r.window.Append(rec)
-	r.logged.Inc()
-	if !rec.Time.IsZero() {
-		r.lag.Set(now.Sub(rec.Time).Seconds())
+	defer clear(out)
+	for i, f := range out {
+		if f.err != nil {
+			r.malformed.Inc()
+			r.log.Warn("message is not an envelope; logged raw", "channel", batch[i].Channel, "error", f.err)
+		}
+		if err := r.files.WriteLine(f.rec.Line); err != nil {
+			return err
+		}
+		if r.stdout != nil {
+			r.stdout.Write(f.rec.Line)
+			r.stdout.WriteByte('\n')
+		}
+		r.window.Append(f.rec)
+		r.logged.Inc()
+		if !f.rec.Time.IsZero() {
+			r.lag.Set(now.Sub(f.rec.Time).Seconds())
+		}
 	}
 	return nil
 }
