@@ -74,7 +74,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		AllowAnonymous: cfg.AllowAnonymous, PublicChannels: cfg.PublicChannels, AllowedOrigins: cfg.AllowedOrigins,
 		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout,
 		MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, WriteRate: cfg.WriteRate,
 	}, reg))
 	var demoSecret []byte
 	if cfg.Demo {

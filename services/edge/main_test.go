@@ -228,6 +228,32 @@ func TestOverlappingSubscriptionsDeliverOnce(t *testing.T) {
 	}
 }
 
+// Events queued for a busy connection share messages, and none is lost or
+// reordered. A write rate of 1 per second makes the writer pause 50 ms
+// after each write, so the pacing path runs too.
+func TestBusyConnectionPacksEventsIntoFewerMessages(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_WRITE_RATE": "1"})
+	c := e.dial(t, mint(t, "7", "*"))
+	c.subscribe("1", "order:placed")
+	const n = 20
+	for i := range n {
+		e.publish(t, "order:placed", strconv.Itoa(i), 1)
+	}
+	messages := 0
+	for i := range n {
+		if len(c.pending) == 0 {
+			messages++
+		}
+		if f := c.next(); f.subject() != strconv.Itoa(i) {
+			t.Fatalf("event %d: got %+v, want subject %d", i, f, i)
+		}
+	}
+	if messages >= n {
+		t.Errorf("%d events came in %d messages, want fewer", n, messages)
+	}
+}
+
 func TestReferenceCountedRedisSubscriptions(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t) // NUMPAT is server-wide: this test needs its own server

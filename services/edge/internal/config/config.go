@@ -27,6 +27,7 @@ type Config struct {
 	RateLimit        float64       // EDGE_RATE_LIMIT: client frames per second per connection
 	RateBurst        int           // EDGE_RATE_BURST
 	SendQueue        int           // EDGE_SEND_QUEUE: events waiting per connection before it is dropped as slow
+	WriteRate        int           // EDGE_WRITE_RATE: WebSocket writes per second to stay within, by packing events; 0 for none
 	RedisURL         string        // REDIS_URL
 	RedisPrefix      string        // REDIS_PREFIX
 	Pprof            bool          // PPROF: serve /debug/pprof on the HTTP port, for profiling only
@@ -52,6 +53,7 @@ func Load(getenv func(string) string) (Config, error) {
 		RateLimit:        float64(r.Int("EDGE_RATE_LIMIT", 20, 1)),
 		RateBurst:        int(r.Int("EDGE_RATE_BURST", 40, 1)),
 		SendQueue:        int(r.Int("EDGE_SEND_QUEUE", 256, 1)),
+		WriteRate:        int(r.Int("EDGE_WRITE_RATE", 30000, 0)),
 		RedisURL:         r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
 		RedisPrefix:      r.ChannelPrefix("REDIS_PREFIX"),
 		Pprof:            r.Bool("PPROF", false),

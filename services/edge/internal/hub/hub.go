@@ -342,6 +342,17 @@ func (h *Hub) dispatch(m bus.Message) {
 		h.log.Debug("message is not an envelope; not forwarded", "channel", m.Channel, "error", err)
 		return
 	}
+	// The common cases need neither per-client matching nor dedupe: only
+	// subscribers of the channel itself, or of one pattern.
+	switch {
+	case len(h.matched) == 0:
+		h.sendAll(exact, protocol.AppendEvent(make([]byte, 0, len(event)+64+2*len(m.Channel)), m.Channel, []string{m.Channel}, event))
+		return
+	case len(h.matched) == 1 && !hasExact:
+		p := h.matched[0]
+		h.sendAll(h.wild[p], protocol.AppendEvent(make([]byte, 0, len(event)+64+len(m.Channel)+len(p)), m.Channel, []string{p}, event))
+		return
+	}
 	clear(h.seen)
 	clear(h.frames)
 	for c := range exact {
@@ -352,6 +363,31 @@ func (h *Hub) dispatch(m bus.Message) {
 			h.deliver(c, m.Channel, event)
 		}
 	}
+}
+
+// sendAll queues frame for every client of cs.
+func (h *Hub) sendAll(cs map[*Client]struct{}, frame []byte) {
+	n := 0
+	for c := range cs {
+		if h.send(c, frame) {
+			n++
+		}
+	}
+	h.m.delivered.Add(float64(n))
+}
+
+// send queues frame for c, or kicks c if its queue is full. It reports
+// whether the frame was queued.
+func (h *Hub) send(c *Client, frame []byte) bool {
+	if c.kicked.Load() {
+		return false
+	}
+	if !c.push(frame) {
+		h.m.slowCloses.Inc()
+		c.Kick(protocol.CloseSlowConsumer, "too slow: the send queue overflowed")
+		return false
+	}
+	return true
 }
 
 // repeat reports whether m is a further delivery of the event just
@@ -368,7 +404,7 @@ func (h *Hub) repeat(m bus.Message) bool {
 // deliver queues the event's frame for c unless c has it already. Clients
 // with the same matching subscriptions share one frame.
 func (h *Hub) deliver(c *Client, ch string, event []byte) {
-	if _, ok := h.seen[c]; ok || c.kicked.Load() {
+	if _, ok := h.seen[c]; ok {
 		return
 	}
 	h.seen[c] = struct{}{}
@@ -385,10 +421,7 @@ func (h *Hub) deliver(c *Client, ch string, event []byte) {
 		frame = protocol.AppendEvent(make([]byte, 0, len(event)+64+len(key)), ch, subs, event)
 		h.frames[key] = frame
 	}
-	if !c.push(frame) {
-		h.m.slowCloses.Inc()
-		c.Kick(protocol.CloseSlowConsumer, "too slow: the send queue overflowed")
-		return
+	if h.send(c, frame) {
+		h.m.delivered.Inc()
 	}
-	h.m.delivered.Inc()
 }

@@ -34,11 +34,15 @@ const (
 	// which aborts the write.
 	writeTimeout = 10 * time.Second
 	// readBuffer and writeBuffer size a connection's buffers. A message
-	// of at most maxPacked bytes (writeBuffer less the largest frame
-	// header) costs one write(2); a longer one, two.
+	// that fits the write buffer costs one write(2); a longer one, two,
+	// whatever its length: the frames waiting are packed into messages of
+	// up to maxPacked bytes (half of coder/websocket's default read limit).
 	readBuffer  = 1 << 10
 	writeBuffer = 4 << 10
-	maxPacked   = writeBuffer - 14
+	maxPacked   = 16 << 10
+	// minGap and maxGap bound the pause between a connection's writes.
+	minGap = 200 * time.Microsecond
+	maxGap = 50 * time.Millisecond
 )
 
 // Options configure the handler.
@@ -57,11 +61,17 @@ type Options struct {
 	MaxSubscriptions int
 	RateLimit        float64
 	RateBurst        int
+	// WriteRate is the writes per second the edge aims not to exceed: while
+	// n connections have events flowing, each waits n/WriteRate seconds
+	// between its writes and packs what arrived meanwhile into the next.
+	// Zero writes as soon as an event waits.
+	WriteRate int
 }
 
 // Handler serves WebSocket connections.
 type Handler struct {
 	Options
+	flowing      atomic.Int64 // connections whose writer runs
 	messagesIn   prometheus.Counter
 	messagesOut  prometheus.Counter
 	authFailures *prometheus.CounterVec
@@ -116,9 +126,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) serve(conn *websocket.Conn, claims *token.Claims) {
 	defer conn.CloseNow()
 	conn.SetReadLimit(h.MaxMessageBytes)
-	// ctx ends writes, pings and requests to the hub: cancelled when the
-	// client is kicked (which aborts a write in progress: a client too slow
-	// to read must not hold its writer) or when the reader is done.
+	// ctx ends writing, pings and requests to the hub: cancelled when the
+	// client is kicked or when the reader is done.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := &session{h: h, conn: conn, ctx: ctx, cancel: cancel, limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst)}
@@ -163,7 +172,7 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 type session struct {
 	h       *Handler
 	conn    *websocket.Conn
-	ctx     context.Context // for writes and pings
+	ctx     context.Context // ends writing, pings and requests to the hub
 	cancel  context.CancelFunc
 	client  *hub.Client
 	limiter *rate.Limiter
@@ -236,7 +245,12 @@ func (s *session) ready() {
 // load one write carries many events, idle it carries one.
 func (s *session) flush() {
 	b := batches.Get().(*batch)
-	defer batches.Put(b)
+	defer func() {
+		clear(b.frames)
+		batches.Put(b)
+	}()
+	s.h.flowing.Add(1)
+	defer s.h.flowing.Add(-1)
 	for {
 		b.frames = s.client.Take(b.frames[:0])
 		if len(b.frames) == 0 {
@@ -244,7 +258,7 @@ func (s *session) flush() {
 		}
 		frames := b.frames
 		for len(frames) > 0 {
-			// Pack frames while the message fits the write buffer; a
+			// Pack frames while the message stays within maxPacked; a
 			// frame too big for it goes alone.
 			b.msg = append(b.msg[:0], frames[0]...)
 			n := 1
@@ -252,17 +266,40 @@ func (s *session) flush() {
 				b.msg = append(append(b.msg, '\n'), frames[n]...)
 			}
 			frames = frames[n:]
-			if err := s.conn.Write(s.ctx, websocket.MessageText, b.msg); err != nil {
+			// Writes take no context, which would cost an allocation and
+			// a timer per write. A kick stops the loop before the next
+			// write; a write stuck on a client that stopped reading ends
+			// when the kick's close handshake gives up (5 s) and closes
+			// the socket.
+			if s.ctx.Err() != nil {
+				return
+			}
+			if err := s.conn.Write(context.Background(), websocket.MessageText, b.msg); err != nil {
 				// Kicked, or the connection broke: either way it is done,
 				// and the hub must stop queueing for it.
 				s.client.Kick(websocket.StatusInternalError, "write failed")
-				clear(b.frames)
 				return
 			}
 			s.h.messagesOut.Inc()
 		}
 		clear(b.frames)
+		if gap := s.h.gap(); gap > 0 {
+			time.Sleep(gap)
+		}
 	}
+}
+
+// gap is how long a writer waits after a write so that the edge stays
+// within WriteRate writes per second; at most maxGap.
+func (h *Handler) gap() time.Duration {
+	if h.WriteRate == 0 {
+		return 0
+	}
+	d := time.Duration(h.flowing.Load()) * time.Second / time.Duration(h.WriteRate)
+	if d < minGap {
+		return 0
+	}
+	return min(d, maxGap)
 }
 
 func (s *session) schedulePing() {
