@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -61,10 +62,10 @@ type Options struct {
 	MaxSubscriptions int
 	RateLimit        float64
 	RateBurst        int
-	// WriteRate is the writes per second the edge aims not to exceed: while
-	// n connections have events flowing, each waits n/WriteRate seconds
-	// between its writes and packs what arrived meanwhile into the next.
-	// Zero writes as soon as an event waits.
+	// WriteRate is the writes per second the edge aims at: while n
+	// connections have events flowing, each waits a random half to all of
+	// n/WriteRate seconds between its writes and packs what arrived
+	// meanwhile into the next. Zero writes as soon as an event waits.
 	WriteRate int
 }
 
@@ -284,13 +285,15 @@ func (s *session) flush() {
 		}
 		clear(b.frames)
 		if gap := s.h.gap(); gap > 0 {
-			time.Sleep(gap)
+			// A random half to all of the gap, so that writers that
+			// started together do not wake together.
+			time.Sleep(gap/2 + rand.N(gap/2))
 		}
 	}
 }
 
-// gap is how long a writer waits after a write so that the edge stays
-// within WriteRate writes per second; at most maxGap.
+// gap is the longest a writer waits after a write, so that the edge makes
+// about WriteRate writes per second; at most maxGap.
 func (h *Handler) gap() time.Duration {
 	if h.WriteRate == 0 {
 		return 0
