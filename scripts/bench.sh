@@ -25,7 +25,7 @@ if [[ ${BENCH_SMOKE:-} == 1 ]]; then
 fi
 
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(go version | cut -d' ' -f3)"
-run bench fanout "${flags[@]}" --subscribers 1000 --rate 300 --duration 10s
+run bench fanout "${flags[@]}" --subscribers 1000 --rate 310 --duration 10s
 run bench fanout "${flags[@]}" --subscribers 100 --rate 1000 --duration 10s
 run bench fanout "${flags[@]}" --subscribers 1000 --rate 100 --duration 5s --ramp
 run bench ingest "${flags[@]}" --concurrency 64 --duration 10s
