@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -181,27 +179,21 @@ func fanoutTrial(ctx context.Context, e env, b *benchFlags, nsubs, rate int, dur
 		readers.Go(func() { s.read(&delivered) })
 	}
 
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 10 * time.Second}
+	cfg, err := newPoster(b.api, b.apiKey)
+	if err != nil {
+		return nil, err
+	}
 	var sent, failed atomic.Int64
 	jobs := make(chan int, 1024)
 	var publishers sync.WaitGroup
 	for range 16 {
 		publishers.Go(func() {
+			p := posts{cfg: cfg}
+			defer p.close()
+			var body []byte
 			for seq := range jobs {
-				body := fmt.Sprintf(`{"type":"bench.fanout","channel":%q,"subject":"%d.%d"}`, ch, seq, time.Now().UnixNano())
-				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(b.api, "/")+"/v1/events", strings.NewReader(body))
-				req.Header.Set("Content-Type", "application/json")
-				if b.apiKey != "" {
-					req.Header.Set("Authorization", "Bearer "+b.apiKey)
-				}
-				resp, err := client.Do(req)
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusAccepted {
+				body = fmt.Appendf(body[:0], `{"type":"bench.fanout","channel":%q,"subject":"%d.%d"}`, ch, seq, time.Now().UnixNano())
+				if status, err := p.post(ctx, body); err != nil || status != http.StatusAccepted {
 					failed.Add(1)
 					continue
 				}
