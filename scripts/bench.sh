@@ -30,5 +30,10 @@ run bench fanout "${flags[@]}" --subscribers 100 --rate 1000 --duration 10s
 run bench fanout "${flags[@]}" --subscribers 1000 --rate 100 --duration 5s --ramp
 run bench ingest "${flags[@]}" --concurrency 64 --duration 10s
 run bench ingest "${flags[@]}" --concurrency 8 --duration 10s --grpc="localhost${API_GRPC_ADDR:-:9090}"
-run bench connections "${flags[@]}" --count "${BENCH_CONNECTIONS:-15000}"
+# 50,000 idle connections, or as many as the open-file limit allows: the
+# edge and the load generator each hold one descriptor per connection.
+nofile=$(ulimit -Hn)
+[[ $nofile == unlimited ]] && nofile=1000000
+connections=${BENCH_CONNECTIONS:-$((nofile - 500 < 50000 ? nofile - 500 : 50000))}
+run bench connections "${flags[@]}" --count "$connections"
 exit $failed
