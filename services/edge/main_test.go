@@ -254,6 +254,29 @@ func TestBusyConnectionPacksEventsIntoFewerMessages(t *testing.T) {
 	}
 }
 
+// A writer pausing to pack events wakes when its queue is half full: a
+// client that reads fast enough is never closed as slow because of the
+// pause. With a queue of 64 and 25-50 ms pauses, 400 events published back
+// to back would overflow it otherwise. Not parallel: a writer starved of
+// CPU by other tests overflows a queue however it pauses.
+func TestPausedWriterWakesBeforeTheQueueOverflows(t *testing.T) {
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_WRITE_RATE": "1", "EDGE_SEND_QUEUE": "64"})
+	c := e.dial(t, mint(t, "7", "*"))
+	c.subscribe("1", "order:placed")
+	const n = 400
+	for i := range n {
+		e.publish(t, "order:placed", strconv.Itoa(i), 1)
+	}
+	for i := range n {
+		if f := c.next(); f.subject() != strconv.Itoa(i) {
+			t.Fatalf("event %d: got %+v, want subject %d", i, f, i)
+		}
+	}
+	if got := e.metric(t, "eventbus_edge_slow_consumer_closes_total"); got != 0 {
+		t.Errorf("%v slow-consumer closes, want 0", got)
+	}
+}
+
 func TestReferenceCountedRedisSubscriptions(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t) // NUMPAT is server-wide: this test needs its own server

@@ -45,6 +45,11 @@ type Client struct {
 	mu      sync.Mutex
 	queue   [][]byte // frames waiting, in order
 	writing bool     // onReady was called and Take has not found the queue empty since
+	pausing bool     // the writer is in Pause
+
+	// Only the writer touches these; both are made on its first Pause.
+	hurry chan struct{} // ends a Pause early: the queue is half full
+	timer *time.Timer
 }
 
 // push queues frame, calling onReady if no writer runs. It reports false,
@@ -58,6 +63,10 @@ func (c *Client) push(frame []byte) bool {
 	c.queue = append(c.queue, frame)
 	start := !c.writing
 	c.writing = true
+	if c.pausing && len(c.queue) >= c.max/2 {
+		c.pausing = false
+		c.hurry <- struct{}{}
+	}
 	c.mu.Unlock()
 	if start {
 		c.onReady()
@@ -82,6 +91,37 @@ func (c *Client) Take(dst [][]byte) [][]byte {
 	clear(c.queue)
 	c.queue = c.queue[:0]
 	return dst
+}
+
+// Pause waits d, or less if the queue fills to half meanwhile: a writer
+// pausing to pack more events into its next write must not let the queue
+// overflow, which would close a client that reads fast enough.
+func (c *Client) Pause(d time.Duration) {
+	c.mu.Lock()
+	if len(c.queue) >= c.max/2 {
+		c.mu.Unlock()
+		return
+	}
+	if c.hurry == nil {
+		c.hurry = make(chan struct{}, 1)
+		c.timer = time.NewTimer(d)
+	} else {
+		c.timer.Reset(d)
+	}
+	c.pausing = true
+	c.mu.Unlock()
+	select {
+	case <-c.timer.C:
+	case <-c.hurry:
+		c.timer.Stop()
+	}
+	c.mu.Lock()
+	c.pausing = false
+	select {
+	case <-c.hurry: // sent as the timer fired: not for the next Pause
+	default:
+	}
+	c.mu.Unlock()
 }
 
 func (c *Client) queued() int {

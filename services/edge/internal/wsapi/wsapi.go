@@ -32,7 +32,7 @@ const (
 	// writeTimeout bounds the write of a reply; a client that takes longer
 	// is gone. Event writes have no deadline of their own: a client that
 	// stops reading overflows its queue or misses a pong, and is kicked,
-	// which aborts the write.
+	// and the kick's close handshake ends a write stuck on it.
 	writeTimeout = 10 * time.Second
 	// readBuffer and writeBuffer size a connection's buffers. A message
 	// that fits the write buffer costs one write(2); a longer one, two,
@@ -287,7 +287,7 @@ func (s *session) flush() {
 		if gap := s.h.gap(); gap > 0 {
 			// A random half to all of the gap, so that writers that
 			// started together do not wake together.
-			time.Sleep(gap/2 + rand.N(gap/2))
+			s.client.Pause(gap/2 + rand.N(gap/2))
 		}
 	}
 }
