@@ -47,9 +47,10 @@ type Client struct {
 	writing bool     // onReady was called and Take has not found the queue empty since
 	pausing bool     // the writer is in Pause
 
-	// Only the writer touches these; both are made on its first Pause.
-	hurry chan struct{} // ends a Pause early: the queue is half full
-	timer *time.Timer
+	// Made on the writer's first Pause. push signals hurry, with mu held,
+	// to end a Pause early when the queue is half full.
+	hurry chan struct{}
+	timer *time.Timer // only the writer uses it
 }
 
 // push queues frame, calling onReady if no writer runs. It reports false,
