@@ -146,3 +146,21 @@ func (r *Reader) ChannelPrefix(name string) string {
 	r.Check(name, v, channel.Validate(v))
 	return v + ":"
 }
+
+// Common is the settings every service reads alike.
+type Common struct {
+	RedisURL    string     // REDIS_URL
+	RedisPrefix string     // REDIS_PREFIX: channel and key prefix, for sharing one Redis
+	Pprof       bool       // PPROF: serve /debug/pprof on the HTTP port, for profiling only
+	LogLevel    slog.Level // LOG_LEVEL
+}
+
+// Common reads REDIS_URL, REDIS_PREFIX, PPROF and LOG_LEVEL.
+func (r *Reader) Common() Common {
+	return Common{
+		RedisURL:    r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
+		RedisPrefix: r.ChannelPrefix("REDIS_PREFIX"),
+		Pprof:       r.Bool("PPROF", false),
+		LogLevel:    r.LogLevel("LOG_LEVEL", slog.LevelInfo),
+	}
+}

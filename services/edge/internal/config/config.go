@@ -4,7 +4,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -13,6 +12,8 @@ import (
 
 // Config is every setting of bin/edge.
 type Config struct {
+	envconfig.Common // REDIS_URL, REDIS_PREFIX, PPROF, LOG_LEVEL
+
 	HTTPAddr         string        // EDGE_HTTP_ADDR
 	JWTSecret        []byte        // EDGE_JWT_SECRET: HS256 key of client tokens
 	AllowAnonymous   bool          // EDGE_ALLOW_ANONYMOUS: tokenless clients may subscribe to PublicChannels
@@ -28,10 +29,6 @@ type Config struct {
 	RateBurst        int           // EDGE_RATE_BURST
 	SendQueue        int           // EDGE_SEND_QUEUE: events waiting per connection before it is dropped as slow
 	WriteRate        int           // EDGE_WRITE_RATE: WebSocket writes per second to stay within, by packing events; 0 for none
-	RedisURL         string        // REDIS_URL
-	RedisPrefix      string        // REDIS_PREFIX
-	Pprof            bool          // PPROF: serve /debug/pprof on the HTTP port, for profiling only
-	LogLevel         slog.Level    // LOG_LEVEL
 }
 
 // Load reads the configuration through getenv and reports every bad
@@ -39,6 +36,7 @@ type Config struct {
 func Load(getenv func(string) string) (Config, error) {
 	r := envconfig.New(getenv)
 	c := Config{
+		Common:           r.Common(),
 		HTTPAddr:         r.Addr("EDGE_HTTP_ADDR", ":8081"),
 		JWTSecret:        []byte(r.String("EDGE_JWT_SECRET", "")),
 		AllowAnonymous:   r.Bool("EDGE_ALLOW_ANONYMOUS", false),
@@ -54,10 +52,6 @@ func Load(getenv func(string) string) (Config, error) {
 		RateBurst:        int(r.Int("EDGE_RATE_BURST", 40, 1)),
 		SendQueue:        int(r.Int("EDGE_SEND_QUEUE", 256, 1)),
 		WriteRate:        int(r.Int("EDGE_WRITE_RATE", 30000, 0)),
-		RedisURL:         r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
-		RedisPrefix:      r.ChannelPrefix("REDIS_PREFIX"),
-		Pprof:            r.Bool("PPROF", false),
-		LogLevel:         r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 	}
 	for _, p := range c.PublicChannels {
 		r.Check("EDGE_PUBLIC_CHANNELS", p, channel.ValidatePattern(p))

@@ -5,7 +5,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/mail"
 	"net/url"
 	"time"
@@ -15,6 +14,8 @@ import (
 
 // Config is every setting of bin/notification.
 type Config struct {
+	envconfig.Common // REDIS_URL, REDIS_PREFIX, PPROF, LOG_LEVEL
+
 	HTTPAddr       string        // NOTIFICATION_HTTP_ADDR
 	SendGridAPIKey string        // SENDGRID_API_KEY: empty means dry-run
 	SendGridURL    string        // SENDGRID_API_URL: base URL of the SendGrid API
@@ -25,10 +26,6 @@ type Config struct {
 	RetryMax       time.Duration // NOTIFICATION_RETRY_MAX: longest wait between tries
 	ClaimTTL       time.Duration // NOTIFICATION_CLAIM_TTL: how long a sent notification is remembered
 	Workers        int           // NOTIFICATION_WORKERS: events handled at once (per user in order)
-	RedisURL       string        // REDIS_URL
-	RedisPrefix    string        // REDIS_PREFIX
-	Pprof          bool          // PPROF: serve /debug/pprof on the HTTP port, for profiling only
-	LogLevel       slog.Level    // LOG_LEVEL
 }
 
 // Load reads the configuration through getenv and reports every bad
@@ -36,6 +33,7 @@ type Config struct {
 func Load(getenv func(string) string) (Config, error) {
 	r := envconfig.New(getenv)
 	c := Config{
+		Common:         r.Common(),
 		HTTPAddr:       r.Addr("NOTIFICATION_HTTP_ADDR", ":8083"),
 		SendGridAPIKey: r.String("SENDGRID_API_KEY", ""),
 		SendGridURL:    r.String("SENDGRID_API_URL", "https://api.sendgrid.com"),
@@ -46,10 +44,6 @@ func Load(getenv func(string) string) (Config, error) {
 		RetryMax:       r.Duration("NOTIFICATION_RETRY_MAX", 30*time.Second),
 		ClaimTTL:       r.Duration("NOTIFICATION_CLAIM_TTL", 24*time.Hour),
 		Workers:        int(r.Int("NOTIFICATION_WORKERS", 8, 1)),
-		RedisURL:       r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
-		RedisPrefix:    r.ChannelPrefix("REDIS_PREFIX"),
-		Pprof:          r.Bool("PPROF", false),
-		LogLevel:       r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 	}
 	if u, err := url.Parse(c.SendGridURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		r.Check("SENDGRID_API_URL", c.SendGridURL, errors.New("want an http(s) base URL such as https://api.sendgrid.com"))
