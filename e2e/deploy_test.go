@@ -116,14 +116,7 @@ func TestComposeTopologyBehindNginx(t *testing.T) {
 
 	post := func(path, body string) {
 		t.Helper()
-		resp, err := http.Post("http://"+apiHTTP+path, "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("POST %s = %d", path, resp.StatusCode)
-		}
+		postAccepted(t, apiHTTP, path, body)
 	}
 	post("/v1/users", `{"user_id":"77","email":"u77@example.com","name":"Seventy"}`)
 

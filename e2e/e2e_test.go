@@ -119,6 +119,20 @@ func freeAddr(t *testing.T) string {
 }
 
 // waitReady polls url until it answers 200.
+// postAccepted posts a JSON body to the API at addr and fails the test
+// unless it answers 202.
+func postAccepted(t *testing.T, addr, path, body string) {
+	t.Helper()
+	resp, err := http.Post("http://"+addr+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST %s = %d", path, resp.StatusCode)
+	}
+}
+
 func waitReady(t *testing.T, p *process, url string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
@@ -405,14 +419,7 @@ func TestSignupAndShippingReachTheUser(t *testing.T) {
 
 	post := func(path, body string) {
 		t.Helper()
-		resp, err := http.Post("http://"+apiHTTP+path, "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("POST %s = %d", path, resp.StatusCode)
-		}
+		postAccepted(t, apiHTTP, path, body)
 	}
 	post("/v1/users", `{"user_id":"42","email":"ada@example.com","name":"Ada"}`)
 	servicetest.WaitFor(t, "the dry-run welcome email", func() bool {
