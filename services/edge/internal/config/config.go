@@ -28,7 +28,7 @@ type Config struct {
 	RateLimit        float64       // EDGE_RATE_LIMIT: client frames per second per connection
 	RateBurst        int           // EDGE_RATE_BURST
 	SendQueue        int           // EDGE_SEND_QUEUE: events waiting per connection before it is dropped as slow
-	WriteRate        int           // EDGE_WRITE_RATE: WebSocket writes per second to stay within, by packing events; 0 for none
+	WriteRate        int           // EDGE_WRITE_RATE: WebSocket writes per second to aim at, by packing events; 0 for none
 }
 
 // Load reads the configuration through getenv and reports every bad
