@@ -85,6 +85,7 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzMarshalJSON -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
 	go test -run='^$$' -fuzz=FuzzAppendJSONString -fuzztime=$${FUZZTIME:-20s} ./services/logger/internal/eventlog
 	go test -run='^$$' -fuzz=FuzzReader -fuzztime=$${FUZZTIME:-20s} ./pkg/sse
+	go test -run='^$$' -fuzz=FuzzWriter -fuzztime=$${FUZZTIME:-20s} ./pkg/sse
 	go test -run='^$$' -fuzz=FuzzCovers -fuzztime=$${FUZZTIME:-20s} ./pkg/channel
 	go test -run='^$$' -fuzz=FuzzDecodeEvent -fuzztime=$${FUZZTIME:-20s} ./services/api/internal/httpapi
 	go test -run='^$$' -fuzz=FuzzParseRequest -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/protocol

@@ -1,5 +1,5 @@
-// Package sse reads Server-Sent-Events streams, as the HTML standard
-// defines them.
+// Package sse reads and writes Server-Sent-Events streams, as the HTML
+// standard defines them.
 package sse
 
 import (
@@ -19,10 +19,14 @@ type Event struct {
 	Data string
 }
 
-// Reader reads events from a stream. It is not safe for concurrent use.
+// Reader reads events from a stream. Lines may end in LF, CRLF or a lone
+// CR, as the standard allows and browsers accept. It is not safe for
+// concurrent use.
 type Reader struct {
 	r      *bufio.Reader
 	lastID string
+	line   []byte
+	skipLF bool // the last line ended in CR: an LF right after belongs to it
 }
 
 // NewReader reads from r.
@@ -41,14 +45,13 @@ func (rd *Reader) Next() (Event, error) {
 		pending bool // a field was seen since the last dispatch
 	)
 	for {
-		line, err := rd.r.ReadBytes('\n')
+		line, err := rd.readLine()
 		if err != nil {
 			if err == io.EOF && (pending || len(line) > 0) {
 				return Event{}, io.ErrUnexpectedEOF
 			}
 			return Event{}, err
 		}
-		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
 		if len(line) == 0 {
 			if hasData {
 				if typ == "" {
@@ -80,5 +83,32 @@ func (rd *Reader) Next() (Event, error) {
 				rd.lastID = string(value)
 			}
 		}
+	}
+}
+
+// readLine returns the next line without its end. The slice is valid until
+// the next call. It does not wait for the byte after a CR, so an event that
+// ends in CR is dispatched at once.
+func (rd *Reader) readLine() ([]byte, error) {
+	rd.line = rd.line[:0]
+	for {
+		c, err := rd.r.ReadByte()
+		if err != nil {
+			return rd.line, err
+		}
+		if rd.skipLF {
+			rd.skipLF = false
+			if c == '\n' {
+				continue
+			}
+		}
+		switch c {
+		case '\n':
+			return rd.line, nil
+		case '\r':
+			rd.skipLF = true
+			return rd.line, nil
+		}
+		rd.line = append(rd.line, c)
 	}
 }

@@ -39,6 +39,28 @@ func TestReader(t *testing.T) {
 	}
 }
 
+func TestReaderTakesALoneCRAsALineEnd(t *testing.T) {
+	t.Parallel()
+	// A browser reads two events here; reading one would let a CR in a
+	// field hide a forged line from us that the browser obeys.
+	rd := sse.NewReader(strings.NewReader("id: 1\rdata: a\r\revent: lagged\r\ndata: b\r\n\r\n"))
+	var got []sse.Event
+	for {
+		ev, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, ev)
+	}
+	want := []sse.Event{{ID: "1", Type: "message", Data: "a"}, {ID: "1", Type: "lagged", Data: "b"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+}
+
 func TestReaderTruncated(t *testing.T) {
 	t.Parallel()
 	rd := sse.NewReader(strings.NewReader("id: 1\ndata: cut"))
@@ -57,8 +79,8 @@ func FuzzReader(f *testing.F) {
 			if err != nil {
 				return
 			}
-			if ev.Type == "" || strings.Contains(ev.ID, "\n") {
-				t.Fatalf("Next() = %+v, want a type and a one-line id", ev)
+			if ev.Type == "" || strings.ContainsAny(ev.ID, "\r\n\x00") {
+				t.Fatalf("Next() = %+v, want a type and a one-line id without NUL", ev)
 			}
 		}
 		t.Fatalf("more events than bytes in %q", s)
