@@ -3,14 +3,16 @@
 package servicetest
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -20,10 +22,11 @@ type RunFunc func(ctx context.Context, getenv func(string) string, stderr io.Wri
 
 // Service is a running service.
 type Service struct {
-	// Addrs holds the "..._addr" attributes of the service's "listening"
-	// log line, e.g. Addrs["http_addr"] = "127.0.0.1:41234".
+	// Addrs holds the address of every *_ADDR variable, keyed by the
+	// variable's name without the service's prefix, in lower case:
+	// API_GRPC_ADDR gives Addrs["grpc_addr"] = "127.0.0.1:41234".
 	Addrs map[string]string
-	logs  *watcher
+	logs  *Buffer
 	stop  func() error
 }
 
@@ -34,85 +37,151 @@ func (s *Service) Logs() string { return s.logs.String() }
 // test fails if run takes more than 10 s to return.
 func (s *Service) Stop() error { return s.stop() }
 
-// Start runs run with env as its environment, waits until it logs
-// "listening", and stops it when the test ends, failing the test unless run
+// attempts bounds how often Start picks new ports when a port it chose was
+// taken before the service could listen on it.
+const attempts = 5
+
+// Start runs run with env as its environment, waits until the service
+// answers 200 on GET /readyz at its HTTP address (the *_HTTP_ADDR
+// variable), and stops it when the test ends, failing the test unless run
 // then returns nil within 10 s.
+//
+// Every *_ADDR variable whose port is 0 is given a free port before run
+// starts, so the addresses are known without reading the service's log,
+// whatever its LOG_LEVEL. Should another socket take such a port first, run
+// fails to listen and Start tries again with new ports.
 func Start(t testing.TB, run RunFunc, env map[string]string) *Service {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	w := &watcher{listening: make(chan map[string]string, 1)}
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, func(k string) string { return env[k] }, w) }()
-	var once sync.Once
-	var runErr error
-	stop := func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case runErr = <-done:
-			case <-time.After(10 * time.Second):
-				t.Errorf("service did not stop within 10s of cancellation")
+	deadline := time.Now().Add(15 * time.Second)
+	for attempt := 1; ; attempt++ {
+		vars, addrs, err := pickPorts(env)
+		if err != nil {
+			t.Fatalf("servicetest: %v", err)
+		}
+		if addrs["http_addr"] == "" {
+			t.Fatalf("servicetest: no *_HTTP_ADDR in the environment to wait on")
+		}
+		in := launch(run, vars)
+		err = in.waitReady(addrs["http_addr"], deadline)
+		if err == nil {
+			var once sync.Once
+			var runErr error
+			stop := func() error {
+				once.Do(func() { runErr = in.stop(t) })
+				return runErr
 			}
-		})
-		return runErr
+			s := &Service{Addrs: addrs, logs: in.logs, stop: stop}
+			t.Cleanup(func() {
+				if err := s.Stop(); err != nil {
+					t.Errorf("run returned %v after shutdown, want nil", err)
+				}
+				if t.Failed() {
+					t.Logf("service log:\n%s", in.logs)
+				}
+			})
+			return s
+		}
+		_ = in.stop(t)
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == attempts {
+			t.Fatalf("servicetest: %v\n%s", err, in.logs)
+		}
 	}
-	s := &Service{logs: w, stop: stop}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("run returned %v after shutdown, want nil", err)
-		}
-		if t.Failed() {
-			t.Logf("service log:\n%s", w)
-		}
-	})
+}
+
+// instance is one call of run.
+type instance struct {
+	cancel context.CancelFunc
+	logs   *Buffer
+	done   chan struct{} // closed when run returns
+	err    error         // what run returned; read once done is closed
+}
+
+func launch(run RunFunc, vars map[string]string) *instance {
+	ctx, cancel := context.WithCancel(context.Background())
+	in := &instance{cancel: cancel, logs: &Buffer{}, done: make(chan struct{})}
+	go func() {
+		defer close(in.done)
+		in.err = run(ctx, func(k string) string { return vars[k] }, in.logs)
+	}()
+	return in
+}
+
+// stop cancels run and waits 10 s at most for it to return.
+func (in *instance) stop(t testing.TB) error {
+	in.cancel()
 	select {
-	case s.Addrs = <-w.listening:
-		return s
-	case err := <-done:
-		t.Fatalf("run = %v before listening\n%s", err, w)
-	case <-time.After(15 * time.Second):
-		t.Fatalf("service not listening after 15s\n%s", w)
+	case <-in.done:
+		return in.err
+	case <-time.After(10 * time.Second):
+		t.Errorf("service did not stop within 10s of cancellation")
+		return nil
 	}
-	return nil
 }
 
-// watcher keeps the log and spots the "listening" line.
-type watcher struct {
-	mu        sync.Mutex
-	buf       bytes.Buffer
-	listening chan map[string]string
-	seen      bool
+// waitReady polls GET /readyz at addr every 10 ms until it answers 200,
+// run returns, or the deadline passes.
+func (in *instance) waitReady(addr string, deadline time.Time) error {
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	url := "http://" + addr + "/readyz"
+	last := errors.New("no answer yet")
+	for {
+		select {
+		case <-in.done:
+			if in.err == nil {
+				return errors.New("run returned nil before it was ready")
+			}
+			return fmt.Errorf("run returned before it was ready: %w", in.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("GET %s not 200 within 15s: %v", url, last)
+		}
+		resp, err := client.Get(url)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = errors.New(resp.Status)
+		}
+		last = err
+		select {
+		case <-in.done:
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
-func (w *watcher) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(p)
-	if w.seen {
-		return len(p), nil
-	}
-	for _, line := range bytes.Split(p, []byte("\n")) {
-		var rec map[string]any
-		if json.Unmarshal(line, &rec) != nil || rec["msg"] != "listening" {
+// pickPorts returns env with a free port in every *_ADDR variable whose
+// port is 0, and the address to reach each *_ADDR variable at.
+func pickPorts(env map[string]string) (vars, addrs map[string]string, err error) {
+	vars, addrs = make(map[string]string, len(env)), map[string]string{}
+	for k, v := range env {
+		vars[k] = v
+		_, name, ok := strings.Cut(k, "_")
+		if !ok || !strings.HasSuffix(k, "_ADDR") {
 			continue
 		}
-		addrs := map[string]string{}
-		for k, v := range rec {
-			if s, ok := v.(string); ok && strings.HasSuffix(k, "_addr") {
-				addrs[k] = s
-			}
+		host, port, err := net.SplitHostPort(v)
+		if err != nil {
+			continue // run reports it
 		}
-		w.seen = true
-		w.listening <- addrs
-		break
+		if port == "0" {
+			l, err := net.Listen("tcp", v)
+			if err != nil {
+				return nil, nil, fmt.Errorf("find a free port for %s=%s: %w", k, v, err)
+			}
+			port = strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+			l.Close()
+			vars[k] = net.JoinHostPort(host, port)
+		}
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			host = "127.0.0.1"
+		}
+		addrs[strings.ToLower(name)] = net.JoinHostPort(host, port)
 	}
-	return len(p), nil
-}
-
-func (w *watcher) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
+	return vars, addrs, nil
 }
 
 // WaitFor polls cond every 10 ms until it holds, failing the test after
