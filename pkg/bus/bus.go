@@ -19,9 +19,12 @@ var ErrClosed = errors.New("bus closed")
 type Message struct {
 	// Channel the message was published on.
 	Channel string
-	// Pattern is the subscription that matched: a pattern such as "order:*",
-	// or the channel itself for a subscription to an exact channel.
-	Pattern string
+	// Patterns are the subscriptions that matched, sorted: patterns such as
+	// "order:*", and the channel itself for a subscription to the exact
+	// channel. There is at least one. They are the subscriptions as they
+	// stood when the message was published, which may differ from what Add
+	// and Remove have asked for since.
+	Patterns []string
 	// Payload as published. The receiver owns it.
 	Payload []byte
 }
@@ -63,9 +66,9 @@ type Subscriber interface {
 // Subscription is a live set of patterns on one connection. Its methods
 // are safe for concurrent use.
 type Subscription interface {
-	// Messages delivers messages in the order the transport delivered them;
-	// a message matching n patterns of this subscription arrives n times,
-	// once with each Pattern. When the consumer falls behind, delivery
+	// Messages delivers messages in the order the transport delivered them,
+	// each publish once however many patterns of this subscription it
+	// matches: Patterns names them all. When the consumer falls behind, delivery
 	// blocks (and the implementation says so) rather than dropping
 	// messages. The channel is closed after Close.
 	Messages() <-chan Message

@@ -222,8 +222,8 @@ func (s *Subscription) closing() bool {
 	}
 }
 
-// receive reads the connection until Close: it delivers messages, wakes
-// Adds on confirmations, pings a quiet connection and, after a lost one,
+// receive reads the connection until Close: it delivers each publish once,
+// wakes Adds on confirmations, pings a quiet connection and, after a lost one,
 // reconnects with backoff. go-redis resubscribes everything on the new
 // connection; the pong that follows the resubscription in Redis's reply
 // order tells that the subscription is whole again.
@@ -235,6 +235,7 @@ func (s *Subscription) receive() {
 		restoring bool // reconnected, waiting for the pong after the resubscription
 		backoff   time.Duration
 		lastStall time.Time
+		live      = newLiveSet()
 	)
 	for {
 		msg, err := s.ps.ReceiveTimeout(ctx, healthInterval)
@@ -248,6 +249,7 @@ func (s *Subscription) receive() {
 					continue
 				}
 			}
+			live.reset()
 			if s.live.Swap(false) {
 				s.b.log.Warn("redis subscription lost; reconnecting", "error", err)
 			}
@@ -268,11 +270,12 @@ func (s *Subscription) receive() {
 		switch m := msg.(type) {
 		case *redis.Message:
 			s.b.m.received.Inc()
-			out := bus.Message{
-				Channel: s.b.unkey(m.Channel),
-				Pattern: s.b.unkey(cmp.Or(m.Pattern, m.Channel)),
-				Payload: []byte(m.Payload),
+			ch := s.b.unkey(m.Channel)
+			patterns := live.deliver(ch, s.b.unkey(cmp.Or(m.Pattern, m.Channel)), m.Payload)
+			if patterns == nil {
+				continue // a further delivery of the publish just delivered
 			}
+			out := bus.Message{Channel: ch, Patterns: patterns, Payload: []byte(m.Payload)}
 			select {
 			case s.msgs <- out:
 				continue
@@ -290,6 +293,7 @@ func (s *Subscription) receive() {
 				return
 			}
 		case *redis.Subscription:
+			live.confirm(m.Kind, s.b.unkey(m.Channel))
 			s.confirmed(m.Kind, m.Channel)
 		case *redis.Pong:
 			if restoring {

@@ -24,7 +24,7 @@ func record(t *testing.T, ch string, i int) eventlog.Record {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err := eventlog.Format(bus.Message{Channel: ch, Pattern: "*", Payload: b}, time.Now())
+	rec, err := eventlog.Format(bus.Message{Channel: ch, Patterns: []string{"*"}, Payload: b}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestWindowCutsOffASlowTail(t *testing.T) {
 
 func TestFormatKeepsAPayloadThatIsNoEnvelope(t *testing.T) {
 	t.Parallel()
-	rec, err := eventlog.Format(bus.Message{Channel: "x:y", Pattern: "x:*", Payload: []byte{0xff, 0x01}}, time.Now())
+	rec, err := eventlog.Format(bus.Message{Channel: "x:y", Patterns: []string{"x:*"}, Payload: []byte{0xff, 0x01}}, time.Now())
 	if err == nil {
 		t.Fatal("Format(garbage) error = nil, want the decoding error")
 	}

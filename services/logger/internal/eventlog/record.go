@@ -36,6 +36,8 @@ type line struct {
 //
 //	{"logged_at":"…","channel":"order:placed","pattern":"order:*","event":{…envelope in protojson…}}
 //
+// pattern is the first, in sort order, of the logger's patterns that
+// matched: an event is logged once however many match.
 // A payload that is not an envelope is logged all the same, as
 // "payload_base64" with the decoding "error", so that nothing vanishes.
 func Format(m bus.Message, now time.Time) (Record, error) {
@@ -45,7 +47,7 @@ func Format(m bus.Message, now time.Time) (Record, error) {
 	b = append(b, `","channel":`...)
 	b = appendJSONString(b, m.Channel)
 	b = append(b, `,"pattern":`...)
-	b = appendJSONString(b, m.Pattern)
+	b = appendJSONString(b, m.Patterns[0])
 	b = append(b, `,"event":`...)
 	env, err := envelope.Unmarshal(m.Payload)
 	if err == nil {
