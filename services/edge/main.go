@@ -66,7 +66,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		return err
 	}
 	defer sub.Close()
-	h := hub.New(sub, cfg.SendQueue, log, reg)
+	h := hub.New(sub, cfg.SendQueueBytes, log, reg)
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /ws", wsapi.New(wsapi.Options{

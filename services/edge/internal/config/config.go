@@ -27,7 +27,7 @@ type Config struct {
 	MaxSubscriptions int           // EDGE_MAX_SUBSCRIPTIONS per connection
 	RateLimit        float64       // EDGE_RATE_LIMIT: client frames per second per connection
 	RateBurst        int           // EDGE_RATE_BURST
-	SendQueue        int           // EDGE_SEND_QUEUE: events waiting per connection before it is dropped as slow
+	SendQueueBytes   int           // EDGE_SEND_QUEUE_BYTES: bytes of frames waiting per connection before it is dropped as slow
 	WriteRate        int           // EDGE_WRITE_RATE: WebSocket writes per second to aim at, by packing events; 0 for none
 }
 
@@ -50,7 +50,7 @@ func Load(getenv func(string) string) (Config, error) {
 		MaxSubscriptions: int(r.Int("EDGE_MAX_SUBSCRIPTIONS", 100, 1)),
 		RateLimit:        float64(r.Int("EDGE_RATE_LIMIT", 20, 1)),
 		RateBurst:        int(r.Int("EDGE_RATE_BURST", 40, 1)),
-		SendQueue:        int(r.Int("EDGE_SEND_QUEUE", 256, 1)),
+		SendQueueBytes:   int(r.Int("EDGE_SEND_QUEUE_BYTES", 1<<20, 1024)),
 		WriteRate:        int(r.Int("EDGE_WRITE_RATE", 30000, 0)),
 	}
 	for _, p := range c.PublicChannels {

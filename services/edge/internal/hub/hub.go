@@ -5,22 +5,17 @@
 package hub
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
-	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
@@ -31,122 +26,12 @@ var (
 	ErrUnavailable = errors.New("the event bus (Redis) is unavailable")
 )
 
-// Client is one connection as the hub sees it. Its send queue costs
-// nothing until a frame waits, and no writer runs while none does: an idle
-// connection holds no buffer and no goroutine for sending.
-type Client struct {
-	onReady func()
-	onKick  func(code websocket.StatusCode, reason string)
-	max     int
-	once    sync.Once
-	kicked  atomic.Bool
-	subs    map[string]struct{} // guarded by Hub.mu; nil until the first subscription
-
-	mu      sync.Mutex
-	queue   [][]byte // frames waiting, in order
-	writing bool     // onReady was called and Take has not found the queue empty since
-	pausing bool     // the writer is in Pause
-
-	// Made on the writer's first Pause. push signals hurry, with mu held,
-	// to end a Pause early when the queue is half full.
-	hurry chan struct{}
-	timer *time.Timer // only the writer uses it
-}
-
-// push queues frame, calling onReady if no writer runs. It reports false,
-// queueing nothing, when max frames wait already.
-func (c *Client) push(frame []byte) bool {
-	c.mu.Lock()
-	if len(c.queue) >= c.max {
-		c.mu.Unlock()
-		return false
-	}
-	c.queue = append(c.queue, frame)
-	start := !c.writing
-	c.writing = true
-	if c.pausing && len(c.queue) >= c.max/2 {
-		c.pausing = false
-		c.hurry <- struct{}{}
-	}
-	c.mu.Unlock()
-	if start {
-		c.onReady()
-	}
-	return true
-}
-
-// Take appends the waiting frames to dst, in order, and empties the queue.
-// When none wait it returns dst as it is, and the writer that called it must
-// stop: the next frame calls onReady again.
-func (c *Client) Take(dst [][]byte) [][]byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.queue) == 0 {
-		c.writing = false
-		if cap(c.queue) > 16 {
-			c.queue = nil // a burst is over: give its memory back
-		}
-		return dst
-	}
-	dst = append(dst, c.queue...)
-	clear(c.queue)
-	c.queue = c.queue[:0]
-	return dst
-}
-
-// Pause waits d, or less if the queue fills to half meanwhile: a writer
-// pausing to pack more events into its next write must not let the queue
-// overflow, which would close a client that reads fast enough.
-func (c *Client) Pause(d time.Duration) {
-	c.mu.Lock()
-	if len(c.queue) >= c.max/2 {
-		c.mu.Unlock()
-		return
-	}
-	if c.hurry == nil {
-		c.hurry = make(chan struct{}, 1)
-		c.timer = time.NewTimer(d)
-	} else {
-		c.timer.Reset(d)
-	}
-	c.pausing = true
-	c.mu.Unlock()
-	select {
-	case <-c.timer.C:
-	case <-c.hurry:
-		c.timer.Stop()
-	}
-	c.mu.Lock()
-	c.pausing = false
-	select {
-	case <-c.hurry: // sent as the timer fired: not for the next Pause
-	default:
-	}
-	c.mu.Unlock()
-}
-
-func (c *Client) queued() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.queue)
-}
-
-// Kick asks for the connection to be closed with code. The first call wins:
-// it calls the Join's onKick, which must not block, and the hub stops
-// queueing frames for c.
-func (c *Client) Kick(code websocket.StatusCode, reason string) {
-	c.once.Do(func() {
-		c.kicked.Store(true)
-		c.onKick(code, reason)
-	})
-}
-
 // Hub fans events out to clients. Its methods are safe for concurrent use.
 type Hub struct {
-	sub   bus.Subscription
-	queue int
-	log   *slog.Logger
-	m     *metrics
+	sub        bus.Subscription
+	queueBytes int
+	log        *slog.Logger
+	m          *metrics
 
 	// change serialises changes of the Redis subscription, so that the
 	// first-in and last-out of one pattern never race.
@@ -155,38 +40,26 @@ type Hub struct {
 	mu      sync.RWMutex
 	closed  bool
 	clients map[*Client]struct{}
-	exact   map[string]map[*Client]struct{} // channel → clients subscribed to it exactly
-	wild    map[string]map[*Client]struct{} // pattern with '*' → clients
+	subs    map[string]map[*Client]struct{} // channel or pattern → clients subscribed to it
 	joined  sync.WaitGroup
 
 	// Only the dispatching goroutine touches these.
-	last    lastEvent
-	matched []string // wildcard patterns matching the current channel
-	seen    map[*Client]struct{}
-	frames  map[string][]byte
-}
-
-// lastEvent recognises the further deliveries of one publish: Redis sends
-// a message once per matching subscription of the connection, back to
-// back.
-type lastEvent struct {
-	channel string
-	payload []byte
-	pending int
+	wanted []string // the message's patterns that some client wants
+	seen   map[*Client]struct{}
+	frames map[string][]byte
 }
 
 // New returns a hub fanning out what sub receives; each client may have
-// queue frames waiting before it is dropped as too slow.
-func New(sub bus.Subscription, queue int, log *slog.Logger, reg prometheus.Registerer) *Hub {
+// queueBytes of frames waiting before it is dropped as too slow.
+func New(sub bus.Subscription, queueBytes int, log *slog.Logger, reg prometheus.Registerer) *Hub {
 	h := &Hub{
-		sub:     sub,
-		queue:   queue,
-		log:     log,
-		clients: make(map[*Client]struct{}),
-		exact:   make(map[string]map[*Client]struct{}),
-		wild:    make(map[string]map[*Client]struct{}),
-		seen:    make(map[*Client]struct{}),
-		frames:  make(map[string][]byte),
+		sub:        sub,
+		queueBytes: queueBytes,
+		log:        log,
+		clients:    make(map[*Client]struct{}),
+		subs:       make(map[string]map[*Client]struct{}),
+		seen:       make(map[*Client]struct{}),
+		frames:     make(map[string][]byte),
 	}
 	h.m = newMetrics(h, reg)
 	return h
@@ -197,13 +70,13 @@ func New(sub bus.Subscription, queue int, log *slog.Logger, reg prometheus.Regis
 // nothing. It calls onKick once, when it wants the connection closed. Both
 // must return without blocking; neither is called after Leave returns.
 // Every Join is followed by one Leave.
-func (h *Hub) Join(onReady func(), onKick func(code websocket.StatusCode, reason string)) (*Client, error) {
+func (h *Hub) Join(onReady func(), onKick func(Disconnect)) (*Client, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, ErrClosed
 	}
-	c := &Client{onReady: onReady, onKick: onKick, max: h.queue}
+	c := &Client{onReady: onReady, onKick: onKick, maxBytes: h.queueBytes, slow: h.m.slowCloses.Inc}
 	h.clients[c] = struct{}{}
 	h.joined.Add(1)
 	return c, nil
@@ -224,12 +97,21 @@ func (h *Hub) Leave(c *Client) {
 	}
 	delete(h.clients, c)
 	h.mu.Unlock()
-	if len(orphans) > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := h.sub.Remove(ctx, orphans...); err != nil {
-			h.log.Warn("unsubscribe in redis", "patterns", orphans, "error", err)
-		}
+	h.release(orphans)
+}
+
+// release unsubscribes in Redis the patterns no client wants any more. It
+// only logs a failure: a pattern left subscribed in Redis costs a little
+// traffic that the hub drops, and the next subscription to it repairs it.
+// Call with change held.
+func (h *Hub) release(orphans []string) {
+	if len(orphans) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.sub.Remove(ctx, orphans...); err != nil {
+		h.log.Warn("unsubscribe in redis", "patterns", orphans, "error", err)
 	}
 }
 
@@ -240,61 +122,81 @@ func (h *Hub) Count(c *Client) int {
 	return len(c.subs)
 }
 
-func (h *Hub) index(p string) map[string]map[*Client]struct{} {
-	if channel.IsPattern(p) {
-		return h.wild
-	}
-	return h.exact
-}
-
-// Subscribe adds pattern p (already validated and authorised) to c. It
-// returns once Redis delivers p, so no event published afterwards is missed.
-func (h *Hub) Subscribe(ctx context.Context, c *Client, p string) error {
+// Subscribe adds pattern p (already validated and authorised) to c and
+// queues ok for c at the moment the subscription takes effect: before any
+// event it delivers. It returns once Redis delivers p, so no event
+// published afterwards is missed; on an error nothing was queued.
+func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, ok []byte) error {
 	h.change.Lock()
 	defer h.change.Unlock()
 	h.mu.RLock()
-	_, has := c.subs[p]
-	first := len(h.index(p)[p]) == 0
+	first := len(h.subs[p]) == 0
 	closed := h.closed
 	h.mu.RUnlock()
 	switch {
 	case closed:
 		return ErrClosed
-	case has:
-		return nil
 	case first:
 		if err := h.sub.Add(ctx, p); err != nil {
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 	}
 	h.mu.Lock()
-	idx := h.index(p)
-	if idx[p] == nil {
-		idx[p] = make(map[*Client]struct{})
+	defer h.mu.Unlock()
+	if _, has := c.subs[p]; !has {
+		if h.subs[p] == nil {
+			h.subs[p] = make(map[*Client]struct{})
+		}
+		h.subs[p][c] = struct{}{}
+		if c.subs == nil {
+			c.subs = make(map[string]struct{})
+		}
+		c.subs[p] = struct{}{}
+		h.m.subscriptions.Inc()
 	}
-	idx[p][c] = struct{}{}
-	if c.subs == nil {
-		c.subs = make(map[string]struct{})
-	}
-	c.subs[p] = struct{}{}
-	h.mu.Unlock()
-	h.m.subscriptions.Inc()
+	c.Send(ok)
 	return nil
 }
 
-// Unsubscribe removes p from c; removing what c does not have is harmless.
-func (h *Hub) Unsubscribe(ctx context.Context, c *Client, p string) error {
+// Unsubscribe removes p from c, if c has it, and queues ok for c at the
+// moment it takes effect: after every event p delivered to c.
+func (h *Hub) Unsubscribe(c *Client, p string, ok []byte) {
 	h.change.Lock()
 	defer h.change.Unlock()
 	h.mu.Lock()
 	last := h.drop(c, p)
+	c.Send(ok)
 	h.mu.Unlock()
 	if last {
-		if err := h.sub.Remove(ctx, p); err != nil {
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
+		h.release([]string{p})
 	}
-	return nil
+}
+
+// Revoke drops every subscription of c that keep refuses, queueing
+// notice(p) for c as each one takes effect, and returns how many it
+// dropped. The transport calls it whenever the connection's grants change.
+func (h *Hub) Revoke(c *Client, keep func(p string) bool, notice func(p string) []byte) int {
+	if h.Count(c) == 0 {
+		return 0 // a connection authenticating for the first time
+	}
+	h.change.Lock()
+	defer h.change.Unlock()
+	h.mu.Lock()
+	var orphans []string
+	n := 0
+	for p := range c.subs {
+		if keep(p) {
+			continue
+		}
+		n++
+		if h.drop(c, p) {
+			orphans = append(orphans, p)
+		}
+		c.Send(notice(p))
+	}
+	h.mu.Unlock()
+	h.release(orphans)
+	return n
 }
 
 // drop removes p from c and reports whether no client wants p any more.
@@ -305,17 +207,16 @@ func (h *Hub) drop(c *Client, p string) bool {
 	}
 	delete(c.subs, p)
 	h.m.subscriptions.Dec()
-	idx := h.index(p)
-	delete(idx[p], c)
-	if len(idx[p]) > 0 {
+	delete(h.subs[p], c)
+	if len(h.subs[p]) > 0 {
 		return false
 	}
-	delete(idx, p)
+	delete(h.subs, p)
 	return true
 }
 
 // Run fans out events until ctx ends, then closes every connection with
-// 1001 going away and waits (at most 5 s) for them to leave.
+// DisconnectShutdown and waits (at most 5 s) for them to leave.
 func (h *Hub) Run(ctx context.Context) error {
 	msgs := h.sub.Messages()
 	for {
@@ -336,7 +237,7 @@ func (h *Hub) shutdown() {
 	h.mu.Lock()
 	h.closed = true
 	for c := range h.clients {
-		c.Kick(websocket.StatusGoingAway, "server shutting down")
+		c.Kick(DisconnectShutdown)
 	}
 	h.mu.Unlock()
 	done := make(chan struct{})
@@ -352,27 +253,20 @@ func (h *Hub) shutdown() {
 }
 
 // dispatch sends one event to every client with a matching subscription,
-// once per client however many of its subscriptions match.
+// once per client however many of its subscriptions match: the bus
+// delivers each publish once, naming every pattern that matched.
 func (h *Hub) dispatch(m bus.Message) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	if h.repeat(m) {
-		return
-	}
-	// The wildcard patterns matching the channel serve twice: to know how
-	// many repeats of this message Redis will send and to find its recipients.
-	h.matched = h.matched[:0]
-	for p := range h.wild {
-		if channel.Match(p, m.Channel) {
-			h.matched = append(h.matched, p)
+	h.wanted = h.wanted[:0]
+	for _, p := range m.Patterns {
+		if len(h.subs[p]) > 0 {
+			h.wanted = append(h.wanted, p)
 		}
 	}
-	exact, hasExact := h.exact[m.Channel]
-	deliveries := len(h.matched)
-	if hasExact {
-		deliveries++
+	if len(h.wanted) == 0 {
+		return // its subscribers left while it was on its way
 	}
-	h.last = lastEvent{channel: m.Channel, payload: m.Payload, pending: deliveries - 1}
 	env, err := envelope.Unmarshal(m.Payload)
 	var event []byte
 	if err == nil {
@@ -383,24 +277,17 @@ func (h *Hub) dispatch(m bus.Message) {
 		h.log.Debug("message is not an envelope; not forwarded", "channel", m.Channel, "error", err)
 		return
 	}
-	// The common cases need neither per-client matching nor dedupe: only
-	// subscribers of the channel itself, or of one pattern.
-	switch {
-	case len(h.matched) == 0:
-		h.sendAll(exact, protocol.AppendEvent(make([]byte, 0, len(event)+64+2*len(m.Channel)), m.Channel, []string{m.Channel}, event))
-		return
-	case len(h.matched) == 1 && !hasExact:
-		p := h.matched[0]
-		h.sendAll(h.wild[p], protocol.AppendEvent(make([]byte, 0, len(event)+64+len(m.Channel)+len(p)), m.Channel, []string{p}, event))
+	// The common case needs no per-client dedupe: every recipient came
+	// through the same subscription and gets the same frame.
+	if len(h.wanted) == 1 {
+		p := h.wanted[0]
+		h.sendAll(h.subs[p], protocol.AppendEvent(make([]byte, 0, len(event)+64+len(m.Channel)+len(p)), m.Channel, h.wanted, event))
 		return
 	}
 	clear(h.seen)
 	clear(h.frames)
-	for c := range exact {
-		h.deliver(c, m.Channel, event)
-	}
-	for _, p := range h.matched {
-		for c := range h.wild[p] {
+	for _, p := range h.wanted {
+		for c := range h.subs[p] {
 			h.deliver(c, m.Channel, event)
 		}
 	}
@@ -420,25 +307,10 @@ func (h *Hub) sendAll(cs map[*Client]struct{}, frame []byte) {
 // send queues frame for c, or kicks c if its queue is full. It reports
 // whether the frame was queued.
 func (h *Hub) send(c *Client, frame []byte) bool {
-	if c.kicked.Load() {
-		return false
-	}
-	if !c.push(frame) {
-		h.m.slowCloses.Inc()
-		c.Kick(protocol.CloseSlowConsumer, "too slow: the send queue overflowed")
-		return false
-	}
-	return true
-}
-
-// repeat reports whether m is a further delivery of the event just
-// dispatched: Redis delivers a message once per matching subscription of
-// the connection, back to back. Call with mu held.
-func (h *Hub) repeat(m bus.Message) bool {
-	if h.last.pending > 0 && m.Channel == h.last.channel && bytes.Equal(m.Payload, h.last.payload) {
-		h.last.pending--
+	if c.push(frame) {
 		return true
 	}
+	c.tooSlow()
 	return false
 }
 
@@ -450,12 +322,11 @@ func (h *Hub) deliver(c *Client, ch string, event []byte) {
 	}
 	h.seen[c] = struct{}{}
 	subs := make([]string, 0, 2)
-	for p := range c.subs {
-		if channel.Match(p, ch) {
+	for _, p := range h.wanted { // sorted, as the bus names them
+		if _, ok := c.subs[p]; ok {
 			subs = append(subs, p)
 		}
 	}
-	slices.Sort(subs)
 	key := strings.Join(subs, "\x00")
 	frame, ok := h.frames[key]
 	if !ok {

@@ -33,10 +33,10 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 			func() float64 {
 				h.mu.RLock()
 				defer h.mu.RUnlock()
-				return float64(len(h.exact) + len(h.wild))
+				return float64(len(h.subs))
 			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "eventbus_edge_send_queue_depth", Help: "Event frames waiting in every client's send queue."},
+			Name: "eventbus_edge_send_queue_bytes", Help: "Bytes of frames waiting in every client's send queue."},
 			func() float64 {
 				h.mu.RLock()
 				defer h.mu.RUnlock()

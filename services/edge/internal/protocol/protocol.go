@@ -10,8 +10,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
-
-	"github.com/coder/websocket"
+	"unicode/utf8"
 )
 
 // Actions a client may send.
@@ -33,13 +32,30 @@ const (
 	CodeUnavailable          = "unavailable"
 )
 
-// Close codes the edge uses besides the standard ones (1001 going away on
-// shutdown, 1009 message too big, 1011 internal error).
+// Close codes the WebSocket protocol decides on, besides the hub's
+// (hub.Disconnect) and the standard 1007 (a text frame that is not UTF-8)
+// and 1009 (message too big).
 const (
-	CloseUnauthorized     websocket.StatusCode = 4001 // no valid token in time
-	CloseHeartbeatTimeout websocket.StatusCode = 4002 // no pong in time
-	CloseSlowConsumer     websocket.StatusCode = 4008 // send queue overflowed
+	CloseUnauthorized     = 4001 // no valid token in time, or a token of another user
+	CloseHeartbeatTimeout = 4002 // no pong in time
 )
+
+// MaxCloseReason is the longest close reason a close frame carries: 125
+// bytes of control frame payload less the 2-byte code.
+const MaxCloseReason = 123
+
+// CloseReason cuts reason to MaxCloseReason bytes, on a UTF-8 boundary, so
+// the close frame that carries it can be sent.
+func CloseReason(reason string) string {
+	if len(reason) <= MaxCloseReason {
+		return reason
+	}
+	cut := MaxCloseReason - len("…")
+	for cut > 0 && !utf8.RuneStart(reason[cut]) {
+		cut--
+	}
+	return reason[:cut] + "…"
+}
 
 // Request is a frame from the client. ID is optional and echoed in the
 // reply.
@@ -105,6 +121,18 @@ func OK(id string) []byte { return marshal(reply{ID: id, OK: true}) }
 
 // Pong is the reply to a ping.
 func Pong(id string) []byte { return marshal(reply{ID: id, OK: true, Action: "pong"}) }
+
+// Unsubscribed tells a client that the edge removed one of its
+// subscriptions, and why:
+//
+//	{"unsubscribed":"order:*","reason":"forbidden"}
+func Unsubscribed(pattern, reason string) []byte {
+	b, _ := json.Marshal(struct {
+		Unsubscribed string `json:"unsubscribed"`
+		Reason       string `json:"reason"`
+	}{pattern, reason})
+	return b
+}
 
 // Fail is the reply to a request that failed.
 func Fail(id string, e *Error) []byte { return marshal(reply{ID: id, Error: e}) }

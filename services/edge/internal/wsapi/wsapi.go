@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,11 +30,6 @@ import (
 )
 
 const (
-	// writeTimeout bounds the write of a reply; a client that takes longer
-	// is gone. Event writes have no deadline of their own: a client that
-	// stops reading overflows its queue or misses a pong, and is kicked,
-	// and the kick's close handshake ends a write stuck on it.
-	writeTimeout = 10 * time.Second
 	// readBuffer and writeBuffer size a connection's buffers. A message
 	// that fits the write buffer costs one write(2); a longer one, two,
 	// whatever its length: the frames waiting are packed into messages of
@@ -76,6 +72,7 @@ type Handler struct {
 	messagesIn   prometheus.Counter
 	messagesOut  prometheus.Counter
 	authFailures *prometheus.CounterVec
+	revoked      prometheus.Counter
 }
 
 // New returns the handler, registering its metrics on reg.
@@ -89,8 +86,10 @@ func New(opts Options, reg prometheus.Registerer) *Handler {
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "eventbus_edge_auth_failures_total", Help: "Refused tokens and unauthenticated connections, by reason."},
 			[]string{"reason"}),
+		revoked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "eventbus_edge_revoked_subscriptions_total", Help: "Subscriptions dropped because a new token no longer granted them."}),
 	}
-	reg.MustRegister(h.messagesIn, h.messagesOut, h.authFailures)
+	reg.MustRegister(h.messagesIn, h.messagesOut, h.authFailures, h.revoked)
 	return h
 }
 
@@ -138,7 +137,9 @@ func (h *Handler) serve(conn *websocket.Conn, claims *token.Claims) {
 		return
 	}
 	s.client = c
-	s.authenticate(claims)
+	if claims != nil {
+		s.authenticate(claims)
+	}
 	s.run()
 	h.Hub.Leave(c) // after it no writer starts
 	cancel()
@@ -183,18 +184,22 @@ type session struct {
 	writers sync.WaitGroup
 }
 
+// authenticate makes c the connection's claims and drops, telling the
+// client, every subscription they no longer grant.
 func (s *session) authenticate(c *token.Claims) {
-	if c == nil {
-		return
-	}
 	s.claims.Store(c)
 	if s.expiry != nil {
 		s.expiry.Stop()
 	}
 	s.expiry = time.AfterFunc(time.Until(c.ExpiresAt.Time), func() {
-		s.client.Kick(protocol.CloseUnauthorized, "token expired: reconnect with a fresh one")
+		s.client.Kick(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token expired: reconnect with a fresh one"})
 	})
+	if n := s.h.Hub.Revoke(s.client, s.allowed, forbidden); n > 0 {
+		s.h.revoked.Add(float64(n))
+	}
 }
+
+func forbidden(p string) []byte { return protocol.Unsubscribed(p, "forbidden") }
 
 func (s *session) authenticated() bool { return s.claims.Load() != nil || s.h.AllowAnonymous }
 
@@ -205,7 +210,8 @@ func (s *session) run() {
 		t := time.AfterFunc(s.h.AuthTimeout, func() {
 			if s.claims.Load() == nil {
 				s.h.authFailures.WithLabelValues("timeout").Inc()
-				s.client.Kick(protocol.CloseUnauthorized, fmt.Sprintf(`authentication required: send {"action":"auth","token":…} within %v`, s.h.AuthTimeout))
+				s.client.Kick(hub.Disconnect{Code: protocol.CloseUnauthorized,
+					Reason: fmt.Sprintf(`authentication required: send {"action":"auth","token":…} within %v`, s.h.AuthTimeout)})
 			}
 		})
 		defer t.Stop()
@@ -220,12 +226,17 @@ func (s *session) run() {
 	s.read()
 }
 
-// kicked closes the connection with code, in the background: the hub calls
+// kicked closes the connection with d, in the background: the hub calls
 // it and must not wait. The close handshake ends when the reader sees the
-// peer's reply, or when serve's CloseNow cuts it short.
-func (s *session) kicked(code websocket.StatusCode, reason string) {
+// peer's reply, or when serve's CloseNow cuts it short. A broken
+// connection is cut without a close frame, which could not be sent.
+func (s *session) kicked(d hub.Disconnect) {
 	s.cancel()
-	go func() { _ = s.conn.Close(code, reason) }()
+	if d == hub.DisconnectBroken {
+		go s.conn.CloseNow()
+		return
+	}
+	go func() { _ = s.conn.Close(websocket.StatusCode(d.Code), protocol.CloseReason(d.Reason)) }()
 }
 
 // batch is a writer's scratch space, pooled: an idle connection keeps none.
@@ -278,7 +289,7 @@ func (s *session) flush() {
 			if err := s.conn.Write(context.Background(), websocket.MessageText, b.msg); err != nil {
 				// Kicked, or the connection broke: either way it is done,
 				// and the hub must stop queueing for it.
-				s.client.Kick(websocket.StatusInternalError, "write failed")
+				s.client.Kick(hub.DisconnectBroken)
 				return
 			}
 			s.h.messagesOut.Inc()
@@ -318,7 +329,7 @@ func (s *session) ping() {
 	defer cancel()
 	if err := s.conn.Ping(ctx); err != nil {
 		if s.ctx.Err() == nil {
-			s.client.Kick(protocol.CloseHeartbeatTimeout, fmt.Sprintf("no pong within %v", s.h.PongTimeout))
+			s.client.Kick(hub.Disconnect{Code: protocol.CloseHeartbeatTimeout, Reason: fmt.Sprintf("no pong within %v", s.h.PongTimeout)})
 		}
 		return
 	}
@@ -335,6 +346,9 @@ func (s *session) read() {
 			return
 		}
 		s.h.messagesIn.Inc()
+		if s.ctx.Err() != nil {
+			continue // kicked: nothing more is served while the close handshake ends
+		}
 		if !s.limiter.Allow() {
 			s.reply(protocol.Fail(idOf(b), protocol.Errorf(protocol.CodeRateLimited,
 				"more than %g frames per second (burst %d); this one was ignored", s.h.RateLimit, s.h.RateBurst)))
@@ -343,6 +357,12 @@ func (s *session) read() {
 		if typ != websocket.MessageText {
 			s.reply(protocol.Fail("", protocol.Errorf(protocol.CodeBadRequest, "binary frames are not supported; send JSON text")))
 			continue
+		}
+		if !utf8.Valid(b) {
+			// RFC 6455 §8.1: text must be UTF-8, and an endpoint that gets
+			// anything else fails the connection with 1007.
+			s.client.Kick(hub.Disconnect{Code: int(websocket.StatusInvalidFramePayloadData), Reason: "text frame is not valid UTF-8"})
+			continue // reading on lets the close handshake end
 		}
 		req, perr := protocol.ParseRequest(b)
 		if perr != nil {
@@ -361,16 +381,11 @@ func idOf(b []byte) string {
 	return v.ID
 }
 
-// reply answers a request. A kick does not abort it, so the answer that
-// explains a kick reaches the client before the close frame.
+// reply queues the answer to a request behind what the client is already
+// owed, so replies and events arrive in the order they were decided.
 func (s *session) reply(frame []byte) {
-	if frame == nil {
-		return // answered already
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
-	defer cancel()
-	if err := s.conn.Write(ctx, websocket.MessageText, frame); err == nil {
-		s.h.messagesOut.Inc()
+	if frame != nil { // nil: answered already
+		s.client.Send(frame)
 	}
 }
 
@@ -379,19 +394,7 @@ func (s *session) handle(req protocol.Request) []byte {
 	case protocol.ActionPing:
 		return protocol.Pong(req.ID)
 	case protocol.ActionAuth:
-		c, err := s.h.verify(req.Token)
-		if err != nil {
-			s.h.authFailures.WithLabelValues("invalid_token").Inc()
-			fail := protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnauthorized, "%v", err))
-			if !s.authenticated() {
-				s.reply(fail)
-				s.client.Kick(protocol.CloseUnauthorized, err.Error())
-				return nil
-			}
-			return fail
-		}
-		s.authenticate(c)
-		return protocol.OK(req.ID)
+		return s.reauthenticate(req)
 	}
 	if !s.authenticated() {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnauthorized, `authenticate first: send {"action":"auth","token":…}`))
@@ -400,10 +403,8 @@ func (s *session) handle(req protocol.Request) []byte {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeInvalidChannel, "%v", err))
 	}
 	if req.Action == protocol.ActionUnsubscribe {
-		if err := s.h.Hub.Unsubscribe(s.ctx, s.client, req.Channel); err != nil {
-			return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnavailable, "%v", err))
-		}
-		return protocol.OK(req.ID)
+		s.h.Hub.Unsubscribe(s.client, req.Channel, protocol.OK(req.ID))
+		return nil
 	}
 	if !s.allowed(req.Channel) {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeForbidden, "%s is not among the channels this connection may subscribe to", req.Channel))
@@ -411,10 +412,38 @@ func (s *session) handle(req protocol.Request) []byte {
 	if s.h.Hub.Count(s.client) >= s.h.MaxSubscriptions {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManySubscriptions, "at most %d subscriptions per connection", s.h.MaxSubscriptions))
 	}
-	if err := s.h.Hub.Subscribe(s.ctx, s.client, req.Channel); err != nil {
+	if err := s.h.Hub.Subscribe(s.ctx, s.client, req.Channel, protocol.OK(req.ID)); err != nil {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnavailable, "%v", err))
 	}
-	return protocol.OK(req.ID)
+	return nil
+}
+
+// reauthenticate serves an auth request. A good token replaces the
+// connection's claims, and the subscriptions they no longer grant are
+// dropped; a token of another user closes the connection, which never
+// changes users. A bad token closes a connection not yet authenticated and
+// leaves an authenticated one as it was.
+func (s *session) reauthenticate(req protocol.Request) []byte {
+	c, err := s.h.verify(req.Token)
+	if err == nil {
+		if old := s.claims.Load(); old != nil && old.Subject != c.Subject {
+			err = fmt.Errorf("token is for user %q, this connection is user %q: reconnect to change users", c.Subject, old.Subject)
+			s.h.authFailures.WithLabelValues("other_user").Inc()
+			s.reply(protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnauthorized, "%v", err)))
+			s.client.CloseAfter(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token of another user"})
+			return nil
+		}
+		s.authenticate(c)
+		return protocol.OK(req.ID)
+	}
+	s.h.authFailures.WithLabelValues("invalid_token").Inc()
+	fail := protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnauthorized, "%v", err))
+	if s.authenticated() {
+		return fail
+	}
+	s.reply(fail)
+	s.client.CloseAfter(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: err.Error()})
+	return nil
 }
 
 // allowed reports whether p is covered by one of the patterns this

@@ -6,14 +6,17 @@
 //   bus.connect();
 //
 // It reconnects by itself with exponential backoff and jitter, fetching a
-// fresh token each time, and resubscribes everything it had.
+// fresh token each time, and resubscribes everything it had. When the edge
+// drops a subscription (a new token no longer grants it), it calls
+// onUnsubscribed(pattern, reason) and forgets the pattern's callbacks.
 export class EventBus {
-  constructor(url, { token, getToken, minBackoff = 500, maxBackoff = 15000, onStatus } = {}) {
+  constructor(url, { token, getToken, minBackoff = 500, maxBackoff = 15000, onStatus, onUnsubscribed } = {}) {
     this.url = url;
     this.getToken = getToken || (async () => token);
     this.minBackoff = minBackoff;
     this.maxBackoff = maxBackoff;
     this.onStatus = onStatus || (() => {});
+    this.onUnsubscribed = onUnsubscribed || (() => {});
     this.handlers = new Map(); // pattern → Set of callbacks
     this.pending = new Map(); // request id → {resolve, reject}
     this.nextId = 1;
@@ -65,6 +68,11 @@ export class EventBus {
       this.pending.delete(frame.id);
       if (frame.error) reject(Object.assign(new Error(frame.error.message), { code: frame.error.code }));
       else resolve(frame);
+      return;
+    }
+    if (frame.unsubscribed) {
+      this.handlers.delete(frame.unsubscribed);
+      this.onUnsubscribed(frame.unsubscribed, frame.reason);
       return;
     }
     if (!frame.event) return;

@@ -1,0 +1,205 @@
+package hub
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Disconnect says why the edge ends a connection, in terms every
+// transport maps to its own close form. Code is one of the edge's close
+// codes, documented in docs/protocol.md.
+type Disconnect struct {
+	Code   int
+	Reason string
+}
+
+// The disconnects the hub itself decides on.
+var (
+	// DisconnectShutdown: the edge is going away; reconnect to another.
+	DisconnectShutdown = Disconnect{1001, "server shutting down"}
+	// DisconnectSlow: the client read too slowly and its queue overflowed.
+	DisconnectSlow = Disconnect{4008, "too slow: the send queue overflowed"}
+	// DisconnectBroken: the connection failed under a write. Nothing can
+	// be sent on it any more: transports drop it without a close message,
+	// which a browser reports as 1006.
+	DisconnectBroken = Disconnect{1006, "connection broken"}
+)
+
+// Client is one connection as the hub sees it. Replies and events share
+// one queue, bounded in bytes, so a client gets them in the order they
+// were decided. The queue costs nothing until a frame waits, and no
+// writer runs while none does: an idle connection holds no buffer and no
+// goroutine for sending.
+type Client struct {
+	onReady  func()
+	onKick   func(Disconnect)
+	maxBytes int
+	slow     func() // counts a slow-consumer close
+	once     sync.Once
+	kicked   atomic.Bool
+	subs     map[string]struct{} // guarded by Hub.mu; nil until the first subscription
+
+	mu      sync.Mutex
+	queue   [][]byte    // frames waiting, in order
+	bytes   int         // their length in all
+	closing *Disconnect // to do once the queue is written
+	writing bool        // onReady was called and Take has not found the queue empty since
+	pausing bool        // the writer is in Pause
+
+	// Made on the writer's first Pause. push signals hurry, with mu held,
+	// to end a Pause early when the queue is half full.
+	hurry chan struct{}
+	timer timer // only the writer uses it
+}
+
+// timer is the part of *time.Timer that Pause uses; tests give a fake.
+type timer interface {
+	C() <-chan time.Time
+	Reset(time.Duration)
+	Stop()
+}
+
+type realTimer struct{ *time.Timer }
+
+func (t realTimer) C() <-chan time.Time   { return t.Timer.C }
+func (t realTimer) Reset(d time.Duration) { t.Timer.Reset(d) }
+func (t realTimer) Stop()                 { t.Timer.Stop() }
+
+// newTimer makes the timer of a client's first Pause.
+var newTimer = func(d time.Duration) timer { return realTimer{time.NewTimer(d)} }
+
+// Send queues a frame for the client: a reply, or a notice of its own. A
+// client whose queue is full is kicked as too slow.
+func (c *Client) Send(frame []byte) {
+	if !c.push(frame) {
+		c.tooSlow()
+	}
+}
+
+func (c *Client) tooSlow() {
+	if !c.kicked.Load() {
+		c.slow()
+		c.Kick(DisconnectSlow)
+	}
+}
+
+// push queues frame, calling onReady if no writer runs. It reports false,
+// queueing nothing, when the frame would take the queue past its bound in
+// bytes; a queue with nothing waiting takes any frame, however large.
+func (c *Client) push(frame []byte) bool {
+	if c.kicked.Load() {
+		return false
+	}
+	c.mu.Lock()
+	if c.closing != nil || len(c.queue) > 0 && c.bytes+len(frame) > c.maxBytes {
+		c.mu.Unlock()
+		return c.closing != nil // a client being closed drops frames quietly
+	}
+	c.queue = append(c.queue, frame)
+	c.bytes += len(frame)
+	start := !c.writing
+	c.writing = true
+	if c.pausing && c.bytes >= c.maxBytes/2 {
+		c.pausing = false
+		c.hurry <- struct{}{}
+	}
+	c.mu.Unlock()
+	if start {
+		c.onReady()
+	}
+	return true
+}
+
+// Take appends the waiting frames to dst, in order, and empties the queue.
+// When none wait it returns dst as it is, and the writer that called it must
+// stop: the next frame calls onReady again. If the client is to be closed
+// once its queue is written, Take kicks it then.
+func (c *Client) Take(dst [][]byte) [][]byte {
+	c.mu.Lock()
+	if len(c.queue) == 0 {
+		c.writing = false
+		if cap(c.queue) > 16 {
+			c.queue = nil // a burst is over: give its memory back
+		}
+		closing := c.closing
+		c.mu.Unlock()
+		if closing != nil {
+			c.Kick(*closing)
+		}
+		return dst
+	}
+	dst = append(dst, c.queue...)
+	clear(c.queue)
+	c.queue = c.queue[:0]
+	c.bytes = 0
+	c.mu.Unlock()
+	return dst
+}
+
+// CloseAfter closes the connection with d once every frame queued so far
+// is written, so that a reply explaining the close reaches the client
+// first. Frames queued afterwards are dropped.
+func (c *Client) CloseAfter(d Disconnect) {
+	c.mu.Lock()
+	if c.closing == nil {
+		c.closing = &d
+	}
+	idle := !c.writing
+	if c.pausing {
+		c.pausing = false
+		c.hurry <- struct{}{}
+	}
+	c.mu.Unlock()
+	if idle {
+		c.Kick(d)
+	}
+}
+
+// Pause waits d, or less if the queue fills to half its bound meanwhile:
+// a writer pausing to pack more events into its next write must not let
+// the queue overflow, which would close a client that reads fast enough.
+func (c *Client) Pause(d time.Duration) {
+	c.mu.Lock()
+	if c.bytes >= c.maxBytes/2 || c.closing != nil {
+		c.mu.Unlock()
+		return
+	}
+	if c.hurry == nil {
+		c.hurry = make(chan struct{}, 1)
+		c.timer = newTimer(d)
+	} else {
+		c.timer.Reset(d)
+	}
+	c.pausing = true
+	c.mu.Unlock()
+	select {
+	case <-c.timer.C():
+	case <-c.hurry:
+		c.timer.Stop()
+	}
+	c.mu.Lock()
+	c.pausing = false
+	select {
+	case <-c.hurry: // sent as the timer fired: not for the next Pause
+	default:
+	}
+	c.mu.Unlock()
+}
+
+// queued returns how many bytes wait to be written.
+func (c *Client) queued() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
+}
+
+// Kick asks for the connection to be closed with d at once. The first call
+// wins: it calls the Join's onKick, which must not block, and the hub stops
+// queueing frames for c.
+func (c *Client) Kick(d Disconnect) {
+	c.once.Do(func() {
+		c.kicked.Store(true)
+		c.onKick(d)
+	})
+}
