@@ -282,15 +282,21 @@ func TestShutdownFinishesTheSendInFlight(t *testing.T) {
 	w := newWorld(t, sg, nil)
 	s := w.replica()
 	w.publish("user.created", &eventbusv1.UserCreated{UserId: "s1", Email: "s1@example.com"})
-	<-sg.started // the send is in flight
+	<-sg.started // the send is in flight, held by SendGrid
 	stopped := make(chan error, 1)
 	go func() { stopped <- s.Stop() }()
-	close(sg.hold) // SendGrid answers only once the shutdown has begun
+	// Release the send only once the service says it is shutting down
+	// with the send still taken.
+	servicetest.WaitFor(t, "the service to begin its shutdown", func() bool {
+		logs := s.Logs()
+		return strings.Contains(logs, "stopping: finishing the events already taken") && strings.Contains(logs, `"events":1`)
+	})
+	close(sg.hold)
 	if err := <-stopped; err != nil {
 		t.Fatalf("run = %v, want nil", err)
 	}
-	if got := len(sg.sent()); got != 1 {
-		t.Errorf("%d emails accepted, want the one in flight", got)
+	if got, reqs := len(sg.sent()), sg.requestCount(); got != 1 || reqs != 1 {
+		t.Errorf("SendGrid accepted %d emails in %d requests, want the one in flight, sent once", got, reqs)
 	}
 	if !strings.Contains(s.Logs(), `"email sent"`) {
 		t.Errorf("log lacks the email sent during shutdown:\n%s", s.Logs())

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,6 +53,7 @@ type Notifier struct {
 	Options
 	owner string // written into claims, for operators
 	m     *metrics
+	taken atomic.Int64 // events queued or being handled
 }
 
 // New returns a Notifier registering its metrics on reg.
@@ -113,10 +115,12 @@ func (n *Notifier) Run(ctx context.Context) error {
 		wg.Go(func() {
 			for j := range queues[i] {
 				n.handle(sendCtx, j)
+				n.taken.Add(-1)
 			}
 		})
 	}
 	stop := func() {
+		n.Logger.Info("stopping: finishing the events already taken", "events", n.taken.Load())
 		for _, q := range queues {
 			close(q)
 		}
@@ -145,9 +149,11 @@ func (n *Notifier) Run(ctx context.Context) error {
 			if !ok {
 				continue
 			}
+			n.taken.Add(1)
 			select {
 			case queues[shard(j.plan.UserID, len(queues))] <- j:
 			case <-ctx.Done():
+				n.taken.Add(-1)
 				stop()
 				return nil
 			}
