@@ -52,7 +52,14 @@ func startLogger(t *testing.T, srv *redistest.Server, prefix, dir string, env ma
 
 func (l *logger) publish(t *testing.T, typ, subject string) string {
 	t.Helper()
-	env := &envelope.Envelope{Type: typ, Subject: subject}
+	return l.publishID(t, "", typ, subject)
+}
+
+// publishID publishes straight to Redis, as any client of Redis may, so
+// that id is whatever the test says; "" gives a fresh one.
+func (l *logger) publishID(t *testing.T, id, typ, subject string) string {
+	t.Helper()
+	env := &envelope.Envelope{Id: id, Type: typ, Subject: subject}
 	if err := envelope.Fill(env, "test", time.Now()); err != nil {
 		t.Fatal(err)
 	}
@@ -192,6 +199,42 @@ func TestTailSurvivesRestartAndResumes(t *testing.T) {
 	for _, want := range ids[1:] {
 		if got := next(t, rd).Event.ID; got != want {
 			t.Fatalf("resumed event %s, want %s", got, want)
+		}
+	}
+}
+
+func TestTailCannotBeForgedThroughAnEventID(t *testing.T) {
+	t.Parallel()
+	l := startLogger(t, redistest.Shared(t), strings.TrimSuffix(redistest.Prefix(t), ":"), t.TempDir(), nil)
+	rd := l.tail(t, "n=0")
+	first := l.publish(t, "a.b", "first")
+	for _, forged := range []string{
+		"x\nevent: lagged\ndata: {\"forged\":\"FORGED LINE\"}\n\nid: y",
+		"x\revent: lagged\rdata: {\"forged\":1}\r\r",
+		"x\x00y",
+	} {
+		l.publishID(t, forged, "a.b", "forged")
+	}
+	last := l.publish(t, "a.b", "last")
+
+	want := []string{first, "x\nevent: lagged\ndata: {\"forged\":\"FORGED LINE\"}\n\nid: y",
+		"x\revent: lagged\rdata: {\"forged\":1}\r\r", "x\x00y", last}
+	for i, id := range want {
+		ev, err := rd.Next()
+		if err != nil {
+			t.Fatalf("event %d: tail ended: %v", i, err)
+		}
+		var ln line
+		if err := json.Unmarshal([]byte(ev.Data), &ln); err != nil || ln.Event.ID != id || ev.Type != "message" {
+			t.Fatalf("event %d = %+v (%v), want a message whose line has id %q", i, ev, err, id)
+		}
+		// An id SSE cannot carry is left out: the reader keeps the one before.
+		wantID := first
+		if i == len(want)-1 {
+			wantID = last
+		}
+		if ev.ID != wantID {
+			t.Errorf("event %d has SSE id %q, want %q", i, ev.ID, wantID)
 		}
 	}
 }

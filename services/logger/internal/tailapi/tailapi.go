@@ -11,6 +11,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/server"
+	"github.com/eventbus-suite/eventbus/pkg/sse"
 	"github.com/eventbus-suite/eventbus/services/logger/internal/eventlog"
 )
 
@@ -28,7 +29,9 @@ func Register(ctx context.Context, mux *http.ServeMux, w *eventlog.Window, maxN 
 // tail streams the last n events matching pattern from the log, then every
 // new one. The SSE id of each event is its envelope id; a client that
 // reconnects with Last-Event-ID resumes after that event when the logger
-// still holds it.
+// still holds it. An id that SSE cannot carry (one with CR, LF or NUL,
+// which only a publisher going around the API can send) is left out, so
+// that it can neither forge lines nor end the event.
 func tail(ctx context.Context, w http.ResponseWriter, r *http.Request, win *eventlog.Window, maxN int) {
 	q := r.URL.Query()
 	pattern := q.Get("pattern")
@@ -56,8 +59,9 @@ func tail(ctx context.Context, w http.ResponseWriter, r *http.Request, win *even
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // tell nginx not to buffer the stream
 	w.WriteHeader(http.StatusOK)
+	sw := sse.NewWriter(w)
 	for _, rec := range backlog {
-		writeEvent(w, rec)
+		writeEvent(sw, rec)
 	}
 	if err := rc.Flush(); err != nil {
 		return
@@ -69,22 +73,22 @@ func tail(ctx context.Context, w http.ResponseWriter, r *http.Request, win *even
 		case rec, ok := <-t.C():
 			if !ok {
 				if t.Lagged {
-					fmt.Fprint(w, "event: lagged\ndata: {\"error\":\"this stream fell too far behind and was closed; reconnect with Last-Event-ID to resume\"}\n\n")
+					_ = sw.WriteEvent(sse.Event{Type: "lagged", Data: lagged})
 					_ = rc.Flush()
 				}
 				return
 			}
-			writeEvent(w, rec)
+			writeEvent(sw, rec)
 			// Write whatever else is already waiting before flushing once.
 			for more := len(t.C()); more > 0; more-- {
 				rec, ok := <-t.C()
 				if !ok {
 					break
 				}
-				writeEvent(w, rec)
+				writeEvent(sw, rec)
 			}
 		case <-tick.C:
-			fmt.Fprint(w, ": keep-alive\n\n")
+			_ = sw.WriteComment("keep-alive")
 		case <-r.Context().Done():
 			return
 		case <-ctx.Done():
@@ -96,9 +100,14 @@ func tail(ctx context.Context, w http.ResponseWriter, r *http.Request, win *even
 	}
 }
 
-func writeEvent(w http.ResponseWriter, rec eventlog.Record) {
-	if rec.ID != "" {
-		fmt.Fprintf(w, "id: %s\n", rec.ID)
+// lagged is the data of the event that ends a stream fallen too far behind.
+const lagged = `{"error":"this stream fell too far behind and was closed; reconnect with Last-Event-ID to resume"}`
+
+// writeEvent writes rec; a write error shows at the next flush.
+func writeEvent(w *sse.Writer, rec eventlog.Record) {
+	ev := sse.Event{ID: rec.ID, Data: string(rec.Line)}
+	if !sse.ValidID(ev.ID) {
+		ev.ID = ""
 	}
-	fmt.Fprintf(w, "data: %s\n\n", rec.Line)
+	_ = w.WriteEvent(ev)
 }
