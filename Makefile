@@ -89,6 +89,8 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzCovers -fuzztime=$${FUZZTIME:-20s} ./pkg/channel
 	go test -run='^$$' -fuzz=FuzzDecodeEvent -fuzztime=$${FUZZTIME:-20s} ./services/api/internal/httpapi
 	go test -run='^$$' -fuzz=FuzzParseRequest -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/protocol
+	go test -run='^$$' -fuzz=FuzzCloseReason -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/protocol
+	go test -run='^$$' -fuzz=FuzzVerify -fuzztime=$${FUZZTIME:-20s} ./pkg/token
 
 .PHONY: tidy
 tidy: ## go mod tidy in every module

@@ -4,6 +4,7 @@
 package token
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -62,7 +63,8 @@ type Verifier struct {
 func NewVerifier(secret []byte) *Verifier {
 	return &Verifier{
 		secret: secret,
-		parser: jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithLeeway(5*time.Second)),
+		parser: jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(),
+			jwt.WithIssuedAt(), jwt.WithLeeway(5*time.Second)),
 	}
 }
 
@@ -79,10 +81,15 @@ func (v *Verifier) Verify(tok string) (*Claims, error) {
 		return nil, fmt.Errorf("%w: no expiry (exp)", ErrInvalid)
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
 		return nil, fmt.Errorf("%w: signature does not verify", ErrInvalid)
-	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
 		return nil, fmt.Errorf("%w: not valid yet", ErrInvalid)
+	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return nil, fmt.Errorf("%w: issued in the future (iat)", ErrInvalid)
 	default:
 		return nil, fmt.Errorf("%w: malformed", ErrInvalid)
+	}
+	if err := numericDates(tok); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if c.Subject == "" {
 		return nil, fmt.Errorf("%w: no subject (sub)", ErrInvalid)
@@ -96,4 +103,26 @@ func (v *Verifier) Verify(tok string) (*Claims, error) {
 		}
 	}
 	return &c, nil
+}
+
+// numericDates checks that the time claims of tok, already verified, are
+// JSON numbers as RFC 7519 says: the JWT library also takes a number in a
+// string ("exp":"9999999999"), which other verifiers refuse.
+func numericDates(tok string) error {
+	parts := strings.Split(tok, ".")
+	payload, err := jwt.NewParser().DecodeSegment(parts[1])
+	if err != nil {
+		return errors.New("malformed")
+	}
+	var claims map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		return errors.New("malformed")
+	}
+	for _, name := range []string{"exp", "iat", "nbf"} {
+		v, ok := claims[name]
+		if ok && (len(v) == 0 || v[0] != '-' && (v[0] < '0' || v[0] > '9')) {
+			return fmt.Errorf("%s is %s, want a number of seconds", name, v)
+		}
+	}
+	return nil
 }

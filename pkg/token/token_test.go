@@ -40,6 +40,9 @@ func TestVerifyRefusals(t *testing.T) {
 	noExp, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42"}).SignedString(secret)
 	badChan, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42", "exp": now.Add(time.Hour).Unix(), "channels": []string{"A B"}}).SignedString(secret)
 	other, _ := token.Issue([]byte("other"), "42", nil, time.Hour, now)
+	expString, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42", "exp": "9999999999"}).SignedString(secret)
+	iatString, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42", "exp": now.Add(time.Hour).Unix(), "iat": "1"}).SignedString(secret)
+	future, _ := token.Issue(secret, "42", nil, time.Hour, now.Add(time.Hour))
 	tests := []struct{ name, tok, reason string }{
 		{"expired", good("42", -time.Minute), "expired"},
 		{"wrong secret", other, "signature"},
@@ -48,6 +51,9 @@ func TestVerifyRefusals(t *testing.T) {
 		{"no exp", noExp, "no expiry"},
 		{"no subject", good("", time.Hour), "no subject"},
 		{"bad channels claim", badChan, "channels"},
+		{"exp as a string", expString, "exp is"},
+		{"iat as a string", iatString, "iat is"},
+		{"iat in the future", future, "issued in the future"},
 	}
 	for _, tt := range tests {
 		_, err := token.NewVerifier(secret).Verify(tt.tok)
@@ -55,4 +61,27 @@ func TestVerifyRefusals(t *testing.T) {
 			t.Errorf("%s: Verify = %v, want ErrInvalid saying %q", tt.name, err, tt.reason)
 		}
 	}
+}
+
+// FuzzVerify feeds Verify whatever a client could send: it never panics,
+// and whatever it accepts has a subject and a numeric expiry.
+func FuzzVerify(f *testing.F) {
+	secret := []byte("fuzz-secret")
+	good, _ := token.Issue(secret, "42", []string{"order:*"}, time.Hour, time.Now())
+	f.Add(good)
+	f.Add("a.b.c")
+	f.Add(good[:len(good)-3])
+	v := token.NewVerifier(secret)
+	f.Fuzz(func(t *testing.T, tok string) {
+		c, err := v.Verify(tok)
+		if err != nil {
+			if !errors.Is(err, token.ErrInvalid) {
+				t.Fatalf("Verify error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		if c.Subject == "" || c.ExpiresAt == nil {
+			t.Fatalf("Verify accepted %+v without subject or expiry", c)
+		}
+	})
 }

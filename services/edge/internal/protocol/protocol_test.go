@@ -2,7 +2,9 @@ package protocol_test
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
@@ -77,6 +79,38 @@ func FuzzParseRequest(f *testing.F) {
 		case protocol.ActionPing:
 		default:
 			t.Fatalf("accepted unknown action %q", r.Action)
+		}
+	})
+}
+
+func TestCloseReason(t *testing.T) {
+	t.Parallel()
+	for _, reason := range []string{"", "short", strings.Repeat("x", 123), strings.Repeat("x", 124), strings.Repeat("Ü", 100)} {
+		got := protocol.CloseReason(reason)
+		if len(got) > protocol.MaxCloseReason || !utf8.ValidString(got) {
+			t.Errorf("CloseReason(%d bytes) = %d bytes, valid UTF-8 %v; want at most %d and valid", len(reason), len(got), utf8.ValidString(got), protocol.MaxCloseReason)
+		}
+		if len(reason) <= protocol.MaxCloseReason && got != reason {
+			t.Errorf("CloseReason(%q) = %q, want it unchanged", reason, got)
+		}
+	}
+}
+
+// FuzzCloseReason: whatever the reason, the close frame can carry it, and
+// a valid UTF-8 reason stays valid.
+func FuzzCloseReason(f *testing.F) {
+	f.Add("token expired")
+	f.Add(strings.Repeat("Ü", 100))
+	f.Fuzz(func(t *testing.T, reason string) {
+		got := protocol.CloseReason(reason)
+		if len(got) > protocol.MaxCloseReason {
+			t.Fatalf("CloseReason = %d bytes, want at most %d", len(got), protocol.MaxCloseReason)
+		}
+		if utf8.ValidString(reason) && !utf8.ValidString(got) {
+			t.Fatalf("CloseReason(%q) = %q, not valid UTF-8", reason, got)
+		}
+		if !strings.HasPrefix(reason, strings.TrimSuffix(got, "…")) {
+			t.Fatalf("CloseReason(%q) = %q, not a prefix", reason, got)
 		}
 	})
 }
