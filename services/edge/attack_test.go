@@ -227,3 +227,91 @@ func TestRepliesComeInOrderWithEvents(t *testing.T) {
 		}
 	}
 }
+
+// One user's distinct patterns are bounded across its connections.
+func TestUserPatternBound(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_MAX_USER_PATTERNS": "3"})
+	one, two := e.dial(t, mint(t, "7", "*")), e.dial(t, mint(t, "7", "*"))
+	one.subscribe("1", "pb:a*")
+	one.subscribe("2", "pb:b*")
+	two.subscribe("1", "pb:a*") // held already: not a new pattern
+	two.subscribe("2", "pb:c*")
+	r := two.do(`{"action":"subscribe","channel":"pb:d*","id":"3"}`)
+	if r.Error == nil || r.Error.Code != "too_many_patterns" || r.ID != "3" {
+		t.Fatalf("a fourth distinct pattern = %+v, want too_many_patterns with id 3", r)
+	}
+	other := e.dial(t, mint(t, "8", "*"))
+	other.subscribe("1", "pb:d*") // another user has room of its own
+	if got := e.metric(t, `eventbus_edge_limit_refusals_total{limit="user_patterns"}`); got != 1 {
+		t.Errorf("user_patterns refusals = %v, want 1", got)
+	}
+}
+
+// One user's connections are bounded, and so are those of one address
+// without a user.
+func TestUserConnectionBound(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{
+		"EDGE_MAX_USER_CONNECTIONS": "2", "EDGE_ALLOW_ANONYMOUS": "true", "EDGE_PUBLIC_CHANNELS": "news:*"})
+	e.dial(t, mint(t, "7"))
+	e.dial(t, mint(t, "7"))
+	if code := e.dial(t, mint(t, "7")).closeStatus(); code != 4029 {
+		t.Fatalf("a third connection of user 7 closed with %d, want 4029", code)
+	}
+	// Anonymous connections count against their address: 127.0.0.1.
+	anon := e.dial(t, "")
+	anon.subscribe("1", "news:*")
+	e.dial(t, "")
+	if code := e.dial(t, "").closeStatus(); code != 4029 {
+		t.Fatalf("a third anonymous connection from one address closed with %d, want 4029", code)
+	}
+	// Authenticating moves a connection to its user, which is full.
+	r := anon.do(fmt.Sprintf(`{"action":"auth","token":%q,"id":"2"}`, mint(t, "7")))
+	if r.Error == nil || r.Error.Code != "too_many_connections" {
+		t.Fatalf("auth as a full user = %+v, want too_many_connections", r)
+	}
+	if code := anon.closeStatus(); code != 4029 {
+		t.Fatalf("closed with %d, want 4029", code)
+	}
+}
+
+// Past EDGE_MAX_REDIS_PATTERNS, Redis holds covering patterns and the edge
+// filters: every client still gets exactly what its own patterns match.
+func TestRedisPatternsStayBounded(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t) // NUMPAT is server-wide: this test needs its own server
+	redistest.RequireReal(t, srv)
+	e := startEdge(t, srv, map[string]string{"EDGE_MAX_REDIS_PATTERNS": "4"})
+	rdb := srv.Client(t)
+	var clients []*client
+	for u := range 3 {
+		c := e.dial(t, mint(t, strconv.Itoa(u), "*"))
+		for p := range 5 {
+			c.subscribe(strconv.Itoa(p), fmt.Sprintf("amp:u%dp%d*", u, p))
+		}
+		clients = append(clients, c)
+	}
+	if n, err := rdb.PubSubNumPat(t.Context()).Result(); err != nil || n > 4 {
+		t.Fatalf("NUMPAT = %d, %v; want at most 4", n, err)
+	}
+	if got := e.metric(t, "eventbus_edge_covered_patterns"); got == 0 {
+		t.Fatalf("eventbus_edge_covered_patterns = %v, want some", got)
+	}
+	for u := range clients {
+		for p := range 5 {
+			e.publish(t, fmt.Sprintf("amp:u%dp%dx", u, p), fmt.Sprintf("%d-%d", u, p), -1)
+		}
+	}
+	e.publish(t, "amp:nobody", "nobody", -1)
+	for u, c := range clients {
+		for p := range 5 {
+			if f := c.next(); f.subject() != fmt.Sprintf("%d-%d", u, p) || !equal(f.Subscriptions, fmt.Sprintf("amp:u%dp%d*", u, p)) {
+				t.Fatalf("client %d, event %d = %+v", u, p, f)
+			}
+		}
+		if r := c.do(`{"action":"ping","id":"end"}`); r.ID != "end" {
+			t.Fatalf("client %d got %+v after its own events, want the pong", u, r)
+		}
+	}
+}

@@ -66,7 +66,10 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		return err
 	}
 	defer sub.Close()
-	h := hub.New(sub, cfg.SendQueueBytes, log, reg)
+	h := hub.New(sub, hub.Options{
+		QueueBytes: cfg.SendQueueBytes, MaxUserPatterns: cfg.MaxUserPatterns,
+		MaxUserConnections: cfg.MaxUserConnections, MaxRedisPatterns: cfg.MaxRedisPatterns,
+	}, log, reg)
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /ws", wsapi.New(wsapi.Options{
@@ -74,6 +77,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		AllowAnonymous: cfg.AllowAnonymous, PublicChannels: cfg.PublicChannels, AllowedOrigins: cfg.AllowedOrigins,
 		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout,
 		MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
+		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections, TrustedProxies: cfg.TrustedProxies,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, WriteRate: cfg.WriteRate,
 	}, reg))
 	var demoSecret []byte

@@ -4,6 +4,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -14,21 +15,25 @@ import (
 type Config struct {
 	envconfig.Common // REDIS_URL, REDIS_PREFIX, PPROF, LOG_LEVEL
 
-	HTTPAddr         string        // EDGE_HTTP_ADDR
-	JWTSecret        []byte        // EDGE_JWT_SECRET: HS256 key of client tokens
-	AllowAnonymous   bool          // EDGE_ALLOW_ANONYMOUS: tokenless clients may subscribe to PublicChannels
-	PublicChannels   []string      // EDGE_PUBLIC_CHANNELS
-	AllowedOrigins   []string      // EDGE_ALLOWED_ORIGINS: host patterns besides the edge's own host
-	Demo             bool          // EDGE_DEMO: mint demo tokens for the demo page
-	PingInterval     time.Duration // EDGE_PING_INTERVAL
-	PongTimeout      time.Duration // EDGE_PONG_TIMEOUT
-	AuthTimeout      time.Duration // EDGE_AUTH_TIMEOUT
-	MaxMessageBytes  int64         // EDGE_MAX_MESSAGE_BYTES: largest client frame
-	MaxSubscriptions int           // EDGE_MAX_SUBSCRIPTIONS per connection
-	RateLimit        float64       // EDGE_RATE_LIMIT: client frames per second per connection
-	RateBurst        int           // EDGE_RATE_BURST
-	SendQueueBytes   int           // EDGE_SEND_QUEUE_BYTES: bytes of frames waiting per connection before it is dropped as slow
-	WriteRate        int           // EDGE_WRITE_RATE: WebSocket writes per second to aim at, by packing events; 0 for none
+	HTTPAddr           string         // EDGE_HTTP_ADDR
+	JWTSecret          []byte         // EDGE_JWT_SECRET: HS256 key of client tokens
+	AllowAnonymous     bool           // EDGE_ALLOW_ANONYMOUS: tokenless clients may subscribe to PublicChannels
+	PublicChannels     []string       // EDGE_PUBLIC_CHANNELS
+	AllowedOrigins     []string       // EDGE_ALLOWED_ORIGINS: host patterns besides the edge's own host
+	Demo               bool           // EDGE_DEMO: mint demo tokens for the demo page
+	PingInterval       time.Duration  // EDGE_PING_INTERVAL
+	PongTimeout        time.Duration  // EDGE_PONG_TIMEOUT
+	AuthTimeout        time.Duration  // EDGE_AUTH_TIMEOUT
+	MaxMessageBytes    int64          // EDGE_MAX_MESSAGE_BYTES: largest client frame
+	MaxSubscriptions   int            // EDGE_MAX_SUBSCRIPTIONS per connection
+	RateLimit          float64        // EDGE_RATE_LIMIT: client frames per second per connection
+	RateBurst          int            // EDGE_RATE_BURST
+	SendQueueBytes     int            // EDGE_SEND_QUEUE_BYTES: bytes of frames waiting per connection before it is dropped as slow
+	MaxUserPatterns    int            // EDGE_MAX_USER_PATTERNS: distinct patterns per user across its connections
+	MaxUserConnections int            // EDGE_MAX_USER_CONNECTIONS: connections per user, or per address without one
+	MaxRedisPatterns   int            // EDGE_MAX_REDIS_PATTERNS: wildcard patterns in Redis before covering patterns serve the rest
+	TrustedProxies     []netip.Prefix // EDGE_TRUSTED_PROXIES: peers whose X-Forwarded-For names the client
+	WriteRate          int            // EDGE_WRITE_RATE: WebSocket writes per second to aim at, by packing events; 0 for none
 }
 
 // Load reads the configuration through getenv and reports every bad
@@ -36,22 +41,36 @@ type Config struct {
 func Load(getenv func(string) string) (Config, error) {
 	r := envconfig.New(getenv)
 	c := Config{
-		Common:           r.Common(),
-		HTTPAddr:         r.Addr("EDGE_HTTP_ADDR", ":8081"),
-		JWTSecret:        []byte(r.String("EDGE_JWT_SECRET", "")),
-		AllowAnonymous:   r.Bool("EDGE_ALLOW_ANONYMOUS", false),
-		PublicChannels:   r.List("EDGE_PUBLIC_CHANNELS", nil),
-		AllowedOrigins:   r.List("EDGE_ALLOWED_ORIGINS", nil),
-		Demo:             r.Bool("EDGE_DEMO", false),
-		PingInterval:     r.Duration("EDGE_PING_INTERVAL", 25*time.Second),
-		PongTimeout:      r.Duration("EDGE_PONG_TIMEOUT", 10*time.Second),
-		AuthTimeout:      r.Duration("EDGE_AUTH_TIMEOUT", 5*time.Second),
-		MaxMessageBytes:  r.Int("EDGE_MAX_MESSAGE_BYTES", 64<<10, 256),
-		MaxSubscriptions: int(r.Int("EDGE_MAX_SUBSCRIPTIONS", 100, 1)),
-		RateLimit:        float64(r.Int("EDGE_RATE_LIMIT", 20, 1)),
-		RateBurst:        int(r.Int("EDGE_RATE_BURST", 40, 1)),
-		SendQueueBytes:   int(r.Int("EDGE_SEND_QUEUE_BYTES", 1<<20, 1024)),
-		WriteRate:        int(r.Int("EDGE_WRITE_RATE", 30000, 0)),
+		Common:             r.Common(),
+		HTTPAddr:           r.Addr("EDGE_HTTP_ADDR", ":8081"),
+		JWTSecret:          []byte(r.String("EDGE_JWT_SECRET", "")),
+		AllowAnonymous:     r.Bool("EDGE_ALLOW_ANONYMOUS", false),
+		PublicChannels:     r.List("EDGE_PUBLIC_CHANNELS", nil),
+		AllowedOrigins:     r.List("EDGE_ALLOWED_ORIGINS", nil),
+		Demo:               r.Bool("EDGE_DEMO", false),
+		PingInterval:       r.Duration("EDGE_PING_INTERVAL", 25*time.Second),
+		PongTimeout:        r.Duration("EDGE_PONG_TIMEOUT", 10*time.Second),
+		AuthTimeout:        r.Duration("EDGE_AUTH_TIMEOUT", 5*time.Second),
+		MaxMessageBytes:    r.Int("EDGE_MAX_MESSAGE_BYTES", 64<<10, 256),
+		MaxSubscriptions:   int(r.Int("EDGE_MAX_SUBSCRIPTIONS", 100, 1)),
+		RateLimit:          float64(r.Int("EDGE_RATE_LIMIT", 20, 1)),
+		RateBurst:          int(r.Int("EDGE_RATE_BURST", 40, 1)),
+		SendQueueBytes:     int(r.Int("EDGE_SEND_QUEUE_BYTES", 1<<20, 1024)),
+		MaxUserPatterns:    int(r.Int("EDGE_MAX_USER_PATTERNS", 200, 1)),
+		MaxUserConnections: int(r.Int("EDGE_MAX_USER_CONNECTIONS", 50, 1)),
+		MaxRedisPatterns:   int(r.Int("EDGE_MAX_REDIS_PATTERNS", 64, 1)),
+		WriteRate:          int(r.Int("EDGE_WRITE_RATE", 30000, 0)),
+	}
+	for _, p := range r.List("EDGE_TRUSTED_PROXIES", nil) {
+		prefix, err := netip.ParsePrefix(p)
+		if err != nil {
+			var addr netip.Addr
+			if addr, err = netip.ParseAddr(p); err == nil {
+				prefix = netip.PrefixFrom(addr, addr.BitLen())
+			}
+		}
+		r.Check("EDGE_TRUSTED_PROXIES", p, err)
+		c.TrustedProxies = append(c.TrustedProxies, prefix)
 	}
 	for _, p := range c.PublicChannels {
 		r.Check("EDGE_PUBLIC_CHANNELS", p, channel.ValidatePattern(p))

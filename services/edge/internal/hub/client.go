@@ -39,6 +39,7 @@ type Client struct {
 	once     sync.Once
 	kicked   atomic.Bool
 	subs     map[string]struct{} // guarded by Hub.mu; nil until the first subscription
+	who      *identity           // guarded by Hub.mu
 
 	mu      sync.Mutex
 	queue   [][]byte    // frames waiting, in order

@@ -7,7 +7,6 @@ package hub
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -22,42 +21,81 @@ import (
 
 // Errors a caller reports to its client.
 var (
-	ErrClosed      = errors.New("the edge is shutting down")
-	ErrUnavailable = errors.New("the event bus (Redis) is unavailable")
+	ErrClosed             = errors.New("the edge is shutting down")
+	ErrUnavailable        = errors.New("the event bus (Redis) is unavailable")
+	ErrTooManyPatterns    = errors.New("too many distinct patterns for this user")
+	ErrTooManyConnections = errors.New("too many connections for this user")
 )
+
+// DisconnectTooManyConnections closes a connection past its user's
+// (or address's) bound.
+var DisconnectTooManyConnections = Disconnect{4029, "too many connections"}
+
+// Options bound what the hub holds. Zero values are not allowed.
+type Options struct {
+	// QueueBytes is how many bytes of frames may wait for a client before
+	// it is dropped as too slow.
+	QueueBytes int
+	// MaxUserPatterns bounds the distinct patterns one identity holds
+	// across its connections.
+	MaxUserPatterns int
+	// MaxUserConnections bounds the connections of one identity.
+	MaxUserConnections int
+	// MaxRedisPatterns bounds the wildcard patterns the hub subscribes in
+	// Redis; past it, covering patterns serve the rest.
+	MaxRedisPatterns int
+}
 
 // Hub fans events out to clients. Its methods are safe for concurrent use.
 type Hub struct {
-	sub        bus.Subscription
-	queueBytes int
-	log        *slog.Logger
-	m          *metrics
+	sub  bus.Subscription
+	opts Options
+	log  *slog.Logger
+	m    *metrics
 
 	// change serialises changes of the Redis subscription, so that the
 	// first-in and last-out of one pattern never race.
 	change sync.Mutex
 
-	mu      sync.RWMutex
-	closed  bool
-	clients map[*Client]struct{}
-	subs    map[string]map[*Client]struct{} // channel or pattern → clients subscribed to it
-	joined  sync.WaitGroup
+	mu         sync.RWMutex
+	closed     bool
+	clients    map[*Client]struct{}
+	identities map[string]*identity
+	subs       map[string]map[*Client]struct{} // channel or pattern → clients subscribed to it
+	joined     sync.WaitGroup
+
+	// The Redis side (redisset.go), changed with change and mu held.
+	redis     map[string]struct{}            // names subscribed in Redis
+	patterns  int                            // how many of them have a wildcard
+	covers    map[string]map[string]struct{} // Redis name → client patterns it serves besides its own
+	coveredBy map[string]string              // the reverse
 
 	// Only the dispatching goroutine touches these.
-	wanted []string // the message's patterns that some client wants
+	wanted []string // the client patterns a message is for
 	seen   map[*Client]struct{}
 	frames map[string][]byte
 }
 
-// New returns a hub fanning out what sub receives; each client may have
-// queueBytes of frames waiting before it is dropped as too slow.
-func New(sub bus.Subscription, queueBytes int, log *slog.Logger, reg prometheus.Registerer) *Hub {
+// identity is who a connection is for the hub's bounds: a user, or the
+// address of connections without a user.
+type identity struct {
+	name     string
+	conns    int
+	patterns map[string]int // pattern → connections holding it
+}
+
+// New returns a hub fanning out what sub receives, within opts.
+func New(sub bus.Subscription, opts Options, log *slog.Logger, reg prometheus.Registerer) *Hub {
 	h := &Hub{
 		sub:        sub,
-		queueBytes: queueBytes,
+		opts:       opts,
 		log:        log,
 		clients:    make(map[*Client]struct{}),
+		identities: make(map[string]*identity),
 		subs:       make(map[string]map[*Client]struct{}),
+		redis:      make(map[string]struct{}),
+		covers:     make(map[string]map[string]struct{}),
+		coveredBy:  make(map[string]string),
 		seen:       make(map[*Client]struct{}),
 		frames:     make(map[string][]byte),
 	}
@@ -65,21 +103,76 @@ func New(sub bus.Subscription, queueBytes int, log *slog.Logger, reg prometheus.
 	return h
 }
 
-// Join registers a new connection. The hub calls onReady when frames wait
-// for it and no writer runs; the writer then calls Take until it returns
-// nothing. It calls onKick once, when it wants the connection closed. Both
-// must return without blocking; neither is called after Leave returns.
-// Every Join is followed by one Leave.
-func (h *Hub) Join(onReady func(), onKick func(Disconnect)) (*Client, error) {
+// Join registers a new connection of identity who (see Identify). The hub
+// calls onReady when frames wait for it and no writer runs; the writer
+// then calls Take until it returns nothing. It calls onKick once, when it
+// wants the connection closed. Both must return without blocking; neither
+// is called after Leave returns. Every Join that returns a client is
+// followed by one Leave.
+func (h *Hub) Join(who string, onReady func(), onKick func(Disconnect)) (*Client, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, ErrClosed
 	}
-	c := &Client{onReady: onReady, onKick: onKick, maxBytes: h.queueBytes, slow: h.m.slowCloses.Inc}
+	c := &Client{onReady: onReady, onKick: onKick, maxBytes: h.opts.QueueBytes, slow: h.m.slowCloses.Inc}
+	if err := h.identify(c, who); err != nil {
+		return nil, err
+	}
 	h.clients[c] = struct{}{}
 	h.joined.Add(1)
 	return c, nil
+}
+
+// Identify makes who the identity c counts against: "user:<id>" once it
+// authenticated, "addr:<ip>" before. Its subscriptions go along. It
+// returns ErrTooManyConnections, changing nothing, when who has
+// MaxUserConnections already.
+func (h *Hub) Identify(c *Client, who string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.identify(c, who)
+}
+
+func (h *Hub) identify(c *Client, who string) error {
+	if c.who != nil && c.who.name == who {
+		return nil
+	}
+	to := h.identities[who]
+	if to == nil {
+		to = &identity{name: who, patterns: make(map[string]int)}
+	}
+	if to.conns >= h.opts.MaxUserConnections {
+		h.m.refusals.WithLabelValues("user_connections").Inc()
+		return ErrTooManyConnections
+	}
+	h.identities[who] = to
+	h.unidentify(c)
+	to.conns++
+	for p := range c.subs {
+		to.patterns[p]++
+	}
+	c.who = to
+	return nil
+}
+
+// unidentify takes c's connection and subscriptions off its identity.
+// Call with mu held.
+func (h *Hub) unidentify(c *Client) {
+	from := c.who
+	if from == nil {
+		return
+	}
+	from.conns--
+	for p := range c.subs {
+		if from.patterns[p]--; from.patterns[p] == 0 {
+			delete(from.patterns, p)
+		}
+	}
+	if from.conns == 0 {
+		delete(h.identities, from.name)
+	}
+	c.who = nil
 }
 
 // Leave unregisters c and drops its subscriptions, unsubscribing in Redis
@@ -91,17 +184,16 @@ func (h *Hub) Leave(c *Client) {
 	h.mu.Lock()
 	var orphans []string
 	for p := range c.subs {
-		if h.drop(c, p) {
-			orphans = append(orphans, p)
-		}
+		orphans = append(orphans, h.drop(c, p)...)
 	}
+	h.unidentify(c)
 	delete(h.clients, c)
 	h.mu.Unlock()
 	h.release(orphans)
 }
 
-// release unsubscribes in Redis the patterns no client wants any more. It
-// only logs a failure: a pattern left subscribed in Redis costs a little
+// release unsubscribes in Redis the names no client wants any more. It
+// only logs a failure: a name left subscribed in Redis costs a little
 // traffic that the hub drops, and the next subscription to it repairs it.
 // Call with change held.
 func (h *Hub) release(orphans []string) {
@@ -125,25 +217,31 @@ func (h *Hub) Count(c *Client) int {
 // Subscribe adds pattern p (already validated and authorised) to c and
 // queues ok for c at the moment the subscription takes effect: before any
 // event it delivers. It returns once Redis delivers p, so no event
-// published afterwards is missed; on an error nothing was queued.
+// published afterwards is missed; on an error nothing was queued. A
+// pattern new to c's identity past MaxUserPatterns is ErrTooManyPatterns.
 func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, ok []byte) error {
 	h.change.Lock()
 	defer h.change.Unlock()
 	h.mu.RLock()
+	_, has := c.subs[p]
 	first := len(h.subs[p]) == 0
 	closed := h.closed
+	full := !has && c.who.patterns[p] == 0 && len(c.who.patterns) >= h.opts.MaxUserPatterns
 	h.mu.RUnlock()
 	switch {
 	case closed:
 		return ErrClosed
+	case full:
+		h.m.refusals.WithLabelValues("user_patterns").Inc()
+		return ErrTooManyPatterns
 	case first:
-		if err := h.sub.Add(ctx, p); err != nil {
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		if err := h.serve(ctx, p); err != nil {
+			return err
 		}
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, has := c.subs[p]; !has {
+	if !has {
 		if h.subs[p] == nil {
 			h.subs[p] = make(map[*Client]struct{})
 		}
@@ -152,6 +250,7 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, ok []byte) err
 			c.subs = make(map[string]struct{})
 		}
 		c.subs[p] = struct{}{}
+		c.who.patterns[p]++
 		h.m.subscriptions.Inc()
 	}
 	c.Send(ok)
@@ -164,12 +263,10 @@ func (h *Hub) Unsubscribe(c *Client, p string, ok []byte) {
 	h.change.Lock()
 	defer h.change.Unlock()
 	h.mu.Lock()
-	last := h.drop(c, p)
+	orphans := h.drop(c, p)
 	c.Send(ok)
 	h.mu.Unlock()
-	if last {
-		h.release([]string{p})
-	}
+	h.release(orphans)
 }
 
 // Revoke drops every subscription of c that keep refuses, queueing
@@ -189,9 +286,7 @@ func (h *Hub) Revoke(c *Client, keep func(p string) bool, notice func(p string) 
 			continue
 		}
 		n++
-		if h.drop(c, p) {
-			orphans = append(orphans, p)
-		}
+		orphans = append(orphans, h.drop(c, p)...)
 		c.Send(notice(p))
 	}
 	h.mu.Unlock()
@@ -199,20 +294,23 @@ func (h *Hub) Revoke(c *Client, keep func(p string) bool, notice func(p string) 
 	return n
 }
 
-// drop removes p from c and reports whether no client wants p any more.
-// Call with mu held.
-func (h *Hub) drop(c *Client, p string) bool {
+// drop removes p from c and returns the Redis names no client wants any
+// more. Call with mu held.
+func (h *Hub) drop(c *Client, p string) []string {
 	if _, ok := c.subs[p]; !ok {
-		return false
+		return nil
 	}
 	delete(c.subs, p)
+	if c.who.patterns[p]--; c.who.patterns[p] == 0 {
+		delete(c.who.patterns, p)
+	}
 	h.m.subscriptions.Dec()
 	delete(h.subs[p], c)
 	if len(h.subs[p]) > 0 {
-		return false
+		return nil
 	}
 	delete(h.subs, p)
-	return true
+	return h.forsake(p)
 }
 
 // Run fans out events until ctx ends, then closes every connection with
@@ -254,17 +352,12 @@ func (h *Hub) shutdown() {
 
 // dispatch sends one event to every client with a matching subscription,
 // once per client however many of its subscriptions match: the bus
-// delivers each publish once, naming every pattern that matched.
+// delivers each publish once, naming every Redis pattern that matched,
+// and recipients turns those into client patterns.
 func (h *Hub) dispatch(m bus.Message) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	h.wanted = h.wanted[:0]
-	for _, p := range m.Patterns {
-		if len(h.subs[p]) > 0 {
-			h.wanted = append(h.wanted, p)
-		}
-	}
-	if len(h.wanted) == 0 {
+	if len(h.recipients(m.Channel, m.Patterns)) == 0 {
 		return // its subscribers left while it was on its way
 	}
 	env, err := envelope.Unmarshal(m.Payload)
@@ -322,7 +415,7 @@ func (h *Hub) deliver(c *Client, ch string, event []byte) {
 	}
 	h.seen[c] = struct{}{}
 	subs := make([]string, 0, 2)
-	for _, p := range h.wanted { // sorted, as the bus names them
+	for _, p := range h.wanted { // sorted
 		if _, ok := c.subs[p]; ok {
 			subs = append(subs, p)
 		}

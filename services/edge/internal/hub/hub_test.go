@@ -3,10 +3,13 @@ package hub
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -74,10 +77,13 @@ type testHub struct {
 	sub *fakeSub
 }
 
-func startHub(t *testing.T, queueBytes int) *testHub {
+// bounds are the hub's Options in tests that do not test them.
+var bounds = Options{QueueBytes: 1 << 20, MaxUserPatterns: 100, MaxUserConnections: 100, MaxRedisPatterns: 100}
+
+func startHub(t *testing.T, opts Options) *testHub {
 	t.Helper()
 	sub := newFakeSub()
-	h := New(sub, queueBytes, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	h := New(sub, opts, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.Run(ctx) }()
@@ -108,17 +114,38 @@ func (h *testHub) publish(t *testing.T, ch, subject string, patterns ...string) 
 type testClient struct {
 	*Client
 	kicks chan Disconnect
+	left  bool
 }
 
+// join connects a client of a user of its own.
 func (h *testHub) join(t *testing.T) *testClient {
 	t.Helper()
+	return h.joinAs(t, fmt.Sprintf("user:%d", users.Add(1)))
+}
+
+var users atomic.Int64
+
+// joinAs connects a client of identity who; it leaves when the test ends,
+// unless it left before.
+func (h *testHub) joinAs(t *testing.T, who string) *testClient {
+	t.Helper()
 	kicks := make(chan Disconnect, 1)
-	c, err := h.Join(func() {}, func(d Disconnect) { kicks <- d })
+	c, err := h.Join(who, func() {}, func(d Disconnect) { kicks <- d })
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { h.Leave(c) })
-	return &testClient{Client: c, kicks: kicks}
+	tc := &testClient{Client: c, kicks: kicks}
+	t.Cleanup(func() {
+		if !tc.left {
+			h.Leave(c)
+		}
+	})
+	return tc
+}
+
+func (h *testHub) leave(c *testClient) {
+	c.left = true
+	h.Leave(c.Client)
 }
 
 // frames returns what waits for c, as strings.
@@ -157,16 +184,16 @@ func (c *testClient) subscribe(t *testing.T, h *testHub, p string) {
 
 func TestDeliversEachPublishOncePerClient(t *testing.T) {
 	t.Parallel()
-	h := startHub(t, 1<<20)
-	both, star, exact := h.join(t), h.join(t), h.join(t)
+	h := startHub(t, bounds)
+	both, orders, placed := h.join(t), h.join(t), h.join(t)
 	both.subscribe(t, h, "order:*")
-	both.subscribe(t, h, "order:placed")
-	star.subscribe(t, h, "order:*")
-	exact.subscribe(t, h, "order:placed")
-	if got, want := h.sub.subscribed(), []string{"order:*", "order:placed"}; !slices.Equal(got, want) {
+	both.subscribe(t, h, "*:placed")
+	orders.subscribe(t, h, "order:*")
+	placed.subscribe(t, h, "*:placed")
+	if got, want := h.sub.subscribed(), []string{"*:placed", "order:*"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
 	}
-	h.publish(t, "order:placed", "1", "order:*", "order:placed")
+	h.publish(t, "order:placed", "1", "*:placed", "order:*")
 	// What the bus names is what matched at publish time: a subscription
 	// the bus did not match delivers nothing, even if the hub has it.
 	h.publish(t, "order:placed", "2", "order:*")
@@ -175,9 +202,9 @@ func TestDeliversEachPublishOncePerClient(t *testing.T) {
 		c    *testClient
 		want []string
 	}{
-		{"both", both, []string{"ok order:*", "ok order:placed", "1 via order:*,order:placed", "2 via order:*"}},
-		{"star", star, []string{"ok order:*", "1 via order:*", "2 via order:*"}},
-		{"exact", exact, []string{"ok order:placed", "1 via order:placed"}},
+		{"both", both, []string{"ok order:*", "ok *:placed", "1 via *:placed,order:*", "2 via order:*"}},
+		{"orders", orders, []string{"ok order:*", "1 via order:*", "2 via order:*"}},
+		{"placed", placed, []string{"ok *:placed", "1 via *:placed"}},
 	} {
 		if got := summary(tt.c.frames()); !slices.Equal(got, tt.want) {
 			t.Errorf("%s got %q, want %q", tt.name, got, tt.want)
@@ -190,7 +217,7 @@ func TestDeliversEachPublishOncePerClient(t *testing.T) {
 // share the queue.
 func TestRepliesAndEventsShareOneOrder(t *testing.T) {
 	t.Parallel()
-	h := startHub(t, 1<<20)
+	h := startHub(t, bounds)
 	c := h.join(t)
 	c.subscribe(t, h, "a:*")
 	h.publish(t, "a:b", "1", "a:*")
@@ -206,7 +233,7 @@ func TestRepliesAndEventsShareOneOrder(t *testing.T) {
 
 func TestRevokeDropsWhatIsNoLongerGranted(t *testing.T) {
 	t.Parallel()
-	h := startHub(t, 1<<20)
+	h := startHub(t, bounds)
 	c, other := h.join(t), h.join(t)
 	c.subscribe(t, h, "*")
 	c.subscribe(t, h, "order:*")
@@ -233,7 +260,7 @@ func TestRevokeDropsWhatIsNoLongerGranted(t *testing.T) {
 // it closes the client as slow, and an empty queue takes any frame.
 func TestQueueIsBoundedInBytes(t *testing.T) {
 	t.Parallel()
-	h := startHub(t, 4096)
+	h := startHub(t, Options{QueueBytes: 4096, MaxUserPatterns: 1, MaxUserConnections: 1, MaxRedisPatterns: 1})
 	c := h.join(t)
 	c.Send(make([]byte, 10_000)) // alone: taken whatever its size
 	if got := len(c.Take(nil)); got != 1 {
@@ -267,7 +294,7 @@ func TestPauseEndsWhenTheQueueIsHalfFull(t *testing.T) {
 	saved := newTimer
 	newTimer = func(time.Duration) timer { return fakeTimer{make(chan time.Time)} }
 	t.Cleanup(func() { newTimer = saved })
-	h := startHub(t, 4000)
+	h := startHub(t, Options{QueueBytes: 4000, MaxUserPatterns: 1, MaxUserConnections: 1, MaxRedisPatterns: 1})
 	c := h.join(t)
 	c.Send(make([]byte, 100))
 	c.Take(nil) // the writer takes it and pauses
@@ -293,7 +320,7 @@ func TestPauseEndsWhenTheQueueIsHalfFull(t *testing.T) {
 // CloseAfter lets what is queued be written first.
 func TestCloseAfterWritesTheQueueFirst(t *testing.T) {
 	t.Parallel()
-	h := startHub(t, 1<<20)
+	h := startHub(t, bounds)
 	c := h.join(t)
 	c.Send([]byte("why"))
 	c.CloseAfter(Disconnect{4001, "bye"})
@@ -311,5 +338,108 @@ func TestCloseAfterWritesTheQueueFirst(t *testing.T) {
 	}
 	if d := <-c.kicks; d != (Disconnect{4001, "bye"}) {
 		t.Fatalf("kicked with %v, want 4001 bye", d)
+	}
+}
+
+// Past MaxRedisPatterns, a covering pattern serves the rest, and the hub
+// filters for them: Redis holds few patterns, and no client gets what its
+// own patterns do not match.
+func TestCoveringPatternPastTheBound(t *testing.T) {
+	t.Parallel()
+	opts := bounds
+	opts.MaxRedisPatterns = 1
+	h := startHub(t, opts)
+	a, b, c, exact := h.join(t), h.join(t), h.join(t), h.join(t)
+	a.subscribe(t, h, "order:a*")
+	exact.subscribe(t, h, "order:b1")
+	if got, want := h.sub.subscribed(), []string{"order:a*", "order:b1"}; !slices.Equal(got, want) {
+		t.Fatalf("Redis subscriptions within the bound = %q, want %q", got, want)
+	}
+	b.subscribe(t, h, "order:b*")
+	if got, want := h.sub.subscribed(), []string{"order:*", "order:b1"}; !slices.Equal(got, want) {
+		t.Fatalf("Redis subscriptions past the bound = %q, want %q", got, want)
+	}
+	// A pattern a cover serves already costs Redis nothing.
+	c.subscribe(t, h, "order:c*")
+	if got, want := h.sub.subscribed(), []string{"order:*", "order:b1"}; !slices.Equal(got, want) {
+		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
+	}
+	h.publish(t, "order:a1", "1", "order:*")
+	h.publish(t, "order:b1", "2", "order:*", "order:b1")
+	h.publish(t, "order:zz", "3", "order:*")
+	// Published before the cover: Redis names the pattern itself.
+	h.publish(t, "order:a2", "4", "order:a*")
+	// Between the cover's subscription and the pattern's unsubscription.
+	h.publish(t, "order:a3", "5", "order:*", "order:a*")
+	for _, tt := range []struct {
+		name string
+		c    *testClient
+		want []string
+	}{
+		{"a", a, []string{"ok order:a*", "1 via order:a*", "4 via order:a*", "5 via order:a*"}},
+		{"b", b, []string{"ok order:b*", "2 via order:b*"}},
+		{"c", c, []string{"ok order:c*"}},
+		{"exact", exact, []string{"ok order:b1", "2 via order:b1"}},
+	} {
+		if got := summary(tt.c.frames()); !slices.Equal(got, tt.want) {
+			t.Errorf("%s got %q, want %q", tt.name, got, tt.want)
+		}
+	}
+	// The cover goes when the last pattern it serves does.
+	for _, cl := range []*testClient{a, b, c} {
+		h.leave(cl)
+	}
+	if got, want := h.sub.subscribed(), []string{"order:b1"}; !slices.Equal(got, want) {
+		t.Fatalf("Redis subscriptions after the covered clients left = %q, want %q", got, want)
+	}
+}
+
+// A first-token wildcard is covered by "*".
+func TestCoverOfAWildcardNamespaceIsEverything(t *testing.T) {
+	t.Parallel()
+	opts := bounds
+	opts.MaxRedisPatterns = 1
+	h := startHub(t, opts)
+	a, b := h.join(t), h.join(t)
+	a.subscribe(t, h, "*:placed")
+	b.subscribe(t, h, "ord*:shipped")
+	if got, want := h.sub.subscribed(), []string{"*"}; !slices.Equal(got, want) {
+		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
+	}
+	h.publish(t, "order:placed", "1", "*")
+	h.publish(t, "order:shipped", "2", "*")
+	if got, want := summary(a.frames()), []string{"ok *:placed", "1 via *:placed"}; !slices.Equal(got, want) {
+		t.Errorf("a got %q, want %q", got, want)
+	}
+	if got, want := summary(b.frames()), []string{"ok ord*:shipped", "2 via ord*:shipped"}; !slices.Equal(got, want) {
+		t.Errorf("b got %q, want %q", got, want)
+	}
+}
+
+func TestUserBounds(t *testing.T) {
+	t.Parallel()
+	opts := bounds
+	opts.MaxUserPatterns, opts.MaxUserConnections = 2, 2
+	h := startHub(t, opts)
+	one, two := h.joinAs(t, "user:1"), h.joinAs(t, "user:1")
+	one.subscribe(t, h, "a:*")
+	two.subscribe(t, h, "a:*") // the same pattern again: not a new one
+	two.subscribe(t, h, "b:*")
+	if err := h.Subscribe(t.Context(), one.Client, "c:*", nil); !errors.Is(err, ErrTooManyPatterns) {
+		t.Fatalf("third distinct pattern of user 1 = %v, want ErrTooManyPatterns", err)
+	}
+	if _, err := h.Join("user:1", func() {}, func(Disconnect) {}); !errors.Is(err, ErrTooManyConnections) {
+		t.Fatalf("third connection of user 1 = %v, want ErrTooManyConnections", err)
+	}
+	anon := h.joinAs(t, "addr:127.0.0.1")
+	if err := h.Identify(anon.Client, "user:1"); !errors.Is(err, ErrTooManyConnections) {
+		t.Fatalf("authenticating a third connection as user 1 = %v, want ErrTooManyConnections", err)
+	}
+	// A pattern of user 1 comes free when no connection of it holds it.
+	h.Unsubscribe(two.Client, "b:*", []byte("bye"))
+	one.subscribe(t, h, "c:*")
+	h.leave(two)
+	if err := h.Identify(anon.Client, "user:1"); err != nil {
+		t.Fatalf("authenticating as user 1 once it has room = %v", err)
 	}
 }

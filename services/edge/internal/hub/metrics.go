@@ -7,6 +7,7 @@ type metrics struct {
 	delivered     prometheus.Counter
 	slowCloses    prometheus.Counter
 	malformed     prometheus.Counter
+	refusals      *prometheus.CounterVec
 }
 
 func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
@@ -19,8 +20,11 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 			Name: "eventbus_edge_slow_consumer_closes_total", Help: "Connections closed because their send queue overflowed."}),
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_edge_malformed_total", Help: "Messages that were no envelope, not forwarded."}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventbus_edge_limit_refusals_total", Help: "Subscriptions and connections refused at a bound, by bound."},
+			[]string{"limit"}),
 	}
-	reg.MustRegister(m.subscriptions, m.delivered, m.slowCloses, m.malformed,
+	reg.MustRegister(m.subscriptions, m.delivered, m.slowCloses, m.malformed, m.refusals,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "eventbus_edge_connections", Help: "Connected clients."},
 			func() float64 {
@@ -29,11 +33,25 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 				return float64(len(h.clients))
 			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "eventbus_edge_redis_subscriptions", Help: "Channels and patterns subscribed in Redis (one per distinct client subscription)."},
+			Name: "eventbus_edge_redis_subscriptions", Help: "Channels and patterns subscribed in Redis."},
 			func() float64 {
 				h.mu.RLock()
 				defer h.mu.RUnlock()
-				return float64(len(h.subs))
+				return float64(len(h.redis))
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "eventbus_edge_redis_patterns", Help: "Wildcard patterns subscribed in Redis, at most EDGE_MAX_REDIS_PATTERNS."},
+			func() float64 {
+				h.mu.RLock()
+				defer h.mu.RUnlock()
+				return float64(h.patterns)
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "eventbus_edge_covered_patterns", Help: "Client patterns served by a covering Redis pattern and matched on the edge."},
+			func() float64 {
+				h.mu.RLock()
+				defer h.mu.RUnlock()
+				return float64(len(h.coveredBy))
 			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "eventbus_edge_send_queue_bytes", Help: "Bytes of frames waiting in every client's send queue."},

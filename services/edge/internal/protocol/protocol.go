@@ -28,6 +28,8 @@ const (
 	CodeForbidden            = "forbidden"
 	CodeUnauthorized         = "unauthorized"
 	CodeTooManySubscriptions = "too_many_subscriptions"
+	CodeTooManyPatterns      = "too_many_patterns"
+	CodeTooManyConnections   = "too_many_connections"
 	CodeRateLimited          = "rate_limited"
 	CodeUnavailable          = "unavailable"
 )

@@ -13,6 +13,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,8 +58,14 @@ type Options struct {
 	AuthTimeout      time.Duration
 	MaxMessageBytes  int64
 	MaxSubscriptions int
-	RateLimit        float64
-	RateBurst        int
+	// MaxUserPatterns and MaxUserConnections are the hub's bounds, named
+	// in replies.
+	MaxUserPatterns    int
+	MaxUserConnections int
+	// TrustedProxies may say who the client is in X-Forwarded-For.
+	TrustedProxies []netip.Prefix
+	RateLimit      float64
+	RateBurst      int
 	// WriteRate is the writes per second the edge aims at: while n
 	// connections have events flowing, each waits a random half to all of
 	// n/WriteRate seconds between its writes and packs what arrived
@@ -120,10 +128,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// net/http keeps the request and its own 8 KB of buffers while this
 	// handler runs: the connection gets a goroutine of its own instead.
-	go h.serve(conn, claims)
+	go h.serve(conn, claims, h.clientAddr(r))
 }
 
-func (h *Handler) serve(conn *websocket.Conn, claims *token.Claims) {
+// identity is who a connection counts against for the hub's bounds.
+func identity(c *token.Claims, addr netip.Addr) string {
+	if c != nil {
+		return "user:" + c.Subject
+	}
+	return "addr:" + addr.String()
+}
+
+func (h *Handler) serve(conn *websocket.Conn, claims *token.Claims, addr netip.Addr) {
 	defer conn.CloseNow()
 	conn.SetReadLimit(h.MaxMessageBytes)
 	// ctx ends writing, pings and requests to the hub: cancelled when the
@@ -131,8 +147,14 @@ func (h *Handler) serve(conn *websocket.Conn, claims *token.Claims) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := &session{h: h, conn: conn, ctx: ctx, cancel: cancel, limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst)}
-	c, err := h.Hub.Join(s.ready, s.kicked)
-	if err != nil {
+	s.addr = addr
+	c, err := h.Hub.Join(identity(claims, addr), s.ready, s.kicked)
+	switch {
+	case errors.Is(err, hub.ErrTooManyConnections):
+		d := hub.DisconnectTooManyConnections
+		conn.Close(websocket.StatusCode(d.Code), fmt.Sprintf("%s: at most %d per user (or address)", d.Reason, h.MaxUserConnections))
+		return
+	case err != nil:
 		conn.Close(websocket.StatusGoingAway, err.Error())
 		return
 	}
@@ -177,6 +199,7 @@ type session struct {
 	ctx     context.Context // ends writing, pings and requests to the hub
 	cancel  context.CancelFunc
 	client  *hub.Client
+	addr    netip.Addr // the client's, for its bounds while it has no user
 	limiter *rate.Limiter
 	claims  atomic.Pointer[token.Claims] // nil until authenticated
 	expiry  *time.Timer                  // touched by the reading goroutine only
@@ -412,7 +435,11 @@ func (s *session) handle(req protocol.Request) []byte {
 	if s.h.Hub.Count(s.client) >= s.h.MaxSubscriptions {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManySubscriptions, "at most %d subscriptions per connection", s.h.MaxSubscriptions))
 	}
-	if err := s.h.Hub.Subscribe(s.ctx, s.client, req.Channel, protocol.OK(req.ID)); err != nil {
+	switch err := s.h.Hub.Subscribe(s.ctx, s.client, req.Channel, protocol.OK(req.ID)); {
+	case errors.Is(err, hub.ErrTooManyPatterns):
+		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManyPatterns,
+			"at most %d distinct patterns per user across its connections", s.h.MaxUserPatterns))
+	case err != nil:
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnavailable, "%v", err))
 	}
 	return nil
@@ -431,6 +458,12 @@ func (s *session) reauthenticate(req protocol.Request) []byte {
 			s.h.authFailures.WithLabelValues("other_user").Inc()
 			s.reply(protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnauthorized, "%v", err)))
 			s.client.CloseAfter(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token of another user"})
+			return nil
+		}
+		if err := s.h.Hub.Identify(s.client, identity(c, s.addr)); err != nil {
+			s.reply(protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManyConnections,
+				"%v: at most %d connections per user", err, s.h.MaxUserConnections)))
+			s.client.CloseAfter(hub.DisconnectTooManyConnections)
 			return nil
 		}
 		s.authenticate(c)
@@ -460,6 +493,34 @@ func (s *session) allowed(p string) bool {
 	}
 	for _, a := range grants {
 		if channel.Covers(a, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// clientAddr is the address of the client: the peer's, or, when the peer is
+// a trusted proxy, the last address in X-Forwarded-For that is not.
+func (h *Handler) clientAddr(r *http.Request) netip.Addr {
+	peer, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	addr := peer.Addr().Unmap()
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0 && h.trusted(addr); i-- {
+		hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			break
+		}
+		addr = hop.Unmap()
+	}
+	return addr
+}
+
+func (h *Handler) trusted(a netip.Addr) bool {
+	for _, p := range h.TrustedProxies {
+		if p.Contains(a) {
 			return true
 		}
 	}
