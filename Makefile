@@ -90,6 +90,7 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzDecodeEvent -fuzztime=$${FUZZTIME:-20s} ./services/api/internal/httpapi
 	go test -run='^$$' -fuzz=FuzzParseRequest -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/protocol
 	go test -run='^$$' -fuzz=FuzzCloseReason -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/protocol
+	go test -run='^$$' -fuzz=FuzzPatternSet -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/hub
 	go test -run='^$$' -fuzz=FuzzVerify -fuzztime=$${FUZZTIME:-20s} ./pkg/token
 
 .PHONY: tidy

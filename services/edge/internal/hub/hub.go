@@ -67,7 +67,7 @@ type Hub struct {
 	// The Redis side (redisset.go), changed with change and mu held.
 	redis     map[string]struct{}            // names subscribed in Redis
 	patterns  int                            // how many of them have a wildcard
-	covers    map[string]map[string]struct{} // Redis name → client patterns it serves besides its own
+	covers    map[string]*patternSet // Redis name → client patterns it serves besides its own
 	coveredBy map[string]string              // the reverse
 
 	// Only the dispatching goroutine touches these.
@@ -94,7 +94,7 @@ func New(sub bus.Subscription, opts Options, log *slog.Logger, reg prometheus.Re
 		identities: make(map[string]*identity),
 		subs:       make(map[string]map[*Client]struct{}),
 		redis:      make(map[string]struct{}),
-		covers:     make(map[string]map[string]struct{}),
+		covers:     make(map[string]*patternSet),
 		coveredBy:  make(map[string]string),
 		seen:       make(map[*Client]struct{}),
 		frames:     make(map[string][]byte),

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 )
 
@@ -442,4 +443,32 @@ func TestUserBounds(t *testing.T) {
 	if err := h.Identify(anon.Client, "user:1"); err != nil {
 		t.Fatalf("authenticating as user 1 once it has room = %v", err)
 	}
+}
+
+// FuzzPatternSet: the prefix index finds exactly the patterns that match,
+// as trying every pattern would.
+func FuzzPatternSet(f *testing.F) {
+	f.Add("order:a*,order:*,*:placed,order:placed,o*d*", "order:placed")
+	f.Add("*,a*b,ab*", "ab")
+	f.Fuzz(func(t *testing.T, patterns, ch string) {
+		if channel.Validate(ch) != nil {
+			return
+		}
+		s := &patternSet{byPrefix: make(map[string][]string)}
+		var want []string
+		for _, p := range slices.Compact(slices.Sorted(slices.Values(strings.Split(patterns, ",")))) {
+			if channel.ValidatePattern(p) != nil {
+				continue
+			}
+			s.add(p)
+			if channel.Match(p, ch) {
+				want = append(want, p)
+			}
+		}
+		got := s.match(ch, nil)
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Fatalf("match(%q) = %q, want %q", ch, got, want)
+		}
+	})
 }

@@ -62,7 +62,7 @@ func (h *Hub) serve(ctx context.Context, p string) error {
 	h.cover(q, p)
 	var moved []string
 	for r := range h.redis {
-		if r != q && channel.IsPattern(r) && len(h.covers[r]) == 0 && channel.Covers(q, r) {
+		if r != q && channel.IsPattern(r) && h.covers[r].len() == 0 && channel.Covers(q, r) {
 			h.unsubscribed(r)
 			h.cover(q, r)
 			moved = append(moved, r)
@@ -100,15 +100,15 @@ func (h *Hub) forsake(p string) []string {
 	var orphans []string
 	if q, ok := h.coveredBy[p]; ok {
 		delete(h.coveredBy, p)
-		delete(h.covers[q], p)
-		if len(h.covers[q]) == 0 {
+		h.covers[q].remove(p)
+		if h.covers[q].len() == 0 {
 			delete(h.covers, q)
 			if len(h.subs[q]) == 0 {
 				orphans = append(orphans, q)
 			}
 		}
 	}
-	if _, ok := h.redis[p]; ok && len(h.covers[p]) == 0 {
+	if _, ok := h.redis[p]; ok && h.covers[p].len() == 0 {
 		orphans = append(orphans, p)
 	}
 	for _, r := range orphans {
@@ -120,9 +120,9 @@ func (h *Hub) forsake(p string) []string {
 // cover makes Redis name q serve client pattern p. Call with mu held.
 func (h *Hub) cover(q, p string) {
 	if h.covers[q] == nil {
-		h.covers[q] = make(map[string]struct{})
+		h.covers[q] = &patternSet{byPrefix: make(map[string][]string)}
 	}
-	h.covers[q][p] = struct{}{}
+	h.covers[q].add(p)
 	h.coveredBy[p] = q
 }
 
@@ -151,11 +151,7 @@ func (h *Hub) recipients(ch string, patterns []string) []string {
 		if len(h.subs[r]) > 0 {
 			h.wanted = append(h.wanted, r)
 		}
-		for p := range h.covers[r] {
-			if channel.Match(p, ch) {
-				h.wanted = append(h.wanted, p)
-			}
-		}
+		h.wanted = h.covers[r].match(ch, h.wanted)
 	}
 	if len(h.wanted) > 1 {
 		slices.Sort(h.wanted)
@@ -170,4 +166,59 @@ func (h *Hub) redisNames() []string {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return slices.Sorted(maps.Keys(h.redis))
+}
+
+// patternSet holds client patterns by their literal prefix, the text
+// before the first '*': the patterns that may match a channel are found in
+// as many lookups as the channel has bytes, however many patterns there
+// are. Its methods take a nil set as empty.
+type patternSet struct {
+	byPrefix map[string][]string
+	n        int
+}
+
+func literalPrefix(p string) string {
+	if i := strings.IndexByte(p, '*'); i >= 0 {
+		return p[:i]
+	}
+	return p
+}
+
+func (s *patternSet) add(p string) {
+	k := literalPrefix(p)
+	s.byPrefix[k] = append(s.byPrefix[k], p)
+	s.n++
+}
+
+func (s *patternSet) remove(p string) {
+	k := literalPrefix(p)
+	if i := slices.Index(s.byPrefix[k], p); i >= 0 {
+		s.byPrefix[k] = slices.Delete(s.byPrefix[k], i, i+1)
+		if len(s.byPrefix[k]) == 0 {
+			delete(s.byPrefix, k)
+		}
+		s.n--
+	}
+}
+
+func (s *patternSet) len() int {
+	if s == nil {
+		return 0
+	}
+	return s.n
+}
+
+// match appends the patterns of s that match ch to dst.
+func (s *patternSet) match(ch string, dst []string) []string {
+	if s == nil {
+		return dst
+	}
+	for i := 0; i <= len(ch); i++ {
+		for _, p := range s.byPrefix[ch[:i]] {
+			if channel.Match(p, ch) {
+				dst = append(dst, p)
+			}
+		}
+	}
+	return dst
 }
