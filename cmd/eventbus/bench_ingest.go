@@ -35,11 +35,24 @@ func benchIngest(ctx context.Context, e env, args []string) error {
 	concurrency := fs.Int("concurrency", 32, "concurrent clients (or streams)")
 	duration := fs.Duration("duration", 10*time.Second, "how long to publish")
 	batch := fs.Int("batch", 1000, "events per gRPC stream")
+	patterns := fs.Int("patterns", 0, "first subscribe this many distinct patterns at the edge, 200 per user, as an attacker would")
+	patternsNS := fs.String("patterns-namespace", "amp", "namespace of those patterns; with bench, the ingest's own, every event reaches the edge through their cover")
 	if pos, err := parse(fs, args); err != nil {
 		return err
-	} else if len(pos) != 0 || *concurrency < 1 || *batch < 1 {
+	} else if len(pos) != 0 || *concurrency < 1 || *batch < 1 || *patterns < 0 {
 		fs.Usage()
 		return errUsage
+	}
+	redisPatterns := "n/a"
+	if *patterns > 0 {
+		release, err := b.holdPatterns(ctx, *patterns, *patternsNS)
+		if err != nil {
+			return err
+		}
+		defer release()
+		if n, err := scrape(ctx, b.edge, "eventbus_edge_redis_patterns"); err == nil {
+			redisPatterns = strconv.FormatFloat(n, 'f', 0, 64)
+		}
 	}
 	before, loggerErr := scrape(ctx, b.logger, loggedMetric)
 
@@ -136,6 +149,9 @@ func benchIngest(ctx context.Context, e env, args []string) error {
 		{"transport", transport}, {"concurrency", *concurrency}, {"duration_s", round(elapsed.Seconds(), 2)},
 		{"events_per_sec", round(float64(accepted.Load())/elapsed.Seconds(), 0)},
 		{"p50_ms", p[0]}, {"p99_ms", p[1]}, {"accepted", accepted.Load()}, {"errors", failed.Load()},
+	}
+	if *patterns > 0 {
+		res = append(res, field{"client_patterns", *patterns}, field{"edge_redis_patterns", redisPatterns})
 	}
 	if loggerErr != nil {
 		fmt.Fprintf(e.stderr, "ingest: not counting what the logger recorded: %v\n", loggerErr)

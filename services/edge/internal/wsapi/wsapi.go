@@ -146,8 +146,7 @@ func (h *Handler) serve(conn *websocket.Conn, claims *token.Claims, addr netip.A
 	// client is kicked or when the reader is done.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := &session{h: h, conn: conn, ctx: ctx, cancel: cancel, limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst)}
-	s.addr = addr
+	s := &session{h: h, conn: conn, ctx: ctx, cancel: cancel, addr: addr, limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst)}
 	c, err := h.Hub.Join(identity(claims, addr), s.ready, s.kicked)
 	switch {
 	case errors.Is(err, hub.ErrTooManyConnections):

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/sync/errgroup"
+)
+
+// Client patterns as the attack that pattern amplification names made
+// them: each user holds 200 distinct patterns over two connections of 100.
+const (
+	patternsPerConn = 100
+	connsPerUser    = 2
+)
+
+// holdPatterns opens edge connections subscribing n distinct wildcard
+// patterns in namespace ns, none matching anything published, and keeps
+// them open until the returned function is called. A subscription refused
+// as rate limited is tried again when the limit allows.
+func (b *benchFlags) holdPatterns(ctx context.Context, n int, ns string) (release func(), err error) {
+	conns := (n + patternsPerConn - 1) / patternsPerConn
+	held := make([]*websocket.Conn, conns)
+	release = func() {
+		for _, c := range held {
+			if c != nil {
+				c.CloseNow()
+			}
+		}
+	}
+	var src sourceClients
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(64)
+	for i := range conns {
+		g.Go(func() error {
+			user := fmt.Sprintf("pattern-holder-%d", i/connsPerUser)
+			tok, err := b.token(gctx, user)
+			if err != nil {
+				return err
+			}
+			conn, err := b.dialEdge(gctx, &src, i, tok, "")
+			if err != nil {
+				return err
+			}
+			held[i] = conn
+			for p := i * patternsPerConn; p < min(n, (i+1)*patternsPerConn); p++ {
+				if err := subscribeRetrying(gctx, conn, fmt.Sprintf("%s:u%dp%d*", ns, i/connsPerUser, p)); err != nil {
+					return fmt.Errorf("connection %d: %w", i, err)
+				}
+			}
+			// Read on, so pings are answered, until the connection is closed.
+			go func() {
+				for {
+					if _, _, err := conn.Read(context.Background()); err != nil {
+						return
+					}
+				}
+			}()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		release()
+		return nil, fmt.Errorf("hold %d patterns: %w", n, err)
+	}
+	return release, nil
+}
+
+func subscribeRetrying(ctx context.Context, conn *websocket.Conn, pattern string) error {
+	req := fmt.Appendf(nil, `{"action":"subscribe","channel":%q,"id":"s"}`, pattern)
+	for {
+		if err := conn.Write(ctx, websocket.MessageText, req); err != nil {
+			return err
+		}
+		_, reply, err := conn.Read(ctx)
+		switch {
+		case err != nil:
+			return err
+		case bytes.Contains(reply, []byte(`"ok":true`)):
+			return nil
+		case !bytes.Contains(reply, []byte(`"rate_limited"`)):
+			return fmt.Errorf("subscribe %s: %s", pattern, reply)
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
