@@ -5,10 +5,14 @@ package envelope
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -30,10 +34,40 @@ func NewID() string {
 	return uuid.Must(uuid.NewV7()).String()
 }
 
+// MaxIDLen is the most characters an event id may have.
+const MaxIDLen = 255
+
+// MaxDataDepth is how deeply the data of an event from outside the bus may
+// nest, counted in the objects and arrays of its JSON form: {"a":{"b":[1]}}
+// is 3 deep, and each field of a message, list or map is a level as it is in
+// JSON. Consumers decode data with protobuf's default recursion limit of
+// 10,000 nested messages, which JSON data reaches at about 3,333 levels
+// (google.protobuf.Struct costs three messages per level); 64 is far from
+// that and deeper than any event needs.
+const MaxDataDepth = 64
+
+// dataRecursionLimit bounds the messages nested in data that ValidateStrict
+// decodes before it counts levels: Struct, its map entry and Value are three
+// messages per JSON level, so no data of MaxDataDepth levels comes near it.
+const dataRecursionLimit = 4*MaxDataDepth + 8
+
 // Fill completes env in place: a new id, the current time and the channel
 // derived from the type where they are empty, and source where it is empty.
-// It then validates env and returns the validation error, if any.
+// It then validates env with Validate and returns the validation error, if
+// any. An event from outside the bus goes through FillStrict instead.
 func Fill(env *Envelope, source string, now time.Time) error {
+	complete(env, source, now)
+	return Validate(env)
+}
+
+// FillStrict completes env as Fill does, then validates it with
+// ValidateStrict: what an event from outside the bus must pass.
+func FillStrict(env *Envelope, source string, now time.Time) error {
+	complete(env, source, now)
+	return ValidateStrict(env)
+}
+
+func complete(env *Envelope, source string, now time.Time) {
 	if env.GetId() == "" {
 		env.Id = NewID()
 	}
@@ -46,13 +80,33 @@ func Fill(env *Envelope, source string, now time.Time) error {
 	if env.GetChannel() == "" && channel.ValidateType(env.GetType()) == nil {
 		env.Channel, _ = channel.FromType(env.GetType())
 	}
-	return Validate(env)
 }
 
 // Validate checks that env can travel on the bus: a valid type and channel,
 // an id, a source, a time, attribute names in the CloudEvents grammar and,
-// for a registered type, data of that type that passes its own checks.
+// for a registered type with data, data of that type that passes its own
+// checks. It is what a consumer may expect of any envelope; an event from
+// outside the bus must pass ValidateStrict.
 func Validate(env *Envelope) error {
+	return validate(env, false)
+}
+
+// ValidateStrict checks an event from outside the bus: everything Validate
+// checks and what consumers rely on without checking again. The id is 1 to
+// MaxIDLen printable characters (ValidateID), so that it can go on a line
+// of the logger's Server-Sent Events tail or into a JSON string as it is; an
+// event of a registered type carries data, so that its required fields
+// cannot be skipped by leaving data out; and data nests at most
+// MaxDataDepth levels and holds no google.protobuf.Any of its own, so that
+// every consumer can decode it. Data of a message type this process cannot
+// resolve is not decoded, so its depth is not checked (nor can a consumer
+// linked with the same types decode it). Errors wrap ErrInvalid and name
+// the field.
+func ValidateStrict(env *Envelope) error {
+	return validate(env, true)
+}
+
+func validate(env *Envelope, strict bool) error {
 	var errs []error
 	if err := channel.ValidateType(env.GetType()); err != nil {
 		errs = append(errs, fmt.Errorf("type: %w", err))
@@ -60,8 +114,13 @@ func Validate(env *Envelope) error {
 	if err := channel.Validate(env.GetChannel()); err != nil {
 		errs = append(errs, fmt.Errorf("channel: %w", err))
 	}
-	if env.GetId() == "" {
+	switch {
+	case env.GetId() == "":
 		errs = append(errs, errors.New("id: empty"))
+	case strict:
+		if err := ValidateID(env.GetId()); err != nil {
+			errs = append(errs, fmt.Errorf("id: %w", err))
+		}
 	}
 	if env.GetSource() == "" {
 		errs = append(errs, errors.New("source: empty"))
@@ -76,24 +135,157 @@ func Validate(env *Envelope) error {
 			errs = append(errs, fmt.Errorf("attributes: name %q is not 1-20 characters of a-z and 0-9", k))
 		}
 	}
-	if t, ok := Lookup(env.GetType()); ok && env.GetData() != nil {
-		msg, err := env.GetData().UnmarshalNew()
-		switch {
-		case err != nil:
-			errs = append(errs, fmt.Errorf("data: %w", err))
-		case msg.ProtoReflect().Descriptor().FullName() != t.Descriptor().FullName():
-			errs = append(errs, fmt.Errorf("data: type %s carries %s, want %s", env.GetType(),
-				msg.ProtoReflect().Descriptor().FullName(), t.Descriptor().FullName()))
-		default:
-			if err := t.check(msg); err != nil {
-				errs = append(errs, fmt.Errorf("data: %w", err))
-			}
-		}
+	if err := validateData(env, strict); err != nil {
+		errs = append(errs, fmt.Errorf("data: %w", err))
 	}
 	if len(errs) == 0 {
 		return nil
 	}
 	return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+}
+
+// validateData checks the data of env against its registered type and, when
+// strict, that a registered type has data and that data is not too deep.
+func validateData(env *Envelope, strict bool) error {
+	t, known := Lookup(env.GetType())
+	data := env.GetData()
+	if data == nil {
+		if strict && known {
+			return fmt.Errorf("required: a %s event carries %s", env.GetType(), t.Descriptor().FullName())
+		}
+		return nil
+	}
+	if !known && !strict {
+		return nil
+	}
+	opts := proto.UnmarshalOptions{}
+	if strict {
+		opts.RecursionLimit = dataRecursionLimit
+	}
+	msg, err := anypb.UnmarshalNew(data, opts)
+	switch {
+	case err != nil && !known && errors.Is(err, protoregistry.NotFound):
+		return nil // not ours to decode, nor any consumer's
+	case err != nil && strict && strings.Contains(err.Error(), "exceeded maximum recursion depth"):
+		return fmt.Errorf("nested more than %d levels deep", MaxDataDepth)
+	case err != nil:
+		return err
+	case known && msg.ProtoReflect().Descriptor().FullName() != t.Descriptor().FullName():
+		return fmt.Errorf("type %s carries %s, want %s", env.GetType(),
+			msg.ProtoReflect().Descriptor().FullName(), t.Descriptor().FullName())
+	}
+	if strict {
+		d, ok := depth(msg.ProtoReflect())
+		switch {
+		case !ok:
+			return errors.New("a google.protobuf.Any inside data is not supported")
+		case d > MaxDataDepth:
+			return fmt.Errorf("nested %d levels deep, at most %d", d, MaxDataDepth)
+		}
+	}
+	if known {
+		return t.check(msg)
+	}
+	return nil
+}
+
+// depth counts the levels of m as its JSON form nests objects and arrays:
+// a message, a list and a map are a level each; Struct and ListValue are
+// JSON's object and array, and Value is no level of its own. It reports
+// ok false for a google.protobuf.Any inside m: its content would need
+// decoding, level by level, to be counted.
+func depth(m protoreflect.Message) (d int, ok bool) {
+	ok = true
+	visit := func(v protoreflect.Value, extra int) {
+		n, vok := depth(v.Message())
+		d, ok = max(d, extra+n), ok && vok
+	}
+	switch m.Descriptor().FullName() {
+	case "google.protobuf.Any":
+		return 1, false
+	case "google.protobuf.Value":
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			if fd.Message() != nil {
+				visit(v, 0)
+			}
+			return true
+		})
+		return d, ok
+	case "google.protobuf.Struct", "google.protobuf.ListValue":
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			switch {
+			case fd.IsMap():
+				v.Map().Range(func(_ protoreflect.MapKey, v protoreflect.Value) bool {
+					visit(v, 0)
+					return true
+				})
+			case fd.IsList():
+				for i := range v.List().Len() {
+					visit(v.List().Get(i), 0)
+				}
+			}
+			return true
+		})
+		return 1 + d, ok
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList():
+			d = max(d, 1)
+			if fd.Message() != nil {
+				for i := range v.List().Len() {
+					visit(v.List().Get(i), 1)
+				}
+			}
+		case fd.IsMap():
+			d = max(d, 1)
+			if fd.MapValue().Message() != nil {
+				v.Map().Range(func(_ protoreflect.MapKey, v protoreflect.Value) bool {
+					visit(v, 1)
+					return true
+				})
+			}
+		case fd.Message() != nil:
+			visit(v, 0)
+		}
+		return true
+	})
+	return 1 + d, ok
+}
+
+// ValidateID reports what is wrong with an event id, or nil. An id is 1 to
+// MaxIDLen characters of valid UTF-8 with no control character: none of C0
+// (U+0000–U+001F, CR and LF among them), DEL (U+007F), C1 (U+0080–U+009F),
+// nor the line and paragraph separators U+2028 and U+2029. Consumers put the
+// id where such characters do harm: on a line of a Server-Sent Events
+// stream, in JSON read by JavaScript, in log lines. Spaces and any other
+// printable character are allowed.
+func ValidateID(id string) error {
+	if id == "" {
+		return fmt.Errorf("empty; want 1 to %d printable characters", MaxIDLen)
+	}
+	n := 0
+	for i := 0; i < len(id); n++ {
+		if c := id[i]; c < utf8.RuneSelf {
+			if c < 0x20 || c == 0x7f {
+				return fmt.Errorf("control character %U at byte %d; want printable characters", c, i)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(id[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			return fmt.Errorf("invalid UTF-8 at byte %d", i)
+		case r <= 0x9f, r == 0x2028, r == 0x2029:
+			return fmt.Errorf("control character %U at byte %d; want printable characters", r, i)
+		}
+		i += size
+	}
+	if n > MaxIDLen {
+		return fmt.Errorf("%d characters; want at most %d", n, MaxIDLen)
+	}
+	return nil
 }
 
 // validAttributeName follows the CloudEvents rule for attribute names.

@@ -1,13 +1,19 @@
 package envelope_test
 
 import (
+	"encoding/json"
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
@@ -41,6 +47,21 @@ func TestDecodeData(t *testing.T) {
 		{name: "unregistered type needs an object", typ: "thing.happened", data: `[1,2]`, want: "JSON object"},
 		{name: "malformed json", typ: "thing.happened", data: `{"a":`, want: "data of thing.happened"},
 		{name: "null data", typ: "user.created", data: `null`},
+		{name: "64 levels", typ: "thing.happened", data: nested(63), wantMsg: structFromJSON(t, nested(63))},
+		{name: "65 levels", typ: "thing.happened", data: nested(64), want: "nested more than 64 levels deep"},
+		{name: "9999 levels", typ: "thing.happened", data: nested(9998), want: "nested more than 64 levels deep"},
+		{name: "brackets in strings do not count", typ: "thing.happened", data: `{"a":"` + strings.Repeat(`[{\"`, 100) + `"}`,
+			wantMsg: mustStruct(t, map[string]any{"a": strings.Repeat(`[{"`, 100)})},
+		{name: "quantity × unit_price overflows", typ: "order.placed",
+			data: `{"order_id":"o","user_id":"u","currency":"EUR","total":0,"items":[{"sku":"a","quantity":4,"unit_price":4611686018427387904}]}`,
+			want: "items[0]: quantity × unit_price"},
+		{name: "sum of items overflows", typ: "order.placed",
+			data: `{"order_id":"o","user_id":"u","currency":"EUR","total":0,"items":[{"sku":"a","quantity":1,"unit_price":9223372036854775807},{"sku":"b","quantity":1,"unit_price":1}]}`,
+			want: "items[1]: quantity × unit_price"},
+		{name: "largest sum", typ: "order.placed",
+			data: `{"order_id":"o","user_id":"u","currency":"EUR","total":9223372036854775807,"items":[{"sku":"a","quantity":1,"unit_price":9223372036854775806},{"sku":"b","quantity":1,"unit_price":1}]}`,
+			wantMsg: &eventbusv1.OrderPlaced{OrderId: "o", UserId: "u", Currency: "EUR", Total: math.MaxInt64, Items: []*eventbusv1.OrderItem{
+				{Sku: "a", Quantity: 1, UnitPrice: math.MaxInt64 - 1}, {Sku: "b", Quantity: 1, UnitPrice: 1}}}},
 		{name: "no data", typ: "thing.happened", data: ``},
 	}
 	for _, tt := range tests {
@@ -71,6 +92,19 @@ func TestDecodeData(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nested returns a JSON object with n objects nested inside it: n+1 levels.
+func nested(n int) string {
+	return strings.Repeat(`{"a":`, n) + "{}" + strings.Repeat("}", n)
+}
+
+func structFromJSON(t *testing.T, js string) *structpb.Struct {
+	s := new(structpb.Struct)
+	if err := protojson.Unmarshal([]byte(js), s); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func mustStruct(t *testing.T, m map[string]any) *structpb.Struct {
@@ -185,6 +219,140 @@ func FuzzDecodeData(f *testing.F) {
 		}
 		if _, err := a.UnmarshalNew(); err != nil {
 			t.Fatalf("DecodeData produced an Any that does not unpack: %v", err)
+		}
+	})
+}
+
+func TestValidateID(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, id, want string // want: error substring, "" for valid
+	}{
+		{name: "uuid", id: "0193a4e2-7c1d-7b3e-9f00-1a2b3c4d5e6f"},
+		{name: "spaces and punctuation", id: `a b "c" <d> \e`},
+		{name: "unicode", id: "ordre-été-日本-🙂"},
+		{name: "replacement character itself", id: "a\ufffdb"},
+		{name: "255 characters", id: strings.Repeat("é", 255)},
+		{name: "empty", id: "", want: "empty"},
+		{name: "256 characters", id: strings.Repeat("a", 256), want: "256 characters; want at most 255"},
+		{name: "newline", id: "x\nevent: lagged", want: "U+000A at byte 1"},
+		{name: "carriage return", id: "x\r", want: "U+000D"},
+		{name: "nul", id: "x\x00y", want: "U+0000"},
+		{name: "tab", id: "a\tb", want: "U+0009"},
+		{name: "del", id: "a\x7f", want: "U+007F"},
+		{name: "c1 next line", id: "a\u0085b", want: "U+0085"},
+		{name: "line separator", id: "a\u2028b", want: "U+2028"},
+		{name: "paragraph separator", id: "a\u2029b", want: "U+2029"},
+		{name: "invalid utf-8", id: "a\xffb", want: "invalid UTF-8 at byte 1"},
+		{name: "truncated utf-8", id: "a\xc3", want: "invalid UTF-8"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			err := envelope.ValidateID(tt.id)
+			if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+				t.Errorf("ValidateID(%q) = %v, want error containing %q", tt.id, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestValidateStrict(t *testing.T) {
+	t.Parallel()
+	pack := func(m proto.Message) *anypb.Any {
+		a, err := envelope.PackData(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	deep := func(levels int) *anypb.Any { return pack(structFromJSON(t, nested(levels-1))) }
+	tests := []struct {
+		name string
+		env  *envelope.Envelope
+		want string // error substring; "" for valid
+	}{
+		{name: "event of an unknown type without data", env: &envelope.Envelope{Type: "thing.done"}},
+		{name: "known type with data", env: &envelope.Envelope{Type: "user.created", Data: pack(&eventbusv1.UserCreated{UserId: "1", Email: "a@b.co"})}},
+		{name: "known type without data", env: &envelope.Envelope{Type: "user.created"}, want: "data: required: a user.created event carries eventbus.v1.UserCreated"},
+		{name: "id with a newline", env: &envelope.Envelope{Type: "a.b", Id: "x\ny"}, want: "id: control character U+000A"},
+		{name: "data 64 levels deep", env: &envelope.Envelope{Type: "a.b", Data: deep(64)}},
+		{name: "data 65 levels deep", env: &envelope.Envelope{Type: "a.b", Data: deep(65)}, want: "data: nested 65 levels deep, at most 64"},
+		{name: "data 3334 levels deep", env: &envelope.Envelope{Type: "a.b", Data: deep(3334)}, want: "data: nested more than 64 levels deep"},
+		{name: "list levels", env: &envelope.Envelope{Type: "a.b", Data: pack(mustStruct(t, map[string]any{"a": []any{[]any{map[string]any{}}}}))}},
+		{name: "any inside data", env: &envelope.Envelope{Type: "a.b", Data: pack(pack(mustStruct(t, map[string]any{})))}, want: "data: a google.protobuf.Any inside data is not supported"},
+		{name: "data of an unresolvable type", env: &envelope.Envelope{Type: "a.b", Data: &anypb.Any{TypeUrl: "type.googleapis.com/acme.Thing", Value: []byte{8, 1}}}},
+		{name: "overflowing order", env: &envelope.Envelope{Type: "order.placed", Data: pack(&eventbusv1.OrderPlaced{
+			OrderId: "o", UserId: "u", Currency: "EUR", Items: []*eventbusv1.OrderItem{{Sku: "a", Quantity: 4, UnitPrice: 1 << 62}}})},
+			want: "data: items[0]: quantity × unit_price"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			err := envelope.FillStrict(tt.env, "src", time.Now())
+			if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, envelope.ErrInvalid)) {
+				t.Errorf("FillStrict(%s) = %v, want error containing %q", tt.name, err, tt.want)
+			}
+		})
+	}
+	// Validate stays what any envelope on the bus may be: consumers and
+	// services build envelopes without data for known types, with any id.
+	if err := envelope.Fill(&envelope.Envelope{Type: "user.created", Id: "x\ny"}, "src", time.Now()); err != nil {
+		t.Errorf("Fill(user.created without data, id with a newline) = %v, want nil", err)
+	}
+}
+
+// validIDReference is ValidateID's rule written the plain way.
+func validIDReference(id string) bool {
+	if !utf8.ValidString(id) || id == "" || utf8.RuneCountInString(id) > envelope.MaxIDLen {
+		return false
+	}
+	for _, r := range id {
+		if r < 0x20 || r >= 0x7f && r <= 0x9f || r == 0x2028 || r == 0x2029 {
+			return false
+		}
+	}
+	return true
+}
+
+func FuzzValidateID(f *testing.F) {
+	for _, s := range []string{"a", "0193a4e2-7c1d-7b3e-9f00-1a2b3c4d5e6f", "x\nevent: lagged\ndata: {}\n\n", "x\ry", "\x00",
+		"\u0085", "\u2028", "\xff", "\xe2\x80", "é", strings.Repeat("a", 255), strings.Repeat("日", 256), " "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		err := envelope.ValidateID(id)
+		if want := validIDReference(id); (err == nil) != want {
+			t.Fatalf("ValidateID(%q) = %v, want valid %v", id, err, want)
+		}
+		if id == "" {
+			return // FillStrict gives the event an id of its own
+		}
+		env := &envelope.Envelope{Id: id, Type: "a.b"}
+		serr := envelope.FillStrict(env, "src", time.Now())
+		if err != nil {
+			if serr == nil || !errors.Is(serr, envelope.ErrInvalid) || !strings.Contains(serr.Error(), "id: ") {
+				t.Fatalf("FillStrict(id %q) = %v, want an ErrInvalid naming id", id, serr)
+			}
+			return
+		}
+		if serr != nil {
+			t.Fatalf("FillStrict(id %q) = %v, want nil", id, serr)
+		}
+		// What consumers do with a valid id: a line of Server-Sent Events,
+		// and JSON that gives the id back.
+		if strings.ContainsAny(id, "\r\n\x00") {
+			t.Fatalf("valid id %q would break an SSE line", id)
+		}
+		js, err := envelope.MarshalJSON(env)
+		if err != nil {
+			t.Fatalf("MarshalJSON(id %q) = %v", id, err)
+		}
+		var back struct {
+			ID string `json:"id"`
+		}
+		if err := json.Unmarshal(js, &back); err != nil || back.ID != id {
+			t.Fatalf("MarshalJSON(id %q) = %s, decodes to %q, %v", id, js, back.ID, err)
 		}
 	})
 }

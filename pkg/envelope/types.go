@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"net/mail"
 	"strings"
 
@@ -61,16 +62,28 @@ func init() {
 			errs := []error{required("order_id", m.GetOrderId()), required("user_id", m.GetUserId()),
 				nonNegative("total", m.GetTotal()), currency(m.GetCurrency())}
 			var sum int64
+			overflow := false
 			for i, it := range m.GetItems() {
-				sum += int64(it.GetQuantity()) * it.GetUnitPrice()
-				if it.GetQuantity() <= 0 {
-					errs = append(errs, fmt.Errorf("items[%d].quantity: must be positive, got %d", i, it.GetQuantity()))
+				q, p := int64(it.GetQuantity()), it.GetUnitPrice()
+				if q <= 0 {
+					errs = append(errs, fmt.Errorf("items[%d].quantity: must be positive, got %d", i, q))
 				}
-				if it.GetUnitPrice() < 0 {
+				if p < 0 {
 					errs = append(errs, fmt.Errorf("items[%d].unit_price: must not be negative", i))
 				}
+				if q <= 0 || p < 0 || overflow {
+					continue
+				}
+				// Both factors are non-negative here: the product and the sum
+				// overflow exactly when they pass math.MaxInt64.
+				if p > 0 && q > math.MaxInt64/p || sum > math.MaxInt64-q*p {
+					errs = append(errs, fmt.Errorf("items[%d]: quantity × unit_price brings the sum of the items past %d", i, int64(math.MaxInt64)))
+					overflow = true
+					continue
+				}
+				sum += q * p
 			}
-			if len(m.GetItems()) > 0 && sum != m.GetTotal() {
+			if len(m.GetItems()) > 0 && !overflow && sum != m.GetTotal() {
 				errs = append(errs, fmt.Errorf("total: %d is not the sum of the items, %d", m.GetTotal(), sum))
 			}
 			return errors.Join(errs...)
@@ -134,12 +147,17 @@ var strictJSON = protojson.UnmarshalOptions{}
 // of a registered type is decoded strictly into its message (an unknown
 // field or a wrong JSON type is an error naming the field) and checked;
 // data of any other type must be a JSON object and travels as a
-// google.protobuf.Struct. Empty or null data gives nil. Errors wrap
+// google.protobuf.Struct. Data nested more than MaxDataDepth objects and
+// arrays deep is refused before it is decoded. Empty or null data gives nil
+// (which ValidateStrict refuses for a registered type). Errors wrap
 // ErrInvalid.
 func DecodeData(typ string, data []byte) (*anypb.Any, error) {
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 || bytes.Equal(data, []byte("null")) {
 		return nil, nil
+	}
+	if jsonDepth(data) > MaxDataDepth {
+		return nil, fmt.Errorf("%w: data of %s: nested more than %d levels deep", ErrInvalid, typ, MaxDataDepth)
 	}
 	var msg proto.Message
 	if t, ok := Lookup(typ); ok {
@@ -169,4 +187,38 @@ func DecodeData(typ string, data []byte) (*anypb.Any, error) {
 func ErrorText(err error) string {
 	s := strings.TrimPrefix(err.Error(), "proto:")
 	return strings.TrimLeft(s, " \u00a0")
+}
+
+// jsonDepth returns how deeply data nests objects and arrays, counting no
+// further than MaxDataDepth+1. It reads only brackets and strings: data
+// that is not JSON is left to the decoder to refuse.
+func jsonDepth(data []byte) int {
+	d, deepest := 0, 0
+	inString, escaped := false, false
+	for _, c := range data {
+		switch {
+		case escaped:
+			escaped = false
+		case inString:
+			switch c {
+			case '\\':
+				escaped = true
+			case '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			d++
+			if d > deepest {
+				deepest = d
+				if deepest > MaxDataDepth {
+					return deepest
+				}
+			}
+		case c == '}' || c == ']':
+			d--
+		}
+	}
+	return deepest
 }
