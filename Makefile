@@ -83,6 +83,7 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzDecodeData -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
 	go test -run='^$$' -fuzz=FuzzCompact -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
 	go test -run='^$$' -fuzz=FuzzMarshalJSON -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
+	go test -run='^$$' -fuzz=FuzzValidateID -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
 	go test -run='^$$' -fuzz=FuzzAppendJSONString -fuzztime=$${FUZZTIME:-20s} ./services/logger/internal/eventlog
 	go test -run='^$$' -fuzz=FuzzReader -fuzztime=$${FUZZTIME:-20s} ./pkg/sse
 	go test -run='^$$' -fuzz=FuzzWriter -fuzztime=$${FUZZTIME:-20s} ./pkg/sse
