@@ -15,6 +15,12 @@ import (
 // ErrClosed is returned by operations on a closed Bus or Subscription.
 var ErrClosed = errors.New("bus closed")
 
+// ErrNotSent is wrapped by a publish error when the message certainly was
+// not published: it never reached the transport (the context ended first,
+// no connection could be made, the bus was closed). Without it, an error
+// leaves open whether the message was published.
+var ErrNotSent = errors.New("not sent")
+
 // Message is one delivery to a subscription.
 type Message struct {
 	// Channel the message was published on.
@@ -40,15 +46,23 @@ type Publisher interface {
 	// Publish sends payload on channel and returns how many subscriptions
 	// received it (a message matching several patterns of one subscriber
 	// counts once per pattern). Delivery is at most once: a subscriber that
-	// is not listening now never sees the message. An error means the
-	// message may or may not have been published; a context cancelled while
-	// waiting for the reply returns ctx.Err() in the same uncertain state.
+	// is not listening now never sees the message, and a message whose
+	// reply was lost is not sent again. An error wrapping ErrNotSent means
+	// the message was not published; any other error leaves it open.
+	//
+	// The context's deadline bounds the whole publish: a message not sent
+	// by then is not sent, and Publish returns by then give or take the
+	// moment the transport needs to notice. A context cancelled without a
+	// deadline stops the wait; if the message was already on its way, the
+	// error (ctx.Err() wrapped) leaves open whether it was published.
 	Publish(ctx context.Context, channel string, payload []byte) (receivers int64, err error)
 
 	// PublishBatch publishes msgs in order, as one round trip where the
-	// transport allows it. It returns one receiver count and one error per
-	// message (nil where it was published); the error is non-nil only when
-	// the batch could not be attempted at all.
+	// transport allows it, bounded by ctx as Publish is. It returns one
+	// receiver count and one error per message (nil where it was
+	// published, with ErrNotSent's meaning as for Publish); the error is
+	// non-nil only when the batch could not be attempted at all, and then
+	// nothing was sent.
 	PublishBatch(ctx context.Context, msgs []Publication) (receivers []int64, errs []error, err error)
 }
 

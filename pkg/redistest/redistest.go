@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -170,6 +171,34 @@ func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()
 	if err := s.spawn(); err != nil {
 		tb.Fatalf("redistest: restart: %v", err)
+	}
+}
+
+// Pause freezes a real server started by Start (SIGSTOP), as a hung or
+// unreachable Redis looks to its clients: connections open and writes are
+// taken by the kernel, but nothing answers. Resume thaws it; the test's
+// cleanup does too.
+func (s *Server) Pause(tb testing.TB) {
+	tb.Helper()
+	RequireReal(tb, s)
+	if s.cmd == nil {
+		tb.Fatal("redistest: Pause needs a running server started by Start")
+	}
+	cmd := s.cmd
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		tb.Fatalf("redistest: pause: %v", err)
+	}
+	tb.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGCONT) })
+}
+
+// Resume thaws a server frozen by Pause.
+func (s *Server) Resume(tb testing.TB) {
+	tb.Helper()
+	if s.cmd == nil {
+		tb.Fatal("redistest: Resume needs a server frozen by Pause")
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		tb.Fatalf("redistest: resume: %v", err)
 	}
 }
 

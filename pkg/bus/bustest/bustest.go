@@ -3,6 +3,7 @@
 package bustest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -47,6 +48,7 @@ func Run(t *testing.T, newBus NewBus) {
 		{"PublishBatch", testBatch},
 		{"Close", testClose},
 		{"InvalidInput", testInvalid},
+		{"EndedContextSendsNothing", testEndedContext},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -315,4 +317,20 @@ func testInvalid(t *testing.T, b Bus) {
 	if !errors.Is(err, channel.ErrInvalid) {
 		t.Errorf("PublishBatch(bad channel) = %v, want channel.ErrInvalid", err)
 	}
+}
+
+func testEndedContext(t *testing.T, b Bus) {
+	sub := subscribe(t, b, "ended:*")
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := b.Publish(ctx, "ended:a", []byte("cancelled")); !errors.Is(err, bus.ErrNotSent) || !errors.Is(err, context.Canceled) {
+		t.Errorf("Publish(cancelled context) = %v, want bus.ErrNotSent and context.Canceled", err)
+	}
+	ctx, cancel = context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
+	defer cancel()
+	if _, _, err := b.PublishBatch(ctx, []bus.Publication{{Channel: "ended:b", Payload: []byte("expired")}}); !errors.Is(err, bus.ErrNotSent) {
+		t.Errorf("PublishBatch(expired context) = %v, want bus.ErrNotSent", err)
+	}
+	publish(t, b, "ended:c", "sentinel", 1)
+	expect(t, sub, "ended:c", []string{"ended:*"}, "sentinel")
 }

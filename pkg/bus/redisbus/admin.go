@@ -12,11 +12,14 @@ import (
 
 // Dial connects to the Redis at url (redis://host:port/db) and checks that
 // it answers within timeout, so a service fails fast on a wrong address.
+// The client honours context deadlines, also while it waits on a socket
+// (go-redis does not unless told to).
 func Dial(ctx context.Context, url string, timeout time.Duration) (*redis.Client, error) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse redis url: %w", err)
 	}
+	opt.ContextTimeoutEnabled = true
 	c := redis.NewClient(opt)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

@@ -2,8 +2,12 @@ package redisbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -11,8 +15,18 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 )
 
+// States of a request: the pipeline takes a queued request unless its
+// caller abandoned it first, so exactly one of them decides its fate.
+const (
+	queued int32 = iota
+	taken
+	abandoned
+)
+
 // request is one Publish or PublishBatch waiting for the pipeline.
 type request struct {
+	ctx       context.Context
+	state     atomic.Int32
 	msgs      []bus.Publication
 	receivers []int64
 	errs      []error
@@ -54,35 +68,66 @@ func (b *Bus) PublishBatch(ctx context.Context, msgs []bus.Publication) ([]int64
 	return r.receivers, r.errs, nil
 }
 
-// submit hands r to the pipeline and waits for its reply. An error means
-// r was not answered and must not be reused.
+// notSent wraps err in bus.ErrNotSent.
+func notSent(err error) error { return fmt.Errorf("%w: %w", bus.ErrNotSent, err) }
+
+// submit hands r to the pipeline and waits for its answer. An error means
+// r was not answered and must not be reused; it wraps bus.ErrNotSent when
+// r's messages were not sent.
 func (b *Bus) submit(ctx context.Context, r *request) error {
+	if err := ctx.Err(); err != nil {
+		return notSent(err)
+	}
+	r.ctx = ctx
+	r.state.Store(queued)
 	select {
 	case b.reqs <- r:
 	case <-b.stop:
-		return bus.ErrClosed
+		return notSent(bus.ErrClosed)
 	case <-ctx.Done():
-		return ctx.Err()
+		return notSent(ctx.Err())
 	}
 	select {
 	case <-r.done:
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
 	}
+	if r.state.CompareAndSwap(queued, abandoned) {
+		return notSent(ctx.Err())
+	}
+	// The pipeline took r. It bounds each round trip by the earliest
+	// deadline among its requests, so with a deadline the answer is
+	// moments away and tells what happened; a context cancelled without
+	// one leaves that open.
+	if _, ok := ctx.Deadline(); ok {
+		<-r.done
+		return nil
+	}
+	return fmt.Errorf("await redis's reply: %w", ctx.Err())
 }
 
 func (b *Bus) release(r *request) {
 	clear(r.msgs)
+	r.ctx = nil
 	r.msgs, r.receivers, r.errs = r.msgs[:0], r.receivers[:0], r.errs[:0]
 	requestPool.Put(r)
+}
+
+// answer gives every message of r the same error and hands r back.
+func answer(r *request, err error) {
+	for range r.msgs {
+		r.receivers = append(r.receivers, 0)
+		r.errs = append(r.errs, err)
+	}
+	r.done <- struct{}{}
 }
 
 // pipeline sends queued requests to Redis: it takes every request waiting
 // now, up to MaxBatch messages, sends them as one pipeline and answers them,
 // so the batch grows by itself with the load and costs nothing when idle.
+// A request whose context has ended by then is answered without being
+// sent, and the round trip ends by the earliest deadline of the rest.
 func (b *Bus) pipeline() {
-	ctx := context.Background()
 	var batch []*request
 	cmds := make([]*redis.IntCmd, 0, b.opts.MaxBatch)
 	for {
@@ -104,23 +149,54 @@ func (b *Bus) pipeline() {
 				break fill
 			}
 		}
-		pipe := b.client.Pipeline()
-		cmds = cmds[:0]
+		live := batch[:0]
+		var deadline time.Time
 		for _, r := range batch {
+			if !r.state.CompareAndSwap(queued, taken) {
+				continue // abandoned: its caller has returned
+			}
+			if err := r.ctx.Err(); err != nil {
+				b.m.publishErrors.Add(float64(len(r.msgs)))
+				answer(r, notSent(err))
+				continue
+			}
+			if d, ok := r.ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+				deadline = d
+			}
+			live = append(live, r)
+		}
+		clear(batch[len(live):])
+		if len(live) == 0 {
+			continue
+		}
+		ctx, cancel := context.Background(), context.CancelFunc(func() {})
+		if !deadline.IsZero() {
+			ctx, cancel = context.WithDeadline(ctx, deadline)
+		}
+		pipe := b.pub.Pipeline()
+		cmds = cmds[:0]
+		size = 0
+		for _, r := range live {
 			for _, m := range r.msgs {
 				cmds = append(cmds, pipe.Publish(ctx, b.key(m.Channel), m.Payload))
 			}
+			size += len(r.msgs)
 		}
 		_, _ = pipe.Exec(ctx) // each command carries its own error
+		cancel()
 		i := 0
-		for _, r := range batch {
+		for _, r := range live {
 			for range r.msgs {
 				n, err := cmds[i].Result()
-				if err != nil {
+				switch {
+				case err == nil:
+					b.m.published.Inc()
+				case unsent(err):
+					err = notSent(fmt.Errorf("publish to redis: %w", err))
+					b.m.publishErrors.Inc()
+				default:
 					err = fmt.Errorf("publish to redis: %w", err)
 					b.m.publishErrors.Inc()
-				} else {
-					b.m.published.Inc()
 				}
 				r.receivers = append(r.receivers, n)
 				r.errs = append(r.errs, err)
@@ -128,9 +204,23 @@ func (b *Bus) pipeline() {
 			}
 			r.done <- struct{}{}
 		}
-		clear(batch)
+		clear(live)
+		clear(cmds)
 		b.m.batchSize.Observe(float64(size))
 	}
+}
+
+// unsent reports whether go-redis failed a command before writing it: no
+// connection could be had (a dial error, the pool closed or exhausted), or
+// the context ended while it waited for one. go-redis reports a deadline
+// that passes while it reads or writes as an i/o timeout from the
+// connection, never as the context's error, so a context error means
+// nothing was written. Anything else may have reached Redis.
+func unsent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial" ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
 }
 
 // drain answers requests that raced with Close.
@@ -138,11 +228,9 @@ func (b *Bus) drain() {
 	for {
 		select {
 		case r := <-b.reqs:
-			for range r.msgs {
-				r.receivers = append(r.receivers, 0)
-				r.errs = append(r.errs, bus.ErrClosed)
+			if r.state.CompareAndSwap(queued, taken) {
+				answer(r, notSent(bus.ErrClosed))
 			}
-			r.done <- struct{}{}
 		default:
 			return
 		}

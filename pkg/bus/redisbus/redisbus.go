@@ -11,6 +11,7 @@ package redisbus
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -46,6 +47,7 @@ type Options struct {
 // Bus publishes and subscribes through one Redis server.
 type Bus struct {
 	client *redis.Client
+	pub    *redis.Client // the pipeline's: client's options without retries
 	opts   Options
 	log    *slog.Logger
 	m      *metrics
@@ -63,6 +65,13 @@ type Bus struct {
 // New returns a Bus on client and starts its publishing pipeline; Close
 // stops it. The client stays the caller's: Close does not close it (Open
 // makes a Bus that owns its client).
+//
+// Publishing runs on a client of its own, made with client's options but
+// with no retries and with context deadlines honoured: go-redis would
+// otherwise send a pipeline again after losing its reply, which publishes
+// it twice when Redis had taken it (or into a restarted Redis seconds
+// later, long after the caller should have had an answer), and would
+// ignore a deadline while it waits on a socket.
 func New(client *redis.Client, opts Options) (*Bus, error) {
 	if opts.Prefix != "" {
 		p := strings.TrimSuffix(opts.Prefix, ":")
@@ -82,6 +91,7 @@ func New(client *redis.Client, opts Options) (*Bus, error) {
 	}
 	b := &Bus{
 		client: client,
+		pub:    redis.NewClient(publishOptions(client.Options())),
 		opts:   opts,
 		log:    log,
 		m:      m,
@@ -95,6 +105,23 @@ func New(client *redis.Client, opts Options) (*Bus, error) {
 		b.pipeline()
 	}()
 	return b, nil
+}
+
+// publishOptions derives the options of the pipeline's client from o: the
+// same server and connection settings, no retries, deadlines honoured. What
+// NewClient attaches to a client for itself (its push notification
+// processor, maintenance notifications, client-side cache) is left for the
+// new client to make its own: sharing them fails or mixes two clients'
+// state. Publishing needs none of them.
+func publishOptions(o *redis.Options) *redis.Options {
+	po := *o
+	po.MaxRetries = -1
+	po.ContextTimeoutEnabled = true
+	po.PushNotificationProcessor = nil
+	po.MaintNotificationsConfig = nil
+	po.ClientSideCache = nil
+	po.ClientSideCacheConfig = nil
+	return &po
 }
 
 // Ping reports whether Redis answers.
@@ -124,10 +151,11 @@ func (b *Bus) Close() error {
 	}
 	close(b.stop)
 	b.wg.Wait()
+	err := b.pub.Close()
 	if b.ownsClient {
-		return b.client.Close()
+		err = errors.Join(err, b.client.Close())
 	}
-	return nil
+	return err
 }
 
 func (b *Bus) key(ch string) string { return b.opts.Prefix + ch }

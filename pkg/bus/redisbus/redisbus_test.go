@@ -1,17 +1,22 @@
 package redisbus_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/bustest"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
@@ -139,4 +144,184 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("metric %s not registered", name)
 	return 0
+}
+
+func TestPublishWithRedisStoppedIsNotSent(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	redistest.RequireReal(t, srv)
+	b := newBus(t, srv, redisbus.Options{})
+	if _, err := b.Publish(t.Context(), "a:b", []byte("up")); err != nil {
+		t.Fatalf("Publish = %v", err)
+	}
+	srv.Stop(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := b.Publish(ctx, "a:b", []byte("down")); !errors.Is(err, bus.ErrNotSent) {
+		t.Errorf("Publish with Redis stopped = %v, want an error wrapping bus.ErrNotSent", err)
+	}
+	_, errs, err := b.PublishBatch(ctx, []bus.Publication{{Channel: "a:b"}, {Channel: "a:c"}})
+	if err != nil || len(errs) != 2 || !errors.Is(errs[0], bus.ErrNotSent) || !errors.Is(errs[1], bus.ErrNotSent) {
+		t.Errorf("PublishBatch with Redis stopped = %v, %v; want each error wrapping bus.ErrNotSent", errs, err)
+	}
+}
+
+func TestPublishWithRedisHungEndsByTheDeadline(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	redistest.RequireReal(t, srv)
+	prefix := redistest.Prefix(t)
+	b := newBus(t, srv, redisbus.Options{Prefix: prefix})
+	watcher := newBus(t, srv, redisbus.Options{Prefix: prefix})
+	sub, err := watcher.Subscribe(t.Context(), "hung:*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if _, err := b.Publish(t.Context(), "hung:a", []byte("before")); err != nil {
+		t.Fatalf("Publish = %v", err)
+	}
+	if m := bustest.Receive(t, sub); string(m.Payload) != "before" {
+		t.Fatalf("received %q, want before", m.Payload)
+	}
+	srv.Pause(t)
+	// go-redis would wait out its 3 s read timeout and then send the
+	// pipeline again on a new connection, three more times; the deadline
+	// ends it instead, and the caller hears what happened, not ctx.Err().
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	_, err = b.Publish(ctx, "hung:a", []byte("written, never answered"))
+	cancel()
+	if err == nil || errors.Is(err, bus.ErrNotSent) || !strings.Contains(err.Error(), "publish to redis") {
+		t.Fatalf("Publish with Redis hung = %v, want the pipeline's error, not bus.ErrNotSent: the message was written", err)
+	}
+	srv.Resume(t)
+	if _, err := b.Publish(t.Context(), "hung:b", []byte("after")); err != nil {
+		t.Fatalf("Publish after Redis resumed = %v", err)
+	}
+	// The first message was written before Redis froze, so Redis runs it
+	// when it thaws: at most once, never again by a retry.
+	var got []string
+	for {
+		m := bustest.Receive(t, sub)
+		got = append(got, string(m.Payload))
+		if string(m.Payload) == "after" {
+			break
+		}
+	}
+	if len(got) > 2 {
+		t.Errorf("received %q, want each message at most once", got)
+	}
+}
+
+func TestLostReplyIsNotSentAgain(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	p := newCutProxy(t, srv.Addr)
+	prefix := redistest.Prefix(t)
+	b := newBus(t, &redistest.Server{Addr: p.addr()}, redisbus.Options{Prefix: prefix})
+	watcher := newBus(t, srv, redisbus.Options{Prefix: prefix})
+	sub, err := watcher.Subscribe(t.Context(), "lost:*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+
+	p.cutAfterPublish.Store(true)
+	n, err := b.Publish(t.Context(), "lost:a", []byte("once"))
+	if err == nil || errors.Is(err, bus.ErrNotSent) {
+		t.Fatalf("Publish whose reply was lost = %d, %v; want an error that leaves the outcome open", n, err)
+	}
+	if n, err := b.Publish(t.Context(), "lost:b", []byte("sentinel")); err != nil || n != 1 {
+		t.Fatalf("Publish(sentinel) = %d, %v; want 1, nil", n, err)
+	}
+	if m := bustest.Receive(t, sub); string(m.Payload) != "once" {
+		t.Fatalf("received %q, want the message whose reply was lost: Redis had it", m.Payload)
+	}
+	if m := bustest.Receive(t, sub); string(m.Payload) != "sentinel" {
+		t.Fatalf("received %q, want the sentinel: the message was sent again", m.Payload)
+	}
+	if got := p.publishes.Load(); got != 2 {
+		t.Errorf("proxy saw %d PUBLISH commands, want 2: one message and the sentinel", got)
+	}
+}
+
+// cutProxy relays TCP between go-redis and a real Redis, and when told,
+// drops the connection that carries the next PUBLISH once Redis has it but
+// before its reply gets back: a reply lost on the network.
+type cutProxy struct {
+	l               net.Listener
+	redis           string
+	cutAfterPublish atomic.Bool
+	publishes       atomic.Int64
+}
+
+func newCutProxy(t *testing.T, redisAddr string) *cutProxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{l: l, redis: redisAddr}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { _ = l.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { p.relay(c) })
+		}
+	})
+	return p
+}
+
+func (p *cutProxy) addr() string { return p.l.Addr().String() }
+
+func (p *cutProxy) relay(client net.Conn) {
+	defer client.Close()
+	server, err := net.Dial("tcp", p.redis)
+	if err != nil {
+		return
+	}
+	defer server.Close()
+	var cut atomic.Bool
+	go func() {
+		defer client.Close()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := server.Read(buf)
+			if n > 0 && !cut.Load() {
+				if _, err := client.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil || cut.Load() {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := client.Read(buf)
+		if n > 0 {
+			k := bytes.Count(bytes.ToLower(buf[:n]), []byte("\r\npublish\r\n"))
+			p.publishes.Add(int64(k))
+			// Mark the cut before Redis can answer, then let the
+			// command through.
+			if k > 0 && p.cutAfterPublish.CompareAndSwap(true, false) {
+				cut.Store(true)
+			}
+			if _, err := server.Write(buf[:n]); err != nil {
+				return
+			}
+			if cut.Load() {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
