@@ -41,7 +41,9 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "api")
 	keys := auth.NewKeys(cfg.APIKeys)
 	if keys.Open() {
-		log.Warn("API_KEYS is not set: every /v1 route and gRPC call is open to anyone who can reach it")
+		log.Warn("API_KEYS is not set: every /v1 route and gRPC call is open to anyone who can reach it, " +
+			"among them GET /v1/stats (every channel with subscribers, and how many) and publishing user.created, " +
+			"which overwrites the email address a user's notifications go to")
 	}
 
 	reg := server.NewRegistry()

@@ -19,8 +19,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
@@ -40,6 +42,7 @@ type api struct {
 	grpc   string // host:port
 	prefix string // REDIS_PREFIX, without the colon
 	redis  *redistest.Server
+	svc    *servicetest.Service
 }
 
 // startAPI runs the service with env on top of test defaults.
@@ -52,7 +55,7 @@ func startAPI(t *testing.T, srv *redistest.Server, env map[string]string) *api {
 	}
 	maps.Copy(vars, env)
 	s := servicetest.Start(t, run, vars)
-	return &api{http: "http://" + s.Addrs["http_addr"], grpc: s.Addrs["grpc_addr"], prefix: prefix, redis: srv}
+	return &api{http: "http://" + s.Addrs["http_addr"], grpc: s.Addrs["grpc_addr"], prefix: prefix, redis: srv, svc: s}
 }
 
 // subscribe listens on the service's prefix, as another service would.
@@ -222,6 +225,17 @@ func TestBadRequests(t *testing.T) {
 		{"ship with another order id", "/v1/orders/o1/ship", "application/json", `{"order_id":"o2","user_id":"u","carrier":"c","tracking_number":"t"}`, 400, "invalid_argument", "order_id"},
 		{"payment unknown field", "/v1/payments", "application/json", `{"order_id":"o","user_id":"u","amount":1,"currency":"EUR","tip":1}`, 400, "invalid_argument", "tip"},
 		{"empty batch", "/v1/events:batch", "application/json", `[]`, 400, "invalid_argument", "no events"},
+		{"id with a newline", "/v1/events", "application/json", `{"type":"a.b","id":"x\nevent: lagged\ndata: {}"}`, 400, "invalid_argument", "id: control character U+000A"},
+		{"id with a nul", "/v1/events", "application/json", `{"type":"a.b","id":"x\u0000y"}`, 400, "invalid_argument", "id: control character U+0000"},
+		{"id too long", "/v1/events", "application/json", `{"type":"a.b","id":"` + strings.Repeat("i", 256) + `"}`, 400, "invalid_argument", "id: 256 characters"},
+		{"cloudevent id with a carriage return", "/v1/events", "application/cloudevents+json", `{"specversion":"1.0","id":"a\rb","source":"s","type":"a.b"}`, 400, "invalid_argument", "id: control character U+000D"},
+		{"cloudevent id with a c1 control", "/v1/events", "application/cloudevents+json", `{"specversion":"1.0","id":"a\u0085b","source":"s","type":"a.b"}`, 400, "invalid_argument", "id: control character U+0085"},
+		{"known type without data", "/v1/events", "application/json", `{"type":"user.created"}`, 400, "invalid_argument", "data: required"},
+		{"known type with null data", "/v1/events", "application/json", `{"type":"order.placed","data":null}`, 400, "invalid_argument", "data: required"},
+		{"cloudevent of a known type without data", "/v1/events", "application/cloudevents+json", `{"specversion":"1.0","id":"1","source":"s","type":"order.shipped"}`, 400, "invalid_argument", "data: required"},
+		{"order whose items overflow", "/v1/orders", "application/json", `{"user_id":"u","items":[{"sku":"a","quantity":4,"unit_price":4611686018427387904}],"total":0}`, 400, "invalid_argument", "items[0]: quantity × unit_price"},
+		{"order event whose items overflow", "/v1/events", "application/json", `{"type":"order.placed","data":{"order_id":"o","user_id":"u","currency":"EUR","items":[{"sku":"a","quantity":4,"unit_price":4611686018427387904}],"total":0}}`, 400, "invalid_argument", "items[0]: quantity × unit_price"},
+		{"data 65 levels deep", "/v1/events", "application/json", `{"type":"a.b","data":` + nested(64) + `}`, 400, "invalid_argument", "data of a.b: nested more than 64 levels deep"},
 		{"unknown route", "/v1/nothing", "application/json", `{}`, 404, "not_found", "/v1/nothing"},
 	}
 	for _, tt := range tests {
@@ -568,6 +582,121 @@ func TestMetrics(t *testing.T) {
 	} {
 		if !strings.Contains(r.raw, want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// nested returns a JSON object with n objects nested inside it: n+1 levels.
+func nested(n int) string {
+	return strings.Repeat(`{"a":`, n) + "{}" + strings.Repeat("}", n)
+}
+
+func TestEventIDsOnEveryPath(t *testing.T) {
+	t.Parallel()
+	a := startAPI(t, redistest.Shared(t), nil)
+	sub := a.subscribe(t, "*")
+	const forged = "x\nevent: lagged\ndata: {\"forged\":1}\n\nid: y"
+	js, _ := json.Marshal(forged)
+	id := string(js)
+	for _, tt := range []struct{ name, ctype, body string }{
+		{"array", "application/json", `[{"type":"ids.ok","id":"ok-1"},{"type":"ids.bad","id":` + id + `}]`},
+		{"ndjson", "application/x-ndjson", `{"type":"ids.ok","id":"ok-2"}` + "\n" + `{"type":"ids.bad","id":` + id + `}` + "\n"},
+		{"cloudevents", "application/cloudevents-batch+json",
+			`[{"specversion":"1.0","id":"ok-3","source":"s","type":"ids.ok"},{"specversion":"1.0","id":` + id + `,"source":"s","type":"ids.bad"}]`},
+	} {
+		r := a.post(t, "/v1/events:batch", tt.ctype, tt.body)
+		if r.status != http.StatusOK || r.body["accepted"] != 1.0 || r.body["rejected"] != 1.0 {
+			t.Fatalf("%s batch = %d %s, want 1 accepted, 1 rejected", tt.name, r.status, r.raw)
+		}
+		bad := r.body["results"].([]any)[1].(map[string]any)["error"].(map[string]any)
+		if bad["code"] != "invalid_argument" || !strings.Contains(bad["message"].(string), "id: control character U+000A") {
+			t.Errorf("%s batch: forged id = %v, want invalid_argument naming id", tt.name, bad)
+		}
+	}
+
+	client := eventbusv1.NewEventServiceClient(dial(t, a.grpc))
+	_, err := client.Publish(t.Context(), &eventbusv1.PublishRequest{Event: &eventbusv1.Envelope{Type: "ids.bad", Id: forged}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "id: control character U+000A") {
+		t.Errorf("gRPC Publish(forged id) = %v, want InvalidArgument naming id", err)
+	}
+	stream, err := client.PublishStream(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, env := range []*eventbusv1.Envelope{{Type: "ids.ok", Id: "ok-4"}, {Type: "ids.bad", Id: forged}, {Type: "ids.bad", Id: strings.Repeat("日", 256)}} {
+		if err := stream.Send(&eventbusv1.PublishStreamRequest{Event: env}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetAccepted() != 1 || resp.GetRejected() != 2 || len(resp.GetErrors()) != 2 ||
+		!strings.Contains(resp.GetErrors()[0].GetMessage(), "id: control character") ||
+		!strings.Contains(resp.GetErrors()[1].GetMessage(), "id: 256 characters") {
+		t.Errorf("PublishStream = %v, want events 1 and 2 rejected, naming id", resp)
+	}
+
+	// Printable ids of any script pass, and nothing else was published.
+	if r := a.post(t, "/v1/events", "application/json", `{"type":"ids.ok","id":"ok 5 é 日本"}`); r.status != http.StatusAccepted {
+		t.Fatalf("printable id = %d %s, want 202", r.status, r.raw)
+	}
+	for _, want := range []string{"ok-1", "ok-2", "ok-3", "ok-4", "ok 5 é 日本"} {
+		if env := receive(t, sub); env.GetId() != want {
+			t.Fatalf("received id %q, want %q: only the valid events are published", env.GetId(), want)
+		}
+	}
+}
+
+func TestDataDepth(t *testing.T) {
+	t.Parallel()
+	a := startAPI(t, redistest.Shared(t), nil)
+	sub := a.subscribe(t, "depth:*")
+	for _, levels := range []int{65, 3334, 9999} {
+		r := a.post(t, "/v1/events", "application/json", `{"type":"depth.bad","data":`+nested(levels-1)+`}`)
+		if r.status != http.StatusBadRequest || r.errorCode() != "invalid_argument" || !strings.Contains(r.errorMessage(), "nested more than 64 levels deep") {
+			t.Errorf("data %d levels deep = %d %s, want 400 invalid_argument", levels, r.status, r.raw)
+		}
+	}
+	r := a.post(t, "/v1/events:batch", "application/x-ndjson", `{"type":"depth.bad","data":`+nested(3333)+"}\n")
+	if r.status != http.StatusOK || r.body["rejected"] != 1.0 {
+		t.Errorf("batch with data 3334 levels deep = %d %s, want it rejected", r.status, r.raw)
+	}
+
+	client := eventbusv1.NewEventServiceClient(dial(t, a.grpc))
+	deep := new(structpb.Struct)
+	if err := protojson.Unmarshal([]byte(nested(3333)), deep); err != nil {
+		t.Fatal(err)
+	}
+	data, err := envelope.PackData(deep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = client.Publish(t.Context(), &eventbusv1.PublishRequest{Event: &eventbusv1.Envelope{Type: "depth.bad", Data: data}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "data: nested more than 64 levels deep") {
+		t.Errorf("gRPC Publish(data 3334 levels deep) = %v, want InvalidArgument naming data", err)
+	}
+
+	// 64 levels pass, and a consumer decodes them.
+	if r := a.post(t, "/v1/events", "application/json", `{"type":"depth.ok","data":`+nested(63)+`}`); r.status != http.StatusAccepted {
+		t.Fatalf("data 64 levels deep = %d %s, want 202", r.status, r.raw)
+	}
+	env := receive(t, sub)
+	if env.GetType() != "depth.ok" {
+		t.Fatalf("received %s, want depth.ok: only it is valid", env.GetType())
+	}
+	if _, err := envelope.MarshalJSON(env); err != nil {
+		t.Errorf("consumer's MarshalJSON of 64 levels = %v", err)
+	}
+}
+
+func TestOpenAPIWarnsOfWhatIsOpen(t *testing.T) {
+	t.Parallel()
+	a := startAPI(t, redistest.Shared(t), nil)
+	for _, want := range []string{"API_KEYS is not set", "GET /v1/stats", "user.created", "email address"} {
+		if !strings.Contains(a.svc.Logs(), want) {
+			t.Errorf("startup warning lacks %q:\n%s", want, a.svc.Logs())
 		}
 	}
 }

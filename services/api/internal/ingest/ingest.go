@@ -61,8 +61,8 @@ func New(b bus.Publisher, source string, reg prometheus.Registerer) *Service {
 	return s
 }
 
-// Publish completes env (id, time, channel, source), validates it and
-// publishes it. Errors wrap envelope.ErrInvalid for a bad event and
+// Publish completes env (id, time, channel, source), validates it as an
+// event from outside the bus (envelope.ValidateStrict) and publishes it. Errors wrap envelope.ErrInvalid for a bad event and
 // ErrUnavailable when the bus cannot be reached.
 func (s *Service) Publish(ctx context.Context, env *envelope.Envelope) (Result, error) {
 	start := time.Now()
@@ -120,7 +120,7 @@ func (s *Service) PublishMany(ctx context.Context, envs []*envelope.Envelope) ([
 }
 
 func (s *Service) prepare(env *envelope.Envelope) ([]byte, error) {
-	if err := envelope.Fill(env, s.source, s.now()); err != nil {
+	if err := envelope.FillStrict(env, s.source, s.now()); err != nil {
 		s.rejected.WithLabelValues("invalid").Inc()
 		return nil, err
 	}
