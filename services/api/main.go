@@ -55,8 +55,8 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 	defer b.Close()
 
-	svc := ingest.New(b, "eventbus/api", reg)
-	idem := ingest.NewIdempotency(b.Client(), cfg.RedisPrefix, 24*time.Hour)
+	svc := ingest.New(b, "eventbus/api", cfg.PublishTimeout, reg)
+	idem := ingest.NewIdempotency(b.Client(), cfg.RedisPrefix, 24*time.Hour, cfg.PublishTimeout)
 	mux := http.NewServeMux()
 	httpapi.Register(mux, httpapi.Options{
 		Ingest: svc, Idempotency: idem, Stats: b.Stats, Keys: keys, Logger: log,

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -697,6 +700,137 @@ func TestOpenAPIWarnsOfWhatIsOpen(t *testing.T) {
 	for _, want := range []string{"API_KEYS is not set", "GET /v1/stats", "user.created", "email address"} {
 		if !strings.Contains(a.svc.Logs(), want) {
 			t.Errorf("startup warning lacks %q:\n%s", want, a.svc.Logs())
+		}
+	}
+}
+
+func TestPublishTimeout(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	redistest.RequireReal(t, srv)
+	a := startAPI(t, srv, map[string]string{"API_PUBLISH_TIMEOUT": "100ms"})
+	sub := a.subscribe(t, "timeout:*")
+	client := eventbusv1.NewEventServiceClient(dial(t, a.grpc))
+	if r := a.post(t, "/v1/events", "application/json", `{"type":"timeout.before"}`); r.status != http.StatusAccepted {
+		t.Fatalf("publish before = %d %s", r.status, r.raw)
+	}
+	if env := receive(t, sub); env.GetType() != "timeout.before" {
+		t.Fatalf("received %s, want timeout.before", env.GetType())
+	}
+
+	srv.Pause(t)
+	// Redis takes the connection and the bytes but never answers. Each
+	// request must end in 503 after API_PUBLISH_TIMEOUT. The guard below
+	// only fails the test sooner than go test's own timeout: go-redis's
+	// read timeout is 3 s, which the API used to wait out several times
+	// over before answering.
+	guard := func() context.Context {
+		ctx, cancel := context.WithTimeout(t.Context(), 2500*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	notPublished := map[string]bool{}
+	post := func(name, path, body string, header ...string) reply {
+		t.Helper()
+		req, err := http.NewRequestWithContext(guard(), http.MethodPost, a.http+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		r := do(t, req)
+		if r.status != http.StatusServiceUnavailable || r.errorCode() != "unavailable" {
+			t.Errorf("%s with Redis hung = %d %s, want 503 unavailable", name, r.status, r.raw)
+		}
+		if strings.Contains(r.errorMessage(), "nothing was published") {
+			notPublished[name] = true
+		}
+		return r
+	}
+	post("event", "/v1/events", `{"type":"timeout.during","subject":"event"}`)
+	post("event again", "/v1/events", `{"type":"timeout.during","subject":"event again"}`)
+	post("keyed event", "/v1/events", `{"type":"timeout.during","subject":"keyed event"}`, "Idempotency-Key", "hung-1")
+	post("user", "/v1/users", `{"email":"hung@example.com"}`)
+	req, err := http.NewRequestWithContext(guard(), http.MethodPost, a.http+"/v1/events:batch", strings.NewReader(`[{"type":"timeout.during","subject":"batch"}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := do(t, req); r.status != http.StatusOK || r.body["accepted"] != 0.0 ||
+		r.body["results"].([]any)[0].(map[string]any)["error"].(map[string]any)["code"] != "unavailable" {
+		t.Errorf("batch with Redis hung = %d %s, want its event unavailable", r.status, r.raw)
+	}
+	_, err = client.Publish(guard(), &eventbusv1.PublishRequest{Event: &eventbusv1.Envelope{Type: "timeout.during", Subject: "grpc"}})
+	if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded {
+		t.Errorf("gRPC Publish with Redis hung = %v, want Unavailable, or DeadlineExceeded when it may have gone out", err)
+	}
+	srv.Resume(t)
+
+	if r := a.post(t, "/v1/events", "application/json", `{"type":"timeout.after"}`); r.status != http.StatusAccepted {
+		t.Fatalf("publish after Redis is back = %d %s, want 202", r.status, r.raw)
+	}
+	// Events written to Redis before it froze may arrive now: their
+	// replies said they may have been published. Those said not to have
+	// been never arrive.
+	for {
+		env := receive(t, sub)
+		if env.GetType() == "timeout.after" {
+			break
+		}
+		if notPublished[env.GetSubject()] {
+			t.Errorf("received %q, whose reply said nothing was published", env.GetSubject())
+		}
+	}
+}
+
+func TestHangUpsPublishEachKeyOnce(t *testing.T) {
+	t.Parallel()
+	a := startAPI(t, redistest.Shared(t), nil)
+	sub := a.subscribe(t, "hangup:*")
+	addr := strings.TrimPrefix(a.http, "http://")
+	const keys = 100
+	for i := range keys {
+		key := fmt.Sprintf("hangup-%d", i)
+		body := fmt.Sprintf(`{"type":"hangup.test","subject":%q}`, key)
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = fmt.Fprintf(c, "POST /v1/events HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nIdempotency-Key: %s\r\nContent-Length: %d\r\n\r\n%s",
+			addr, key, len(body), body)
+		// Hang up at a different moment each time, from at once to after
+		// the reply, with a reset as a client killed mid-request sends.
+		for range i * 200 {
+			runtime.Gosched()
+		}
+		_ = c.(*net.TCPConn).SetLinger(0)
+		_ = c.Close()
+		// The client retries until it has an answer. 409 means the first
+		// request is still running.
+		for {
+			r := a.post(t, "/v1/events", "application/json", body, "Idempotency-Key", key)
+			if r.status == http.StatusAccepted {
+				break
+			}
+			if r.status != http.StatusConflict {
+				t.Fatalf("retry of %s = %d %s, want 202 (or 409 while the first runs)", key, r.status, r.raw)
+			}
+			runtime.Gosched()
+		}
+	}
+	a.post(t, "/v1/events", "application/json", `{"type":"hangup.test","subject":"sentinel"}`)
+	got := map[string]int{}
+	for {
+		env := receive(t, sub)
+		if env.GetSubject() == "sentinel" {
+			break
+		}
+		got[env.GetSubject()]++
+	}
+	for i := range keys {
+		if key := fmt.Sprintf("hangup-%d", i); got[key] != 1 {
+			t.Errorf("key %s published %d times, want once", key, got[key])
 		}
 	}
 }

@@ -91,9 +91,16 @@ func (s *Server) toStatus(ctx context.Context, err error) error {
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, ingest.ErrInProgress):
 		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, ingest.ErrOutcomeUnknown):
+		// gRPC's code for "may have completed", which clients do not
+		// retry on their own as they may Unavailable.
+		s.log.ErrorContext(ctx, "publish failed", "error", err)
+		return status.Error(codes.DeadlineExceeded, "the event bus (Redis) did not answer in time; the event may have been published")
 	case errors.Is(err, ingest.ErrUnavailable):
 		s.log.ErrorContext(ctx, "publish failed", "error", err)
 		return status.Error(codes.Unavailable, "the event bus (Redis) is unavailable; nothing was published, retry later")
+	case errors.Is(err, ingest.ErrCallerGone):
+		return status.Error(codes.Canceled, "the call ended before anything was published")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	}

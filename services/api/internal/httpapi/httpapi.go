@@ -54,6 +54,10 @@ func Register(mux *http.ServeMux, opts Options) {
 	})))
 }
 
+// statusClientClosedRequest is nginx's status for a request whose client
+// hung up before the reply.
+const statusClientClosedRequest = 499
+
 // apiError is an error with its HTTP status and a message fit for the
 // caller.
 type apiError struct {
@@ -83,9 +87,15 @@ func toAPIError(err error) (ae *apiError, internal bool) {
 		return &apiError{http.StatusUnprocessableEntity, "idempotency_key_reused", err.Error()}, false
 	case errors.Is(err, ingest.ErrInProgress):
 		return &apiError{http.StatusConflict, "idempotency_key_in_progress", err.Error()}, false
+	case errors.Is(err, ingest.ErrOutcomeUnknown):
+		return &apiError{http.StatusServiceUnavailable, "unavailable",
+			"the event bus (Redis) did not answer in time; the event may have been published"}, true
 	case errors.Is(err, ingest.ErrUnavailable):
 		return &apiError{http.StatusServiceUnavailable, "unavailable",
 			"the event bus (Redis) is unavailable; nothing was published, retry later"}, true
+	case errors.Is(err, ingest.ErrCallerGone):
+		// Nobody reads this reply: nginx's code for it, for the access log.
+		return &apiError{statusClientClosedRequest, "canceled", "the request ended before anything was published"}, false
 	default:
 		return &apiError{http.StatusInternalServerError, "internal", "internal error"}, true
 	}

@@ -30,11 +30,13 @@ type Idempotency struct {
 	prefix  string
 	ttl     time.Duration
 	pending time.Duration
+	timeout time.Duration
 }
 
-// NewIdempotency keeps replies for ttl under keys starting with prefix.
-func NewIdempotency(rdb *redis.Client, prefix string, ttl time.Duration) *Idempotency {
-	return &Idempotency{rdb: rdb, prefix: prefix + "idempotency:", ttl: ttl, pending: time.Minute}
+// NewIdempotency keeps replies for ttl under keys starting with prefix,
+// giving Redis at most timeout for each command.
+func NewIdempotency(rdb *redis.Client, prefix string, ttl, timeout time.Duration) *Idempotency {
+	return &Idempotency{rdb: rdb, prefix: prefix + "idempotency:", ttl: ttl, pending: time.Minute, timeout: timeout}
 }
 
 type record struct {
@@ -61,18 +63,32 @@ func ValidKey(key string) error {
 // request returns that reply with replayed true and runs nothing. request
 // identifies what was asked (e.g. method, path and body): the same key with
 // another request is ErrKeyReused, and a call while the first still runs is
-// ErrInProgress. When fn fails, the claim is released so a retry can run.
+// ErrInProgress.
+//
+// Once the key is claimed, Do runs to its end whatever becomes of ctx (each
+// Redis command bounded by the timeout): a caller that hangs up mid-request
+// used to leave its event published and its key released, so that the
+// retry published it again. When fn fails, the claim is released so a retry
+// can run, unless the error wraps ErrOutcomeUnknown: then the event may
+// have gone out, and the claim stays until it expires (a minute), answering
+// retries with ErrInProgress rather than publishing twice.
 func (i *Idempotency) Do(ctx context.Context, key string, request []byte, fn func() ([]byte, error)) (reply []byte, replayed bool, err error) {
 	if err := ValidKey(key); err != nil {
 		return nil, false, err
 	}
+	if ctx.Err() != nil {
+		return nil, false, fmt.Errorf("%w: %w", ErrCallerGone, context.Cause(ctx))
+	}
+	ctx = context.WithoutCancel(ctx)
 	fp := sha256.Sum256(request)
 	k := i.prefix + key
 	claim, err := json.Marshal(record{Fingerprint: fp[:]})
 	if err != nil {
 		return nil, false, err
 	}
-	ok, err := i.rdb.SetNX(ctx, k, claim, i.pending).Result()
+	cctx, cancel := context.WithTimeout(ctx, i.timeout)
+	ok, err := i.rdb.SetNX(cctx, k, claim, i.pending).Result()
+	cancel()
 	if err != nil {
 		return nil, false, fmt.Errorf("%w: claim idempotency key: %w", ErrUnavailable, err)
 	}
@@ -81,20 +97,28 @@ func (i *Idempotency) Do(ctx context.Context, key string, request []byte, fn fun
 	}
 	reply, err = fn()
 	if err != nil {
-		// Release the claim so the client's retry can run. If the delete
-		// fails, the claim expires after i.pending.
-		_ = i.rdb.Del(context.WithoutCancel(ctx), k).Err()
+		if !errors.Is(err, ErrOutcomeUnknown) {
+			// Release the claim so the client's retry can run. If the
+			// delete fails, the claim expires after i.pending.
+			cctx, cancel := context.WithTimeout(ctx, i.timeout)
+			_ = i.rdb.Del(cctx, k).Err()
+			cancel()
+		}
 		return nil, false, err
 	}
 	// The event is out whether or not remembering the reply works. If the
 	// write fails, the claim still refuses retries until it expires, so
 	// nothing is published twice within that time.
 	done, _ := json.Marshal(record{Done: true, Fingerprint: fp[:], Reply: reply})
-	_ = i.rdb.Set(context.WithoutCancel(ctx), k, done, i.ttl).Err()
+	cctx, cancel = context.WithTimeout(ctx, i.timeout)
+	_ = i.rdb.Set(cctx, k, done, i.ttl).Err()
+	cancel()
 	return reply, false, nil
 }
 
 func (i *Idempotency) replay(ctx context.Context, k string, fp []byte) ([]byte, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, i.timeout)
+	defer cancel()
 	raw, err := i.rdb.Get(ctx, k).Bytes()
 	if errors.Is(err, redis.Nil) {
 		// The first request failed and released its claim between our

@@ -3,11 +3,10 @@
 package ingest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
-
-	"context"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -15,8 +14,19 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 )
 
-// ErrUnavailable wraps every failure to reach the bus: the caller may retry.
-var ErrUnavailable = errors.New("event bus unavailable")
+// Errors that say what became of an event that was not accepted.
+var (
+	// ErrUnavailable wraps every failure to reach the bus: the caller may
+	// retry. Alone, it means the event was not published.
+	ErrUnavailable = errors.New("event bus unavailable")
+	// ErrOutcomeUnknown comes with ErrUnavailable when the event reached
+	// Redis but its reply did not come back in time: it may have been
+	// published.
+	ErrOutcomeUnknown = errors.New("the event may have been published")
+	// ErrCallerGone: the caller's context ended before publishing began, so
+	// nothing was published.
+	ErrCallerGone = errors.New("the caller went away before the event was published")
+)
 
 // Result says where an accepted event went.
 type Result struct {
@@ -27,9 +37,10 @@ type Result struct {
 
 // Service publishes events. It is safe for concurrent use.
 type Service struct {
-	bus    bus.Publisher
-	source string
-	now    func() time.Time
+	bus     bus.Publisher
+	source  string
+	timeout time.Duration
+	now     func() time.Time
 
 	published *prometheus.CounterVec
 	rejected  *prometheus.CounterVec
@@ -37,12 +48,14 @@ type Service struct {
 }
 
 // New returns a Service publishing on b, filling in source on events that
-// have none, and registering its metrics on reg.
-func New(b bus.Publisher, source string, reg prometheus.Registerer) *Service {
+// have none, giving Redis at most timeout to take each publish, and
+// registering its metrics on reg.
+func New(b bus.Publisher, source string, timeout time.Duration, reg prometheus.Registerer) *Service {
 	s := &Service{
-		bus:    b,
-		source: source,
-		now:    time.Now,
+		bus:     b,
+		source:  source,
+		timeout: timeout,
+		now:     time.Now,
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "eventbus_api_events_published_total",
 			Help: "Events published, by type (types the bus does not know count as \"other\").",
@@ -62,18 +75,32 @@ func New(b bus.Publisher, source string, reg prometheus.Registerer) *Service {
 }
 
 // Publish completes env (id, time, channel, source), validates it as an
-// event from outside the bus (envelope.ValidateStrict) and publishes it. Errors wrap envelope.ErrInvalid for a bad event and
-// ErrUnavailable when the bus cannot be reached.
+// event from outside the bus (envelope.ValidateStrict) and publishes it.
+//
+// Once publishing begins it runs to its end whatever becomes of ctx, for at
+// most the Service's timeout: a caller that hangs up must not leave behind
+// an event published with nobody told, nor an idempotency key released for
+// an event that went out. If ctx has ended before, nothing is published and
+// the error wraps ErrCallerGone.
+//
+// Errors wrap envelope.ErrInvalid for a bad event and ErrUnavailable when
+// the bus did not take it in time, with ErrOutcomeUnknown when it may have
+// been published all the same.
 func (s *Service) Publish(ctx context.Context, env *envelope.Envelope) (Result, error) {
 	start := time.Now()
 	payload, err := s.prepare(env)
 	if err != nil {
 		return Result{}, err
 	}
+	ctx, cancel, err := s.publishContext(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	defer cancel()
 	n, err := s.bus.Publish(ctx, env.GetChannel(), payload)
 	if err != nil {
 		s.rejected.WithLabelValues("unavailable").Inc()
-		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return Result{}, unavailable(err)
 	}
 	s.latency.Observe(time.Since(start).Seconds())
 	s.published.WithLabelValues(typeLabel(env.GetType())).Inc()
@@ -81,8 +108,9 @@ func (s *Service) Publish(ctx context.Context, env *envelope.Envelope) (Result, 
 }
 
 // PublishMany prepares every event, then publishes the valid ones in order
-// in one batch. It returns one result and one error per event; an event
-// with an error was not published.
+// in one batch, as Publish does one. It returns one result and one error
+// per event; an event with an error was not published, unless the error
+// wraps ErrOutcomeUnknown.
 func (s *Service) PublishMany(ctx context.Context, envs []*envelope.Envelope) ([]Result, []error) {
 	start := time.Now()
 	results := make([]Result, len(envs))
@@ -101,13 +129,21 @@ func (s *Service) PublishMany(ctx context.Context, envs []*envelope.Envelope) ([
 	if len(msgs) == 0 {
 		return results, errs
 	}
+	ctx, cancel, err := s.publishContext(ctx)
+	if err != nil {
+		for _, i := range index {
+			errs[i] = err
+		}
+		return results, errs
+	}
+	defer cancel()
 	receivers, perr, err := s.bus.PublishBatch(ctx, msgs)
 	for j, i := range index {
 		switch {
 		case err != nil:
-			errs[i] = fmt.Errorf("%w: %w", ErrUnavailable, err)
+			errs[i] = unavailable(err)
 		case perr[j] != nil:
-			errs[i] = fmt.Errorf("%w: %w", ErrUnavailable, perr[j])
+			errs[i] = unavailable(perr[j])
 		default:
 			results[i] = Result{ID: envs[i].GetId(), Channel: envs[i].GetChannel(), Receivers: receivers[j]}
 			s.published.WithLabelValues(typeLabel(envs[i].GetType())).Inc()
@@ -117,6 +153,25 @@ func (s *Service) PublishMany(ctx context.Context, envs []*envelope.Envelope) ([
 	}
 	s.latency.Observe(time.Since(start).Seconds())
 	return results, errs
+}
+
+// publishContext is the context a publish runs under: ctx's values, but
+// not its cancellation, and the Service's timeout.
+func (s *Service) publishContext(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if ctx.Err() != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrCallerGone, context.Cause(ctx))
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	return ctx, cancel, nil
+}
+
+// unavailable wraps a publish error in ErrUnavailable, and in
+// ErrOutcomeUnknown unless the bus says the event was not sent.
+func unavailable(err error) error {
+	if errors.Is(err, bus.ErrNotSent) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrOutcomeUnknown, err)
 }
 
 func (s *Service) prepare(env *envelope.Envelope) ([]byte, error) {
