@@ -1,6 +1,7 @@
 package sse
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -41,21 +42,29 @@ func validType(typ string) bool { return !strings.ContainsAny(typ, "\r\n") }
 // take as "message". An ID or Type that ValidID or the same rule for types
 // (no CR or LF) refuses makes WriteEvent write nothing and return an error
 // wrapping ErrInvalidField.
-func (w *Writer) WriteEvent(ev Event) error {
-	if !ValidID(ev.ID) {
-		return fmt.Errorf("write event id %q: %w", ev.ID, ErrInvalidField)
+func (w *Writer) WriteEvent(ev Event) error { return writeEvent(w, ev.ID, ev.Type, ev.Data) }
+
+// WriteEventBytes is WriteEvent for data held in a byte slice: it spares
+// copying the data into a string.
+func (w *Writer) WriteEventBytes(id, typ string, data []byte) error {
+	return writeEvent(w, id, typ, data)
+}
+
+func writeEvent[T string | []byte](w *Writer, id, typ string, data T) error {
+	if !ValidID(id) {
+		return fmt.Errorf("write event id %q: %w", id, ErrInvalidField)
 	}
-	if !validType(ev.Type) {
-		return fmt.Errorf("write event type %q: %w", ev.Type, ErrInvalidField)
+	if !validType(typ) {
+		return fmt.Errorf("write event type %q: %w", typ, ErrInvalidField)
 	}
 	b := w.buf[:0]
-	if ev.ID != "" {
-		b = append(append(append(b, "id: "...), ev.ID...), '\n')
+	if id != "" {
+		b = append(append(append(b, "id: "...), id...), '\n')
 	}
-	if ev.Type != "" {
-		b = append(append(append(b, "event: "...), ev.Type...), '\n')
+	if typ != "" {
+		b = append(append(append(b, "event: "...), typ...), '\n')
 	}
-	b = appendLines(b, "data: ", ev.Data)
+	b = appendLines(b, "data: ", data)
 	b = append(b, '\n')
 	w.buf = b
 	_, err := w.w.Write(b)
@@ -75,9 +84,9 @@ func (w *Writer) WriteComment(text string) error {
 
 // appendLines appends one line, starting with prefix and ending in LF, for
 // every line of s, splitting at LF, CRLF and lone CR.
-func appendLines(b []byte, prefix, s string) []byte {
+func appendLines[T string | []byte](b []byte, prefix string, s T) []byte {
 	for {
-		i := strings.IndexAny(s, "\r\n")
+		i := lineBreak(s)
 		if i < 0 {
 			return append(append(append(b, prefix...), s...), '\n')
 		}
@@ -87,4 +96,29 @@ func appendLines(b []byte, prefix, s string) []byte {
 		}
 		s = s[i+1:]
 	}
+}
+
+// lineBreak returns the index of the first CR or LF in s, or -1.
+func lineBreak[T string | []byte](s T) int {
+	i := indexByte(s, '\n')
+	if i < 0 {
+		i = len(s)
+	}
+	if j := indexByte(s[:i], '\r'); j >= 0 {
+		return j
+	}
+	if i == len(s) {
+		return -1
+	}
+	return i
+}
+
+func indexByte[T string | []byte](s T, c byte) int {
+	switch s := any(s).(type) {
+	case string:
+		return strings.IndexByte(s, c)
+	case []byte:
+		return bytes.IndexByte(s, c)
+	}
+	return -1
 }

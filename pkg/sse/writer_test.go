@@ -125,6 +125,11 @@ func FuzzWriter(f *testing.F) {
 		}
 		n := b.Len()
 		err := w.WriteEvent(sse.Event{ID: id, Type: typ, Data: data})
+		var bb bytes.Buffer
+		berr := sse.NewWriter(&bb).WriteEventBytes(id, typ, []byte(data))
+		if !bytes.Equal(bb.Bytes(), b.Bytes()[n:]) || (berr == nil) != (err == nil) {
+			t.Fatalf("WriteEventBytes wrote %q, %v; WriteEvent wrote %q, %v", bb.Bytes(), berr, b.Bytes()[n:], err)
+		}
 		valid := !strings.ContainsAny(id, "\r\n\x00") && !strings.ContainsAny(typ, "\r\n")
 		want := []sse.Event{before}
 		after.ID = before.ID
@@ -152,4 +157,16 @@ func FuzzWriter(f *testing.F) {
 			t.Fatalf("stream %q read back (-want +got):\n%s", b.Bytes(), diff)
 		}
 	})
+}
+
+func BenchmarkWriteEventBytes(b *testing.B) {
+	w := sse.NewWriter(io.Discard)
+	data := []byte(`{"logged_at":"2026-11-22T05:00:00.123Z","channel":"order:placed","pattern":"*","event":{"id":"0193a1b2c3","type":"order.placed","data":{"order_id":"o1","pad":"` + strings.Repeat("x", 400) + `"}}}`)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if err := w.WriteEventBytes("0193a1b2c3", "", data); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
