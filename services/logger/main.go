@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/eventbus-suite/eventbus/pkg/apikey"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/logger/internal/config"
@@ -69,7 +70,13 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	rec := recorder.New(sub, files, stdout, window, log, reg)
 
 	mux := http.NewServeMux()
-	tailapi.Register(ctx, mux, window, cfg.TailBuffer)
+	keys := apikey.New(cfg.APIKeys)
+	if keys.Open() {
+		log.Warn("API_KEYS is not set: anyone who can reach the logger may tail every event")
+	}
+	tailapi.Register(ctx, mux, reg, tailapi.Options{
+		Window: window, MaxN: cfg.TailBuffer, MaxTails: cfg.MaxTails, WriteTimeout: cfg.TailWriteTimeout, Keys: keys,
+	})
 	if cfg.Pprof {
 		server.Pprof(mux)
 	}
@@ -83,7 +90,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rec.Run(ctx) })
 	g.Go(func() error {
-		return server.ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, l)
+		return server.ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ConnContext: tailapi.ConnContext}, l)
 	})
 	err = g.Wait()
 	log.Info("stopped")

@@ -3,6 +3,7 @@ package config
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envconfig"
@@ -19,6 +20,10 @@ type Config struct {
 	MaxFiles     int      // LOGGER_MAX_FILES: rotated files kept
 	TailBuffer   int      // LOGGER_TAIL_BUFFER: recent events kept in memory for tails
 	Stdout       bool     // LOGGER_STDOUT: also write each event line to stdout
+
+	APIKeys          []string      // API_KEYS: comma-separated keys a tail must send; empty means open
+	MaxTails         int           // LOGGER_MAX_TAILS: tails open at once
+	TailWriteTimeout time.Duration // LOGGER_TAIL_WRITE_TIMEOUT: cut off a tail whose client takes no write for this long
 }
 
 // Load reads the configuration through getenv and reports every bad
@@ -34,6 +39,10 @@ func Load(getenv func(string) string) (Config, error) {
 		MaxFiles:     int(r.Int("LOGGER_MAX_FILES", 10, 1)),
 		TailBuffer:   int(r.Int("LOGGER_TAIL_BUFFER", 10000, 1)),
 		Stdout:       r.Bool("LOGGER_STDOUT", true),
+
+		APIKeys:          r.List("API_KEYS", nil),
+		MaxTails:         int(r.Int("LOGGER_MAX_TAILS", 100, 1)),
+		TailWriteTimeout: r.Duration("LOGGER_TAIL_WRITE_TIMEOUT", 10*time.Second),
 	}
 	for _, p := range c.Patterns {
 		r.Check("LOGGER_PATTERNS", p, channel.ValidatePattern(p))

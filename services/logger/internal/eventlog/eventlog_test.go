@@ -111,57 +111,6 @@ func TestLoadRecentSkipsATornLine(t *testing.T) {
 	}
 }
 
-func TestWindowFollow(t *testing.T) {
-	t.Parallel()
-	var recs []eventlog.Record
-	for i := range 8 {
-		ch := "order:placed"
-		if i%2 == 1 {
-			ch = "user:created"
-		}
-		recs = append(recs, record(t, ch, i))
-	}
-	w := eventlog.NewWindow(6, recs[:7]) // holds 1..6
-	backlog, tail := w.Follow("order:*", 2, "")
-	defer tail.Close()
-	if got := subjects(t, backlog); got != "4,6" {
-		t.Errorf("backlog of order:* n=2 = %s, want 4,6", got)
-	}
-	w.Append(recs[7]) // user:created: not for this tail
-	w.Append(record(t, "order:shipped", 8))
-	if got := subjects(t, []eventlog.Record{<-tail.C()}); got != "8" {
-		t.Errorf("live record = %s, want 8", got)
-	}
-
-	resumed, t2 := w.Follow("*", 0, recs[5].ID)
-	defer t2.Close()
-	if got := subjects(t, resumed); got != "6,7,8" {
-		t.Errorf("resume after 5 = %s, want 6,7,8", got)
-	}
-	gone, t3 := w.Follow("*", 1, recs[0].ID) // no longer held: fall back to n
-	defer t3.Close()
-	if got := subjects(t, gone); got != "8" {
-		t.Errorf("resume after a forgotten id = %s, want the last 1: 8", got)
-	}
-}
-
-func TestWindowCutsOffASlowTail(t *testing.T) {
-	t.Parallel()
-	w := eventlog.NewWindow(10, nil)
-	_, tail := w.Follow("*", 0, "")
-	rec := record(t, "a:b", 0)
-	for range 5000 { // more than a tail may have waiting
-		w.Append(rec)
-	}
-	n := 0
-	for range tail.C() {
-		n++
-	}
-	if !tail.Lagged || n == 0 || n >= 5000 {
-		t.Errorf("slow tail got %d records, lagged %v; want it cut off part way with Lagged set", n, tail.Lagged)
-	}
-}
-
 func TestFormatKeepsAPayloadThatIsNoEnvelope(t *testing.T) {
 	t.Parallel()
 	rec, err := eventlog.Format(bus.Message{Channel: "x:y", Patterns: []string{"x:*"}, Payload: []byte{0xff, 0x01}}, time.Now())

@@ -1,29 +1,36 @@
 package eventlog
 
 import (
+	"errors"
 	"sync"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 )
 
-// tailBuffer is how many records a live tail may have waiting before it is
-// cut off as too slow.
-const tailBuffer = 4096
+// ErrLagged is returned by Tail.Read once records the tail had still to
+// read have left the window: the tail can no longer go on without a gap.
+var ErrLagged = errors.New("tail fell behind: records it had not read left the window")
 
-// Window keeps the most recent records and hands every new one to the live
-// tails whose pattern matches. It is safe for concurrent use.
+// scanChunk bounds the records Follow looks at while holding the lock, so
+// that Append never waits long for a tail starting up.
+const scanChunk = 1024
+
+// Window keeps the most recent records, numbered in the order appended,
+// for tails to read. Tails read the window itself: Append never waits for
+// a tail nor does work for one, a tail holds no copy of what it has still
+// to read, and a tail that falls more than the window's size behind finds
+// out that it lost records. It is safe for concurrent use.
 type Window struct {
-	mu    sync.Mutex
-	ring  []Record
-	next  int // where the next record goes
-	full  bool
-	tails map[*Tail]struct{}
+	mu   sync.Mutex
+	ring []Record
+	next uint64        // number of the next record appended; record s is at ring[s%len(ring)]
+	wake chan struct{} // closed by the next Append; nil while no tail waits
 }
 
 // NewWindow keeps the last size records, starting with recent (oldest
 // first), e.g. from LoadRecent.
 func NewWindow(size int, recent []Record) *Window {
-	w := &Window{ring: make([]Record, size), tails: make(map[*Tail]struct{})}
+	w := &Window{ring: make([]Record, size)}
 	for _, r := range recent {
 		w.put(r)
 	}
@@ -31,103 +38,141 @@ func NewWindow(size int, recent []Record) *Window {
 }
 
 func (w *Window) put(r Record) {
-	w.ring[w.next] = r
-	w.next = (w.next + 1) % len(w.ring)
-	if w.next == 0 {
-		w.full = true
-	}
+	w.ring[w.next%uint64(len(w.ring))] = r
+	w.next++
 }
 
-// Append adds r and offers it to the matching tails. A tail whose buffer is
-// full is closed with Lagged set, never waited for.
+// oldest returns the number of the oldest record held. Call with mu held.
+func (w *Window) oldest() uint64 {
+	return w.next - min(w.next, uint64(len(w.ring)))
+}
+
+// Append adds r, dropping the oldest record when the window is full, and
+// wakes the tails waiting for it. It takes the lock only to store r.
 func (w *Window) Append(r Record) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.put(r)
-	for t := range w.tails {
-		if !channel.Match(t.pattern, r.Channel) {
-			continue
-		}
-		select {
-		case t.c <- r:
-		default:
-			t.Lagged = true
-			w.drop(t)
-		}
+	wake := w.wake
+	w.wake = nil
+	w.mu.Unlock()
+	if wake != nil {
+		close(wake)
 	}
 }
 
-// records returns the window's records, oldest first. Call with mu held.
-func (w *Window) records() []Record {
-	if !w.full {
-		return w.ring[:w.next]
-	}
-	return append(append([]Record(nil), w.ring[w.next:]...), w.ring[:w.next]...)
-}
-
-// Tail is a live view of the records matching a pattern.
+// Tail reads the records matching a pattern from a window, in order. It
+// is not safe for concurrent use, and needs no closing.
 type Tail struct {
 	w       *Window
 	pattern string
-	c       chan Record
-	// Lagged is set when the tail fell tailBuffer records behind and was
-	// closed; read it only after C is closed.
-	Lagged bool
+	next    uint64 // number of the next record to look at
+	// floor is the lowest record number the tail must not lose: before it
+	// lie only backlog records not yet sent, which may be skipped.
+	floor uint64
 }
 
-// C delivers the records appended after Follow returned, in order. It is
-// closed by Close, or when the tail falls too far behind.
-func (t *Tail) C() <-chan Record { return t.c }
-
-// Close stops the tail.
-func (t *Tail) Close() {
-	t.w.mu.Lock()
-	defer t.w.mu.Unlock()
-	t.w.drop(t)
-}
-
-func (w *Window) drop(t *Tail) {
-	if _, ok := w.tails[t]; ok {
-		delete(w.tails, t)
-		close(t.c)
-	}
-}
-
-// Follow returns the backlog of records matching pattern and a live tail of
-// the records appended afterwards, with no gap and no overlap between them.
-// The backlog is the records after the one whose id is after, when the
-// window still holds it; otherwise the last n matching records.
-func (w *Window) Follow(pattern string, n int, after string) ([]Record, *Tail) {
+// Follow returns a tail whose reads return the records after the one whose
+// id is after, when the window still holds it, or else the last n records
+// matching pattern; and then every matching record appended afterwards,
+// with no gap and no overlap. Backlog records that leave the window before
+// the tail has read anything are skipped; any other loss makes Read return
+// ErrLagged.
+func (w *Window) Follow(pattern string, n int, after string) *Tail {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	all := w.records()
-	start := -1
+	top := w.next
+	w.mu.Unlock()
+	t := &Tail{w: w, pattern: pattern, next: top, floor: top}
 	if after != "" {
-		for i := len(all) - 1; i >= 0; i-- {
-			if all[i].ID == after {
-				start = i + 1
-				break
-			}
+		if s, ok := w.scanBack(top, func(r *Record) bool { return r.ID == after }); ok {
+			t.next, t.floor = s+1, s+1
+			return t
 		}
 	}
-	var backlog []Record
-	if start >= 0 {
-		for _, r := range all[start:] {
-			if channel.Match(pattern, r.Channel) {
-				backlog = append(backlog, r)
+	if n <= 0 {
+		return t
+	}
+	matched := 0
+	s, ok := w.scanBack(top, func(r *Record) bool {
+		if channel.Match(pattern, r.Channel) {
+			matched++
+		}
+		return matched == n
+	})
+	if !ok {
+		s = 0 // fewer than n match: from the oldest record held, whatever it is by then
+	}
+	t.next = s
+	return t
+}
+
+// scanBack calls found on the records numbered below seq, newest first,
+// until it returns true, and returns that record's number. It gives up,
+// returning false, at the oldest record held. It holds the lock for at most
+// scanChunk records at a time.
+func (w *Window) scanBack(seq uint64, found func(*Record) bool) (uint64, bool) {
+	size := uint64(len(w.ring))
+	for {
+		w.mu.Lock()
+		oldest := w.oldest()
+		lo := max(seq-min(seq, scanChunk), oldest)
+		for s := seq; s > lo; s-- {
+			if found(&w.ring[(s-1)%size]) {
+				w.mu.Unlock()
+				return s - 1, true
 			}
 		}
-	} else {
-		for i := len(all) - 1; i >= 0 && len(backlog) < n; i-- {
-			if channel.Match(pattern, all[i].Channel) {
-				backlog = append(backlog, all[i])
+		w.mu.Unlock()
+		if lo == oldest || seq <= lo {
+			return 0, false
+		}
+		seq = lo
+	}
+}
+
+// Read fills dst with the next records matching the tail's pattern and
+// returns how many it put there. When none is waiting it returns 0 and a
+// channel that is closed once another record is appended. Once records the
+// tail had still to read have left the window it returns ErrLagged, then
+// and ever after. The records share their lines with the window: do not
+// change them.
+func (t *Tail) Read(dst []Record) (int, <-chan struct{}, error) {
+	w := t.w
+	size := uint64(len(w.ring))
+	for {
+		w.mu.Lock()
+		if oldest := w.oldest(); t.next < oldest {
+			if t.floor < oldest {
+				w.mu.Unlock()
+				return 0, nil, ErrLagged
+			}
+			t.next = oldest // only unsent backlog was lost
+		}
+		if t.next == w.next {
+			if w.wake == nil {
+				w.wake = make(chan struct{})
+			}
+			wake := w.wake
+			w.mu.Unlock()
+			return 0, wake, nil
+		}
+		k := int(min(w.next-t.next, uint64(len(dst))))
+		for i := range k {
+			dst[i] = w.ring[(t.next+uint64(i))%size]
+		}
+		t.next += uint64(k)
+		w.mu.Unlock()
+
+		n := 0
+		for i := range k {
+			if channel.Match(t.pattern, dst[i].Channel) {
+				dst[n] = dst[i]
+				n++
 			}
 		}
-		for i, j := 0, len(backlog)-1; i < j; i, j = i+1, j-1 {
-			backlog[i], backlog[j] = backlog[j], backlog[i]
+		clear(dst[n:k]) // do not keep lines alive for nothing
+		if n > 0 {
+			t.floor = t.next
+			return n, nil, nil
 		}
 	}
-	t := &Tail{w: w, pattern: pattern, c: make(chan Record, tailBuffer)}
-	w.tails[t] = struct{}{}
-	return backlog, t
 }

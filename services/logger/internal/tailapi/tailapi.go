@@ -4,11 +4,17 @@ package tailapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eventbus-suite/eventbus/pkg/apikey"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/sse"
@@ -18,21 +24,86 @@ import (
 // heartbeat keeps proxies from closing a quiet stream.
 const heartbeat = 15 * time.Second
 
-// Register adds GET /v1/tail to mux. Streams end when ctx ends, so that the
-// server can shut down.
-func Register(ctx context.Context, mux *http.ServeMux, w *eventlog.Window, maxN int) {
-	mux.HandleFunc("GET /v1/tail", func(rw http.ResponseWriter, r *http.Request) {
-		tail(ctx, rw, r, w, maxN)
-	})
+// batch is how many records a tail takes from the window at once: all it
+// holds of the log between writes.
+const batch = 64
+
+// sendBuffer is the kernel send buffer of a tail's connection. Left to
+// itself Linux grows it to megabytes for a client that does not read, which
+// costs memory outside the process and the CPU to fill it.
+const sendBuffer = 64 << 10
+
+type connKey struct{}
+
+// ConnContext, set as the http.Server's ConnContext, lets a tail size its
+// connection's send buffer.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
 }
 
-// tail streams the last n events matching pattern from the log, then every
-// new one. The SSE id of each event is its envelope id; a client that
+// Options configure the tail endpoint.
+type Options struct {
+	// Window is what tails read.
+	Window *eventlog.Window
+	// MaxN is the largest backlog a tail may ask for.
+	MaxN int
+	// MaxTails caps the tails open at once; one more is refused with 503.
+	MaxTails int
+	// WriteTimeout cuts off a tail whose client has taken none of a write
+	// for this long, e.g. one that stopped reading.
+	WriteTimeout time.Duration
+	// Keys are the API keys a tail must send; with none, anyone may tail.
+	Keys apikey.Keys
+}
+
+type handler struct {
+	Options
+	ctx   context.Context
+	slots chan struct{} // one value per open tail
+
+	open     prometheus.Gauge
+	rejected prometheus.Counter
+	cut      *prometheus.CounterVec
+}
+
+// Register adds GET /v1/tail to mux and its metrics to reg. Streams end
+// when ctx ends, so that the server can shut down.
+func Register(ctx context.Context, mux *http.ServeMux, reg prometheus.Registerer, opts Options) {
+	h := &handler{
+		Options: opts, ctx: ctx, slots: make(chan struct{}, opts.MaxTails),
+		open: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "eventbus_logger_tails", Help: "Tails open."}),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "eventbus_logger_tails_rejected_total", Help: "Tails refused because LOGGER_MAX_TAILS were open."}),
+		cut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventbus_logger_tails_cut_total",
+			Help: "Tails closed by the logger: lagged (fell a window behind) or stalled (took no write for LOGGER_TAIL_WRITE_TIMEOUT)."},
+			[]string{"reason"}),
+	}
+	h.cut.WithLabelValues("lagged")
+	h.cut.WithLabelValues("stalled")
+	reg.MustRegister(h.open, h.rejected, h.cut)
+	mux.Handle("GET /v1/tail", h)
+}
+
+// ServeHTTP streams the last n events matching pattern from the log, then
+// every new one. The SSE id of each event is its envelope id; a client that
 // reconnects with Last-Event-ID resumes after that event when the logger
 // still holds it. An id that SSE cannot carry (one with CR, LF or NUL,
 // which only a publisher going around the API can send) is left out, so
 // that it can neither forge lines nor end the event.
-func tail(ctx context.Context, w http.ResponseWriter, r *http.Request, win *eventlog.Window, maxN int) {
+//
+// A tail costs the logger a goroutine, a few kilobytes and a send buffer
+// of sendBuffer whatever its client does: it reads the window rather than
+// queueing events of its own, so the recorder never waits for it. One that
+// falls a window behind gets "event: lagged" and is closed; one whose
+// client takes none of a write for WriteTimeout is closed.
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.Keys.Allow(r.Header.Get("Authorization")) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="eventbus"`)
+		server.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or unknown API key: send Authorization: Bearer <key>")
+		return
+	}
 	q := r.URL.Query()
 	pattern := q.Get("pattern")
 	if pattern == "" {
@@ -45,69 +116,115 @@ func tail(ctx context.Context, w http.ResponseWriter, r *http.Request, win *even
 	n := 20
 	if v := q.Get("n"); v != "" {
 		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 0 || n > maxN {
-			server.WriteError(w, http.StatusBadRequest, "invalid_argument", fmt.Sprintf("n: want a whole number from 0 to %d, got %q", maxN, v))
+		if n, err = strconv.Atoi(v); err != nil || n < 0 || n > h.MaxN {
+			server.WriteError(w, http.StatusBadRequest, "invalid_argument", fmt.Sprintf("n: want a whole number from 0 to %d, got %q", h.MaxN, v))
 			return
 		}
 	}
-	rc := http.NewResponseController(w)
-	backlog, t := win.Follow(pattern, n, r.Header.Get("Last-Event-ID"))
-	defer t.Close()
-
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no") // tell nginx not to buffer the stream
-	w.WriteHeader(http.StatusOK)
-	sw := sse.NewWriter(w)
-	for _, rec := range backlog {
-		writeEvent(sw, rec)
-	}
-	if err := rc.Flush(); err != nil {
+	select {
+	case h.slots <- struct{}{}:
+		defer func() { <-h.slots }()
+	default:
+		h.rejected.Inc()
+		w.Header().Set("Retry-After", "1")
+		server.WriteError(w, http.StatusServiceUnavailable, "unavailable",
+			fmt.Sprintf("%d tails are open, the most this logger serves at once; try again later", h.MaxTails))
 		return
 	}
-	tick := time.NewTicker(heartbeat)
-	defer tick.Stop()
-	for {
-		select {
-		case rec, ok := <-t.C():
-			if !ok {
-				if t.Lagged {
-					_ = sw.WriteEvent(sse.Event{Type: "lagged", Data: lagged})
-					_ = rc.Flush()
-				}
-				return
-			}
-			writeEvent(sw, rec)
-			// Write whatever else is already waiting before flushing once.
-			for more := len(t.C()); more > 0; more-- {
-				rec, ok := <-t.C()
-				if !ok {
-					break
-				}
-				writeEvent(sw, rec)
-			}
-		case <-tick.C:
-			_ = sw.WriteComment("keep-alive")
-		case <-r.Context().Done():
-			return
-		case <-ctx.Done():
-			return
-		}
-		if err := rc.Flush(); err != nil {
-			return
-		}
+	h.open.Inc()
+	defer h.open.Dec()
+	if c, ok := r.Context().Value(connKey{}).(*net.TCPConn); ok {
+		_ = c.SetWriteBuffer(sendBuffer) // best effort: a tail works without it
+	}
+
+	switch err := h.stream(w, r, pattern, n); {
+	case errors.Is(err, eventlog.ErrLagged):
+		h.cut.WithLabelValues("lagged").Inc()
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		h.cut.WithLabelValues("stalled").Inc()
 	}
 }
 
 // lagged is the data of the event that ends a stream fallen too far behind.
 const lagged = `{"error":"this stream fell too far behind and was closed; reconnect with Last-Event-ID to resume"}`
 
-// writeEvent writes rec; a write error shows at the next flush.
-func writeEvent(w *sse.Writer, rec eventlog.Record) {
-	ev := sse.Event{ID: rec.ID, Data: string(rec.Line)}
-	if !sse.ValidID(ev.ID) {
-		ev.ID = ""
+// stream writes events until the client goes, ctx ends or the tail is cut
+// off, and returns why it stopped.
+func (h *handler) stream(w http.ResponseWriter, r *http.Request, pattern string, n int) error {
+	rc := http.NewResponseController(w)
+	t := h.Window.Follow(pattern, n, r.Header.Get("Last-Event-ID"))
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no") // tell nginx not to buffer the stream
+	w.WriteHeader(http.StatusOK)
+	sw := sse.NewWriter(w)
+	// Every write gets a fresh deadline before it starts: writes reach the
+	// connection whenever the response's buffer fills, not only on Flush.
+	deadline := func() error {
+		if err := rc.SetWriteDeadline(time.Now().Add(h.WriteTimeout)); err != nil {
+			return fmt.Errorf("set write deadline: %w", err)
+		}
+		return nil
 	}
-	_ = w.WriteEvent(ev)
+	if err := deadline(); err != nil {
+		return err
+	}
+	if err := rc.Flush(); err != nil {
+		return err
+	}
+	buf := make([]eventlog.Record, batch)
+	tick := time.NewTicker(heartbeat)
+	defer tick.Stop()
+	for {
+		k, wait, err := t.Read(buf)
+		if errors.Is(err, eventlog.ErrLagged) {
+			if derr := deadline(); derr == nil && sw.WriteEvent(sse.Event{Type: "lagged", Data: lagged}) == nil {
+				_ = rc.Flush()
+			}
+			return err
+		}
+		if k > 0 {
+			if err := deadline(); err != nil {
+				return err
+			}
+			for _, rec := range buf[:k] {
+				if err := writeEvent(sw, rec); err != nil {
+					return err
+				}
+			}
+			clear(buf[:k]) // hold no lines while waiting on the client
+			if err := rc.Flush(); err != nil {
+				return err
+			}
+			continue
+		}
+		select {
+		case <-wait:
+			continue
+		case <-tick.C:
+			if err := deadline(); err != nil {
+				return err
+			}
+			if err := sw.WriteComment("keep-alive"); err != nil {
+				return err
+			}
+			if err := rc.Flush(); err != nil {
+				return err
+			}
+		case <-r.Context().Done():
+			return nil
+		case <-h.ctx.Done():
+			return nil
+		}
+	}
+}
+
+// writeEvent writes rec, leaving out an id that SSE cannot carry.
+func writeEvent(w *sse.Writer, rec eventlog.Record) error {
+	id := rec.ID
+	if !sse.ValidID(id) {
+		id = ""
+	}
+	return w.WriteEventBytes(id, "", rec.Line)
 }
