@@ -19,7 +19,8 @@ import (
 func runTail(ctx context.Context, e env, args []string) error {
 	fs := flags(e, "tail", "[PATTERN]",
 		"Prints the last N events matching PATTERN (default *) from the logger, then every new\n"+
-			"one as it arrives, like tail -f. It reconnects by itself and resumes where it left off.")
+			"one as it arrives, like tail -f. It reconnects by itself and resumes where it left off.\n"+
+			"A logger with API_KEYS set wants one of them: pass --api-key or EVENTBUS_API_KEY.")
 	var c common
 	c.register(fs, e)
 	n := fs.Int("n", 10, "how many past events to print first")
@@ -41,6 +42,7 @@ func runTail(ctx context.Context, e env, args []string) error {
 	}
 	t := &tailer{
 		url:    fmt.Sprintf("%s/v1/tail?pattern=%s&n=%d", strings.TrimSuffix(c.logger, "/"), url.QueryEscape(pattern), *n),
+		apiKey: c.apiKey,
 		e:      e,
 		asJSON: *asJSON,
 	}
@@ -49,6 +51,7 @@ func runTail(ctx context.Context, e env, args []string) error {
 
 type tailer struct {
 	url    string
+	apiKey string // sent as a bearer token when set
 	e      env
 	asJSON bool
 	lastID string
@@ -90,6 +93,9 @@ func (t *tailer) stream(ctx context.Context) (printed bool, err error) {
 		return false, errFinal{err}
 	}
 	req.Header.Set("Accept", "text/event-stream")
+	if t.apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+t.apiKey)
+	}
 	if t.lastID != "" {
 		req.Header.Set("Last-Event-ID", t.lastID)
 	}
