@@ -91,19 +91,27 @@ func (b *Bus) submit(ctx context.Context, r *request) error {
 	case <-r.done:
 		return nil
 	case <-ctx.Done():
-	}
-	if r.state.CompareAndSwap(queued, abandoned) {
-		return notSent(ctx.Err())
-	}
-	// The pipeline took r. It bounds each round trip by the earliest
-	// deadline among its requests, so with a deadline the answer is
-	// moments away and tells what happened; a context cancelled without
-	// one leaves that open.
-	if _, ok := ctx.Deadline(); ok {
+		if r.state.CompareAndSwap(queued, abandoned) {
+			return notSent(ctx.Err())
+		}
+		// The pipeline took r. It bounds each round trip by the earliest
+		// deadline among its requests, so with a deadline the answer is
+		// moments away and tells what happened; a context cancelled
+		// without one leaves that open.
+		if _, ok := ctx.Deadline(); ok {
+			<-r.done
+			return nil
+		}
+		return fmt.Errorf("await redis's reply: %w", ctx.Err())
+	case <-b.stop:
+		// Close may have stopped the pipeline before it took r; if it
+		// took r, it answers before it stops.
+		if r.state.CompareAndSwap(queued, abandoned) {
+			return notSent(bus.ErrClosed)
+		}
 		<-r.done
 		return nil
 	}
-	return fmt.Errorf("await redis's reply: %w", ctx.Err())
 }
 
 func (b *Bus) release(r *request) {

@@ -325,3 +325,21 @@ func (p *cutProxy) relay(client net.Conn) {
 		}
 	}
 }
+
+func TestPublishAfterCloseIsNotSent(t *testing.T) {
+	t.Parallel()
+	b, err := redisbus.New(redistest.Shared(t).Client(t), redisbus.Options{Prefix: redistest.Prefix(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The request channel has room, so a publish may be queued after the
+	// pipeline stopped: it must still be answered.
+	for range 100 {
+		if _, err := b.Publish(t.Context(), "closed:a", nil); !errors.Is(err, bus.ErrClosed) || !errors.Is(err, bus.ErrNotSent) {
+			t.Fatalf("Publish after Close = %v, want bus.ErrClosed and bus.ErrNotSent", err)
+		}
+	}
+}
