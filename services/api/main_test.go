@@ -559,7 +559,8 @@ func TestRedisDown(t *testing.T) {
 
 func TestConfigErrorsNameEveryVariable(t *testing.T) {
 	t.Parallel()
-	env := map[string]string{"API_HTTP_ADDR": "8080", "API_MAX_BODY_BYTES": "lots", "REDIS_URL": "localhost", "REDIS_PREFIX": "Bad Prefix"}
+	env := map[string]string{"API_HTTP_ADDR": "8080", "API_MAX_BODY_BYTES": "lots", "REDIS_URL": "localhost", "REDIS_PREFIX": "Bad Prefix",
+		"API_PUBLISH_TIMEOUT": "soon"}
 	err := run(t.Context(), func(k string) string { return env[k] }, io.Discard)
 	if err == nil {
 		t.Fatal("run with bad configuration = nil, want an error")
