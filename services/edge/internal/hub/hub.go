@@ -65,10 +65,10 @@ type Hub struct {
 	joined     sync.WaitGroup
 
 	// The Redis side (redisset.go), changed with change and mu held.
-	redis     map[string]struct{}            // names subscribed in Redis
-	patterns  int                            // how many of them have a wildcard
+	redis     map[string]struct{}    // names subscribed in Redis
+	patterns  int                    // how many of them have a wildcard
 	covers    map[string]*patternSet // Redis name → client patterns it serves besides its own
-	coveredBy map[string]string              // the reverse
+	coveredBy map[string][]string    // client pattern → the names whose covers hold it
 
 	// Only the dispatching goroutine touches these.
 	wanted []string // the client patterns a message is for
@@ -95,7 +95,7 @@ func New(sub bus.Subscription, opts Options, log *slog.Logger, reg prometheus.Re
 		subs:       make(map[string]map[*Client]struct{}),
 		redis:      make(map[string]struct{}),
 		covers:     make(map[string]*patternSet),
-		coveredBy:  make(map[string]string),
+		coveredBy:  make(map[string][]string),
 		seen:       make(map[*Client]struct{}),
 		frames:     make(map[string][]byte),
 	}

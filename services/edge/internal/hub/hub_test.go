@@ -472,3 +472,50 @@ func FuzzPatternSet(f *testing.F) {
 		}
 	})
 }
+
+// A cover is as narrow as the patterns it takes over allow, and a cover
+// taken over by a wider one still serves what Redis matched against it.
+func TestNarrowestCoverAndCoversOfCovers(t *testing.T) {
+	t.Parallel()
+	opts := bounds
+	opts.MaxRedisPatterns = 2
+	h := startHub(t, opts)
+	x1, x2, y, w := h.join(t), h.join(t), h.join(t), h.join(t)
+	x1.subscribe(t, h, "a:x1*")
+	y.subscribe(t, h, "b:y*")
+	x2.subscribe(t, h, "a:x2*")
+	if got, want := h.sub.subscribed(), []string{"a:x*", "b:y*"}; !slices.Equal(got, want) {
+		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
+	}
+	h.publish(t, "a:x2q", "1", "a:x*")
+	w.subscribe(t, h, "a:w*")
+	if got, want := h.sub.subscribed(), []string{"a:*", "b:y*"}; !slices.Equal(got, want) {
+		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
+	}
+	h.publish(t, "a:x1q", "2", "a:x*") // matched before a:* took over
+	h.publish(t, "a:x1q", "3", "a:*")
+	h.publish(t, "a:wq", "4", "a:*")
+	for _, tt := range []struct {
+		name string
+		c    *testClient
+		want []string
+	}{
+		{"x1", x1, []string{"ok a:x1*", "2 via a:x1*", "3 via a:x1*"}},
+		{"x2", x2, []string{"ok a:x2*", "1 via a:x2*"}},
+		{"w", w, []string{"ok a:w*", "4 via a:w*"}},
+		{"y", y, []string{"ok b:y*"}},
+	} {
+		if got := summary(tt.c.frames()); !slices.Equal(got, tt.want) {
+			t.Errorf("%s got %q, want %q", tt.name, got, tt.want)
+		}
+	}
+	for _, c := range []*testClient{x1, x2, w} {
+		h.leave(c)
+	}
+	if got, want := h.sub.subscribed(), []string{"b:y*"}; !slices.Equal(got, want) {
+		t.Fatalf("Redis subscriptions after they left = %q, want %q", got, want)
+	}
+	if n := len(h.covers) + len(h.coveredBy); n != 0 {
+		t.Fatalf("%d covers left behind, want none", n)
+	}
+}

@@ -12,25 +12,28 @@ import (
 
 // Redis tests every pattern subscribed anywhere on every PUBLISH, so the
 // patterns an edge holds slow every publisher on the bus. The hub keeps
-// their number at most MaxRedisPatterns: within it, each client pattern is
-// subscribed as it is; past it, a new one is served by a Redis pattern
-// that covers it, subscribing "order:*" for "order:a*" (or "*" for
-// "*:placed") if none does, and the hub matches it against each event
-// that cover brings. Channels without a wildcard cost Redis a hash lookup
-// and are always subscribed as they are.
+// their number at most MaxRedisPatterns. Within it, each client pattern is
+// subscribed as it is. Past it, a new pattern is served by a Redis pattern
+// that covers it; if none does, the hub subscribes the narrowest cover
+// that also covers a pattern subscribed already ("order:a*" and "order:b*"
+// give "order:*"; "*:placed" and "order:*" give "*"), which takes over
+// every pattern it covers, so the count never grows. The hub then matches
+// the patterns a cover serves against each event it brings. Channels
+// without a wildcard cost Redis a hash lookup and are always subscribed as
+// they are.
 //
 // A Redis name serves its own clients (Hub.subs) and the client patterns
-// it covers (Hub.covers); it is unsubscribed when it serves neither.
+// it covers (Hub.covers); it is unsubscribed when it serves neither. A
+// name taken over by a cover keeps its set until its patterns leave, for
+// the events Redis matched against it before the cover took over.
 
-// serve arranges for the first client of p to receive p's events: through
-// a Redis name that covers p already, through p itself, or past the bound
-// through a cover of p. It returns once Redis delivers p. Call with change
-// held, not mu.
+// serve arranges for the first client of p to receive p's events, and
+// returns once Redis delivers them. Call with change held, not mu.
 func (h *Hub) serve(ctx context.Context, p string) error {
 	h.mu.RLock()
 	_, subscribed := h.redis[p]
-	by := h.coverOf(p)
 	full := h.patterns >= h.opts.MaxRedisPatterns
+	by, cover := h.coverOf(p), h.coverFor(p)
 	h.mu.RUnlock()
 	switch {
 	case subscribed:
@@ -49,65 +52,85 @@ func (h *Hub) serve(ctx context.Context, p string) error {
 		h.mu.Unlock()
 		return nil
 	}
-	// Past the bound: subscribe a cover of p, which takes over every
-	// pattern it covers, and unsubscribe those. Until Redis confirms the
-	// unsubscription, an event may come through both: dispatch counts it
-	// once.
-	q := coverFor(p)
-	if err := h.sub.Add(ctx, q); err != nil {
+	// Until Redis confirms that the patterns the cover takes over are
+	// unsubscribed, an event may come through both: dispatch counts it once.
+	if err := h.sub.Add(ctx, cover); err != nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	h.mu.Lock()
-	h.subscribed(q)
-	h.cover(q, p)
+	h.subscribed(cover)
+	h.cover(cover, p)
 	var moved []string
 	for r := range h.redis {
-		if r != q && channel.IsPattern(r) && h.covers[r].len() == 0 && channel.Covers(q, r) {
-			h.unsubscribed(r)
-			h.cover(q, r)
-			moved = append(moved, r)
+		if r == cover || !channel.IsPattern(r) || !channel.Covers(cover, r) {
+			continue
+		}
+		h.unsubscribed(r)
+		moved = append(moved, r)
+		if len(h.subs[r]) > 0 {
+			h.cover(cover, r)
+		}
+		if set := h.covers[r]; set != nil {
+			for _, ps := range set.byPrefix {
+				for _, q := range ps {
+					h.cover(cover, q)
+				}
+			}
 		}
 	}
 	h.mu.Unlock()
 	h.release(moved)
-	h.log.Info("redis patterns at their bound: a covering pattern serves more client patterns",
-		"cover", q, "bound", h.opts.MaxRedisPatterns, "moved", len(moved))
+	h.log.Info("redis patterns at their bound: a covering pattern takes over",
+		"cover", cover, "bound", h.opts.MaxRedisPatterns, "taken_over", len(moved))
 	return nil
-}
-
-// coverFor returns the pattern that serves p once the bound is reached:
-// its namespace's "ns:*", or "*" when p's first token has a wildcard.
-func coverFor(p string) string {
-	if i := strings.IndexByte(p, ':'); i > 0 && !channel.IsPattern(p[:i]) {
-		return p[:i] + ":*"
-	}
-	return "*"
 }
 
 // coverOf returns a Redis pattern that covers p, or "". Call with mu held.
 func (h *Hub) coverOf(p string) string {
-	for _, q := range []string{coverFor(p), "*"} {
-		if _, ok := h.redis[q]; ok && channel.Covers(q, p) {
-			return q
+	for r := range h.redis {
+		if channel.IsPattern(r) && channel.Covers(r, p) {
+			return r
 		}
 	}
 	return ""
+}
+
+// coverFor returns the narrowest pattern that covers p and a wildcard
+// pattern subscribed in Redis: their longest common literal prefix
+// followed by '*'. Call with mu held.
+func (h *Hub) coverFor(p string) string {
+	lp, best := literalPrefix(p), ""
+	for r := range h.redis {
+		if !channel.IsPattern(r) {
+			continue
+		}
+		lr := literalPrefix(r)
+		n := 0
+		for n < len(lp) && n < len(lr) && lp[n] == lr[n] {
+			n++
+		}
+		if n > len(best) {
+			best = lp[:n]
+		}
+	}
+	return best + "*"
 }
 
 // forsake undoes serve when the last client of p leaves, and returns the
 // Redis names that now serve no one. Call with mu held.
 func (h *Hub) forsake(p string) []string {
 	var orphans []string
-	if q, ok := h.coveredBy[p]; ok {
-		delete(h.coveredBy, p)
+	for _, q := range h.coveredBy[p] {
 		h.covers[q].remove(p)
-		if h.covers[q].len() == 0 {
-			delete(h.covers, q)
-			if len(h.subs[q]) == 0 {
-				orphans = append(orphans, q)
-			}
+		if h.covers[q].len() > 0 {
+			continue
+		}
+		delete(h.covers, q)
+		if _, ok := h.redis[q]; ok && len(h.subs[q]) == 0 {
+			orphans = append(orphans, q)
 		}
 	}
+	delete(h.coveredBy, p)
 	if _, ok := h.redis[p]; ok && h.covers[p].len() == 0 {
 		orphans = append(orphans, p)
 	}
@@ -122,8 +145,9 @@ func (h *Hub) cover(q, p string) {
 	if h.covers[q] == nil {
 		h.covers[q] = &patternSet{byPrefix: make(map[string][]string)}
 	}
-	h.covers[q].add(p)
-	h.coveredBy[p] = q
+	if h.covers[q].add(p) {
+		h.coveredBy[p] = append(h.coveredBy[p], q)
+	}
 }
 
 // subscribed and unsubscribed keep the count of Redis patterns. Call with
@@ -184,10 +208,15 @@ func literalPrefix(p string) string {
 	return p
 }
 
-func (s *patternSet) add(p string) {
+// add adds p and reports whether s did not hold it.
+func (s *patternSet) add(p string) bool {
 	k := literalPrefix(p)
+	if slices.Contains(s.byPrefix[k], p) {
+		return false
+	}
 	s.byPrefix[k] = append(s.byPrefix[k], p)
 	s.n++
+	return true
 }
 
 func (s *patternSet) remove(p string) {
@@ -201,6 +230,7 @@ func (s *patternSet) remove(p string) {
 	}
 }
 
+// len returns how many patterns s holds; a nil set holds none.
 func (s *patternSet) len() int {
 	if s == nil {
 		return 0
