@@ -65,6 +65,9 @@ type benchFlags struct {
 	grpc              grpcFlag
 	edge, tokenSecret string
 	json              bool
+
+	mu     sync.Mutex
+	tokens map[string]string // user → token, for connectionToken
 }
 
 // grpcFlag is --grpc, which the issue asks to be both the gRPC address and
@@ -125,6 +128,30 @@ func (b *benchFlags) token(ctx context.Context, user string) (string, error) {
 		return "", fmt.Errorf("get a demo token: %s: pass --token-secret or run the edge with EDGE_DEMO=true", resp.Status)
 	}
 	return v.Token, nil
+}
+
+// connsPerUser is how many of a benchmark's connections share a user,
+// below the edge's EDGE_MAX_USER_CONNECTIONS (50).
+const connsPerUser = 40
+
+// connectionToken returns the token of connection i of a benchmark: users
+// "bench-0", "bench-1", … each hold connsPerUser connections.
+func (b *benchFlags) connectionToken(ctx context.Context, i int) (string, error) {
+	user := fmt.Sprintf("bench-%d", i/connsPerUser)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if tok, ok := b.tokens[user]; ok {
+		return tok, nil
+	}
+	tok, err := b.token(ctx, user)
+	if err != nil {
+		return "", err
+	}
+	if b.tokens == nil {
+		b.tokens = make(map[string]string)
+	}
+	b.tokens[user] = tok
+	return tok, nil
 }
 
 func (b *benchFlags) wsURL(tok string) string {

@@ -41,10 +41,6 @@ func benchConnections(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	tok, err := b.token(ctx, "bench")
-	if err != nil {
-		return err
-	}
 	var src sourceClients
 	conns := make([]*websocket.Conn, *count)
 	var readers sync.WaitGroup
@@ -63,6 +59,10 @@ func benchConnections(ctx context.Context, e env, args []string) error {
 	g.SetLimit(128)
 	for i := range conns {
 		g.Go(func() error {
+			tok, err := b.connectionToken(gctx, i)
+			if err != nil {
+				return err
+			}
 			c, err := b.dialEdge(gctx, &src, i, tok, "")
 			if err != nil {
 				return err

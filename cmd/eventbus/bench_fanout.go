@@ -141,16 +141,16 @@ func fanoutTrial(ctx context.Context, e env, b *benchFlags, nsubs, rate int, dur
 		sub = "bench:fanout:" + run + ":*"
 		ch += ":x"
 	}
-	tok, err := b.token(ctx, "bench")
-	if err != nil {
-		return nil, err
-	}
 	var src sourceClients
 	subscribers := make([]*subscriber, nsubs)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(64)
 	for i := range subscribers {
 		g.Go(func() error {
+			tok, err := b.connectionToken(gctx, i)
+			if err != nil {
+				return err
+			}
 			conn, err := b.dialEdge(gctx, &src, i, tok, sub)
 			if err != nil {
 				return err
@@ -161,7 +161,7 @@ func fanoutTrial(ctx context.Context, e env, b *benchFlags, nsubs, rate int, dur
 			return nil
 		})
 	}
-	err = g.Wait()
+	err := g.Wait()
 	defer func() {
 		for _, s := range subscribers {
 			if s != nil {

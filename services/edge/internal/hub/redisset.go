@@ -3,7 +3,6 @@ package hub
 import (
 	"context"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 
@@ -182,14 +181,6 @@ func (h *Hub) recipients(ch string, patterns []string) []string {
 		h.wanted = slices.Compact(h.wanted)
 	}
 	return h.wanted
-}
-
-// redisNames returns what the hub holds subscribed in Redis, sorted; for
-// tests.
-func (h *Hub) redisNames() []string {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	return slices.Sorted(maps.Keys(h.redis))
 }
 
 // patternSet holds client patterns by their literal prefix, the text
