@@ -13,6 +13,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
@@ -60,7 +61,9 @@ func TestReauthAsAnotherUserCloses(t *testing.T) {
 	if code := c.closeStatus(); code != 4001 {
 		t.Fatalf("closed with %d, want 4001", code)
 	}
-	e.publish(t, "notify:user:4", "after", 0)
+	servicetest.WaitFor(t, "the closed connection's subscription to go", func() bool {
+		return e.metric(t, "eventbus_edge_subscriptions") == 0
+	})
 }
 
 // A close reason too long for a close frame is cut, so the code still
