@@ -21,10 +21,11 @@ type liveSet struct {
 	anywhere    []string
 
 	// The publish being delivered: Redis sends one delivery per matching
-	// subscription, back to back.
+	// subscription, back to back, each naming its subscription.
 	channel string
 	payload string
-	pending int // deliveries of it still to come
+	group   []string // the subscriptions it matched
+	seen    []string // those whose delivery came
 }
 
 func newLiveSet() *liveSet {
@@ -77,16 +78,18 @@ func (l *liveSet) reset() {
 	clear(l.exact)
 	clear(l.byNamespace)
 	l.anywhere = l.anywhere[:0]
-	l.pending = 0
+	l.group, l.seen = nil, l.seen[:0]
 }
 
 // deliver sorts one delivery of payload on ch through subscription sub:
 // it returns the subscriptions that matched the publish, sorted, when the
 // delivery is the first of its publish, and nil for each further delivery
-// of the same publish.
+// of the same publish. A delivery through a subscription that has
+// delivered this publish already starts the next publish: Redis delivers
+// a publish once per subscription.
 func (l *liveSet) deliver(ch, sub, payload string) []string {
-	if l.pending > 0 && ch == l.channel && payload == l.payload {
-		l.pending--
+	if ch == l.channel && payload == l.payload && slices.Contains(l.group, sub) && !slices.Contains(l.seen, sub) {
+		l.seen = append(l.seen, sub)
 		return nil
 	}
 	var matched []string
@@ -103,12 +106,12 @@ func (l *liveSet) deliver(ch, sub, payload string) []string {
 			matched = append(matched, p)
 		}
 	}
-	if len(matched) == 0 {
-		// Redis matched sub, so it is live: a confirmation this set missed
-		// would be a bug, and dropping the message would hide it.
+	if !slices.Contains(matched, sub) {
+		// Redis matched sub, so it is subscribed: a confirmation this set
+		// missed would be a bug, and dropping the message would hide it.
 		matched = append(matched, sub)
 	}
 	slices.Sort(matched)
-	l.channel, l.payload, l.pending = ch, payload, len(matched)-1
+	l.channel, l.payload, l.group, l.seen = ch, payload, matched, append(l.seen[:0], sub)
 	return matched
 }

@@ -142,6 +142,13 @@ func (s *Subscription) change(ctx context.Context, add bool, patterns []string) 
 		case <-w:
 		case <-ctx.Done():
 			s.forget(keys[i:], waits[i:])
+			if add {
+				// Undone, as after a failed write: the caller is told the
+				// subscription failed, so Redis must not keep it.
+				undo, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				_ = s.send(undo, false, exact, globs)
+				cancel()
+			}
 			return fmt.Errorf("await confirmation of %s %q: %w", exactKind, patterns, ctx.Err())
 		case <-s.done:
 			return bus.ErrClosed
@@ -248,6 +255,12 @@ func (s *Subscription) receive() {
 				if err == nil {
 					continue
 				}
+			}
+			if rerr := redis.Error(nil); errors.As(err, &rerr) {
+				// An error reply (-BUSY to the ping while a script runs, say)
+				// on a connection that keeps its subscriptions.
+				s.b.log.Warn("redis answered the subscription with an error", "error", err)
+				continue
 			}
 			live.reset()
 			if s.live.Swap(false) {
