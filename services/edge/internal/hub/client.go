@@ -146,15 +146,26 @@ func (c *Client) CloseAfter(d Disconnect) {
 	if c.closing == nil {
 		c.closing = &d
 	}
-	idle := !c.writing
+	closing, idle := *c.closing, !c.writing
 	if c.pausing {
 		c.pausing = false
 		c.hurry <- struct{}{}
 	}
 	c.mu.Unlock()
 	if idle {
-		c.Kick(d)
+		c.Kick(closing)
 	}
+}
+
+// Closing reports whether the connection is being closed: kicked, or to
+// be closed once its queue is written. Its requests need no more answers.
+func (c *Client) Closing() bool {
+	if c.kicked.Load() {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing != nil
 }
 
 // Pause waits d, or less if the queue fills to half its bound meanwhile:

@@ -126,8 +126,9 @@ func (h *Hub) Join(who string, onReady func(), onKick func(Disconnect)) (*Client
 
 // Identify makes who the identity c counts against: "user:<id>" once it
 // authenticated, "addr:<ip>" before. Its subscriptions go along. It
-// returns ErrTooManyConnections, changing nothing, when who has
-// MaxUserConnections already.
+// changes nothing and returns ErrTooManyConnections when who has
+// MaxUserConnections already, or ErrTooManyPatterns when c's patterns
+// would take who past MaxUserPatterns.
 func (h *Hub) Identify(c *Client, who string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -145,6 +146,16 @@ func (h *Hub) identify(c *Client, who string) error {
 	if to.conns >= h.opts.MaxUserConnections {
 		h.m.refusals.WithLabelValues("user_connections").Inc()
 		return ErrTooManyConnections
+	}
+	added := 0
+	for p := range c.subs {
+		if to.patterns[p] == 0 {
+			added++
+		}
+	}
+	if added > 0 && len(to.patterns)+added > h.opts.MaxUserPatterns {
+		h.m.refusals.WithLabelValues("user_patterns").Inc()
+		return ErrTooManyPatterns
 	}
 	h.identities[who] = to
 	h.unidentify(c)

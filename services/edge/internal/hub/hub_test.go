@@ -519,3 +519,55 @@ func TestNarrowestCoverAndCoversOfCovers(t *testing.T) {
 		t.Fatalf("%d covers left behind, want none", n)
 	}
 }
+
+// A pattern can be its own cover; when it goes, the count of Redis
+// patterns goes down by one, not two.
+func TestAPatternThatIsItsOwnCover(t *testing.T) {
+	t.Parallel()
+	opts := bounds
+	opts.MaxRedisPatterns = 1
+	h := startHub(t, opts)
+	a, star := h.join(t), h.join(t)
+	a.subscribe(t, h, "order:a*")
+	star.subscribe(t, h, "order:*")
+	if got, want := h.sub.subscribed(), []string{"order:*"}; !slices.Equal(got, want) {
+		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
+	}
+	h.publish(t, "order:a1", "1", "order:*")
+	if got, want := summary(a.frames()), []string{"ok order:a*", "1 via order:a*"}; !slices.Equal(got, want) {
+		t.Errorf("a got %q, want %q", got, want)
+	}
+	if got, want := summary(star.frames()), []string{"ok order:*", "1 via order:*"}; !slices.Equal(got, want) {
+		t.Errorf("star got %q, want %q", got, want)
+	}
+	h.leave(a)
+	h.leave(star)
+	if got := h.sub.subscribed(); len(got) != 0 {
+		t.Fatalf("Redis subscriptions after both left = %q, want none", got)
+	}
+	if h.patterns != 0 {
+		t.Fatalf("the count of Redis patterns is %d with none subscribed", h.patterns)
+	}
+}
+
+// Authenticating as a user brings the connection's patterns along, within
+// the user's bound.
+func TestIdentifyKeepsTheUserPatternBound(t *testing.T) {
+	t.Parallel()
+	opts := bounds
+	opts.MaxUserPatterns = 2
+	h := startHub(t, opts)
+	user := h.joinAs(t, "user:9")
+	user.subscribe(t, h, "a:*")
+	user.subscribe(t, h, "b:*")
+	anon := h.joinAs(t, "addr:192.0.2.1")
+	anon.subscribe(t, h, "c:*")
+	if err := h.Identify(anon.Client, "user:9"); !errors.Is(err, ErrTooManyPatterns) {
+		t.Fatalf("Identify with a third distinct pattern = %v, want ErrTooManyPatterns", err)
+	}
+	h.Unsubscribe(anon.Client, "c:*", nil)
+	anon.subscribe(t, h, "a:*") // one the user holds already
+	if err := h.Identify(anon.Client, "user:9"); err != nil {
+		t.Fatalf("Identify with a pattern the user holds = %v", err)
+	}
+}

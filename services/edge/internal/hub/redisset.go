@@ -58,7 +58,9 @@ func (h *Hub) serve(ctx context.Context, p string) error {
 	}
 	h.mu.Lock()
 	h.subscribed(cover)
-	h.cover(cover, p)
+	if cover != p { // p may be its own cover ("order:*" over "order:a*")
+		h.cover(cover, p)
+	}
 	var moved []string
 	for r := range h.redis {
 		if r == cover || !channel.IsPattern(r) || !channel.Covers(cover, r) {
@@ -130,7 +132,7 @@ func (h *Hub) forsake(p string) []string {
 		}
 	}
 	delete(h.coveredBy, p)
-	if _, ok := h.redis[p]; ok && h.covers[p].len() == 0 {
+	if _, ok := h.redis[p]; ok && h.covers[p].len() == 0 && !slices.Contains(orphans, p) {
 		orphans = append(orphans, p)
 	}
 	for _, r := range orphans {
@@ -159,6 +161,9 @@ func (h *Hub) subscribed(r string) {
 }
 
 func (h *Hub) unsubscribed(r string) {
+	if _, ok := h.redis[r]; !ok {
+		return
+	}
 	delete(h.redis, r)
 	if channel.IsPattern(r) {
 		h.patterns--

@@ -368,8 +368,8 @@ func (s *session) read() {
 			return
 		}
 		s.h.messagesIn.Inc()
-		if s.ctx.Err() != nil {
-			continue // kicked: nothing more is served while the close handshake ends
+		if s.client.Closing() {
+			continue // nothing more is served while the connection closes
 		}
 		if !s.limiter.Allow() {
 			s.reply(protocol.Fail(idOf(b), protocol.Errorf(protocol.CodeRateLimited,
@@ -459,7 +459,12 @@ func (s *session) reauthenticate(req protocol.Request) []byte {
 			s.client.CloseAfter(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token of another user"})
 			return nil
 		}
-		if err := s.h.Hub.Identify(s.client, identity(c, s.addr)); err != nil {
+		switch err := s.h.Hub.Identify(s.client, identity(c, s.addr)); {
+		case errors.Is(err, hub.ErrTooManyPatterns):
+			// The connection stays as it was, without the user's grants.
+			return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManyPatterns,
+				"%v: at most %d distinct patterns per user; unsubscribe some first", err, s.h.MaxUserPatterns))
+		case err != nil:
 			s.reply(protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManyConnections,
 				"%v: at most %d connections per user", err, s.h.MaxUserConnections)))
 			s.client.CloseAfter(hub.DisconnectTooManyConnections)
@@ -510,7 +515,11 @@ func (h *Handler) clientAddr(r *http.Request) netip.Addr {
 	for i := len(hops) - 1; i >= 0 && h.trusted(addr); i-- {
 		hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
 		if err != nil {
-			break
+			withPort, perr := netip.ParseAddrPort(strings.TrimSpace(hops[i]))
+			if perr != nil {
+				break
+			}
+			hop = withPort.Addr()
 		}
 		addr = hop.Unmap()
 	}

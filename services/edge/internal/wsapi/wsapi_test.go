@@ -41,6 +41,7 @@ func TestClientAddrTrustsOnlyTrustedProxies(t *testing.T) {
 		{"a forged first hop stays behind the real one", "10.1.2.3:5000", []string{"203.0.113.9, 198.51.100.7"}, "198.51.100.7"},
 		{"two trusted proxies", "10.1.2.3:5000", []string{"198.51.100.7", "10.9.9.9"}, "198.51.100.7"},
 		{"garbage ends the walk", "10.1.2.3:5000", []string{"not-an-ip"}, "10.1.2.3"},
+		{"a hop with a port", "10.1.2.3:5000", []string{"198.51.100.7:4242"}, "198.51.100.7"},
 		{"IPv6", "[2001:db8::1]:5000", nil, "2001:db8::1"},
 	} {
 		r := httptest.NewRequest("GET", "/ws", nil)
