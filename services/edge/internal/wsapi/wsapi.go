@@ -32,6 +32,10 @@ import (
 )
 
 const (
+	// subscribeTimeout bounds the wait for Redis to confirm a
+	// subscription: the hub makes one change at a time, so a Redis that
+	// does not answer must not hold up everyone else's for long.
+	subscribeTimeout = 5 * time.Second
 	// readBuffer and writeBuffer size a connection's buffers. A message
 	// that fits the write buffer costs one write(2); a longer one, two,
 	// whatever its length: the frames waiting are packed into messages of
@@ -434,7 +438,9 @@ func (s *session) handle(req protocol.Request) []byte {
 	if s.h.Hub.Count(s.client) >= s.h.MaxSubscriptions {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManySubscriptions, "at most %d subscriptions per connection", s.h.MaxSubscriptions))
 	}
-	switch err := s.h.Hub.Subscribe(s.ctx, s.client, req.Channel, protocol.OK(req.ID)); {
+	ctx, cancel := context.WithTimeout(s.ctx, subscribeTimeout)
+	defer cancel()
+	switch err := s.h.Hub.Subscribe(ctx, s.client, req.Channel, protocol.OK(req.ID)); {
 	case errors.Is(err, hub.ErrTooManyPatterns):
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManyPatterns,
 			"at most %d distinct patterns per user across its connections", s.h.MaxUserPatterns))
