@@ -14,9 +14,9 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/eventbus-suite/eventbus/pkg/apikey"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/server"
-	"github.com/eventbus-suite/eventbus/services/api/internal/auth"
 	"github.com/eventbus-suite/eventbus/services/api/internal/config"
 	"github.com/eventbus-suite/eventbus/services/api/internal/grpcapi"
 	"github.com/eventbus-suite/eventbus/services/api/internal/httpapi"
@@ -39,7 +39,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "api")
-	keys := auth.NewKeys(cfg.APIKeys)
+	keys := apikey.New(cfg.APIKeys)
 	if keys.Open() {
 		log.Warn("API_KEYS is not set: every /v1 route and gRPC call is open to anyone who can reach it, " +
 			"among them GET /v1/stats (every channel with subscribers, and how many) and publishing user.created, " +

@@ -21,8 +21,8 @@ import (
 
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
+	"github.com/eventbus-suite/eventbus/pkg/apikey"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
-	"github.com/eventbus-suite/eventbus/services/api/internal/auth"
 	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
 
@@ -45,7 +45,7 @@ type Server struct {
 // New returns a gRPC server with EventService, health and reflection
 // registered. With keys set, every call but health checks needs
 // "authorization: Bearer <key>" metadata.
-func New(svc *ingest.Service, idem *ingest.Idempotency, keys auth.Keys, log *slog.Logger) *grpc.Server {
+func New(svc *ingest.Service, idem *ingest.Idempotency, keys apikey.Keys, log *slog.Logger) *grpc.Server {
 	s := &Server{ingest: svc, idem: idem, log: log}
 	gs := grpc.NewServer(
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
@@ -67,7 +67,7 @@ func New(svc *ingest.Service, idem *ingest.Idempotency, keys auth.Keys, log *slo
 	return gs
 }
 
-func authorize(ctx context.Context, keys auth.Keys, method string) error {
+func authorize(ctx context.Context, keys apikey.Keys, method string) error {
 	if keys.Open() || strings.HasPrefix(method, "/grpc.health.v1.Health/") {
 		return nil
 	}

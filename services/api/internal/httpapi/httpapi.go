@@ -12,10 +12,10 @@ import (
 	"log/slog"
 	"net/http"
 
+	"github.com/eventbus-suite/eventbus/pkg/apikey"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/server"
-	"github.com/eventbus-suite/eventbus/services/api/internal/auth"
 	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
 
@@ -25,7 +25,7 @@ type Options struct {
 	Idempotency *ingest.Idempotency
 	// Stats reads the pub/sub state of Redis for GET /v1/stats.
 	Stats         func(context.Context) (redisbus.Stats, error)
-	Keys          auth.Keys
+	Keys          apikey.Keys
 	Logger        *slog.Logger
 	MaxBodyBytes  int64
 	MaxBatchBytes int64
