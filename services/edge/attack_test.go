@@ -11,7 +11,6 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
-	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 	"github.com/eventbus-suite/eventbus/pkg/token"
@@ -106,15 +105,7 @@ func TestBurstIsDeliveredToAReadingClient(t *testing.T) {
 	const n = 1000
 	msgs := make([]bus.Publication, n)
 	for i := range msgs {
-		env := &envelope.Envelope{Type: "burst.x", Subject: strconv.Itoa(i)}
-		if err := envelope.Fill(env, "test", time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		b, err := envelope.Marshal(env)
-		if err != nil {
-			t.Fatal(err)
-		}
-		msgs[i] = bus.Publication{Channel: "burst:x", Payload: b}
+		msgs[i] = bus.Publication{Channel: "burst:x", Payload: event(t, "burst:x", strconv.Itoa(i))}
 	}
 	if _, _, err := e.bus.PublishBatch(t.Context(), msgs); err != nil {
 		t.Fatal(err)

@@ -161,7 +161,8 @@ func (c *client) closeStatus() websocket.StatusCode {
 	}
 }
 
-func (e *edge) publish(t *testing.T, ch, subject string, wantReceivers int64) {
+// event is the payload of a test event on ch.
+func event(t *testing.T, ch, subject string) []byte {
 	t.Helper()
 	env := &envelope.Envelope{Type: "test.event", Channel: ch, Subject: subject}
 	if err := envelope.Fill(env, "test", time.Now()); err != nil {
@@ -171,7 +172,12 @@ func (e *edge) publish(t *testing.T, ch, subject string, wantReceivers int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := e.bus.Publish(t.Context(), ch, b); err != nil || (wantReceivers >= 0 && n != wantReceivers) {
+	return b
+}
+
+func (e *edge) publish(t *testing.T, ch, subject string, wantReceivers int64) {
+	t.Helper()
+	if n, err := e.bus.Publish(t.Context(), ch, event(t, ch, subject)); err != nil || (wantReceivers >= 0 && n != wantReceivers) {
 		t.Fatalf("Publish(%s) = %d, %v; want %d receivers", ch, n, err, wantReceivers)
 	}
 }

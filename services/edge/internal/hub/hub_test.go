@@ -158,6 +158,23 @@ func (c *testClient) frames() []string {
 	return out
 }
 
+// expectation is what waits for one client, as summary gives it.
+type expectation struct {
+	name string
+	c    *testClient
+	want []string
+}
+
+// expectFrames takes what waits for each client and checks it.
+func expectFrames(t *testing.T, es []expectation) {
+	t.Helper()
+	for _, e := range es {
+		if got := summary(e.c.frames()); !slices.Equal(got, e.want) {
+			t.Errorf("%s got %q, want %q", e.name, got, e.want)
+		}
+	}
+}
+
 // summary describes event frames by subject and subscriptions, and other
 // frames as they are.
 func summary(frames []string) []string {
@@ -198,19 +215,11 @@ func TestDeliversEachPublishOncePerClient(t *testing.T) {
 	// What the bus names is what matched at publish time: a subscription
 	// the bus did not match delivers nothing, even if the hub has it.
 	h.publish(t, "order:placed", "2", "order:*")
-	for _, tt := range []struct {
-		name string
-		c    *testClient
-		want []string
-	}{
+	expectFrames(t, []expectation{
 		{"both", both, []string{"ok order:*", "ok *:placed", "1 via *:placed,order:*", "2 via order:*"}},
 		{"orders", orders, []string{"ok order:*", "1 via order:*", "2 via order:*"}},
 		{"placed", placed, []string{"ok *:placed", "1 via *:placed"}},
-	} {
-		if got := summary(tt.c.frames()); !slices.Equal(got, tt.want) {
-			t.Errorf("%s got %q, want %q", tt.name, got, tt.want)
-		}
-	}
+	})
 }
 
 // A client that unsubscribes gets the reply after every event the
@@ -372,20 +381,12 @@ func TestCoveringPatternPastTheBound(t *testing.T) {
 	h.publish(t, "order:a2", "4", "order:a*")
 	// Between the cover's subscription and the pattern's unsubscription.
 	h.publish(t, "order:a3", "5", "order:*", "order:a*")
-	for _, tt := range []struct {
-		name string
-		c    *testClient
-		want []string
-	}{
+	expectFrames(t, []expectation{
 		{"a", a, []string{"ok order:a*", "1 via order:a*", "4 via order:a*", "5 via order:a*"}},
 		{"b", b, []string{"ok order:b*", "2 via order:b*"}},
 		{"c", c, []string{"ok order:c*"}},
 		{"exact", exact, []string{"ok order:b1", "2 via order:b1"}},
-	} {
-		if got := summary(tt.c.frames()); !slices.Equal(got, tt.want) {
-			t.Errorf("%s got %q, want %q", tt.name, got, tt.want)
-		}
-	}
+	})
 	// The cover goes when the last pattern it serves does.
 	for _, cl := range []*testClient{a, b, c} {
 		h.leave(cl)
@@ -495,20 +496,12 @@ func TestNarrowestCoverAndCoversOfCovers(t *testing.T) {
 	h.publish(t, "a:x1q", "2", "a:x*") // matched before a:* took over
 	h.publish(t, "a:x1q", "3", "a:*")
 	h.publish(t, "a:wq", "4", "a:*")
-	for _, tt := range []struct {
-		name string
-		c    *testClient
-		want []string
-	}{
+	expectFrames(t, []expectation{
 		{"x1", x1, []string{"ok a:x1*", "2 via a:x1*", "3 via a:x1*"}},
 		{"x2", x2, []string{"ok a:x2*", "1 via a:x2*"}},
 		{"w", w, []string{"ok a:w*", "4 via a:w*"}},
 		{"y", y, []string{"ok b:y*"}},
-	} {
-		if got := summary(tt.c.frames()); !slices.Equal(got, tt.want) {
-			t.Errorf("%s got %q, want %q", tt.name, got, tt.want)
-		}
-	}
+	})
 	for _, c := range []*testClient{x1, x2, w} {
 		h.leave(c)
 	}

@@ -24,45 +24,30 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 			Name: "eventbus_edge_limit_refusals_total", Help: "Subscriptions and connections refused at a bound, by bound."},
 			[]string{"limit"}),
 	}
+	// gauge reads what the hub holds, under its lock, when scraped.
+	gauge := func(name, help string, read func() int) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
+			h.mu.RLock()
+			defer h.mu.RUnlock()
+			return float64(read())
+		})
+	}
 	reg.MustRegister(m.subscriptions, m.delivered, m.slowCloses, m.malformed, m.refusals,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "eventbus_edge_connections", Help: "Connected clients."},
-			func() float64 {
-				h.mu.RLock()
-				defer h.mu.RUnlock()
-				return float64(len(h.clients))
-			}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "eventbus_edge_redis_subscriptions", Help: "Channels and patterns subscribed in Redis."},
-			func() float64 {
-				h.mu.RLock()
-				defer h.mu.RUnlock()
-				return float64(len(h.redis))
-			}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "eventbus_edge_redis_patterns", Help: "Wildcard patterns subscribed in Redis, at most EDGE_MAX_REDIS_PATTERNS."},
-			func() float64 {
-				h.mu.RLock()
-				defer h.mu.RUnlock()
-				return float64(h.patterns)
-			}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "eventbus_edge_covered_patterns", Help: "Client patterns served by a covering Redis pattern and matched on the edge."},
-			func() float64 {
-				h.mu.RLock()
-				defer h.mu.RUnlock()
-				return float64(len(h.coveredBy))
-			}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "eventbus_edge_send_queue_bytes", Help: "Bytes of frames waiting in every client's send queue."},
-			func() float64 {
-				h.mu.RLock()
-				defer h.mu.RUnlock()
+		gauge("eventbus_edge_connections", "Connected clients.",
+			func() int { return len(h.clients) }),
+		gauge("eventbus_edge_redis_subscriptions", "Channels and patterns subscribed in Redis.",
+			func() int { return len(h.redis) }),
+		gauge("eventbus_edge_redis_patterns", "Wildcard patterns subscribed in Redis, at most EDGE_MAX_REDIS_PATTERNS.",
+			func() int { return h.patterns }),
+		gauge("eventbus_edge_covered_patterns", "Client patterns served by a covering Redis pattern and matched on the edge.",
+			func() int { return len(h.coveredBy) }),
+		gauge("eventbus_edge_send_queue_bytes", "Bytes of frames waiting in every client's send queue.",
+			func() int {
 				n := 0
 				for c := range h.clients {
 					n += c.queued()
 				}
-				return float64(n)
+				return n
 			}),
 	)
 	return m
