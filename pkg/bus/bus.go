@@ -21,6 +21,32 @@ var ErrClosed = errors.New("bus closed")
 // leaves open whether the message was published.
 var ErrNotSent = errors.New("not sent")
 
+// Position is where an event stands in the record of its namespace, the
+// first token of its channel ("order" for "order:placed").
+type Position struct {
+	// Offset is the event's id in its namespace's stream, such as
+	// "1732290000000-0": offsets of one namespace grow with every event.
+	Offset string
+	// Epoch names the stream the offset belongs to. It changes when the
+	// stream is lost (Redis flushed, or restarted without its data), so a
+	// consumer can tell "nothing missed" from "history gone".
+	Epoch string
+}
+
+// IsZero reports whether p is no position: the message was published by
+// a bus that keeps no history, or by hand with a plain PUBLISH.
+func (p Position) IsZero() bool { return p.Offset == "" }
+
+// Receipt says what became of a published message.
+type Receipt struct {
+	// Position of the message in its namespace's stream; zero when the bus
+	// keeps no history.
+	Position
+	// Receivers is how many subscriptions received it live (a message
+	// matching several patterns of one subscriber counts once per pattern).
+	Receivers int64
+}
+
 // Message is one delivery to a subscription.
 type Message struct {
 	// Channel the message was published on.
@@ -33,6 +59,9 @@ type Message struct {
 	Patterns []string
 	// Payload as published. The receiver owns it.
 	Payload []byte
+	// Position of the message in its namespace's stream, zero when it has
+	// none.
+	Position Position
 }
 
 // Publication is one message to publish.
@@ -43,27 +72,30 @@ type Publication struct {
 
 // Publisher sends messages to channels. It is safe for concurrent use.
 type Publisher interface {
-	// Publish sends payload on channel and returns how many subscriptions
-	// received it (a message matching several patterns of one subscriber
-	// counts once per pattern). Delivery is at most once: a subscriber that
-	// is not listening now never sees the message, and a message whose
-	// reply was lost is not sent again. An error wrapping ErrNotSent means
-	// the message was not published; any other error leaves it open.
+	// Publish sends payload on channel and returns its receipt: its
+	// position, when the bus keeps history, and how many subscriptions
+	// received it live. With history, the message is recorded in its
+	// namespace's stream and published live in one step, and the live
+	// message carries the position. Live delivery is at most once: a
+	// subscriber that is not listening now never sees it live (the record
+	// is how it catches up), and a message whose reply was lost is not sent
+	// again. An error wrapping ErrNotSent means the message was not
+	// published; any other error leaves it open.
 	//
 	// The context's deadline bounds the whole publish: a message not sent
 	// by then is not sent, and Publish returns by then give or take the
 	// moment the transport needs to notice. A context cancelled without a
 	// deadline stops the wait; if the message was already on its way, the
 	// error (ctx.Err() wrapped) leaves open whether it was published.
-	Publish(ctx context.Context, channel string, payload []byte) (receivers int64, err error)
+	Publish(ctx context.Context, channel string, payload []byte) (Receipt, error)
 
 	// PublishBatch publishes msgs in order, as one round trip where the
 	// transport allows it, bounded by ctx as Publish is. It returns one
-	// receiver count and one error per message (nil where it was
+	// receipt and one error per message (nil where it was
 	// published, with ErrNotSent's meaning as for Publish); the error is
 	// non-nil only when the batch could not be attempted at all, and then
 	// nothing was sent.
-	PublishBatch(ctx context.Context, msgs []Publication) (receivers []int64, errs []error, err error)
+	PublishBatch(ctx context.Context, msgs []Publication) (receipts []Receipt, errs []error, err error)
 }
 
 // Subscriber registers interest in channels.

@@ -153,14 +153,30 @@ type Common struct {
 	RedisPrefix string     // REDIS_PREFIX: channel and key prefix, for sharing one Redis
 	Pprof       bool       // PPROF: serve /debug/pprof on the HTTP port, for profiling only
 	LogLevel    slog.Level // LOG_LEVEL
+	// HistoryMaxLen is about how many events each namespace's stream
+	// keeps (BUS_HISTORY_MAXLEN); zero when BUS_HISTORY is off, when the
+	// bus publishes live only.
+	HistoryMaxLen int64
+	HistoryTTL    time.Duration // BUS_HISTORY_TTL: the oldest event a stream keeps
 }
 
-// Common reads REDIS_URL, REDIS_PREFIX, PPROF and LOG_LEVEL.
+// Common reads REDIS_URL, REDIS_PREFIX, PPROF, LOG_LEVEL and the bus's
+// history: BUS_HISTORY, BUS_HISTORY_MAXLEN and BUS_HISTORY_TTL.
 func (r *Reader) Common() Common {
-	return Common{
-		RedisURL:    r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
-		RedisPrefix: r.ChannelPrefix("REDIS_PREFIX"),
-		Pprof:       r.Bool("PPROF", false),
-		LogLevel:    r.LogLevel("LOG_LEVEL", slog.LevelInfo),
+	c := Common{
+		RedisURL:      r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
+		RedisPrefix:   r.ChannelPrefix("REDIS_PREFIX"),
+		Pprof:         r.Bool("PPROF", false),
+		LogLevel:      r.LogLevel("LOG_LEVEL", slog.LevelInfo),
+		HistoryMaxLen: r.Int("BUS_HISTORY_MAXLEN", 100_000, 1),
+		HistoryTTL:    r.Duration("BUS_HISTORY_TTL", 24*time.Hour),
 	}
+	switch v := r.String("BUS_HISTORY", "on"); strings.ToLower(v) {
+	case "on", "true":
+	case "off", "false":
+		c.HistoryMaxLen = 0
+	default:
+		r.fail("BUS_HISTORY", v, "on or off")
+	}
+	return c
 }

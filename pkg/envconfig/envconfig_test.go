@@ -52,3 +52,31 @@ func TestReaderNamesEveryBadVariable(t *testing.T) {
 		}
 	}
 }
+
+func TestCommonHistory(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		env    map[string]string
+		maxLen int64
+		ttl    time.Duration
+		bad    string
+	}{
+		{env: nil, maxLen: 100_000, ttl: 24 * time.Hour},
+		{env: map[string]string{"BUS_HISTORY_MAXLEN": "500", "BUS_HISTORY_TTL": "1h"}, maxLen: 500, ttl: time.Hour},
+		{env: map[string]string{"BUS_HISTORY": "off"}, maxLen: 0, ttl: 24 * time.Hour},
+		{env: map[string]string{"BUS_HISTORY": "sometimes"}, bad: "BUS_HISTORY="},
+		{env: map[string]string{"BUS_HISTORY_MAXLEN": "0"}, bad: "BUS_HISTORY_MAXLEN="},
+	} {
+		r := envconfig.New(func(k string) string { return tt.env[k] })
+		c := r.Common()
+		if tt.bad != "" {
+			if err := r.Err(); err == nil || !strings.Contains(err.Error(), tt.bad) {
+				t.Errorf("%v: Err() = %v, want it to name %s", tt.env, err, tt.bad)
+			}
+			continue
+		}
+		if c.HistoryMaxLen != tt.maxLen || c.HistoryTTL != tt.ttl || r.Err() != nil {
+			t.Errorf("%v: history %d, %v, error %v; want %d, %v", tt.env, c.HistoryMaxLen, c.HistoryTTL, r.Err(), tt.maxLen, tt.ttl)
+		}
+	}
+}

@@ -835,3 +835,28 @@ func TestHangUpsPublishEachKeyOnce(t *testing.T) {
 		}
 	}
 }
+
+// With history (the default) an accepted event's reply names its position
+// in its namespace's stream; the stream holds it. With BUS_HISTORY=off
+// there is no position and no stream.
+func TestPublishReturnsThePosition(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	for _, history := range []string{"on", "off"} {
+		a := startAPI(t, srv, map[string]string{"BUS_HISTORY": history})
+		r := a.post(t, "/v1/events", "application/json", `{"type":"pos.check","subject":"s"}`)
+		offset, _ := r.body["offset"].(string)
+		epoch, _ := r.body["epoch"].(string)
+		if r.status != http.StatusAccepted || (history == "on") != (offset != "" && epoch != "") {
+			t.Fatalf("BUS_HISTORY=%s: POST /v1/events = %d %s, want a position exactly with history", history, r.status, r.raw)
+		}
+		entries, err := srv.Client(t).XRange(t.Context(), a.prefix+":stream:{pos}", "-", "+").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if history == "on" && (len(entries) != 1 || entries[0].ID != offset) {
+			t.Fatalf("stream holds %v, want the one event at %s", entries, offset)
+		}
+	}
+}

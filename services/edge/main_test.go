@@ -177,8 +177,8 @@ func event(t *testing.T, ch, subject string) []byte {
 
 func (e *edge) publish(t *testing.T, ch, subject string, wantReceivers int64) {
 	t.Helper()
-	if n, err := e.bus.Publish(t.Context(), ch, event(t, ch, subject)); err != nil || (wantReceivers >= 0 && n != wantReceivers) {
-		t.Fatalf("Publish(%s) = %d, %v; want %d receivers", ch, n, err, wantReceivers)
+	if r, err := e.bus.Publish(t.Context(), ch, event(t, ch, subject)); err != nil || (wantReceivers >= 0 && r.Receivers != wantReceivers) {
+		t.Fatalf("Publish(%s) = %d, %v; want %d receivers", ch, r.Receivers, err, wantReceivers)
 	}
 }
 

@@ -53,7 +53,8 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 
 	reg := server.NewRegistry()
 	b, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, redisbus.Options{
-		Prefix: cfg.RedisPrefix, Logger: log, Registerer: reg, Namespace: "eventbus_logger",
+		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL,
+		Logger: log, Registerer: reg, Namespace: "eventbus_logger",
 	})
 	if err != nil {
 		return err

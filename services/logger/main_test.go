@@ -67,8 +67,8 @@ func (l *logger) publishID(t *testing.T, id, typ, subject string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := l.bus.Publish(t.Context(), env.GetChannel(), b); err != nil || n != 1 {
-		t.Fatalf("Publish = %d, %v; want 1 receiver (the logger)", n, err)
+	if r, err := l.bus.Publish(t.Context(), env.GetChannel(), b); err != nil || r.Receivers != 1 {
+		t.Fatalf("Publish = %d, %v; want 1 receiver (the logger)", r.Receivers, err)
 	}
 	return env.GetId()
 }

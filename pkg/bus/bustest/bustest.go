@@ -31,12 +31,23 @@ type NewBus func(t *testing.T) Bus
 // a failure guard, never a synchronisation.
 const wait = 10 * time.Second
 
-// Run runs the conformance suite.
-func Run(t *testing.T, newBus NewBus) {
+// Features say what an implementation offers beyond live delivery.
+type Features struct {
+	// History: Publish returns positions, and live messages carry them.
+	History bool
+}
+
+// Run runs the conformance suite for an implementation with features f.
+func Run(t *testing.T, newBus NewBus, f Features) {
+	positions := testNoPositions
+	if f.History {
+		positions = testPositions
+	}
 	tests := []struct {
 		name string
 		run  func(t *testing.T, b Bus)
 	}{
+		{"Positions", positions},
 		{"ExactChannel", testExactChannel},
 		{"Pattern", testPattern},
 		{"NoSubscribers", testNoSubscribers},
@@ -68,15 +79,16 @@ func subscribe(t *testing.T, b Bus, patterns ...string) bus.Subscription {
 	return sub
 }
 
-func publish(t *testing.T, b Bus, ch, payload string, wantReceivers int64) {
+func publish(t *testing.T, b Bus, ch, payload string, wantReceivers int64) bus.Receipt {
 	t.Helper()
-	n, err := b.Publish(t.Context(), ch, []byte(payload))
+	r, err := b.Publish(t.Context(), ch, []byte(payload))
 	if err != nil {
 		t.Fatalf("Publish(%q) = %v", ch, err)
 	}
-	if n != wantReceivers {
-		t.Fatalf("Publish(%q) = %d receivers, want %d", ch, n, wantReceivers)
+	if r.Receivers != wantReceivers {
+		t.Fatalf("Publish(%q) = %d receivers, want %d", ch, r.Receivers, wantReceivers)
 	}
+	return r
 }
 
 // Receive returns the next message of sub, failing the test if none comes.
@@ -145,9 +157,9 @@ func testConcurrent(t *testing.T, b Bus) {
 	for p := range publishers {
 		wg.Go(func() {
 			for i := range each {
-				n, err := b.Publish(t.Context(), "conc:"+strconv.Itoa(p), fmt.Appendf(nil, "%d/%d", p, i))
-				if err != nil || n != 1 {
-					errs <- fmt.Errorf("Publish = %d, %v; want 1, nil", n, err)
+				r, err := b.Publish(t.Context(), "conc:"+strconv.Itoa(p), fmt.Appendf(nil, "%d/%d", p, i))
+				if err != nil || r.Receivers != 1 {
+					errs <- fmt.Errorf("Publish = %d, %v; want 1, nil", r.Receivers, err)
 					return
 				}
 			}
@@ -264,16 +276,16 @@ func testBatch(t *testing.T, b Bus) {
 		}
 		msgs[i] = bus.Publication{Channel: ch, Payload: []byte(strconv.Itoa(i))}
 	}
-	receivers, errs, err := b.PublishBatch(t.Context(), msgs)
+	receipts, errs, err := b.PublishBatch(t.Context(), msgs)
 	if err != nil {
 		t.Fatalf("PublishBatch = %v", err)
 	}
-	if len(receivers) != len(msgs) || len(errs) != len(msgs) {
-		t.Fatalf("PublishBatch gave %d counts and %d errors, want %d each", len(receivers), len(errs), len(msgs))
+	if len(receipts) != len(msgs) || len(errs) != len(msgs) {
+		t.Fatalf("PublishBatch gave %d receipts and %d errors, want %d each", len(receipts), len(errs), len(msgs))
 	}
 	for i := range msgs {
-		if want := int64(1 - i%2); receivers[i] != want || errs[i] != nil {
-			t.Fatalf("message %d: %d receivers, error %v; want %d, nil", i, receivers[i], errs[i], want)
+		if want := int64(1 - i%2); receipts[i].Receivers != want || errs[i] != nil {
+			t.Fatalf("message %d: %d receivers, error %v; want %d, nil", i, receipts[i].Receivers, errs[i], want)
 		}
 	}
 	for i := 0; i < len(msgs); i += 2 {
@@ -333,4 +345,59 @@ func testEndedContext(t *testing.T, b Bus) {
 	}
 	publish(t, b, "ended:c", "sentinel", 1)
 	expect(t, sub, "ended:c", []string{"ended:*"}, "sentinel")
+}
+
+// offset splits a stream offset "<ms>-<seq>" into its two numbers.
+func offset(t *testing.T, o string) [2]uint64 {
+	t.Helper()
+	var ms, seq uint64
+	if _, err := fmt.Sscanf(o, "%d-%d", &ms, &seq); err != nil {
+		t.Fatalf("offset %q is not <ms>-<seq>: %v", o, err)
+	}
+	return [2]uint64{ms, seq}
+}
+
+func before(a, b [2]uint64) bool { return a[0] < b[0] || a[0] == b[0] && a[1] < b[1] }
+
+// testPositions: every publish gets a position in its namespace's stream,
+// offsets grow within a namespace, a namespace keeps its epoch, and the
+// live message carries the same position.
+func testPositions(t *testing.T, b Bus) {
+	sub := subscribe(t, b, "pos:*", "other:*")
+	var last bus.Receipt
+	for i := range 5 {
+		r := publish(t, b, "pos:a", strconv.Itoa(i), 1)
+		if r.Offset == "" || r.Epoch == "" {
+			t.Fatalf("Publish gave position %+v, want offset and epoch", r.Position)
+		}
+		if i > 0 && (r.Epoch != last.Epoch || !before(offset(t, last.Offset), offset(t, r.Offset))) {
+			t.Fatalf("position %+v after %+v, want the same epoch and a later offset", r.Position, last.Position)
+		}
+		if m := Receive(t, sub); m.Position != r.Position || string(m.Payload) != strconv.Itoa(i) {
+			t.Fatalf("live message at %+v with payload %q, want %+v and %d", m.Position, m.Payload, r.Position, i)
+		}
+		last = r
+	}
+	other := publish(t, b, "other:x", "o", 1)
+	if other.Epoch == "" || other.Epoch == last.Epoch {
+		t.Fatalf("namespace other has epoch %q, pos has %q: want an epoch of its own", other.Epoch, last.Epoch)
+	}
+	receipts, errs, err := b.PublishBatch(t.Context(), []bus.Publication{{Channel: "pos:b", Payload: []byte("b1")}, {Channel: "pos:b", Payload: []byte("b2")}})
+	if err != nil || errs[0] != nil || errs[1] != nil {
+		t.Fatalf("PublishBatch = %v, %v", errs, err)
+	}
+	if !before(offset(t, last.Offset), offset(t, receipts[0].Offset)) || !before(offset(t, receipts[0].Offset), offset(t, receipts[1].Offset)) {
+		t.Fatalf("batch offsets %q, %q after %q, want them growing", receipts[0].Offset, receipts[1].Offset, last.Offset)
+	}
+}
+
+// testNoPositions: without history, there are none.
+func testNoPositions(t *testing.T, b Bus) {
+	sub := subscribe(t, b, "pos:*")
+	if r := publish(t, b, "pos:a", "x", 1); !r.Position.IsZero() {
+		t.Fatalf("Publish without history gave position %+v", r.Position)
+	}
+	if m := Receive(t, sub); !m.Position.IsZero() || string(m.Payload) != "x" {
+		t.Fatalf("live message %+v, want no position and payload x", m)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,34 +26,34 @@ const (
 
 // request is one Publish or PublishBatch waiting for the pipeline.
 type request struct {
-	ctx       context.Context
-	state     atomic.Int32
-	msgs      []bus.Publication
-	receivers []int64
-	errs      []error
-	done      chan struct{}
+	ctx      context.Context
+	state    atomic.Int32
+	msgs     []bus.Publication
+	receipts []bus.Receipt
+	errs     []error
+	done     chan struct{}
 }
 
 var requestPool = sync.Pool{New: func() any { return &request{done: make(chan struct{}, 1)} }}
 
 // Publish implements bus.Publisher.
-func (b *Bus) Publish(ctx context.Context, ch string, payload []byte) (int64, error) {
+func (b *Bus) Publish(ctx context.Context, ch string, payload []byte) (bus.Receipt, error) {
 	if err := channel.Validate(ch); err != nil {
-		return 0, err
+		return bus.Receipt{}, err
 	}
 	r := requestPool.Get().(*request)
 	r.msgs = append(r.msgs[:0], bus.Publication{Channel: ch, Payload: payload})
 	if err := b.submit(ctx, r); err != nil {
-		return 0, err
+		return bus.Receipt{}, err
 	}
-	n, err := r.receivers[0], r.errs[0]
+	receipt, err := r.receipts[0], r.errs[0]
 	b.release(r)
-	return n, err
+	return receipt, err
 }
 
 // PublishBatch implements bus.Publisher. The messages go out in one
 // pipeline, in order, whatever else is being published.
-func (b *Bus) PublishBatch(ctx context.Context, msgs []bus.Publication) ([]int64, []error, error) {
+func (b *Bus) PublishBatch(ctx context.Context, msgs []bus.Publication) ([]bus.Receipt, []error, error) {
 	for i, m := range msgs {
 		if err := channel.Validate(m.Channel); err != nil {
 			return nil, nil, fmt.Errorf("message %d: %w", i, err)
@@ -65,7 +66,7 @@ func (b *Bus) PublishBatch(ctx context.Context, msgs []bus.Publication) ([]int64
 	if err := b.submit(ctx, r); err != nil {
 		return nil, nil, err
 	}
-	return r.receivers, r.errs, nil
+	return r.receipts, r.errs, nil
 }
 
 // notSent wraps err in bus.ErrNotSent.
@@ -117,14 +118,14 @@ func (b *Bus) submit(ctx context.Context, r *request) error {
 func (b *Bus) release(r *request) {
 	clear(r.msgs)
 	r.ctx = nil
-	r.msgs, r.receivers, r.errs = r.msgs[:0], r.receivers[:0], r.errs[:0]
+	r.msgs, r.receipts, r.errs = r.msgs[:0], r.receipts[:0], r.errs[:0]
 	requestPool.Put(r)
 }
 
 // answer gives every message of r the same error and hands r back.
 func answer(r *request, err error) {
 	for range r.msgs {
-		r.receivers = append(r.receivers, 0)
+		r.receipts = append(r.receipts, bus.Receipt{})
 		r.errs = append(r.errs, err)
 	}
 	r.done <- struct{}{}
@@ -137,7 +138,6 @@ func answer(r *request, err error) {
 // sent, and the round trip ends by the earliest deadline of the rest.
 func (b *Bus) pipeline() {
 	var batch []*request
-	cmds := make([]*redis.IntCmd, 0, b.opts.MaxBatch)
 	for {
 		select {
 		case r := <-b.reqs:
@@ -181,21 +181,18 @@ func (b *Bus) pipeline() {
 		if !deadline.IsZero() {
 			ctx, cancel = context.WithDeadline(ctx, deadline)
 		}
-		pipe := b.pub.Pipeline()
-		cmds = cmds[:0]
-		size = 0
-		for _, r := range live {
-			for _, m := range r.msgs {
-				cmds = append(cmds, pipe.Publish(ctx, b.key(m.Channel), m.Payload))
-			}
-			size += len(r.msgs)
+		var receipts []bus.Receipt
+		var errs []error
+		if b.opts.HistoryMaxLen > 0 {
+			receipts, errs = b.sendRecorded(ctx, live, size)
+		} else {
+			receipts, errs = b.sendLive(ctx, live)
 		}
-		_, _ = pipe.Exec(ctx) // each command carries its own error
 		cancel()
 		i := 0
 		for _, r := range live {
 			for range r.msgs {
-				n, err := cmds[i].Result()
+				err := errs[i]
 				switch {
 				case err == nil:
 					b.m.published.Inc()
@@ -206,14 +203,13 @@ func (b *Bus) pipeline() {
 					err = fmt.Errorf("publish to redis: %w", err)
 					b.m.publishErrors.Inc()
 				}
-				r.receivers = append(r.receivers, n)
+				r.receipts = append(r.receipts, receipts[i])
 				r.errs = append(r.errs, err)
 				i++
 			}
 			r.done <- struct{}{}
 		}
 		clear(live)
-		clear(cmds)
 		b.m.batchSize.Observe(float64(size))
 	}
 }
@@ -243,4 +239,69 @@ func (b *Bus) drain() {
 			return
 		}
 	}
+}
+
+// sendLive publishes the messages of reqs with plain PUBLISH, in one
+// pipeline: the bus keeps no history.
+func (b *Bus) sendLive(ctx context.Context, reqs []*request) ([]bus.Receipt, []error) {
+	pipe := b.pub.Pipeline()
+	var cmds []*redis.IntCmd
+	for _, r := range reqs {
+		for _, m := range r.msgs {
+			cmds = append(cmds, pipe.Publish(ctx, b.key(m.Channel), m.Payload))
+		}
+	}
+	_, _ = pipe.Exec(ctx) // each command carries its own error
+	receipts, errs := make([]bus.Receipt, len(cmds)), make([]error, len(cmds))
+	for i, c := range cmds {
+		receipts[i].Receivers, errs[i] = c.Result()
+	}
+	return receipts, errs
+}
+
+// sendRecorded records and publishes the size messages of reqs in one
+// pipeline: one run of the publish script per run of messages of one
+// namespace, and the namespaces added to the set of known ones.
+func (b *Bus) sendRecorded(ctx context.Context, reqs []*request, size int) ([]bus.Receipt, []error) {
+	pipe := b.pub.Pipeline()
+	now := time.Now()
+	var (
+		calls      []recordCall
+		run        []bus.Publication
+		ns         string
+		namespaces []any
+	)
+	flush := func() {
+		if len(run) > 0 {
+			calls = append(calls, b.record(ctx, pipe, ns, run, now))
+			run = run[:0]
+		}
+	}
+	for _, r := range reqs {
+		for _, m := range r.msgs {
+			if next := namespaceOf(m.Channel); next != ns || len(run) == 0 {
+				flush()
+				ns = next
+				if !slices.Contains(namespaces, any(ns)) {
+					namespaces = append(namespaces, ns)
+				}
+			}
+			run = append(run, m)
+		}
+	}
+	flush()
+	pipe.SAdd(ctx, b.namespacesKey(), namespaces...)
+	_, _ = pipe.Exec(ctx) // each command carries its own error
+	receipts, errs := make([]bus.Receipt, 0, size), make([]error, 0, size)
+	for _, c := range calls {
+		got, err := c.results()
+		if err != nil {
+			got = make([]bus.Receipt, c.n)
+		}
+		receipts = append(receipts, got...)
+		for range c.n {
+			errs = append(errs, err)
+		}
+	}
+	return receipts, errs
 }

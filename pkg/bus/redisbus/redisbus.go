@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -42,6 +43,14 @@ type Options struct {
 	// Buffer is the length of each subscription's Messages channel.
 	// Default 4096.
 	Buffer int
+	// HistoryMaxLen, when above zero, makes the bus keep history: every
+	// message is recorded in its namespace's stream and published live in
+	// one step, and the stream keeps about this many entries. Zero
+	// publishes live only, with no positions.
+	HistoryMaxLen int64
+	// HistoryTTL bounds the age of what a stream keeps; zero keeps entries
+	// for as long as HistoryMaxLen allows.
+	HistoryTTL time.Duration
 }
 
 // Bus publishes and subscribes through one Redis server.

@@ -288,7 +288,8 @@ func (s *Subscription) receive() {
 			if patterns == nil {
 				continue // a further delivery of the publish just delivered
 			}
-			out := bus.Message{Channel: ch, Patterns: patterns, Payload: []byte(m.Payload)}
+			pos, payload := splitPosition(m.Payload)
+			out := bus.Message{Channel: ch, Patterns: patterns, Payload: []byte(payload), Position: pos}
 			select {
 			case s.msgs <- out:
 				continue

@@ -82,7 +82,12 @@ type PublishResponse struct {
 	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Channel string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
 	// How many subscribers received the event.
-	Receivers     int64 `protobuf:"varint,3,opt,name=receivers,proto3" json:"receivers,omitempty"`
+	Receivers int64 `protobuf:"varint,3,opt,name=receivers,proto3" json:"receivers,omitempty"`
+	// The event's position in the stream of its namespace (the channel's
+	// first token): its offset, and the stream's epoch, which changes when
+	// the stream is lost. Empty when the bus keeps no history.
+	Offset        string `protobuf:"bytes,4,opt,name=offset,proto3" json:"offset,omitempty"`
+	Epoch         string `protobuf:"bytes,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -136,6 +141,20 @@ func (x *PublishResponse) GetReceivers() int64 {
 		return x.Receivers
 	}
 	return 0
+}
+
+func (x *PublishResponse) GetOffset() string {
+	if x != nil {
+		return x.Offset
+	}
+	return ""
+}
+
+func (x *PublishResponse) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
 }
 
 // PublishStreamRequest carries one event of a stream.
@@ -314,11 +333,13 @@ const file_eventbus_v1_event_service_proto_rawDesc = "" +
 	"\x1feventbus/v1/event_service.proto\x12\veventbus.v1\x1a\x1aeventbus/v1/envelope.proto\"f\n" +
 	"\x0ePublishRequest\x12+\n" +
 	"\x05event\x18\x01 \x01(\v2\x15.eventbus.v1.EnvelopeR\x05event\x12'\n" +
-	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\"Y\n" +
+	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\"\x87\x01\n" +
 	"\x0fPublishResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12\x1c\n" +
-	"\treceivers\x18\x03 \x01(\x03R\treceivers\"C\n" +
+	"\treceivers\x18\x03 \x01(\x03R\treceivers\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\tR\x06offset\x12\x14\n" +
+	"\x05epoch\x18\x05 \x01(\tR\x05epoch\"C\n" +
 	"\x14PublishStreamRequest\x12+\n" +
 	"\x05event\x18\x01 \x01(\v2\x15.eventbus.v1.EnvelopeR\x05event\"\x80\x01\n" +
 	"\x15PublishStreamResponse\x12\x1a\n" +

@@ -119,7 +119,7 @@ func (s *Server) Publish(ctx context.Context, req *eventbusv1.PublishRequest) (*
 		if err != nil {
 			return nil, err
 		}
-		return &eventbusv1.PublishResponse{Id: res.ID, Channel: res.Channel, Receivers: res.Receivers}, nil
+		return &eventbusv1.PublishResponse{Id: res.ID, Channel: res.Channel, Receivers: res.Receivers, Offset: res.Offset, Epoch: res.Epoch}, nil
 	}
 	if req.GetIdempotencyKey() == "" {
 		resp, err := publish()

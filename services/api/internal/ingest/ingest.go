@@ -28,11 +28,19 @@ var (
 	ErrCallerGone = errors.New("the caller went away before the event was published")
 )
 
-// Result says where an accepted event went.
+// Result says where an accepted event went: its position in its
+// namespace's stream (none when the bus keeps no history) and how many
+// subscribers received it live.
 type Result struct {
 	ID        string `json:"id"`
 	Channel   string `json:"channel"`
+	Offset    string `json:"offset,omitempty"`
+	Epoch     string `json:"epoch,omitempty"`
 	Receivers int64  `json:"receivers"`
+}
+
+func result(env *envelope.Envelope, r bus.Receipt) Result {
+	return Result{ID: env.GetId(), Channel: env.GetChannel(), Offset: r.Offset, Epoch: r.Epoch, Receivers: r.Receivers}
 }
 
 // Service publishes events. It is safe for concurrent use.
@@ -97,14 +105,14 @@ func (s *Service) Publish(ctx context.Context, env *envelope.Envelope) (Result, 
 		return Result{}, err
 	}
 	defer cancel()
-	n, err := s.bus.Publish(ctx, env.GetChannel(), payload)
+	receipt, err := s.bus.Publish(ctx, env.GetChannel(), payload)
 	if err != nil {
 		s.rejected.WithLabelValues("unavailable").Inc()
 		return Result{}, unavailable(err)
 	}
 	s.latency.Observe(time.Since(start).Seconds())
 	s.published.WithLabelValues(typeLabel(env.GetType())).Inc()
-	return Result{ID: env.GetId(), Channel: env.GetChannel(), Receivers: n}, nil
+	return result(env, receipt), nil
 }
 
 // PublishMany prepares every event, then publishes the valid ones in order
@@ -137,7 +145,7 @@ func (s *Service) PublishMany(ctx context.Context, envs []*envelope.Envelope) ([
 		return results, errs
 	}
 	defer cancel()
-	receivers, perr, err := s.bus.PublishBatch(ctx, msgs)
+	receipts, perr, err := s.bus.PublishBatch(ctx, msgs)
 	for j, i := range index {
 		switch {
 		case err != nil:
@@ -145,7 +153,7 @@ func (s *Service) PublishMany(ctx context.Context, envs []*envelope.Envelope) ([
 		case perr[j] != nil:
 			errs[i] = unavailable(perr[j])
 		default:
-			results[i] = Result{ID: envs[i].GetId(), Channel: envs[i].GetChannel(), Receivers: receivers[j]}
+			results[i] = result(envs[i], receipts[j])
 			s.published.WithLabelValues(typeLabel(envs[i].GetType())).Inc()
 			continue
 		}

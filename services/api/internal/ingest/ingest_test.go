@@ -26,13 +26,13 @@ type hookBus struct {
 	before, after func()
 }
 
-func (h *hookBus) Publish(ctx context.Context, ch string, payload []byte) (int64, error) {
+func (h *hookBus) Publish(ctx context.Context, ch string, payload []byte) (bus.Receipt, error) {
 	h.before()
 	defer h.after()
 	return h.Publisher.Publish(ctx, ch, payload)
 }
 
-func (h *hookBus) PublishBatch(ctx context.Context, msgs []bus.Publication) ([]int64, []error, error) {
+func (h *hookBus) PublishBatch(ctx context.Context, msgs []bus.Publication) ([]bus.Receipt, []error, error) {
 	h.before()
 	defer h.after()
 	return h.Publisher.PublishBatch(ctx, msgs)

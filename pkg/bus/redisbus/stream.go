@@ -1,0 +1,147 @@
+package redisbus
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+)
+
+// Key layout of the record. A namespace's stream and its epoch share the
+// hash tag {ns}, so in a Redis Cluster they live on one shard; a later
+// partitioning of one namespace can use tags such as {ns:1}.
+//
+//	<prefix>stream:{order}        the stream: fields c (channel) and p (payload)
+//	<prefix>stream:{order}:meta   hash: epoch
+//	<prefix>namespaces            set of the namespaces that have a stream
+
+func (b *Bus) streamKey(ns string) string { return b.opts.Prefix + "stream:{" + ns + "}" }
+func (b *Bus) metaKey(ns string) string   { return b.opts.Prefix + "stream:{" + ns + "}:meta" }
+func (b *Bus) namespacesKey() string      { return b.opts.Prefix + "namespaces" }
+
+// namespaceOf returns the first token of ch.
+func namespaceOf(ch string) string {
+	if i := strings.IndexByte(ch, ':'); i >= 0 {
+		return ch[:i]
+	}
+	return ch
+}
+
+// publishScript records messages of one namespace in its stream and
+// publishes each live, with its position, in one step: a subscriber never
+// sees an event the record lacks, and no recorded event skips the live
+// path. The stream's epoch is made when the stream is (new, or lost with
+// its data); trimming, once per run, keeps about MAXLEN entries and none
+// older than MINID. Each redis.call costs: one XADD and one PUBLISH per
+// message is all the script does per message.
+//
+// KEYS: stream, meta. ARGV: maxlen, minid ("" for none), a new epoch in
+// case one is needed, then channel and payload of each message. It returns
+// the epoch, then the offset and receiver count of each message.
+var publishScript = redis.NewScript(`
+local stream, epoch = KEYS[1], nil
+if redis.call('EXISTS', stream) == 1 then
+	epoch = redis.call('HGET', KEYS[2], 'epoch')
+end
+if not epoch then
+	epoch = ARGV[3]
+	redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+local maxlen, header = ARGV[1], '\0eb1 ' .. epoch .. ' '
+local out, n = {epoch}, 1
+for i = 4, #ARGV, 2 do
+	local ch, payload = ARGV[i], ARGV[i + 1]
+	local id = redis.call('XADD', stream, '*', 'c', ch, 'p', payload)
+	out[n + 1] = id
+	out[n + 2] = redis.call('PUBLISH', ch, header .. id .. '\n' .. payload)
+	n = n + 2
+end
+redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+if ARGV[2] ~= '' then
+	redis.call('XTRIM', stream, 'MINID', '~', ARGV[2])
+end
+return out
+`)
+
+// positionHeader starts a live message that carries its position:
+//
+//	"\x00eb1 <epoch> <offset>\n" then the payload as published.
+//
+// No protobuf message and no JSON text starts with a NUL byte, so a
+// message published without one (by hand, or by a bus without history)
+// is told apart.
+const positionHeader = "\x00eb1 "
+
+// splitPosition takes the position header off a live message.
+func splitPosition(payload string) (bus.Position, string) {
+	rest, ok := strings.CutPrefix(payload, positionHeader)
+	if !ok {
+		return bus.Position{}, payload
+	}
+	line, body, ok := strings.Cut(rest, "\n")
+	if !ok {
+		return bus.Position{}, payload
+	}
+	epoch, offset, ok := strings.Cut(line, " ")
+	if !ok {
+		return bus.Position{}, payload
+	}
+	return bus.Position{Offset: offset, Epoch: epoch}, body
+}
+
+// newEpoch returns a random epoch: 16 hex digits.
+func newEpoch() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%x", b)
+}
+
+// minID is the oldest offset the record keeps, or "" for no bound by age.
+func (b *Bus) minID(now time.Time) string {
+	if b.opts.HistoryTTL <= 0 {
+		return ""
+	}
+	return strconv.FormatInt(now.Add(-b.opts.HistoryTTL).UnixMilli(), 10) + "-0"
+}
+
+// recordCall is one run of the publish script: consecutive messages of one
+// namespace in a pipeline.
+type recordCall struct {
+	cmd *redis.Cmd
+	n   int // messages
+}
+
+// record queues the publish script for msgs, all of namespace ns.
+func (b *Bus) record(ctx context.Context, pipe redis.Pipeliner, ns string, msgs []bus.Publication, now time.Time) recordCall {
+	args := make([]any, 0, 3+2*len(msgs))
+	args = append(args, b.opts.HistoryMaxLen, b.minID(now), newEpoch())
+	for _, m := range msgs {
+		args = append(args, b.key(m.Channel), m.Payload)
+	}
+	return recordCall{cmd: publishScript.Eval(ctx, pipe, []string{b.streamKey(ns), b.metaKey(ns)}, args...), n: len(msgs)}
+}
+
+// results reads the receipts of a recordCall, or its error for each.
+func (c recordCall) results() ([]bus.Receipt, error) {
+	v, err := c.cmd.Slice()
+	if err != nil {
+		return nil, err
+	}
+	if len(v) != 1+2*c.n {
+		return nil, fmt.Errorf("publish script answered %d values for %d messages", len(v), c.n)
+	}
+	epoch, _ := v[0].(string)
+	out := make([]bus.Receipt, c.n)
+	for i := range out {
+		offset, _ := v[1+2*i].(string)
+		n, _ := v[2+2*i].(int64)
+		out[i] = bus.Receipt{Position: bus.Position{Offset: offset, Epoch: epoch}, Receivers: n}
+	}
+	return out, nil
+}
