@@ -137,3 +137,46 @@ type Subscription interface {
 	// the consumer to drain Messages.
 	Close() error
 }
+
+// ErrTruncated is wrapped by History's error when the history asked for is
+// gone: the position is of another epoch (the stream was lost since), or
+// the stream was trimmed past it. The caller reloads its state rather
+// than take a partial answer.
+var ErrTruncated = errors.New("history truncated")
+
+// Cursor is a position in every namespace a pattern spans: namespace →
+// the position of the last event read there. A namespace missing from a
+// cursor is read from its oldest retained event.
+type Cursor map[string]Position
+
+// Event is one recorded event.
+type Event struct {
+	Channel  string
+	Payload  []byte
+	Position Position
+}
+
+// Page is one answer of History.
+type Page struct {
+	// Events, oldest first within a namespace and merged across
+	// namespaces by offset. Offsets are times to the millisecond: events
+	// of one millisecond in several namespaces come in namespace order,
+	// which need not be the order they were published in.
+	Events []Event
+	// Next continues where this page stopped, in every namespace the
+	// pattern spans, including those with no event in the page.
+	Next Cursor
+	// More reports that events may remain after Next.
+	More bool
+}
+
+// History reads the record.
+type History interface {
+	// History returns up to limit events on channels matching pattern,
+	// after since. Whole namespaces are read, so the events of a pattern
+	// whose first token has a wildcard ("*", "*:placed") come from every
+	// namespace it can match, including ones that appear later. An error
+	// wrapping ErrTruncated means the record no longer holds everything
+	// after since in some namespace; nothing partial is returned.
+	History(ctx context.Context, pattern string, since Cursor, limit int) (Page, error)
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,21 +34,23 @@ const wait = 10 * time.Second
 
 // Features say what an implementation offers beyond live delivery.
 type Features struct {
-	// History: Publish returns positions, and live messages carry them.
+	// History: Publish returns positions, live messages carry them, and
+	// the bus implements bus.History.
 	History bool
 }
 
 // Run runs the conformance suite for an implementation with features f.
 func Run(t *testing.T, newBus NewBus, f Features) {
-	positions := testNoPositions
+	positions, history := testNoPositions, func(*testing.T, Bus) {}
 	if f.History {
-		positions = testPositions
+		positions, history = testPositions, testHistory
 	}
 	tests := []struct {
 		name string
 		run  func(t *testing.T, b Bus)
 	}{
 		{"Positions", positions},
+		{"History", history},
 		{"ExactChannel", testExactChannel},
 		{"Pattern", testPattern},
 		{"NoSubscribers", testNoSubscribers},
@@ -399,5 +402,69 @@ func testNoPositions(t *testing.T, b Bus) {
 	}
 	if m := Receive(t, sub); !m.Position.IsZero() || string(m.Payload) != "x" {
 		t.Fatalf("live message %+v, want no position and payload x", m)
+	}
+}
+
+// testHistory: History pages through a pattern's events across the
+// namespaces it spans, in offset order, and a cursor continues exactly
+// where the last page stopped.
+func testHistory(t *testing.T, b Bus) {
+	h, ok := b.(bus.History)
+	if !ok {
+		t.Fatal("the bus has history but does not implement bus.History")
+	}
+	var want []string
+	for i := range 12 {
+		ch := []string{"hist:a", "hist:b", "hist2:c", "nope:d"}[i%4]
+		publish(t, b, ch, ch+"/"+strconv.Itoa(i), 0)
+		if ch != "nope:d" {
+			want = append(want, ch+"/"+strconv.Itoa(i))
+		}
+	}
+	// "hist*" spans two namespaces, hist and hist2, and skips nope.
+	var got []string
+	var cursor bus.Cursor
+	for pages := 0; ; pages++ {
+		page, err := h.History(t.Context(), "hist*", cursor, 4)
+		if err != nil {
+			t.Fatalf("History(hist*, %v) = %v", cursor, err)
+		}
+		if len(page.Events) > 4 || pages > 10 {
+			t.Fatalf("page %d has %d events, limit 4", pages, len(page.Events))
+		}
+		for _, e := range page.Events {
+			got = append(got, string(e.Payload))
+			if e.Position.IsZero() || !strings.HasPrefix(string(e.Payload), e.Channel+"/") {
+				t.Fatalf("event %+v has no position or the wrong channel", e)
+			}
+		}
+		cursor = page.Next
+		if !page.More {
+			break
+		}
+	}
+	// Within a namespace the order is exact; across namespaces, by time.
+	byNamespace := func(events []string) map[string][]string {
+		m := map[string][]string{}
+		for _, e := range events {
+			ns, _, _ := strings.Cut(e, ":")
+			m[ns] = append(m[ns], e)
+		}
+		return m
+	}
+	if g, w := byNamespace(got), byNamespace(want); len(got) != len(want) || !slices.Equal(g["hist"], w["hist"]) || !slices.Equal(g["hist2"], w["hist2"]) {
+		t.Fatalf("History(hist*) paged through %q, want %q in each namespace's order", got, want)
+	}
+	page, err := h.History(t.Context(), "hist:b", nil, 100)
+	if err != nil || len(page.Events) != 3 || page.More {
+		t.Fatalf("History(hist:b) = %d events, more %v, %v; want 3, false, nil", len(page.Events), page.More, err)
+	}
+	publish(t, b, "hist:b", "later", 0)
+	page, err = h.History(t.Context(), "hist:b", page.Next, 100)
+	if err != nil || len(page.Events) != 1 || string(page.Events[0].Payload) != "later" {
+		t.Fatalf("History(hist:b) after its last page = %+v, %v; want the one later event", page, err)
+	}
+	if _, err := h.History(t.Context(), "hist:b", bus.Cursor{"hist": {Offset: page.Events[0].Position.Offset, Epoch: "another"}}, 10); !errors.Is(err, bus.ErrTruncated) {
+		t.Fatalf("History from another epoch = %v, want ErrTruncated", err)
 	}
 }

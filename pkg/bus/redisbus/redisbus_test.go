@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -348,5 +349,46 @@ func TestPublishAfterCloseIsNotSent(t *testing.T) {
 		if _, err := b.Publish(t.Context(), "closed:a", nil); !errors.Is(err, bus.ErrClosed) || !errors.Is(err, bus.ErrNotSent) {
 			t.Fatalf("Publish after Close = %v, want bus.ErrClosed and bus.ErrNotSent", err)
 		}
+	}
+}
+
+// History answers ErrTruncated, never a partial page, when the stream was
+// trimmed past the position asked for or lost with Redis's data; after a
+// flush the namespace has a new epoch.
+func TestHistoryTruncated(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t) // flushed below: a server of its own
+	redistest.RequireReal(t, srv)
+	b := newBus(t, srv, redisbus.Options{HistoryMaxLen: 10})
+	first, err := b.Publish(t.Context(), "trim:x", []byte("first"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := b.History(t.Context(), "trim:*", nil, 1)
+	if err != nil || len(page.Events) != 1 || page.Events[0].Position != first.Position {
+		t.Fatalf("History = %+v, %v; want the first event", page, err)
+	}
+	// Trimming with ~ frees whole nodes of 100 entries: publish past one.
+	for i := range 300 {
+		if _, err := b.Publish(t.Context(), "trim:x", []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.History(t.Context(), "trim:*", page.Next, 10); !errors.Is(err, bus.ErrTruncated) {
+		t.Fatalf("History past a trimmed position = %v, want ErrTruncated", err)
+	}
+	recent, err := b.History(t.Context(), "trim:*", nil, 1000)
+	if err != nil || len(recent.Events) == 0 || len(recent.Events) >= 301 {
+		t.Fatalf("History from the oldest kept = %d events, %v; want the trimmed stream's", len(recent.Events), err)
+	}
+	if err := srv.Client(t).FlushAll(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.History(t.Context(), "trim:*", recent.Next, 10); !errors.Is(err, bus.ErrTruncated) {
+		t.Fatalf("History after a flush = %v, want ErrTruncated", err)
+	}
+	again, err := b.Publish(t.Context(), "trim:x", []byte("again"))
+	if err != nil || again.Epoch == "" || again.Epoch == first.Epoch {
+		t.Fatalf("Publish after a flush = %+v, %v; want a new epoch, not %s", again.Position, err, first.Epoch)
 	}
 }

@@ -17,7 +17,7 @@ import (
 // hash tag {ns}, so in a Redis Cluster they live on one shard; a later
 // partitioning of one namespace can use tags such as {ns:1}.
 //
-//	<prefix>stream:{order}        the stream: fields c (channel) and p (payload)
+//	<prefix>stream:{order}        the stream: fields c (channel, with the prefix) and p (payload)
 //	<prefix>stream:{order}:meta   hash: epoch
 //	<prefix>namespaces            set of the namespaces that have a stream
 
