@@ -93,6 +93,7 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzCloseReason -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/protocol
 	go test -run='^$$' -fuzz=FuzzPatternSet -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/hub
 	go test -run='^$$' -fuzz=FuzzVerify -fuzztime=$${FUZZTIME:-20s} ./pkg/token
+	go test -run='^$$' -fuzz=FuzzParseCursor -fuzztime=$${FUZZTIME:-20s} ./pkg/bus
 
 .PHONY: tidy
 tidy: ## go mod tidy in every module

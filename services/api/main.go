@@ -60,7 +60,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	idem := ingest.NewIdempotency(b.Client(), cfg.RedisPrefix, 24*time.Hour, cfg.PublishTimeout)
 	mux := http.NewServeMux()
 	httpapi.Register(mux, httpapi.Options{
-		Ingest: svc, Idempotency: idem, Stats: b.Stats, Keys: keys, Logger: log,
+		Ingest: svc, Idempotency: idem, Stats: b.Stats, History: b, Keys: keys, Logger: log,
 		MaxBodyBytes: cfg.MaxBodyBytes, MaxBatchBytes: cfg.MaxBatchBytes,
 	})
 	if cfg.Pprof {

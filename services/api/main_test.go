@@ -860,3 +860,79 @@ func TestPublishReturnsThePosition(t *testing.T) {
 		}
 	}
 }
+
+func TestHistory(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	a := startAPI(t, srv, nil)
+	var offsets []string
+	for i := range 5 {
+		r := a.post(t, "/v1/events", "application/json", fmt.Sprintf(`{"type":"hist.step","subject":"%d"}`, i))
+		offsets = append(offsets, r.body["offset"].(string))
+	}
+	a.post(t, "/v1/events", "application/json", `{"type":"elsewhere.step","subject":"x"}`)
+	epoch := a.post(t, "/v1/events", "application/json", `{"type":"hist.step","subject":"5"}`).body["epoch"].(string)
+
+	type page struct {
+		Events []struct {
+			Offset, Epoch, Channel string
+			Event                  struct{ Subject string }
+		}
+		Next string
+		More bool
+	}
+	read := func(query string) (page, reply) {
+		t.Helper()
+		r := a.get(t, "/v1/history?"+query)
+		var p page
+		if r.status == http.StatusOK {
+			if err := json.Unmarshal([]byte(r.raw), &p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return p, r
+	}
+	var subjects []string
+	query := "pattern=hist:*&limit=2"
+	for range 10 {
+		p, r := read(query)
+		if r.status != http.StatusOK || len(p.Events) > 2 {
+			t.Fatalf("GET /v1/history?%s = %d %s", query, r.status, r.raw)
+		}
+		for _, e := range p.Events {
+			if e.Channel != "hist:step" || e.Epoch != epoch || e.Offset == "" {
+				t.Fatalf("event %+v, want channel hist:step, epoch %s and an offset", e, epoch)
+			}
+			subjects = append(subjects, e.Event.Subject)
+		}
+		if !p.More {
+			break
+		}
+		query = "pattern=hist:*&limit=2&since=" + p.Next
+	}
+	if got := strings.Join(subjects, ","); got != "0,1,2,3,4,5" {
+		t.Fatalf("paged through subjects %s, want 0,1,2,3,4,5", got)
+	}
+	p, r := read("pattern=hist:*&since=" + offsets[2] + "&epoch=" + epoch)
+	if r.status != http.StatusOK || len(p.Events) != 3 || p.Events[0].Event.Subject != "3" {
+		t.Fatalf("history since the third event = %d %s, want subjects 3, 4, 5", r.status, r.raw)
+	}
+	for _, tt := range []struct {
+		query  string
+		status int
+		code   string
+	}{
+		{"pattern=hist:*&since=" + offsets[2] + "&epoch=0badc0de", http.StatusGone, "history_truncated"},
+		{"pattern=Hist", http.StatusBadRequest, "invalid_argument"},
+		{"", http.StatusBadRequest, "invalid_argument"},
+		{"pattern=hist:*&limit=0", http.StatusBadRequest, "invalid_argument"},
+		{"pattern=hist:*&since=" + offsets[2], http.StatusBadRequest, "invalid_argument"},
+		{"pattern=*&since=" + offsets[2] + "&epoch=" + epoch, http.StatusBadRequest, "invalid_argument"},
+		{"pattern=hist:*&since=not-a-cursor", http.StatusBadRequest, "invalid_argument"},
+	} {
+		if _, r := read(tt.query); r.status != tt.status || r.errorCode() != tt.code {
+			t.Errorf("GET /v1/history?%s = %d %s, want %d %s", tt.query, r.status, r.raw, tt.status, tt.code)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"net/http"
 
 	"github.com/eventbus-suite/eventbus/pkg/apikey"
+	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/server"
@@ -24,7 +25,9 @@ type Options struct {
 	Ingest      *ingest.Service
 	Idempotency *ingest.Idempotency
 	// Stats reads the pub/sub state of Redis for GET /v1/stats.
-	Stats         func(context.Context) (redisbus.Stats, error)
+	Stats func(context.Context) (redisbus.Stats, error)
+	// History reads the record for GET /v1/history.
+	History       bus.History
 	Keys          apikey.Keys
 	Logger        *slog.Logger
 	MaxBodyBytes  int64
@@ -48,6 +51,8 @@ func Register(mux *http.ServeMux, opts Options) {
 	route("/v1/payments", opts.MaxBodyBytes, h.domain(payments))
 	mux.Handle("GET /v1/stats", h.authorize(h.handle(h.stats)))
 	mux.Handle("/v1/stats", methodNotAllowed("GET"))
+	mux.Handle("GET /v1/history", h.authorize(h.handle(h.history)))
+	mux.Handle("/v1/history", methodNotAllowed("GET"))
 	// Anything else under /v1 gets a JSON 404 rather than the mux's text.
 	mux.Handle("/v1/", h.authorize(h.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return &apiError{status: http.StatusNotFound, code: "not_found", message: "no route " + r.Method + " " + r.URL.Path}

@@ -1,0 +1,56 @@
+package bus
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+)
+
+// ErrBadCursor is wrapped by ParseCursor's errors.
+var ErrBadCursor = errors.New("bad history cursor")
+
+// offsetRE is a stream offset: "<ms>-<seq>".
+var offsetRE = regexp.MustCompile(`^[0-9]{1,20}-[0-9]{1,20}$`)
+
+// epochRE is an epoch: hex digits.
+var epochRE = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
+
+// IsOffset reports whether s is a stream offset such as "1732290000000-0".
+func IsOffset(s string) bool { return offsetRE.MatchString(s) }
+
+// String encodes c as an opaque token that is safe in a URL, for clients
+// to hand back to ParseCursor.
+func (c Cursor) String() string {
+	m := make(map[string][2]string, len(c))
+	for ns, p := range c {
+		m[ns] = [2]string{p.Offset, p.Epoch}
+	}
+	b, _ := json.Marshal(m) // strings always marshal
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// ParseCursor decodes what Cursor.String made. It checks every part, as the
+// token comes from clients.
+func ParseCursor(s string) (Cursor, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("%w: not base64url", ErrBadCursor)
+	}
+	var m map[string][2]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%w: not a cursor", ErrBadCursor)
+	}
+	c := make(Cursor, len(m))
+	for ns, p := range m {
+		if channel.Validate(ns) != nil || strings.Contains(ns, ":") || !IsOffset(p[0]) || !epochRE.MatchString(p[1]) {
+			return nil, fmt.Errorf("%w: bad position of %q", ErrBadCursor, ns)
+		}
+		c[ns] = Position{Offset: p[0], Epoch: p[1]}
+	}
+	return c, nil
+}
