@@ -20,6 +20,7 @@ Usage:
   eventbus publish [flags] TYPE JSON    publish an event through the API
   eventbus tail [flags] [PATTERN]       follow the logger, like tail -f
   eventbus stats [flags]                show channels and subscribers
+  eventbus history [flags] PATTERN      print the recorded events of a pattern
   eventbus token --sub ID [flags]       mint a development token for the edge
   eventbus bench SCENARIO [flags]       measure a running system: fanout, ingest, connections
   eventbus devredis [flags]             run an embedded Redis-compatible server (development only)
@@ -63,6 +64,7 @@ var commands = map[string]command{
 	"publish":  {"publish an event through the API", runPublish},
 	"tail":     {"follow the logger", runTail},
 	"stats":    {"show channels and subscribers", runStats},
+	"history":  {"print the recorded events of a pattern", runHistory},
 	"token":    {"mint a development token for the edge", runToken},
 	"bench":    {"measure a running system", runBench},
 	"devredis": {"run an embedded Redis-compatible server", runDevRedis},
