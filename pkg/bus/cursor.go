@@ -54,3 +54,33 @@ func ParseCursor(s string) (Cursor, error) {
 	}
 	return c, nil
 }
+
+// Since reads where a client asks history to start: since is an earlier
+// answer's cursor, or an offset with its epoch for a pattern whose first
+// token has no wildcard (an offset belongs to one namespace); empty since
+// starts at the oldest event kept. Errors name the parameter at fault.
+func Since(pattern, since, epoch string) (Cursor, error) {
+	switch {
+	case since == "":
+		if epoch != "" {
+			return nil, errors.New("epoch: goes with since")
+		}
+		return nil, nil
+	case !IsOffset(since):
+		if epoch != "" {
+			return nil, errors.New("epoch: a cursor (since from next) holds its epochs; leave epoch out")
+		}
+		c, err := ParseCursor(since)
+		if err != nil {
+			return nil, fmt.Errorf("since: %w: want an offset such as 1732290000000-0 or an earlier answer's next", err)
+		}
+		return c, nil
+	case !epochRE.MatchString(epoch):
+		return nil, errors.New("epoch: an offset in since needs the epoch it belongs to (hex digits)")
+	}
+	ns, _, ok := strings.Cut(pattern, ":")
+	if !ok || channel.IsPattern(ns) {
+		return nil, fmt.Errorf("since: pattern %q spans several namespaces, and an offset belongs to one; use an earlier answer's next", pattern)
+	}
+	return Cursor{ns: {Offset: since, Epoch: epoch}}, nil
+}

@@ -67,7 +67,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		server.Pprof(mux)
 	}
 	server.Ops(mux, reg, b.Ready)
-	gs := grpcapi.New(svc, idem, keys, log)
+	gs := grpcapi.New(svc, idem, b, keys, log)
 
 	hl, err := server.Listen(ctx, cfg.HTTPAddr)
 	if err != nil {

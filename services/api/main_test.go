@@ -936,3 +936,42 @@ func TestHistory(t *testing.T) {
 		}
 	}
 }
+
+func TestGRPCHistory(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	a := startAPI(t, srv, nil)
+	client := eventbusv1.NewEventServiceClient(dial(t, a.grpc))
+	var first *eventbusv1.PublishResponse
+	for i := range 3 {
+		r, err := client.Publish(t.Context(), &eventbusv1.PublishRequest{Event: &eventbusv1.Envelope{Type: "ghist.step", Subject: strconv.Itoa(i)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = r
+		}
+	}
+	page, err := client.History(t.Context(), &eventbusv1.HistoryRequest{Pattern: "ghist:*", Since: first.GetOffset(), Epoch: first.GetEpoch()})
+	if err != nil || len(page.GetEvents()) != 2 || page.GetEvents()[0].GetEvent().GetSubject() != "1" || page.GetMore() {
+		t.Fatalf("History since the first = %v, %v; want subjects 1 and 2, no more", page, err)
+	}
+	rest, err := client.History(t.Context(), &eventbusv1.HistoryRequest{Pattern: "ghist:*", Since: page.GetNext()})
+	if err != nil || len(rest.GetEvents()) != 0 {
+		t.Fatalf("History from next = %v, %v; want nothing", rest, err)
+	}
+	for _, tt := range []struct {
+		req  *eventbusv1.HistoryRequest
+		code codes.Code
+	}{
+		{&eventbusv1.HistoryRequest{Pattern: "ghist:*", Since: first.GetOffset(), Epoch: "0badc0de"}, codes.OutOfRange},
+		{&eventbusv1.HistoryRequest{Pattern: "GHIST"}, codes.InvalidArgument},
+		{&eventbusv1.HistoryRequest{Pattern: "ghist:*", Limit: 5000}, codes.InvalidArgument},
+		{&eventbusv1.HistoryRequest{Pattern: "ghist:*", Since: "garbage"}, codes.InvalidArgument},
+	} {
+		if _, err := client.History(t.Context(), tt.req); status.Code(err) != tt.code {
+			t.Errorf("History(%v) = %v, want %v", tt.req, err, tt.code)
+		}
+	}
+}

@@ -21,6 +21,210 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// HistoryRequest asks for recorded events.
+type HistoryRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Pattern string                 `protobuf:"bytes,1,opt,name=pattern,proto3" json:"pattern,omitempty"`
+	// An earlier answer's next, or an offset (with epoch) for a pattern of
+	// one namespace. Empty starts at the oldest event kept.
+	Since string `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	Epoch string `protobuf:"bytes,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// 1 to 1000; 0 means 100.
+	Limit         int32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryRequest) Reset() {
+	*x = HistoryRequest{}
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryRequest) ProtoMessage() {}
+
+func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
+func (*HistoryRequest) Descriptor() ([]byte, []int) {
+	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *HistoryRequest) GetPattern() string {
+	if x != nil {
+		return x.Pattern
+	}
+	return ""
+}
+
+func (x *HistoryRequest) GetSince() string {
+	if x != nil {
+		return x.Since
+	}
+	return ""
+}
+
+func (x *HistoryRequest) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
+}
+
+func (x *HistoryRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// HistoryResponse is one page of history.
+type HistoryResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Events []*HistoryEvent        `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// Where to go on from, in every namespace the pattern spans.
+	Next string `protobuf:"bytes,2,opt,name=next,proto3" json:"next,omitempty"`
+	// Whether events may remain after next.
+	More          bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryResponse) Reset() {
+	*x = HistoryResponse{}
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryResponse) ProtoMessage() {}
+
+func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
+func (*HistoryResponse) Descriptor() ([]byte, []int) {
+	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *HistoryResponse) GetEvents() []*HistoryEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *HistoryResponse) GetNext() string {
+	if x != nil {
+		return x.Next
+	}
+	return ""
+}
+
+func (x *HistoryResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+// HistoryEvent is one recorded event with its position.
+type HistoryEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Offset        string                 `protobuf:"bytes,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	Epoch         string                 `protobuf:"bytes,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Channel       string                 `protobuf:"bytes,3,opt,name=channel,proto3" json:"channel,omitempty"`
+	Event         *Envelope              `protobuf:"bytes,4,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryEvent) Reset() {
+	*x = HistoryEvent{}
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryEvent) ProtoMessage() {}
+
+func (x *HistoryEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryEvent.ProtoReflect.Descriptor instead.
+func (*HistoryEvent) Descriptor() ([]byte, []int) {
+	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HistoryEvent) GetOffset() string {
+	if x != nil {
+		return x.Offset
+	}
+	return ""
+}
+
+func (x *HistoryEvent) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
+}
+
+func (x *HistoryEvent) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *HistoryEvent) GetEvent() *Envelope {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
 // PublishRequest carries one event. Only type is required in event.
 type PublishRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -34,7 +238,7 @@ type PublishRequest struct {
 
 func (x *PublishRequest) Reset() {
 	*x = PublishRequest{}
-	mi := &file_eventbus_v1_event_service_proto_msgTypes[0]
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +250,7 @@ func (x *PublishRequest) String() string {
 func (*PublishRequest) ProtoMessage() {}
 
 func (x *PublishRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventbus_v1_event_service_proto_msgTypes[0]
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +263,7 @@ func (x *PublishRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishRequest.ProtoReflect.Descriptor instead.
 func (*PublishRequest) Descriptor() ([]byte, []int) {
-	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{0}
+	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PublishRequest) GetEvent() *Envelope {
@@ -94,7 +298,7 @@ type PublishResponse struct {
 
 func (x *PublishResponse) Reset() {
 	*x = PublishResponse{}
-	mi := &file_eventbus_v1_event_service_proto_msgTypes[1]
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -106,7 +310,7 @@ func (x *PublishResponse) String() string {
 func (*PublishResponse) ProtoMessage() {}
 
 func (x *PublishResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventbus_v1_event_service_proto_msgTypes[1]
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -119,7 +323,7 @@ func (x *PublishResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishResponse.ProtoReflect.Descriptor instead.
 func (*PublishResponse) Descriptor() ([]byte, []int) {
-	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{1}
+	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PublishResponse) GetId() string {
@@ -167,7 +371,7 @@ type PublishStreamRequest struct {
 
 func (x *PublishStreamRequest) Reset() {
 	*x = PublishStreamRequest{}
-	mi := &file_eventbus_v1_event_service_proto_msgTypes[2]
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -179,7 +383,7 @@ func (x *PublishStreamRequest) String() string {
 func (*PublishStreamRequest) ProtoMessage() {}
 
 func (x *PublishStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventbus_v1_event_service_proto_msgTypes[2]
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -192,7 +396,7 @@ func (x *PublishStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishStreamRequest.ProtoReflect.Descriptor instead.
 func (*PublishStreamRequest) Descriptor() ([]byte, []int) {
-	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{2}
+	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PublishStreamRequest) GetEvent() *Envelope {
@@ -215,7 +419,7 @@ type PublishStreamResponse struct {
 
 func (x *PublishStreamResponse) Reset() {
 	*x = PublishStreamResponse{}
-	mi := &file_eventbus_v1_event_service_proto_msgTypes[3]
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -227,7 +431,7 @@ func (x *PublishStreamResponse) String() string {
 func (*PublishStreamResponse) ProtoMessage() {}
 
 func (x *PublishStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventbus_v1_event_service_proto_msgTypes[3]
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -240,7 +444,7 @@ func (x *PublishStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishStreamResponse.ProtoReflect.Descriptor instead.
 func (*PublishStreamResponse) Descriptor() ([]byte, []int) {
-	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{3}
+	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PublishStreamResponse) GetAccepted() int64 {
@@ -277,7 +481,7 @@ type EventError struct {
 
 func (x *EventError) Reset() {
 	*x = EventError{}
-	mi := &file_eventbus_v1_event_service_proto_msgTypes[4]
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -289,7 +493,7 @@ func (x *EventError) String() string {
 func (*EventError) ProtoMessage() {}
 
 func (x *EventError) ProtoReflect() protoreflect.Message {
-	mi := &file_eventbus_v1_event_service_proto_msgTypes[4]
+	mi := &file_eventbus_v1_event_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -302,7 +506,7 @@ func (x *EventError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventError.ProtoReflect.Descriptor instead.
 func (*EventError) Descriptor() ([]byte, []int) {
-	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{4}
+	return file_eventbus_v1_event_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EventError) GetIndex() int64 {
@@ -330,7 +534,21 @@ var File_eventbus_v1_event_service_proto protoreflect.FileDescriptor
 
 const file_eventbus_v1_event_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1feventbus/v1/event_service.proto\x12\veventbus.v1\x1a\x1aeventbus/v1/envelope.proto\"f\n" +
+	"\x1feventbus/v1/event_service.proto\x12\veventbus.v1\x1a\x1aeventbus/v1/envelope.proto\"l\n" +
+	"\x0eHistoryRequest\x12\x18\n" +
+	"\apattern\x18\x01 \x01(\tR\apattern\x12\x14\n" +
+	"\x05since\x18\x02 \x01(\tR\x05since\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\tR\x05epoch\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\x05R\x05limit\"l\n" +
+	"\x0fHistoryResponse\x121\n" +
+	"\x06events\x18\x01 \x03(\v2\x19.eventbus.v1.HistoryEventR\x06events\x12\x12\n" +
+	"\x04next\x18\x02 \x01(\tR\x04next\x12\x12\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\"\x83\x01\n" +
+	"\fHistoryEvent\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\tR\x06offset\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\tR\x05epoch\x12\x18\n" +
+	"\achannel\x18\x03 \x01(\tR\achannel\x12+\n" +
+	"\x05event\x18\x04 \x01(\v2\x15.eventbus.v1.EnvelopeR\x05event\"f\n" +
 	"\x0ePublishRequest\x12+\n" +
 	"\x05event\x18\x01 \x01(\v2\x15.eventbus.v1.EnvelopeR\x05event\x12'\n" +
 	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\"\x87\x01\n" +
@@ -350,10 +568,11 @@ const file_eventbus_v1_event_service_proto_rawDesc = "" +
 	"EventError\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x03R\x05index\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\tR\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage2\xae\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage2\xf4\x01\n" +
 	"\fEventService\x12D\n" +
 	"\aPublish\x12\x1b.eventbus.v1.PublishRequest\x1a\x1c.eventbus.v1.PublishResponse\x12X\n" +
-	"\rPublishStream\x12!.eventbus.v1.PublishStreamRequest\x1a\".eventbus.v1.PublishStreamResponse(\x01B\xb6\x01\n" +
+	"\rPublishStream\x12!.eventbus.v1.PublishStreamRequest\x1a\".eventbus.v1.PublishStreamResponse(\x01\x12D\n" +
+	"\aHistory\x12\x1b.eventbus.v1.HistoryRequest\x1a\x1c.eventbus.v1.HistoryResponseB\xb6\x01\n" +
 	"\x0fcom.eventbus.v1B\x11EventServiceProtoP\x01ZCgithub.com/eventbus-suite/eventbus/proto/gen/eventbus/v1;eventbusv1\xa2\x02\x03EXX\xaa\x02\vEventbus.V1\xca\x02\vEventbus\\V1\xe2\x02\x17Eventbus\\V1\\GPBMetadata\xea\x02\fEventbus::V1b\x06proto3"
 
 var (
@@ -368,28 +587,35 @@ func file_eventbus_v1_event_service_proto_rawDescGZIP() []byte {
 	return file_eventbus_v1_event_service_proto_rawDescData
 }
 
-var file_eventbus_v1_event_service_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_eventbus_v1_event_service_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_eventbus_v1_event_service_proto_goTypes = []any{
-	(*PublishRequest)(nil),        // 0: eventbus.v1.PublishRequest
-	(*PublishResponse)(nil),       // 1: eventbus.v1.PublishResponse
-	(*PublishStreamRequest)(nil),  // 2: eventbus.v1.PublishStreamRequest
-	(*PublishStreamResponse)(nil), // 3: eventbus.v1.PublishStreamResponse
-	(*EventError)(nil),            // 4: eventbus.v1.EventError
-	(*Envelope)(nil),              // 5: eventbus.v1.Envelope
+	(*HistoryRequest)(nil),        // 0: eventbus.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 1: eventbus.v1.HistoryResponse
+	(*HistoryEvent)(nil),          // 2: eventbus.v1.HistoryEvent
+	(*PublishRequest)(nil),        // 3: eventbus.v1.PublishRequest
+	(*PublishResponse)(nil),       // 4: eventbus.v1.PublishResponse
+	(*PublishStreamRequest)(nil),  // 5: eventbus.v1.PublishStreamRequest
+	(*PublishStreamResponse)(nil), // 6: eventbus.v1.PublishStreamResponse
+	(*EventError)(nil),            // 7: eventbus.v1.EventError
+	(*Envelope)(nil),              // 8: eventbus.v1.Envelope
 }
 var file_eventbus_v1_event_service_proto_depIdxs = []int32{
-	5, // 0: eventbus.v1.PublishRequest.event:type_name -> eventbus.v1.Envelope
-	5, // 1: eventbus.v1.PublishStreamRequest.event:type_name -> eventbus.v1.Envelope
-	4, // 2: eventbus.v1.PublishStreamResponse.errors:type_name -> eventbus.v1.EventError
-	0, // 3: eventbus.v1.EventService.Publish:input_type -> eventbus.v1.PublishRequest
-	2, // 4: eventbus.v1.EventService.PublishStream:input_type -> eventbus.v1.PublishStreamRequest
-	1, // 5: eventbus.v1.EventService.Publish:output_type -> eventbus.v1.PublishResponse
-	3, // 6: eventbus.v1.EventService.PublishStream:output_type -> eventbus.v1.PublishStreamResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	2, // 0: eventbus.v1.HistoryResponse.events:type_name -> eventbus.v1.HistoryEvent
+	8, // 1: eventbus.v1.HistoryEvent.event:type_name -> eventbus.v1.Envelope
+	8, // 2: eventbus.v1.PublishRequest.event:type_name -> eventbus.v1.Envelope
+	8, // 3: eventbus.v1.PublishStreamRequest.event:type_name -> eventbus.v1.Envelope
+	7, // 4: eventbus.v1.PublishStreamResponse.errors:type_name -> eventbus.v1.EventError
+	3, // 5: eventbus.v1.EventService.Publish:input_type -> eventbus.v1.PublishRequest
+	5, // 6: eventbus.v1.EventService.PublishStream:input_type -> eventbus.v1.PublishStreamRequest
+	0, // 7: eventbus.v1.EventService.History:input_type -> eventbus.v1.HistoryRequest
+	4, // 8: eventbus.v1.EventService.Publish:output_type -> eventbus.v1.PublishResponse
+	6, // 9: eventbus.v1.EventService.PublishStream:output_type -> eventbus.v1.PublishStreamResponse
+	1, // 10: eventbus.v1.EventService.History:output_type -> eventbus.v1.HistoryResponse
+	8, // [8:11] is the sub-list for method output_type
+	5, // [5:8] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_eventbus_v1_event_service_proto_init() }
@@ -404,7 +630,7 @@ func file_eventbus_v1_event_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eventbus_v1_event_service_proto_rawDesc), len(file_eventbus_v1_event_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	EventService_Publish_FullMethodName       = "/eventbus.v1.EventService/Publish"
 	EventService_PublishStream_FullMethodName = "/eventbus.v1.EventService/PublishStream"
+	EventService_History_FullMethodName       = "/eventbus.v1.EventService/History"
 )
 
 // EventServiceClient is the client API for EventService service.
@@ -35,6 +36,10 @@ type EventServiceClient interface {
 	// PublishStream ingests a stream of events in order and replies once, when
 	// the client closes its side, with counts and the errors of rejected events.
 	PublishStream(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PublishStreamRequest, PublishStreamResponse], error)
+	// History pages through the recorded events on channels matching a
+	// pattern, as GET /v1/history does. History that is gone (another epoch,
+	// or trimmed past since) is OUT_OF_RANGE, never a partial answer.
+	History(ctx context.Context, in *HistoryRequest, opts ...grpc.CallOption) (*HistoryResponse, error)
 }
 
 type eventServiceClient struct {
@@ -68,6 +73,16 @@ func (c *eventServiceClient) PublishStream(ctx context.Context, opts ...grpc.Cal
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type EventService_PublishStreamClient = grpc.ClientStreamingClient[PublishStreamRequest, PublishStreamResponse]
 
+func (c *eventServiceClient) History(ctx context.Context, in *HistoryRequest, opts ...grpc.CallOption) (*HistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HistoryResponse)
+	err := c.cc.Invoke(ctx, EventService_History_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EventServiceServer is the server API for EventService service.
 // All implementations must embed UnimplementedEventServiceServer
 // for forward compatibility.
@@ -80,6 +95,10 @@ type EventServiceServer interface {
 	// PublishStream ingests a stream of events in order and replies once, when
 	// the client closes its side, with counts and the errors of rejected events.
 	PublishStream(grpc.ClientStreamingServer[PublishStreamRequest, PublishStreamResponse]) error
+	// History pages through the recorded events on channels matching a
+	// pattern, as GET /v1/history does. History that is gone (another epoch,
+	// or trimmed past since) is OUT_OF_RANGE, never a partial answer.
+	History(context.Context, *HistoryRequest) (*HistoryResponse, error)
 	mustEmbedUnimplementedEventServiceServer()
 }
 
@@ -95,6 +114,9 @@ func (UnimplementedEventServiceServer) Publish(context.Context, *PublishRequest)
 }
 func (UnimplementedEventServiceServer) PublishStream(grpc.ClientStreamingServer[PublishStreamRequest, PublishStreamResponse]) error {
 	return status.Error(codes.Unimplemented, "method PublishStream not implemented")
+}
+func (UnimplementedEventServiceServer) History(context.Context, *HistoryRequest) (*HistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method History not implemented")
 }
 func (UnimplementedEventServiceServer) mustEmbedUnimplementedEventServiceServer() {}
 func (UnimplementedEventServiceServer) testEmbeddedByValue()                      {}
@@ -142,6 +164,24 @@ func _EventService_PublishStream_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type EventService_PublishStreamServer = grpc.ClientStreamingServer[PublishStreamRequest, PublishStreamResponse]
 
+func _EventService_History_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventServiceServer).History(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventService_History_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventServiceServer).History(ctx, req.(*HistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EventService_ServiceDesc is the grpc.ServiceDesc for EventService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -152,6 +192,10 @@ var EventService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Publish",
 			Handler:    _EventService_Publish_Handler,
+		},
+		{
+			MethodName: "History",
+			Handler:    _EventService_History_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -22,6 +22,8 @@ import (
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
 	"github.com/eventbus-suite/eventbus/pkg/apikey"
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
@@ -37,16 +39,17 @@ const (
 // Server implements eventbus.v1.EventService.
 type Server struct {
 	eventbusv1.UnimplementedEventServiceServer
-	ingest *ingest.Service
-	idem   *ingest.Idempotency
-	log    *slog.Logger
+	ingest  *ingest.Service
+	idem    *ingest.Idempotency
+	history bus.History
+	log     *slog.Logger
 }
 
 // New returns a gRPC server with EventService, health and reflection
-// registered. With keys set, every call but health checks needs
-// "authorization: Bearer <key>" metadata.
-func New(svc *ingest.Service, idem *ingest.Idempotency, keys apikey.Keys, log *slog.Logger) *grpc.Server {
-	s := &Server{ingest: svc, idem: idem, log: log}
+// registered, reading history from history. With keys set, every call but
+// health checks needs "authorization: Bearer <key>" metadata.
+func New(svc *ingest.Service, idem *ingest.Idempotency, history bus.History, keys apikey.Keys, log *slog.Logger) *grpc.Server {
+	s := &Server{ingest: svc, idem: idem, history: history, log: log}
 	gs := grpc.NewServer(
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
 			if err := authorize(ctx, keys, info.FullMethod); err != nil {
@@ -203,4 +206,40 @@ func (s *Server) PublishStream(stream grpc.ClientStreamingServer[eventbusv1.Publ
 	}
 	flush()
 	return stream.SendAndClose(resp)
+}
+
+// History implements eventbusv1.EventServiceServer.
+func (s *Server) History(ctx context.Context, req *eventbusv1.HistoryRequest) (*eventbusv1.HistoryResponse, error) {
+	if err := channel.ValidatePattern(req.GetPattern()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "pattern: %v", err)
+	}
+	limit := int(req.GetLimit())
+	switch {
+	case limit == 0:
+		limit = 100
+	case limit < 1 || limit > 1000:
+		return nil, status.Errorf(codes.InvalidArgument, "limit: %d is not from 1 to 1000", limit)
+	}
+	since, err := bus.Since(req.GetPattern(), req.GetSince(), req.GetEpoch())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	page, err := s.history.History(ctx, req.GetPattern(), since, limit)
+	switch {
+	case errors.Is(err, bus.ErrTruncated):
+		return nil, status.Errorf(codes.OutOfRange, "history_truncated: %v: the history asked for is gone; reload the state and read on from a fresh position", err)
+	case err != nil:
+		s.log.ErrorContext(ctx, "read history", "error", err)
+		return nil, status.Error(codes.Unavailable, "the event bus (Redis) is unavailable; retry later")
+	}
+	resp := &eventbusv1.HistoryResponse{Next: page.Next.String(), More: page.More}
+	for _, e := range page.Events {
+		env, err := envelope.Unmarshal(e.Payload)
+		if err != nil {
+			s.log.WarnContext(ctx, "recorded event is no envelope; left out of the history", "channel", e.Channel, "offset", e.Position.Offset, "error", err)
+			continue
+		}
+		resp.Events = append(resp.Events, &eventbusv1.HistoryEvent{Offset: e.Position.Offset, Epoch: e.Position.Epoch, Channel: e.Channel, Event: env})
+	}
+	return resp, nil
 }

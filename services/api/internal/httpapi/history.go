@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -44,7 +43,7 @@ func (h *handler) history(w http.ResponseWriter, r *http.Request) error {
 		}
 		limit = n
 	}
-	since, err := historySince(pattern, q.Get("since"), q.Get("epoch"))
+	since, err := bus.Since(pattern, q.Get("since"), q.Get("epoch"))
 	if err != nil {
 		return badRequest("invalid_argument", err)
 	}
@@ -75,33 +74,4 @@ func (h *handler) history(w http.ResponseWriter, r *http.Request) error {
 		More   bool           `json:"more"`
 	}{events, page.Next.String(), page.More})
 	return nil
-}
-
-// historySince reads since: a cursor from an earlier answer's next, or an
-// offset with its epoch for a pattern of one namespace.
-func historySince(pattern, since, epoch string) (bus.Cursor, error) {
-	switch {
-	case since == "":
-		if epoch != "" {
-			return nil, errors.New("epoch: goes with since")
-		}
-		return nil, nil
-	case !bus.IsOffset(since):
-		if epoch != "" {
-			return nil, errors.New("epoch: a cursor (since from next) holds its epochs; leave epoch out")
-		}
-		c, err := bus.ParseCursor(since)
-		if err != nil {
-			return nil, fmt.Errorf("since: %w: want an offset such as 1732290000000-0 or an earlier answer's next", err)
-		}
-		return c, nil
-	}
-	if epoch == "" {
-		return nil, errors.New("epoch: an offset in since needs the epoch it belongs to")
-	}
-	ns, _, ok := strings.Cut(pattern, ":")
-	if !ok || channel.IsPattern(ns) {
-		return nil, fmt.Errorf("since: pattern %q spans several namespaces, and an offset belongs to one; use an earlier answer's next", pattern)
-	}
-	return bus.Cursor{ns: {Offset: since, Epoch: epoch}}, nil
 }
