@@ -392,3 +392,38 @@ func TestHistoryTruncated(t *testing.T) {
 		t.Fatalf("Publish after a flush = %+v, %v; want a new epoch, not %s", again.Position, err, first.Epoch)
 	}
 }
+
+// BenchmarkHistory reads a namespace's record a page of 1,000 at a time;
+// its events/s figure is in docs/benchmarks.md.
+func BenchmarkHistory(b *testing.B) {
+	srv := redistest.Shared(b)
+	bs := newBus(b, srv, redisbus.Options{HistoryMaxLen: 1_000_000})
+	const n = 100_000
+	payload := make([]byte, 200)
+	for i := 0; i < n; i += 500 {
+		msgs := make([]bus.Publication, 500)
+		for j := range msgs {
+			msgs[j] = bus.Publication{Channel: "bench:history", Payload: payload}
+		}
+		if _, _, err := bs.PublishBatch(b.Context(), msgs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	read := 0
+	for b.Loop() {
+		var cursor bus.Cursor
+		for {
+			page, err := bs.History(b.Context(), "bench:*", cursor, 1000)
+			if err != nil {
+				b.Fatal(err)
+			}
+			read += len(page.Events)
+			if !page.More {
+				break
+			}
+			cursor = page.Next
+		}
+	}
+	b.ReportMetric(float64(read)/b.Elapsed().Seconds(), "events/s")
+}
