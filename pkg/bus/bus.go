@@ -10,6 +10,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // ErrClosed is returned by operations on a closed Bus or Subscription.
@@ -179,4 +180,55 @@ type History interface {
 	// wrapping ErrTruncated means the record no longer holds everything
 	// after since in some namespace; nothing partial is returned.
 	History(ctx context.Context, pattern string, since Cursor, limit int) (Page, error)
+}
+
+// Delivery is one event handed to a member of a consumer group.
+type Delivery struct {
+	Event
+	// Redelivered reports that the event was delivered before, to this or
+	// another member, and not acknowledged in time.
+	Redelivered bool
+}
+
+// ConsumerOptions tune a consumer; the zero value works.
+type ConsumerOptions struct {
+	// Visibility is how long a delivered event may go unacknowledged
+	// before it is delivered again, to any member. Default 30 s.
+	Visibility time.Duration
+	// FromOldest makes a group that does not exist yet start at the oldest
+	// event recorded; by default it starts with the events published after
+	// it is made. A namespace that appears later is always read from its
+	// first event.
+	FromOldest bool
+}
+
+// Consumer is a member of a durable consumer group. Its methods are not
+// safe for concurrent use, but Ack may be called from another goroutine
+// than Fetch.
+type Consumer interface {
+	// Fetch returns up to n events for this member, waiting until there
+	// is at least one or ctx ends (then it returns ctx's error). Each event
+	// recorded on a channel matching the group's patterns goes to one
+	// member of the group at least once: an event not acknowledged within
+	// the visibility timeout, or whose member is gone, is delivered again.
+	// Events of one namespace come in offset order, but a redelivery comes
+	// after the events delivered meanwhile.
+	Fetch(ctx context.Context, n int) ([]Delivery, error)
+	// Ack marks deliveries as done: they are not delivered again.
+	Ack(ctx context.Context, ds ...Delivery) error
+	// Close leaves the group: the member's unacknowledged events are
+	// delivered to others after the visibility timeout.
+	Close() error
+}
+
+// Consumers makes members of durable consumer groups.
+type Consumers interface {
+	// Consume joins group (made if need be) as member name, reading the
+	// events recorded on channels matching patterns. A pattern covers the
+	// streams of the namespaces it can match; one whose first token has a
+	// wildcard covers every namespace, including ones that appear later.
+	// Members of one group share its events; each group gets every event.
+	// A member that restarts with its name gets its unacknowledged events
+	// first.
+	Consume(ctx context.Context, group, name string, patterns []string, opts ConsumerOptions) (Consumer, error)
 }

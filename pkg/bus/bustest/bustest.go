@@ -35,15 +35,17 @@ const wait = 10 * time.Second
 // Features say what an implementation offers beyond live delivery.
 type Features struct {
 	// History: Publish returns positions, live messages carry them, and
-	// the bus implements bus.History.
+	// the bus implements bus.History and bus.Consumers.
 	History bool
 }
 
 // Run runs the conformance suite for an implementation with features f.
 func Run(t *testing.T, newBus NewBus, f Features) {
-	positions, history := testNoPositions, func(*testing.T, Bus) {}
+	none := func(*testing.T, Bus) {}
+	positions, history, groups, redelivery, restart := testNoPositions, none, none, none, none
 	if f.History {
 		positions, history = testPositions, testHistory
+		groups, redelivery, restart = testConsumerGroups, testConsumerRedelivery, testConsumerRestart
 	}
 	tests := []struct {
 		name string
@@ -51,6 +53,9 @@ func Run(t *testing.T, newBus NewBus, f Features) {
 	}{
 		{"Positions", positions},
 		{"History", history},
+		{"ConsumerGroups", groups},
+		{"ConsumerRedelivery", redelivery},
+		{"ConsumerRestart", restart},
 		{"ExactChannel", testExactChannel},
 		{"Pattern", testPattern},
 		{"NoSubscribers", testNoSubscribers},
@@ -466,5 +471,118 @@ func testHistory(t *testing.T, b Bus) {
 	}
 	if _, err := h.History(t.Context(), "hist:b", bus.Cursor{"hist": {Offset: page.Events[0].Position.Offset, Epoch: "another"}}, 10); !errors.Is(err, bus.ErrTruncated) {
 		t.Fatalf("History from another epoch = %v, want ErrTruncated", err)
+	}
+}
+
+func consume(t *testing.T, b Bus, group, name string, opts bus.ConsumerOptions, patterns ...string) bus.Consumer {
+	t.Helper()
+	cs, ok := b.(bus.Consumers)
+	if !ok {
+		t.Fatal("the bus has history but does not implement bus.Consumers")
+	}
+	c, err := cs.Consume(t.Context(), group, name, patterns, opts)
+	if err != nil {
+		t.Fatalf("Consume(%s, %s, %q) = %v", group, name, patterns, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// fetchAll fetches from members in turn until want events came, failing
+// after wait; it returns each delivery's payload, in the order fetched.
+func fetchAll(t *testing.T, want int, ack bool, members ...bus.Consumer) ([]string, []bus.Delivery) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	var got []string
+	var all []bus.Delivery
+	for i := 0; len(got) < want; i++ {
+		m := members[i%len(members)]
+		short, stop := context.WithTimeout(ctx, 100*time.Millisecond)
+		ds, err := m.Fetch(short, want-len(got))
+		stop()
+		if err != nil && ctx.Err() != nil {
+			t.Fatalf("fetched %d of %d events in %v: %q", len(got), want, wait, got)
+		}
+		if ack && len(ds) > 0 {
+			if err := m.Ack(t.Context(), ds...); err != nil {
+				t.Fatalf("Ack = %v", err)
+			}
+		}
+		for _, d := range ds {
+			got = append(got, string(d.Payload))
+		}
+		all = append(all, ds...)
+	}
+	return got, all
+}
+
+// testConsumerGroups: the members of a group share its events, each once,
+// in order per namespace; every group gets every event; events on
+// channels the patterns do not match, and events from before the group was
+// made, are not delivered.
+func testConsumerGroups(t *testing.T, b Bus) {
+	publish(t, b, "cg:a", "before", 0)
+	m1 := consume(t, b, "workers", "m1", bus.ConsumerOptions{}, "cg:a*", "cg2:*")
+	m2 := consume(t, b, "workers", "m2", bus.ConsumerOptions{}, "cg:a*", "cg2:*")
+	audit := consume(t, b, "audit", "only", bus.ConsumerOptions{}, "cg:a*", "cg2:*")
+	var want []string
+	for i := range 30 {
+		ch := []string{"cg:a1", "cg:b1", "cg2:x"}[i%3]
+		publish(t, b, ch, ch+"/"+strconv.Itoa(i), 0)
+		if ch != "cg:b1" {
+			want = append(want, ch+"/"+strconv.Itoa(i))
+		}
+	}
+	for name, members := range map[string][]bus.Consumer{"workers": {m1, m2}, "audit": {audit}} {
+		got, _ := fetchAll(t, len(want), true, members...)
+		sorted := slices.Sorted(slices.Values(got))
+		if !slices.Equal(sorted, slices.Sorted(slices.Values(want))) {
+			t.Fatalf("group %s got %q, want each of %q once", name, got, want)
+		}
+	}
+	short, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if ds, err := audit.Fetch(short, 10); len(ds) != 0 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Fetch after everything was acknowledged = %d events, %v; want none", len(ds), err)
+	}
+}
+
+// testConsumerRedelivery: what a member fetched and never acknowledged
+// goes to another member once the visibility timeout passes.
+func testConsumerRedelivery(t *testing.T, b Bus) {
+	opts := bus.ConsumerOptions{Visibility: 200 * time.Millisecond}
+	dead := consume(t, b, "g", "dead", opts, "cr:*")
+	for i := range 5 {
+		publish(t, b, "cr:x", strconv.Itoa(i), 0)
+	}
+	if got, _ := fetchAll(t, 5, false, dead); len(got) != 5 {
+		t.Fatalf("the first member fetched %q", got)
+	}
+	_ = dead.Close()
+	alive := consume(t, b, "g", "alive", opts, "cr:*")
+	got, ds := fetchAll(t, 5, true, alive)
+	if !slices.Equal(got, []string{"0", "1", "2", "3", "4"}) || !ds[0].Redelivered {
+		t.Fatalf("the other member got %q (redelivered %v), want 0 to 4 again", got, ds[0].Redelivered)
+	}
+}
+
+// testConsumerRestart: a member that comes back under its name gets its
+// unacknowledged events first, and a namespace that appears later reaches
+// a group whose pattern covers it.
+func testConsumerRestart(t *testing.T, b Bus) {
+	first := consume(t, b, "g", "m", bus.ConsumerOptions{}, "rs*")
+	publish(t, b, "rs:a", "one", 0)
+	publish(t, b, "rs:a", "two", 0)
+	_, ds := fetchAll(t, 2, false, first)
+	if err := first.Ack(t.Context(), ds[0]); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Close()
+	again := consume(t, b, "g", "m", bus.ConsumerOptions{}, "rs*")
+	publish(t, b, "rsnew:z", "new namespace", 0)
+	got, ds := fetchAll(t, 2, true, again)
+	if !slices.Equal(got, []string{"two", "new namespace"}) || !ds[0].Redelivered || ds[1].Redelivered {
+		t.Fatalf("after the restart got %q, want the unacknowledged two, then the new namespace's event", got)
 	}
 }

@@ -427,3 +427,49 @@ func BenchmarkHistory(b *testing.B) {
 	}
 	b.ReportMetric(float64(read)/b.Elapsed().Seconds(), "events/s")
 }
+
+// A consumer whose streams were lost with Redis's data joins them again
+// and reads on from the first event recorded since.
+func TestConsumerAfterAFlush(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t) // flushed below: a server of its own
+	redistest.RequireReal(t, srv)
+	b := newBus(t, srv, redisbus.Options{HistoryMaxLen: 1000})
+	c, err := b.Consume(t.Context(), "g", "m", []string{"fl:*"}, bus.ConsumerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetch := func(want string) bus.Delivery {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		for {
+			ds, err := c.Fetch(ctx, 1)
+			if err != nil {
+				t.Fatalf("Fetch = %v, want %s", err, want)
+			}
+			if len(ds) == 1 {
+				if string(ds[0].Payload) != want {
+					t.Fatalf("Fetch = %s, want %s", ds[0].Payload, want)
+				}
+				if err := c.Ack(t.Context(), ds[0]); err != nil {
+					t.Fatal(err)
+				}
+				return ds[0]
+			}
+		}
+	}
+	if _, err := b.Publish(t.Context(), "fl:x", []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	before := fetch("before")
+	if err := srv.Client(t).FlushAll(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Publish(t.Context(), "fl:x", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if after := fetch("after"); after.Position.Epoch == before.Position.Epoch {
+		t.Fatalf("epoch %s after the flush, want a new one", after.Position.Epoch)
+	}
+}

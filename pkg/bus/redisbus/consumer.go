@@ -1,0 +1,263 @@
+package redisbus
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+)
+
+const (
+	defaultVisibility = 30 * time.Second
+	// consumerBlock is the longest one XREADGROUP waits: between waits a
+	// consumer looks for new namespaces and for events to take over.
+	consumerBlock = time.Second
+	// refreshEvery is how often a consumer of a wildcard pattern looks for
+	// namespaces that appeared.
+	refreshEvery = time.Second
+)
+
+// consumer implements bus.Consumer with a Redis consumer group on each
+// namespace stream its patterns cover.
+type consumer struct {
+	b           *Bus
+	group, name string
+	patterns    []string
+	visibility  time.Duration
+	fromOldest  bool
+	wildcard    bool // a pattern covers namespaces yet to appear
+
+	streams   []string          // stream keys joined, sorted
+	epochs    map[string]string // stream key → epoch
+	ownFirst  bool              // own unacknowledged events, after a restart, not read yet
+	refreshed time.Time
+	claimed   time.Time
+	claimFrom map[string]string // stream key → where XAUTOCLAIM goes on from
+}
+
+// Consume implements bus.Consumers.
+func (b *Bus) Consume(ctx context.Context, group, name string, patterns []string, opts bus.ConsumerOptions) (bus.Consumer, error) {
+	for what, v := range map[string]string{"group": group, "member": name} {
+		if err := channel.Validate(v); err != nil || strings.Contains(v, ":") {
+			return nil, fmt.Errorf("consumer %s %q: want one token of [a-z0-9_-]", what, v)
+		}
+	}
+	if len(patterns) == 0 {
+		return nil, errors.New("consume: no patterns")
+	}
+	if err := validatePatterns(patterns); err != nil {
+		return nil, err
+	}
+	c := &consumer{
+		b: b, group: group, name: name, patterns: slices.Clone(patterns),
+		visibility: cmp.Or(opts.Visibility, defaultVisibility), fromOldest: opts.FromOldest,
+		epochs: make(map[string]string), ownFirst: true, claimFrom: make(map[string]string),
+	}
+	for _, p := range patterns {
+		if literal, _, wild := strings.Cut(p, "*"); wild && !strings.Contains(literal, ":") {
+			c.wildcard = true
+		}
+	}
+	if err := c.refresh(ctx, true); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// refresh joins the group on the stream of every namespace the patterns
+// cover and reads their epochs. A group made on a stream that existed when
+// the consumer started begins after its last event, unless fromOldest; on
+// a stream that appeared later, at its first event.
+func (c *consumer) refresh(ctx context.Context, starting bool) error {
+	var namespaces []string
+	for _, p := range c.patterns {
+		ns, err := c.b.namespacesOf(ctx, p)
+		if err != nil {
+			return err
+		}
+		namespaces = append(namespaces, ns...)
+	}
+	slices.Sort(namespaces)
+	for _, ns := range slices.Compact(namespaces) {
+		key := c.b.streamKey(ns)
+		if _, joined := c.epochs[key]; !joined {
+			start := "0"
+			if starting && !c.fromOldest {
+				start = "$"
+			}
+			if err := c.join(ctx, key, start); err != nil {
+				return err
+			}
+			c.streams = append(c.streams, key)
+		}
+		epoch, err := c.b.client.HGet(ctx, c.b.metaKey(ns), "epoch").Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("read the epoch of %s: %w", ns, err)
+		}
+		c.epochs[key] = epoch
+	}
+	slices.Sort(c.streams)
+	c.refreshed = time.Now()
+	return nil
+}
+
+// join makes the group on a stream, and the stream if need be; a group
+// that exists keeps its position.
+func (c *consumer) join(ctx context.Context, key, start string) error {
+	err := c.b.client.XGroupCreateMkStream(ctx, key, c.group, start).Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("join group %s on %s: %w", c.group, key, err)
+	}
+	return nil
+}
+
+// Fetch implements bus.Consumer.
+func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
+	if n < 1 {
+		return nil, fmt.Errorf("fetch %d events: want at least 1", n)
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if c.wildcard && time.Since(c.refreshed) > refreshEvery {
+			if err := c.refresh(ctx, false); err != nil {
+				return nil, err
+			}
+		}
+		if c.ownFirst {
+			ds, err := c.read(ctx, n, "0", 0)
+			if err != nil || len(ds) > 0 {
+				return ds, err
+			}
+			c.ownFirst = false
+		}
+		if time.Since(c.claimed) > min(c.visibility/2, time.Second) {
+			ds, err := c.claim(ctx, n)
+			if err != nil || len(ds) > 0 {
+				return ds, err
+			}
+		}
+		block := consumerBlock
+		if d, ok := ctx.Deadline(); ok {
+			block = min(block, max(time.Until(d), time.Millisecond))
+		}
+		ds, err := c.read(ctx, n, ">", block)
+		if err != nil || len(ds) > 0 {
+			return ds, err
+		}
+	}
+}
+
+// read reads the group: new events (">") or this member's unacknowledged
+// ones ("0").
+func (c *consumer) read(ctx context.Context, n int, from string, block time.Duration) ([]bus.Delivery, error) {
+	if len(c.streams) == 0 {
+		return nil, nil
+	}
+	args := make([]string, 0, 2*len(c.streams))
+	args = append(args, c.streams...)
+	for range c.streams {
+		args = append(args, from)
+	}
+	if block == 0 {
+		block = -1 // go-redis: no BLOCK
+	}
+	res, err := c.b.client.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: c.group, Consumer: c.name, Streams: args, Count: int64(n), Block: block,
+	}).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, nil
+	case err != nil && strings.HasPrefix(err.Error(), "NOGROUP"):
+		// A stream was lost (Redis flushed, or restarted without its
+		// data): join again, from its first event.
+		c.epochs = make(map[string]string)
+		c.streams = nil
+		return nil, c.refresh(ctx, false)
+	case err != nil:
+		return nil, fmt.Errorf("read group %s: %w", c.group, err)
+	}
+	var ds []bus.Delivery
+	for _, s := range res {
+		ds = c.deliveries(ctx, ds, s.Stream, s.Messages, from != ">")
+	}
+	return ds, nil
+}
+
+// claim takes over events other members left unacknowledged for longer
+// than the visibility timeout.
+func (c *consumer) claim(ctx context.Context, n int) ([]bus.Delivery, error) {
+	c.claimed = time.Now()
+	var ds []bus.Delivery
+	for _, key := range c.streams {
+		msgs, next, err := c.b.client.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+			Stream: key, Group: c.group, Consumer: c.name, MinIdle: c.visibility,
+			Start: cmp.Or(c.claimFrom[key], "0-0"), Count: int64(n - len(ds)),
+		}).Result()
+		if err != nil && !strings.HasPrefix(err.Error(), "NOGROUP") {
+			return nil, fmt.Errorf("claim events of group %s: %w", c.group, err)
+		}
+		c.claimFrom[key] = next
+		ds = c.deliveries(ctx, ds, key, msgs, true)
+		if len(ds) >= n {
+			break
+		}
+	}
+	return ds, nil
+}
+
+// deliveries turns stream entries into deliveries, acknowledging at once
+// those on channels no pattern of the group matches.
+func (c *consumer) deliveries(ctx context.Context, ds []bus.Delivery, key string, msgs []redis.XMessage, again bool) []bus.Delivery {
+	var skip []string
+	for _, m := range msgs {
+		ch, _ := m.Values["c"].(string)
+		ch = c.b.unkey(ch)
+		if !slices.ContainsFunc(c.patterns, func(p string) bool { return channel.Match(p, ch) }) {
+			skip = append(skip, m.ID)
+			continue
+		}
+		p, _ := m.Values["p"].(string)
+		ds = append(ds, bus.Delivery{
+			Event:       bus.Event{Channel: ch, Payload: []byte(p), Position: bus.Position{Offset: m.ID, Epoch: c.epochs[key]}},
+			Redelivered: again,
+		})
+	}
+	if len(skip) > 0 {
+		// Not the group's: acknowledged so they are not delivered again.
+		// A failure only means they come back and are skipped again.
+		_ = c.b.client.XAck(ctx, key, c.group, skip...).Err()
+	}
+	return ds
+}
+
+// Ack implements bus.Consumer.
+func (c *consumer) Ack(ctx context.Context, ds ...bus.Delivery) error {
+	ids := make(map[string][]string)
+	for _, d := range ds {
+		key := c.b.streamKey(namespaceOf(d.Channel))
+		ids[key] = append(ids[key], d.Position.Offset)
+	}
+	pipe := c.b.client.Pipeline()
+	for key, batch := range ids {
+		pipe.XAck(ctx, key, c.group, batch...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("acknowledge %d events of group %s: %w", len(ds), c.group, err)
+	}
+	return nil
+}
+
+// Close implements bus.Consumer. The member stays known to Redis with its
+// unacknowledged events, which others take over after the visibility
+// timeout, or which it gets first when it comes back under its name.
+func (c *consumer) Close() error { return nil }
