@@ -33,7 +33,7 @@ func TestTailCLISendsTheAPIKey(t *testing.T) {
 		t.Fatalf("eventbus tail without a key = %v\n%s\nwant exit status 1 naming the 401", err, out)
 	}
 
-	b, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":"})
+	b, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":", HistoryMaxLen: 100_000})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,6 +39,8 @@ func runPublish(ctx context.Context, e env, args []string) error {
 	var reply struct {
 		ID        string `json:"id"`
 		Channel   string `json:"channel"`
+		Offset    string `json:"offset,omitempty"`
+		Epoch     string `json:"epoch,omitempty"`
 		Receivers int64  `json:"receivers"`
 	}
 	if err := newClient(c).do(ctx, http.MethodPost, "/v1/events", body, header, &reply); err != nil {
@@ -46,6 +48,11 @@ func runPublish(ctx context.Context, e env, args []string) error {
 	}
 	if *asJSON {
 		return json.NewEncoder(e.stdout).Encode(reply)
+	}
+	if reply.Offset != "" {
+		fmt.Fprintf(e.stdout, "published %s on %s at offset %s (epoch %s), live to %d subscriber(s)\n",
+			reply.ID, reply.Channel, reply.Offset, reply.Epoch, reply.Receivers)
+		return nil
 	}
 	fmt.Fprintf(e.stdout, "published %s on %s to %d subscriber(s)\n", reply.ID, reply.Channel, reply.Receivers)
 	return nil

@@ -216,6 +216,9 @@ type Consumer interface {
 	Fetch(ctx context.Context, n int) ([]Delivery, error)
 	// Ack marks deliveries as done: they are not delivered again.
 	Ack(ctx context.Context, ds ...Delivery) error
+	// Lag returns how many recorded events no member of the group has
+	// fetched yet, across its namespaces.
+	Lag(ctx context.Context) (int64, error)
 	// Close leaves the group: the member's unacknowledged events are
 	// delivered to others after the visibility timeout.
 	Close() error

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/eventbus-suite/eventbus/pkg/apikey"
+	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/logger/internal/config"
@@ -60,15 +61,17 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		return err
 	}
 	defer b.Close()
-	sub, err := b.Subscribe(ctx, cfg.Patterns...)
+	// Every replica of the logger is a member of the group "logger", so
+	// a restarted replica gets back what it had not acknowledged.
+	con, err := b.Consume(ctx, "logger", cfg.Member, cfg.Patterns, bus.ConsumerOptions{})
 	if err != nil {
 		return err
 	}
-	defer sub.Close()
+	defer con.Close()
 	if !cfg.Stdout {
 		stdout = nil
 	}
-	rec := recorder.New(sub, files, stdout, window, log, reg)
+	rec := recorder.New(con, cfg.Patterns, files, stdout, window, log, reg)
 
 	mux := http.NewServeMux()
 	keys := apikey.New(cfg.APIKeys)

@@ -546,6 +546,13 @@ func testConsumerGroups(t *testing.T, b Bus) {
 	if ds, err := audit.Fetch(short, 10); len(ds) != 0 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Fetch after everything was acknowledged = %d events, %v; want none", len(ds), err)
 	}
+	if lag, err := audit.Lag(t.Context()); err != nil || lag != 0 {
+		t.Fatalf("Lag after everything was fetched = %d, %v; want 0", lag, err)
+	}
+	publish(t, b, "cg2:y", "unread", 0)
+	if lag, err := audit.Lag(t.Context()); err != nil || lag != 1 {
+		t.Fatalf("Lag with one event unread = %d, %v; want 1", lag, err)
+	}
 }
 
 // testConsumerRedelivery: what a member fetched and never acknowledged

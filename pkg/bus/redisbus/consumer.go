@@ -257,6 +257,24 @@ func (c *consumer) Ack(ctx context.Context, ds ...bus.Delivery) error {
 	return nil
 }
 
+// Lag implements bus.Consumer with XINFO GROUPS, whose lag Redis keeps
+// for each group on a stream.
+func (c *consumer) Lag(ctx context.Context) (int64, error) {
+	var lag int64
+	for _, key := range c.streams {
+		groups, err := c.b.client.XInfoGroups(ctx, key).Result()
+		if err != nil {
+			return 0, fmt.Errorf("read the lag of group %s: %w", c.group, err)
+		}
+		for _, g := range groups {
+			if g.Name == c.group {
+				lag += max(g.Lag, 0)
+			}
+		}
+	}
+	return lag, nil
+}
+
 // Close implements bus.Consumer. The member stays known to Redis with its
 // unacknowledged events, which others take over after the visibility
 // timeout, or which it gets first when it comes back under its name.

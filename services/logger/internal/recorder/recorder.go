@@ -1,5 +1,6 @@
-// Package recorder is the core of the logger service: it drains a bus
-// subscription into the log files, stdout and the window tails read.
+// Package recorder is the core of the logger service: it reads the record
+// through the consumer group "logger" into the log files, stdout and the
+// window tails read, and acknowledges what it has written.
 package recorder
 
 import (
@@ -16,40 +17,46 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/services/logger/internal/eventlog"
 )
 
-// Recorder writes every message of a subscription down.
+// Recorder writes every event of a consumer group down.
 type Recorder struct {
-	sub    bus.Subscription
-	files  *eventlog.Files
-	stdout *bufio.Writer // nil when lines do not go to stdout
-	window *eventlog.Window
-	log    *slog.Logger
-	now    func() time.Time
-	out    []formatted // one batch's lines, reused
+	con      bus.Consumer
+	patterns []string // the group's, to name the one each event matched
+	files    *eventlog.Files
+	stdout   *bufio.Writer // nil when lines do not go to stdout
+	window   *eventlog.Window
+	log      *slog.Logger
+	now      func() time.Time
+	out      []formatted // one batch's lines, reused
 
 	logged    prometheus.Counter
 	malformed prometheus.Counter
 	lag       prometheus.Gauge
+	behind    prometheus.Gauge
 }
 
-// New returns a Recorder; stdout may be nil.
-func New(sub bus.Subscription, files *eventlog.Files, stdout io.Writer, window *eventlog.Window,
+// New returns a Recorder reading con, a member of a group consuming
+// patterns; stdout may be nil.
+func New(con bus.Consumer, patterns []string, files *eventlog.Files, stdout io.Writer, window *eventlog.Window,
 	log *slog.Logger, reg prometheus.Registerer) *Recorder {
 	r := &Recorder{
-		sub: sub, files: files, window: window, log: log, now: time.Now, out: make([]formatted, maxBatch),
+		con: con, patterns: patterns, files: files, window: window, log: log, now: time.Now, out: make([]formatted, maxBatch),
 		logged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_logger_events_logged_total", Help: "Events written to the log."}),
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_logger_malformed_total", Help: "Messages that were no envelope, logged raw."}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "eventbus_logger_lag_seconds", Help: "Time between the last logged event's time and its logging."}),
+		behind: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "eventbus_logger_lag_events", Help: "Recorded events the logger has not read yet."}),
 	}
 	if stdout != nil {
 		r.stdout = bufio.NewWriterSize(stdout, 64<<10)
 	}
-	reg.MustRegister(r.logged, r.malformed, r.lag)
+	reg.MustRegister(r.logged, r.malformed, r.lag, r.behind)
 	return r
 }
 
@@ -60,46 +67,55 @@ const (
 	minParallel = 64
 )
 
-// Run records until ctx ends or the subscription closes. It takes every
-// message waiting, formats them (on every core when there are many) and
-// writes them in order. Lines are flushed whenever no message is waiting,
-// so the files trail the bus by at most one batch, and always before Run
-// returns.
+// Run records until ctx ends. It fetches every event waiting (up to
+// maxBatch), formats them (on every core when there are many), writes them
+// in order, flushes the files and only then acknowledges them: an event
+// is acknowledged once it is in the files, so a crash costs at most a
+// repeat of the last batch, never a loss. When ctx ends, what was fetched
+// is written and acknowledged before Run returns.
 func (r *Recorder) Run(ctx context.Context) error {
-	msgs := r.sub.Messages()
 	batch := make([]bus.Message, 0, maxBatch)
+	lagged := time.Time{}
 	for {
-		select {
-		case m, ok := <-msgs:
-			if !ok {
-				return errors.Join(errors.New("subscription closed"), r.flush())
-			}
-			batch = append(batch[:0], m)
-		fill:
-			for len(batch) < maxBatch {
-				select {
-				case m, ok := <-msgs:
-					if !ok {
-						break fill // the next receive reports it
-					}
-					batch = append(batch, m)
-				default:
-					break fill
-				}
-			}
-			if err := r.record(batch); err != nil {
-				return err
-			}
-			clear(batch)
-			if len(msgs) == 0 {
-				if err := r.flush(); err != nil {
-					return err
-				}
-			}
-		case <-ctx.Done():
+		ds, err := r.con.Fetch(ctx, maxBatch)
+		if ctx.Err() != nil && len(ds) == 0 {
 			return r.flush()
 		}
+		if err != nil {
+			return errors.Join(fmt.Errorf("read the record: %w", err), r.flush())
+		}
+		batch = batch[:0]
+		for _, d := range ds {
+			batch = append(batch, bus.Message{Channel: d.Channel, Patterns: r.matching(d.Channel), Payload: d.Payload, Position: d.Position})
+		}
+		if err := r.record(batch); err != nil {
+			return err
+		}
+		if err := r.flush(); err != nil {
+			return err
+		}
+		// The acknowledgement outlives a shutdown that began meanwhile.
+		if err := r.con.Ack(context.WithoutCancel(ctx), ds...); err != nil {
+			return err
+		}
+		clear(batch)
+		if time.Since(lagged) > time.Second {
+			lagged = time.Now()
+			if n, err := r.con.Lag(ctx); err == nil {
+				r.behind.Set(float64(n))
+			}
+		}
 	}
+}
+
+// matching returns the first of the group's patterns that ch matches.
+func (r *Recorder) matching(ch string) []string {
+	for _, p := range r.patterns {
+		if channel.Match(p, ch) {
+			return []string{p}
+		}
+	}
+	return []string{r.patterns[0]}
 }
 
 type formatted struct {
