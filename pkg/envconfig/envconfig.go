@@ -5,10 +5,12 @@
 package envconfig
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -179,4 +181,29 @@ func (r *Reader) Common() Common {
 		r.fail("BUS_HISTORY", v, "on or off")
 	}
 	return c
+}
+
+// Member returns a consumer-group member name: the variable name, else the
+// host name (a pod's name in Kubernetes, a container's id in compose), as
+// one token of [a-z0-9_-]. A replica that restarts under its name gets
+// back what it had not acknowledged.
+func (r *Reader) Member(name string) string {
+	v := r.String(name, "")
+	if v != "" {
+		if channel.Validate(v) != nil || strings.Contains(v, ":") {
+			r.fail(name, v, "one token of [a-z0-9_-]")
+		}
+		return v
+	}
+	host, _ := os.Hostname()
+	host = strings.Map(func(c rune) rune {
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+			return c
+		case c >= 'A' && c <= 'Z':
+			return c + 'a' - 'A'
+		}
+		return '-'
+	}, host)
+	return cmp.Or(host, "member")
 }

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/config"
@@ -55,15 +56,17 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		return err
 	}
 	defer b.Close()
-	sub, err := b.Subscribe(ctx, rules.Patterns...)
+	// Every replica is a member of the group "notification": each event
+	// goes to one of them, and to another if it is not acknowledged in time.
+	con, err := b.Consume(ctx, "notification", cfg.Member, rules.Patterns, bus.ConsumerOptions{Visibility: cfg.Visibility})
 	if err != nil {
 		return err
 	}
-	defer sub.Close()
+	defer con.Close()
 
 	n := notifier.New(notifier.Options{
-		Sub: sub, Publisher: b, Redis: b.Client(), Prefix: cfg.RedisPrefix, Templates: tmpl, Logger: log,
-		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL,
+		Consumer: con, Publisher: b, Redis: b.Client(), Prefix: cfg.RedisPrefix, Templates: tmpl, Logger: log,
+		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL, ContactWait: 2 * cfg.Visibility,
 	}, reg)
 	if cfg.SendGridAPIKey == "" {
 		log.Warn("SENDGRID_API_KEY is not set: dry-run mode, emails are logged, not sent")

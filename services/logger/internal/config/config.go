@@ -2,11 +2,7 @@
 package config
 
 import (
-	"cmp"
-	"errors"
 	"fmt"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -47,7 +43,7 @@ func Load(getenv func(string) string) (Config, error) {
 		MaxFiles:     int(r.Int("LOGGER_MAX_FILES", 10, 1)),
 		TailBuffer:   int(r.Int("LOGGER_TAIL_BUFFER", 10000, 1)),
 		Stdout:       r.Bool("LOGGER_STDOUT", true),
-		Member:       r.String("LOGGER_MEMBER", hostToken()),
+		Member:       r.Member("LOGGER_MEMBER"),
 
 		APIKeys:          r.List("API_KEYS", nil),
 		MaxTails:         int(r.Int("LOGGER_MAX_TAILS", 100, 1)),
@@ -56,27 +52,8 @@ func Load(getenv func(string) string) (Config, error) {
 	for _, p := range c.Patterns {
 		r.Check("LOGGER_PATTERNS", p, channel.ValidatePattern(p))
 	}
-	if channel.Validate(c.Member) != nil || strings.Contains(c.Member, ":") {
-		r.Check("LOGGER_MEMBER", c.Member, errors.New("want one token of [a-z0-9_-]"))
-	}
 	if err := r.Err(); err != nil {
 		return Config{}, fmt.Errorf("configuration: %w", err)
 	}
 	return c, nil
-}
-
-// hostToken is the host name as a channel token: lower case, anything
-// outside [a-z0-9_-] turned into '-'.
-func hostToken() string {
-	name, _ := os.Hostname()
-	name = strings.Map(func(r rune) rune {
-		switch {
-		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '_':
-			return r
-		case r >= 'A' && r <= 'Z':
-			return r + 'a' - 'A'
-		}
-		return '-'
-	}, name)
-	return cmp.Or(name, "logger")
 }

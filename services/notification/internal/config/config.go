@@ -26,6 +26,8 @@ type Config struct {
 	RetryMax       time.Duration // NOTIFICATION_RETRY_MAX: longest wait between tries
 	ClaimTTL       time.Duration // NOTIFICATION_CLAIM_TTL: how long a sent notification is remembered
 	Workers        int           // NOTIFICATION_WORKERS: events handled at once (per user in order)
+	Member         string        // NOTIFICATION_MEMBER: name in the consumer group "notification"; the host name by default
+	Visibility     time.Duration // NOTIFICATION_VISIBILITY: an event not acknowledged this long goes to another replica
 }
 
 // Load reads the configuration through getenv and reports every bad
@@ -44,6 +46,8 @@ func Load(getenv func(string) string) (Config, error) {
 		RetryMax:       r.Duration("NOTIFICATION_RETRY_MAX", 30*time.Second),
 		ClaimTTL:       r.Duration("NOTIFICATION_CLAIM_TTL", 24*time.Hour),
 		Workers:        int(r.Int("NOTIFICATION_WORKERS", 8, 1)),
+		Member:         r.Member("NOTIFICATION_MEMBER"),
+		Visibility:     r.Duration("NOTIFICATION_VISIBILITY", 30*time.Second),
 	}
 	if u, err := url.Parse(c.SendGridURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		r.Check("SENDGRID_API_URL", c.SendGridURL, errors.New("want an http(s) base URL such as https://api.sendgrid.com"))

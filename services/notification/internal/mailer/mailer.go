@@ -22,6 +22,10 @@ type Email struct {
 	ToEmail, ToName string
 	Subject         string
 	Text, HTML      string
+	// Key names the email for good: the event and the notification it is
+	// for. It travels with the email (SendGrid custom_args "eventbus_key"),
+	// so a duplicate can be recognised downstream.
+	Key string
 }
 
 // Mailer sends email.
@@ -58,6 +62,9 @@ func NewSendGrid(apiKey, baseURL, fromEmail, fromName string, maxAttempts int, b
 // Send implements Mailer.
 func (s *SendGrid) Send(ctx context.Context, e Email) error {
 	m := mail.NewSingleEmail(s.from, e.Subject, mail.NewEmail(e.ToName, e.ToEmail), e.Text, e.HTML)
+	if e.Key != "" {
+		m.SetCustomArg("eventbus_key", e.Key)
+	}
 	req := sendgrid.GetRequest(s.apiKey, "/v3/mail/send", s.baseURL)
 	req.Method = http.MethodPost
 	req.Body = mail.GetRequestBody(m)
@@ -128,6 +135,6 @@ type DryRun struct{ Log *slog.Logger }
 
 // Send implements Mailer.
 func (d DryRun) Send(ctx context.Context, e Email) error {
-	d.Log.InfoContext(ctx, "dry-run: would send email", "to", e.ToEmail, "subject", e.Subject, "text", e.Text)
+	d.Log.InfoContext(ctx, "dry-run: would send email", "to", e.ToEmail, "subject", e.Subject, "key", e.Key, "text", e.Text)
 	return nil
 }

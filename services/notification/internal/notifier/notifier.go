@@ -1,10 +1,15 @@
-// Package notifier is the core of the notification service: it turns the
-// events of a subscription into emails and browser notifications, each sent
-// once in total however many replicas receive the event.
+// Package notifier is the core of the notification service: it reads the
+// record through the consumer group "notification" and turns events into
+// emails and browser notifications, acknowledging an event only once its
+// effects are done. Each notification is sent once, however often its
+// event is delivered: a replica holds a lease on it while it sends and
+// records it as sent only once the send succeeded.
 package notifier
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,9 +35,14 @@ import (
 // DrainTimeout bounds how long a shutdown waits for the sends in flight.
 const DrainTimeout = 8 * time.Second
 
+// sendLease is how long a replica may take to send a notification before
+// another may try: longer than a send with all its retries.
+const sendLease = 5 * time.Minute
+
 // Options configure a Notifier.
 type Options struct {
-	Sub       bus.Subscription
+	// Consumer is this replica's member of the group "notification".
+	Consumer  bus.Consumer
 	Publisher bus.Publisher
 	Redis     *redis.Client
 	// Prefix is put before every Redis key, like the bus's channel prefix.
@@ -46,6 +56,12 @@ type Options struct {
 	// ClaimTTL is how long a sent notification is remembered, and so how
 	// long a redelivered event is recognised.
 	ClaimTTL time.Duration
+	// ContactWait is how long after its event an email waits for the
+	// user's contact: the group hands a user's events to any replica, so
+	// one may see order.shipped before another has recorded user.created.
+	// Until then the event is left for a redelivery; after it, the email
+	// is given up and the user counted as unknown.
+	ContactWait time.Duration
 }
 
 // Notifier handles events.
@@ -97,12 +113,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 func (n *Notifier) CountRetry(int, time.Duration) { n.m.emailsRetried.Inc() }
 
 type job struct {
-	env  *envelope.Envelope
-	plan rules.Plan
+	delivery bus.Delivery
+	env      *envelope.Envelope
+	plan     rules.Plan
 }
 
 // Run handles events until ctx ends, then finishes the events already
-// taken, giving the sends in flight at most DrainTimeout.
+// taken, giving the sends in flight at most DrainTimeout. An event is
+// acknowledged once its effects are done; one fetched but not handled
+// when Run returns is delivered again, to this replica when it comes back
+// or to another after the visibility timeout.
 func (n *Notifier) Run(ctx context.Context) error {
 	// Sends outlive ctx by DrainTimeout, so a shutdown does not cut an
 	// email in half.
@@ -114,7 +134,9 @@ func (n *Notifier) Run(ctx context.Context) error {
 		queues[i] = make(chan job, 64)
 		wg.Go(func() {
 			for j := range queues[i] {
-				n.handle(sendCtx, j)
+				if n.handle(sendCtx, j) {
+					n.ack(sendCtx, j.delivery)
+				}
 				n.taken.Add(-1)
 			}
 		})
@@ -137,16 +159,20 @@ func (n *Notifier) Run(ctx context.Context) error {
 			<-drained
 		}
 	}
-	msgs := n.Sub.Messages()
 	for {
-		select {
-		case m, ok := <-msgs:
+		ds, err := n.Consumer.Fetch(ctx, 64)
+		if ctx.Err() != nil {
+			stop()
+			return nil
+		}
+		if err != nil {
+			stop()
+			return fmt.Errorf("read the record: %w", err)
+		}
+		for _, d := range ds {
+			j, ok := n.plan(d)
 			if !ok {
-				stop()
-				return errors.New("redis subscription closed")
-			}
-			j, ok := n.plan(m)
-			if !ok {
+				n.ack(ctx, d) // nothing to do for it
 				continue
 			}
 			n.taken.Add(1)
@@ -157,10 +183,15 @@ func (n *Notifier) Run(ctx context.Context) error {
 				stop()
 				return nil
 			}
-		case <-ctx.Done():
-			stop()
-			return nil
 		}
+	}
+}
+
+// ack acknowledges d; a failure only means d comes again, and its
+// notifications are recognised as sent.
+func (n *Notifier) ack(ctx context.Context, d bus.Delivery) {
+	if err := n.Consumer.Ack(context.WithoutCancel(ctx), d); err != nil {
+		n.Logger.Warn("acknowledge event", "offset", d.Position.Offset, "error", err)
 	}
 }
 
@@ -170,11 +201,11 @@ func shard(key string, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
-// plan decodes a message and asks the rules what to do.
-func (n *Notifier) plan(m bus.Message) (job, bool) {
-	env, err := envelope.Unmarshal(m.Payload)
+// plan decodes an event and asks the rules what to do.
+func (n *Notifier) plan(d bus.Delivery) (job, bool) {
+	env, err := envelope.Unmarshal(d.Payload)
 	if err != nil {
-		n.Logger.Warn("message is not an envelope; ignored", "channel", m.Channel, "error", err)
+		n.Logger.Warn("message is not an envelope; ignored", "channel", d.Channel, "error", err)
 		return job{}, false
 	}
 	if env.GetData() == nil {
@@ -190,7 +221,7 @@ func (n *Notifier) plan(m bus.Message) (job, bool) {
 		return job{}, false
 	}
 	n.m.events.WithLabelValues(env.GetType()).Inc()
-	return job{env: env, plan: p}, true
+	return job{delivery: d, env: env, plan: p}, true
 }
 
 func (n *Notifier) contactKey(userID string) string { return n.Prefix + "contact:" + userID }
@@ -199,45 +230,65 @@ func (n *Notifier) contactKey(userID string) string { return n.Prefix + "contact
 // first, each a JSON DeadLetter.
 func DeadLetterKey(prefix string) string { return prefix + "notification:dead_letters" }
 
-func (n *Notifier) handle(ctx context.Context, j job) {
+// handle does what the plan says and reports whether the event is done
+// with: false leaves it to a redelivery (a failure that may pass, or a
+// notification another replica is sending).
+func (n *Notifier) handle(ctx context.Context, j job) bool {
 	log := n.Logger.With("event_id", j.env.GetId(), "type", j.env.GetType(), "user_id", j.plan.UserID)
 	if c := j.plan.SaveContact; c != nil {
 		err := n.Redis.HSet(ctx, n.contactKey(j.plan.UserID), "email", c.Email, "name", c.Name).Err()
 		if err != nil {
 			log.Error("record contact", "error", err)
+			return false
 		}
 	}
+	done := true
 	for _, a := range j.plan.Actions {
-		n.do(ctx, log.With("notification", a.Name), j.env, a)
+		done = n.do(ctx, log.With("notification", a.Name), j.env, a) && done
 	}
+	return done
 }
 
-// do sends one notification if this replica claims it first.
-func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action) {
+// Claims: a notification's key holds "sending <owner>" while a replica
+// sends it (for at most sendLease) and "sent" for ClaimTTL once it went.
+const claimSent = "sent"
+
+// do sends one notification unless it was sent already or another replica
+// is sending it, and reports whether it is done with.
+func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action) bool {
 	to := a.To
 	if a.Kind == rules.Email && to == nil {
 		c, err := n.contact(ctx, a.UserID)
 		if err != nil {
 			log.Error("look up contact", "error", err)
-			return
+			return false
 		}
 		if c == nil {
+			if time.Since(env.GetTime().AsTime()) < n.ContactWait {
+				log.Info("no contact recorded for the user yet; left for a redelivery")
+				return false
+			}
 			n.m.unknownUsers.Inc()
 			log.Warn("no contact recorded for the user: email not sent (was user.created ever published?)")
-			return
+			return true
 		}
 		to = c
 	}
 	claim := n.Prefix + "notification:claim:" + env.GetId() + ":" + a.Name
-	ok, err := n.Redis.SetNX(ctx, claim, n.owner, n.ClaimTTL).Result()
+	ok, err := n.Redis.SetNX(ctx, claim, "sending "+n.owner, sendLease).Result()
 	if err != nil {
 		log.Error("claim notification", "error", err)
-		return
+		return false
 	}
 	if !ok {
-		n.m.conflicts.Inc()
-		log.Debug("claimed by another replica")
-		return
+		state, err := n.Redis.Get(ctx, claim).Result()
+		if err == nil && state == claimSent {
+			n.m.conflicts.Inc()
+			log.Debug("sent already")
+			return true
+		}
+		log.Info("another replica is sending it; left for a redelivery", "claim", state)
+		return false
 	}
 	var sendErr error
 	if a.Kind == rules.Email {
@@ -245,12 +296,24 @@ func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envel
 	} else {
 		sendErr = n.browser(ctx, env, a)
 	}
-	if sendErr != nil {
-		// Release the claim, so that a redelivery of the event may try again.
-		if err := n.Redis.Del(context.WithoutCancel(ctx), claim).Err(); err != nil {
-			log.Error("release claim", "error", err)
+	// What follows outlives a shutdown: the send happened or not.
+	ctx = context.WithoutCancel(ctx)
+	if sendErr == nil {
+		if err := n.Redis.Set(ctx, claim, claimSent, n.ClaimTTL).Err(); err != nil {
+			// The lease runs out and a redelivery sends it again: the one
+			// way a notification goes twice.
+			log.Error("record notification as sent", "error", err)
 		}
+		return true
 	}
+	// Release the lease, so that a redelivery, or a retry of the dead
+	// letter, may send it.
+	if err := n.Redis.Del(ctx, claim).Err(); err != nil {
+		log.Error("release claim", "error", err)
+	}
+	// An email that finally failed waits in the dead letters; anything
+	// else is tried again with the event.
+	return a.Kind == rules.Email && errors.Is(sendErr, errDeadLettered)
 }
 
 func (n *Notifier) contact(ctx context.Context, userID string) (*rules.Contact, error) {
@@ -283,7 +346,12 @@ func (n *Notifier) email(ctx context.Context, log *slog.Logger, env *envelope.En
 	}
 	subject, text, html, err := n.Templates.Email(a.Template, data)
 	if err == nil {
-		err = n.Mailer.Send(ctx, mailer.Email{ToEmail: to.Email, ToName: to.Name, Subject: subject, Text: text, HTML: html})
+		err = n.Mailer.Send(ctx, mailer.Email{
+			ToEmail: to.Email, ToName: to.Name, Subject: subject, Text: text, HTML: html, Key: env.GetId() + "/" + a.Name,
+		})
+	}
+	if err != nil && ctx.Err() != nil {
+		return err // cut short by a shutdown: tried again with the event
 	}
 	if err == nil {
 		n.m.emailsSent.Inc()
@@ -298,9 +366,14 @@ func (n *Notifier) email(ctx context.Context, log *slog.Logger, env *envelope.En
 	})
 	if lerr := n.Redis.LPush(context.WithoutCancel(ctx), DeadLetterKey(n.Prefix), dl).Err(); lerr != nil {
 		log.Error("write dead letter", "error", lerr, "dead_letter", string(dl))
+		return err // not kept anywhere: tried again with the event
 	}
-	return err
+	return fmt.Errorf("%w: %w", errDeadLettered, err)
 }
+
+// errDeadLettered is wrapped by an email error when the email was kept in
+// the dead letters.
+var errDeadLettered = errors.New("dead-lettered")
 
 func (n *Notifier) browser(ctx context.Context, env *envelope.Envelope, a rules.Action) error {
 	title, body, err := n.Templates.Browser(a.Template, a.Data)
@@ -309,7 +382,7 @@ func (n *Notifier) browser(ctx context.Context, env *envelope.Envelope, a rules.
 		return err
 	}
 	note := &eventbusv1.Notification{
-		NotificationId: envelope.NewID(), UserId: a.UserID, Title: title, Body: body, Link: a.Link, CauseEventId: env.GetId(),
+		NotificationId: notificationID(env.GetId(), a.Name), UserId: a.UserID, Title: title, Body: body, Link: a.Link, CauseEventId: env.GetId(),
 	}
 	if err := n.publish(ctx, env, note); err != nil {
 		n.m.publishFailed.Inc()
@@ -327,6 +400,7 @@ func (n *Notifier) publish(ctx context.Context, cause *envelope.Envelope, note *
 	}
 	user := note.GetUserId()
 	out := &envelope.Envelope{
+		Id:   note.GetNotificationId(), // the same for every attempt: a repeat is recognisable
 		Type: "notification.created", Channel: "notify:user:" + user, Subject: user, Data: data,
 		Attributes: map[string]string{"causationid": cause.GetId()},
 	}
@@ -342,4 +416,11 @@ func (n *Notifier) publish(ctx context.Context, cause *envelope.Envelope, note *
 	}
 	_, err = n.Publisher.Publish(ctx, out.GetChannel(), b)
 	return err
+}
+
+// notificationID derives a notification's id from its cause and name, so
+// that every attempt at it carries the same id.
+func notificationID(eventID, name string) string {
+	h := sha256.Sum256([]byte(eventID + "\x00" + name))
+	return "n-" + hex.EncodeToString(h[:16])
 }
