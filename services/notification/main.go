@@ -66,7 +66,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 
 	n := notifier.New(notifier.Options{
 		Consumer: con, Publisher: b, Redis: b.Client(), Prefix: cfg.RedisPrefix, Templates: tmpl, Logger: log,
-		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL, ContactWait: 2 * cfg.Visibility,
+		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL, SendTimeout: cfg.Visibility, ContactWait: 2 * cfg.Visibility,
 	}, reg)
 	if cfg.SendGridAPIKey == "" {
 		log.Warn("SENDGRID_API_KEY is not set: dry-run mode, emails are logged, not sent")

@@ -285,7 +285,9 @@ func TestShutdownFinishesTheSendInFlight(t *testing.T) {
 	t.Parallel()
 	sg := newFakeSendGrid(t)
 	sg.hold = make(chan struct{})
-	w := newWorld(t, sg, nil)
+	// A send may take as long as the visibility timeout: longer than the
+	// test holds it.
+	w := newWorld(t, sg, map[string]string{"NOTIFICATION_VISIBILITY": "1m"})
 	s := w.replica()
 	w.publish("user.created", &eventbusv1.UserCreated{UserId: "s1", Email: "s1@example.com"})
 	<-sg.started // the send is in flight, held by SendGrid

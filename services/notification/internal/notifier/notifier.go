@@ -35,10 +35,6 @@ import (
 // DrainTimeout bounds how long a shutdown waits for the sends in flight.
 const DrainTimeout = 8 * time.Second
 
-// sendLease is how long a replica may take to send a notification before
-// another may try: longer than a send with all its retries.
-const sendLease = 5 * time.Minute
-
 // Options configure a Notifier.
 type Options struct {
 	// Consumer is this replica's member of the group "notification".
@@ -56,6 +52,11 @@ type Options struct {
 	// ClaimTTL is how long a sent notification is remembered, and so how
 	// long a redelivered event is recognised.
 	ClaimTTL time.Duration
+	// SendTimeout bounds one notification's send, retries included; the
+	// lease a replica holds while it sends lasts twice that, so no other
+	// replica sends it meanwhile, and a replica that died mid-send holds
+	// it up no longer.
+	SendTimeout time.Duration
 	// ContactWait is how long after its event an email waits for the
 	// user's contact: the group hands a user's events to any replica, so
 	// one may see order.shipped before another has recorded user.created.
@@ -250,7 +251,8 @@ func (n *Notifier) handle(ctx context.Context, j job) bool {
 }
 
 // Claims: a notification's key holds "sending <owner>" while a replica
-// sends it (for at most sendLease) and "sent" for ClaimTTL once it went.
+// sends it (for at most twice SendTimeout) and "sent" for ClaimTTL once it
+// went.
 const claimSent = "sent"
 
 // do sends one notification unless it was sent already or another replica
@@ -275,7 +277,7 @@ func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envel
 		to = c
 	}
 	claim := n.Prefix + "notification:claim:" + env.GetId() + ":" + a.Name
-	ok, err := n.Redis.SetNX(ctx, claim, "sending "+n.owner, sendLease).Result()
+	ok, err := n.Redis.SetNX(ctx, claim, "sending "+n.owner, 2*n.SendTimeout).Result()
 	if err != nil {
 		log.Error("claim notification", "error", err)
 		return false
@@ -290,12 +292,14 @@ func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envel
 		log.Info("another replica is sending it; left for a redelivery", "claim", state)
 		return false
 	}
+	sendCtx, cancel := context.WithTimeout(ctx, n.SendTimeout)
 	var sendErr error
 	if a.Kind == rules.Email {
-		sendErr = n.email(ctx, log, env, a, to)
+		sendErr = n.email(sendCtx, log, env, a, to)
 	} else {
-		sendErr = n.browser(ctx, env, a)
+		sendErr = n.browser(sendCtx, env, a)
 	}
+	cancel()
 	// What follows outlives a shutdown: the send happened or not.
 	ctx = context.WithoutCancel(ctx)
 	if sendErr == nil {
