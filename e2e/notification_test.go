@@ -1,0 +1,123 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eventbus-suite/eventbus/pkg/redistest"
+)
+
+// fakeSendGrid accepts every email at once and counts them by recipient.
+type fakeSendGrid struct {
+	mu   sync.Mutex
+	to   map[string]int
+	keys map[string]bool // custom_args.eventbus_key seen
+	srv  *httptest.Server
+}
+
+func newFakeSendGrid(t *testing.T) *fakeSendGrid {
+	f := &fakeSendGrid{to: map[string]int{}, keys: map[string]bool{}}
+	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Personalizations []struct{ To []struct{ Email string } }
+			CustomArgs       map[string]string `json:"custom_args"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil || len(body.Personalizations) != 1 {
+			http.Error(w, `{"errors":[{"message":"bad body"}]}`, http.StatusBadRequest)
+			return
+		}
+		f.mu.Lock()
+		f.to[body.Personalizations[0].To[0].Email]++
+		f.keys[body.CustomArgs["eventbus_key"]] = true
+		f.mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fakeSendGrid) count() (emails, recipients int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, n := range f.to {
+		emails += n
+	}
+	return emails, len(f.to)
+}
+
+// Three notification replicas share the group; one is killed (SIGKILL)
+// in the middle of 300 sign-ups. Every user gets exactly one welcome
+// email: what the dead replica held goes to the others.
+func TestNotificationSurvivesAKilledReplica(t *testing.T) {
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	sg := newFakeSendGrid(t)
+	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "warn"}
+	apiHTTP := freeAddr(t)
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)}))
+	waitReady(t, api, "http://"+apiHTTP+"/readyz")
+	var replicas []*process
+	for i := range 3 {
+		addr := freeAddr(t)
+		p := start(t, "notification", merge(common, map[string]string{
+			"NOTIFICATION_HTTP_ADDR": addr, "NOTIFICATION_MEMBER": fmt.Sprintf("replica-%d", i),
+			"NOTIFICATION_VISIBILITY": "1s", "SENDGRID_API_KEY": "SG.test", "SENDGRID_API_URL": sg.srv.URL,
+		}))
+		waitReady(t, p, "http://"+addr+"/readyz")
+		replicas = append(replicas, p)
+	}
+	const users = 300
+	signUp := func(from, to int) {
+		var body bytes.Buffer
+		for i := from; i < to; i++ {
+			fmt.Fprintf(&body, `{"type":"user.created","data":{"user_id":"k%d","email":"k%d@example.com"}}`+"\n", i, i)
+		}
+		resp, err := http.Post("http://"+apiHTTP+"/v1/events:batch", "application/x-ndjson", &body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST /v1/events:batch = %s", resp.Status)
+		}
+	}
+	signUp(0, users/2)
+	// Kill a replica once some emails went out, with the rest in flight.
+	deadline := time.Now().Add(30 * time.Second)
+	for n, _ := sg.count(); n < users/6; n, _ = sg.count() {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d emails after 30s", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := replicas[0].cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-replicas[0].done // dead, so the cleanup does not expect a clean exit
+	signUp(users/2, users)
+	deadline = time.Now().Add(60 * time.Second)
+	for _, r := sg.count(); r < users; _, r = sg.count() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d users got a welcome email after 60s", r, users)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	sg.mu.Lock()
+	defer sg.mu.Unlock()
+	for i := range users {
+		if n := sg.to[fmt.Sprintf("k%d@example.com", i)]; n != 1 {
+			t.Errorf("user k%d got %d welcome emails, want exactly 1", i, n)
+		}
+	}
+	if len(sg.keys) != users {
+		t.Errorf("%d distinct eventbus_key custom args, want one per email (%d)", len(sg.keys), users)
+	}
+}
