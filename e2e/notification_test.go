@@ -53,8 +53,11 @@ func (f *fakeSendGrid) count() (emails, recipients int) {
 }
 
 // Three notification replicas share the group; one is killed (SIGKILL)
-// in the middle of 300 sign-ups. Every user gets exactly one welcome
-// email: what the dead replica held goes to the others.
+// in the middle of 300 sign-ups. Every user gets a welcome email: what the
+// dead replica held goes to the others. An email goes twice only if the
+// replica died between SendGrid's acceptance and recording it as sent, so
+// at most one per worker of the dead replica, each recognisable by its
+// eventbus_key.
 func TestNotificationSurvivesAKilledReplica(t *testing.T) {
 	srv := redistest.Shared(t)
 	redistest.RequireReal(t, srv)
@@ -64,12 +67,14 @@ func TestNotificationSurvivesAKilledReplica(t *testing.T) {
 	apiHTTP := freeAddr(t)
 	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)}))
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
+	const workers = 8
 	var replicas []*process
 	for i := range 3 {
 		addr := freeAddr(t)
 		p := start(t, "notification", merge(common, map[string]string{
 			"NOTIFICATION_HTTP_ADDR": addr, "NOTIFICATION_MEMBER": fmt.Sprintf("replica-%d", i),
 			"NOTIFICATION_VISIBILITY": "1s", "SENDGRID_API_KEY": "SG.test", "SENDGRID_API_URL": sg.srv.URL,
+			"NOTIFICATION_WORKERS": fmt.Sprint(workers),
 		}))
 		waitReady(t, p, "http://"+addr+"/readyz")
 		replicas = append(replicas, p)
@@ -112,12 +117,20 @@ func TestNotificationSurvivesAKilledReplica(t *testing.T) {
 	}
 	sg.mu.Lock()
 	defer sg.mu.Unlock()
+	twice := 0
 	for i := range users {
-		if n := sg.to[fmt.Sprintf("k%d@example.com", i)]; n != 1 {
-			t.Errorf("user k%d got %d welcome emails, want exactly 1", i, n)
+		switch n := sg.to[fmt.Sprintf("k%d@example.com", i)]; {
+		case n == 2:
+			twice++
+		case n != 1:
+			t.Errorf("user k%d got %d welcome emails, want 1 (2 if the kill fell in the window)", i, n)
 		}
 	}
-	if len(sg.keys) != users {
-		t.Errorf("%d distinct eventbus_key custom args, want one per email (%d)", len(sg.keys), users)
+	if twice > workers {
+		t.Errorf("%d users got their welcome email twice, want at most %d (the dead replica's workers)", twice, workers)
 	}
+	if len(sg.keys) != users {
+		t.Errorf("%d distinct eventbus_key custom args, want one per user (%d): a repeat carries its first's key", len(sg.keys), users)
+	}
+	t.Logf("%d of %d users got their welcome email twice", twice, users)
 }
