@@ -340,3 +340,28 @@ func TestConfigErrorsNameEveryVariable(t *testing.T) {
 		}
 	}
 }
+
+// Events published while no replica runs are not lost: the group keeps
+// its place, and the next replica to start sends them all.
+func TestEventsWhileEveryReplicaIsDown(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, newFakeSendGrid(t), nil)
+	first := w.replica() // makes the group
+	if err := first.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	for i := range n {
+		u := "down" + strconv.Itoa(i)
+		w.publish("user.created", &eventbusv1.UserCreated{UserId: u, Email: u + "@example.com"})
+	}
+	s := w.replica()
+	servicetest.WaitFor(t, "every welcome email", func() bool {
+		return metric(t, s, "eventbus_notification_emails_sent_total") == n
+	})
+	for i := range n {
+		if got := len(w.sg.to("down" + strconv.Itoa(i) + "@example.com")); got != 1 {
+			t.Errorf("down%d got %d emails, want 1", i, got)
+		}
+	}
+}
