@@ -45,6 +45,7 @@ type Server struct {
 	Real bool
 
 	port   string
+	dir    string // with the append-only file there; empty keeps nothing
 	cmd    *exec.Cmd
 	mini   *miniredis.Miniredis
 	logf   string
@@ -230,15 +231,45 @@ func start() (*Server, error) {
 	return nil, lastErr
 }
 
+// StartPersistent starts a real server of the test's own that keeps its
+// data in the append-only file, fsynced at every write (appendfsync
+// always), in a directory of its own: Stop (SIGKILL) and Restart bring it
+// back with everything it acknowledged.
+func StartPersistent(tb testing.TB) *Server {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("EVENTBUS_REQUIRE_REDIS") == "1" {
+			tb.Fatal("EVENTBUS_REQUIRE_REDIS=1 but redis-server is not on PATH")
+		}
+		skipped.Add(1)
+		tb.Skip("needs a real redis-server: the embedded fallback keeps nothing on disk")
+	}
+	port, err := freePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", port)
+	s := &Server{Addr: addr, URL: "redis://" + addr + "/0", Real: true, port: port, dir: tb.TempDir()}
+	if err := s.spawn(); err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	tb.Cleanup(s.stop)
+	return s
+}
+
 func (s *Server) spawn() error {
 	logf, err := os.CreateTemp("", "redistest-*.log")
 	if err != nil {
 		return fmt.Errorf("create redis log: %w", err)
 	}
 	s.logf = logf.Name()
-	cmd := exec.Command("redis-server",
-		"--port", s.port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", os.TempDir(), "--protected-mode", "no")
+	args := []string{"--port", s.port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", os.TempDir(), "--protected-mode", "no"}
+	if s.dir != "" {
+		args = []string{"--port", s.port, "--bind", "127.0.0.1", "--save", "",
+			"--appendonly", "yes", "--appendfsync", "always", "--dir", s.dir, "--protected-mode", "no"}
+	}
+	cmd := exec.Command("redis-server", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
