@@ -66,10 +66,41 @@ func (b *Bus) Consume(ctx context.Context, group, name string, patterns []string
 			c.wildcard = true
 		}
 	}
+	if c.wildcard {
+		// Publishers make the group on namespaces that appear later, at
+		// their first event, before this member has looked for them.
+		if err := b.client.HSet(ctx, b.groupsKey(), group, strings.Join(patterns, ",")).Err(); err != nil {
+			return nil, fmt.Errorf("register group %s: %w", group, err)
+		}
+	}
 	if err := c.refresh(ctx, true); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// joinWildcardGroups makes, on the stream of a namespace that has just
+// appeared, every registered group whose patterns cover it, starting at
+// its first event: the trimming then waits for them even if none of their
+// members has looked for new namespaces yet. Failures are logged: a
+// member joins the namespace itself when it finds it.
+func (b *Bus) joinWildcardGroups(ctx context.Context, ns string) {
+	groups, err := b.client.HGetAll(ctx, b.groupsKey()).Result()
+	if err != nil {
+		b.log.Warn("read the consumer groups", "error", err)
+		return
+	}
+	for group, patterns := range groups {
+		for _, p := range strings.Split(patterns, ",") {
+			if literal, _, wild := strings.Cut(p, "*"); wild && !strings.Contains(literal, ":") && strings.HasPrefix(ns, literal) {
+				err := b.client.XGroupCreateMkStream(ctx, b.streamKey(ns), group, "0").Err()
+				if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+					b.log.Warn("make a consumer group on a new namespace", "group", group, "namespace", ns, "error", err)
+				}
+				break
+			}
+		}
+	}
 }
 
 // refresh joins the group on the stream of every namespace the patterns

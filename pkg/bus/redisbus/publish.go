@@ -269,7 +269,7 @@ func (b *Bus) sendRecorded(ctx context.Context, reqs []*request, size int) ([]bu
 		calls      []recordCall
 		run        []bus.Publication
 		ns         string
-		namespaces []any
+		namespaces []any // as SAdd takes them
 	)
 	flush := func() {
 		if len(run) > 0 {
@@ -290,8 +290,16 @@ func (b *Bus) sendRecorded(ctx context.Context, reqs []*request, size int) ([]bu
 		}
 	}
 	flush()
-	pipe.SAdd(ctx, b.namespacesKey(), namespaces...)
+	added := make([]*redis.IntCmd, len(namespaces))
+	for i, ns := range namespaces {
+		added[i] = pipe.SAdd(ctx, b.namespacesKey(), ns)
+	}
 	_, _ = pipe.Exec(ctx) // each command carries its own error
+	for i, a := range added {
+		if a.Val() == 1 {
+			b.joinWildcardGroups(ctx, namespaces[i].(string))
+		}
+	}
 	receipts, errs := make([]bus.Receipt, 0, size), make([]error, 0, size)
 	for _, c := range calls {
 		got, err := c.results()

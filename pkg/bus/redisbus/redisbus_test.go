@@ -535,3 +535,59 @@ func TestRedisKilledAndRestartedWithItsData(t *testing.T) {
 		}
 	}
 }
+
+// A consumer group that falls further behind than the stream keeps holds
+// the trimming back: it loses nothing, and once it has read on, the
+// stream is trimmed again. That holds for a group whose pattern covers a
+// namespace that appears while no member is looking.
+func TestTrimmingWaitsForConsumerGroups(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	for _, tt := range []struct{ pattern, channel string }{
+		{"trimg:*", "trimg:x"},   // a namespace the group names
+		{"trimw*", "trimwnew:x"}, // one that appears after the group is made
+	} {
+		b := newBus(t, srv, redisbus.Options{HistoryMaxLen: 100})
+		c, err := b.Consume(t.Context(), "slow", "m", []string{tt.pattern}, bus.ConsumerOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = 2000 // twenty times what the stream keeps
+		for i := 0; i < n; i += 100 {
+			msgs := make([]bus.Publication, 100)
+			for j := range msgs {
+				msgs[j] = bus.Publication{Channel: tt.channel, Payload: []byte(strconv.Itoa(i + j))}
+			}
+			if _, _, err := b.PublishBatch(t.Context(), msgs); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := 0
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		for got < n {
+			ds, err := c.Fetch(ctx, 500)
+			if err != nil {
+				t.Fatalf("%s: fetched %d of %d events: %v", tt.pattern, got, n, err)
+			}
+			for _, d := range ds {
+				if string(d.Payload) != strconv.Itoa(got) {
+					t.Fatalf("%s: event %d has payload %s: one was lost", tt.pattern, got, d.Payload)
+				}
+				got++
+			}
+			if err := c.Ack(ctx, ds...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cancel()
+		// Caught up: the next publish trims to about the 100 kept.
+		if _, err := b.Publish(t.Context(), tt.channel, []byte("last")); err != nil {
+			t.Fatal(err)
+		}
+		page, err := b.History(t.Context(), tt.pattern, nil, 10_000)
+		if err != nil || len(page.Events) > 400 {
+			t.Fatalf("%s: history after the group caught up holds %d events, %v; want it trimmed to about 100", tt.pattern, len(page.Events), err)
+		}
+	}
+}

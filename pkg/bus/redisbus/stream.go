@@ -20,10 +20,13 @@ import (
 //	<prefix>stream:{order}        the stream: fields c (channel, with the prefix) and p (payload)
 //	<prefix>stream:{order}:meta   hash: epoch
 //	<prefix>namespaces            set of the namespaces that have a stream
+//	<prefix>groups                hash: consumer group → its patterns, for groups that
+//	                              cover namespaces yet to appear
 
 func (b *Bus) streamKey(ns string) string { return b.opts.Prefix + "stream:{" + ns + "}" }
 func (b *Bus) metaKey(ns string) string   { return b.opts.Prefix + "stream:{" + ns + "}:meta" }
 func (b *Bus) namespacesKey() string      { return b.opts.Prefix + "namespaces" }
+func (b *Bus) groupsKey() string          { return b.opts.Prefix + "groups" }
 
 // namespaceOf returns the first token of ch.
 func namespaceOf(ch string) string {
@@ -37,9 +40,12 @@ func namespaceOf(ch string) string {
 // publishes each live, with its position, in one step: a subscriber never
 // sees an event the record lacks, and no recorded event skips the live
 // path. The stream's epoch is made when the stream is (new, or lost with
-// its data); trimming, once per run, keeps about MAXLEN entries and none
-// older than MINID. Each redis.call costs: one XADD and one PUBLISH per
-// message is all the script does per message.
+// its data). Trimming, once per run, keeps about MAXLEN entries and none
+// older than MINID, but never what a consumer group has yet to read or
+// acknowledge: a group that falls behind holds the record back, so it
+// loses nothing, at the cost of the memory its backlog takes. Each
+// redis.call costs: one XADD and one PUBLISH per message is all the script
+// does per message.
 //
 // KEYS: stream, meta. ARGV: maxlen, minid ("" for none), a new epoch in
 // case one is needed, then channel and payload of each message. It returns
@@ -62,9 +68,51 @@ for i = 4, #ARGV, 2 do
 	out[n + 2] = redis.call('PUBLISH', ch, header .. id .. '\n' .. payload)
 	n = n + 2
 end
-redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
-if ARGV[2] ~= '' then
-	redis.call('XTRIM', stream, 'MINID', '~', ARGV[2])
+local function split(id)
+	local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+	return tonumber(ms), tonumber(seq)
+end
+local function less(a, b)
+	local am, as = split(a)
+	local bm, bs = split(b)
+	return am < bm or (am == bm and as < bs)
+end
+local len, ttl = redis.call('XLEN', stream), ARGV[2]
+if len > tonumber(maxlen) or ttl ~= '' then
+	-- The furthest trimming may go: what every group has read and
+	-- acknowledged ('+' without groups).
+	local limit = '+'
+	for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+		local f = {}
+		for j = 1, #g, 2 do
+			f[g[j]] = g[j + 1]
+		end
+		local floor = f['last-delivered-id']
+		if f['pending'] > 0 then
+			floor = redis.call('XPENDING', stream, f['name'])[2]
+		end
+		if limit == '+' or less(floor, limit) then
+			limit = floor
+		end
+	end
+	local cut
+	if ttl ~= '' then
+		cut = ttl
+	end
+	if len > tonumber(maxlen) then
+		-- What lies before the last MAXLEN entries, read from the head,
+		-- no further than the limit.
+		local beyond = redis.call('XRANGE', stream, '-', limit, 'COUNT', math.min(len - tonumber(maxlen), 10000))
+		if #beyond > 0 and (cut == nil or less(cut, beyond[#beyond][1])) then
+			cut = beyond[#beyond][1]
+		end
+	end
+	if cut and limit ~= '+' and less(limit, cut) then
+		cut = limit
+	end
+	if cut then
+		redis.call('XTRIM', stream, 'MINID', '~', cut)
+	end
 end
 return out
 `)

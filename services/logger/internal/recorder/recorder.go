@@ -35,7 +35,6 @@ type Recorder struct {
 	logged    prometheus.Counter
 	malformed prometheus.Counter
 	lag       prometheus.Gauge
-	behind    prometheus.Gauge
 }
 
 // New returns a Recorder reading con, a member of a group consuming
@@ -50,13 +49,22 @@ func New(con bus.Consumer, patterns []string, files *eventlog.Files, stdout io.W
 			Name: "eventbus_logger_malformed_total", Help: "Messages that were no envelope, logged raw."}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "eventbus_logger_lag_seconds", Help: "Time between the last logged event's time and its logging."}),
-		behind: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "eventbus_logger_lag_events", Help: "Recorded events the logger has not read yet."}),
 	}
 	if stdout != nil {
 		r.stdout = bufio.NewWriterSize(stdout, 64<<10)
 	}
-	reg.MustRegister(r.logged, r.malformed, r.lag, r.behind)
+	behind := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "eventbus_logger_lag_events", Help: "Recorded events the logger's group has not read yet (-1: Redis did not say)."},
+		func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			n, err := con.Lag(ctx)
+			if err != nil {
+				return -1
+			}
+			return float64(n)
+		})
+	reg.MustRegister(r.logged, r.malformed, r.lag, behind)
 	return r
 }
 
@@ -75,7 +83,6 @@ const (
 // is written and acknowledged before Run returns.
 func (r *Recorder) Run(ctx context.Context) error {
 	batch := make([]bus.Message, 0, maxBatch)
-	lagged := time.Time{}
 	for {
 		ds, err := r.con.Fetch(ctx, maxBatch)
 		if ctx.Err() != nil && len(ds) == 0 {
@@ -99,12 +106,6 @@ func (r *Recorder) Run(ctx context.Context) error {
 			return err
 		}
 		clear(batch)
-		if time.Since(lagged) > time.Second {
-			lagged = time.Now()
-			if n, err := r.con.Lag(ctx); err == nil {
-				r.behind.Set(float64(n))
-			}
-		}
 	}
 }
 
