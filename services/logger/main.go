@@ -63,7 +63,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	defer b.Close()
 	// Every replica of the logger is a member of the group "logger", so
 	// a restarted replica gets back what it had not acknowledged.
-	con, err := b.Consume(ctx, "logger", cfg.Member, cfg.Patterns, bus.ConsumerOptions{})
+	con, err := b.ConsumeOrLive(ctx, "logger", cfg.Member, cfg.Patterns, bus.ConsumerOptions{})
 	if err != nil {
 		return err
 	}

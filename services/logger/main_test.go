@@ -299,3 +299,32 @@ func TestConfigErrorsNameEveryVariable(t *testing.T) {
 		}
 	}
 }
+
+// With BUS_HISTORY=off there is no record to read: the logger reads live,
+// and still logs what it hears.
+func TestHistoryOffLogsLive(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	l := startLogger(t, srv, prefix, t.TempDir(), map[string]string{"BUS_HISTORY": "off"})
+	rd := l.tail(t, "n=0")
+	b, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	env := &envelope.Envelope{Type: "live.only"}
+	if err := envelope.Fill(env, "test", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	payload, err := envelope.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := b.Publish(t.Context(), env.GetChannel(), payload); err != nil || r.Receivers != 1 {
+		t.Fatalf("Publish = %+v, %v; want the logger as the 1 live receiver", r, err)
+	}
+	if got := next(t, rd); got.Event.ID != env.GetId() {
+		t.Fatalf("tail got %+v, want the live event", got)
+	}
+}

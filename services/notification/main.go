@@ -58,7 +58,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	defer b.Close()
 	// Every replica is a member of the group "notification": each event
 	// goes to one of them, and to another if it is not acknowledged in time.
-	con, err := b.Consume(ctx, "notification", cfg.Member, rules.Patterns, bus.ConsumerOptions{Visibility: cfg.Visibility})
+	con, err := b.ConsumeOrLive(ctx, "notification", cfg.Member, rules.Patterns, bus.ConsumerOptions{Visibility: cfg.Visibility})
 	if err != nil {
 		return err
 	}

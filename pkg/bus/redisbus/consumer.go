@@ -79,6 +79,22 @@ func (b *Bus) Consume(ctx context.Context, group, name string, patterns []string
 	return c, nil
 }
 
+// ConsumeOrLive is Consume on a bus that keeps history. On one that keeps
+// none (HistoryMaxLen zero) there is nothing to consume, and it returns a
+// live subscription to patterns standing in for a member (bus.Live): at
+// most once, what arrives while it is not listening is lost.
+func (b *Bus) ConsumeOrLive(ctx context.Context, group, name string, patterns []string, opts bus.ConsumerOptions) (bus.Consumer, error) {
+	if b.opts.HistoryMaxLen > 0 {
+		return b.Consume(ctx, group, name, patterns, opts)
+	}
+	b.log.Warn("the bus keeps no history (BUS_HISTORY=off): reading live only, so what arrives while this service is down is lost", "group", group)
+	sub, err := b.Subscribe(ctx, patterns...)
+	if err != nil {
+		return nil, err
+	}
+	return bus.Live(sub), nil
+}
+
 // joinWildcardGroups makes, on the stream of a namespace that has just
 // appeared, every registered group whose patterns cover it, starting at
 // its first event: the trimming then waits for them even if none of their
