@@ -37,7 +37,9 @@ type consumer struct {
 
 	streams   []string          // stream keys joined, sorted
 	epochs    map[string]string // stream key → epoch
-	ownFirst  bool              // own unacknowledged events, after a restart, not read yet
+	nsOf      map[string]string // stream key → namespace
+	ownFirst  bool              // own unacknowledged events, after a restart, not all read yet
+	ownFrom   map[string]string // stream key → where reading them goes on from
 	refreshed time.Time
 	claimed   time.Time
 	claimFrom map[string]string // stream key → where XAUTOCLAIM goes on from
@@ -59,18 +61,11 @@ func (b *Bus) Consume(ctx context.Context, group, name string, patterns []string
 	c := &consumer{
 		b: b, group: group, name: name, patterns: slices.Clone(patterns),
 		visibility: cmp.Or(opts.Visibility, defaultVisibility), fromOldest: opts.FromOldest,
-		epochs: make(map[string]string), ownFirst: true, claimFrom: make(map[string]string),
+		epochs: make(map[string]string), nsOf: make(map[string]string), ownFirst: true, ownFrom: make(map[string]string), claimFrom: make(map[string]string),
 	}
 	for _, p := range patterns {
 		if literal, _, wild := strings.Cut(p, "*"); wild && !strings.Contains(literal, ":") {
 			c.wildcard = true
-		}
-	}
-	if c.wildcard {
-		// Publishers make the group on namespaces that appear later, at
-		// their first event, before this member has looked for them.
-		if err := b.client.HSet(ctx, b.groupsKey(), group, strings.Join(patterns, ",")).Err(); err != nil {
-			return nil, fmt.Errorf("register group %s: %w", group, err)
 		}
 	}
 	if err := c.refresh(ctx, true); err != nil {
@@ -124,6 +119,14 @@ func (b *Bus) joinWildcardGroups(ctx context.Context, ns string) {
 // the consumer started begins after its last event, unless fromOldest; on
 // a stream that appeared later, at its first event.
 func (c *consumer) refresh(ctx context.Context, starting bool) error {
+	if c.wildcard {
+		// Publishers make the group on namespaces that appear later, at
+		// their first event, before this member has looked for them. Kept
+		// up to date, as a flush loses it.
+		if err := c.b.client.HSet(ctx, c.b.groupsKey(), c.group, strings.Join(c.patterns, ",")).Err(); err != nil {
+			return fmt.Errorf("register group %s: %w", c.group, err)
+		}
+	}
 	var namespaces []string
 	for _, p := range c.patterns {
 		ns, err := c.b.namespacesOf(ctx, p)
@@ -144,6 +147,7 @@ func (c *consumer) refresh(ctx context.Context, starting bool) error {
 				return err
 			}
 			c.streams = append(c.streams, key)
+			c.nsOf[key] = ns
 		}
 		epoch, err := c.b.client.HGet(ctx, c.b.metaKey(ns), "epoch").Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
@@ -180,7 +184,19 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 				return nil, err
 			}
 		}
+		if len(c.streams) == 0 {
+			// Nothing to read yet: wait for namespaces to appear.
+			select {
+			case <-time.After(consumerBlock):
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
 		if c.ownFirst {
+			// One pass over what this member had not acknowledged when it
+			// (re)started, each event once: what stays unacknowledged after
+			// it comes again through the visibility timeout.
 			ds, err := c.read(ctx, n, "0", 0)
 			if err != nil || len(ds) > 0 {
 				return ds, err
@@ -212,8 +228,12 @@ func (c *consumer) read(ctx context.Context, n int, from string, block time.Dura
 	}
 	args := make([]string, 0, 2*len(c.streams))
 	args = append(args, c.streams...)
-	for range c.streams {
-		args = append(args, from)
+	for _, key := range c.streams {
+		if from == "0" {
+			args = append(args, cmp.Or(c.ownFrom[key], "0"))
+		} else {
+			args = append(args, from)
+		}
 	}
 	if block == 0 {
 		block = -1 // go-redis: no BLOCK
@@ -235,6 +255,9 @@ func (c *consumer) read(ctx context.Context, n int, from string, block time.Dura
 	}
 	var ds []bus.Delivery
 	for _, s := range res {
+		if from == "0" && len(s.Messages) > 0 {
+			c.ownFrom[s.Stream] = s.Messages[len(s.Messages)-1].ID
+		}
 		ds = c.deliveries(ctx, ds, s.Stream, s.Messages, from != ">")
 	}
 	return ds, nil
@@ -265,6 +288,13 @@ func (c *consumer) claim(ctx context.Context, n int) ([]bus.Delivery, error) {
 // deliveries turns stream entries into deliveries, acknowledging at once
 // those on channels no pattern of the group matches.
 func (c *consumer) deliveries(ctx context.Context, ds []bus.Delivery, key string, msgs []redis.XMessage, again bool) []bus.Delivery {
+	if c.epochs[key] == "" && len(msgs) > 0 {
+		// The group made the stream before any event did: its epoch came
+		// with the first event.
+		if epoch, err := c.b.client.HGet(ctx, c.b.metaKey(c.nsOf[key]), "epoch").Result(); err == nil {
+			c.epochs[key] = epoch
+		}
+	}
 	var skip []string
 	for _, m := range msgs {
 		ch, _ := m.Values["c"].(string)
@@ -315,7 +345,10 @@ func (c *consumer) Lag(ctx context.Context) (int64, error) {
 		}
 		for _, g := range groups {
 			if g.Name == c.group {
-				lag += max(g.Lag, 0)
+				if g.Lag < 0 {
+					return 0, fmt.Errorf("read the lag of group %s: Redis does not know it on %s", c.group, key)
+				}
+				lag += g.Lag
 			}
 		}
 	}

@@ -102,13 +102,23 @@ func (b *Bus) readNamespace(ctx context.Context, ns, pattern string, from bus.Po
 		case trimmedPast(info, from.Offset):
 			return r, fmt.Errorf("%w: %s is trimmed past %s", bus.ErrTruncated, ns, from.Offset)
 		}
-		start = "(" + from.Offset
+		start = from.Offset // read with the page: still there, nothing after it was trimmed
 	}
 	batch := int64(min(max(limit, 100), 1000))
 	for scanned := 0; scanned < 10*limit; {
 		entries, err := b.client.XRangeN(ctx, key, start, "+", batch).Result()
 		if err != nil {
 			return r, fmt.Errorf("read the stream of %s: %w", ns, err)
+		}
+		full := int64(len(entries)) == batch
+		if start == from.Offset {
+			// Trimming happens at the head: if from's own entry is still
+			// there, so is everything after it, whatever was published
+			// since the check above.
+			if len(entries) == 0 || entries[0].ID != from.Offset {
+				return r, fmt.Errorf("%w: %s is trimmed past %s", bus.ErrTruncated, ns, from.Offset)
+			}
+			entries = entries[1:]
 		}
 		for _, e := range entries {
 			r.scanned = bus.Position{Offset: e.ID, Epoch: epoch}
@@ -125,7 +135,7 @@ func (b *Bus) readNamespace(ctx context.Context, ns, pattern string, from bus.Po
 				return r, nil
 			}
 		}
-		if int64(len(entries)) < batch {
+		if !full || len(entries) == 0 {
 			return r, nil
 		}
 		start = "(" + entries[len(entries)-1].ID

@@ -591,3 +591,53 @@ func TestTrimmingWaitsForConsumerGroups(t *testing.T) {
 		}
 	}
 }
+
+// A member back under its name gets its unacknowledged events once, then
+// new ones, even if it leaves those unacknowledged: they come again only
+// through the visibility timeout.
+func TestOwnUnacknowledgedEventsComeOnce(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	b := newBus(t, srv, redisbus.Options{HistoryMaxLen: 1000})
+	consume := func() bus.Consumer {
+		c, err := b.Consume(t.Context(), "g", "m", []string{"own:*"}, bus.ConsumerOptions{Visibility: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	fetch := func(c bus.Consumer) []string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		ds, err := c.Fetch(ctx, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, d := range ds {
+			got = append(got, string(d.Payload))
+		}
+		return got
+	}
+	first := consume()
+	for _, p := range []string{"a", "b"} {
+		if _, err := b.Publish(t.Context(), "own:x", []byte(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := fetch(first); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("first fetch = %q", got)
+	}
+	again := consume()
+	if got := fetch(again); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("fetch after the restart = %q, want the unacknowledged a and b", got)
+	}
+	if _, err := b.Publish(t.Context(), "own:x", []byte("c")); err != nil {
+		t.Fatal(err)
+	}
+	if got := fetch(again); !slices.Equal(got, []string{"c"}) {
+		t.Fatalf("next fetch = %q, want the new c, not a and b again", got)
+	}
+}
