@@ -64,7 +64,7 @@ func (b *Bus) Consume(ctx context.Context, group, name string, patterns []string
 		epochs: make(map[string]string), nsOf: make(map[string]string), ownFirst: true, ownFrom: make(map[string]string), claimFrom: make(map[string]string),
 	}
 	for _, p := range patterns {
-		if literal, _, wild := strings.Cut(p, "*"); wild && !strings.Contains(literal, ":") {
+		if _, wild := reach(p); wild {
 			c.wildcard = true
 		}
 	}
@@ -103,7 +103,7 @@ func (b *Bus) joinWildcardGroups(ctx context.Context, ns string) {
 	}
 	for group, patterns := range groups {
 		for _, p := range strings.Split(patterns, ",") {
-			if literal, _, wild := strings.Cut(p, "*"); wild && !strings.Contains(literal, ":") && strings.HasPrefix(ns, literal) {
+			if prefix, wild := reach(p); wild && strings.HasPrefix(ns, prefix) {
 				err := b.client.XGroupCreateMkStream(ctx, b.streamKey(ns), group, "0").Err()
 				if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
 					b.log.Warn("make a consumer group on a new namespace", "group", group, "namespace", ns, "error", err)

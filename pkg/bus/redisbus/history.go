@@ -49,15 +49,15 @@ func (b *Bus) History(ctx context.Context, pattern string, since bus.Cursor, lim
 // its first token when that has no wildcard, else every known namespace
 // that starts with the pattern's text before its first '*'.
 func (b *Bus) namespacesOf(ctx context.Context, pattern string) ([]string, error) {
-	literal, _, wild := strings.Cut(pattern, "*")
-	if ns, _, ok := strings.Cut(literal, ":"); ok || !wild {
-		return []string{ns}, nil
+	prefix, wild := reach(pattern)
+	if !wild {
+		return []string{prefix}, nil
 	}
 	all, err := b.client.SMembers(ctx, b.namespacesKey()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read the known namespaces: %w", err)
 	}
-	all = slices.DeleteFunc(all, func(ns string) bool { return !strings.HasPrefix(ns, literal) })
+	all = slices.DeleteFunc(all, func(ns string) bool { return !strings.HasPrefix(ns, prefix) })
 	slices.Sort(all)
 	return all, nil
 }

@@ -2,7 +2,6 @@ package redisbus
 
 import (
 	"slices"
-	"strings"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 )
@@ -35,14 +34,10 @@ func newLiveSet() *liveSet {
 // namespace returns the first token of every channel that p can match, or
 // "" when p's first token has a wildcard.
 func namespace(p string) string {
-	i := strings.IndexByte(p, ':')
-	if i < 0 || strings.IndexByte(p[:i], '*') >= 0 {
-		if !channel.IsPattern(p) {
-			return p
-		}
-		return ""
+	if ns, wild := reach(p); !wild {
+		return ns
 	}
-	return p[:i]
+	return ""
 }
 
 // confirm applies one (un)subscribe confirmation.

@@ -30,10 +30,20 @@ func (b *Bus) groupsKey() string          { return b.opts.Prefix + "groups" }
 
 // namespaceOf returns the first token of ch.
 func namespaceOf(ch string) string {
-	if i := strings.IndexByte(ch, ':'); i >= 0 {
-		return ch[:i]
+	ns, _ := reach(ch)
+	return ns
+}
+
+// reach says which namespaces the channels that pattern p matches can be
+// in: the one its first token names (wild false), or, when that token has
+// a wildcard, every namespace that starts with prefix, the text before it.
+// A channel is a pattern without wildcard.
+func reach(p string) (prefix string, wild bool) {
+	literal, _, wild := strings.Cut(p, "*")
+	if ns, _, ok := strings.Cut(literal, ":"); ok || !wild {
+		return ns, false
 	}
-	return ch
+	return literal, true
 }
 
 // publishScript records messages of one namespace in its stream and
