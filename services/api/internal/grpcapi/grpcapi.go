@@ -216,9 +216,9 @@ func (s *Server) History(ctx context.Context, req *eventbusv1.HistoryRequest) (*
 	limit := int(req.GetLimit())
 	switch {
 	case limit == 0:
-		limit = 100
-	case limit < 1 || limit > 1000:
-		return nil, status.Errorf(codes.InvalidArgument, "limit: %d is not from 1 to 1000", limit)
+		limit = ingest.DefaultHistoryLimit
+	case limit < 1 || limit > ingest.MaxHistoryLimit:
+		return nil, status.Errorf(codes.InvalidArgument, "limit: %d is not from 1 to %d", limit, ingest.MaxHistoryLimit)
 	}
 	since, err := bus.Since(req.GetPattern(), req.GetSince(), req.GetEpoch())
 	if err != nil {

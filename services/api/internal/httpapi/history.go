@@ -13,13 +13,6 @@ import (
 	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
 
-// defaultHistoryLimit is how many events GET /v1/history returns without
-// a limit; maxHistoryLimit the most it returns.
-const (
-	defaultHistoryLimit = 100
-	maxHistoryLimit     = 1000
-)
-
 // historyEvent is one event of GET /v1/history.
 type historyEvent struct {
 	Offset  string          `json:"offset"`
@@ -35,11 +28,11 @@ func (h *handler) history(w http.ResponseWriter, r *http.Request) error {
 	if err := channel.ValidatePattern(pattern); err != nil {
 		return badRequest("invalid_argument", fmt.Errorf("pattern: %w", err))
 	}
-	limit := defaultHistoryLimit
+	limit := ingest.DefaultHistoryLimit
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxHistoryLimit {
-			return badRequest("invalid_argument", fmt.Errorf("limit: %q is not a whole number from 1 to %d", v, maxHistoryLimit))
+		if err != nil || n < 1 || n > ingest.MaxHistoryLimit {
+			return badRequest("invalid_argument", fmt.Errorf("limit: %q is not a whole number from 1 to %d", v, ingest.MaxHistoryLimit))
 		}
 		limit = n
 	}

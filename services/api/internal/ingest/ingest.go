@@ -28,6 +28,13 @@ var (
 	ErrCallerGone = errors.New("the caller went away before the event was published")
 )
 
+// The size of one page of history, for every transport: how many events
+// one without a limit gets, and the most one may ask for.
+const (
+	DefaultHistoryLimit = 100
+	MaxHistoryLimit     = 1000
+)
+
 // Result says where an accepted event went: its position in its
 // namespace's stream (none when the bus keeps no history) and how many
 // subscribers received it live.
