@@ -193,17 +193,36 @@ func (b *benchFlags) dialEdge(ctx context.Context, src *sourceClients, i int, to
 	if pattern == "" {
 		return conn, nil
 	}
-	req := fmt.Sprintf(`{"action":"subscribe","channel":%q,"id":"s"}`, pattern)
-	if err := conn.Write(ctx, websocket.MessageText, []byte(req)); err != nil {
+	if err := subscribe(ctx, conn, pattern); err != nil {
 		conn.CloseNow()
-		return nil, err
-	}
-	_, reply, err := conn.Read(ctx)
-	if err != nil || !bytes.Contains(reply, []byte(`"ok":true`)) {
-		conn.CloseNow()
-		return nil, fmt.Errorf("subscribe connection %d: %s %v", i, reply, err)
+		return nil, fmt.Errorf("connection %d: %w", i, err)
 	}
 	return conn, nil
+}
+
+// subscribe subscribes conn to pattern and reads the reply. A subscription
+// refused as rate limited is tried again when the limit allows.
+func subscribe(ctx context.Context, conn *websocket.Conn, pattern string) error {
+	req := fmt.Appendf(nil, `{"action":"subscribe","channel":%q,"id":"s"}`, pattern)
+	for {
+		if err := conn.Write(ctx, websocket.MessageText, req); err != nil {
+			return err
+		}
+		_, reply, err := conn.Read(ctx)
+		switch {
+		case err != nil:
+			return err
+		case bytes.Contains(reply, []byte(`"ok":true`)):
+			return nil
+		case !bytes.Contains(reply, []byte(`"rate_limited"`)):
+			return fmt.Errorf("subscribe %s: %s", pattern, reply)
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // field is one figure of a result, in the order it is printed.

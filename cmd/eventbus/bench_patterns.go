@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"time"
@@ -21,8 +20,6 @@ const (
 // patterns in namespace ns, none matching anything published, and keeps
 // them open until the returned function is called, which returns once the
 // edge has seen them close (so the next scenario starts from a quiet edge).
-// A subscription refused as rate limited is tried again when the limit
-// allows.
 func (b *benchFlags) holdPatterns(ctx context.Context, n int, ns string) (release func(), err error) {
 	before, err := scrape(ctx, b.edge, "eventbus_edge_connections")
 	if err != nil {
@@ -59,7 +56,7 @@ func (b *benchFlags) holdPatterns(ctx context.Context, n int, ns string) (releas
 			}
 			held[i] = conn
 			for p := i * patternsPerConn; p < min(n, (i+1)*patternsPerConn); p++ {
-				if err := subscribeRetrying(gctx, conn, fmt.Sprintf("%s:u%dp%d*", ns, i/patternConnsPerUser, p)); err != nil {
+				if err := subscribe(gctx, conn, fmt.Sprintf("%s:u%dp%d*", ns, i/patternConnsPerUser, p)); err != nil {
 					return fmt.Errorf("connection %d: %w", i, err)
 				}
 			}
@@ -79,27 +76,4 @@ func (b *benchFlags) holdPatterns(ctx context.Context, n int, ns string) (releas
 		return nil, fmt.Errorf("hold %d patterns: %w", n, err)
 	}
 	return release, nil
-}
-
-func subscribeRetrying(ctx context.Context, conn *websocket.Conn, pattern string) error {
-	req := fmt.Appendf(nil, `{"action":"subscribe","channel":%q,"id":"s"}`, pattern)
-	for {
-		if err := conn.Write(ctx, websocket.MessageText, req); err != nil {
-			return err
-		}
-		_, reply, err := conn.Read(ctx)
-		switch {
-		case err != nil:
-			return err
-		case bytes.Contains(reply, []byte(`"ok":true`)):
-			return nil
-		case !bytes.Contains(reply, []byte(`"rate_limited"`)):
-			return fmt.Errorf("subscribe %s: %s", pattern, reply)
-		}
-		select {
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 }
