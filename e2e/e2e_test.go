@@ -133,6 +133,20 @@ func postAccepted(t *testing.T, addr, path, body string) {
 	}
 }
 
+// postBatch posts NDJSON events to the API at addr and fails the test
+// unless it answers 200.
+func postBatch(t *testing.T, addr string, ndjson io.Reader) {
+	t.Helper()
+	resp, err := http.Post("http://"+addr+"/v1/events:batch", "application/x-ndjson", ndjson)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /v1/events:batch = %s", resp.Status)
+	}
+}
+
 func waitReady(t *testing.T, p *process, url string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -30,14 +29,7 @@ func TestHistoryCLI(t *testing.T) {
 		for i := from; i < from+batch; i++ {
 			fmt.Fprintf(&body, `{"type":"e2ehist.step","subject":"%d"}`+"\n", i)
 		}
-		resp, err := http.Post("http://"+apiHTTP+"/v1/events:batch", "application/x-ndjson", &body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("POST /v1/events:batch = %s", resp.Status)
-		}
+		postBatch(t, apiHTTP, &body)
 	}
 	cmd := exec.Command(filepath.Join(bin, "eventbus"), "history", "--api", "http://"+apiHTTP, "e2ehist:*")
 	var stdout, stderr bytes.Buffer

@@ -85,14 +85,7 @@ func TestNotificationSurvivesAKilledReplica(t *testing.T) {
 		for i := from; i < to; i++ {
 			fmt.Fprintf(&body, `{"type":"user.created","data":{"user_id":"k%d","email":"k%d@example.com"}}`+"\n", i, i)
 		}
-		resp, err := http.Post("http://"+apiHTTP+"/v1/events:batch", "application/x-ndjson", &body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("POST /v1/events:batch = %s", resp.Status)
-		}
+		postBatch(t, apiHTTP, &body)
 	}
 	signUp(0, users/2)
 	// Kill a replica once some emails went out, with the rest in flight.
