@@ -9,9 +9,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 // fakeSendGrid accepts every email at once and counts them by recipient.
@@ -89,25 +89,13 @@ func TestNotificationSurvivesAKilledReplica(t *testing.T) {
 	}
 	signUp(0, users/2)
 	// Kill a replica once some emails went out, with the rest in flight.
-	deadline := time.Now().Add(30 * time.Second)
-	for n, _ := sg.count(); n < users/6; n, _ = sg.count() {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d emails after 30s", n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	servicetest.WaitFor(t, "the first emails", func() bool { n, _ := sg.count(); return n >= users/6 })
 	if err := replicas[0].cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-replicas[0].done // dead, so the cleanup does not expect a clean exit
 	signUp(users/2, users)
-	deadline = time.Now().Add(60 * time.Second)
-	for _, r := sg.count(); r < users; _, r = sg.count() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d users got a welcome email after 60s", r, users)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	servicetest.WaitFor(t, "a welcome email for every user", func() bool { _, r := sg.count(); return r >= users })
 	sg.mu.Lock()
 	defer sg.mu.Unlock()
 	twice := 0
