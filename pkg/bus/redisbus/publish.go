@@ -136,7 +136,7 @@ func answer(r *request, err error) {
 // so the batch grows by itself with the load and costs nothing when idle.
 // A request whose context has ended by then is answered without being
 // sent, and the round trip ends by the earliest deadline of the rest.
-func (b *Bus) pipeline() {
+func (b *Bus) pipeline(trim *trimmer) {
 	var batch []*request
 	for {
 		select {
@@ -184,7 +184,7 @@ func (b *Bus) pipeline() {
 		var receipts []bus.Receipt
 		var errs []error
 		if b.opts.HistoryMaxLen > 0 {
-			receipts, errs = b.sendRecorded(ctx, live, size)
+			receipts, errs = b.sendRecorded(ctx, trim, live, size)
 		} else {
 			receipts, errs = b.sendLive(ctx, live)
 		}
@@ -262,7 +262,7 @@ func (b *Bus) sendLive(ctx context.Context, reqs []*request) ([]bus.Receipt, []e
 // sendRecorded records and publishes the size messages of reqs in one
 // pipeline: one run of the publish script per run of messages of one
 // namespace, and the namespaces added to the set of known ones.
-func (b *Bus) sendRecorded(ctx context.Context, reqs []*request, size int) ([]bus.Receipt, []error) {
+func (b *Bus) sendRecorded(ctx context.Context, trim *trimmer, reqs []*request, size int) ([]bus.Receipt, []error) {
 	pipe := b.pub.Pipeline()
 	now := time.Now()
 	var (
@@ -273,7 +273,7 @@ func (b *Bus) sendRecorded(ctx context.Context, reqs []*request, size int) ([]bu
 	)
 	flush := func() {
 		if len(run) > 0 {
-			calls = append(calls, b.record(ctx, pipe, ns, run, now))
+			calls = append(calls, b.record(ctx, pipe, trim, ns, run, now))
 			run = run[:0]
 		}
 	}
@@ -295,6 +295,15 @@ func (b *Bus) sendRecorded(ctx context.Context, reqs []*request, size int) ([]bu
 		added[i] = pipe.SAdd(ctx, b.namespacesKey(), ns)
 	}
 	_, _ = pipe.Exec(ctx) // each command carries its own error
+	if slices.ContainsFunc(calls, recordCall.unknownScript) {
+		again := b.pub.Pipeline()
+		for i := range calls {
+			if calls[i].unknownScript() {
+				calls[i].rerun(ctx, again)
+			}
+		}
+		_, _ = again.Exec(ctx)
+	}
 	for i, a := range added {
 		if a.Val() == 1 {
 			b.joinWildcardGroups(ctx, namespaces[i].(string))

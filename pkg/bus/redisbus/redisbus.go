@@ -111,7 +111,7 @@ func New(client *redis.Client, opts Options) (*Bus, error) {
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		b.pipeline()
+		b.pipeline(newTrimmer(opts.HistoryMaxLen))
 	}()
 	return b, nil
 }

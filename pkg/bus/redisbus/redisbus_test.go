@@ -352,6 +352,30 @@ func TestPublishAfterCloseIsNotSent(t *testing.T) {
 	}
 }
 
+// Redis forgets its scripts when it restarts or is told to: a publish then
+// sends the script again, once, and is recorded once.
+func TestPublishAfterTheScriptCacheIsFlushed(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t) // its script cache is flushed: a server of its own
+	redistest.RequireReal(t, srv)
+	b := newBus(t, srv, redisbus.Options{HistoryMaxLen: 1000})
+	before, err := b.Publish(t.Context(), "flushed:x", []byte("before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Client(t).ScriptFlush(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := b.Publish(t.Context(), "flushed:x", []byte("after"))
+	if err != nil || after.Epoch != before.Epoch || after.Offset <= before.Offset {
+		t.Fatalf("Publish after SCRIPT FLUSH = %+v, %v; want a position after %+v", after.Position, err, before.Position)
+	}
+	page, err := b.History(t.Context(), "flushed:*", nil, 10)
+	if err != nil || len(page.Events) != 2 || string(page.Events[1].Payload) != "after" {
+		t.Fatalf("History = %+v, %v; want before and after, once each", page.Events, err)
+	}
+}
+
 // History answers ErrTruncated, never a partial page, when the stream was
 // trimmed past the position asked for or lost with Redis's data; after a
 // flush the namespace has a new epoch.

@@ -50,16 +50,17 @@ func reach(p string) (prefix string, wild bool) {
 // publishes each live, with its position, in one step: a subscriber never
 // sees an event the record lacks, and no recorded event skips the live
 // path. The stream's epoch is made when the stream is (new, or lost with
-// its data). Trimming, once per run, keeps about MAXLEN entries and none
-// older than MINID, but never what a consumer group has yet to read or
-// acknowledge: a group that falls behind holds the record back, so it
-// loses nothing, at the cost of the memory its backlog takes. Each
-// redis.call costs: one XADD and one PUBLISH per message is all the script
-// does per message.
+// its data). Trimming, in the runs the publisher asks for it (see
+// trimmer), keeps about MAXLEN entries and none older than MINID, but
+// never what a consumer group has yet to read or acknowledge: a group that
+// falls behind holds the record back, so it loses nothing, at the cost of
+// the memory its backlog takes. Each redis.call costs: one XADD and one
+// PUBLISH per message is all the script does per message.
 //
-// KEYS: stream, meta. ARGV: maxlen, minid ("" for none), a new epoch in
-// case one is needed, then channel and payload of each message. It returns
-// the epoch, then the offset and receiver count of each message.
+// KEYS: stream, meta. ARGV: maxlen and minid (both "" for no trimming in
+// this run, minid "" for no bound by age), a new epoch in case one is
+// needed, then channel and payload of each message. It returns the epoch,
+// then the offset and receiver count of each message.
 var publishScript = redis.NewScript(`
 local stream, epoch = KEYS[1], nil
 if redis.call('EXISTS', stream) == 1 then
@@ -86,6 +87,9 @@ local function less(a, b)
 	local am, as = split(a)
 	local bm, bs = split(b)
 	return am < bm or (am == bm and as < bs)
+end
+if maxlen == '' then
+	return out
 end
 local len, ttl = redis.call('XLEN', stream), ARGV[2]
 if len > tonumber(maxlen) or ttl ~= '' then
@@ -168,21 +172,83 @@ func (b *Bus) minID(now time.Time) string {
 	return strconv.FormatInt(now.Add(-b.opts.HistoryTTL).UnixMilli(), 10) + "-0"
 }
 
+// trimmer says which script runs trim their stream. Trimming reads the
+// stream's groups and the entries it would cut, which costs as much as
+// recording a few hundred events, so a publisher asks for it once every
+// `every` messages of a namespace, or when a second has passed since it
+// last did: the record then exceeds its bounds by at most that much. Only
+// the pipeline goroutine uses it.
+type trimmer struct {
+	every int
+	last  map[string]trimState // by namespace
+}
+
+type trimState struct {
+	msgs int // recorded since the last trim
+	at   time.Time
+}
+
+// maxTrimmed bounds the namespaces a trimmer remembers: past it, it
+// forgets them all, and each trims in its next run.
+const maxTrimmed = 10_000
+
+func newTrimmer(maxLen int64) *trimmer {
+	return &trimmer{every: int(min(max(maxLen/100, 1), 1000)), last: make(map[string]trimState)}
+}
+
+// due counts n messages of namespace ns and reports whether their run
+// trims.
+func (t *trimmer) due(ns string, n int, now time.Time) bool {
+	st, ok := t.last[ns]
+	st.msgs += n
+	if ok && st.msgs < t.every && now.Sub(st.at) < time.Second {
+		t.last[ns] = st
+		return false
+	}
+	if !ok && len(t.last) >= maxTrimmed {
+		clear(t.last)
+	}
+	t.last[ns] = trimState{at: now}
+	return true
+}
+
 // recordCall is one run of the publish script: consecutive messages of one
 // namespace in a pipeline.
 type recordCall struct {
-	cmd *redis.Cmd
-	n   int // messages
+	keys []string
+	args []any
+	cmd  *redis.Cmd
+	n    int // messages
 }
 
-// record queues the publish script for msgs, all of namespace ns.
-func (b *Bus) record(ctx context.Context, pipe redis.Pipeliner, ns string, msgs []bus.Publication, now time.Time) recordCall {
-	args := make([]any, 0, 3+2*len(msgs))
-	args = append(args, b.opts.HistoryMaxLen, b.minID(now), newEpoch())
-	for _, m := range msgs {
-		args = append(args, b.key(m.Channel), m.Payload)
+// record queues the publish script for msgs, all of namespace ns. It runs
+// the script by its digest: Redis answers NOSCRIPT, having done nothing,
+// when its script cache lacks it (after a restart), and rerun sends the
+// script itself.
+func (b *Bus) record(ctx context.Context, pipe redis.Pipeliner, trim *trimmer, ns string, msgs []bus.Publication, now time.Time) recordCall {
+	maxLen, minID := "", ""
+	if trim.due(ns, len(msgs), now) {
+		maxLen, minID = strconv.FormatInt(b.opts.HistoryMaxLen, 10), b.minID(now)
 	}
-	return recordCall{cmd: publishScript.Eval(ctx, pipe, []string{b.streamKey(ns), b.metaKey(ns)}, args...), n: len(msgs)}
+	c := recordCall{keys: []string{b.streamKey(ns), b.metaKey(ns)}, n: len(msgs)}
+	c.args = make([]any, 0, 3+2*len(msgs))
+	c.args = append(c.args, maxLen, minID, newEpoch())
+	for _, m := range msgs {
+		c.args = append(c.args, b.key(m.Channel), m.Payload)
+	}
+	c.cmd = publishScript.EvalSha(ctx, pipe, c.keys, c.args...)
+	return c
+}
+
+// unknownScript reports whether c's run failed, without effect, because
+// Redis did not have the script.
+func (c recordCall) unknownScript() bool {
+	return redis.HasErrorPrefix(c.cmd.Err(), "NOSCRIPT")
+}
+
+// rerun queues c again with the script's text, which Redis then keeps.
+func (c *recordCall) rerun(ctx context.Context, pipe redis.Pipeliner) {
+	c.cmd = publishScript.Eval(ctx, pipe, c.keys, c.args...)
 }
 
 // results reads the receipts of a recordCall, or its error for each.
