@@ -23,6 +23,9 @@ var epochRE = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
 // IsOffset reports whether s is a stream offset such as "1732290000000-0".
 func IsOffset(s string) bool { return offsetRE.MatchString(s) }
 
+// IsEpoch reports whether s is an epoch: hex digits.
+func IsEpoch(s string) bool { return epochRE.MatchString(s) }
+
 // String encodes c as an opaque token that is safe in a URL, for clients
 // to hand back to ParseCursor.
 func (c Cursor) String() string {

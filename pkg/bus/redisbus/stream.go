@@ -151,7 +151,9 @@ func splitPosition(payload string) (bus.Position, string) {
 		return bus.Position{}, payload
 	}
 	epoch, offset, ok := strings.Cut(line, " ")
-	if !ok {
+	if !ok || !bus.IsEpoch(epoch) || !bus.IsOffset(offset) {
+		// Not written by the publish script: a position the edge would
+		// hand to browsers must be one.
 		return bus.Position{}, payload
 	}
 	return bus.Position{Offset: offset, Epoch: epoch}, body

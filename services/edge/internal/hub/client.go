@@ -32,6 +32,7 @@ var (
 // writer runs while none does: an idle connection holds no buffer and no
 // goroutine for sending.
 type Client struct {
+	enc      Encoding
 	onReady  func()
 	onKick   func(Disconnect)
 	maxBytes int
@@ -42,7 +43,7 @@ type Client struct {
 	who      *identity           // guarded by Hub.mu
 
 	mu      sync.Mutex
-	queue   [][]byte    // frames waiting, in order
+	queue   []Frame     // frames waiting, in order
 	bytes   int         // their length in all
 	closing *Disconnect // to do once the queue is written
 	writing bool        // onReady was called and Take has not found the queue empty since
@@ -72,8 +73,8 @@ var newTimer = func(d time.Duration) timer { return realTimer{time.NewTimer(d)} 
 
 // Send queues a frame for the client: a reply, or a notice of its own. A
 // client whose queue is full is kicked as too slow.
-func (c *Client) Send(frame []byte) {
-	if !c.push(frame) {
+func (c *Client) Send(data []byte) {
+	if !c.push(Frame{Data: data}) {
 		c.tooSlow()
 	}
 }
@@ -88,17 +89,17 @@ func (c *Client) tooSlow() {
 // push queues frame, calling onReady if no writer runs. It reports false,
 // queueing nothing, when the frame would take the queue past its bound in
 // bytes; a queue with nothing waiting takes any frame, however large.
-func (c *Client) push(frame []byte) bool {
+func (c *Client) push(f Frame) bool {
 	if c.kicked.Load() {
 		return false
 	}
 	c.mu.Lock()
-	if c.closing != nil || len(c.queue) > 0 && c.bytes+len(frame) > c.maxBytes {
+	if c.closing != nil || len(c.queue) > 0 && c.bytes+len(f.Data) > c.maxBytes {
 		c.mu.Unlock()
 		return c.closing != nil // a client being closed drops frames quietly
 	}
-	c.queue = append(c.queue, frame)
-	c.bytes += len(frame)
+	c.queue = append(c.queue, f)
+	c.bytes += len(f.Data)
 	start := !c.writing
 	c.writing = true
 	if c.pausing && c.bytes >= c.maxBytes/2 {
@@ -116,7 +117,7 @@ func (c *Client) push(frame []byte) bool {
 // When none wait it returns dst as it is, and the writer that called it must
 // stop: the next frame calls onReady again. If the client is to be closed
 // once its queue is written, Take kicks it then.
-func (c *Client) Take(dst [][]byte) [][]byte {
+func (c *Client) Take(dst []Frame) []Frame {
 	c.mu.Lock()
 	if len(c.queue) == 0 {
 		c.writing = false

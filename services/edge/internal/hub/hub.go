@@ -15,8 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
-	"github.com/eventbus-suite/eventbus/pkg/envelope"
-	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
 
 // Errors a caller reports to its client.
@@ -73,7 +71,7 @@ type Hub struct {
 	// Only the dispatching goroutine touches these.
 	wanted []string // the client patterns a message is for
 	seen   map[*Client]struct{}
-	frames map[string][]byte
+	frames map[frameKey][]byte
 }
 
 // identity is who a connection is for the hub's bounds: a user, or the
@@ -97,25 +95,25 @@ func New(sub bus.Subscription, opts Options, log *slog.Logger, reg prometheus.Re
 		covers:     make(map[string]*patternSet),
 		coveredBy:  make(map[string][]string),
 		seen:       make(map[*Client]struct{}),
-		frames:     make(map[string][]byte),
+		frames:     make(map[frameKey][]byte),
 	}
 	h.m = newMetrics(h, reg)
 	return h
 }
 
-// Join registers a new connection of identity who (see Identify). The hub
-// calls onReady when frames wait for it and no writer runs; the writer
+// Join registers a new connection of identity who (see Identify), whose
+// events are written in enc. The hub calls onReady when frames wait for it and no writer runs; the writer
 // then calls Take until it returns nothing. It calls onKick once, when it
 // wants the connection closed. Both must return without blocking; neither
 // is called after Leave returns. Every Join that returns a client is
 // followed by one Leave.
-func (h *Hub) Join(who string, onReady func(), onKick func(Disconnect)) (*Client, error) {
+func (h *Hub) Join(who string, enc Encoding, onReady func(), onKick func(Disconnect)) (*Client, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, ErrClosed
 	}
-	c := &Client{onReady: onReady, onKick: onKick, maxBytes: h.opts.QueueBytes, slow: h.m.slowCloses.Inc}
+	c := &Client{enc: enc, onReady: onReady, onKick: onKick, maxBytes: h.opts.QueueBytes, slow: h.m.slowCloses.Inc}
 	if err := h.identify(c, who); err != nil {
 		return nil, err
 	}
@@ -371,56 +369,65 @@ func (h *Hub) dispatch(m bus.Message) {
 	if len(h.recipients(m.Channel, m.Patterns)) == 0 {
 		return // its subscribers left while it was on its way
 	}
-	env, err := envelope.Unmarshal(m.Payload)
-	var event []byte
-	if err == nil {
-		event, err = envelope.MarshalJSON(env)
-	}
+	ev, err := NewEvent(m.Channel, m.Position, m.Payload)
 	if err != nil {
 		h.m.malformed.Inc()
 		h.log.Debug("message is not an envelope; not forwarded", "channel", m.Channel, "error", err)
 		return
 	}
+	clear(h.frames)
 	// The common case needs no per-client dedupe: every recipient came
-	// through the same subscription and gets the same frame.
+	// through the same subscription.
 	if len(h.wanted) == 1 {
-		p := h.wanted[0]
-		h.sendAll(h.subs[p], protocol.AppendEvent(make([]byte, 0, len(event)+64+len(m.Channel)+len(p)), m.Channel, h.wanted, event))
+		n := 0
+		for c := range h.subs[h.wanted[0]] {
+			if h.send(c, ev, h.wanted) {
+				n++
+			}
+		}
+		h.m.delivered.Add(float64(n))
 		return
 	}
 	clear(h.seen)
-	clear(h.frames)
 	for _, p := range h.wanted {
 		for c := range h.subs[p] {
-			h.deliver(c, m.Channel, event)
+			h.deliver(c, ev)
 		}
 	}
 }
 
-// sendAll queues frame for every client of cs.
-func (h *Hub) sendAll(cs map[*Client]struct{}, frame []byte) {
-	n := 0
-	for c := range cs {
-		if h.send(c, frame) {
-			n++
-		}
-	}
-	h.m.delivered.Add(float64(n))
+// frameKey names one frame of an event: clients with the same encoding and
+// the same matching subscriptions share it.
+type frameKey struct {
+	enc  Encoding
+	subs string
 }
 
-// send queues frame for c, or kicks c if its queue is full. It reports
-// whether the frame was queued.
-func (h *Hub) send(c *Client, frame []byte) bool {
-	if c.push(frame) {
+// send queues ev's frame for c, its subscriptions subs having matched, or
+// kicks c if its queue is full. It reports whether the frame was queued.
+// Call from dispatch, which owns h.frames.
+func (h *Hub) send(c *Client, ev *Event, subs []string) bool {
+	key := frameKey{c.enc, strings.Join(subs, "\x00")}
+	data, ok := h.frames[key]
+	if !ok {
+		var err error
+		if data, err = c.enc.Encode(ev, subs); err != nil {
+			h.m.malformed.Inc()
+			h.log.Debug("event does not encode; not forwarded", "channel", ev.Channel, "error", err)
+			return false
+		}
+		h.frames[key] = data
+	}
+	if c.push(Frame{Data: data, Event: ev}) {
 		return true
 	}
 	c.tooSlow()
 	return false
 }
 
-// deliver queues the event's frame for c unless c has it already. Clients
-// with the same matching subscriptions share one frame.
-func (h *Hub) deliver(c *Client, ch string, event []byte) {
+// deliver queues ev for c unless c has it already, naming every
+// subscription of c that matched.
+func (h *Hub) deliver(c *Client, ev *Event) {
 	if _, ok := h.seen[c]; ok {
 		return
 	}
@@ -431,13 +438,7 @@ func (h *Hub) deliver(c *Client, ch string, event []byte) {
 			subs = append(subs, p)
 		}
 	}
-	key := strings.Join(subs, "\x00")
-	frame, ok := h.frames[key]
-	if !ok {
-		frame = protocol.AppendEvent(make([]byte, 0, len(event)+64+len(key)), ch, subs, event)
-		h.frames[key] = frame
-	}
-	if h.send(c, frame) {
+	if h.send(c, ev, subs) {
 		h.m.delivered.Inc()
 	}
 }

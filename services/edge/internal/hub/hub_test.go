@@ -111,6 +111,18 @@ func (h *testHub) publish(t *testing.T, ch, subject string, patterns ...string) 
 	h.sub.msgs <- bus.Message{Channel: "sync", Patterns: []string{"sync"}}
 }
 
+// testEncoding writes an event frame as {"subscriptions":[…],"event":{…}}.
+type testEncoding struct{}
+
+func (testEncoding) Encode(ev *Event, subs []string) ([]byte, error) {
+	event, err := ev.JSON()
+	if err != nil {
+		return nil, err
+	}
+	s, _ := json.Marshal(subs)
+	return fmt.Appendf(nil, `{"subscriptions":%s,"event":%s}`, s, event), nil
+}
+
 // testClient is a connection whose frames the test takes by hand.
 type testClient struct {
 	*Client
@@ -131,7 +143,7 @@ var users atomic.Int64
 func (h *testHub) joinAs(t *testing.T, who string) *testClient {
 	t.Helper()
 	kicks := make(chan Disconnect, 1)
-	c, err := h.Join(who, func() {}, func(d Disconnect) { kicks <- d })
+	c, err := h.Join(who, testEncoding{}, func() {}, func(d Disconnect) { kicks <- d })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +165,7 @@ func (h *testHub) leave(c *testClient) {
 func (c *testClient) frames() []string {
 	var out []string
 	for _, f := range c.Take(nil) {
-		out = append(out, string(f))
+		out = append(out, string(f.Data))
 	}
 	return out
 }
@@ -430,7 +442,7 @@ func TestUserBounds(t *testing.T) {
 	if err := h.Subscribe(t.Context(), one.Client, "c:*", nil); !errors.Is(err, ErrTooManyPatterns) {
 		t.Fatalf("third distinct pattern of user 1 = %v, want ErrTooManyPatterns", err)
 	}
-	if _, err := h.Join("user:1", func() {}, func(Disconnect) {}); !errors.Is(err, ErrTooManyConnections) {
+	if _, err := h.Join("user:1", testEncoding{}, func() {}, func(Disconnect) {}); !errors.Is(err, ErrTooManyConnections) {
 		t.Fatalf("third connection of user 1 = %v, want ErrTooManyConnections", err)
 	}
 	anon := h.joinAs(t, "addr:127.0.0.1")
@@ -562,5 +574,59 @@ func TestIdentifyKeepsTheUserPatternBound(t *testing.T) {
 	anon.subscribe(t, h, "a:*") // one the user holds already
 	if err := h.Identify(anon.Client, "user:9"); err != nil {
 		t.Fatalf("Identify with a pattern the user holds = %v", err)
+	}
+}
+
+// countingEncoding counts the frames it makes.
+type countingEncoding struct{ n *atomic.Int64 }
+
+func (e countingEncoding) Encode(ev *Event, subs []string) ([]byte, error) {
+	e.n.Add(1)
+	return testEncoding{}.Encode(ev, subs)
+}
+
+// The hub makes an event's frame once per encoding and set of matching
+// subscriptions, however many clients it goes to, and hands each client
+// the event with it, position included, for transports that follow
+// positions.
+func TestEncodesEachFrameOnce(t *testing.T) {
+	t.Parallel()
+	h := startHub(t, bounds)
+	var made atomic.Int64
+	enc := countingEncoding{&made}
+	var clients []*Client
+	for i := range 10 {
+		c, err := h.Join(fmt.Sprintf("user:enc%d", i), enc, func() {}, func(Disconnect) {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Leave(c) })
+		if err := h.Subscribe(t.Context(), c, "enc:*", nil); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 { // half of them match twice: another frame
+			if err := h.Subscribe(t.Context(), c, "enc:a", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		clients = append(clients, c)
+	}
+	pos := bus.Position{Offset: "1732290000000-4", Epoch: "9f01"}
+	env, _ := envelope.Marshal(&envelope.Envelope{Id: "1", Type: "enc.a", Channel: "enc:a"})
+	h.sub.msgs <- bus.Message{Channel: "enc:a", Patterns: []string{"enc:*", "enc:a"}, Payload: env, Position: pos}
+	h.sub.msgs <- bus.Message{Channel: "sync", Patterns: []string{"sync"}}
+	if got := made.Load(); got != 2 {
+		t.Errorf("frames made = %d, want 2 (one per set of matching subscriptions)", got)
+	}
+	for i, c := range clients {
+		var events []Frame
+		for _, f := range c.Take(nil) {
+			if f.Event != nil {
+				events = append(events, f)
+			}
+		}
+		if len(events) != 1 || events[0].Event.Position != pos || events[0].Event.Namespace() != "enc" {
+			t.Fatalf("client %d got %+v, want the event once, at %+v", i, events, pos)
+		}
 	}
 }

@@ -11,6 +11,9 @@ import (
 	"io"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 )
 
 // Actions a client may send.
@@ -146,11 +149,12 @@ func marshal(r reply) []byte {
 
 // AppendEvent appends the frame of an event:
 //
-//	{"channel":"order:placed","subscriptions":["order:*"],"event":{…}}
+//	{"channel":"order:placed","subscriptions":["order:*"],"offset":"1732290000000-0","epoch":"9f…","event":{…}}
 //
 // event is the envelope in protojson; subscriptions are the client's
-// patterns that matched.
-func AppendEvent(b []byte, channel string, subscriptions []string, event []byte) []byte {
+// patterns that matched; offset and epoch, the event's position in its
+// namespace's stream, are left out when it has none.
+func AppendEvent(b []byte, channel string, subscriptions []string, pos bus.Position, event []byte) []byte {
 	b = append(b, `{"channel":`...)
 	b = appendString(b, channel)
 	b = append(b, `,"subscriptions":[`...)
@@ -160,13 +164,38 @@ func AppendEvent(b []byte, channel string, subscriptions []string, event []byte)
 		}
 		b = appendString(b, s)
 	}
-	b = append(b, `],"event":`...)
+	b = append(b, ']')
+	if !pos.IsZero() {
+		b = append(b, `,"offset":`...)
+		b = appendString(b, pos.Offset)
+		b = append(b, `,"epoch":`...)
+		b = appendString(b, pos.Epoch)
+	}
+	b = append(b, `,"event":`...)
 	b = append(b, event...)
 	return append(b, '}')
 }
 
-// appendString appends a channel or pattern as a JSON string; the grammar
-// keeps them free of characters JSON would escape.
+// JSON is the encoding of event frames as AppendEvent writes them, which
+// the WebSocket and SSE transports share.
+var JSON hub.Encoding = jsonEncoding{}
+
+type jsonEncoding struct{}
+
+func (jsonEncoding) Encode(ev *hub.Event, subscriptions []string) ([]byte, error) {
+	event, err := ev.JSON()
+	if err != nil {
+		return nil, err
+	}
+	n := len(event) + len(ev.Channel) + len(ev.Position.Offset) + len(ev.Position.Epoch) + 64
+	for _, s := range subscriptions {
+		n += len(s) + 3
+	}
+	return AppendEvent(make([]byte, 0, n), ev.Channel, subscriptions, ev.Position, event), nil
+}
+
+// appendString appends a channel, pattern, offset or epoch as a JSON
+// string; their grammars keep them free of characters JSON would escape.
 func appendString(b []byte, s string) []byte {
 	b = append(b, '"')
 	b = append(b, s...)

@@ -1,11 +1,13 @@
 package protocol_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
 
@@ -42,14 +44,19 @@ func TestParseRequest(t *testing.T) {
 
 func TestAppendEventIsJSON(t *testing.T) {
 	t.Parallel()
-	b := protocol.AppendEvent(nil, "order:placed", []string{"order:*", "order:placed"}, []byte(`{"id":"1"}`))
+	b := protocol.AppendEvent(nil, "order:placed", []string{"order:*", "order:placed"}, bus.Position{Offset: "1732290000000-7", Epoch: "9f01"}, []byte(`{"id":"1"}`))
 	var v struct {
 		Channel       string
 		Subscriptions []string
+		Offset, Epoch string
 		Event         map[string]string
 	}
-	if err := json.Unmarshal(b, &v); err != nil || v.Channel != "order:placed" || len(v.Subscriptions) != 2 || v.Event["id"] != "1" {
-		t.Errorf("AppendEvent = %s (%v), want the channel, both subscriptions and the event", b, err)
+	if err := json.Unmarshal(b, &v); err != nil || v.Channel != "order:placed" || len(v.Subscriptions) != 2 ||
+		v.Offset != "1732290000000-7" || v.Epoch != "9f01" || v.Event["id"] != "1" {
+		t.Errorf("AppendEvent = %s (%v), want the channel, both subscriptions, the position and the event", b, err)
+	}
+	if b := protocol.AppendEvent(nil, "a:b", []string{"a:*"}, bus.Position{}, []byte(`{}`)); bytes.Contains(b, []byte("offset")) {
+		t.Errorf("AppendEvent without a position = %s, want no offset", b)
 	}
 }
 

@@ -151,7 +151,7 @@ func (h *Handler) serve(conn *websocket.Conn, claims *token.Claims, addr netip.A
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := &session{h: h, conn: conn, ctx: ctx, cancel: cancel, addr: addr, limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst)}
-	c, err := h.Hub.Join(identity(claims, addr), s.ready, s.kicked)
+	c, err := h.Hub.Join(identity(claims, addr), protocol.JSON, s.ready, s.kicked)
 	switch {
 	case errors.Is(err, hub.ErrTooManyConnections):
 		d := hub.DisconnectTooManyConnections
@@ -267,7 +267,7 @@ func (s *session) kicked(d hub.Disconnect) {
 
 // batch is a writer's scratch space, pooled: an idle connection keeps none.
 type batch struct {
-	frames [][]byte
+	frames []hub.Frame
 	msg    []byte
 }
 
@@ -298,10 +298,10 @@ func (s *session) flush() {
 		for len(frames) > 0 {
 			// Pack frames while the message stays within maxPacked; a
 			// frame too big for it goes alone.
-			b.msg = append(b.msg[:0], frames[0]...)
+			b.msg = append(b.msg[:0], frames[0].Data...)
 			n := 1
-			for ; n < len(frames) && len(b.msg)+1+len(frames[n]) <= maxPacked; n++ {
-				b.msg = append(append(b.msg, '\n'), frames[n]...)
+			for ; n < len(frames) && len(b.msg)+1+len(frames[n].Data) <= maxPacked; n++ {
+				b.msg = append(append(b.msg, '\n'), frames[n].Data...)
 			}
 			frames = frames[n:]
 			// Writes take no context, which would cost an allocation and

@@ -1,0 +1,66 @@
+package hub
+
+import (
+	"strings"
+	"sync"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
+)
+
+// Event is one event as the hub hands it to clients: shared by every
+// recipient, decoded once, and encoded by each transport in its own way.
+type Event struct {
+	Channel string
+	// Position of the event in its namespace's stream; zero when the bus
+	// keeps no history.
+	Position bus.Position
+	Envelope *envelope.Envelope
+
+	jsonOnce sync.Once
+	json     []byte
+	jsonErr  error
+}
+
+// NewEvent decodes an event as the bus delivered it.
+func NewEvent(ch string, pos bus.Position, payload []byte) (*Event, error) {
+	env, err := envelope.Unmarshal(payload)
+	if err != nil {
+		return nil, err
+	}
+	return &Event{Channel: ch, Position: pos, Envelope: env}, nil
+}
+
+// Namespace is the first token of the event's channel: the stream its
+// position belongs to.
+func (e *Event) Namespace() string {
+	ns, _, _ := strings.Cut(e.Channel, ":")
+	return ns
+}
+
+// JSON returns the envelope in protojson, made on the first call and
+// shared by every transport that sends JSON.
+func (e *Event) JSON() ([]byte, error) {
+	e.jsonOnce.Do(func() { e.json, e.jsonErr = envelope.MarshalJSON(e.Envelope) })
+	return e.json, e.jsonErr
+}
+
+// Encoding is how a transport writes events. The hub asks it for the frame
+// of an event once per event and distinct set of matching subscriptions
+// among the recipients that share the encoding, so a frame is made once
+// however many clients it goes to. Encodings are compared as map keys:
+// use a comparable value, one per distinct output.
+type Encoding interface {
+	// Encode returns the frame of ev for a client whose subscriptions
+	// matched it (sorted, at least one).
+	Encode(ev *Event, subscriptions []string) ([]byte, error)
+}
+
+// Frame is what waits in a client's queue: a reply or notice of the
+// transport's own (Event nil), or an event's frame in the client's
+// encoding, with the event, so that a transport that numbers what it
+// writes (SSE ids) can follow the positions.
+type Frame struct {
+	Data  []byte
+	Event *Event
+}
