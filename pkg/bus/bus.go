@@ -145,6 +145,11 @@ type Subscription interface {
 // than take a partial answer.
 var ErrTruncated = errors.New("history truncated")
 
+// ErrEpochChanged is wrapped, with ErrTruncated, by History's error when
+// the position asked for is of another epoch: the stream it was in is
+// gone, so everything since is unknown, not merely trimmed.
+var ErrEpochChanged = errors.New("epoch changed")
+
 // Cursor is a position in every namespace a pattern spans: namespace →
 // the position of the last event read there. A namespace missing from a
 // cursor is read from its oldest retained event.
@@ -180,6 +185,11 @@ type History interface {
 	// wrapping ErrTruncated means the record no longer holds everything
 	// after since in some namespace; nothing partial is returned.
 	History(ctx context.Context, pattern string, since Cursor, limit int) (Page, error)
+
+	// Latest returns the position of the last event recorded in each
+	// namespace pattern spans: where a reader that wants only what comes
+	// next starts. Namespaces with nothing recorded are left out.
+	Latest(ctx context.Context, pattern string) (Cursor, error)
 }
 
 // Delivery is one event handed to a member of a consumer group.

@@ -469,8 +469,19 @@ func testHistory(t *testing.T, b Bus) {
 	if err != nil || len(page.Events) != 1 || string(page.Events[0].Payload) != "later" {
 		t.Fatalf("History(hist:b) after its last page = %+v, %v; want the one later event", page, err)
 	}
-	if _, err := h.History(t.Context(), "hist:b", bus.Cursor{"hist": {Offset: page.Events[0].Position.Offset, Epoch: "another"}}, 10); !errors.Is(err, bus.ErrTruncated) {
-		t.Fatalf("History from another epoch = %v, want ErrTruncated", err)
+	if _, err := h.History(t.Context(), "hist:b", bus.Cursor{"hist": {Offset: page.Events[0].Position.Offset, Epoch: "another"}}, 10); !errors.Is(err, bus.ErrTruncated) || !errors.Is(err, bus.ErrEpochChanged) {
+		t.Fatalf("History from another epoch = %v, want ErrTruncated and ErrEpochChanged", err)
+	}
+	// Latest is where each namespace stands: nothing after it.
+	latest, err := h.Latest(t.Context(), "hist*")
+	if err != nil || len(latest) != 2 || latest["hist"] != page.Events[0].Position || latest["hist2"].IsZero() {
+		t.Fatalf("Latest(hist*) = %v, %v; want hist at %+v and hist2", latest, err, page.Events[0].Position)
+	}
+	if page, err := h.History(t.Context(), "hist*", latest, 100); err != nil || len(page.Events) != 0 {
+		t.Fatalf("History(hist*) from Latest = %+v, %v; want nothing", page, err)
+	}
+	if latest, err := h.Latest(t.Context(), "never:*"); err != nil || len(latest) != 0 {
+		t.Fatalf("Latest(never:*) = %v, %v; want nothing", latest, err)
 	}
 }
 

@@ -62,6 +62,40 @@ func (b *Bus) namespacesOf(ctx context.Context, pattern string) ([]string, error
 	return all, nil
 }
 
+// Latest implements bus.History.
+func (b *Bus) Latest(ctx context.Context, pattern string) (bus.Cursor, error) {
+	if err := channel.ValidatePattern(pattern); err != nil {
+		return nil, err
+	}
+	namespaces, err := b.namespacesOf(ctx, pattern)
+	if err != nil {
+		return nil, err
+	}
+	pipe := b.client.Pipeline()
+	epochs := make([]*redis.StringCmd, len(namespaces))
+	lasts := make([]*redis.XMessageSliceCmd, len(namespaces))
+	for i, ns := range namespaces {
+		epochs[i] = pipe.HGet(ctx, b.metaKey(ns), "epoch")
+		lasts[i] = pipe.XRevRangeN(ctx, b.streamKey(ns), "+", "-", 1)
+	}
+	_, _ = pipe.Exec(ctx)
+	out := make(bus.Cursor, len(namespaces))
+	for i, ns := range namespaces {
+		epoch, err := epochs[i].Result()
+		if errors.Is(err, redis.Nil) {
+			continue // nothing recorded
+		}
+		last, lerr := lasts[i].Result()
+		if err = cmp.Or(err, lerr); err != nil {
+			return nil, fmt.Errorf("read the last position of %s: %w", ns, err)
+		}
+		if len(last) == 1 {
+			out[ns] = bus.Position{Offset: last[0].ID, Epoch: epoch}
+		}
+	}
+	return out, nil
+}
+
 // nsRead is what one namespace gave a History call.
 type nsRead struct {
 	ns      string
@@ -88,7 +122,7 @@ func (b *Bus) readNamespace(ctx context.Context, ns, pattern string, from bus.Po
 	switch {
 	case err != nil && strings.Contains(err.Error(), "no such key"):
 		if from.Epoch != "" {
-			return r, fmt.Errorf("%w: the stream of %s is gone (epoch %s)", bus.ErrTruncated, ns, from.Epoch)
+			return r, fmt.Errorf("%w: %w: the stream of %s is gone (epoch %s)", bus.ErrTruncated, bus.ErrEpochChanged, ns, from.Epoch)
 		}
 		return r, nil // nothing recorded yet
 	case err != nil:
@@ -98,7 +132,7 @@ func (b *Bus) readNamespace(ctx context.Context, ns, pattern string, from bus.Po
 	if from.Offset != "" {
 		switch {
 		case from.Epoch != epoch:
-			return r, fmt.Errorf("%w: %s has epoch %s, not %s", bus.ErrTruncated, ns, epoch, from.Epoch)
+			return r, fmt.Errorf("%w: %w: %s has epoch %s, not %s", bus.ErrTruncated, bus.ErrEpochChanged, ns, epoch, from.Epoch)
 		case trimmedPast(info, from.Offset):
 			return r, fmt.Errorf("%w: %s is trimmed past %s", bus.ErrTruncated, ns, from.Offset)
 		}
