@@ -16,10 +16,13 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/eventbus-suite/eventbus/pkg/apikey"
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/server"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/claims"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/config"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/deadletter"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/mailer"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/notifier"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/rules"
@@ -64,20 +67,36 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 	defer con.Close()
 
-	n := notifier.New(notifier.Options{
-		Consumer: con, Publisher: b, Redis: b.Client(), Prefix: cfg.RedisPrefix, Templates: tmpl, Logger: log,
-		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL, SendTimeout: cfg.Visibility, ContactWait: 2 * cfg.Visibility,
-	}, reg)
+	var mail mailer.Mailer
+	var sg *mailer.SendGrid
 	if cfg.SendGridAPIKey == "" {
 		log.Warn("SENDGRID_API_KEY is not set: dry-run mode, emails are logged, not sent")
-		n.Mailer = mailer.DryRun{Log: log}
+		mail = mailer.DryRun{Log: log}
 	} else {
-		sg := mailer.NewSendGrid(cfg.SendGridAPIKey, cfg.SendGridURL, cfg.FromEmail, cfg.FromName, cfg.MaxAttempts, cfg.RetryBase, cfg.RetryMax)
+		sg = mailer.NewSendGrid(cfg.SendGridAPIKey, cfg.SendGridURL, cfg.FromEmail, cfg.FromName, cfg.MaxAttempts, cfg.RetryBase, cfg.RetryMax)
+		mail = sg
+	}
+	// A first send and a dead letter's retry take the same claims.
+	cl := claims.New(b.Client(), cfg.RedisPrefix)
+	dead := deadletter.New(deadletter.Options{
+		Redis: b.Client(), Prefix: cfg.RedisPrefix, Claims: cl, Mailer: mail,
+		SendTimeout: cfg.Visibility, ClaimTTL: cfg.ClaimTTL, Logger: log,
+	}, reg)
+	n := notifier.New(notifier.Options{
+		Consumer: con, Publisher: b, Redis: b.Client(), Prefix: cfg.RedisPrefix, Claims: cl, DeadLetters: dead,
+		Mailer: mail, Templates: tmpl, Logger: log,
+		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL, SendTimeout: cfg.Visibility, ContactWait: 2 * cfg.Visibility,
+	}, reg)
+	if sg != nil {
 		sg.OnRetry = n.CountRetry
-		n.Mailer = sg
 	}
 
 	mux := http.NewServeMux()
+	keys := apikey.New(cfg.APIKeys)
+	if keys.Open() {
+		log.Warn("API_KEYS is not set: anyone who can reach the notification service may list and retry dead letters")
+	}
+	deadletter.Register(mux, dead, keys, log)
 	if cfg.Pprof {
 		server.Pprof(mux)
 	}

@@ -20,7 +20,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
-	"github.com/eventbus-suite/eventbus/services/notification/internal/notifier"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/deadletter"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
@@ -190,18 +190,23 @@ func TestFailuresAreDeadLettered(t *testing.T) {
 			s := w.replica()
 			id := w.publish("user.created", &eventbusv1.UserCreated{UserId: "d1", Email: "d1@example.com"})
 			rdb := w.srv.Client(t)
-			key := notifier.DeadLetterKey(w.prefix + ":")
+			key := deadletter.ListKey(w.prefix + ":")
 			servicetest.WaitFor(t, "the dead letter", func() bool { n, _ := rdb.LLen(t.Context(), key).Result(); return n == 1 })
 			raw, err := rdb.LIndex(t.Context(), key, 0).Result()
 			if err != nil {
 				t.Fatal(err)
 			}
-			var dl notifier.DeadLetter
+			var dl deadletter.Letter
 			if err := json.Unmarshal([]byte(raw), &dl); err != nil {
 				t.Fatal(err)
 			}
 			if dl.EventID != id || dl.To != "d1@example.com" || dl.Name != "welcome_email" || !strings.Contains(dl.Reason, tt.reason) {
 				t.Errorf("dead letter = %+v, want event %s to d1@example.com, reason %q", dl, id, tt.reason)
+			}
+			// Everything needed to send it again as it was tried.
+			if want := id + "/welcome_email"; dl.ID != want || dl.Key != want || dl.Attempts != 1 ||
+				!strings.Contains(dl.Subject, "Welcome") || !strings.Contains(dl.Text, "d1@example.com") || !strings.Contains(dl.HTML, "<p>") {
+				t.Errorf("dead letter = %+v, want id and key %s, attempts 1, the subject, text and html bodies", dl, want)
 			}
 			if got := w.sg.requestCount(); got != tt.requests {
 				t.Errorf("SendGrid saw %d requests, want %d", got, tt.requests)

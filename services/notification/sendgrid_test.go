@@ -24,6 +24,7 @@ type fakeSendGrid struct {
 
 type sentMail struct {
 	To, ToName, From, Subject, Text, HTML string
+	Key                                   string // custom_args.eventbus_key
 }
 
 const sendGridKey = "SG.test-key"
@@ -48,9 +49,10 @@ func (f *fakeSendGrid) serve(w http.ResponseWriter, r *http.Request) {
 		Personalizations []struct {
 			To []struct{ Email, Name string }
 		}
-		From    struct{ Email string }
-		Subject string
-		Content []struct{ Type, Value string }
+		From       struct{ Email string }
+		Subject    string
+		Content    []struct{ Type, Value string }
+		CustomArgs map[string]string `json:"custom_args"`
 	}
 	if err := json.NewDecoder(r.Body).Decode(&body); err != nil || len(body.Personalizations) != 1 || len(body.Personalizations[0].To) != 1 {
 		http.Error(w, `{"errors":[{"message":"bad body"}]}`, http.StatusBadRequest)
@@ -79,7 +81,10 @@ func (f *fakeSendGrid) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, `{"errors":[{"message":"scripted failure"}]}`, status)
 		return
 	}
-	m := sentMail{To: body.Personalizations[0].To[0].Email, ToName: body.Personalizations[0].To[0].Name, From: body.From.Email, Subject: body.Subject}
+	m := sentMail{
+		To: body.Personalizations[0].To[0].Email, ToName: body.Personalizations[0].To[0].Name, From: body.From.Email,
+		Subject: body.Subject, Key: body.CustomArgs["eventbus_key"],
+	}
 	for _, c := range body.Content {
 		switch c.Type {
 		case "text/plain":

@@ -17,6 +17,7 @@ type Config struct {
 	envconfig.Common // REDIS_URL, REDIS_PREFIX, PPROF, LOG_LEVEL
 
 	HTTPAddr       string        // NOTIFICATION_HTTP_ADDR
+	APIKeys        []string      // API_KEYS: comma-separated keys /v1/dead-letters wants; empty means open
 	SendGridAPIKey string        // SENDGRID_API_KEY: empty means dry-run
 	SendGridURL    string        // SENDGRID_API_URL: base URL of the SendGrid API
 	FromEmail      string        // NOTIFY_FROM_EMAIL
@@ -37,6 +38,7 @@ func Load(getenv func(string) string) (Config, error) {
 	c := Config{
 		Common:         r.Common(),
 		HTTPAddr:       r.Addr("NOTIFICATION_HTTP_ADDR", ":8083"),
+		APIKeys:        r.List("API_KEYS", nil),
 		SendGridAPIKey: r.String("SENDGRID_API_KEY", ""),
 		SendGridURL:    r.String("SENDGRID_API_URL", "https://api.sendgrid.com"),
 		FromEmail:      r.String("NOTIFY_FROM_EMAIL", "eventbus@example.com"),

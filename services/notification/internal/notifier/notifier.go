@@ -10,12 +10,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +25,8 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/claims"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/deadletter"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/mailer"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/rules"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/templates"
@@ -42,10 +42,15 @@ type Options struct {
 	Publisher bus.Publisher
 	Redis     *redis.Client
 	// Prefix is put before every Redis key, like the bus's channel prefix.
-	Prefix    string
-	Mailer    mailer.Mailer
-	Templates *templates.Set
-	Logger    *slog.Logger
+	Prefix string
+	// Claims make each notification go once; dead-letter retries take
+	// the same ones.
+	Claims *claims.Store
+	// DeadLetters keep the emails that finally failed.
+	DeadLetters *deadletter.Store
+	Mailer      mailer.Mailer
+	Templates   *templates.Set
+	Logger      *slog.Logger
 	// Workers handle events concurrently; the events of one user always go
 	// to the same worker, in order.
 	Workers int
@@ -68,15 +73,13 @@ type Options struct {
 // Notifier handles events.
 type Notifier struct {
 	Options
-	owner string // written into claims, for operators
 	m     *metrics
 	taken atomic.Int64 // events queued or being handled
 }
 
 // New returns a Notifier registering its metrics on reg.
 func New(opts Options, reg prometheus.Registerer) *Notifier {
-	host, _ := os.Hostname()
-	return &Notifier{Options: opts, owner: fmt.Sprintf("%s/%d", host, os.Getpid()), m: newMetrics(reg)}
+	return &Notifier{Options: opts, m: newMetrics(reg)}
 }
 
 // metrics of the notifier; CountRetry feeds the mailer's retries in.
@@ -227,10 +230,6 @@ func (n *Notifier) plan(d bus.Delivery) (job, bool) {
 
 func (n *Notifier) contactKey(userID string) string { return n.Prefix + "contact:" + userID }
 
-// DeadLetterKey is the Redis list of emails that finally failed, newest
-// first, each a JSON DeadLetter.
-func DeadLetterKey(prefix string) string { return prefix + "notification:dead_letters" }
-
 // handle does what the plan says and reports whether the event is done
 // with: false leaves it to a redelivery (a failure that may pass, or a
 // notification another replica is sending).
@@ -249,11 +248,6 @@ func (n *Notifier) handle(ctx context.Context, j job) bool {
 	}
 	return done
 }
-
-// Claims: a notification's key holds "sending <owner>" while a replica
-// sends it (for at most twice SendTimeout) and "sent" for ClaimTTL once it
-// went.
-const claimSent = "sent"
 
 // do sends one notification unless it was sent already or another replica
 // is sending it, and reports whether it is done with.
@@ -276,20 +270,19 @@ func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envel
 		}
 		to = c
 	}
-	claim := n.Prefix + "notification:claim:" + env.GetId() + ":" + a.Name
-	ok, err := n.Redis.SetNX(ctx, claim, "sending "+n.owner, 2*n.SendTimeout).Result()
-	if err != nil {
+	// A replica holds the claim while it sends, for at most twice
+	// SendTimeout, and records the notification as sent for ClaimTTL.
+	state, holder, err := n.Claims.Take(ctx, env.GetId(), a.Name, 2*n.SendTimeout)
+	switch {
+	case err != nil:
 		log.Error("claim notification", "error", err)
 		return false
-	}
-	if !ok {
-		state, err := n.Redis.Get(ctx, claim).Result()
-		if err == nil && state == claimSent {
-			n.m.conflicts.Inc()
-			log.Debug("sent already")
-			return true
-		}
-		log.Info("another replica is sending it; left for a redelivery", "claim", state)
+	case state == claims.Sent:
+		n.m.conflicts.Inc()
+		log.Debug("sent already")
+		return true
+	case state == claims.Held:
+		log.Info("another replica is sending it; left for a redelivery", "claim", holder)
 		return false
 	}
 	sendCtx, cancel := context.WithTimeout(ctx, n.SendTimeout)
@@ -303,7 +296,7 @@ func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envel
 	// What follows outlives a shutdown: the send happened or not.
 	ctx = context.WithoutCancel(ctx)
 	if sendErr == nil {
-		if err := n.Redis.Set(ctx, claim, claimSent, n.ClaimTTL).Err(); err != nil {
+		if err := n.Claims.MarkSent(ctx, env.GetId(), a.Name, n.ClaimTTL); err != nil {
 			// The lease runs out and a redelivery sends it again: the one
 			// way a notification goes twice.
 			log.Error("record notification as sent", "error", err)
@@ -312,7 +305,7 @@ func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envel
 	}
 	// Release the lease, so that a redelivery, or a retry of the dead
 	// letter, may send it.
-	if err := n.Redis.Del(ctx, claim).Err(); err != nil {
+	if err := n.Claims.Release(ctx, env.GetId(), a.Name); err != nil {
 		log.Error("release claim", "error", err)
 	}
 	// An email that finally failed waits in the dead letters; anything
@@ -331,27 +324,16 @@ func (n *Notifier) contact(ctx context.Context, userID string) (*rules.Contact, 
 	return &rules.Contact{Email: v["email"], Name: v["name"]}, nil
 }
 
-// DeadLetter is an email that finally failed.
-type DeadLetter struct {
-	EventID  string    `json:"event_id"`
-	Type     string    `json:"type"`
-	Name     string    `json:"notification"`
-	UserID   string    `json:"user_id"`
-	To       string    `json:"to"`
-	Subject  string    `json:"subject"`
-	Reason   string    `json:"reason"`
-	FailedAt time.Time `json:"failed_at"`
-}
-
 func (n *Notifier) email(ctx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action, to *rules.Contact) error {
 	data := map[string]string{"Name": to.Name, "Email": to.Email, "UserID": a.UserID}
 	for k, v := range a.Data {
 		data[k] = v
 	}
+	key := deadletter.EmailKey(env.GetId(), a.Name)
 	subject, text, html, err := n.Templates.Email(a.Template, data)
 	if err == nil {
 		err = n.Mailer.Send(ctx, mailer.Email{
-			ToEmail: to.Email, ToName: to.Name, Subject: subject, Text: text, HTML: html, Key: env.GetId() + "/" + a.Name,
+			ToEmail: to.Email, ToName: to.Name, Subject: subject, Text: text, HTML: html, Key: key,
 		})
 	}
 	if err != nil && ctx.Err() != nil {
@@ -364,12 +346,14 @@ func (n *Notifier) email(ctx context.Context, log *slog.Logger, env *envelope.En
 	}
 	n.m.emailsFailed.Inc()
 	log.Error("email failed; dead-lettered", "to", to.Email, "error", err)
-	dl, _ := json.Marshal(DeadLetter{
-		EventID: env.GetId(), Type: env.GetType(), Name: a.Name, UserID: a.UserID, To: to.Email,
-		Subject: subject, Reason: err.Error(), FailedAt: time.Now().UTC(),
-	})
-	if lerr := n.Redis.LPush(context.WithoutCancel(ctx), DeadLetterKey(n.Prefix), dl).Err(); lerr != nil {
-		log.Error("write dead letter", "error", lerr, "dead_letter", string(dl))
+	// Everything needed to send it again as it was tried, bodies included.
+	dl := deadletter.Letter{
+		ID: key, EventID: env.GetId(), Type: env.GetType(), Name: a.Name, UserID: a.UserID,
+		To: to.Email, ToName: to.Name, Subject: subject, Text: text, HTML: html, Key: key,
+		Attempts: 1, Reason: err.Error(), FailedAt: time.Now().UTC(),
+	}
+	if lerr := n.DeadLetters.Push(context.WithoutCancel(ctx), dl); lerr != nil {
+		log.Error("write dead letter", "error", lerr, "key", key)
 		return err // not kept anywhere: tried again with the event
 	}
 	return fmt.Errorf("%w: %w", errDeadLettered, err)
