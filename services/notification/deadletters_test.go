@@ -381,7 +381,9 @@ func TestDeadLettersRefusals(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			var e struct{ Error struct{ Code, Message string } }
+			var e struct {
+				Error struct{ Code, Message string }
+			}
 			status := call(t, s, tt.method, tt.path, tt.key, tt.body, &e)
 			if status != tt.status || e.Error.Code != tt.code || e.Error.Message == "" {
 				t.Errorf("%s %s = %d %+v, want %d %s with a message", tt.method, tt.path, status, e.Error, tt.status, tt.code)
