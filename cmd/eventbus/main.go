@@ -1,5 +1,6 @@
 // Command eventbus is the command-line tool of the eventbus suite: publish
-// events, tail the logger, read bus statistics, run a development Redis.
+// events, tail the logger, read bus statistics and history, list and retry
+// dead letters, run a development Redis.
 package main
 
 import (
@@ -21,14 +22,15 @@ Usage:
   eventbus tail [flags] [PATTERN]       follow the logger, like tail -f
   eventbus stats [flags]                show channels and subscribers
   eventbus history [flags] PATTERN      print the recorded events of a pattern
+  eventbus dead-letters list|retry      list the emails never sent, or send them again
   eventbus token --sub ID [flags]       mint a development token for the edge
   eventbus bench SCENARIO [flags]       measure a running system: fanout, ingest, connections
   eventbus devredis [flags]             run an embedded Redis-compatible server (development only)
 
 Run 'eventbus COMMAND --help' for the flags of a command.
 Addresses and the API key come from flags or from EVENTBUS_API
-(http://localhost:8080), EVENTBUS_LOGGER (http://localhost:8082) and
-EVENTBUS_API_KEY.
+(http://localhost:8080), EVENTBUS_LOGGER (http://localhost:8082),
+EVENTBUS_NOTIFICATION (http://localhost:8083) and EVENTBUS_API_KEY.
 `
 
 // errUsage asks for the usage text, with exit status 2.
@@ -61,13 +63,14 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"publish":  {"publish an event through the API", runPublish},
-	"tail":     {"follow the logger", runTail},
-	"stats":    {"show channels and subscribers", runStats},
-	"history":  {"print the recorded events of a pattern", runHistory},
-	"token":    {"mint a development token for the edge", runToken},
-	"bench":    {"measure a running system", runBench},
-	"devredis": {"run an embedded Redis-compatible server", runDevRedis},
+	"publish":      {"publish an event through the API", runPublish},
+	"tail":         {"follow the logger", runTail},
+	"stats":        {"show channels and subscribers", runStats},
+	"history":      {"print the recorded events of a pattern", runHistory},
+	"dead-letters": {"list or resend the emails never sent", runDeadLetters},
+	"token":        {"mint a development token for the edge", runToken},
+	"bench":        {"measure a running system", runBench},
+	"devredis":     {"run an embedded Redis-compatible server", runDevRedis},
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
