@@ -94,6 +94,7 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzPatternSet -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/hub
 	go test -run='^$$' -fuzz=FuzzVerify -fuzztime=$${FUZZTIME:-20s} ./pkg/token
 	go test -run='^$$' -fuzz=FuzzParseCursor -fuzztime=$${FUZZTIME:-20s} ./pkg/bus
+	go test -run='^$$' -fuzz=FuzzParseRetryRequest -fuzztime=$${FUZZTIME:-20s} ./services/notification/internal/deadletter
 
 .PHONY: tidy
 tidy: ## go mod tidy in every module
