@@ -67,10 +67,15 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		return err
 	}
 	defer sub.Close()
-	h := hub.New(sub, hub.Options{
+	opts := hub.Options{
 		QueueBytes: cfg.SendQueueBytes, MaxUserPatterns: cfg.MaxUserPatterns,
 		MaxUserConnections: cfg.MaxUserConnections, MaxRedisPatterns: cfg.MaxRedisPatterns,
-	}, log, reg)
+		RecoverMax: cfg.RecoverMax,
+	}
+	if cfg.HistoryMaxLen > 0 {
+		opts.History = b
+	}
+	h := hub.New(sub, opts, log, reg)
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /ws", wsapi.New(wsapi.Options{

@@ -105,6 +105,11 @@ type frame struct {
 	Event         json.RawMessage `json:"event"`
 	Unsubscribed  string          `json:"unsubscribed"`
 	Reason        string          `json:"reason"`
+	Offset        string          `json:"offset"`
+	Epoch         string          `json:"epoch"`
+	Recovered     *bool           `json:"recovered"`
+	Missed        *int            `json:"missed"`
+	Positions     map[string]struct{ Offset, Epoch string }
 }
 
 func (f frame) subject() string {

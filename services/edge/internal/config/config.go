@@ -32,6 +32,7 @@ type Config struct {
 	MaxUserPatterns    int            // EDGE_MAX_USER_PATTERNS: distinct patterns per user across its connections
 	MaxUserConnections int            // EDGE_MAX_USER_CONNECTIONS: connections per user, or per address without one
 	MaxRedisPatterns   int            // EDGE_MAX_REDIS_PATTERNS: wildcard patterns in Redis before covering patterns serve the rest
+	RecoverMax         int            // EDGE_RECOVER_MAX: missed events one resuming subscription recovers at most
 	TrustedProxies     []netip.Prefix // EDGE_TRUSTED_PROXIES: peers whose X-Forwarded-For names the client
 	WriteRate          int            // EDGE_WRITE_RATE: WebSocket writes per second to aim at, by packing events; 0 for none
 }
@@ -59,6 +60,7 @@ func Load(getenv func(string) string) (Config, error) {
 		MaxUserPatterns:    int(r.Int("EDGE_MAX_USER_PATTERNS", 200, 1)),
 		MaxUserConnections: int(r.Int("EDGE_MAX_USER_CONNECTIONS", 50, 1)),
 		MaxRedisPatterns:   int(r.Int("EDGE_MAX_REDIS_PATTERNS", 64, 1)),
+		RecoverMax:         int(r.Int("EDGE_RECOVER_MAX", 10_000, 1)),
 		WriteRate:          int(r.Int("EDGE_WRITE_RATE", 30000, 0)),
 	}
 	for _, p := range r.List("EDGE_TRUSTED_PROXIES", nil) {

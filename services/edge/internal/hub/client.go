@@ -40,7 +40,10 @@ type Client struct {
 	once     sync.Once
 	kicked   atomic.Bool
 	subs     map[string]struct{} // guarded by Hub.mu; nil until the first subscription
+	replays  map[string]*replay  // guarded by Hub.mu: subscriptions catching up
 	who      *identity           // guarded by Hub.mu
+	gone     chan struct{}       // closed when the client is kicked or leaves
+	goneOnce sync.Once
 
 	mu      sync.Mutex
 	queue   []Frame     // frames waiting, in order
@@ -48,6 +51,8 @@ type Client struct {
 	closing *Disconnect // to do once the queue is written
 	writing bool        // onReady was called and Take has not found the queue empty since
 	pausing bool        // the writer is in Pause
+	waiting bool        // pushWait waits for room: Take signals room
+	room    chan struct{}
 
 	// Made on the writer's first Pause. push signals hurry, with mu held,
 	// to end a Pause early when the queue is half full.
@@ -135,9 +140,63 @@ func (c *Client) Take(dst []Frame) []Frame {
 	clear(c.queue)
 	c.queue = c.queue[:0]
 	c.bytes = 0
+	if c.waiting {
+		c.waiting = false
+		select {
+		case c.room <- struct{}{}:
+		default: // one is waiting already
+		}
+	}
 	c.mu.Unlock()
 	return dst
 }
+
+// pushWait queues f once the queue has room for it, leaving half the bound
+// to live events, and waits for the writer while it has none: a replay of
+// many events goes at the pace the client reads. It reports false, queueing
+// nothing, when the client is gone or being closed, or when cancelled is
+// set as f's turn comes (checked under the queue's lock, so a reply queued
+// after cancelled was set comes after every frame pushWait queued).
+func (c *Client) pushWait(f Frame, cancelled *atomic.Bool) bool {
+	for {
+		if c.kicked.Load() {
+			return false
+		}
+		c.mu.Lock()
+		if c.closing != nil || cancelled.Load() {
+			c.mu.Unlock()
+			return false
+		}
+		if len(c.queue) == 0 || c.bytes+len(f.Data) <= c.maxBytes/2 {
+			c.queue = append(c.queue, f)
+			c.bytes += len(f.Data)
+			start := !c.writing
+			c.writing = true
+			c.mu.Unlock()
+			if start {
+				c.onReady()
+			}
+			return true
+		}
+		if c.room == nil {
+			c.room = make(chan struct{}, 1)
+		}
+		c.waiting = true
+		if c.pausing { // a writer pausing to pack more: there is enough
+			c.pausing = false
+			c.hurry <- struct{}{}
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.room:
+		case <-c.gone:
+			return false
+		}
+	}
+}
+
+// end marks the client gone, waking a pushWait.
+func (c *Client) end() { c.goneOnce.Do(func() { close(c.gone) }) }
 
 // CloseAfter closes the connection with d once every frame queued so far
 // is written, so that a reply explaining the close reaches the client
@@ -213,6 +272,7 @@ func (c *Client) queued() int {
 func (c *Client) Kick(d Disconnect) {
 	c.once.Do(func() {
 		c.kicked.Store(true)
+		c.end()
 		c.onKick(d)
 	})
 }

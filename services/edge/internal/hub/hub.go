@@ -42,14 +42,25 @@ type Options struct {
 	// MaxRedisPatterns bounds the wildcard patterns the hub subscribes in
 	// Redis; past it, covering patterns serve the rest.
 	MaxRedisPatterns int
+	// History is the record subscriptions resume from; nil when the bus
+	// keeps none, and then none recovers.
+	History bus.History
+	// RecoverMax bounds the missed events one subscription recovers.
+	RecoverMax int
 }
+
+// maxRecovering bounds the subscriptions reading the record at once, so
+// that a crowd reconnecting after an edge failed is served a few at a
+// time rather than holding the record of all of them in memory at once.
+const maxRecovering = 16
 
 // Hub fans events out to clients. Its methods are safe for concurrent use.
 type Hub struct {
-	sub  bus.Subscription
-	opts Options
-	log  *slog.Logger
-	m    *metrics
+	sub        bus.Subscription
+	opts       Options
+	log        *slog.Logger
+	m          *metrics
+	recovering chan struct{} // a token per subscription reading the record
 
 	// change serialises changes of the Redis subscription, so that the
 	// first-in and last-out of one pattern never race.
@@ -87,6 +98,7 @@ func New(sub bus.Subscription, opts Options, log *slog.Logger, reg prometheus.Re
 	h := &Hub{
 		sub:        sub,
 		opts:       opts,
+		recovering: make(chan struct{}, maxRecovering),
 		log:        log,
 		clients:    make(map[*Client]struct{}),
 		identities: make(map[string]*identity),
@@ -113,7 +125,7 @@ func (h *Hub) Join(who string, enc Encoding, onReady func(), onKick func(Disconn
 	if h.closed {
 		return nil, ErrClosed
 	}
-	c := &Client{enc: enc, onReady: onReady, onKick: onKick, maxBytes: h.opts.QueueBytes, slow: h.m.slowCloses.Inc}
+	c := &Client{enc: enc, gone: make(chan struct{}), onReady: onReady, onKick: onKick, maxBytes: h.opts.QueueBytes, slow: h.m.slowCloses.Inc}
 	if err := h.identify(c, who); err != nil {
 		return nil, err
 	}
@@ -188,6 +200,7 @@ func (h *Hub) unidentify(c *Client) {
 // the patterns no one else wants.
 func (h *Hub) Leave(c *Client) {
 	defer h.joined.Done()
+	c.end()
 	h.change.Lock()
 	defer h.change.Unlock()
 	h.mu.Lock()
@@ -224,32 +237,51 @@ func (h *Hub) Count(c *Client) int {
 }
 
 // Subscribe adds pattern p (already validated and authorised) to c and
-// queues ok for c at the moment the subscription takes effect: before any
-// event it delivers. It returns once Redis delivers p, so no event
-// published afterwards is missed; on an error nothing was queued. A
-// pattern new to c's identity past MaxUserPatterns is ErrTooManyPatterns.
-func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, ok []byte) error {
+// queues reply(how it went) for c at the moment the subscription takes
+// effect: before any event it delivers. It returns once Redis delivers p,
+// so no event published afterwards is missed; on an error nothing was
+// queued. A pattern new to c's identity past MaxUserPatterns is
+// ErrTooManyPatterns.
+//
+// With since, the client resumes: what p delivered after since (read from
+// the record, in the background) comes before p's live events, which the
+// hub holds back meanwhile, with none twice; or, when that cannot be
+// done, the reply says why and the live events follow it. Without since,
+// the reply gives where each namespace of p stood, for the client to
+// resume from later.
+func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, since bus.Cursor, reply func(Recovery) []byte) error {
+	var latest bus.Cursor
+	if since == nil && h.opts.History != nil {
+		// Read before the subscription begins: an event published in
+		// between comes again to a later resumption, and none is missed.
+		var err error
+		if latest, err = h.opts.History.Latest(ctx, p); err != nil {
+			h.log.Debug("read where a pattern's namespaces stand", "pattern", p, "error", err)
+		}
+	}
 	h.change.Lock()
-	defer h.change.Unlock()
 	h.mu.RLock()
 	_, has := c.subs[p]
 	first := len(h.subs[p]) == 0
 	closed := h.closed
 	full := !has && c.who.patterns[p] == 0 && len(c.who.patterns) >= h.opts.MaxUserPatterns
 	h.mu.RUnlock()
+	var err error
 	switch {
 	case closed:
-		return ErrClosed
+		err = ErrClosed
 	case full:
 		h.m.refusals.WithLabelValues("user_patterns").Inc()
-		return ErrTooManyPatterns
+		err = ErrTooManyPatterns
 	case first:
-		if err := h.serve(ctx, p); err != nil {
-			return err
-		}
+		err = h.serve(ctx, p)
+	}
+	if err != nil {
+		h.change.Unlock()
+		return err
 	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
+	var r *replay
 	if !has {
 		if h.subs[p] == nil {
 			h.subs[p] = make(map[*Client]struct{})
@@ -261,8 +293,23 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, ok []byte) err
 		c.subs[p] = struct{}{}
 		c.who.patterns[p]++
 		h.m.subscriptions.Inc()
+		if since != nil {
+			r = &replay{}
+			if c.replays == nil {
+				c.replays = make(map[string]*replay)
+			}
+			c.replays[p] = r
+		}
 	}
-	c.Send(ok)
+	if r == nil {
+		// Subscribed already, it missed nothing; else it is new.
+		c.Send(reply(Recovery{Resumed: since != nil, Recovered: since != nil, Positions: latest}))
+	}
+	h.mu.Unlock()
+	h.change.Unlock()
+	if r != nil {
+		go h.recover(c, p, since, r, reply)
+	}
 	return nil
 }
 
@@ -310,6 +357,10 @@ func (h *Hub) drop(c *Client, p string) []string {
 		return nil
 	}
 	delete(c.subs, p)
+	if r := c.replays[p]; r != nil {
+		r.cancelled.Store(true)
+		delete(c.replays, p)
+	}
 	if c.who.patterns[p]--; c.who.patterns[p] == 0 {
 		delete(c.who.patterns, p)
 	}
@@ -381,6 +432,9 @@ func (h *Hub) dispatch(m bus.Message) {
 	if len(h.wanted) == 1 {
 		n := 0
 		for c := range h.subs[h.wanted[0]] {
+			if c.replays != nil && len(h.hold(c, ev, h.wanted)) == 0 {
+				continue
+			}
 			if h.send(c, ev, h.wanted) {
 				n++
 			}
@@ -436,6 +490,11 @@ func (h *Hub) deliver(c *Client, ev *Event) {
 	for _, p := range h.wanted { // sorted
 		if _, ok := c.subs[p]; ok {
 			subs = append(subs, p)
+		}
+	}
+	if c.replays != nil {
+		if subs = h.hold(c, ev, subs); len(subs) == 0 {
+			return
 		}
 	}
 	if h.send(c, ev, subs) {

@@ -127,6 +127,7 @@ func (testEncoding) Encode(ev *Event, subs []string) ([]byte, error) {
 type testClient struct {
 	*Client
 	kicks chan Disconnect
+	ready chan struct{} // a frame waits and no writer runs; with joinReady
 	left  bool
 }
 
@@ -148,6 +149,29 @@ func (h *testHub) joinAs(t *testing.T, who string) *testClient {
 		t.Fatal(err)
 	}
 	tc := &testClient{Client: c, kicks: kicks}
+	t.Cleanup(func() {
+		if !tc.left {
+			h.Leave(c)
+		}
+	})
+	return tc
+}
+
+// joinReady connects a client whose readiness the test follows, as a
+// writer would: each receive from ready is a turn to take its frames.
+func (h *testHub) joinReady(t *testing.T) *testClient {
+	t.Helper()
+	tc := &testClient{kicks: make(chan Disconnect, 1), ready: make(chan struct{}, 1)}
+	c, err := h.Join(fmt.Sprintf("user:%d", users.Add(1)), testEncoding{}, func() {
+		select {
+		case tc.ready <- struct{}{}:
+		default:
+		}
+	}, func(d Disconnect) { tc.kicks <- d })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.Client = c
 	t.Cleanup(func() {
 		if !tc.left {
 			h.Leave(c)
@@ -205,9 +229,20 @@ func summary(frames []string) []string {
 	return out
 }
 
+// reply answers a subscription with frame, whatever became of it; an empty
+// frame queues nothing.
+func reply(frame string) func(Recovery) []byte {
+	return func(Recovery) []byte {
+		if frame == "" {
+			return nil
+		}
+		return []byte(frame)
+	}
+}
+
 func (c *testClient) subscribe(t *testing.T, h *testHub, p string) {
 	t.Helper()
-	if err := h.Subscribe(t.Context(), c.Client, p, []byte("ok "+p)); err != nil {
+	if err := h.Subscribe(t.Context(), c.Client, p, nil, reply("ok "+p)); err != nil {
 		t.Fatalf("Subscribe(%q) = %v", p, err)
 	}
 }
@@ -439,7 +474,7 @@ func TestUserBounds(t *testing.T) {
 	one.subscribe(t, h, "a:*")
 	two.subscribe(t, h, "a:*") // the same pattern again: not a new one
 	two.subscribe(t, h, "b:*")
-	if err := h.Subscribe(t.Context(), one.Client, "c:*", nil); !errors.Is(err, ErrTooManyPatterns) {
+	if err := h.Subscribe(t.Context(), one.Client, "c:*", nil, reply("")); !errors.Is(err, ErrTooManyPatterns) {
 		t.Fatalf("third distinct pattern of user 1 = %v, want ErrTooManyPatterns", err)
 	}
 	if _, err := h.Join("user:1", testEncoding{}, func() {}, func(Disconnect) {}); !errors.Is(err, ErrTooManyConnections) {
@@ -601,11 +636,11 @@ func TestEncodesEachFrameOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { h.Leave(c) })
-		if err := h.Subscribe(t.Context(), c, "enc:*", nil); err != nil {
+		if err := h.Subscribe(t.Context(), c, "enc:*", nil, reply("")); err != nil {
 			t.Fatal(err)
 		}
 		if i%2 == 0 { // half of them match twice: another frame
-			if err := h.Subscribe(t.Context(), c, "enc:a", nil); err != nil {
+			if err := h.Subscribe(t.Context(), c, "enc:a", nil, reply("")); err != nil {
 				t.Fatal(err)
 			}
 		}

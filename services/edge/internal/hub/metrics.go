@@ -8,6 +8,8 @@ type metrics struct {
 	slowCloses    prometheus.Counter
 	malformed     prometheus.Counter
 	refusals      *prometheus.CounterVec
+	recoveries    *prometheus.CounterVec
+	recovered     prometheus.Counter
 }
 
 func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
@@ -23,6 +25,11 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "eventbus_edge_limit_refusals_total", Help: "Subscriptions and connections refused at a bound, by bound."},
 			[]string{"limit"}),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventbus_edge_recoveries_total", Help: "Subscriptions that resumed from a position, by result: recovered, or the reason they could not."},
+			[]string{"result"}),
+		recovered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "eventbus_edge_recovered_events_total", Help: "Missed events read from the record and queued for resuming subscriptions."}),
 	}
 	// gauge reads what the hub holds, under its lock, when scraped.
 	gauge := func(name, help string, read func() int) prometheus.Collector {
@@ -32,7 +39,7 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 			return float64(read())
 		})
 	}
-	reg.MustRegister(m.subscriptions, m.delivered, m.slowCloses, m.malformed, m.refusals,
+	reg.MustRegister(m.subscriptions, m.delivered, m.slowCloses, m.malformed, m.refusals, m.recoveries, m.recovered,
 		gauge("eventbus_edge_connections", "Connected clients.",
 			func() int { return len(h.clients) }),
 		gauge("eventbus_edge_redis_subscriptions", "Channels and patterns subscribed in Redis.",

@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 )
 
@@ -69,6 +70,30 @@ type Request struct {
 	Channel string `json:"channel,omitempty"`
 	ID      string `json:"id,omitempty"`
 	Token   string `json:"token,omitempty"`
+	// Since, with subscribe, resumes the subscription after these
+	// positions: namespace → the last event's offset and epoch.
+	Since map[string]Position `json:"since,omitempty"`
+}
+
+// Position is where a client stands in a namespace's stream.
+type Position struct {
+	Offset string `json:"offset"`
+	Epoch  string `json:"epoch"`
+}
+
+// MaxSince bounds the namespaces of a since.
+const MaxSince = 100
+
+// Cursor returns r's since for the bus, nil without one.
+func (r Request) Cursor() bus.Cursor {
+	if r.Since == nil {
+		return nil
+	}
+	c := make(bus.Cursor, len(r.Since))
+	for ns, p := range r.Since {
+		c[ns] = bus.Position{Offset: p.Offset, Epoch: p.Epoch}
+	}
+	return c
 }
 
 // Error is the error of a reply.
@@ -96,6 +121,11 @@ func ParseRequest(b []byte) (Request, *Error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return r, Errorf(CodeBadRequest, "frame has data after the request object")
 	}
+	if r.Since != nil {
+		if err := checkSince(r); err != nil {
+			return r, err
+		}
+	}
 	switch r.Action {
 	case ActionSubscribe, ActionUnsubscribe:
 		if r.Channel == "" {
@@ -114,11 +144,69 @@ func ParseRequest(b []byte) (Request, *Error) {
 	return r, nil
 }
 
+// checkSince checks a request's since: subscribe only, at most MaxSince
+// namespaces, each a namespace with an offset and an epoch.
+func checkSince(r Request) *Error {
+	if r.Action != ActionSubscribe {
+		return Errorf(CodeBadRequest, "since goes with subscribe only")
+	}
+	if len(r.Since) > MaxSince {
+		return Errorf(CodeBadRequest, "since has %d namespaces; at most %d", len(r.Since), MaxSince)
+	}
+	for ns, p := range r.Since {
+		switch {
+		case channel.Validate(ns) != nil || strings.Contains(ns, ":"):
+			return Errorf(CodeBadRequest, "since: %q is not a namespace (a channel's first token)", ns)
+		case !bus.IsOffset(p.Offset):
+			return Errorf(CodeBadRequest, "since: the offset of %s is not one, such as 1732290000000-0", ns)
+		case !bus.IsEpoch(p.Epoch):
+			return Errorf(CodeBadRequest, "since: the epoch of %s is not one (hex digits)", ns)
+		}
+	}
+	return nil
+}
+
 type reply struct {
 	ID     string `json:"id,omitempty"`
 	OK     bool   `json:"ok,omitempty"`
 	Action string `json:"action,omitempty"`
 	Error  *Error `json:"error,omitempty"`
+}
+
+// subscribed is the reply to a subscribe that succeeded.
+type subscribed struct {
+	ID        string              `json:"id,omitempty"`
+	OK        bool                `json:"ok"`
+	Recovered *bool               `json:"recovered,omitempty"`
+	Missed    *int                `json:"missed,omitempty"`
+	Reason    string              `json:"reason,omitempty"`
+	Positions map[string]Position `json:"positions,omitempty"`
+}
+
+// Subscribed is the reply to a subscribe that succeeded, saying how it
+// began:
+//
+//	{"id":"7","ok":true,"positions":{"order":{"offset":"…","epoch":"…"}}}
+//	{"id":"7","ok":true,"recovered":true,"missed":12}
+//	{"id":"7","ok":true,"recovered":false,"reason":"epoch_changed"}
+func Subscribed(id string, r hub.Recovery) []byte {
+	s := subscribed{ID: id, OK: true}
+	if r.Resumed {
+		s.Recovered = &r.Recovered
+		if r.Recovered {
+			s.Missed = &r.Missed
+		} else {
+			s.Reason = r.Reason
+		}
+	}
+	if len(r.Positions) > 0 {
+		s.Positions = make(map[string]Position, len(r.Positions))
+		for ns, p := range r.Positions {
+			s.Positions[ns] = Position{Offset: p.Offset, Epoch: p.Epoch}
+		}
+	}
+	b, _ := json.Marshal(s) // strings, bools and ints always marshal
+	return b
 }
 
 // OK is the reply to a request that succeeded.

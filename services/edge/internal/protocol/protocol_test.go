@@ -3,11 +3,13 @@ package protocol_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
 
@@ -63,7 +65,9 @@ func TestAppendEventIsJSON(t *testing.T) {
 // FuzzParseRequest: no frame panics the parser, and a request it accepts
 // has a known action with its argument.
 func FuzzParseRequest(f *testing.F) {
-	for _, s := range []string{`{"action":"subscribe","channel":"order:*","id":"7"}`, `{"action":"auth","token":"t"}`, `{"action":"ping"}`, `{`, `null`, `{"action":"subscribe","channel":1}`} {
+	for _, s := range []string{`{"action":"subscribe","channel":"order:*","id":"7"}`, `{"action":"auth","token":"t"}`, `{"action":"ping"}`, `{`, `null`, `{"action":"subscribe","channel":1}`,
+		`{"action":"subscribe","channel":"order:*","since":{"order":{"offset":"1732290000000-0","epoch":"9f01"}}}`,
+		`{"action":"subscribe","channel":"*","since":{"a:b":{"offset":"1-0","epoch":"9f"}}}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
@@ -73,6 +77,16 @@ func FuzzParseRequest(f *testing.F) {
 				t.Fatalf("ParseRequest(%q) error without code or message: %+v", frame, err)
 			}
 			return
+		}
+		if r.Since != nil {
+			if r.Action != protocol.ActionSubscribe || len(r.Since) > protocol.MaxSince {
+				t.Fatalf("accepted since with %s, %d namespaces", r.Action, len(r.Since))
+			}
+			for ns, p := range r.Since {
+				if strings.ContainsAny(ns, ":*") || !bus.IsOffset(p.Offset) || !bus.IsEpoch(p.Epoch) {
+					t.Fatalf("accepted since %q: %+v", ns, p)
+				}
+			}
 		}
 		switch r.Action {
 		case protocol.ActionSubscribe, protocol.ActionUnsubscribe:
@@ -88,6 +102,59 @@ func FuzzParseRequest(f *testing.F) {
 			t.Fatalf("accepted unknown action %q", r.Action)
 		}
 	})
+}
+
+// A since is refused unless every part of it is a position of a
+// namespace, on a subscribe.
+func TestParseSince(t *testing.T) {
+	t.Parallel()
+	ok := `{"action":"subscribe","channel":"*","since":{"order":{"offset":"1732290000000-3","epoch":"9f01"},"user":{"offset":"1-0","epoch":"ab"}}}`
+	r, err := protocol.ParseRequest([]byte(ok))
+	if err != nil || len(r.Cursor()) != 2 || r.Cursor()["order"] != (bus.Position{Offset: "1732290000000-3", Epoch: "9f01"}) {
+		t.Fatalf("ParseRequest(%s) = %+v, %v", ok, r, err)
+	}
+	if r, _ := protocol.ParseRequest([]byte(`{"action":"subscribe","channel":"*"}`)); r.Cursor() != nil {
+		t.Fatalf("Cursor without since = %v, want nil", r.Cursor())
+	}
+	many := make([]string, protocol.MaxSince+1)
+	for i := range many {
+		many[i] = fmt.Sprintf(`"n%d":{"offset":"1-0","epoch":"ab"}`, i)
+	}
+	for _, frame := range []string{
+		`{"action":"unsubscribe","channel":"*","since":{"order":{"offset":"1-0","epoch":"ab"}}}`,
+		`{"action":"subscribe","channel":"*","since":{"order:placed":{"offset":"1-0","epoch":"ab"}}}`,
+		`{"action":"subscribe","channel":"*","since":{"ord*":{"offset":"1-0","epoch":"ab"}}}`,
+		`{"action":"subscribe","channel":"*","since":{"order":{"offset":"1","epoch":"ab"}}}`,
+		`{"action":"subscribe","channel":"*","since":{"order":{"offset":"1-0","epoch":"AB\""}}}`,
+		`{"action":"subscribe","channel":"*","since":{"order":{"offset":"1-0"}}}`,
+		`{"action":"subscribe","channel":"*","since":{"order":{"offset":"1-0","epoch":"ab","x":1}}}`,
+		`{"action":"subscribe","channel":"*","since":[]}`,
+		`{"action":"subscribe","channel":"*","since":{` + strings.Join(many, ",") + `}}`,
+	} {
+		if _, err := protocol.ParseRequest([]byte(frame)); err == nil || err.Code != protocol.CodeBadRequest {
+			t.Errorf("ParseRequest(%.120s) = %v, want bad_request", frame, err)
+		}
+	}
+}
+
+// The subscribe reply says how the subscription began, in the names
+// clients rely on.
+func TestSubscribed(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		r    hub.Recovery
+		want string
+	}{
+		{hub.Recovery{}, `{"id":"7","ok":true}`},
+		{hub.Recovery{Positions: bus.Cursor{"order": {Offset: "1-0", Epoch: "ab"}}}, `{"id":"7","ok":true,"positions":{"order":{"offset":"1-0","epoch":"ab"}}}`},
+		{hub.Recovery{Resumed: true, Recovered: true}, `{"id":"7","ok":true,"recovered":true,"missed":0}`},
+		{hub.Recovery{Resumed: true, Recovered: true, Missed: 12}, `{"id":"7","ok":true,"recovered":true,"missed":12}`},
+		{hub.Recovery{Resumed: true, Reason: hub.ReasonEpochChanged}, `{"id":"7","ok":true,"recovered":false,"reason":"epoch_changed"}`},
+	} {
+		if got := string(protocol.Subscribed("7", tt.r)); got != tt.want {
+			t.Errorf("Subscribed(%+v) = %s, want %s", tt.r, got, tt.want)
+		}
+	}
 }
 
 func TestCloseReason(t *testing.T) {

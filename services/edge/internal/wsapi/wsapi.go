@@ -440,7 +440,8 @@ func (s *session) handle(req protocol.Request) []byte {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, subscribeTimeout)
 	defer cancel()
-	switch err := s.h.Hub.Subscribe(ctx, s.client, req.Channel, protocol.OK(req.ID)); {
+	reply := func(r hub.Recovery) []byte { return protocol.Subscribed(req.ID, r) }
+	switch err := s.h.Hub.Subscribe(ctx, s.client, req.Channel, req.Cursor(), reply); {
 	case errors.Is(err, hub.ErrTooManyPatterns):
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManyPatterns,
 			"at most %d distinct patterns per user across its connections", s.h.MaxUserPatterns))

@@ -1,0 +1,210 @@
+package hub
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+)
+
+// Recovery says how a subscription began: for one that resumed from a
+// position, whether everything it missed since came first.
+type Recovery struct {
+	// Resumed reports that the subscription asked to resume from a
+	// position; the rest of the fields but Positions are about that.
+	Resumed bool
+	// Recovered: the Missed events published since the position come
+	// before any live event, in offset order within each namespace, with
+	// no gap and no repeat between them and the live ones.
+	Recovered bool
+	Missed    int
+	// Reason says why not: one of the Reason constants.
+	Reason string
+	// Positions, for a subscription that did not resume, is where each
+	// namespace the pattern spans stood just before it began: a client
+	// resumes from these until its events tell it more.
+	Positions bus.Cursor
+}
+
+// Reasons a subscription could not recover. The client then reloads its
+// state: its events from now on are complete.
+const (
+	ReasonEpochChanged = "epoch_changed" // a stream was lost since the position
+	ReasonTruncated    = "truncated"     // trimmed past the position
+	ReasonTooMany      = "too_many"      // more missed events than Options.RecoverMax
+	ReasonUnavailable  = "unavailable"   // the record could not be read, or the edge keeps none
+)
+
+const (
+	// recoverTimeout bounds the reading of what a subscription missed.
+	recoverTimeout = 10 * time.Second
+	// historyPage is how many events one History call reads.
+	historyPage = 1000
+)
+
+// replay is a subscription catching up. Until its missed events are
+// queued, dispatch holds the live ones here instead of queueing them.
+type replay struct {
+	live      []*Event // guarded by Hub.mu
+	overflow  bool     // guarded by Hub.mu: more live events came than RecoverMax
+	cancelled atomic.Bool
+}
+
+// missed reads what p delivered after since, at most RecoverMax events.
+func (h *Hub) missed(ctx context.Context, p string, since bus.Cursor) ([]bus.Event, Recovery) {
+	rec := Recovery{Resumed: true}
+	if h.opts.History == nil {
+		rec.Reason = ReasonUnavailable
+		return nil, rec
+	}
+	var events []bus.Event
+	cursor := since
+	for {
+		page, err := h.opts.History.History(ctx, p, cursor, min(historyPage, h.opts.RecoverMax+1-len(events)))
+		switch {
+		case errors.Is(err, bus.ErrEpochChanged):
+			rec.Reason = ReasonEpochChanged
+			return nil, rec
+		case errors.Is(err, bus.ErrTruncated):
+			rec.Reason = ReasonTruncated
+			return nil, rec
+		case err != nil:
+			h.log.Warn("read what a subscription missed", "pattern", p, "error", err)
+			rec.Reason = ReasonUnavailable
+			return nil, rec
+		}
+		events = append(events, page.Events...)
+		if len(events) > h.opts.RecoverMax {
+			rec.Reason = ReasonTooMany
+			return nil, rec
+		}
+		if !page.More {
+			rec.Recovered, rec.Missed = true, len(events)
+			return events, rec
+		}
+		cursor = page.Next
+	}
+}
+
+// recover queues, for c's new subscription p, the reply reply makes, then
+// what p missed since, then the live events dispatch held back meanwhile,
+// leaving out those the record gave already, and hands p over to dispatch.
+func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply func(Recovery) []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
+	defer cancel()
+	select {
+	case h.recovering <- struct{}{}:
+		defer func() { <-h.recovering }()
+	case <-c.gone:
+		return
+	}
+	missed, rec := h.missed(ctx, p, since)
+	h.m.recoveries.WithLabelValues(cmp.Or(rec.Reason, "recovered")).Inc()
+	if !c.pushWait(Frame{Data: reply(rec)}, &r.cancelled) {
+		return
+	}
+	// last is where each namespace stands for the client: a live event at
+	// or before it came from the record already.
+	last := make(map[string]string, len(since))
+	if rec.Recovered {
+		for ns, pos := range since {
+			last[ns] = pos.Offset
+		}
+	}
+	subs := []string{p}
+	for _, e := range missed {
+		ev, err := NewEvent(e.Channel, e.Position, e.Payload)
+		if err != nil {
+			h.m.malformed.Inc()
+			continue
+		}
+		if !h.push(c, ev, subs, &r.cancelled) {
+			return
+		}
+		last[ev.Namespace()] = ev.Position.Offset
+	}
+	h.m.recovered.Add(float64(len(missed)))
+	for {
+		h.mu.Lock()
+		live, overflow := r.live, r.overflow
+		r.live = nil
+		if len(live) == 0 || overflow {
+			if c.replays[p] == r {
+				delete(c.replays, p)
+			}
+			h.mu.Unlock()
+			if overflow {
+				c.tooSlow() // what it missed meanwhile is lost: it recovers again
+			}
+			return
+		}
+		h.mu.Unlock()
+		for _, ev := range live {
+			ns := ev.Namespace()
+			if !ev.Position.IsZero() && last[ns] != "" && compareOffsets(ev.Position.Offset, last[ns]) <= 0 {
+				continue // the record gave it
+			}
+			if !h.push(c, ev, subs, &r.cancelled) {
+				return
+			}
+			if !ev.Position.IsZero() {
+				last[ns] = ev.Position.Offset
+			}
+		}
+	}
+}
+
+// push encodes ev for c and queues it, waiting for room.
+func (h *Hub) push(c *Client, ev *Event, subs []string, cancelled *atomic.Bool) bool {
+	data, err := c.enc.Encode(ev, subs)
+	if err != nil {
+		h.m.malformed.Inc()
+		return true
+	}
+	if !c.pushWait(Frame{Data: data, Event: ev}, cancelled) {
+		return false
+	}
+	h.m.delivered.Inc()
+	return true
+}
+
+// hold keeps ev for the replays among c's subscriptions subs, and returns
+// the subscriptions that are live. Call with mu held (read is enough: each
+// replay's fields are written under it only by dispatch, and by recover
+// with mu held for writing).
+func (h *Hub) hold(c *Client, ev *Event, subs []string) []string {
+	live := subs[:0:0]
+	for _, p := range subs {
+		r := c.replays[p]
+		if r == nil {
+			live = append(live, p)
+			continue
+		}
+		if len(r.live) >= h.opts.RecoverMax {
+			r.overflow, r.live = true, nil
+		}
+		if !r.overflow {
+			r.live = append(r.live, ev)
+		}
+	}
+	return live
+}
+
+// compareOffsets orders stream offsets "<ms>-<seq>".
+func compareOffsets(a, b string) int {
+	am, as := splitOffset(a)
+	bm, bs := splitOffset(b)
+	return cmp.Or(cmp.Compare(am, bm), cmp.Compare(as, bs))
+}
+
+func splitOffset(o string) (uint64, uint64) {
+	ms, seq, _ := strings.Cut(o, "-")
+	m, _ := strconv.ParseUint(ms, 10, 64)
+	s, _ := strconv.ParseUint(seq, 10, 64)
+	return m, s
+}

@@ -1,0 +1,246 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
+)
+
+// fakeHistory is a record of one epoch, "e1", fed by the test. History
+// waits for gate, when set, so the test can publish live events while a
+// subscription catches up.
+type fakeHistory struct {
+	events []bus.Event
+	err    error
+	gate   chan struct{}
+	asked  chan struct{} // closed by the first History call
+}
+
+func (f *fakeHistory) History(ctx context.Context, p string, since bus.Cursor, limit int) (bus.Page, error) {
+	if f.asked != nil {
+		close(f.asked)
+		f.asked = nil
+	}
+	if f.gate != nil {
+		<-f.gate
+		f.gate = nil
+	}
+	if f.err != nil {
+		return bus.Page{}, f.err
+	}
+	page := bus.Page{Next: bus.Cursor{}}
+	for ns, pos := range since {
+		page.Next[ns] = pos
+	}
+	for _, e := range f.events {
+		ns, _, _ := strings.Cut(e.Channel, ":")
+		if from, ok := since[ns]; ok && compareOffsets(e.Position.Offset, from.Offset) <= 0 {
+			continue
+		}
+		if len(page.Events) == limit {
+			page.More = true
+			break
+		}
+		page.Events = append(page.Events, e)
+		since = bus.Cursor{ns: e.Position} // pages continue after it
+		page.Next[ns] = e.Position
+	}
+	return page, nil
+}
+
+func (f *fakeHistory) Latest(context.Context, string) (bus.Cursor, error) {
+	return bus.Cursor{"rec": {Offset: "9-0", Epoch: "e1"}}, nil
+}
+
+// recorded makes the event with subject s at offset "<s>-0" of namespace rec.
+func recorded(t *testing.T, s int) bus.Event {
+	t.Helper()
+	env, err := envelope.Marshal(&envelope.Envelope{Id: fmt.Sprint(s), Type: "rec.a", Channel: "rec:a", Subject: fmt.Sprint(s)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bus.Event{Channel: "rec:a", Payload: env, Position: bus.Position{Offset: fmt.Sprintf("%d-0", s), Epoch: "e1"}}
+}
+
+// publishLive hands the hub a recorded event as live and waits for its
+// dispatch.
+func (h *testHub) publishLive(e bus.Event, patterns ...string) {
+	h.sub.msgs <- bus.Message{Channel: e.Channel, Patterns: patterns, Payload: e.Payload, Position: e.Position}
+	h.sub.msgs <- bus.Message{Channel: "sync", Patterns: []string{"sync"}}
+}
+
+// recoveryReply writes how a subscription went as JSON.
+func recoveryReply(r Recovery) []byte {
+	b, _ := json.Marshal(r)
+	return b
+}
+
+// drain takes c's frames until one satisfies done, as a writer would,
+// and returns their summaries.
+func drain(t *testing.T, c *testClient, done func(string) bool) []string {
+	t.Helper()
+	var got []string
+	for {
+		frames := summary(c.frames())
+		if len(frames) == 0 { // the writer stops until the next is ready
+			select {
+			case <-c.ready:
+			case d := <-c.kicks:
+				t.Fatalf("kicked with %v after %q", d, got)
+			}
+		}
+		for _, f := range frames {
+			got = append(got, f)
+			if done(f) {
+				return got
+			}
+		}
+	}
+}
+
+func hasPrefix(p string) func(string) bool { return func(s string) bool { return strings.HasPrefix(s, p) } }
+
+// A subscription that resumes gets the reply, then what it missed from the
+// record, then the live events held back meanwhile, none twice.
+func TestResumeReplaysThenGoesLive(t *testing.T) {
+	t.Parallel()
+	hist := &fakeHistory{gate: make(chan struct{}), asked: make(chan struct{})}
+	for s := 2; s <= 4; s++ {
+		hist.events = append(hist.events, recorded(t, s))
+	}
+	opts := bounds
+	opts.History, opts.RecoverMax = hist, 100
+	h := startHub(t, opts)
+	c := h.joinReady(t)
+	asked := hist.asked
+	if err := h.Subscribe(t.Context(), c.Client, "rec:*", bus.Cursor{"rec": {Offset: "1-0", Epoch: "e1"}}, recoveryReply); err != nil {
+		t.Fatal(err)
+	}
+	<-asked
+	// While it reads the record: one event it finds there, one published
+	// after its read (which the fake cannot tell apart from during).
+	h.publishLive(recorded(t, 4), "rec:*")
+	h.publishLive(recorded(t, 5), "rec:*")
+	close(hist.gate)
+	got := drain(t, c, hasPrefix("5 "))
+	want := []string{`{"Resumed":true,"Recovered":true,"Missed":3,"Reason":"","Positions":null}`, "2 via rec:*", "3 via rec:*", "4 via rec:*", "5 via rec:*"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("frames = %q, want %q", got, want)
+	}
+	h.publishLive(recorded(t, 6), "rec:*")
+	if got := summary(c.frames()); !slices.Equal(got, []string{"6 via rec:*"}) {
+		t.Fatalf("then = %q, want the live event", got)
+	}
+}
+
+// When the record cannot give what was missed, the reply says why and the
+// live events follow it.
+func TestResumeThatCannotRecover(t *testing.T) {
+	t.Parallel()
+	many := &fakeHistory{}
+	for s := 2; s <= 5; s++ {
+		many.events = append(many.events, recorded(t, s))
+	}
+	for _, tt := range []struct {
+		name string
+		hist bus.History
+		want string
+	}{
+		{"epoch changed", &fakeHistory{err: fmt.Errorf("%w: %w", bus.ErrTruncated, bus.ErrEpochChanged)}, ReasonEpochChanged},
+		{"trimmed", &fakeHistory{err: bus.ErrTruncated}, ReasonTruncated},
+		{"too many", many, ReasonTooMany},
+		{"record unreadable", &fakeHistory{err: context.DeadlineExceeded}, ReasonUnavailable},
+		{"no record", nil, ReasonUnavailable},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			opts := bounds
+			opts.History, opts.RecoverMax = tt.hist, 3
+			h := startHub(t, opts)
+			c := h.joinReady(t)
+			if err := h.Subscribe(t.Context(), c.Client, "rec:*", bus.Cursor{"rec": {Offset: "1-0", Epoch: "e0"}}, recoveryReply); err != nil {
+				t.Fatal(err)
+			}
+			got := drain(t, c, hasPrefix("{"))
+			var r Recovery
+			if err := json.Unmarshal([]byte(got[0]), &r); err != nil || !r.Resumed || r.Recovered || r.Reason != tt.want {
+				t.Fatalf("reply = %s, want not recovered, %s", got[0], tt.want)
+			}
+			h.publishLive(recorded(t, 7), "rec:*")
+			if got := drain(t, c, hasPrefix("7 ")); !slices.Equal(got, []string{"7 via rec:*"}) {
+				t.Fatalf("then = %q, want the live event", got)
+			}
+		})
+	}
+}
+
+// A subscription that does not resume is told where its namespaces stand.
+func TestSubscribeGivesPositions(t *testing.T) {
+	t.Parallel()
+	opts := bounds
+	opts.History, opts.RecoverMax = &fakeHistory{}, 10
+	h := startHub(t, opts)
+	c := h.join(t)
+	if err := h.Subscribe(t.Context(), c.Client, "rec:*", nil, recoveryReply); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.frames(), []string{`{"Resumed":false,"Recovered":false,"Missed":0,"Reason":"","Positions":{"rec":{"Offset":"9-0","Epoch":"e1"}}}`}; !slices.Equal(got, want) {
+		t.Fatalf("reply = %q, want %q", got, want)
+	}
+}
+
+// A replay longer than the client's queue goes at the pace the client
+// reads, and never closes it as too slow.
+func TestResumeLongerThanTheQueue(t *testing.T) {
+	t.Parallel()
+	hist := &fakeHistory{}
+	const n = 2000
+	for s := 2; s < 2+n; s++ {
+		hist.events = append(hist.events, recorded(t, s))
+	}
+	opts := bounds
+	opts.History, opts.RecoverMax, opts.QueueBytes = hist, n, 4<<10 // room for some 20 frames
+	h := startHub(t, opts)
+	c := h.joinReady(t)
+	if err := h.Subscribe(t.Context(), c.Client, "rec:*", bus.Cursor{"rec": {Offset: "1-0", Epoch: "e1"}}, recoveryReply); err != nil {
+		t.Fatal(err)
+	}
+	got := drain(t, c, hasPrefix(fmt.Sprint(n+1)+" "))
+	if len(got) != n+1 {
+		t.Fatalf("got %d frames, want the reply and %d events", len(got), n)
+	}
+	for i, f := range got[1:] {
+		if want := fmt.Sprintf("%d via rec:*", i+2); f != want {
+			t.Fatalf("frame %d = %q, want %q", i+1, f, want)
+		}
+	}
+}
+
+// Unsubscribing while a subscription catches up stops its replay: the
+// unsubscribe reply comes after every frame it queued, and nothing after.
+func TestUnsubscribeWhileResuming(t *testing.T) {
+	t.Parallel()
+	hist := &fakeHistory{gate: make(chan struct{}), asked: make(chan struct{})}
+	hist.events = append(hist.events, recorded(t, 2))
+	opts := bounds
+	opts.History, opts.RecoverMax = hist, 10
+	h := startHub(t, opts)
+	c := h.joinReady(t)
+	asked := hist.asked
+	if err := h.Subscribe(t.Context(), c.Client, "rec:*", bus.Cursor{"rec": {Offset: "1-0", Epoch: "e1"}}, recoveryReply); err != nil {
+		t.Fatal(err)
+	}
+	<-asked
+	h.Unsubscribe(c.Client, "rec:*", []byte("unsubscribed"))
+	close(hist.gate)
+	h.publishLive(recorded(t, 3), "rec:*")
+	if got := drain(t, c, hasPrefix("unsubscribed")); !slices.Equal(got, []string{"unsubscribed"}) {
+		t.Fatalf("frames = %q, want the unsubscribe reply alone", got)
+	}
+}
