@@ -63,6 +63,11 @@ type Message struct {
 	// Position of the message in its namespace's stream, zero when it has
 	// none.
 	Position Position
+	// Gap marks a message that carries no event: the subscription lost its
+	// connection and is whole again, and what was published in between
+	// was not delivered (the record, if the bus keeps one, has it). Every
+	// message after it was published after the subscription came back.
+	Gap bool
 }
 
 // Publication is one message to publish.
@@ -131,7 +136,8 @@ type Subscription interface {
 	// Live reports whether the connection is up and every pattern is
 	// subscribed. After a lost connection the subscription reconnects and
 	// resubscribes by itself; messages published meanwhile are lost, as
-	// pub/sub keeps nothing.
+	// pub/sub keeps nothing, and Messages delivers a Gap message where
+	// they would have been.
 	Live() bool
 
 	// Close ends the subscription and closes Messages. It does not wait for

@@ -13,14 +13,18 @@ type live struct{ sub Subscription }
 
 func (l live) Fetch(ctx context.Context, n int) ([]Delivery, error) {
 	var ds []Delivery
-	select {
-	case m, ok := <-l.sub.Messages():
-		if !ok {
-			return nil, ErrClosed
+	for len(ds) == 0 {
+		select {
+		case m, ok := <-l.sub.Messages():
+			if !ok {
+				return nil, ErrClosed
+			}
+			if !m.Gap { // what it stands for is lost: live keeps no promises
+				ds = append(ds, delivery(m))
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
-		ds = append(ds, delivery(m))
-	case <-ctx.Done():
-		return nil, ctx.Err()
 	}
 	for len(ds) < n {
 		select {
@@ -28,7 +32,9 @@ func (l live) Fetch(ctx context.Context, n int) ([]Delivery, error) {
 			if !ok {
 				return ds, nil // the next Fetch reports it
 			}
-			ds = append(ds, delivery(m))
+			if !m.Gap {
+				ds = append(ds, delivery(m))
+			}
 		default:
 			return ds, nil
 		}

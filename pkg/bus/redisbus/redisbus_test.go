@@ -120,6 +120,11 @@ func TestResubscribesAfterRedisRestart(t *testing.T) {
 		chans, err2 := rdb.PubSubChannels(t.Context(), "*").Result()
 		return err1 == nil && err2 == nil && pat == 1 && len(chans) == 1
 	})
+	// Where the lost messages would have been, a Gap says so, before
+	// anything published since.
+	if m := bustest.Receive(t, sub); !m.Gap || m.Channel != "" {
+		t.Fatalf("first after the restart = %+v, want a Gap", m)
+	}
 	for _, ch := range []string{"order:placed", "user:created"} {
 		if r, err := b.Publish(t.Context(), ch, []byte(ch)); err != nil || r.Receivers != 1 {
 			t.Fatalf("Publish(%s) after restart = %d, %v; want 1, nil", ch, r.Receivers, err)

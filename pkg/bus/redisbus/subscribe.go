@@ -239,11 +239,33 @@ func (s *Subscription) receive() {
 	defer close(s.msgs)
 	ctx := context.Background()
 	var (
-		restoring bool // reconnected, waiting for the pong after the resubscription
+		restoring bool          // reconnected, waiting for the pong after the resubscription
+		held      []bus.Message // received while restoring: they follow the Gap
 		backoff   time.Duration
 		lastStall time.Time
 		live      = newLiveSet()
 	)
+	// deliver hands m to the subscriber, waiting while it falls behind; it
+	// reports false when the subscription is closed meanwhile.
+	deliver := func(m bus.Message) bool {
+		select {
+		case s.msgs <- m:
+			return true
+		default:
+		}
+		s.b.m.stalls.Inc()
+		if time.Since(lastStall) > stallLogEvery {
+			lastStall = time.Now()
+			s.b.log.Warn("subscriber is falling behind: delivery from redis blocks until it catches up",
+				"buffer", cap(s.msgs))
+		}
+		select {
+		case s.msgs <- m:
+			return true
+		case <-s.done:
+			return false
+		}
+	}
 	for {
 		msg, err := s.ps.ReceiveTimeout(ctx, healthInterval)
 		if s.closing() {
@@ -263,6 +285,7 @@ func (s *Subscription) receive() {
 				continue
 			}
 			live.reset()
+			held = nil // the Gap that comes with the next connection covers them
 			if s.live.Swap(false) {
 				s.b.log.Warn("redis subscription lost; reconnecting", "error", err)
 			}
@@ -290,20 +313,13 @@ func (s *Subscription) receive() {
 			}
 			pos, payload := splitPosition(m.Payload)
 			out := bus.Message{Channel: ch, Patterns: patterns, Payload: []byte(payload), Position: pos}
-			select {
-			case s.msgs <- out:
+			if restoring {
+				// Published after the resubscription began: it comes
+				// after the Gap, once the subscription is whole.
+				held = append(held, out)
 				continue
-			default:
 			}
-			s.b.m.stalls.Inc()
-			if time.Since(lastStall) > stallLogEvery {
-				lastStall = time.Now()
-				s.b.log.Warn("subscriber is falling behind: delivery from redis blocks until it catches up",
-					"buffer", cap(s.msgs))
-			}
-			select {
-			case s.msgs <- out:
-			case <-s.done:
+			if !deliver(out) {
 				return
 			}
 		case *redis.Subscription:
@@ -315,6 +331,12 @@ func (s *Subscription) receive() {
 				s.live.Store(true)
 				s.b.m.reconnects.Inc()
 				s.b.log.Info("redis subscription restored: reconnected and resubscribed")
+				for _, m := range append([]bus.Message{{Gap: true}}, held...) {
+					if !deliver(m) {
+						return
+					}
+				}
+				held = nil
 			}
 		}
 	}

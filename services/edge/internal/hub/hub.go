@@ -79,9 +79,15 @@ type Hub struct {
 	covers    map[string]*patternSet // Redis name → client patterns it serves besides its own
 	coveredBy map[string][]string    // client pattern → the names whose covers hold it
 
+	// seen is where each namespace stood at its last event dispatched:
+	// after a gap in the Redis subscription the hub reads on from there.
+	// Written by the dispatching goroutine (with mu read-held) and by
+	// Subscribe (with mu held).
+	seen map[string]bus.Position
+
 	// Only the dispatching goroutine touches these.
-	wanted []string // the client patterns a message is for
-	seen   map[*Client]struct{}
+	wanted []string             // the client patterns a message is for
+	dedupe map[*Client]struct{} // clients given the message being dispatched
 	frames map[frameKey][]byte
 }
 
@@ -106,7 +112,8 @@ func New(sub bus.Subscription, opts Options, log *slog.Logger, reg prometheus.Re
 		redis:      make(map[string]struct{}),
 		covers:     make(map[string]*patternSet),
 		coveredBy:  make(map[string][]string),
-		seen:       make(map[*Client]struct{}),
+		seen:       make(map[string]bus.Position),
+		dedupe:     make(map[*Client]struct{}),
 		frames:     make(map[frameKey][]byte),
 	}
 	h.m = newMetrics(h, reg)
@@ -301,6 +308,11 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, since bus.Curs
 			c.replays[p] = r
 		}
 	}
+	for ns, pos := range latest {
+		if _, ok := h.seen[ns]; !ok {
+			h.seen[ns] = pos // where a gap before its next event reads from
+		}
+	}
 	if r == nil {
 		// Subscribed already, it missed nothing; else it is new.
 		c.Send(reply(Recovery{Resumed: since != nil, Recovered: since != nil, Positions: latest}))
@@ -383,6 +395,10 @@ func (h *Hub) Run(ctx context.Context) error {
 			if !ok {
 				return errors.New("redis subscription closed")
 			}
+			if m.Gap {
+				h.catchUp()
+				continue
+			}
 			h.dispatch(m)
 		case <-ctx.Done():
 			h.shutdown()
@@ -417,6 +433,13 @@ func (h *Hub) shutdown() {
 func (h *Hub) dispatch(m bus.Message) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
+	if !m.Position.IsZero() {
+		ns := namespaceOf(m.Channel)
+		if last, ok := h.seen[ns]; ok && last.Epoch == m.Position.Epoch && compareOffsets(m.Position.Offset, last.Offset) <= 0 {
+			return // dispatched already, read from the record after a gap
+		}
+		h.seen[ns] = m.Position
+	}
 	if len(h.recipients(m.Channel, m.Patterns)) == 0 {
 		return // its subscribers left while it was on its way
 	}
@@ -442,7 +465,7 @@ func (h *Hub) dispatch(m bus.Message) {
 		h.m.delivered.Add(float64(n))
 		return
 	}
-	clear(h.seen)
+	clear(h.dedupe)
 	for _, p := range h.wanted {
 		for c := range h.subs[p] {
 			h.deliver(c, ev)
@@ -482,10 +505,10 @@ func (h *Hub) send(c *Client, ev *Event, subs []string) bool {
 // deliver queues ev for c unless c has it already, naming every
 // subscription of c that matched.
 func (h *Hub) deliver(c *Client, ev *Event) {
-	if _, ok := h.seen[c]; ok {
+	if _, ok := h.dedupe[c]; ok {
 		return
 	}
-	h.seen[c] = struct{}{}
+	h.dedupe[c] = struct{}{}
 	subs := make([]string, 0, 2)
 	for _, p := range h.wanted { // sorted
 		if _, ok := c.subs[p]; ok {

@@ -47,6 +47,22 @@ const (
 	historyPage = 1000
 )
 
+// errTooMany stands for more missed events than RecoverMax.
+var errTooMany = errors.New("more missed events than EDGE_RECOVER_MAX")
+
+// reasonOf is the Reason for a failure to read the record.
+func reasonOf(err error) string {
+	switch {
+	case errors.Is(err, errTooMany):
+		return ReasonTooMany
+	case errors.Is(err, bus.ErrEpochChanged):
+		return ReasonEpochChanged
+	case errors.Is(err, bus.ErrTruncated):
+		return ReasonTruncated
+	}
+	return ReasonUnavailable
+}
+
 // replay is a subscription catching up. Until its missed events are
 // queued, dispatch holds the live ones here instead of queueing them.
 type replay struct {
@@ -66,16 +82,10 @@ func (h *Hub) missed(ctx context.Context, p string, since bus.Cursor) ([]bus.Eve
 	cursor := since
 	for {
 		page, err := h.opts.History.History(ctx, p, cursor, min(historyPage, h.opts.RecoverMax+1-len(events)))
-		switch {
-		case errors.Is(err, bus.ErrEpochChanged):
-			rec.Reason = ReasonEpochChanged
-			return nil, rec
-		case errors.Is(err, bus.ErrTruncated):
-			rec.Reason = ReasonTruncated
-			return nil, rec
-		case err != nil:
-			h.log.Warn("read what a subscription missed", "pattern", p, "error", err)
-			rec.Reason = ReasonUnavailable
+		if err != nil {
+			if rec.Reason = reasonOf(err); rec.Reason == ReasonUnavailable {
+				h.log.Warn("read what a subscription missed", "pattern", p, "error", err)
+			}
 			return nil, rec
 		}
 		events = append(events, page.Events...)

@@ -104,7 +104,9 @@ func drain(t *testing.T, c *testClient, done func(string) bool) []string {
 	}
 }
 
-func hasPrefix(p string) func(string) bool { return func(s string) bool { return strings.HasPrefix(s, p) } }
+func hasPrefix(p string) func(string) bool {
+	return func(s string) bool { return strings.HasPrefix(s, p) }
+}
 
 // A subscription that resumes gets the reply, then what it missed from the
 // record, then the live events held back meanwhile, none twice.
@@ -242,5 +244,44 @@ func TestUnsubscribeWhileResuming(t *testing.T) {
 	h.publishLive(recorded(t, 3), "rec:*")
 	if got := drain(t, c, hasPrefix("unsubscribed")); !slices.Equal(got, []string{"unsubscribed"}) {
 		t.Fatalf("frames = %q, want the unsubscribe reply alone", got)
+	}
+}
+
+// After a gap in the Redis subscription the hub reads what it missed from
+// the record and delivers it before the live events that follow, none
+// twice.
+func TestGapIsFilledFromTheRecord(t *testing.T) {
+	t.Parallel()
+	hist := &fakeHistory{}
+	for s := 10; s <= 13; s++ {
+		hist.events = append(hist.events, recorded(t, s))
+	}
+	opts := bounds
+	opts.History, opts.RecoverMax = hist, 100
+	h := startHub(t, opts)
+	c := h.join(t)
+	c.subscribe(t, h, "rec:*")
+	h.publishLive(recorded(t, 10), "rec:*")
+	h.sub.msgs <- bus.Message{Gap: true}
+	h.publishLive(recorded(t, 13), "rec:*") // came live as well as from the record
+	h.publishLive(recorded(t, 14), "rec:*")
+	want := []string{"ok rec:*", "10 via rec:*", "11 via rec:*", "12 via rec:*", "13 via rec:*", "14 via rec:*"}
+	if got := summary(c.frames()); !slices.Equal(got, want) {
+		t.Fatalf("frames = %q, want %q", got, want)
+	}
+}
+
+// A gap the record cannot fill closes every connection, for each client to
+// resume from its own positions and learn what it lost.
+func TestGapTheRecordCannotFill(t *testing.T) {
+	t.Parallel()
+	opts := bounds
+	opts.History, opts.RecoverMax = &fakeHistory{err: bus.ErrTruncated}, 100
+	h := startHub(t, opts)
+	c := h.join(t)
+	c.subscribe(t, h, "rec:*")
+	h.sub.msgs <- bus.Message{Gap: true}
+	if d := <-c.kicks; d != DisconnectResume {
+		t.Fatalf("kicked with %v, want %v", d, DisconnectResume)
 	}
 }

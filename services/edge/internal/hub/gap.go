@@ -1,0 +1,102 @@
+package hub
+
+import (
+	"cmp"
+	"context"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+)
+
+// DisconnectResume closes the connections of an edge that lost events it
+// could not read back: the client reconnects and resumes from its own
+// positions, and learns whether it got everything.
+var DisconnectResume = Disconnect{1012, "the edge lost events while Redis was away: reconnect and resume"}
+
+// namespaceOf is the first token of ch.
+func namespaceOf(ch string) string {
+	ns, _, _ := strings.Cut(ch, ":")
+	return ns
+}
+
+// catchUp follows a gap in the Redis subscription: it reads from the
+// record what every subscribed name missed since the last event the hub
+// saw in each namespace, and dispatches it in offset order before the
+// live events that follow the gap (dispatch then skips those it had from
+// the record). If the record cannot say, every connection is closed with
+// DisconnectResume: each client resumes from its own positions, and its
+// reply tells it whether anything is lost.
+func (h *Hub) catchUp() {
+	h.mu.RLock()
+	names := slices.Sorted(maps.Keys(h.redis))
+	since := maps.Clone(h.seen)
+	h.mu.RUnlock()
+	if len(names) == 0 {
+		return
+	}
+	if h.opts.History == nil {
+		h.log.Warn("redis subscription had a gap; without a record (BUS_HISTORY=off) what was published meanwhile is lost")
+		return
+	}
+	missed, err := h.readGap(names, since)
+	if err != nil {
+		h.log.Warn("redis subscription had a gap the record cannot fill; closing every connection for its client to resume", "error", err)
+		h.m.recoveries.WithLabelValues("gap_" + reasonOf(err)).Inc()
+		h.mu.RLock()
+		for c := range h.clients {
+			c.Kick(DisconnectResume)
+		}
+		h.mu.RUnlock()
+		return
+	}
+	h.m.recoveries.WithLabelValues("gap").Inc()
+	h.log.Info("redis subscription had a gap; read what it missed from the record", "events", len(missed))
+	for _, e := range missed {
+		var patterns []string
+		for _, r := range names {
+			if channel.Match(r, e.Channel) {
+				patterns = append(patterns, r)
+			}
+		}
+		h.dispatch(bus.Message{Channel: e.Channel, Patterns: patterns, Payload: e.Payload, Position: e.Position})
+	}
+}
+
+// readGap reads what names missed after since, each event once, in offset
+// order (namespace order within a millisecond, as History merges).
+func (h *Hub) readGap(names []string, since bus.Cursor) ([]bus.Event, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
+	defer cancel()
+	type key struct{ ns, offset string }
+	got := make(map[key]bus.Event)
+	for _, r := range names {
+		cursor, n := since, 0
+		for {
+			page, err := h.opts.History.History(ctx, r, cursor, historyPage)
+			if err != nil {
+				return nil, err
+			}
+			for _, e := range page.Events {
+				got[key{namespaceOf(e.Channel), e.Position.Offset}] = e
+			}
+			if n += len(page.Events); n > h.opts.RecoverMax {
+				return nil, errTooMany
+			}
+			if !page.More {
+				break
+			}
+			cursor = page.Next
+		}
+	}
+	out := slices.Collect(maps.Values(got))
+	slices.SortFunc(out, func(a, b bus.Event) int {
+		am, _ := splitOffset(a.Position.Offset)
+		bm, _ := splitOffset(b.Position.Offset)
+		return cmp.Or(cmp.Compare(am, bm), strings.Compare(namespaceOf(a.Channel), namespaceOf(b.Channel)),
+			compareOffsets(a.Position.Offset, b.Position.Offset))
+	})
+	return out, nil
+}
