@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -82,27 +83,44 @@ func Listen(ctx context.Context, addr string) (net.Listener, error) {
 }
 
 // Ops adds /healthz (the process is up), /readyz (ready returns nil) and
-// /metrics (everything g gathers) to mux.
+// /metrics (everything g gathers) to mux. /readyz answers
+// {"status":"ok"}, or 503 {"status":"unavailable","error":"…"}.
 func Ops(mux *http.ServeMux, g prometheus.Gatherer, ready func(context.Context) error) {
+	OpsDetail(mux, g, func(ctx context.Context) (map[string]any, error) { return nil, ready(ctx) })
+}
+
+// OpsDetail is Ops for a service that says more in /readyz: ready returns
+// the detail to add to the answer as well as whether the service is ready
+// (a nil error). The detail's keys join "status" (and "error") at the top
+// of the JSON object, which is sent whether ready or not, so a probe reads
+// {"status":"ok","lag_events":12}; a detail key named "status" or "error"
+// is overridden. ready has 2 s and is called for every probe: it should
+// return what it already knows rather than do slow work.
+func OpsDetail(mux *http.ServeMux, g prometheus.Gatherer, ready func(context.Context) (map[string]any, error)) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeStatus(w, http.StatusOK, "ok", nil)
+		writeStatus(w, http.StatusOK, "ok", nil, nil)
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		if err := ready(ctx); err != nil {
-			writeStatus(w, http.StatusServiceUnavailable, "unavailable", err)
+		detail, err := ready(ctx)
+		if err != nil {
+			writeStatus(w, http.StatusServiceUnavailable, "unavailable", detail, err)
 			return
 		}
-		writeStatus(w, http.StatusOK, "ok", nil)
+		writeStatus(w, http.StatusOK, "ok", detail, nil)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 }
 
-func writeStatus(w http.ResponseWriter, code int, status string, err error) {
-	body := map[string]string{"status": status}
+func writeStatus(w http.ResponseWriter, code int, status string, detail map[string]any, err error) {
+	body := make(map[string]any, len(detail)+2)
+	maps.Copy(body, detail)
+	body["status"] = status
 	if err != nil {
 		body["error"] = err.Error()
+	} else {
+		delete(body, "error")
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
