@@ -71,7 +71,11 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	if !cfg.Stdout {
 		stdout = nil
 	}
-	rec := recorder.New(con, cfg.Patterns, files, stdout, window, log, reg)
+	var name string // the member's, for /readyz; none when reading live
+	if cfg.HistoryMaxLen > 0 {
+		name = "logger/" + cfg.Member
+	}
+	rec := recorder.New(con, name, cfg.Patterns, files, stdout, window, log, reg)
 
 	mux := http.NewServeMux()
 	keys := apikey.New(cfg.APIKeys)
@@ -84,7 +88,10 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	if cfg.Pprof {
 		server.Pprof(mux)
 	}
-	server.Ops(mux, reg, b.Ready)
+	// Ready when Redis answers (and, reading live, the subscription is):
+	// the lag is reported, but a lag that cannot be read does not make the
+	// logger unready.
+	server.OpsDetail(mux, reg, func(ctx context.Context) (map[string]any, error) { return rec.Detail(), b.Ready(ctx) })
 	l, err := server.Listen(ctx, cfg.HTTPAddr)
 	if err != nil {
 		return err

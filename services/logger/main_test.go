@@ -33,12 +33,20 @@ type logger struct {
 
 func startLogger(t *testing.T, srv *redistest.Server, prefix, dir string, env map[string]string) *logger {
 	t.Helper()
+	stdout := &servicetest.Buffer{}
+	l := startLoggerWith(t, srv, prefix, dir, env, stdout)
+	l.stdout = stdout
+	return l
+}
+
+// startLoggerWith is startLogger writing event lines to stdout.
+func startLoggerWith(t *testing.T, srv *redistest.Server, prefix, dir string, env map[string]string, stdout io.Writer) *logger {
+	t.Helper()
 	vars := map[string]string{
 		"LOGGER_HTTP_ADDR": "127.0.0.1:0", "LOGGER_DIR": dir,
 		"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix,
 	}
 	maps.Copy(vars, env)
-	stdout := &servicetest.Buffer{}
 	svc := servicetest.Start(t, func(ctx context.Context, getenv func(string) string, stderr io.Writer) error {
 		return run(ctx, getenv, stdout, stderr)
 	}, vars)
@@ -47,7 +55,7 @@ func startLogger(t *testing.T, srv *redistest.Server, prefix, dir string, env ma
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	return &logger{url: "http://" + svc.Addrs["http_addr"], dir: dir, stdout: stdout, bus: b, svc: svc}
+	return &logger{url: "http://" + svc.Addrs["http_addr"], dir: dir, bus: b, svc: svc}
 }
 
 func (l *logger) publish(t *testing.T, typ, subject string) string {

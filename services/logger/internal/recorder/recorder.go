@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,7 +24,11 @@ import (
 
 // Recorder writes every event of a consumer group down.
 type Recorder struct {
-	con      bus.Consumer
+	// turn holds the consumer while no one uses it. A bus.Consumer is not
+	// safe for concurrent use: Run (Fetch, Ack) and the lag reader take
+	// turns, and a goroutine waiting for the consumer gets it next.
+	turn     chan bus.Consumer
+	name     string   // "group/member", or "" when reading live
 	patterns []string // the group's, to name the one each event matched
 	files    *eventlog.Files
 	stdout   *bufio.Writer // nil when lines do not go to stdout
@@ -35,14 +40,26 @@ type Recorder struct {
 	logged    prometheus.Counter
 	malformed prometheus.Counter
 	lag       prometheus.Gauge
+	behind    atomic.Pointer[lagReading] // the last reading of the group's lag; nil before the first
 }
 
+// lagReading is one reading of Consumer.Lag.
+type lagReading struct {
+	events int64
+	err    error
+}
+
+// errLagUnread is the lag's error until it was first read.
+var errLagUnread = errors.New("not read yet")
+
 // New returns a Recorder reading con, a member of a group consuming
-// patterns; stdout may be nil.
-func New(con bus.Consumer, patterns []string, files *eventlog.Files, stdout io.Writer, window *eventlog.Window,
+// patterns; name is the member's "group/member" for /readyz, or "" when
+// con reads live (bus.Live), without a group. stdout may be nil.
+func New(con bus.Consumer, name string, patterns []string, files *eventlog.Files, stdout io.Writer, window *eventlog.Window,
 	log *slog.Logger, reg prometheus.Registerer) *Recorder {
 	r := &Recorder{
-		con: con, patterns: patterns, files: files, window: window, log: log, now: time.Now, out: make([]formatted, maxBatch),
+		turn: make(chan bus.Consumer, 1), name: name,
+		patterns: patterns, files: files, window: window, log: log, now: time.Now, out: make([]formatted, maxBatch),
 		logged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_logger_events_logged_total", Help: "Events written to the log."}),
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
@@ -53,12 +70,11 @@ func New(con bus.Consumer, patterns []string, files *eventlog.Files, stdout io.W
 	if stdout != nil {
 		r.stdout = bufio.NewWriterSize(stdout, 64<<10)
 	}
+	r.turn <- con
 	behind := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "eventbus_logger_lag_events", Help: "Recorded events the logger's group has not read yet (-1: Redis did not say)."},
+		Name: "eventbus_logger_lag_events", Help: "Recorded events the logger's group has not read yet, read every second (-1: Redis did not say)."},
 		func() float64 {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			n, err := con.Lag(ctx)
+			n, err := r.Lag()
 			if err != nil {
 				return -1
 			}
@@ -73,23 +89,130 @@ const (
 	maxBatch = 512
 	// minParallel is the smallest batch worth formatting on several cores.
 	minParallel = 64
+	// fetchSlice is how long one Fetch may wait for events before it
+	// hands the consumer to the lag reader, which then waits at most this
+	// and the consumer's own longest wait.
+	fetchSlice = time.Second
+	// lagEvery is how often the group's lag is read.
+	lagEvery = time.Second
 )
+
+// Lag returns the group's lag (recorded events no member has fetched yet)
+// as last read, at most about two seconds ago while Run runs; an error
+// when it was not read yet or Redis did not say.
+func (r *Recorder) Lag() (int64, error) {
+	l := r.behind.Load()
+	if l == nil {
+		return 0, errLagUnread
+	}
+	return l.events, l.err
+}
+
+// Detail is what /readyz says of the recorder: {"consumer":"logger/<member>",
+// "lag_events":12}, with "lag_error" instead of "lag_events" when the lag
+// could not be read, or {"history":"off"} when reading live. It takes no
+// time: the lag is the last reading.
+func (r *Recorder) Detail() map[string]any {
+	if r.name == "" {
+		return map[string]any{"history": "off"}
+	}
+	d := map[string]any{"consumer": r.name}
+	if n, err := r.Lag(); err != nil {
+		d["lag_error"] = err.Error()
+	} else {
+		d["lag_events"] = n
+	}
+	return d
+}
+
+// readLag reads the group's lag every lagEvery until ctx ends, waiting for
+// its turn with the consumer.
+func (r *Recorder) readLag(ctx context.Context) {
+	tick := time.NewTicker(lagEvery)
+	defer tick.Stop()
+	for {
+		var con bus.Consumer
+		select {
+		case con = <-r.turn:
+		case <-ctx.Done():
+			return
+		}
+		lctx, cancel := context.WithTimeout(ctx, lagEvery)
+		n, err := con.Lag(lctx)
+		cancel()
+		r.turn <- con
+		if err != nil && ctx.Err() != nil {
+			return
+		}
+		r.behind.Store(&lagReading{events: n, err: err})
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// fetch takes the consumer for one Fetch of at most fetchSlice, so that
+// the lag reader gets its turn while no event comes. It returns no events
+// and no error when the slice ended with none.
+func (r *Recorder) fetch(ctx context.Context) ([]bus.Delivery, error) {
+	var con bus.Consumer
+	select {
+	case con = <-r.turn:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { r.turn <- con }()
+	// Cancelled, not given a deadline: a deadline would also bound the
+	// socket read of a blocking XREADGROUP, whose answer could then be
+	// lost, while a cancellation lets the read in flight finish.
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := time.AfterFunc(fetchSlice, cancel)
+	defer stop.Stop()
+	ds, err := con.Fetch(fctx, maxBatch)
+	if err != nil && len(ds) == 0 && fctx.Err() != nil && ctx.Err() == nil {
+		return nil, nil
+	}
+	return ds, err
+}
+
+// ack takes the consumer to acknowledge ds. The acknowledgement outlives a
+// shutdown that began meanwhile.
+func (r *Recorder) ack(ctx context.Context, ds []bus.Delivery) error {
+	con := <-r.turn // never held for long: Fetch and Lag give it back
+	defer func() { r.turn <- con }()
+	return con.Ack(context.WithoutCancel(ctx), ds...)
+}
 
 // Run records until ctx ends. It fetches every event waiting (up to
 // maxBatch), formats them (on every core when there are many), writes them
 // in order, flushes the files and only then acknowledges them: an event
 // is acknowledged once it is in the files, so a crash costs at most a
 // repeat of the last batch, never a loss. When ctx ends, what was fetched
-// is written and acknowledged before Run returns.
+// is written and acknowledged before Run returns. Meanwhile it reads the
+// group's lag every second (see Lag).
 func (r *Recorder) Run(ctx context.Context) error {
+	lctx, stopLag := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	if r.name != "" {
+		wg.Go(func() { r.readLag(lctx) })
+	}
+	defer wg.Wait()
+	defer stopLag()
+
 	batch := make([]bus.Message, 0, maxBatch)
 	for {
-		ds, err := r.con.Fetch(ctx, maxBatch)
+		ds, err := r.fetch(ctx)
 		if ctx.Err() != nil && len(ds) == 0 {
 			return r.flush()
 		}
 		if err != nil {
 			return errors.Join(fmt.Errorf("read the record: %w", err), r.flush())
+		}
+		if len(ds) == 0 {
+			continue
 		}
 		batch = batch[:0]
 		for _, d := range ds {
@@ -101,8 +224,7 @@ func (r *Recorder) Run(ctx context.Context) error {
 		if err := r.flush(); err != nil {
 			return err
 		}
-		// The acknowledgement outlives a shutdown that began meanwhile.
-		if err := r.con.Ack(context.WithoutCancel(ctx), ds...); err != nil {
+		if err := r.ack(ctx, ds); err != nil {
 			return err
 		}
 		clear(batch)
