@@ -18,6 +18,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/token"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/access"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/config"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/web"
@@ -78,12 +79,14 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	h := hub.New(sub, opts, log, reg)
 
 	mux := http.NewServeMux()
+	policy := &access.Policy{
+		Verifier: verifier, AllowAnonymous: cfg.AllowAnonymous, PublicChannels: cfg.PublicChannels, TrustedProxies: cfg.TrustedProxies,
+	}
 	mux.Handle("GET /ws", wsapi.New(wsapi.Options{
-		Hub: h, Verifier: verifier, Logger: log,
-		AllowAnonymous: cfg.AllowAnonymous, PublicChannels: cfg.PublicChannels, AllowedOrigins: cfg.AllowedOrigins,
+		Hub: h, Access: policy, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
 		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout,
 		MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
-		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections, TrustedProxies: cfg.TrustedProxies,
+		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, WriteRate: cfg.WriteRate,
 	}, reg))
 	var demoSecret []byte

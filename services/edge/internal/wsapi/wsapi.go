@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +26,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/token"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/access"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
@@ -50,12 +50,10 @@ const (
 
 // Options configure the handler.
 type Options struct {
-	Hub      *hub.Hub
-	Verifier *token.Verifier // nil when the edge accepts no tokens
-	Logger   *slog.Logger
+	Hub    *hub.Hub
+	Access *access.Policy
+	Logger *slog.Logger
 
-	AllowAnonymous   bool
-	PublicChannels   []string
 	AllowedOrigins   []string
 	PingInterval     time.Duration
 	PongTimeout      time.Duration
@@ -66,8 +64,6 @@ type Options struct {
 	// in replies.
 	MaxUserPatterns    int
 	MaxUserConnections int
-	// TrustedProxies may say who the client is in X-Forwarded-For.
-	TrustedProxies []netip.Prefix
 	RateLimit      float64
 	RateBurst      int
 	// WriteRate is the writes per second the edge aims at: while n
@@ -105,13 +101,6 @@ func New(opts Options, reg prometheus.Registerer) *Handler {
 	return h
 }
 
-func (h *Handler) verify(tok string) (*token.Claims, error) {
-	if h.Verifier == nil {
-		return nil, errors.New("this edge accepts no tokens (EDGE_JWT_SECRET is not set)")
-	}
-	return h.Verifier.Verify(tok)
-}
-
 // ServeHTTP checks the token given as ?token= and the Origin before it
 // upgrades, so a bad token gets 401 and a foreign origin 403 over plain
 // HTTP.
@@ -119,7 +108,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var claims *token.Claims
 	if tok := r.URL.Query().Get("token"); tok != "" {
 		var err error
-		if claims, err = h.verify(tok); err != nil {
+		if claims, err = h.Access.Verify(tok); err != nil {
 			h.authFailures.WithLabelValues("invalid_token").Inc()
 			server.WriteError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 			return
@@ -132,15 +121,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// net/http keeps the request and its own 8 KB of buffers while this
 	// handler runs: the connection gets a goroutine of its own instead.
-	go h.serve(conn, claims, h.clientAddr(r))
-}
-
-// identity is who a connection counts against for the hub's bounds.
-func identity(c *token.Claims, addr netip.Addr) string {
-	if c != nil {
-		return "user:" + c.Subject
-	}
-	return "addr:" + addr.String()
+	go h.serve(conn, claims, h.Access.ClientAddr(r))
 }
 
 func (h *Handler) serve(conn *websocket.Conn, claims *token.Claims, addr netip.Addr) {
@@ -151,7 +132,7 @@ func (h *Handler) serve(conn *websocket.Conn, claims *token.Claims, addr netip.A
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := &session{h: h, conn: conn, ctx: ctx, cancel: cancel, addr: addr, limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst)}
-	c, err := h.Hub.Join(identity(claims, addr), protocol.JSON, s.ready, s.kicked)
+	c, err := h.Hub.Join(access.Identity(claims, addr), protocol.JSON, s.ready, s.kicked)
 	switch {
 	case errors.Is(err, hub.ErrTooManyConnections):
 		d := hub.DisconnectTooManyConnections
@@ -227,7 +208,7 @@ func (s *session) authenticate(c *token.Claims) {
 
 func forbidden(p string) []byte { return protocol.Unsubscribed(p, "forbidden") }
 
-func (s *session) authenticated() bool { return s.claims.Load() != nil || s.h.AllowAnonymous }
+func (s *session) authenticated() bool { return s.claims.Load() != nil || s.h.Access.AllowAnonymous }
 
 // run reads the client's requests until the connection ends, with the
 // timers that ping the client and enforce authentication.
@@ -457,7 +438,7 @@ func (s *session) handle(req protocol.Request) []byte {
 // changes users. A bad token closes a connection not yet authenticated and
 // leaves an authenticated one as it was.
 func (s *session) reauthenticate(req protocol.Request) []byte {
-	c, err := s.h.verify(req.Token)
+	c, err := s.h.Access.Verify(req.Token)
 	if err == nil {
 		if old := s.claims.Load(); old != nil && old.Subject != c.Subject {
 			err = fmt.Errorf("token is for user %q, this connection is user %q: reconnect to change users", c.Subject, old.Subject)
@@ -466,7 +447,7 @@ func (s *session) reauthenticate(req protocol.Request) []byte {
 			s.client.CloseAfter(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token of another user"})
 			return nil
 		}
-		switch err := s.h.Hub.Identify(s.client, identity(c, s.addr)); {
+		switch err := s.h.Hub.Identify(s.client, access.Identity(c, s.addr)); {
 		case errors.Is(err, hub.ErrTooManyPatterns):
 			// The connection stays as it was, without the user's grants.
 			return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManyPatterns,
@@ -490,54 +471,5 @@ func (s *session) reauthenticate(req protocol.Request) []byte {
 	return nil
 }
 
-// allowed reports whether p is covered by one of the patterns this
-// connection may use: its token's channels and its own notify:user:<sub>,
-// and the public channels when anonymous access is on.
-func (s *session) allowed(p string) bool {
-	var grants []string
-	if c := s.claims.Load(); c != nil {
-		grants = append(grants, "notify:user:"+c.Subject)
-		grants = append(grants, c.Channels...)
-	}
-	if s.h.AllowAnonymous {
-		grants = append(grants, s.h.PublicChannels...)
-	}
-	for _, a := range grants {
-		if channel.Covers(a, p) {
-			return true
-		}
-	}
-	return false
-}
-
-// clientAddr is the address of the client: the peer's, or, when the peer is
-// a trusted proxy, the last address in X-Forwarded-For that is not.
-func (h *Handler) clientAddr(r *http.Request) netip.Addr {
-	peer, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Addr{}
-	}
-	addr := peer.Addr().Unmap()
-	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
-	for i := len(hops) - 1; i >= 0 && h.trusted(addr); i-- {
-		hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
-		if err != nil {
-			withPort, perr := netip.ParseAddrPort(strings.TrimSpace(hops[i]))
-			if perr != nil {
-				break
-			}
-			hop = withPort.Addr()
-		}
-		addr = hop.Unmap()
-	}
-	return addr
-}
-
-func (h *Handler) trusted(a netip.Addr) bool {
-	for _, p := range h.TrustedProxies {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
+// allowed reports whether the connection may subscribe to p.
+func (s *session) allowed(p string) bool { return s.h.Access.Allowed(s.claims.Load(), p) }
