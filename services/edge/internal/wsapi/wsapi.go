@@ -64,8 +64,8 @@ type Options struct {
 	// in replies.
 	MaxUserPatterns    int
 	MaxUserConnections int
-	RateLimit      float64
-	RateBurst      int
+	RateLimit          float64
+	RateBurst          int
 	// WriteRate is the writes per second the edge aims at: while n
 	// connections have events flowing, each waits a random half to all of
 	// n/WriteRate seconds between its writes and packs what arrived

@@ -24,4 +24,3 @@ func TestGapKeepsTheEdgeWithinItsWriteRate(t *testing.T) {
 		}
 	}
 }
-
