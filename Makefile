@@ -85,6 +85,7 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzMarshalJSON -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
 	go test -run='^$$' -fuzz=FuzzValidateID -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
 	go test -run='^$$' -fuzz=FuzzAppendJSONString -fuzztime=$${FUZZTIME:-20s} ./services/logger/internal/eventlog
+	go test -run='^$$' -fuzz=FuzzParseMark -fuzztime=$${FUZZTIME:-20s} ./services/logger/internal/eventlog
 	go test -run='^$$' -fuzz=FuzzReader -fuzztime=$${FUZZTIME:-20s} ./pkg/sse
 	go test -run='^$$' -fuzz=FuzzWriter -fuzztime=$${FUZZTIME:-20s} ./pkg/sse
 	go test -run='^$$' -fuzz=FuzzCovers -fuzztime=$${FUZZTIME:-20s} ./pkg/channel
@@ -95,6 +96,8 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzVerify -fuzztime=$${FUZZTIME:-20s} ./pkg/token
 	go test -run='^$$' -fuzz=FuzzParseCursor -fuzztime=$${FUZZTIME:-20s} ./pkg/bus
 	go test -run='^$$' -fuzz=FuzzParseRetryRequest -fuzztime=$${FUZZTIME:-20s} ./services/notification/internal/deadletter
+	go test -run='^$$' -fuzz=FuzzSplitPosition -fuzztime=$${FUZZTIME:-20s} ./pkg/bus/redisbus
+	go test -run='^$$' -fuzz=FuzzLastEventID -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/sseapi
 
 .PHONY: tidy
 tidy: ## go mod tidy in every module

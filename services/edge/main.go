@@ -21,6 +21,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/access"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/config"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/sseapi"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/web"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/wsapi"
 )
@@ -89,6 +90,11 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, WriteRate: cfg.WriteRate,
 	}, reg))
+	mux.Handle("GET /sse", sseapi.New(sseapi.Options{
+		Hub: h, Access: policy, Logger: log,
+		MaxSubscriptions: cfg.MaxSubscriptions, MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
+		KeepAlive: cfg.SSEKeepAlive, WriteTimeout: cfg.PingInterval + cfg.PongTimeout,
+	}))
 	var demoSecret []byte
 	if cfg.Demo {
 		demoSecret = secret

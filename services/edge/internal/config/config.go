@@ -22,6 +22,7 @@ type Config struct {
 	AllowedOrigins     []string       // EDGE_ALLOWED_ORIGINS: host patterns besides the edge's own host
 	Demo               bool           // EDGE_DEMO: mint demo tokens for the demo page
 	PingInterval       time.Duration  // EDGE_PING_INTERVAL
+	SSEKeepAlive       time.Duration  // EDGE_SSE_KEEPALIVE: a comment on idle SSE streams this often
 	PongTimeout        time.Duration  // EDGE_PONG_TIMEOUT
 	AuthTimeout        time.Duration  // EDGE_AUTH_TIMEOUT
 	MaxMessageBytes    int64          // EDGE_MAX_MESSAGE_BYTES: largest client frame
@@ -50,6 +51,7 @@ func Load(getenv func(string) string) (Config, error) {
 		AllowedOrigins:     r.List("EDGE_ALLOWED_ORIGINS", nil),
 		Demo:               r.Bool("EDGE_DEMO", false),
 		PingInterval:       r.Duration("EDGE_PING_INTERVAL", 25*time.Second),
+		SSEKeepAlive:       r.Duration("EDGE_SSE_KEEPALIVE", 15*time.Second),
 		PongTimeout:        r.Duration("EDGE_PONG_TIMEOUT", 10*time.Second),
 		AuthTimeout:        r.Duration("EDGE_AUTH_TIMEOUT", 5*time.Second),
 		MaxMessageBytes:    r.Int("EDGE_MAX_MESSAGE_BYTES", 64<<10, 256),

@@ -1,0 +1,323 @@
+// Package sseapi serves GET /sse: the Server-Sent Events transport of the
+// edge, for networks that let no WebSocket through. A connection
+// subscribes to the channel parameters it opens with; tokens, grants,
+// bounds and the slow-consumer rule are those of the WebSocket transport,
+// and every event's SSE id holds the connection's positions, so that
+// EventSource's own reconnection, which sends the last id back as
+// Last-Event-ID, resumes every subscription where it stopped.
+package sseapi
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/server"
+	"github.com/eventbus-suite/eventbus/pkg/sse"
+	"github.com/eventbus-suite/eventbus/pkg/token"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/access"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
+)
+
+const (
+	// subscribeTimeout bounds the wait for Redis to confirm the
+	// connection's subscriptions.
+	subscribeTimeout = 5 * time.Second
+	// maxLastEventID bounds the Last-Event-ID a client may send back: the
+	// positions of at most protocol.MaxSince namespaces.
+	maxLastEventID = 16 << 10
+)
+
+// Options configure the handler.
+type Options struct {
+	Hub    *hub.Hub
+	Access *access.Policy
+	Logger *slog.Logger
+
+	MaxSubscriptions   int
+	MaxUserPatterns    int
+	MaxUserConnections int
+	// KeepAlive is how often an idle stream gets a comment, which proxies
+	// see as traffic.
+	KeepAlive time.Duration
+	// WriteTimeout closes a stream whose client takes none of a write for
+	// that long.
+	WriteTimeout time.Duration
+}
+
+// Handler serves SSE connections.
+type Handler struct{ Options }
+
+// New returns the handler.
+func New(opts Options) *Handler { return &Handler{opts} }
+
+// ServeHTTP checks everything it can before the stream begins, so that a
+// refusal is an HTTP status with a JSON error: 400 for bad parameters, 401
+// for a missing or bad token, 403 for a channel no grant covers, 429 past
+// a bound, 503 when Redis cannot be reached.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	patterns, err := h.patterns(q["channel"])
+	if err != nil {
+		server.WriteError(w, http.StatusBadRequest, err.Code, err.Message)
+		return
+	}
+	claims, status, err := h.authenticate(r)
+	if err != nil {
+		if status == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="eventbus"`)
+		}
+		server.WriteError(w, status, err.Code, err.Message)
+		return
+	}
+	for _, p := range patterns {
+		if !h.Access.Allowed(claims, p) {
+			server.WriteError(w, http.StatusForbidden, protocol.CodeForbidden, p+" is not among the channels this connection may subscribe to")
+			return
+		}
+	}
+	since, err := lastEventID(cmp.Or(r.Header.Get("Last-Event-ID"), q.Get("last_event_id")))
+	if err != nil {
+		server.WriteError(w, http.StatusBadRequest, err.Code, err.Message)
+		return
+	}
+
+	s := &stream{h: h, ready: make(chan struct{}, 1), kick: make(chan hub.Disconnect, 1), positions: bus.Cursor{}}
+	for ns, p := range since {
+		s.positions[ns] = p
+	}
+	c, jerr := h.Hub.Join(access.Identity(claims, h.Access.ClientAddr(r)), protocol.JSON, s.onReady, s.onKick)
+	switch {
+	case errors.Is(jerr, hub.ErrTooManyConnections):
+		server.WriteError(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections,
+			fmt.Sprintf("at most %d connections per user (or address)", h.MaxUserConnections))
+		return
+	case jerr != nil:
+		server.WriteError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, jerr.Error())
+		return
+	}
+	defer h.Hub.Leave(c)
+	s.client = c
+	ctx, cancel := context.WithTimeout(r.Context(), subscribeTimeout)
+	defer cancel()
+	for _, p := range patterns {
+		reply := func(rec hub.Recovery) []byte { return subscribed(p, rec) }
+		switch err := h.Hub.Subscribe(ctx, c, p, since, reply); {
+		case errors.Is(err, hub.ErrTooManyPatterns):
+			server.WriteError(w, http.StatusTooManyRequests, protocol.CodeTooManyPatterns,
+				fmt.Sprintf("at most %d distinct patterns per user across its connections", h.MaxUserPatterns))
+			return
+		case err != nil:
+			server.WriteError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, err.Error())
+			return
+		}
+	}
+	if claims != nil {
+		expiry := time.AfterFunc(time.Until(claims.ExpiresAt.Time), func() {
+			c.Kick(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token expired: reconnect with a fresh one"})
+		})
+		defer expiry.Stop()
+	}
+	s.run(w, r)
+}
+
+// patterns reads the channel parameters: one to MaxSubscriptions patterns,
+// each in the grammar; repeats count once.
+func (h *Handler) patterns(params []string) ([]string, *protocol.Error) {
+	if len(params) == 0 {
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "no channel: give one or more, as /sse?channel=order:*&channel=user:*")
+	}
+	var out []string
+	for _, p := range params {
+		if err := channel.ValidatePattern(p); err != nil {
+			return nil, protocol.Errorf(protocol.CodeInvalidChannel, "channel %q: %v", p, err)
+		}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	if len(out) > h.MaxSubscriptions {
+		return nil, protocol.Errorf(protocol.CodeTooManySubscriptions, "at most %d subscriptions per connection", h.MaxSubscriptions)
+	}
+	return out, nil
+}
+
+// authenticate reads the token of an Authorization: Bearer header, or of
+// ?token= for EventSource, which cannot set headers.
+func (h *Handler) authenticate(r *http.Request) (*token.Claims, int, *protocol.Error) {
+	tok := r.URL.Query().Get("token")
+	if v := r.Header.Get("Authorization"); v != "" {
+		var ok bool
+		if tok, ok = strings.CutPrefix(v, "Bearer "); !ok {
+			return nil, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized, "Authorization: want Bearer <token>")
+		}
+	}
+	if tok == "" {
+		if h.Access.AllowAnonymous {
+			return nil, 0, nil
+		}
+		return nil, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized, "no token: send Authorization: Bearer <token>, or ?token=<token>")
+	}
+	claims, err := h.Access.Verify(tok)
+	if err != nil {
+		return nil, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized, "%v", err)
+	}
+	return claims, 0, nil
+}
+
+// lastEventID reads the positions a reconnecting client sends back: an id
+// this transport wrote. Empty means none.
+func lastEventID(id string) (bus.Cursor, *protocol.Error) {
+	if id == "" {
+		return nil, nil
+	}
+	if len(id) > maxLastEventID {
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "Last-Event-ID: longer than %d bytes", maxLastEventID)
+	}
+	c, err := bus.ParseCursor(id)
+	if err != nil {
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "Last-Event-ID: %v: send back the id of an event of this stream", err)
+	}
+	if len(c) > protocol.MaxSince {
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "Last-Event-ID: %d namespaces; at most %d", len(c), protocol.MaxSince)
+	}
+	return c, nil
+}
+
+// subscribedReply is the data of a "subscribed" event: how the
+// subscription to channel began, as the WebSocket reply says it.
+type subscribedReply struct {
+	Channel   string                       `json:"channel"`
+	Recovered *bool                        `json:"recovered,omitempty"`
+	Missed    *int                         `json:"missed,omitempty"`
+	Reason    string                       `json:"reason,omitempty"`
+	Positions map[string]protocol.Position `json:"positions,omitempty"`
+}
+
+func subscribed(p string, rec hub.Recovery) []byte {
+	var r subscribedReply
+	// The WebSocket reply, with the channel for the id.
+	_ = json.Unmarshal(protocol.Subscribed("", rec), &r)
+	r.Channel = p
+	b, _ := json.Marshal(r)
+	return b
+}
+
+// stream is one connection: the handler's goroutine writes what the hub
+// queues.
+type stream struct {
+	h         *Handler
+	client    *hub.Client
+	ready     chan struct{} // the hub queued frames for a writer that had stopped
+	kick      chan hub.Disconnect
+	positions bus.Cursor // where the client stands, sent as every event's id
+}
+
+func (s *stream) onReady() {
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+func (s *stream) onKick(d hub.Disconnect) { s.kick <- d } // once: buffered
+
+// run writes the stream until the client goes or is kicked.
+func (s *stream) run(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no") // tell nginx not to buffer the stream
+	w.WriteHeader(http.StatusOK)
+	sw := sse.NewWriter(w)
+	write := func(do func() error) bool {
+		if err := rc.SetWriteDeadline(time.Now().Add(s.h.WriteTimeout)); err != nil {
+			return false
+		}
+		if do() != nil || rc.Flush() != nil {
+			s.client.Kick(hub.DisconnectBroken)
+			return false
+		}
+		return true
+	}
+	if !write(func() error { return sw.WriteComment("eventbus") }) {
+		return
+	}
+	tick := time.NewTicker(s.h.KeepAlive)
+	defer tick.Stop()
+	var frames []hub.Frame
+	for {
+		select {
+		case <-s.ready:
+			for {
+				if frames = s.client.Take(frames[:0]); len(frames) == 0 {
+					break // the hub calls onReady for the next
+				}
+				if !write(func() error { return s.writeFrames(sw, frames) }) {
+					return
+				}
+				clear(frames)
+			}
+		case <-tick.C:
+			if !write(func() error { return sw.WriteComment("keep-alive") }) {
+				return
+			}
+		case d := <-s.kick:
+			if d != hub.DisconnectBroken {
+				data, _ := json.Marshal(map[string]any{"code": d.Code, "reason": d.Reason})
+				write(func() error { return sw.WriteEventBytes("", "close", data) })
+			}
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// writeFrames writes events as "message" events whose id is the
+// connection's positions after them, and subscription replies as
+// "subscribed" events, whose positions become part of the id.
+func (s *stream) writeFrames(sw *sse.Writer, frames []hub.Frame) error {
+	for _, f := range frames {
+		if ev := f.Event; ev != nil {
+			if !ev.Position.IsZero() {
+				s.positions[ev.Namespace()] = ev.Position
+			}
+			if err := sw.WriteEventBytes(s.id(), "", f.Data); err != nil {
+				return err
+			}
+			continue
+		}
+		var r subscribedReply
+		if json.Unmarshal(f.Data, &r) == nil {
+			for ns, p := range r.Positions {
+				if _, ok := s.positions[ns]; !ok {
+					s.positions[ns] = bus.Position{Offset: p.Offset, Epoch: p.Epoch}
+				}
+			}
+		}
+		if err := sw.WriteEventBytes(s.id(), "subscribed", f.Data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// id is the connection's positions as an SSE id, empty while it has none.
+func (s *stream) id() string {
+	if len(s.positions) == 0 {
+		return ""
+	}
+	return s.positions.String()
+}
