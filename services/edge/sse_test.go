@@ -185,7 +185,9 @@ func TestSSERefusals(t *testing.T) {
 		{"huge Last-Event-ID", url.Values{"channel": {"ok:a"}, "token": {tok}}, http.Header{"Last-Event-ID": {strings.Repeat("a", 17<<10)}}, 400, "bad_request"},
 	} {
 		resp := e.getSSE(t, tt.q, tt.h)
-		var body struct{ Error struct{ Code, Message string } }
+		var body struct {
+			Error struct{ Code, Message string }
+		}
 		err := json.NewDecoder(resp.Body).Decode(&body)
 		if resp.StatusCode != tt.status || err != nil || body.Error.Code != tt.code || body.Error.Message == "" {
 			t.Errorf("%s: %s %+v (%v), want %d %s", tt.name, resp.Status, body, err, tt.status, tt.code)
