@@ -72,8 +72,9 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		stdout = nil
 	}
 	var name string // the member's, for /readyz; none when reading live
+	var history bus.History
 	if cfg.HistoryMaxLen > 0 {
-		name = "logger/" + cfg.Member
+		name, history = "logger/"+cfg.Member, b
 	}
 	rec := recorder.New(con, name, cfg.Patterns, files, stdout, window, log, reg)
 
@@ -84,6 +85,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	}
 	tailapi.Register(ctx, mux, reg, tailapi.Options{
 		Window: window, MaxN: cfg.TailBuffer, MaxTails: cfg.MaxTails, WriteTimeout: cfg.TailWriteTimeout, Keys: keys,
+		History: history, Patterns: cfg.Patterns,
 	})
 	if cfg.Pprof {
 		server.Pprof(mux)
@@ -96,7 +98,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	log.Info("listening", "http_addr", l.Addr().String(), "patterns", cfg.Patterns, "dir", cfg.Dir, "recent", len(recent))
+	log.Info("listening", "http_addr", l.Addr().String(), "patterns", cfg.Patterns, "dir", cfg.Dir, "recent", len(recent.Records))
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rec.Run(ctx) })

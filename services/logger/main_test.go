@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 	"github.com/eventbus-suite/eventbus/pkg/sse"
+	"github.com/eventbus-suite/eventbus/services/logger/internal/eventlog"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
@@ -75,8 +77,8 @@ func (l *logger) publishID(t *testing.T, id, typ, subject string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := l.bus.Publish(t.Context(), env.GetChannel(), b); err != nil || r.Offset == "" {
-		t.Fatalf("Publish = %+v, %v; want it recorded, where the logger reads", r, err)
+	if r, err := l.bus.Publish(t.Context(), env.GetChannel(), b); err != nil || r.Offset == "" && r.Receivers == 0 {
+		t.Fatalf("Publish = %+v, %v; want it recorded, where the logger reads, or heard live", r, err)
 	}
 	return env.GetId()
 }
@@ -124,8 +126,8 @@ func next(t *testing.T, rd *sse.Reader) line {
 	if err := json.Unmarshal([]byte(ev.Data), &l); err != nil {
 		t.Fatalf("tail event %q: %v", ev.Data, err)
 	}
-	if ev.ID != l.Event.ID {
-		t.Errorf("SSE id %q, want the envelope id %q", ev.ID, l.Event.ID)
+	if _, err := eventlog.ParseMark(ev.ID); err != nil && ev.ID != l.Event.ID {
+		t.Errorf("SSE id %q, want a position (%v), or the envelope id %q for an event without one", ev.ID, err, l.Event.ID)
 	}
 	return l
 }
@@ -173,6 +175,11 @@ func TestTailSurvivesRestartAndResumes(t *testing.T) {
 	for i := range 3 {
 		ids = append(ids, l.publish(t, "thing.done", strconv.Itoa(i)))
 	}
+	ev, err := rd.Next() // the first: its SSE id is where the tail stood after it
+	if err != nil {
+		t.Fatal(err)
+	}
+	afterFirst := ev.ID
 	for next(t, rd).Event.ID != ids[2] {
 	}
 	if err := l.svc.Stop(); err != nil {
@@ -203,47 +210,78 @@ func TestTailSurvivesRestartAndResumes(t *testing.T) {
 	// A new logger on the same directory serves the old events, and a
 	// client resuming after the first gets the rest.
 	l2 := startLogger(t, srv, prefix, dir, nil)
-	rd = l2.tail(t, "n=5", "Last-Event-ID", ids[0])
-	for _, want := range ids[1:] {
-		if got := next(t, rd).Event.ID; got != want {
-			t.Fatalf("resumed event %s, want %s", got, want)
+	for _, last := range []string{ids[0], afterFirst} { // an envelope id, as before positions, and a position
+		rd = l2.tail(t, "n=5", "Last-Event-ID", last)
+		for _, want := range ids[1:] {
+			if got := next(t, rd).Event.ID; got != want {
+				t.Fatalf("resumed after %.20s…: event %s, want %s", last, got, want)
+			}
 		}
 	}
 }
 
 func TestTailCannotBeForgedThroughAnEventID(t *testing.T) {
 	t.Parallel()
-	l := startLogger(t, redistest.Shared(t), strings.TrimSuffix(redistest.Prefix(t), ":"), t.TempDir(), nil)
-	rd := l.tail(t, "n=0")
-	first := l.publish(t, "a.b", "first")
-	for _, forged := range []string{
+	forged := []string{
 		"x\nevent: lagged\ndata: {\"forged\":\"FORGED LINE\"}\n\nid: y",
 		"x\revent: lagged\rdata: {\"forged\":1}\r\r",
 		"x\x00y",
-	} {
-		l.publishID(t, forged, "a.b", "forged")
 	}
-	last := l.publish(t, "a.b", "last")
+	// With history, every SSE id is a position the logger made; without,
+	// the envelope id, left out when SSE cannot carry it.
+	for _, history := range []bool{true, false} {
+		t.Run(fmt.Sprintf("history=%v", history), func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.Shared(t)
+			prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+			env := map[string]string{}
+			if !history {
+				env["BUS_HISTORY"] = "off"
+			}
+			l := startLogger(t, srv, prefix, t.TempDir(), env)
+			if !history {
+				live, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = live.Close() })
+				l.bus = live
+			}
+			rd := l.tail(t, "n=0")
+			first := l.publishID(t, "", "a.b", "first")
+			for _, id := range forged {
+				l.publishID(t, id, "a.b", "forged")
+			}
+			last := l.publishID(t, "", "a.b", "last")
 
-	want := []string{first, "x\nevent: lagged\ndata: {\"forged\":\"FORGED LINE\"}\n\nid: y",
-		"x\revent: lagged\rdata: {\"forged\":1}\r\r", "x\x00y", last}
-	for i, id := range want {
-		ev, err := rd.Next()
-		if err != nil {
-			t.Fatalf("event %d: tail ended: %v", i, err)
-		}
-		var ln line
-		if err := json.Unmarshal([]byte(ev.Data), &ln); err != nil || ln.Event.ID != id || ev.Type != "message" {
-			t.Fatalf("event %d = %+v (%v), want a message whose line has id %q", i, ev, err, id)
-		}
-		// An id SSE cannot carry is left out: the reader keeps the one before.
-		wantID := first
-		if i == len(want)-1 {
-			wantID = last
-		}
-		if ev.ID != wantID {
-			t.Errorf("event %d has SSE id %q, want %q", i, ev.ID, wantID)
-		}
+			want := append(append([]string{first}, forged...), last)
+			seen := map[string]bool{}
+			for i, id := range want {
+				ev, err := rd.Next()
+				if err != nil {
+					t.Fatalf("event %d: tail ended: %v", i, err)
+				}
+				var ln line
+				if err := json.Unmarshal([]byte(ev.Data), &ln); err != nil || ln.Event.ID != id || ev.Type != "message" {
+					t.Fatalf("event %d = %+v (%v), want a message whose line has id %q", i, ev, err, id)
+				}
+				if history {
+					if _, err := eventlog.ParseMark(ev.ID); err != nil || seen[ev.ID] {
+						t.Errorf("event %d has SSE id %q (%v), want a position of its own", i, ev.ID, err)
+					}
+					seen[ev.ID] = true
+					continue
+				}
+				// An id SSE cannot carry is left out: the reader keeps the one before.
+				wantID := first
+				if i == len(want)-1 {
+					wantID = last
+				}
+				if ev.ID != wantID {
+					t.Errorf("event %d has SSE id %q, want %q", i, ev.ID, wantID)
+				}
+			}
+		})
 	}
 }
 

@@ -211,8 +211,9 @@ func TestATailThatFallsAWindowBehindLags(t *testing.T) {
 		if ev.Type == "lagged" {
 			break
 		}
-		if ev.ID != ids[got] {
-			t.Fatalf("event %d = %s, want %s: in order, with no gap", got, ev.ID, ids[got])
+		var ln line
+		if err := json.Unmarshal([]byte(ev.Data), &ln); err != nil || ln.Event.ID != ids[got] {
+			t.Fatalf("event %d = %s (%v), want %s: in order, with no gap", got, ln.Event.ID, err, ids[got])
 		}
 		got++
 	}

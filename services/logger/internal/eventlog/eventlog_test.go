@@ -79,7 +79,7 @@ func TestFilesRotateAndReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := subjects(t, recent), "90,91,92,93,94,95,96,97,98,99"; got != want {
+	if got, want := subjects(t, recent.Records), "90,91,92,93,94,95,96,97,98,99"; got != want {
 		t.Errorf("LoadRecent(10) subjects = %s, want %s", got, want)
 	}
 	// Reopening appends rather than truncating.
@@ -92,7 +92,7 @@ func TestFilesRotateAndReload(t *testing.T) {
 	}
 	fs.Close()
 	recent, _ = eventlog.LoadRecent(dir, 2)
-	if got := subjects(t, recent); got != "99,100" {
+	if got := subjects(t, recent.Records); got != "99,100" {
 		t.Errorf("after reopening, last two = %s, want 99,100", got)
 	}
 }
@@ -106,8 +106,8 @@ func TestLoadRecentSkipsATornLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	recent, err := eventlog.LoadRecent(dir, 10)
-	if err != nil || len(recent) != 1 {
-		t.Fatalf("LoadRecent = %d records, %v; want the 1 whole line", len(recent), err)
+	if err != nil || len(recent.Records) != 1 {
+		t.Fatalf("LoadRecent = %d records, %v; want the 1 whole line", len(recent.Records), err)
 	}
 }
 
@@ -119,5 +119,37 @@ func TestFormatKeepsAPayloadThatIsNoEnvelope(t *testing.T) {
 	}
 	if !strings.Contains(string(rec.Line), `"payload_base64":"/wE="`) || !strings.Contains(string(rec.Line), `"pattern":"x:*"`) {
 		t.Errorf("line = %s, want the raw payload and pattern kept", rec.Line)
+	}
+}
+
+// A line says where its event is in the record, and reads back with it;
+// one read back from the record, not logged now, has no logged_at.
+func TestFormatKeepsThePosition(t *testing.T) {
+	t.Parallel()
+	p := bus.Position{Offset: "1732290000000-3", Epoch: "9f86d081884c7d65"}
+	m := bus.Message{Channel: "o:x", Patterns: []string{"o:*"}, Payload: []byte{0xff}, Position: p}
+	rec, _ := eventlog.Format(m, time.Now())
+	if rec.Position != p || !strings.Contains(string(rec.Line), `"pattern":"o:*","offset":"1732290000000-3","epoch":"9f86d081884c7d65",`) {
+		t.Errorf("Format with a position = %+v\n%s\nwant offset and epoch after pattern", rec.Position, rec.Line)
+	}
+	if got, err := eventlog.Parse(rec.Line); err != nil || got.Position != p {
+		t.Errorf("Parse(%s) position = %+v, %v; want %+v", rec.Line, got.Position, err, p)
+	}
+	replayed, _ := eventlog.Format(m, time.Time{})
+	if strings.Contains(string(replayed.Line), "logged_at") || !strings.HasPrefix(string(replayed.Line), `{"channel":"o:x",`) {
+		t.Errorf("Format with no time = %s, want no logged_at", replayed.Line)
+	}
+	m.Position = bus.Position{}
+	if rec, _ := eventlog.Format(m, time.Now()); strings.Contains(string(rec.Line), "offset") {
+		t.Errorf("Format without a position = %s, want no offset", rec.Line)
+	}
+	for _, l := range []string{
+		`{"channel":"o:x","offset":"1-0","epoch":"XYZ"}`,
+		`{"channel":"o:x","offset":"1","epoch":"ab"}`,
+		`{"channel":"o:x","offset":"1-0"}`,
+	} {
+		if got, err := eventlog.Parse([]byte(l)); err != nil || !got.Position.IsZero() {
+			t.Errorf("Parse(%s) = %+v, %v; want the line without a position", l, got.Position, err)
+		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
 )
 
 // current is the file being written; rotated files are
@@ -119,13 +121,26 @@ func rotatedFiles(dir string) ([]string, error) {
 	return names, nil
 }
 
+// Recent is what LoadRecent read back from the logs.
+type Recent struct {
+	// Records are the last records, oldest first.
+	Records []Record
+	// Before holds, for each namespace, the position of its last record
+	// among the lines read that are older than Records.
+	Before bus.Cursor
+	// Floor is the oldest offset among all the lines read, "" when none
+	// has a position: what the logger remembers of the record starts there.
+	Floor string
+}
+
 // LoadRecent reads the last n records of the logs in dir, oldest first:
 // the current file, then rotated ones as far back as needed. A line that
-// does not parse (a crash mid-write) is skipped.
-func LoadRecent(dir string, n int) ([]Record, error) {
+// does not parse (a crash mid-write) is skipped. Of the older lines of the
+// files it read, it keeps each namespace's last position.
+func LoadRecent(dir string, n int) (Recent, error) {
 	rotated, err := rotatedFiles(dir)
 	if err != nil {
-		return nil, err
+		return Recent{}, err
 	}
 	files := append(rotated, filepath.Join(dir, current))
 	var chunks [][]Record // newest file first
@@ -133,19 +148,29 @@ func LoadRecent(dir string, n int) ([]Record, error) {
 	for i := len(files) - 1; i >= 0 && total < n; i-- {
 		recs, err := readFile(files[i])
 		if err != nil {
-			return nil, err
+			return Recent{}, err
 		}
 		chunks = append(chunks, recs)
 		total += len(recs)
 	}
-	var out []Record
+	var all []Record
 	for i := len(chunks) - 1; i >= 0; i-- {
-		out = append(out, chunks[i]...)
+		all = append(all, chunks[i]...)
 	}
-	if len(out) > n {
-		out = out[len(out)-n:]
+	cut := max(len(all)-n, 0)
+	r := Recent{Records: all[cut:], Before: bus.Cursor{}}
+	for i, rec := range all {
+		if !rec.Position.IsZero() {
+			if i < cut {
+				r.Before[NamespaceOf(rec.Channel)] = rec.Position
+			}
+			if r.Floor == "" || CompareOffsets(rec.Position.Offset, r.Floor) < 0 {
+				r.Floor = rec.Position.Offset
+			}
+		}
 	}
-	return out, nil
+	clear(all[:cut]) // keep only the records returned alive
+	return r, nil
 }
 
 func readFile(path string) ([]Record, error) {

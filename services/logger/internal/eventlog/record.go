@@ -18,6 +18,10 @@ type Record struct {
 	ID string
 	// Channel the event travelled on.
 	Channel string
+	// Position of the event in its namespace's stream; zero when it has
+	// none (the bus keeps no history, or the line was written before lines
+	// had positions).
+	Position bus.Position
 	// Line is the JSON line as written, without the newline.
 	Line []byte
 	// Time is the event's own time; zero when unknown.
@@ -27,6 +31,8 @@ type Record struct {
 // line is the shape of a log line, for reading one back.
 type line struct {
 	Channel string `json:"channel"`
+	Offset  string `json:"offset"`
+	Epoch   string `json:"epoch"`
 	Event   struct {
 		ID string `json:"id"`
 	} `json:"event"`
@@ -34,20 +40,33 @@ type line struct {
 
 // Format renders a message as a log line:
 //
-//	{"logged_at":"…","channel":"order:placed","pattern":"order:*","event":{…envelope in protojson…}}
+//	{"logged_at":"…","channel":"order:placed","pattern":"order:*","offset":"1732290000000-0","epoch":"9f…","event":{…envelope in protojson…}}
 //
 // pattern is the first, in sort order, of the logger's patterns that
-// matched: an event is logged once however many match.
+// matched: an event is logged once however many match. offset and epoch
+// are the message's position in the record, left out when it has none;
+// logged_at is left out when now is zero (an event read back from the
+// record rather than logged now).
 // A payload that is not an envelope is logged all the same, as
 // "payload_base64" with the decoding "error", so that nothing vanishes.
 func Format(m bus.Message, now time.Time) (Record, error) {
 	b := make([]byte, 0, 256+2*len(m.Payload))
-	b = append(b, `{"logged_at":"`...)
-	b = now.UTC().AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `","channel":`...)
+	b = append(b, '{')
+	if !now.IsZero() {
+		b = append(b, `"logged_at":"`...)
+		b = now.UTC().AppendFormat(b, time.RFC3339Nano)
+		b = append(b, `",`...)
+	}
+	b = append(b, `"channel":`...)
 	b = appendJSONString(b, m.Channel)
 	b = append(b, `,"pattern":`...)
 	b = appendJSONString(b, m.Patterns[0])
+	if !m.Position.IsZero() {
+		b = append(b, `,"offset":`...)
+		b = appendJSONString(b, m.Position.Offset)
+		b = append(b, `,"epoch":`...)
+		b = appendJSONString(b, m.Position.Epoch)
+	}
 	b = append(b, `,"event":`...)
 	env, err := envelope.Unmarshal(m.Payload)
 	if err == nil {
@@ -60,10 +79,10 @@ func Format(m bus.Message, now time.Time) (Record, error) {
 		b = append(b, `,"payload_base64":"`...)
 		b = base64.StdEncoding.AppendEncode(b, m.Payload)
 		b = append(b, `"}`...)
-		return Record{Channel: m.Channel, Line: b}, err
+		return Record{Channel: m.Channel, Position: m.Position, Line: b}, err
 	}
 	b = append(b, '}')
-	return Record{ID: env.GetId(), Channel: m.Channel, Line: b, Time: env.GetTime().AsTime()}, nil
+	return Record{ID: env.GetId(), Channel: m.Channel, Position: m.Position, Line: b, Time: env.GetTime().AsTime()}, nil
 }
 
 // appendJSONString appends s as a JSON string. Channels and patterns are
@@ -81,11 +100,30 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// Parse reads a log line back into a Record.
+// Parse reads a log line back into a Record. A position that is not one
+// (the line was edited by hand) is left out.
 func Parse(l []byte) (Record, error) {
 	var v line
 	if err := json.Unmarshal(l, &v); err != nil {
 		return Record{}, err
 	}
-	return Record{ID: v.Event.ID, Channel: v.Channel, Line: l}, nil
+	r := Record{ID: v.Event.ID, Channel: v.Channel, Line: l}
+	if bus.IsOffset(v.Offset) && validEpoch(v.Epoch) {
+		r.Position = bus.Position{Offset: v.Offset, Epoch: v.Epoch}
+	}
+	return r, nil
+}
+
+// validEpoch reports whether s can be an epoch: hex digits, as
+// bus.ParseCursor wants them.
+func validEpoch(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := range len(s) {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }

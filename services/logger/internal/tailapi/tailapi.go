@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventbus-suite/eventbus/pkg/apikey"
+	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/sse"
@@ -54,6 +55,14 @@ type Options struct {
 	WriteTimeout time.Duration
 	// Keys are the API keys a tail must send; with none, anyone may tail.
 	Keys apikey.Keys
+	// History is the record, read by a tail resuming from a position the
+	// window no longer holds; nil when the bus keeps none, and then such a
+	// tail gets the last n events, as for an envelope id the window lost.
+	History bus.History
+	// Patterns are the logger's (LOGGER_PATTERNS): events read back from
+	// the record that match none of them are not sent, as the logger does
+	// not log them.
+	Patterns []string
 }
 
 type handler struct {
@@ -64,6 +73,7 @@ type handler struct {
 	open     prometheus.Gauge
 	rejected prometheus.Counter
 	cut      *prometheus.CounterVec
+	replayed prometheus.Counter
 }
 
 // Register adds GET /v1/tail to mux and its metrics to reg. Streams end
@@ -79,25 +89,36 @@ func Register(ctx context.Context, mux *http.ServeMux, reg prometheus.Registerer
 			Name: "eventbus_logger_tails_cut_total",
 			Help: "Tails closed by the logger: lagged (fell a window behind) or stalled (took no write for LOGGER_TAIL_WRITE_TIMEOUT)."},
 			[]string{"reason"}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "eventbus_logger_tail_replayed_total",
+			Help: "Events tails read back from the record (bus history) to resume from a position the window no longer held."}),
 	}
 	h.cut.WithLabelValues("lagged")
 	h.cut.WithLabelValues("stalled")
-	reg.MustRegister(h.open, h.rejected, h.cut)
+	reg.MustRegister(h.open, h.rejected, h.cut, h.replayed)
 	mux.Handle("GET /v1/tail", h)
 }
 
 // ServeHTTP streams the last n events matching pattern from the log, then
-// every new one. The SSE id of each event is its envelope id; a client that
-// reconnects with Last-Event-ID resumes after that event when the logger
-// still holds it. An id that SSE cannot carry (one with CR, LF or NUL,
+// every new one. The SSE id of each event is a position (eventlog.Mark):
+// where the tail stands, after that event, in the record of every
+// namespace the pattern reaches. A client that reconnects with it as
+// Last-Event-ID resumes right after that event: from the window while it
+// holds that point, else by reading the record (bus.History) a page at a
+// time up to its end and then the window, skipping what was sent. An
+// event without a position (the bus keeps no history) has its envelope id
+// as SSE id, and a Last-Event-ID that is no position is taken for one: the
+// tail resumes after that event when the window holds it, else sends the
+// last n. An envelope id that SSE cannot carry (one with CR, LF or NUL,
 // which only a publisher going around the API can send) is left out, so
 // that it can neither forge lines nor end the event.
 //
 // A tail costs the logger a goroutine, a few kilobytes and a send buffer
 // of sendBuffer whatever its client does: it reads the window rather than
-// queueing events of its own, so the recorder never waits for it. One that
-// falls a window behind gets "event: lagged" and is closed; one whose
-// client takes none of a write for WriteTimeout is closed.
+// queueing events of its own, so the recorder never waits for it, and it
+// reads the record a page of replayPage events at a time. One that falls a
+// window behind gets "event: lagged" and is closed; one whose client takes
+// none of a write for WriteTimeout is closed.
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.Keys.Allow(r.Header.Get("Authorization")) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="eventbus"`)
@@ -121,6 +142,17 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	last := r.Header.Get("Last-Event-ID")
+	var resume *eventlog.Mark
+	switch m, err := eventlog.ParseMark(last); {
+	case errors.Is(err, eventlog.ErrNotMark):
+	case err != nil:
+		server.WriteError(w, http.StatusBadRequest, "invalid_argument",
+			"Last-Event-ID: "+err.Error()+": send back an id this stream gave, or none")
+		return
+	default:
+		resume = &m
+	}
 	select {
 	case h.slots <- struct{}{}:
 		defer func() { <-h.slots }()
@@ -137,7 +169,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = c.SetWriteBuffer(sendBuffer) // best effort: a tail works without it
 	}
 
-	switch err := h.stream(w, r, pattern, n); {
+	switch err := h.stream(w, r, pattern, n, last, resume); {
 	case errors.Is(err, eventlog.ErrLagged):
 		h.cut.WithLabelValues("lagged").Inc()
 	case errors.Is(err, os.ErrDeadlineExceeded):
@@ -149,52 +181,75 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 const lagged = `{"error":"this stream fell too far behind and was closed; reconnect with Last-Event-ID to resume"}`
 
 // stream writes events until the client goes, ctx ends or the tail is cut
-// off, and returns why it stopped.
-func (h *handler) stream(w http.ResponseWriter, r *http.Request, pattern string, n int) error {
-	rc := http.NewResponseController(w)
-	t := h.Window.Follow(pattern, n, r.Header.Get("Last-Event-ID"))
+// off, and returns why it stopped. resume, when not nil, is the position
+// to resume from; else last is an envelope id to resume after, or "".
+func (h *handler) stream(w http.ResponseWriter, r *http.Request, pattern string, n int, last string, resume *eventlog.Mark) error {
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(h.ctx, cancel)()
+
+	out := &sender{sw: sse.NewWriter(w), rc: http.NewResponseController(w), timeout: h.WriteTimeout}
+	var t *eventlog.Tail
+	switch {
+	case resume == nil:
+		t = h.Window.Follow(pattern, n, last)
+	case h.History == nil:
+		// No record to read: as for an envelope id the window has lost.
+		var ok bool
+		if t, ok = h.Window.FollowMark(pattern, *resume); !ok {
+			t = h.Window.Follow(pattern, n, "")
+		}
+	default:
+		t, _ = h.Window.FollowMark(pattern, *resume) // nil: read the record first
+	}
+	if t != nil {
+		out.mark = t.Start()
+	}
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
 	hdr.Set("Cache-Control", "no-cache")
 	hdr.Set("X-Accel-Buffering", "no") // tell nginx not to buffer the stream
 	w.WriteHeader(http.StatusOK)
-	sw := sse.NewWriter(w)
-	// Every write gets a fresh deadline before it starts: writes reach the
-	// connection whenever the response's buffer fills, not only on Flush.
-	deadline := func() error {
-		if err := rc.SetWriteDeadline(time.Now().Add(h.WriteTimeout)); err != nil {
-			return fmt.Errorf("set write deadline: %w", err)
+	if err := out.arm(); err != nil {
+		return err
+	}
+	if err := out.rc.Flush(); err != nil {
+		return err
+	}
+	if t == nil {
+		out.mark = resume.Clone()
+		top, err := h.replay(ctx, out, pattern)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
 		}
-		return nil
+		t = h.Window.FollowFrom(pattern, top)
 	}
-	if err := deadline(); err != nil {
-		return err
-	}
-	if err := rc.Flush(); err != nil {
-		return err
-	}
+
 	buf := make([]eventlog.Record, batch)
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
 	for {
 		k, wait, err := t.Read(buf)
 		if errors.Is(err, eventlog.ErrLagged) {
-			if derr := deadline(); derr == nil && sw.WriteEvent(sse.Event{Type: "lagged", Data: lagged}) == nil {
-				_ = rc.Flush()
+			if derr := out.arm(); derr == nil && out.sw.WriteEvent(sse.Event{Type: "lagged", Data: lagged}) == nil {
+				_ = out.rc.Flush()
 			}
 			return err
 		}
 		if k > 0 {
-			if err := deadline(); err != nil {
+			if err := out.arm(); err != nil {
 				return err
 			}
 			for _, rec := range buf[:k] {
-				if err := writeEvent(sw, rec); err != nil {
+				if err := out.record(rec); err != nil {
 					return err
 				}
 			}
 			clear(buf[:k]) // hold no lines while waiting on the client
-			if err := rc.Flush(); err != nil {
+			if err := out.rc.Flush(); err != nil {
 				return err
 			}
 			continue
@@ -203,28 +258,60 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request, pattern string,
 		case <-wait:
 			continue
 		case <-tick.C:
-			if err := deadline(); err != nil {
+			if err := out.arm(); err != nil {
 				return err
 			}
-			if err := sw.WriteComment("keep-alive"); err != nil {
+			if err := out.sw.WriteComment("keep-alive"); err != nil {
 				return err
 			}
-			if err := rc.Flush(); err != nil {
+			if err := out.rc.Flush(); err != nil {
 				return err
 			}
-		case <-r.Context().Done():
-			return nil
-		case <-h.ctx.Done():
+		case <-ctx.Done():
 			return nil
 		}
 	}
 }
 
-// writeEvent writes rec, leaving out an id that SSE cannot carry.
-func writeEvent(w *sse.Writer, rec eventlog.Record) error {
-	id := rec.ID
-	if !sse.ValidID(id) {
-		id = ""
+// sender writes a tail's events and keeps its mark.
+type sender struct {
+	sw      *sse.Writer
+	rc      *http.ResponseController
+	timeout time.Duration
+	mark    eventlog.Mark // where the tail stands: the id of its next event
+}
+
+// arm gives the connection a fresh write deadline. Every write gets one
+// before it starts: writes reach the connection whenever the response's
+// buffer fills, not only on Flush.
+func (s *sender) arm() error {
+	if err := s.rc.SetWriteDeadline(time.Now().Add(s.timeout)); err != nil {
+		return fmt.Errorf("set write deadline: %w", err)
 	}
-	return w.WriteEventBytes(id, "", rec.Line)
+	return nil
+}
+
+// record writes rec, unless the tail has passed its position already (it
+// was read back from the record, or is a repeat), with the tail's mark
+// after it as id. A record without a position goes out with its envelope
+// id, left out when SSE cannot carry it.
+func (s *sender) record(rec eventlog.Record) error {
+	if rec.Position.IsZero() {
+		id := rec.ID
+		if !sse.ValidID(id) {
+			id = ""
+		}
+		return s.sw.WriteEventBytes(id, "", rec.Line)
+	}
+	ns := eventlog.NamespaceOf(rec.Channel)
+	if !s.mark.After(ns, rec.Position) {
+		return nil
+	}
+	s.mark.Advance(ns, rec.Position)
+	if s.mark.Floor == "" {
+		// The window knew nothing when the tail began: the tail's
+		// memory of the record starts here.
+		s.mark.Floor = rec.Position.Offset
+	}
+	return s.sw.WriteEventBytes(s.mark.String(), "", rec.Line)
 }
