@@ -244,9 +244,10 @@ func (c *consumer) read(ctx context.Context, n int, from string, block time.Dura
 	switch {
 	case errors.Is(err, redis.Nil):
 		return nil, nil
-	case err != nil && strings.HasPrefix(err.Error(), "NOGROUP"):
+	case err != nil && (strings.HasPrefix(err.Error(), "NOGROUP") || strings.HasPrefix(err.Error(), "UNBLOCKED")):
 		// A stream was lost (Redis flushed, or restarted without its
-		// data): join again, from its first event.
+		// data; UNBLOCKED when it went while the read waited): join
+		// again, from its first event.
 		c.epochs = make(map[string]string)
 		c.streams = nil
 		return nil, c.refresh(ctx, false)
