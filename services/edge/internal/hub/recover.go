@@ -25,9 +25,9 @@ type Recovery struct {
 	Missed    int
 	// Reason says why not: one of the Reason constants.
 	Reason string
-	// Positions, for a subscription that did not resume, is where each
-	// namespace the pattern spans stood just before it began: a client
-	// resumes from these until its events tell it more.
+	// Positions, for a subscription that did not resume or could not
+	// recover, is where each namespace the pattern spans stood as it
+	// began: a client resumes from these until its events tell it more.
 	Positions bus.Cursor
 }
 
@@ -115,16 +115,25 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 	}
 	missed, rec := h.missed(ctx, p, since)
 	h.m.recoveries.WithLabelValues(cmp.Or(rec.Reason, "recovered")).Inc()
+	if !rec.Recovered && h.opts.History != nil {
+		// Where the client starts over: it reloads its state, and its
+		// positions from here on are these.
+		if latest, err := h.opts.History.Latest(ctx, p); err == nil {
+			rec.Positions = latest
+		}
+	}
 	if !c.pushWait(Frame{Data: reply(rec)}, &r.cancelled) {
 		return
 	}
 	// last is where each namespace stands for the client: a live event at
 	// or before it came from the record already.
 	last := make(map[string]string, len(since))
-	if rec.Recovered {
-		for ns, pos := range since {
-			last[ns] = pos.Offset
-		}
+	from := since
+	if !rec.Recovered {
+		from = rec.Positions // live events up to them are in the state it reloads
+	}
+	for ns, pos := range from {
+		last[ns] = pos.Offset
 	}
 	subs := []string{p}
 	for _, e := range missed {

@@ -174,8 +174,11 @@ func TestResumeThatCannotRecover(t *testing.T) {
 			if err := json.Unmarshal([]byte(got[0]), &r); err != nil || !r.Resumed || r.Recovered || r.Reason != tt.want {
 				t.Fatalf("reply = %s, want not recovered, %s", got[0], tt.want)
 			}
-			h.publishLive(recorded(t, 7), "rec:*")
-			if got := drain(t, c, hasPrefix("7 ")); !slices.Equal(got, []string{"7 via rec:*"}) {
+			if tt.hist != nil && (len(r.Positions) != 1 || r.Positions["rec"].Offset != "9-0") {
+				t.Fatalf("reply = %s, want where rec stands now, to start over from", got[0])
+			}
+			h.publishLive(recorded(t, 17), "rec:*")
+			if got := drain(t, c, hasPrefix("17 ")); !slices.Equal(got, []string{"17 via rec:*"}) {
 				t.Fatalf("then = %q, want the live event", got)
 			}
 		})

@@ -301,8 +301,9 @@ func (s *stream) writeFrames(sw *sse.Writer, frames []hub.Frame) error {
 		}
 		var r subscribedReply
 		if json.Unmarshal(f.Data, &r) == nil {
+			lost := r.Recovered != nil && !*r.Recovered // start over from the reply's positions
 			for ns, p := range r.Positions {
-				if _, ok := s.positions[ns]; !ok {
+				if _, ok := s.positions[ns]; !ok || lost {
 					s.positions[ns] = bus.Position{Offset: p.Offset, Epoch: p.Epoch}
 				}
 			}
