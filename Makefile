@@ -28,12 +28,32 @@ build: ## Build every binary into bin/
 	go build -o $(BIN)/eventbus ./cmd/eventbus
 
 .PHONY: test
-test: build ## Run the whole test suite against a real redis-server (or the embedded fallback)
+test: build js-test ## Run the whole test suite against a real redis-server (or the embedded fallback)
 	@mkdir -p test-output
 	@report=$$(mktemp); trap 'rm -f "$$report"' EXIT; \
 	status=0; EVENTBUS_BIN=$(BIN) EVENTBUS_SKIP_REPORT="$$report" go test $(GO_TEST_FLAGS) work || status=$$?; \
 	if [[ -s $$report ]]; then echo; echo "Skipped for want of a real redis-server:"; cat "$$report"; fi; \
 	exit $$status
+
+# The JavaScript client: TypeScript in clients/js, built with the pinned
+# compiler of its package-lock.json. Its build is committed where the edge
+# embeds it (/eventbus.js), so building Go needs no Node.
+JS        := clients/js
+JS_STATIC := services/edge/internal/web/static/eventbus.js
+
+.PHONY: js
+js: ## Build the JavaScript client and copy it to where the edge serves it
+	@if ! command -v npm >/dev/null; then \
+		if [[ "$${EVENTBUS_REQUIRE_NODE:-}" == 1 ]]; then echo "EVENTBUS_REQUIRE_NODE=1 but npm is not on PATH"; exit 1; fi; \
+		echo "npm is not on PATH: the JavaScript client is not rebuilt (the committed build stays)"; exit 0; fi; \
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build && cp dist/eventbus.js $(CURDIR)/$(JS_STATIC)
+
+.PHONY: js-test
+js-test: js ## Run the JavaScript client's unit tests (node --test)
+	@if ! command -v node >/dev/null; then \
+		if [[ "$${EVENTBUS_REQUIRE_NODE:-}" == 1 ]]; then echo "EVENTBUS_REQUIRE_NODE=1 but node is not on PATH"; exit 1; fi; \
+		echo "node is not on PATH: the JavaScript client's tests are skipped"; exit 0; fi; \
+	cd $(JS) && node --test test/
 
 .PHONY: run
 run: build ## Start Redis and every service on localhost; Ctrl-C stops all
@@ -67,7 +87,8 @@ generate: tools ## Generate Go code from proto/ into proto/gen
 	cd proto && $(TOOLS)/buf lint && rm -rf gen && $(TOOLS)/buf generate
 
 .PHONY: generate-check
-generate-check: generate ## Fail when the committed proto/gen is stale
+generate-check: generate js ## Fail when the committed proto/gen or the edge's eventbus.js is stale
+	@git diff --exit-code -- $(JS_STATIC) || { echo "$(JS_STATIC) is stale: run make js and commit"; exit 1; }
 	@git diff --exit-code -- proto/gen || { echo "proto/gen is stale: run make generate and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- proto/gen)" || { git status --porcelain -- proto/gen; echo "proto/gen has files not committed: run make generate and commit"; exit 1; }
 

@@ -1,120 +1,477 @@
-// eventbus.js: a small, dependency-free client of the eventbus edge.
+// eventbus: the client of the eventbus edge, for browsers and Node ≥ 20.
 //
-//   import { EventBus } from "/eventbus.js";
-//   const bus = new EventBus("ws://localhost:8081/ws", { getToken: async () => myToken });
-//   const off = bus.subscribe("order:*", (event, frame) => console.log(frame.channel, event));
-//   bus.connect();
-//
-// It reconnects by itself with exponential backoff and jitter, fetching a
-// fresh token each time, and resubscribes everything it had. When the edge
-// drops a subscription (a new token no longer grants it), it calls
-// onUnsubscribed(pattern, reason) and forgets the pattern's callbacks.
+// It keeps a position per subscription (namespace → offset and epoch, from
+// every event), and after every reconnect, or a page reload through
+// sessionStorage, subscribes again from there: the edge sends what was
+// missed, then the live events, and says whether that recovered
+// everything. It splits the frames the edge packs into one message, asks
+// getToken for a token on every connect, and falls back to Server-Sent
+// Events when a WebSocket cannot be opened. The wire protocol is in
+// docs/protocol.md.
+/** A WebSocket connection closed before it ever opened this many times in a row means SSE. */
+const wsFailuresBeforeSSE = 2;
+/** Compares stream offsets "<ms>-<seq>". */
+export function compareOffsets(a, b) {
+    const [am, as] = a.split("-").map(BigInt);
+    const [bm, bs] = b.split("-").map(BigInt);
+    if (am !== bm)
+        return am < bm ? -1 : 1;
+    if (as !== bs)
+        return as < bs ? -1 : 1;
+    return 0;
+}
+/** Moves positions forward to p in its namespace (a new epoch always wins). */
+export function advance(positions, ns, p) {
+    const cur = positions[ns];
+    if (cur && cur.epoch === p.epoch && compareOffsets(p.offset, cur.offset) <= 0)
+        return false;
+    positions[ns] = { offset: p.offset, epoch: p.epoch };
+    return true;
+}
+/** Splits a WebSocket message into the frames the edge packed into it. */
+export function splitFrames(data) {
+    const out = [];
+    for (const line of data.split("\n")) {
+        if (!line)
+            continue;
+        try {
+            out.push(JSON.parse(line));
+        }
+        catch {
+            // not a frame: skipped
+        }
+    }
+    return out;
+}
+/** The SSE id format the edge reads back: base64url of {"ns":["offset","epoch"]}. */
+export function encodeCursor(positions) {
+    const m = {};
+    for (const [ns, p] of Object.entries(positions))
+        m[ns] = [p.offset, p.epoch];
+    const bytes = new TextEncoder().encode(JSON.stringify(m));
+    let bin = "";
+    for (const b of bytes)
+        bin += String.fromCharCode(b);
+    return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+const namespaceOf = (channel) => channel.split(":", 1)[0];
 export class EventBus {
-  constructor(url, { token, getToken, minBackoff = 500, maxBackoff = 15000, onStatus, onUnsubscribed } = {}) {
-    this.url = url;
-    this.getToken = getToken || (async () => token);
-    this.minBackoff = minBackoff;
-    this.maxBackoff = maxBackoff;
-    this.onStatus = onStatus || (() => {});
-    this.onUnsubscribed = onUnsubscribed || (() => {});
-    this.handlers = new Map(); // pattern → Set of callbacks
-    this.pending = new Map(); // request id → {resolve, reject}
-    this.nextId = 1;
-    this.backoff = minBackoff;
-    this.closed = false;
-    this.ws = null;
-  }
-
-  // connect opens the connection; it is safe to call once.
-  async connect() {
-    this.closed = false;
-    this.onStatus("connecting");
-    let url = this.url;
-    try {
-      const token = await this.getToken();
-      if (token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
-    } catch (err) {
-      this.onStatus("error", String(err));
-      return this.retry();
+    wsURL;
+    sseURL;
+    opts;
+    subs = new Map();
+    /** Requests awaiting their reply: called as the reply is read, before the frames after it. */
+    pending = new Map();
+    conn = null;
+    nextId = 1;
+    backoff;
+    closed = true;
+    wsFailures = 0;
+    transport;
+    saveTimer = null;
+    retryTimer = null;
+    storageKey;
+    storage;
+    /**
+     * @param url the edge: http(s)://host:8081, or its WebSocket URL ws(s)://host:8081/ws
+     */
+    constructor(url, options = {}) {
+        const u = new URL(url);
+        const secure = u.protocol === "https:" || u.protocol === "wss:";
+        const base = u.host + (u.pathname.endsWith("/ws") ? u.pathname.slice(0, -3) : u.pathname.replace(/\/$/, ""));
+        this.wsURL = `${secure ? "wss" : "ws"}://${base}/ws`;
+        this.sseURL = `${secure ? "https" : "http"}://${base}/sse`;
+        this.opts = { minBackoff: 500, maxBackoff: 15000, connectTimeout: 10000, transport: "auto", ...options };
+        this.backoff = this.opts.minBackoff;
+        this.transport = this.opts.transport === "sse" ? "sse" : "websocket";
+        this.storageKey = "eventbus:positions:" + this.wsURL;
+        this.storage =
+            options.storage !== undefined ? options.storage : globalThis.sessionStorage ?? null;
+        this.load();
+        const g = globalThis;
+        if (g.addEventListener)
+            g.addEventListener("pagehide", () => this.save());
     }
-    const ws = new WebSocket(url);
-    this.ws = ws;
-    ws.onopen = () => {
-      this.backoff = this.minBackoff;
-      this.onStatus("open");
-      for (const pattern of this.handlers.keys()) this.request({ action: "subscribe", channel: pattern }).catch(() => {});
-    };
-    // Under load the edge packs several frames into one message, one per line.
-    ws.onmessage = (msg) => { for (const line of msg.data.split("\n")) if (line) this.receive(line); };
-    ws.onclose = (ev) => {
-      for (const { reject } of this.pending.values()) reject(new Error("connection closed"));
-      this.pending.clear();
-      this.onStatus("closed", `${ev.code} ${ev.reason}`);
-      if (!this.closed) this.retry();
-    };
-  }
-
-  retry() {
-    const delay = this.backoff * (0.5 + Math.random() / 2);
-    this.backoff = Math.min(this.backoff * 2, this.maxBackoff);
-    setTimeout(() => { if (!this.closed) this.connect(); }, delay);
-  }
-
-  receive(data) {
-    let frame;
-    try { frame = JSON.parse(data); } catch { return; }
-    if (frame.id && this.pending.has(frame.id)) {
-      const { resolve, reject } = this.pending.get(frame.id);
-      this.pending.delete(frame.id);
-      if (frame.error) reject(Object.assign(new Error(frame.error.message), { code: frame.error.code }));
-      else resolve(frame);
-      return;
+    /** Opens the connection, and reopens it whenever it drops, until close. */
+    connect() {
+        if (!this.closed)
+            return;
+        this.closed = false;
+        void this.open();
     }
-    if (frame.unsubscribed) {
-      this.handlers.delete(frame.unsubscribed);
-      this.onUnsubscribed(frame.unsubscribed, frame.reason);
-      return;
+    /** Closes the connection for good; positions stay saved. */
+    close() {
+        this.closed = true;
+        if (this.retryTimer)
+            clearTimeout(this.retryTimer);
+        this.conn?.close();
+        this.conn = null;
+        this.save();
     }
-    if (!frame.event) return;
-    for (const pattern of frame.subscriptions || []) {
-      for (const fn of this.handlers.get(pattern) || []) fn(frame.event, frame);
+    /** The transport in use, or to be tried next. */
+    get currentTransport() {
+        return this.transport;
     }
-  }
-
-  // request sends a frame and resolves with the edge's reply.
-  request(frame) {
-    const id = String(this.nextId++);
-    return new Promise((resolve, reject) => {
-      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return reject(new Error("not connected"));
-      this.pending.set(id, { resolve, reject });
-      this.ws.send(JSON.stringify({ ...frame, id }));
-    });
-  }
-
-  // subscribe calls fn(event, frame) for every event on a channel matching
-  // pattern, and returns a function that undoes it. The returned function
-  // has a .ready promise that settles with the edge's reply.
-  subscribe(pattern, fn) {
-    let set = this.handlers.get(pattern);
-    const first = !set;
-    if (first) this.handlers.set(pattern, (set = new Set()));
-    set.add(fn);
-    // Not connected yet: the subscription goes out when the connection opens.
-    const open = this.ws && this.ws.readyState === WebSocket.OPEN;
-    const ready = first && open ? this.request({ action: "subscribe", channel: pattern }) : Promise.resolve({ ok: true });
-    const off = () => {
-      set.delete(fn);
-      if (set.size === 0) {
-        this.handlers.delete(pattern);
-        this.request({ action: "unsubscribe", channel: pattern }).catch(() => {});
-      }
-    };
-    off.ready = ready;
-    return off;
-  }
-
-  close() {
-    this.closed = true;
-    if (this.ws) this.ws.close(1000, "bye");
-  }
+    /** Where a subscription stands: what it resumes from. */
+    positions(pattern) {
+        return { ...(this.subs.get(pattern)?.positions ?? {}) };
+    }
+    /**
+     * Calls fn(event, frame) for every event on a channel matching pattern,
+     * from now on and, after a reconnect, for what was missed meanwhile.
+     */
+    subscribe(pattern, fn, options = {}) {
+        let sub = this.subs.get(pattern);
+        const first = !sub;
+        if (!sub) {
+            sub = { handlers: new Set(), onSubscribed: new Set(), positions: this.saved[pattern] ?? {}, waiting: [] };
+            this.subs.set(pattern, sub);
+        }
+        sub.handlers.add(fn);
+        if (options.onSubscribed)
+            sub.onSubscribed.add(options.onSubscribed);
+        const s = sub;
+        const ready = new Promise((resolve, reject) => s.waiting.push({ resolve, reject }));
+        ready.catch(() => { });
+        if (first)
+            this.sendSubscribe(pattern);
+        else if (this.conn)
+            s.waiting.shift()?.resolve({}); // subscribed already
+        const off = (() => {
+            s.handlers.delete(fn);
+            if (options.onSubscribed)
+                s.onSubscribed.delete(options.onSubscribed);
+            if (s.handlers.size > 0 || this.subs.get(pattern) !== s)
+                return;
+            this.subs.delete(pattern);
+            delete this.saved[pattern];
+            this.scheduleSave();
+            if (this.conn?.transport === "websocket")
+                this.request({ action: "unsubscribe", channel: pattern }, () => { });
+            else if (this.conn)
+                this.reopen();
+        });
+        off.ready = ready;
+        return off;
+    }
+    // --- connections ---
+    status(s, detail = "") {
+        this.opts.onStatus?.(s, detail, this.transport);
+    }
+    async token() {
+        return this.opts.getToken ? await this.opts.getToken() : this.opts.token;
+    }
+    async open() {
+        if (this.closed)
+            return;
+        this.status("connecting");
+        let token;
+        try {
+            token = await this.token();
+        }
+        catch (err) {
+            this.status("error", String(err));
+            return this.retry();
+        }
+        if (this.closed)
+            return;
+        if (this.transport === "websocket")
+            this.openWebSocket(token);
+        else
+            this.openSSE(token);
+    }
+    retry() {
+        if (this.closed)
+            return;
+        const delay = this.backoff * (0.5 + Math.random() / 2);
+        this.backoff = Math.min(this.backoff * 2, this.opts.maxBackoff);
+        this.retryTimer = setTimeout(() => void this.open(), delay);
+    }
+    dropped(detail) {
+        for (const done of this.pending.values())
+            done(undefined, new Error("connection closed"));
+        this.pending.clear();
+        this.conn = null;
+        this.save();
+        this.status("closed", detail);
+        this.retry();
+    }
+    /** Reopens at once: SSE subscriptions are fixed per connection. */
+    reopen() {
+        const c = this.conn;
+        this.conn = null;
+        c?.close();
+        void this.open();
+    }
+    openWebSocket(token) {
+        const WS = this.opts.WebSocket ?? globalThis.WebSocket;
+        if (!WS) {
+            this.transport = "sse";
+            return void this.open();
+        }
+        const url = this.wsURL + (token ? "?token=" + encodeURIComponent(token) : "");
+        const ws = new WS(url);
+        let opened = false;
+        const conn = {
+            transport: "websocket",
+            close: () => ws.close(1000, "bye"),
+            send: (frame) => ws.send(JSON.stringify(frame)),
+        };
+        this.conn = conn;
+        // A network that drops packets leaves a handshake hanging for minutes.
+        const timer = setTimeout(() => {
+            if (!opened && this.conn === conn)
+                ws.close(4000, "connect timeout");
+        }, this.opts.connectTimeout);
+        ws.onopen = () => {
+            clearTimeout(timer);
+            opened = true;
+            this.wsFailures = 0;
+            this.backoff = this.opts.minBackoff;
+            this.status("open");
+            for (const pattern of this.subs.keys())
+                this.sendSubscribe(pattern);
+        };
+        ws.onmessage = (msg) => {
+            for (const f of splitFrames(String(msg.data)))
+                this.receive(f);
+        };
+        let ended = false;
+        const end = (detail) => {
+            clearTimeout(timer);
+            if (ended || this.conn !== conn)
+                return; // handled, replaced, or closed on purpose
+            ended = true;
+            if (!opened && this.opts.transport === "auto" && ++this.wsFailures >= wsFailuresBeforeSSE) {
+                this.transport = "sse"; // WebSockets do not get through: try SSE
+            }
+            this.dropped(detail);
+        };
+        ws.onclose = (ev) => end(`${ev.code} ${ev.reason}`);
+        // Browsers follow an error with a close; Node 20's WebSocket may not.
+        ws.onerror = () => {
+            end("error");
+            try {
+                ws.close();
+            }
+            catch {
+                // closed already
+            }
+        };
+    }
+    openSSE(token) {
+        const f = this.opts.fetch ?? globalThis.fetch;
+        const q = new URLSearchParams();
+        for (const pattern of this.subs.keys())
+            q.append("channel", pattern);
+        if (!q.has("channel")) {
+            // Nothing to subscribe to: the stream opens with the first subscription.
+            this.conn = { transport: "sse", close: () => { } };
+            this.status("open");
+            return;
+        }
+        const headers = { Accept: "text/event-stream" };
+        if (token)
+            headers.Authorization = "Bearer " + token;
+        const since = this.sinceAll();
+        if (Object.keys(since).length > 0)
+            headers["Last-Event-ID"] = encodeCursor(since);
+        const abort = new AbortController();
+        const conn = { transport: "sse", close: () => abort.abort() };
+        this.conn = conn;
+        void (async () => {
+            try {
+                const resp = await f(this.sseURL + "?" + q, { headers, signal: abort.signal });
+                if (!resp.ok || !resp.body)
+                    throw new Error(`GET /sse: ${resp.status} ${await resp.text()}`);
+                this.backoff = this.opts.minBackoff;
+                this.status("open");
+                await readSSE(resp.body, (type, data) => {
+                    if (this.conn !== conn)
+                        return;
+                    let frame;
+                    try {
+                        frame = JSON.parse(data);
+                    }
+                    catch {
+                        return;
+                    }
+                    if (type === "subscribed")
+                        this.subscribed(frame.channel, frame);
+                    else if (type === "close")
+                        this.status("closed", `${frame.code} ${frame.reason}`);
+                    else if (type === "message")
+                        this.receive(frame);
+                });
+                throw new Error("stream ended");
+            }
+            catch (err) {
+                if (this.conn === conn)
+                    this.dropped(String(err));
+            }
+        })();
+    }
+    /** For an SSE stream, whose since spans every subscription: the earliest position of each namespace. */
+    sinceAll() {
+        const out = {};
+        for (const sub of this.subs.values()) {
+            for (const [ns, p] of Object.entries(sub.positions)) {
+                const cur = out[ns];
+                if (!cur || (cur.epoch === p.epoch && compareOffsets(p.offset, cur.offset) < 0))
+                    out[ns] = p;
+            }
+        }
+        return out;
+    }
+    // --- requests and frames ---
+    sendSubscribe(pattern) {
+        const conn = this.conn;
+        if (!conn)
+            return; // sent when the connection opens
+        if (conn.transport === "sse")
+            return this.reopen();
+        const sub = this.subs.get(pattern);
+        const frame = { action: "subscribe", channel: pattern };
+        if (Object.keys(sub.positions).length > 0)
+            frame.since = sub.positions;
+        this.request(frame, (reply, err) => {
+            if (!err)
+                return this.subscribed(pattern, reply);
+            if (!err.code)
+                return; // the connection dropped: resent on the next one
+            for (const w of sub.waiting.splice(0))
+                w.reject(err);
+        });
+    }
+    /** Sends a request; done gets its reply, or the error, as it is read. */
+    request(frame, done) {
+        const send = this.conn?.send;
+        if (!send)
+            return done(undefined, new Error("not connected"));
+        const id = String(this.nextId++);
+        this.pending.set(id, done);
+        send({ ...frame, id });
+    }
+    subscribed(pattern, reply) {
+        const sub = this.subs.get(pattern);
+        if (!sub)
+            return;
+        if (reply.recovered === false)
+            sub.positions = {}; // what it had is gone: start over from here
+        for (const [ns, p] of Object.entries(reply.positions ?? {})) {
+            if (!sub.positions[ns])
+                sub.positions[ns] = p;
+        }
+        this.scheduleSave();
+        const r = { recovered: reply.recovered, missed: reply.missed, reason: reply.reason, positions: reply.positions };
+        for (const w of sub.waiting.splice(0))
+            w.resolve(r);
+        for (const fn of sub.onSubscribed)
+            fn(r);
+    }
+    receive(frame) {
+        if (frame === null || typeof frame !== "object")
+            return;
+        if (frame.id && this.pending.has(frame.id)) {
+            const done = this.pending.get(frame.id);
+            this.pending.delete(frame.id);
+            if (frame.error)
+                done(undefined, Object.assign(new Error(frame.error.message), { code: frame.error.code }));
+            else
+                done(frame);
+            return;
+        }
+        if (frame.unsubscribed) {
+            this.subs.delete(frame.unsubscribed);
+            delete this.saved[frame.unsubscribed];
+            this.opts.onUnsubscribed?.(frame.unsubscribed, frame.reason);
+            return;
+        }
+        if (!frame.event)
+            return;
+        const ns = namespaceOf(frame.channel);
+        for (const pattern of frame.subscriptions ?? []) {
+            const sub = this.subs.get(pattern);
+            if (!sub)
+                continue;
+            if (frame.offset && !advance(sub.positions, ns, { offset: frame.offset, epoch: frame.epoch }))
+                continue; // had it
+            for (const fn of sub.handlers)
+                fn(frame.event, frame);
+        }
+        this.scheduleSave();
+    }
+    // --- positions across page reloads ---
+    saved = {};
+    load() {
+        try {
+            const v = this.storage?.getItem(this.storageKey);
+            if (v)
+                this.saved = JSON.parse(v) ?? {};
+        }
+        catch {
+            this.saved = {};
+        }
+    }
+    scheduleSave() {
+        if (!this.storage || this.saveTimer)
+            return;
+        this.saveTimer = setTimeout(() => this.save(), 250);
+    }
+    save() {
+        if (this.saveTimer)
+            clearTimeout(this.saveTimer);
+        this.saveTimer = null;
+        if (!this.storage)
+            return;
+        for (const [pattern, sub] of this.subs)
+            this.saved[pattern] = sub.positions;
+        try {
+            this.storage.setItem(this.storageKey, JSON.stringify(this.saved));
+        }
+        catch {
+            // storage full or denied: positions live as long as the page
+        }
+    }
+}
+/** Reads an SSE stream, calling onEvent(type, data) for each event. */
+export async function readSSE(body, onEvent) {
+    const reader = body.getReader();
+    const decoder = new TextDecoder();
+    let buf = "";
+    let type = "";
+    let data = [];
+    for (;;) {
+        const { value, done } = await reader.read();
+        if (done)
+            return;
+        buf += decoder.decode(value, { stream: true });
+        for (;;) {
+            const m = /\r\n|\r|\n/.exec(buf);
+            if (!m)
+                break;
+            if (m[0] === "\r" && m.index === buf.length - 1)
+                break; // may be half of CRLF
+            const line = buf.slice(0, m.index);
+            buf = buf.slice(m.index + m[0].length);
+            if (line === "") {
+                if (data.length > 0)
+                    onEvent(type || "message", data.join("\n"));
+                type = "";
+                data = [];
+                continue;
+            }
+            if (line.startsWith(":"))
+                continue;
+            const colon = line.indexOf(":");
+            const field = colon < 0 ? line : line.slice(0, colon);
+            let value2 = colon < 0 ? "" : line.slice(colon + 1);
+            if (value2.startsWith(" "))
+                value2 = value2.slice(1);
+            if (field === "event")
+                type = value2;
+            else if (field === "data")
+                data.push(value2);
+        }
+    }
 }

@@ -1,0 +1,523 @@
+// eventbus: the client of the eventbus edge, for browsers and Node ≥ 20.
+//
+// It keeps a position per subscription (namespace → offset and epoch, from
+// every event), and after every reconnect, or a page reload through
+// sessionStorage, subscribes again from there: the edge sends what was
+// missed, then the live events, and says whether that recovered
+// everything. It splits the frames the edge packs into one message, asks
+// getToken for a token on every connect, and falls back to Server-Sent
+// Events when a WebSocket cannot be opened. The wire protocol is in
+// docs/protocol.md.
+
+/** Where a client stands in a namespace's stream. */
+export interface Position {
+  offset: string;
+  epoch: string;
+}
+
+/** Namespace (a channel's first token) → position. */
+export type Positions = Record<string, Position>;
+
+/** An event frame as the edge sends it. */
+export interface EventFrame {
+  channel: string;
+  subscriptions: string[];
+  offset?: string;
+  epoch?: string;
+  event: Record<string, unknown>;
+}
+
+/** How a subscription began: the edge's subscribe reply. */
+export interface Subscribed {
+  /** Set when the subscription resumed from a position. */
+  recovered?: boolean;
+  /** Events the edge replayed, when recovered. */
+  missed?: number;
+  /** Why it did not recover: epoch_changed, truncated, too_many or unavailable. */
+  reason?: string;
+  positions?: Positions;
+}
+
+export type Status = "connecting" | "open" | "closed" | "error";
+export type Transport = "websocket" | "sse";
+
+/** A storage such as sessionStorage. */
+export interface PositionStore {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+}
+
+export interface Options {
+  /** A fixed token; getToken wins when both are given. */
+  token?: string;
+  /** Called before every connect for a fresh token. */
+  getToken?: () => string | undefined | Promise<string | undefined>;
+  /** "auto" (default) tries WebSocket and falls back to SSE. */
+  transport?: "auto" | Transport;
+  minBackoff?: number;
+  maxBackoff?: number;
+  /** A connection not open after this many ms is given up and tried again (10 s). */
+  connectTimeout?: number;
+  onStatus?: (status: Status, detail: string, transport: Transport) => void;
+  /** The edge dropped a subscription (a new token no longer grants it). */
+  onUnsubscribed?: (pattern: string, reason: string) => void;
+  /** Where positions survive a page reload; sessionStorage by default, null for nowhere. */
+  storage?: PositionStore | null;
+  /** The WebSocket constructor; globalThis.WebSocket by default. */
+  WebSocket?: typeof WebSocket;
+  /** fetch, for the SSE fallback; globalThis.fetch by default. */
+  fetch?: typeof fetch;
+}
+
+export type Handler = (event: Record<string, unknown>, frame: EventFrame) => void;
+
+export interface SubscribeOptions {
+  /** Called with the edge's reply on every (re)subscription: check recovered. */
+  onSubscribed?: (reply: Subscribed) => void;
+}
+
+/** Undoes a subscribe; ready settles with the first reply. */
+export interface Unsubscribe {
+  (): void;
+  ready: Promise<Subscribed>;
+}
+
+interface Subscription {
+  handlers: Set<Handler>;
+  onSubscribed: Set<(reply: Subscribed) => void>;
+  positions: Positions;
+  waiting: Array<{ resolve: (r: Subscribed) => void; reject: (e: Error) => void }>;
+}
+
+interface Connection {
+  transport: Transport;
+  close(): void;
+  /** Sends a request over WebSocket; SSE connections take none. */
+  send?(frame: object): void;
+}
+
+/** A WebSocket connection closed before it ever opened this many times in a row means SSE. */
+const wsFailuresBeforeSSE = 2;
+
+/** Compares stream offsets "<ms>-<seq>". */
+export function compareOffsets(a: string, b: string): number {
+  const [am, as] = a.split("-").map(BigInt);
+  const [bm, bs] = b.split("-").map(BigInt);
+  if (am !== bm) return am < bm ? -1 : 1;
+  if (as !== bs) return as < bs ? -1 : 1;
+  return 0;
+}
+
+/** Moves positions forward to p in its namespace (a new epoch always wins). */
+export function advance(positions: Positions, ns: string, p: Position): boolean {
+  const cur = positions[ns];
+  if (cur && cur.epoch === p.epoch && compareOffsets(p.offset, cur.offset) <= 0) return false;
+  positions[ns] = { offset: p.offset, epoch: p.epoch };
+  return true;
+}
+
+/** Splits a WebSocket message into the frames the edge packed into it. */
+export function splitFrames(data: string): unknown[] {
+  const out: unknown[] = [];
+  for (const line of data.split("\n")) {
+    if (!line) continue;
+    try {
+      out.push(JSON.parse(line));
+    } catch {
+      // not a frame: skipped
+    }
+  }
+  return out;
+}
+
+/** The SSE id format the edge reads back: base64url of {"ns":["offset","epoch"]}. */
+export function encodeCursor(positions: Positions): string {
+  const m: Record<string, [string, string]> = {};
+  for (const [ns, p] of Object.entries(positions)) m[ns] = [p.offset, p.epoch];
+  const bytes = new TextEncoder().encode(JSON.stringify(m));
+  let bin = "";
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+const namespaceOf = (channel: string) => channel.split(":", 1)[0];
+
+export class EventBus {
+  private readonly wsURL: string;
+  private readonly sseURL: string;
+  private readonly opts: Required<Pick<Options, "minBackoff" | "maxBackoff" | "connectTimeout" | "transport">> & Options;
+  private readonly subs = new Map<string, Subscription>();
+  /** Requests awaiting their reply: called as the reply is read, before the frames after it. */
+  private readonly pending = new Map<string, (reply: any, err?: Error & { code?: string }) => void>();
+  private conn: Connection | null = null;
+  private nextId = 1;
+  private backoff: number;
+  private closed = true;
+  private wsFailures = 0;
+  private transport: Transport;
+  private saveTimer: ReturnType<typeof setTimeout> | null = null;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private readonly storageKey: string;
+  private readonly storage: PositionStore | null;
+
+  /**
+   * @param url the edge: http(s)://host:8081, or its WebSocket URL ws(s)://host:8081/ws
+   */
+  constructor(url: string, options: Options = {}) {
+    const u = new URL(url);
+    const secure = u.protocol === "https:" || u.protocol === "wss:";
+    const base = u.host + (u.pathname.endsWith("/ws") ? u.pathname.slice(0, -3) : u.pathname.replace(/\/$/, ""));
+    this.wsURL = `${secure ? "wss" : "ws"}://${base}/ws`;
+    this.sseURL = `${secure ? "https" : "http"}://${base}/sse`;
+    this.opts = { minBackoff: 500, maxBackoff: 15000, connectTimeout: 10000, transport: "auto", ...options };
+    this.backoff = this.opts.minBackoff;
+    this.transport = this.opts.transport === "sse" ? "sse" : "websocket";
+    this.storageKey = "eventbus:positions:" + this.wsURL;
+    this.storage =
+      options.storage !== undefined ? options.storage : ((globalThis as any).sessionStorage as PositionStore | undefined) ?? null;
+    this.load();
+    const g = globalThis as any;
+    if (g.addEventListener) g.addEventListener("pagehide", () => this.save());
+  }
+
+  /** Opens the connection, and reopens it whenever it drops, until close. */
+  connect(): void {
+    if (!this.closed) return;
+    this.closed = false;
+    void this.open();
+  }
+
+  /** Closes the connection for good; positions stay saved. */
+  close(): void {
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.conn?.close();
+    this.conn = null;
+    this.save();
+  }
+
+  /** The transport in use, or to be tried next. */
+  get currentTransport(): Transport {
+    return this.transport;
+  }
+
+  /** Where a subscription stands: what it resumes from. */
+  positions(pattern: string): Positions {
+    return { ...(this.subs.get(pattern)?.positions ?? {}) };
+  }
+
+  /**
+   * Calls fn(event, frame) for every event on a channel matching pattern,
+   * from now on and, after a reconnect, for what was missed meanwhile.
+   */
+  subscribe(pattern: string, fn: Handler, options: SubscribeOptions = {}): Unsubscribe {
+    let sub = this.subs.get(pattern);
+    const first = !sub;
+    if (!sub) {
+      sub = { handlers: new Set(), onSubscribed: new Set(), positions: this.saved[pattern] ?? {}, waiting: [] };
+      this.subs.set(pattern, sub);
+    }
+    sub.handlers.add(fn);
+    if (options.onSubscribed) sub.onSubscribed.add(options.onSubscribed);
+    const s = sub;
+    const ready = new Promise<Subscribed>((resolve, reject) => s.waiting.push({ resolve, reject }));
+    ready.catch(() => {});
+    if (first) this.sendSubscribe(pattern);
+    else if (this.conn) s.waiting.shift()?.resolve({}); // subscribed already
+    const off = (() => {
+      s.handlers.delete(fn);
+      if (options.onSubscribed) s.onSubscribed.delete(options.onSubscribed);
+      if (s.handlers.size > 0 || this.subs.get(pattern) !== s) return;
+      this.subs.delete(pattern);
+      delete this.saved[pattern];
+      this.scheduleSave();
+      if (this.conn?.transport === "websocket") this.request({ action: "unsubscribe", channel: pattern }, () => {});
+      else if (this.conn) this.reopen();
+    }) as Unsubscribe;
+    off.ready = ready;
+    return off;
+  }
+
+  // --- connections ---
+
+  private status(s: Status, detail = ""): void {
+    this.opts.onStatus?.(s, detail, this.transport);
+  }
+
+  private async token(): Promise<string | undefined> {
+    return this.opts.getToken ? await this.opts.getToken() : this.opts.token;
+  }
+
+  private async open(): Promise<void> {
+    if (this.closed) return;
+    this.status("connecting");
+    let token: string | undefined;
+    try {
+      token = await this.token();
+    } catch (err) {
+      this.status("error", String(err));
+      return this.retry();
+    }
+    if (this.closed) return;
+    if (this.transport === "websocket") this.openWebSocket(token);
+    else this.openSSE(token);
+  }
+
+  private retry(): void {
+    if (this.closed) return;
+    const delay = this.backoff * (0.5 + Math.random() / 2);
+    this.backoff = Math.min(this.backoff * 2, this.opts.maxBackoff);
+    this.retryTimer = setTimeout(() => void this.open(), delay);
+  }
+
+  private dropped(detail: string): void {
+    for (const done of this.pending.values()) done(undefined, new Error("connection closed"));
+    this.pending.clear();
+    this.conn = null;
+    this.save();
+    this.status("closed", detail);
+    this.retry();
+  }
+
+  /** Reopens at once: SSE subscriptions are fixed per connection. */
+  private reopen(): void {
+    const c = this.conn;
+    this.conn = null;
+    c?.close();
+    void this.open();
+  }
+
+  private openWebSocket(token: string | undefined): void {
+    const WS = this.opts.WebSocket ?? (globalThis as any).WebSocket;
+    if (!WS) {
+      this.transport = "sse";
+      return void this.open();
+    }
+    const url = this.wsURL + (token ? "?token=" + encodeURIComponent(token) : "");
+    const ws: WebSocket = new WS(url);
+    let opened = false;
+    const conn: Connection = {
+      transport: "websocket",
+      close: () => ws.close(1000, "bye"),
+      send: (frame) => ws.send(JSON.stringify(frame)),
+    };
+    this.conn = conn;
+    // A network that drops packets leaves a handshake hanging for minutes.
+    const timer = setTimeout(() => {
+      if (!opened && this.conn === conn) ws.close(4000, "connect timeout");
+    }, this.opts.connectTimeout);
+    ws.onopen = () => {
+      clearTimeout(timer);
+      opened = true;
+      this.wsFailures = 0;
+      this.backoff = this.opts.minBackoff;
+      this.status("open");
+      for (const pattern of this.subs.keys()) this.sendSubscribe(pattern);
+    };
+    ws.onmessage = (msg: MessageEvent) => {
+      for (const f of splitFrames(String(msg.data))) this.receive(f as any);
+    };
+    let ended = false;
+    const end = (detail: string) => {
+      clearTimeout(timer);
+      if (ended || this.conn !== conn) return; // handled, replaced, or closed on purpose
+      ended = true;
+      if (!opened && this.opts.transport === "auto" && ++this.wsFailures >= wsFailuresBeforeSSE) {
+        this.transport = "sse"; // WebSockets do not get through: try SSE
+      }
+      this.dropped(detail);
+    };
+    ws.onclose = (ev: CloseEvent) => end(`${ev.code} ${ev.reason}`);
+    // Browsers follow an error with a close; Node 20's WebSocket may not.
+    ws.onerror = () => {
+      end("error");
+      try {
+        ws.close();
+      } catch {
+        // closed already
+      }
+    };
+  }
+
+  private openSSE(token: string | undefined): void {
+    const f = this.opts.fetch ?? (globalThis as any).fetch;
+    const q = new URLSearchParams();
+    for (const pattern of this.subs.keys()) q.append("channel", pattern);
+    if (!q.has("channel")) {
+      // Nothing to subscribe to: the stream opens with the first subscription.
+      this.conn = { transport: "sse", close: () => {} };
+      this.status("open");
+      return;
+    }
+    const headers: Record<string, string> = { Accept: "text/event-stream" };
+    if (token) headers.Authorization = "Bearer " + token;
+    const since = this.sinceAll();
+    if (Object.keys(since).length > 0) headers["Last-Event-ID"] = encodeCursor(since);
+    const abort = new AbortController();
+    const conn: Connection = { transport: "sse", close: () => abort.abort() };
+    this.conn = conn;
+    void (async () => {
+      try {
+        const resp: Response = await f(this.sseURL + "?" + q, { headers, signal: abort.signal });
+        if (!resp.ok || !resp.body) throw new Error(`GET /sse: ${resp.status} ${await resp.text()}`);
+        this.backoff = this.opts.minBackoff;
+        this.status("open");
+        await readSSE(resp.body, (type, data) => {
+          if (this.conn !== conn) return;
+          let frame: any;
+          try {
+            frame = JSON.parse(data);
+          } catch {
+            return;
+          }
+          if (type === "subscribed") this.subscribed(frame.channel, frame);
+          else if (type === "close") this.status("closed", `${frame.code} ${frame.reason}`);
+          else if (type === "message") this.receive(frame);
+        });
+        throw new Error("stream ended");
+      } catch (err) {
+        if (this.conn === conn) this.dropped(String(err));
+      }
+    })();
+  }
+
+  /** For an SSE stream, whose since spans every subscription: the earliest position of each namespace. */
+  private sinceAll(): Positions {
+    const out: Positions = {};
+    for (const sub of this.subs.values()) {
+      for (const [ns, p] of Object.entries(sub.positions)) {
+        const cur = out[ns];
+        if (!cur || (cur.epoch === p.epoch && compareOffsets(p.offset, cur.offset) < 0)) out[ns] = p;
+      }
+    }
+    return out;
+  }
+
+  // --- requests and frames ---
+
+  private sendSubscribe(pattern: string): void {
+    const conn = this.conn;
+    if (!conn) return; // sent when the connection opens
+    if (conn.transport === "sse") return this.reopen();
+    const sub = this.subs.get(pattern)!;
+    const frame: Record<string, unknown> = { action: "subscribe", channel: pattern };
+    if (Object.keys(sub.positions).length > 0) frame.since = sub.positions;
+    this.request(frame, (reply, err) => {
+      if (!err) return this.subscribed(pattern, reply);
+      if (!err.code) return; // the connection dropped: resent on the next one
+      for (const w of sub.waiting.splice(0)) w.reject(err);
+    });
+  }
+
+  /** Sends a request; done gets its reply, or the error, as it is read. */
+  private request(frame: Record<string, unknown>, done: (reply: any, err?: Error & { code?: string }) => void): void {
+    const send = this.conn?.send;
+    if (!send) return done(undefined, new Error("not connected"));
+    const id = String(this.nextId++);
+    this.pending.set(id, done);
+    send({ ...frame, id });
+  }
+
+  private subscribed(pattern: string, reply: Subscribed): void {
+    const sub = this.subs.get(pattern);
+    if (!sub) return;
+    if (reply.recovered === false) sub.positions = {}; // what it had is gone: start over from here
+    for (const [ns, p] of Object.entries(reply.positions ?? {})) {
+      if (!sub.positions[ns]) sub.positions[ns] = p;
+    }
+    this.scheduleSave();
+    const r: Subscribed = { recovered: reply.recovered, missed: reply.missed, reason: reply.reason, positions: reply.positions };
+    for (const w of sub.waiting.splice(0)) w.resolve(r);
+    for (const fn of sub.onSubscribed) fn(r);
+  }
+
+  private receive(frame: any): void {
+    if (frame === null || typeof frame !== "object") return;
+    if (frame.id && this.pending.has(frame.id)) {
+      const done = this.pending.get(frame.id)!;
+      this.pending.delete(frame.id);
+      if (frame.error) done(undefined, Object.assign(new Error(frame.error.message), { code: frame.error.code }));
+      else done(frame);
+      return;
+    }
+    if (frame.unsubscribed) {
+      this.subs.delete(frame.unsubscribed);
+      delete this.saved[frame.unsubscribed];
+      this.opts.onUnsubscribed?.(frame.unsubscribed, frame.reason);
+      return;
+    }
+    if (!frame.event) return;
+    const ns = namespaceOf(frame.channel);
+    for (const pattern of frame.subscriptions ?? []) {
+      const sub = this.subs.get(pattern);
+      if (!sub) continue;
+      if (frame.offset && !advance(sub.positions, ns, { offset: frame.offset, epoch: frame.epoch })) continue; // had it
+      for (const fn of sub.handlers) fn(frame.event, frame);
+    }
+    this.scheduleSave();
+  }
+
+  // --- positions across page reloads ---
+
+  private saved: Record<string, Positions> = {};
+
+  private load(): void {
+    try {
+      const v = this.storage?.getItem(this.storageKey);
+      if (v) this.saved = JSON.parse(v) ?? {};
+    } catch {
+      this.saved = {};
+    }
+  }
+
+  private scheduleSave(): void {
+    if (!this.storage || this.saveTimer) return;
+    this.saveTimer = setTimeout(() => this.save(), 250);
+  }
+
+  private save(): void {
+    if (this.saveTimer) clearTimeout(this.saveTimer);
+    this.saveTimer = null;
+    if (!this.storage) return;
+    for (const [pattern, sub] of this.subs) this.saved[pattern] = sub.positions;
+    try {
+      this.storage.setItem(this.storageKey, JSON.stringify(this.saved));
+    } catch {
+      // storage full or denied: positions live as long as the page
+    }
+  }
+}
+
+/** Reads an SSE stream, calling onEvent(type, data) for each event. */
+export async function readSSE(body: ReadableStream<Uint8Array>, onEvent: (type: string, data: string) => void): Promise<void> {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  let type = "";
+  let data: string[] = [];
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += decoder.decode(value, { stream: true });
+    for (;;) {
+      const m = /\r\n|\r|\n/.exec(buf);
+      if (!m) break;
+      if (m[0] === "\r" && m.index === buf.length - 1) break; // may be half of CRLF
+      const line = buf.slice(0, m.index);
+      buf = buf.slice(m.index + m[0].length);
+      if (line === "") {
+        if (data.length > 0) onEvent(type || "message", data.join("\n"));
+        type = "";
+        data = [];
+        continue;
+      }
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value2 = colon < 0 ? "" : line.slice(colon + 1);
+      if (value2.startsWith(" ")) value2 = value2.slice(1);
+      if (field === "event") type = value2;
+      else if (field === "data") data.push(value2);
+    }
+  }
+}

@@ -1,0 +1,212 @@
+// Unit tests of the client against fakes of WebSocket, fetch and storage:
+// node --experimental-websocket --test test/ (after npm run build).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { EventBus, splitFrames, compareOffsets, advance, encodeCursor } from "../dist/eventbus.js";
+
+// FakeWebSocket records what the client sends; the test plays the edge.
+class FakeWebSocket {
+  static OPEN = 1;
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.sent = [];
+    this.readyState = 0;
+    FakeWebSocket.all.push(this);
+  }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close(code = 1000, reason = "") { this.readyState = 3; this.onclose?.({ code, reason }); }
+  // edge side
+  open() { this.readyState = 1; this.onopen?.(); }
+  message(...frames) { this.onmessage?.({ data: frames.map((f) => JSON.stringify(f)).join("\n") }); }
+  drop(code = 1006) { this.readyState = 3; this.onclose?.({ code, reason: "" }); }
+  fail() { this.onerror?.({}); } // an error with no close after it, as Node 20's WebSocket may do
+  last() { return this.sent[this.sent.length - 1]; }
+}
+
+class MemoryStorage {
+  constructor() { this.m = new Map(); }
+  getItem(k) { return this.m.has(k) ? this.m.get(k) : null; }
+  setItem(k, v) { this.m.set(k, v); }
+}
+
+// until waits for cond, failing after 5 s; the client's timers are a
+// millisecond long in these tests.
+async function until(what, cond) {
+  const deadline = Date.now() + 5000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error("timed out waiting for " + what);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+function newBus(sockets, opts = {}) {
+  sockets.length = 0;
+  let tokens = 0;
+  const bus = new EventBus("http://edge.test:8081", {
+    WebSocket: class extends FakeWebSocket { constructor(u) { super(u); sockets.push(this); } },
+    getToken: () => "t" + ++tokens,
+    minBackoff: 1, maxBackoff: 2, storage: null, ...opts,
+  });
+  return { bus, tokens: () => tokens };
+}
+
+const ev = (subject, offset, subscriptions = ["order:*"], channel = "order:placed") =>
+  ({ channel, subscriptions, offset, epoch: "e1", event: { subject } });
+
+test("splitFrames splits what the edge packs into one message", () => {
+  assert.deepEqual(splitFrames('{"a":1}\n{"b":2}\n\nnot json\n{"c":3}'), [{ a: 1 }, { b: 2 }, { c: 3 }]);
+});
+
+test("offsets compare as numbers, and positions only move forward within an epoch", () => {
+  assert.equal(compareOffsets("9-0", "10-0"), -1);
+  assert.equal(compareOffsets("10-2", "10-10"), -1);
+  assert.equal(compareOffsets("10-10", "10-10"), 0);
+  const ps = {};
+  assert.equal(advance(ps, "order", { offset: "10-0", epoch: "e1" }), true);
+  assert.equal(advance(ps, "order", { offset: "9-0", epoch: "e1" }), false);
+  assert.equal(advance(ps, "order", { offset: "1-0", epoch: "e2" }), true); // a new epoch wins
+  assert.deepEqual(ps.order, { offset: "1-0", epoch: "e2" });
+});
+
+test("encodeCursor writes what the edge reads back as Last-Event-ID", () => {
+  const c = encodeCursor({ order: { offset: "1732290000000-1", epoch: "9f" } });
+  assert.match(c, /^[A-Za-z0-9_-]+$/);
+  const json = Buffer.from(c.replace(/-/g, "+").replace(/_/g, "/"), "base64").toString();
+  assert.deepEqual(JSON.parse(json), { order: ["1732290000000-1", "9f"] });
+});
+
+test("it resumes every subscription from its positions after a reconnect, with a fresh token", async () => {
+  const sockets = [];
+  const { bus, tokens } = newBus(sockets);
+  const got = [];
+  const replies = [];
+  bus.subscribe("order:*", (event) => got.push(event.subject), { onSubscribed: (r) => replies.push(r) });
+  bus.connect();
+  await until("a socket", () => sockets.length === 1);
+  assert.equal(sockets[0].url, "ws://edge.test:8081/ws?token=t1");
+  sockets[0].open();
+  const sub = sockets[0].last();
+  assert.deepEqual({ ...sub, id: undefined }, { action: "subscribe", channel: "order:*", id: undefined });
+  sockets[0].message({ id: sub.id, ok: true, positions: { order: { offset: "5-0", epoch: "e1" } } });
+  sockets[0].message(ev("a", "6-0"), ev("b", "7-0"));
+  sockets[0].message(ev("a again", "6-0")); // already had it: not delivered twice
+  assert.deepEqual(got, ["a", "b"]);
+  assert.deepEqual(bus.positions("order:*"), { order: { offset: "7-0", epoch: "e1" } });
+
+  sockets[0].drop();
+  await until("a new socket", () => sockets.length === 2);
+  assert.equal(sockets[1].url, "ws://edge.test:8081/ws?token=t2");
+  assert.equal(tokens(), 2);
+  sockets[1].open();
+  const resume = sockets[1].last();
+  assert.deepEqual(resume.since, { order: { offset: "7-0", epoch: "e1" } });
+  const order = [];
+  bus.subscribe("order:*", () => order.push("event"), { onSubscribed: () => order.push("reply") });
+  sockets[1].message({ id: resume.id, ok: true, recovered: true, missed: 1 }, ev("c", "8-0"));
+  assert.deepEqual(got, ["a", "b", "c"]);
+  assert.deepEqual(order, ["reply", "event"], "the reply is reported before the events it precedes");
+  assert.deepEqual(replies.map((r) => r.recovered), [undefined, true]);
+  assert.equal(replies[1].missed, 1);
+  bus.close();
+});
+
+test("a subscription that cannot recover starts over from the reply's positions", async () => {
+  const sockets = [];
+  const { bus } = newBus(sockets);
+  const replies = [];
+  bus.subscribe("order:*", () => {}, { onSubscribed: (r) => replies.push(r) });
+  bus.connect();
+  await until("a socket", () => sockets.length === 1);
+  sockets[0].open();
+  sockets[0].message({ id: sockets[0].last().id, ok: true }, ev("a", "6-0"));
+  sockets[0].drop();
+  await until("a new socket", () => sockets.length === 2);
+  sockets[1].open();
+  sockets[1].message({ id: sockets[1].last().id, ok: true, recovered: false, reason: "epoch_changed", positions: { order: { offset: "2-0", epoch: "e2" } } });
+  assert.equal(replies[1].reason, "epoch_changed");
+  assert.deepEqual(bus.positions("order:*"), { order: { offset: "2-0", epoch: "e2" } });
+  bus.close();
+});
+
+test("positions survive a page reload in storage", async () => {
+  const storage = new MemoryStorage();
+  const sockets = [];
+  const first = newBus(sockets, { storage }).bus;
+  first.subscribe("order:*", () => {});
+  first.connect();
+  await until("a socket", () => sockets.length === 1);
+  sockets[0].open();
+  sockets[0].message({ id: sockets[0].last().id, ok: true }, ev("a", "6-0"));
+  first.close(); // as pagehide would
+  const second = newBus(sockets, { storage }).bus;
+  second.subscribe("order:*", () => {});
+  second.connect();
+  await until("a socket", () => sockets.length === 1);
+  sockets[0].open();
+  assert.deepEqual(sockets[0].last().since, { order: { offset: "6-0", epoch: "e1" } });
+  second.close();
+});
+
+test("the edge dropping a subscription is reported and forgotten", async () => {
+  const sockets = [];
+  const dropped = [];
+  const { bus } = newBus(sockets, { onUnsubscribed: (p, reason) => dropped.push([p, reason]) });
+  bus.subscribe("order:*", () => {});
+  bus.connect();
+  await until("a socket", () => sockets.length === 1);
+  sockets[0].open();
+  sockets[0].message({ unsubscribed: "order:*", reason: "forbidden" });
+  assert.deepEqual(dropped, [["order:*", "forbidden"]]);
+  assert.deepEqual(bus.positions("order:*"), {});
+  bus.close();
+});
+
+test("when WebSockets cannot open it falls back to SSE, resuming from its positions", async () => {
+  const sockets = [];
+  const requests = [];
+  let push;
+  const fetch = async (url, init) => {
+    requests.push({ url, headers: init.headers });
+    const body = new ReadableStream({ start(c) { push = (s) => c.enqueue(new TextEncoder().encode(s)); } });
+    return new Response(body, { status: 200, headers: { "Content-Type": "text/event-stream" } });
+  };
+  const storage = new MemoryStorage();
+  storage.setItem("eventbus:positions:ws://edge.test:8081/ws", JSON.stringify({ "order:*": { order: { offset: "6-0", epoch: "e1" } } }));
+  const statuses = [];
+  const { bus } = newBus(sockets, { fetch, storage, onStatus: (s, _, transport) => statuses.push(s + "/" + transport) });
+  const got = [];
+  bus.subscribe("order:*", (event) => got.push(event.subject));
+  bus.connect();
+  await until("a first socket", () => sockets.length === 1);
+  sockets[0].drop(); // refused before it opened
+  await until("a second socket", () => sockets.length === 2);
+  sockets[1].drop();
+  await until("an SSE request", () => requests.length === 1);
+  assert.equal(bus.currentTransport, "sse");
+  assert.equal(requests[0].url, "http://edge.test:8081/sse?channel=order%3A*");
+  assert.equal(requests[0].headers.Authorization, "Bearer t3");
+  assert.equal(requests[0].headers["Last-Event-ID"], encodeCursor({ order: { offset: "6-0", epoch: "e1" } }));
+  await until("the stream", () => push);
+  push(': eventbus\n\nevent: subscribed\ndata: {"channel":"order:*","recovered":true,"missed":1}\n\n');
+  push("id: x\ndata: " + JSON.stringify(ev("b", "7-0")) + "\r\n\r\n");
+  push("data: " + JSON.stringify(ev("c", "8-0")).slice(0, 10));
+  push(JSON.stringify(ev("c", "8-0")).slice(10) + "\n\n");
+  await until("the events", () => got.length === 2);
+  assert.deepEqual(got, ["b", "c"]);
+  assert.ok(statuses.includes("open/sse"));
+  bus.close();
+});
+
+test("a socket that fails with an error and no close is tried again", async () => {
+  const sockets = [];
+  const { bus } = newBus(sockets, { transport: "websocket" });
+  bus.subscribe("order:*", () => {});
+  bus.connect();
+  await until("a socket", () => sockets.length === 1);
+  sockets[0].fail();
+  await until("another socket", () => sockets.length === 2);
+  sockets[1].open();
+  assert.equal(sockets[1].last().action, "subscribe");
+  bus.close();
+});
