@@ -99,7 +99,10 @@ func (c *nodeClient) until(key string) json.RawMessage {
 			if !ok {
 				c.t.Fatalf("the node client ended before %q", key)
 			}
-			if os.Getenv("DEBUG_NODE") != "" { b, _ := json.Marshal(m); fmt.Fprintln(os.Stderr, "node:", string(b)) }
+			if os.Getenv("DEBUG_NODE") != "" {
+				b, _ := json.Marshal(m)
+				fmt.Fprintln(os.Stderr, "node:", string(b))
+			}
 			if v, ok := m[key]; ok {
 				return v
 			}
