@@ -61,7 +61,7 @@ run: build ## Start Redis and every service on localhost; Ctrl-C stops all
 
 # The benchmarks run against their own system: quiet logger, a known token
 # secret, and the edge's send queue and rate limits as in production.
-BENCH_ENV := LOGGER_STDOUT=false LOG_LEVEL=warn EDGE_DEMO=false EDGE_JWT_SECRET=bench-secret-0123456789abcdef
+BENCH_ENV := LOGGER_STDOUT=false LOG_LEVEL=warn EDGE_DEMO=false EDGE_JWT_SECRET=bench-secret-0123456789abcdef EDGE_RECOVER_MAX=100000
 
 .PHONY: bench
 bench: build ## Start the system and run the standard benchmark scenarios

@@ -22,6 +22,7 @@ if [[ ${BENCH_SMOKE:-} == 1 ]]; then
 	run bench ingest "${flags[@]}" --concurrency 2 --duration 2s --grpc="localhost${API_GRPC_ADDR:-:9090}" --batch 500
 	run bench ingest "${flags[@]}" --concurrency 2 --duration 2s --grpc="localhost${API_GRPC_ADDR:-:9090}" --batch 500 --patterns 400
 	run bench connections "${flags[@]}" --count 300 --settle 1s
+	run bench recovery "${flags[@]}" --grpc="localhost${API_GRPC_ADDR:-:9090}" --events 1000
 	exit $failed
 fi
 
@@ -31,6 +32,8 @@ run bench fanout "${flags[@]}" --subscribers 100 --rate 1000 --duration 10s
 run bench fanout "${flags[@]}" --subscribers 1000 --rate 100 --duration 5s --ramp
 run bench ingest "${flags[@]}" --concurrency 64 --duration 10s
 run bench ingest "${flags[@]}" --concurrency 8 --duration 10s --grpc="localhost${API_GRPC_ADDR:-:9090}"
+# A client away while 50,000 events flow, then catching up.
+run bench recovery "${flags[@]}" --grpc="localhost${API_GRPC_ADDR:-:9090}" --events 50000
 # The same while attackers hold 20,000 distinct patterns at the edge.
 run bench ingest "${flags[@]}" --concurrency 8 --duration 10s --grpc="localhost${API_GRPC_ADDR:-:9090}" --patterns 20000
 # 50,000 idle connections, or as many as the open-file limit allows: the

@@ -31,6 +31,7 @@ or JSON with --json. Scenarios:
   fanout       WebSocket subscribers on one channel, events posted over HTTP
   ingest       events posted over HTTP (or a gRPC stream) as fast as possible
   connections  idle WebSocket connections and what each costs the edge
+  recovery     a client away while events flow, then the time it takes to catch up
 
 Run 'eventbus bench SCENARIO --help' for its flags.
 `
@@ -51,6 +52,8 @@ func runBench(ctx context.Context, e env, args []string) error {
 		return benchIngest(ctx, e, args[1:])
 	case "connections":
 		return benchConnections(ctx, e, args[1:])
+	case "recovery":
+		return benchRecovery(ctx, e, args[1:])
 	case "-h", "--help", "help":
 		fmt.Fprint(e.stdout, benchUsage)
 		return nil

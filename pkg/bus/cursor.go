@@ -1,11 +1,13 @@
 package bus
 
 import (
+	"cmp"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -22,6 +24,23 @@ var epochRE = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
 
 // IsOffset reports whether s is a stream offset such as "1732290000000-0".
 func IsOffset(s string) bool { return offsetRE.MatchString(s) }
+
+// CompareOffsets orders two offsets of one namespace: -1 when a comes
+// before b, 0 when equal, +1 after. "" comes first, as "0-0" does.
+func CompareOffsets(a, b string) int {
+	am, as := SplitOffset(a)
+	bm, bs := SplitOffset(b)
+	return cmp.Or(cmp.Compare(am, bm), cmp.Compare(as, bs))
+}
+
+// SplitOffset returns an offset's milliseconds and sequence number; zeros
+// for what is not an offset.
+func SplitOffset(o string) (ms, seq uint64) {
+	m, s, _ := strings.Cut(o, "-")
+	ms, _ = strconv.ParseUint(m, 10, 64)
+	seq, _ = strconv.ParseUint(s, 10, 64)
+	return ms, seq
+}
 
 // IsEpoch reports whether s is an epoch: hex digits.
 func IsEpoch(s string) bool { return epochRE.MatchString(s) }

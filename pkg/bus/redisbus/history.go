@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -190,8 +189,8 @@ func mergePages(reads []nsRead, limit int) bus.Page {
 	// events in different namespaces is unknown, and namespace order
 	// stands in for it.
 	slices.SortStableFunc(page.Events, func(a, b bus.Event) int {
-		am, as := splitID(a.Position.Offset)
-		bm, bs := splitID(b.Position.Offset)
+		am, as := bus.SplitOffset(a.Position.Offset)
+		bm, bs := bus.SplitOffset(b.Position.Offset)
 		return cmp.Or(cmp.Compare(am, bm), strings.Compare(namespaceOf(a.Channel), namespaceOf(b.Channel)), cmp.Compare(as, bs))
 	})
 	cut := len(page.Events) > limit
@@ -220,20 +219,6 @@ func mergePages(reads []nsRead, limit int) bus.Page {
 	return page
 }
 
-// compareIDs orders stream ids "<ms>-<seq>"; "" and "0-0" come first.
-func compareIDs(a, b string) int {
-	am, as := splitID(a)
-	bm, bs := splitID(b)
-	return cmp.Or(cmp.Compare(am, bm), cmp.Compare(as, bs))
-}
-
-func splitID(id string) (uint64, uint64) {
-	ms, seq, _ := strings.Cut(id, "-")
-	m, _ := strconv.ParseUint(ms, 10, 64)
-	s, _ := strconv.ParseUint(seq, 10, 64)
-	return m, s
-}
-
 // trimmedPast reports whether entries after offset may have been trimmed:
 // offset is older than the oldest entry kept (Redis does not count trimmed
 // entries in max-deleted-entry-id). When exactly the entries up to offset
@@ -241,7 +226,7 @@ func splitID(id string) (uint64, uint64) {
 // partial answer for a whole one.
 func trimmedPast(info *redis.XInfoStream, offset string) bool {
 	if info.Length == 0 {
-		return compareIDs(offset, info.LastGeneratedID) < 0
+		return bus.CompareOffsets(offset, info.LastGeneratedID) < 0
 	}
-	return compareIDs(offset, info.FirstEntry.ID) < 0
+	return bus.CompareOffsets(offset, info.FirstEntry.ID) < 0
 }

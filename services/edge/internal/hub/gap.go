@@ -93,10 +93,10 @@ func (h *Hub) readGap(names []string, since bus.Cursor) ([]bus.Event, error) {
 	}
 	out := slices.Collect(maps.Values(got))
 	slices.SortFunc(out, func(a, b bus.Event) int {
-		am, _ := splitOffset(a.Position.Offset)
-		bm, _ := splitOffset(b.Position.Offset)
+		am, _ := bus.SplitOffset(a.Position.Offset)
+		bm, _ := bus.SplitOffset(b.Position.Offset)
 		return cmp.Or(cmp.Compare(am, bm), strings.Compare(namespaceOf(a.Channel), namespaceOf(b.Channel)),
-			compareOffsets(a.Position.Offset, b.Position.Offset))
+			bus.CompareOffsets(a.Position.Offset, b.Position.Offset))
 	})
 	return out, nil
 }

@@ -435,7 +435,7 @@ func (h *Hub) dispatch(m bus.Message) {
 	defer h.mu.RUnlock()
 	if !m.Position.IsZero() {
 		ns := namespaceOf(m.Channel)
-		if last, ok := h.seen[ns]; ok && last.Epoch == m.Position.Epoch && compareOffsets(m.Position.Offset, last.Offset) <= 0 {
+		if last, ok := h.seen[ns]; ok && last.Epoch == m.Position.Epoch && bus.CompareOffsets(m.Position.Offset, last.Offset) <= 0 {
 			return // dispatched already, read from the record after a gap
 		}
 		h.seen[ns] = m.Position

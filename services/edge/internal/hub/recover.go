@@ -4,8 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -165,7 +163,7 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 		h.mu.Unlock()
 		for _, ev := range live {
 			ns := ev.Namespace()
-			if !ev.Position.IsZero() && last[ns] != "" && compareOffsets(ev.Position.Offset, last[ns]) <= 0 {
+			if !ev.Position.IsZero() && last[ns] != "" && bus.CompareOffsets(ev.Position.Offset, last[ns]) <= 0 {
 				continue // the record gave it
 			}
 			if !h.push(c, ev, subs, &r.cancelled) {
@@ -212,18 +210,4 @@ func (h *Hub) hold(c *Client, ev *Event, subs []string) []string {
 		}
 	}
 	return live
-}
-
-// compareOffsets orders stream offsets "<ms>-<seq>".
-func compareOffsets(a, b string) int {
-	am, as := splitOffset(a)
-	bm, bs := splitOffset(b)
-	return cmp.Or(cmp.Compare(am, bm), cmp.Compare(as, bs))
-}
-
-func splitOffset(o string) (uint64, uint64) {
-	ms, seq, _ := strings.Cut(o, "-")
-	m, _ := strconv.ParseUint(ms, 10, 64)
-	s, _ := strconv.ParseUint(seq, 10, 64)
-	return m, s
 }

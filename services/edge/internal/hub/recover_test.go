@@ -40,7 +40,7 @@ func (f *fakeHistory) History(ctx context.Context, p string, since bus.Cursor, l
 	}
 	for _, e := range f.events {
 		ns, _, _ := strings.Cut(e.Channel, ":")
-		if from, ok := since[ns]; ok && compareOffsets(e.Position.Offset, from.Offset) <= 0 {
+		if from, ok := since[ns]; ok && bus.CompareOffsets(e.Position.Offset, from.Offset) <= 0 {
 			continue
 		}
 		if len(page.Events) == limit {
