@@ -24,7 +24,7 @@ Usage:
   eventbus history [flags] PATTERN      print the recorded events of a pattern
   eventbus dead-letters list|retry      list the emails never sent, or send them again
   eventbus token --sub ID [flags]       mint a development token for the edge
-  eventbus bench SCENARIO [flags]       measure a running system: fanout, ingest, connections
+  eventbus bench SCENARIO [flags]       measure a running system: fanout, ingest, connections, recovery
   eventbus devredis [flags]             run an embedded Redis-compatible server (development only)
 
 Run 'eventbus COMMAND --help' for the flags of a command.
