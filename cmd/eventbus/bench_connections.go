@@ -15,11 +15,13 @@ func benchConnections(ctx context.Context, e env, args []string) error {
 	fs := flags(e, "bench connections", "",
 		"Opens N idle WebSocket connections to the edge, from source addresses spread over\n"+
 			"127.0.0.0/8, and reports how long that took and the edge's resident memory and Go heap\n"+
-			"per connection, read from its own metrics.")
+			"per connection, read from its own metrics. With --subscribe, once all are open, every\n"+
+			"connection subscribes at once to a channel of its own (a subscribe storm), timed.")
 	var b benchFlags
 	b.register(fs, e)
 	count := fs.Int("count", 10000, "connections to open")
 	settle := fs.Duration("settle", 3*time.Second, "how long to let the edge settle before reading its memory")
+	storm := fs.Bool("subscribe", false, "then have every connection subscribe at once to a distinct channel")
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) != 0 || *count < 1 {
@@ -68,9 +70,6 @@ func benchConnections(ctx context.Context, e env, args []string) error {
 				return err
 			}
 			conns[i] = c
-			// Read, so the edge's pings are answered; nothing else arrives.
-			// The read ends when the deferred close above closes c.
-			readers.Go(func() { _, _, _ = c.Read(ctx) })
 			opened.Add(1)
 			return nil
 		})
@@ -80,6 +79,19 @@ func benchConnections(ctx context.Context, e env, args []string) error {
 	stop()
 	if err != nil {
 		return fmt.Errorf("opened %d of %d connections: %w", opened.Load(), *count, err)
+	}
+	var stormTime time.Duration
+	var stormLat []time.Duration
+	if *storm {
+		stormTime, stormLat, err = subscribeStorm(ctx, conns)
+		if err != nil {
+			return err
+		}
+	}
+	for _, c := range conns {
+		// Read, so the edge's pings are answered; nothing else arrives.
+		// The read ends when the deferred close above closes c.
+		readers.Go(func() { _, _, _ = c.Read(ctx) })
 	}
 	select {
 	case <-time.After(*settle):
@@ -103,5 +115,38 @@ func benchConnections(ctx context.Context, e env, args []string) error {
 		{"rss_bytes_per_conn", round((rss1-rss0)/n, 0)}, {"heap_bytes_per_conn", round((heap1-heap0)/n, 0)},
 		{"edge_rss_bytes", rss1}, {"edge_heap_inuse_bytes", heap1},
 	}
+	if *storm {
+		p := percentiles(stormLat, 50, 99)
+		res = append(res, field{"storm_seconds", round(stormTime.Seconds(), 2)},
+			field{"subscribes_per_sec", round(n/stormTime.Seconds(), 0)}, field{"subscribe_p50_ms", p[0]}, field{"subscribe_p99_ms", p[1]})
+	}
 	return res.print(e.stdout, b.json, "connections")
+}
+
+// subscribeStorm has every connection subscribe at once to a channel of
+// its own, and returns how long until all were answered and each one's
+// latency.
+func subscribeStorm(ctx context.Context, conns []*websocket.Conn) (time.Duration, []time.Duration, error) {
+	lat := make([]time.Duration, len(conns))
+	release := make(chan struct{})
+	var g errgroup.Group
+	var ready sync.WaitGroup
+	for i, c := range conns {
+		ready.Add(1)
+		g.Go(func() error {
+			ready.Done()
+			<-release
+			t0 := time.Now()
+			if err := subscribe(ctx, c, fmt.Sprintf("storm:c%d", i)); err != nil {
+				return fmt.Errorf("storm: connection %d: %w", i, err)
+			}
+			lat[i] = time.Since(t0)
+			return nil
+		})
+	}
+	ready.Wait()
+	start := time.Now()
+	close(release)
+	err := g.Wait()
+	return time.Since(start), lat, err
 }

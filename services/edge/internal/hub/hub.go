@@ -73,11 +73,15 @@ type Hub struct {
 	subs       map[string]map[*Client]struct{} // channel or pattern → clients subscribed to it
 	joined     sync.WaitGroup
 
-	// The Redis side (redisset.go), changed with change and mu held.
-	redis     map[string]struct{}    // names subscribed in Redis
-	patterns  int                    // how many of them have a wildcard
-	covers    map[string]*patternSet // Redis name → client patterns it serves besides its own
-	coveredBy map[string][]string    // client pattern → the names whose covers hold it
+	// The Redis side (redisset.go, batch.go), changed with change and mu
+	// held, or with mu held as a change Redis confirmed is applied.
+	ops        chan redisOp           // changes on their way to Redis, in order
+	adding     map[string]*pendingAdd // names on their way into Redis
+	addingWild int                    // how many of them have a wildcard
+	redis      map[string]struct{}    // names subscribed in Redis
+	wild       map[string]struct{}    // those with a wildcard
+	covers     map[string]*patternSet // Redis name → client patterns it serves besides its own
+	coveredBy  map[string][]string    // client pattern → the names whose covers hold it
 
 	// seen is where each namespace stood at its last event dispatched:
 	// after a gap in the Redis subscription the hub reads on from there.
@@ -105,11 +109,14 @@ func New(sub bus.Subscription, opts Options, log *slog.Logger, reg prometheus.Re
 		sub:        sub,
 		opts:       opts,
 		recovering: make(chan struct{}, maxRecovering),
+		ops:        make(chan redisOp, 4096),
+		adding:     make(map[string]*pendingAdd),
 		log:        log,
 		clients:    make(map[*Client]struct{}),
 		identities: make(map[string]*identity),
 		subs:       make(map[string]map[*Client]struct{}),
 		redis:      make(map[string]struct{}),
+		wild:       make(map[string]struct{}),
 		covers:     make(map[string]*patternSet),
 		coveredBy:  make(map[string][]string),
 		seen:       make(map[string]bus.Position),
@@ -221,20 +228,9 @@ func (h *Hub) Leave(c *Client) {
 	h.release(orphans)
 }
 
-// release unsubscribes in Redis the names no client wants any more. It
-// only logs a failure: a name left subscribed in Redis costs a little
-// traffic that the hub drops, and the next subscription to it repairs it.
-// Call with change held.
-func (h *Hub) release(orphans []string) {
-	if len(orphans) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := h.sub.Remove(ctx, orphans...); err != nil {
-		h.log.Warn("unsubscribe in redis", "patterns", orphans, "error", err)
-	}
-}
+// release unsubscribes in Redis the names no client wants any more, in the
+// background. Call with change held.
+func (h *Hub) release(orphans []string) { h.remove(orphans) }
 
 // Count returns how many subscriptions c has.
 func (h *Hub) Count(c *Client) int {
@@ -266,26 +262,38 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, since bus.Curs
 			h.log.Debug("read where a pattern's namespaces stand", "pattern", p, "error", err)
 		}
 	}
-	h.change.Lock()
-	h.mu.RLock()
-	_, has := c.subs[p]
-	first := len(h.subs[p]) == 0
-	closed := h.closed
-	full := !has && c.who.patterns[p] == 0 && len(c.who.patterns) >= h.opts.MaxUserPatterns
-	h.mu.RUnlock()
-	var err error
-	switch {
-	case closed:
-		err = ErrClosed
-	case full:
-		h.m.refusals.WithLabelValues("user_patterns").Inc()
-		err = ErrTooManyPatterns
-	case first:
-		err = h.serve(ctx, p)
-	}
-	if err != nil {
+	var has bool
+	for {
+		h.change.Lock()
+		h.mu.RLock()
+		_, has = c.subs[p]
+		first := len(h.subs[p]) == 0
+		closed := h.closed
+		full := !has && c.who.patterns[p] == 0 && len(c.who.patterns) >= h.opts.MaxUserPatterns
+		h.mu.RUnlock()
+		var err error
+		var pending *pendingAdd
+		switch {
+		case closed:
+			err = ErrClosed
+		case full:
+			h.m.refusals.WithLabelValues("user_patterns").Inc()
+			err = ErrTooManyPatterns
+		case first:
+			pending, err = h.serve(ctx, p)
+		}
+		if err != nil {
+			h.change.Unlock()
+			return err
+		}
+		if pending == nil {
+			break // with change held
+		}
+		// Redis takes p with others waiting their turn; then look again.
 		h.change.Unlock()
-		return err
+		if err := h.wait(ctx, pending); err != nil {
+			return err
+		}
 	}
 	h.mu.Lock()
 	var r *replay
@@ -388,6 +396,9 @@ func (h *Hub) drop(c *Client, p string) []string {
 // Run fans out events until ctx ends, then closes every connection with
 // DisconnectShutdown and waits (at most 5 s) for them to leave.
 func (h *Hub) Run(ctx context.Context) error {
+	changes, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel() // after the connections left, whose unsubscriptions it sends
+	go h.applyChanges(changes)
 	msgs := h.sub.Messages()
 	for {
 		select {

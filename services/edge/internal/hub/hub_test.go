@@ -18,6 +18,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 // fakeSub is a bus.Subscription fed by the test: what a transport would
@@ -27,6 +28,8 @@ type fakeSub struct {
 
 	mu       sync.Mutex
 	patterns map[string]int // Add minus Remove, per pattern
+	adds     [][]string     // each Add call's patterns
+	gate     chan struct{}  // when set, Add waits for it
 }
 
 func newFakeSub() *fakeSub {
@@ -39,7 +42,14 @@ func (f *fakeSub) Close() error                 { return nil }
 
 func (f *fakeSub) Add(_ context.Context, ps ...string) error {
 	f.mu.Lock()
+	gate := f.gate
+	f.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.adds = append(f.adds, slices.Clone(ps))
 	for _, p := range ps {
 		f.patterns[p]++
 	}
@@ -76,6 +86,13 @@ func (f *fakeSub) subscribed() []string {
 type testHub struct {
 	*Hub
 	sub *fakeSub
+}
+
+// redisNames returns what the hub has subscribed in Redis once the
+// changes it queued are applied.
+func (h *testHub) redisNames() []string {
+	h.settle()
+	return h.sub.subscribed()
 }
 
 // bounds are the hub's Options in tests that do not test them.
@@ -255,7 +272,7 @@ func TestDeliversEachPublishOncePerClient(t *testing.T) {
 	both.subscribe(t, h, "*:placed")
 	orders.subscribe(t, h, "order:*")
 	placed.subscribe(t, h, "*:placed")
-	if got, want := h.sub.subscribed(), []string{"*:placed", "order:*"}; !slices.Equal(got, want) {
+	if got, want := h.redisNames(), []string{"*:placed", "order:*"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
 	}
 	h.publish(t, "order:placed", "1", "*:placed", "order:*")
@@ -283,7 +300,7 @@ func TestRepliesAndEventsShareOneOrder(t *testing.T) {
 	if got, want := summary(c.frames()), []string{"ok a:*", "1 via a:*", "unsubscribed"}; !slices.Equal(got, want) {
 		t.Fatalf("frames = %q, want %q", got, want)
 	}
-	if got := h.sub.subscribed(); len(got) != 0 {
+	if got := h.redisNames(); len(got) != 0 {
 		t.Fatalf("Redis subscriptions after the last client left = %q, want none", got)
 	}
 }
@@ -308,7 +325,7 @@ func TestRevokeDropsWhatIsNoLongerGranted(t *testing.T) {
 	if want := []string{"revoked *", "revoked notify:user:4", "order via order:*"}; !slices.Equal(summary(got), want) {
 		t.Fatalf("frames = %q, want %q", summary(got), want)
 	}
-	if got, want := h.sub.subscribed(), []string{"*", "order:*"}; !slices.Equal(got, want) {
+	if got, want := h.redisNames(), []string{"*", "order:*"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions = %q, want %q: * stays for the other client", got, want)
 	}
 }
@@ -409,16 +426,16 @@ func TestCoveringPatternPastTheBound(t *testing.T) {
 	a, b, c, exact := h.join(t), h.join(t), h.join(t), h.join(t)
 	a.subscribe(t, h, "order:a*")
 	exact.subscribe(t, h, "order:b1")
-	if got, want := h.sub.subscribed(), []string{"order:a*", "order:b1"}; !slices.Equal(got, want) {
+	if got, want := h.redisNames(), []string{"order:a*", "order:b1"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions within the bound = %q, want %q", got, want)
 	}
 	b.subscribe(t, h, "order:b*")
-	if got, want := h.sub.subscribed(), []string{"order:*", "order:b1"}; !slices.Equal(got, want) {
+	if got, want := h.redisNames(), []string{"order:*", "order:b1"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions past the bound = %q, want %q", got, want)
 	}
 	// A pattern a cover serves already costs Redis nothing.
 	c.subscribe(t, h, "order:c*")
-	if got, want := h.sub.subscribed(), []string{"order:*", "order:b1"}; !slices.Equal(got, want) {
+	if got, want := h.redisNames(), []string{"order:*", "order:b1"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
 	}
 	h.publish(t, "order:a1", "1", "order:*")
@@ -438,7 +455,7 @@ func TestCoveringPatternPastTheBound(t *testing.T) {
 	for _, cl := range []*testClient{a, b, c} {
 		h.leave(cl)
 	}
-	if got, want := h.sub.subscribed(), []string{"order:b1"}; !slices.Equal(got, want) {
+	if got, want := h.redisNames(), []string{"order:b1"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions after the covered clients left = %q, want %q", got, want)
 	}
 }
@@ -452,7 +469,7 @@ func TestCoverOfAWildcardNamespaceIsEverything(t *testing.T) {
 	a, b := h.join(t), h.join(t)
 	a.subscribe(t, h, "*:placed")
 	b.subscribe(t, h, "ord*:shipped")
-	if got, want := h.sub.subscribed(), []string{"*"}; !slices.Equal(got, want) {
+	if got, want := h.redisNames(), []string{"*"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
 	}
 	h.publish(t, "order:placed", "1", "*")
@@ -532,12 +549,12 @@ func TestNarrowestCoverAndCoversOfCovers(t *testing.T) {
 	x1.subscribe(t, h, "a:x1*")
 	y.subscribe(t, h, "b:y*")
 	x2.subscribe(t, h, "a:x2*")
-	if got, want := h.sub.subscribed(), []string{"a:x*", "b:y*"}; !slices.Equal(got, want) {
+	if got, want := h.redisNames(), []string{"a:x*", "b:y*"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
 	}
 	h.publish(t, "a:x2q", "1", "a:x*")
 	w.subscribe(t, h, "a:w*")
-	if got, want := h.sub.subscribed(), []string{"a:*", "b:y*"}; !slices.Equal(got, want) {
+	if got, want := h.redisNames(), []string{"a:*", "b:y*"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
 	}
 	h.publish(t, "a:x1q", "2", "a:x*") // matched before a:* took over
@@ -552,7 +569,7 @@ func TestNarrowestCoverAndCoversOfCovers(t *testing.T) {
 	for _, c := range []*testClient{x1, x2, w} {
 		h.leave(c)
 	}
-	if got, want := h.sub.subscribed(), []string{"b:y*"}; !slices.Equal(got, want) {
+	if got, want := h.redisNames(), []string{"b:y*"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions after they left = %q, want %q", got, want)
 	}
 	if n := len(h.covers) + len(h.coveredBy); n != 0 {
@@ -570,7 +587,7 @@ func TestAPatternThatIsItsOwnCover(t *testing.T) {
 	a, star := h.join(t), h.join(t)
 	a.subscribe(t, h, "order:a*")
 	star.subscribe(t, h, "order:*")
-	if got, want := h.sub.subscribed(), []string{"order:*"}; !slices.Equal(got, want) {
+	if got, want := h.redisNames(), []string{"order:*"}; !slices.Equal(got, want) {
 		t.Fatalf("Redis subscriptions = %q, want %q", got, want)
 	}
 	h.publish(t, "order:a1", "1", "order:*")
@@ -582,11 +599,11 @@ func TestAPatternThatIsItsOwnCover(t *testing.T) {
 	}
 	h.leave(a)
 	h.leave(star)
-	if got := h.sub.subscribed(); len(got) != 0 {
+	if got := h.redisNames(); len(got) != 0 {
 		t.Fatalf("Redis subscriptions after both left = %q, want none", got)
 	}
-	if h.patterns != 0 {
-		t.Fatalf("the count of Redis patterns is %d with none subscribed", h.patterns)
+	if len(h.wild) != 0 {
+		t.Fatalf("the count of Redis patterns is %d with none subscribed", len(h.wild))
 	}
 }
 
@@ -663,5 +680,49 @@ func TestEncodesEachFrameOnce(t *testing.T) {
 		if len(events) != 1 || events[0].Event.Position != pos || events[0].Event.Namespace() != "enc" {
 			t.Fatalf("client %d got %+v, want the event once, at %+v", i, events, pos)
 		}
+	}
+}
+
+// Subscriptions that arrive while Redis is busy share its next round trip,
+// and one to a pattern subscribed already waits for none.
+func TestSubscriptionsShareRedisRoundTrips(t *testing.T) {
+	t.Parallel()
+	h := startHub(t, bounds)
+	early := h.join(t)
+	early.subscribe(t, h, "st:early")
+	gate := make(chan struct{})
+	h.sub.mu.Lock()
+	h.sub.gate = gate
+	h.sub.mu.Unlock()
+	const n = 50
+	errs := make(chan error, n)
+	for i := range n {
+		c := h.join(t)
+		go func() { errs <- h.Subscribe(t.Context(), c.Client, fmt.Sprintf("st:c%d", i), nil, reply("")) }()
+	}
+	// Redis holds the first batch: a subscription to what it has already
+	// is answered meanwhile.
+	servicetest.WaitFor(t, "the first batch to reach Redis", func() bool {
+		h.mu.RLock()
+		defer h.mu.RUnlock()
+		return len(h.adding) > 0
+	})
+	other := h.join(t)
+	other.subscribe(t, h, "st:early")
+	close(gate)
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.sub.mu.Lock()
+	calls := len(h.sub.adds)
+	h.sub.mu.Unlock()
+	if got := len(h.redisNames()); got != n+1 {
+		t.Fatalf("Redis has %d names, want %d", got, n+1)
+	}
+	// One Add for st:early, then the 50 in a few batches, not 50.
+	if calls > 1+n/2 {
+		t.Fatalf("%d Add calls for %d subscriptions, want them batched", calls-1, n)
 	}
 }

@@ -45,7 +45,7 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 		gauge("eventbus_edge_redis_subscriptions", "Channels and patterns subscribed in Redis.",
 			func() int { return len(h.redis) }),
 		gauge("eventbus_edge_redis_patterns", "Wildcard patterns subscribed in Redis, at most EDGE_MAX_REDIS_PATTERNS.",
-			func() int { return h.patterns }),
+			func() int { return len(h.wild) }),
 		gauge("eventbus_edge_covered_patterns", "Client patterns served by a covering Redis pattern and matched on the edge.",
 			func() int { return len(h.coveredBy) }),
 		gauge("eventbus_edge_send_queue_bytes", "Bytes of frames waiting in every client's send queue.",

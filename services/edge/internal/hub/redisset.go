@@ -26,35 +26,35 @@ import (
 // name taken over by a cover keeps its set until its patterns leave, for
 // the events Redis matched against it before the cover took over.
 
-// serve arranges for the first client of p to receive p's events, and
-// returns once Redis delivers them. Call with change held, not mu.
-func (h *Hub) serve(ctx context.Context, p string) error {
+// serve arranges for the first client of p to receive p's events. When
+// that takes a name new to Redis, it returns what to wait on, with change
+// released, for Redis to deliver them; else it returns nil once they are
+// delivered. Call with change held, not mu.
+func (h *Hub) serve(ctx context.Context, p string) (*pendingAdd, error) {
 	h.mu.RLock()
 	_, subscribed := h.redis[p]
-	full := h.patterns >= h.opts.MaxRedisPatterns
-	by, cover := h.coverOf(p), h.coverFor(p)
+	adding := h.adding[p] != nil
+	full := len(h.wild)+h.addingWild >= h.opts.MaxRedisPatterns
+	var by, cover string
+	if full && channel.IsPattern(p) {
+		by, cover = h.coverOf(p), h.coverFor(p)
+	}
 	h.mu.RUnlock()
 	switch {
 	case subscribed:
-		return nil // subscribed in Redis for the clients it covers
-	case !channel.IsPattern(p) || !full:
-		if err := h.sub.Add(ctx, p); err != nil {
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
-		h.mu.Lock()
-		h.subscribed(p)
-		h.mu.Unlock()
-		return nil
+		return nil, nil // subscribed in Redis for the clients it covers
+	case adding || !channel.IsPattern(p) || !full:
+		return h.add(p), nil
 	case by != "":
 		h.mu.Lock()
 		h.cover(by, p)
 		h.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	// Until Redis confirms that the patterns the cover takes over are
 	// unsubscribed, an event may come through both: dispatch counts it once.
 	if err := h.sub.Add(ctx, cover); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	h.mu.Lock()
 	h.subscribed(cover)
@@ -62,8 +62,8 @@ func (h *Hub) serve(ctx context.Context, p string) error {
 		h.cover(cover, p)
 	}
 	var moved []string
-	for r := range h.redis {
-		if r == cover || !channel.IsPattern(r) || !channel.Covers(cover, r) {
+	for r := range h.wild {
+		if r == cover || !channel.Covers(cover, r) {
 			continue
 		}
 		h.unsubscribed(r)
@@ -83,13 +83,13 @@ func (h *Hub) serve(ctx context.Context, p string) error {
 	h.release(moved)
 	h.log.Info("redis patterns at their bound: a covering pattern takes over",
 		"cover", cover, "bound", h.opts.MaxRedisPatterns, "taken_over", len(moved))
-	return nil
+	return nil, nil
 }
 
 // coverOf returns a Redis pattern that covers p, or "". Call with mu held.
 func (h *Hub) coverOf(p string) string {
-	for r := range h.redis {
-		if channel.IsPattern(r) && channel.Covers(r, p) {
+	for r := range h.wild {
+		if channel.Covers(r, p) {
 			return r
 		}
 	}
@@ -101,10 +101,7 @@ func (h *Hub) coverOf(p string) string {
 // followed by '*'. Call with mu held.
 func (h *Hub) coverFor(p string) string {
 	lp, best := literalPrefix(p), ""
-	for r := range h.redis {
-		if !channel.IsPattern(r) {
-			continue
-		}
+	for r := range h.wild {
 		lr := literalPrefix(r)
 		n := 0
 		for n < len(lp) && n < len(lr) && lp[n] == lr[n] {
@@ -156,7 +153,7 @@ func (h *Hub) cover(q, p string) {
 func (h *Hub) subscribed(r string) {
 	h.redis[r] = struct{}{}
 	if channel.IsPattern(r) {
-		h.patterns++
+		h.wild[r] = struct{}{}
 	}
 }
 
@@ -165,9 +162,7 @@ func (h *Hub) unsubscribed(r string) {
 		return
 	}
 	delete(h.redis, r)
-	if channel.IsPattern(r) {
-		h.patterns--
-	}
+	delete(h.wild, r)
 }
 
 // recipients returns the client patterns an event on ch brought by the
