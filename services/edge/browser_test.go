@@ -40,24 +40,7 @@ func chromium(t *testing.T) string {
 func TestDemoPageShowsANotification(t *testing.T) {
 	t.Parallel()
 	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_DEMO": "true"})
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium(t)),
-		chromedp.NoSandbox, // CI runs as root
-		chromedp.DisableGPU,
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.WindowSize(1100, 800),
-	)
-	alloc, cancel := chromedp.NewExecAllocator(t.Context(), opts...)
-	defer cancel()
-	browser, cancel := chromedp.NewContext(alloc)
-	defer cancel()
-	// The first action starts the browser and must not carry a timeout;
-	// the later ones get one, so a missing element fails rather than hangs.
-	if err := chromedp.Do(browser, chromedp.Navigate(e.base+"/?user=42")); err != nil {
-		t.Fatalf("open the demo page: %v", err)
-	}
+	browser := openBrowser(t, e.base+"/?user=42")
 	ctx, cancel := context.WithTimeout(browser, 60*time.Second)
 	defer cancel()
 	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`#status[data-state="open"]`))); err != nil {
@@ -105,6 +88,30 @@ func TestDemoPageShowsANotification(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s", shot)
+}
+
+// openBrowser starts a headless Chromium of the test's own on url.
+func openBrowser(t *testing.T, url string) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium(t)),
+		chromedp.NoSandbox, // CI runs as root
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.WindowSize(1100, 800),
+	)
+	alloc, cancel := chromedp.NewExecAllocator(t.Context(), opts...)
+	t.Cleanup(cancel)
+	browser, cancel := chromedp.NewContext(alloc)
+	t.Cleanup(cancel)
+	// The first action starts the browser and must not carry a timeout;
+	// the later ones get one, so a missing element fails rather than hangs.
+	if err := chromedp.Do(browser, chromedp.Navigate(url)); err != nil {
+		t.Fatalf("open %s: %v", url, err)
+	}
+	return browser
 }
 
 // do runs one browser action and returns its value, failing the test on

@@ -142,6 +142,9 @@ export function encodeCursor(positions: Positions): string {
 
 const namespaceOf = (channel: string) => channel.split(":", 1)[0];
 
+/** Whether the browser knows it is offline (never in Node). */
+const offline = () => (globalThis as any).navigator?.onLine === false;
+
 export class EventBus {
   private readonly wsURL: string;
   private readonly sseURL: string;
@@ -177,7 +180,29 @@ export class EventBus {
       options.storage !== undefined ? options.storage : ((globalThis as any).sessionStorage as PositionStore | undefined) ?? null;
     this.load();
     const g = globalThis as any;
-    if (g.addEventListener) g.addEventListener("pagehide", () => this.save());
+    if (g.addEventListener) {
+      g.addEventListener("pagehide", () => this.save());
+      // A connection may outlive the network silently for a long while:
+      // the browser knowing it is offline drops it at once, and knowing it
+      // is back reconnects at once.
+      g.addEventListener("offline", () => this.wentOffline());
+      g.addEventListener("online", () => this.cameOnline());
+    }
+  }
+
+  private wentOffline(): void {
+    const c = this.conn;
+    if (this.closed || !c) return;
+    this.conn = null;
+    c.close();
+    this.dropped("offline");
+  }
+
+  private cameOnline(): void {
+    if (this.closed || this.conn) return;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.backoff = this.opts.minBackoff;
+    void this.open();
   }
 
   /** Opens the connection, and reopens it whenever it drops, until close. */
@@ -264,7 +289,7 @@ export class EventBus {
   }
 
   private retry(): void {
-    if (this.closed) return;
+    if (this.closed || offline()) return; // the online event reconnects
     const delay = this.backoff * (0.5 + Math.random() / 2);
     this.backoff = Math.min(this.backoff * 2, this.opts.maxBackoff);
     this.retryTimer = setTimeout(() => void this.open(), delay);
@@ -322,7 +347,7 @@ export class EventBus {
       clearTimeout(timer);
       if (ended || this.conn !== conn) return; // handled, replaced, or closed on purpose
       ended = true;
-      if (!opened && this.opts.transport === "auto" && ++this.wsFailures >= wsFailuresBeforeSSE) {
+      if (!opened && !offline() && this.opts.transport === "auto" && ++this.wsFailures >= wsFailuresBeforeSSE) {
         this.transport = "sse"; // WebSockets do not get through: try SSE
       }
       this.dropped(detail);

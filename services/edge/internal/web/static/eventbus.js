@@ -55,6 +55,8 @@ export function encodeCursor(positions) {
     return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 const namespaceOf = (channel) => channel.split(":", 1)[0];
+/** Whether the browser knows it is offline (never in Node). */
+const offline = () => globalThis.navigator?.onLine === false;
 export class EventBus {
     wsURL;
     sseURL;
@@ -89,8 +91,30 @@ export class EventBus {
             options.storage !== undefined ? options.storage : globalThis.sessionStorage ?? null;
         this.load();
         const g = globalThis;
-        if (g.addEventListener)
+        if (g.addEventListener) {
             g.addEventListener("pagehide", () => this.save());
+            // A connection may outlive the network silently for a long while:
+            // the browser knowing it is offline drops it at once, and knowing it
+            // is back reconnects at once.
+            g.addEventListener("offline", () => this.wentOffline());
+            g.addEventListener("online", () => this.cameOnline());
+        }
+    }
+    wentOffline() {
+        const c = this.conn;
+        if (this.closed || !c)
+            return;
+        this.conn = null;
+        c.close();
+        this.dropped("offline");
+    }
+    cameOnline() {
+        if (this.closed || this.conn)
+            return;
+        if (this.retryTimer)
+            clearTimeout(this.retryTimer);
+        this.backoff = this.opts.minBackoff;
+        void this.open();
     }
     /** Opens the connection, and reopens it whenever it drops, until close. */
     connect() {
@@ -181,8 +205,8 @@ export class EventBus {
             this.openSSE(token);
     }
     retry() {
-        if (this.closed)
-            return;
+        if (this.closed || offline())
+            return; // the online event reconnects
         const delay = this.backoff * (0.5 + Math.random() / 2);
         this.backoff = Math.min(this.backoff * 2, this.opts.maxBackoff);
         this.retryTimer = setTimeout(() => void this.open(), delay);
@@ -242,7 +266,7 @@ export class EventBus {
             if (ended || this.conn !== conn)
                 return; // handled, replaced, or closed on purpose
             ended = true;
-            if (!opened && this.opts.transport === "auto" && ++this.wsFailures >= wsFailuresBeforeSSE) {
+            if (!opened && !offline() && this.opts.transport === "auto" && ++this.wsFailures >= wsFailuresBeforeSSE) {
                 this.transport = "sse"; // WebSockets do not get through: try SSE
             }
             this.dropped(detail);
