@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -95,5 +96,69 @@ func TestDemoPageRecoversAfterGoingOffline(t *testing.T) {
 				t.Fatalf("the page recovered %q missed events, want those published while it was offline", missed)
 			}
 		})
+	}
+}
+
+// An EventSource, the browser's own SSE client, resumes by itself: its edge
+// shuts down, events are published while none runs, and when another edge
+// answers at the address, EventSource's reconnection sends the last id
+// back and every missed event comes, once, in order.
+func TestEventSourceResumesOnAnotherEdge(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	env := map[string]string{"EDGE_DEMO": "true", "EDGE_HTTP_ADDR": addr}
+	first := startEdgeWithPrefix(t, srv, prefix, env)
+	rec := first.recorder(t)
+	publish := func(from, to int) {
+		for i := from; i < to; i++ {
+			if _, err := rec.Publish(t.Context(), "es:x", event(t, "es:x", fmt.Sprint(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	browser := openBrowser(t, first.base+"/?user=7&pattern=none:x")
+	ctx, cancel := context.WithTimeout(browser, 90*time.Second)
+	defer cancel()
+	open := fmt.Sprintf(`(() => {
+		window.got = []; window.replies = [];
+		const es = new EventSource("/sse?channel=es:*&token=%s");
+		es.onmessage = (m) => window.got.push(JSON.parse(m.data).event.subject);
+		es.addEventListener("subscribed", (m) => window.replies.push(JSON.parse(m.data)));
+		return true;
+	})()`, mint(t, "u7", "es:*"))
+	do(t, ctx, chromedp.Evaluate[bool](open))
+	wait := func(what, cond string) {
+		t.Helper()
+		if err := chromedp.Do(ctx, chromedp.Poll[chromedp.Void](cond)); err != nil {
+			t.Fatalf("wait for %s: %v; %s", what, err, pageState(t, browser))
+		}
+	}
+	wait("the subscription", `window.replies.length === 1`)
+	publish(0, 5)
+	wait("the live events", `window.got.length === 5`)
+	if err := first.svc.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	publish(5, 25) // while no edge runs
+	startEdgeWithPrefix(t, srv, prefix, env)
+	wait("the missed events", `window.got.length >= 25`)
+	got := do(t, ctx, chromedp.Evaluate[[]string](`window.got`))
+	var want []string
+	for i := range 25 {
+		want = append(want, fmt.Sprint(i))
+	}
+	if !equal(got, want...) {
+		t.Fatalf("EventSource got %q, want %q", got, want)
+	}
+	reply := do(t, ctx, chromedp.Evaluate[map[string]any](`window.replies[window.replies.length - 1]`))
+	if reply["recovered"] != true || reply["missed"] != float64(20) {
+		t.Fatalf("the resumed subscription said %v, want recovered, 20 missed", reply)
 	}
 }

@@ -39,7 +39,13 @@ type edge struct {
 
 func startEdge(t *testing.T, srv *redistest.Server, env map[string]string) *edge {
 	t.Helper()
-	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	return startEdgeWithPrefix(t, srv, strings.TrimSuffix(redistest.Prefix(t), ":"), env)
+}
+
+// startEdgeWithPrefix starts an edge on the Redis keys of prefix: a second
+// edge of the same deployment, say.
+func startEdgeWithPrefix(t *testing.T, srv *redistest.Server, prefix string, env map[string]string) *edge {
+	t.Helper()
 	vars := map[string]string{
 		"EDGE_HTTP_ADDR": "127.0.0.1:0", "EDGE_JWT_SECRET": secret,
 		"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "debug",
