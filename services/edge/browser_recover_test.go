@@ -162,3 +162,42 @@ func TestEventSourceResumesOnAnotherEdge(t *testing.T) {
 		t.Fatalf("the resumed subscription said %v, want recovered, 20 missed", reply)
 	}
 }
+
+// The client keeps its positions in sessionStorage: a page reloaded while
+// events flow resumes where the page before it stopped.
+func TestDemoPageResumesAcrossAReload(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_DEMO": "true"})
+	rec := e.recorder(t)
+	publish := func(from, to int) {
+		for i := from; i < to; i++ {
+			if _, err := rec.Publish(t.Context(), "rl:x", event(t, "rl:x", fmt.Sprint(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	browser := openBrowser(t, e.base+"/?user=7&pattern=rl:*")
+	ctx, cancel := context.WithTimeout(browser, 90*time.Second)
+	defer cancel()
+	wait := func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, actions...); err != nil {
+			t.Fatalf("wait for %s: %v; %s", what, err, pageState(t, browser))
+		}
+	}
+	wait("the subscription", chromedp.WaitReady(chromedp.CSS(`#recovery[data-state="live"]`)))
+	publish(0, 5)
+	wait("the events", chromedp.Poll[chromedp.Void](`document.querySelectorAll("#feed li").length === 5`))
+	// Leave the page (it saves its positions as it goes), publish, and
+	// come back: what was published meanwhile is missed, then recovered.
+	wait("leaving the page", chromedp.Navigate("about:blank"))
+	publish(5, 15)
+	wait("the reloaded page", chromedp.Navigate(e.base+"/?user=7&pattern=rl:*"),
+		chromedp.WaitReady(chromedp.CSS(`#recovery[data-state="recovered"]`)),
+		chromedp.Poll[chromedp.Void](`document.querySelectorAll("#feed li").length >= 10`))
+	got := do(t, ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll("#feed li")].reverse().map((li) => li.dataset.subject)`))
+	missed := do(t, ctx, chromedp.Evaluate[string](`document.querySelector("#recovery").dataset.missed`))
+	if !equal(got, "5", "6", "7", "8", "9", "10", "11", "12", "13", "14") || missed != "10" {
+		t.Fatalf("after the reload the feed shows %q (%s missed), want 5 to 14, 10 missed", got, missed)
+	}
+}
