@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export REDIS_URL=${REDIS_URL:-redis://localhost:6379/0}
+bin=${EVENTBUS_BIN:-bin} # where make build put the binaries
 hostport=${REDIS_URL#*://}
 hostport=${hostport#*@}
 hostport=${hostport%%/*}
@@ -50,9 +51,9 @@ if redis_answers; then
 elif command -v redis-server >/dev/null; then
 	echo "[run] starting redis-server on $redis_host:$redis_port"
 	start redis redis-server --bind "$redis_host" --port "$redis_port" --save "" --appendonly no
-elif [[ -x bin/eventbus ]]; then
+elif [[ -x $bin/eventbus ]]; then
 	echo "[run] no redis-server installed: starting the embedded Redis-compatible server on $redis_host:$redis_port (development only)"
-	start redis bin/eventbus devredis --addr "$redis_host:$redis_port"
+	start redis "$bin/eventbus" devredis --addr "$redis_host:$redis_port"
 fi
 for _ in $(seq 100); do
 	redis_answers && break
@@ -60,12 +61,24 @@ for _ in $(seq 100); do
 done
 redis_answers || { echo "[run] Redis is not answering at $REDIS_URL" >&2; exit 1; }
 
-start api bin/api
-start logger bin/logger
+# The development secret of edge tokens, kept across runs: the edge checks
+# tokens with it (and signs the demo page's), and bin/eventbus token reads
+# the same file, so the tokens it mints work here.
+if [[ -z ${EDGE_JWT_SECRET:-} ]]; then
+	mkdir -p data
+	if [[ ! -s data/dev-secret ]]; then
+		(umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >data/dev-secret)
+	fi
+	EDGE_JWT_SECRET=$(<data/dev-secret)
+fi
+export EDGE_JWT_SECRET
+
+start api "$bin/api"
+start logger "$bin/logger"
 # Demo mode mints tokens for the demo page: for this local run only.
-start edge env EDGE_DEMO="${EDGE_DEMO:-true}" bin/edge
+start edge env EDGE_DEMO="${EDGE_DEMO:-true}" "$bin/edge"
 # Without SENDGRID_API_KEY in the environment, emails are only logged.
-start notification bin/notification
+start notification "$bin/notification"
 
 email_mode="dry-run, logged below"
 [[ -n ${SENDGRID_API_KEY:-} ]] && email_mode="sent through SendGrid"
@@ -78,6 +91,7 @@ cat <<MSG
 [run] try:  curl -s localhost:8080/v1/users -d '{"user_id":"42","email":"ada@example.com","name":"Ada"}'
 [run]       curl -s localhost:8080/v1/orders/o1/ship -d '{"user_id":"42","carrier":"DHL","tracking_number":"JD01"}'
 [run]       bin/eventbus tail
+[run]       bin/eventbus token --sub 42 --channels 'order:*'   (a token this edge accepts: signed with data/dev-secret)
 [run] Ctrl-C stops everything.
 MSG
 

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -85,6 +87,35 @@ func TestReadable(t *testing.T) {
 				t.Errorf("readable() = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// Without a secret in the environment, eventbus token signs with the
+// development secret make run keeps in data/dev-secret, which the edge it
+// starts checks tokens with; a secret the edge would refuse signs nothing.
+func TestTokenUsesTheDevelopmentSecret(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	noEnv := func(string) string { return "" }
+	if err := run(t.Context(), []string{"token", "--sub", "42"}, noEnv, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "make run") {
+		t.Fatalf("token without any secret = %v, want an error naming make run", err)
+	}
+	secret := "0123456789abcdef0123456789abcdef"
+	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data", "dev-secret"), []byte(secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"token", "--sub", "42", "--channels", "order:*"}, noEnv, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := token.NewVerifier([]byte(secret)).Verify(strings.TrimSpace(out.String())); err != nil || c.Subject != "42" {
+		t.Fatalf("token verifies as %+v, %v; want one signed with data/dev-secret", c, err)
+	}
+	if err := run(t.Context(), []string{"token", "--sub", "42", "--secret", "too-short"}, noEnv, io.Discard, io.Discard); err == nil {
+		t.Fatal("token with a 9-byte secret succeeded, want a refusal as the edge would refuse it")
 	}
 }
 

@@ -2,13 +2,18 @@ package main
 
 import (
 	"context"
-	"errors"
+	"os"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
+
+// devSecretFile is where scripts/run.sh (make run) keeps the secret the
+// development edge signs and checks tokens with, relative to the
+// repository's root.
+const devSecretFile = "data/dev-secret"
 
 func runToken(ctx context.Context, e env, args []string) error {
 	fs := flags(e, "token", "",
@@ -17,7 +22,8 @@ func runToken(ctx context.Context, e env, args []string) error {
 	sub := fs.String("sub", "", "user id (required)")
 	channels := fs.String("channels", "", "comma-separated patterns the user may subscribe to, e.g. 'order:*,user:*'")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
-	secret := fs.String("secret", e.getenv("EDGE_JWT_SECRET"), "signing secret (env EDGE_JWT_SECRET)")
+	secret := fs.String("secret", e.getenv("EDGE_JWT_SECRET"),
+		"signing secret (env EDGE_JWT_SECRET); without either, the development secret make run keeps in "+devSecretFile)
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) != 0 || *sub == "" {
@@ -25,7 +31,11 @@ func runToken(ctx context.Context, e env, args []string) error {
 		return errUsage
 	}
 	if *secret == "" {
-		return errors.New("no secret: set EDGE_JWT_SECRET or pass --secret")
+		b, err := os.ReadFile(devSecretFile)
+		if err != nil {
+			return fmt.Errorf("no secret: set EDGE_JWT_SECRET, pass --secret, or start the system with make run, which keeps its development secret in %s (%w)", devSecretFile, err)
+		}
+		*secret = strings.TrimSpace(string(b))
 	}
 	var patterns []string
 	for _, p := range strings.Split(*channels, ",") {

@@ -4,6 +4,7 @@
 package token
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,10 +28,15 @@ type Claims struct {
 	jwt.RegisteredClaims
 }
 
-// Issue signs a token for user sub, allowed channels, valid for ttl from now.
+// MinSecretBytes is the shortest HS256 secret the edge accepts, and so the
+// shortest Issue signs with.
+const MinSecretBytes = 16
+
+// Issue signs a token for user sub, allowed channels, valid for ttl from
+// now, with a random id (jti) it can be revoked by.
 func Issue(secret []byte, sub string, channels []string, ttl time.Duration, now time.Time) (string, error) {
-	if len(secret) == 0 {
-		return "", errors.New("issue token: empty secret")
+	if len(secret) < MinSecretBytes {
+		return "", fmt.Errorf("issue token: the secret has %d bytes; the edge accepts %d or more", len(secret), MinSecretBytes)
 	}
 	for _, p := range channels {
 		if err := channel.ValidatePattern(p); err != nil {
@@ -41,6 +47,7 @@ func Issue(secret []byte, sub string, channels []string, ttl time.Duration, now 
 		Channels: channels,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   sub,
+			ID:        rand.Text(),
 			IssuedAt:  jwt.NewNumericDate(now),
 			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
 		},

@@ -13,7 +13,7 @@ import (
 
 func TestIssueAndVerify(t *testing.T) {
 	t.Parallel()
-	secret := []byte("s3cret")
+	secret := []byte("s3cret-0123456789")
 	now := time.Now()
 	tok, err := token.Issue(secret, "42", []string{"order:*"}, time.Hour, now)
 	if err != nil {
@@ -27,7 +27,7 @@ func TestIssueAndVerify(t *testing.T) {
 
 func TestVerifyRefusals(t *testing.T) {
 	t.Parallel()
-	secret := []byte("s3cret")
+	secret := []byte("s3cret-0123456789")
 	now := time.Now()
 	good := func(sub string, ttl time.Duration) string {
 		tok, err := token.Issue(secret, sub, nil, ttl, now)
@@ -39,7 +39,7 @@ func TestVerifyRefusals(t *testing.T) {
 	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.MapClaims{"sub": "42", "exp": now.Add(time.Hour).Unix()}).SignedString(jwt.UnsafeAllowNoneSignatureType)
 	noExp, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42"}).SignedString(secret)
 	badChan, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42", "exp": now.Add(time.Hour).Unix(), "channels": []string{"A B"}}).SignedString(secret)
-	other, _ := token.Issue([]byte("other"), "42", nil, time.Hour, now)
+	other, _ := token.Issue([]byte("other-0123456789ab"), "42", nil, time.Hour, now)
 	expString, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42", "exp": "9999999999"}).SignedString(secret)
 	iatString, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42", "exp": now.Add(time.Hour).Unix(), "iat": "1"}).SignedString(secret)
 	future, _ := token.Issue(secret, "42", nil, time.Hour, now.Add(time.Hour))
@@ -66,7 +66,7 @@ func TestVerifyRefusals(t *testing.T) {
 // FuzzVerify feeds Verify whatever a client could send: it never panics,
 // and whatever it accepts has a subject and a numeric expiry.
 func FuzzVerify(f *testing.F) {
-	secret := []byte("fuzz-secret")
+	secret := []byte("fuzz-secret-0123456789")
 	good, _ := token.Issue(secret, "42", []string{"order:*"}, time.Hour, time.Now())
 	f.Add(good)
 	f.Add("a.b.c")
@@ -84,4 +84,27 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("Verify accepted %+v without subject or expiry", c)
 		}
 	})
+}
+
+// A secret the edge would refuse signs nothing, and every token has an id
+// to revoke it by.
+func TestIssueRefusesShortSecretsAndNamesEveryToken(t *testing.T) {
+	t.Parallel()
+	if _, err := token.Issue([]byte("fifteen-bytes!!"), "42", nil, time.Hour, time.Now()); err == nil {
+		t.Fatal("Issue with a 15-byte secret succeeded, want a refusal")
+	}
+	secret := []byte("sixteen-bytes!!!")
+	v := token.NewVerifier(secret)
+	seen := map[string]bool{}
+	for range 3 {
+		tok, err := token.Issue(secret, "42", nil, time.Hour, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := v.Verify(tok)
+		if err != nil || c.ID == "" || seen[c.ID] {
+			t.Fatalf("Verify = %+v, %v; want a token with an id of its own", c, err)
+		}
+		seen[c.ID] = true
+	}
 }

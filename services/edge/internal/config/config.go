@@ -9,6 +9,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envconfig"
+	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
 // Config is every setting of bin/edge.
@@ -79,8 +80,8 @@ func Load(getenv func(string) string) (Config, error) {
 	for _, p := range c.PublicChannels {
 		r.Check("EDGE_PUBLIC_CHANNELS", p, channel.ValidatePattern(p))
 	}
-	if len(c.JWTSecret) > 0 && len(c.JWTSecret) < 16 {
-		r.Check("EDGE_JWT_SECRET", "…", errors.New("want at least 16 bytes"))
+	if len(c.JWTSecret) > 0 && len(c.JWTSecret) < token.MinSecretBytes {
+		r.Check("EDGE_JWT_SECRET", "…", fmt.Errorf("want at least %d bytes", token.MinSecretBytes))
 	}
 	if len(c.JWTSecret) == 0 && !c.AllowAnonymous && !c.Demo {
 		r.Check("EDGE_JWT_SECRET", "", errors.New("required unless EDGE_ALLOW_ANONYMOUS or EDGE_DEMO is true: no client could subscribe"))
