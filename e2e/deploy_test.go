@@ -22,8 +22,9 @@ import (
 )
 
 // startNginx runs nginx with the repository's nginx.conf, its upstream and
-// port replaced by the given edges and a free port, and returns its address.
-func startNginx(t *testing.T, edges ...string) string {
+// port replaced by the given edges and a free port, and returns its address
+// and what it writes (its access log goes to standard output).
+func startNginx(t *testing.T, edges ...string) (string, *servicetest.Buffer) {
 	t.Helper()
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
@@ -76,7 +77,7 @@ func startNginx(t *testing.T, edges ...string) string {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	return addr
+	return addr, out
 }
 
 // TestComposeTopologyBehindNginx runs, as processes, what docker compose
@@ -112,7 +113,7 @@ func TestComposeTopologyBehindNginx(t *testing.T) {
 	for p, a := range ready {
 		waitReady(t, p, "http://"+a+"/readyz")
 	}
-	front := startNginx(t, edgeAddrs...)
+	front, _ := startNginx(t, edgeAddrs...)
 
 	post := func(path, body string) {
 		t.Helper()
@@ -253,4 +254,23 @@ func dashboardMetrics(t *testing.T) []string {
 		t.Fatal("the dashboard queries no eventbus metric")
 	}
 	return names
+}
+
+// nginx logs requests without their query string, where browsers that
+// cannot set headers put their token.
+func TestNginxLogsNoTokens(t *testing.T) {
+	srv := redistest.Shared(t)
+	a := freeAddr(t)
+	p := start(t, "edge", map[string]string{"REDIS_URL": srv.URL, "EDGE_HTTP_ADDR": a, "EDGE_ALLOW_ANONYMOUS": "true"})
+	waitReady(t, p, "http://"+a+"/readyz")
+	front, logs := startNginx(t, a)
+	resp, err := http.Get("http://" + front + "/sse?channel=x:y&token=SECRET-TOKEN-VALUE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	servicetest.WaitFor(t, "nginx to log the request", func() bool { return strings.Contains(logs.String(), "GET /sse ") })
+	if strings.Contains(logs.String(), "SECRET-TOKEN-VALUE") {
+		t.Fatalf("nginx logged the token:\n%s", logs)
+	}
 }

@@ -35,7 +35,7 @@ func TestClientResumesOnTheOtherEdgeAfterAKill(t *testing.T) {
 		edges[a] = p
 		edgeAddrs = append(edgeAddrs, a)
 	}
-	front := startNginx(t, edgeAddrs...)
+	front, _ := startNginx(t, edgeAddrs...)
 
 	script, err := filepath.Abs("../clients/js/integration/resume.mjs")
 	if err != nil {
