@@ -85,7 +85,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 	mux.Handle("GET /ws", wsapi.New(wsapi.Options{
 		Hub: h, Access: policy, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
-		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout,
+		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout, RefreshBefore: cfg.RefreshBefore,
 		MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
 		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, WriteRate: cfg.WriteRate,

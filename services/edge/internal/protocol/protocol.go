@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
@@ -225,6 +227,14 @@ func Unsubscribed(pattern, reason string) []byte {
 		Reason       string `json:"reason"`
 	}{pattern, reason})
 	return b
+}
+
+// Expiring tells a client its token expires in d, so that it sends a
+// fresh one with auth before then:
+//
+//	{"expiring":{"in_s":30}}
+func Expiring(d time.Duration) []byte {
+	return fmt.Appendf(nil, `{"expiring":{"in_s":%d}}`, max(int(math.Ceil(d.Seconds())), 0))
 }
 
 // Fail is the reply to a request that failed.

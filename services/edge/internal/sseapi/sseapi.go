@@ -124,7 +124,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if claims != nil {
 		expiry := time.AfterFunc(time.Until(claims.ExpiresAt.Time), func() {
-			c.Kick(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token expired: reconnect with a fresh one"})
+			c.Kick(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token expired"})
 		})
 		defer expiry.Stop()
 	}

@@ -54,10 +54,13 @@ type Options struct {
 	Access *access.Policy
 	Logger *slog.Logger
 
-	AllowedOrigins   []string
-	PingInterval     time.Duration
-	PongTimeout      time.Duration
-	AuthTimeout      time.Duration
+	AllowedOrigins []string
+	PingInterval   time.Duration
+	PongTimeout    time.Duration
+	AuthTimeout    time.Duration
+	// RefreshBefore is how long before its token expires a connection is
+	// told, {"expiring":{"in_s":…}}, to send a fresh one.
+	RefreshBefore    time.Duration
 	MaxMessageBytes  int64
 	MaxSubscriptions int
 	// MaxUserPatterns and MaxUserConnections are the hub's bounds, named
@@ -187,6 +190,7 @@ type session struct {
 	limiter *rate.Limiter
 	claims  atomic.Pointer[token.Claims] // nil until authenticated
 	expiry  *time.Timer                  // touched by the reading goroutine only
+	notice  *time.Timer                  // the expiring notice; likewise
 	pinger  atomic.Pointer[time.Timer]
 	writers sync.WaitGroup
 }
@@ -195,14 +199,25 @@ type session struct {
 // client, every subscription they no longer grant.
 func (s *session) authenticate(c *token.Claims) {
 	s.claims.Store(c)
-	if s.expiry != nil {
-		s.expiry.Stop()
-	}
-	s.expiry = time.AfterFunc(time.Until(c.ExpiresAt.Time), func() {
-		s.client.Kick(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token expired: reconnect with a fresh one"})
+	s.stopTokenTimers()
+	exp := c.ExpiresAt.Time
+	s.expiry = time.AfterFunc(time.Until(exp), func() {
+		s.client.Kick(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token expired"})
+	})
+	s.notice = time.AfterFunc(time.Until(exp)-s.h.RefreshBefore, func() {
+		s.client.Send(protocol.Expiring(time.Until(exp)))
 	})
 	if n := s.h.Hub.Revoke(s.client, s.allowed, forbidden); n > 0 {
 		s.h.revoked.Add(float64(n))
+	}
+}
+
+// stopTokenTimers stops the timers of the connection's current token.
+func (s *session) stopTokenTimers() {
+	for _, t := range []*time.Timer{s.expiry, s.notice} {
+		if t != nil {
+			t.Stop()
+		}
 	}
 }
 
@@ -225,11 +240,7 @@ func (s *session) run() {
 	}
 	s.schedulePing()
 	defer func() { s.pinger.Load().Stop() }()
-	defer func() {
-		if s.expiry != nil {
-			s.expiry.Stop()
-		}
-	}()
+	defer s.stopTokenTimers()
 	s.read()
 }
 
