@@ -57,10 +57,12 @@ func TestTokenRefreshWithoutReconnecting(t *testing.T) {
 		}
 		for line := range strings.SplitSeq(string(msg), "\n") {
 			var f struct {
-				Expiring *struct{ InS int `json:"in_s"` }
-				ID       string
-				OK       bool
-				Event    json.RawMessage
+				Expiring *struct {
+					InS int `json:"in_s"`
+				}
+				ID    string
+				OK    bool
+				Event json.RawMessage
 			}
 			if err := json.Unmarshal([]byte(line), &f); err != nil {
 				t.Fatalf("frame %s: %v", line, err)
