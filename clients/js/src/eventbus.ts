@@ -58,6 +58,11 @@ export interface Options {
   maxBackoff?: number;
   /** A connection not open after this many ms is given up and tried again (10 s). */
   connectTimeout?: number;
+  /**
+   * Send the token as ?token= in the WebSocket URL instead of in the first
+   * frame. Off by default: URLs end up in logs.
+   */
+  tokenInQuery?: boolean;
   onStatus?: (status: Status, detail: string, transport: Transport) => void;
   /** The edge dropped a subscription (a new token no longer grants it). */
   onUnsubscribed?: (pattern: string, reason: string) => void;
@@ -318,7 +323,7 @@ export class EventBus {
       this.transport = "sse";
       return void this.open();
     }
-    const url = this.wsURL + (token ? "?token=" + encodeURIComponent(token) : "");
+    const url = this.wsURL + (token && this.opts.tokenInQuery ? "?token=" + encodeURIComponent(token) : "");
     const ws: WebSocket = new WS(url);
     let opened = false;
     const conn: Connection = {
@@ -337,6 +342,8 @@ export class EventBus {
       this.wsFailures = 0;
       this.backoff = this.opts.minBackoff;
       this.status("open");
+      // The edge reads frames in order: the subscriptions come after it.
+      if (token && !this.opts.tokenInQuery) this.sendAuth(token);
       for (const pattern of this.subs.keys()) this.sendSubscribe(pattern);
     };
     ws.onmessage = (msg: MessageEvent) => {
@@ -435,6 +442,25 @@ export class EventBus {
   }
 
   /** Sends a request; done gets its reply, or the error, as it is read. */
+  private sendAuth(token: string): void {
+    this.request({ action: "auth", token }, (_, err) => {
+      if (err?.code) this.status("error", `auth: ${err.code}: ${err.message}`); // the edge closes the connection
+    });
+  }
+
+  /** The edge says the token expires soon: send a fresh one on the same connection. */
+  private async refresh(): Promise<void> {
+    const conn = this.conn;
+    let token: string | undefined;
+    try {
+      token = await this.token();
+    } catch (err) {
+      this.status("error", "getToken: " + String(err)); // the edge closes at expiry: reconnected then
+      return;
+    }
+    if (token && this.conn === conn && conn?.send) this.sendAuth(token);
+  }
+
   private request(frame: Record<string, unknown>, done: (reply: any, err?: Error & { code?: string }) => void): void {
     const send = this.conn?.send;
     if (!send) return done(undefined, new Error("not connected"));
@@ -463,6 +489,10 @@ export class EventBus {
       this.pending.delete(frame.id);
       if (frame.error) done(undefined, Object.assign(new Error(frame.error.message), { code: frame.error.code }));
       else done(frame);
+      return;
+    }
+    if (frame.expiring) {
+      void this.refresh();
       return;
     }
     if (frame.unsubscribed) {

@@ -84,8 +84,9 @@ test("it resumes every subscription from its positions after a reconnect, with a
   bus.subscribe("order:*", (event) => got.push(event.subject), { onSubscribed: (r) => replies.push(r) });
   bus.connect();
   await until("a socket", () => sockets.length === 1);
-  assert.equal(sockets[0].url, "ws://edge.test:8081/ws?token=t1");
+  assert.equal(sockets[0].url, "ws://edge.test:8081/ws", "the token goes in a frame, not the URL");
   sockets[0].open();
+  assert.deepEqual({ ...sockets[0].sent[0], id: undefined }, { action: "auth", token: "t1", id: undefined });
   const sub = sockets[0].last();
   assert.deepEqual({ ...sub, id: undefined }, { action: "subscribe", channel: "order:*", id: undefined });
   sockets[0].message({ id: sub.id, ok: true, positions: { order: { offset: "5-0", epoch: "e1" } } });
@@ -96,9 +97,9 @@ test("it resumes every subscription from its positions after a reconnect, with a
 
   sockets[0].drop();
   await until("a new socket", () => sockets.length === 2);
-  assert.equal(sockets[1].url, "ws://edge.test:8081/ws?token=t2");
-  assert.equal(tokens(), 2);
   sockets[1].open();
+  assert.equal(sockets[1].sent[0].token, "t2");
+  assert.equal(tokens(), 2);
   const resume = sockets[1].last();
   assert.deepEqual(resume.since, { order: { offset: "7-0", epoch: "e1" } });
   const order = [];
@@ -208,5 +209,32 @@ test("a socket that fails with an error and no close is tried again", async () =
   await until("another socket", () => sockets.length === 2);
   sockets[1].open();
   assert.equal(sockets[1].last().action, "subscribe");
+  bus.close();
+});
+
+test("told its token expires, it sends a fresh one on the same connection", async () => {
+  const sockets = [];
+  const { bus, tokens } = newBus(sockets);
+  bus.subscribe("order:*", () => {});
+  bus.connect();
+  await until("a socket", () => sockets.length === 1);
+  sockets[0].open();
+  const sent = sockets[0].sent.length;
+  sockets[0].message({ expiring: { in_s: 30 } });
+  await until("the refresh", () => sockets[0].sent.length === sent + 1);
+  assert.deepEqual({ ...sockets[0].last(), id: undefined }, { action: "auth", token: "t2", id: undefined });
+  assert.equal(tokens(), 2);
+  assert.equal(sockets.length, 1, "no reconnect");
+  bus.close();
+});
+
+test("tokenInQuery puts the token in the URL instead", async () => {
+  const sockets = [];
+  const { bus } = newBus(sockets, { tokenInQuery: true });
+  bus.connect();
+  await until("a socket", () => sockets.length === 1);
+  assert.equal(sockets[0].url, "ws://edge.test:8081/ws?token=t1");
+  sockets[0].open();
+  assert.equal(sockets[0].sent.length, 0);
   bus.close();
 });

@@ -233,7 +233,7 @@ export class EventBus {
             this.transport = "sse";
             return void this.open();
         }
-        const url = this.wsURL + (token ? "?token=" + encodeURIComponent(token) : "");
+        const url = this.wsURL + (token && this.opts.tokenInQuery ? "?token=" + encodeURIComponent(token) : "");
         const ws = new WS(url);
         let opened = false;
         const conn = {
@@ -253,6 +253,9 @@ export class EventBus {
             this.wsFailures = 0;
             this.backoff = this.opts.minBackoff;
             this.status("open");
+            // The edge reads frames in order: the subscriptions come after it.
+            if (token && !this.opts.tokenInQuery)
+                this.sendAuth(token);
             for (const pattern of this.subs.keys())
                 this.sendSubscribe(pattern);
         };
@@ -368,6 +371,26 @@ export class EventBus {
         });
     }
     /** Sends a request; done gets its reply, or the error, as it is read. */
+    sendAuth(token) {
+        this.request({ action: "auth", token }, (_, err) => {
+            if (err?.code)
+                this.status("error", `auth: ${err.code}: ${err.message}`); // the edge closes the connection
+        });
+    }
+    /** The edge says the token expires soon: send a fresh one on the same connection. */
+    async refresh() {
+        const conn = this.conn;
+        let token;
+        try {
+            token = await this.token();
+        }
+        catch (err) {
+            this.status("error", "getToken: " + String(err)); // the edge closes at expiry: reconnected then
+            return;
+        }
+        if (token && this.conn === conn && conn?.send)
+            this.sendAuth(token);
+    }
     request(frame, done) {
         const send = this.conn?.send;
         if (!send)
@@ -403,6 +426,10 @@ export class EventBus {
                 done(undefined, Object.assign(new Error(frame.error.message), { code: frame.error.code }));
             else
                 done(frame);
+            return;
+        }
+        if (frame.expiring) {
+            void this.refresh();
             return;
         }
         if (frame.unsubscribed) {
