@@ -16,10 +16,12 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
+	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/access"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/config"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/control"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/sseapi"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/web"
@@ -82,7 +84,16 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	mux := http.NewServeMux()
 	policy := &access.Policy{
 		Verifier: verifier, AllowAnonymous: cfg.AllowAnonymous, PublicChannels: cfg.PublicChannels, TrustedProxies: cfg.TrustedProxies,
+		Revocations: &revocation.Store{Redis: b.Client(), Prefix: cfg.RedisPrefix, MaxAge: cfg.MaxTokenAge},
+		MaxTokenAge: cfg.MaxTokenAge,
 	}
+	// Commands for every edge: revocations, forced disconnects and
+	// unsubscriptions.
+	ctl, err := b.Subscribe(ctx, revocation.ControlChannel)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
 	mux.Handle("GET /ws", wsapi.New(wsapi.Options{
 		Hub: h, Access: policy, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
 		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout, RefreshBefore: cfg.RefreshBefore,
@@ -112,6 +123,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return h.Run(ctx) })
+	g.Go(func() error { return control.Run(ctx, ctl, h, log, reg) })
 	g.Go(func() error {
 		return server.ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, l)
 	})

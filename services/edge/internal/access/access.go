@@ -4,12 +4,16 @@
 package access
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
@@ -20,14 +24,60 @@ type Policy struct {
 	PublicChannels []string
 	// TrustedProxies may say who the client is in X-Forwarded-For.
 	TrustedProxies []netip.Prefix
+	// Revocations, when set, refuse revoked tokens; MaxTokenAge, when
+	// set, refuses tokens that live longer (a revocation is kept that
+	// long).
+	Revocations *revocation.Store
+	MaxTokenAge time.Duration
 }
+
+// ErrRevoked is wrapped by Verify's error for a revoked token.
+var ErrRevoked = errors.New("revoked")
 
 // Verify checks a token.
 func (p *Policy) Verify(tok string) (*token.Claims, error) {
 	if p.Verifier == nil {
 		return nil, errors.New("this edge accepts no tokens (EDGE_JWT_SECRET is not set)")
 	}
-	return p.Verifier.Verify(tok)
+	c, err := p.Verifier.Verify(tok)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.admit(c); err != nil {
+		return nil, fmt.Errorf("%w: %w", token.ErrInvalid, err)
+	}
+	return c, nil
+}
+
+// admit checks what the signature cannot: the token's life, and whether
+// it was revoked since it was issued.
+func (p *Policy) admit(c *token.Claims) error {
+	if p.MaxTokenAge > 0 {
+		from := time.Now()
+		if c.IssuedAt != nil {
+			from = c.IssuedAt.Time
+		}
+		if c.ExpiresAt.Sub(from) > p.MaxTokenAge+time.Minute {
+			return fmt.Errorf("lives longer than EDGE_MAX_TOKEN_AGE (%v)", p.MaxTokenAge)
+		}
+	}
+	if p.Revocations == nil {
+		return nil
+	}
+	var iat time.Time
+	if c.IssuedAt != nil {
+		iat = c.IssuedAt.Time
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	revoked, err := p.Revocations.Revoked(ctx, c.ID, c.Subject, iat)
+	switch {
+	case err != nil:
+		return fmt.Errorf("cannot check revocations: %w", err)
+	case revoked:
+		return ErrRevoked
+	}
+	return nil
 }
 
 // Allowed reports whether pattern is covered by one of the patterns a

@@ -27,6 +27,7 @@ type Config struct {
 	PongTimeout        time.Duration  // EDGE_PONG_TIMEOUT
 	AuthTimeout        time.Duration  // EDGE_AUTH_TIMEOUT
 	RefreshBefore      time.Duration  // EDGE_TOKEN_REFRESH_BEFORE: {"expiring":…} goes out this long before a token's exp
+	MaxTokenAge        time.Duration  // EDGE_MAX_TOKEN_AGE: the longest a token may live, and so how long a revocation is kept
 	MaxMessageBytes    int64          // EDGE_MAX_MESSAGE_BYTES: largest client frame
 	MaxSubscriptions   int            // EDGE_MAX_SUBSCRIPTIONS per connection
 	RateLimit          float64        // EDGE_RATE_LIMIT: client frames per second per connection
@@ -57,6 +58,7 @@ func Load(getenv func(string) string) (Config, error) {
 		PongTimeout:        r.Duration("EDGE_PONG_TIMEOUT", 10*time.Second),
 		AuthTimeout:        r.Duration("EDGE_AUTH_TIMEOUT", 5*time.Second),
 		RefreshBefore:      r.Duration("EDGE_TOKEN_REFRESH_BEFORE", 30*time.Second),
+		MaxTokenAge:        r.Duration("EDGE_MAX_TOKEN_AGE", 24*time.Hour),
 		MaxMessageBytes:    r.Int("EDGE_MAX_MESSAGE_BYTES", 64<<10, 256),
 		MaxSubscriptions:   int(r.Int("EDGE_MAX_SUBSCRIPTIONS", 100, 1)),
 		RateLimit:          float64(r.Int("EDGE_RATE_LIMIT", 20, 1)),

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
 // Disconnect says why the edge ends a connection, in terms every
@@ -44,6 +46,7 @@ type Client struct {
 	who      *identity           // guarded by Hub.mu
 	gone     chan struct{}       // closed when the client is kicked or leaves
 	goneOnce sync.Once
+	token    atomic.Pointer[Token] // the token it authenticated with, for revocations
 
 	mu      sync.Mutex
 	queue   []Frame     // frames waiting, in order
@@ -75,6 +78,24 @@ func (t realTimer) Stop()                 { t.Timer.Stop() }
 
 // newTimer makes the timer of a client's first Pause.
 var newTimer = func(d time.Duration) timer { return realTimer{time.NewTimer(d)} }
+
+// Token is what a connection's token says of it, for revocations.
+type Token struct {
+	Sub, ID  string // its user and its jti
+	IssuedAt time.Time
+}
+
+// TokenOf is what c says of its connection.
+func TokenOf(c *token.Claims) Token {
+	t := Token{Sub: c.Subject, ID: c.ID}
+	if c.IssuedAt != nil {
+		t.IssuedAt = c.IssuedAt.Time
+	}
+	return t
+}
+
+// SetToken records the token the connection authenticated with.
+func (c *Client) SetToken(t Token) { c.token.Store(&t) }
 
 // Send queues a frame for the client: a reply, or a notice of its own. A
 // client whose queue is full is kicked as too slow.

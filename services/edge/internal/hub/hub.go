@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
 )
 
 // Errors a caller reports to its client.
@@ -534,4 +535,40 @@ func (h *Hub) deliver(c *Client, ev *Event) {
 	if h.send(c, ev, subs) {
 		h.m.delivered.Inc()
 	}
+}
+
+// KickMatching closes with d every connection whose token match reports
+// true of, and returns how many.
+func (h *Hub) KickMatching(match func(Token) bool, d Disconnect) int {
+	h.mu.RLock()
+	var hit []*Client
+	for c := range h.clients {
+		if t := c.token.Load(); t != nil && match(*t) {
+			hit = append(hit, c)
+		}
+	}
+	h.mu.RUnlock()
+	for _, c := range hit {
+		c.Kick(d)
+	}
+	return len(hit)
+}
+
+// DropCovered removes, from every connection of user sub, each
+// subscription that pattern covers, queueing notice(p) for each as it
+// takes effect, and returns how many it removed.
+func (h *Hub) DropCovered(sub, pattern string, notice func(p string) []byte) int {
+	h.mu.RLock()
+	var hit []*Client
+	for c := range h.clients {
+		if t := c.token.Load(); t != nil && t.Sub == sub {
+			hit = append(hit, c)
+		}
+	}
+	h.mu.RUnlock()
+	n := 0
+	for _, c := range hit {
+		n += h.Revoke(c, func(p string) bool { return !channel.Covers(pattern, p) }, notice)
+	}
+	return n
 }

@@ -8,6 +8,7 @@
 package sseapi
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -108,6 +109,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer h.Hub.Leave(c)
 	s.client = c
+	if claims != nil {
+		c.SetToken(hub.TokenOf(claims))
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), subscribeTimeout)
 	defer cancel()
 	for _, p := range patterns {
@@ -295,6 +299,12 @@ func (s *stream) writeFrames(sw *sse.Writer, frames []hub.Frame) error {
 				s.positions[ev.Namespace()] = ev.Position
 			}
 			if err := sw.WriteEventBytes(s.id(), "", f.Data); err != nil {
+				return err
+			}
+			continue
+		}
+		if bytes.HasPrefix(f.Data, []byte(`{"unsubscribed":`)) {
+			if err := sw.WriteEventBytes(s.id(), "unsubscribed", f.Data); err != nil {
 				return err
 			}
 			continue

@@ -199,6 +199,7 @@ type session struct {
 // client, every subscription they no longer grant.
 func (s *session) authenticate(c *token.Claims) {
 	s.claims.Store(c)
+	s.client.SetToken(hub.TokenOf(c))
 	s.stopTokenTimers()
 	exp := c.ExpiresAt.Time
 	s.expiry = time.AfterFunc(time.Until(exp), func() {

@@ -1,0 +1,73 @@
+// Package control carries out, on this edge's connections, the commands
+// the API publishes for every edge (package revocation): revoked tokens
+// close their connections with 4003, a forced disconnect closes a user's
+// with 4004, a forced unsubscribe drops a user's subscriptions with a
+// notice.
+package control
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/revocation"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
+)
+
+// The disconnects the commands decide on.
+var (
+	DisconnectRevoked      = hub.Disconnect{Code: 4003, Reason: "revoked"}
+	DisconnectDisconnected = hub.Disconnect{Code: 4004, Reason: "disconnected"}
+)
+
+// Run carries out the commands sub delivers until ctx ends.
+func Run(ctx context.Context, sub bus.Subscription, h *hub.Hub, log *slog.Logger, reg prometheus.Registerer) error {
+	applied := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "eventbus_edge_control_commands_total", Help: "Commands of the control channel carried out, by action."}, []string{"action"})
+	reg.MustRegister(applied)
+	for {
+		select {
+		case m, ok := <-sub.Messages():
+			if !ok {
+				return errors.New("control subscription closed")
+			}
+			if m.Gap {
+				// A revocation published meanwhile is in Redis, where
+				// every new token is checked; a connection already open
+				// is not cut until the next command names it.
+				log.Warn("control channel had a gap: commands published meanwhile were missed by open connections")
+				continue
+			}
+			c, err := revocation.Parse(m.Payload)
+			if err != nil {
+				log.Warn("not a command; ignored", "channel", m.Channel, "error", err)
+				continue
+			}
+			n := Apply(h, c)
+			applied.WithLabelValues(c.Action).Inc()
+			log.Info("control command carried out", "action", c.Action, "sub", c.Sub, "jti", c.JTI, "pattern", c.Pattern, "connections", n)
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// Apply carries out c on h's connections and returns how many it touched.
+func Apply(h *hub.Hub, c revocation.Command) int {
+	switch c.Action {
+	case revocation.ActionRevoke:
+		if c.JTI != "" {
+			return h.KickMatching(func(t hub.Token) bool { return t.ID == c.JTI }, DisconnectRevoked)
+		}
+		return h.KickMatching(func(t hub.Token) bool { return t.Sub == c.Sub && t.IssuedAt.Before(c.IssuedBefore) }, DisconnectRevoked)
+	case revocation.ActionDisconnect:
+		return h.KickMatching(func(t hub.Token) bool { return t.Sub == c.Sub }, DisconnectDisconnected)
+	case revocation.ActionUnsubscribe:
+		return h.DropCovered(c.Sub, c.Pattern, func(p string) []byte { return protocol.Unsubscribed(p, "removed") })
+	}
+	return 0
+}
