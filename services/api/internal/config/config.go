@@ -18,6 +18,7 @@ type Config struct {
 	MaxBodyBytes   int64         // API_MAX_BODY_BYTES
 	MaxBatchBytes  int64         // API_MAX_BATCH_BYTES
 	PublishTimeout time.Duration // API_PUBLISH_TIMEOUT: bounds each Redis step of a request
+	MaxTokenAge    time.Duration // EDGE_MAX_TOKEN_AGE, shared with the edge: how long a revocation is kept
 }
 
 // Load reads the configuration through getenv and reports every bad
@@ -32,6 +33,7 @@ func Load(getenv func(string) string) (Config, error) {
 		MaxBodyBytes:   r.Int("API_MAX_BODY_BYTES", 1<<20, 1),
 		MaxBatchBytes:  r.Int("API_MAX_BATCH_BYTES", 16<<20, 1),
 		PublishTimeout: r.Duration("API_PUBLISH_TIMEOUT", time.Second),
+		MaxTokenAge:    r.Duration("EDGE_MAX_TOKEN_AGE", 24*time.Hour),
 	}
 	if err := r.Err(); err != nil {
 		return Config{}, fmt.Errorf("configuration: %w", err)

@@ -16,6 +16,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
@@ -27,7 +28,9 @@ type Options struct {
 	// Stats reads the pub/sub state of Redis for GET /v1/stats.
 	Stats func(context.Context) (redisbus.Stats, error)
 	// History reads the record for GET /v1/history.
-	History       bus.History
+	History bus.History
+	// Revocations is where POST /v1/revocations records revoked tokens.
+	Revocations   revocation.Store
 	Keys          apikey.Keys
 	Logger        *slog.Logger
 	MaxBodyBytes  int64
@@ -49,6 +52,9 @@ func Register(mux *http.ServeMux, opts Options) {
 	route("/v1/orders", opts.MaxBodyBytes, h.domain(orders))
 	route("/v1/orders/{id}/ship", opts.MaxBodyBytes, h.domain(shipments))
 	route("/v1/payments", opts.MaxBodyBytes, h.domain(payments))
+	route("/v1/revocations", opts.MaxBodyBytes, h.revoke)
+	route("/v1/users/{id}/disconnect", opts.MaxBodyBytes, h.disconnect)
+	route("/v1/users/{id}/unsubscribe", opts.MaxBodyBytes, h.unsubscribe)
 	mux.Handle("GET /v1/stats", h.authorize(h.handle(h.stats)))
 	mux.Handle("/v1/stats", methodNotAllowed("GET"))
 	mux.Handle("GET /v1/history", h.authorize(h.handle(h.history)))

@@ -6,12 +6,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/pkg/revocation"
 )
 
 // Errors that say what became of an event that was not accepted.
@@ -190,11 +192,52 @@ func unavailable(err error) error {
 }
 
 func (s *Service) prepare(env *envelope.Envelope) ([]byte, error) {
-	if err := envelope.FillStrict(env, s.source, s.now()); err != nil {
+	err := envelope.FillStrict(env, s.source, s.now())
+	if ns, _, _ := strings.Cut(env.GetChannel(), ":"); err == nil && ns == ReservedNamespace {
+		err = fmt.Errorf("%w: channel %s: the namespace %s is the bus's own", envelope.ErrInvalid, env.GetChannel(), ReservedNamespace)
+	}
+	if err != nil {
 		s.rejected.WithLabelValues("invalid").Inc()
 		return nil, err
 	}
 	return envelope.Marshal(env)
+}
+
+// ReservedNamespace is the namespace of the bus's own channels, such as
+// the control channel the edges obey: events from outside may not use it.
+const ReservedNamespace = "eventbus"
+
+// Control records c, if it is a revocation, and publishes it on the
+// control channel for every edge.
+func (s *Service) Control(ctx context.Context, store revocation.Store, c revocation.Command) error {
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", envelope.ErrInvalid, err)
+	}
+	ctx, cancel, err := s.publishContext(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if c.Action == revocation.ActionRevoke {
+		if err := store.Record(ctx, c); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+	}
+	env, err := c.Envelope()
+	if err == nil {
+		err = envelope.Fill(env, s.source, s.now())
+	}
+	var payload []byte
+	if err == nil {
+		payload, err = envelope.Marshal(env)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := s.bus.Publish(ctx, env.GetChannel(), payload); err != nil {
+		return unavailable(err)
+	}
+	return nil
 }
 
 // typeLabel bounds the label's values to the registered types: event types
