@@ -24,6 +24,7 @@ Usage:
   eventbus history [flags] PATTERN      print the recorded events of a pattern
   eventbus dead-letters list|retry      list the emails never sent, or send them again
   eventbus token --sub ID [flags]       mint a development token for the edge
+  eventbus revoke --jti ID | --sub ID   revoke edge tokens on every edge
   eventbus bench SCENARIO [flags]       measure a running system: fanout, ingest, connections, recovery
   eventbus devredis [flags]             run an embedded Redis-compatible server (development only)
 
@@ -69,6 +70,7 @@ var commands = map[string]command{
 	"history":      {"print the recorded events of a pattern", runHistory},
 	"dead-letters": {"list or resend the emails never sent", runDeadLetters},
 	"token":        {"mint a development token for the edge", runToken},
+	"revoke":       {"revoke edge tokens on every edge", runRevoke},
 	"bench":        {"measure a running system", runBench},
 	"devredis":     {"run an embedded Redis-compatible server", runDevRedis},
 }
