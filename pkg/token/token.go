@@ -1,13 +1,18 @@
 // Package token issues and verifies the JWTs that browsers present to the
-// edge: HS256, with the user id in "sub", an expiry in "exp" and the
-// patterns the user may subscribe to in "channels".
+// edge, with the user id in "sub", an expiry in "exp" and the patterns the
+// user may subscribe to in "channels": HS256 ones signed with a secret
+// (Issue signs those), and an identity provider's RS256, ES256 and EdDSA
+// ones signed with the keys of its JWKS.
 package token
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -59,29 +64,121 @@ func Issue(secret []byte, sub string, channels []string, ttl time.Duration, now 
 	return s, nil
 }
 
-// Verifier checks tokens signed with one secret.
+// Verifier checks client tokens: HS256 ones signed with a secret, and an
+// identity provider's RS256, ES256 and EdDSA ones signed with keys from its
+// JWKS, either or both. The algorithm a token names decides which keys
+// check it, never the other: HS256 only the secret, the others only the
+// JWKS; "none" and any other algorithm nothing. A Verifier is safe for
+// concurrent use.
 type Verifier struct {
 	secret []byte
+	jwks   *jwks
 	parser *jwt.Parser
+
+	issuer, audience, channelsClaim string // of JWKS tokens
 }
 
-// NewVerifier returns a Verifier for HS256 tokens signed with secret. Only
-// HS256 is accepted, so a token cannot pick a weaker algorithm ("none").
+// Options configure a Verifier; Secret, JWKS or both are set.
+type Options struct {
+	// Secret verifies HS256 tokens in eventbus's own form, as Issue signs
+	// them: their patterns in "channels", no iss or aud checked. Nil
+	// refuses HS256 tokens.
+	Secret []byte
+	// JWKS verifies the tokens of an identity provider. Nil refuses RS256,
+	// ES256 and EdDSA tokens.
+	JWKS *JWKSOptions
+	// Logger hears about JWKS fetches that failed; nil discards.
+	Logger *slog.Logger
+	// Now is the clock of expiry checks and of JWKS fetch limits; nil is
+	// time.Now.
+	Now func() time.Time
+}
+
+// NewVerifier returns a Verifier for HS256 tokens signed with secret.
 func NewVerifier(secret []byte) *Verifier {
+	v, _ := newVerifier(secret, nil, time.Now)
+	return v
+}
+
+// New returns a Verifier as o says. With a JWKS it fetches the JWKS before
+// it returns, and again every o.JWKS.Refresh until ctx ends; a JWKS that
+// cannot be fetched is not an error (see JWKSOptions): New fails only on
+// options that can never work.
+func New(ctx context.Context, o Options) (*Verifier, error) {
+	if o.Secret == nil && o.JWKS == nil {
+		return nil, errors.New("token verifier: neither a secret nor a JWKS to check tokens with")
+	}
+	if o.Secret != nil && len(o.Secret) < MinSecretBytes {
+		return nil, fmt.Errorf("token verifier: the secret has %d bytes, want %d or more", len(o.Secret), MinSecretBytes)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	var j *jwks
+	if o.JWKS != nil {
+		if o.JWKS.ChannelsClaim == "" {
+			o.JWKS.ChannelsClaim = DefaultChannelsClaim
+		}
+		if err := CheckChannelsClaim(o.JWKS.ChannelsClaim); err != nil {
+			return nil, fmt.Errorf("token verifier: channels claim: %w", err)
+		}
+		var err error
+		if j, err = newJWKS(ctx, *o.JWKS, o.Now, o.Logger); err != nil {
+			return nil, fmt.Errorf("token verifier: %w", err)
+		}
+	}
+	v, methods := newVerifier(o.Secret, j, o.Now)
+	if o.JWKS != nil {
+		v.issuer, v.audience, v.channelsClaim = o.JWKS.Issuer, o.JWKS.Audience, o.JWKS.ChannelsClaim
+	}
+	o.Logger.Debug("token verifier", "algorithms", methods)
+	return v, nil
+}
+
+func newVerifier(secret []byte, j *jwks, now func() time.Time) (*Verifier, []string) {
+	var methods []string
+	if secret != nil {
+		methods = append(methods, jwt.SigningMethodHS256.Alg())
+	}
+	if j != nil {
+		methods = append(methods, jwksAlgorithms...)
+	}
 	return &Verifier{
 		secret: secret,
-		parser: jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(),
-			jwt.WithIssuedAt(), jwt.WithLeeway(5*time.Second)),
+		jwks:   j,
+		parser: jwt.NewParser(jwt.WithValidMethods(methods), jwt.WithExpirationRequired(),
+			jwt.WithIssuedAt(), jwt.WithLeeway(5*time.Second), jwt.WithTimeFunc(now)),
+		channelsClaim: DefaultChannelsClaim,
+	}, methods
+}
+
+// key picks the key set by the algorithm t names; the parser has already
+// refused algorithms that have no key set here.
+func (v *Verifier) key(t *jwt.Token) (any, error) {
+	switch alg := t.Method.Alg(); {
+	case alg == jwt.SigningMethodHS256.Alg() && v.secret != nil:
+		return v.secret, nil
+	case slices.Contains(jwksAlgorithms, alg) && v.jwks != nil:
+		return v.jwks.key(t)
+	default:
+		return nil, fmt.Errorf("algorithm %s is not accepted", alg)
 	}
 }
 
 // Verify checks tok and returns its claims. Errors wrap ErrInvalid with
-// the reason in words a client can act on.
+// the reason in words a client can act on. Verifying a token whose kid
+// the JWKS does not hold may fetch the JWKS, for JWKSOptions.Timeout at
+// most.
 func (v *Verifier) Verify(tok string) (*Claims, error) {
 	var c Claims
-	_, err := v.parser.ParseWithClaims(tok, &c, func(*jwt.Token) (any, error) { return v.secret, nil })
+	t, err := v.parser.ParseWithClaims(tok, &c.RegisteredClaims, v.key)
 	switch {
 	case err == nil:
+	case errors.Is(err, errNoKeyID), errors.Is(err, errUnknownKey), errors.Is(err, errNoKeys):
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, keyError(err))
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return nil, fmt.Errorf("%w: expired", ErrInvalid)
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
@@ -95,7 +192,12 @@ func (v *Verifier) Verify(tok string) (*Claims, error) {
 	default:
 		return nil, fmt.Errorf("%w: malformed", ErrInvalid)
 	}
-	if err := numericDates(tok); err != nil {
+	fromJWKS := t.Method.Alg() != jwt.SigningMethodHS256.Alg()
+	claim := DefaultChannelsClaim
+	if fromJWKS {
+		claim = v.channelsClaim
+	}
+	if c.Channels, err = payloadClaims(tok, claim); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if c.Subject == "" {
@@ -104,32 +206,63 @@ func (v *Verifier) Verify(tok string) (*Claims, error) {
 	if channel.Validate(c.Subject) != nil || strings.ContainsRune(c.Subject, ':') {
 		return nil, fmt.Errorf("%w: subject %q is not one channel token ([a-z0-9_-]+)", ErrInvalid, c.Subject)
 	}
+	if fromJWKS && v.issuer != "" && c.Issuer != v.issuer {
+		return nil, fmt.Errorf("%w: wrong issuer (iss)", ErrInvalid)
+	}
+	if fromJWKS && v.audience != "" && !slices.Contains(c.Audience, v.audience) {
+		return nil, fmt.Errorf("%w: wrong audience (aud)", ErrInvalid)
+	}
 	for _, p := range c.Channels {
 		if err := channel.ValidatePattern(p); err != nil {
-			return nil, fmt.Errorf("%w: channels: %w", ErrInvalid, err)
+			return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, claim, err)
 		}
 	}
 	return &c, nil
 }
 
-// numericDates checks that the time claims of tok, already verified, are
-// JSON numbers as RFC 7519 says: the JWT library also takes a number in a
-// string ("exp":"9999999999"), which other verifiers refuse.
-func numericDates(tok string) error {
+// keyError returns the sentinel of jwks.key that err carries.
+func keyError(err error) error {
+	for _, e := range []error{errNoKeyID, errUnknownKey, errNoKeys} {
+		if errors.Is(err, e) {
+			return e
+		}
+	}
+	return err
+}
+
+// payloadClaims reads the claims of tok, already verified, that the JWT
+// library reads leniently or not at all. The time claims must be JSON
+// numbers, as RFC 7519 says: the library also takes a number in a string
+// ("exp":"9999999999"), which other verifiers refuse. The patterns come
+// from the claim named channels, a JSON array of strings or one
+// space-separated string; null or absent is none.
+func payloadClaims(tok, channels string) ([]string, error) {
 	parts := strings.Split(tok, ".")
 	payload, err := jwt.NewParser().DecodeSegment(parts[1])
 	if err != nil {
-		return errors.New("malformed")
+		return nil, errors.New("malformed")
 	}
 	var claims map[string]json.RawMessage
 	if err := json.Unmarshal(payload, &claims); err != nil {
-		return errors.New("malformed")
+		return nil, errors.New("malformed")
 	}
 	for _, name := range []string{"exp", "iat", "nbf"} {
 		v, ok := claims[name]
 		if ok && (len(v) == 0 || v[0] != '-' && (v[0] < '0' || v[0] > '9')) {
-			return fmt.Errorf("%s is %s, want a number of seconds", name, v)
+			return nil, fmt.Errorf("%s is %s, want a number of seconds", name, v)
 		}
 	}
-	return nil
+	raw, ok := claims[channels]
+	if !ok || string(raw) == "null" {
+		return nil, nil
+	}
+	var list []string
+	if err := json.Unmarshal(raw, &list); err == nil {
+		return list, nil
+	}
+	var spaced string
+	if err := json.Unmarshal(raw, &spaced); err == nil {
+		return strings.Fields(spaced), nil
+	}
+	return nil, fmt.Errorf("%s: want an array of strings or one space-separated string", channels)
 }
