@@ -49,13 +49,12 @@ type Client struct {
 	token    atomic.Pointer[Token] // the token it authenticated with, for revocations
 
 	mu      sync.Mutex
-	queue   []Frame     // frames waiting, in order
-	bytes   int         // their length in all
-	closing *Disconnect // to do once the queue is written
-	writing bool        // onReady was called and Take has not found the queue empty since
-	pausing bool        // the writer is in Pause
-	waiting bool        // pushWait waits for room: Take signals room
-	room    chan struct{}
+	queue   []Frame       // frames waiting, in order
+	bytes   int           // their length in all
+	closing *Disconnect   // to do once the queue is written
+	writing bool          // onReady was called and Take has not found the queue empty since
+	pausing bool          // the writer is in Pause
+	room    chan struct{} // made by a pushWait that waits for room, closed by Take: wakes them all
 
 	// Made on the writer's first Pause. push signals hurry, with mu held,
 	// to end a Pause early when the queue is half full.
@@ -161,12 +160,9 @@ func (c *Client) Take(dst []Frame) []Frame {
 	clear(c.queue)
 	c.queue = c.queue[:0]
 	c.bytes = 0
-	if c.waiting {
-		c.waiting = false
-		select {
-		case c.room <- struct{}{}:
-		default: // one is waiting already
-		}
+	if c.room != nil {
+		close(c.room)
+		c.room = nil
 	}
 	c.mu.Unlock()
 	return dst
@@ -200,16 +196,16 @@ func (c *Client) pushWait(f Frame, cancelled *atomic.Bool) bool {
 			return true
 		}
 		if c.room == nil {
-			c.room = make(chan struct{}, 1)
+			c.room = make(chan struct{})
 		}
-		c.waiting = true
+		room := c.room
 		if c.pausing { // a writer pausing to pack more: there is enough
 			c.pausing = false
 			c.hurry <- struct{}{}
 		}
 		c.mu.Unlock()
 		select {
-		case <-c.room:
+		case <-room:
 		case <-c.gone:
 			return false
 		}

@@ -32,7 +32,8 @@ func namespaceOf(ch string) string {
 func (h *Hub) catchUp() {
 	h.mu.RLock()
 	names := slices.Sorted(maps.Keys(h.redis))
-	since := maps.Clone(h.seen)
+	since := maps.Clone(h.floor)
+	maps.Copy(since, h.seen) // what was dispatched is later than any floor
 	h.mu.RUnlock()
 	if len(names) == 0 {
 		return

@@ -84,11 +84,16 @@ type Hub struct {
 	covers     map[string]*patternSet // Redis name → client patterns it serves besides its own
 	coveredBy  map[string][]string    // client pattern → the names whose covers hold it
 
-	// seen is where each namespace stood at its last event dispatched:
-	// after a gap in the Redis subscription the hub reads on from there.
-	// Written by the dispatching goroutine (with mu read-held) and by
-	// Subscribe (with mu held).
-	seen map[string]bus.Position
+	// seen is where each namespace stood at its last event dispatched,
+	// written by the dispatching goroutine only (with mu read-held): after
+	// a gap in the Redis subscription the hub reads on from there, and a
+	// live event at or before it came from the record already. floor is
+	// where a namespace without a dispatched event stands for the hub's
+	// clients, from what subscriptions learned of it (the latest position
+	// a fresh one saw, the last a resumed one read from the record), kept
+	// with mu held: a gap reads such a namespace from there.
+	seen  map[string]bus.Position
+	floor bus.Cursor
 
 	// Only the dispatching goroutine touches these.
 	wanted []string             // the client patterns a message is for
@@ -121,6 +126,7 @@ func New(sub bus.Subscription, opts Options, log *slog.Logger, reg prometheus.Re
 		covers:     make(map[string]*patternSet),
 		coveredBy:  make(map[string][]string),
 		seen:       make(map[string]bus.Position),
+		floor:      make(bus.Cursor),
 		dedupe:     make(map[*Client]struct{}),
 		frames:     make(map[frameKey][]byte),
 	}
@@ -317,11 +323,7 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, since bus.Curs
 			c.replays[p] = r
 		}
 	}
-	for ns, pos := range latest {
-		if _, ok := h.seen[ns]; !ok {
-			h.seen[ns] = pos // where a gap before its next event reads from
-		}
-	}
+	h.raiseFloor(latest)
 	if r == nil {
 		// Subscribed already, it missed nothing; else it is new.
 		c.Send(reply(Recovery{Resumed: since != nil, Recovered: since != nil, Positions: latest}))
@@ -571,4 +573,14 @@ func (h *Hub) DropCovered(sub, pattern string, notice func(p string) []byte) int
 		n += h.Revoke(c, func(p string) bool { return !channel.Covers(pattern, p) }, notice)
 	}
 	return n
+}
+
+// raiseFloor moves the floor of each namespace of c forward to c's
+// position. Call with mu held.
+func (h *Hub) raiseFloor(c bus.Cursor) {
+	for ns, pos := range c {
+		if cur, ok := h.floor[ns]; !ok || cur.Epoch != pos.Epoch || bus.CompareOffsets(cur.Offset, pos.Offset) < 0 {
+			h.floor[ns] = pos
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -103,14 +104,21 @@ func (h *Hub) missed(ctx context.Context, p string, since bus.Cursor) ([]bus.Eve
 // what p missed since, then the live events dispatch held back meanwhile,
 // leaving out those the record gave already, and hands p over to dispatch.
 func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply func(Recovery) []byte) {
-	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
-	defer cancel()
+	// A token per subscription reading the record, held while it reads:
+	// the replay then goes at its client's pace without one.
 	select {
 	case h.recovering <- struct{}{}:
-		defer func() { <-h.recovering }()
 	case <-c.gone:
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
+	go func() { // a client that goes stops the reading
+		select {
+		case <-c.gone:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
 	missed, rec := h.missed(ctx, p, since)
 	h.m.recoveries.WithLabelValues(cmp.Or(rec.Reason, "recovered")).Inc()
 	if !rec.Recovered && h.opts.History != nil {
@@ -120,6 +128,8 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 			rec.Positions = latest
 		}
 	}
+	cancel()
+	<-h.recovering
 	if !c.pushWait(Frame{Data: reply(rec)}, &r.cancelled) {
 		return
 	}
@@ -154,6 +164,7 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 			if c.replays[p] == r {
 				delete(c.replays, p)
 			}
+			h.raiseFloor(lastPositions(last, missed, since, rec.Positions))
 			h.mu.Unlock()
 			if overflow {
 				c.tooSlow() // what it missed meanwhile is lost: it recovers again
@@ -210,4 +221,27 @@ func (h *Hub) hold(c *Client, ev *Event, subs []string) []string {
 		}
 	}
 	return live
+}
+
+// lastPositions is where a finished replay left its namespaces: the last
+// offset it gave in each, with that namespace's epoch.
+func lastPositions(last map[string]string, missed []bus.Event, since, positions bus.Cursor) bus.Cursor {
+	epochs := make(map[string]string, len(last))
+	for ns, p := range since {
+		epochs[ns] = p.Epoch
+	}
+	for ns, p := range positions {
+		epochs[ns] = p.Epoch
+	}
+	for _, e := range missed {
+		ns, _, _ := strings.Cut(e.Channel, ":")
+		epochs[ns] = e.Position.Epoch
+	}
+	out := make(bus.Cursor, len(last))
+	for ns, off := range last {
+		if epochs[ns] != "" {
+			out[ns] = bus.Position{Offset: off, Epoch: epochs[ns]}
+		}
+	}
+	return out
 }

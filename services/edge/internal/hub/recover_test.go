@@ -7,9 +7,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 // fakeHistory is a record of one epoch, "e1", fed by the test. History
@@ -93,6 +95,8 @@ func drain(t *testing.T, c *testClient, done func(string) bool) []string {
 			case <-c.ready:
 			case d := <-c.kicks:
 				t.Fatalf("kicked with %v after %q", d, got)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("nothing more after %d frames (the last %q)", len(got), got[max(0, len(got)-3):])
 			}
 		}
 		for _, f := range frames {
@@ -286,5 +290,84 @@ func TestGapTheRecordCannotFill(t *testing.T) {
 	h.sub.msgs <- bus.Message{Gap: true}
 	if d := <-c.kicks; d != DisconnectResume {
 		t.Fatalf("kicked with %v, want %v", d, DisconnectResume)
+	}
+}
+
+// resumed waits until c's subscription p has handed over to live dispatch.
+func (h *testHub) resumed(t *testing.T, c *Client, p string) {
+	t.Helper()
+	servicetest.WaitFor(t, p+" to go live", func() bool {
+		h.mu.RLock()
+		defer h.mu.RUnlock()
+		return c.replays[p] == nil
+	})
+}
+
+// Two subscriptions of one client replaying at once, each longer than its
+// queue: both finish (a queue with room wakes every replay waiting for it).
+func TestTwoReplaysOfOneClientBothFinish(t *testing.T) {
+	t.Parallel()
+	hist := &fakeHistory{}
+	const n = 2000
+	for s := 2; s < 2+n; s++ {
+		hist.events = append(hist.events, recorded(t, s))
+	}
+	opts := bounds
+	opts.History, opts.RecoverMax, opts.QueueBytes = hist, n, 4<<10
+	h := startHub(t, opts)
+	c := h.joinReady(t)
+	for _, p := range []string{"rec:*", "rec:a"} {
+		if err := h.Subscribe(t.Context(), c.Client, p, bus.Cursor{"rec": {Offset: "1-0", Epoch: "e1"}}, recoveryReply); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]int{}
+	drain(t, c, func(f string) bool {
+		seen[f[strings.Index(f, " via ")+5:]]++
+		return seen["rec:*"] == n && seen["rec:a"] == n
+	})
+}
+
+// After a gap, a namespace the hub has dispatched nothing of since it
+// started is read from where its resumed subscriptions stood, not from the
+// oldest event kept: nothing the client had comes again.
+func TestGapAfterAResumeRepeatsNothing(t *testing.T) {
+	t.Parallel()
+	hist := &fakeHistory{}
+	for s := 2; s <= 5; s++ {
+		hist.events = append(hist.events, recorded(t, s))
+	}
+	opts := bounds
+	opts.History, opts.RecoverMax = hist, 100
+	h := startHub(t, opts)
+	c := h.joinReady(t)
+	if err := h.Subscribe(t.Context(), c.Client, "rec:*", bus.Cursor{"rec": {Offset: "5-0", Epoch: "e1"}}, recoveryReply); err != nil {
+		t.Fatal(err)
+	}
+	drain(t, c, hasPrefix("{"))
+	h.resumed(t, c.Client, "rec:*")
+	h.sub.msgs <- bus.Message{Gap: true}
+	h.publishLive(recorded(t, 6), "rec:*")
+	if got := drain(t, c, hasPrefix("6 ")); !slices.Equal(got, []string{"6 via rec:*"}) {
+		t.Fatalf("after the gap: %q, want only the new event", got)
+	}
+}
+
+// A fresh subscription learns where a namespace stands before an event
+// there reaches the edge: that event is still delivered to everyone.
+func TestAFreshSubscriptionDropsNoEventInFlight(t *testing.T) {
+	t.Parallel()
+	opts := bounds
+	opts.History, opts.RecoverMax = &fakeHistory{}, 100 // Latest: rec at 9-0
+	h := startHub(t, opts)
+	a := h.join(t)
+	a.subscribe(t, h, "rec:*")
+	b := h.join(t)
+	b.subscribe(t, h, "rec:*")
+	h.publishLive(recorded(t, 9), "rec:*") // published before Latest was read, dispatched after
+	for _, c := range []*testClient{a, b} {
+		if got := summary(c.frames()); !slices.Contains(got, "9 via rec:*") {
+			t.Fatalf("got %q, want event 9", got)
+		}
 	}
 }

@@ -35,15 +35,27 @@ func (h *Hub) serve(ctx context.Context, p string) (*pendingAdd, error) {
 	_, subscribed := h.redis[p]
 	adding := h.adding[p] != nil
 	full := len(h.wild)+h.addingWild >= h.opts.MaxRedisPatterns
-	var by, cover string
-	if full && channel.IsPattern(p) {
-		by, cover = h.coverOf(p), h.coverFor(p)
-	}
 	h.mu.RUnlock()
 	switch {
 	case subscribed:
 		return nil, nil // subscribed in Redis for the clients it covers
 	case adding || !channel.IsPattern(p) || !full:
+		return h.add(p), nil
+	}
+	// Past the bound, a cover is chosen among what Redis has once every
+	// change queued before is applied: a removal still queued of the name
+	// it picks would undo it, and names on their way in would be missed.
+	// New changes wait meanwhile, as they need change.
+	h.settle()
+	h.mu.RLock()
+	_, subscribed = h.redis[p]
+	full = len(h.wild) >= h.opts.MaxRedisPatterns
+	by, cover := h.coverOf(p), h.coverFor(p)
+	h.mu.RUnlock()
+	switch {
+	case subscribed:
+		return nil, nil
+	case !full:
 		return h.add(p), nil
 	case by != "":
 		h.mu.Lock()
