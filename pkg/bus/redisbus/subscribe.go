@@ -229,6 +229,14 @@ func (s *Subscription) closing() bool {
 	}
 }
 
+// While a subscription is being restored, it holds at most maxHeld of the
+// messages that arrive, and pings again every restorePing until Redis
+// answers.
+const (
+	maxHeld     = 10_000
+	restorePing = 200 * time.Millisecond
+)
+
 // receive reads the connection until Close: it delivers each publish once,
 // wakes Adds on confirmations, pings a quiet connection and, after a lost one,
 // reconnects with backoff. go-redis resubscribes everything on the new
@@ -241,6 +249,7 @@ func (s *Subscription) receive() {
 	var (
 		restoring bool          // reconnected, waiting for the pong after the resubscription
 		held      []bus.Message // received while restoring: they follow the Gap
+		lastPing  time.Time     // of the restoring
 		backoff   time.Duration
 		lastStall time.Time
 		live      = newLiveSet()
@@ -286,6 +295,7 @@ func (s *Subscription) receive() {
 			}
 			live.reset()
 			held = nil // the Gap that comes with the next connection covers them
+			restoring = true
 			if s.live.Swap(false) {
 				s.b.log.Warn("redis subscription lost; reconnecting", "error", err)
 			}
@@ -296,10 +306,12 @@ func (s *Subscription) receive() {
 				return
 			}
 			// Ping dials a new connection if there is none, and go-redis
-			// resubscribes everything on it before the ping goes out.
-			if s.ps.Ping(ctx) == nil {
-				restoring = true
-			}
+			// resubscribes everything on it before the ping goes out; the
+			// pong that answers it ends the restoring. If the dial fails,
+			// the next receive dials again, and messages that come then
+			// ping again.
+			_ = s.ps.Ping(ctx)
+			lastPing = time.Now()
 			continue
 		}
 		backoff = 0
@@ -315,8 +327,17 @@ func (s *Subscription) receive() {
 			out := bus.Message{Channel: ch, Patterns: patterns, Payload: []byte(payload), Position: pos}
 			if restoring {
 				// Published after the resubscription began: it comes
-				// after the Gap, once the subscription is whole.
-				held = append(held, out)
+				// after the Gap, once the subscription is whole. Beyond
+				// maxHeld they are left to the record, as the Gap says.
+				if len(held) < maxHeld {
+					held = append(held, out)
+				}
+				if time.Since(lastPing) > restorePing {
+					// The ping may have gone unanswered (to a Redis still
+					// loading its data, say): ask again.
+					_ = s.ps.Ping(ctx)
+					lastPing = time.Now()
+				}
 				continue
 			}
 			if !deliver(out) {
