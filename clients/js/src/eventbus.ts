@@ -159,6 +159,7 @@ export class EventBus {
   private readonly pending = new Map<string, (reply: any, err?: Error & { code?: string }) => void>();
   private conn: Connection | null = null;
   private nextId = 1;
+  private attempt = 0;
   private backoff: number;
   private closed = true;
   private wsFailures = 0;
@@ -280,15 +281,22 @@ export class EventBus {
 
   private async open(): Promise<void> {
     if (this.closed) return;
+    // Only the latest open goes on: another (the browser back online, a
+    // reconnect) may start while getToken is pending.
+    const attempt = ++this.attempt;
     this.status("connecting");
     let token: string | undefined;
     try {
       token = await this.token();
     } catch (err) {
+      if (attempt !== this.attempt) return;
       this.status("error", String(err));
       return this.retry();
     }
-    if (this.closed) return;
+    if (this.closed || attempt !== this.attempt) return;
+    const previous = this.conn;
+    this.conn = null;
+    previous?.close();
     if (this.transport === "websocket") this.openWebSocket(token);
     else this.openSSE(token);
   }
@@ -391,7 +399,19 @@ export class EventBus {
     void (async () => {
       try {
         const resp: Response = await f(this.sseURL + "?" + q, { headers, signal: abort.signal });
-        if (!resp.ok || !resp.body) throw new Error(`GET /sse: ${resp.status} ${await resp.text()}`);
+        if (!resp.ok || !resp.body) {
+          const detail = `GET /sse: ${resp.status} ${await resp.text()}`;
+          if ([400, 403, 404].includes(resp.status)) {
+            // Trying again gets the same answer: tell the subscriptions.
+            if (this.conn !== conn) return;
+            this.conn = null;
+            this.status("error", detail);
+            const err = new Error(detail);
+            for (const sub of this.subs.values()) for (const w of sub.waiting.splice(0)) w.reject(err);
+            return;
+          }
+          throw new Error(detail);
+        }
         this.backoff = this.opts.minBackoff;
         this.status("open");
         await readSSE(resp.body, (type, data) => {

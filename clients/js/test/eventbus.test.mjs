@@ -238,3 +238,20 @@ test("tokenInQuery puts the token in the URL instead", async () => {
   assert.equal(sockets[0].sent.length, 0);
   bus.close();
 });
+
+test("an SSE stream refused for good rejects the subscriptions instead of retrying forever", async () => {
+  const sockets = [];
+  let calls = 0;
+  const fetch = async () => {
+    calls++;
+    return new Response('{"error":{"code":"forbidden","message":"no"}}', { status: 403 });
+  };
+  const statuses = [];
+  const { bus } = newBus(sockets, { transport: "sse", fetch, onStatus: (s, d) => statuses.push(s + " " + d) });
+  const off = bus.subscribe("secret:*", () => {});
+  bus.connect();
+  await assert.rejects(off.ready, /403/);
+  assert.equal(calls, 1);
+  assert.ok(statuses.some((s) => s.startsWith("error GET /sse: 403")));
+  bus.close();
+});
