@@ -52,8 +52,20 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		log.Warn("EDGE_DEMO is on: GET /demo/token mints a token for any user; never enable it where real users connect")
 	}
 	var verifier *token.Verifier
-	if len(secret) > 0 {
-		verifier = token.NewVerifier(secret)
+	if len(secret) > 0 || cfg.JWKSURL != "" {
+		opts := token.Options{Logger: log}
+		if len(secret) > 0 {
+			opts.Secret = secret
+		}
+		if cfg.JWKSURL != "" {
+			// Fetched now, then refreshed until ctx ends; an identity
+			// provider that is down does not stop the edge.
+			opts.JWKS = &token.JWKSOptions{URL: cfg.JWKSURL, MinRefresh: cfg.JWKSMinRefresh,
+				Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, ChannelsClaim: cfg.JWTChannelsClaim}
+		}
+		if verifier, err = token.New(ctx, opts); err != nil {
+			return err
+		}
 	}
 
 	reg := server.NewRegistry()

@@ -37,7 +37,7 @@ var ErrRevoked = errors.New("revoked")
 // Verify checks a token.
 func (p *Policy) Verify(tok string) (*token.Claims, error) {
 	if p.Verifier == nil {
-		return nil, errors.New("this edge accepts no tokens (EDGE_JWT_SECRET is not set)")
+		return nil, errors.New("this edge accepts no tokens (neither EDGE_JWT_SECRET nor EDGE_JWKS_URL is set)")
 	}
 	c, err := p.Verifier.Verify(tok)
 	if err != nil {

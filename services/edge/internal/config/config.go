@@ -18,6 +18,11 @@ type Config struct {
 
 	HTTPAddr           string         // EDGE_HTTP_ADDR
 	JWTSecret          []byte         // EDGE_JWT_SECRET: HS256 key of client tokens
+	JWKSURL            string         // EDGE_JWKS_URL: an identity provider's keys, for RS256, ES256 and EdDSA client tokens
+	JWKSMinRefresh     time.Duration  // EDGE_JWKS_MIN_REFRESH: a token of an unknown kid fetches the JWKS at most this often
+	JWTIssuer          string         // EDGE_JWT_ISSUER: the iss of the provider's tokens
+	JWTAudience        string         // EDGE_JWT_AUDIENCE: an aud the provider's tokens must carry
+	JWTChannelsClaim   string         // EDGE_JWT_CHANNELS_CLAIM: the claim of the provider's tokens holding their patterns
 	AllowAnonymous     bool           // EDGE_ALLOW_ANONYMOUS: tokenless clients may subscribe to PublicChannels
 	PublicChannels     []string       // EDGE_PUBLIC_CHANNELS
 	AllowedOrigins     []string       // EDGE_ALLOWED_ORIGINS: host patterns besides the edge's own host
@@ -49,6 +54,11 @@ func Load(getenv func(string) string) (Config, error) {
 		Common:             r.Common(),
 		HTTPAddr:           r.Addr("EDGE_HTTP_ADDR", ":8081"),
 		JWTSecret:          []byte(r.String("EDGE_JWT_SECRET", "")),
+		JWKSURL:            r.String("EDGE_JWKS_URL", ""),
+		JWKSMinRefresh:     r.Duration("EDGE_JWKS_MIN_REFRESH", token.DefaultJWKSMinRefresh),
+		JWTIssuer:          r.String("EDGE_JWT_ISSUER", ""),
+		JWTAudience:        r.String("EDGE_JWT_AUDIENCE", ""),
+		JWTChannelsClaim:   r.String("EDGE_JWT_CHANNELS_CLAIM", token.DefaultChannelsClaim),
 		AllowAnonymous:     r.Bool("EDGE_ALLOW_ANONYMOUS", false),
 		PublicChannels:     r.List("EDGE_PUBLIC_CHANNELS", nil),
 		AllowedOrigins:     r.List("EDGE_ALLOWED_ORIGINS", nil),
@@ -87,8 +97,22 @@ func Load(getenv func(string) string) (Config, error) {
 	if len(c.JWTSecret) > 0 && len(c.JWTSecret) < token.MinSecretBytes {
 		r.Check("EDGE_JWT_SECRET", "…", fmt.Errorf("want at least %d bytes", token.MinSecretBytes))
 	}
-	if len(c.JWTSecret) == 0 && !c.AllowAnonymous && !c.Demo {
-		r.Check("EDGE_JWT_SECRET", "", errors.New("required unless EDGE_ALLOW_ANONYMOUS or EDGE_DEMO is true: no client could subscribe"))
+	if len(c.JWTSecret) == 0 && c.JWKSURL == "" && !c.AllowAnonymous && !c.Demo {
+		r.Check("EDGE_JWT_SECRET", "", errors.New("required (or EDGE_JWKS_URL) unless EDGE_ALLOW_ANONYMOUS or EDGE_DEMO is true: no client could subscribe"))
+	}
+	if c.JWKSURL != "" {
+		r.Check("EDGE_JWKS_URL", c.JWKSURL, token.CheckJWKSURL(c.JWKSURL))
+	}
+	r.Check("EDGE_JWT_CHANNELS_CLAIM", c.JWTChannelsClaim, token.CheckChannelsClaim(c.JWTChannelsClaim))
+	// These describe the identity provider's tokens; HS256 ones are
+	// eventbus's own and are not checked against them.
+	for _, v := range [][2]string{{"EDGE_JWT_ISSUER", c.JWTIssuer}, {"EDGE_JWT_AUDIENCE", c.JWTAudience}} {
+		if v[1] != "" && c.JWKSURL == "" {
+			r.Check(v[0], v[1], errors.New("applies to tokens verified with EDGE_JWKS_URL, which is not set"))
+		}
+	}
+	if c.JWTChannelsClaim != token.DefaultChannelsClaim && c.JWKSURL == "" {
+		r.Check("EDGE_JWT_CHANNELS_CLAIM", c.JWTChannelsClaim, errors.New("applies to tokens verified with EDGE_JWKS_URL, which is not set"))
 	}
 	if err := r.Err(); err != nil {
 		return Config{}, fmt.Errorf("configuration: %w", err)
