@@ -135,13 +135,16 @@ export function splitFrames(data: string): unknown[] {
   return out;
 }
 
-/** The SSE id format the edge reads back: base64url of {"ns":["offset","epoch"]}. */
+/** A history cursor, as the API's next and a bare SSE id: base64url of {"ns":["offset","epoch"]}. */
 export function encodeCursor(positions: Positions): string {
   const m: Record<string, [string, string]> = {};
   for (const [ns, p] of Object.entries(positions)) m[ns] = [p.offset, p.epoch];
-  const bytes = new TextEncoder().encode(JSON.stringify(m));
+  return base64url(JSON.stringify(m));
+}
+
+function base64url(text: string): string {
   let bin = "";
-  for (const b of bytes) bin += String.fromCharCode(b);
+  for (const b of new TextEncoder().encode(text)) bin += String.fromCharCode(b);
   return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
@@ -391,8 +394,8 @@ export class EventBus {
     }
     const headers: Record<string, string> = { Accept: "text/event-stream" };
     if (token) headers.Authorization = "Bearer " + token;
-    const since = this.sinceAll();
-    if (Object.keys(since).length > 0) headers["Last-Event-ID"] = encodeCursor(since);
+    const id = this.sseId();
+    if (id) headers["Last-Event-ID"] = id;
     const abort = new AbortController();
     const conn: Connection = { transport: "sse", close: () => abort.abort() };
     this.conn = conn;
@@ -433,16 +436,14 @@ export class EventBus {
     })();
   }
 
-  /** For an SSE stream, whose since spans every subscription: the earliest position of each namespace. */
-  private sinceAll(): Positions {
-    const out: Positions = {};
-    for (const sub of this.subs.values()) {
-      for (const [ns, p] of Object.entries(sub.positions)) {
-        const cur = out[ns];
-        if (!cur || (cur.epoch === p.epoch && compareOffsets(p.offset, cur.offset) < 0)) out[ns] = p;
-      }
+  /** Every subscription's positions as the SSE id the edge reads back: "s1." then base64url of {"pattern":{"ns":["offset","epoch"]}}. */
+  private sseId(): string {
+    const m: Record<string, Record<string, [string, string]>> = {};
+    for (const [pattern, sub] of this.subs) {
+      const entries = Object.entries(sub.positions);
+      if (entries.length > 0) m[pattern] = Object.fromEntries(entries.map(([ns, p]) => [ns, [p.offset, p.epoch]]));
     }
-    return out;
+    return Object.keys(m).length > 0 ? "s1." + base64url(JSON.stringify(m)) : "";
   }
 
   // --- requests and frames ---

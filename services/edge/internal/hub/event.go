@@ -63,4 +63,8 @@ type Encoding interface {
 type Frame struct {
 	Data  []byte
 	Event *Event
+	// Subs are, for an event, the client's subscriptions it matched: a
+	// transport that keeps positions per subscription follows them. Read
+	// only: frames share it.
+	Subs []string
 }

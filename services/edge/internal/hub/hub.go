@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -98,7 +99,14 @@ type Hub struct {
 	// Only the dispatching goroutine touches these.
 	wanted []string             // the client patterns a message is for
 	dedupe map[*Client]struct{} // clients given the message being dispatched
-	frames map[frameKey][]byte
+	frames map[frameKey]encoded
+}
+
+// encoded is an event's frame for one encoding and set of matching
+// subscriptions, with that set, which the frames share.
+type encoded struct {
+	data []byte
+	subs []string
 }
 
 // identity is who a connection is for the hub's bounds: a user, or the
@@ -128,7 +136,7 @@ func New(sub bus.Subscription, opts Options, log *slog.Logger, reg prometheus.Re
 		seen:       make(map[string]bus.Position),
 		floor:      make(bus.Cursor),
 		dedupe:     make(map[*Client]struct{}),
-		frames:     make(map[frameKey][]byte),
+		frames:     make(map[frameKey]encoded),
 	}
 	h.m = newMetrics(h, reg)
 	return h
@@ -499,17 +507,18 @@ type frameKey struct {
 // Call from dispatch, which owns h.frames.
 func (h *Hub) send(c *Client, ev *Event, subs []string) bool {
 	key := frameKey{c.enc, strings.Join(subs, "\x00")}
-	data, ok := h.frames[key]
+	f, ok := h.frames[key]
 	if !ok {
-		var err error
-		if data, err = c.enc.Encode(ev, subs); err != nil {
+		data, err := c.enc.Encode(ev, subs)
+		if err != nil {
 			h.m.malformed.Inc()
 			h.log.Debug("event does not encode; not forwarded", "channel", ev.Channel, "error", err)
 			return false
 		}
-		h.frames[key] = data
+		f = encoded{data, slices.Clone(subs)}
+		h.frames[key] = f
 	}
-	if c.push(Frame{Data: data, Event: ev}) {
+	if c.push(Frame{Data: f.data, Event: ev, Subs: f.subs}) {
 		return true
 	}
 	c.tooSlow()

@@ -194,7 +194,7 @@ func (h *Hub) push(c *Client, ev *Event, subs []string, cancelled *atomic.Bool) 
 		h.m.malformed.Inc()
 		return true
 	}
-	if !c.pushWait(Frame{Data: data, Event: ev}, cancelled) {
+	if !c.pushWait(Frame{Data: data, Event: ev, Subs: subs}, cancelled) {
 		return false
 	}
 	h.m.delivered.Inc()

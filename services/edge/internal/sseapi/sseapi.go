@@ -11,10 +11,12 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -87,15 +89,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	since, err := lastEventID(cmp.Or(r.Header.Get("Last-Event-ID"), q.Get("last_event_id")))
+	since, err := lastEventID(cmp.Or(r.Header.Get("Last-Event-ID"), q.Get("last_event_id")), patterns)
 	if err != nil {
 		server.WriteError(w, http.StatusBadRequest, err.Code, err.Message)
 		return
 	}
 
-	s := &stream{h: h, ready: make(chan struct{}, 1), kick: make(chan hub.Disconnect, 1), positions: bus.Cursor{}}
-	for ns, p := range since {
-		s.positions[ns] = p
+	s := &stream{h: h, ready: make(chan struct{}, 1), kick: make(chan hub.Disconnect, 1), positions: make(positions)}
+	for p, c := range since {
+		s.positions[p] = maps.Clone(c)
 	}
 	c, jerr := h.Hub.Join(access.Identity(claims, h.Access.ClientAddr(r)), protocol.JSON, s.onReady, s.onKick)
 	switch {
@@ -116,7 +118,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	for _, p := range patterns {
 		reply := func(rec hub.Recovery) []byte { return subscribed(p, rec) }
-		switch err := h.Hub.Subscribe(ctx, c, p, since, reply); {
+		switch err := h.Hub.Subscribe(ctx, c, p, since[p], reply); {
 		case errors.Is(err, hub.ErrTooManyPatterns):
 			server.WriteError(w, http.StatusTooManyRequests, protocol.CodeTooManyPatterns,
 				fmt.Sprintf("at most %d distinct patterns per user across its connections", h.MaxUserPatterns))
@@ -179,23 +181,80 @@ func (h *Handler) authenticate(r *http.Request) (*token.Claims, int, *protocol.E
 	return claims, 0, nil
 }
 
-// lastEventID reads the positions a reconnecting client sends back: an id
-// this transport wrote. Empty means none.
-func lastEventID(id string) (bus.Cursor, *protocol.Error) {
+// positions are where a connection stands, for each of its
+// subscriptions: pattern → namespace → position. Each subscription has its
+// own, as one may still be replaying what another has passed.
+type positions map[string]bus.Cursor
+
+// idPrefix starts an id of per-subscription positions: "s1." then
+// base64url of {"pattern":{"namespace":["offset","epoch"]}}.
+const idPrefix = "s1."
+
+// String encodes ps as an SSE id.
+func (ps positions) String() string {
+	m := make(map[string]map[string][2]string, len(ps))
+	for p, c := range ps {
+		if len(c) == 0 {
+			continue
+		}
+		m[p] = make(map[string][2]string, len(c))
+		for ns, pos := range c {
+			m[p][ns] = [2]string{pos.Offset, pos.Epoch}
+		}
+	}
+	if len(m) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(m) // strings always marshal
+	return idPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// lastEventID reads the positions a reconnecting client sends back, for
+// the stream's patterns: an id this transport wrote ("s1.…", a position
+// per subscription; a subscription missing from it starts afresh), or a
+// bare cursor (bus.Cursor.String), which every subscription resumes from.
+// Empty means none.
+func lastEventID(id string, patterns []string) (map[string]bus.Cursor, *protocol.Error) {
 	if id == "" {
 		return nil, nil
 	}
+	bad := func(format string, args ...any) (map[string]bus.Cursor, *protocol.Error) {
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "Last-Event-ID: "+format, args...)
+	}
 	if len(id) > maxLastEventID {
-		return nil, protocol.Errorf(protocol.CodeBadRequest, "Last-Event-ID: longer than %d bytes", maxLastEventID)
+		return bad("longer than %d bytes", maxLastEventID)
 	}
-	c, err := bus.ParseCursor(id)
+	out := make(map[string]bus.Cursor, len(patterns))
+	rest, ok := strings.CutPrefix(id, idPrefix)
+	if !ok {
+		c, err := bus.ParseCursor(id)
+		if err != nil || len(c) > protocol.MaxSince {
+			return bad("not an id of this stream: send back the id of its last event")
+		}
+		for _, p := range patterns {
+			out[p] = c
+		}
+		return out, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(rest)
 	if err != nil {
-		return nil, protocol.Errorf(protocol.CodeBadRequest, "Last-Event-ID: %v: send back the id of an event of this stream", err)
+		return bad("not base64url after %s", idPrefix)
 	}
-	if len(c) > protocol.MaxSince {
-		return nil, protocol.Errorf(protocol.CodeBadRequest, "Last-Event-ID: %d namespaces; at most %d", len(c), protocol.MaxSince)
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return bad("not an id of this stream")
 	}
-	return c, nil
+	for p, raw := range m {
+		if !slices.Contains(patterns, p) {
+			continue // a subscription this stream does not have
+		}
+		c, err := bus.ParseCursor(base64.RawURLEncoding.EncodeToString(raw))
+		if err != nil || len(c) > protocol.MaxSince {
+			return bad("bad positions of %s", p)
+		}
+		out[p] = c
+	}
+	return out, nil
 }
 
 // subscribedReply is the data of a "subscribed" event: how the
@@ -224,7 +283,7 @@ type stream struct {
 	client    *hub.Client
 	ready     chan struct{} // the hub queued frames for a writer that had stopped
 	kick      chan hub.Disconnect
-	positions bus.Cursor // where the client stands, sent as every event's id
+	positions positions // where the client stands, sent as every event's id
 }
 
 func (s *stream) onReady() {
@@ -296,7 +355,12 @@ func (s *stream) writeFrames(sw *sse.Writer, frames []hub.Frame) error {
 	for _, f := range frames {
 		if ev := f.Event; ev != nil {
 			if !ev.Position.IsZero() {
-				s.positions[ev.Namespace()] = ev.Position
+				for _, p := range f.Subs {
+					if s.positions[p] == nil {
+						s.positions[p] = make(bus.Cursor)
+					}
+					s.positions[p][ev.Namespace()] = ev.Position
+				}
 			}
 			if err := sw.WriteEventBytes(s.id(), "", f.Data); err != nil {
 				return err
@@ -311,10 +375,15 @@ func (s *stream) writeFrames(sw *sse.Writer, frames []hub.Frame) error {
 		}
 		var r subscribedReply
 		if json.Unmarshal(f.Data, &r) == nil {
-			lost := r.Recovered != nil && !*r.Recovered // start over from the reply's positions
+			if r.Recovered != nil && !*r.Recovered {
+				delete(s.positions, r.Channel) // start over from the reply's positions
+			}
+			if s.positions[r.Channel] == nil {
+				s.positions[r.Channel] = make(bus.Cursor)
+			}
 			for ns, p := range r.Positions {
-				if _, ok := s.positions[ns]; !ok || lost {
-					s.positions[ns] = bus.Position{Offset: p.Offset, Epoch: p.Epoch}
+				if _, ok := s.positions[r.Channel][ns]; !ok {
+					s.positions[r.Channel][ns] = bus.Position{Offset: p.Offset, Epoch: p.Epoch}
 				}
 			}
 		}
@@ -327,8 +396,5 @@ func (s *stream) writeFrames(sw *sse.Writer, frames []hub.Frame) error {
 
 // id is the connection's positions as an SSE id, empty while it has none.
 func (s *stream) id() string {
-	if len(s.positions) == 0 {
-		return ""
-	}
 	return s.positions.String()
 }
