@@ -110,6 +110,19 @@ func (c Command) Envelope() (*envelope.Envelope, error) {
 	return &envelope.Envelope{Type: ControlType, Channel: ControlChannel, Subject: c.Sub, Data: data}, nil
 }
 
+// Payload is c as published on ControlChannel: its envelope, from source,
+// made now.
+func (c Command) Payload(source string, now time.Time) ([]byte, error) {
+	env, err := c.Envelope()
+	if err != nil {
+		return nil, err
+	}
+	if err := envelope.Fill(env, source, now); err != nil {
+		return nil, err
+	}
+	return envelope.Marshal(env)
+}
+
 // Parse reads a command from the payload of a message on ControlChannel.
 func Parse(payload []byte) (Command, error) {
 	env, err := envelope.Unmarshal(payload)

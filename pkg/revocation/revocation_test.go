@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
 )
@@ -57,14 +56,7 @@ func TestCommands(t *testing.T) {
 		{Action: revocation.ActionDisconnect, Sub: "42"},
 		{Action: revocation.ActionUnsubscribe, Sub: "42", Pattern: "order:*"},
 	} {
-		env, err := c.Envelope()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := envelope.Fill(env, "test", time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		b, err := envelope.Marshal(env)
+		b, err := c.Payload("test", time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,10 +83,7 @@ func TestCommands(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	c := revocation.Command{Action: revocation.ActionRevoke, JTI: "abc"}
-	env, _ := c.Envelope()
-	_ = envelope.Fill(env, "test", time.Now())
-	b, _ := envelope.Marshal(env)
+	b, _ := revocation.Command{Action: revocation.ActionRevoke, JTI: "abc"}.Payload("test", time.Now())
 	f.Add(b)
 	f.Add([]byte("{}"))
 	f.Fuzz(func(t *testing.T, payload []byte) {

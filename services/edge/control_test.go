@@ -7,7 +7,6 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/token"
@@ -23,14 +22,7 @@ func (e *edge) command(t *testing.T, c revocation.Command) {
 			t.Fatal(err)
 		}
 	}
-	env, err := c.Envelope()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := envelope.Fill(env, "test", time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	b, err := envelope.Marshal(env)
+	b, err := c.Payload("test", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -223,18 +223,11 @@ func (s *Service) Control(ctx context.Context, store revocation.Store, c revocat
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 	}
-	env, err := c.Envelope()
-	if err == nil {
-		err = envelope.Fill(env, s.source, s.now())
-	}
-	var payload []byte
-	if err == nil {
-		payload, err = envelope.Marshal(env)
-	}
+	payload, err := c.Payload(s.source, s.now())
 	if err != nil {
 		return err
 	}
-	if _, err := s.bus.Publish(ctx, env.GetChannel(), payload); err != nil {
+	if _, err := s.bus.Publish(ctx, revocation.ControlChannel, payload); err != nil {
 		return unavailable(err)
 	}
 	return nil
