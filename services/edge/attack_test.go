@@ -248,8 +248,15 @@ func TestUserConnectionBound(t *testing.T) {
 	t.Parallel()
 	e := startEdge(t, redistest.Shared(t), map[string]string{
 		"EDGE_MAX_USER_CONNECTIONS": "2", "EDGE_ALLOW_ANONYMOUS": "true", "EDGE_PUBLIC_CHANNELS": "news:*"})
+	// The edge joins a connection after its handshake: wait for each, so
+	// that the third is the one refused.
+	joined := func(n float64) {
+		t.Helper()
+		servicetest.WaitFor(t, fmt.Sprintf("%v connections", n), func() bool { return e.metric(t, "eventbus_edge_connections") == n })
+	}
 	e.dial(t, mint(t, "7"))
 	e.dial(t, mint(t, "7"))
+	joined(2)
 	if code := e.dial(t, mint(t, "7")).closeStatus(); code != 4029 {
 		t.Fatalf("a third connection of user 7 closed with %d, want 4029", code)
 	}
@@ -257,6 +264,7 @@ func TestUserConnectionBound(t *testing.T) {
 	anon := e.dial(t, "")
 	anon.subscribe("1", "news:*")
 	e.dial(t, "")
+	joined(4)
 	if code := e.dial(t, "").closeStatus(); code != 4029 {
 		t.Fatalf("a third anonymous connection from one address closed with %d, want 4029", code)
 	}
