@@ -106,13 +106,28 @@ func check(what, s string, sep byte, wildcard bool) error {
 		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '_', c == '-':
 		case c == '*' && wildcard:
 		default:
-			return fmt.Errorf("%w: %s %q has %q at byte %d; allowed are %s", ErrInvalid, what, s, c, i, allowed(sep, wildcard))
+			return fmt.Errorf("%w: %s %q has %q at byte %d; allowed are %s%s", ErrInvalid, what, s, c, i, allowed(sep, wildcard), suggest(s, sep, wildcard))
 		}
 	}
 	if tokenStart == len(s) {
 		return fmt.Errorf("%w: %s %q ends with %q", ErrInvalid, what, s, sep)
 	}
 	return nil
+}
+
+// suggest offers what s was likely meant to be, in lower case with the
+// right separator (the seed tutorial's "iss.telemetry" is the channel
+// "iss:telemetry"), when that is valid: "; did you mean …?", or "".
+func suggest(s string, sep byte, wildcard bool) string {
+	other := byte('.')
+	if sep == '.' {
+		other = ':'
+	}
+	t := strings.ReplaceAll(strings.ToLower(s), string(other), string(sep))
+	if t == s || check("", t, sep, wildcard) != nil {
+		return ""
+	}
+	return fmt.Sprintf("; did you mean %q?", t)
 }
 
 func allowed(sep byte, wildcard bool) string {

@@ -185,3 +185,25 @@ func FuzzCovers(f *testing.F) {
 		}
 	})
 }
+
+// A channel written as a type, or in upper case, is refused with what it
+// was likely meant to be.
+func TestErrorsSuggestTheChannel(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{channel.Validate("iss.telemetry"), `did you mean "iss:telemetry"?`},
+		{channel.ValidatePattern("Order:*"), `did you mean "order:*"?`},
+		{channel.ValidateType("Order.Placed"), `did you mean "order.placed"?`},
+		{channel.ValidateType("order:placed"), `did you mean "order.placed"?`},
+	} {
+		if tt.err == nil || !strings.Contains(tt.err.Error(), tt.want) {
+			t.Errorf("error %v, want it to suggest %s", tt.err, tt.want)
+		}
+	}
+	if err := channel.Validate("a b"); err == nil || strings.Contains(err.Error(), "did you mean") {
+		t.Errorf("Validate(a b) = %v, want no suggestion (none is valid)", err)
+	}
+}

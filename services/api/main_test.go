@@ -487,7 +487,7 @@ func TestGRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	if resp.GetAccepted() != n-1 || resp.GetRejected() != 1 || len(resp.GetErrors()) != 1 ||
-		resp.GetErrors()[0].GetIndex() != 500 || resp.GetErrors()[0].GetCode() != "invalidargument" {
+		resp.GetErrors()[0].GetIndex() != 500 || resp.GetErrors()[0].GetCode() != "invalid_argument" {
 		t.Fatalf("PublishStream = %v, want 999 accepted and event 500 rejected as invalid", resp)
 	}
 	for i := range n {

@@ -172,7 +172,7 @@ func (s *Server) PublishStream(stream grpc.ClientStreamingServer[eventbusv1.Publ
 		}
 		st, _ := status.FromError(s.toStatus(ctx, err))
 		resp.Errors = append(resp.Errors, &eventbusv1.EventError{
-			Index: i, Code: strings.ToLower(st.Code().String()), Message: st.Message(),
+			Index: i, Code: snakeCase(st.Code().String()), Message: st.Message(),
 		})
 	}
 	flush := func() {
@@ -242,4 +242,20 @@ func (s *Server) History(ctx context.Context, req *eventbusv1.HistoryRequest) (*
 		resp.Events = append(resp.Events, &eventbusv1.HistoryEvent{Offset: e.Position.Offset, Epoch: e.Position.Epoch, Channel: e.Channel, Event: env})
 	}
 	return resp, nil
+}
+
+// snakeCase spells a gRPC code as the HTTP API spells its error codes:
+// InvalidArgument → invalid_argument.
+func snakeCase(code string) string {
+	var b strings.Builder
+	for i, r := range code {
+		if 'A' <= r && r <= 'Z' {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			r += 'a' - 'A'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
