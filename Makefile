@@ -25,7 +25,8 @@ build: ## Build every binary into bin/
 	go build -o $(BIN)/logger ./services/logger
 	go build -o $(BIN)/edge ./services/edge
 	go build -o $(BIN)/notification ./services/notification
-	go build -o $(BIN)/eventbus ./cmd/eventbus
+	go build -ldflags "-X main.commit=$$(git rev-parse --short HEAD 2>/dev/null) -X main.buildVersion=$$(git describe --tags --always --dirty 2>/dev/null)" \
+		-o $(BIN)/eventbus ./cmd/eventbus
 
 .PHONY: test
 test: build js-test ## Run the whole test suite against a real redis-server (or the embedded fallback)

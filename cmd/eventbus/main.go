@@ -27,6 +27,7 @@ Usage:
   eventbus revoke --jti ID | --sub ID   revoke edge tokens on every edge
   eventbus bench SCENARIO [flags]       measure a running system: fanout, ingest, connections, recovery
   eventbus devredis [flags]             run an embedded Redis-compatible server (development only)
+  eventbus version                      print the version, commit and Go version (also --version)
 
 Run 'eventbus COMMAND --help' for the flags of a command.
 Addresses and the API key come from flags or from EVENTBUS_API
@@ -71,6 +72,7 @@ var commands = map[string]command{
 	"dead-letters": {"list or resend the emails never sent", runDeadLetters},
 	"token":        {"mint a development token for the edge", runToken},
 	"revoke":       {"revoke edge tokens on every edge", runRevoke},
+	"version":      {"print the version of this build", runVersion},
 	"bench":        {"measure a running system", runBench},
 	"devredis":     {"run an embedded Redis-compatible server", runDevRedis},
 }
@@ -82,6 +84,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return errUsage
 		}
 		return nil
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = []string{"version"}
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

@@ -2,10 +2,14 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -44,7 +48,7 @@ func TestParseTakesFlagsAnywhere(t *testing.T) {
 
 func TestUsageErrors(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{nil, {"nope"}, {"publish", "only-type"}, {"tail", "a", "b"}, {"stats", "--bogus"}} {
+	for _, args := range [][]string{nil, {"nope"}, {"publish"}, {"publish", "a.b", "{}", "extra"}, {"tail", "a", "b"}, {"stats", "--bogus"}} {
 		var stdout, stderr bytes.Buffer
 		err := run(t.Context(), args, func(string) string { return "" }, &stdout, &stderr)
 		if !errors.Is(err, errUsage) {
@@ -53,6 +57,25 @@ func TestUsageErrors(t *testing.T) {
 		if stdout.Len()+stderr.Len() == 0 {
 			t.Errorf("run(%q) printed nothing, want the usage", args)
 		}
+	}
+}
+
+// publish TYPE alone publishes an event without data.
+func TestPublishWithoutData(t *testing.T) {
+	t.Parallel()
+	var body map[string]any
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = io.WriteString(w, `{"id":"1","channel":"user:ping","receivers":0}`)
+	}))
+	defer srv.Close()
+	getenv := func(k string) string { return map[string]string{"EVENTBUS_API": srv.URL}[k] }
+	if err := run(t.Context(), []string{"publish", "user.ping"}, getenv, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if body["type"] != "user.ping" || body["data"] != nil {
+		t.Fatalf("the API got %v, want type user.ping and no data", body)
 	}
 }
 
@@ -135,5 +158,20 @@ func TestTokenVerifies(t *testing.T) {
 	c, err := token.NewVerifier([]byte(secret)).Verify(strings.TrimSpace(out.String()))
 	if err != nil || c.Subject != "42" || !cmp.Equal(c.Channels, []string{"order:*", "user:*"}) {
 		t.Errorf("token verifies as %+v, %v; want sub 42 with order:* and user:*", c, err)
+	}
+}
+
+// eventbus version and --version print the build's version, commit and Go
+// version.
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		var out bytes.Buffer
+		if err := run(t.Context(), args, func(string) string { return "" }, &out, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if got := out.String(); !strings.HasPrefix(got, "eventbus ") || !strings.Contains(got, "commit ") || !strings.Contains(got, runtime.Version()) {
+			t.Errorf("%v printed %q, want the version, the commit and %s", args, got, runtime.Version())
+		}
 	}
 }

@@ -8,9 +8,9 @@ import (
 )
 
 func runPublish(ctx context.Context, e env, args []string) error {
-	fs := flags(e, "publish", "TYPE JSON",
-		"Publishes an event of TYPE (e.g. order.placed) whose data is JSON, and prints the reply:\n"+
-			"the event id, its channel and how many subscribers received it.")
+	fs := flags(e, "publish", "TYPE [JSON]",
+		"Publishes an event of TYPE (e.g. order.placed) whose data is JSON (none if left out),\n"+
+			"and prints the reply: the event id, its channel and how many subscribers received it.")
 	var c common
 	c.register(fs, e)
 	subject := fs.String("subject", "", "what the event is about, e.g. an order id")
@@ -20,15 +20,25 @@ func runPublish(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if len(pos) != 2 {
+	switch {
+	case len(pos) == 0:
+		fmt.Fprintln(e.stderr, "eventbus publish: missing TYPE, the event type, such as order.placed")
+		fs.Usage()
+		return errUsage
+	case len(pos) > 2:
+		fmt.Fprintf(e.stderr, "eventbus publish: %d arguments; want TYPE and at most one JSON (quote it)\n", len(pos))
 		fs.Usage()
 		return errUsage
 	}
-	data := json.RawMessage(pos[1])
-	if !json.Valid(data) {
-		return fmt.Errorf("JSON argument %q is not valid JSON", pos[1])
+	event := map[string]any{"type": pos[0], "subject": *subject}
+	if len(pos) == 2 {
+		data := json.RawMessage(pos[1])
+		if !json.Valid(data) {
+			return fmt.Errorf("JSON argument %q is not valid JSON", pos[1])
+		}
+		event["data"] = data
 	}
-	body, err := json.Marshal(map[string]any{"type": pos[0], "subject": *subject, "data": data})
+	body, err := json.Marshal(event)
 	if err != nil {
 		return err
 	}
