@@ -11,6 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export REDIS_URL=${REDIS_URL:-redis://localhost:6379/0}
+# Keys and channels of a development run carry a prefix of their own, so a
+# Redis shared with anything else is left as it was (REDIS_PREFIX= for none).
+export REDIS_PREFIX=${REDIS_PREFIX-dev:}
 bin=${EVENTBUS_BIN:-bin} # where make build put the binaries
 hostport=${REDIS_URL#*://}
 hostport=${hostport#*@}
@@ -84,6 +87,7 @@ email_mode="dry-run, logged below"
 [[ -n ${SENDGRID_API_KEY:-} ]] && email_mode="sent through SendGrid"
 cat <<MSG
 [run] eventbus is starting:
+[run]   Redis    $REDIS_URL, keys and channels under "${REDIS_PREFIX}"
 [run]   API      http://localhost${API_HTTP_ADDR:-:8080}  (gRPC on ${API_GRPC_ADDR:-:9090})
 [run]   logger   http://localhost${LOGGER_HTTP_ADDR:-:8082}/v1/tail
 [run]   edge     http://localhost${EDGE_HTTP_ADDR:-:8081}   <- open this: the live demo page
