@@ -83,7 +83,8 @@ func Listen(ctx context.Context, addr string) (net.Listener, error) {
 }
 
 // Ops adds /healthz (the process is up), /readyz (ready returns nil) and
-// /metrics (everything g gathers) to mux. /readyz answers
+// /metrics (everything g gathers) to mux, and a JSON 404 for every path no
+// other route serves. /readyz answers
 // {"status":"ok"}, or 503 {"status":"unavailable","error":"…"}.
 func Ops(mux *http.ServeMux, g prometheus.Gatherer, ready func(context.Context) error) {
 	OpsDetail(mux, g, func(ctx context.Context) (map[string]any, error) { return nil, ready(ctx) })
@@ -111,6 +112,10 @@ func OpsDetail(mux *http.ServeMux, g prometheus.Gatherer, ready func(context.Con
 		writeStatus(w, http.StatusOK, "ok", detail, nil)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	// Whatever no route serves is a JSON 404 too, not the mux's text.
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
+	})
 }
 
 func writeStatus(w http.ResponseWriter, code int, status string, detail map[string]any, err error) {

@@ -84,3 +84,19 @@ func TestOpsDetailReadyz(t *testing.T) {
 		})
 	}
 }
+
+// A path no route serves answers a JSON 404, on every service.
+func TestUnknownPathsAreJSON404s(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	server.Ops(mux, prometheus.NewRegistry(), func(context.Context) error { return nil })
+	for _, path := range []string{"/", "/nope", "/v2/x"} {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		var body struct{ Error struct{ Code, Message string } }
+		if rec.Code != http.StatusNotFound || rec.Header().Get("Content-Type") != "application/json" ||
+			json.Unmarshal(rec.Body.Bytes(), &body) != nil || body.Error.Code != "not_found" {
+			t.Errorf("GET %s = %d %s %s, want a JSON 404", path, rec.Code, rec.Header().Get("Content-Type"), rec.Body)
+		}
+	}
+}

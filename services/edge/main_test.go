@@ -430,6 +430,33 @@ func TestOriginCheck(t *testing.T) {
 	if _, err := dial(e.base); err != nil {
 		t.Errorf("the edge's own origin: %v", err)
 	}
+	// Refusals are JSON: the foreign origin names the variable that allows
+	// more, and a request that is no WebSocket handshake gets 426.
+	for _, tt := range []struct {
+		origin string
+		status int
+		want   string
+	}{
+		{"https://evil.example", http.StatusForbidden, "EDGE_ALLOWED_ORIGINS"},
+		{"", http.StatusUpgradeRequired, "WebSocket"},
+	} {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.base+"/ws", nil)
+		if tt.origin != "" {
+			req.Header.Set("Origin", tt.origin)
+			req.Header.Set("Upgrade", "websocket")
+			req.Header.Set("Connection", "Upgrade")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body struct{ Error struct{ Code, Message string } }
+		err = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.status || err != nil || !strings.Contains(body.Error.Message, tt.want) {
+			t.Errorf("origin %q: %d %+v (%v), want %d JSON naming %s", tt.origin, resp.StatusCode, body, err, tt.status, tt.want)
+		}
+	}
 }
 
 func TestLimits(t *testing.T) {

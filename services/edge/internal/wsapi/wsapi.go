@@ -14,6 +14,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,6 +111,18 @@ func New(opts Options, reg prometheus.Registerer) *Handler {
 // upgrades, so a bad token gets 401 and a foreign origin 403 over plain
 // HTTP.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// What Accept would refuse in plain text is refused here in JSON.
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		w.Header().Set("Upgrade", "websocket")
+		server.WriteError(w, http.StatusUpgradeRequired, protocol.CodeBadRequest,
+			"GET /ws is a WebSocket endpoint: connect with a WebSocket client (or use GET /sse)")
+		return
+	}
+	if origin := r.Header.Get("Origin"); origin != "" && !originAllowed(origin, r.Host, h.AllowedOrigins) {
+		server.WriteError(w, http.StatusForbidden, protocol.CodeForbidden,
+			fmt.Sprintf("origin %q is neither this edge's host nor one of EDGE_ALLOWED_ORIGINS", origin))
+		return
+	}
 	var claims *token.Claims
 	if tok := r.URL.Query().Get("token"); tok != "" {
 		var err error
@@ -485,3 +500,22 @@ func (s *session) reauthenticate(req protocol.Request) []byte {
 
 // allowed reports whether the connection may subscribe to p.
 func (s *session) allowed(p string) bool { return s.h.Access.Allowed(s.claims.Load(), p) }
+
+// originAllowed reports whether a browser page at origin may connect: the
+// edge's own host, or a host pattern of allowed (path.Match syntax, as
+// coder/websocket checks them).
+func originAllowed(origin, host string, allowed []string) bool {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, host) {
+		return true
+	}
+	for _, p := range allowed {
+		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(u.Host)); ok {
+			return true
+		}
+	}
+	return false
+}
