@@ -93,7 +93,9 @@ func TestUnknownPathsAreJSON404s(t *testing.T) {
 	for _, path := range []string{"/", "/nope", "/v2/x"} {
 		rec := httptest.NewRecorder()
 		mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-		var body struct{ Error struct{ Code, Message string } }
+		var body struct {
+			Error struct{ Code, Message string }
+		}
 		if rec.Code != http.StatusNotFound || rec.Header().Get("Content-Type") != "application/json" ||
 			json.Unmarshal(rec.Body.Bytes(), &body) != nil || body.Error.Code != "not_found" {
 			t.Errorf("GET %s = %d %s %s, want a JSON 404", path, rec.Code, rec.Header().Get("Content-Type"), rec.Body)
