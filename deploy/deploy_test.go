@@ -241,6 +241,9 @@ func checkManifest(t *testing.T, path string, seen map[string]bool) {
 
 func checkDeployment(t *testing.T, path string, d *appsv1.Deployment) {
 	t.Helper()
+	if sc := d.Spec.Template.Spec.SecurityContext; d.Name != "redis" && (sc == nil || sc.FSGroup == nil || *sc.FSGroup != 65532) {
+		t.Errorf("%s: %s has no fsGroup 65532: a fresh volume would not be writable by the service's user", path, d.Name)
+	}
 	for _, c := range d.Spec.Template.Spec.Containers {
 		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 			t.Errorf("%s: %s has no resource requests and limits", path, c.Name)
@@ -391,6 +394,21 @@ func TestGrafanaProvisioning(t *testing.T) {
 // TestDockerfileCopiesEveryModule: the image builds with the workspace, so
 // every module go.work uses must have its go.mod and go.sum copied before
 // `go mod download`.
+// The image creates /data owned by its user (nonroot, 65532): a fresh
+// named volume mounted there takes that owner, so the logger can write it.
+func TestDockerfileGivesDataToItsUser(t *testing.T) {
+	t.Parallel()
+	dockerfile, err := os.ReadFile(filepath.Join(root, "deploy/docker/Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"mkdir -p /out/data", "COPY --from=build --chown=65532:65532 /out/data /data", "USER nonroot:nonroot"} {
+		if !strings.Contains(string(dockerfile), want) {
+			t.Errorf("the Dockerfile lacks %q", want)
+		}
+	}
+}
+
 func TestDockerfileCopiesEveryModule(t *testing.T) {
 	t.Parallel()
 	work, err := os.ReadFile(filepath.Join(root, "go.work"))
