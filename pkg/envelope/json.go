@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -17,7 +18,8 @@ var jsonOptions = protojson.MarshalOptions{UseProtoNames: true}
 
 // MarshalJSON renders env as compact JSON with proto field names, the same
 // JSON protojson gives: data of a registered type is rendered as that message
-// with an "@type" key. The envelope's own fields are written directly; only
+// with an "@type" key, and the data of any other type (a Struct) as the plain
+// JSON object it was sent as. The envelope's own fields are written directly; only
 // data goes through protojson, which is what the logger and the edge spend
 // their time on per event.
 func MarshalJSON(env *Envelope) ([]byte, error) {
@@ -62,7 +64,18 @@ func AppendJSON(b []byte, env *Envelope) ([]byte, error) {
 		return b, fmt.Errorf("marshal envelope as json: %w", e.err)
 	}
 	if d := env.GetData(); d != nil {
-		js, err := jsonOptions.Marshal(d)
+		var js []byte
+		var err error
+		if d.MessageIs((*structpb.Struct)(nil)) {
+			// The data of a type the bus does not know is the JSON object
+			// it was sent as, not {"@type":"…Struct","value":{…}}.
+			var st structpb.Struct
+			if err = d.UnmarshalTo(&st); err == nil {
+				js, err = jsonOptions.Marshal(&st)
+			}
+		} else {
+			js, err = jsonOptions.Marshal(d)
+		}
 		if err != nil {
 			return b, fmt.Errorf("marshal envelope as json: data: %w", err)
 		}

@@ -55,10 +55,19 @@ func TestMarshalJSONMatchesProtojson(t *testing.T) {
 		{Time: timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 1000, time.UTC))},
 		{Attributes: map[string]string{"traceparent": "00-x-01", "b": "2", "a": "<&>"}},
 		{Id: "3", Type: "order.placed", Data: typed},
-		{Id: "4", Type: "x.y", Data: free},
 		{Time: &timestamppb.Timestamp{Seconds: -1e12}}, // out of range: both refuse
 	} {
 		sameAsProtojson(t, env)
+	}
+	// The data of a type the bus does not know is the plain object it was
+	// sent as, where protojson would write {"@type":…,"value":…}.
+	got, err := MarshalJSON(&Envelope{Id: "4", Type: "x.y", Data: free})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct{ Data map[string]any }
+	if err := json.Unmarshal(got, &v); err != nil || !cmp.Equal(v.Data, map[string]any{"a": 1.5, "b": []any{"x", nil, true}}) {
+		t.Errorf("MarshalJSON of Struct data = %s (%v), want the plain object", got, err)
 	}
 }
 
