@@ -108,10 +108,13 @@ func ValidateStrict(env *Envelope) error {
 
 func validate(env *Envelope, strict bool) error {
 	var errs []error
-	if err := channel.ValidateType(env.GetType()); err != nil {
-		errs = append(errs, fmt.Errorf("type: %w", err))
+	typeErr := channel.ValidateType(env.GetType())
+	if typeErr != nil {
+		errs = append(errs, fmt.Errorf("type: %w", typeErr))
 	}
-	if err := channel.Validate(env.GetChannel()); err != nil {
+	// An empty channel derives from the type: with a bad type, saying the
+	// channel is empty as well would only repeat the type's error.
+	if err := channel.Validate(env.GetChannel()); err != nil && (typeErr == nil || env.GetChannel() != "") {
 		errs = append(errs, fmt.Errorf("channel: %w", err))
 	}
 	switch {

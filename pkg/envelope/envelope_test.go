@@ -356,3 +356,15 @@ func FuzzValidateID(f *testing.F) {
 		}
 	})
 }
+
+// A bad type is one error, not also an empty channel derived from it.
+func TestABadTypeIsOneError(t *testing.T) {
+	t.Parallel()
+	err := envelope.FillStrict(&envelope.Envelope{Type: "Order.Placed"}, "test", time.Now())
+	if err == nil || !strings.Contains(err.Error(), "type:") || strings.Contains(err.Error(), "\nchannel:") {
+		t.Fatalf("FillStrict with a bad type = %v, want the type's error alone", err)
+	}
+	if err := envelope.FillStrict(&envelope.Envelope{Type: "a.b", Channel: "A B"}, "test", time.Now()); err == nil || !strings.HasPrefix(err.Error(), "invalid event: channel:") {
+		t.Fatalf("FillStrict with a bad channel = %v, want the channel's error", err)
+	}
+}
