@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,11 +59,12 @@ const maxRecovering = 16
 
 // Hub fans events out to clients. Its methods are safe for concurrent use.
 type Hub struct {
-	sub        bus.Subscription
-	opts       Options
-	log        *slog.Logger
-	m          *metrics
-	recovering chan struct{} // a token per subscription reading the record
+	sub             bus.Subscription
+	opts            Options
+	log             *slog.Logger
+	m               *metrics
+	recovering      chan struct{} // a token per subscription reading the record
+	warnedMalformed atomic.Bool
 
 	// change serialises changes of the Redis subscription, so that the
 	// first-in and last-out of one pattern never race.
@@ -468,7 +470,14 @@ func (h *Hub) dispatch(m bus.Message) {
 	ev, err := NewEvent(m.Channel, m.Position, m.Payload)
 	if err != nil {
 		h.m.malformed.Inc()
-		h.log.Debug("message is not an envelope; not forwarded", "channel", m.Channel, "error", err)
+		// Once at warning level, then at debug: a publisher writing plain
+		// JSON on a bus channel would otherwise flood the log.
+		level := slog.LevelDebug
+		if h.warnedMalformed.CompareAndSwap(false, true) {
+			level = slog.LevelWarn
+		}
+		h.log.Log(context.Background(), level, "message is not an envelope (see docs/consumers.md); not forwarded, counted in eventbus_edge_malformed_total",
+			"channel", m.Channel, "error", err)
 		return
 	}
 	clear(h.frames)

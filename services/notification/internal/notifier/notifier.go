@@ -92,6 +92,7 @@ type metrics struct {
 	publishFailed prometheus.Counter
 	conflicts     prometheus.Counter
 	unknownUsers  prometheus.Counter
+	malformed     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -108,8 +109,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		publishFailed: c("notifications_failed_total", "Browser notifications that could not be published."),
 		conflicts:     c("claim_conflicts_total", "Notifications skipped because another replica had claimed them."),
 		unknownUsers:  c("unknown_users_total", "Emails not sent because the user's contact is unknown."),
+		malformed:     c("malformed_total", "Messages that were no envelope, ignored."),
 	}
-	reg.MustRegister(m.events, m.emailsSent, m.emailsFailed, m.emailsRetried, m.published, m.publishFailed, m.conflicts, m.unknownUsers)
+	reg.MustRegister(m.events, m.emailsSent, m.emailsFailed, m.emailsRetried, m.published, m.publishFailed, m.conflicts, m.unknownUsers, m.malformed)
 	return m
 }
 
@@ -209,6 +211,7 @@ func shard(key string, n int) int {
 func (n *Notifier) plan(d bus.Delivery) (job, bool) {
 	env, err := envelope.Unmarshal(d.Payload)
 	if err != nil {
+		n.m.malformed.Inc()
 		n.Logger.Warn("message is not an envelope; ignored", "channel", d.Channel, "error", err)
 		return job{}, false
 	}
