@@ -175,3 +175,22 @@ func TestVersion(t *testing.T) {
 		}
 	}
 }
+
+// stats shows the consumer groups of each recorded namespace.
+func TestStatsShowsConsumerGroups(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"channels":[],"numsub":{},"numpat":3,"namespaces":[{"namespace":"order","events":12,"groups":[{"name":"logger","consumers":1,"pending":2,"lag":5}]},{"namespace":"user","events":1,"groups":[]}]}`)
+	}))
+	defer srv.Close()
+	var out bytes.Buffer
+	getenv := func(k string) string { return map[string]string{"EVENTBUS_API": srv.URL}[k] }
+	if err := run(t.Context(), []string{"stats"}, getenv, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"3 pattern subscription(s)", "CONSUMER GROUP", "order      12           logger", "user       1            -"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("stats printed\n%s\nwant %q", out.String(), want)
+		}
+	}
+}

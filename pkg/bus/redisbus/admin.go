@@ -71,8 +71,28 @@ type Stats struct {
 	// NumSub is the exact subscriber count of each of Channels (PUBSUB NUMSUB).
 	NumSub map[string]int64 `json:"numsub"`
 	// NumPat counts the pattern subscriptions of the whole server (PUBSUB
-	// NUMPAT): Redis cannot count them per prefix.
+	// NUMPAT): Redis cannot count them per prefix, nor per pattern.
 	NumPat int64 `json:"numpat"`
+	// Namespaces are the recorded namespaces with their consumer groups,
+	// sorted: the subscribers that read durably. Empty without history.
+	Namespaces []NamespaceStats `json:"namespaces"`
+}
+
+// NamespaceStats is one namespace's stream.
+type NamespaceStats struct {
+	Namespace string       `json:"namespace"`
+	Events    int64        `json:"events"` // entries the stream keeps
+	Epoch     string       `json:"epoch"`
+	Last      string       `json:"last_offset,omitempty"`
+	Groups    []GroupStats `json:"groups"`
+}
+
+// GroupStats is a consumer group on a namespace's stream.
+type GroupStats struct {
+	Name      string `json:"name"`
+	Consumers int64  `json:"consumers"`
+	Pending   int64  `json:"pending"` // delivered, not yet acknowledged
+	Lag       int64  `json:"lag"`     // not yet delivered; -1 when Redis cannot tell
 }
 
 // Stats asks Redis about the channels under the bus's prefix.
@@ -98,5 +118,40 @@ func (b *Bus) Stats(ctx context.Context) (Stats, error) {
 	if st.NumPat, err = b.client.PubSubNumPat(ctx).Result(); err != nil {
 		return Stats{}, fmt.Errorf("pubsub numpat: %w", err)
 	}
+	if st.Namespaces, err = b.namespaceStats(ctx); err != nil {
+		return Stats{}, err
+	}
 	return st, nil
+}
+
+// namespaceStats reads every recorded namespace's stream and groups.
+func (b *Bus) namespaceStats(ctx context.Context) ([]NamespaceStats, error) {
+	namespaces, err := b.client.SMembers(ctx, b.namespacesKey()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read the known namespaces: %w", err)
+	}
+	slices.Sort(namespaces)
+	pipe := b.client.Pipeline()
+	infos := make([]*redis.XInfoStreamCmd, len(namespaces))
+	groups := make([]*redis.XInfoGroupsCmd, len(namespaces))
+	epochs := make([]*redis.StringCmd, len(namespaces))
+	for i, ns := range namespaces {
+		infos[i] = pipe.XInfoStream(ctx, b.streamKey(ns))
+		groups[i] = pipe.XInfoGroups(ctx, b.streamKey(ns))
+		epochs[i] = pipe.HGet(ctx, b.metaKey(ns), "epoch")
+	}
+	_, _ = pipe.Exec(ctx) // a namespace whose stream is gone reads as empty
+	out := make([]NamespaceStats, 0, len(namespaces))
+	for i, ns := range namespaces {
+		n := NamespaceStats{Namespace: ns, Epoch: epochs[i].Val(), Groups: []GroupStats{}}
+		if info, err := infos[i].Result(); err == nil {
+			n.Events, n.Last = info.Length, info.LastGeneratedID
+		}
+		gs, _ := groups[i].Result()
+		for _, g := range gs {
+			n.Groups = append(n.Groups, GroupStats{Name: g.Name, Consumers: g.Consumers, Pending: g.Pending, Lag: g.Lag})
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

@@ -702,3 +702,42 @@ func TestOwnUnacknowledgedEventsComeOnce(t *testing.T) {
 		t.Fatalf("next fetch = %q, want the new c, not a and b again", got)
 	}
 }
+
+// Stats names every recorded namespace with its consumer groups: their
+// members, pending events and lag.
+func TestStatsShowConsumerGroups(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	b := newBus(t, srv, redisbus.Options{HistoryMaxLen: 1000})
+	c, err := b.Consume(t.Context(), "stg", "m1", []string{"st:*"}, bus.ConsumerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := b.Publish(t.Context(), "st:x", []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if ds, err := c.Fetch(ctx, 1); err != nil || len(ds) != 1 {
+		t.Fatalf("Fetch = %v, %v", ds, err)
+	}
+	st, err := b.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range st.Namespaces {
+		if n.Namespace != "st" {
+			continue
+		}
+		if n.Events != 3 || n.Epoch == "" || len(n.Groups) != 1 {
+			t.Fatalf("namespace st = %+v, want 3 events, an epoch and the group", n)
+		}
+		if g := n.Groups[0]; g.Name != "stg" || g.Consumers != 1 || g.Pending != 1 || g.Lag != 2 {
+			t.Fatalf("group = %+v, want stg with 1 member, 1 pending, lag 2", g)
+		}
+		return
+	}
+	t.Fatalf("Stats = %+v, want the namespace st", st.Namespaces)
+}
