@@ -175,14 +175,33 @@ type reply struct {
 	Error  *Error `json:"error,omitempty"`
 }
 
-// subscribed is the reply to a subscribe that succeeded.
-type subscribed struct {
-	ID        string              `json:"id,omitempty"`
-	OK        bool                `json:"ok"`
+// Begun says how a subscription began, as every transport tells it.
+type Begun struct {
 	Recovered *bool               `json:"recovered,omitempty"`
 	Missed    *int                `json:"missed,omitempty"`
 	Reason    string              `json:"reason,omitempty"`
 	Positions map[string]Position `json:"positions,omitempty"`
+}
+
+// BegunOf is r as clients read it: recovered with missed, or not with a
+// reason, for a subscription that resumed; positions when there are any.
+func BegunOf(r hub.Recovery) Begun {
+	var b Begun
+	if r.Resumed {
+		b.Recovered = &r.Recovered
+		if r.Recovered {
+			b.Missed = &r.Missed
+		} else {
+			b.Reason = r.Reason
+		}
+	}
+	if len(r.Positions) > 0 {
+		b.Positions = make(map[string]Position, len(r.Positions))
+		for ns, p := range r.Positions {
+			b.Positions[ns] = Position{Offset: p.Offset, Epoch: p.Epoch}
+		}
+	}
+	return b
 }
 
 // Subscribed is the reply to a subscribe that succeeded, saying how it
@@ -192,22 +211,11 @@ type subscribed struct {
 //	{"id":"7","ok":true,"recovered":true,"missed":12}
 //	{"id":"7","ok":true,"recovered":false,"reason":"epoch_changed"}
 func Subscribed(id string, r hub.Recovery) []byte {
-	s := subscribed{ID: id, OK: true}
-	if r.Resumed {
-		s.Recovered = &r.Recovered
-		if r.Recovered {
-			s.Missed = &r.Missed
-		} else {
-			s.Reason = r.Reason
-		}
-	}
-	if len(r.Positions) > 0 {
-		s.Positions = make(map[string]Position, len(r.Positions))
-		for ns, p := range r.Positions {
-			s.Positions[ns] = Position{Offset: p.Offset, Epoch: p.Epoch}
-		}
-	}
-	b, _ := json.Marshal(s) // strings, bools and ints always marshal
+	b, _ := json.Marshal(struct { // strings, bools and ints always marshal
+		ID string `json:"id,omitempty"`
+		OK bool   `json:"ok"`
+		Begun
+	}{id, true, BegunOf(r)})
 	return b
 }
 

@@ -260,19 +260,12 @@ func lastEventID(id string, patterns []string) (map[string]bus.Cursor, *protocol
 // subscribedReply is the data of a "subscribed" event: how the
 // subscription to channel began, as the WebSocket reply says it.
 type subscribedReply struct {
-	Channel   string                       `json:"channel"`
-	Recovered *bool                        `json:"recovered,omitempty"`
-	Missed    *int                         `json:"missed,omitempty"`
-	Reason    string                       `json:"reason,omitempty"`
-	Positions map[string]protocol.Position `json:"positions,omitempty"`
+	Channel string `json:"channel"`
+	protocol.Begun
 }
 
 func subscribed(p string, rec hub.Recovery) []byte {
-	var r subscribedReply
-	// The WebSocket reply, with the channel for the id.
-	_ = json.Unmarshal(protocol.Subscribed("", rec), &r)
-	r.Channel = p
-	b, _ := json.Marshal(r)
+	b, _ := json.Marshal(subscribedReply{p, protocol.BegunOf(rec)}) // strings, bools and ints always marshal
 	return b
 }
 
