@@ -4,7 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"strings"
+	"maps"
 	"sync/atomic"
 	"time"
 
@@ -135,14 +135,12 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 	}
 	// last is where each namespace stands for the client: a live event at
 	// or before it came from the record already.
-	last := make(map[string]string, len(since))
 	from := since
 	if !rec.Recovered {
 		from = rec.Positions // live events up to them are in the state it reloads
 	}
-	for ns, pos := range from {
-		last[ns] = pos.Offset
-	}
+	last := make(bus.Cursor, len(from))
+	maps.Copy(last, from)
 	subs := []string{p}
 	for _, e := range missed {
 		ev, err := NewEvent(e.Channel, e.Position, e.Payload)
@@ -153,7 +151,7 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 		if !h.push(c, ev, subs, &r.cancelled) {
 			return
 		}
-		last[ev.Namespace()] = ev.Position.Offset
+		last[ev.Namespace()] = ev.Position
 	}
 	h.m.recovered.Add(float64(len(missed)))
 	for {
@@ -164,7 +162,7 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 			if c.replays[p] == r {
 				delete(c.replays, p)
 			}
-			h.raiseFloor(lastPositions(last, missed, since, rec.Positions))
+			h.raiseFloor(last)
 			h.mu.Unlock()
 			if overflow {
 				c.tooSlow() // what it missed meanwhile is lost: it recovers again
@@ -174,14 +172,14 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 		h.mu.Unlock()
 		for _, ev := range live {
 			ns := ev.Namespace()
-			if !ev.Position.IsZero() && last[ns] != "" && bus.CompareOffsets(ev.Position.Offset, last[ns]) <= 0 {
+			if !ev.Position.IsZero() && !last[ns].IsZero() && bus.CompareOffsets(ev.Position.Offset, last[ns].Offset) <= 0 {
 				continue // the record gave it
 			}
 			if !h.push(c, ev, subs, &r.cancelled) {
 				return
 			}
 			if !ev.Position.IsZero() {
-				last[ns] = ev.Position.Offset
+				last[ns] = ev.Position
 			}
 		}
 	}
@@ -221,27 +219,4 @@ func (h *Hub) hold(c *Client, ev *Event, subs []string) []string {
 		}
 	}
 	return live
-}
-
-// lastPositions is where a finished replay left its namespaces: the last
-// offset it gave in each, with that namespace's epoch.
-func lastPositions(last map[string]string, missed []bus.Event, since, positions bus.Cursor) bus.Cursor {
-	epochs := make(map[string]string, len(last))
-	for ns, p := range since {
-		epochs[ns] = p.Epoch
-	}
-	for ns, p := range positions {
-		epochs[ns] = p.Epoch
-	}
-	for _, e := range missed {
-		ns, _, _ := strings.Cut(e.Channel, ":")
-		epochs[ns] = e.Position.Epoch
-	}
-	out := make(bus.Cursor, len(last))
-	for ns, off := range last {
-		if epochs[ns] != "" {
-			out[ns] = bus.Position{Offset: off, Epoch: epochs[ns]}
-		}
-	}
-	return out
 }
