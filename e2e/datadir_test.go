@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
@@ -20,7 +18,10 @@ import (
 // log there.
 func TestLoggerWritesItsDataDirectoryAsTheImageUser(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a process as uid 65532 (CI runs as root)")
+		if os.Getenv("EVENTBUS_REQUIRE_ROOT") == "1" {
+			t.Fatal("EVENTBUS_REQUIRE_ROOT=1 but the tests do not run as root")
+		}
+		t.Skip("needs root to run a process as uid 65532 (CI runs as root and requires it)")
 	}
 	srv := redistest.Shared(t)
 	base, err := os.MkdirTemp("", "eventbus-uid-")
@@ -51,32 +52,7 @@ func TestLoggerWritesItsDataDirectoryAsTheImageUser(t *testing.T) {
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), "REDIS_URL="+srv.URL, "REDIS_PREFIX="+prefix, "LOGGER_HTTP_ADDR="+addr, "LOGGER_DIR="+data, "LOGGER_STDOUT=false")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65532, Gid: 65532}}
-	out := &servicetest.Buffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("logger output:\n%s", out)
-		}
-	})
-	servicetest.WaitFor(t, "the logger to be ready", func() bool {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	waitReady(t, startCmd(t, "logger", cmd), "http://"+addr+"/readyz")
 	b2, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":", HistoryMaxLen: 1000})
 	if err != nil {
 		t.Fatal(err)

@@ -71,6 +71,13 @@ func start(t *testing.T, name string, env map[string]string, args ...string) *pr
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
+	return startCmd(t, name, cmd)
+}
+
+// startCmd is start for a command the test prepared itself (another
+// binary, another user), which it names name.
+func startCmd(t *testing.T, name string, cmd *exec.Cmd) *process {
+	t.Helper()
 	p := &process{name: name, cmd: cmd, out: &servicetest.Buffer{}, done: make(chan error, 1)}
 	if cmd.Stdout == nil {
 		cmd.Stdout = p.out
