@@ -52,6 +52,10 @@ type Options struct {
 	RecoverMax int
 }
 
+// SubscribeTimeout is how long a transport gives Subscribe to have Redis
+// confirm a subscription before it answers the client unavailable.
+const SubscribeTimeout = 5 * time.Second
+
 // maxRecovering bounds the subscriptions reading the record at once, so
 // that a crowd reconnecting after an edge failed is served a few at a
 // time rather than holding the record of all of them in memory at once.

@@ -33,9 +33,6 @@ import (
 )
 
 const (
-	// subscribeTimeout bounds the wait for Redis to confirm the
-	// connection's subscriptions.
-	subscribeTimeout = 5 * time.Second
 	// maxLastEventID bounds the Last-Event-ID a client may send back: the
 	// positions of at most protocol.MaxSince namespaces.
 	maxLastEventID = 16 << 10
@@ -114,7 +111,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if claims != nil {
 		c.SetToken(hub.TokenOf(claims))
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), subscribeTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), hub.SubscribeTimeout)
 	defer cancel()
 	for _, p := range patterns {
 		reply := func(rec hub.Recovery) []byte { return subscribed(p, rec) }

@@ -35,10 +35,6 @@ import (
 )
 
 const (
-	// subscribeTimeout bounds the wait for Redis to confirm a
-	// subscription: the hub makes one change at a time, so a Redis that
-	// does not answer must not hold up everyone else's for long.
-	subscribeTimeout = 5 * time.Second
 	// readBuffer and writeBuffer size a connection's buffers. A message
 	// that fits the write buffer costs one write(2); a longer one, two,
 	// whatever its length: the frames waiting are packed into messages of
@@ -446,7 +442,7 @@ func (s *session) handle(req protocol.Request) []byte {
 	if s.h.Hub.Count(s.client) >= s.h.MaxSubscriptions {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManySubscriptions, "at most %d subscriptions per connection", s.h.MaxSubscriptions))
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, subscribeTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, hub.SubscribeTimeout)
 	defer cancel()
 	reply := func(r hub.Recovery) []byte { return protocol.Subscribed(req.ID, r) }
 	switch err := s.h.Hub.Subscribe(ctx, s.client, req.Channel, req.Cursor(), reply); {
