@@ -11,6 +11,7 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/chromedp"
 
+	"github.com/eventbus-suite/eventbus/pkg/bus/bustest"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 )
 
@@ -89,7 +90,7 @@ func TestDemoPageRecoversAfterGoingOffline(t *testing.T) {
 			for i := range n {
 				want = append(want, tt.channels[i%len(tt.channels)]+"#"+fmt.Sprint(i))
 			}
-			if !sameInEachNamespace(subjects, want) {
+			if !bustest.SameInEachNamespace(subjects, want) {
 				t.Fatalf("the feed shows %d events %q…, want %d once each in order", len(subjects), strings.Join(subjects[:min(len(subjects), 10)], ","), n)
 			}
 			if missed == "" || missed == "0" {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eventbus-suite/eventbus/pkg/bus/bustest"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 )
@@ -103,7 +104,7 @@ func TestResumeAfterReconnect(t *testing.T) {
 				t.Fatalf("resume = %+v, want recovered, 300 missed", r)
 			}
 			got := c.follow(ps, 300)
-			if !sameInEachNamespace(got, missed) {
+			if !bustest.SameInEachNamespace(got, missed) {
 				t.Fatalf("recovered %q, want %q in each namespace's order", got, missed)
 			}
 			live := publish(306, 309)
@@ -112,30 +113,6 @@ func TestResumeAfterReconnect(t *testing.T) {
 			}
 		})
 	}
-}
-
-// sameInEachNamespace reports whether got and want hold the same subjects
-// ("<channel>#<i>") in the same order within each namespace: across
-// namespaces, events of one millisecond may come in either order.
-func sameInEachNamespace(got, want []string) bool {
-	split := func(s []string) map[string][]string {
-		m := map[string][]string{}
-		for _, x := range s {
-			ns, _, _ := strings.Cut(x, ":")
-			m[ns] = append(m[ns], x)
-		}
-		return m
-	}
-	g, w := split(got), split(want)
-	if len(got) != len(want) || len(g) != len(w) {
-		return false
-	}
-	for ns := range w {
-		if !equal(g[ns], w[ns]...) {
-			return false
-		}
-	}
-	return true
 }
 
 // A subscription without a position is told where its namespaces stand,
