@@ -4,6 +4,7 @@ package servicetest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -222,4 +223,15 @@ func Metric(t testing.TB, base, name string) float64 {
 	}
 	t.Fatalf("%s does not export %s", base, name)
 	return 0
+}
+
+// ErrorReply reads the JSON error a service answers with,
+// {"error":{"code","message"}}, and closes resp's body.
+func ErrorReply(resp *http.Response) (code, message string, err error) {
+	defer resp.Body.Close()
+	var body struct {
+		Error struct{ Code, Message string }
+	}
+	err = json.NewDecoder(resp.Body).Decode(&body)
+	return body.Error.Code, body.Error.Message, err
 }

@@ -450,13 +450,9 @@ func TestOriginCheck(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var body struct {
-			Error struct{ Code, Message string }
-		}
-		err = json.NewDecoder(resp.Body).Decode(&body)
-		resp.Body.Close()
-		if resp.StatusCode != tt.status || err != nil || !strings.Contains(body.Error.Message, tt.want) {
-			t.Errorf("origin %q: %d %+v (%v), want %d JSON naming %s", tt.origin, resp.StatusCode, body, err, tt.status, tt.want)
+		_, message, err := servicetest.ErrorReply(resp)
+		if resp.StatusCode != tt.status || err != nil || !strings.Contains(message, tt.want) {
+			t.Errorf("origin %q: %d %q (%v), want %d JSON naming %s", tt.origin, resp.StatusCode, message, err, tt.status, tt.want)
 		}
 	}
 }

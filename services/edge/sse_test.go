@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 	"github.com/eventbus-suite/eventbus/pkg/sse"
 )
 
@@ -185,12 +186,9 @@ func TestSSERefusals(t *testing.T) {
 		{"huge Last-Event-ID", url.Values{"channel": {"ok:a"}, "token": {tok}}, http.Header{"Last-Event-ID": {strings.Repeat("a", 17<<10)}}, 400, "bad_request"},
 	} {
 		resp := e.getSSE(t, tt.q, tt.h)
-		var body struct {
-			Error struct{ Code, Message string }
-		}
-		err := json.NewDecoder(resp.Body).Decode(&body)
-		if resp.StatusCode != tt.status || err != nil || body.Error.Code != tt.code || body.Error.Message == "" {
-			t.Errorf("%s: %s %+v (%v), want %d %s", tt.name, resp.Status, body, err, tt.status, tt.code)
+		code, message, err := servicetest.ErrorReply(resp)
+		if resp.StatusCode != tt.status || err != nil || code != tt.code || message == "" {
+			t.Errorf("%s: %s %s %q (%v), want %d %s", tt.name, resp.Status, code, message, err, tt.status, tt.code)
 		}
 	}
 	// The header works as the parameter does.

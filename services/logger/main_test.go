@@ -293,13 +293,9 @@ func TestTailRejectsBadQueries(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var body struct {
-			Error struct{ Code, Message string }
-		}
-		err = json.NewDecoder(resp.Body).Decode(&body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest || err != nil || body.Error.Code != "invalid_argument" {
-			t.Errorf("GET /v1/tail?%s = %d %+v, want 400 invalid_argument", q, resp.StatusCode, body)
+		code, _, err := servicetest.ErrorReply(resp)
+		if resp.StatusCode != http.StatusBadRequest || err != nil || code != "invalid_argument" {
+			t.Errorf("GET /v1/tail?%s = %d %s (%v), want 400 invalid_argument", q, resp.StatusCode, code, err)
 		}
 	}
 }

@@ -220,14 +220,10 @@ func TestTailRefusesABadPosition(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var body struct {
-			Error struct{ Code, Message string }
-		}
-		err = json.NewDecoder(resp.Body).Decode(&body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest || err != nil || body.Error.Code != "invalid_argument" ||
-			!strings.Contains(body.Error.Message, "Last-Event-ID") {
-			t.Errorf("GET /v1/tail with Last-Event-ID %.40q = %d %+v, want 400 invalid_argument naming Last-Event-ID", id, resp.StatusCode, body)
+		code, message, err := servicetest.ErrorReply(resp)
+		if resp.StatusCode != http.StatusBadRequest || err != nil || code != "invalid_argument" ||
+			!strings.Contains(message, "Last-Event-ID") {
+			t.Errorf("GET /v1/tail with Last-Event-ID %.40q = %d %s %q, want 400 invalid_argument naming Last-Event-ID", id, resp.StatusCode, code, message)
 		}
 	}
 	rd := l.tail(t, "n=0")
