@@ -101,18 +101,10 @@ func TestComposeTopologyBehindNginx(t *testing.T) {
 		ready[start(t, "notification", merge(common, map[string]string{"NOTIFICATION_HTTP_ADDR": a}))] = a
 		notifications = append(notifications, a)
 	}
-	edges := map[string]*process{}
-	var edgeAddrs []string
-	for range 2 {
-		a := freeAddr(t)
-		p := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": a, "EDGE_JWT_SECRET": secret, "EDGE_DEMO": "true"}))
-		ready[p] = a
-		edges[a] = p
-		edgeAddrs = append(edgeAddrs, a)
-	}
 	for p, a := range ready {
 		waitReady(t, p, "http://"+a+"/readyz")
 	}
+	edgeAddrs, edges := startEdges(t, 2, merge(common, map[string]string{"EDGE_JWT_SECRET": secret, "EDGE_DEMO": "true"}))
 	front, _ := startNginx(t, edgeAddrs...)
 
 	post := func(path, body string) {

@@ -96,6 +96,24 @@ func startCmd(t *testing.T, name string, cmd *exec.Cmd) *process {
 	return p
 }
 
+// startEdges starts n edges with env, each on an address of its own, and
+// returns their addresses, in order, and their processes by address, once
+// each is ready.
+func startEdges(t *testing.T, n int, env map[string]string) ([]string, map[string]*process) {
+	t.Helper()
+	var addrs []string
+	procs := map[string]*process{}
+	for range n {
+		a := freeAddr(t)
+		procs[a] = start(t, "edge", merge(env, map[string]string{"EDGE_HTTP_ADDR": a}))
+		addrs = append(addrs, a)
+	}
+	for _, a := range addrs {
+		waitReady(t, procs[a], "http://"+a+"/readyz")
+	}
+	return addrs, procs
+}
+
 // stop sends SIGTERM and fails the test unless the process exits cleanly
 // within 10 s.
 func (p *process) stop(t *testing.T) {

@@ -26,15 +26,7 @@ func TestClientResumesOnTheOtherEdgeAfterAKill(t *testing.T) {
 	apiHTTP, apiGRPC := freeAddr(t), freeAddr(t)
 	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
-	edges := map[string]*process{}
-	var edgeAddrs []string
-	for range 2 {
-		a := freeAddr(t)
-		p := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": a, "EDGE_JWT_SECRET": secret}))
-		waitReady(t, p, "http://"+a+"/readyz")
-		edges[a] = p
-		edgeAddrs = append(edgeAddrs, a)
-	}
+	edgeAddrs, procs := startEdges(t, 2, merge(common, map[string]string{"EDGE_JWT_SECRET": secret}))
 	front, _ := startNginx(t, edgeAddrs...)
 
 	script, err := filepath.Abs("../clients/js/integration/resume.mjs")
@@ -76,10 +68,10 @@ func TestClientResumesOnTheOtherEdgeAfterAKill(t *testing.T) {
 	if victim == "" {
 		t.Fatal("no edge reports the client's connection")
 	}
-	if err := edges[victim].cmd.Process.Kill(); err != nil {
+	if err := procs[victim].cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	<-edges[victim].done
+	<-procs[victim].done
 	publish(5, 55) // while the client finds the other edge
 	var reply struct {
 		Recovered *bool

@@ -25,13 +25,7 @@ func TestRevocationAndDisconnectThroughTheAPI(t *testing.T) {
 	apiHTTP := freeAddr(t)
 	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)}))
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
-	var edges []string
-	for range 2 {
-		a := freeAddr(t)
-		p := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": a, "EDGE_JWT_SECRET": secret}))
-		waitReady(t, p, "http://"+a+"/readyz")
-		edges = append(edges, a)
-	}
+	edges, _ := startEdges(t, 2, merge(common, map[string]string{"EDGE_JWT_SECRET": secret}))
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	issue := func(sub string) (string, string) {
