@@ -29,7 +29,7 @@ build: ## Build every binary into bin/
 		-o $(BIN)/eventbus ./cmd/eventbus
 
 .PHONY: test
-test: build js-test ## Run the whole test suite against a real redis-server (or the embedded fallback)
+test: build js-test examples ## Run the whole test suite against a real redis-server (or the embedded fallback)
 	@mkdir -p test-output
 	@report=$$(mktemp); trap 'rm -f "$$report"' EXIT; \
 	status=0; EVENTBUS_BIN=$(BIN) EVENTBUS_SKIP_REPORT="$$report" go test $(GO_TEST_FLAGS) work || status=$$?; \
@@ -55,6 +55,32 @@ js-test: js ## Run the JavaScript client's unit tests (node --test)
 		if [[ "$${EVENTBUS_REQUIRE_NODE:-}" == 1 ]]; then echo "EVENTBUS_REQUIRE_NODE=1 but node is not on PATH"; exit 1; fi; \
 		echo "node is not on PATH: the JavaScript client's tests are skipped"; exit 0; fi; \
 	cd $(JS) && node --test test/
+
+# Consumers of the Redis wire in Node and Python (examples/, run by the
+# e2e tests). The code they generate from proto/ is committed, so running
+# them needs neither buf nor protoc. The pinned buf drives both generators:
+# the protoc-gen-es of the Node example's package-lock.json, and the Python
+# generator built into Debian 12's protoc, whose version is that of Debian's
+# python3-protobuf runtime.
+NODE_EXAMPLE   := examples/node
+PYTHON_EXAMPLE := examples/python
+PROTOC_VERSION := libprotoc 3.21.12
+
+.PHONY: examples
+examples: ## Install the Node consumer's packages (npm ci)
+	@if ! command -v npm >/dev/null; then \
+		if [[ "$${EVENTBUS_REQUIRE_NODE:-}" == 1 ]]; then echo "EVENTBUS_REQUIRE_NODE=1 but npm is not on PATH"; exit 1; fi; \
+		echo "npm is not on PATH: the Node consumer's test is skipped"; exit 0; fi; \
+	cd $(NODE_EXAMPLE) && npm ci --no-audit --no-fund --loglevel=error
+
+.PHONY: examples-generate
+examples-generate: tools examples ## Generate the Node and Python consumers' code from proto/
+	@if command -v npm >/dev/null; then cd $(NODE_EXAMPLE) && rm -rf gen && $(TOOLS)/buf generate; \
+	else echo "npm is not on PATH: $(NODE_EXAMPLE)/gen is not regenerated"; fi
+	@if [[ "$$(protoc --version 2>/dev/null)" != "$(PROTOC_VERSION)" ]]; then \
+		if [[ "$${EVENTBUS_REQUIRE_PYTHON:-}" == 1 ]]; then echo "EVENTBUS_REQUIRE_PYTHON=1 but protoc is not $(PROTOC_VERSION) (Debian 12: apt-get install protobuf-compiler)"; exit 1; fi; \
+		echo "protoc is not $(PROTOC_VERSION): $(PYTHON_EXAMPLE)/gen is not regenerated"; exit 0; fi; \
+	cd $(PYTHON_EXAMPLE) && rm -rf gen && $(TOOLS)/buf generate
 
 .PHONY: run
 run: build ## Start Redis and every service on localhost; Ctrl-C stops all
@@ -88,8 +114,12 @@ generate: tools ## Generate Go code from proto/ into proto/gen
 	cd proto && $(TOOLS)/buf lint && rm -rf gen && $(TOOLS)/buf generate
 
 .PHONY: generate-check
-generate-check: generate js ## Fail when the committed proto/gen or the edge's eventbus.js is stale
+generate-check: generate js examples-generate ## Fail when the committed proto/gen, the examples' gen/ or the edge's eventbus.js is stale
 	@git diff --exit-code -- $(JS_STATIC) || { echo "$(JS_STATIC) is stale: run make js and commit"; exit 1; }
+	@for g in $(NODE_EXAMPLE)/gen $(PYTHON_EXAMPLE)/gen; do \
+		git diff --exit-code -- $$g || { echo "$$g is stale: run make examples-generate and commit"; exit 1; }; \
+		test -z "$$(git status --porcelain -- $$g)" || { git status --porcelain -- $$g; echo "$$g has files not committed: run make examples-generate and commit"; exit 1; }; \
+	done
 	@git diff --exit-code -- proto/gen || { echo "proto/gen is stale: run make generate and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- proto/gen)" || { git status --porcelain -- proto/gen; echo "proto/gen has files not committed: run make generate and commit"; exit 1; }
 
