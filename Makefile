@@ -150,6 +150,7 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzParseRetryRequest -fuzztime=$${FUZZTIME:-20s} ./services/notification/internal/deadletter
 	go test -run='^$$' -fuzz=FuzzSplitPosition -fuzztime=$${FUZZTIME:-20s} ./pkg/bus/redisbus
 	go test -run='^$$' -fuzz=FuzzLastEventID -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/sseapi
+	go test -run='^$$' -fuzz=FuzzDemoAPIPath -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/web
 
 .PHONY: tidy
 tidy: ## go mod tidy in every module

@@ -71,12 +71,13 @@ func TestDemoPageRecoversAfterGoingOffline(t *testing.T) {
 			}
 			publish(0, 300)
 			setOffline(t, ctx, true)
-			if err := chromedp.Do(ctx, chromedp.WaitReady(chromedp.CSS(`#status:not([data-state="open"])`))); err != nil {
+			if err := chromedp.Do(ctx, chromedp.WaitReady(chromedp.CSS(`#status[data-state="reconnecting"]`))); err != nil {
 				t.Fatalf("wait for the page to notice: %v; %s", err, pageState(t, browser))
 			}
 			publish(300, n) // while the page is offline
 			setOffline(t, ctx, false)
-			if err := chromedp.Do(ctx, chromedp.WaitReady(chromedp.CSS(`#recovery[data-state="recovered"]`))); err != nil {
+			if err := chromedp.Do(ctx, chromedp.WaitReady(chromedp.CSS(`#recovery[data-state="recovered"]`)),
+				chromedp.WaitReady(chromedp.CSS(`#status[data-state="resumed"]`))); err != nil {
 				t.Fatalf("wait for the page to resume: %v; %s", err, pageState(t, browser))
 			}
 			if err := chromedp.Do(ctx, chromedp.Poll[chromedp.Void](fmt.Sprintf(`document.querySelectorAll("#feed li").length >= %d`, n))); err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,34 +12,18 @@ import (
 
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
+	"github.com/eventbus-suite/eventbus/pkg/browsertest"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
-
-// chromium finds Debian's chromium, which .ci/run installs. Without it the
-// test is skipped, unless EVENTBUS_REQUIRE_BROWSER=1 (as in CI) makes that a
-// failure.
-func chromium(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("EVENTBUS_REQUIRE_BROWSER") == "1" {
-		t.Fatal("EVENTBUS_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
-	}
-	t.Skip("no chromium on PATH: install it (apt-get install chromium) to run the browser test")
-	return ""
-}
 
 // TestDemoPageShowsANotification opens the demo page in headless Chromium,
 // publishes a notification for the page's user and waits for it to appear.
 func TestDemoPageShowsANotification(t *testing.T) {
 	t.Parallel()
 	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_DEMO": "true"})
-	browser := openBrowser(t, e.base+"/?user=42")
+	browser := openBrowser(t, e.base+"/?user=42&pattern=order:*")
 	ctx, cancel := context.WithTimeout(browser, 60*time.Second)
 	defer cancel()
 	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`#status[data-state="open"]`))); err != nil {
@@ -68,7 +51,7 @@ func TestDemoPageShowsANotification(t *testing.T) {
 	if r, err := e.bus.Publish(t.Context(), env.GetChannel(), payload); err != nil || r.Receivers != 1 {
 		t.Fatalf("Publish = %d, %v; want the page's edge as the 1 receiver", r.Receivers, err)
 	}
-	e.publish(t, "order:placed", "o-feed", 1) // the live feed watches order:* by default
+	e.publish(t, "order:placed", "o-feed", 1) // the live feed watches order:*
 
 	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`#toasts .toast`)), chromedp.WaitVisible(chromedp.CSS(`#feed li`))); err != nil {
 		t.Fatalf("wait for the notification: %v; %s", err, pageState(t, browser))
@@ -91,51 +74,33 @@ func TestDemoPageShowsANotification(t *testing.T) {
 }
 
 // openBrowser starts a headless Chromium of the test's own on url.
-func openBrowser(t *testing.T, url string) context.Context {
-	t.Helper()
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium(t)),
-		chromedp.NoSandbox, // CI runs as root
-		chromedp.DisableGPU,
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.WindowSize(1100, 800),
-	)
-	alloc, cancel := chromedp.NewExecAllocator(t.Context(), opts...)
-	t.Cleanup(cancel)
-	browser, cancel := chromedp.NewContext(alloc)
-	t.Cleanup(cancel)
-	// The first action starts the browser and must not carry a timeout;
-	// the later ones get one, so a missing element fails rather than hangs.
-	if err := chromedp.Do(browser, chromedp.Navigate(url)); err != nil {
-		t.Fatalf("open %s: %v", url, err)
-	}
-	return browser
-}
+func openBrowser(t *testing.T, url string) context.Context { return browsertest.Open(t, url) }
 
 // do runs one browser action and returns its value, failing the test on
 // error.
 func do[T any](t *testing.T, ctx context.Context, a chromedp.Action[T]) T {
 	t.Helper()
-	v, err := chromedp.Run(ctx, a)
-	if err != nil {
-		t.Fatalf("browser: %v", err)
-	}
-	return v
+	return browsertest.Do(t, ctx, a)
 }
 
-// pageState describes the page for a failure message, and keeps a
-// screenshot of it.
+// pageState describes the demo page for a failure message.
 func pageState(t *testing.T, browser context.Context) string {
-	ctx, cancel := context.WithTimeout(browser, 10*time.Second)
+	return browsertest.PageState(t, browser, "#status")
+}
+
+// A subscription the edge refuses shows on the demo page as an error with
+// the edge's reason (here the channel grammar's suggestion), never as a
+// feed that is watching.
+func TestDemoPageShowsARefusedSubscription(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_DEMO": "true"})
+	browser := openBrowser(t, e.base+"/?user=42&pattern=iss.telemetry")
+	ctx, cancel := context.WithTimeout(browser, 60*time.Second)
 	defer cancel()
-	status, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`#status`)))
-	if err != nil {
-		return "page unreadable: " + err.Error()
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`#feed-state.error`))); err != nil {
+		t.Fatalf("wait for the refusal: %v; %s", err, pageState(t, browser))
 	}
-	if png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
-		_ = os.WriteFile(filepath.Join(t.ArtifactDir(), "failure.png"), png, 0o644)
+	if got := do(t, ctx, chromedp.Text(chromedp.CSS(`#feed-state`))); !strings.Contains(got, "iss.telemetry refused") || !strings.Contains(got, "iss:telemetry") {
+		t.Errorf("the feed says %q, want the refusal with its suggestion", got)
 	}
-	return "page status: " + status
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
@@ -118,11 +119,12 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		MaxSubscriptions: cfg.MaxSubscriptions, MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
 		KeepAlive: cfg.SSEKeepAlive, WriteTimeout: cfg.PingInterval + cfg.PongTimeout,
 	}))
-	var demoSecret []byte
+	var demo web.Demo
 	if cfg.Demo {
-		demoSecret = secret
+		demo = web.Demo{Secret: secret, APIKey: cfg.DemoAPIKey}
+		demo.API, _ = url.Parse(cfg.DemoAPIURL) // checked by config.Load
 	}
-	web.Register(mux, demoSecret)
+	web.Register(mux, demo)
 	if cfg.Pprof {
 		server.Pprof(mux)
 	}

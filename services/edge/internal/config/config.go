@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -27,6 +28,8 @@ type Config struct {
 	PublicChannels     []string       // EDGE_PUBLIC_CHANNELS
 	AllowedOrigins     []string       // EDGE_ALLOWED_ORIGINS: host patterns besides the edge's own host
 	Demo               bool           // EDGE_DEMO: mint demo tokens for the demo page
+	DemoAPIURL         string         // EDGE_DEMO_API_URL: the api service the demo page's buttons post to, through the edge
+	DemoAPIKey         string         // EDGE_DEMO_API_KEY: the key the edge sends the API for them, when API_KEYS is set
 	PingInterval       time.Duration  // EDGE_PING_INTERVAL
 	SSEKeepAlive       time.Duration  // EDGE_SSE_KEEPALIVE: a comment on idle SSE streams this often
 	PongTimeout        time.Duration  // EDGE_PONG_TIMEOUT
@@ -63,6 +66,8 @@ func Load(getenv func(string) string) (Config, error) {
 		PublicChannels:     r.List("EDGE_PUBLIC_CHANNELS", nil),
 		AllowedOrigins:     r.List("EDGE_ALLOWED_ORIGINS", nil),
 		Demo:               r.Bool("EDGE_DEMO", false),
+		DemoAPIURL:         r.String("EDGE_DEMO_API_URL", "http://localhost:8080"),
+		DemoAPIKey:         r.String("EDGE_DEMO_API_KEY", ""),
 		PingInterval:       r.Duration("EDGE_PING_INTERVAL", 25*time.Second),
 		SSEKeepAlive:       r.Duration("EDGE_SSE_KEEPALIVE", 15*time.Second),
 		PongTimeout:        r.Duration("EDGE_PONG_TIMEOUT", 10*time.Second),
@@ -100,6 +105,9 @@ func Load(getenv func(string) string) (Config, error) {
 	if len(c.JWTSecret) == 0 && c.JWKSURL == "" && !c.AllowAnonymous && !c.Demo {
 		r.Check("EDGE_JWT_SECRET", "", errors.New("required (or EDGE_JWKS_URL) unless EDGE_ALLOW_ANONYMOUS or EDGE_DEMO is true: no client could subscribe"))
 	}
+	if c.Demo {
+		r.Check("EDGE_DEMO_API_URL", c.DemoAPIURL, checkHTTPURL(c.DemoAPIURL))
+	}
 	if c.JWKSURL != "" {
 		r.Check("EDGE_JWKS_URL", c.JWKSURL, token.CheckJWKSURL(c.JWKSURL))
 	}
@@ -118,4 +126,20 @@ func Load(getenv func(string) string) (Config, error) {
 		return Config{}, fmt.Errorf("configuration: %w", err)
 	}
 	return c, nil
+}
+
+// checkHTTPURL accepts an absolute http(s) URL of a host, without a query.
+func checkHTTPURL(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return err
+	case u.Scheme != "http" && u.Scheme != "https":
+		return errors.New("want an http:// or https:// URL")
+	case u.Host == "":
+		return errors.New("want a host")
+	case u.RawQuery != "" || u.Fragment != "":
+		return errors.New("want no query or fragment")
+	}
+	return nil
 }

@@ -1,11 +1,17 @@
 // Package web serves the browser side of the edge: the demo page, the
-// eventbus.js client and, in demo mode, demo tokens.
+// eventbus.js client and, in demo mode, demo tokens and the demo page's
+// way to the API.
 package web
 
 import (
+	"bytes"
 	"embed"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"time"
 
@@ -21,17 +27,33 @@ var static embed.FS
 // every reconnect.
 const demoTTL = time.Hour
 
-// Register adds GET / and GET /eventbus.js to mux and, when demoSecret is
-// set, GET /demo/token?user=ID, which mints a token for that user allowed
-// every channel. Never enable it where real users connect.
-func Register(mux *http.ServeMux, demoSecret []byte) {
+// demoBodyBytes bounds a request of the demo page's buttons.
+const demoBodyBytes = 16 << 10
+
+// Demo turns on what only the demo page needs. The zero value leaves it
+// off; never turn it on where real users connect.
+type Demo struct {
+	// Secret signs the tokens GET /demo/token mints for any user.
+	Secret []byte
+	// API is the api service the page's buttons publish through.
+	API *url.URL
+	// APIKey goes to the API as a bearer token, when it wants one.
+	APIKey string
+}
+
+// Register adds GET / and GET /eventbus.js to mux and, when demo.Secret is
+// set, the demo routes: GET /demo/token?user=ID, which mints a token for
+// that user allowed every channel, and POST /demo/api/…, which passes the
+// page's sign-up, order, shipping and payment requests on to the API's
+// /v1/….
+func Register(mux *http.ServeMux, demo Demo) {
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		serve(w, "static/index.html", "text/html; charset=utf-8")
 	})
 	mux.HandleFunc("GET /eventbus.js", func(w http.ResponseWriter, r *http.Request) {
 		serve(w, "static/eventbus.js", "text/javascript; charset=utf-8")
 	})
-	if len(demoSecret) == 0 {
+	if len(demo.Secret) == 0 {
 		return
 	}
 	mux.HandleFunc("GET /demo/token", func(w http.ResponseWriter, r *http.Request) {
@@ -40,7 +62,7 @@ func Register(mux *http.ServeMux, demoSecret []byte) {
 			server.WriteError(w, http.StatusBadRequest, "invalid_argument", "user: want 1-64 characters of a-z, 0-9, _ and -")
 			return
 		}
-		tok, err := token.Issue(demoSecret, user, []string{"*"}, demoTTL, time.Now())
+		tok, err := token.Issue(demo.Secret, user, []string{"*"}, demoTTL, time.Now())
 		if err != nil {
 			w.WriteHeader(http.StatusInternalServerError)
 			return
@@ -48,12 +70,61 @@ func Register(mux *http.ServeMux, demoSecret []byte) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]string{"token": tok, "user_id": user})
 	})
+	if demo.API != nil {
+		api := demoAPI(demo.API, demo.APIKey)
+		for _, route := range []string{"users", "orders", "orders/{id}/ship", "payments"} {
+			mux.Handle("POST /demo/api/"+route, api)
+		}
+	}
+}
+
+// demoAPI passes a request of the demo page on to the same route under
+// /v1 of the API, with the edge's API key instead of the browser's
+// credentials. It serves the page's own origin only, so that another site
+// cannot publish through a visitor's browser.
+func demoAPI(target *url.URL, key string) http.Handler {
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(target)
+			rest := strings.TrimPrefix(r.In.URL.EscapedPath(), "/demo/api")
+			r.Out.URL.RawPath = strings.TrimSuffix(target.EscapedPath(), "/") + "/v1" + rest
+			r.Out.URL.Path, _ = url.PathUnescape(r.Out.URL.RawPath)
+			r.Out.URL.RawQuery = ""
+			r.Out.Header.Del("Cookie")
+			r.Out.Header.Del("Authorization")
+			if key != "" {
+				r.Out.Header.Set("Authorization", "Bearer "+key)
+			}
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			server.WriteError(w, http.StatusBadGateway, "unavailable",
+				fmt.Sprintf("the demo could not reach the API at %s (EDGE_DEMO_API_URL): %v", target.Redacted(), err))
+		},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if o := r.Header.Get("Origin"); o != "" {
+			if u, err := url.Parse(o); err != nil || u.Host != r.Host {
+				server.WriteError(w, http.StatusForbidden, "forbidden", "the demo API serves the demo page's own origin only")
+				return
+			}
+		}
+		// Read first, so that an oversize body is refused here and never
+		// half-sent to the API.
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, demoBodyBytes))
+		if err != nil {
+			server.WriteError(w, http.StatusRequestEntityTooLarge, "payload_too_large",
+				fmt.Sprintf("a demo request is at most %d bytes", demoBodyBytes))
+			return
+		}
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		proxy.ServeHTTP(w, r)
+	})
 }
 
 func serve(w http.ResponseWriter, name, contentType string) {
 	b, err := static.ReadFile(name)
 	if err != nil {
-		http.Error(w, "not found", http.StatusNotFound)
+		server.WriteError(w, http.StatusNotFound, "not_found", name+" is not built into this edge")
 		return
 	}
 	w.Header().Set("Content-Type", contentType)

@@ -1,0 +1,134 @@
+package web
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
+)
+
+// apiCall is what the fake API saw of one request.
+type apiCall struct {
+	path, auth, cookie, body string
+}
+
+// demoMux serves Register's routes in demo mode in front of a fake API
+// that records each request and answers 202 with a body of its own.
+func demoMux(t testing.TB) (*http.ServeMux, chan apiCall) {
+	t.Helper()
+	calls := make(chan apiCall, 1)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		calls <- apiCall{path: r.URL.EscapedPath(), auth: r.Header.Get("Authorization"), cookie: r.Header.Get("Cookie"), body: string(b)}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = io.WriteString(w, `{"order_id":"o1","event_id":"e1"}`)
+	}))
+	t.Cleanup(api.Close)
+	target, _ := url.Parse(api.URL)
+	mux := http.NewServeMux()
+	Register(mux, Demo{Secret: []byte("demo-secret-0123456789"), API: target, APIKey: "k1"})
+	return mux, calls
+}
+
+func post(mux http.Handler, path, body string, header map[string]string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodPost, "http://edge.test"+path, strings.NewReader(body))
+	for k, v := range header {
+		r.Header.Set(k, v)
+	}
+	w := httptest.NewRecorder()
+	mux.ServeHTTP(w, r)
+	return w
+}
+
+// The page's buttons reach the same route under /v1, with the edge's API
+// key in place of whatever credentials the browser sent, and the API's
+// reply comes back as it was.
+func TestDemoAPIPassesTheButtonsOn(t *testing.T) {
+	mux, calls := demoMux(t)
+	body := `{"user_id":"42","carrier":"DHL","tracking_number":"JD1"}`
+	w := post(mux, "/demo/api/orders/o1/ship", body, map[string]string{
+		"Origin": "http://edge.test", "Authorization": "Bearer the-browser's", "Cookie": "session=secret"})
+	if w.Code != http.StatusAccepted || w.Body.String() != `{"order_id":"o1","event_id":"e1"}` {
+		t.Fatalf("reply %d %s, want the API's 202 and body", w.Code, w.Body)
+	}
+	got := <-calls
+	if want := (apiCall{path: "/v1/orders/o1/ship", auth: "Bearer k1", body: body}); got != want {
+		t.Errorf("the API got %+v, want %+v", got, want)
+	}
+}
+
+// Another origin, another route, an oversize body and an API that does not
+// answer are each refused in JSON, and nothing reaches the API.
+func TestDemoAPIRefuses(t *testing.T) {
+	mux, calls := demoMux(t)
+	for _, tt := range []struct {
+		name, path, body string
+		header           map[string]string
+		status           int
+		code             string
+	}{
+		{"foreign origin", "/demo/api/users", `{}`, map[string]string{"Origin": "https://evil.example"}, http.StatusForbidden, "forbidden"},
+		{"oversize body", "/demo/api/users", `{"name":"` + strings.Repeat("a", demoBodyBytes) + `"}`, nil, http.StatusRequestEntityTooLarge, "payload_too_large"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := post(mux, tt.path, tt.body, tt.header)
+			code, msg, err := servicetest.ErrorReply(w.Result())
+			if w.Code != tt.status || code != tt.code || err != nil {
+				t.Errorf("%s: %d %q %q (%v), want %d %s", tt.name, w.Code, code, msg, err, tt.status, tt.code)
+			}
+		})
+	}
+	for _, path := range []string{"/demo/api/revocations", "/demo/api/users/42/disconnect", "/demo/api/events"} {
+		if w := post(mux, path, `{}`, nil); w.Code != http.StatusNotFound && w.Code != http.StatusMethodNotAllowed {
+			t.Errorf("POST %s: %d, want it not served", path, w.Code)
+		}
+	}
+	select {
+	case c := <-calls:
+		t.Fatalf("the API got %+v from a refused request", c)
+	default:
+	}
+
+	target, _ := url.Parse("http://127.0.0.1:1") // nothing listens on port 1
+	down := http.NewServeMux()
+	Register(down, Demo{Secret: []byte("demo-secret-0123456789"), API: target})
+	w := post(down, "/demo/api/users", `{}`, nil)
+	code, msg, _ := servicetest.ErrorReply(w.Result())
+	if w.Code != http.StatusBadGateway || code != "unavailable" || !strings.Contains(msg, "EDGE_DEMO_API_URL") {
+		t.Errorf("API down: %d %s %q, want 502 unavailable naming EDGE_DEMO_API_URL", w.Code, code, msg)
+	}
+}
+
+// servedPath is every path the demo may send the API.
+var servedPath = regexp.MustCompile(`^/v1/(users|orders|payments|orders/[^/]+/ship)$`)
+
+// Whatever path a caller sends, the API is asked for one of the button
+// routes or nothing: no revocation, disconnect or raw event goes through.
+func FuzzDemoAPIPath(f *testing.F) {
+	for _, s := range []string{"/demo/api/users", "/demo/api/orders/o1/ship", "/demo/api/orders/..%2f..%2frevocations/ship",
+		"/demo/api/orders/a%2Fb/ship", "/demo/api/../v1/revocations", "/demo/api//users", "/demo/api/users?x=1"} {
+		f.Add(s)
+	}
+	mux, calls := demoMux(f)
+	f.Fuzz(func(t *testing.T, path string) {
+		u, err := url.Parse("http://edge.test" + path)
+		if err != nil || !strings.HasPrefix(path, "/") {
+			return
+		}
+		r := &http.Request{Method: http.MethodPost, URL: u, Host: "edge.test", Header: http.Header{}, Body: http.NoBody}
+		mux.ServeHTTP(httptest.NewRecorder(), r)
+		select {
+		case c := <-calls:
+			if !servedPath.MatchString(c.path) {
+				t.Fatalf("POST %q reached the API as %q", path, c.path)
+			}
+		default:
+		}
+	})
+}
