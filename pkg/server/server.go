@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,10 +113,30 @@ func OpsDetail(mux *http.ServeMux, g prometheus.Gatherer, ready func(context.Con
 		writeStatus(w, http.StatusOK, "ok", detail, nil)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	// Whatever no route serves is a JSON 404 too, not the mux's text.
+	// Whatever no route serves is a JSON 404 or 405 too, not the mux's text.
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if allow := allowedMethods(mux, r); allow != "" {
+			w.Header().Set("Allow", allow)
+			WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s %s: use %s", r.Method, r.URL.Path, allow))
+			return
+		}
 		WriteError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
 	})
+}
+
+// allowedMethods lists the methods another route of mux serves r's path
+// with: the fallback route "/" catches every request the mux would answer
+// 405 itself, in text.
+func allowedMethods(mux *http.ServeMux, r *http.Request) string {
+	var allow []string
+	probe := r.Clone(r.Context())
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe.Method = m
+		if _, pattern := mux.Handler(probe); m != r.Method && pattern != "/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	return strings.Join(allow, ", ")
 }
 
 func writeStatus(w http.ResponseWriter, code int, status string, detail map[string]any, err error) {

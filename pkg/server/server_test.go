@@ -102,3 +102,26 @@ func TestUnknownPathsAreJSON404s(t *testing.T) {
 		}
 	}
 }
+
+// A path served with other methods answers a JSON 405 that names them.
+func TestOtherMethodsAreJSON405s(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /demo/x", func(http.ResponseWriter, *http.Request) {})
+	server.Ops(mux, prometheus.NewRegistry(), func(context.Context) error { return nil })
+	for _, tc := range []struct{ method, path, allow string }{
+		{http.MethodPost, "/healthz", "GET"},
+		{http.MethodDelete, "/metrics", "GET"},
+		{http.MethodGet, "/demo/x", "POST"},
+	} {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, nil))
+		var body struct {
+			Error struct{ Code, Message string }
+		}
+		if rec.Code != http.StatusMethodNotAllowed || rec.Header().Get("Allow") != tc.allow ||
+			json.Unmarshal(rec.Body.Bytes(), &body) != nil || body.Error.Code != "method_not_allowed" {
+			t.Errorf("%s %s = %d Allow %q %s, want a JSON 405 allowing %s", tc.method, tc.path, rec.Code, rec.Header().Get("Allow"), rec.Body, tc.allow)
+		}
+	}
+}
