@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
+
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
@@ -18,9 +20,11 @@ const devSecretFile = "data/dev-secret"
 func runToken(ctx context.Context, e env, args []string) error {
 	fs := flags(e, "token", "",
 		"Mints a development token for the edge: HS256-signed with EDGE_JWT_SECRET, for user --sub,\n"+
-			"allowed the patterns in --channels (and always its own notify:user:<sub>).")
+			"allowed the patterns in --channels (and always its own notify:user:<sub>), and to publish\n"+
+			"over MQTT on the channels of --publish.")
 	sub := fs.String("sub", "", "user id (required)")
 	channels := fs.String("channels", "", "comma-separated patterns the user may subscribe to, e.g. 'order:*,user:*'")
+	publish := fs.String("publish", "", "comma-separated patterns the user may publish to over MQTT, e.g. 'sensor:*'")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	secret := fs.String("secret", e.getenv("EDGE_JWT_SECRET"),
 		"signing secret (env EDGE_JWT_SECRET); without either, the development secret make run keeps in "+devSecretFile)
@@ -37,16 +41,23 @@ func runToken(ctx context.Context, e env, args []string) error {
 		}
 		*secret = strings.TrimSpace(string(b))
 	}
-	var patterns []string
-	for _, p := range strings.Split(*channels, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			patterns = append(patterns, p)
-		}
-	}
-	tok, err := token.Issue([]byte(*secret), *sub, patterns, *ttl, time.Now())
+	tok, err := token.IssueClaims([]byte(*secret), token.Claims{
+		Channels: list(*channels), Publish: list(*publish), RegisteredClaims: jwt.RegisteredClaims{Subject: *sub},
+	}, *ttl, time.Now())
 	if err != nil {
 		return err
 	}
 	_, err = fmt.Fprintln(e.stdout, tok)
 	return err
+}
+
+// list splits a comma-separated flag into its non-empty items.
+func list(s string) []string {
+	var items []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			items = append(items, p)
+		}
+	}
+	return items
 }

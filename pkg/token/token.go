@@ -30,6 +30,9 @@ type Claims struct {
 	// Channels are the patterns the holder may subscribe to, besides its
 	// own notify:user:<sub>.
 	Channels []string `json:"channels,omitempty"`
+	// Publish are the patterns of the channels the holder may publish to
+	// (MQTT PUBLISH); none without it.
+	Publish []string `json:"publish,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -40,23 +43,23 @@ const MinSecretBytes = 16
 // Issue signs a token for user sub, allowed channels, valid for ttl from
 // now, with a random id (jti) it can be revoked by.
 func Issue(secret []byte, sub string, channels []string, ttl time.Duration, now time.Time) (string, error) {
+	return IssueClaims(secret, Claims{Channels: channels, RegisteredClaims: jwt.RegisteredClaims{Subject: sub}}, ttl, now)
+}
+
+// IssueClaims is Issue for claims of any kind: c's subject, channels and
+// publish patterns, with its id, issue time and expiry set here.
+func IssueClaims(secret []byte, c Claims, ttl time.Duration, now time.Time) (string, error) {
 	if len(secret) < MinSecretBytes {
 		return "", fmt.Errorf("issue token: the secret has %d bytes; the edge accepts %d or more", len(secret), MinSecretBytes)
 	}
-	for _, p := range channels {
+	for _, p := range slices.Concat(c.Channels, c.Publish) {
 		if err := channel.ValidatePattern(p); err != nil {
 			return "", fmt.Errorf("issue token: %w", err)
 		}
 	}
-	c := Claims{
-		Channels: channels,
-		RegisteredClaims: jwt.RegisteredClaims{
-			Subject:   sub,
-			ID:        rand.Text(),
-			IssuedAt:  jwt.NewNumericDate(now),
-			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
-		},
-	}
+	c.ID = rand.Text()
+	c.IssuedAt = jwt.NewNumericDate(now)
+	c.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
 	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
 	if err != nil {
 		return "", fmt.Errorf("sign token: %w", err)
@@ -197,9 +200,11 @@ func (v *Verifier) Verify(tok string) (*Claims, error) {
 	if fromJWKS {
 		claim = v.channelsClaim
 	}
-	if c.Channels, err = payloadClaims(tok, claim); err != nil {
+	lists, err := payloadClaims(tok, claim, PublishClaim)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	c.Channels, c.Publish = lists[0], lists[1]
 	if c.Subject == "" {
 		return nil, fmt.Errorf("%w: no subject (sub)", ErrInvalid)
 	}
@@ -212,9 +217,11 @@ func (v *Verifier) Verify(tok string) (*Claims, error) {
 	if fromJWKS && v.audience != "" && !slices.Contains(c.Audience, v.audience) {
 		return nil, fmt.Errorf("%w: wrong audience (aud)", ErrInvalid)
 	}
-	for _, p := range c.Channels {
-		if err := channel.ValidatePattern(p); err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, claim, err)
+	for i, ps := range lists {
+		for _, p := range ps {
+			if err := channel.ValidatePattern(p); err != nil {
+				return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, []string{claim, PublishClaim}[i], err)
+			}
 		}
 	}
 	return &c, nil
@@ -230,13 +237,17 @@ func keyError(err error) error {
 	return err
 }
 
+// PublishClaim names the claim holding the patterns a token may publish
+// to, in eventbus's tokens and the identity provider's alike.
+const PublishClaim = "publish"
+
 // payloadClaims reads the claims of tok, already verified, that the JWT
 // library reads leniently or not at all. The time claims must be JSON
 // numbers, as RFC 7519 says: the library also takes a number in a string
-// ("exp":"9999999999"), which other verifiers refuse. The patterns come
-// from the claim named channels, a JSON array of strings or one
+// ("exp":"9999999999"), which other verifiers refuse. It returns the
+// patterns of each claim named in lists, a JSON array of strings or one
 // space-separated string; null or absent is none.
-func payloadClaims(tok, channels string) ([]string, error) {
+func payloadClaims(tok string, lists ...string) ([][]string, error) {
 	parts := strings.Split(tok, ".")
 	payload, err := jwt.NewParser().DecodeSegment(parts[1])
 	if err != nil {
@@ -252,17 +263,22 @@ func payloadClaims(tok, channels string) ([]string, error) {
 			return nil, fmt.Errorf("%s is %s, want a number of seconds", name, v)
 		}
 	}
-	raw, ok := claims[channels]
-	if !ok || string(raw) == "null" {
-		return nil, nil
+	out := make([][]string, len(lists))
+	for i, name := range lists {
+		raw, ok := claims[name]
+		if !ok || string(raw) == "null" {
+			continue
+		}
+		var list []string
+		if err := json.Unmarshal(raw, &list); err == nil {
+			out[i] = list
+			continue
+		}
+		var spaced string
+		if err := json.Unmarshal(raw, &spaced); err != nil {
+			return nil, fmt.Errorf("%s: want an array of strings or one space-separated string", name)
+		}
+		out[i] = strings.Fields(spaced)
 	}
-	var list []string
-	if err := json.Unmarshal(raw, &list); err == nil {
-		return list, nil
-	}
-	var spaced string
-	if err := json.Unmarshal(raw, &spaced); err == nil {
-		return strings.Fields(spaced), nil
-	}
-	return nil, fmt.Errorf("%s: want an array of strings or one space-separated string", channels)
+	return out, nil
 }

@@ -2,6 +2,7 @@ package token_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +26,24 @@ func TestIssueAndVerify(t *testing.T) {
 	}
 }
 
+// The publish claim comes back as the patterns it was issued with.
+func TestIssueClaimsWithPublish(t *testing.T) {
+	t.Parallel()
+	secret := []byte("s3cret-0123456789")
+	tok, err := token.IssueClaims(secret, token.Claims{Channels: []string{"order:*"}, Publish: []string{"sensor:*", "iss:telemetry"},
+		RegisteredClaims: jwt.RegisteredClaims{Subject: "42"}}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := token.NewVerifier(secret).Verify(tok)
+	if err != nil || !slices.Equal(c.Publish, []string{"sensor:*", "iss:telemetry"}) || !slices.Equal(c.Channels, []string{"order:*"}) {
+		t.Fatalf("Verify = %+v, %v; want the channels and publish patterns issued", c, err)
+	}
+	if _, err := token.IssueClaims(secret, token.Claims{Publish: []string{"Sensor"}, RegisteredClaims: jwt.RegisteredClaims{Subject: "42"}}, time.Hour, time.Now()); err == nil {
+		t.Error("IssueClaims took a publish pattern outside the grammar")
+	}
+}
+
 func TestVerifyRefusals(t *testing.T) {
 	t.Parallel()
 	secret := []byte("s3cret-0123456789")
@@ -43,6 +62,8 @@ func TestVerifyRefusals(t *testing.T) {
 	expString, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42", "exp": "9999999999"}).SignedString(secret)
 	iatString, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42", "exp": now.Add(time.Hour).Unix(), "iat": "1"}).SignedString(secret)
 	future, _ := token.Issue(secret, "42", nil, time.Hour, now.Add(time.Hour))
+	badPublish, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42", "exp": now.Add(time.Hour).Unix(), "publish": []string{"sensor/temp"}}).SignedString(secret)
+	publishNumber, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "42", "exp": now.Add(time.Hour).Unix(), "publish": 7}).SignedString(secret)
 	tests := []struct{ name, tok, reason string }{
 		{"expired", good("42", -time.Minute), "expired"},
 		{"wrong secret", other, "signature"},
@@ -51,6 +72,8 @@ func TestVerifyRefusals(t *testing.T) {
 		{"no exp", noExp, "no expiry"},
 		{"no subject", good("", time.Hour), "no subject"},
 		{"bad channels claim", badChan, "channels"},
+		{"bad publish claim", badPublish, "publish"},
+		{"publish claim not a list", publishNumber, "publish"},
 		{"exp as a string", expString, "exp is"},
 		{"iat as a string", iatString, "iat is"},
 		{"iat in the future", future, "issued in the future"},
