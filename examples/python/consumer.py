@@ -11,13 +11,24 @@ JSON line per event on stdout. See docs/consumers.md.
 The pattern defaults to *. REDIS_PREFIX is the services' own ("dev" or
 "dev:" alike). Once Redis has confirmed the subscription it prints
 "subscribed <prefix><pattern>" on stderr; a message that is no envelope is
-reported on stderr and skipped. Needs redis-py and protobuf (Debian:
-python3-redis and python3-protobuf).
+reported on stderr and skipped.
+
+    python3 consumer.py --stream order [--group example] [--consumer NAME]
+
+reads the record of a namespace instead, durably: every event published from
+the group's creation on, at least once, as one consumer (the host name by
+default) of a consumer group, each acknowledged once printed; what it had
+not acknowledged when it stopped comes first. It prints "reading
+<prefix>stream:{order} as <group>/<consumer>" once the group exists.
+
+Needs redis-py and protobuf (Debian: python3-redis and python3-protobuf).
 """
 
+import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -95,6 +106,58 @@ def decode(message):
     return event
 
 
+def emit(message, channel, offset=None):
+    """Print the event a message holds, or say on stderr that it is none."""
+    try:
+        event = decode(message)
+    except NotAnEnvelope as err:
+        print(f"not an envelope on {channel}: {err}", file=sys.stderr, flush=True)
+        return
+    if offset is not None:
+        event["offset"] = offset
+    print(json.dumps(event, ensure_ascii=False, separators=(",", ":")), flush=True)
+
+
+def subscribe(client, pattern):
+    """Print what is published on channels matching pattern, from now on."""
+    pubsub = client.pubsub()
+    try:
+        pubsub.psubscribe(pattern)
+        for msg in pubsub.listen():
+            if msg["type"] == "psubscribe":
+                print(f"subscribed {msg['channel'].decode()}", file=sys.stderr, flush=True)
+            elif msg["type"] == "pmessage":
+                emit(msg["data"], msg["channel"].decode("utf-8", "replace"))
+    finally:
+        pubsub.close()
+
+
+def read_stream(client, key, group, consumer):
+    """Print every event recorded in the stream key from now on, at least once.
+
+    As the consumer of group, acknowledging each once printed; what it was
+    given before and did not acknowledge (a crash) comes first.
+    """
+    try:
+        client.xgroup_create(key, group, id="$", mkstream=True)
+    except redis.ResponseError as err:
+        if not str(err).startswith("BUSYGROUP"):
+            raise
+    print(f"reading {key} as {group}/{consumer}", file=sys.stderr, flush=True)
+    start = "0"  # this consumer's pending entries, then > for new ones
+    while True:
+        reply = client.xreadgroup(group, consumer, {key: start}, count=100, block=5000)
+        entries = reply[0][1] if reply else []
+        if start != ">":
+            start = entries[-1][0] if entries else ">"
+        for entry_id, fields in entries:
+            if fields and b"p" in fields:
+                channel = fields.get(b"c", key.encode()).decode("utf-8", "replace")
+                emit(fields[b"p"], channel, entry_id.decode())
+            # else trimmed away while pending: nothing left to print
+            client.xack(key, group, entry_id)
+
+
 class Stop(Exception):
     """SIGTERM or SIGINT arrived."""
 
@@ -104,35 +167,28 @@ def stop(signum, frame):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pattern", nargs="?", default="*", help="channel pattern to subscribe to (default *)")
+    parser.add_argument("--stream", metavar="NAMESPACE", help="read the record of this namespace instead, durably")
+    parser.add_argument("--group", default="example", help="consumer group (with --stream; default example)")
+    parser.add_argument("--consumer", default=socket.gethostname(), help="this consumer's name in the group (default the host name)")
+    args = parser.parse_args()
     url = os.environ.get("REDIS_URL") or "redis://localhost:6379"
     base = (os.environ.get("REDIS_PREFIX") or "").removesuffix(":")
     prefix = base + ":" if base else ""
-    pattern = prefix + (sys.argv[1] if len(sys.argv) > 1 else "*")
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     # Bytes, not strings (decode_responses stays off): the messages are binary.
     client = redis.Redis.from_url(url)
-    pubsub = client.pubsub()
     try:
-        pubsub.psubscribe(pattern)
-        for msg in pubsub.listen():
-            if msg["type"] == "psubscribe":
-                print(f"subscribed {msg['channel'].decode()}", file=sys.stderr, flush=True)
-                continue
-            if msg["type"] != "pmessage":
-                continue
-            channel = msg["channel"].decode("utf-8", "replace")
-            try:
-                event = decode(msg["data"])
-            except NotAnEnvelope as err:
-                print(f"not an envelope on {channel}: {err}", file=sys.stderr, flush=True)
-                continue
-            print(json.dumps(event, ensure_ascii=False, separators=(",", ":")), flush=True)
+        if args.stream is None:
+            subscribe(client, prefix + args.pattern)
+        else:
+            read_stream(client, f"{prefix}stream:{{{args.stream}}}", args.group, args.consumer)
     except Stop:
         pass
     finally:
-        pubsub.close()
         client.close()
 
 
