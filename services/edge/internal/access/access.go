@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"path"
 	"strings"
 	"time"
 
@@ -136,6 +138,25 @@ func (p *Policy) ClientAddr(r *http.Request) netip.Addr {
 func (p *Policy) trusted(a netip.Addr) bool {
 	for _, t := range p.TrustedProxies {
 		if t.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// OriginAllowed reports whether a browser page at origin may connect: the
+// edge's own host, or a host pattern of allowed (path.Match syntax, as
+// coder/websocket checks them).
+func OriginAllowed(origin, host string, allowed []string) bool {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, host) {
+		return true
+	}
+	for _, p := range allowed {
+		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(u.Host)); ok {
 			return true
 		}
 	}

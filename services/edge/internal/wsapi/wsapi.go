@@ -14,8 +14,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
-	"path"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -114,7 +112,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"GET /ws is a WebSocket endpoint: connect with a WebSocket client (or use GET /sse)")
 		return
 	}
-	if origin := r.Header.Get("Origin"); origin != "" && !originAllowed(origin, r.Host, h.AllowedOrigins) {
+	if origin := r.Header.Get("Origin"); origin != "" && !access.OriginAllowed(origin, r.Host, h.AllowedOrigins) {
 		server.WriteError(w, http.StatusForbidden, protocol.CodeForbidden,
 			fmt.Sprintf("origin %q is neither this edge's host nor one of EDGE_ALLOWED_ORIGINS", origin))
 		return
@@ -496,22 +494,3 @@ func (s *session) reauthenticate(req protocol.Request) []byte {
 
 // allowed reports whether the connection may subscribe to p.
 func (s *session) allowed(p string) bool { return s.h.Access.Allowed(s.claims.Load(), p) }
-
-// originAllowed reports whether a browser page at origin may connect: the
-// edge's own host, or a host pattern of allowed (path.Match syntax, as
-// coder/websocket checks them).
-func originAllowed(origin, host string, allowed []string) bool {
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
-		return false
-	}
-	if strings.EqualFold(u.Host, host) {
-		return true
-	}
-	for _, p := range allowed {
-		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(u.Host)); ok {
-			return true
-		}
-	}
-	return false
-}
