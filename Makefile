@@ -151,6 +151,8 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
 	go test -run='^$$' -fuzz=FuzzSplitPosition -fuzztime=$${FUZZTIME:-20s} ./pkg/bus/redisbus
 	go test -run='^$$' -fuzz=FuzzLastEventID -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/sseapi
 	go test -run='^$$' -fuzz=FuzzDemoAPIPath -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/web
+	go test -run='^$$' -fuzz=FuzzReadPacket -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/mqttapi
+	go test -run='^$$' -fuzz=FuzzFilterPatterns -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/mqttapi
 
 .PHONY: tidy
 tidy: ## go mod tidy in every module

@@ -24,6 +24,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/config"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/control"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/mqttapi"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/sseapi"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/web"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/wsapi"
@@ -107,13 +108,27 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		return err
 	}
 	defer ctl.Close()
-	mux.Handle("GET /ws", wsapi.New(wsapi.Options{
+	ws := wsapi.New(wsapi.Options{
 		Hub: h, Access: policy, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
 		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout, RefreshBefore: cfg.RefreshBefore,
 		MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
 		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, WriteRate: cfg.WriteRate,
-	}, reg))
+	}, reg)
+	mq := mqttapi.New(mqttapi.Options{
+		Hub: h, Access: policy, Bus: b, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
+		ConnectTimeout: cfg.AuthTimeout, MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
+	}, reg)
+	// MQTT clients may use /ws as well, offering the mqtt subprotocol.
+	mux.Handle("GET /ws", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if mqttapi.Offered(r) {
+			mq.ServeHTTP(w, r)
+			return
+		}
+		ws.ServeHTTP(w, r)
+	}))
+	mux.Handle("GET /mqtt", mq)
 	mux.Handle("GET /sse", sseapi.New(sseapi.Options{
 		Hub: h, Access: policy, Logger: log,
 		MaxSubscriptions: cfg.MaxSubscriptions, MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,

@@ -47,6 +47,7 @@ type Config struct {
 	RecoverMax         int            // EDGE_RECOVER_MAX: missed events one resuming subscription recovers at most
 	TrustedProxies     []netip.Prefix // EDGE_TRUSTED_PROXIES: peers whose X-Forwarded-For names the client
 	WriteRate          int            // EDGE_WRITE_RATE: WebSocket writes per second to aim at, by packing events; 0 for none
+	MQTTRetryInterval  time.Duration  // EDGE_MQTT_RETRY_INTERVAL: an unacknowledged QoS 1 message is sent again, with DUP, this often
 }
 
 // Load reads the configuration through getenv and reports every bad
@@ -84,6 +85,7 @@ func Load(getenv func(string) string) (Config, error) {
 		MaxRedisPatterns:   int(r.Int("EDGE_MAX_REDIS_PATTERNS", 64, 1)),
 		RecoverMax:         int(r.Int("EDGE_RECOVER_MAX", 10_000, 1)),
 		WriteRate:          int(r.Int("EDGE_WRITE_RATE", 30000, 0)),
+		MQTTRetryInterval:  r.Duration("EDGE_MQTT_RETRY_INTERVAL", 20*time.Second),
 	}
 	for _, p := range r.List("EDGE_TRUSTED_PROXIES", nil) {
 		prefix, err := netip.ParsePrefix(p)

@@ -1,0 +1,430 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
+	"github.com/eventbus-suite/eventbus/pkg/token"
+)
+
+// mintMQTT is a token for sub allowed channels and to publish on publish.
+func mintMQTT(t *testing.T, sub string, channels, publish []string) string {
+	t.Helper()
+	tok, err := token.IssueClaims([]byte(secret), token.Claims{Channels: channels, Publish: publish,
+		RegisteredClaims: jwt.RegisteredClaims{Subject: sub}}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// mqttConn is a bare MQTT client over WebSocket: packets in and out as
+// mochi-mqtt's codec makes them, so a test controls every byte and sees
+// every reason code.
+type mqttConn struct {
+	t       *testing.T
+	nc      net.Conn
+	br      *bufio.Reader
+	version byte
+}
+
+// dialMQTT opens path ("/mqtt" or "/ws") offering the mqtt subprotocol.
+func (e *edge) dialMQTT(t *testing.T, path string, version byte) *mqttConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, strings.Replace(e.base, "http", "ws", 1)+path, &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+	if err != nil {
+		t.Fatalf("dial %s: %v", path, err)
+	}
+	if conn.Subprotocol() != "mqtt" {
+		t.Fatalf("the edge chose subprotocol %q, want mqtt", conn.Subprotocol())
+	}
+	nc := websocket.NetConn(context.Background(), conn, websocket.MessageBinary)
+	t.Cleanup(func() { nc.Close() })
+	return &mqttConn{t: t, nc: nc, br: bufio.NewReader(nc), version: version}
+}
+
+func (m *mqttConn) send(pk packets.Packet) {
+	m.t.Helper()
+	pk.ProtocolVersion = m.version
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(&buf)
+	case packets.Subscribe:
+		err = pk.SubscribeEncode(&buf)
+	case packets.Unsubscribe:
+		err = pk.UnsubscribeEncode(&buf)
+	case packets.Publish:
+		err = pk.PublishEncode(&buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
+	case packets.Pingreq:
+		err = pk.PingreqEncode(&buf)
+	}
+	if err == nil {
+		_, err = m.nc.Write(buf.Bytes())
+	}
+	if err != nil {
+		m.t.Fatalf("send %d: %v", pk.FixedHeader.Type, err)
+	}
+}
+
+// next reads the next packet, or fails the test after 10 s; io.EOF and
+// the like when the edge closed the connection.
+func (m *mqttConn) next() (packets.Packet, error) {
+	m.t.Helper()
+	_ = m.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var pk packets.Packet
+	b, err := m.br.ReadByte()
+	if err != nil {
+		return pk, err
+	}
+	if err := pk.FixedHeader.Decode(b); err != nil {
+		m.t.Fatalf("fixed header: %v", err)
+	}
+	n, _, err := packets.DecodeLength(m.br)
+	if err != nil {
+		return pk, err
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(m.br, body); err != nil {
+		return pk, err
+	}
+	pk.FixedHeader.Remaining = n
+	pk.ProtocolVersion = m.version
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	case packets.Unsuback:
+		err = pk.UnsubackDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
+	case packets.Disconnect:
+		err = pk.DisconnectDecode(body)
+	case packets.Pingresp:
+	default:
+		m.t.Fatalf("the edge sent a packet of type %d", pk.FixedHeader.Type)
+	}
+	if err != nil {
+		m.t.Fatalf("decode packet of type %d: %v", pk.FixedHeader.Type, err)
+	}
+	return pk, nil
+}
+
+// expect reads the next packet and fails unless it is of type typ.
+func (m *mqttConn) expect(typ byte) packets.Packet {
+	m.t.Helper()
+	pk, err := m.next()
+	if err != nil || pk.FixedHeader.Type != typ {
+		m.t.Fatalf("read %+v, %v; want a packet of type %d", pk.FixedHeader, err, typ)
+	}
+	return pk
+}
+
+// closed reads until the edge closes the connection, failing on any
+// packet but a DISCONNECT, which it returns (zero without one).
+func (m *mqttConn) closed() packets.Packet {
+	m.t.Helper()
+	var d packets.Packet
+	for {
+		pk, err := m.next()
+		if err != nil {
+			return d
+		}
+		if pk.FixedHeader.Type != packets.Disconnect {
+			m.t.Fatalf("read a packet of type %d, want the connection closed", pk.FixedHeader.Type)
+		}
+		d = pk
+	}
+}
+
+func (m *mqttConn) connect(id, tok string, keepAlive uint16) packets.Packet {
+	m.t.Helper()
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
+		ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: true, Keepalive: keepAlive,
+		UsernameFlag: true, Username: []byte("device")}}
+	if tok != "" {
+		pk.Connect.PasswordFlag, pk.Connect.Password = true, []byte(tok)
+	}
+	m.send(pk)
+	return m.expect(packets.Connack)
+}
+
+func (m *mqttConn) subscribe(id uint16, filters map[string]byte, order ...string) []byte {
+	m.t.Helper()
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: id}
+	for _, f := range order {
+		pk.Filters = append(pk.Filters, packets.Subscription{Filter: f, Qos: filters[f]})
+	}
+	m.send(pk)
+	return m.expect(packets.Suback).ReasonCodes
+}
+
+func publishPacket(topic string, qos byte, id uint16, payload string) packets.Packet {
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, TopicName: topic, PacketID: id, Payload: []byte(payload)}
+}
+
+// Filters keep MQTT's semantics although Redis is subscribed to globs:
+// "user/+" takes user:42 and not user:42:deleted, "order/#" takes order
+// and everything below it; QoS 1 where granted. Over /mqtt with 3.1.1 and
+// over /ws with 5.0.
+func TestMQTTDeliversWithMQTTSemantics(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		path    string
+		version byte
+	}{{"/mqtt", 4}, {"/ws", 5}} {
+		t.Run(fmt.Sprintf("v%d%s", tt.version, tt.path), func(t *testing.T) {
+			t.Parallel()
+			e := startEdge(t, redistest.Shared(t), nil)
+			m := e.dialMQTT(t, tt.path, tt.version)
+			if ack := m.connect("sub-1", mint(t, "42", "order:*", "order", "user:*"), 30); ack.ReasonCode != 0 {
+				t.Fatalf("CONNACK %#x, want success", ack.ReasonCode)
+			}
+			codes := m.subscribe(1, map[string]byte{"order/#": 1, "user/+": 0}, "order/#", "user/+")
+			if !bytes.Equal(codes, []byte{1, 0}) {
+				t.Fatalf("SUBACK %v, want QoS 1 and 0 granted", codes)
+			}
+			for _, ch := range []string{"order:placed", "user:42:deleted", "user:42", "order:placed:eu", "order", "user:x"} {
+				e.publish(t, ch, ch, -1)
+			}
+			want := []struct {
+				topic string
+				qos   byte
+			}{{"order/placed", 1}, {"user/42", 0}, {"order/placed/eu", 1}, {"order", 1}, {"user/x", 0}}
+			for _, w := range want {
+				pk := m.expect(packets.Publish)
+				var ev struct{ Channel, Subject string }
+				if err := json.Unmarshal(pk.Payload, &ev); err != nil {
+					t.Fatalf("payload %q is not the event's JSON: %v", pk.Payload, err)
+				}
+				if pk.TopicName != w.topic || pk.FixedHeader.Qos != w.qos || ev.Channel != strings.ReplaceAll(w.topic, "/", ":") {
+					t.Fatalf("got %s at QoS %d (%s), want %s at QoS %d", pk.TopicName, pk.FixedHeader.Qos, pk.Payload, w.topic, w.qos)
+				}
+				if w.qos == 1 {
+					m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+				}
+			}
+		})
+	}
+}
+
+// Each refusal gets its documented code: a bad token at CONNECT, filters
+// outside the token's grants or the grammar at SUBSCRIBE, a PUBLISH
+// without a publish claim, an oversize packet, a flood of packets, and a
+// client silent past 1.5 × its keep-alive.
+func TestMQTTRefusals(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_MAX_MESSAGE_BYTES": "1024", "EDGE_RATE_LIMIT": "1", "EDGE_RATE_BURST": "5"})
+	for _, v := range []byte{4, 5} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
+			t.Parallel()
+			// Not authorized: 3.1.1 return code 5, 5.0 reason 0x87.
+			notAuthorized := map[byte]byte{4: 5, 5: 0x87}[v]
+			for name, tok := range map[string]string{"bad token": "not-a-token", "no token": "", "expired": expired(t)} {
+				m := e.dialMQTT(t, "/mqtt", v)
+				if ack := m.connect("c", tok, 30); ack.ReasonCode != notAuthorized {
+					t.Errorf("%s: CONNACK %#x, want %#x", name, ack.ReasonCode, notAuthorized)
+				}
+				m.closed()
+			}
+
+			m := e.dialMQTT(t, "/mqtt", v)
+			m.connect("refusals", mint(t, "7", "order:*"), 30)
+			codes := m.subscribe(1, map[string]byte{"user/+": 0, "order/+": 1, "Order/x": 0, "order/#": 0, "a/#/b": 0},
+				"user/+", "order/+", "Order/x", "order/#", "a/#/b")
+			want := map[byte][]byte{4: {0x80, 1, 0x80, 0x80, 0x80}, 5: {0x87, 1, 0x8F, 0x87, 0x8F}}[v]
+			if !bytes.Equal(codes, want) {
+				t.Errorf("SUBACK %#v, want %#v (order/# also takes the channel order, which order:* does not cover)", codes, want)
+			}
+			// A PUBLISH without a publish claim: 5.0 answers a QoS 1 one
+			// with PUBACK 0x87 and goes on; 3.1.1 can only close.
+			m.send(publishPacket("sensor/temp", 1, 9, `{"c":21.5}`))
+			if v == 4 {
+				m.closed()
+				return
+			}
+			if ack := m.expect(packets.Puback); ack.PacketID != 9 || ack.ReasonCode != 0x87 {
+				t.Errorf("PUBACK %d %#x, want 9 not authorized", ack.PacketID, ack.ReasonCode)
+			}
+			m.send(publishPacket("sensor/temp", 0, 0, `{"c":21.5}`)) // QoS 0: DISCONNECT 0x87
+			if d := m.closed(); d.ReasonCode != 0x87 {
+				t.Errorf("after a QoS 0 PUBLISH refused: DISCONNECT %#x, want 0x87", d.ReasonCode)
+			}
+
+			big := e.dialMQTT(t, "/mqtt", v)
+			big.connect("big", mintMQTT(t, "7", nil, []string{"sensor:*"}), 30)
+			big.send(publishPacket("sensor/temp", 0, 0, `"`+strings.Repeat("x", 2000)+`"`))
+			if d := big.closed(); d.ReasonCode != 0x95 {
+				t.Errorf("oversize PUBLISH: DISCONNECT %#x, want 0x95 packet too large", d.ReasonCode)
+			}
+
+			flood := e.dialMQTT(t, "/mqtt", v)
+			flood.connect("flood", mint(t, "7"), 30)
+			for range 10 {
+				flood.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+			}
+			if d := flood.closedAfterPings(); d.ReasonCode != 0x96 {
+				t.Errorf("10 packets at once past a burst of 5: DISCONNECT %#x, want 0x96 message rate too high", d.ReasonCode)
+			}
+
+			silent := e.dialMQTT(t, "/mqtt", v)
+			silent.connect("silent", mint(t, "7"), 1)
+			if d := silent.closed(); d.ReasonCode != 0x8D {
+				t.Errorf("silent past its keep-alive: DISCONNECT %#x, want 0x8D keep alive timeout", d.ReasonCode)
+			}
+		})
+	}
+}
+
+// closedAfterPings is closed for a client that pinged: PINGRESPs may come
+// before the edge ends the connection.
+func (m *mqttConn) closedAfterPings() packets.Packet {
+	m.t.Helper()
+	var d packets.Packet
+	for {
+		pk, err := m.next()
+		if err != nil {
+			return d
+		}
+		switch pk.FixedHeader.Type {
+		case packets.Pingresp:
+		case packets.Disconnect:
+			d = pk
+		default:
+			m.t.Fatalf("read a packet of type %d, want PINGRESPs and the connection closed", pk.FixedHeader.Type)
+		}
+	}
+}
+
+func expired(t *testing.T) string {
+	t.Helper()
+	tok, err := token.Issue([]byte(secret), "7", nil, time.Minute, time.Now().Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// A QoS 1 message whose PUBACK never comes is sent again, with DUP and the
+// same packet id, on the same connection: paho's 3.1.1 client with manual
+// acknowledgement drops the first PUBACK and acknowledges the second.
+func TestMQTTRedeliversAnUnacknowledgedMessageWithDUP(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_MQTT_RETRY_INTERVAL": "100ms"})
+	type delivery struct {
+		id      uint16
+		dup     bool
+		payload string
+	}
+	got := make(chan delivery, 10)
+	opts := paho3.NewClientOptions().AddBroker(strings.Replace(e.base, "http", "ws", 1) + "/mqtt").
+		SetClientID("dup").SetUsername("device").SetPassword(mint(t, "9", "order:*")).SetProtocolVersion(4).
+		SetAutoAckDisabled(true).SetAutoReconnect(false).SetConnectRetry(false)
+	c := paho3.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	handler := func(_ paho3.Client, msg paho3.Message) {
+		got <- delivery{msg.MessageID(), msg.Duplicate(), string(msg.Payload())}
+		if msg.Duplicate() {
+			msg.Ack()
+		}
+	}
+	if tok := c.Subscribe("order/+", 1, handler); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	e.publish(t, "order:placed", "o1", 1)
+	first, again := <-got, <-got
+	if first.dup || !again.dup || again.id != first.id || again.payload != first.payload {
+		t.Fatalf("deliveries %+v then %+v, want the same message again with DUP", first, again)
+	}
+	servicetest.WaitFor(t, "the redelivery counted", func() bool { return e.metric(t, "eventbus_edge_mqtt_redelivered_total") >= 1 })
+}
+
+// A device publishes telemetry with paho's 5.0 client: the PUBACK comes once
+// Redis has the event, and a JSON WebSocket client subscribed to sensor:*
+// receives it as an event of type sensor.temp from mqtt:<client id>.
+func TestMQTTPublishReachesJSONClients(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	browser := e.dial(t, mint(t, "1", "sensor:*"))
+	browser.subscribe("1", "sensor:*")
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, strings.Replace(e.base, "http", "ws", 1)+"/mqtt", &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: websocket.NetConn(context.Background(), conn, websocket.MessageBinary)})
+	ack, err := c.Connect(ctx, &paho.Connect{ClientID: "thermo-1", KeepAlive: 30, CleanStart: true,
+		Username: "device", UsernameFlag: true, Password: []byte(mintMQTT(t, "dev-7", nil, []string{"sensor:*"})), PasswordFlag: true})
+	if err != nil || ack.ReasonCode != 0 {
+		t.Fatalf("connect: %+v, %v", ack, err)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+	resp, err := c.Publish(ctx, &paho.Publish{Topic: "sensor/temp", QoS: 1, Payload: []byte(`{"celsius":21.5}`)})
+	if err != nil || resp.ReasonCode != 0 {
+		t.Fatalf("publish: %+v, %v", resp, err)
+	}
+	// PUBACK came: Redis has the event already.
+	page, err := e.recorder(t).History(t.Context(), "sensor:*", nil, 10)
+	if err != nil || len(page.Events) != 1 {
+		t.Fatalf("history after the PUBACK: %+v, %v; want the event", page, err)
+	}
+	f := browser.next()
+	var ev struct {
+		Type, Source, Subject string
+		Data                  map[string]float64
+	}
+	if err := json.Unmarshal(f.Event, &ev); err != nil {
+		t.Fatalf("%s: %v", f.Event, err)
+	}
+	if f.Channel != "sensor:temp" || ev.Type != "sensor.temp" || ev.Source != "mqtt:thermo-1" || ev.Subject != "dev-7" || ev.Data["celsius"] != 21.5 {
+		t.Fatalf("the JSON client got %s %+v, want the telemetry", f.Channel, ev)
+	}
+}
+
+// A second connection with a client id already connected takes it over:
+// the first is told (0x8E in 5.0) and closed, the second goes on.
+func TestMQTTClientIDTakeover(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	tok := mint(t, "5", "order:*")
+	first := e.dialMQTT(t, "/mqtt", 5)
+	first.connect("phone", tok, 30)
+	second := e.dialMQTT(t, "/mqtt", 5)
+	if ack := second.connect("phone", tok, 30); ack.ReasonCode != 0 {
+		t.Fatalf("the second CONNACK %#x, want success", ack.ReasonCode)
+	}
+	if d := first.closed(); d.ReasonCode != 0x8E {
+		t.Errorf("the first connection got DISCONNECT %#x, want 0x8E session taken over", d.ReasonCode)
+	}
+	second.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	second.expect(packets.Pingresp)
+}
