@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
+	"github.com/eventbus-suite/eventbus/pkg/token"
+)
+
+// MQTT.js from npm, over ws://…/mqtt, shares the bus with everything else,
+// in 3.1.1 and in 5.0: it receives what the API publishes under order/#
+// and user/+, and the telemetry it publishes on sensor/temp reaches the
+// logger's tail and a JSON WebSocket client subscribed to sensor:*.
+func TestMQTTJSSharesTheBus(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	apiHTTP, apiGRPC, edgeHTTP, loggerHTTP := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	secret := "e2e-mqtt-secret-0123456789"
+	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
+	edge := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_JWT_SECRET": secret}))
+	logger := start(t, "logger", merge(common, map[string]string{"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": t.TempDir(), "LOGGER_STDOUT": "false"}))
+	for p, addr := range map[*process]string{api: apiHTTP, edge: edgeHTTP, logger: loggerHTTP} {
+		waitReady(t, p, "http://"+addr+"/readyz")
+	}
+	tail := exec.Command(filepath.Join(bin, "eventbus"), "tail", "--json", "-n", "10", "--logger", "http://"+loggerHTTP, "sensor:*")
+	logged := linesOf(t, tail)
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tail.Process.Kill(); _ = tail.Wait() })
+
+	for _, version := range []string{"4", "5"} {
+		t.Run("v"+version, func(t *testing.T) {
+			user := "mqtt" + version
+			tok, err := token.IssueClaims([]byte(secret), token.Claims{Channels: []string{"order:*", "order", "user:*"}, Publish: []string{"sensor:*"},
+				RegisteredClaims: jwt.RegisteredClaims{Subject: user}}, time.Hour, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			browser := dialJSON(t, edgeHTTP, secret, "sensor:*")
+			device := servicetest.StartNode(t, "../clients/js/integration/mqtt.mjs", "URL=ws://"+edgeHTTP+"/mqtt",
+				"TOKEN="+tok, "CLIENT_ID=device-"+version, "VERSION="+version, "FILTERS=order/#:1,user/+:0")
+			var granted []struct {
+				Topic string
+				QoS   int
+			}
+			if err := json.Unmarshal(device.Until("subscribed"), &granted); err != nil || len(granted) != 2 || granted[0].QoS != 1 || granted[1].QoS != 0 {
+				t.Fatalf("MQTT.js subscribed %+v (%v), want order/# at QoS 1 and user/+ at QoS 0", granted, err)
+			}
+
+			postAccepted(t, apiHTTP, "/v1/users", fmt.Sprintf(`{"user_id":%q,"email":"ada@example.com","name":"Ada"}`, user))
+			postAccepted(t, apiHTTP, "/v1/orders", fmt.Sprintf(`{"user_id":%q,"total":1299,"currency":"EUR"}`, user))
+			var got []string
+			for range 2 {
+				var m struct {
+					Topic   string
+					QoS     int
+					Payload struct{ Type, Subject string }
+				}
+				if err := json.Unmarshal(device.Until("message"), &m); err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, fmt.Sprintf("%s %d %s", m.Topic, m.QoS, m.Payload.Type))
+			}
+			slices.Sort(got)
+			if want := []string{"order/placed 1 order.placed", "user/created 0 user.created"}; !slices.Equal(got, want) {
+				t.Errorf("MQTT.js received %q, want %q", got, want)
+			}
+
+			device.Send(`publish sensor/temp {"celsius":21.5,"device":"` + user + `"}`)
+			if topic := device.Until("published"); string(topic) != `"sensor/temp"` {
+				t.Fatalf("published %s", topic)
+			}
+			var f struct {
+				Channel string
+				Event   struct {
+					Type, Source string
+					Data         struct{ Device string }
+				}
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			_, b, err := browser.Read(ctx)
+			if err != nil || json.Unmarshal(b, &f) != nil {
+				t.Fatalf("the JSON client read %s, %v", b, err)
+			}
+			if f.Channel != "sensor:temp" || f.Event.Type != "sensor.temp" || f.Event.Source != "mqtt:device-"+version || f.Event.Data.Device != user {
+				t.Errorf("the JSON client got %s, want the telemetry of %s", b, user)
+			}
+			for {
+				select {
+				case l := <-logged:
+					if strings.Contains(l, `"type":"sensor.temp"`) && strings.Contains(l, `"device":"`+user+`"`) {
+						return
+					}
+				case <-ctx.Done():
+					t.Fatal("the logger's tail did not show the telemetry")
+				}
+			}
+		})
+	}
+}
+
+// dialJSON connects a JSON WebSocket client to the edge at addr,
+// subscribed to pattern with a token signed by secret.
+func dialJSON(t *testing.T, addr, secret, pattern string) *websocket.Conn {
+	t.Helper()
+	tok, err := token.Issue([]byte(secret), "browser", []string{pattern}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws?token="+tok, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.CloseNow() })
+	if err := conn.Write(ctx, websocket.MessageText, []byte(`{"action":"subscribe","channel":"`+pattern+`","id":"1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := conn.Read(ctx); err != nil || !strings.Contains(string(b), `"ok":true`) {
+		t.Fatalf("subscribe %s: %s, %v", pattern, b, err)
+	}
+	return conn
+}
