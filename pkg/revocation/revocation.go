@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -34,6 +36,10 @@ const (
 	ActionRevoke      = "revoke"      // JTI, or Sub with IssuedBefore
 	ActionDisconnect  = "disconnect"  // Sub
 	ActionUnsubscribe = "unsubscribe" // Sub, Pattern
+	// ActionTakeover: an MQTT client connected with ClientID as Identity
+	// on connection Conn at ConnectedBefore; every connection of that
+	// client id and identity made before, on any edge, is closed.
+	ActionTakeover = "mqtt_takeover" // Identity, ClientID, Conn, ConnectedBefore
 )
 
 // Command is what the edges are told to do.
@@ -43,6 +49,11 @@ type Command struct {
 	Sub          string    `json:"sub,omitempty"`
 	IssuedBefore time.Time `json:"issued_before,omitzero"`
 	Pattern      string    `json:"pattern,omitempty"`
+	Identity     string    `json:"identity,omitempty"`
+	ClientID     string    `json:"client_id,omitempty"`
+	Conn         string    `json:"conn,omitempty"`
+	// ConnectedBefore: connections made before this time.
+	ConnectedBefore time.Time `json:"connected_before,omitzero"`
 }
 
 // ErrInvalid is wrapped by Validate's errors.
@@ -83,21 +94,34 @@ func (c Command) Validate() error {
 			return fmt.Errorf("%w: pattern: %w", ErrInvalid, err)
 		}
 		return nil
+	case ActionTakeover:
+		for _, f := range []struct{ name, v string }{{"identity", c.Identity}, {"client_id", c.ClientID}, {"conn", c.Conn}} {
+			if f.v == "" || len(f.v) > maxID || !utf8.ValidString(f.v) || strings.ContainsFunc(f.v, unicode.IsControl) {
+				return fmt.Errorf("%w: %s: want 1-%d bytes of printable UTF-8", ErrInvalid, f.name, maxID)
+			}
+		}
+		if c.ConnectedBefore.IsZero() {
+			return fmt.Errorf("%w: connected_before: want a time (RFC 3339)", ErrInvalid)
+		}
+		return nil
 	}
-	return fmt.Errorf("%w: action %q: want revoke, disconnect or unsubscribe", ErrInvalid, c.Action)
+	return fmt.Errorf("%w: action %q: want revoke, disconnect, unsubscribe or mqtt_takeover", ErrInvalid, c.Action)
 }
 
 // Envelope wraps c as the event published on ControlChannel, which the
 // logger records like any other.
 func (c Command) Envelope() (*envelope.Envelope, error) {
 	m := map[string]any{"action": c.Action}
-	for k, v := range map[string]string{"jti": c.JTI, "sub": c.Sub, "pattern": c.Pattern} {
+	for k, v := range map[string]string{"jti": c.JTI, "sub": c.Sub, "pattern": c.Pattern,
+		"identity": c.Identity, "client_id": c.ClientID, "conn": c.Conn} {
 		if v != "" {
 			m[k] = v
 		}
 	}
-	if !c.IssuedBefore.IsZero() {
-		m["issued_before"] = c.IssuedBefore.UTC().Format(time.RFC3339Nano)
+	for k, t := range map[string]time.Time{"issued_before": c.IssuedBefore, "connected_before": c.ConnectedBefore} {
+		if !t.IsZero() {
+			m[k] = t.UTC().Format(time.RFC3339Nano)
+		}
 	}
 	s, err := structpb.NewStruct(m)
 	if err != nil {

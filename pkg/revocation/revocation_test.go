@@ -55,13 +55,15 @@ func TestCommands(t *testing.T) {
 		{Action: revocation.ActionRevoke, Sub: "42", IssuedBefore: before},
 		{Action: revocation.ActionDisconnect, Sub: "42"},
 		{Action: revocation.ActionUnsubscribe, Sub: "42", Pattern: "order:*"},
+		{Action: revocation.ActionTakeover, Identity: "user:42", ClientID: "phone ü", Conn: "c1", ConnectedBefore: before},
 	} {
 		b, err := c.Payload("test", time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
 		got, err := revocation.Parse(b)
-		if err != nil || got.Action != c.Action || got.JTI != c.JTI || got.Sub != c.Sub || !got.IssuedBefore.Equal(c.IssuedBefore) || got.Pattern != c.Pattern {
+		if err != nil || got.Action != c.Action || got.JTI != c.JTI || got.Sub != c.Sub || !got.IssuedBefore.Equal(c.IssuedBefore) || got.Pattern != c.Pattern ||
+			got.Identity != c.Identity || got.ClientID != c.ClientID || got.Conn != c.Conn || !got.ConnectedBefore.Equal(c.ConnectedBefore) {
 			t.Errorf("Parse(Envelope(%+v)) = %+v, %v", c, got, err)
 		}
 	}
@@ -75,6 +77,10 @@ func TestCommands(t *testing.T) {
 		{Action: revocation.ActionRevoke, Sub: "4:2", IssuedBefore: before},
 		{Action: revocation.ActionDisconnect},
 		{Action: revocation.ActionUnsubscribe, Sub: "42", Pattern: "a b"},
+		{Action: revocation.ActionTakeover, Identity: "user:42", ClientID: "phone", ConnectedBefore: before},
+		{Action: revocation.ActionTakeover, Identity: "user:42", ClientID: "phone", Conn: "c1"},
+		{Action: revocation.ActionTakeover, Identity: "user:42", ClientID: "a\nb", Conn: "c1"},
+		{Action: revocation.ActionTakeover, Identity: "user:42", ClientID: "\xff", Conn: "c1"},
 	} {
 		if err := c.Validate(); !errors.Is(err, revocation.ErrInvalid) {
 			t.Errorf("Validate(%+v) = %v, want ErrInvalid", c, err)

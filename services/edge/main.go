@@ -119,6 +119,13 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		Hub: h, Access: policy, Bus: b, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
 		ConnectTimeout: cfg.AuthTimeout, MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
+		Announce: func(ctx context.Context, c revocation.Command) error {
+			payload, err := c.Payload("edge", time.Now())
+			if err == nil {
+				_, err = b.Publish(ctx, revocation.ControlChannel, payload)
+			}
+			return err
+		},
 	}, reg)
 	// MQTT clients may use /ws as well, offering the mqtt subprotocol.
 	mux.Handle("GET /ws", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -152,7 +159,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return h.Run(ctx) })
-	g.Go(func() error { return control.Run(ctx, ctl, h, log, reg) })
+	g.Go(func() error { return control.Run(ctx, ctl, h, mq, log, reg) })
 	g.Go(func() error {
 		return server.ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, l)
 	})

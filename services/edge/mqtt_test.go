@@ -428,3 +428,41 @@ func TestMQTTClientIDTakeover(t *testing.T) {
 	second.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
 	second.expect(packets.Pingresp)
 }
+
+// The takeover crosses edges through the control channel: paho's 5.0
+// client on one edge is disconnected with 0x8E when the same user's client
+// id connects to another edge of the deployment.
+func TestMQTTClientIDTakeoverAcrossEdges(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	first, second := startEdgeWithPrefix(t, srv, prefix, nil), startEdgeWithPrefix(t, srv, prefix, nil)
+	tok := mint(t, "5", "order:*")
+	disconnected := make(chan byte, 1)
+	connect := func(e *edge, onDisconnect func(*paho.Disconnect)) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		conn, _, err := websocket.Dial(ctx, strings.Replace(e.base, "http", "ws", 1)+"/mqtt", &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := paho.NewClient(paho.ClientConfig{Conn: websocket.NetConn(context.Background(), conn, websocket.MessageBinary), OnServerDisconnect: onDisconnect})
+		ack, err := c.Connect(ctx, &paho.Connect{ClientID: "phone", KeepAlive: 30, CleanStart: true,
+			Username: "device", UsernameFlag: true, Password: []byte(tok), PasswordFlag: true})
+		if err != nil || ack.ReasonCode != 0 {
+			t.Fatalf("connect: %+v, %v", ack, err)
+		}
+		t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+	}
+	connect(first, func(d *paho.Disconnect) { disconnected <- d.ReasonCode })
+	connect(second, func(*paho.Disconnect) { t.Error("the newer connection was disconnected") })
+	select {
+	case code := <-disconnected:
+		if code != 0x8E {
+			t.Errorf("the older connection got DISCONNECT %#x, want 0x8E session taken over", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection on the other edge was not taken over")
+	}
+}

@@ -24,8 +24,15 @@ var (
 	DisconnectDisconnected = hub.Disconnect{Code: 4004, Reason: "disconnected"}
 )
 
+// Sessions are the connections a command names by client id rather than
+// by token: MQTT's (package mqttapi).
+type Sessions interface {
+	// TakenOver closes the connections c.Action mqtt_takeover names.
+	TakenOver(c revocation.Command) int
+}
+
 // Run carries out the commands sub delivers until ctx ends.
-func Run(ctx context.Context, sub bus.Subscription, h *hub.Hub, log *slog.Logger, reg prometheus.Registerer) error {
+func Run(ctx context.Context, sub bus.Subscription, h *hub.Hub, s Sessions, log *slog.Logger, reg prometheus.Registerer) error {
 	applied := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "eventbus_edge_control_commands_total", Help: "Commands of the control channel carried out, by action."}, []string{"action"})
 	reg.MustRegister(applied)
@@ -47,18 +54,21 @@ func Run(ctx context.Context, sub bus.Subscription, h *hub.Hub, log *slog.Logger
 				log.Warn("not a command; ignored", "channel", m.Channel, "error", err)
 				continue
 			}
-			n := Apply(h, c)
+			n := Apply(h, s, c)
 			applied.WithLabelValues(c.Action).Inc()
-			log.Info("control command carried out", "action", c.Action, "sub", c.Sub, "jti", c.JTI, "pattern", c.Pattern, "connections", n)
+			log.Info("control command carried out", "action", c.Action, "sub", c.Sub, "jti", c.JTI, "pattern", c.Pattern, "client_id", c.ClientID, "connections", n)
 		case <-ctx.Done():
 			return nil
 		}
 	}
 }
 
-// Apply carries out c on h's connections and returns how many it touched.
-func Apply(h *hub.Hub, c revocation.Command) int {
+// Apply carries out c on h's connections and s's, and returns how many it
+// touched.
+func Apply(h *hub.Hub, s Sessions, c revocation.Command) int {
 	switch c.Action {
+	case revocation.ActionTakeover:
+		return s.TakenOver(c)
 	case revocation.ActionRevoke:
 		if c.JTI != "" {
 			return h.KickMatching(func(t hub.Token) bool { return t.ID == c.JTI }, DisconnectRevoked)

@@ -29,6 +29,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/access"
@@ -74,6 +75,10 @@ type Options struct {
 	// QueueBytes bounds the QoS 1 messages held back while the client's
 	// window is full, as the hub bounds its queue.
 	QueueBytes int
+	// Announce tells every edge of a command, through the control channel:
+	// a client id connected here, so its connections elsewhere close. Nil
+	// takes over on this edge only.
+	Announce func(context.Context, revocation.Command) error
 }
 
 // Handler serves MQTT connections.
@@ -153,6 +158,9 @@ type session struct {
 	addr    netip.Addr
 	version byte
 	id      string // the client id
+	who     string // the hub identity
+	name    string    // this connection's own, for takeovers
+	since   time.Time // when it connected
 	key     string // identity and client id, for takeovers
 	claims  *token.Claims
 	client  *hub.Client
@@ -271,7 +279,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		})
 		context.AfterFunc(s.ctx, func() { expiry.Stop() })
 	}
-	s.key = who + "\x00" + s.id
+	s.who, s.name, s.key, s.since = who, rand.Text(), who+"\x00"+s.id, time.Now()
 	h.takeOver(s)
 	props.ReceiveMaximum = maxInflight
 	props.MaximumQos, props.MaximumQosFlag = 1, true
@@ -308,7 +316,8 @@ func v3Connack(code packets.Code) packets.Code {
 }
 
 // takeOver registers s under its client id, closing the connection that
-// held it: a client id is one connection at a time, per user.
+// held it here and telling the other edges to close theirs: a client id is
+// one connection at a time, per user.
 func (h *Handler) takeOver(s *session) {
 	h.mu.Lock()
 	old := h.sessions[s.key]
@@ -317,6 +326,32 @@ func (h *Handler) takeOver(s *session) {
 	if old != nil {
 		old.disconnect(packets.ErrSessionTakenOver, DisconnectTakenOver)
 	}
+	if h.Announce == nil {
+		return
+	}
+	c := revocation.Command{Action: revocation.ActionTakeover, Identity: s.who, ClientID: s.id, Conn: s.name, ConnectedBefore: s.since}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+		defer cancel()
+		if err := h.Announce(ctx, c); err != nil {
+			h.Logger.Warn("mqtt takeover not announced to the other edges", "client_id", s.id, "error", err)
+		}
+	}()
+}
+
+// TakenOver closes the connection of the client id and identity c names
+// when it connected before c's: another edge took the client id over. A
+// command that comes late finds a newer connection, and leaves it; across
+// edges "before" is as their clocks tell it.
+func (h *Handler) TakenOver(c revocation.Command) int {
+	h.mu.Lock()
+	s := h.sessions[c.Identity+"\x00"+c.ClientID]
+	h.mu.Unlock()
+	if s == nil || s.name == c.Conn || !s.since.Before(c.ConnectedBefore) {
+		return 0
+	}
+	s.disconnect(packets.ErrSessionTakenOver, DisconnectTakenOver)
+	return 1
 }
 
 func (h *Handler) forget(s *session) {
