@@ -157,11 +157,11 @@ type session struct {
 	cancel  context.CancelFunc
 	addr    netip.Addr
 	version byte
-	id      string // the client id
-	who     string // the hub identity
+	id      string    // the client id
+	who     string    // the hub identity
 	name    string    // this connection's own, for takeovers
 	since   time.Time // when it connected
-	key     string // identity and client id, for takeovers
+	key     string    // identity and client id, for takeovers
 	claims  *token.Claims
 	client  *hub.Client
 	limiter *rate.Limiter
