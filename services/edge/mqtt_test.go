@@ -242,6 +242,9 @@ func TestMQTTRefusals(t *testing.T) {
 	for _, v := range []byte{4, 5} {
 		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
 			t.Parallel()
+			// Client ids of their own: the same user's ids of the other
+			// version's subtest would take these over.
+			id := func(name string) string { return fmt.Sprintf("%s-v%d", name, v) }
 			// Not authorized: 3.1.1 return code 5, 5.0 reason 0x87.
 			notAuthorized := map[byte]byte{4: 5, 5: 0x87}[v]
 			for name, tok := range map[string]string{"bad token": "not-a-token", "no token": "", "expired": expired(t)} {
@@ -253,7 +256,7 @@ func TestMQTTRefusals(t *testing.T) {
 			}
 
 			m := e.dialMQTT(t, "/mqtt", v)
-			m.connect("refusals", mint(t, "7", "order:*"), 30)
+			m.connect(id("refusals"), mint(t, "7", "order:*"), 30)
 			codes := m.subscribe(1, map[string]byte{"user/+": 0, "order/+": 1, "Order/x": 0, "order/#": 0, "a/#/b": 0},
 				"user/+", "order/+", "Order/x", "order/#", "a/#/b")
 			want := map[byte][]byte{4: {0x80, 1, 0x80, 0x80, 0x80}, 5: {0x87, 1, 0x8F, 0x87, 0x8F}}[v]
@@ -276,14 +279,14 @@ func TestMQTTRefusals(t *testing.T) {
 			}
 
 			big := e.dialMQTT(t, "/mqtt", v)
-			big.connect("big", mintMQTT(t, "7", nil, []string{"sensor:*"}), 30)
+			big.connect(id("big"), mintMQTT(t, "7", nil, []string{"sensor:*"}), 30)
 			big.send(publishPacket("sensor/temp", 0, 0, `"`+strings.Repeat("x", 2000)+`"`))
 			if d := big.closed(); d.ReasonCode != 0x95 {
 				t.Errorf("oversize PUBLISH: DISCONNECT %#x, want 0x95 packet too large", d.ReasonCode)
 			}
 
 			flood := e.dialMQTT(t, "/mqtt", v)
-			flood.connect("flood", mint(t, "7"), 30)
+			flood.connect(id("flood"), mint(t, "7"), 30)
 			for range 10 {
 				flood.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
 			}
@@ -292,7 +295,7 @@ func TestMQTTRefusals(t *testing.T) {
 			}
 
 			silent := e.dialMQTT(t, "/mqtt", v)
-			silent.connect("silent", mint(t, "7"), 1)
+			silent.connect(id("silent"), mint(t, "7"), 1)
 			if d := silent.closed(); d.ReasonCode != 0x8D {
 				t.Errorf("silent past its keep-alive: DISCONNECT %#x, want 0x8D keep alive timeout", d.ReasonCode)
 			}
