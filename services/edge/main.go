@@ -115,10 +115,17 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, WriteRate: cfg.WriteRate,
 	}, reg)
+	// MQTT sessions outlive their connection only where the record lets
+	// them resume.
+	var sessions *mqttapi.Store
+	if cfg.HistoryMaxLen > 0 {
+		sessions = &mqttapi.Store{Redis: b.Client(), Prefix: cfg.RedisPrefix}
+	}
 	mq := mqttapi.New(mqttapi.Options{
 		Hub: h, Access: policy, Bus: b, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
 		ConnectTimeout: cfg.AuthTimeout, MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
+		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry,
 		Announce: func(ctx context.Context, c revocation.Command) error {
 			payload, err := c.Payload("edge", time.Now())
 			if err == nil {

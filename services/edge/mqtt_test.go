@@ -469,3 +469,122 @@ func TestMQTTClientIDTakeoverAcrossEdges(t *testing.T) {
 		t.Fatal("the connection on the other edge was not taken over")
 	}
 }
+
+// A persistent session outlives its connection and its edge: paho's 3.1.1
+// client with clean session 0 receives, after reconnecting to another
+// edge, the QoS 1 messages published while it was away and while no edge
+// ran, once each and in order, and not the one it had acknowledged.
+func TestMQTTPersistentSessionGetsWhatItMissed(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	first := startEdgeWithPrefix(t, srv, prefix, nil)
+	got := make(chan string, 100)
+	connect := func(e *edge) paho3.Client {
+		t.Helper()
+		opts := paho3.NewClientOptions().AddBroker(strings.Replace(e.base, "http", "ws", 1) + "/mqtt").
+			SetClientID("meter-1").SetUsername("device").SetPassword(mint(t, "11", "meter:*")).SetProtocolVersion(4).
+			SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).
+			SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) { got <- m.Topic() + " " + subjectOf(t, m.Payload()) })
+		c := paho3.NewClient(opts)
+		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect: %v", tok.Error())
+		}
+		return c
+	}
+	c := connect(first)
+	if tok := c.Subscribe("meter/+", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	rec := first.recorder(t)
+	publish := func(subjects ...string) {
+		t.Helper()
+		for _, s := range subjects {
+			if _, err := rec.Publish(t.Context(), "meter:reading", event(t, "meter:reading", s)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	publish("1")
+	if m := <-got; m != "meter/reading 1" {
+		t.Fatalf("live: %q", m)
+	}
+	c.Disconnect(250)
+	publish("2", "3") // while the client is away
+	if err := first.svc.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	publish("4") // while no edge runs
+	second := startEdgeWithPrefix(t, srv, prefix, nil)
+	c = connect(second)
+	t.Cleanup(func() { c.Disconnect(0) })
+	for _, want := range []string{"2", "3", "4"} {
+		if m := <-got; m != "meter/reading "+want {
+			t.Fatalf("after reconnecting: %q, want meter/reading %s", m, want)
+		}
+	}
+	publish("5") // and the live ones after them
+	if m := <-got; m != "meter/reading 5" {
+		t.Fatalf("live after resuming: %q", m)
+	}
+}
+
+// 5.0 keeps a session only for its Session Expiry Interval, and a clean
+// start ends it: paho's 5.0 client sees session present as it should.
+func TestMQTTSessionExpiryAndCleanStart(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	tok := mint(t, "12", "meter:*", "meter")
+	connect := func(clean bool, expiry uint32) (*paho.Client, *paho.Connack) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		conn, _, err := websocket.Dial(ctx, strings.Replace(e.base, "http", "ws", 1)+"/mqtt", &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := paho.NewClient(paho.ClientConfig{Conn: websocket.NetConn(context.Background(), conn, websocket.MessageBinary)})
+		ack, err := c.Connect(ctx, &paho.Connect{ClientID: "meter-2", KeepAlive: 30, CleanStart: clean,
+			Username: "device", UsernameFlag: true, Password: []byte(tok), PasswordFlag: true,
+			Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry}})
+		if err != nil || ack.ReasonCode != 0 {
+			t.Fatalf("connect: %+v, %v", ack, err)
+		}
+		return c, ack
+	}
+	c, ack := connect(true, 3600)
+	if ack.SessionPresent {
+		t.Error("a clean start found a session")
+	}
+	if _, err := c.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "meter/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Disconnect(&paho.Disconnect{})
+	servicetest.WaitFor(t, "the session kept", func() bool {
+		n, err := e.redis.Client(t).Exists(t.Context(), e.prefix+"mqtt:session:user:12\x00meter-2").Result()
+		return err == nil && n == 1
+	})
+	c, ack = connect(false, 0)
+	if !ack.SessionPresent {
+		t.Error("clean start 0 did not find the session kept for an hour")
+	}
+	_ = c.Disconnect(&paho.Disconnect{})
+	servicetest.WaitFor(t, "the session ended with its expiry of 0", func() bool {
+		n, err := e.redis.Client(t).Exists(t.Context(), e.prefix+"mqtt:session:user:12\x00meter-2").Result()
+		return err == nil && n == 0
+	})
+	c, ack = connect(false, 3600)
+	if ack.SessionPresent {
+		t.Error("a session with an expiry of 0 outlived its connection")
+	}
+	_ = c.Disconnect(&paho.Disconnect{})
+}
+
+// subjectOf is the subject of the event an MQTT payload carries.
+func subjectOf(t *testing.T, payload []byte) string {
+	var ev struct{ Subject string }
+	if err := json.Unmarshal(payload, &ev); err != nil {
+		t.Errorf("payload %q: %v", payload, err)
+	}
+	return ev.Subject
+}

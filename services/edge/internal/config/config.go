@@ -48,6 +48,7 @@ type Config struct {
 	TrustedProxies     []netip.Prefix // EDGE_TRUSTED_PROXIES: peers whose X-Forwarded-For names the client
 	WriteRate          int            // EDGE_WRITE_RATE: WebSocket writes per second to aim at, by packing events; 0 for none
 	MQTTRetryInterval  time.Duration  // EDGE_MQTT_RETRY_INTERVAL: an unacknowledged QoS 1 message is sent again, with DUP, this often
+	MQTTSessionExpiry  time.Duration  // EDGE_MQTT_SESSION_EXPIRY: how long a kept MQTT session outlives its connection, at most
 }
 
 // Load reads the configuration through getenv and reports every bad
@@ -86,6 +87,7 @@ func Load(getenv func(string) string) (Config, error) {
 		RecoverMax:         int(r.Int("EDGE_RECOVER_MAX", 10_000, 1)),
 		WriteRate:          int(r.Int("EDGE_WRITE_RATE", 30000, 0)),
 		MQTTRetryInterval:  r.Duration("EDGE_MQTT_RETRY_INTERVAL", 20*time.Second),
+		MQTTSessionExpiry:  r.Duration("EDGE_MQTT_SESSION_EXPIRY", 24*time.Hour),
 	}
 	for _, p := range r.List("EDGE_TRUSTED_PROXIES", nil) {
 		prefix, err := netip.ParsePrefix(p)

@@ -75,6 +75,12 @@ type Options struct {
 	// QueueBytes bounds the QoS 1 messages held back while the client's
 	// window is full, as the hub bounds its queue.
 	QueueBytes int
+	// Sessions keeps the sessions that outlive their connection (5.0's
+	// Session Expiry Interval, 3.1.1's clean session 0); nil keeps none.
+	Sessions *Store
+	// SessionExpiry is how long a kept session outlives its connection:
+	// 3.1.1's, and the most a 5.0 client may ask for.
+	SessionExpiry time.Duration
 	// Announce tells every edge of a command, through the control channel:
 	// a client id connected here, so its connections elsewhere close. Nil
 	// takes over on this edge only.
@@ -165,6 +171,7 @@ type session struct {
 	claims  *token.Claims
 	client  *hub.Client
 	limiter *rate.Limiter
+	expiry  time.Duration // how long the session outlives the connection; 0: not at all
 	wake    chan struct{} // the hub queued frames, or the window opened
 	kick    chan hub.Disconnect
 
@@ -178,12 +185,21 @@ type session struct {
 	held      []*pending          // QoS 1 waiting for room in the window
 	heldBytes int
 	nextID    uint16
+	cursor    bus.Cursor // where each namespace stands, as sent (persist.go)
+	dirty     bool       // cursor or filters changed since the last save
+	saved     time.Time  // when the session was last saved
+	gone      bool       // taken over: the newer connection keeps the session
+	resumed   bool       // a kept session was resumed
 }
 
-// pending is a QoS 1 message on its way.
+// pending is a QoS 1 message on its way, with its event's position and
+// where its namespace stood before it, for the session to resume from.
 type pending struct {
 	pk   packets.Packet
 	sent time.Time
+	ns   string
+	pos  bus.Position
+	prev bus.Position
 }
 
 func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {
@@ -218,6 +234,7 @@ func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {
 		s.write()
 	}()
 	s.read(br, keepAlive)
+	s.end()
 	h.Hub.Leave(s.client)
 	cancel()
 	<-done
@@ -259,6 +276,14 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		s.id = "auto-" + strings.ToLower(rand.Text())
 		props.AssignedClientID = s.id
 	}
+	if h.Sessions != nil {
+		switch {
+		case s.version == 5:
+			s.expiry = min(time.Duration(pk.Properties.SessionExpiryInterval)*time.Second, h.SessionExpiry)
+		case !pk.Connect.Clean:
+			s.expiry = h.SessionExpiry
+		}
+	}
 	s.window = maxInflight
 	if rm := int(pk.Properties.ReceiveMaximum); s.version == 5 && rm > 0 {
 		s.window = min(rm, maxInflight)
@@ -287,7 +312,13 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	props.SharedSubAvailable, props.SharedSubAvailableFlag = 0, true
 	props.SubIDAvailable, props.SubIDAvailableFlag = 0, true
 	props.MaximumPacketSize = uint32(h.MaxMessageBytes)
-	c.Send(encode(s.connack(packets.CodeSuccess, props)))
+	resume := s.begin(pk.Connect.Clean)
+	ack := s.connack(packets.CodeSuccess, props)
+	ack.SessionPresent = resume != nil
+	c.Send(encode(ack))
+	if resume != nil {
+		s.resume(*resume)
+	}
 	return time.Duration(pk.Connect.Keepalive) * time.Second, true
 }
 
@@ -324,7 +355,7 @@ func (h *Handler) takeOver(s *session) {
 	h.sessions[s.key] = s
 	h.mu.Unlock()
 	if old != nil {
-		old.disconnect(packets.ErrSessionTakenOver, DisconnectTakenOver)
+		old.takenOver()
 	}
 	if h.Announce == nil {
 		return
@@ -350,7 +381,7 @@ func (h *Handler) TakenOver(c revocation.Command) int {
 	if s == nil || s.name == c.Conn || !s.since.Before(c.ConnectedBefore) {
 		return 0
 	}
-	s.disconnect(packets.ErrSessionTakenOver, DisconnectTakenOver)
+	s.takenOver()
 	return 1
 }
 
@@ -472,6 +503,12 @@ func (payload) Encode(ev *hub.Event, _ []string) ([]byte, error) { return ev.JSO
 func (s *session) write() {
 	retry := time.NewTicker(s.h.RetryInterval)
 	defer retry.Stop()
+	var save <-chan time.Time
+	if s.expiry > 0 {
+		t := time.NewTicker(saveInterval)
+		defer t.Stop()
+		save = t.C
+	}
 	var frames []hub.Frame
 	var buf bytes.Buffer
 	for {
@@ -479,6 +516,9 @@ func (s *session) write() {
 		case <-s.wake:
 		case <-retry.C:
 			s.resend(&buf)
+			continue
+		case <-save:
+			s.save(false)
 			continue
 		case <-s.ctx.Done():
 			s.closeWith(<-s.kickOr(hub.DisconnectBroken))
@@ -536,6 +576,8 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 	topic := topicOf(f.Event.Channel)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	ns, prev := f.Event.Namespace(), s.cursor[f.Event.Namespace()]
+	s.advance(ns, f.Event.Position)
 	qos, ok := s.grant(f.Subs, topic)
 	if !ok {
 		return
@@ -546,7 +588,7 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true // UTF-8
 		pk.Properties.ContentType = "application/json"
 	}
-	p := &pending{pk: pk}
+	p := &pending{pk: pk, ns: ns, pos: f.Event.Position, prev: prev}
 	if qos == 0 || len(s.inflight) < s.window {
 		s.send(buf, p)
 		return
@@ -705,37 +747,50 @@ func (s *session) subscribeOne(f packets.Subscription) byte {
 	qos := min(f.Qos, 1)
 	s.mu.Lock()
 	_, had := s.filters[f.Filter]
-	if !had && len(s.filters) >= s.h.MaxSubscriptions {
-		s.mu.Unlock()
+	full := !had && len(s.filters) >= s.h.MaxSubscriptions
+	s.mu.Unlock()
+	if full {
 		return packets.ErrQuotaExceeded.Code
 	}
+	if code := s.add(f.Filter, qos, patterns, nil); code != 0 {
+		return code
+	}
+	s.save(true)
+	return qos
+}
+
+// add subscribes the hub to what filter needs of patterns, from since
+// when the session resumes, and returns 0 or the reason it could not.
+func (s *session) add(filter string, qos byte, patterns []string, since bus.Cursor) byte {
+	s.mu.Lock()
 	// The filter is in place before the hub delivers: no event of the
 	// subscription finds it missing.
-	s.filters[f.Filter] = qos
+	s.filters[filter] = qos
+	s.dirty = true
 	var fresh []string
 	for _, p := range patterns {
-		if !slices.Contains(s.byPattern[p], f.Filter) {
+		if !slices.Contains(s.byPattern[p], filter) {
 			if len(s.byPattern[p]) == 0 {
 				fresh = append(fresh, p)
 			}
-			s.byPattern[p] = append(s.byPattern[p], f.Filter)
+			s.byPattern[p] = append(s.byPattern[p], filter)
 		}
 	}
 	s.mu.Unlock()
 	for _, p := range fresh {
 		ctx, cancel := context.WithTimeout(s.ctx, hub.SubscribeTimeout)
-		err := s.h.Hub.Subscribe(ctx, s.client, p, nil, func(hub.Recovery) []byte { return nil })
+		err := s.h.Hub.Subscribe(ctx, s.client, p, since, func(r hub.Recovery) []byte { return s.subscribed(p, r) })
 		cancel()
 		if err != nil {
-			s.h.Logger.Debug("mqtt subscribe failed", "filter", f.Filter, "pattern", p, "error", err)
-			s.drop(f.Filter)
+			s.h.Logger.Debug("mqtt subscribe failed", "filter", filter, "pattern", p, "error", err)
+			s.drop(filter)
 			if errors.Is(err, hub.ErrTooManyPatterns) {
 				return packets.ErrQuotaExceeded.Code
 			}
 			return packets.ErrUnspecifiedError.Code
 		}
 	}
-	return qos
+	return 0
 }
 
 // unsubscribe serves UNSUBSCRIBE.
@@ -748,6 +803,7 @@ func (s *session) unsubscribe(pk packets.Packet) {
 	}
 	s.client.Send(encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsuback}, ProtocolVersion: s.version,
 		PacketID: pk.PacketID, ReasonCodes: codes}))
+	s.save(true)
 }
 
 // drop removes filter, and from the hub the patterns no other filter
@@ -756,6 +812,7 @@ func (s *session) drop(filter string) bool {
 	s.mu.Lock()
 	_, had := s.filters[filter]
 	delete(s.filters, filter)
+	s.dirty = true
 	var orphans []string
 	for p, fs := range s.byPattern {
 		if i := slices.Index(fs, filter); i >= 0 {

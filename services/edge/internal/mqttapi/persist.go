@@ -1,0 +1,209 @@
+package mqttapi
+
+import (
+	"context"
+	"maps"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+)
+
+// A session kept past its connection is its filters and, per namespace,
+// the position of the last event the client has for certain. It is saved
+// when its filters change, every saveInterval while events flow, and when
+// the connection ends; an edge that dies loses at most saveInterval of
+// positions, which the next connection is sent again (at least once,
+// never a gap). A resumed session subscribes from its positions: the hub
+// replays from the record what was published meanwhile, up to
+// EDGE_RECOVER_MAX events.
+
+// saveInterval is how often a session whose positions moved is saved.
+const saveInterval = time.Second
+
+// storeTimeout bounds a session's reads and writes in Redis.
+const storeTimeout = 2 * time.Second
+
+// begin starts the connection's session: a clean start ends any kept
+// one; otherwise it returns the kept session to resume, or nil.
+func (s *session) begin(clean bool) *state {
+	st := s.h.Sessions
+	if st == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, storeTimeout)
+	defer cancel()
+	if clean {
+		if err := st.Delete(ctx, s.key); err != nil {
+			s.h.Logger.Warn("mqtt session not ended", "client_id", s.id, "error", err)
+		}
+		return nil
+	}
+	kept, ok, err := st.Load(ctx, s.key)
+	if err != nil {
+		s.h.Logger.Warn("mqtt session not read: starting a new one", "client_id", s.id, "error", err)
+	}
+	if !ok {
+		return nil
+	}
+	return &kept
+}
+
+// resume subscribes the kept filters the token still allows, from the
+// session's positions.
+func (s *session) resume(kept state) {
+	s.mu.Lock()
+	s.resumed = true
+	s.cursor = kept.Cursor
+	if s.cursor == nil {
+		s.cursor = make(bus.Cursor)
+	}
+	since := maps.Clone(s.cursor)
+	s.mu.Unlock()
+	for filter, qos := range kept.Filters {
+		patterns, err := patternsOf(filter)
+		if err != nil || !s.allowedAll(patterns) {
+			continue // the new token no longer grants it
+		}
+		if code := s.add(filter, qos, patterns, since); code != 0 {
+			s.h.Logger.Warn("mqtt session filter not resumed", "client_id", s.id, "filter", filter, "reason_code", code)
+		}
+	}
+}
+
+func (s *session) allowedAll(patterns []string) bool {
+	for _, p := range patterns {
+		if !s.h.Access.Allowed(s.claims, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// subscribed takes what the hub says of a new subscription: where its
+// namespaces stand, for a fresh one, as the session's positions where it
+// has none. The hub queues the returned frame: none, as SUBACK answers
+// for every filter.
+func (s *session) subscribed(p string, r hub.Recovery) []byte {
+	if r.Resumed && !r.Recovered {
+		s.h.Logger.Warn("mqtt session resumed without what it missed", "client_id", s.id, "pattern", p, "reason", r.Reason)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cursor == nil {
+		s.cursor = make(bus.Cursor)
+	}
+	for ns, pos := range r.Positions {
+		if _, ok := s.cursor[ns]; !ok {
+			s.cursor[ns] = pos
+			s.dirty = true
+		}
+	}
+	return nil
+}
+
+// advance moves ns's position to pos. Call with mu held.
+func (s *session) advance(ns string, pos bus.Position) {
+	if pos.IsZero() {
+		return
+	}
+	if s.cursor == nil {
+		s.cursor = make(bus.Cursor)
+	}
+	if cur, ok := s.cursor[ns]; ok && cur.Epoch == pos.Epoch && bus.CompareOffsets(pos.Offset, cur.Offset) <= 0 {
+		return
+	}
+	s.cursor[ns] = pos
+	s.dirty = true
+}
+
+// state is the session as it is to be kept: its positions, each held
+// back to before the earliest QoS 1 message of its namespace the client
+// has not acknowledged. Call with mu held.
+func (s *session) state() state {
+	cursor := maps.Clone(s.cursor)
+	earliest := map[string]*pending{}
+	for _, ps := range [][]*pending{s.held, slicesOf(s.inflight)} {
+		for _, p := range ps {
+			if p.pos.IsZero() {
+				continue
+			}
+			if e, ok := earliest[p.ns]; !ok || bus.CompareOffsets(p.pos.Offset, e.pos.Offset) < 0 {
+				earliest[p.ns] = p
+			}
+		}
+	}
+	for ns, p := range earliest {
+		if p.prev.IsZero() {
+			delete(cursor, ns) // from the start of what the record holds of ns
+		} else {
+			cursor[ns] = p.prev
+		}
+	}
+	return state{Filters: maps.Clone(s.filters), Cursor: cursor}
+}
+
+func slicesOf(m map[uint16]*pending) []*pending {
+	ps := make([]*pending, 0, len(m))
+	for _, p := range m {
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// save keeps the session, when it is kept and changed (or now, when
+// changed is false, whatever changed), for its expiry and, while the
+// connection lasts, an hour more.
+func (s *session) save(changed bool) {
+	if s.expiry == 0 {
+		return
+	}
+	s.mu.Lock()
+	if s.gone || !s.dirty && (changed || time.Since(s.saved) < s.expiry/2) {
+		s.mu.Unlock()
+		return
+	}
+	st := s.state()
+	s.dirty, s.saved = false, time.Now()
+	s.mu.Unlock()
+	s.store(st, s.expiry+time.Hour)
+}
+
+func (s *session) store(st state, ttl time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	if err := s.h.Sessions.Save(ctx, s.key, st, ttl); err != nil {
+		s.h.Logger.Warn("mqtt session not saved", "client_id", s.id, "error", err)
+	}
+}
+
+// end keeps the session for its expiry as the connection ends, or ends
+// it when it is not to outlive the connection.
+func (s *session) end() {
+	if s.h.Sessions == nil {
+		return
+	}
+	s.mu.Lock()
+	gone, resumed, st := s.gone, s.resumed, s.state()
+	s.mu.Unlock()
+	switch {
+	case gone:
+	case s.expiry > 0:
+		s.store(st, s.expiry)
+	case resumed: // a 5.0 session resumed with an expiry of 0 ends now
+		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		defer cancel()
+		_ = s.h.Sessions.Delete(ctx, s.key)
+	}
+}
+
+// takenOver closes the connection for a newer one of its client id, which
+// keeps the session from now on.
+func (s *session) takenOver() {
+	s.mu.Lock()
+	s.gone = true
+	s.mu.Unlock()
+	s.disconnect(packets.ErrSessionTakenOver, DisconnectTakenOver)
+}
