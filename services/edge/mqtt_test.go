@@ -561,7 +561,7 @@ func TestMQTTSessionExpiryAndCleanStart(t *testing.T) {
 	}
 	_ = c.Disconnect(&paho.Disconnect{})
 	servicetest.WaitFor(t, "the session kept", func() bool {
-		n, err := e.redis.Client(t).Exists(t.Context(), e.prefix+"mqtt:session:user:12\x00meter-2").Result()
+		n, err := e.redis.Client(t).Exists(t.Context(), e.prefix+"mqtt:session:user:12/meter-2").Result()
 		return err == nil && n == 1
 	})
 	c, ack = connect(false, 0)
@@ -570,7 +570,7 @@ func TestMQTTSessionExpiryAndCleanStart(t *testing.T) {
 	}
 	_ = c.Disconnect(&paho.Disconnect{})
 	servicetest.WaitFor(t, "the session ended with its expiry of 0", func() bool {
-		n, err := e.redis.Client(t).Exists(t.Context(), e.prefix+"mqtt:session:user:12\x00meter-2").Result()
+		n, err := e.redis.Client(t).Exists(t.Context(), e.prefix+"mqtt:session:user:12/meter-2").Result()
 		return err == nil && n == 0
 	})
 	c, ack = connect(false, 3600)

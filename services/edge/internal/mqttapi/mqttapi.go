@@ -304,7 +304,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		})
 		context.AfterFunc(s.ctx, func() { expiry.Stop() })
 	}
-	s.who, s.name, s.key, s.since = who, rand.Text(), who+"\x00"+s.id, time.Now()
+	s.who, s.name, s.key, s.since = who, rand.Text(), sessionKey(who, s.id), time.Now()
 	h.takeOver(s)
 	props.ReceiveMaximum = maxInflight
 	props.MaximumQos, props.MaximumQosFlag = 1, true
@@ -376,7 +376,7 @@ func (h *Handler) takeOver(s *session) {
 // edges "before" is as their clocks tell it.
 func (h *Handler) TakenOver(c revocation.Command) int {
 	h.mu.Lock()
-	s := h.sessions[c.Identity+"\x00"+c.ClientID]
+	s := h.sessions[sessionKey(c.Identity, c.ClientID)]
 	h.mu.Unlock()
 	if s == nil || s.name == c.Conn || !s.since.Before(c.ConnectedBefore) {
 		return 0

@@ -12,7 +12,7 @@ import (
 )
 
 // Store keeps MQTT sessions that outlive their connection in Redis, one
-// key a session: <prefix>mqtt:session:<identity>:<client id>, a JSON value
+// key a session: <prefix>mqtt:session:<identity>/<client id>, a JSON value
 // with the time to live of the session's expiry.
 type Store struct {
 	Redis  redis.UniversalClient
@@ -28,7 +28,7 @@ type state struct {
 	Cursor  bus.Cursor      `json:"cursor,omitempty"`
 }
 
-func (s Store) key(sessionKey string) string { return s.Prefix + "mqtt:session:" + sessionKey }
+func (s Store) key(name string) string { return s.Prefix + "mqtt:session:" + name }
 
 // Load returns the session saved under key, and false when there is none.
 func (s Store) Load(ctx context.Context, key string) (state, bool, error) {
@@ -59,3 +59,7 @@ func (s Store) Save(ctx context.Context, key string, st state, ttl time.Duration
 func (s Store) Delete(ctx context.Context, key string) error {
 	return s.Redis.Del(ctx, s.key(key)).Err()
 }
+
+// sessionKey names a client's session: its identity ("user:<id>", or
+// "addr:<ip>" without a token), which holds no '/', then its client id.
+func sessionKey(identity, clientID string) string { return identity + "/" + clientID }
