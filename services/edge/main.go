@@ -115,17 +115,19 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, WriteRate: cfg.WriteRate,
 	}, reg)
-	// MQTT sessions outlive their connection only where the record lets
-	// them resume.
+	// MQTT sessions outlive their connection, and retained messages come,
+	// only where there is a record.
 	var sessions *mqttapi.Store
+	var record mqttapi.Record
 	if cfg.HistoryMaxLen > 0 {
 		sessions = &mqttapi.Store{Redis: b.Client(), Prefix: cfg.RedisPrefix}
+		record = b
 	}
 	mq := mqttapi.New(mqttapi.Options{
 		Hub: h, Access: policy, Bus: b, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
 		ConnectTimeout: cfg.AuthTimeout, MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
-		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry,
+		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry, Record: record,
 		Announce: func(ctx context.Context, c revocation.Command) error {
 			payload, err := c.Payload("edge", time.Now())
 			if err == nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -587,4 +588,43 @@ func subjectOf(t *testing.T, payload []byte) string {
 		t.Errorf("payload %q: %v", payload, err)
 	}
 	return ev.Subject
+}
+
+// A new subscription is sent each matching channel's latest event, with
+// RETAIN set: the record is the retained store. 5.0's Retain Handling 2
+// asks for none.
+func TestMQTTRetainedIsTheLatestEvent(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	rec := e.recorder(t)
+	for _, m := range [][2]string{{"shop:open", "old"}, {"shop:open", "new"}, {"shop:closed", "c"}, {"shop:open:eu", "deeper"}} {
+		if _, err := rec.Publish(t.Context(), m[0], event(t, m[0], m[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := e.dialMQTT(t, "/mqtt", 5)
+	m.connect("shop-1", mint(t, "8", "shop:*"), 30)
+	if codes := m.subscribe(1, map[string]byte{"shop/+": 1}, "shop/+"); !bytes.Equal(codes, []byte{1}) {
+		t.Fatalf("SUBACK %v", codes)
+	}
+	var got []string
+	for range 2 {
+		pk := m.expect(packets.Publish)
+		if !pk.FixedHeader.Retain {
+			t.Errorf("%s came without RETAIN", pk.TopicName)
+		}
+		got = append(got, pk.TopicName+"="+subjectOf(t, pk.Payload))
+	}
+	if want := []string{"shop/open=new", "shop/closed=c"}; !slices.Equal(got, want) {
+		t.Errorf("retained %q, want %q", got, want)
+	}
+
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 2,
+		Filters: packets.Subscriptions{{Filter: "shop/#", Qos: 0, RetainHandling: 2}}}
+	m.send(pk)
+	m.expect(packets.Suback)
+	e.publish(t, "shop:live", "live", -1)
+	if pk := m.expect(packets.Publish); pk.TopicName != "shop/live" || pk.FixedHeader.Retain {
+		t.Errorf("after Retain Handling 2 got %s (retain %v), want the live event alone", pk.TopicName, pk.FixedHeader.Retain)
+	}
 }

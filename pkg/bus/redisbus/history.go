@@ -230,3 +230,45 @@ func trimmedPast(info *redis.XInfoStream, offset string) bool {
 	}
 	return bus.CompareOffsets(offset, info.FirstEntry.ID) < 0
 }
+
+// Last returns, for each channel matching pattern, its latest event among
+// the newest scan entries of each namespace the pattern spans, oldest
+// first: what an MQTT client is given as the retained messages of a new
+// subscription. A channel quiet for longer than scan entries of its
+// namespace has none.
+func (b *Bus) Last(ctx context.Context, pattern string, scan int) ([]bus.Event, error) {
+	if err := channel.ValidatePattern(pattern); err != nil {
+		return nil, err
+	}
+	namespaces, err := b.namespacesOf(ctx, pattern)
+	if err != nil {
+		return nil, err
+	}
+	var out []bus.Event
+	for _, ns := range namespaces {
+		epoch, err := b.client.HGet(ctx, b.metaKey(ns), "epoch").Result()
+		if errors.Is(err, redis.Nil) {
+			continue // nothing recorded
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the epoch of %s: %w", ns, err)
+		}
+		entries, err := b.client.XRevRangeN(ctx, b.streamKey(ns), "+", "-", int64(scan)).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read the stream of %s: %w", ns, err)
+		}
+		seen := make(map[string]bool)
+		for _, e := range entries {
+			c, _ := e.Values["c"].(string)
+			ch := b.unkey(c)
+			if seen[ch] || !channel.Match(pattern, ch) {
+				continue
+			}
+			seen[ch] = true
+			p, _ := e.Values["p"].(string)
+			out = append(out, bus.Event{Channel: ch, Payload: []byte(p), Position: bus.Position{Offset: e.ID, Epoch: epoch}})
+		}
+	}
+	slices.SortFunc(out, func(a, b bus.Event) int { return bus.CompareOffsets(a.Position.Offset, b.Position.Offset) })
+	return out, nil
+}

@@ -741,3 +741,40 @@ func TestStatsShowConsumerGroups(t *testing.T) {
 	}
 	t.Fatalf("Stats = %+v, want the namespace st", st.Namespaces)
 }
+
+// Last gives each matching channel's latest event within the window it
+// scans, oldest first, across namespaces.
+func TestLast(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	b := newBus(t, srv, redisbus.Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 1000})
+	for _, m := range [][2]string{{"lt:a", "a1"}, {"lt:b", "b1"}, {"lt:a", "a2"}, {"lt:a:x", "ax"}, {"ltx:a", "other"}} {
+		if _, err := b.Publish(t.Context(), m[0], []byte(m[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := func(pattern string, scan int) []string {
+		t.Helper()
+		events, err := b.Last(t.Context(), pattern, scan)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range events {
+			out = append(out, e.Channel+"="+string(e.Payload))
+		}
+		return out
+	}
+	if g := got("lt:*", 100); !slices.Equal(g, []string{"lt:b=b1", "lt:a=a2", "lt:a:x=ax"}) {
+		t.Errorf("Last(lt:*) = %q", g)
+	}
+	if g := got("lt:a", 100); !slices.Equal(g, []string{"lt:a=a2"}) {
+		t.Errorf("Last(lt:a) = %q", g)
+	}
+	if g := got("lt:b", 2); len(g) != 0 {
+		t.Errorf("Last(lt:b) within the newest 2 entries = %q, want none", g)
+	}
+	if g := got("none:*", 100); len(g) != 0 {
+		t.Errorf("Last(none:*) = %q, want none", g)
+	}
+}

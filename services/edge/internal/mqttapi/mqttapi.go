@@ -81,6 +81,8 @@ type Options struct {
 	// SessionExpiry is how long a kept session outlives its connection:
 	// 3.1.1's, and the most a 5.0 client may ask for.
 	SessionExpiry time.Duration
+	// Record gives a new subscription its retained messages; nil, none.
+	Record Record
 	// Announce tells every edge of a command, through the control channel:
 	// a client id connected here, so its connections elsewhere close. Nil
 	// takes over on this edge only.
@@ -308,7 +310,6 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	h.takeOver(s)
 	props.ReceiveMaximum = maxInflight
 	props.MaximumQos, props.MaximumQosFlag = 1, true
-	props.RetainAvailable, props.RetainAvailableFlag = 0, true
 	props.SharedSubAvailable, props.SharedSubAvailableFlag = 0, true
 	props.SubIDAvailable, props.SubIDAvailableFlag = 0, true
 	props.MaximumPacketSize = uint32(h.MaxMessageBytes)
@@ -718,10 +719,17 @@ func reasonOf(d hub.Disconnect) (packets.Code, bool) {
 
 // subscribe serves SUBSCRIBE: each filter is granted its QoS (at most 1)
 // or refused with a reason, in one SUBACK.
+// The retained messages of a new subscription, after its SUBACK, are
+// the latest event of each channel it matches (5.0's Retain Handling 1:
+// only for a filter the session did not have; 2: none).
 func (s *session) subscribe(pk packets.Packet) {
 	codes := make([]byte, len(pk.Filters))
+	var retained [][]byte
 	for i, f := range pk.Filters {
-		code := s.subscribeOne(f)
+		code, fresh := s.subscribeOne(f)
+		if code < 0x80 && (f.RetainHandling == 0 || f.RetainHandling == 1 && fresh) {
+			retained = append(retained, s.retained(f.Filter)...)
+		}
 		if s.version == 4 && code >= 0x80 {
 			code = 0x80 // 3.1.1 has one failure code
 		}
@@ -729,20 +737,23 @@ func (s *session) subscribe(pk packets.Packet) {
 	}
 	s.client.Send(encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: s.version,
 		PacketID: pk.PacketID, ReasonCodes: codes}))
+	for _, r := range retained {
+		s.client.Send(r)
+	}
 }
 
-func (s *session) subscribeOne(f packets.Subscription) byte {
+// subscribeOne returns the granted QoS or the reason for refusing f, and
+// whether the session did not have f before.
+func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool) {
 	if len(f.ShareName) > 0 {
-		return packets.ErrSharedSubscriptionsNotSupported.Code
+		return packets.ErrSharedSubscriptionsNotSupported.Code, false
 	}
 	patterns, err := patternsOf(f.Filter)
 	if err != nil {
-		return packets.ErrTopicFilterInvalid.Code
+		return packets.ErrTopicFilterInvalid.Code, false
 	}
-	for _, p := range patterns {
-		if !s.h.Access.Allowed(s.claims, p) {
-			return packets.ErrNotAuthorized.Code
-		}
+	if !s.allowedAll(patterns) {
+		return packets.ErrNotAuthorized.Code, false
 	}
 	qos := min(f.Qos, 1)
 	s.mu.Lock()
@@ -750,13 +761,13 @@ func (s *session) subscribeOne(f packets.Subscription) byte {
 	full := !had && len(s.filters) >= s.h.MaxSubscriptions
 	s.mu.Unlock()
 	if full {
-		return packets.ErrQuotaExceeded.Code
+		return packets.ErrQuotaExceeded.Code, false
 	}
 	if code := s.add(f.Filter, qos, patterns, nil); code != 0 {
-		return code
+		return code, false
 	}
 	s.save(true)
-	return qos
+	return qos, !had
 }
 
 // add subscribes the hub to what filter needs of patterns, from since

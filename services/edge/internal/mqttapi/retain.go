@@ -1,0 +1,71 @@
+package mqttapi
+
+import (
+	"context"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+)
+
+// Every event is kept in the record, so a channel's retained message is
+// simply its latest event there: a new subscription is sent, for each
+// channel it matches, the latest within the newest retainScan entries of
+// the channel's namespace, at QoS 0 with RETAIN set.
+
+// retainScan bounds the entries of a namespace read back for retained
+// messages.
+const retainScan = 1000
+
+// Record is where retained messages come from.
+type Record interface {
+	// Last returns, for each channel matching pattern, its latest event
+	// among the newest scan entries of its namespace, oldest first.
+	Last(ctx context.Context, pattern string, scan int) ([]bus.Event, error)
+}
+
+// retained returns the PUBLISH packets of filter's retained messages.
+func (s *session) retained(filter string) [][]byte {
+	if s.h.Record == nil {
+		return nil
+	}
+	patterns, err := patternsOf(filter)
+	if err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, storeTimeout)
+	defer cancel()
+	var out [][]byte
+	seen := make(map[string]bool)
+	for _, p := range patterns {
+		events, err := s.h.Record.Last(ctx, p, retainScan)
+		if err != nil {
+			s.h.Logger.Warn("mqtt retained messages not read", "filter", filter, "error", err)
+			return out
+		}
+		for _, e := range events {
+			topic := topicOf(e.Channel)
+			if seen[e.Channel] || !match(filter, topic) {
+				continue
+			}
+			seen[e.Channel] = true
+			ev, err := hub.NewEvent(e.Channel, e.Position, e.Payload)
+			if err != nil {
+				continue // not an envelope: nothing a client could read
+			}
+			payload, err := ev.JSON()
+			if err != nil {
+				continue
+			}
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, ProtocolVersion: s.version,
+				TopicName: topic, Payload: payload}
+			if s.version == 5 {
+				pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true
+				pk.Properties.ContentType = "application/json"
+			}
+			out = append(out, encode(pk))
+		}
+	}
+	return out
+}
