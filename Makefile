@@ -41,13 +41,17 @@ test: build js-test examples ## Run the whole test suite against a real redis-se
 # embeds it (/eventbus.js), so building Go needs no Node.
 JS        := clients/js
 JS_STATIC := services/edge/internal/web/static/eventbus.js
+# MQTT.js's browser build (MIT), pinned by clients/js's package-lock.json,
+# for the demo page's MQTT tab.
+MQTT_STATIC := services/edge/internal/web/static/mqtt.js
 
 .PHONY: js
 js: ## Build the JavaScript client and copy it to where the edge serves it
 	@if ! command -v npm >/dev/null; then \
 		if [[ "$${EVENTBUS_REQUIRE_NODE:-}" == 1 ]]; then echo "EVENTBUS_REQUIRE_NODE=1 but npm is not on PATH"; exit 1; fi; \
 		echo "npm is not on PATH: the JavaScript client is not rebuilt (the committed build stays)"; exit 0; fi; \
-	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build && cp dist/eventbus.js $(CURDIR)/$(JS_STATIC)
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build && cp dist/eventbus.js $(CURDIR)/$(JS_STATIC) && \
+		cp node_modules/mqtt/dist/mqtt.esm.js $(CURDIR)/$(MQTT_STATIC)
 
 .PHONY: js-test
 js-test: js ## Run the JavaScript client's unit tests (node --test)
@@ -115,7 +119,7 @@ generate: tools ## Generate Go code from proto/ into proto/gen
 
 .PHONY: generate-check
 generate-check: generate js examples-generate ## Fail when the committed proto/gen, the examples' gen/ or the edge's eventbus.js is stale
-	@git diff --exit-code -- $(JS_STATIC) || { echo "$(JS_STATIC) is stale: run make js and commit"; exit 1; }
+	@git diff --exit-code -- $(JS_STATIC) $(MQTT_STATIC) || { echo "$(JS_STATIC) or $(MQTT_STATIC) is stale: run make js and commit"; exit 1; }
 	@for g in $(NODE_EXAMPLE)/gen $(PYTHON_EXAMPLE)/gen; do \
 		git diff --exit-code -- $$g || { echo "$$g is stale: run make examples-generate and commit"; exit 1; }; \
 		test -z "$$(git status --porcelain -- $$g)" || { git status --porcelain -- $$g; echo "$$g has files not committed: run make examples-generate and commit"; exit 1; }; \

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -103,4 +104,42 @@ func TestDemoPageShowsARefusedSubscription(t *testing.T) {
 	if got := do(t, ctx, chromedp.Text(chromedp.CSS(`#feed-state`))); !strings.Contains(got, "iss.telemetry refused") || !strings.Contains(got, "iss:telemetry") {
 		t.Errorf("the feed says %q, want the refusal with its suggestion", got)
 	}
+}
+
+// The demo page's MQTT tab drives MQTT.js in the browser: it receives an
+// event under its filter "#", and its sensor/temp telemetry reaches a JSON
+// WebSocket client subscribed to sensor:* as an event of the bus.
+func TestDemoPageMQTTTab(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_DEMO": "true"})
+	listener := e.dial(t, mint(t, "1", "sensor:*"))
+	listener.subscribe("1", "sensor:*")
+	browser := openBrowser(t, e.base+"/?user=42&tab=mqtt")
+	ctx, cancel := context.WithTimeout(browser, 60*time.Second)
+	defer cancel()
+	wait := func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, actions...); err != nil {
+			t.Fatalf("wait for %s: %v; %s", what, err, browsertest.PageState(t, browser, "#mqtt-status"))
+		}
+	}
+	wait("MQTT.js to connect and subscribe", chromedp.WaitVisible(chromedp.CSS(`#mqtt-status[data-state="open"]`)),
+		chromedp.Poll[chromedp.Void](`document.querySelector("#mqtt-subscribed").textContent.startsWith("subscribed to #")`))
+	e.publish(t, "order:placed", "o-mqtt", -1)
+	wait("the event in the MQTT feed", chromedp.WaitVisible(chromedp.CSS(`#mqtt-feed li[data-topic="order/placed"]`)))
+
+	wait("publishing", chromedp.Click(chromedp.CSS(`#mqtt-publish`)),
+		chromedp.Poll[chromedp.Void](`document.querySelector("#mqtt-result").textContent.startsWith("published on sensor/temp")`))
+	f := listener.next()
+	var ev struct {
+		Type, Source, Subject string
+		Data                  map[string]float64
+	}
+	if err := json.Unmarshal(f.Event, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if f.Channel != "sensor:temp" || ev.Type != "sensor.temp" || !strings.HasPrefix(ev.Source, "mqtt:demo-42-") || ev.Subject != "42" || ev.Data["celsius"] != 21.5 {
+		t.Errorf("the JSON client got %s %+v, want the page's telemetry", f.Channel, ev)
+	}
+	wait("its own telemetry back in the MQTT feed", chromedp.WaitVisible(chromedp.CSS(`#mqtt-feed li[data-topic="sensor/temp"]`)))
 }

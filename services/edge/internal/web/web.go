@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
+
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/token"
@@ -26,6 +28,10 @@ var static embed.FS
 // demoTTL is how long a demo token lives; the page fetches a new one on
 // every reconnect.
 const demoTTL = time.Hour
+
+// demoPublish is where demo tokens may publish over MQTT: the MQTT tab's
+// telemetry.
+var demoPublish = []string{"sensor:*"}
 
 // demoBodyBytes bounds a request of the demo page's buttons.
 const demoBodyBytes = 16 << 10
@@ -43,7 +49,7 @@ type Demo struct {
 
 // Register adds GET / and GET /eventbus.js to mux and, when demo.Secret is
 // set, the demo routes: GET /demo/token?user=ID, which mints a token for
-// that user allowed every channel, and POST /demo/api/…, which passes the
+// that user allowed every channel and to publish on sensor:*, and POST /demo/api/…, which passes the
 // page's sign-up, order, shipping and payment requests on to the API's
 // /v1/….
 func Register(mux *http.ServeMux, demo Demo) {
@@ -52,6 +58,10 @@ func Register(mux *http.ServeMux, demo Demo) {
 	})
 	mux.HandleFunc("GET /eventbus.js", func(w http.ResponseWriter, r *http.Request) {
 		serve(w, "static/eventbus.js", "text/javascript; charset=utf-8")
+	})
+	// MQTT.js's browser build (MIT), for the demo page's MQTT tab.
+	mux.HandleFunc("GET /mqtt.js", func(w http.ResponseWriter, r *http.Request) {
+		serve(w, "static/mqtt.js", "text/javascript; charset=utf-8")
 	})
 	if len(demo.Secret) == 0 {
 		return
@@ -62,7 +72,8 @@ func Register(mux *http.ServeMux, demo Demo) {
 			server.WriteError(w, http.StatusBadRequest, "invalid_argument", "user: want 1-64 characters of a-z, 0-9, _ and -")
 			return
 		}
-		tok, err := token.Issue(demo.Secret, user, []string{"*"}, demoTTL, time.Now())
+		tok, err := token.IssueClaims(demo.Secret, token.Claims{Channels: []string{"*"}, Publish: demoPublish,
+			RegisteredClaims: jwt.RegisteredClaims{Subject: user}}, demoTTL, time.Now())
 		if err != nil {
 			w.WriteHeader(http.StatusInternalServerError)
 			return
