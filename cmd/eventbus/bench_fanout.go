@@ -1,16 +1,22 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -25,14 +31,18 @@ func benchFanout(ctx context.Context, e env, args []string) error {
 	duration := fs.Duration("duration", 10*time.Second, "how long to publish")
 	pattern := fs.Bool("pattern", false, "subscribe with a pattern rather than the exact channel")
 	ramp := fs.Bool("ramp", false, "double the rate from --rate until p99 passes 50 ms or a message is lost; report the highest rate that passed")
+	withMQTT := fs.Bool("mqtt", false, "run the trial again with MQTT subscribers (QoS 0 over /mqtt), and compare them with the WebSocket ones")
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) != 0 || *subs < 1 || *rate < 1 {
 		fs.Usage()
 		return errUsage
 	}
+	if *withMQTT {
+		return fanoutCompare(ctx, e, &b, *subs, *rate, *duration, *pattern, *ramp)
+	}
 	if !*ramp {
-		r, err := fanoutTrial(ctx, e, &b, *subs, *rate, *duration, *pattern)
+		r, err := fanoutTrial(ctx, e, &b, *subs, *rate, *duration, *pattern, false)
 		if r != nil {
 			if perr := r.print(e.stdout, b.json, "fanout"); perr != nil {
 				return perr
@@ -40,11 +50,21 @@ func benchFanout(ctx context.Context, e env, args []string) error {
 		}
 		return err
 	}
+	best, err := fanoutRamp(ctx, e, &b, *subs, *rate, *duration, *pattern, false)
+	if err != nil {
+		return err
+	}
+	return best.print(e.stdout, b.json, "fanout --ramp")
+}
+
+// fanoutRamp doubles the rate from rate until a trial's p99 passes 50 ms
+// or it loses a message, and returns the last trial that passed.
+func fanoutRamp(ctx context.Context, e env, b *benchFlags, subs, rate int, duration time.Duration, pattern, mqtt bool) (result, error) {
 	var best result
-	for r := *rate; ; r *= 2 {
-		res, err := fanoutTrial(ctx, e, &b, *subs, r, *duration, *pattern)
+	for r := rate; ; r *= 2 {
+		res, err := fanoutTrial(ctx, e, b, subs, r, duration, pattern, mqtt)
 		if err != nil && res == nil {
-			return err
+			return nil, err
 		}
 		p99 := res.get("p99_ms").(float64)
 		fmt.Fprintf(e.stderr, "rate %d/s: p99 %.1f ms, lost %d, duplicated %d\n", r, p99, res.get("lost"), res.get("duplicated"))
@@ -54,9 +74,50 @@ func benchFanout(ctx context.Context, e env, args []string) error {
 		best = append(result{{"max_rate", r}}, res...)
 	}
 	if best == nil {
-		return fmt.Errorf("even %d events/s missed the bar (p99 ≤ 50 ms, nothing lost)", *rate)
+		return nil, fmt.Errorf("even %d events/s missed the bar (p99 ≤ 50 ms, nothing lost)", rate)
 	}
-	return best.print(e.stdout, b.json, "fanout --ramp")
+	return best, nil
+}
+
+// fanoutCompare runs the trial (or the ramp) with WebSocket subscribers,
+// then with MQTT ones, and says how MQTT's figure compares: its delivery
+// rate (max_rate with --ramp) as a fraction of the WebSocket one's.
+func fanoutCompare(ctx context.Context, e env, b *benchFlags, subs, rate int, duration time.Duration, pattern, ramp bool) error {
+	figure, name := "deliveries_per_sec", "fanout"
+	if ramp {
+		figure, name = "max_rate", "fanout --ramp"
+	}
+	var results [2]result
+	for i, mqtt := range []bool{false, true} {
+		var err error
+		if ramp {
+			results[i], err = fanoutRamp(ctx, e, b, subs, rate, duration, pattern, mqtt)
+		} else {
+			results[i], err = fanoutTrial(ctx, e, b, subs, rate, duration, pattern, mqtt)
+		}
+		if results[i] != nil {
+			label := name + map[bool]string{false: " (WebSocket)", true: " --mqtt"}[mqtt]
+			if perr := results[i].print(e.stdout, b.json, label); perr != nil {
+				return perr
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	ws, mq := toFloat(results[0].get(figure)), toFloat(results[1].get(figure))
+	cmp := result{{"figure", figure}, {"websocket", ws}, {"mqtt", mq}, {"mqtt_vs_websocket", round(mq/ws, 3)}}
+	return cmp.print(e.stdout, b.json, "fanout --mqtt vs WebSocket")
+}
+
+func toFloat(v any) float64 {
+	switch n := v.(type) {
+	case int:
+		return float64(n)
+	case float64:
+		return n
+	}
+	return 0
 }
 
 func (r result) get(key string) any {
@@ -71,6 +132,7 @@ func (r result) get(key string) any {
 // subscriber is one WebSocket of a fanout trial.
 type subscriber struct {
 	conn      *websocket.Conn
+	mqtt      net.Conn // the MQTT stream over conn, for --mqtt
 	seen      []bool // by sequence number
 	unique    int
 	dups      int
@@ -81,6 +143,10 @@ type subscriber struct {
 // context: a context shared by 1,000 readers is a lock they all take twice
 // per message, and closing the connection ends the read anyway.
 func (s *subscriber) read(delivered *atomic.Int64) {
+	if s.mqtt != nil {
+		s.readMQTT(delivered)
+		return
+	}
 	var buf bytes.Buffer
 	key := []byte(`"subject":"`)
 	for {
@@ -133,7 +199,102 @@ func (s *subscriber) count(frame, key []byte, now int64) bool {
 	return true
 }
 
-func fanoutTrial(ctx context.Context, e env, b *benchFlags, nsubs, rate int, duration time.Duration, pattern bool) (result, error) {
+// readMQTT counts the events of the PUBLISH packets an MQTT subscriber
+// reads, until the connection closes.
+func (s *subscriber) readMQTT(delivered *atomic.Int64) {
+	br := bufio.NewReaderSize(s.mqtt, 64<<10)
+	key := []byte(`"subject":"`)
+	for {
+		pk, err := readMQTTPacket(br)
+		if err != nil {
+			return
+		}
+		if pk.FixedHeader.Type == packets.Publish && s.count(pk.Payload, key, time.Now().UnixNano()) {
+			delivered.Add(1)
+		}
+	}
+}
+
+// readMQTTPacket reads one packet an MQTT 3.1.1 server sends.
+func readMQTTPacket(br *bufio.Reader) (packets.Packet, error) {
+	var pk packets.Packet
+	b, err := br.ReadByte()
+	if err != nil {
+		return pk, err
+	}
+	if err := pk.FixedHeader.Decode(b); err != nil {
+		return pk, err
+	}
+	n, _, err := packets.DecodeLength(br)
+	if err != nil {
+		return pk, err
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(br, body); err != nil {
+		return pk, err
+	}
+	pk.FixedHeader.Remaining, pk.ProtocolVersion = n, 4
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	}
+	return pk, err
+}
+
+// dialMQTT opens an MQTT 3.1.1 connection to the edge's /mqtt with tok as
+// its password, subscribed to filter at QoS 0.
+func (b *benchFlags) dialMQTT(ctx context.Context, src *sourceClients, i int, tok, filter string) (*websocket.Conn, net.Conn, error) {
+	u := strings.TrimSuffix(b.edge, "/")
+	u = strings.Replace(strings.Replace(u, "https://", "wss://", 1), "http://", "ws://", 1) + "/mqtt"
+	conn, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: src.get(i), Subprotocols: []string{"mqtt"}})
+	if err != nil {
+		return nil, nil, fmt.Errorf("connection %d: %w", i, err)
+	}
+	nc := websocket.NetConn(context.Background(), conn, websocket.MessageBinary)
+	fail := func(err error) (*websocket.Conn, net.Conn, error) {
+		conn.CloseNow()
+		return nil, nil, fmt.Errorf("connection %d: %w", i, err)
+	}
+	var buf bytes.Buffer
+	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4, Connect: packets.ConnectParams{
+		ProtocolName: []byte("MQTT"), ClientIdentifier: fmt.Sprintf("bench-%d", i), Clean: true,
+		UsernameFlag: true, Username: []byte("bench"), PasswordFlag: true, Password: []byte(tok)}}
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: filter}}}
+	if err := connect.ConnectEncode(&buf); err != nil {
+		return fail(err)
+	}
+	if err := sub.SubscribeEncode(&buf); err != nil {
+		return fail(err)
+	}
+	if _, err := nc.Write(buf.Bytes()); err != nil {
+		return fail(err)
+	}
+	br := bufio.NewReader(nc)
+	for _, want := range []byte{packets.Connack, packets.Suback} {
+		pk, err := readMQTTPacket(br)
+		switch {
+		case err != nil:
+			return fail(err)
+		case pk.FixedHeader.Type != want:
+			return fail(fmt.Errorf("read packet type %d, want %d", pk.FixedHeader.Type, want))
+		case want == packets.Connack && pk.ReasonCode != 0:
+			return fail(fmt.Errorf("CONNACK return code %d", pk.ReasonCode))
+		case want == packets.Suback && (len(pk.ReasonCodes) != 1 || pk.ReasonCodes[0] >= 0x80):
+			return fail(fmt.Errorf("SUBACK %v: %s refused", pk.ReasonCodes, filter))
+		}
+	}
+	if br.Buffered() > 0 {
+		return fail(errors.New("an event came before the trial began"))
+	}
+	return conn, nc, nil
+}
+
+func fanoutTrial(ctx context.Context, e env, b *benchFlags, nsubs, rate int, duration time.Duration, pattern, mqtt bool) (result, error) {
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
 	ch := "bench:fanout:" + run
 	sub := ch
@@ -151,13 +312,18 @@ func fanoutTrial(ctx context.Context, e env, b *benchFlags, nsubs, rate int, dur
 			if err != nil {
 				return err
 			}
-			conn, err := b.dialEdge(gctx, &src, i, tok, sub)
+			n := rate*int(duration/time.Second) + 1024
+			s := &subscriber{seen: make([]bool, n), latencies: make([]time.Duration, 0, n)}
+			if mqtt {
+				s.conn, s.mqtt, err = b.dialMQTT(gctx, &src, i, tok, strings.ReplaceAll(strings.ReplaceAll(sub, ":", "/"), "*", "+"))
+			} else {
+				s.conn, err = b.dialEdge(gctx, &src, i, tok, sub)
+			}
 			if err != nil {
 				return err
 			}
-			conn.SetReadLimit(1 << 20)
-			n := rate*int(duration/time.Second) + 1024
-			subscribers[i] = &subscriber{conn: conn, seen: make([]bool, n), latencies: make([]time.Duration, 0, n)}
+			s.conn.SetReadLimit(1 << 20)
+			subscribers[i] = s
 			return nil
 		})
 	}
@@ -245,7 +411,7 @@ func fanoutTrial(ctx context.Context, e env, b *benchFlags, nsubs, rate int, dur
 	lost := want - unique
 	p := percentiles(all, 50, 90, 99, 100)
 	res := result{
-		{"subscribers", nsubs}, {"rate", rate}, {"pattern", pattern},
+		{"subscribers", nsubs}, {"rate", rate}, {"pattern", pattern}, {"transport", map[bool]string{false: "websocket", true: "mqtt"}[mqtt]},
 		{"duration_s", round(published.Seconds(), 2)},
 		{"deliveries_per_sec", round(float64(unique+dups)/elapsed.Seconds(), 0)},
 		{"p50_ms", p[0]}, {"p90_ms", p[1]}, {"p99_ms", p[2]}, {"max_ms", p[3]},

@@ -108,12 +108,15 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		return err
 	}
 	defer ctl.Close()
+	// One budget of writes per second for the connections of every
+	// transport.
+	pacer := &hub.Pacer{Rate: cfg.WriteRate}
 	ws := wsapi.New(wsapi.Options{
 		Hub: h, Access: policy, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
 		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout, RefreshBefore: cfg.RefreshBefore,
 		MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
 		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, WriteRate: cfg.WriteRate,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Pacer: pacer,
 	}, reg)
 	// MQTT sessions outlive their connection, and retained messages come,
 	// only where there is a record.
@@ -127,7 +130,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		Hub: h, Access: policy, Bus: b, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
 		ConnectTimeout: cfg.AuthTimeout, MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
-		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry, Record: record,
+		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry, Record: record, Pacer: pacer,
 		Announce: func(ctx context.Context, c revocation.Command) error {
 			payload, err := c.Payload("edge", time.Now())
 			if err == nil {

@@ -46,7 +46,7 @@ type Config struct {
 	MaxRedisPatterns   int            // EDGE_MAX_REDIS_PATTERNS: wildcard patterns in Redis before covering patterns serve the rest
 	RecoverMax         int            // EDGE_RECOVER_MAX: missed events one resuming subscription recovers at most
 	TrustedProxies     []netip.Prefix // EDGE_TRUSTED_PROXIES: peers whose X-Forwarded-For names the client
-	WriteRate          int            // EDGE_WRITE_RATE: WebSocket writes per second to aim at, by packing events; 0 for none
+	WriteRate          int            // EDGE_WRITE_RATE: writes per second to aim at, over every transport, by packing events; 0 for none
 	MQTTRetryInterval  time.Duration  // EDGE_MQTT_RETRY_INTERVAL: an unacknowledged QoS 1 message is sent again, with DUP, this often
 	MQTTSessionExpiry  time.Duration  // EDGE_MQTT_SESSION_EXPIRY: how long a kept MQTT session outlives its connection, at most
 }

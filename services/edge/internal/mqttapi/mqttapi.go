@@ -83,6 +83,9 @@ type Options struct {
 	SessionExpiry time.Duration
 	// Record gives a new subscription its retained messages; nil, none.
 	Record Record
+	// Pacer spaces the writes of connections with events flowing, shared
+	// by every transport of the edge.
+	Pacer *hub.Pacer
 	// Announce tells every edge of a command, through the control channel:
 	// a client id connected here, so its connections elsewhere close. Nil
 	// takes over on this edge only.
@@ -291,7 +294,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		s.window = min(rm, maxInflight)
 	}
 	who := access.Identity(s.claims, s.addr)
-	c, err := h.Hub.Join(who, payload{}, s.ready, s.kicked)
+	c, err := h.Hub.Join(who, publish{s.version}, s.ready, s.kicked)
 	switch {
 	case errors.Is(err, hub.ErrTooManyConnections):
 		return refuse(packets.ErrQuotaExceeded, "too many connections")
@@ -492,11 +495,38 @@ func (s *session) ready() {
 	}
 }
 
-// payload is the MQTT encoding of events: the envelope in JSON, shared by
-// every MQTT client it goes to. Each writer wraps it in its own PUBLISH.
-type payload struct{}
+// publish is the MQTT encoding of events: the QoS 0 PUBLISH of an event
+// on its channel's topic, with the envelope in JSON as its payload, made
+// once for every connection of the MQTT version it goes to. A writer
+// sends it as it is at QoS 0 and makes its own at QoS 1.
+type publish struct{ version byte }
 
-func (payload) Encode(ev *hub.Event, _ []string) ([]byte, error) { return ev.JSON() }
+func (e publish) Encode(ev *hub.Event, _ []string) ([]byte, error) {
+	pk, err := publishOf(ev, e.version)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if err := pk.PublishEncode(&buf); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// publishOf is the QoS 0 PUBLISH of ev in MQTT version.
+func publishOf(ev *hub.Event, version byte) (packets.Packet, error) {
+	payload, err := ev.JSON()
+	if err != nil {
+		return packets.Packet{}, err
+	}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: version,
+		TopicName: topicOf(ev.Channel), Payload: payload}
+	if version == 5 {
+		pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true // UTF-8
+		pk.Properties.ContentType = "application/json"
+	}
+	return pk, nil
+}
 
 // write sends what the hub queues, and what the QoS 1 window holds back,
 // until the connection ends; it resends unacknowledged QoS 1 messages
@@ -525,6 +555,7 @@ func (s *session) write() {
 			s.closeWith(<-s.kickOr(hub.DisconnectBroken))
 			return
 		}
+		s.h.Pacer.Start()
 		for {
 			frames = s.client.Take(frames[:0])
 			s.mu.Lock()
@@ -546,7 +577,9 @@ func (s *session) write() {
 			}
 			clear(frames)
 			s.flush(&buf)
+			s.h.Pacer.Pause(s.client)
 		}
+		s.h.Pacer.Stop()
 	}
 }
 
@@ -580,17 +613,20 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 	ns, prev := f.Event.Namespace(), s.cursor[f.Event.Namespace()]
 	s.advance(ns, f.Event.Position)
 	qos, ok := s.grant(f.Subs, topic)
-	if !ok {
+	switch {
+	case !ok:
+		return
+	case qos == 0:
+		buf.Write(f.Data) // the shared QoS 0 PUBLISH
 		return
 	}
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, ProtocolVersion: s.version,
-		TopicName: topic, Payload: f.Data}
-	if s.version == 5 {
-		pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true // UTF-8
-		pk.Properties.ContentType = "application/json"
+	pk, err := publishOf(f.Event, s.version)
+	if err != nil {
+		return
 	}
+	pk.FixedHeader.Qos = qos
 	p := &pending{pk: pk, ns: ns, pos: f.Event.Position, prev: prev}
-	if qos == 0 || len(s.inflight) < s.window {
+	if len(s.inflight) < s.window {
 		s.send(buf, p)
 		return
 	}

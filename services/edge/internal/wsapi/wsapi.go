@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -40,9 +39,6 @@ const (
 	readBuffer  = 1 << 10
 	writeBuffer = 4 << 10
 	maxPacked   = 16 << 10
-	// minGap and maxGap bound the pause between a connection's writes.
-	minGap = 200 * time.Microsecond
-	maxGap = 50 * time.Millisecond
 )
 
 // Options configure the handler.
@@ -66,17 +62,14 @@ type Options struct {
 	MaxUserConnections int
 	RateLimit          float64
 	RateBurst          int
-	// WriteRate is the writes per second the edge aims at: while n
-	// connections have events flowing, each waits a random half to all of
-	// n/WriteRate seconds between its writes and packs what arrived
-	// meanwhile into the next. Zero writes as soon as an event waits.
-	WriteRate int
+	// Pacer spaces the writes of connections with events flowing, shared
+	// by every transport of the edge.
+	Pacer *hub.Pacer
 }
 
 // Handler serves WebSocket connections.
 type Handler struct {
 	Options
-	flowing      atomic.Int64 // connections whose writer runs
 	messagesIn   prometheus.Counter
 	messagesOut  prometheus.Counter
 	authFailures *prometheus.CounterVec
@@ -289,8 +282,8 @@ func (s *session) flush() {
 		clear(b.frames)
 		batches.Put(b)
 	}()
-	s.h.flowing.Add(1)
-	defer s.h.flowing.Add(-1)
+	s.h.Pacer.Start()
+	defer s.h.Pacer.Stop()
 	for {
 		b.frames = s.client.Take(b.frames[:0])
 		if len(b.frames) == 0 {
@@ -323,25 +316,8 @@ func (s *session) flush() {
 			s.h.messagesOut.Inc()
 		}
 		clear(b.frames)
-		if gap := s.h.gap(); gap > 0 {
-			// A random half to all of the gap, so that writers that
-			// started together do not wake together.
-			s.client.Pause(gap/2 + rand.N(gap/2))
-		}
+		s.h.Pacer.Pause(s.client)
 	}
-}
-
-// gap is the longest a writer waits after a write, so that the edge makes
-// about WriteRate writes per second; at most maxGap.
-func (h *Handler) gap() time.Duration {
-	if h.WriteRate == 0 {
-		return 0
-	}
-	d := time.Duration(h.flowing.Load()) * time.Second / time.Duration(h.WriteRate)
-	if d < minGap {
-		return 0
-	}
-	return min(d, maxGap)
 }
 
 func (s *session) schedulePing() {

@@ -1,11 +1,11 @@
-package wsapi
+package hub
 
 import (
 	"testing"
 	"time"
 )
 
-func TestGapKeepsTheEdgeWithinItsWriteRate(t *testing.T) {
+func TestPacerKeepsTheEdgeWithinItsWriteRate(t *testing.T) {
 	for _, tt := range []struct {
 		rate    int
 		flowing int64
@@ -17,9 +17,9 @@ func TestGapKeepsTheEdgeWithinItsWriteRate(t *testing.T) {
 		{rate: 30000, flowing: 1000, want: time.Second / 30}, // each of 1,000 writes 30 times a second
 		{rate: 30000, flowing: 3000, want: maxGap},           // 100 ms would be too late
 	} {
-		h := &Handler{Options: Options{WriteRate: tt.rate}}
-		h.flowing.Store(tt.flowing)
-		if got := h.gap(); got != tt.want {
+		p := &Pacer{Rate: tt.rate}
+		p.flowing.Store(tt.flowing)
+		if got := p.gap(); got != tt.want {
 			t.Errorf("rate %d, %d flowing: gap %v, want %v", tt.rate, tt.flowing, got, tt.want)
 		}
 	}
