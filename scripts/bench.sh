@@ -18,6 +18,7 @@ flags=(--api "http://localhost${API_HTTP_ADDR:-:8080}"
 if [[ ${BENCH_SMOKE:-} == 1 ]]; then
 	run bench fanout "${flags[@]}" --subscribers 20 --rate 200 --duration 2s
 	run bench fanout "${flags[@]}" --subscribers 20 --rate 200 --duration 2s --pattern
+	run bench fanout "${flags[@]}" --subscribers 20 --rate 200 --duration 2s --mqtt
 	run bench ingest "${flags[@]}" --concurrency 4 --duration 2s
 	run bench ingest "${flags[@]}" --concurrency 2 --duration 2s --grpc="localhost${API_GRPC_ADDR:-:9090}" --batch 500
 	run bench ingest "${flags[@]}" --concurrency 2 --duration 2s --grpc="localhost${API_GRPC_ADDR:-:9090}" --batch 500 --patterns 400
@@ -30,6 +31,8 @@ echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(un
 run bench fanout "${flags[@]}" --subscribers 1000 --rate 310 --duration 10s
 run bench fanout "${flags[@]}" --subscribers 100 --rate 1000 --duration 10s
 run bench fanout "${flags[@]}" --subscribers 1000 --rate 100 --duration 5s --ramp
+# MQTT subscribers against WebSocket ones, in the same run.
+run bench fanout "${flags[@]}" --subscribers 1000 --rate 1000 --duration 5s --mqtt
 run bench ingest "${flags[@]}" --concurrency 64 --duration 10s
 run bench ingest "${flags[@]}" --concurrency 8 --duration 10s --grpc="localhost${API_GRPC_ADDR:-:9090}"
 # A client away while 50,000 events flow, then catching up.
