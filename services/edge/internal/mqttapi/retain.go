@@ -12,7 +12,9 @@ import (
 // Every event is kept in the record, so a channel's retained message is
 // simply its latest event there: a new subscription is sent, for each
 // channel it matches, the latest within the newest retainScan entries of
-// the channel's namespace, at QoS 0 with RETAIN set.
+// the channel's namespace, at QoS 0 with RETAIN set, after its SUBACK
+// (5.0's Retain Handling 1: only for a filter the session did not have;
+// 2: none).
 
 // retainScan bounds the entries of a namespace read back for retained
 // messages.

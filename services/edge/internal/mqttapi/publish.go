@@ -1,0 +1,132 @@
+package mqttapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/pkg/token"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+)
+
+// eventOf makes the event a client publishes on ch: its type is the
+// channel's ("sensor/temp" is sensor.temp), its source the client
+// ("mqtt:<client id>"), its subject the token's user, and its data the
+// payload: a JSON object as the API takes one (a known type strictly),
+// another JSON value as a google.protobuf.Value, anything else as
+// google.protobuf.BytesValue. It returns the envelope's bytes.
+func eventOf(ch, clientID string, claims *token.Claims, payload []byte, now time.Time) ([]byte, error) {
+	typ := strings.ReplaceAll(ch, ":", ".")
+	env := &envelope.Envelope{Type: typ, Channel: ch}
+	if claims != nil {
+		env.Subject = claims.Subject
+	}
+	var err error
+	switch trimmed := strings.TrimSpace(string(payload)); {
+	case len(payload) == 0:
+	case strings.HasPrefix(trimmed, "{"):
+		env.Data, err = envelope.DecodeData(typ, payload)
+	case json.Valid(payload):
+		var v structpb.Value
+		if err = v.UnmarshalJSON(payload); err == nil {
+			env.Data, err = anypb.New(&v)
+		}
+	default:
+		env.Data, err = anypb.New(wrapperspb.Bytes(payload))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("payload: %w", err)
+	}
+	if err := envelope.FillStrict(env, "mqtt:"+clientID, now); err != nil {
+		return nil, fmt.Errorf("payload: %w", err)
+	}
+	return envelope.Marshal(env)
+}
+
+// publish serves a client's PUBLISH: the payload becomes an event on the
+// topic's channel when the token's publish claim covers it. A QoS 1
+// PUBACK goes out only once Redis has the event.
+func (s *session) publish(pk packets.Packet) bool {
+	refuse := func(code packets.Code, why string) bool {
+		s.h.publishes.WithLabelValues(strings.ReplaceAll(code.Reason, " ", "_")).Inc()
+		switch {
+		case s.version == 5 && pk.FixedHeader.Qos == 1:
+			s.client.Send(s.puback(pk.PacketID, code, why))
+			return true
+		case s.version == 5:
+			s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: why})
+		default: // 3.1.1 has no refusal but to close
+			s.client.CloseAfter(hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: why})
+		}
+		return false
+	}
+	if pk.FixedHeader.Qos > 1 {
+		s.disconnect(packets.ErrQosNotSupported, hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: "QoS 2 is not supported"})
+		return false
+	}
+	ch, err := channelOf(pk.TopicName)
+	if err != nil {
+		return refuse(packets.ErrTopicNameInvalid, fmt.Sprintf("topic %q: %v", pk.TopicName, err))
+	}
+	if !s.mayPublish(ch) {
+		return refuse(packets.ErrNotAuthorized, fmt.Sprintf("topic %s is not among the token's publish patterns", pk.TopicName))
+	}
+	env, err := eventOf(ch, s.id, s.claims, pk.Payload, time.Now())
+	if err != nil {
+		return refuse(packets.ErrPayloadFormatInvalid, err.Error())
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, publishTimeout)
+	defer cancel()
+	if _, err := s.h.Bus.Publish(ctx, ch, env); err != nil {
+		s.h.Logger.Warn("mqtt publish failed", "channel", ch, "error", err)
+		if s.version == 4 {
+			// No PUBACK: the client sends it again when it reconnects.
+			s.h.publishes.WithLabelValues("unavailable").Inc()
+			s.client.CloseAfter(hub.Disconnect{Code: int(websocket.StatusTryAgainLater), Reason: "the event bus is unavailable"})
+			return false
+		}
+		return refuse(packets.ErrImplementationSpecificError, "the event bus (Redis) is unavailable: "+ctxErr(err))
+	}
+	s.h.publishes.WithLabelValues("ok").Inc()
+	if pk.FixedHeader.Qos == 1 {
+		s.client.Send(s.puback(pk.PacketID, packets.CodeSuccess, ""))
+	}
+	return true
+}
+
+func ctxErr(err error) string {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) {
+		return "no answer in time"
+	}
+	return err.Error()
+}
+
+func (s *session) puback(id uint16, code packets.Code, why string) []byte {
+	return encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: s.version,
+		PacketID: id, ReasonCode: code.Code, Properties: packets.Properties{ReasonString: why}})
+}
+
+// mayPublish reports whether the token's publish claim covers ch.
+func (s *session) mayPublish(ch string) bool {
+	if s.claims == nil {
+		return false
+	}
+	for _, p := range s.claims.Publish {
+		if channel.Covers(p, ch) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,135 @@
+package mqttapi
+
+import (
+	"context"
+	"errors"
+	"slices"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+)
+
+// subscribe serves SUBSCRIBE: each filter is granted its QoS (at most 1)
+// or refused with a reason, in one SUBACK. The retained messages of a new
+// subscription follow its SUBACK (retain.go).
+func (s *session) subscribe(pk packets.Packet) {
+	codes := make([]byte, len(pk.Filters))
+	var retained [][]byte
+	for i, f := range pk.Filters {
+		code, fresh := s.subscribeOne(f)
+		if code < 0x80 && (f.RetainHandling == 0 || f.RetainHandling == 1 && fresh) {
+			retained = append(retained, s.retained(f.Filter)...)
+		}
+		if s.version == 4 && code >= 0x80 {
+			code = 0x80 // 3.1.1 has one failure code
+		}
+		codes[i] = code
+	}
+	s.client.Send(encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: s.version,
+		PacketID: pk.PacketID, ReasonCodes: codes}))
+	for _, r := range retained {
+		s.client.Send(r)
+	}
+}
+
+// subscribeOne returns the granted QoS or the reason for refusing f, and
+// whether the session did not have f before.
+func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool) {
+	if len(f.ShareName) > 0 {
+		return packets.ErrSharedSubscriptionsNotSupported.Code, false
+	}
+	patterns, err := patternsOf(f.Filter)
+	if err != nil {
+		return packets.ErrTopicFilterInvalid.Code, false
+	}
+	if !s.allowedAll(patterns) {
+		return packets.ErrNotAuthorized.Code, false
+	}
+	qos := min(f.Qos, 1)
+	s.mu.Lock()
+	_, had := s.filters[f.Filter]
+	full := !had && len(s.filters) >= s.h.MaxSubscriptions
+	s.mu.Unlock()
+	if full {
+		return packets.ErrQuotaExceeded.Code, false
+	}
+	if code := s.add(f.Filter, qos, patterns, nil); code != 0 {
+		return code, false
+	}
+	s.save(true)
+	return qos, !had
+}
+
+// add subscribes the hub to what filter needs of patterns, from since
+// when the session resumes, and returns 0 or the reason it could not.
+func (s *session) add(filter string, qos byte, patterns []string, since bus.Cursor) byte {
+	s.mu.Lock()
+	// The filter is in place before the hub delivers: no event of the
+	// subscription finds it missing.
+	s.filters[filter] = qos
+	s.dirty = true
+	var fresh []string
+	for _, p := range patterns {
+		if !slices.Contains(s.byPattern[p], filter) {
+			if len(s.byPattern[p]) == 0 {
+				fresh = append(fresh, p)
+			}
+			s.byPattern[p] = append(s.byPattern[p], filter)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range fresh {
+		ctx, cancel := context.WithTimeout(s.ctx, hub.SubscribeTimeout)
+		err := s.h.Hub.Subscribe(ctx, s.client, p, since, func(r hub.Recovery) []byte { return s.subscribed(p, r) })
+		cancel()
+		if err != nil {
+			s.h.Logger.Debug("mqtt subscribe failed", "filter", filter, "pattern", p, "error", err)
+			s.drop(filter)
+			if errors.Is(err, hub.ErrTooManyPatterns) {
+				return packets.ErrQuotaExceeded.Code
+			}
+			return packets.ErrUnspecifiedError.Code
+		}
+	}
+	return 0
+}
+
+// unsubscribe serves UNSUBSCRIBE.
+func (s *session) unsubscribe(pk packets.Packet) {
+	codes := make([]byte, len(pk.Filters))
+	for i, f := range pk.Filters {
+		if !s.drop(f.Filter) {
+			codes[i] = packets.CodeNoSubscriptionExisted.Code
+		}
+	}
+	s.client.Send(encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsuback}, ProtocolVersion: s.version,
+		PacketID: pk.PacketID, ReasonCodes: codes}))
+	s.save(true)
+}
+
+// drop removes filter, and from the hub the patterns no other filter
+// needs. It reports whether the client had the filter.
+func (s *session) drop(filter string) bool {
+	s.mu.Lock()
+	_, had := s.filters[filter]
+	delete(s.filters, filter)
+	s.dirty = true
+	var orphans []string
+	for p, fs := range s.byPattern {
+		if i := slices.Index(fs, filter); i >= 0 {
+			if fs = slices.Delete(fs, i, i+1); len(fs) == 0 {
+				delete(s.byPattern, p)
+				orphans = append(orphans, p)
+			} else {
+				s.byPattern[p] = fs
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range orphans {
+		s.h.Hub.Unsubscribe(s.client, p, nil)
+	}
+	return had
+}

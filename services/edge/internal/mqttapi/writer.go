@@ -1,0 +1,280 @@
+package mqttapi
+
+import (
+	"bytes"
+	"context"
+	"slices"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
+)
+
+// ready wakes the writer: frames wait in the hub's queue.
+func (s *session) ready() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// publish is the MQTT encoding of events: the QoS 0 PUBLISH of an event
+// on its channel's topic, with the envelope in JSON as its payload, made
+// once for every connection of the MQTT version it goes to. A writer
+// sends it as it is at QoS 0 and makes its own at QoS 1.
+type publish struct{ version byte }
+
+func (e publish) Encode(ev *hub.Event, _ []string) ([]byte, error) {
+	pk, err := publishOf(ev, e.version)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if err := pk.PublishEncode(&buf); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// publishOf is the QoS 0 PUBLISH of ev in MQTT version.
+func publishOf(ev *hub.Event, version byte) (packets.Packet, error) {
+	payload, err := ev.JSON()
+	if err != nil {
+		return packets.Packet{}, err
+	}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: version,
+		TopicName: topicOf(ev.Channel), Payload: payload}
+	if version == 5 {
+		pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true // UTF-8
+		pk.Properties.ContentType = "application/json"
+	}
+	return pk, nil
+}
+
+// write sends what the hub queues, and what the QoS 1 window holds back,
+// until the connection ends; it resends unacknowledged QoS 1 messages
+// every RetryInterval.
+func (s *session) write() {
+	retry := time.NewTicker(s.h.RetryInterval)
+	defer retry.Stop()
+	var save <-chan time.Time
+	if s.expiry > 0 {
+		t := time.NewTicker(saveInterval)
+		defer t.Stop()
+		save = t.C
+	}
+	var frames []hub.Frame
+	var buf bytes.Buffer
+	for {
+		select {
+		case <-s.wake:
+		case <-retry.C:
+			s.resend(&buf)
+			continue
+		case <-save:
+			s.save(false)
+			continue
+		case <-s.ctx.Done():
+			s.closeWith(<-s.kickOr(hub.DisconnectBroken))
+			return
+		}
+		s.h.Pacer.Start()
+		for {
+			frames = s.client.Take(frames[:0])
+			s.mu.Lock()
+			for len(s.held) > 0 && len(s.inflight) < s.window {
+				p := s.held[0]
+				s.held = s.held[1:]
+				s.heldBytes -= len(p.pk.Payload)
+				s.send(&buf, p)
+			}
+			s.mu.Unlock()
+			if len(frames) == 0 && buf.Len() == 0 {
+				break
+			}
+			for _, f := range frames {
+				s.frame(&buf, f)
+				if buf.Len() >= maxPacked {
+					s.flush(&buf)
+				}
+			}
+			clear(frames)
+			s.flush(&buf)
+			s.h.Pacer.Pause(s.client)
+		}
+		s.h.Pacer.Stop()
+	}
+}
+
+// kickOr returns the disconnect a kick asked for, or d.
+func (s *session) kickOr(d hub.Disconnect) <-chan hub.Disconnect {
+	select {
+	case k := <-s.kick:
+		d = k
+	default:
+	}
+	ch := make(chan hub.Disconnect, 1)
+	ch <- d
+	return ch
+}
+
+// frame appends a queued frame: a packet of the session's own, or an
+// event as a PUBLISH when one of the client's filters takes it.
+func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
+	if f.Event == nil {
+		// The JSON transports' notices ({"unsubscribed":…}) reach every
+		// connection a control command names; MQTT has no packet for
+		// them, and its own packets never start with '{' (PUBCOMP).
+		if len(f.Data) > 0 && f.Data[0] != '{' {
+			buf.Write(f.Data)
+		}
+		return
+	}
+	topic := topicOf(f.Event.Channel)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ns, prev := f.Event.Namespace(), s.cursor[f.Event.Namespace()]
+	s.advance(ns, f.Event.Position)
+	qos, ok := s.grant(f.Subs, topic)
+	switch {
+	case !ok:
+		return
+	case qos == 0:
+		buf.Write(f.Data) // the shared QoS 0 PUBLISH
+		return
+	}
+	pk, err := publishOf(f.Event, s.version)
+	if err != nil {
+		return
+	}
+	pk.FixedHeader.Qos = qos
+	p := &pending{pk: pk, ns: ns, pos: f.Event.Position, prev: prev}
+	if len(s.inflight) < s.window {
+		s.send(buf, p)
+		return
+	}
+	if s.heldBytes+len(pk.Payload) > s.h.QueueBytes && len(s.held) > 0 {
+		go s.client.Kick(hub.DisconnectSlow)
+		return
+	}
+	s.held = append(s.held, p)
+	s.heldBytes += len(pk.Payload)
+}
+
+// grant returns the QoS an event on topic goes out with: the highest of
+// the client's filters that match it with MQTT's semantics, among those
+// served by the hub patterns it came through. Call with mu held.
+func (s *session) grant(patterns []string, topic string) (qos byte, ok bool) {
+	for _, p := range patterns {
+		for _, f := range s.byPattern[p] {
+			if match(f, topic) {
+				qos, ok = max(qos, s.filters[f]), true
+			}
+		}
+	}
+	return qos, ok
+}
+
+// send appends p, numbering it and keeping it for a PUBACK when it is
+// QoS 1. Call with mu held.
+func (s *session) send(buf *bytes.Buffer, p *pending) {
+	if p.pk.FixedHeader.Qos > 0 {
+		for {
+			s.nextID++
+			if _, used := s.inflight[s.nextID]; s.nextID != 0 && !used {
+				break
+			}
+		}
+		p.pk.PacketID = s.nextID
+		p.sent = time.Now()
+		s.inflight[p.pk.PacketID] = p
+	}
+	_ = appendPacket(buf, &p.pk)
+}
+
+// resend sends again, with DUP, every QoS 1 message unacknowledged for
+// RetryInterval.
+func (s *session) resend(buf *bytes.Buffer) {
+	s.mu.Lock()
+	now := time.Now()
+	ids := make([]uint16, 0, len(s.inflight))
+	for id, p := range s.inflight {
+		if now.Sub(p.sent) >= s.h.RetryInterval {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids) // in the order they were first sent, within a wrap
+	for _, id := range ids {
+		p := s.inflight[id]
+		p.pk.FixedHeader.Dup = true
+		p.sent = now
+		_ = appendPacket(buf, &p.pk)
+		s.h.redelivered.Inc()
+	}
+	s.mu.Unlock()
+	s.flush(buf)
+}
+
+// acked frees the window's place of a PUBACKed message.
+func (s *session) acked(id uint16) {
+	s.mu.Lock()
+	_, ok := s.inflight[id]
+	delete(s.inflight, id)
+	s.mu.Unlock()
+	if ok {
+		s.ready()
+	}
+}
+
+// flush writes buf as one WebSocket message.
+func (s *session) flush(buf *bytes.Buffer) {
+	if buf.Len() == 0 {
+		return
+	}
+	s.writeMu.Lock()
+	_, err := s.nc.Write(buf.Bytes())
+	s.writeMu.Unlock()
+	buf.Reset()
+	if err != nil {
+		s.client.Kick(hub.DisconnectBroken)
+	}
+}
+
+// closeWith closes the WebSocket with d; a 5.0 client whose connection
+// the hub or a control command ends is told why with a DISCONNECT first.
+func (s *session) closeWith(d hub.Disconnect) {
+	if d == hub.DisconnectBroken {
+		_ = s.conn.CloseNow()
+		return
+	}
+	if code, ok := reasonOf(d); ok && s.version == 5 {
+		var buf bytes.Buffer
+		_ = appendPacket(&buf, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 5,
+			ReasonCode: code.Code, Properties: packets.Properties{ReasonString: d.Reason}})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = s.conn.Write(ctx, websocket.MessageBinary, buf.Bytes())
+		cancel()
+	}
+	_ = s.conn.Close(websocket.StatusCode(d.Code), protocol.CloseReason(d.Reason))
+}
+
+// reasonOf is the DISCONNECT reason code of a disconnect the hub or a
+// control command decided on; the session's own decisions sent theirs.
+func reasonOf(d hub.Disconnect) (packets.Code, bool) {
+	switch d.Code {
+	case hub.DisconnectShutdown.Code:
+		return packets.ErrServerShuttingDown, true
+	case hub.DisconnectSlow.Code, hub.DisconnectTooManyConnections.Code:
+		return packets.ErrQuotaExceeded, true
+	case protocol.CloseUnauthorized, 4003: // token expired, revoked
+		return packets.ErrNotAuthorized, true
+	case 4004: // disconnected by the API
+		return packets.ErrAdministrativeAction, true
+	case DisconnectTakenOver.Code:
+		return packets.ErrSessionTakenOver, true
+	}
+	return packets.Code{}, false
+}
