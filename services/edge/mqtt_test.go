@@ -379,19 +379,9 @@ func TestMQTTPublishReachesJSONClients(t *testing.T) {
 	browser := e.dial(t, mint(t, "1", "sensor:*"))
 	browser.subscribe("1", "sensor:*")
 
+	c, _ := e.pahoV5(t, paho.ClientConfig{}, mintMQTT(t, "dev-7", nil, []string{"sensor:*"}), paho.Connect{ClientID: "thermo-1", KeepAlive: 30, CleanStart: true})
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, strings.Replace(e.base, "http", "ws", 1)+"/mqtt", &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := paho.NewClient(paho.ClientConfig{Conn: websocket.NetConn(context.Background(), conn, websocket.MessageBinary)})
-	ack, err := c.Connect(ctx, &paho.Connect{ClientID: "thermo-1", KeepAlive: 30, CleanStart: true,
-		Username: "device", UsernameFlag: true, Password: []byte(mintMQTT(t, "dev-7", nil, []string{"sensor:*"})), PasswordFlag: true})
-	if err != nil || ack.ReasonCode != 0 {
-		t.Fatalf("connect: %+v, %v", ack, err)
-	}
-	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
 	resp, err := c.Publish(ctx, &paho.Publish{Topic: "sensor/temp", QoS: 1, Payload: []byte(`{"celsius":21.5}`)})
 	if err != nil || resp.ReasonCode != 0 {
 		t.Fatalf("publish: %+v, %v", resp, err)
@@ -445,19 +435,7 @@ func TestMQTTClientIDTakeoverAcrossEdges(t *testing.T) {
 	disconnected := make(chan byte, 1)
 	connect := func(e *edge, onDisconnect func(*paho.Disconnect)) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		defer cancel()
-		conn, _, err := websocket.Dial(ctx, strings.Replace(e.base, "http", "ws", 1)+"/mqtt", &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := paho.NewClient(paho.ClientConfig{Conn: websocket.NetConn(context.Background(), conn, websocket.MessageBinary), OnServerDisconnect: onDisconnect})
-		ack, err := c.Connect(ctx, &paho.Connect{ClientID: "phone", KeepAlive: 30, CleanStart: true,
-			Username: "device", UsernameFlag: true, Password: []byte(tok), PasswordFlag: true})
-		if err != nil || ack.ReasonCode != 0 {
-			t.Fatalf("connect: %+v, %v", ack, err)
-		}
-		t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+		e.pahoV5(t, paho.ClientConfig{OnServerDisconnect: onDisconnect}, tok, paho.Connect{ClientID: "phone", KeepAlive: 30, CleanStart: true})
 	}
 	connect(first, func(d *paho.Disconnect) { disconnected <- d.ReasonCode })
 	connect(second, func(*paho.Disconnect) { t.Error("the newer connection was disconnected") })
@@ -538,20 +516,8 @@ func TestMQTTSessionExpiryAndCleanStart(t *testing.T) {
 	tok := mint(t, "12", "meter:*", "meter")
 	connect := func(clean bool, expiry uint32) (*paho.Client, *paho.Connack) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		defer cancel()
-		conn, _, err := websocket.Dial(ctx, strings.Replace(e.base, "http", "ws", 1)+"/mqtt", &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := paho.NewClient(paho.ClientConfig{Conn: websocket.NetConn(context.Background(), conn, websocket.MessageBinary)})
-		ack, err := c.Connect(ctx, &paho.Connect{ClientID: "meter-2", KeepAlive: 30, CleanStart: clean,
-			Username: "device", UsernameFlag: true, Password: []byte(tok), PasswordFlag: true,
+		return e.pahoV5(t, paho.ClientConfig{}, tok, paho.Connect{ClientID: "meter-2", KeepAlive: 30, CleanStart: clean,
 			Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry}})
-		if err != nil || ack.ReasonCode != 0 {
-			t.Fatalf("connect: %+v, %v", ack, err)
-		}
-		return c, ack
 	}
 	c, ack := connect(true, 3600)
 	if ack.SessionPresent {
@@ -627,4 +593,26 @@ func TestMQTTRetainedIsTheLatestEvent(t *testing.T) {
 	if pk := m.expect(packets.Publish); pk.TopicName != "shop/live" || pk.FixedHeader.Retain {
 		t.Errorf("after Retain Handling 2 got %s (retain %v), want the live event alone", pk.TopicName, pk.FixedHeader.Retain)
 	}
+}
+
+// pahoV5 connects paho's MQTT 5.0 client to e's /mqtt with cp (username
+// "device", tok as the password), configured by cfg but for its Conn,
+// and disconnects it when the test ends.
+func (e *edge) pahoV5(t *testing.T, cfg paho.ClientConfig, tok string, cp paho.Connect) (*paho.Client, *paho.Connack) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, strings.Replace(e.base, "http", "ws", 1)+"/mqtt", &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Conn = websocket.NetConn(context.Background(), conn, websocket.MessageBinary)
+	c := paho.NewClient(cfg)
+	cp.Username, cp.UsernameFlag, cp.Password, cp.PasswordFlag = "device", true, []byte(tok), true
+	ack, err := c.Connect(ctx, &cp)
+	if err != nil || ack.ReasonCode != 0 {
+		t.Fatalf("connect: %+v, %v", ack, err)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+	return c, ack
 }
