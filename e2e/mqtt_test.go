@@ -159,7 +159,7 @@ func TestMQTTSessionSurvivesAKilledEdge(t *testing.T) {
 	got := make(chan string, 100)
 	connect := func(addr string) paho3.Client {
 		t.Helper()
-		opts := paho3.NewClientOptions().AddBroker("ws://"+addr+"/mqtt").SetClientID("meter-k").SetUsername("device").SetPassword(tok).
+		opts := paho3.NewClientOptions().AddBroker("ws://" + addr + "/mqtt").SetClientID("meter-k").SetUsername("device").SetPassword(tok).
 			SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).
 			SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) {
 				var ev struct{ Subject string }

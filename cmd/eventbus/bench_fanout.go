@@ -133,7 +133,7 @@ func (r result) get(key string) any {
 type subscriber struct {
 	conn      *websocket.Conn
 	mqtt      net.Conn // the MQTT stream over conn, for --mqtt
-	seen      []bool // by sequence number
+	seen      []bool   // by sequence number
 	unique    int
 	dups      int
 	latencies []time.Duration
