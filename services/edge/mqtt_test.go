@@ -80,6 +80,8 @@ func (m *mqttConn) send(pk packets.Packet) {
 		err = pk.PubackEncode(&buf)
 	case packets.Pingreq:
 		err = pk.PingreqEncode(&buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(&buf)
 	}
 	if err == nil {
 		_, err = m.nc.Write(buf.Bytes())
@@ -615,4 +617,49 @@ func (e *edge) pahoV5(t *testing.T, cfg paho.ClientConfig, tok string, cp paho.C
 	}
 	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
 	return c, ack
+}
+
+// A client's will is published when its connection ends without a
+// DISCONNECT, and only where its token may publish.
+func TestMQTTWill(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	listener := e.dial(t, mint(t, "1", "sensor:*"))
+	listener.subscribe("1", "sensor:*")
+	connect := func(topic string) (*mqttConn, packets.Packet) {
+		m := e.dialMQTT(t, "/mqtt", 5)
+		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), ClientIdentifier: "willing", Clean: true, Keepalive: 30,
+			PasswordFlag: true, Password: []byte(mintMQTT(t, "14", nil, []string{"sensor:*"})),
+			WillFlag: true, WillTopic: topic, WillPayload: []byte(`{"online":false}`)}})
+		return m, m.expect(packets.Connack)
+	}
+	if _, ack := connect("alarm/status"); ack.ReasonCode != 0x87 {
+		t.Errorf("a will outside the publish claim: CONNACK %#x, want 0x87", ack.ReasonCode)
+	}
+	m, ack := connect("sensor/status")
+	if ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %#x", ack.ReasonCode)
+	}
+	m.nc.Close() // gone without a DISCONNECT
+	f := listener.next()
+	var ev struct {
+		Type, Source string
+		Data         struct{ Online *bool }
+	}
+	if err := json.Unmarshal(f.Event, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if f.Channel != "sensor:status" || ev.Type != "sensor.status" || ev.Source != "mqtt:willing" || ev.Data.Online == nil || *ev.Data.Online {
+		t.Errorf("the will came as %s %+v, want sensor.status {online:false}", f.Channel, ev)
+	}
+
+	// A DISCONNECT says goodbye: no will, and the next event is a marker.
+	m, _ = connect("sensor/status")
+	m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+	m.closed()
+	e.publish(t, "sensor:marker", "after", -1)
+	if f := listener.next(); f.Channel != "sensor:marker" {
+		t.Errorf("after a DISCONNECT the listener got %s, want the marker and no will", f.Channel)
+	}
 }

@@ -173,6 +173,8 @@ type session struct {
 	client  *hub.Client
 	limiter *rate.Limiter
 	expiry  time.Duration // how long the session outlives the connection; 0: not at all
+	will    *will         // published unless the client says goodbye
+	bye     bool          // the client sent DISCONNECT without its will; read by the reader only
 	wake    chan struct{} // the hub queued frames, or the window opened
 	kick    chan hub.Disconnect
 
@@ -235,6 +237,7 @@ func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {
 		s.write()
 	}()
 	s.read(br, keepAlive)
+	s.publishWill()
 	s.end()
 	h.Hub.Leave(s.client)
 	cancel()
@@ -267,6 +270,13 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		s.claims = c
 	} else if !h.Access.AllowAnonymous {
 		return refuse(packets.ErrNotAuthorized, "no token: send it as the CONNECT password")
+	}
+	if pk.Connect.WillFlag {
+		w, code, why := s.willOf(pk)
+		if w == nil {
+			return refuse(code, why)
+		}
+		s.will = w
 	}
 	var props packets.Properties
 	s.id = pk.Connect.ClientIdentifier
@@ -449,6 +459,7 @@ func (s *session) handle(pk packets.Packet) bool {
 	case packets.Pingreq:
 		s.client.Send(encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}))
 	case packets.Disconnect:
+		s.bye = pk.ReasonCode != packets.CodeDisconnectWillMessage.Code
 		s.client.CloseAfter(hub.Disconnect{Code: int(websocket.StatusNormalClosure), Reason: "bye"})
 		return false
 	case packets.Connect:

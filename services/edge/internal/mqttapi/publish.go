@@ -130,3 +130,48 @@ func (s *session) mayPublish(ch string) bool {
 	}
 	return false
 }
+
+// will is a client's last will: published as its event when the
+// connection ends but by a DISCONNECT (5.0: one without reason 0x04) or
+// by a newer connection of the client taking over.
+type will struct {
+	channel string
+	payload []byte
+}
+
+// willOf checks the will of CONNECT as a PUBLISH is checked, returning it,
+// or the CONNACK code and reason to refuse the connection with.
+func (s *session) willOf(pk packets.Packet) (*will, packets.Code, string) {
+	ch, err := channelOf(pk.Connect.WillTopic)
+	if err != nil {
+		return nil, packets.ErrTopicNameInvalid, fmt.Sprintf("will topic %q: %v", pk.Connect.WillTopic, err)
+	}
+	if !s.mayPublish(ch) {
+		return nil, packets.ErrNotAuthorized, fmt.Sprintf("will topic %s is not among the token's publish patterns", pk.Connect.WillTopic)
+	}
+	if _, err := eventOf(ch, "will", s.claims, pk.Connect.WillPayload, time.Now()); err != nil {
+		return nil, packets.ErrPayloadFormatInvalid, "will: " + err.Error()
+	}
+	return &will{channel: ch, payload: pk.Connect.WillPayload}, packets.CodeSuccess, ""
+}
+
+// publishWill publishes the client's will, if it left one and is gone.
+func (s *session) publishWill() {
+	s.mu.Lock()
+	takenOver := s.gone
+	s.mu.Unlock()
+	if s.will == nil || s.bye || takenOver {
+		return
+	}
+	env, err := eventOf(s.will.channel, s.id, s.claims, s.will.payload, time.Now())
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+		defer cancel()
+		_, err = s.h.Bus.Publish(ctx, s.will.channel, env)
+	}
+	if err != nil {
+		s.h.Logger.Warn("mqtt will not published", "client_id", s.id, "channel", s.will.channel, "error", err)
+		return
+	}
+	s.h.publishes.WithLabelValues("will").Inc()
+}
