@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -12,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/coder/websocket"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/eventbus-suite/eventbus/pkg/browsertest"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
@@ -217,6 +220,67 @@ func TestMQTTSessionSurvivesAKilledEdge(t *testing.T) {
 	for want := n + 1; want < 30; want++ {
 		if s := <-got; s != fmt.Sprint(want) {
 			t.Fatalf("after %d the resumed session got %s, want %d", want-1, s, want)
+		}
+	}
+}
+
+// The same from headless Chromium: the demo page's MQTT tab (MQTT.js)
+// subscribes to order/# and user/+, receives what the API publishes, and
+// the telemetry it publishes reaches the logger's tail and a JSON
+// WebSocket client subscribed to sensor:*.
+func TestMQTTJSInChromiumSharesTheBus(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	apiHTTP, apiGRPC, edgeHTTP, loggerHTTP := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	secret := "e2e-mqtt-secret-0123456789"
+	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
+	edge := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_JWT_SECRET": secret, "EDGE_DEMO": "true"}))
+	logger := start(t, "logger", merge(common, map[string]string{"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": t.TempDir(), "LOGGER_STDOUT": "false"}))
+	for p, addr := range map[*process]string{api: apiHTTP, edge: edgeHTTP, logger: loggerHTTP} {
+		waitReady(t, p, "http://"+addr+"/readyz")
+	}
+	tail := exec.Command(filepath.Join(bin, "eventbus"), "tail", "--json", "-n", "10", "--logger", "http://"+loggerHTTP, "sensor:*")
+	logged := linesOf(t, tail)
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tail.Process.Kill(); _ = tail.Wait() })
+	listener := dialJSON(t, edgeHTTP, secret, "sensor:*")
+
+	browser := browsertest.Open(t, "http://"+edgeHTTP+"/?user=77&tab=mqtt&filters="+url.QueryEscape("order/#,user/+"))
+	ctx, cancel := context.WithTimeout(browser, 60*time.Second)
+	defer cancel()
+	step := func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, actions...); err != nil {
+			t.Fatalf("%s: %v; %s", what, err, browsertest.PageState(t, browser, "#mqtt-status"))
+		}
+	}
+	step("MQTT.js subscribing", chromedp.Poll[chromedp.Void](
+		`document.querySelector("#mqtt-subscribed").textContent === "subscribed to order/# at QoS 1; subscribed to user/+ at QoS 1"`))
+	postAccepted(t, apiHTTP, "/v1/users", `{"user_id":"77","email":"grace@example.com","name":"Grace"}`)
+	postAccepted(t, apiHTTP, "/v1/orders", `{"user_id":"77","total":500,"currency":"EUR"}`)
+	step("the API's events in the MQTT feed",
+		chromedp.WaitVisible(chromedp.CSS(`#mqtt-feed li[data-topic="user/created"][data-type="user.created"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#mqtt-feed li[data-topic="order/placed"][data-type="order.placed"]`)))
+
+	step("publishing telemetry", chromedp.Click(chromedp.CSS(`#mqtt-publish`)),
+		chromedp.Poll[chromedp.Void](`document.querySelector("#mqtt-result").textContent.startsWith("published on sensor/temp")`))
+	rctx, rcancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer rcancel()
+	_, b, err := listener.Read(rctx)
+	if err != nil || !strings.Contains(string(b), `"type":"sensor.temp"`) || !strings.Contains(string(b), `"source":"mqtt:demo-77-`) {
+		t.Fatalf("the JSON client read %s, %v; want the page's telemetry", b, err)
+	}
+	for {
+		select {
+		case l := <-logged:
+			if strings.Contains(l, `"type":"sensor.temp"`) && strings.Contains(l, `"source":"mqtt:demo-77-`) {
+				return
+			}
+		case <-rctx.Done():
+			t.Fatal("the logger's tail did not show the page's telemetry")
 		}
 	}
 }
