@@ -284,3 +284,48 @@ func TestMQTTJSInChromiumSharesTheBus(t *testing.T) {
 		}
 	}
 }
+
+// The repository's nginx.conf passes MQTT over WebSocket through to the
+// edges at /mqtt, as compose and Kubernetes put it in front of them.
+func TestMQTTThroughNginx(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	secret := "e2e-mqtt-secret-0123456789"
+	addrs, _ := startEdges(t, 2, map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "EDGE_JWT_SECRET": secret})
+	front, _ := startNginx(t, addrs...)
+	tok, err := token.Issue([]byte(secret), "15", []string{"nx:*"}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	opts := paho3.NewClientOptions().AddBroker("ws://" + front + "/mqtt").SetClientID("through-nginx").SetUsername("device").SetPassword(tok).
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false)
+	c := paho3.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect through nginx: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	if tok := c.Subscribe("nx/+", 0, func(_ paho3.Client, m paho3.Message) { got <- m.Topic() }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	b, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &envelope.Envelope{Type: "nx.event"}
+	if err := envelope.Fill(env, "e2e", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := envelope.Marshal(env)
+	if _, err := b.Publish(t.Context(), "nx:event", payload); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case topic := <-got:
+		if topic != "nx/event" {
+			t.Errorf("got %s, want nx/event", topic)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event through nginx")
+	}
+}
