@@ -164,3 +164,14 @@ func Covers(a, p string) bool {
 	}
 	return ok[0]
 }
+
+// ReservedNamespace is the namespace of the bus's own channels, such as
+// the control channel the edges obey: events from outside (the API, MQTT
+// clients) may not use it.
+const ReservedNamespace = "eventbus"
+
+// Reserved reports whether ch is in ReservedNamespace.
+func Reserved(ch string) bool {
+	ns, _, _ := strings.Cut(ch, ":")
+	return ns == ReservedNamespace
+}

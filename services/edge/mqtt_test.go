@@ -663,3 +663,40 @@ func TestMQTTWill(t *testing.T) {
 		t.Errorf("after a DISCONNECT the listener got %s, want the marker and no will", f.Channel)
 	}
 }
+
+// The bus's own namespace is closed to MQTT clients whatever their publish
+// claim: a PUBLISH on eventbus/control could forge the edges' commands.
+func TestMQTTCannotPublishOnTheControlChannel(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	m := e.dialMQTT(t, "/mqtt", 5)
+	m.connect("forger", mintMQTT(t, "16", nil, []string{"*"}), 30)
+	m.send(publishPacket("eventbus/control", 1, 3, `{"action":"disconnect","sub":"42"}`))
+	if ack := m.expect(packets.Puback); ack.ReasonCode != 0x87 {
+		t.Errorf("PUBLISH on eventbus/control: PUBACK %#x, want 0x87 not authorized", ack.ReasonCode)
+	}
+	m.send(publishPacket("sensor/ok", 1, 4, `{}`)) // and the claim works elsewhere
+	if ack := m.expect(packets.Puback); ack.ReasonCode != 0 {
+		t.Errorf("PUBLISH on sensor/ok: PUBACK %#x, want success", ack.ReasonCode)
+	}
+}
+
+// PUBACKs answer the edge's own messages and do not count against the
+// client's rate limit: a QoS 1 subscriber takes more events than its
+// limit of requests and stays connected.
+func TestMQTTAcksAreNotRateLimited(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_RATE_LIMIT": "1", "EDGE_RATE_BURST": "5"})
+	m := e.dialMQTT(t, "/mqtt", 4)
+	m.connect("acker", mint(t, "17", "ack:*"), 30)
+	m.subscribe(1, map[string]byte{"ack/+": 1}, "ack/+")
+	for i := range 30 {
+		e.publish(t, "ack:x", fmt.Sprint(i), 1)
+	}
+	for range 30 {
+		pk := m.expect(packets.Publish)
+		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+	}
+	m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	m.expect(packets.Pingresp)
+}

@@ -6,12 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
 )
@@ -193,8 +193,8 @@ func unavailable(err error) error {
 
 func (s *Service) prepare(env *envelope.Envelope) ([]byte, error) {
 	err := envelope.FillStrict(env, s.source, s.now())
-	if ns, _, _ := strings.Cut(env.GetChannel(), ":"); err == nil && ns == ReservedNamespace {
-		err = fmt.Errorf("%w: channel %s: the namespace %s is the bus's own", envelope.ErrInvalid, env.GetChannel(), ReservedNamespace)
+	if err == nil && channel.Reserved(env.GetChannel()) {
+		err = fmt.Errorf("%w: channel %s: the namespace %s is the bus's own", envelope.ErrInvalid, env.GetChannel(), channel.ReservedNamespace)
 	}
 	if err != nil {
 		s.rejected.WithLabelValues("invalid").Inc()
@@ -202,10 +202,6 @@ func (s *Service) prepare(env *envelope.Envelope) ([]byte, error) {
 	}
 	return envelope.Marshal(env)
 }
-
-// ReservedNamespace is the namespace of the bus's own channels, such as
-// the control channel the edges obey: events from outside may not use it.
-const ReservedNamespace = "eventbus"
 
 // Control records c, if it is a revocation, and publishes it on the
 // control channel for every edge.

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -45,6 +46,11 @@ const (
 	maxPacked = 16 << 10
 	// publishTimeout bounds the wait for Redis to take a client's PUBLISH.
 	publishTimeout = 5 * time.Second
+	// closeGrace is how long a closing connection has to write what it was
+	// told before the socket is cut.
+	closeGrace = 5 * time.Second
+	// maxClientID bounds a client id, which names a session in Redis.
+	maxClientID = 256
 )
 
 // DisconnectTakenOver closes a connection whose client id connected again.
@@ -177,6 +183,9 @@ type session struct {
 	bye     bool          // the client sent DISCONNECT without its will; read by the reader only
 	wake    chan struct{} // the hub queued frames, or the window opened
 	kick    chan hub.Disconnect
+	// kickedWith is why the hub or the session ended the connection.
+	kickedWith atomic.Pointer[hub.Disconnect]
+	maxPacket  int // the most bytes the client takes in a packet (5.0); 0: no bound
 
 	writeMu sync.Mutex // one writer of the socket at a time
 
@@ -186,6 +195,7 @@ type session struct {
 	window    int                 // QoS 1 messages the client takes unacknowledged
 	inflight  map[uint16]*pending // QoS 1 sent, awaiting PUBACK
 	held      []*pending          // QoS 1 waiting for room in the window
+	dropped   *pending            // the QoS 1 message that overflowed the window, closing the connection
 	heldBytes int
 	nextID    uint16
 	cursor    bus.Cursor // where each namespace stands, as sent (persist.go)
@@ -195,14 +205,13 @@ type session struct {
 	resumed   bool       // a kept session was resumed
 }
 
-// pending is a QoS 1 message on its way, with its event's position and
-// where its namespace stood before it, for the session to resume from.
+// pending is a QoS 1 message on its way, with its event's position, for
+// a kept session to resume from before it until it is acknowledged.
 type pending struct {
 	pk   packets.Packet
 	sent time.Time
 	ns   string
 	pos  bus.Position
-	prev bus.Position
 }
 
 func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {
@@ -237,6 +246,14 @@ func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {
 		s.write()
 	}()
 	s.read(br, keepAlive)
+	if s.client.Closing() {
+		// What the edge queued to say why (a DISCONNECT, a last PUBACK)
+		// goes out before the writer stops.
+		select {
+		case <-ctx.Done():
+		case <-time.After(closeGrace):
+		}
+	}
 	s.publishWill()
 	s.end()
 	h.Hub.Leave(s.client)
@@ -280,6 +297,9 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	}
 	var props packets.Properties
 	s.id = pk.Connect.ClientIdentifier
+	if len(s.id) > maxClientID {
+		return refuse(packets.ErrClientIdentifierNotValid, fmt.Sprintf("a client id of at most %d bytes", maxClientID))
+	}
 	if s.id == "" {
 		if s.version == 4 && !pk.Connect.Clean {
 			return refuse(packets.ErrClientIdentifierNotValid, "a session to keep needs a client id")
@@ -295,7 +315,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 			s.expiry = h.SessionExpiry
 		}
 	}
-	s.window = maxInflight
+	s.window, s.maxPacket = maxInflight, int(pk.Properties.MaximumPacketSize)
 	if rm := int(pk.Properties.ReceiveMaximum); s.version == 5 && rm > 0 {
 		s.window = min(rm, maxInflight)
 	}
@@ -434,7 +454,8 @@ func (s *session) read(br *bufio.Reader, keepAlive time.Duration) {
 		if s.client.Closing() {
 			continue
 		}
-		if !s.limiter.Allow() {
+		// PUBACKs answer the edge's own messages: only requests count.
+		if pk.FixedHeader.Type != packets.Puback && !s.limiter.Allow() {
 			s.disconnect(packets.ErrMessageRateTooHigh, hub.Disconnect{Code: int(websocket.StatusPolicyViolation),
 				Reason: fmt.Sprintf("more than %g packets per second (burst %d)", s.h.RateLimit, s.h.RateBurst)})
 			return
@@ -453,8 +474,16 @@ func (s *session) handle(pk packets.Packet) bool {
 	case packets.Puback:
 		s.acked(pk.PacketID)
 	case packets.Subscribe:
+		if code := pk.SubscribeValidate(); code != packets.CodeSuccess {
+			s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: code.Reason})
+			return false
+		}
 		s.subscribe(pk)
 	case packets.Unsubscribe:
+		if code := pk.UnsubscribeValidate(); code != packets.CodeSuccess {
+			s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: code.Reason})
+			return false
+		}
 		s.unsubscribe(pk)
 	case packets.Pingreq:
 		s.client.Send(encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}))
@@ -487,9 +516,13 @@ func (s *session) disconnect(code packets.Code, d hub.Disconnect) {
 // it and must not wait. The writer, which may hold the socket, sends a 5.0
 // client a DISCONNECT with the reason first.
 func (s *session) kicked(d hub.Disconnect) {
+	s.kickedWith.Store(&d)
 	select {
 	case s.kick <- d:
 	default:
 	}
 	s.cancel()
+	// A writer stuck on a client that stopped reading never gets to close:
+	// the socket is cut after a grace.
+	time.AfterFunc(closeGrace, func() { _ = s.conn.CloseNow() })
 }

@@ -3,6 +3,8 @@ package mqttapi
 import (
 	"context"
 	"maps"
+	"math"
+	"strconv"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -125,7 +127,11 @@ func (s *session) advance(ns string, pos bus.Position) {
 func (s *session) state() state {
 	cursor := maps.Clone(s.cursor)
 	earliest := map[string]*pending{}
-	for _, ps := range [][]*pending{s.held, slicesOf(s.inflight)} {
+	unsent := s.held
+	if s.dropped != nil {
+		unsent = append(unsent[:len(unsent):len(unsent)], s.dropped)
+	}
+	for _, ps := range [][]*pending{unsent, slicesOf(s.inflight)} {
 		for _, p := range ps {
 			if p.pos.IsZero() {
 				continue
@@ -136,13 +142,28 @@ func (s *session) state() state {
 		}
 	}
 	for ns, p := range earliest {
-		if p.prev.IsZero() {
+		if b := before(p.pos); b.IsZero() {
 			delete(cursor, ns) // from the start of what the record holds of ns
 		} else {
-			cursor[ns] = p.prev
+			cursor[ns] = b
 		}
 	}
 	return state{Filters: maps.Clone(s.filters), Cursor: cursor}
+}
+
+// before is the position just before pos in its stream: reading after
+// it reads pos again. Stream offsets are "<ms>-<seq>".
+func before(pos bus.Position) bus.Position {
+	ms, seq := bus.SplitOffset(pos.Offset)
+	switch {
+	case seq > 0:
+		seq--
+	case ms > 0:
+		ms, seq = ms-1, math.MaxUint64
+	default:
+		return bus.Position{}
+	}
+	return bus.Position{Offset: strconv.FormatUint(ms, 10) + "-" + strconv.FormatUint(seq, 10), Epoch: pos.Epoch}
 }
 
 func slicesOf(m map[uint16]*pending) []*pending {

@@ -19,6 +19,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
 
 // eventOf makes the event a client publishes on ch: its type is the
@@ -72,6 +73,10 @@ func (s *session) publish(pk packets.Packet) bool {
 		}
 		return false
 	}
+	if pk.FixedHeader.Qos == 1 && pk.PacketID == 0 {
+		s.disconnect(packets.ErrProtocolViolationNoPacketID, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: "a QoS 1 PUBLISH needs a packet id"})
+		return false
+	}
 	if pk.FixedHeader.Qos > 1 {
 		s.disconnect(packets.ErrQosNotSupported, hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: "QoS 2 is not supported"})
 		return false
@@ -118,9 +123,10 @@ func (s *session) puback(id uint16, code packets.Code, why string) []byte {
 		PacketID: id, ReasonCode: code.Code, Properties: packets.Properties{ReasonString: why}})
 }
 
-// mayPublish reports whether the token's publish claim covers ch.
+// mayPublish reports whether the token's publish claim covers ch, which
+// is never in the bus's own namespace (the control channel the edges obey).
 func (s *session) mayPublish(ch string) bool {
-	if s.claims == nil {
+	if s.claims == nil || channel.Reserved(ch) {
 		return false
 	}
 	for _, p := range s.claims.Publish {
@@ -142,6 +148,9 @@ type will struct {
 // willOf checks the will of CONNECT as a PUBLISH is checked, returning it,
 // or the CONNACK code and reason to refuse the connection with.
 func (s *session) willOf(pk packets.Packet) (*will, packets.Code, string) {
+	if pk.Connect.WillQos > 1 {
+		return nil, packets.ErrQosNotSupported, "will QoS 2 is not supported"
+	}
 	ch, err := channelOf(pk.Connect.WillTopic)
 	if err != nil {
 		return nil, packets.ErrTopicNameInvalid, fmt.Sprintf("will topic %q: %v", pk.Connect.WillTopic, err)
@@ -155,12 +164,17 @@ func (s *session) willOf(pk packets.Packet) (*will, packets.Code, string) {
 	return &will{channel: ch, payload: pk.Connect.WillPayload}, packets.CodeSuccess, ""
 }
 
-// publishWill publishes the client's will, if it left one and is gone.
+// publishWill publishes the client's will, if it left one and is gone:
+// not when its token was revoked, expired or its user disconnected by the
+// API, whose claims no longer speak for it.
 func (s *session) publishWill() {
 	s.mu.Lock()
 	takenOver := s.gone
 	s.mu.Unlock()
 	if s.will == nil || s.bye || takenOver {
+		return
+	}
+	if d := s.kickedWith.Load(); d != nil && (d.Code == protocol.CloseUnauthorized || d.Code == 4003 || d.Code == 4004) {
 		return
 	}
 	env, err := eventOf(s.will.channel, s.id, s.claims, s.will.payload, time.Now())

@@ -17,8 +17,11 @@ import (
 // 2: none).
 
 // retainScan bounds the entries of a namespace read back for retained
-// messages.
-const retainScan = 1000
+// messages; maxRetained, the retained messages one SUBSCRIBE reads.
+const (
+	retainScan  = 1000
+	maxRetained = 1000
+)
 
 // Record is where retained messages come from.
 type Record interface {

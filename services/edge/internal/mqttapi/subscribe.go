@@ -17,15 +17,20 @@ import (
 func (s *session) subscribe(pk packets.Packet) {
 	codes := make([]byte, len(pk.Filters))
 	var retained [][]byte
+	done := make(map[string]byte, len(pk.Filters)) // a filter repeated in one packet costs once
 	for i, f := range pk.Filters {
+		if code, ok := done[f.Filter]; ok {
+			codes[i] = code
+			continue
+		}
 		code, fresh := s.subscribeOne(f)
-		if code < 0x80 && (f.RetainHandling == 0 || f.RetainHandling == 1 && fresh) {
+		if code < 0x80 && (f.RetainHandling == 0 || f.RetainHandling == 1 && fresh) && len(retained) < maxRetained {
 			retained = append(retained, s.retained(f.Filter)...)
 		}
 		if s.version == 4 && code >= 0x80 {
 			code = 0x80 // 3.1.1 has one failure code
 		}
-		codes[i] = code
+		codes[i], done[f.Filter] = code, code
 	}
 	s.client.Send(encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: s.version,
 		PacketID: pk.PacketID, ReasonCodes: codes}))

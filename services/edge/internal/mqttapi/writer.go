@@ -136,13 +136,18 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 	topic := topicOf(f.Event.Channel)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ns, prev := f.Event.Namespace(), s.cursor[f.Event.Namespace()]
-	s.advance(ns, f.Event.Position)
+	if s.ctx.Err() != nil {
+		return // kicked: what is left of the batch was never sent
+	}
 	qos, ok := s.grant(f.Subs, topic)
 	switch {
-	case !ok:
+	case !ok, s.maxPacket > 0 && len(f.Data)+2 > s.maxPacket:
+		// Not for this client's filters, or larger than it takes (5.0
+		// says to drop it): either way done with.
+		s.advance(f.Event.Namespace(), f.Event.Position)
 		return
 	case qos == 0:
+		s.advance(f.Event.Namespace(), f.Event.Position)
 		buf.Write(f.Data) // the shared QoS 0 PUBLISH
 		return
 	}
@@ -151,13 +156,17 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		return
 	}
 	pk.FixedHeader.Qos = qos
-	p := &pending{pk: pk, ns: ns, pos: f.Event.Position, prev: prev}
-	if len(s.inflight) < s.window {
-		s.send(buf, p)
+	p := &pending{pk: pk, ns: f.Event.Namespace(), pos: f.Event.Position}
+	if s.heldBytes+len(pk.Payload) > s.h.QueueBytes && len(s.held) > 0 {
+		// Too slow: closed, and a kept session resumes from before this
+		// message.
+		s.dropped = p
+		s.client.Kick(hub.DisconnectSlow)
 		return
 	}
-	if s.heldBytes+len(pk.Payload) > s.h.QueueBytes && len(s.held) > 0 {
-		go s.client.Kick(hub.DisconnectSlow)
+	s.advance(p.ns, p.pos)
+	if len(s.inflight) < s.window {
+		s.send(buf, p)
 		return
 	}
 	s.held = append(s.held, p)
