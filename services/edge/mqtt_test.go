@@ -20,6 +20,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
@@ -699,4 +700,38 @@ func TestMQTTAcksAreNotRateLimited(t *testing.T) {
 	}
 	m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
 	m.expect(packets.Pingresp)
+}
+
+// POST /v1/users/{id}/unsubscribe reaches MQTT connections too: the
+// filters the removed pattern served are gone, and subscribing again
+// works.
+func TestMQTTForcedUnsubscribe(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	m := e.dialMQTT(t, "/mqtt", 4)
+	m.connect("forced", mint(t, "18", "fo:*", "fx:*"), 30)
+	m.subscribe(1, map[string]byte{"fo/+": 0, "fx/+": 0}, "fo/+", "fx/+")
+	cmd := revocation.Command{Action: revocation.ActionUnsubscribe, Sub: "18", Pattern: "fo:*"}
+	payload, err := cmd.Payload("test", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.bus.Publish(t.Context(), revocation.ControlChannel, payload); err != nil {
+		t.Fatal(err)
+	}
+	servicetest.WaitFor(t, "the edge to drop fo:*", func() bool {
+		return e.metric(t, "eventbus_edge_subscriptions") == 1
+	})
+	e.publish(t, "fo:x", "dropped", -1)
+	e.publish(t, "fx:x", "marker", -1)
+	if pk := m.expect(packets.Publish); pk.TopicName != "fx/x" {
+		t.Fatalf("after the forced unsubscribe got %s, want the marker on fx/x", pk.TopicName)
+	}
+	if codes := m.subscribe(2, map[string]byte{"fo/+": 0}, "fo/+"); !bytes.Equal(codes, []byte{0}) {
+		t.Fatalf("subscribing again: SUBACK %v", codes)
+	}
+	e.publish(t, "fo:x", "again", -1)
+	if pk := m.expect(packets.Publish); pk.TopicName != "fo/x" || subjectOf(t, pk.Payload) != "again" {
+		t.Fatalf("after subscribing again got %s, want fo/x again", pk.TopicName)
+	}
 }

@@ -2,6 +2,7 @@ package mqttapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 
@@ -137,4 +138,25 @@ func (s *session) drop(filter string) bool {
 		s.h.Hub.Unsubscribe(s.client, p, nil)
 	}
 	return had
+}
+
+// noticed takes a notice the hub queued in the JSON protocol's words: a
+// pattern the API unsubscribed the user from ({"unsubscribed":…}) takes
+// the filters it served with it, as MQTT has no packet to tell the client.
+func (s *session) noticed(notice []byte) {
+	var n struct {
+		Unsubscribed string `json:"unsubscribed"`
+	}
+	if json.Unmarshal(notice, &n) != nil || n.Unsubscribed == "" {
+		return
+	}
+	s.mu.Lock()
+	filters := slices.Clone(s.byPattern[n.Unsubscribed])
+	s.mu.Unlock()
+	for _, f := range filters {
+		s.drop(f)
+	}
+	if len(filters) > 0 {
+		s.save(true)
+	}
 }

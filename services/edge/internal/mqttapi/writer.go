@@ -125,10 +125,11 @@ func (s *session) kickOr(d hub.Disconnect) <-chan hub.Disconnect {
 // event as a PUBLISH when one of the client's filters takes it.
 func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 	if f.Event == nil {
-		// The JSON transports' notices ({"unsubscribed":…}) reach every
-		// connection a control command names; MQTT has no packet for
-		// them, and its own packets never start with '{' (PUBCOMP).
-		if len(f.Data) > 0 && f.Data[0] != '{' {
+		// The JSON transports' notices reach every connection a control
+		// command names; MQTT's own packets never start with '{' (PUBCOMP).
+		if len(f.Data) > 0 && f.Data[0] == '{' {
+			s.noticed(f.Data)
+		} else {
 			buf.Write(f.Data)
 		}
 		return
