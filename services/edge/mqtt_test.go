@@ -540,8 +540,8 @@ func TestMQTTSessionExpiryAndCleanStart(t *testing.T) {
 	}
 	_ = c.Disconnect(&paho.Disconnect{})
 	servicetest.WaitFor(t, "the session ended with its expiry of 0", func() bool {
-		n, err := e.redis.Client(t).Exists(t.Context(), e.prefix+"mqtt:session:user:12/meter-2").Result()
-		return err == nil && n == 0
+		v, err := e.redis.Client(t).Get(t.Context(), e.prefix+"mqtt:session:user:12/meter-2").Result()
+		return err == nil && strings.Contains(v, `"ended":true`)
 	})
 	c, ack = connect(false, 3600)
 	if ack.SessionPresent {

@@ -38,7 +38,7 @@ func (s *session) begin(clean bool) *state {
 	ctx, cancel := context.WithTimeout(s.ctx, storeTimeout)
 	defer cancel()
 	if clean {
-		if err := st.Delete(ctx, s.key); err != nil {
+		if err := st.End(ctx, s.key, s.since.UnixNano()); err != nil {
 			s.h.Logger.Warn("mqtt session not ended", "client_id", s.id, "error", err)
 		}
 		return nil
@@ -148,7 +148,7 @@ func (s *session) state() state {
 			cursor[ns] = b
 		}
 	}
-	return state{Filters: maps.Clone(s.filters), Cursor: cursor}
+	return state{Filters: maps.Clone(s.filters), Cursor: cursor, Since: s.since.UnixNano()}
 }
 
 // before is the position just before pos in its stream: reading after
@@ -216,7 +216,7 @@ func (s *session) end() {
 	case resumed: // a 5.0 session resumed with an expiry of 0 ends now
 		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 		defer cancel()
-		_ = s.h.Sessions.Delete(ctx, s.key)
+		_ = s.h.Sessions.End(ctx, s.key, s.since.UnixNano())
 	}
 }
 
