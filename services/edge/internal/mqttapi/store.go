@@ -84,6 +84,7 @@ func (s Store) End(ctx context.Context, key string, since int64) error {
 // endedFor is how long an ended session refuses older connections' writes:
 // longer than one takes to notice it was taken over and stop.
 const endedFor = time.Minute
+
 // sessionKey names a client's session: its identity ("user:<id>", or
 // "addr:<ip>" without a token), which holds no '/', then its client id.
 func sessionKey(identity, clientID string) string { return identity + "/" + clientID }
