@@ -91,6 +91,7 @@ cat <<MSG
 [run]   API      http://localhost${API_HTTP_ADDR:-:8080}  (gRPC on ${API_GRPC_ADDR:-:9090})
 [run]   logger   http://localhost${LOGGER_HTTP_ADDR:-:8082}/v1/tail
 [run]   edge     http://localhost${EDGE_HTTP_ADDR:-:8081}   <- open this: the live demo page
+[run]            ws://localhost${EDGE_HTTP_ADDR:-:8081}/mqtt   MQTT 3.1.1/5.0 over WebSocket (the token is the password)
 [run]   notification  http://localhost${NOTIFICATION_HTTP_ADDR:-:8083}/metrics  (emails: $email_mode)
 [run] try:  curl -s localhost:8080/v1/users -d '{"user_id":"42","email":"ada@example.com","name":"Ada"}'
 [run]       curl -s localhost:8080/v1/orders/o1/ship -d '{"user_id":"42","carrier":"DHL","tracking_number":"JD01"}'
