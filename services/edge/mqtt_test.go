@@ -462,6 +462,16 @@ func TestMQTTPersistentSessionGetsWhatItMissed(t *testing.T) {
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	first := startEdgeWithPrefix(t, srv, prefix, nil)
 	got := make(chan string, 100)
+	next := func() string {
+		t.Helper()
+		select {
+		case m := <-got:
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatal("no message within 10 s")
+			return ""
+		}
+	}
 	connect := func(e *edge) paho3.Client {
 		t.Helper()
 		opts := paho3.NewClientOptions().AddBroker(strings.Replace(e.base, "http", "ws", 1) + "/mqtt").
@@ -488,7 +498,7 @@ func TestMQTTPersistentSessionGetsWhatItMissed(t *testing.T) {
 		}
 	}
 	publish("1")
-	if m := <-got; m != "meter/reading 1" {
+	if m := next(); m != "meter/reading 1" {
 		t.Fatalf("live: %q", m)
 	}
 	c.Disconnect(250)
@@ -505,7 +515,7 @@ func TestMQTTPersistentSessionGetsWhatItMissed(t *testing.T) {
 	// gap.
 	var resumed []string
 	for len(resumed) < 3 {
-		if m := <-got; len(resumed) > 0 || m != "meter/reading 1" {
+		if m := next(); len(resumed) > 0 || m != "meter/reading 1" {
 			resumed = append(resumed, m)
 		}
 	}
@@ -513,7 +523,7 @@ func TestMQTTPersistentSessionGetsWhatItMissed(t *testing.T) {
 		t.Fatalf("after reconnecting: %q, want %q", resumed, want)
 	}
 	publish("5") // and the live ones after them
-	if m := <-got; m != "meter/reading 5" {
+	if m := next(); m != "meter/reading 5" {
 		t.Fatalf("live after resuming: %q", m)
 	}
 }

@@ -199,19 +199,22 @@ type session struct {
 	heldBytes int
 	nextID    uint16
 	cursor    bus.Cursor // where each namespace stands, as sent (persist.go)
+	floor     bus.Cursor // where each stood as the connection began
 	dirty     bool       // cursor or filters changed since the last save
 	saved     time.Time  // when the session was last saved
 	gone      bool       // taken over: the newer connection keeps the session
 	resumed   bool       // a kept session was resumed
 }
 
-// pending is a QoS 1 message on its way, with its event's position, for
-// a kept session to resume from before it until it is acknowledged.
+// pending is a QoS 1 message on its way, with its event's position and
+// where its namespace stood before it, for a kept session to resume from
+// until it is acknowledged.
 type pending struct {
 	pk   packets.Packet
 	sent time.Time
 	ns   string
 	pos  bus.Position
+	prev bus.Position
 }
 
 func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {

@@ -3,8 +3,6 @@ package mqttapi
 import (
 	"context"
 	"maps"
-	"math"
-	"strconv"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -62,6 +60,7 @@ func (s *session) resume(kept state) {
 	if s.cursor == nil {
 		s.cursor = make(bus.Cursor)
 	}
+	s.floor = maps.Clone(s.cursor)
 	since := maps.Clone(s.cursor)
 	s.mu.Unlock()
 	for filter, qos := range kept.Filters {
@@ -97,10 +96,16 @@ func (s *session) subscribed(p string, r hub.Recovery) []byte {
 	if s.cursor == nil {
 		s.cursor = make(bus.Cursor)
 	}
+	if s.floor == nil {
+		s.floor = make(bus.Cursor)
+	}
 	for ns, pos := range r.Positions {
 		if _, ok := s.cursor[ns]; !ok {
 			s.cursor[ns] = pos
 			s.dirty = true
+		}
+		if _, ok := s.floor[ns]; !ok {
+			s.floor[ns] = pos
 		}
 	}
 	return nil
@@ -141,29 +146,23 @@ func (s *session) state() state {
 			}
 		}
 	}
+	// Hold each back to where its namespace stood before its earliest
+	// message: a position the record holds, as a resume needs. Replays of
+	// several patterns may interleave a namespace's events; when that
+	// position is not before the message, fall back to where the
+	// namespace stood when this connection began.
 	for ns, p := range earliest {
-		if b := before(p.pos); b.IsZero() {
+		hold := p.prev
+		if !hold.IsZero() && bus.CompareOffsets(hold.Offset, p.pos.Offset) >= 0 {
+			hold = s.floor[ns]
+		}
+		if hold.IsZero() {
 			delete(cursor, ns) // from the start of what the record holds of ns
 		} else {
-			cursor[ns] = b
+			cursor[ns] = hold
 		}
 	}
 	return state{Filters: maps.Clone(s.filters), Cursor: cursor, Since: s.since.UnixNano()}
-}
-
-// before is the position just before pos in its stream: reading after
-// it reads pos again. Stream offsets are "<ms>-<seq>".
-func before(pos bus.Position) bus.Position {
-	ms, seq := bus.SplitOffset(pos.Offset)
-	switch {
-	case seq > 0:
-		seq--
-	case ms > 0:
-		ms, seq = ms-1, math.MaxUint64
-	default:
-		return bus.Position{}
-	}
-	return bus.Position{Offset: strconv.FormatUint(ms, 10) + "-" + strconv.FormatUint(seq, 10), Epoch: pos.Epoch}
 }
 
 func slicesOf(m map[uint16]*pending) []*pending {

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 )
 
@@ -102,13 +101,4 @@ func FuzzFilterPatterns(f *testing.F) {
 		}
 		t.Fatalf("filter %q matches %q, but none of %q covers %q", filter, topic, patterns, ch)
 	})
-}
-
-func TestBeforeIsTheStreamPredecessor(t *testing.T) {
-	t.Parallel()
-	for _, tt := range [][2]string{{"5-3", "5-2"}, {"5-0", "4-18446744073709551615"}, {"0-0", ""}} {
-		if got := before(bus.Position{Offset: tt[0], Epoch: "e"}); got.Offset != tt[1] {
-			t.Errorf("before(%s) = %q, want %q", tt[0], got.Offset, tt[1])
-		}
-	}
 }

@@ -157,7 +157,7 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		return
 	}
 	pk.FixedHeader.Qos = qos
-	p := &pending{pk: pk, ns: f.Event.Namespace(), pos: f.Event.Position}
+	p := &pending{pk: pk, ns: f.Event.Namespace(), pos: f.Event.Position, prev: s.cursor[f.Event.Namespace()]}
 	if s.heldBytes+len(pk.Payload) > s.h.QueueBytes && len(s.held) > 0 {
 		// Too slow: closed, and a kept session resumes from before this
 		// message.
