@@ -752,3 +752,41 @@ func TestMQTTForcedUnsubscribe(t *testing.T) {
 		t.Fatalf("after subscribing again got %s, want fo/x again", pk.TopicName)
 	}
 }
+
+// A QoS 1 message the client never acknowledged comes again when its
+// persistent session resumes, then what it missed: at least once.
+func TestMQTTUnacknowledgedComesAgainOnResume(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	tok := mint(t, "19", "un:*")
+	connect := func() *mqttConn {
+		m := e.dialMQTT(t, "/mqtt", 4)
+		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), ClientIdentifier: "unacked", Clean: false, Keepalive: 30,
+			PasswordFlag: true, Password: []byte(tok)}})
+		m.expect(packets.Connack)
+		return m
+	}
+	m := connect()
+	m.subscribe(1, map[string]byte{"un/+": 1}, "un/+")
+	rec := e.recorder(t) // events in the record, where a resume reads them
+	if _, err := rec.Publish(t.Context(), "un:x", event(t, "un:x", "1")); err != nil {
+		t.Fatal(err)
+	}
+	if pk := m.expect(packets.Publish); subjectOf(t, pk.Payload) != "1" {
+		t.Fatalf("live: %s", pk.Payload)
+	}
+	m.nc.Close() // gone without a PUBACK
+	servicetest.WaitFor(t, "the connection to end", func() bool { return e.metric(t, "eventbus_edge_connections") == 0 })
+	if _, err := rec.Publish(t.Context(), "un:x", event(t, "un:x", "2")); err != nil {
+		t.Fatal(err)
+	}
+	m = connect()
+	for _, want := range []string{"1", "2"} {
+		pk := m.expect(packets.Publish)
+		if got := subjectOf(t, pk.Payload); got != want {
+			t.Fatalf("after resuming got %s, want %s", got, want)
+		}
+		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+	}
+}
