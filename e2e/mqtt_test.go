@@ -199,7 +199,7 @@ func TestMQTTSessionSurvivesAKilledEdge(t *testing.T) {
 	}
 	publish(0, 20)
 	for i := range 20 {
-		if s := <-got; s != fmt.Sprint(i) {
+		if s := servicetest.Receive(t, got); s != fmt.Sprint(i) {
 			t.Fatalf("live: %s, want %d", s, i)
 		}
 	}
@@ -212,13 +212,13 @@ func TestMQTTSessionSurvivesAKilledEdge(t *testing.T) {
 	addrs, _ = startEdges(t, 1, env)
 	connect(addrs[0])
 	// Again from wherever the killed edge last saved, then on to 29 in order.
-	first := <-got
+	first := servicetest.Receive(t, got)
 	n, err := strconv.Atoi(first)
 	if err != nil || n > 20 {
 		t.Fatalf("the resumed session began at %s, want at most 20: nothing published while it was away may be missed", first)
 	}
 	for want := n + 1; want < 30; want++ {
-		if s := <-got; s != fmt.Sprint(want) {
+		if s := servicetest.Receive(t, got); s != fmt.Sprint(want) {
 			t.Fatalf("after %d the resumed session got %s, want %d", want-1, s, want)
 		}
 	}
@@ -320,12 +320,7 @@ func TestMQTTThroughNginx(t *testing.T) {
 	if _, err := b.Publish(t.Context(), "nx:event", payload); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case topic := <-got:
-		if topic != "nx/event" {
-			t.Errorf("got %s, want nx/event", topic)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no event through nginx")
+	if topic := servicetest.Receive(t, got); topic != "nx/event" {
+		t.Errorf("got %s, want nx/event", topic)
 	}
 }

@@ -235,3 +235,17 @@ func ErrorReply(resp *http.Response) (code, message string, err error) {
 	err = json.NewDecoder(resp.Body).Decode(&body)
 	return body.Error.Code, body.Error.Message, err
 }
+
+// Receive returns the next value of ch, failing the test if none comes
+// within 10 s: a client that never gets it fails rather than hangs.
+func Receive[T any](t testing.TB, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing received within 10 s")
+		var zero T
+		return zero
+	}
+}

@@ -366,7 +366,7 @@ func TestMQTTRedeliversAnUnacknowledgedMessageWithDUP(t *testing.T) {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
 	e.publish(t, "order:placed", "o1", 1)
-	first, again := <-got, <-got
+	first, again := servicetest.Receive(t, got), servicetest.Receive(t, got)
 	if first.dup || !again.dup || again.id != first.id || again.payload != first.payload {
 		t.Fatalf("deliveries %+v then %+v, want the same message again with DUP", first, again)
 	}
@@ -462,16 +462,7 @@ func TestMQTTPersistentSessionGetsWhatItMissed(t *testing.T) {
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	first := startEdgeWithPrefix(t, srv, prefix, nil)
 	got := make(chan string, 100)
-	next := func() string {
-		t.Helper()
-		select {
-		case m := <-got:
-			return m
-		case <-time.After(10 * time.Second):
-			t.Fatal("no message within 10 s")
-			return ""
-		}
-	}
+	next := func() string { return servicetest.Receive(t, got) }
 	connect := func(e *edge) paho3.Client {
 		t.Helper()
 		opts := paho3.NewClientOptions().AddBroker(strings.Replace(e.base, "http", "ws", 1) + "/mqtt").
