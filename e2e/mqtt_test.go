@@ -31,33 +31,17 @@ import (
 // and user/+, and the telemetry it publishes on sensor/temp reaches the
 // logger's tail and a JSON WebSocket client subscribed to sensor:*.
 func TestMQTTJSSharesTheBus(t *testing.T) {
-	srv := redistest.Shared(t)
-	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	apiHTTP, apiGRPC, edgeHTTP, loggerHTTP := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	secret := "e2e-mqtt-secret-0123456789"
-	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
-	edge := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_JWT_SECRET": secret}))
-	logger := start(t, "logger", merge(common, map[string]string{"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": t.TempDir(), "LOGGER_STDOUT": "false"}))
-	for p, addr := range map[*process]string{api: apiHTTP, edge: edgeHTTP, logger: loggerHTTP} {
-		waitReady(t, p, "http://"+addr+"/readyz")
-	}
-	tail := exec.Command(filepath.Join(bin, "eventbus"), "tail", "--json", "-n", "10", "--logger", "http://"+loggerHTTP, "sensor:*")
-	logged := linesOf(t, tail)
-	if err := tail.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = tail.Process.Kill(); _ = tail.Wait() })
+	apiHTTP, edgeHTTP, logged := startTelemetryBus(t, nil)
 
 	for _, version := range []string{"4", "5"} {
 		t.Run("v"+version, func(t *testing.T) {
 			user := "mqtt" + version
-			tok, err := token.IssueClaims([]byte(secret), token.Claims{Channels: []string{"order:*", "order", "user:*"}, Publish: []string{"sensor:*"},
+			tok, err := token.IssueClaims([]byte(mqttSecret), token.Claims{Channels: []string{"order:*", "order", "user:*"}, Publish: []string{"sensor:*"},
 				RegisteredClaims: jwt.RegisteredClaims{Subject: user}}, time.Hour, time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
-			browser := dialJSON(t, edgeHTTP, secret, "sensor:*")
+			browser := dialJSON(t, edgeHTTP, "sensor:*")
 			device := servicetest.StartNode(t, "../clients/js/integration/mqtt.mjs", "URL=ws://"+edgeHTTP+"/mqtt",
 				"TOKEN="+tok, "CLIENT_ID=device-"+version, "VERSION="+version, "FILTERS=order/#:1,user/+:0")
 			var granted []struct {
@@ -107,25 +91,60 @@ func TestMQTTJSSharesTheBus(t *testing.T) {
 			if f.Channel != "sensor:temp" || f.Event.Type != "sensor.temp" || f.Event.Source != "mqtt:device-"+version || f.Event.Data.Device != user {
 				t.Errorf("the JSON client got %s, want the telemetry of %s", b, user)
 			}
-			for {
-				select {
-				case l := <-logged:
-					if strings.Contains(l, `"type":"sensor.temp"`) && strings.Contains(l, `"device":"`+user+`"`) {
-						return
-					}
-				case <-ctx.Done():
-					t.Fatal("the logger's tail did not show the telemetry")
-				}
-			}
+			waitTailed(t, logged, `"type":"sensor.temp"`, `"device":"`+user+`"`)
 		})
 	}
 }
 
-// dialJSON connects a JSON WebSocket client to the edge at addr,
-// subscribed to pattern with a token signed by secret.
-func dialJSON(t *testing.T, addr, secret, pattern string) *websocket.Conn {
+// mqttSecret signs the tokens of the MQTT tests' edges.
+const mqttSecret = "e2e-mqtt-secret-0123456789"
+
+// startTelemetryBus starts the api, an edge (with edgeEnv, tokens signed by
+// mqttSecret) and the logger, and follows the logger's tail of sensor:*;
+// it returns the api's and the edge's addresses and the tail's lines.
+func startTelemetryBus(t *testing.T, edgeEnv map[string]string) (apiHTTP, edgeHTTP string, logged <-chan string) {
 	t.Helper()
-	tok, err := token.Issue([]byte(secret), "browser", []string{pattern}, time.Hour, time.Now())
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	apiHTTP, apiGRPC, edgeHTTP, loggerHTTP := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
+	edge := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_JWT_SECRET": mqttSecret}, edgeEnv))
+	logger := start(t, "logger", merge(common, map[string]string{"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": t.TempDir(), "LOGGER_STDOUT": "false"}))
+	for p, addr := range map[*process]string{api: apiHTTP, edge: edgeHTTP, logger: loggerHTTP} {
+		waitReady(t, p, "http://"+addr+"/readyz")
+	}
+	tail := exec.Command(filepath.Join(bin, "eventbus"), "tail", "--json", "-n", "10", "--logger", "http://"+loggerHTTP, "sensor:*")
+	logged = linesOf(t, tail)
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tail.Process.Kill(); _ = tail.Wait() })
+	return apiHTTP, edgeHTTP, logged
+}
+
+// waitTailed reads the tail's lines until one holds every one of want,
+// failing the test if none does within 10 s.
+func waitTailed(t *testing.T, logged <-chan string, want ...string) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case l := <-logged:
+			if !slices.ContainsFunc(want, func(w string) bool { return !strings.Contains(l, w) }) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("the logger's tail did not show %q", want)
+		}
+	}
+}
+
+// dialJSON connects a JSON WebSocket client to the edge at addr,
+// subscribed to pattern with a token signed by mqttSecret.
+func dialJSON(t *testing.T, addr, pattern string) *websocket.Conn {
+	t.Helper()
+	tok, err := token.Issue([]byte(mqttSecret), "browser", []string{pattern}, time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,10 +171,9 @@ func dialJSON(t *testing.T, addr, secret, pattern string) *websocket.Conn {
 func TestMQTTSessionSurvivesAKilledEdge(t *testing.T) {
 	srv := redistest.Shared(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	secret := "e2e-mqtt-secret-0123456789"
-	env := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "EDGE_JWT_SECRET": secret}
+	env := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "EDGE_JWT_SECRET": mqttSecret}
 	addrs, edges := startEdges(t, 1, env)
-	tok, err := token.Issue([]byte(secret), "13", []string{"meter:*"}, time.Hour, time.Now())
+	tok, err := token.Issue([]byte(mqttSecret), "13", []string{"meter:*"}, time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,24 +247,8 @@ func TestMQTTSessionSurvivesAKilledEdge(t *testing.T) {
 // the telemetry it publishes reaches the logger's tail and a JSON
 // WebSocket client subscribed to sensor:*.
 func TestMQTTJSInChromiumSharesTheBus(t *testing.T) {
-	srv := redistest.Shared(t)
-	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	apiHTTP, apiGRPC, edgeHTTP, loggerHTTP := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	secret := "e2e-mqtt-secret-0123456789"
-	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
-	edge := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_JWT_SECRET": secret, "EDGE_DEMO": "true"}))
-	logger := start(t, "logger", merge(common, map[string]string{"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": t.TempDir(), "LOGGER_STDOUT": "false"}))
-	for p, addr := range map[*process]string{api: apiHTTP, edge: edgeHTTP, logger: loggerHTTP} {
-		waitReady(t, p, "http://"+addr+"/readyz")
-	}
-	tail := exec.Command(filepath.Join(bin, "eventbus"), "tail", "--json", "-n", "10", "--logger", "http://"+loggerHTTP, "sensor:*")
-	logged := linesOf(t, tail)
-	if err := tail.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = tail.Process.Kill(); _ = tail.Wait() })
-	listener := dialJSON(t, edgeHTTP, secret, "sensor:*")
+	apiHTTP, edgeHTTP, logged := startTelemetryBus(t, map[string]string{"EDGE_DEMO": "true"})
+	listener := dialJSON(t, edgeHTTP, "sensor:*")
 
 	browser := browsertest.Open(t, "http://"+edgeHTTP+"/?user=77&tab=mqtt&filters="+url.QueryEscape("order/#,user/+"))
 	ctx, cancel := context.WithTimeout(browser, 60*time.Second)
@@ -273,16 +275,7 @@ func TestMQTTJSInChromiumSharesTheBus(t *testing.T) {
 	if err != nil || !strings.Contains(string(b), `"type":"sensor.temp"`) || !strings.Contains(string(b), `"source":"mqtt:demo-77-`) {
 		t.Fatalf("the JSON client read %s, %v; want the page's telemetry", b, err)
 	}
-	for {
-		select {
-		case l := <-logged:
-			if strings.Contains(l, `"type":"sensor.temp"`) && strings.Contains(l, `"source":"mqtt:demo-77-`) {
-				return
-			}
-		case <-rctx.Done():
-			t.Fatal("the logger's tail did not show the page's telemetry")
-		}
-	}
+	waitTailed(t, logged, `"type":"sensor.temp"`, `"source":"mqtt:demo-77-`)
 }
 
 // The repository's nginx.conf passes MQTT over WebSocket through to the
@@ -290,10 +283,9 @@ func TestMQTTJSInChromiumSharesTheBus(t *testing.T) {
 func TestMQTTThroughNginx(t *testing.T) {
 	srv := redistest.Shared(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	secret := "e2e-mqtt-secret-0123456789"
-	addrs, _ := startEdges(t, 2, map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "EDGE_JWT_SECRET": secret})
+	addrs, _ := startEdges(t, 2, map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "EDGE_JWT_SECRET": mqttSecret})
 	front, _ := startNginx(t, addrs...)
-	tok, err := token.Issue([]byte(secret), "15", []string{"nx:*"}, time.Hour, time.Now())
+	tok, err := token.Issue([]byte(mqttSecret), "15", []string{"nx:*"}, time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
