@@ -248,10 +248,7 @@ func nodeConsumer(t *testing.T, examples string) *exec.Cmd {
 		}
 	}
 	if err != nil {
-		if os.Getenv("EVENTBUS_REQUIRE_NODE") == "1" {
-			t.Fatalf("EVENTBUS_REQUIRE_NODE=1 but %v", err)
-		}
-		t.Skipf("needs node and the example's packages: %v", err)
+		servicetest.Needs(t, "EVENTBUS_REQUIRE_NODE", err.Error())
 	}
 	return exec.Command(node, filepath.Join(examples, "node", "consumer.js"))
 }
@@ -271,9 +268,6 @@ func pythonConsumer(t *testing.T, examples string) *exec.Cmd {
 			return exec.Command(python, filepath.Join(examples, "python", "consumer.py"))
 		}
 	}
-	if os.Getenv("EVENTBUS_REQUIRE_PYTHON") == "1" {
-		t.Fatalf("EVENTBUS_REQUIRE_PYTHON=1 but no python3 among %v imports redis and google.protobuf (apt-get install python3-redis python3-protobuf)", candidates)
-	}
-	t.Skipf("needs a python3 with redis-py and protobuf (apt-get install python3-redis python3-protobuf)")
+	servicetest.Needs(t, "EVENTBUS_REQUIRE_PYTHON", fmt.Sprintf("no python3 among %v imports redis and google.protobuf (apt-get install python3-redis python3-protobuf)", candidates))
 	return nil
 }

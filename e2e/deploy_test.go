@@ -28,10 +28,7 @@ func startNginx(t *testing.T, edges ...string) (string, *servicetest.Buffer) {
 	t.Helper()
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
-		if os.Getenv("EVENTBUS_REQUIRE_NGINX") == "1" {
-			t.Fatal("EVENTBUS_REQUIRE_NGINX=1 but nginx is not installed")
-		}
-		t.Skip("nginx is not installed (apt-get install nginx)")
+		servicetest.Needs(t, "EVENTBUS_REQUIRE_NGINX", "nginx is not installed (apt-get install nginx)")
 	}
 	conf, err := os.ReadFile("../deploy/nginx/nginx.conf")
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 // Chromium finds Debian's chromium, which .ci/run installs. Without it the
@@ -23,10 +25,7 @@ func Chromium(t testing.TB) string {
 			return p
 		}
 	}
-	if os.Getenv("EVENTBUS_REQUIRE_BROWSER") == "1" {
-		t.Fatal("EVENTBUS_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
-	}
-	t.Skip("no chromium on PATH: install it (apt-get install chromium) to run the browser test")
+	servicetest.Needs(t, "EVENTBUS_REQUIRE_BROWSER", "no chromium on PATH (apt-get install chromium)")
 	return ""
 }
 

@@ -27,10 +27,7 @@ func StartNode(t testing.TB, script string, env ...string) *Node {
 	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
-		if os.Getenv("EVENTBUS_REQUIRE_NODE") == "1" {
-			t.Fatal("EVENTBUS_REQUIRE_NODE=1 but node is not on PATH")
-		}
-		t.Skip("needs node")
+		Needs(t, "EVENTBUS_REQUIRE_NODE", "node is not on PATH")
 	}
 	var args []string
 	if out, _ := exec.Command(node, "-e", "process.stdout.write(typeof WebSocket)").Output(); string(out) != "function" {
