@@ -6,7 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -18,6 +18,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
 )
 
 func benchFanout(ctx context.Context, e env, args []string) error {
@@ -205,7 +207,7 @@ func (s *subscriber) readMQTT(delivered *atomic.Int64) {
 	br := bufio.NewReaderSize(s.mqtt, 64<<10)
 	key := []byte(`"subject":"`)
 	for {
-		pk, err := readMQTTPacket(br)
+		pk, err := mqttwire.Read(br, 4, math.MaxInt32)
 		if err != nil {
 			return
 		}
@@ -213,36 +215,6 @@ func (s *subscriber) readMQTT(delivered *atomic.Int64) {
 			delivered.Add(1)
 		}
 	}
-}
-
-// readMQTTPacket reads one packet an MQTT 3.1.1 server sends.
-func readMQTTPacket(br *bufio.Reader) (packets.Packet, error) {
-	var pk packets.Packet
-	b, err := br.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(b); err != nil {
-		return pk, err
-	}
-	n, _, err := packets.DecodeLength(br)
-	if err != nil {
-		return pk, err
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(br, body); err != nil {
-		return pk, err
-	}
-	pk.FixedHeader.Remaining, pk.ProtocolVersion = n, 4
-	switch pk.FixedHeader.Type {
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	}
-	return pk, err
 }
 
 // dialMQTT opens an MQTT 3.1.1 connection to the edge's /mqtt with tok as
@@ -265,18 +237,17 @@ func (b *benchFlags) dialMQTT(ctx context.Context, src *sourceClients, i int, to
 		UsernameFlag: true, Username: []byte("bench"), PasswordFlag: true, Password: []byte(tok)}}
 	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1,
 		Filters: packets.Subscriptions{{Filter: filter}}}
-	if err := connect.ConnectEncode(&buf); err != nil {
-		return fail(err)
-	}
-	if err := sub.SubscribeEncode(&buf); err != nil {
-		return fail(err)
+	for _, pk := range []*packets.Packet{&connect, &sub} {
+		if err := mqttwire.Append(&buf, pk); err != nil {
+			return fail(err)
+		}
 	}
 	if _, err := nc.Write(buf.Bytes()); err != nil {
 		return fail(err)
 	}
 	br := bufio.NewReader(nc)
 	for _, want := range []byte{packets.Connack, packets.Suback} {
-		pk, err := readMQTTPacket(br)
+		pk, err := mqttwire.Read(br, 4, math.MaxInt32)
 		switch {
 		case err != nil:
 			return fail(err)

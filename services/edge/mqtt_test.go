@@ -5,8 +5,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"strings"
@@ -19,6 +19,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
@@ -67,23 +68,7 @@ func (m *mqttConn) send(pk packets.Packet) {
 	m.t.Helper()
 	pk.ProtocolVersion = m.version
 	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Unsubscribe:
-		err = pk.UnsubscribeEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(&buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
-	}
+	err := mqttwire.Append(&buf, &pk)
 	if err == nil {
 		_, err = m.nc.Write(buf.Bytes())
 	}
@@ -97,43 +82,18 @@ func (m *mqttConn) send(pk packets.Packet) {
 func (m *mqttConn) next() (packets.Packet, error) {
 	m.t.Helper()
 	_ = m.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	var pk packets.Packet
-	b, err := m.br.ReadByte()
-	if err != nil {
+	pk, err := mqttwire.Read(m.br, m.version, 1<<20)
+	var malformed packets.Code
+	switch {
+	case errors.As(err, &malformed):
+		m.t.Fatalf("the edge sent a malformed packet of type %d: %v", pk.FixedHeader.Type, err)
+	case err != nil:
 		return pk, err
 	}
-	if err := pk.FixedHeader.Decode(b); err != nil {
-		m.t.Fatalf("fixed header: %v", err)
-	}
-	n, _, err := packets.DecodeLength(m.br)
-	if err != nil {
-		return pk, err
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(m.br, body); err != nil {
-		return pk, err
-	}
-	pk.FixedHeader.Remaining = n
-	pk.ProtocolVersion = m.version
 	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Unsuback:
-		err = pk.UnsubackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(body)
-	case packets.Pingresp:
+	case packets.Connack, packets.Suback, packets.Unsuback, packets.Publish, packets.Puback, packets.Disconnect, packets.Pingresp:
 	default:
 		m.t.Fatalf("the edge sent a packet of type %d", pk.FixedHeader.Type)
-	}
-	if err != nil {
-		m.t.Fatalf("decode packet of type %d: %v", pk.FixedHeader.Type, err)
 	}
 	return pk, nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
@@ -51,8 +52,8 @@ func TestReadPacketFramesAStream(t *testing.T) {
 		t.Errorf("read types %v", got)
 	}
 	big := append([]byte{0x30, 0xff, 0xff, 0x03}, make([]byte, 64)...) // PUBLISH of 65535 bytes
-	if _, err := readPacket(bufio.NewReader(bytes.NewReader(big)), 4, 1024); !errors.Is(err, errTooLarge) {
-		t.Errorf("oversize packet: %v, want errTooLarge before its body is read", err)
+	if _, err := readPacket(bufio.NewReader(bytes.NewReader(big)), 4, 1024); !errors.Is(err, mqttwire.ErrTooLarge) {
+		t.Errorf("oversize packet: %v, want ErrTooLarge before its body is read", err)
 	}
 }
 

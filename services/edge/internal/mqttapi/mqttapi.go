@@ -26,6 +26,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/token"
@@ -441,7 +442,7 @@ func (s *session) read(br *bufio.Reader, keepAlive time.Duration) {
 		pk, err := readPacket(br, s.version, int(s.h.MaxMessageBytes))
 		var code packets.Code
 		switch {
-		case errors.Is(err, errTooLarge):
+		case errors.Is(err, mqttwire.ErrTooLarge):
 			s.disconnect(packets.ErrPacketTooLarge, hub.Disconnect{Code: int(websocket.StatusMessageTooBig), Reason: err.Error()})
 			return
 		case errors.As(err, &code):

@@ -9,6 +9,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
@@ -202,7 +203,7 @@ func (s *session) send(buf *bytes.Buffer, p *pending) {
 		p.sent = time.Now()
 		s.inflight[p.pk.PacketID] = p
 	}
-	_ = appendPacket(buf, &p.pk)
+	_ = mqttwire.Append(buf, &p.pk)
 }
 
 // resend sends again, with DUP, every QoS 1 message unacknowledged for
@@ -221,7 +222,7 @@ func (s *session) resend(buf *bytes.Buffer) {
 		p := s.inflight[id]
 		p.pk.FixedHeader.Dup = true
 		p.sent = now
-		_ = appendPacket(buf, &p.pk)
+		_ = mqttwire.Append(buf, &p.pk)
 		s.h.redelivered.Inc()
 	}
 	s.mu.Unlock()
@@ -262,7 +263,7 @@ func (s *session) closeWith(d hub.Disconnect) {
 	}
 	if code, ok := reasonOf(d); ok && s.version == 5 {
 		var buf bytes.Buffer
-		_ = appendPacket(&buf, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 5,
+		_ = mqttwire.Append(&buf, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 5,
 			ReasonCode: code.Code, Properties: packets.Properties{ReasonString: d.Reason}})
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = s.conn.Write(ctx, websocket.MessageBinary, buf.Bytes())
