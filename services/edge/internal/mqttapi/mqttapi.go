@@ -183,7 +183,6 @@ type session struct {
 	will    *will         // published unless the client says goodbye
 	bye     bool          // the client sent DISCONNECT without its will; read by the reader only
 	wake    chan struct{} // the hub queued frames, or the window opened
-	kick    chan hub.Disconnect
 	// kickedWith is why the hub or the session ended the connection.
 	kickedWith atomic.Pointer[hub.Disconnect]
 	maxPacket  int // the most bytes the client takes in a packet (5.0); 0: no bound
@@ -229,7 +228,7 @@ func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {
 	nc := websocket.NetConn(netCtx, conn, websocket.MessageBinary)
 	s := &session{h: h, conn: conn, nc: nc, ctx: ctx, cancel: cancel, addr: addr,
 		limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst),
-		wake:    make(chan struct{}, 1), kick: make(chan hub.Disconnect, 1),
+		wake:    make(chan struct{}, 1),
 		filters: make(map[string]byte), byPattern: make(map[string][]string), inflight: make(map[uint16]*pending)}
 	br := bufio.NewReaderSize(nc, 4<<10)
 	_ = nc.SetReadDeadline(time.Now().Add(h.ConnectTimeout))
@@ -521,10 +520,6 @@ func (s *session) disconnect(code packets.Code, d hub.Disconnect) {
 // client a DISCONNECT with the reason first.
 func (s *session) kicked(d hub.Disconnect) {
 	s.kickedWith.Store(&d)
-	select {
-	case s.kick <- d:
-	default:
-	}
 	s.cancel()
 	// A writer stuck on a client that stopped reading never gets to close:
 	// the socket is cut after a grace.

@@ -3,6 +3,7 @@ package mqttapi
 import (
 	"context"
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -136,7 +137,7 @@ func (s *session) state() state {
 	if s.dropped != nil {
 		unsent = append(unsent[:len(unsent):len(unsent)], s.dropped)
 	}
-	for _, ps := range [][]*pending{unsent, slicesOf(s.inflight)} {
+	for _, ps := range [][]*pending{unsent, slices.Collect(maps.Values(s.inflight))} {
 		for _, p := range ps {
 			if p.pos.IsZero() {
 				continue
@@ -163,14 +164,6 @@ func (s *session) state() state {
 		}
 	}
 	return state{Filters: maps.Clone(s.filters), Cursor: cursor, Since: s.since.UnixNano()}
-}
-
-func slicesOf(m map[uint16]*pending) []*pending {
-	ps := make([]*pending, 0, len(m))
-	for _, p := range m {
-		ps = append(ps, p)
-	}
-	return ps
 }
 
 // save keeps the session, when it is kept and changed (or now, when

@@ -79,7 +79,11 @@ func (s *session) write() {
 			s.save(false)
 			continue
 		case <-s.ctx.Done():
-			s.closeWith(<-s.kickOr(hub.DisconnectBroken))
+			d := hub.DisconnectBroken // unless a kick says why
+			if k := s.kickedWith.Load(); k != nil {
+				d = *k
+			}
+			s.closeWith(d)
 			return
 		}
 		s.h.Pacer.Start()
@@ -108,18 +112,6 @@ func (s *session) write() {
 		}
 		s.h.Pacer.Stop()
 	}
-}
-
-// kickOr returns the disconnect a kick asked for, or d.
-func (s *session) kickOr(d hub.Disconnect) <-chan hub.Disconnect {
-	select {
-	case k := <-s.kick:
-		d = k
-	default:
-	}
-	ch := make(chan hub.Disconnect, 1)
-	ch <- d
-	return ch
 }
 
 // frame appends a queued frame: a packet of the session's own, or an
