@@ -166,15 +166,17 @@ func (s *session) state() state {
 	return state{Filters: maps.Clone(s.filters), Cursor: cursor, Since: s.since.UnixNano()}
 }
 
-// save keeps the session, when it is kept and changed (or now, when
-// changed is false, whatever changed), for its expiry and, while the
-// connection lasts, an hour more.
-func (s *session) save(changed bool) {
+// save keeps the session, when it is kept and changed since its last
+// save, for its expiry and, while the connection lasts, an hour more. With
+// refresh it also saves an unchanged session whose last save is half its
+// expiry old, so that it does not expire while its connection lasts.
+func (s *session) save(refresh bool) {
 	if s.expiry == 0 {
 		return
 	}
 	s.mu.Lock()
-	if s.gone || !s.dirty && (changed || time.Since(s.saved) < s.expiry/2) {
+	stale := refresh && time.Since(s.saved) >= s.expiry/2
+	if s.gone || !s.dirty && !stale {
 		s.mu.Unlock()
 		return
 	}

@@ -64,7 +64,7 @@ func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool) {
 	if code := s.add(f.Filter, qos, patterns, nil); code != 0 {
 		return code, false
 	}
-	s.save(true)
+	s.save(false)
 	return qos, !had
 }
 
@@ -112,7 +112,7 @@ func (s *session) unsubscribe(pk packets.Packet) {
 	}
 	s.client.Send(encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsuback}, ProtocolVersion: s.version,
 		PacketID: pk.PacketID, ReasonCodes: codes}))
-	s.save(true)
+	s.save(false)
 }
 
 // drop removes filter, and from the hub the patterns no other filter
@@ -157,6 +157,6 @@ func (s *session) noticed(notice []byte) {
 		s.drop(f)
 	}
 	if len(filters) > 0 {
-		s.save(true)
+		s.save(false)
 	}
 }

@@ -76,7 +76,7 @@ func (s *session) write() {
 			s.resend(&buf)
 			continue
 		case <-save:
-			s.save(false)
+			s.save(true)
 			continue
 		case <-s.ctx.Done():
 			d := hub.DisconnectBroken // unless a kick says why
