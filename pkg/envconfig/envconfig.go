@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -129,6 +130,15 @@ func (r *Reader) RedisURL(name, def string) string {
 		r.fail(name, v, "a URL such as redis://localhost:6379/0")
 	}
 	return v
+}
+
+// CheckHTTPURL reports whether s is an absolute http or https URL with a
+// host, naming example in its error.
+func CheckHTTPURL(s, example string) error {
+	if u, err := url.Parse(s); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("want an absolute http(s) URL such as %s", example)
+	}
+	return nil
 }
 
 // Check records a problem found by the caller's own validation.

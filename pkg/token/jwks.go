@@ -19,6 +19,8 @@ import (
 	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/time/rate"
+
+	"github.com/eventbus-suite/eventbus/pkg/envconfig"
 )
 
 // JWKSOptions describe an identity provider whose tokens are signed with
@@ -74,11 +76,7 @@ var (
 // CheckJWKSURL reports whether u can be a JWKS URL: absolute, http or
 // https, with a host.
 func CheckJWKSURL(u string) error {
-	p, err := url.Parse(u)
-	if err != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" {
-		return errors.New("want an absolute http(s) URL such as https://idp.example.com/.well-known/jwks.json")
-	}
-	return nil
+	return envconfig.CheckHTTPURL(u, "https://idp.example.com/.well-known/jwks.json")
 }
 
 // CheckChannelsClaim reports whether name can hold the patterns of a

@@ -110,7 +110,7 @@ func Load(getenv func(string) string) (Config, error) {
 		r.Check("EDGE_JWT_SECRET", "", errors.New("required (or EDGE_JWKS_URL) unless EDGE_ALLOW_ANONYMOUS or EDGE_DEMO is true: no client could subscribe"))
 	}
 	if c.Demo {
-		r.Check("EDGE_DEMO_API_URL", c.DemoAPIURL, checkHTTPURL(c.DemoAPIURL))
+		r.Check("EDGE_DEMO_API_URL", c.DemoAPIURL, checkDemoAPIURL(c.DemoAPIURL))
 	}
 	if c.JWKSURL != "" {
 		r.Check("EDGE_JWKS_URL", c.JWKSURL, token.CheckJWKSURL(c.JWKSURL))
@@ -132,17 +132,13 @@ func Load(getenv func(string) string) (Config, error) {
 	return c, nil
 }
 
-// checkHTTPURL accepts an absolute http(s) URL of a host, without a query.
-func checkHTTPURL(s string) error {
-	u, err := url.Parse(s)
-	switch {
-	case err != nil:
+// checkDemoAPIURL accepts an absolute http(s) URL of a host, without a
+// query or fragment: the demo's requests go to its routes under /v1.
+func checkDemoAPIURL(s string) error {
+	if err := envconfig.CheckHTTPURL(s, "http://api:8080"); err != nil {
 		return err
-	case u.Scheme != "http" && u.Scheme != "https":
-		return errors.New("want an http:// or https:// URL")
-	case u.Host == "":
-		return errors.New("want a host")
-	case u.RawQuery != "" || u.Fragment != "":
+	}
+	if u, _ := url.Parse(s); u.RawQuery != "" || u.Fragment != "" {
 		return errors.New("want no query or fragment")
 	}
 	return nil

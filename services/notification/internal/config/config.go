@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/mail"
-	"net/url"
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/envconfig"
@@ -51,9 +50,7 @@ func Load(getenv func(string) string) (Config, error) {
 		Member:         r.Member("NOTIFICATION_MEMBER"),
 		Visibility:     r.Duration("NOTIFICATION_VISIBILITY", 30*time.Second),
 	}
-	if u, err := url.Parse(c.SendGridURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		r.Check("SENDGRID_API_URL", c.SendGridURL, errors.New("want an http(s) base URL such as https://api.sendgrid.com"))
-	}
+	r.Check("SENDGRID_API_URL", c.SendGridURL, envconfig.CheckHTTPURL(c.SendGridURL, "https://api.sendgrid.com"))
 	if a, err := mail.ParseAddress(c.FromEmail); err != nil || a.Address != c.FromEmail {
 		r.Check("NOTIFY_FROM_EMAIL", c.FromEmail, errors.New("want a bare address such as noreply@example.com"))
 	}
