@@ -222,16 +222,28 @@ type ConsumerOptions struct {
 // safe for concurrent use, but Ack may be called from another goroutine
 // than Fetch.
 type Consumer interface {
-	// Fetch returns up to n events for this member, waiting until there
-	// is at least one or ctx ends (then it returns ctx's error). Each event
-	// recorded on a channel matching the group's patterns goes to one
-	// member of the group at least once: an event not acknowledged within
-	// the visibility timeout, or whose member is gone, is delivered again.
-	// Events of one namespace come in offset order, but a redelivery comes
-	// after the events delivered meanwhile.
+	// Fetch returns at least one and at most n events for this member,
+	// however many namespaces they come from, waiting until there is one
+	// or ctx ends (then it returns ctx's error). Each event recorded on a
+	// channel matching the group's patterns goes to one member of the
+	// group at least once: an event not acknowledged within the
+	// visibility timeout, or whose member is gone, is delivered again.
+	// Events of one namespace come in offset order, and the events of
+	// one Fetch are merged across namespaces by offset; a redelivery comes
+	// after the events delivered meanwhile. Events the implementation
+	// read beyond n are held for this member and returned by the next
+	// Fetch first.
 	Fetch(ctx context.Context, n int) ([]Delivery, error)
 	// Ack marks deliveries as done: they are not delivered again.
 	Ack(ctx context.Context, ds ...Delivery) error
+	// Extend restarts the visibility timeout of deliveries this member
+	// holds and has not acknowledged, and of the events it holds for its
+	// next Fetch, so that none goes to another member while this one is
+	// still at work on it: call it more often than the visibility timeout
+	// for as long as the work runs. A delivery another member took over
+	// meanwhile stays that member's. It may be called from another
+	// goroutine than Fetch.
+	Extend(ctx context.Context, ds ...Delivery) error
 	// Lag returns how many recorded events no member of the group has
 	// fetched yet, across its namespaces.
 	Lag(ctx context.Context) (int64, error)

@@ -46,6 +46,7 @@ func delivery(m Message) Delivery {
 	return Delivery{Event: Event{Channel: m.Channel, Payload: m.Payload, Position: m.Position}}
 }
 
-func (live) Ack(context.Context, ...Delivery) error { return nil }
-func (live) Lag(context.Context) (int64, error)     { return 0, nil }
-func (l live) Close() error                         { return l.sub.Close() }
+func (live) Ack(context.Context, ...Delivery) error    { return nil }
+func (live) Extend(context.Context, ...Delivery) error { return nil }
+func (live) Lag(context.Context) (int64, error)        { return 0, nil }
+func (l live) Close() error                            { return l.sub.Close() }

@@ -43,9 +43,11 @@ type Features struct {
 func Run(t *testing.T, newBus NewBus, f Features) {
 	none := func(*testing.T, Bus) {}
 	positions, history, groups, redelivery, restart := testNoPositions, none, none, none, none
+	bound, extend := none, none
 	if f.History {
 		positions, history = testPositions, testHistory
 		groups, redelivery, restart = testConsumerGroups, testConsumerRedelivery, testConsumerRestart
+		bound, extend = testConsumerFetchBound, testConsumerExtend
 	}
 	tests := []struct {
 		name string
@@ -56,6 +58,8 @@ func Run(t *testing.T, newBus NewBus, f Features) {
 		{"ConsumerGroups", groups},
 		{"ConsumerRedelivery", redelivery},
 		{"ConsumerRestart", restart},
+		{"ConsumerFetchBound", bound},
+		{"ConsumerExtend", extend},
 		{"ExactChannel", testExactChannel},
 		{"Pattern", testPattern},
 		{"NoSubscribers", testNoSubscribers},
@@ -594,6 +598,122 @@ func testConsumerRestart(t *testing.T, b Bus) {
 	got, ds := fetchAll(t, 2, true, again)
 	if !slices.Equal(got, []string{"two", "new namespace"}) || !ds[0].Redelivered || ds[1].Redelivered {
 		t.Fatalf("after the restart got %q, want the unacknowledged two, then the new namespace's event", got)
+	}
+}
+
+// fetchBounded fetches from m until want events came, checking that no
+// Fetch returns more than n and that each returns its events in offset
+// order; it acknowledges them when ack.
+func fetchBounded(t *testing.T, m bus.Consumer, n, want int, ack bool) []bus.Delivery {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	var all []bus.Delivery
+	for len(all) < want {
+		ds, err := m.Fetch(ctx, n)
+		if err != nil {
+			t.Fatalf("Fetch(%d) after %d of %d events = %v", n, len(all), want, err)
+		}
+		if len(ds) == 0 || len(ds) > n {
+			t.Fatalf("Fetch(%d) = %d events, want 1 to %d", n, len(ds), n)
+		}
+		if !slices.IsSortedFunc(ds, func(a, b bus.Delivery) int { return bus.CompareOffsets(a.Position.Offset, b.Position.Offset) }) {
+			t.Fatalf("Fetch(%d) returned events out of offset order", n)
+		}
+		if ack {
+			if err := m.Ack(t.Context(), ds...); err != nil {
+				t.Fatalf("Ack = %v", err)
+			}
+		}
+		all = append(all, ds...)
+	}
+	return all
+}
+
+// inOrderOnce reports whether ds holds each of want once ("<channel>/<i>"
+// payloads), in publishing order within each namespace.
+func inOrderOnce(ds []bus.Delivery, want []string) bool {
+	got := make([]string, len(ds))
+	for i, d := range ds {
+		got[i] = string(d.Payload)
+	}
+	return SameInEachNamespace(got, want)
+}
+
+// testConsumerFetchBound: Fetch(n) returns at most n events however many
+// namespaces have a backlog, each event once, in offset order within a
+// Fetch; so does the first Fetch of a member that restarts with more than
+// n unacknowledged events in several namespaces, and a member taking over
+// another's backlog.
+func testConsumerFetchBound(t *testing.T, b Bus) {
+	const n, per = 7, 20
+	opts := bus.ConsumerOptions{Visibility: 300 * time.Millisecond}
+	first := consume(t, b, "g", "m", opts, "fb*")
+	var want []string
+	for i := range per {
+		for _, ch := range []string{"fba:x", "fbb:y", "fbc:z"} {
+			p := ch + "/" + strconv.Itoa(i)
+			publish(t, b, ch, p, 0)
+			want = append(want, p)
+		}
+	}
+	if ds := fetchBounded(t, first, n, len(want), false); !inOrderOnce(ds, want) {
+		t.Fatalf("the first member's events are not each of %d once in order", len(want))
+	}
+	_ = first.Close()
+	again := consume(t, b, "g", "m", opts, "fb*")
+	ds := fetchBounded(t, again, n, len(want), false)
+	if !inOrderOnce(ds, want) || !ds[0].Redelivered {
+		t.Fatalf("after a restart, its unacknowledged events are not each of %d once in order (redelivered %v)", len(want), ds[0].Redelivered)
+	}
+	_ = again.Close()
+	other := consume(t, b, "g", "other", opts, "fb*")
+	if ds := fetchBounded(t, other, n, len(want), true); !ds[0].Redelivered || len(ds) != len(want) {
+		t.Fatalf("another member took over %d events (redelivered %v), want %d", len(ds), ds[0].Redelivered, len(want))
+	}
+}
+
+// testConsumerExtend: events a member keeps extending do not go to another
+// member after the visibility timeout, including those it read ahead of
+// its next Fetch; once it stops, they do.
+func testConsumerExtend(t *testing.T, b Bus) {
+	const vis = 2 * time.Second
+	opts := bus.ConsumerOptions{Visibility: vis}
+	busy := consume(t, b, "g", "busy", opts, "ext*")
+	for i := range 4 {
+		publish(t, b, "exta:x", "a"+strconv.Itoa(i), 0)
+		publish(t, b, "extb:x", "b"+strconv.Itoa(i), 0)
+	}
+	// Two namespaces of four events each, four fetched: the other four
+	// are held ahead, and Extend covers them.
+	fetched := time.Now()
+	ds := fetchBounded(t, busy, 4, 4, false)
+	other := consume(t, b, "g", "other", opts, "ext*")
+	at := func(d time.Duration) {
+		timer := time.NewTimer(time.Until(fetched.Add(d)))
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+		case <-t.Context().Done():
+		}
+	}
+	// Extended at 0.6 and 1.2 visibility timeouts, the events are 0.3 of
+	// one idle at 1.5, where without Extend they would be other's.
+	for _, when := range []time.Duration{vis * 6 / 10, vis * 12 / 10} {
+		at(when)
+		if err := busy.Extend(t.Context(), ds...); err != nil {
+			t.Fatalf("Extend = %v", err)
+		}
+	}
+	at(vis * 15 / 10)
+	short, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if got, err := other.Fetch(short, 10); len(got) != 0 {
+		t.Fatalf("while the busy member extended its events, another fetched %d of them (%v)", len(got), err)
+	}
+	got, redelivered := fetchAll(t, 8, true, other)
+	if slices.Sort(got); !slices.Equal(got, []string{"a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3"}) || !redelivered[0].Redelivered {
+		t.Fatalf("once the busy member stopped extending, another got %q, want all 8 redelivered", got)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -43,6 +44,13 @@ type consumer struct {
 	refreshed time.Time
 	claimed   time.Time
 	claimFrom map[string]string // stream key → where XAUTOCLAIM goes on from
+
+	// ahead holds what one read of several streams brought beyond the n
+	// asked for (XREADGROUP's COUNT bounds each stream, not the read):
+	// delivered to this member in Redis, not yet returned. The next Fetch
+	// returns it first; Extend keeps it from going to another member.
+	mu    sync.Mutex
+	ahead []bus.Delivery
 }
 
 // Consume implements bus.Consumers.
@@ -175,6 +183,9 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("fetch %d events: want at least 1", n)
 	}
+	if ds := c.takeAhead(n); len(ds) > 0 {
+		return ds, nil
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -199,14 +210,14 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 			// it comes again through the visibility timeout.
 			ds, err := c.read(ctx, n, "0", 0)
 			if err != nil || len(ds) > 0 {
-				return ds, err
+				return c.upTo(n, ds), err
 			}
 			c.ownFirst = false
 		}
 		if time.Since(c.claimed) > min(c.visibility/2, time.Second) {
 			ds, err := c.claim(ctx, n)
 			if err != nil || len(ds) > 0 {
-				return ds, err
+				return c.upTo(n, ds), err
 			}
 		}
 		block := consumerBlock
@@ -215,9 +226,32 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 		}
 		ds, err := c.read(ctx, n, ">", block)
 		if err != nil || len(ds) > 0 {
-			return ds, err
+			return c.upTo(n, ds), err
 		}
 	}
+}
+
+// upTo returns the first n of ds in position order, merging the streams
+// they were read from, and keeps the rest ahead for the next Fetch.
+func (c *consumer) upTo(n int, ds []bus.Delivery) []bus.Delivery {
+	slices.SortStableFunc(ds, func(a, b bus.Delivery) int { return bus.CompareOffsets(a.Position.Offset, b.Position.Offset) })
+	if len(ds) <= n {
+		return ds
+	}
+	c.mu.Lock()
+	c.ahead = append(c.ahead, ds[n:]...)
+	c.mu.Unlock()
+	return ds[:n:n]
+}
+
+// takeAhead returns up to n of the events read ahead.
+func (c *consumer) takeAhead(n int) []bus.Delivery {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := min(n, len(c.ahead))
+	ds := slices.Clone(c.ahead[:k])
+	c.ahead = slices.Delete(c.ahead, 0, k)
+	return ds
 }
 
 // read reads the group: new events (">") or this member's unacknowledged
@@ -333,6 +367,66 @@ func (c *consumer) Ack(ctx context.Context, ds ...bus.Delivery) error {
 		return fmt.Errorf("acknowledge %d events of group %s: %w", len(ds), c.group, err)
 	}
 	return nil
+}
+
+// extendScript restarts the idle time of the entries of one stream that
+// are pending for one member of a group, and only those: an entry another
+// member has claimed meanwhile stays its. XCLAIM with JUSTID leaves the
+// delivery count as it was. KEYS: stream. ARGV: group, member, ids. It
+// returns how many entries it extended.
+var extendScript = redis.NewScript(`
+local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+for i = 3, #ARGV do
+	if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+		args[#args + 1] = ARGV[i]
+	end
+end
+local held = #args - 5
+if held > 0 then
+	args[#args + 1] = 'JUSTID'
+	redis.call(unpack(args))
+end
+return held
+`)
+
+// extendBatch bounds the ids of one run of extendScript (Lua's unpack
+// has a limit of its own).
+const extendBatch = 1000
+
+// Extend implements bus.Consumer: the events read ahead are extended
+// with ds.
+func (c *consumer) Extend(ctx context.Context, ds ...bus.Delivery) error {
+	c.mu.Lock()
+	all := append(slices.Clone(c.ahead), ds...)
+	c.mu.Unlock()
+	ids := make(map[string][]string)
+	for _, d := range all {
+		key := c.b.streamKey(namespaceOf(d.Channel))
+		ids[key] = append(ids[key], d.Position.Offset)
+	}
+	pipe := c.b.client.Pipeline()
+	for key, batch := range ids {
+		for chunk := range slices.Chunk(batch, extendBatch) {
+			args := append([]any{c.group, c.name}, anys(chunk)...)
+			// Eval, not EvalSha: a pipeline cannot fall back on NOSCRIPT.
+			extendScript.Eval(ctx, pipe, []string{key}, args...)
+		}
+	}
+	if pipe.Len() == 0 {
+		return nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("extend %d events of group %s: %w", len(all), c.group, err)
+	}
+	return nil
+}
+
+func anys(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
 }
 
 // Lag implements bus.Consumer with XINFO GROUPS, whose lag Redis keeps

@@ -778,3 +778,44 @@ func TestLast(t *testing.T) {
 		t.Errorf("Last(none:*) = %q, want none", g)
 	}
 }
+
+// Extend never takes back an event another member has claimed: the claim
+// stands, and the extending member's call leaves it as it was.
+func TestExtendLeavesAnotherMembersClaim(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	prefix := redistest.Prefix(t)
+	b := newBus(t, srv, redisbus.Options{Prefix: prefix, HistoryMaxLen: 1000})
+	opts := bus.ConsumerOptions{Visibility: 50 * time.Millisecond}
+	slow, err := b.Consume(t.Context(), "g", "slow", []string{"ext:*"}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Publish(t.Context(), "ext:x", []byte("e")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	held, err := slow.Fetch(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fast, err := b.Consume(t.Context(), "g", "fast", []string{"ext:*"}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken, err := fast.Fetch(ctx, 1) // once the visibility timeout passed
+	if err != nil || len(taken) != 1 || !taken[0].Redelivered {
+		t.Fatalf("the other member's Fetch = %v, %v; want the event redelivered", taken, err)
+	}
+	if err := slow.Extend(t.Context(), held...); err != nil {
+		t.Fatalf("Extend = %v", err)
+	}
+	pending, err := srv.Client(t).XPendingExt(t.Context(), &redis.XPendingExtArgs{
+		Stream: prefix + "stream:{ext}", Group: "g", Start: "-", End: "+", Count: 10,
+	}).Result()
+	if err != nil || len(pending) != 1 || pending[0].Consumer != "fast" || pending[0].RetryCount != 2 {
+		t.Fatalf("pending after Extend = %+v, %v; want the event still fast's, delivered twice", pending, err)
+	}
+}

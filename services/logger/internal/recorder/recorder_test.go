@@ -41,7 +41,8 @@ func (c *idle) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 	return nil, ctx.Err()
 }
 
-func (c *idle) Ack(context.Context, ...bus.Delivery) error { defer c.enter()(); return nil }
+func (c *idle) Ack(context.Context, ...bus.Delivery) error    { defer c.enter()(); return nil }
+func (c *idle) Extend(context.Context, ...bus.Delivery) error { return nil }
 
 func (c *idle) Lag(context.Context) (int64, error) {
 	defer c.enter()()
