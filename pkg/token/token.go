@@ -33,7 +33,46 @@ type Claims struct {
 	// Publish are the patterns of the channels the holder may publish to
 	// (MQTT PUBLISH); none without it.
 	Publish []string `json:"publish,omitempty"`
+	// Except are patterns whose channels the holder is never given, though
+	// a pattern of Channels covers them: a subscription they cover whole
+	// is refused, and a wider one is not given their events. The holder's
+	// own notify:user:<sub> is never excepted. The demo's tokens grant "*"
+	// except "notify:*", so that no visitor sees another's notifications.
+	Except []string `json:"except,omitempty"`
 	jwt.RegisteredClaims
+}
+
+// MaxBytes is the longest token verified: longer ones are refused before
+// any parsing (a token of a few grants is well under 1 KiB).
+const MaxBytes = 8 << 10
+
+// ErrTooLong is wrapped, with ErrInvalid, by Verify's error for a token
+// longer than MaxBytes.
+var ErrTooLong = errors.New("longer than 8 KiB")
+
+// Own is the channel of the user's own notifications, which every token
+// grants its subject.
+func Own(sub string) string { return "notify:user:" + sub }
+
+// Withholds reports whether an event on ch is kept from a holder of c
+// although a pattern of c's Channels covers it: ch matches one of
+// c.Except and is not the holder's own notifications.
+func (c *Claims) Withholds(ch string) bool {
+	return Withheld(c.Subject, c.Except, ch)
+}
+
+// Withheld is Claims.Withholds for a subject and its Except patterns, for
+// callers that keep only those.
+func Withheld(sub string, except []string, ch string) bool {
+	if len(except) == 0 || ch == Own(sub) {
+		return false
+	}
+	for _, p := range except {
+		if channel.Match(p, ch) {
+			return true
+		}
+	}
+	return false
 }
 
 // MinSecretBytes is the shortest HS256 secret the edge accepts, and so the
@@ -52,7 +91,7 @@ func IssueClaims(secret []byte, c Claims, ttl time.Duration, now time.Time) (str
 	if len(secret) < MinSecretBytes {
 		return "", fmt.Errorf("issue token: the secret has %d bytes; the edge accepts %d or more", len(secret), MinSecretBytes)
 	}
-	for _, p := range slices.Concat(c.Channels, c.Publish) {
+	for _, p := range slices.Concat(c.Channels, c.Publish, c.Except) {
 		if err := channel.ValidatePattern(p); err != nil {
 			return "", fmt.Errorf("issue token: %w", err)
 		}
@@ -176,6 +215,9 @@ func (v *Verifier) key(t *jwt.Token) (any, error) {
 // the JWKS does not hold may fetch the JWKS, for JWKSOptions.Timeout at
 // most.
 func (v *Verifier) Verify(tok string) (*Claims, error) {
+	if len(tok) > MaxBytes {
+		return nil, fmt.Errorf("%w: %w (%d bytes, at most %d)", ErrInvalid, ErrTooLong, len(tok), MaxBytes)
+	}
 	var c Claims
 	t, err := v.parser.ParseWithClaims(tok, &c.RegisteredClaims, v.key)
 	switch {
@@ -200,11 +242,12 @@ func (v *Verifier) Verify(tok string) (*Claims, error) {
 	if fromJWKS {
 		claim = v.channelsClaim
 	}
-	lists, err := payloadClaims(tok, claim, PublishClaim)
+	names := []string{claim, PublishClaim, ExceptClaim}
+	lists, err := payloadClaims(tok, names...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	c.Channels, c.Publish = lists[0], lists[1]
+	c.Channels, c.Publish, c.Except = lists[0], lists[1], lists[2]
 	if c.Subject == "" {
 		return nil, fmt.Errorf("%w: no subject (sub)", ErrInvalid)
 	}
@@ -220,7 +263,7 @@ func (v *Verifier) Verify(tok string) (*Claims, error) {
 	for i, ps := range lists {
 		for _, p := range ps {
 			if err := channel.ValidatePattern(p); err != nil {
-				return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, []string{claim, PublishClaim}[i], err)
+				return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, names[i], err)
 			}
 		}
 	}
@@ -240,6 +283,10 @@ func keyError(err error) error {
 // PublishClaim names the claim holding the patterns a token may publish
 // to, in eventbus's tokens and the identity provider's alike.
 const PublishClaim = "publish"
+
+// ExceptClaim names the claim holding the patterns a token's channels
+// leave out (Claims.Except).
+const ExceptClaim = "except"
 
 // payloadClaims reads the claims of tok, already verified, that the JWT
 // library reads leniently or not at all. The time claims must be JSON

@@ -131,13 +131,8 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		ConnectTimeout: cfg.AuthTimeout, MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
 		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry, Record: record, Pacer: pacer,
-		Announce: func(ctx context.Context, c revocation.Command) error {
-			payload, err := c.Payload("edge", time.Now())
-			if err == nil {
-				_, err = b.Publish(ctx, revocation.ControlChannel, payload)
-			}
-			return err
-		},
+		// Takeovers go live only: a CONNECT costs no recorded event.
+		Announce: control.Live{Redis: b.Client(), Prefix: cfg.RedisPrefix, Source: "edge"}.Announce,
 	}, reg)
 	// MQTT clients may use /ws as well, offering the mqtt subprotocol.
 	mux.Handle("GET /ws", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -85,15 +86,29 @@ func (p *Policy) admit(c *token.Claims) error {
 // Allowed reports whether pattern is covered by one of the patterns a
 // connection with claims c (nil: none) may use: the token's channels and
 // its own notify:user:<sub>, and the public channels when anonymous access
-// is on.
+// is on. A pattern in the bus's own namespace (channel.Reserved) is never
+// allowed, and neither is one the token's Except patterns cover whole
+// (but its own notifications); a wider pattern is allowed, and the hub
+// withholds the excepted events.
 func (p *Policy) Allowed(c *token.Claims, pattern string) bool {
+	if channel.Reserved(pattern) {
+		return false
+	}
+	if c != nil && channel.Covers(token.Own(c.Subject), pattern) {
+		return true
+	}
 	var grants []string
 	if c != nil {
-		grants = append(grants, "notify:user:"+c.Subject)
-		grants = append(grants, c.Channels...)
+		grants = c.Channels
+		for _, e := range c.Except {
+			if channel.Covers(e, pattern) {
+				grants = nil
+				break
+			}
+		}
 	}
 	if p.AllowAnonymous {
-		grants = append(grants, p.PublicChannels...)
+		grants = append(slices.Clip(grants), p.PublicChannels...)
 	}
 	for _, a := range grants {
 		if channel.Covers(a, pattern) {

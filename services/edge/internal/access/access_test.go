@@ -4,6 +4,10 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"testing"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
 func TestClientAddrTrustsOnlyTrustedProxies(t *testing.T) {
@@ -31,5 +35,40 @@ func TestClientAddrTrustsOnlyTrustedProxies(t *testing.T) {
 		if got := p.ClientAddr(r).String(); got != tt.want {
 			t.Errorf("%s: clientAddr = %s, want %s", tt.name, got, tt.want)
 		}
+	}
+}
+
+// The bus's own namespace is never granted, whatever the token says, and
+// a token's Except patterns refuse what they cover whole but the user's
+// own notifications.
+func TestAllowedNeverTheReservedNamespaceNorWhatIsExcepted(t *testing.T) {
+	t.Parallel()
+	p := &Policy{}
+	all := &token.Claims{Channels: []string{"*"}, RegisteredClaims: jwt.RegisteredClaims{Subject: "42"}}
+	demo := &token.Claims{Channels: []string{"*"}, Except: []string{"notify:*"}, RegisteredClaims: jwt.RegisteredClaims{Subject: "42"}}
+	for _, tt := range []struct {
+		name    string
+		c       *token.Claims
+		pattern string
+		want    bool
+	}{
+		{"* may use *", all, "*", true},
+		{"* may not use the control channel", all, "eventbus:control", false},
+		{"* may not use eventbus:*", all, "eventbus:*", false},
+		{"* may not use the namespace alone", all, "eventbus", false},
+		{"a wider pattern is allowed, its reserved events withheld", all, "eventbus*", true},
+		{"demo: *, its excepted events withheld", demo, "*", true},
+		{"demo: order:*", demo, "order:*", true},
+		{"demo: own notifications", demo, "notify:user:42", true},
+		{"demo: another user's notifications", demo, "notify:user:7", false},
+		{"demo: every user's notifications", demo, "notify:user:*", false},
+		{"demo: notify:*", demo, "notify:*", false},
+	} {
+		if got := p.Allowed(tt.c, tt.pattern); got != tt.want {
+			t.Errorf("%s: Allowed(%s) = %v, want %v", tt.name, tt.pattern, got, tt.want)
+		}
+	}
+	if !demo.Withholds("notify:user:7") || demo.Withholds("notify:user:42") || demo.Withholds("order:placed") {
+		t.Errorf("Withholds: want notify:user:7 only, not the user's own nor order:placed")
 	}
 }

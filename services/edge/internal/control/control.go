@@ -8,9 +8,12 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
@@ -80,4 +83,34 @@ func Apply(h *hub.Hub, s Sessions, c revocation.Command) int {
 		return h.DropCovered(c.Sub, c.Pattern, func(p string) []byte { return protocol.Unsubscribed(p, "removed") })
 	}
 	return 0
+}
+
+// Live publishes commands to every edge's control subscription as plain
+// pub/sub messages, without the record the bus keeps of what it
+// publishes: for commands that matter only to connections open now, such
+// as an MQTT takeover, which would otherwise cost every CONNECT an event
+// in the eventbus stream that the logger logs and resuming clients read.
+// An edge whose control subscription is away when one is sent misses it,
+// as it misses a recorded one (Run ignores gaps): the takeover it stood
+// for is then left to the session store, which a newer connection's saves
+// always win.
+type Live struct {
+	Redis redis.UniversalClient
+	// Prefix is the bus's (REDIS_PREFIX): the control channel's name in
+	// Redis is Prefix + revocation.ControlChannel, as the bus names it.
+	Prefix string
+	// Source names the sender in the command's envelope.
+	Source string
+}
+
+// Announce sends c.
+func (l Live) Announce(ctx context.Context, c revocation.Command) error {
+	payload, err := c.Payload(l.Source, time.Now())
+	if err != nil {
+		return err
+	}
+	if err := l.Redis.Publish(ctx, l.Prefix+revocation.ControlChannel, payload).Err(); err != nil {
+		return fmt.Errorf("publish %s on the control channel: %w", c.Action, err)
+	}
+	return nil
 }

@@ -78,15 +78,19 @@ func (t realTimer) Stop()                 { t.Timer.Stop() }
 // newTimer makes the timer of a client's first Pause.
 var newTimer = func(d time.Duration) timer { return realTimer{time.NewTimer(d)} }
 
-// Token is what a connection's token says of it, for revocations.
+// Token is what a connection's token says of it, for revocations and for
+// the events it is given.
 type Token struct {
 	Sub, ID  string // its user and its jti
 	IssuedAt time.Time
+	// Except are the patterns whose events the connection is not given
+	// although its subscriptions match them (token.Claims.Except).
+	Except []string
 }
 
 // TokenOf is what c says of its connection.
 func TokenOf(c *token.Claims) Token {
-	t := Token{Sub: c.Subject, ID: c.ID}
+	t := Token{Sub: c.Subject, ID: c.ID, Except: c.Except}
 	if c.IssuedAt != nil {
 		t.IssuedAt = c.IssuedAt.Time
 	}
@@ -95,6 +99,13 @@ func TokenOf(c *token.Claims) Token {
 
 // SetToken records the token the connection authenticated with.
 func (c *Client) SetToken(t Token) { c.token.Store(&t) }
+
+// withholds reports whether the client's token keeps an event on ch from
+// it (Token.Except).
+func (c *Client) withholds(ch string) bool {
+	t := c.token.Load()
+	return t != nil && len(t.Except) > 0 && token.Withheld(t.Sub, t.Except, ch)
+}
 
 // Send queues a frame for the client: a reply, or a notice of its own. A
 // client whose queue is full is kicked as too slow.

@@ -459,6 +459,11 @@ func (h *Hub) shutdown() {
 // delivers each publish once, naming every Redis pattern that matched,
 // and recipients turns those into client patterns.
 func (h *Hub) dispatch(m bus.Message) {
+	if channel.Reserved(m.Channel) {
+		// The bus's own channels (the edges' commands) reach the hub
+		// through a client's "*" and go no further, whatever its grants.
+		return
+	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	if !m.Position.IsZero() {
@@ -519,6 +524,9 @@ type frameKey struct {
 // kicks c if its queue is full. It reports whether the frame was queued.
 // Call from dispatch, which owns h.frames.
 func (h *Hub) send(c *Client, ev *Event, subs []string) bool {
+	if c.withholds(ev.Channel) {
+		return false
+	}
 	key := frameKey{c.enc, strings.Join(subs, "\x00")}
 	f, ok := h.frames[key]
 	if !ok {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
 )
 
 // Recovery says how a subscription began: for one that resumed from a
@@ -87,7 +88,11 @@ func (h *Hub) missed(ctx context.Context, p string, since bus.Cursor) ([]bus.Eve
 			}
 			return nil, rec
 		}
-		events = append(events, page.Events...)
+		for _, e := range page.Events {
+			if !channel.Reserved(e.Channel) { // never the bus's own, as live
+				events = append(events, e)
+			}
+		}
 		if len(events) > h.opts.RecoverMax {
 			rec.Reason = ReasonTooMany
 			return nil, rec
@@ -187,6 +192,9 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 
 // push encodes ev for c and queues it, waiting for room.
 func (h *Hub) push(c *Client, ev *Event, subs []string, cancelled *atomic.Bool) bool {
+	if c.withholds(ev.Channel) {
+		return true
+	}
 	data, err := c.enc.Encode(ev, subs)
 	if err != nil {
 		h.m.malformed.Inc()

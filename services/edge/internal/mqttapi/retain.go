@@ -6,6 +6,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 )
 
@@ -51,7 +52,7 @@ func (s *session) retained(filter string) [][]byte {
 		}
 		for _, e := range events {
 			topic := topicOf(e.Channel)
-			if seen[e.Channel] || !match(filter, topic) {
+			if seen[e.Channel] || !match(filter, topic) || channel.Reserved(e.Channel) || s.claims != nil && s.claims.Withholds(e.Channel) {
 				continue
 			}
 			seen[e.Channel] = true

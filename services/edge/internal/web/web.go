@@ -33,6 +33,11 @@ const demoTTL = time.Hour
 // telemetry.
 var demoPublish = []string{"sensor:*"}
 
+// demoExcept keeps other users' notifications from a demo token, which
+// grants "*" for the page's live feeds: its own notify:user:<id> stays
+// granted (token.Claims.Except).
+var demoExcept = []string{"notify:*"}
+
 // demoBodyBytes bounds a request of the demo page's buttons.
 const demoBodyBytes = 16 << 10
 
@@ -49,7 +54,8 @@ type Demo struct {
 
 // Register adds GET / and GET /eventbus.js to mux and, when demo.Secret is
 // set, the demo routes: GET /demo/token?user=ID, which mints a token for
-// that user allowed every channel and to publish on sensor:*, and POST /demo/api/…, which passes the
+// that user allowed every channel but other users' notifications and to
+// publish on sensor:*, and POST /demo/api/…, which passes the
 // page's sign-up, order, shipping and payment requests on to the API's
 // /v1/….
 func Register(mux *http.ServeMux, demo Demo) {
@@ -72,7 +78,7 @@ func Register(mux *http.ServeMux, demo Demo) {
 			server.WriteError(w, http.StatusBadRequest, "invalid_argument", "user: want 1-64 characters of a-z, 0-9, _ and -")
 			return
 		}
-		tok, err := token.IssueClaims(demo.Secret, token.Claims{Channels: []string{"*"}, Publish: demoPublish,
+		tok, err := token.IssueClaims(demo.Secret, token.Claims{Channels: []string{"*"}, Except: demoExcept, Publish: demoPublish,
 			RegisteredClaims: jwt.RegisteredClaims{Subject: user}}, demoTTL, time.Now())
 		if err != nil {
 			w.WriteHeader(http.StatusInternalServerError)
