@@ -84,7 +84,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return server.ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, hl)
+		return server.ServeHTTP(ctx, server.NewHTTPServer(mux, server.HTTPOptions{}), hl)
 	})
 	g.Go(func() error { return server.ServeGRPC(ctx, gs, gl) })
 	err = g.Wait()

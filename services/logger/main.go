@@ -103,7 +103,9 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rec.Run(ctx) })
 	g.Go(func() error {
-		return server.ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ConnContext: tailapi.ConnContext}, l)
+		srv := server.NewHTTPServer(mux, server.HTTPOptions{})
+		srv.ConnContext = tailapi.ConnContext
+		return server.ServeHTTP(ctx, srv, l)
 	})
 	err = g.Wait()
 	log.Info("stopped")
