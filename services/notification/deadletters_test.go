@@ -261,8 +261,8 @@ func TestDeadLetterSentAlreadyIsRemoved(t *testing.T) {
 }
 
 // A retry while SendGrid still fails keeps the dead letter, counts the
-// attempt and records the new reason, releases the claim, and a later
-// retry sends it.
+// attempt and records the new reason, sets the claim back to
+// dead-lettered, and a later retry sends it.
 func TestDeadLetterRetryFailsAgain(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, newFakeSendGrid(t, http.StatusBadRequest, http.StatusServiceUnavailable, http.StatusBadGateway),
@@ -291,8 +291,8 @@ func TestDeadLetterRetryFailsAgain(t *testing.T) {
 	if !cmp.Equal(a, before) {
 		t.Errorf("the failed retry changed the email: %s", cmp.Diff(before, a))
 	}
-	if state, err := w.claim(event); err == nil {
-		t.Errorf("claim after the failed retry = %q, want released", state)
+	if state, err := w.claim(event); state != "dead_lettered" {
+		t.Errorf("claim after the failed retry = %q, %v; want dead_lettered: released to the next retry, not to a redelivery", state, err)
 	}
 
 	// SendGrid takes email again.

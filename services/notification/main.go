@@ -77,15 +77,18 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		mail = sg
 	}
 	// A first send and a dead letter's retry take the same claims.
-	cl := claims.New(b.Client(), cfg.RedisPrefix)
+	// A lease lasts one visibility timeout, extended by the notifier's
+	// heartbeat while its send runs: a replica that dies mid-send holds
+	// its notifications up for about as long as its events.
+	cl := claims.New(b.Client(), cfg.RedisPrefix, cfg.Visibility)
 	dead := deadletter.New(deadletter.Options{
 		Redis: b.Client(), Prefix: cfg.RedisPrefix, Claims: cl, Mailer: mail,
-		SendTimeout: cfg.Visibility, ClaimTTL: cfg.ClaimTTL, Logger: log,
+		SendTimeout: cfg.SendTimeout, ClaimTTL: cfg.ClaimTTL, Logger: log,
 	}, reg)
 	n := notifier.New(notifier.Options{
 		Consumer: con, Publisher: b, Redis: b.Client(), Prefix: cfg.RedisPrefix, Claims: cl, DeadLetters: dead,
 		Mailer: mail, Templates: tmpl, Logger: log,
-		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL, SendTimeout: cfg.Visibility, ContactWait: 2 * cfg.Visibility,
+		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL, SendTimeout: cfg.SendTimeout, Visibility: cfg.Visibility, ContactWait: 2 * cfg.Visibility,
 	}, reg)
 	if sg != nil {
 		sg.OnRetry = n.CountRetry

@@ -214,10 +214,11 @@ func TestFailuresAreDeadLettered(t *testing.T) {
 			if got := metric(t, s, "eventbus_notification_emails_failed_total"); got != 1 {
 				t.Errorf("emails_failed_total = %v, want 1", got)
 			}
-			// The claim was released: a redelivery of the event may try again.
+			// The claim says dead-lettered: a redelivery of the event leaves
+			// the email alone, and only a retry of its dead letter sends it.
 			claim := w.prefix + ":notification:claim:" + id + ":welcome_email"
-			if n, _ := rdb.Exists(t.Context(), claim).Result(); n != 0 {
-				t.Errorf("claim %s still held after the failure", claim)
+			if state, err := rdb.Get(t.Context(), claim).Result(); state != "dead_lettered" {
+				t.Errorf("claim %s = %q, %v after the failure; want dead_lettered", claim, state, err)
 			}
 		})
 	}

@@ -27,7 +27,8 @@ type Config struct {
 	ClaimTTL       time.Duration // NOTIFICATION_CLAIM_TTL: how long a sent notification is remembered
 	Workers        int           // NOTIFICATION_WORKERS: events handled at once (per user in order)
 	Member         string        // NOTIFICATION_MEMBER: name in the consumer group "notification"; the host name by default
-	Visibility     time.Duration // NOTIFICATION_VISIBILITY: an event not acknowledged this long goes to another replica
+	Visibility     time.Duration // NOTIFICATION_VISIBILITY: an event not acknowledged (nor extended) this long goes to another replica
+	SendTimeout    time.Duration // NOTIFICATION_SEND_TIMEOUT: bounds one email's send, retries included
 }
 
 // Load reads the configuration through getenv and reports every bad
@@ -49,6 +50,10 @@ func Load(getenv func(string) string) (Config, error) {
 		Workers:        int(r.Int("NOTIFICATION_WORKERS", 8, 1)),
 		Member:         r.Member("NOTIFICATION_MEMBER"),
 		Visibility:     r.Duration("NOTIFICATION_VISIBILITY", 30*time.Second),
+		// Generous: a send cut short may have been accepted, and then its
+		// redelivery sends it twice; a send that takes long costs only one
+		// worker, its event being kept by the heartbeat meanwhile.
+		SendTimeout: r.Duration("NOTIFICATION_SEND_TIMEOUT", 2*time.Minute),
 	}
 	r.Check("SENDGRID_API_URL", c.SendGridURL, envconfig.CheckHTTPURL(c.SendGridURL, "https://api.sendgrid.com"))
 	if a, err := mail.ParseAddress(c.FromEmail); err != nil || a.Address != c.FromEmail {

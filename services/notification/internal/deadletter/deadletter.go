@@ -84,13 +84,14 @@ type Options struct {
 	Redis redis.UniversalClient
 	// Prefix is put before every Redis key, like the bus's channel prefix.
 	Prefix string
-	// Claims are the ones a first send takes.
+	// Claims are the ones a first send takes. A retry holds the email's
+	// lease as a first send does, kept alive by whoever extends the
+	// store's leases (the notifier's heartbeat, Claims.ExtendHeld).
 	Claims *claims.Store
 	Mailer mailer.Mailer
-	// SendTimeout bounds one email's send, retries included; a retry's
-	// lease lasts twice that, as a first send's does.
+	// SendTimeout bounds one email's send, retries included.
 	SendTimeout time.Duration
-	// ClaimTTL is how long a sent email is remembered.
+	// ClaimTTL is how long a sent or dead-lettered email is remembered.
 	ClaimTTL time.Duration
 	Logger   *slog.Logger
 }
@@ -130,14 +131,20 @@ func New(opts Options, reg prometheus.Registerer) *Store {
 	return s
 }
 
-// Push adds l to the dead letters. It fails only when Redis does, and then
-// l is not kept.
+// Push adds l to the dead letters, for a sender that holds the lease on
+// its email (claims Take of l.EventID and l.Name): in one step it pushes l
+// and records the claim as dead-lettered, so that a redelivery of the event
+// does not send the email, and no other sender dead-letters it again; only
+// Retry sends it. When Push fails, l is not kept; its error wraps
+// claims.ErrLost when the lease had run out (another sender may hold the
+// email now), else Redis failed and the lease is still the caller's for a
+// while.
 func (s *Store) Push(ctx context.Context, l Letter) error {
 	raw, err := json.Marshal(l)
 	if err != nil {
 		return err
 	}
-	if err := s.Redis.LPush(ctx, s.key, raw).Err(); err != nil {
+	if err := s.Claims.DeadLetter(ctx, l.EventID, l.Name, s.ClaimTTL, s.key, string(raw), ""); err != nil {
 		return fmt.Errorf("write dead letter %s: %w", l.ID, err)
 	}
 	return nil
@@ -207,8 +214,8 @@ type entry struct {
 // removed; if another sender holds it, the dead letter is left; else the
 // email is sent with its key, recorded as sent, and then the dead letter
 // removed, or, should the send fail, the dead letter is replaced by one
-// with attempts+1 and the new reason in one MULTI before the claim is
-// released. Sends run a few at a time; once one fails for a reason
+// with attempts+1 and the new reason, and the claim set back to
+// dead-lettered, in one script. Sends run a few at a time; once one fails for a reason
 // SendGrid may cure (429, 5xx, no answer), no more are started, as SendGrid
 // is still failing: the rest are reported not_tried and kept. Sends under
 // way outlive ctx (by SendTimeout at most), so that a caller leaving
@@ -388,7 +395,7 @@ func (s *Store) retry(ctx context.Context, e entry) (result, reason string, cura
 	// Claims, sends and their records outlive the caller: once a claim is
 	// taken, what follows must be done whether the caller waits or not.
 	ctx = context.WithoutCancel(ctx)
-	state, holder, err := s.Claims.Take(ctx, l.EventID, l.Name, 2*s.SendTimeout)
+	state, holder, err := s.Claims.TakeDeadLetter(ctx, l.EventID, l.Name)
 	if err != nil {
 		log.Error("retry dead letter: take the claim", "error", err)
 		return ResultFailed, "unavailable: the claim could not be read; try again", false
@@ -434,19 +441,14 @@ func (s *Store) retry(ctx context.Context, e entry) (result, reason string, cura
 	l.FailedAt = time.Now().UTC()
 	updated, err := json.Marshal(l)
 	if err == nil {
-		// The updated dead letter takes the old one's place in one step,
-		// before the claim is released: never neither, never both.
-		_, err = s.Redis.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			p.LRem(ctx, s.key, 1, e.raw)
-			p.LPush(ctx, s.key, updated)
-			return nil
-		})
+		// The updated dead letter takes the old one's place, and the claim
+		// goes back to dead-lettered, in one step: never neither, never
+		// both.
+		err = s.Claims.DeadLetter(ctx, l.EventID, l.Name, s.ClaimTTL, s.key, string(updated), e.raw)
 	}
 	if err != nil {
+		// The old one stays; the lease runs out, and a later retry takes it.
 		log.Error("retry dead letter: replace it after a failed send; the old one stays", "error", err)
-	}
-	if err := s.Claims.Release(ctx, l.EventID, l.Name); err != nil {
-		log.Error("retry dead letter: release the claim; it runs out by itself", "error", err)
 	}
 	log.Warn("dead letter failed again", "attempts", l.Attempts, "error", sendErr)
 	return ResultFailed, l.Reason, !errors.Is(sendErr, mailer.ErrRejected)

@@ -14,8 +14,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +25,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/pkg/retry"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/claims"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/deadletter"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/mailer"
@@ -32,7 +33,8 @@ import (
 	"github.com/eventbus-suite/eventbus/services/notification/internal/templates"
 )
 
-// DrainTimeout bounds how long a shutdown waits for the sends in flight.
+// DrainTimeout bounds how long a shutdown waits for the sends in flight and
+// their acknowledgements.
 const DrainTimeout = 8 * time.Second
 
 // Options configure a Notifier.
@@ -44,7 +46,7 @@ type Options struct {
 	// Prefix is put before every Redis key, like the bus's channel prefix.
 	Prefix string
 	// Claims make each notification go once; dead-letter retries take
-	// the same ones.
+	// the same ones. The heartbeat extends every lease they hold.
 	Claims *claims.Store
 	// DeadLetters keep the emails that finally failed.
 	DeadLetters *deadletter.Store
@@ -54,14 +56,19 @@ type Options struct {
 	// Workers handle events concurrently; the events of one user always go
 	// to the same worker, in order.
 	Workers int
-	// ClaimTTL is how long a sent notification is remembered, and so how
-	// long a redelivered event is recognised.
+	// ClaimTTL is how long a sent or dead-lettered notification is
+	// remembered, and so how long a redelivered event is recognised.
 	ClaimTTL time.Duration
-	// SendTimeout bounds one notification's send, retries included; the
-	// lease a replica holds while it sends lasts twice that, so no other
-	// replica sends it meanwhile, and a replica that died mid-send holds
-	// it up no longer.
+	// SendTimeout bounds one notification's send, retries included. A
+	// send cut by it is left to a redelivery of its event.
 	SendTimeout time.Duration
+	// Visibility is the consumer's visibility timeout. Every third of it,
+	// a heartbeat restarts the visibility timeout of every event taken and
+	// not acknowledged (queued for a worker, being handled, waiting for
+	// its acknowledgement) and extends the leases of the notifications
+	// being sent, so that no event in this replica's hands goes to
+	// another replica, however long it waits or its send takes.
+	Visibility time.Duration
 	// ContactWait is how long after its event an email waits for the
 	// user's contact: the group hands a user's events to any replica, so
 	// one may see order.shipped before another has recorded user.created.
@@ -73,13 +80,21 @@ type Options struct {
 // Notifier handles events.
 type Notifier struct {
 	Options
-	m     *metrics
-	taken atomic.Int64 // events queued or being handled
+	m *metrics
+
+	mu    sync.Mutex
+	taken map[string]*takenDelivery // events fetched and not yet acknowledged or given up, by deliveryKey
+}
+
+// takenDelivery is an event in this replica's hands, fetched n times.
+type takenDelivery struct {
+	d bus.Delivery
+	n int
 }
 
 // New returns a Notifier registering its metrics on reg.
 func New(opts Options, reg prometheus.Registerer) *Notifier {
-	return &Notifier{Options: opts, m: newMetrics(reg)}
+	return &Notifier{Options: opts, m: newMetrics(reg), taken: make(map[string]*takenDelivery)}
 }
 
 // metrics of the notifier; CountRetry feeds the mailer's retries in.
@@ -88,6 +103,7 @@ type metrics struct {
 	emailsSent    prometheus.Counter
 	emailsFailed  prometheus.Counter
 	emailsRetried prometheus.Counter
+	emailsCut     prometheus.Counter
 	published     prometheus.Counter
 	publishFailed prometheus.Counter
 	conflicts     prometheus.Counter
@@ -105,13 +121,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		emailsSent:    c("emails_sent_total", "Emails sent (or logged, in dry-run mode)."),
 		emailsFailed:  c("emails_failed_total", "Emails that finally failed and went to the dead-letter list."),
 		emailsRetried: c("emails_retried_total", "Retries of emails after a 429 or 5xx."),
+		emailsCut: c("emails_timed_out_total",
+			"Email sends cut by NOTIFICATION_SEND_TIMEOUT before SendGrid answered, left to a redelivery (which sends one SendGrid accepted late again)."),
 		published:     c("notifications_published_total", "Browser notifications published."),
 		publishFailed: c("notifications_failed_total", "Browser notifications that could not be published."),
 		conflicts:     c("claim_conflicts_total", "Notifications skipped because another replica had claimed them."),
 		unknownUsers:  c("unknown_users_total", "Emails not sent because the user's contact is unknown."),
 		malformed:     c("malformed_total", "Messages that were no envelope, ignored."),
 	}
-	reg.MustRegister(m.events, m.emailsSent, m.emailsFailed, m.emailsRetried, m.published, m.publishFailed, m.conflicts, m.unknownUsers, m.malformed)
+	reg.MustRegister(m.events, m.emailsSent, m.emailsFailed, m.emailsRetried, m.emailsCut, m.published, m.publishFailed, m.conflicts, m.unknownUsers, m.malformed)
 	return m
 }
 
@@ -125,67 +143,95 @@ type job struct {
 }
 
 // Run handles events until ctx ends, then finishes the events already
-// taken, giving the sends in flight at most DrainTimeout. An event is
-// acknowledged once its effects are done; one fetched but not handled
-// when Run returns is delivered again, to this replica when it comes back
-// or to another after the visibility timeout.
+// taken, giving the sends in flight and the acknowledgements at most
+// DrainTimeout. An event is acknowledged once its effects are done; one
+// fetched but not handled when Run returns is delivered again, to this
+// replica when it comes back or to another after the visibility timeout.
+//
+// Redis going away does not end Run: reading the record, acknowledging,
+// the heartbeat and each worker's Redis steps retry with a backoff of at
+// most 5 s, each saying so once in the log, and Run goes on from the
+// group's position when Redis is back. Only a closed bus ends it with an
+// error.
 func (n *Notifier) Run(ctx context.Context) error {
 	// Sends outlive ctx by DrainTimeout, so a shutdown does not cut an
 	// email in half.
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSends()
+	beatCtx, stopBeat := context.WithCancel(sendCtx)
+	var beat sync.WaitGroup
+	beat.Go(func() { n.heartbeat(beatCtx) })
+	acks := make(chan bus.Delivery, 256)
+	var acker sync.WaitGroup
+	acker.Go(func() { n.acknowledge(sendCtx, acks) })
 	queues := make([]chan job, n.Workers)
 	var wg sync.WaitGroup
 	for i := range queues {
 		queues[i] = make(chan job, 64)
+		w := &worker{n: n, outage: retry.Outage{What: "handle events", Log: n.Logger}}
 		wg.Go(func() {
 			for j := range queues[i] {
-				if n.handle(sendCtx, j) {
-					n.ack(sendCtx, j.delivery)
+				if w.handle(sendCtx, j) {
+					acks <- j.delivery
+				} else {
+					n.untrack(j.delivery) // left for a redelivery
 				}
-				n.taken.Add(-1)
 			}
 		})
 	}
 	stop := func() {
-		n.Logger.Info("stopping: finishing the events already taken", "events", n.taken.Load())
+		n.Logger.Info("stopping: finishing the events already taken", "events", len(n.inFlight()))
 		for _, q := range queues {
 			close(q)
 		}
-		drained := make(chan struct{})
-		go func() {
-			wg.Wait()
-			close(drained)
-		}()
-		select {
-		case <-drained:
-		case <-time.After(DrainTimeout):
-			n.Logger.Warn("sends still running after the drain timeout; cancelling them")
+		drain := time.AfterFunc(DrainTimeout, func() {
+			n.Logger.Warn("sends or acknowledgements still running after the drain timeout; cancelling them")
 			cancelSends()
-			<-drained
-		}
+		})
+		wg.Wait()
+		close(acks)
+		acker.Wait()
+		drain.Stop()
+		stopBeat()
+		beat.Wait()
 	}
+	outage := retry.Outage{What: "read the record", Log: n.Logger}
 	for {
 		ds, err := n.Consumer.Fetch(ctx, 64)
 		if ctx.Err() != nil {
 			stop()
 			return nil
 		}
-		if err != nil {
+		if errors.Is(err, bus.ErrClosed) {
 			stop()
 			return fmt.Errorf("read the record: %w", err)
 		}
-		for _, d := range ds {
-			j, ok := n.plan(d)
-			if !ok {
-				n.ack(ctx, d) // nothing to do for it
-				continue
+		if err != nil {
+			if outage.Failed(ctx, err) != nil {
+				stop()
+				return nil
 			}
-			n.taken.Add(1)
-			select {
-			case queues[shard(j.plan.UserID, len(queues))] <- j:
-			case <-ctx.Done():
-				n.taken.Add(-1)
+			continue
+		}
+		outage.Succeeded()
+		n.track(ds)
+		for i, d := range ds {
+			var queued bool
+			if j, ok := n.plan(d); ok {
+				select {
+				case queues[shard(j.plan.UserID, len(queues))] <- j:
+					queued = true
+				case <-ctx.Done():
+				}
+			} else {
+				select {
+				case acks <- d: // nothing to do for it
+					queued = true
+				case <-ctx.Done():
+				}
+			}
+			if !queued {
+				n.untrack(ds[i:]...)
 				stop()
 				return nil
 			}
@@ -193,11 +239,115 @@ func (n *Notifier) Run(ctx context.Context) error {
 	}
 }
 
-// ack acknowledges d; a failure only means d comes again, and its
-// notifications are recognised as sent.
-func (n *Notifier) ack(ctx context.Context, d bus.Delivery) {
-	if err := n.Consumer.Ack(context.WithoutCancel(ctx), d); err != nil {
-		n.Logger.Warn("acknowledge event", "offset", d.Position.Offset, "error", err)
+// deliveryKey names an event in the record: its channel (and so its
+// namespace's stream) and offset.
+func deliveryKey(d bus.Delivery) string { return d.Channel + "\x00" + d.Position.Offset }
+
+// track counts ds as in this replica's hands: the heartbeat extends them
+// until they are acknowledged or given up.
+func (n *Notifier) track(ds []bus.Delivery) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, d := range ds {
+		k := deliveryKey(d)
+		if t := n.taken[k]; t != nil {
+			t.n++ // fetched again while in hand: extended until both are done
+		} else {
+			n.taken[k] = &takenDelivery{d: d, n: 1}
+		}
+	}
+}
+
+// untrack ends what track began, once per fetch of each delivery.
+func (n *Notifier) untrack(ds ...bus.Delivery) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, d := range ds {
+		k := deliveryKey(d)
+		if t := n.taken[k]; t != nil {
+			if t.n--; t.n <= 0 {
+				delete(n.taken, k)
+			}
+		}
+	}
+}
+
+// inFlight returns the events in this replica's hands.
+func (n *Notifier) inFlight() []bus.Delivery {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ds := make([]bus.Delivery, 0, len(n.taken))
+	for _, t := range n.taken {
+		ds = append(ds, t.d)
+	}
+	return ds
+}
+
+// heartbeat extends, every third of the visibility timeout until ctx
+// ends, the events in this replica's hands and the consumer's events read
+// ahead (Consumer.Extend), and the leases of the notifications being sent
+// (Claims.ExtendHeld). While Redis is away it retries, sooner than the
+// next beat, saying so once in the log.
+func (n *Notifier) heartbeat(ctx context.Context) {
+	every := max(n.Visibility/3, time.Millisecond)
+	outage := retry.Outage{What: "extend the events in flight", Log: n.Logger, Min: every / 8, Max: every}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return
+		}
+		for {
+			bctx, cancel := context.WithTimeout(ctx, every)
+			err := errors.Join(n.Consumer.Extend(bctx, n.inFlight()...), n.Claims.ExtendHeld(bctx))
+			cancel()
+			if err == nil {
+				outage.Succeeded()
+				break
+			}
+			if ctx.Err() != nil || outage.Failed(ctx, err) != nil {
+				return
+			}
+		}
+	}
+}
+
+// acknowledge acknowledges the deliveries it receives, several at once
+// when they come faster than Redis answers, until acks is closed. An
+// acknowledgement that fails is tried again until it works (the heartbeat
+// keeps its event meanwhile) or ctx ends: then its event comes again and
+// is recognised as sent.
+func (n *Notifier) acknowledge(ctx context.Context, acks <-chan bus.Delivery) {
+	outage := retry.Outage{What: "acknowledge events", Log: n.Logger}
+	batch := make([]bus.Delivery, 0, 64)
+	for d := range acks {
+		batch = append(batch[:0], d)
+	more:
+		for len(batch) < cap(batch) {
+			select {
+			case d, ok := <-acks:
+				if !ok {
+					break more
+				}
+				batch = append(batch, d)
+			default:
+				break more
+			}
+		}
+		for {
+			err := n.Consumer.Ack(ctx, batch...)
+			if err == nil {
+				outage.Succeeded()
+				break
+			}
+			if outage.Failed(ctx, err) != nil {
+				n.Logger.Warn("events not acknowledged before the drain timeout; they come again and are recognised as sent", "events", len(batch))
+				break
+			}
+		}
+		n.untrack(batch...)
 	}
 }
 
@@ -233,13 +383,58 @@ func (n *Notifier) plan(d bus.Delivery) (job, bool) {
 
 func (n *Notifier) contactKey(userID string) string { return n.Prefix + "contact:" + userID }
 
+// worker handles the jobs of one queue, one at a time.
+type worker struct {
+	n      *Notifier
+	outage retry.Outage // of this worker's Redis steps
+}
+
+// redis runs f, one step of a job on Redis, until it works, fails for good
+// (an answer refusing it rather than no answer: see transient) or ctx
+// ends, and returns its last error. f's own context is up to the caller:
+// a step that must outlive a shutdown is tried at least once.
+func (w *worker) redis(ctx context.Context, f func() error) error {
+	for {
+		err := f()
+		if err == nil {
+			w.outage.Succeeded()
+			return nil
+		}
+		if !transient(err) || w.outage.Failed(ctx, err) != nil {
+			return err
+		}
+	}
+}
+
+// transient reports whether a Redis error may pass by waiting: no answer
+// (a lost connection, a restarting server) or an answer saying "not now",
+// rather than one refusing the command, or a lost lease.
+func transient(err error) bool {
+	if errors.Is(err, claims.ErrLost) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var reply redis.Error
+	if errors.As(err, &reply) {
+		for _, p := range []string{"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY"} {
+			if strings.HasPrefix(reply.Error(), p) {
+				return true
+			}
+		}
+		return false
+	}
+	return true
+}
+
 // handle does what the plan says and reports whether the event is done
 // with: false leaves it to a redelivery (a failure that may pass, or a
 // notification another replica is sending).
-func (n *Notifier) handle(ctx context.Context, j job) bool {
+func (w *worker) handle(ctx context.Context, j job) bool {
+	n := w.n
 	log := n.Logger.With("event_id", j.env.GetId(), "type", j.env.GetType(), "user_id", j.plan.UserID)
 	if c := j.plan.SaveContact; c != nil {
-		err := n.Redis.HSet(ctx, n.contactKey(j.plan.UserID), "email", c.Email, "name", c.Name).Err()
+		err := w.redis(ctx, func() error {
+			return n.Redis.HSet(ctx, n.contactKey(j.plan.UserID), "email", c.Email, "name", c.Name).Err()
+		})
 		if err != nil {
 			log.Error("record contact", "error", err)
 			return false
@@ -247,17 +442,22 @@ func (n *Notifier) handle(ctx context.Context, j job) bool {
 	}
 	done := true
 	for _, a := range j.plan.Actions {
-		done = n.do(ctx, log.With("notification", a.Name), j.env, a) && done
+		done = w.do(ctx, log.With("notification", a.Name), j.env, a) && done
 	}
 	return done
 }
 
 // do sends one notification unless it was sent already or another replica
 // is sending it, and reports whether it is done with.
-func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action) bool {
+func (w *worker) do(ctx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action) bool {
+	n := w.n
 	to := a.To
 	if a.Kind == rules.Email && to == nil {
-		c, err := n.contact(ctx, a.UserID)
+		var c *rules.Contact
+		err := w.redis(ctx, func() (err error) {
+			c, err = n.contact(ctx, a.UserID)
+			return err
+		})
 		if err != nil {
 			log.Error("look up contact", "error", err)
 			return false
@@ -273,9 +473,14 @@ func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envel
 		}
 		to = c
 	}
-	// A replica holds the claim while it sends, for at most twice
-	// SendTimeout, and records the notification as sent for ClaimTTL.
-	state, holder, err := n.Claims.Take(ctx, env.GetId(), a.Name, 2*n.SendTimeout)
+	// The replica holds the lease while it sends, kept by the heartbeat,
+	// and records the notification as sent for ClaimTTL.
+	var state claims.State
+	var holder string
+	err := w.redis(ctx, func() (err error) {
+		state, holder, err = n.Claims.Take(ctx, env.GetId(), a.Name)
+		return err
+	})
 	switch {
 	case err != nil:
 		log.Error("claim notification", "error", err)
@@ -284,6 +489,9 @@ func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envel
 		n.m.conflicts.Inc()
 		log.Debug("sent already")
 		return true
+	case state == claims.DeadLettered:
+		log.Debug("dead-lettered already: only a retry of its dead letter sends it")
+		return true
 	case state == claims.Held:
 		log.Info("another replica is sending it; left for a redelivery", "claim", holder)
 		return false
@@ -291,29 +499,35 @@ func (n *Notifier) do(ctx context.Context, log *slog.Logger, env *envelope.Envel
 	sendCtx, cancel := context.WithTimeout(ctx, n.SendTimeout)
 	var sendErr error
 	if a.Kind == rules.Email {
-		sendErr = n.email(sendCtx, log, env, a, to)
+		sendErr = w.email(ctx, sendCtx, log, env, a, to)
 	} else {
 		sendErr = n.browser(sendCtx, env, a)
 	}
 	cancel()
-	// What follows outlives a shutdown: the send happened or not.
-	ctx = context.WithoutCancel(ctx)
-	if sendErr == nil {
-		if err := n.Claims.MarkSent(ctx, env.GetId(), a.Name, n.ClaimTTL); err != nil {
+	// What follows outlives a shutdown, tried once at least: the send
+	// happened or not.
+	bg := context.WithoutCancel(ctx)
+	switch {
+	case sendErr == nil:
+		err := w.redis(ctx, func() error { return n.Claims.MarkSent(bg, env.GetId(), a.Name, n.ClaimTTL) })
+		if err != nil {
 			// The lease runs out and a redelivery sends it again: the one
-			// way a notification goes twice.
+			// way a notification goes twice without a replica dying.
 			log.Error("record notification as sent", "error", err)
 		}
 		return true
+	case errors.Is(sendErr, errDeadLettered):
+		return true // the claim says dead-lettered
+	case errors.Is(sendErr, claims.ErrLost):
+		// The lease ran out before the email could be dead-lettered
+		// (Redis was away longer than it): whoever holds it now sends.
+		return false
 	}
-	// Release the lease, so that a redelivery, or a retry of the dead
-	// letter, may send it.
-	if err := n.Claims.Release(ctx, env.GetId(), a.Name); err != nil {
-		log.Error("release claim", "error", err)
+	// Release the lease, so that a redelivery may send it.
+	if err := w.redis(ctx, func() error { return n.Claims.Release(bg, env.GetId(), a.Name) }); err != nil {
+		log.Error("release claim; it runs out by itself", "error", err)
 	}
-	// An email that finally failed waits in the dead letters; anything
-	// else is tried again with the event.
-	return a.Kind == rules.Email && errors.Is(sendErr, errDeadLettered)
+	return false
 }
 
 func (n *Notifier) contact(ctx context.Context, userID string) (*rules.Contact, error) {
@@ -327,7 +541,14 @@ func (n *Notifier) contact(ctx context.Context, userID string) (*rules.Contact, 
 	return &rules.Contact{Email: v["email"], Name: v["name"]}, nil
 }
 
-func (n *Notifier) email(ctx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action, to *rules.Contact) error {
+// email sends one email and says how it went: nil when SendGrid accepted
+// it; errDeadLettered wrapped when it finally failed and is kept in the
+// dead letters (and its claim says so); claims.ErrLost wrapped when it
+// failed but the lease ran out before it could be kept; else it was cut
+// short (by SendTimeout or a drain timeout) or could not be kept, and is
+// tried again with the event. sendCtx bounds the send, ctx the rest.
+func (w *worker) email(ctx, sendCtx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action, to *rules.Contact) error {
+	n := w.n
 	data := map[string]string{"Name": to.Name, "Email": to.Email, "UserID": a.UserID}
 	for k, v := range a.Data {
 		data[k] = v
@@ -335,30 +556,41 @@ func (n *Notifier) email(ctx context.Context, log *slog.Logger, env *envelope.En
 	key := deadletter.EmailKey(env.GetId(), a.Name)
 	subject, text, html, err := n.Templates.Email(a.Template, data)
 	if err == nil {
-		err = n.Mailer.Send(ctx, mailer.Email{
+		err = n.Mailer.Send(sendCtx, mailer.Email{
 			ToEmail: to.Email, ToName: to.Name, Subject: subject, Text: text, HTML: html, Key: key,
 		})
 	}
-	if err != nil && ctx.Err() != nil {
-		return err // cut short by a shutdown: tried again with the event
+	if err != nil && sendCtx.Err() != nil {
+		// No answer in time: SendGrid may have accepted it, so it is no
+		// dead letter; its event comes again and sends it again.
+		if errors.Is(sendCtx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+			n.m.emailsCut.Inc()
+			log.Warn("email cut by NOTIFICATION_SEND_TIMEOUT; left for a redelivery, which sends it again", "to", to.Email, "timeout", n.SendTimeout.String(), "error", err)
+		}
+		return err
 	}
 	if err == nil {
 		n.m.emailsSent.Inc()
 		log.Info("email sent", "to", to.Email, "subject", subject)
 		return nil
 	}
-	n.m.emailsFailed.Inc()
-	log.Error("email failed; dead-lettered", "to", to.Email, "error", err)
 	// Everything needed to send it again as it was tried, bodies included.
 	dl := deadletter.Letter{
 		ID: key, EventID: env.GetId(), Type: env.GetType(), Name: a.Name, UserID: a.UserID,
 		To: to.Email, ToName: to.Name, Subject: subject, Text: text, HTML: html, Key: key,
 		Attempts: 1, Reason: err.Error(), FailedAt: time.Now().UTC(),
 	}
-	if lerr := n.DeadLetters.Push(context.WithoutCancel(ctx), dl); lerr != nil {
-		log.Error("write dead letter", "error", lerr, "key", key)
-		return err // not kept anywhere: tried again with the event
+	bg := context.WithoutCancel(ctx)
+	if lerr := w.redis(ctx, func() error { return n.DeadLetters.Push(bg, dl) }); lerr != nil {
+		if errors.Is(lerr, claims.ErrLost) {
+			log.Warn("email failed, and its lease ran out before it was dead-lettered; left to whoever holds it", "to", to.Email, "error", err)
+			return lerr
+		}
+		log.Error("email failed; could not write its dead letter, so it is tried again with the event", "to", to.Email, "error", err, "dead_letter_error", lerr)
+		return err
 	}
+	n.m.emailsFailed.Inc()
+	log.Error("email failed; dead-lettered", "to", to.Email, "error", err)
 	return fmt.Errorf("%w: %w", errDeadLettered, err)
 }
 
