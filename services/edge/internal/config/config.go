@@ -43,6 +43,7 @@ type Config struct {
 	SendQueueBytes     int            // EDGE_SEND_QUEUE_BYTES: bytes of frames waiting per connection before it is dropped as slow
 	MaxUserPatterns    int            // EDGE_MAX_USER_PATTERNS: distinct patterns per user across its connections
 	MaxUserConnections int            // EDGE_MAX_USER_CONNECTIONS: connections per user, or per address without one
+	MaxAddrConnections int            // EDGE_MAX_ADDRESS_CONNECTIONS: connections without a user (yet), over every address
 	MaxRedisPatterns   int            // EDGE_MAX_REDIS_PATTERNS: wildcard patterns in Redis before covering patterns serve the rest
 	RecoverMax         int            // EDGE_RECOVER_MAX: missed events one resuming subscription recovers at most
 	TrustedProxies     []netip.Prefix // EDGE_TRUSTED_PROXIES: peers whose X-Forwarded-For names the client
@@ -83,6 +84,7 @@ func Load(getenv func(string) string) (Config, error) {
 		SendQueueBytes:     int(r.Int("EDGE_SEND_QUEUE_BYTES", 1<<20, 1024)),
 		MaxUserPatterns:    int(r.Int("EDGE_MAX_USER_PATTERNS", 200, 1)),
 		MaxUserConnections: int(r.Int("EDGE_MAX_USER_CONNECTIONS", 50, 1)),
+		MaxAddrConnections: int(r.Int("EDGE_MAX_ADDRESS_CONNECTIONS", 5000, 1)),
 		MaxRedisPatterns:   int(r.Int("EDGE_MAX_REDIS_PATTERNS", 64, 1)),
 		RecoverMax:         int(r.Int("EDGE_RECOVER_MAX", 10_000, 1)),
 		WriteRate:          int(r.Int("EDGE_WRITE_RATE", 30000, 0)),

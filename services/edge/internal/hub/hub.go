@@ -42,6 +42,11 @@ type Options struct {
 	MaxUserPatterns int
 	// MaxUserConnections bounds the connections of one identity.
 	MaxUserConnections int
+	// MaxAddressConnections bounds the connections that count against an
+	// address rather than a user ("addr:<ip>": without a token, or before
+	// they authenticate; an MQTT socket before its CONNECT), over every
+	// address together; 0 for no bound.
+	MaxAddressConnections int
 	// MaxRedisPatterns bounds the wildcard patterns the hub subscribes in
 	// Redis; past it, covering patterns serve the rest.
 	MaxRedisPatterns int
@@ -78,6 +83,7 @@ type Hub struct {
 	closed     bool
 	clients    map[*Client]struct{}
 	identities map[string]*identity
+	addrConns  int                             // connections of the identities of an address
 	subs       map[string]map[*Client]struct{} // channel or pattern → clients subscribed to it
 	joined     sync.WaitGroup
 
@@ -192,6 +198,10 @@ func (h *Hub) identify(c *Client, who string) error {
 		h.m.refusals.WithLabelValues("user_connections").Inc()
 		return ErrTooManyConnections
 	}
+	if isAddress(who) && (c.who == nil || !isAddress(c.who.name)) && h.opts.MaxAddressConnections > 0 && h.addrConns >= h.opts.MaxAddressConnections {
+		h.m.refusals.WithLabelValues("address_connections").Inc()
+		return ErrTooManyConnections
+	}
 	added := 0
 	for p := range c.subs {
 		if to.patterns[p] == 0 {
@@ -205,11 +215,26 @@ func (h *Hub) identify(c *Client, who string) error {
 	h.identities[who] = to
 	h.unidentify(c)
 	to.conns++
+	if isAddress(who) {
+		h.addrConns++
+	}
 	for p := range c.subs {
 		to.patterns[p]++
 	}
 	c.who = to
 	return nil
+}
+
+// isAddress reports whether identity who is an address's, not a user's.
+func isAddress(who string) bool { return strings.HasPrefix(who, "addr:") }
+
+// SetEncoding makes enc the encoding of c's events, for a transport that
+// learns it only after Join (MQTT's protocol level, from CONNECT). Call
+// it before c's first subscription.
+func (h *Hub) SetEncoding(c *Client, enc Encoding) {
+	h.mu.Lock()
+	c.enc = enc
+	h.mu.Unlock()
 }
 
 // unidentify takes c's connection and subscriptions off its identity.
@@ -220,6 +245,9 @@ func (h *Hub) unidentify(c *Client) {
 		return
 	}
 	from.conns--
+	if isAddress(from.name) {
+		h.addrConns--
+	}
 	for p := range c.subs {
 		if from.patterns[p]--; from.patterns[p] == 0 {
 			delete(from.patterns, p)

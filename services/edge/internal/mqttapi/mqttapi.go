@@ -230,16 +230,26 @@ func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {
 		limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst),
 		wake:    make(chan struct{}, 1),
 		filters: make(map[string]byte), byPattern: make(map[string][]string), inflight: make(map[uint16]*pending)}
+	if err := h.admit(s); err != nil {
+		d := hub.DisconnectTooManyConnections
+		if !errors.Is(err, hub.ErrTooManyConnections) {
+			d = hub.DisconnectShutdown
+		}
+		_ = conn.Close(websocket.StatusCode(d.Code), protocol.CloseReason(fmt.Sprintf("%s: %v", d.Reason, err)))
+		return
+	}
 	br := bufio.NewReaderSize(nc, 4<<10)
 	_ = nc.SetReadDeadline(time.Now().Add(h.ConnectTimeout))
 	pk, err := readPacket(br, 0, int(h.MaxMessageBytes))
 	if err != nil || pk.FixedHeader.Type != packets.Connect {
 		h.Logger.Debug("mqtt connection without CONNECT", "error", err)
+		h.Hub.Leave(s.client)
 		return
 	}
 	_ = nc.SetReadDeadline(time.Time{})
 	keepAlive, ok := s.connect(pk)
 	if !ok {
+		h.Hub.Leave(s.client)
 		return
 	}
 	defer h.forget(s)
@@ -264,7 +274,25 @@ func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {
 	<-done
 }
 
-// connect authenticates CONNECT and joins the hub, answering CONNACK. It
+// admit joins s to the hub before its CONNECT, counted against its
+// address: a socket that never sends CONNECT is bounded as a tokenless
+// WebSocket is, EDGE_MAX_USER_CONNECTIONS per address and
+// EDGE_MAX_ADDRESS_CONNECTIONS over all of them, and holds its place
+// until CONNECT moves it to its user or ConnectTimeout closes it. Every
+// listener of MQTT (over WebSocket here; a TCP listener alike) admits its
+// sockets through it first and closes one refused with
+// hub.ErrTooManyConnections; one admitted is followed by one Hub.Leave.
+func (h *Handler) admit(s *session) error {
+	c, err := h.Hub.Join(access.Identity(nil, s.addr), publish{}, s.ready, s.kicked)
+	if err != nil {
+		return err
+	}
+	s.client = c
+	return nil
+}
+
+// connect authenticates CONNECT and moves the connection to its user in
+// the hub, answering CONNACK. It
 // reports the keep-alive, and false when the connection is refused.
 func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	h := s.h
@@ -323,14 +351,11 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		s.window = min(rm, maxInflight)
 	}
 	who := access.Identity(s.claims, s.addr)
-	c, err := h.Hub.Join(who, publish{s.version}, s.ready, s.kicked)
-	switch {
-	case errors.Is(err, hub.ErrTooManyConnections):
+	c := s.client
+	if err := h.Hub.Identify(c, who); err != nil {
 		return refuse(packets.ErrQuotaExceeded, "too many connections")
-	case err != nil:
-		return refuse(packets.ErrServerUnavailable, err.Error())
 	}
-	s.client = c
+	h.Hub.SetEncoding(c, publish{s.version})
 	if s.claims != nil {
 		c.SetToken(hub.TokenOf(s.claims))
 		expiry := time.AfterFunc(time.Until(s.claims.ExpiresAt.Time), func() {
