@@ -88,7 +88,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	opts := hub.Options{
 		QueueBytes: cfg.SendQueueBytes, MaxUserPatterns: cfg.MaxUserPatterns,
 		MaxUserConnections: cfg.MaxUserConnections, MaxRedisPatterns: cfg.MaxRedisPatterns,
-		MaxAddressConnections: cfg.MaxAddrConnections, RecoverMax: cfg.RecoverMax,
+		RecoverMax: cfg.RecoverMax,
 	}
 	if cfg.HistoryMaxLen > 0 {
 		opts.History = b
@@ -168,7 +168,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	g.Go(func() error { return h.Run(ctx) })
 	g.Go(func() error { return control.Run(ctx, ctl, h, mq, log, reg) })
 	g.Go(func() error {
-		return server.ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, l)
+		return server.ServeHTTP(ctx, server.NewHTTPServer(mux, server.HTTPOptions{}), l)
 	})
 	err = g.Wait()
 	log.Info("stopped")
