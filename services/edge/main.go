@@ -88,7 +88,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	opts := hub.Options{
 		QueueBytes: cfg.SendQueueBytes, MaxUserPatterns: cfg.MaxUserPatterns,
 		MaxUserConnections: cfg.MaxUserConnections, MaxRedisPatterns: cfg.MaxRedisPatterns,
-		RecoverMax: cfg.RecoverMax,
+		MaxAddressConnections: cfg.MaxAddrConnections, RecoverMax: cfg.RecoverMax,
 	}
 	if cfg.HistoryMaxLen > 0 {
 		opts.History = b
