@@ -218,9 +218,9 @@ type ConsumerOptions struct {
 	FromOldest bool
 }
 
-// Consumer is a member of a durable consumer group. Its methods are not
-// safe for concurrent use, but Ack may be called from another goroutine
-// than Fetch.
+// Consumer is a member of a durable consumer group. Fetch is not safe for
+// concurrent use; Ack, Extend and Lag may be called from other goroutines,
+// while Fetch runs.
 type Consumer interface {
 	// Fetch returns at least one and at most n events for this member,
 	// however many namespaces they come from, waiting until there is one
@@ -241,8 +241,7 @@ type Consumer interface {
 	// next Fetch, so that none goes to another member while this one is
 	// still at work on it: call it more often than the visibility timeout
 	// for as long as the work runs. A delivery another member took over
-	// meanwhile stays that member's. It may be called from another
-	// goroutine than Fetch.
+	// meanwhile stays that member's.
 	Extend(ctx context.Context, ds ...Delivery) error
 	// Lag returns how many recorded events no member of the group has
 	// fetched yet, across its namespaces.

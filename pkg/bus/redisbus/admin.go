@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -32,7 +33,16 @@ func Dial(ctx context.Context, url string, timeout time.Duration) (*redis.Client
 
 // Open dials url like Dial and returns a Bus on the connection that owns
 // it: Close closes the client too.
+//
+// Open is for a service's run: it also sends go-redis's own log, which is
+// process-wide and by default prints a line to stderr for every failed
+// dial of every pool, to opts.Logger at debug level. A service says once
+// that Redis went away and once that it is back (package retry); go-redis
+// would say it several times a second for as long as Redis is away.
 func Open(ctx context.Context, url string, timeout time.Duration, opts Options) (*Bus, error) {
+	if opts.Logger != nil {
+		redis.SetLogger(driverLog{opts.Logger})
+	}
 	c, err := Dial(ctx, url, timeout)
 	if err != nil {
 		return nil, err
@@ -154,4 +164,13 @@ func (b *Bus) namespaceStats(ctx context.Context) ([]NamespaceStats, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// driverLog is go-redis's logger writing to a slog.Logger at debug level.
+type driverLog struct{ log *slog.Logger }
+
+func (d driverLog) Printf(ctx context.Context, format string, v ...any) {
+	if d.log.Enabled(ctx, slog.LevelDebug) {
+		d.log.DebugContext(ctx, "go-redis: "+fmt.Sprintf(format, v...))
+	}
 }

@@ -36,7 +36,7 @@ type consumer struct {
 	fromOldest  bool
 	wildcard    bool // a pattern covers namespaces yet to appear
 
-	streams   []string          // stream keys joined, sorted
+	streams   []string          // stream keys joined, sorted; written under mu, as Lag reads it
 	epochs    map[string]string // stream key → epoch
 	nsOf      map[string]string // stream key → namespace
 	ownFirst  bool              // own unacknowledged events, after a restart, not all read yet
@@ -45,11 +45,11 @@ type consumer struct {
 	claimed   time.Time
 	claimFrom map[string]string // stream key → where XAUTOCLAIM goes on from
 
+	mu sync.Mutex
 	// ahead holds what one read of several streams brought beyond the n
 	// asked for (XREADGROUP's COUNT bounds each stream, not the read):
 	// delivered to this member in Redis, not yet returned. The next Fetch
 	// returns it first; Extend keeps it from going to another member.
-	mu    sync.Mutex
 	ahead []bus.Delivery
 }
 
@@ -154,7 +154,10 @@ func (c *consumer) refresh(ctx context.Context, starting bool) error {
 			if err := c.join(ctx, key, start); err != nil {
 				return err
 			}
+			c.mu.Lock()
 			c.streams = append(c.streams, key)
+			slices.Sort(c.streams)
+			c.mu.Unlock()
 			c.nsOf[key] = ns
 		}
 		epoch, err := c.b.client.HGet(ctx, c.b.metaKey(ns), "epoch").Result()
@@ -163,7 +166,6 @@ func (c *consumer) refresh(ctx context.Context, starting bool) error {
 		}
 		c.epochs[key] = epoch
 	}
-	slices.Sort(c.streams)
 	c.refreshed = time.Now()
 	return nil
 }
@@ -283,7 +285,9 @@ func (c *consumer) read(ctx context.Context, n int, from string, block time.Dura
 		// data; UNBLOCKED when it went while the read waited): join
 		// again, from its first event.
 		c.epochs = make(map[string]string)
+		c.mu.Lock()
 		c.streams = nil
+		c.mu.Unlock()
 		return nil, c.refresh(ctx, false)
 	case err != nil:
 		return nil, fmt.Errorf("read group %s: %w", c.group, err)
@@ -432,8 +436,11 @@ func anys(s []string) []any {
 // Lag implements bus.Consumer with XINFO GROUPS, whose lag Redis keeps
 // for each group on a stream.
 func (c *consumer) Lag(ctx context.Context) (int64, error) {
+	c.mu.Lock()
+	streams := slices.Clone(c.streams)
+	c.mu.Unlock()
 	var lag int64
-	for _, key := range c.streams {
+	for _, key := range streams {
 		groups, err := c.b.client.XInfoGroups(ctx, key).Result()
 		if err != nil {
 			return 0, fmt.Errorf("read the lag of group %s: %w", c.group, err)

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,17 +20,15 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/retry"
 	"github.com/eventbus-suite/eventbus/services/logger/internal/eventlog"
 )
 
 // Recorder writes every event of a consumer group down.
 type Recorder struct {
-	// turn holds the consumer while no one uses it. A bus.Consumer is not
-	// safe for concurrent use: Run (Fetch, Ack) and the lag reader take
-	// turns, and a goroutine waiting for the consumer gets it next.
-	turn     chan bus.Consumer
-	name     string   // "group/member", or "" when reading live
-	patterns []string // the group's, to name the one each event matched
+	con      bus.Consumer // Run fetches and acknowledges; the lag reader reads Lag meanwhile
+	name     string       // "group/member", or "" when reading live
+	patterns []string     // the group's, to name the one each event matched
 	files    *eventlog.Files
 	stdout   *bufio.Writer // nil when lines do not go to stdout
 	window   *eventlog.Window
@@ -58,8 +57,8 @@ var errLagUnread = errors.New("not read yet")
 func New(con bus.Consumer, name string, patterns []string, files *eventlog.Files, stdout io.Writer, window *eventlog.Window,
 	log *slog.Logger, reg prometheus.Registerer) *Recorder {
 	r := &Recorder{
-		turn: make(chan bus.Consumer, 1), name: name,
-		patterns: patterns, files: files, window: window, log: log, now: time.Now, out: make([]formatted, maxBatch),
+		con: con, name: name,
+		patterns: patterns, files: files, window: window, log: log, now: time.Now, out: make([]formatted, 0, maxBatch),
 		logged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_logger_events_logged_total", Help: "Events written to the log."}),
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
@@ -70,7 +69,6 @@ func New(con bus.Consumer, name string, patterns []string, files *eventlog.Files
 	if stdout != nil {
 		r.stdout = bufio.NewWriterSize(stdout, 64<<10)
 	}
-	r.turn <- con
 	behind := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "eventbus_logger_lag_events", Help: "Recorded events the logger's group has not read yet, read every second (-1: Redis did not say)."},
 		func() float64 {
@@ -89,10 +87,6 @@ const (
 	maxBatch = 512
 	// minParallel is the smallest batch worth formatting on several cores.
 	minParallel = 64
-	// fetchSlice is how long one Fetch may wait for events before it
-	// hands the consumer to the lag reader, which then waits at most this
-	// and the consumer's own longest wait.
-	fetchSlice = time.Second
 	// lagEvery is how often the group's lag is read.
 	lagEvery = time.Second
 )
@@ -125,22 +119,14 @@ func (r *Recorder) Detail() map[string]any {
 	return d
 }
 
-// readLag reads the group's lag every lagEvery until ctx ends, waiting for
-// its turn with the consumer.
+// readLag reads the group's lag every lagEvery until ctx ends.
 func (r *Recorder) readLag(ctx context.Context) {
 	tick := time.NewTicker(lagEvery)
 	defer tick.Stop()
 	for {
-		var con bus.Consumer
-		select {
-		case con = <-r.turn:
-		case <-ctx.Done():
-			return
-		}
 		lctx, cancel := context.WithTimeout(ctx, lagEvery)
-		n, err := con.Lag(lctx)
+		n, err := r.con.Lag(lctx)
 		cancel()
-		r.turn <- con
 		if err != nil && ctx.Err() != nil {
 			return
 		}
@@ -153,39 +139,6 @@ func (r *Recorder) readLag(ctx context.Context) {
 	}
 }
 
-// fetch takes the consumer for one Fetch of at most fetchSlice, so that
-// the lag reader gets its turn while no event comes. It returns no events
-// and no error when the slice ended with none.
-func (r *Recorder) fetch(ctx context.Context) ([]bus.Delivery, error) {
-	var con bus.Consumer
-	select {
-	case con = <-r.turn:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	defer func() { r.turn <- con }()
-	// Cancelled, not given a deadline: a deadline would also bound the
-	// socket read of a blocking XREADGROUP, whose answer could then be
-	// lost, while a cancellation lets the read in flight finish.
-	fctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := time.AfterFunc(fetchSlice, cancel)
-	defer stop.Stop()
-	ds, err := con.Fetch(fctx, maxBatch)
-	if err != nil && len(ds) == 0 && fctx.Err() != nil && ctx.Err() == nil {
-		return nil, nil
-	}
-	return ds, err
-}
-
-// ack takes the consumer to acknowledge ds. The acknowledgement outlives a
-// shutdown that began meanwhile.
-func (r *Recorder) ack(ctx context.Context, ds []bus.Delivery) error {
-	con := <-r.turn // never held for long: Fetch and Lag give it back
-	defer func() { r.turn <- con }()
-	return con.Ack(context.WithoutCancel(ctx), ds...)
-}
-
 // Run records until ctx ends. It fetches every event waiting (up to
 // maxBatch), formats them (on every core when there are many), writes them
 // in order, flushes the files and only then acknowledges them: an event
@@ -193,6 +146,12 @@ func (r *Recorder) ack(ctx context.Context, ds []bus.Delivery) error {
 // repeat of the last batch, never a loss. When ctx ends, what was fetched
 // is written and acknowledged before Run returns. Meanwhile it reads the
 // group's lag every second (see Lag).
+//
+// Redis going away does not end Run: it retries, with a backoff of at
+// most 5 s, saying so once in the log, and goes on from the group's
+// position when Redis is back. A batch written but not yet acknowledged
+// when ctx ends during such an outage comes again after a restart. Only
+// a failure to write the files, or a closed bus, ends Run with an error.
 func (r *Recorder) Run(ctx context.Context) error {
 	lctx, stopLag := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -202,15 +161,23 @@ func (r *Recorder) Run(ctx context.Context) error {
 	defer wg.Wait()
 	defer stopLag()
 
+	outage := retry.Outage{What: "read the record", Log: r.log}
 	batch := make([]bus.Message, 0, maxBatch)
 	for {
-		ds, err := r.fetch(ctx)
+		ds, err := r.con.Fetch(ctx, maxBatch)
 		if ctx.Err() != nil && len(ds) == 0 {
 			return r.flush()
 		}
-		if err != nil {
+		if errors.Is(err, bus.ErrClosed) {
 			return errors.Join(fmt.Errorf("read the record: %w", err), r.flush())
 		}
+		if err != nil {
+			if outage.Failed(ctx, err) != nil {
+				return r.flush()
+			}
+			continue
+		}
+		outage.Succeeded()
 		if len(ds) == 0 {
 			continue
 		}
@@ -224,8 +191,16 @@ func (r *Recorder) Run(ctx context.Context) error {
 		if err := r.flush(); err != nil {
 			return err
 		}
-		if err := r.ack(ctx, ds); err != nil {
-			return err
+		r.show()
+		for {
+			// The acknowledgement outlives a shutdown that began meanwhile.
+			err := r.con.Ack(context.WithoutCancel(ctx), ds...)
+			if err == nil {
+				break
+			}
+			if outage.Failed(ctx, err) != nil {
+				return nil // written: a restart writes them again
+			}
 		}
 		clear(batch)
 	}
@@ -246,9 +221,13 @@ type formatted struct {
 	err error
 }
 
+// record formats batch into r.out and writes it to the files and stdout,
+// buffered: the lines are out once flush returns, and show then hands
+// them to the tails.
 func (r *Recorder) record(batch []bus.Message) error {
 	now := r.now()
-	out := r.out[:len(batch)]
+	r.out = slices.Grow(r.out[:0], len(batch))[:len(batch)]
+	out := r.out
 	format := func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			out[i].rec, out[i].err = eventlog.Format(batch[i], now)
@@ -264,7 +243,6 @@ func (r *Recorder) record(batch []bus.Message) error {
 		}
 		wg.Wait()
 	}
-	defer clear(out)
 	for i, f := range out {
 		if f.err != nil {
 			r.malformed.Inc()
@@ -277,13 +255,22 @@ func (r *Recorder) record(batch []bus.Message) error {
 			r.stdout.Write(f.rec.Line)
 			r.stdout.WriteByte('\n')
 		}
-		r.window.Append(f.rec)
 		r.logged.Inc()
 		if !f.rec.Time.IsZero() {
 			r.lag.Set(now.Sub(f.rec.Time).Seconds())
 		}
 	}
 	return nil
+}
+
+// show hands the batch record wrote, now flushed, to the tails: a tail
+// never shows a line the files and stdout do not have yet.
+func (r *Recorder) show() {
+	for _, f := range r.out {
+		r.window.Append(f.rec)
+	}
+	clear(r.out)
+	r.out = r.out[:0]
 }
 
 func (r *Recorder) flush() error {
