@@ -329,3 +329,15 @@ func payloadClaims(tok string, lists ...string) ([][]string, error) {
 	}
 	return out, nil
 }
+
+// FromAuthorization returns the token of an Authorization header value
+// "Bearer <token>", the scheme in any case (RFC 9110 §11.1: auth schemes
+// are case-insensitive), and false for any other scheme or an empty token.
+func FromAuthorization(v string) (string, bool) {
+	scheme, tok, ok := strings.Cut(v, " ")
+	tok = strings.TrimLeft(tok, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return "", false
+	}
+	return tok, true
+}

@@ -131,3 +131,50 @@ func TestIssueRefusesShortSecretsAndNamesEveryToken(t *testing.T) {
 		seen[c.ID] = true
 	}
 }
+
+func TestFromAuthorization(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, header, want string
+		ok                 bool
+	}{
+		{"Bearer", "Bearer abc", "abc", true},
+		{"lower case", "bearer abc", "abc", true},
+		{"upper case", "BEARER abc", "abc", true},
+		{"Basic", "Basic abc", "", false},
+		{"no token", "Bearer ", "", false},
+		{"no space", "Bearerabc", "", false},
+		{"empty", "", "", false},
+	} {
+		if got, ok := token.FromAuthorization(tt.header); got != tt.want || ok != tt.ok {
+			t.Errorf("%s: FromAuthorization(%q) = %q, %v, want %q, %v", tt.name, tt.header, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func FuzzFromAuthorization(f *testing.F) {
+	for _, s := range []string{"Bearer abc", "bearer abc", "Basic abc", "", "Bearer  x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		tok, ok := token.FromAuthorization(v)
+		if ok && (tok == "" || !strings.HasSuffix(v, tok) || !strings.EqualFold(v[:6], "bearer")) {
+			t.Fatalf("FromAuthorization(%q) = %q, true", v, tok)
+		}
+		if !ok && tok != "" {
+			t.Fatalf("FromAuthorization(%q) = %q, false", v, tok)
+		}
+	})
+}
+
+func TestVerifyRefusesATokenLongerThanMaxBytes(t *testing.T) {
+	t.Parallel()
+	v, err := token.New(t.Context(), token.Options{Secret: []byte("0123456789abcdef0123")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = v.Verify(strings.Repeat("a", token.MaxBytes+1))
+	if !errors.Is(err, token.ErrInvalid) || !errors.Is(err, token.ErrTooLong) {
+		t.Errorf("Verify(%d bytes) = %v, want token.ErrInvalid and token.ErrTooLong", token.MaxBytes+1, err)
+	}
+}

@@ -185,7 +185,8 @@ type session struct {
 	wake    chan struct{} // the hub queued frames, or the window opened
 	// kickedWith is why the hub or the session ended the connection.
 	kickedWith atomic.Pointer[hub.Disconnect]
-	maxPacket  int // the most bytes the client takes in a packet (5.0); 0: no bound
+	maxPacket  int  // the most bytes the client takes in a packet (5.0); 0: no bound
+	saidBye    bool // a DISCONNECT was written; the writer's only
 
 	writeMu sync.Mutex // one writer of the socket at a time
 
@@ -312,7 +313,10 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	}
 	if pk.Connect.PasswordFlag {
 		c, err := h.Access.Verify(string(pk.Connect.Password))
-		if err != nil {
+		switch {
+		case errors.Is(err, token.ErrTooLong):
+			return refuse(packets.ErrBadUsernameOrPassword, err.Error())
+		case err != nil:
 			return refuse(packets.ErrNotAuthorized, err.Error())
 		}
 		s.claims = c
@@ -389,19 +393,29 @@ func (s *session) connack(code packets.Code, props packets.Properties) packets.P
 		ReasonCode: code.Code, Properties: props}
 }
 
-// v3Connack is the 3.1.1 return code for a 5.0 reason code.
+// v3Connack is the 3.1.1 return code for a 5.0 reason code. 3.1.1 has
+// only 0x01-0x05, and clients retry 0x03 (server unavailable) for ever:
+// it is kept for what passes (the edge or Redis busy or away, a bound
+// reached). A refusal of the CONNECT itself, which sending it again cannot
+// change (a will outside the grammar or at QoS 2, a malformed packet), is
+// 0x05 not authorized, the one code left that says "not like this" without
+// naming the protocol level (0x01), the client id (0x02) or the
+// credentials (0x04).
 func v3Connack(code packets.Code) packets.Code {
 	switch code.Code {
 	case packets.CodeSuccess.Code:
 		return packets.CodeSuccess
-	case packets.ErrNotAuthorized.Code:
-		return packets.Err3NotAuthorized
 	case packets.ErrUnsupportedProtocolVersion.Code:
 		return packets.Err3UnsupportedProtocolVersion
 	case packets.ErrClientIdentifierNotValid.Code:
 		return packets.Err3ClientIdentifierNotValid
+	case packets.ErrBadUsernameOrPassword.Code:
+		return packets.ErrMalformedUsernameOrPassword // 0x04 bad user name or password
+	case packets.ErrServerUnavailable.Code, packets.ErrServerBusy.Code, packets.ErrQuotaExceeded.Code,
+		packets.ErrConnectionRateExceeded.Code, packets.ErrImplementationSpecificError.Code, packets.ErrUnspecifiedError.Code:
+		return packets.Err3ServerUnavailable
 	}
-	return packets.Err3ServerUnavailable
+	return packets.Err3NotAuthorized
 }
 
 // takeOver registers s under its client id, closing the connection that

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -43,7 +44,9 @@ func (s *session) subscribe(pk packets.Packet) {
 // subscribeOne returns the granted QoS or the reason for refusing f, and
 // whether the session did not have f before.
 func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool) {
-	if len(f.ShareName) > 0 {
+	// mochi's decoder leaves ShareName to its server: "$share/<group>/…"
+	// arrives as the filter.
+	if len(f.ShareName) > 0 || strings.HasPrefix(f.Filter, "$share/") {
 		return packets.ErrSharedSubscriptionsNotSupported.Code, false
 	}
 	patterns, err := patternsOf(f.Filter)

@@ -123,6 +123,9 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		if len(f.Data) > 0 && f.Data[0] == '{' {
 			s.noticed(f.Data)
 		} else {
+			if len(f.Data) > 0 && f.Data[0]>>4 == packets.Disconnect {
+				s.saidBye = true // closeWith sends no second one
+			}
 			buf.Write(f.Data)
 		}
 		return
@@ -253,7 +256,7 @@ func (s *session) closeWith(d hub.Disconnect) {
 		_ = s.conn.CloseNow()
 		return
 	}
-	if code, ok := reasonOf(d); ok && s.version == 5 {
+	if code, ok := reasonOf(d); ok && s.version == 5 && !s.saidBye {
 		var buf bytes.Buffer
 		_ = mqttwire.Append(&buf, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 5,
 			ReasonCode: code.Code, Properties: packets.Properties{ReasonString: d.Reason}})

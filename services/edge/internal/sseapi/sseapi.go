@@ -161,7 +161,7 @@ func (h *Handler) authenticate(r *http.Request) (*token.Claims, int, *protocol.E
 	tok := r.URL.Query().Get("token")
 	if v := r.Header.Get("Authorization"); v != "" {
 		var ok bool
-		if tok, ok = strings.CutPrefix(v, "Bearer "); !ok {
+		if tok, ok = token.FromAuthorization(v); !ok {
 			return nil, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized, "Authorization: want Bearer <token>")
 		}
 	}
