@@ -44,12 +44,13 @@ type Server struct {
 	// embedded fallback.
 	Real bool
 
-	port   string
-	dir    string // with the append-only file there; empty keeps nothing
-	cmd    *exec.Cmd
-	mini   *miniredis.Miniredis
-	logf   string
-	exited chan error
+	port    string
+	dir     string // with the append-only file there; empty keeps nothing
+	cluster string // a cluster node's directory, for its nodes.conf; empty for a lone server
+	cmd     *exec.Cmd
+	mini    *miniredis.Miniredis
+	logf    string
+	exited  chan error
 }
 
 var (
@@ -66,6 +67,9 @@ func Main(m *testing.M) {
 	code := m.Run()
 	if shared != nil {
 		shared.stop()
+	}
+	if sharedCluster != nil {
+		sharedCluster.stop()
 	}
 	if n := skipped.Load(); n > 0 {
 		msg := fmt.Sprintf("redistest: %s: %d test(s) skipped: they need a real redis-server; install it (apt-get install redis-server) or set REDIS_URL\n",
@@ -268,6 +272,10 @@ func (s *Server) spawn() error {
 	if s.dir != "" {
 		args = []string{"--port", s.port, "--bind", "127.0.0.1", "--save", "",
 			"--appendonly", "yes", "--appendfsync", "always", "--dir", s.dir, "--protected-mode", "no"}
+	}
+	if s.cluster != "" {
+		args = append(args, "--dir", s.cluster, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", strconv.Itoa(int(clusterNodeTimeout.Milliseconds())))
 	}
 	cmd := exec.Command("redis-server", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf

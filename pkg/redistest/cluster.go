@@ -1,0 +1,282 @@
+package redistest
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// clusterNodeTimeout is how long a cluster node may be unreachable before
+// the others count it as failed and its replica takes over: about twice
+// this passes between a master's death and its replica's promotion.
+const clusterNodeTimeout = 2 * time.Second
+
+// Cluster is a Redis Cluster for tests: redis-server nodes on 127.0.0.1,
+// each on a free port below 55535 (its cluster bus port is 10000 above),
+// joined by redis-cli --cluster create with the slots split evenly among
+// the masters.
+type Cluster struct {
+	// URL is redis+cluster://host:port,host:port,…, every node: the form
+	// REDIS_URL takes for a cluster.
+	URL string
+	// Addrs of every node, the first ones created as masters.
+	Addrs []string
+
+	mu    sync.Mutex
+	nodes map[string]*Server
+}
+
+var (
+	sharedCluster     *Cluster
+	sharedClusterErr  error
+	sharedClusterOnce sync.Once
+)
+
+// SharedCluster returns the cluster shared by every test of this binary,
+// 3 masters and 3 replicas, started on first use; only Main stops it. Tests
+// sharing it isolate themselves with Prefix, and must not stop its nodes:
+// StartCluster gives a test a cluster of its own for that. It needs
+// redis-server and redis-cli: without them it skips the test, counting the
+// skip, or fails under EVENTBUS_REQUIRE_REDIS=1.
+func SharedCluster(tb testing.TB) *Cluster {
+	tb.Helper()
+	requireClusterTools(tb)
+	sharedClusterOnce.Do(func() { sharedCluster, sharedClusterErr = startCluster(3, 1) })
+	if sharedClusterErr != nil {
+		tb.Fatalf("redistest: %v", sharedClusterErr)
+	}
+	return sharedCluster
+}
+
+// StartCluster starts a cluster of the test's own with masters masters,
+// each with replicas replicas, stopped when the test ends.
+func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
+	tb.Helper()
+	requireClusterTools(tb)
+	c, err := startCluster(masters, replicas)
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	tb.Cleanup(c.stop)
+	return c
+}
+
+func requireClusterTools(tb testing.TB) {
+	tb.Helper()
+	for _, tool := range []string{"redis-server", "redis-cli"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("EVENTBUS_REQUIRE_REDIS") == "1" {
+				tb.Fatalf("EVENTBUS_REQUIRE_REDIS=1 but %s is not on PATH", tool)
+			}
+			skipped.Add(1)
+			tb.Skip("needs " + tool + " for a Redis Cluster (apt-get install redis-server)")
+		}
+	}
+}
+
+func startCluster(masters, replicas int) (*Cluster, error) {
+	c := &Cluster{nodes: make(map[string]*Server)}
+	for range masters * (1 + replicas) {
+		s, err := startNode()
+		if err != nil {
+			c.stop()
+			return nil, err
+		}
+		c.nodes[s.Addr] = s
+		c.Addrs = append(c.Addrs, s.Addr)
+	}
+	c.URL = "redis+cluster://" + strings.Join(c.Addrs, ",")
+	args := append([]string{"--cluster", "create"}, c.Addrs...)
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		c.stop()
+		return nil, fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
+	}
+	if err := c.waitHealthy(30 * time.Second); err != nil {
+		c.stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+// startNode starts one cluster node on a port whose bus port is free too.
+func startNode() (*Server, error) {
+	dir, err := os.MkdirTemp("", "redistest-cluster-")
+	if err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for range 20 {
+		port := 20000 + rand.IntN(35535-20000) // and its bus port, 10000 above, below 65535
+		if !free(port) || !free(port+10000) {
+			continue
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		s := &Server{Addr: addr, URL: "redis://" + addr + "/0", Real: true, port: strconv.Itoa(port), cluster: dir}
+		if lastErr = s.spawn(); lastErr == nil {
+			return s, nil
+		}
+	}
+	os.RemoveAll(dir)
+	return nil, fmt.Errorf("start a cluster node: %w", cmp.Or(lastErr, errors.New("no free port pair")))
+}
+
+func free(port int) bool {
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
+// Client returns a cluster client of c, closed when the test ends.
+func (c *Cluster) Client(tb testing.TB) *redis.ClusterClient {
+	tb.Helper()
+	cl := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs})
+	tb.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
+// Masters returns the addresses of the nodes that serve slots now, sorted.
+func (c *Cluster) Masters(tb testing.TB) []string {
+	tb.Helper()
+	m, err := c.masters()
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	return m
+}
+
+func (c *Cluster) masters() ([]string, error) {
+	var lastErr error
+	for _, addr := range c.live() {
+		cl := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+		slots, err := cl.ClusterSlots(context.Background()).Result()
+		cl.Close()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		var out []string
+		for _, s := range slots {
+			if len(s.Nodes) > 0 && !slices.Contains(out, s.Nodes[0].Addr) {
+				out = append(out, s.Nodes[0].Addr)
+			}
+		}
+		slices.Sort(out)
+		return out, nil
+	}
+	return nil, fmt.Errorf("read the cluster's masters: %w", cmp.Or(lastErr, errors.New("no node runs")))
+}
+
+// live returns the addresses of the nodes running now.
+func (c *Cluster) live() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, addr := range c.Addrs {
+		if c.nodes[addr].cmd != nil {
+			out = append(out, addr)
+		}
+	}
+	return out
+}
+
+// Kill stops the node at addr as a crash would (SIGKILL).
+func (c *Cluster) Kill(tb testing.TB, addr string) {
+	tb.Helper()
+	c.mu.Lock()
+	s := c.nodes[addr]
+	c.mu.Unlock()
+	if s == nil || s.cmd == nil {
+		tb.Fatalf("redistest: no running node at %s", addr)
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	c.mu.Lock()
+	s.cmd = nil
+	c.mu.Unlock()
+}
+
+// Restart starts a node stopped by Kill again, on its address, with its
+// cluster configuration: it rejoins the cluster (a master that lost its
+// slots meanwhile comes back as a replica).
+func (c *Cluster) Restart(tb testing.TB, addr string) {
+	tb.Helper()
+	c.mu.Lock()
+	s := c.nodes[addr]
+	c.mu.Unlock()
+	if err := s.spawn(); err != nil {
+		tb.Fatalf("redistest: restart %s: %v", addr, err)
+	}
+}
+
+// WaitHealthy waits until every running node says the cluster is ok,
+// with every slot served, and every replica's link to its master is up:
+// after a failover or a restart, the point where the cluster is whole
+// again. It fails the test after 30 s.
+func (c *Cluster) WaitHealthy(tb testing.TB) {
+	tb.Helper()
+	if err := c.waitHealthy(30 * time.Second); err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+}
+
+func (c *Cluster) waitHealthy(within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		err := c.healthy()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the cluster is not healthy after %v: %w", within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (c *Cluster) healthy() error {
+	ctx := context.Background()
+	for _, addr := range c.live() {
+		cl := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+		info, err := cl.ClusterInfo(ctx).Result()
+		var repl string
+		if err == nil {
+			repl, err = cl.Info(ctx, "replication").Result()
+		}
+		cl.Close()
+		switch {
+		case err != nil:
+			return fmt.Errorf("node %s: %w", addr, err)
+		case !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, "cluster_slots_ok:16384"):
+			return fmt.Errorf("node %s: cluster not ok", addr)
+		case strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up"):
+			return fmt.Errorf("node %s: replica not linked to its master", addr)
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.nodes {
+		s.stop()
+		os.RemoveAll(s.cluster)
+	}
+}
