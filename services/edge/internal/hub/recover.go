@@ -69,6 +69,33 @@ type replay struct {
 	live      []*Event // guarded by Hub.mu
 	overflow  bool     // guarded by Hub.mu: more live events came than RecoverMax
 	cancelled atomic.Bool
+	// done is set, and fence, when the replay has handed over to dispatch
+	// (with Hub.mu held); from then only dispatch touches fence. An event
+	// the record gave may still be on its way live when the replay ends
+	// (Redis stores it before the pub/sub connection brings it): fence is
+	// where each namespace stood for the subscription as it went live,
+	// and a live event at or before it is not given again. Pub/sub brings
+	// a namespace in order, so the first one past it lifts it.
+	done  bool
+	fence bus.Cursor
+}
+
+// passes reports whether ev, live, is past the fence of a replay that is
+// done, lifting the fence of its namespace when it is. Call from dispatch.
+func (r *replay) passes(ev *Event) bool {
+	if ev.Position.IsZero() || len(r.fence) == 0 {
+		return true
+	}
+	ns := ev.Namespace()
+	f, ok := r.fence[ns]
+	if !ok {
+		return true
+	}
+	if f.Epoch == ev.Position.Epoch && bus.CompareOffsets(ev.Position.Offset, f.Offset) <= 0 {
+		return false // the record gave it
+	}
+	delete(r.fence, ns)
+	return true
 }
 
 // missed reads what p delivered after since, at most RecoverMax events.
@@ -165,7 +192,11 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 		r.live = nil
 		if len(live) == 0 || overflow {
 			if c.replays[p] == r {
-				delete(c.replays, p)
+				if overflow {
+					delete(c.replays, p)
+				} else {
+					r.done, r.fence = true, last
+				}
 			}
 			h.raiseFloor(last)
 			h.mu.Unlock()
@@ -215,9 +246,12 @@ func (h *Hub) hold(c *Client, ev *Event, subs []string) []string {
 	live := subs[:0:0]
 	for _, p := range subs {
 		r := c.replays[p]
-		if r == nil {
+		if r == nil || r.done && r.passes(ev) {
 			live = append(live, p)
 			continue
+		}
+		if r.done {
+			continue // given already, from the record
 		}
 		if len(r.live) >= h.opts.RecoverMax {
 			r.overflow, r.live = true, nil
