@@ -134,29 +134,13 @@ lint: tools ## go vet, gofmt and buf lint
 	cd proto && $(TOOLS)/buf lint
 
 .PHONY: fuzz
-fuzz: ## Run every fuzz target for FUZZTIME (default 20s) each
-	go test -run='^$$' -fuzz=FuzzValidatePattern -fuzztime=$${FUZZTIME:-20s} ./pkg/channel
-	go test -run='^$$' -fuzz=FuzzDecodeData -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
-	go test -run='^$$' -fuzz=FuzzCompact -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
-	go test -run='^$$' -fuzz=FuzzMarshalJSON -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
-	go test -run='^$$' -fuzz=FuzzValidateID -fuzztime=$${FUZZTIME:-20s} ./pkg/envelope
-	go test -run='^$$' -fuzz=FuzzAppendJSONString -fuzztime=$${FUZZTIME:-20s} ./services/logger/internal/eventlog
-	go test -run='^$$' -fuzz=FuzzParseMark -fuzztime=$${FUZZTIME:-20s} ./services/logger/internal/eventlog
-	go test -run='^$$' -fuzz=FuzzReader -fuzztime=$${FUZZTIME:-20s} ./pkg/sse
-	go test -run='^$$' -fuzz=FuzzWriter -fuzztime=$${FUZZTIME:-20s} ./pkg/sse
-	go test -run='^$$' -fuzz=FuzzCovers -fuzztime=$${FUZZTIME:-20s} ./pkg/channel
-	go test -run='^$$' -fuzz=FuzzDecodeEvent -fuzztime=$${FUZZTIME:-20s} ./services/api/internal/httpapi
-	go test -run='^$$' -fuzz=FuzzParseRequest -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/protocol
-	go test -run='^$$' -fuzz=FuzzCloseReason -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/protocol
-	go test -run='^$$' -fuzz=FuzzPatternSet -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/hub
-	go test -run='^$$' -fuzz=FuzzVerify -fuzztime=$${FUZZTIME:-20s} ./pkg/token
-	go test -run='^$$' -fuzz=FuzzParseCursor -fuzztime=$${FUZZTIME:-20s} ./pkg/bus
-	go test -run='^$$' -fuzz=FuzzParseRetryRequest -fuzztime=$${FUZZTIME:-20s} ./services/notification/internal/deadletter
-	go test -run='^$$' -fuzz=FuzzSplitPosition -fuzztime=$${FUZZTIME:-20s} ./pkg/bus/redisbus
-	go test -run='^$$' -fuzz=FuzzLastEventID -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/sseapi
-	go test -run='^$$' -fuzz=FuzzDemoAPIPath -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/web
-	go test -run='^$$' -fuzz=FuzzReadPacket -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/mqttapi
-	go test -run='^$$' -fuzz=FuzzFilterPatterns -fuzztime=$${FUZZTIME:-20s} ./services/edge/internal/mqttapi
+fuzz: ## Run every fuzz target (each func Fuzz… of every *_test.go, found afresh) for FUZZTIME (default 20s) each
+	grep -rl --include='*_test.go' '^func Fuzz' pkg services cmd e2e | sort | while read -r f; do \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$f"); do \
+			echo "== $$t ./$$(dirname "$$f")"; \
+			go test -run='^$$' -fuzz="^$$t\$$" -fuzztime=$${FUZZTIME:-20s} "./$$(dirname "$$f")"; \
+		done; \
+	done
 
 .PHONY: tidy
 tidy: ## go mod tidy in every module
