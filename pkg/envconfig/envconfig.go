@@ -16,8 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 )
 
@@ -126,8 +125,8 @@ func (r *Reader) LogLevel(name string, def slog.Level) slog.Level {
 // redis://localhost:6379/0.
 func (r *Reader) RedisURL(name, def string) string {
 	v := r.String(name, def)
-	if _, err := redis.ParseURL(v); err != nil {
-		r.fail(name, v, "a URL such as redis://localhost:6379/0")
+	if err := redisbus.CheckURL(v); err != nil {
+		r.fail(name, v, "a URL such as redis://localhost:6379/0, or redis+cluster://host:port,host:port for a Redis Cluster")
 	}
 	return v
 }
@@ -176,7 +175,7 @@ type Common struct {
 // history: BUS_HISTORY, BUS_HISTORY_MAXLEN and BUS_HISTORY_TTL.
 func (r *Reader) Common() Common {
 	c := Common{
-		RedisURL:      r.RedisURL("REDIS_URL", "redis://localhost:6379/0"),
+		RedisURL:      r.redis(),
 		RedisPrefix:   r.ChannelPrefix("REDIS_PREFIX"),
 		Pprof:         r.Bool("PPROF", false),
 		LogLevel:      r.LogLevel("LOG_LEVEL", slog.LevelInfo),
@@ -191,6 +190,22 @@ func (r *Reader) Common() Common {
 		r.fail("BUS_HISTORY", v, "on or off")
 	}
 	return c
+}
+
+// redis reads REDIS_URL, or REDIS_CLUSTER_ADDRS (host:port,host:port),
+// which stands for REDIS_URL=redis+cluster://host:port,host:port.
+func (r *Reader) redis() string {
+	addrs := r.String("REDIS_CLUSTER_ADDRS", "")
+	if addrs == "" {
+		return r.RedisURL("REDIS_URL", "redis://localhost:6379/0")
+	}
+	if u := r.getenv("REDIS_URL"); u != "" {
+		r.fail("REDIS_CLUSTER_ADDRS", addrs, "either REDIS_URL or REDIS_CLUSTER_ADDRS, not both")
+	}
+	if err := redisbus.CheckURL("redis+cluster://" + addrs); err != nil {
+		r.fail("REDIS_CLUSTER_ADDRS", addrs, "the cluster's nodes as host:port,host:port")
+	}
+	return "redis+cluster://" + addrs
 }
 
 // Member returns a consumer-group member name: the variable name, else the

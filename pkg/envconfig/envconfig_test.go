@@ -80,3 +80,28 @@ func TestCommonHistory(t *testing.T) {
 		}
 	}
 }
+
+func TestCommonRedisCluster(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+		url  string // "" when the configuration is refused
+	}{
+		{"default", nil, "redis://localhost:6379/0"},
+		{"cluster URL", map[string]string{"REDIS_URL": "redis+cluster://a:7000,b:7001"}, "redis+cluster://a:7000,b:7001"},
+		{"cluster addresses", map[string]string{"REDIS_CLUSTER_ADDRS": "a:7000,b:7001"}, "redis+cluster://a:7000,b:7001"},
+		{"both", map[string]string{"REDIS_URL": "redis://x:1/0", "REDIS_CLUSTER_ADDRS": "a:7000"}, ""},
+		{"bad addresses", map[string]string{"REDIS_CLUSTER_ADDRS": "a,b"}, ""},
+		{"bad cluster URL", map[string]string{"REDIS_URL": "redis+cluster://a"}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := envconfig.New(func(k string) string { return tt.env[k] })
+			c := r.Common()
+			if err := r.Err(); (err != nil) != (tt.url == "") || tt.url != "" && c.RedisURL != tt.url {
+				t.Errorf("Common() = %q, %v; want %q", c.RedisURL, err, tt.url)
+			}
+		})
+	}
+}

@@ -11,26 +11,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Dial connects to the Redis at url (redis://host:port/db) and checks that
-// it answers within timeout, so a service fails fast on a wrong address.
-// The client honours context deadlines, also while it waits on a socket
-// (go-redis does not unless told to).
-func Dial(ctx context.Context, url string, timeout time.Duration) (*redis.Client, error) {
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, fmt.Errorf("parse redis url: %w", err)
-	}
-	opt.ContextTimeoutEnabled = true
-	c := redis.NewClient(opt)
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("connect to redis at %s: %w", opt.Addr, err)
-	}
-	return c, nil
-}
-
 // Open dials url like Dial and returns a Bus on the connection that owns
 // it: Close closes the client too.
 //
@@ -58,7 +38,7 @@ func Open(ctx context.Context, url string, timeout time.Duration, opts Options) 
 
 // Client returns the Redis client, for commands outside pub/sub (keys,
 // idempotency records). It stays valid until Close.
-func (b *Bus) Client() *redis.Client { return b.client }
+func (b *Bus) Client() redis.UniversalClient { return b.client }
 
 // Ready reports whether Redis answers and every open subscription is live:
 // what a service's /readyz needs.

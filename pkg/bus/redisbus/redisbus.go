@@ -55,8 +55,8 @@ type Options struct {
 
 // Bus publishes and subscribes through one Redis server.
 type Bus struct {
-	client *redis.Client
-	pub    *redis.Client // the pipeline's: client's options without retries
+	client redis.UniversalClient
+	pub    redis.UniversalClient // the pipeline's: client's options without retries
 	opts   Options
 	log    *slog.Logger
 	m      *metrics
@@ -81,7 +81,7 @@ type Bus struct {
 // it twice when Redis had taken it (or into a restarted Redis seconds
 // later, long after the caller should have had an answer), and would
 // ignore a deadline while it waits on a socket.
-func New(client *redis.Client, opts Options) (*Bus, error) {
+func New(client redis.UniversalClient, opts Options) (*Bus, error) {
 	if opts.Prefix != "" {
 		p := strings.TrimSuffix(opts.Prefix, ":")
 		if err := channel.Validate(p); err != nil || p+":" != opts.Prefix {
@@ -94,13 +94,18 @@ func New(client *redis.Client, opts Options) (*Bus, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	pub, err := newPublishClient(client)
+	if err != nil {
+		return nil, err
+	}
 	m, err := newMetrics(opts.Registerer, opts.Namespace)
 	if err != nil {
+		_ = pub.Close()
 		return nil, err
 	}
 	b := &Bus{
 		client: client,
-		pub:    redis.NewClient(publishOptions(client.Options())),
+		pub:    pub,
 		opts:   opts,
 		log:    log,
 		m:      m,
@@ -116,26 +121,10 @@ func New(client *redis.Client, opts Options) (*Bus, error) {
 	return b, nil
 }
 
-// publishOptions derives the options of the pipeline's client from o: the
-// same server and connection settings, no retries, deadlines honoured. What
-// NewClient attaches to a client for itself (its push notification
-// processor, maintenance notifications, client-side cache) is left for the
-// new client to make its own: sharing them fails or mixes two clients'
-// state. Publishing needs none of them.
-func publishOptions(o *redis.Options) *redis.Options {
-	po := *o
-	po.MaxRetries = -1
-	po.ContextTimeoutEnabled = true
-	po.PushNotificationProcessor = nil
-	po.MaintNotificationsConfig = nil
-	po.ClientSideCache = nil
-	po.ClientSideCacheConfig = nil
-	return &po
-}
-
-// Ping reports whether Redis answers.
+// Ping reports whether Redis answers: the server, or every node of a
+// cluster.
 func (b *Bus) Ping(ctx context.Context) error {
-	if err := b.client.Ping(ctx).Err(); err != nil {
+	if err := ping(ctx, b.client); err != nil {
 		return fmt.Errorf("ping redis: %w", err)
 	}
 	return nil

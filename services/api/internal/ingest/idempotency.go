@@ -26,7 +26,7 @@ const MaxKeyLen = 255
 // Idempotency remembers replies by key in Redis, so that a retried request
 // publishes nothing twice.
 type Idempotency struct {
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	prefix  string
 	ttl     time.Duration
 	pending time.Duration
@@ -35,7 +35,7 @@ type Idempotency struct {
 
 // NewIdempotency keeps replies for ttl under keys starting with prefix,
 // giving Redis at most timeout for each command.
-func NewIdempotency(rdb *redis.Client, prefix string, ttl, timeout time.Duration) *Idempotency {
+func NewIdempotency(rdb redis.UniversalClient, prefix string, ttl, timeout time.Duration) *Idempotency {
 	return &Idempotency{rdb: rdb, prefix: prefix + "idempotency:", ttl: ttl, pending: time.Minute, timeout: timeout}
 }
 

@@ -1,0 +1,111 @@
+package redisbus
+
+import (
+	"net"
+	"slices"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/eventbus-suite/eventbus/pkg/redistest"
+)
+
+func TestNewClientReadsSingleAndClusterURLs(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, url string
+		addrs     []string // a cluster's; nil for one server
+		user      string
+		password  string
+		tls       bool
+	}{
+		{name: "one server", url: "redis://localhost:6379/0"},
+		{name: "cluster", url: "redis+cluster://a:7000,b:7001,c:7002", addrs: []string{"a:7000", "b:7001", "c:7002"}},
+		{name: "cluster with a slash", url: "redis+cluster://a:7000/", addrs: []string{"a:7000"}},
+		{name: "cluster with credentials and options", url: "redis+cluster://u:p%40ss@a:7000,b:7001?dial_timeout=2s",
+			addrs: []string{"a:7000", "b:7001"}, user: "u", password: "p@ss"},
+		{name: "cluster over TLS", url: "rediss+cluster://a:7000", addrs: []string{"a:7000"}, tls: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := NewClient(tc.url)
+			if err != nil {
+				t.Fatalf("NewClient(%q) = %v", tc.url, err)
+			}
+			defer c.Close()
+			cc, cluster := c.(*redis.ClusterClient)
+			if cluster != (tc.addrs != nil) {
+				t.Fatalf("NewClient(%q) = %T, want a cluster client %v", tc.url, c, tc.addrs != nil)
+			}
+			if !cluster {
+				return
+			}
+			o := cc.Options()
+			if !slices.Equal(o.Addrs, tc.addrs) || o.Username != tc.user || o.Password != tc.password || (o.TLSConfig != nil) != tc.tls || !o.ContextTimeoutEnabled {
+				t.Fatalf("NewClient(%q) options = addrs %q user %q password %q tls %v, want %q %q %q %v", tc.url,
+					o.Addrs, o.Username, o.Password, o.TLSConfig != nil, tc.addrs, tc.user, tc.password, tc.tls)
+			}
+		})
+	}
+}
+
+func TestNewClientRefusesBadURLs(t *testing.T) {
+	t.Parallel()
+	for _, url := range []string{
+		"", "localhost:6379", "http://localhost:6379", "redis+cluster://", "redis+cluster://a", "redis+cluster://a:1,,b:2",
+		"redis+cluster://a:1,b", "redis+cluster://:7000", "redis+cluster://a:1?dial_timeout=soon", "redis+sentinel://a:1",
+	} {
+		if err := CheckURL(url); err == nil {
+			t.Errorf("CheckURL(%q) = nil, want an error", url)
+		}
+	}
+}
+
+func TestRedactedURL(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"redis+cluster://u:secret@a:1,b:2": "redis+cluster://u:xxxxx@a:1,b:2",
+		"redis://:secret@localhost:6379/0": "redis://:xxxxx@localhost:6379/0",
+		"redis://localhost:6379/0":         "redis://localhost:6379/0",
+	} {
+		if got := redactedURL(in); got != want {
+			t.Errorf("redactedURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func FuzzNewClient(f *testing.F) {
+	for _, s := range []string{"redis://localhost:6379/0", "redis+cluster://a:7000,b:7001", "redis+cluster://u:p@a:1?addr=b:2", "rediss+cluster://a:1/"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, url string) {
+		c, err := NewClient(url)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if cc, ok := c.(*redis.ClusterClient); ok {
+			for _, a := range cc.Options().Addrs {
+				if _, _, err := net.SplitHostPort(a); err != nil {
+					t.Fatalf("NewClient(%q) took node %q, not host:port", url, a)
+				}
+			}
+		}
+	})
+}
+
+// Dial reaches every node of a cluster from a URL that names one.
+func TestDialCluster(t *testing.T) {
+	t.Parallel()
+	c := redistest.SharedCluster(t)
+	rdb, err := Dial(t.Context(), "redis+cluster://"+c.Addrs[0], 5e9)
+	if err != nil {
+		t.Fatalf("Dial = %v", err)
+	}
+	defer rdb.Close()
+	for _, key := range []string{"{a}", "{b}", "{c}"} {
+		if err := rdb.Set(t.Context(), key, "v", 0).Err(); err != nil {
+			t.Fatalf("SET %s through the cluster = %v", key, err)
+		}
+	}
+}
