@@ -5,7 +5,8 @@ package apikey
 import (
 	"crypto/sha256"
 	"crypto/subtle"
-	"strings"
+
+	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
 // Keys is a set of accepted API keys. The zero value accepts every caller.
@@ -33,11 +34,11 @@ func (k Keys) Allow(authorization string) bool {
 	if k.Open() {
 		return true
 	}
-	token, ok := strings.CutPrefix(authorization, "Bearer ")
-	if !ok || token == "" {
+	key, ok := token.FromAuthorization(authorization)
+	if !ok {
 		return false
 	}
-	h := sha256.Sum256([]byte(token))
+	h := sha256.Sum256([]byte(key))
 	allowed := 0
 	for _, want := range k.hashes {
 		allowed |= subtle.ConstantTimeCompare(h[:], want[:])

@@ -17,6 +17,8 @@ func TestAllow(t *testing.T) {
 	}{
 		{"first key", keys, "Bearer k1", true},
 		{"second key", keys, "Bearer k2", true},
+		{"scheme in any case (RFC 9110)", keys, "bearer k1", true},
+		{"scheme in capitals", keys, "BEARER k2", true},
 		{"unknown key", keys, "Bearer k3", false},
 		{"prefix of a key", keys, "Bearer k", false},
 		{"no header", keys, "", false},
