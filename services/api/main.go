@@ -21,6 +21,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/api/internal/config"
 	"github.com/eventbus-suite/eventbus/services/api/internal/grpcapi"
 	"github.com/eventbus-suite/eventbus/services/api/internal/httpapi"
+	"github.com/eventbus-suite/eventbus/services/api/internal/inflight"
 	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
 
@@ -59,17 +60,18 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 
 	svc := ingest.New(b, "eventbus/api", cfg.PublishTimeout, reg)
 	idem := ingest.NewIdempotency(b.Client(), cfg.RedisPrefix, 24*time.Hour, cfg.PublishTimeout)
+	budget := inflight.New(cfg.MaxInflightBytes, reg)
 	mux := http.NewServeMux()
 	httpapi.Register(mux, httpapi.Options{
 		Ingest: svc, Idempotency: idem, Stats: b.Stats, History: b, Keys: keys, Logger: log,
 		Revocations:  revocation.Store{Redis: b.Client(), Prefix: cfg.RedisPrefix, MaxAge: cfg.MaxTokenAge},
-		MaxBodyBytes: cfg.MaxBodyBytes, MaxBatchBytes: cfg.MaxBatchBytes,
+		MaxBodyBytes: cfg.MaxBodyBytes, MaxBatchBytes: cfg.MaxBatchBytes, Budget: budget,
 	})
 	if cfg.Pprof {
 		server.Pprof(mux)
 	}
 	server.Ops(mux, reg, b.Ready)
-	gs := grpcapi.New(svc, idem, b, keys, log)
+	gs := grpcapi.New(svc, idem, b, keys, budget, log)
 
 	hl, err := server.Listen(ctx, cfg.HTTPAddr)
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/services/api/internal/inflight"
 	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
 
@@ -42,14 +43,19 @@ type Server struct {
 	ingest  *ingest.Service
 	idem    *ingest.Idempotency
 	history bus.History
+	budget  *inflight.Budget
 	log     *slog.Logger
 }
 
 // New returns a gRPC server with EventService, health and reflection
 // registered, reading history from history. With keys set, every call but
-// health checks needs "authorization: Bearer <key>" metadata.
-func New(svc *ingest.Service, idem *ingest.Idempotency, history bus.History, keys apikey.Keys, log *slog.Logger) *grpc.Server {
-	s := &Server{ingest: svc, idem: idem, history: history, log: log}
+// health checks needs "authorization: Bearer <key>" metadata. The events
+// a call publishes are held against budget, shared with the HTTP API,
+// while the call keeps them: a Publish that does not fit fails with
+// Unavailable, and so does a PublishStream whose next event does not fit
+// even once the events it holds have been published.
+func New(svc *ingest.Service, idem *ingest.Idempotency, history bus.History, keys apikey.Keys, budget *inflight.Budget, log *slog.Logger) *grpc.Server {
+	s := &Server{ingest: svc, idem: idem, history: history, budget: budget, log: log}
 	gs := grpc.NewServer(
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
 			if err := authorize(ctx, keys, info.FullMethod); err != nil {
@@ -111,11 +117,24 @@ func (s *Server) toStatus(ctx context.Context, err error) error {
 	return status.Error(codes.Internal, "internal error")
 }
 
+// overBudgetMessage says why a call was refused for want of room in the
+// in-flight budget.
+const overBudgetMessage = "the api is holding as many request bytes as it may (API_MAX_INFLIGHT_BYTES)"
+
+var overBudget = status.Error(codes.Unavailable, overBudgetMessage+"; nothing was published, retry later")
+
 // Publish implements EventService.
 func (s *Server) Publish(ctx context.Context, req *eventbusv1.PublishRequest) (*eventbusv1.PublishResponse, error) {
 	env := req.GetEvent()
 	if env == nil {
 		return nil, status.Error(codes.InvalidArgument, "event: required")
+	}
+	// The message is in memory already (gRPC takes up to 4 MiB); what the
+	// budget bounds is how many such messages are kept while Redis works.
+	hold := s.budget.Hold()
+	defer hold.Release()
+	if err := hold.Take(int64(proto.Size(req))); err != nil {
+		return nil, overBudget
 	}
 	publish := func() (*eventbusv1.PublishResponse, error) {
 		res, err := s.ingest.Publish(ctx, env)
@@ -175,16 +194,23 @@ func (s *Server) PublishStream(stream grpc.ClientStreamingServer[eventbusv1.Publ
 			Index: i, Code: snakeCase(st.Code().String()), Message: st.Message(),
 		})
 	}
+	// The batch's events are held against the budget until published.
+	hold := s.budget.Hold()
+	defer hold.Release()
 	flush := func() {
-		_, errs := s.ingest.PublishMany(ctx, batch)
-		for j, err := range errs {
-			if err != nil {
-				reject(indexes[j], err)
-			} else {
-				resp.Accepted++
+		if len(batch) > 0 {
+			_, errs := s.ingest.PublishMany(ctx, batch)
+			for j, err := range errs {
+				if err != nil {
+					reject(indexes[j], err)
+				} else {
+					resp.Accepted++
+				}
 			}
 		}
+		clear(batch) // let the events go
 		batch, indexes = batch[:0], indexes[:0]
+		hold.Release()
 	}
 	for ; ; index++ {
 		req, err := stream.Recv()
@@ -197,6 +223,16 @@ func (s *Server) PublishStream(stream grpc.ClientStreamingServer[eventbusv1.Publ
 		if req.GetEvent() == nil {
 			reject(index, fmt.Errorf("%w: event: required", envelope.ErrInvalid))
 			continue
+		}
+		size := int64(proto.Size(req))
+		if hold.Take(size) != nil {
+			// Make room by sending on what this stream holds, then try
+			// once more.
+			flush()
+			if hold.Take(size) != nil {
+				return status.Errorf(codes.Unavailable, "%s: events from index %d on were not taken (%d accepted, %d rejected before it); retry them later",
+					overBudgetMessage, index, resp.Accepted, resp.Rejected)
+			}
 		}
 		batch = append(batch, req.GetEvent())
 		indexes = append(indexes, index)

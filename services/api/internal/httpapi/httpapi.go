@@ -18,6 +18,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/server"
+	"github.com/eventbus-suite/eventbus/services/api/internal/inflight"
 	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
 
@@ -35,6 +36,9 @@ type Options struct {
 	Logger        *slog.Logger
 	MaxBodyBytes  int64
 	MaxBatchBytes int64
+	// Budget is shared by every request with a body: one that does not
+	// fit is refused with 503 unavailable and Retry-After.
+	Budget *inflight.Budget
 }
 
 type handler struct{ Options }
@@ -43,7 +47,7 @@ type handler struct{ Options }
 func Register(mux *http.ServeMux, opts Options) {
 	h := &handler{opts}
 	route := func(path string, limit int64, fn func(http.ResponseWriter, *http.Request) error) {
-		mux.Handle("POST "+path, h.authorize(h.limit(limit, h.idempotent(fn))))
+		mux.Handle("POST "+path, h.authorize(h.budget(limit, h.limit(limit, h.idempotent(fn)))))
 		mux.Handle(path, methodNotAllowed("POST"))
 	}
 	route("/v1/events", opts.MaxBodyBytes, h.publishEvent)
@@ -64,6 +68,11 @@ func Register(mux *http.ServeMux, opts Options) {
 		return &apiError{status: http.StatusNotFound, code: "not_found", message: "no route " + r.Method + " " + r.URL.Path}
 	})))
 }
+
+// retryAfter is the Retry-After of a request refused for want of room in
+// the in-flight budget: a second is about how long a batch of the largest
+// size takes to publish and give its bytes back.
+const retryAfter = "1"
 
 // statusClientClosedRequest is nginx's status for a request whose client
 // hung up before the reply.
@@ -89,6 +98,12 @@ func toAPIError(err error) (ae *apiError, internal bool) {
 	switch {
 	case errors.As(err, &ae):
 		return ae, false
+	case errors.Is(err, inflight.ErrOverBudget):
+		return &apiError{http.StatusServiceUnavailable, "unavailable",
+			"the api is holding as many request bytes as it may (API_MAX_INFLIGHT_BYTES); nothing was published, retry later"}, false
+	case errors.Is(err, server.ErrBodyTimeout):
+		return &apiError{http.StatusRequestTimeout, "request_timeout",
+			"the request body did not arrive in time; nothing was published"}, false
 	case errors.As(err, &mbe):
 		return &apiError{http.StatusRequestEntityTooLarge, "payload_too_large",
 			fmt.Sprintf("request body is larger than %d bytes", mbe.Limit)}, false
@@ -132,16 +147,22 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // reported without internals.
 func (h *handler) handle(fn func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := fn(w, r)
-		if err == nil {
-			return
+		if err := fn(w, r); err != nil {
+			h.writeError(w, r, err)
 		}
-		ae, internal := toAPIError(err)
-		if internal {
-			h.Logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "error", err)
-		}
-		server.WriteError(w, ae.status, ae.code, ae.message)
 	})
+}
+
+// writeError answers err as toAPIError maps it.
+func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	ae, internal := toAPIError(err)
+	if internal {
+		h.Logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+	}
+	if errors.Is(err, inflight.ErrOverBudget) {
+		w.Header().Set("Retry-After", retryAfter)
+	}
+	server.WriteError(w, ae.status, ae.code, ae.message)
 }
 
 func (h *handler) authorize(next http.Handler) http.Handler {
@@ -150,6 +171,26 @@ func (h *handler) authorize(next http.Handler) http.Handler {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="eventbus"`)
 			server.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or unknown API key: send Authorization: Bearer <key>")
 			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// budget holds the request's body against the in-flight budget until the
+// request ends: its Content-Length (at most limit, which the body cannot
+// pass) before anything is read, or each byte as it is read when the
+// length is not known.
+func (h *handler) budget(limit int64, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hold := h.Budget.Hold()
+		defer hold.Release()
+		if r.ContentLength >= 0 {
+			if err := hold.Take(min(r.ContentLength, limit)); err != nil {
+				h.writeError(w, r, err)
+				return
+			}
+		} else {
+			r.Body = hold.Reader(r.Body)
 		}
 		next.ServeHTTP(w, r)
 	})
