@@ -42,7 +42,7 @@ type Options struct {
 	// Consumer is this replica's member of the group "notification".
 	Consumer  bus.Consumer
 	Publisher bus.Publisher
-	Redis     *redis.Client
+	Redis     redis.UniversalClient
 	// Prefix is put before every Redis key, like the bus's channel prefix.
 	Prefix string
 	// Claims make each notification go once; dead-letter retries take
