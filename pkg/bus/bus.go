@@ -23,10 +23,14 @@ var ErrClosed = errors.New("bus closed")
 var ErrNotSent = errors.New("not sent")
 
 // Position is where an event stands in the record of its namespace, the
-// first token of its channel ("order" for "order:placed").
+// first token of its channel ("order" for "order:placed"). The record of a
+// namespace is one stream, or, where the bus spreads a namespace over
+// partitions, several: the events of one channel always go to the same
+// stream. History.StreamOf names it.
 type Position struct {
-	// Offset is the event's id in its namespace's stream, such as
-	// "1732290000000-0": offsets of one namespace grow with every event.
+	// Offset is the event's id in its stream, such as "1732290000000-0":
+	// offsets of one stream grow with every event, so those of one
+	// channel do.
 	Offset string
 	// Epoch names the stream the offset belongs to. It changes when the
 	// stream is lost (Redis flushed, or restarted without its data), so a
@@ -156,9 +160,9 @@ var ErrTruncated = errors.New("history truncated")
 // gone, so everything since is unknown, not merely trimmed.
 var ErrEpochChanged = errors.New("epoch changed")
 
-// Cursor is a position in every namespace a pattern spans: namespace →
-// the position of the last event read there. A namespace missing from a
-// cursor is read from its oldest retained event.
+// Cursor is a position in every stream a pattern spans: the stream's name
+// (History.StreamOf) → the position of the last event read there. A stream
+// missing from a cursor is read from its oldest retained event.
 type Cursor map[string]Position
 
 // Event is one recorded event.
@@ -170,12 +174,12 @@ type Event struct {
 
 // Page is one answer of History.
 type Page struct {
-	// Events, oldest first within a namespace and merged across
-	// namespaces by offset. Offsets are times to the millisecond: events
-	// of one millisecond in several namespaces come in namespace order,
-	// which need not be the order they were published in.
+	// Events, oldest first within a stream and merged across streams by
+	// offset. Offsets are times to the millisecond: events of one
+	// millisecond in several streams come in stream order, which need not
+	// be the order they were published in.
 	Events []Event
-	// Next continues where this page stopped, in every namespace the
+	// Next continues where this page stopped, in every stream the
 	// pattern spans, including those with no event in the page.
 	Next Cursor
 	// More reports that events may remain after Next.
@@ -189,13 +193,20 @@ type History interface {
 	// whose first token has a wildcard ("*", "*:placed") come from every
 	// namespace it can match, including ones that appear later. An error
 	// wrapping ErrTruncated means the record no longer holds everything
-	// after since in some namespace; nothing partial is returned.
+	// after since in some stream; nothing partial is returned.
 	History(ctx context.Context, pattern string, since Cursor, limit int) (Page, error)
 
 	// Latest returns the position of the last event recorded in each
-	// namespace pattern spans: where a reader that wants only what comes
-	// next starts. Namespaces with nothing recorded are left out.
+	// stream pattern spans: where a reader that wants only what comes
+	// next starts. Streams with nothing recorded are left out.
 	Latest(ctx context.Context, pattern string) (Cursor, error)
+
+	// StreamOf names the stream the events of channel ch are recorded in,
+	// as cursors name it: the namespace ("order"), or, where a namespace
+	// is spread over partitions, the namespace and the partition
+	// ("order.3"). A name is a namespace, maybe followed by '.' and a
+	// number (IsStream).
+	StreamOf(ch string) string
 }
 
 // Delivery is one event handed to a member of a consumer group.

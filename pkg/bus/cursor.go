@@ -45,6 +45,21 @@ func SplitOffset(o string) (ms, seq uint64) {
 // IsEpoch reports whether s is an epoch: hex digits.
 func IsEpoch(s string) bool { return epochRE.MatchString(s) }
 
+// IsStream reports whether s names a stream (History.StreamOf): a
+// namespace, one token of the channel grammar, maybe followed by '.' and a
+// partition number without leading zeros.
+func IsStream(s string) bool {
+	ns, part, partitioned := strings.Cut(s, ".")
+	if channel.Validate(ns) != nil || strings.Contains(ns, ":") {
+		return false
+	}
+	if !partitioned {
+		return true
+	}
+	n, err := strconv.Atoi(part)
+	return err == nil && n >= 0 && strconv.Itoa(n) == part
+}
+
 // String encodes c as an opaque token that is safe in a URL, for clients
 // to hand back to ParseCursor.
 func (c Cursor) String() string {
@@ -69,7 +84,7 @@ func ParseCursor(s string) (Cursor, error) {
 	}
 	c := make(Cursor, len(m))
 	for ns, p := range m {
-		if channel.Validate(ns) != nil || strings.Contains(ns, ":") || !IsOffset(p[0]) || !epochRE.MatchString(p[1]) {
+		if !IsStream(ns) || !IsOffset(p[0]) || !epochRE.MatchString(p[1]) {
 			return nil, fmt.Errorf("%w: bad position of %q", ErrBadCursor, ns)
 		}
 		c[ns] = Position{Offset: p[0], Epoch: p[1]}

@@ -47,3 +47,16 @@ func FuzzParseCursor(f *testing.F) {
 		}
 	})
 }
+
+func TestIsStream(t *testing.T) {
+	t.Parallel()
+	for s, want := range map[string]bool{
+		"order": true, "order.0": true, "order.17": true, "a-b_c.3": true,
+		"": false, "order.": false, "order.01": false, "order.-1": false, "order.x": false, ".1": false,
+		"Order": false, "a:b": false, "a:b.1": false, "order.1.2": false,
+	} {
+		if got := bus.IsStream(s); got != want {
+			t.Errorf("IsStream(%q) = %v, want %v", s, got, want)
+		}
+	}
+}

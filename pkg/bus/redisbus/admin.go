@@ -63,14 +63,16 @@ type Stats struct {
 	// NumPat counts the pattern subscriptions of the whole server (PUBSUB
 	// NUMPAT): Redis cannot count them per prefix, nor per pattern.
 	NumPat int64 `json:"numpat"`
-	// Namespaces are the recorded namespaces with their consumer groups,
-	// sorted: the subscribers that read durably. Empty without history.
+	// Namespaces are the recorded namespaces' streams (one each, or one
+	// per partition) with their consumer groups, sorted: the subscribers
+	// that read durably. Empty without history.
 	Namespaces []NamespaceStats `json:"namespaces"`
 }
 
-// NamespaceStats is one namespace's stream.
+// NamespaceStats is one namespace's stream, or one of its partitions.
 type NamespaceStats struct {
 	Namespace string       `json:"namespace"`
+	Stream    string       `json:"stream"` // as cursors name it: the namespace, or "<namespace>.<partition>"
 	Events    int64        `json:"events"` // entries the stream keeps
 	Epoch     string       `json:"epoch"`
 	Last      string       `json:"last_offset,omitempty"`
@@ -114,26 +116,30 @@ func (b *Bus) Stats(ctx context.Context) (Stats, error) {
 	return st, nil
 }
 
-// namespaceStats reads every recorded namespace's stream and groups.
+// namespaceStats reads every stream of every recorded namespace and its
+// groups.
 func (b *Bus) namespaceStats(ctx context.Context) ([]NamespaceStats, error) {
-	namespaces, err := b.client.SMembers(ctx, b.namespacesKey()).Result()
+	namespaces, err := b.knownNamespaces(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read the known namespaces: %w", err)
+		return nil, err
 	}
-	slices.Sort(namespaces)
+	var streams []stream
+	for _, ns := range namespaces {
+		streams = append(streams, b.streamsOf(ns)...)
+	}
 	pipe := b.client.Pipeline()
-	infos := make([]*redis.XInfoStreamCmd, len(namespaces))
-	groups := make([]*redis.XInfoGroupsCmd, len(namespaces))
-	epochs := make([]*redis.StringCmd, len(namespaces))
-	for i, ns := range namespaces {
-		infos[i] = pipe.XInfoStream(ctx, b.streamKey(ns))
-		groups[i] = pipe.XInfoGroups(ctx, b.streamKey(ns))
-		epochs[i] = pipe.HGet(ctx, b.metaKey(ns), "epoch")
+	infos := make([]*redis.XInfoStreamCmd, len(streams))
+	groups := make([]*redis.XInfoGroupsCmd, len(streams))
+	epochs := make([]*redis.StringCmd, len(streams))
+	for i, st := range streams {
+		infos[i] = pipe.XInfoStream(ctx, st.key)
+		groups[i] = pipe.XInfoGroups(ctx, st.key)
+		epochs[i] = pipe.HGet(ctx, st.meta, "epoch")
 	}
-	_, _ = pipe.Exec(ctx) // a namespace whose stream is gone reads as empty
-	out := make([]NamespaceStats, 0, len(namespaces))
-	for i, ns := range namespaces {
-		n := NamespaceStats{Namespace: ns, Epoch: epochs[i].Val(), Groups: []GroupStats{}}
+	_, _ = pipe.Exec(ctx) // a stream that is gone reads as empty
+	out := make([]NamespaceStats, 0, len(streams))
+	for i, st := range streams {
+		n := NamespaceStats{Namespace: st.ns, Stream: st.name, Epoch: epochs[i].Val(), Groups: []GroupStats{}}
 		if info, err := infos[i].Result(); err == nil {
 			n.Events, n.Last = info.Length, info.LastGeneratedID
 		}

@@ -27,7 +27,15 @@ const (
 )
 
 // consumer implements bus.Consumer with a Redis consumer group on each
-// namespace stream its patterns cover.
+// stream (each partition of each namespace) its patterns cover.
+//
+// New events are read by one blocking XREADGROUP per partition, each in a
+// goroutine of its own, covering every namespace of the partition (on one
+// slot): what any of them brings lands in ahead, which Fetch hands out,
+// so an event in one partition is not held up by another's wait. A
+// partition has one read in flight at most; Fetch starts the reads, and
+// one may still be in flight when Fetch returns (it lands in ahead for
+// the next).
 type consumer struct {
 	b           *Bus
 	group, name string
@@ -36,21 +44,28 @@ type consumer struct {
 	fromOldest  bool
 	wildcard    bool // a pattern covers namespaces yet to appear
 
-	streams   []string          // stream keys joined, sorted; written under mu, as Lag reads it
-	epochs    map[string]string // stream key → epoch
-	nsOf      map[string]string // stream key → namespace
 	ownFirst  bool              // own unacknowledged events, after a restart, not all read yet
 	ownFrom   map[string]string // stream key → where reading them goes on from
 	refreshed time.Time
 	claimed   time.Time
 	claimFrom map[string]string // stream key → where XAUTOCLAIM goes on from
 
-	mu sync.Mutex
-	// ahead holds what one read of several streams brought beyond the n
-	// asked for (XREADGROUP's COUNT bounds each stream, not the read):
-	// delivered to this member in Redis, not yet returned. The next Fetch
-	// returns it first; Extend keeps it from going to another member.
-	ahead []bus.Delivery
+	reads  chan struct{}   // a partition's read ended: its results are in ahead, or readErr
+	ctx    context.Context // the reads'; cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the reads in flight
+
+	mu      sync.Mutex
+	streams []stream          // joined, sorted by key
+	epochs  map[string]string // stream key → epoch
+	// ahead holds events delivered to this member in Redis and not yet
+	// returned: what the partitions' reads brought, and what one read of
+	// several streams brought beyond the n asked for (XREADGROUP's COUNT
+	// bounds each stream, not the read). The next Fetch returns it first;
+	// Extend keeps it from going to another member.
+	ahead   []bus.Delivery
+	reading map[int]bool // partitions with a read in flight
+	readErr error        // the first error of a read, for the next Fetch
 }
 
 // Consume implements bus.Consumers.
@@ -69,14 +84,17 @@ func (b *Bus) Consume(ctx context.Context, group, name string, patterns []string
 	c := &consumer{
 		b: b, group: group, name: name, patterns: slices.Clone(patterns),
 		visibility: cmp.Or(opts.Visibility, defaultVisibility), fromOldest: opts.FromOldest,
-		epochs: make(map[string]string), nsOf: make(map[string]string), ownFirst: true, ownFrom: make(map[string]string), claimFrom: make(map[string]string),
+		ownFirst: true, ownFrom: make(map[string]string), claimFrom: make(map[string]string),
+		reads: make(chan struct{}, 1), epochs: make(map[string]string), reading: make(map[int]bool),
 	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	for _, p := range patterns {
 		if _, wild := reach(p); wild {
 			c.wildcard = true
 		}
 	}
 	if err := c.refresh(ctx, true); err != nil {
+		c.cancel()
 		return nil, err
 	}
 	return c, nil
@@ -98,12 +116,12 @@ func (b *Bus) ConsumeOrLive(ctx context.Context, group, name string, patterns []
 	return bus.Live(sub), nil
 }
 
-// joinWildcardGroups makes, on the stream of a namespace that has just
+// joinWildcardGroups makes, on a stream where a namespace has just
 // appeared, every registered group whose patterns cover it, starting at
 // its first event: the trimming then waits for them even if none of their
 // members has looked for new namespaces yet. Failures are logged: a
-// member joins the namespace itself when it finds it.
-func (b *Bus) joinWildcardGroups(ctx context.Context, ns string) {
+// member joins the stream itself when it finds it.
+func (b *Bus) joinWildcardGroups(ctx context.Context, st stream) {
 	groups, err := b.client.HGetAll(ctx, b.groupsKey()).Result()
 	if err != nil {
 		b.log.Warn("read the consumer groups", "error", err)
@@ -111,10 +129,10 @@ func (b *Bus) joinWildcardGroups(ctx context.Context, ns string) {
 	}
 	for group, patterns := range groups {
 		for _, p := range strings.Split(patterns, ",") {
-			if prefix, wild := reach(p); wild && strings.HasPrefix(ns, prefix) {
-				err := b.client.XGroupCreateMkStream(ctx, b.streamKey(ns), group, "0").Err()
+			if prefix, wild := reach(p); wild && strings.HasPrefix(st.ns, prefix) {
+				err := b.client.XGroupCreateMkStream(ctx, st.key, group, "0").Err()
 				if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
-					b.log.Warn("make a consumer group on a new namespace", "group", group, "namespace", ns, "error", err)
+					b.log.Warn("make a consumer group on a new namespace", "group", group, "stream", st.name, "error", err)
 				}
 				break
 			}
@@ -122,7 +140,7 @@ func (b *Bus) joinWildcardGroups(ctx context.Context, ns string) {
 	}
 }
 
-// refresh joins the group on the stream of every namespace the patterns
+// refresh joins the group on every stream of every namespace the patterns
 // cover and reads their epochs. A group made on a stream that existed when
 // the consumer started begins after its last event, unless fromOldest; on
 // a stream that appeared later, at its first event.
@@ -145,26 +163,31 @@ func (c *consumer) refresh(ctx context.Context, starting bool) error {
 	}
 	slices.Sort(namespaces)
 	for _, ns := range slices.Compact(namespaces) {
-		key := c.b.streamKey(ns)
-		if _, joined := c.epochs[key]; !joined {
-			start := "0"
-			if starting && !c.fromOldest {
-				start = "$"
+		for _, st := range c.b.streamsOf(ns) {
+			c.mu.Lock()
+			_, joined := c.epochs[st.key]
+			c.mu.Unlock()
+			if !joined {
+				start := "0"
+				if starting && !c.fromOldest {
+					start = "$"
+				}
+				if err := c.join(ctx, st.key, start); err != nil {
+					return err
+				}
 			}
-			if err := c.join(ctx, key, start); err != nil {
-				return err
+			epoch, err := c.b.client.HGet(ctx, st.meta, "epoch").Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return fmt.Errorf("read the epoch of %s: %w", st.name, err)
 			}
 			c.mu.Lock()
-			c.streams = append(c.streams, key)
-			slices.Sort(c.streams)
+			if !joined {
+				c.streams = append(c.streams, st)
+				slices.SortFunc(c.streams, func(a, b stream) int { return strings.Compare(a.key, b.key) })
+			}
+			c.epochs[st.key] = epoch
 			c.mu.Unlock()
-			c.nsOf[key] = ns
 		}
-		epoch, err := c.b.client.HGet(ctx, c.b.metaKey(ns), "epoch").Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return fmt.Errorf("read the epoch of %s: %w", ns, err)
-		}
-		c.epochs[key] = epoch
 	}
 	c.refreshed = time.Now()
 	return nil
@@ -180,24 +203,57 @@ func (c *consumer) join(ctx context.Context, key, start string) error {
 	return nil
 }
 
+// joined returns the streams joined, by partition.
+func (c *consumer) joined() map[int][]stream {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[int][]stream)
+	for _, st := range c.streams {
+		out[st.part] = append(out[st.part], st)
+	}
+	return out
+}
+
+// forget drops every stream joined, so that the next refresh joins them
+// again: a stream was lost (Redis flushed, or restarted without its
+// data), and with it the group.
+func (c *consumer) forget() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.streams = nil
+	clear(c.epochs)
+}
+
 // Fetch implements bus.Consumer.
 func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("fetch %d events: want at least 1", n)
 	}
-	if ds := c.takeAhead(n); len(ds) > 0 {
-		return ds, nil
-	}
 	for {
+		if ds := c.takeAhead(n); len(ds) > 0 {
+			return ds, nil
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
+		}
+		if err := c.takeReadErr(); err != nil {
+			if !lostGroup(err) {
+				return nil, fmt.Errorf("read group %s: %w", c.group, err)
+			}
+			// A stream was lost (NOGROUP; UNBLOCKED when it went while
+			// the read waited): join again, from its first event.
+			c.forget()
+			if err := c.refresh(ctx, false); err != nil {
+				return nil, err
+			}
 		}
 		if c.wildcard && time.Since(c.refreshed) > refreshEvery {
 			if err := c.refresh(ctx, false); err != nil {
 				return nil, err
 			}
 		}
-		if len(c.streams) == 0 {
+		parts := c.joined()
+		if len(parts) == 0 {
 			// Nothing to read yet: wait for namespaces to appear.
 			select {
 			case <-time.After(consumerBlock):
@@ -210,7 +266,7 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 			// One pass over what this member had not acknowledged when it
 			// (re)started, each event once: what stays unacknowledged after
 			// it comes again through the visibility timeout.
-			ds, err := c.read(ctx, n, "0", 0)
+			ds, err := c.readOwn(ctx, n, parts)
 			if err != nil || len(ds) > 0 {
 				return c.upTo(n, ds), err
 			}
@@ -222,15 +278,117 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 				return c.upTo(n, ds), err
 			}
 		}
+		// A deadline bounds the reads as it bounds Fetch: they end by it,
+		// so none takes events after Fetch returned without them.
 		block := consumerBlock
-		if d, ok := ctx.Deadline(); ok {
-			block = min(block, max(time.Until(d), time.Millisecond))
+		deadline, bounded := ctx.Deadline()
+		if bounded {
+			block = min(block, max(time.Until(deadline), time.Millisecond))
 		}
-		ds, err := c.read(ctx, n, ">", block)
-		if err != nil || len(ds) > 0 {
-			return c.upTo(n, ds), err
+		c.startReads(n, block, parts)
+		select {
+		case <-c.reads:
+		case <-ctx.Done():
+			if bounded {
+				c.wg.Wait()
+				if ds := c.takeAhead(n); len(ds) > 0 {
+					return ds, nil
+				}
+			}
+			return nil, ctx.Err()
 		}
 	}
+}
+
+// lostGroup reports whether err says the group or its stream is gone.
+func lostGroup(err error) bool {
+	return strings.HasPrefix(err.Error(), "NOGROUP") || strings.HasPrefix(err.Error(), "UNBLOCKED")
+}
+
+// startReads starts a read of new events, blocking up to block, for each
+// partition without one in flight.
+func (c *consumer) startReads(n int, block time.Duration, parts map[int][]stream) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for part, streams := range parts {
+		if c.reading[part] {
+			continue
+		}
+		c.reading[part] = true
+		c.wg.Go(func() { c.readNew(n, block, part, streams) })
+	}
+}
+
+// readNew reads up to n new events of each of streams, one partition's,
+// waiting up to block for one, and puts them ahead.
+func (c *consumer) readNew(n int, block time.Duration, part int, streams []stream) {
+	args := make([]string, 0, 2*len(streams))
+	for _, st := range streams {
+		args = append(args, st.key)
+	}
+	for range streams {
+		args = append(args, ">")
+	}
+	res, err := c.b.client.XReadGroup(c.ctx, &redis.XReadGroupArgs{
+		Group: c.group, Consumer: c.name, Streams: args, Count: int64(n), Block: block,
+	}).Result()
+	var ds []bus.Delivery
+	if err == nil {
+		for _, s := range res {
+			ds = c.deliveries(c.ctx, ds, s.Stream, s.Messages, false)
+		}
+	}
+	c.mu.Lock()
+	c.reading[part] = false
+	c.ahead = append(c.ahead, ds...)
+	if err != nil && !errors.Is(err, redis.Nil) && c.ctx.Err() == nil && c.readErr == nil {
+		c.readErr = err
+	}
+	c.mu.Unlock()
+	select {
+	case c.reads <- struct{}{}:
+	default: // Fetch is told already
+	}
+}
+
+// readOwn reads this member's unacknowledged events, up to n of each
+// stream, one XREADGROUP per partition in one pipeline.
+func (c *consumer) readOwn(ctx context.Context, n int, parts map[int][]stream) ([]bus.Delivery, error) {
+	pipe := c.b.client.Pipeline()
+	var cmds []*redis.XStreamSliceCmd
+	for _, streams := range parts {
+		args := make([]string, 0, 2*len(streams))
+		for _, st := range streams {
+			args = append(args, st.key)
+		}
+		for _, st := range streams {
+			args = append(args, cmp.Or(c.ownFrom[st.key], "0"))
+		}
+		cmds = append(cmds, pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: c.group, Consumer: c.name, Streams: args, Count: int64(n), Block: -1, // no BLOCK
+		}))
+	}
+	_, _ = pipe.Exec(ctx)
+	var ds []bus.Delivery
+	for _, cmd := range cmds {
+		res, err := cmd.Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			continue
+		case err != nil && lostGroup(err):
+			c.forget()
+			return nil, c.refresh(ctx, false)
+		case err != nil:
+			return nil, fmt.Errorf("read group %s: %w", c.group, err)
+		}
+		for _, s := range res {
+			if len(s.Messages) > 0 {
+				c.ownFrom[s.Stream] = s.Messages[len(s.Messages)-1].ID
+			}
+			ds = c.deliveries(ctx, ds, s.Stream, s.Messages, true)
+		}
+	}
+	return ds, nil
 }
 
 // upTo returns the first n of ds in position order, merging the streams
@@ -246,77 +404,45 @@ func (c *consumer) upTo(n int, ds []bus.Delivery) []bus.Delivery {
 	return ds[:n:n]
 }
 
-// takeAhead returns up to n of the events read ahead.
+// takeAhead returns up to n of the events held ahead, in position order.
 func (c *consumer) takeAhead(n int) []bus.Delivery {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	slices.SortStableFunc(c.ahead, func(a, b bus.Delivery) int { return bus.CompareOffsets(a.Position.Offset, b.Position.Offset) })
 	k := min(n, len(c.ahead))
 	ds := slices.Clone(c.ahead[:k])
 	c.ahead = slices.Delete(c.ahead, 0, k)
 	return ds
 }
 
-// read reads the group: new events (">") or this member's unacknowledged
-// ones ("0").
-func (c *consumer) read(ctx context.Context, n int, from string, block time.Duration) ([]bus.Delivery, error) {
-	if len(c.streams) == 0 {
-		return nil, nil
-	}
-	args := make([]string, 0, 2*len(c.streams))
-	args = append(args, c.streams...)
-	for _, key := range c.streams {
-		if from == "0" {
-			args = append(args, cmp.Or(c.ownFrom[key], "0"))
-		} else {
-			args = append(args, from)
-		}
-	}
-	if block == 0 {
-		block = -1 // go-redis: no BLOCK
-	}
-	res, err := c.b.client.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group: c.group, Consumer: c.name, Streams: args, Count: int64(n), Block: block,
-	}).Result()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return nil, nil
-	case err != nil && (strings.HasPrefix(err.Error(), "NOGROUP") || strings.HasPrefix(err.Error(), "UNBLOCKED")):
-		// A stream was lost (Redis flushed, or restarted without its
-		// data; UNBLOCKED when it went while the read waited): join
-		// again, from its first event.
-		c.epochs = make(map[string]string)
-		c.mu.Lock()
-		c.streams = nil
-		c.mu.Unlock()
-		return nil, c.refresh(ctx, false)
-	case err != nil:
-		return nil, fmt.Errorf("read group %s: %w", c.group, err)
-	}
-	var ds []bus.Delivery
-	for _, s := range res {
-		if from == "0" && len(s.Messages) > 0 {
-			c.ownFrom[s.Stream] = s.Messages[len(s.Messages)-1].ID
-		}
-		ds = c.deliveries(ctx, ds, s.Stream, s.Messages, from != ">")
-	}
-	return ds, nil
+// takeReadErr returns, and forgets, the first error of a read since the
+// last call.
+func (c *consumer) takeReadErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := c.readErr
+	c.readErr = nil
+	return err
 }
 
 // claim takes over events other members left unacknowledged for longer
 // than the visibility timeout.
 func (c *consumer) claim(ctx context.Context, n int) ([]bus.Delivery, error) {
 	c.claimed = time.Now()
+	c.mu.Lock()
+	streams := slices.Clone(c.streams)
+	c.mu.Unlock()
 	var ds []bus.Delivery
-	for _, key := range c.streams {
+	for _, st := range streams {
 		msgs, next, err := c.b.client.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-			Stream: key, Group: c.group, Consumer: c.name, MinIdle: c.visibility,
-			Start: cmp.Or(c.claimFrom[key], "0-0"), Count: int64(n - len(ds)),
+			Stream: st.key, Group: c.group, Consumer: c.name, MinIdle: c.visibility,
+			Start: cmp.Or(c.claimFrom[st.key], "0-0"), Count: int64(n - len(ds)),
 		}).Result()
 		if err != nil && !strings.HasPrefix(err.Error(), "NOGROUP") {
 			return nil, fmt.Errorf("claim events of group %s: %w", c.group, err)
 		}
-		c.claimFrom[key] = next
-		ds = c.deliveries(ctx, ds, key, msgs, true)
+		c.claimFrom[st.key] = next
+		ds = c.deliveries(ctx, ds, st.key, msgs, true)
 		if len(ds) >= n {
 			break
 		}
@@ -325,13 +451,29 @@ func (c *consumer) claim(ctx context.Context, n int) ([]bus.Delivery, error) {
 }
 
 // deliveries turns stream entries into deliveries, acknowledging at once
-// those on channels no pattern of the group matches.
+// those on channels no pattern of the group matches. It may run in a
+// partition's read as well as in Fetch.
 func (c *consumer) deliveries(ctx context.Context, ds []bus.Delivery, key string, msgs []redis.XMessage, again bool) []bus.Delivery {
-	if c.epochs[key] == "" && len(msgs) > 0 {
+	if len(msgs) == 0 {
+		return ds
+	}
+	c.mu.Lock()
+	epoch := c.epochs[key]
+	var st stream
+	for _, s := range c.streams {
+		if s.key == key {
+			st = s
+		}
+	}
+	c.mu.Unlock()
+	if epoch == "" && st.meta != "" {
 		// The group made the stream before any event did: its epoch came
 		// with the first event.
-		if epoch, err := c.b.client.HGet(ctx, c.b.metaKey(c.nsOf[key]), "epoch").Result(); err == nil {
-			c.epochs[key] = epoch
+		if e, err := c.b.client.HGet(ctx, st.meta, "epoch").Result(); err == nil {
+			epoch = e
+			c.mu.Lock()
+			c.epochs[key] = e
+			c.mu.Unlock()
 		}
 	}
 	var skip []string
@@ -344,7 +486,7 @@ func (c *consumer) deliveries(ctx context.Context, ds []bus.Delivery, key string
 		}
 		p, _ := m.Values["p"].(string)
 		ds = append(ds, bus.Delivery{
-			Event:       bus.Event{Channel: ch, Payload: []byte(p), Position: bus.Position{Offset: m.ID, Epoch: c.epochs[key]}},
+			Event:       bus.Event{Channel: ch, Payload: []byte(p), Position: bus.Position{Offset: m.ID, Epoch: epoch}},
 			Redelivered: again,
 		})
 	}
@@ -358,19 +500,24 @@ func (c *consumer) deliveries(ctx context.Context, ds []bus.Delivery, key string
 
 // Ack implements bus.Consumer.
 func (c *consumer) Ack(ctx context.Context, ds ...bus.Delivery) error {
-	ids := make(map[string][]string)
-	for _, d := range ds {
-		key := c.b.streamKey(namespaceOf(d.Channel))
-		ids[key] = append(ids[key], d.Position.Offset)
-	}
 	pipe := c.b.client.Pipeline()
-	for key, batch := range ids {
-		pipe.XAck(ctx, key, c.group, batch...)
+	for key, ids := range c.byStream(ds) {
+		pipe.XAck(ctx, key, c.group, ids...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("acknowledge %d events of group %s: %w", len(ds), c.group, err)
 	}
 	return nil
+}
+
+// byStream returns the offsets of ds by the key of their stream.
+func (c *consumer) byStream(ds []bus.Delivery) map[string][]string {
+	ids := make(map[string][]string)
+	for _, d := range ds {
+		key := c.b.streamFor(d.Channel).key
+		ids[key] = append(ids[key], d.Position.Offset)
+	}
+	return ids
 }
 
 // extendScript restarts the idle time of the entries of one stream that
@@ -403,14 +550,9 @@ func (c *consumer) Extend(ctx context.Context, ds ...bus.Delivery) error {
 	c.mu.Lock()
 	all := append(slices.Clone(c.ahead), ds...)
 	c.mu.Unlock()
-	ids := make(map[string][]string)
-	for _, d := range all {
-		key := c.b.streamKey(namespaceOf(d.Channel))
-		ids[key] = append(ids[key], d.Position.Offset)
-	}
 	pipe := c.b.client.Pipeline()
-	for key, batch := range ids {
-		for chunk := range slices.Chunk(batch, extendBatch) {
+	for key, ids := range c.byStream(all) {
+		for chunk := range slices.Chunk(ids, extendBatch) {
 			args := append([]any{c.group, c.name}, anys(chunk)...)
 			// Eval, not EvalSha: a pipeline cannot fall back on NOSCRIPT.
 			extendScript.Eval(ctx, pipe, []string{key}, args...)
@@ -439,16 +581,22 @@ func (c *consumer) Lag(ctx context.Context) (int64, error) {
 	c.mu.Lock()
 	streams := slices.Clone(c.streams)
 	c.mu.Unlock()
+	pipe := c.b.client.Pipeline()
+	cmds := make([]*redis.XInfoGroupsCmd, len(streams))
+	for i, st := range streams {
+		cmds[i] = pipe.XInfoGroups(ctx, st.key)
+	}
+	_, _ = pipe.Exec(ctx)
 	var lag int64
-	for _, key := range streams {
-		groups, err := c.b.client.XInfoGroups(ctx, key).Result()
+	for i, cmd := range cmds {
+		groups, err := cmd.Result()
 		if err != nil {
 			return 0, fmt.Errorf("read the lag of group %s: %w", c.group, err)
 		}
 		for _, g := range groups {
 			if g.Name == c.group {
 				if g.Lag < 0 {
-					return 0, fmt.Errorf("read the lag of group %s: Redis does not know it on %s", c.group, key)
+					return 0, fmt.Errorf("read the lag of group %s: Redis does not know it on %s", c.group, streams[i].key)
 				}
 				lag += g.Lag
 			}
@@ -457,7 +605,12 @@ func (c *consumer) Lag(ctx context.Context) (int64, error) {
 	return lag, nil
 }
 
-// Close implements bus.Consumer. The member stays known to Redis with its
-// unacknowledged events, which others take over after the visibility
+// Close implements bus.Consumer: it stops the reads in flight. The member
+// stays known to Redis with its unacknowledged events (what a read in
+// flight took among them), which others take over after the visibility
 // timeout, or which it gets first when it comes back under its name.
-func (c *consumer) Close() error { return nil }
+func (c *consumer) Close() error {
+	c.cancel()
+	c.wg.Wait()
+	return nil
+}

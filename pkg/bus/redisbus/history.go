@@ -33,13 +33,15 @@ func (b *Bus) History(ctx context.Context, pattern string, since bus.Cursor, lim
 	if err != nil {
 		return bus.Page{}, err
 	}
-	reads := make([]nsRead, 0, len(namespaces))
+	var reads []nsRead
 	for _, ns := range namespaces {
-		r, err := b.readNamespace(ctx, ns, pattern, since[ns], limit)
-		if err != nil {
-			return bus.Page{}, err
+		for _, st := range b.streamsOf(ns) {
+			r, err := b.readStream(ctx, st, pattern, since[st.name], limit)
+			if err != nil {
+				return bus.Page{}, err
+			}
+			reads = append(reads, r)
 		}
-		reads = append(reads, r)
 	}
 	return mergePages(reads, limit), nil
 }
@@ -52,13 +54,33 @@ func (b *Bus) namespacesOf(ctx context.Context, pattern string) ([]string, error
 	if !wild {
 		return []string{prefix}, nil
 	}
-	all, err := b.client.SMembers(ctx, b.namespacesKey()).Result()
+	all, err := b.knownNamespaces(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read the known namespaces: %w", err)
+		return nil, err
 	}
-	all = slices.DeleteFunc(all, func(ns string) bool { return !strings.HasPrefix(ns, prefix) })
+	return slices.DeleteFunc(all, func(ns string) bool { return !strings.HasPrefix(ns, prefix) }), nil
+}
+
+// knownNamespaces returns every namespace recorded, sorted: the union of
+// the partitions' sets.
+func (b *Bus) knownNamespaces(ctx context.Context) ([]string, error) {
+	pipe := b.client.Pipeline()
+	sets := b.namespaceSets()
+	cmds := make([]*redis.StringSliceCmd, len(sets))
+	for i, key := range sets {
+		cmds[i] = pipe.SMembers(ctx, key)
+	}
+	_, _ = pipe.Exec(ctx)
+	var all []string
+	for _, c := range cmds {
+		ns, err := c.Result()
+		if err != nil {
+			return nil, fmt.Errorf("read the known namespaces: %w", err)
+		}
+		all = append(all, ns...)
+	}
 	slices.Sort(all)
-	return all, nil
+	return slices.Compact(all), nil
 }
 
 // Latest implements bus.History.
@@ -70,47 +92,51 @@ func (b *Bus) Latest(ctx context.Context, pattern string) (bus.Cursor, error) {
 	if err != nil {
 		return nil, err
 	}
+	var streams []stream
+	for _, ns := range namespaces {
+		streams = append(streams, b.streamsOf(ns)...)
+	}
 	pipe := b.client.Pipeline()
-	epochs := make([]*redis.StringCmd, len(namespaces))
-	lasts := make([]*redis.XMessageSliceCmd, len(namespaces))
-	for i, ns := range namespaces {
-		epochs[i] = pipe.HGet(ctx, b.metaKey(ns), "epoch")
-		lasts[i] = pipe.XRevRangeN(ctx, b.streamKey(ns), "+", "-", 1)
+	epochs := make([]*redis.StringCmd, len(streams))
+	lasts := make([]*redis.XMessageSliceCmd, len(streams))
+	for i, st := range streams {
+		epochs[i] = pipe.HGet(ctx, st.meta, "epoch")
+		lasts[i] = pipe.XRevRangeN(ctx, st.key, "+", "-", 1)
 	}
 	_, _ = pipe.Exec(ctx)
-	out := make(bus.Cursor, len(namespaces))
-	for i, ns := range namespaces {
+	out := make(bus.Cursor, len(streams))
+	for i, st := range streams {
 		epoch, err := epochs[i].Result()
 		if errors.Is(err, redis.Nil) {
 			continue // nothing recorded
 		}
 		last, lerr := lasts[i].Result()
 		if err = cmp.Or(err, lerr); err != nil {
-			return nil, fmt.Errorf("read the last position of %s: %w", ns, err)
+			return nil, fmt.Errorf("read the last position of %s: %w", st.name, err)
 		}
 		if len(last) == 1 {
-			out[ns] = bus.Position{Offset: last[0].ID, Epoch: epoch}
+			out[st.name] = bus.Position{Offset: last[0].ID, Epoch: epoch}
 		}
 	}
 	return out, nil
 }
 
-// nsRead is what one namespace gave a History call.
+// nsRead is what one stream gave a History call.
 type nsRead struct {
-	ns      string
+	stream  string // its name
 	events  []bus.Event
 	scanned bus.Position // the last entry read, matching or not; zero if none
 	from    bus.Position // where the read started
 	more    bool
 }
 
-// readNamespace reads the events of ns after from that match pattern, up
-// to limit of them, scanning at most ten times limit entries.
-func (b *Bus) readNamespace(ctx context.Context, ns, pattern string, from bus.Position, limit int) (nsRead, error) {
-	key := b.streamKey(ns)
-	r := nsRead{ns: ns, from: from}
+// readStream reads the events of st after from that match pattern, up to
+// limit of them, scanning at most ten times limit entries.
+func (b *Bus) readStream(ctx context.Context, st stream, pattern string, from bus.Position, limit int) (nsRead, error) {
+	key, ns := st.key, st.name
+	r := nsRead{stream: st.name, from: from}
 	pipe := b.client.Pipeline()
-	epochCmd := pipe.HGet(ctx, b.metaKey(ns), "epoch")
+	epochCmd := pipe.HGet(ctx, st.meta, "epoch")
 	infoCmd := pipe.XInfoStream(ctx, key)
 	_, _ = pipe.Exec(ctx)
 	epoch, err := epochCmd.Result()
@@ -177,43 +203,49 @@ func (b *Bus) readNamespace(ctx context.Context, ns, pattern string, from bus.Po
 	return r, nil
 }
 
-// mergePages merges the namespaces' events by offset, keeps limit of them,
-// and says where each namespace continues: past what it scanned when all
-// its events made the page, else after its last event in the page.
+// mergePages merges the streams' events by offset, keeps limit of them,
+// and says where each stream continues: past what it scanned when all its
+// events made the page, else after its last event in the page.
 func mergePages(reads []nsRead, limit int) bus.Page {
 	page := bus.Page{Next: bus.Cursor{}}
+	type read struct {
+		bus.Event
+		stream string
+	}
+	var events []read
 	for _, r := range reads {
-		page.Events = append(page.Events, r.events...)
+		for _, e := range r.events {
+			events = append(events, read{e, r.stream})
+		}
 	}
 	// Offsets are times to the millisecond: within one, the order of
-	// events in different namespaces is unknown, and namespace order
-	// stands in for it.
-	slices.SortStableFunc(page.Events, func(a, b bus.Event) int {
+	// events in different streams is unknown, and stream order stands in
+	// for it.
+	slices.SortStableFunc(events, func(a, b read) int {
 		am, as := bus.SplitOffset(a.Position.Offset)
 		bm, bs := bus.SplitOffset(b.Position.Offset)
-		return cmp.Or(cmp.Compare(am, bm), strings.Compare(namespaceOf(a.Channel), namespaceOf(b.Channel)), cmp.Compare(as, bs))
+		return cmp.Or(cmp.Compare(am, bm), strings.Compare(a.stream, b.stream), cmp.Compare(as, bs))
 	})
-	cut := len(page.Events) > limit
-	if cut {
-		page.Events = page.Events[:limit]
+	if len(events) > limit {
+		events = events[:limit]
 	}
 	last := make(map[string]bus.Position, len(reads))
 	kept := make(map[string]int, len(reads))
-	for _, e := range page.Events {
-		ns := namespaceOf(e.Channel)
-		last[ns] = e.Position
-		kept[ns]++
+	for _, e := range events {
+		page.Events = append(page.Events, e.Event)
+		last[e.stream] = e.Position
+		kept[e.stream]++
 	}
 	for _, r := range reads {
 		switch {
-		case kept[r.ns] < len(r.events):
-			page.Next[r.ns] = cmp.Or(last[r.ns], r.from)
+		case kept[r.stream] < len(r.events):
+			page.Next[r.stream] = cmp.Or(last[r.stream], r.from)
 			page.More = true
 		case !r.scanned.IsZero():
-			page.Next[r.ns] = r.scanned
+			page.Next[r.stream] = r.scanned
 			page.More = page.More || r.more
 		case !r.from.IsZero():
-			page.Next[r.ns] = r.from
+			page.Next[r.stream] = r.from
 		}
 	}
 	return page
@@ -246,27 +278,29 @@ func (b *Bus) Last(ctx context.Context, pattern string, scan int) ([]bus.Event, 
 	}
 	var out []bus.Event
 	for _, ns := range namespaces {
-		epoch, err := b.client.HGet(ctx, b.metaKey(ns), "epoch").Result()
-		if errors.Is(err, redis.Nil) {
-			continue // nothing recorded
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read the epoch of %s: %w", ns, err)
-		}
-		entries, err := b.client.XRevRangeN(ctx, b.streamKey(ns), "+", "-", int64(scan)).Result()
-		if err != nil {
-			return nil, fmt.Errorf("read the stream of %s: %w", ns, err)
-		}
-		seen := make(map[string]bool)
-		for _, e := range entries {
-			c, _ := e.Values["c"].(string)
-			ch := b.unkey(c)
-			if seen[ch] || !channel.Match(pattern, ch) {
-				continue
+		for _, st := range b.streamsOf(ns) {
+			epoch, err := b.client.HGet(ctx, st.meta, "epoch").Result()
+			if errors.Is(err, redis.Nil) {
+				continue // nothing recorded
 			}
-			seen[ch] = true
-			p, _ := e.Values["p"].(string)
-			out = append(out, bus.Event{Channel: ch, Payload: []byte(p), Position: bus.Position{Offset: e.ID, Epoch: epoch}})
+			if err != nil {
+				return nil, fmt.Errorf("read the epoch of %s: %w", st.name, err)
+			}
+			entries, err := b.client.XRevRangeN(ctx, st.key, "+", "-", int64(scan)).Result()
+			if err != nil {
+				return nil, fmt.Errorf("read the stream of %s: %w", st.name, err)
+			}
+			seen := make(map[string]bool)
+			for _, e := range entries {
+				c, _ := e.Values["c"].(string)
+				ch := b.unkey(c)
+				if seen[ch] || !channel.Match(pattern, ch) {
+					continue
+				}
+				seen[ch] = true
+				p, _ := e.Values["p"].(string)
+				out = append(out, bus.Event{Channel: ch, Payload: []byte(p), Position: bus.Position{Offset: e.ID, Epoch: epoch}})
+			}
 		}
 	}
 	slices.SortFunc(out, func(a, b bus.Event) int { return bus.CompareOffsets(a.Position.Offset, b.Position.Offset) })

@@ -241,14 +241,19 @@ func (b *Bus) drain() {
 	}
 }
 
-// sendLive publishes the messages of reqs with plain PUBLISH, in one
-// pipeline: the bus keeps no history.
+// sendLive publishes the messages of reqs in one pipeline, the bus keeping
+// no history: with PUBLISH on one server, with SPUBLISH on their streams'
+// shard channels on a cluster.
 func (b *Bus) sendLive(ctx context.Context, reqs []*request) ([]bus.Receipt, []error) {
 	pipe := b.pub.Pipeline()
 	var cmds []*redis.IntCmd
 	for _, r := range reqs {
 		for _, m := range r.msgs {
-			cmds = append(cmds, pipe.Publish(ctx, b.key(m.Channel), m.Payload))
+			if st := b.streamFor(m.Channel); st.live != "" {
+				cmds = append(cmds, pipe.SPublish(ctx, st.live, channelHeader+b.key(m.Channel)+"\n"+string(m.Payload)))
+			} else {
+				cmds = append(cmds, pipe.Publish(ctx, b.key(m.Channel), m.Payload))
+			}
 		}
 	}
 	_, _ = pipe.Exec(ctx) // each command carries its own error
@@ -261,39 +266,31 @@ func (b *Bus) sendLive(ctx context.Context, reqs []*request) ([]bus.Receipt, []e
 
 // sendRecorded records and publishes the size messages of reqs in one
 // pipeline: one run of the publish script per run of messages of one
-// namespace, and the namespaces added to the set of known ones.
+// stream.
 func (b *Bus) sendRecorded(ctx context.Context, trim *trimmer, reqs []*request, size int) ([]bus.Receipt, []error) {
 	pipe := b.pub.Pipeline()
 	now := time.Now()
 	var (
-		calls      []recordCall
-		run        []bus.Publication
-		ns         string
-		namespaces []any // as SAdd takes them
+		calls []recordCall
+		run   []bus.Publication
+		st    stream
 	)
 	flush := func() {
 		if len(run) > 0 {
-			calls = append(calls, b.record(ctx, pipe, trim, ns, run, now))
+			calls = append(calls, b.record(ctx, pipe, trim, st, run, now))
 			run = run[:0]
 		}
 	}
 	for _, r := range reqs {
 		for _, m := range r.msgs {
-			if next := namespaceOf(m.Channel); next != ns || len(run) == 0 {
+			if next := b.streamFor(m.Channel); next.key != st.key || len(run) == 0 {
 				flush()
-				ns = next
-				if !slices.Contains(namespaces, any(ns)) {
-					namespaces = append(namespaces, ns)
-				}
+				st = next
 			}
 			run = append(run, m)
 		}
 	}
 	flush()
-	added := make([]*redis.IntCmd, len(namespaces))
-	for i, ns := range namespaces {
-		added[i] = pipe.SAdd(ctx, b.namespacesKey(), ns)
-	}
 	_, _ = pipe.Exec(ctx) // each command carries its own error
 	if slices.ContainsFunc(calls, recordCall.unknownScript) {
 		again := b.pub.Pipeline()
@@ -304,16 +301,14 @@ func (b *Bus) sendRecorded(ctx context.Context, trim *trimmer, reqs []*request, 
 		}
 		_, _ = again.Exec(ctx)
 	}
-	for i, a := range added {
-		if a.Val() == 1 {
-			b.joinWildcardGroups(ctx, namespaces[i].(string))
-		}
-	}
 	receipts, errs := make([]bus.Receipt, 0, size), make([]error, 0, size)
 	for _, c := range calls {
-		got, err := c.results()
+		got, added, err := c.results()
 		if err != nil {
 			got = make([]bus.Receipt, c.n)
+		}
+		if added {
+			b.joinWildcardGroups(ctx, c.stream)
 		}
 		receipts = append(receipts, got...)
 		for range c.n {

@@ -51,7 +51,20 @@ type Options struct {
 	// HistoryTTL bounds the age of what a stream keeps; zero keeps entries
 	// for as long as HistoryMaxLen allows.
 	HistoryTTL time.Duration
+	// Partitions is how many streams each namespace's record is spread
+	// over, by a hash of the channel (see partition.go); at most
+	// MaxPartitions. Zero means 1 on a single Redis, where one stream per
+	// namespace keeps today's layout, and DefaultClusterPartitions on a
+	// cluster. Every process of a deployment must use the same.
+	Partitions int
 }
+
+// DefaultClusterPartitions is a namespace's partitions on a cluster
+// unless Options.Partitions says otherwise.
+const DefaultClusterPartitions = 8
+
+// MaxPartitions bounds Options.Partitions.
+const MaxPartitions = 1024
 
 // Bus publishes and subscribes through one Redis server.
 type Bus struct {
@@ -60,6 +73,10 @@ type Bus struct {
 	opts   Options
 	log    *slog.Logger
 	m      *metrics
+
+	cluster bool     // client is a *redis.ClusterClient
+	parts   int      // partitions of a namespace
+	tags    []string // hash tag of each partition, when partitioned
 
 	reqs chan *request
 	stop chan struct{}
@@ -94,6 +111,17 @@ func New(client redis.UniversalClient, opts Options) (*Bus, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	_, cluster := client.(*redis.ClusterClient)
+	parts := opts.Partitions
+	if parts == 0 {
+		parts = 1
+		if cluster {
+			parts = DefaultClusterPartitions
+		}
+	}
+	if parts < 1 || parts > MaxPartitions {
+		return nil, fmt.Errorf("redisbus partitions %d: want 1 to %d", parts, MaxPartitions)
+	}
 	pub, err := newPublishClient(client)
 	if err != nil {
 		return nil, err
@@ -112,6 +140,12 @@ func New(client redis.UniversalClient, opts Options) (*Bus, error) {
 		reqs:   make(chan *request, opts.MaxBatch),
 		stop:   make(chan struct{}),
 		subs:   make(map[*Subscription]struct{}),
+
+		cluster: cluster,
+		parts:   parts,
+	}
+	if b.partitioned() {
+		b.tags = balancedTags(parts)
 	}
 	b.wg.Add(1)
 	go func() {

@@ -53,6 +53,28 @@ func TestConformance(t *testing.T) {
 			return newBus(t, srv, redisbus.Options{HistoryMaxLen: 1000, HistoryTTL: time.Hour})
 		}, bustest.Features{History: true})
 	})
+	// Each namespace spread over 4 streams, as on a cluster, with the
+	// live wire of one server.
+	t.Run("Partitioned", func(t *testing.T) {
+		bustest.Run(t, func(t *testing.T) bustest.Bus {
+			return newBus(t, srv, redisbus.Options{HistoryMaxLen: 1000, HistoryTTL: time.Hour, Partitions: 4})
+		}, bustest.Features{History: true})
+	})
+}
+
+// On a Redis Cluster (3 masters, 3 replicas), each namespace spread over
+// partitions on every shard: the record, history and consumer groups
+// behave as on one server.
+func TestConformanceOnACluster(t *testing.T) {
+	c := redistest.SharedCluster(t)
+	bustest.RunDurable(t, func(t *testing.T) bustest.Bus {
+		b, err := redisbus.New(c.Client(t), redisbus.Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 1000, HistoryTTL: time.Hour})
+		if err != nil {
+			t.Fatalf("redisbus.New = %v", err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	})
 }
 
 func TestPrefixIsolates(t *testing.T) {

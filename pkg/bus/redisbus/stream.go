@@ -13,20 +13,9 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 )
 
-// Key layout of the record. A namespace's stream and its epoch share the
-// hash tag {ns}, so in a Redis Cluster they live on one shard; a later
-// partitioning of one namespace can use tags such as {ns:1}.
-//
-//	<prefix>stream:{order}        the stream: fields c (channel, with the prefix) and p (payload)
-//	<prefix>stream:{order}:meta   hash: epoch
-//	<prefix>namespaces            set of the namespaces that have a stream
-//	<prefix>groups                hash: consumer group → its patterns, for groups that
-//	                              cover namespaces yet to appear
+// The record's keys are in partition.go.
 
-func (b *Bus) streamKey(ns string) string { return b.opts.Prefix + "stream:{" + ns + "}" }
-func (b *Bus) metaKey(ns string) string   { return b.opts.Prefix + "stream:{" + ns + "}:meta" }
-func (b *Bus) namespacesKey() string      { return b.opts.Prefix + "namespaces" }
-func (b *Bus) groupsKey() string          { return b.opts.Prefix + "groups" }
+func (b *Bus) groupsKey() string { return b.opts.Prefix + "groups" }
 
 // namespaceOf returns the first token of ch.
 func namespaceOf(ch string) string {
@@ -46,21 +35,29 @@ func reach(p string) (prefix string, wild bool) {
 	return literal, true
 }
 
-// publishScript records messages of one namespace in its stream and
-// publishes each live, with its position, in one step: a subscriber never
-// sees an event the record lacks, and no recorded event skips the live
-// path. The stream's epoch is made when the stream is (new, or lost with
-// its data). Trimming, in the runs the publisher asks for it (see
-// trimmer), keeps about MAXLEN entries and none older than MINID, but
-// never what a consumer group has yet to read or acknowledge: a group that
-// falls behind holds the record back, so it loses nothing, at the cost of
-// the memory its backlog takes. Each redis.call costs: one XADD and one
-// PUBLISH per message is all the script does per message.
+// publishScript records messages of one stream (a namespace, or one
+// partition of it) and publishes each live, with its position, in one
+// step: a subscriber never sees an event the record lacks, and no recorded
+// event skips the live path. The stream's epoch is made when the stream
+// is (new, or lost with its data), and the namespace is added to its
+// partition's set of namespaces. Trimming, in the runs the publisher asks
+// for it (see trimmer), keeps about MAXLEN entries and none older than
+// MINID, but never what a consumer group has yet to read or acknowledge: a
+// group that falls behind holds the record back, so it loses nothing, at
+// the cost of the memory its backlog takes. Each redis.call costs: one
+// XADD and one PUBLISH per message is all the script does per message.
 //
-// KEYS: stream, meta. ARGV: maxlen and minid (both "" for no trimming in
-// this run, minid "" for no bound by age), a new epoch in case one is
-// needed, then channel and payload of each message. It returns the epoch,
-// then the offset and receiver count of each message.
+// Live, on one server each message is PUBLISHed on its own channel; on a
+// cluster it is SPUBLISHed on the stream's shard channel, after a line
+// naming its channel (channelHeader).
+//
+// KEYS: stream, meta, the partition's namespace set. ARGV: maxlen and
+// minid (both "" for no trimming in this run, minid "" for no bound by
+// age), a new epoch in case one is needed, the namespace, the shard
+// channel ("" to PUBLISH each message on its channel), then channel and
+// payload of each message. It returns the epoch, 1 when the namespace was
+// new to the partition (else 0), then the offset and receiver count of
+// each message.
 var publishScript = redis.NewScript(`
 local stream, epoch = KEYS[1], nil
 if redis.call('EXISTS', stream) == 1 then
@@ -70,13 +67,18 @@ if not epoch then
 	epoch = ARGV[3]
 	redis.call('HSET', KEYS[2], 'epoch', epoch)
 end
-local maxlen, header = ARGV[1], '\0eb1 ' .. epoch .. ' '
-local out, n = {epoch}, 1
-for i = 4, #ARGV, 2 do
+local added = redis.call('SADD', KEYS[3], ARGV[4])
+local maxlen, live, header = ARGV[1], ARGV[5], '\0eb1 ' .. epoch .. ' '
+local out, n = {epoch, added}, 2
+for i = 6, #ARGV, 2 do
 	local ch, payload = ARGV[i], ARGV[i + 1]
 	local id = redis.call('XADD', stream, '*', 'c', ch, 'p', payload)
 	out[n + 1] = id
-	out[n + 2] = redis.call('PUBLISH', ch, header .. id .. '\n' .. payload)
+	if live == '' then
+		out[n + 2] = redis.call('PUBLISH', ch, header .. id .. '\n' .. payload)
+	else
+		out[n + 2] = redis.call('SPUBLISH', live, '\0ebc ' .. ch .. '\n' .. header .. id .. '\n' .. payload)
+	end
 	n = n + 2
 end
 local function split(id)
@@ -140,6 +142,12 @@ return out
 // is told apart.
 const positionHeader = "\x00eb1 "
 
+// channelHeader starts a message on a cluster's shard channel, which
+// carries the events of several channels:
+//
+//	"\x00ebc <channel>\n" then the live message, position header and all.
+const channelHeader = "\x00ebc "
+
 // splitPosition takes the position header off a live message.
 func splitPosition(payload string) (bus.Position, string) {
 	rest, ok := strings.CutPrefix(payload, positionHeader)
@@ -177,12 +185,12 @@ func (b *Bus) minID(now time.Time) string {
 // trimmer says which script runs trim their stream. Trimming reads the
 // stream's groups and the entries it would cut, which costs as much as
 // recording a few hundred events, so a publisher asks for it once every
-// `every` messages of a namespace, or when a second has passed since it
+// `every` messages of a stream, or when a second has passed since it
 // last did: the record then exceeds its bounds by at most that much. Only
 // the pipeline goroutine uses it.
 type trimmer struct {
 	every int
-	last  map[string]trimState // by namespace
+	last  map[string]trimState // by stream key
 }
 
 type trimState struct {
@@ -190,51 +198,54 @@ type trimState struct {
 	at   time.Time
 }
 
-// maxTrimmed bounds the namespaces a trimmer remembers: past it, it
-// forgets them all, and each trims in its next run.
+// maxTrimmed bounds the streams a trimmer remembers: past it, it forgets
+// them all, and each trims in its next run.
 const maxTrimmed = 10_000
 
 func newTrimmer(maxLen int64) *trimmer {
 	return &trimmer{every: int(min(max(maxLen/100, 1), 1000)), last: make(map[string]trimState)}
 }
 
-// due counts n messages of namespace ns and reports whether their run
+// due counts n messages of the stream key and reports whether their run
 // trims.
-func (t *trimmer) due(ns string, n int, now time.Time) bool {
-	st, ok := t.last[ns]
+func (t *trimmer) due(key string, n int, now time.Time) bool {
+	st, ok := t.last[key]
 	st.msgs += n
 	if ok && st.msgs < t.every && now.Sub(st.at) < time.Second {
-		t.last[ns] = st
+		t.last[key] = st
 		return false
 	}
 	if !ok && len(t.last) >= maxTrimmed {
 		clear(t.last)
 	}
-	t.last[ns] = trimState{at: now}
+	t.last[key] = trimState{at: now}
 	return true
 }
 
 // recordCall is one run of the publish script: consecutive messages of one
-// namespace in a pipeline.
+// stream in a pipeline.
 type recordCall struct {
-	keys []string
-	args []any
-	cmd  *redis.Cmd
-	n    int // messages
+	stream stream
+	keys   []string
+	args   []any
+	cmd    *redis.Cmd
+	n      int // messages
 }
 
-// record queues the publish script for msgs, all of namespace ns. It runs
+// record queues the publish script for msgs, all of stream st. It runs
 // the script by its digest: Redis answers NOSCRIPT, having done nothing,
 // when its script cache lacks it (after a restart), and rerun sends the
 // script itself.
-func (b *Bus) record(ctx context.Context, pipe redis.Pipeliner, trim *trimmer, ns string, msgs []bus.Publication, now time.Time) recordCall {
+func (b *Bus) record(ctx context.Context, pipe redis.Pipeliner, trim *trimmer, st stream, msgs []bus.Publication, now time.Time) recordCall {
 	maxLen, minID := "", ""
-	if trim.due(ns, len(msgs), now) {
-		maxLen, minID = strconv.FormatInt(b.opts.HistoryMaxLen, 10), b.minID(now)
+	if trim.due(st.key, len(msgs), now) {
+		// A namespace keeps about HistoryMaxLen events over its partitions.
+		perStream := (b.opts.HistoryMaxLen + int64(b.parts) - 1) / int64(b.parts)
+		maxLen, minID = strconv.FormatInt(perStream, 10), b.minID(now)
 	}
-	c := recordCall{keys: []string{b.streamKey(ns), b.metaKey(ns)}, n: len(msgs)}
-	c.args = make([]any, 0, 3+2*len(msgs))
-	c.args = append(c.args, maxLen, minID, newEpoch())
+	c := recordCall{stream: st, keys: []string{st.key, st.meta, st.set}, n: len(msgs)}
+	c.args = make([]any, 0, 5+2*len(msgs))
+	c.args = append(c.args, maxLen, minID, newEpoch(), st.ns, st.live)
 	for _, m := range msgs {
 		c.args = append(c.args, b.key(m.Channel), m.Payload)
 	}
@@ -253,21 +264,23 @@ func (c *recordCall) rerun(ctx context.Context, pipe redis.Pipeliner) {
 	c.cmd = publishScript.Eval(ctx, pipe, c.keys, c.args...)
 }
 
-// results reads the receipts of a recordCall, or its error for each.
-func (c recordCall) results() ([]bus.Receipt, error) {
+// results reads the receipts of a recordCall, or its error for each, and
+// whether the run added its namespace to its partition.
+func (c recordCall) results() (receipts []bus.Receipt, added bool, err error) {
 	v, err := c.cmd.Slice()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	if len(v) != 1+2*c.n {
-		return nil, fmt.Errorf("publish script answered %d values for %d messages", len(v), c.n)
+	if len(v) != 2+2*c.n {
+		return nil, false, fmt.Errorf("publish script answered %d values for %d messages", len(v), c.n)
 	}
 	epoch, _ := v[0].(string)
+	n, _ := v[1].(int64)
 	out := make([]bus.Receipt, c.n)
 	for i := range out {
-		offset, _ := v[1+2*i].(string)
-		n, _ := v[2+2*i].(int64)
+		offset, _ := v[2+2*i].(string)
+		n, _ := v[3+2*i].(int64)
 		out[i] = bus.Receipt{Position: bus.Position{Offset: offset, Epoch: epoch}, Receivers: n}
 	}
-	return out, nil
+	return out, n == 1, nil
 }

@@ -56,6 +56,9 @@ func (f *fakeHistory) History(ctx context.Context, p string, since bus.Cursor, l
 	return page, nil
 }
 
+// StreamOf names a namespace's one stream, as a bus without partitions does.
+func (f *fakeHistory) StreamOf(ch string) string { ns, _, _ := strings.Cut(ch, ":"); return ns }
+
 func (f *fakeHistory) Latest(context.Context, string) (bus.Cursor, error) {
 	return bus.Cursor{"rec": {Offset: "9-0", Epoch: "e1"}}, nil
 }

@@ -1,0 +1,102 @@
+package redisbus
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/eventbus-suite/eventbus/pkg/redistest"
+)
+
+// keySlot agrees with Redis's CLUSTER KEYSLOT, hash tags included.
+func TestKeySlotIsRedisSlot(t *testing.T) {
+	t.Parallel()
+	c := redistest.SharedCluster(t)
+	cl := c.Client(t)
+	keys := []string{"", "a", "order", "stream:{order}", "stream:{3b}:order", "{}x", "x{}", "{a}{b}", "a{b", "pre:{tag}:ns:meta", "\xff\x00"}
+	keys = append(keys, balancedTags(8)...)
+	for _, k := range keys {
+		want, err := cl.ClusterKeySlot(t.Context(), k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := keySlot(k); int64(got) != want {
+			t.Errorf("keySlot(%q) = %d, Redis says %d", k, got, want)
+		}
+	}
+}
+
+// The tags of n partitions lie one in each n-th of the slots, so a
+// cluster whose masters split the slots evenly (as redis-cli --cluster
+// create does) gets the partitions in turn.
+func TestBalancedTags(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{1, 3, 8, 12, 1024} {
+		tags := balancedTags(n)
+		if len(tags) != n || len(slices.Compact(slices.Sorted(slices.Values(tags)))) != n {
+			t.Fatalf("balancedTags(%d) = %d tags, not all different", n, len(tags))
+		}
+		for i, tag := range tags {
+			if s := keySlot("{" + tag + "}"); s < i*slots/n || s >= (i+1)*slots/n {
+				t.Errorf("balancedTags(%d)[%d] = %q on slot %d, want it in [%d, %d)", n, i, tag, s, i*slots/n, (i+1)*slots/n)
+			}
+		}
+	}
+	// Masters splitting the slots evenly get ⌊n/masters⌋ or ⌈n/masters⌉
+	// partitions each.
+	for _, n := range []int{8, 12, 16} {
+		for _, masters := range []int{1, 3, 6} {
+			per := make([]int, masters)
+			for _, tag := range balancedTags(n) {
+				per[keySlot("{"+tag+"}")*masters/slots]++
+			}
+			for m, got := range per {
+				if got != n/masters && got != (n+masters-1)/masters {
+					t.Errorf("%d partitions over %d masters: master %d has %d (%v)", n, masters, m, got, per)
+				}
+			}
+		}
+	}
+}
+
+func TestStreamsAndTheirNames(t *testing.T) {
+	t.Parallel()
+	one := &Bus{opts: Options{Prefix: "p:"}, parts: 1}
+	parted := &Bus{opts: Options{Prefix: "p:"}, parts: 4, tags: balancedTags(4)}
+	clustered := &Bus{opts: Options{Prefix: "p:"}, parts: 4, tags: balancedTags(4), cluster: true}
+	if st := one.streamFor("order:placed"); st.name != "order" || st.key != "p:stream:{order}" || st.meta != "p:stream:{order}:meta" || st.set != "p:namespaces" || st.live != "" {
+		t.Errorf("one server, one partition: %+v, want today's keys", st)
+	}
+	for _, b := range []*Bus{parted, clustered} {
+		st := b.streamFor("order:placed")
+		slot := keySlot(st.key)
+		if !strings.HasPrefix(st.name, "order.") || keySlot(st.meta) != slot || keySlot(st.set) != slot || st.live != "" && keySlot(st.live) != slot {
+			t.Errorf("%+v: want one slot for the stream, its epoch, its partition's set and its live channel", st)
+		}
+		if got, ok := b.streamNamed(st.name); !ok || got != st {
+			t.Errorf("streamNamed(%q) = %+v, %v; want %+v", st.name, got, ok, st)
+		}
+		if b.StreamOf("order:placed") != b.StreamOf("order:placed") || len(b.streamsOf("order")) != 4 {
+			t.Errorf("StreamOf is not stable, or streamsOf is not every partition")
+		}
+	}
+	if clustered.streamFor("a:b").live == "" || parted.streamFor("a:b").live != "" {
+		t.Error("a shard channel on a cluster only")
+	}
+	for _, name := range []string{"order.4", "order.-1", "order.01", "order.x", "order.", "Order.1"} {
+		if _, ok := parted.streamNamed(name); ok {
+			t.Errorf("streamNamed(%q) on 4 partitions = ok, want refused", name)
+		}
+	}
+	if _, ok := one.streamNamed("order.0"); ok {
+		t.Error("streamNamed(order.0) on one stream per namespace = ok, want refused")
+	}
+	// Channels spread over the partitions.
+	seen := map[int]bool{}
+	for i := range 100 {
+		seen[parted.partitionOf("order:"+strings.Repeat("x", i))] = true
+	}
+	if len(seen) != 4 {
+		t.Errorf("100 channels of one namespace reach %d of 4 partitions", len(seen))
+	}
+}
