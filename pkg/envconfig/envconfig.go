@@ -169,10 +169,15 @@ type Common struct {
 	// bus publishes live only.
 	HistoryMaxLen int64
 	HistoryTTL    time.Duration // BUS_HISTORY_TTL: the oldest event a stream keeps
+	// Partitions is how many streams each namespace is spread over
+	// (BUS_PARTITIONS); 0, the default, leaves it to the bus: 1 on one
+	// Redis, 8 on a cluster. Every service of a deployment must agree.
+	Partitions int
 }
 
-// Common reads REDIS_URL, REDIS_PREFIX, PPROF, LOG_LEVEL and the bus's
-// history: BUS_HISTORY, BUS_HISTORY_MAXLEN and BUS_HISTORY_TTL.
+// Common reads REDIS_URL (or REDIS_CLUSTER_ADDRS), REDIS_PREFIX, PPROF,
+// LOG_LEVEL and the bus's record: BUS_HISTORY, BUS_HISTORY_MAXLEN,
+// BUS_HISTORY_TTL and BUS_PARTITIONS.
 func (r *Reader) Common() Common {
 	c := Common{
 		RedisURL:      r.redis(),
@@ -181,6 +186,10 @@ func (r *Reader) Common() Common {
 		LogLevel:      r.LogLevel("LOG_LEVEL", slog.LevelInfo),
 		HistoryMaxLen: r.Int("BUS_HISTORY_MAXLEN", 100_000, 1),
 		HistoryTTL:    r.Duration("BUS_HISTORY_TTL", 24*time.Hour),
+		Partitions:    int(r.Int("BUS_PARTITIONS", 0, 1)),
+	}
+	if c.Partitions > redisbus.MaxPartitions {
+		r.fail("BUS_PARTITIONS", strconv.Itoa(c.Partitions), fmt.Sprintf("at most %d", redisbus.MaxPartitions))
 	}
 	switch v := r.String("BUS_HISTORY", "on"); strings.ToLower(v) {
 	case "on", "true":

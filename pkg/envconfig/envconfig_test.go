@@ -105,3 +105,14 @@ func TestCommonRedisCluster(t *testing.T) {
 		})
 	}
 }
+
+func TestCommonPartitions(t *testing.T) {
+	t.Parallel()
+	for v, want := range map[string]int{"": 0, "1": 1, "12": 12, "1024": 1024, "0": -1, "1025": -1, "x": -1} {
+		r := envconfig.New(func(k string) string { return map[string]string{"BUS_PARTITIONS": v}[k] })
+		c := r.Common()
+		if err := r.Err(); (err != nil) != (want < 0) || want >= 0 && c.Partitions != want {
+			t.Errorf("BUS_PARTITIONS=%q: Common().Partitions = %d, %v; want %d (-1: refused)", v, c.Partitions, err, want)
+		}
+	}
+}

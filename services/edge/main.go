@@ -72,7 +72,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 
 	reg := server.NewRegistry()
 	b, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, redisbus.Options{
-		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL,
+		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL, Partitions: cfg.Partitions,
 		Logger: log, Registerer: reg, Namespace: "eventbus_edge",
 	})
 	if err != nil {

@@ -54,7 +54,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 
 	reg := server.NewRegistry()
 	b, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, redisbus.Options{
-		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL,
+		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL, Partitions: cfg.Partitions,
 		Logger: log, Registerer: reg, Namespace: "eventbus_logger",
 	})
 	if err != nil {
