@@ -104,30 +104,36 @@ func (s *Store) TakeDeadLetter(ctx context.Context, eventID, name string) (state
 
 func (s *Store) take(ctx context.Context, eventID, name string, dead bool) (State, string, error) {
 	key := s.Key(eventID, name)
+	// This store's senders take turns through held, and Redis orders the
+	// stores: a lease of this store that none of its senders holds is
+	// one an earlier try took whose answer was lost (a dropped
+	// connection), and it is taken again rather than waited out.
+	s.mu.Lock()
+	if s.held[key] {
+		s.mu.Unlock()
+		return Held, s.value, nil
+	}
+	s.held[key] = true
+	s.mu.Unlock()
 	flag := "0"
 	if dead {
 		flag = "1"
 	}
 	v, err := takeScript.Run(ctx, s.rdb, []string{key}, s.value, s.lease.Milliseconds(), flag).Text()
+	if err == nil && (v == "" || v == s.value) {
+		return Taken, "", nil
+	}
+	s.forget(key)
 	if err != nil {
 		return 0, "", fmt.Errorf("claim %s: %w", key, err)
 	}
 	switch v {
-	case "":
-		s.hold(key)
-		return Taken, "", nil
 	case sent:
 		return Sent, v, nil
 	case deadLettered:
 		return DeadLettered, v, nil
 	}
 	return Held, v, nil
-}
-
-func (s *Store) hold(key string) {
-	s.mu.Lock()
-	s.held[key] = true
-	s.mu.Unlock()
 }
 
 // forget stops extending key's lease: its sender is done with it.

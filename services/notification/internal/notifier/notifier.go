@@ -207,6 +207,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 			return fmt.Errorf("read the record: %w", err)
 		}
 		if err != nil {
+			n.Logger.Debug("read the record", "error", err)
 			if outage.Failed(ctx, err) != nil {
 				stop()
 				return nil
