@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
 
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
@@ -29,6 +30,7 @@ func TestMain(m *testing.M) { redistest.Main(m) }
 type world struct {
 	t      *testing.T
 	srv    *redistest.Server
+	rdb    *redis.Client
 	prefix string
 	sg     *fakeSendGrid
 	bus    *redisbus.Bus
@@ -39,7 +41,12 @@ type world struct {
 
 func newWorld(t *testing.T, sg *fakeSendGrid, env map[string]string) *world {
 	t.Helper()
-	srv := redistest.Shared(t)
+	return newWorldOn(t, redistest.Shared(t), sg, env)
+}
+
+// newWorldOn is newWorld on a Redis server of the test's own.
+func newWorldOn(t *testing.T, srv *redistest.Server, sg *fakeSendGrid, env map[string]string) *world {
+	t.Helper()
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	b, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":", HistoryMaxLen: 100_000})
 	if err != nil {
@@ -52,7 +59,7 @@ func newWorld(t *testing.T, sg *fakeSendGrid, env map[string]string) *world {
 		"NOTIFICATION_RETRY_BASE": "10ms", "LOG_LEVEL": "debug", "NOTIFICATION_VISIBILITY": "1s",
 	}
 	maps.Copy(vars, env)
-	return &world{t: t, srv: srv, prefix: prefix, sg: sg, bus: b, env: vars}
+	return &world{t: t, srv: srv, rdb: srv.Client(t), prefix: prefix, sg: sg, bus: b, env: vars}
 }
 
 // replica starts one notification service.

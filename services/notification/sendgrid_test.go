@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // fakeSendGrid is a SendGrid v3 mail send endpoint of our own: it records
@@ -20,6 +21,14 @@ type fakeSendGrid struct {
 	script   []int         // statuses for the next requests; 202 once empty
 	hold     chan struct{} // when set, each request waits for it to close
 	started  chan struct{} // gets a value when a held request arrives
+	// answerAfter, when set, makes SendGrid slow: it accepts each mail as
+	// it arrives, and answers only this long after, whether the client
+	// still waits or not.
+	answerAfter time.Duration
+	// failing, while set, answers every request 503 after failDelay (or
+	// sooner if the client gives up), as SendGrid does in an outage.
+	failing   bool
+	failDelay time.Duration
 }
 
 type sentMail struct {
@@ -64,8 +73,16 @@ func (f *fakeSendGrid) serve(w http.ResponseWriter, r *http.Request) {
 	if len(f.script) > 0 {
 		status, f.script = f.script[0], f.script[1:]
 	}
-	hold := f.hold
+	hold, failing, failDelay, answerAfter := f.hold, f.failing, f.failDelay, f.answerAfter
 	f.mu.Unlock()
+	if failing {
+		select {
+		case <-time.After(failDelay):
+		case <-r.Context().Done():
+		}
+		http.Error(w, `{"errors":[{"message":"outage"}]}`, http.StatusServiceUnavailable)
+		return
+	}
 	if hold != nil {
 		f.started <- struct{}{}
 		select {
@@ -96,7 +113,25 @@ func (f *fakeSendGrid) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.mails = append(f.mails, m)
 	f.mu.Unlock()
+	if answerAfter > 0 {
+		<-time.After(answerAfter) // accepted already: the client's leaving changes nothing
+	}
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// release lets the held requests go and holds no more.
+func (f *fakeSendGrid) release() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.hold)
+	f.hold = nil
+}
+
+// setFailing starts or ends an outage (see failing).
+func (f *fakeSendGrid) setFailing(on bool, delay time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failing, f.failDelay = on, delay
 }
 
 func (f *fakeSendGrid) sent() []sentMail {
