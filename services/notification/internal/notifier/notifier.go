@@ -197,7 +197,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 	}
 	outage := retry.Outage{What: "read the record", Log: n.Logger}
 	for {
-		ds, err := n.Consumer.Fetch(ctx, 64)
+		ds, err := n.fetch(ctx, outage.Failing())
 		if ctx.Err() != nil {
 			stop()
 			return nil
@@ -215,6 +215,9 @@ func (n *Notifier) Run(ctx context.Context) error {
 			continue
 		}
 		outage.Succeeded()
+		if len(ds) == 0 {
+			continue
+		}
 		n.track(ds)
 		for i, d := range ds {
 			var queued bool
@@ -238,6 +241,35 @@ func (n *Notifier) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// fetchSlice is how long a fetch waits for events while Redis is failing,
+// before Run asks Redis whether it answers again.
+const fetchSlice = time.Second
+
+// fetch fetches up to 64 events. While Redis is failing (probing), it
+// waits at most fetchSlice for them, and then reads the group's lag
+// instead, so that the end of an outage is known, and logged, even when no
+// event comes: it returns no events and Lag's error then.
+func (n *Notifier) fetch(ctx context.Context, probing bool) ([]bus.Delivery, error) {
+	if !probing {
+		return n.Consumer.Fetch(ctx, 64)
+	}
+	// Cancelled, not given a deadline: a deadline would also bound the
+	// socket read of a blocking read of the group, whose answer could then
+	// be lost, while a cancellation lets the read in flight finish.
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := time.AfterFunc(fetchSlice, cancel)
+	defer stop.Stop()
+	ds, err := n.Consumer.Fetch(fctx, 64)
+	if len(ds) == 0 && fctx.Err() != nil && ctx.Err() == nil {
+		lctx, cancel := context.WithTimeout(ctx, fetchSlice)
+		defer cancel()
+		_, err := n.Consumer.Lag(lctx)
+		return nil, err
+	}
+	return ds, err
 }
 
 // deliveryKey names an event in the record: its channel (and so its
@@ -317,9 +349,10 @@ func (n *Notifier) heartbeat(ctx context.Context) {
 
 // acknowledge acknowledges the deliveries it receives, several at once
 // when they come faster than Redis answers, until acks is closed. An
-// acknowledgement that fails is tried again until it works (the heartbeat
-// keeps its event meanwhile) or ctx ends: then its event comes again and
-// is recognised as sent.
+// acknowledgement that fails for want of an answer is tried again until
+// it works (the heartbeat keeps its event meanwhile) or ctx ends; one that
+// fails otherwise, or then, leaves its event to come again, recognised as
+// sent.
 func (n *Notifier) acknowledge(ctx context.Context, acks <-chan bus.Delivery) {
 	outage := retry.Outage{What: "acknowledge events", Log: n.Logger}
 	batch := make([]bus.Delivery, 0, 64)
@@ -341,6 +374,10 @@ func (n *Notifier) acknowledge(ctx context.Context, acks <-chan bus.Delivery) {
 			err := n.Consumer.Ack(ctx, batch...)
 			if err == nil {
 				outage.Succeeded()
+				break
+			}
+			if !transient(err) {
+				n.Logger.Warn("acknowledge events; they come again and are recognised as sent", "events", len(batch), "error", err)
 				break
 			}
 			if outage.Failed(ctx, err) != nil {
