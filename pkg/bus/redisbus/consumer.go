@@ -229,12 +229,25 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("fetch %d events: want at least 1", n)
 	}
+	// A deadline bounds the reads as it bounds Fetch: they end by it, and
+	// Fetch waits for them, so none takes events after Fetch returned
+	// without them.
+	deadline, bounded := ctx.Deadline()
+	ended := func() ([]bus.Delivery, error) {
+		if bounded {
+			c.wg.Wait()
+			if ds := c.takeAhead(n); len(ds) > 0 {
+				return ds, nil
+			}
+		}
+		return nil, ctx.Err()
+	}
 	for {
 		if ds := c.takeAhead(n); len(ds) > 0 {
 			return ds, nil
 		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
+		if ctx.Err() != nil {
+			return ended()
 		}
 		if err := c.takeReadErr(); err != nil {
 			if !lostGroup(err) {
@@ -278,10 +291,7 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 				return c.upTo(n, ds), err
 			}
 		}
-		// A deadline bounds the reads as it bounds Fetch: they end by it,
-		// so none takes events after Fetch returned without them.
 		block := consumerBlock
-		deadline, bounded := ctx.Deadline()
 		if bounded {
 			block = min(block, max(time.Until(deadline), time.Millisecond))
 		}
@@ -289,13 +299,7 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 		select {
 		case <-c.reads:
 		case <-ctx.Done():
-			if bounded {
-				c.wg.Wait()
-				if ds := c.takeAhead(n); len(ds) > 0 {
-					return ds, nil
-				}
-			}
-			return nil, ctx.Err()
+			return ended()
 		}
 	}
 }

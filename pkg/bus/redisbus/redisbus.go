@@ -24,6 +24,13 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 )
 
+// subscription is what the bus keeps of each open subscription: one on a
+// server's classic pub/sub, or a cluster's sharded one.
+type subscription interface {
+	Live() bool
+	Close() error
+}
+
 // Options configure a Bus. The zero value works.
 type Options struct {
 	// Prefix is put before every channel and pattern in Redis and taken off
@@ -84,7 +91,7 @@ type Bus struct {
 
 	mu         sync.Mutex
 	closed     bool
-	subs       map[*Subscription]struct{}
+	subs       map[subscription]struct{}
 	ownsClient bool // made by Open: Close closes the client
 }
 
@@ -139,7 +146,7 @@ func New(client redis.UniversalClient, opts Options) (*Bus, error) {
 		m:      m,
 		reqs:   make(chan *request, opts.MaxBatch),
 		stop:   make(chan struct{}),
-		subs:   make(map[*Subscription]struct{}),
+		subs:   make(map[subscription]struct{}),
 
 		cluster: cluster,
 		parts:   parts,
@@ -173,7 +180,7 @@ func (b *Bus) Close() error {
 		return nil
 	}
 	b.closed = true
-	subs := make([]*Subscription, 0, len(b.subs))
+	subs := make([]subscription, 0, len(b.subs))
 	for s := range b.subs {
 		subs = append(subs, s)
 	}

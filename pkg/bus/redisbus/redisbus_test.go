@@ -63,18 +63,18 @@ func TestConformance(t *testing.T) {
 }
 
 // On a Redis Cluster (3 masters, 3 replicas), each namespace spread over
-// partitions on every shard: the record, history and consumer groups
-// behave as on one server.
+// partitions on every shard, live through sharded subscriptions: the bus
+// behaves as on one server.
 func TestConformanceOnACluster(t *testing.T) {
 	c := redistest.SharedCluster(t)
-	bustest.RunDurable(t, func(t *testing.T) bustest.Bus {
+	bustest.Run(t, func(t *testing.T) bustest.Bus {
 		b, err := redisbus.New(c.Client(t), redisbus.Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 1000, HistoryTTL: time.Hour})
 		if err != nil {
 			t.Fatalf("redisbus.New = %v", err)
 		}
 		t.Cleanup(func() { _ = b.Close() })
 		return b
-	})
+	}, bustest.Features{History: true, Sharded: true})
 }
 
 func TestPrefixIsolates(t *testing.T) {

@@ -54,8 +54,10 @@ func reach(p string) (prefix string, wild bool) {
 // KEYS: stream, meta, the partition's namespace set. ARGV: maxlen and
 // minid (both "" for no trimming in this run, minid "" for no bound by
 // age), a new epoch in case one is needed, the namespace, the shard
-// channel ("" to PUBLISH each message on its channel), then channel and
-// payload of each message. It returns the epoch, 1 when the namespace was
+// channel ("" to PUBLISH each message on its channel), the partition's
+// announcement channel (on a cluster, where a namespace new to the
+// partition is named before its first events), then channel and payload
+// of each message. It returns the epoch, 1 when the namespace was
 // new to the partition (else 0), then the offset and receiver count of
 // each message.
 var publishScript = redis.NewScript(`
@@ -69,8 +71,11 @@ if not epoch then
 end
 local added = redis.call('SADD', KEYS[3], ARGV[4])
 local maxlen, live, header = ARGV[1], ARGV[5], '\0eb1 ' .. epoch .. ' '
+if added == 1 and live ~= '' then
+	redis.call('SPUBLISH', ARGV[6], ARGV[4])
+end
 local out, n = {epoch, added}, 2
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
 	local ch, payload = ARGV[i], ARGV[i + 1]
 	local id = redis.call('XADD', stream, '*', 'c', ch, 'p', payload)
 	out[n + 1] = id
@@ -244,8 +249,12 @@ func (b *Bus) record(ctx context.Context, pipe redis.Pipeliner, trim *trimmer, s
 		maxLen, minID = strconv.FormatInt(perStream, 10), b.minID(now)
 	}
 	c := recordCall{stream: st, keys: []string{st.key, st.meta, st.set}, n: len(msgs)}
-	c.args = make([]any, 0, 5+2*len(msgs))
-	c.args = append(c.args, maxLen, minID, newEpoch(), st.ns, st.live)
+	announce := ""
+	if st.live != "" {
+		announce = b.announceChannel(st.part)
+	}
+	c.args = make([]any, 0, 6+2*len(msgs))
+	c.args = append(c.args, maxLen, minID, newEpoch(), st.ns, st.live, announce)
 	for _, m := range msgs {
 		c.args = append(c.args, b.key(m.Channel), m.Payload)
 	}

@@ -44,10 +44,7 @@ func (b *Bus) Subscribe(ctx context.Context, patterns ...string) (bus.Subscripti
 		return nil, err
 	}
 	if b.cluster {
-		// Events go out on the partitions' shard channels there
-		// (SPUBLISH), which a subscription on one node's classic pub/sub
-		// would never hear: refused rather than silent.
-		return nil, errors.New("redisbus: live subscriptions on a Redis Cluster are not supported yet (sharded subscriptions are to come); consume the record instead")
+		return b.subscribeSharded(ctx, patterns)
 	}
 	s := &Subscription{
 		b:       b,
