@@ -15,7 +15,7 @@ import (
 func TestOutageLogsOnceEachWay(t *testing.T) {
 	t.Parallel()
 	var buf bytes.Buffer
-	o := &retry.Outage{What: "read the record", Log: slog.New(slog.NewTextHandler(&buf, nil)), Min: time.Microsecond, Max: time.Millisecond}
+	o := &retry.Outage{What: "read the record", Log: slog.New(slog.NewTextHandler(&buf, nil)), Backoff: retry.Backoff{Min: time.Microsecond, Max: time.Millisecond}}
 	for range 5 {
 		if err := o.Failed(t.Context(), errors.New("connection refused")); err != nil {
 			t.Fatalf("Failed = %v, want nil", err)
@@ -37,10 +37,26 @@ func TestOutageLogsOnceEachWay(t *testing.T) {
 
 func TestOutageWaitEndsWithTheContext(t *testing.T) {
 	t.Parallel()
-	o := &retry.Outage{What: "x", Log: slog.New(slog.DiscardHandler), Min: time.Hour}
+	o := &retry.Outage{What: "x", Log: slog.New(slog.DiscardHandler), Backoff: retry.Backoff{Min: time.Hour}}
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	if err := o.Failed(ctx, errors.New("down")); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Failed with an ended context = %v, want context.Canceled", err)
+	}
+}
+
+func TestBackoffWaitsGrowToMaxAndReset(t *testing.T) {
+	t.Parallel()
+	b := retry.Backoff{Min: time.Microsecond, Max: 4 * time.Microsecond}
+	for range 5 {
+		if err := b.Wait(t.Context()); err != nil {
+			t.Fatalf("Wait = %v", err)
+		}
+	}
+	b.Reset()
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := (&retry.Backoff{Min: time.Hour}).Wait(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait with an ended context = %v, want context.Canceled", err)
 	}
 }

@@ -171,7 +171,8 @@ func TestRedisOutage(t *testing.T) {
 	sg.hold = make(chan struct{})
 	// A visibility timeout longer than the outage: nothing is redelivered,
 	// every event goes on with the replica that had it.
-	w := newWorldOn(t, srv, sg, map[string]string{"NOTIFICATION_VISIBILITY": "10s"})
+	// At debug level, where a worker says it waits for Redis.
+	w := newWorldOn(t, srv, sg, map[string]string{"NOTIFICATION_VISIBILITY": "10s", "LOG_LEVEL": "debug"})
 	replicas := []*servicetest.Service{w.replica(), w.replica()}
 	const n = 10
 	before := w.users("before", n)
@@ -186,7 +187,7 @@ func TestRedisOutage(t *testing.T) {
 	}
 	sg.release() // SendGrid accepts the mails in flight while Redis is away
 	servicetest.WaitFor(t, "a worker to wait for Redis to record a sent email", func() bool {
-		return strings.Contains(replicas[0].Logs()+replicas[1].Logs(), "handle events failed; retrying until it works")
+		return strings.Contains(replicas[0].Logs()+replicas[1].Logs(), "a step on redis failed; retrying")
 	})
 	srv.Restart(t)
 
@@ -207,7 +208,7 @@ func TestRedisOutage(t *testing.T) {
 			return strings.Contains(r.Logs(), "read the record works again")
 		})
 		logs := r.Logs()
-		if a, b := strings.Count(logs, "read the record failed"), strings.Count(logs, "read the record works again"); a != 1 || b != 1 {
+		if a, b := strings.Count(logs, "failed; retrying until it works"), strings.Count(logs, "works again"); a != 1 || b != 1 {
 			t.Errorf("replica %d logged the outage %d times and its end %d times, want once each", i+1, a, b)
 		}
 		if err := r.Stop(); err != nil {

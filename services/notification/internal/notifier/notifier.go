@@ -168,7 +168,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for i := range queues {
 		queues[i] = make(chan job, 64)
-		w := &worker{n: n, outage: retry.Outage{What: "handle events", Log: n.Logger}}
+		w := &worker{n: n}
 		wg.Go(func() {
 			for j := range queues[i] {
 				if w.handle(sendCtx, j) {
@@ -323,7 +323,8 @@ func (n *Notifier) inFlight() []bus.Delivery {
 // next beat, saying so once in the log.
 func (n *Notifier) heartbeat(ctx context.Context) {
 	every := max(n.Visibility/3, time.Millisecond)
-	outage := retry.Outage{What: "extend the events in flight", Log: n.Logger, Min: every / 8, Max: every}
+	// Quiet: the record's reader speaks for an outage of Redis.
+	backoff := retry.Backoff{Min: every / 8, Max: every}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -337,10 +338,11 @@ func (n *Notifier) heartbeat(ctx context.Context) {
 			err := errors.Join(n.Consumer.Extend(bctx, n.inFlight()...), n.Claims.ExtendHeld(bctx))
 			cancel()
 			if err == nil {
-				outage.Succeeded()
+				backoff.Reset()
 				break
 			}
-			if ctx.Err() != nil || outage.Failed(ctx, err) != nil {
+			n.Logger.Debug("extend the events in flight", "error", err)
+			if ctx.Err() != nil || backoff.Wait(ctx) != nil {
 				return
 			}
 		}
@@ -354,7 +356,7 @@ func (n *Notifier) heartbeat(ctx context.Context) {
 // fails otherwise, or then, leaves its event to come again, recognised as
 // sent.
 func (n *Notifier) acknowledge(ctx context.Context, acks <-chan bus.Delivery) {
-	outage := retry.Outage{What: "acknowledge events", Log: n.Logger}
+	var backoff retry.Backoff // quiet: the record's reader speaks for an outage of Redis
 	batch := make([]bus.Delivery, 0, 64)
 	for d := range acks {
 		batch = append(batch[:0], d)
@@ -373,14 +375,15 @@ func (n *Notifier) acknowledge(ctx context.Context, acks <-chan bus.Delivery) {
 		for {
 			err := n.Consumer.Ack(ctx, batch...)
 			if err == nil {
-				outage.Succeeded()
+				backoff.Reset()
 				break
 			}
 			if !transient(err) {
 				n.Logger.Warn("acknowledge events; they come again and are recognised as sent", "events", len(batch), "error", err)
 				break
 			}
-			if outage.Failed(ctx, err) != nil {
+			n.Logger.Debug("acknowledge events", "error", err)
+			if backoff.Wait(ctx) != nil {
 				n.Logger.Warn("events not acknowledged before the drain timeout; they come again and are recognised as sent", "events", len(batch))
 				break
 			}
@@ -423,8 +426,8 @@ func (n *Notifier) contactKey(userID string) string { return n.Prefix + "contact
 
 // worker handles the jobs of one queue, one at a time.
 type worker struct {
-	n      *Notifier
-	outage retry.Outage // of this worker's Redis steps
+	n       *Notifier
+	backoff retry.Backoff // of this worker's Redis steps; quiet, as the record's reader speaks for an outage
 }
 
 // redis runs f, one step of a job on Redis, until it works, fails for good
@@ -435,10 +438,14 @@ func (w *worker) redis(ctx context.Context, f func() error) error {
 	for {
 		err := f()
 		if err == nil {
-			w.outage.Succeeded()
+			w.backoff.Reset()
 			return nil
 		}
-		if !transient(err) || w.outage.Failed(ctx, err) != nil {
+		if !transient(err) {
+			return err
+		}
+		w.n.Logger.Debug("a step on redis failed; retrying", "error", err)
+		if w.backoff.Wait(ctx) != nil {
 			return err
 		}
 	}
