@@ -16,8 +16,17 @@ func TestMain(m *testing.M) { redistest.Main(m) }
 // a later revocation by time never undoes an earlier, later one.
 func TestStore(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Shared(t)
-	s := revocation.Store{Redis: srv.Client(t), Prefix: redistest.Prefix(t), MaxAge: time.Hour}
+	testStore(t, revocation.Store{Redis: redistest.Shared(t).Client(t), Prefix: redistest.Prefix(t), MaxAge: time.Hour})
+}
+
+// On a Redis Cluster too, where a user's key and a token's are on
+// different slots.
+func TestStoreOnACluster(t *testing.T) {
+	t.Parallel()
+	testStore(t, revocation.Store{Redis: redistest.SharedCluster(t).Client(t), Prefix: redistest.Prefix(t), MaxAge: time.Hour})
+}
+
+func testStore(t *testing.T, s revocation.Store) {
 	now := time.Now()
 	if err := s.Record(t.Context(), revocation.Command{Action: revocation.ActionRevoke, JTI: "j1"}); err != nil {
 		t.Fatal(err)
