@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -56,7 +58,9 @@ func (b *Bus) Ready(ctx context.Context) error {
 
 // Stats is what Redis says about pub/sub, seen through the bus's prefix.
 type Stats struct {
-	// Channels with at least one exact subscriber (PUBSUB CHANNELS), sorted.
+	// Channels with at least one exact subscriber (PUBSUB CHANNELS), sorted;
+	// on a cluster, the partitions' shard channels with a subscriber
+	// (PUBSUB SHARDCHANNELS on every master), named as their streams.
 	Channels []string `json:"channels"`
 	// NumSub is the exact subscriber count of each of Channels (PUBSUB NUMSUB).
 	NumSub map[string]int64 `json:"numsub"`
@@ -87,8 +91,15 @@ type GroupStats struct {
 	Lag       int64  `json:"lag"`     // not yet delivered; -1 when Redis cannot tell
 }
 
-// Stats asks Redis about the channels under the bus's prefix.
+// Stats asks Redis about the channels under the bus's prefix: on one
+// server, its channels with exact subscribers and its pattern count; on a
+// cluster, every master's shard channels of the bus, each named as its
+// stream ("order.3": the partition's live channel of order), with their
+// subscriptions.
 func (b *Bus) Stats(ctx context.Context) (Stats, error) {
+	if cc, ok := b.client.(*redis.ClusterClient); ok {
+		return b.clusterStats(ctx, cc)
+	}
 	raw, err := b.client.PubSubChannels(ctx, b.opts.Prefix+"*").Result()
 	if err != nil {
 		return Stats{}, fmt.Errorf("pubsub channels: %w", err)
@@ -110,6 +121,45 @@ func (b *Bus) Stats(ctx context.Context) (Stats, error) {
 	if st.NumPat, err = b.client.PubSubNumPat(ctx).Result(); err != nil {
 		return Stats{}, fmt.Errorf("pubsub numpat: %w", err)
 	}
+	if st.Namespaces, err = b.namespaceStats(ctx); err != nil {
+		return Stats{}, err
+	}
+	return st, nil
+}
+
+// clusterStats is Stats on a cluster.
+func (b *Bus) clusterStats(ctx context.Context, cc *redis.ClusterClient) (Stats, error) {
+	part := make(map[string]int, len(b.tags)) // tag → partition
+	for i, t := range b.tags {
+		part[t] = i
+	}
+	st := Stats{Channels: []string{}, NumSub: map[string]int64{}}
+	var mu sync.Mutex
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		raw, err := node.PubSubShardChannels(ctx, b.opts.Prefix+"live:{*}:*").Result()
+		if err != nil || len(raw) == 0 {
+			return err
+		}
+		counts, err := node.PubSubShardNumSub(ctx, raw...).Result()
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for ch, n := range counts {
+			tag, ns, ok := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(ch, b.opts.Prefix), "live:{"), "}:")
+			if i, known := part[tag]; ok && known {
+				name := b.streamOf(ns, i).name
+				st.Channels = append(st.Channels, name)
+				st.NumSub[name] = n
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Stats{}, fmt.Errorf("pubsub shard channels: %w", err)
+	}
+	slices.Sort(st.Channels)
 	if st.Namespaces, err = b.namespaceStats(ctx); err != nil {
 		return Stats{}, err
 	}

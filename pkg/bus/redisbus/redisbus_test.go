@@ -841,3 +841,47 @@ func TestExtendLeavesAnotherMembersClaim(t *testing.T) {
 		t.Fatalf("pending after Extend = %+v, %v; want the event still fast's, delivered twice", pending, err)
 	}
 }
+
+// On a cluster, Stats goes over every master: the shard channels of the
+// subscribed partitions, named as their streams, and every partition's
+// stream of a namespace.
+func TestStatsOnACluster(t *testing.T) {
+	t.Parallel()
+	c := redistest.SharedCluster(t)
+	b, err := redisbus.New(c.Client(t), redisbus.Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	sub, err := b.Subscribe(t.Context(), "st:*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for i := range 3 {
+		if _, err := b.Publish(t.Context(), "st:"+strconv.Itoa(i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := b.Stats(t.Context())
+	if err != nil {
+		t.Fatalf("Stats = %v", err)
+	}
+	if len(st.Channels) != redisbus.DefaultClusterPartitions {
+		t.Fatalf("Stats channels = %q, want st's %d partitions", st.Channels, redisbus.DefaultClusterPartitions)
+	}
+	for _, ch := range st.Channels {
+		if !strings.HasPrefix(ch, "st.") || st.NumSub[ch] != 1 {
+			t.Fatalf("Stats channel %q with %d subscriptions, want a partition of st with 1", ch, st.NumSub[ch])
+		}
+	}
+	var events int64
+	for _, n := range st.Namespaces {
+		if n.Namespace == "st" {
+			events += n.Events
+		}
+	}
+	if events != 3 {
+		t.Fatalf("Stats namespaces = %+v, want st's 3 events over its partitions", st.Namespaces)
+	}
+}
