@@ -49,7 +49,12 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 
 	reg := server.NewRegistry()
-	b, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, redisbus.Options{
+	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second, log)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	b, err := redisbus.New(rdb, redisbus.Options{
 		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL, Partitions: cfg.Partitions,
 		Logger: log, Registerer: reg, Namespace: "eventbus_api",
 	})
@@ -59,12 +64,12 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	defer b.Close()
 
 	svc := ingest.New(b, "eventbus/api", cfg.PublishTimeout, reg)
-	idem := ingest.NewIdempotency(b.Client(), cfg.RedisPrefix, 24*time.Hour, cfg.PublishTimeout)
+	idem := ingest.NewIdempotency(rdb, cfg.RedisPrefix, 24*time.Hour, cfg.PublishTimeout)
 	budget := inflight.New(cfg.MaxInflightBytes, reg)
 	mux := http.NewServeMux()
 	httpapi.Register(mux, httpapi.Options{
 		Ingest: svc, Idempotency: idem, Stats: b.Stats, History: b, Keys: keys, Logger: log,
-		Revocations:  revocation.Store{Redis: b.Client(), Prefix: cfg.RedisPrefix, MaxAge: cfg.MaxTokenAge},
+		Revocations:  revocation.Store{Redis: rdb, Prefix: cfg.RedisPrefix, MaxAge: cfg.MaxTokenAge},
 		MaxBodyBytes: cfg.MaxBodyBytes, MaxBatchBytes: cfg.MaxBatchBytes, Budget: budget,
 	})
 	if cfg.Pprof {

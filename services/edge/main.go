@@ -71,7 +71,12 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 
 	reg := server.NewRegistry()
-	b, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, redisbus.Options{
+	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second, log)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	b, err := redisbus.New(rdb, redisbus.Options{
 		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL, Partitions: cfg.Partitions,
 		Logger: log, Registerer: reg, Namespace: "eventbus_edge",
 	})
@@ -98,7 +103,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	mux := http.NewServeMux()
 	policy := &access.Policy{
 		Verifier: verifier, AllowAnonymous: cfg.AllowAnonymous, PublicChannels: cfg.PublicChannels, TrustedProxies: cfg.TrustedProxies,
-		Revocations: &revocation.Store{Redis: b.Client(), Prefix: cfg.RedisPrefix, MaxAge: cfg.MaxTokenAge},
+		Revocations: &revocation.Store{Redis: rdb, Prefix: cfg.RedisPrefix, MaxAge: cfg.MaxTokenAge},
 		MaxTokenAge: cfg.MaxTokenAge,
 	}
 	// Commands for every edge: revocations, forced disconnects and
@@ -123,7 +128,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	var sessions *mqttapi.Store
 	var record mqttapi.Record
 	if cfg.HistoryMaxLen > 0 {
-		sessions = &mqttapi.Store{Redis: b.Client(), Prefix: cfg.RedisPrefix}
+		sessions = &mqttapi.Store{Redis: rdb, Prefix: cfg.RedisPrefix}
 		record = b
 	}
 	mq := mqttapi.New(mqttapi.Options{
@@ -132,7 +137,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
 		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry, Record: record, Pacer: pacer,
 		// Takeovers go live only: a CONNECT costs no recorded event.
-		Announce: control.Live{Redis: b.Client(), Prefix: cfg.RedisPrefix, Source: "edge"}.Announce,
+		Announce: control.Live{Redis: rdb, Prefix: cfg.RedisPrefix, Source: "edge"}.Announce,
 	}, reg)
 	// MQTT clients may use /ws as well, offering the mqtt subprotocol.
 	mux.Handle("GET /ws", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -53,7 +53,12 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	window := eventlog.NewWindow(cfg.TailBuffer, recent)
 
 	reg := server.NewRegistry()
-	b, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, redisbus.Options{
+	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second, log)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	b, err := redisbus.New(rdb, redisbus.Options{
 		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL, Partitions: cfg.Partitions,
 		Logger: log, Registerer: reg, Namespace: "eventbus_logger",
 	})

@@ -22,6 +22,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/claims"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/config"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/contacts"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/deadletter"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/mailer"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/notifier"
@@ -51,7 +52,12 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 
 	reg := server.NewRegistry()
-	b, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, redisbus.Options{
+	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second, log)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	b, err := redisbus.New(rdb, redisbus.Options{
 		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL, Partitions: cfg.Partitions,
 		Logger: log, Registerer: reg, Namespace: "eventbus_notification",
 	})
@@ -80,13 +86,13 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	// A lease lasts one visibility timeout, extended by the notifier's
 	// heartbeat while its send runs: a replica that dies mid-send holds
 	// its notifications up for about as long as its events.
-	cl := claims.New(b.Client(), cfg.RedisPrefix, cfg.Visibility)
+	cl := claims.New(rdb, cfg.RedisPrefix, cfg.Visibility)
 	dead := deadletter.New(deadletter.Options{
-		Redis: b.Client(), Prefix: cfg.RedisPrefix, Claims: cl, Mailer: mail,
+		Redis: rdb, Prefix: cfg.RedisPrefix, Claims: cl, Mailer: mail,
 		SendTimeout: cfg.SendTimeout, ClaimTTL: cfg.ClaimTTL, Logger: log,
 	}, reg)
 	n := notifier.New(notifier.Options{
-		Consumer: con, Publisher: b, Redis: b.Client(), Prefix: cfg.RedisPrefix, Claims: cl, DeadLetters: dead,
+		Consumer: con, Publisher: b, Contacts: contacts.New(rdb, cfg.RedisPrefix), Claims: cl, DeadLetters: dead,
 		Mailer: mail, Templates: tmpl, Logger: log,
 		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL, SendTimeout: cfg.SendTimeout, Visibility: cfg.Visibility, ContactWait: 2 * cfg.Visibility,
 	}, reg)

@@ -8,39 +8,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
-
-// Open dials url like Dial and returns a Bus on the connection that owns
-// it: Close closes the client too.
-//
-// Open is for a service's run: it also sends go-redis's own log, which is
-// process-wide and by default prints a line to stderr for every failed
-// dial of every pool, to opts.Logger at debug level. A service says once
-// that Redis went away and once that it is back (package retry); go-redis
-// would say it several times a second for as long as Redis is away.
-func Open(ctx context.Context, url string, timeout time.Duration, opts Options) (*Bus, error) {
-	if opts.Logger != nil {
-		redis.SetLogger(driverLog{opts.Logger})
-	}
-	c, err := Dial(ctx, url, timeout)
-	if err != nil {
-		return nil, err
-	}
-	b, err := New(c, opts)
-	if err != nil {
-		_ = c.Close()
-		return nil, err
-	}
-	b.ownsClient = true
-	return b, nil
-}
-
-// Client returns the Redis client, for commands outside pub/sub (keys,
-// idempotency records). It stays valid until Close.
-func (b *Bus) Client() redis.UniversalClient { return b.client }
 
 // Ready reports whether Redis answers and every open subscription is live:
 // what a service's /readyz needs.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -81,8 +82,19 @@ func CheckURL(url string) error {
 
 // Dial connects to the Redis at url (see NewClient) and checks that it
 // answers within timeout, so a service fails fast on a wrong address; on
-// a cluster, that every node it knows answers.
-func Dial(ctx context.Context, url string, timeout time.Duration) (redis.UniversalClient, error) {
+// a cluster, that every node it knows answers. The caller closes the
+// client, after the Bus and the stores made on it.
+//
+// Dial is for a service's run: with a log, it also sends go-redis's own
+// log, which is process-wide and by default prints a line to stderr for
+// every failed dial of every pool, to log at debug level. A service says
+// once that Redis went away and once that it is back (package retry);
+// go-redis would say it several times a second for as long as Redis is
+// away.
+func Dial(ctx context.Context, url string, timeout time.Duration, log *slog.Logger) (redis.UniversalClient, error) {
+	if log != nil {
+		redis.SetLogger(driverLog{log})
+	}
 	c, err := NewClient(url)
 	if err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -98,7 +99,7 @@ func FuzzNewClient(f *testing.F) {
 func TestDialCluster(t *testing.T) {
 	t.Parallel()
 	c := redistest.SharedCluster(t)
-	rdb, err := Dial(t.Context(), "redis+cluster://"+c.Addrs[0], 5e9)
+	rdb, err := Dial(t.Context(), "redis+cluster://"+c.Addrs[0], 5*time.Second, nil)
 	if err != nil {
 		t.Fatalf("Dial = %v", err)
 	}

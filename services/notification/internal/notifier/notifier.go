@@ -27,6 +27,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/retry"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/claims"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/contacts"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/deadletter"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/mailer"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/rules"
@@ -42,9 +43,8 @@ type Options struct {
 	// Consumer is this replica's member of the group "notification".
 	Consumer  bus.Consumer
 	Publisher bus.Publisher
-	Redis     redis.UniversalClient
-	// Prefix is put before every Redis key, like the bus's channel prefix.
-	Prefix string
+	// Contacts are the users' email addresses, as user.created said them.
+	Contacts *contacts.Store
 	// Claims make each notification go once; dead-letter retries take
 	// the same ones. The heartbeat extends every lease they hold.
 	Claims *claims.Store
@@ -422,8 +422,6 @@ func (n *Notifier) plan(d bus.Delivery) (job, bool) {
 	return job{delivery: d, env: env, plan: p}, true
 }
 
-func (n *Notifier) contactKey(userID string) string { return n.Prefix + "contact:" + userID }
-
 // worker handles the jobs of one queue, one at a time.
 type worker struct {
 	n       *Notifier
@@ -478,7 +476,7 @@ func (w *worker) handle(ctx context.Context, j job) bool {
 	log := n.Logger.With("event_id", j.env.GetId(), "type", j.env.GetType(), "user_id", j.plan.UserID)
 	if c := j.plan.SaveContact; c != nil {
 		err := w.redis(ctx, func() error {
-			return n.Redis.HSet(ctx, n.contactKey(j.plan.UserID), "email", c.Email, "name", c.Name).Err()
+			return n.Contacts.Save(ctx, j.plan.UserID, *c)
 		})
 		if err != nil {
 			log.Error("record contact", "error", err)
@@ -500,7 +498,7 @@ func (w *worker) do(ctx context.Context, log *slog.Logger, env *envelope.Envelop
 	if a.Kind == rules.Email && to == nil {
 		var c *rules.Contact
 		err := w.redis(ctx, func() (err error) {
-			c, err = n.contact(ctx, a.UserID)
+			c, err = n.Contacts.Get(ctx, a.UserID)
 			return err
 		})
 		if err != nil {
@@ -573,17 +571,6 @@ func (w *worker) do(ctx context.Context, log *slog.Logger, env *envelope.Envelop
 		log.Error("release claim; it runs out by itself", "error", err)
 	}
 	return false
-}
-
-func (n *Notifier) contact(ctx context.Context, userID string) (*rules.Contact, error) {
-	v, err := n.Redis.HGetAll(ctx, n.contactKey(userID)).Result()
-	if err != nil {
-		return nil, err
-	}
-	if v["email"] == "" {
-		return nil, nil
-	}
-	return &rules.Contact{Email: v["email"], Name: v["name"]}, nil
 }
 
 // email sends one email and says how it went: nil when SendGrid accepted
