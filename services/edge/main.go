@@ -137,7 +137,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
 		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry, Record: record, Pacer: pacer,
 		// Takeovers go live only: a CONNECT costs no recorded event.
-		Announce: control.Live{Redis: rdb, Prefix: cfg.RedisPrefix, Source: "edge"}.Announce,
+		Announce: control.Live{Bus: b, Source: "edge"}.Announce,
 	}, reg)
 	// MQTT clients may use /ws as well, offering the mqtt subprotocol.
 	mux.Handle("GET /ws", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

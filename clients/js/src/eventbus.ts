@@ -1,6 +1,6 @@
 // eventbus: the client of the eventbus edge, for browsers and Node ≥ 20.
 //
-// It keeps a position per subscription (namespace → offset and epoch, from
+// It keeps a position per subscription (stream → offset and epoch, from
 // every event), and after every reconnect, or a page reload through
 // sessionStorage, subscribes again from there: the edge sends what was
 // missed, then the live events, and says whether that recovered
@@ -9,13 +9,17 @@
 // Events when a WebSocket cannot be opened. The wire protocol is in
 // docs/protocol.md.
 
-/** Where a client stands in a namespace's stream. */
+/** Where a client stands in a stream: a namespace's, or one partition's. */
 export interface Position {
   offset: string;
   epoch: string;
 }
 
-/** Namespace (a channel's first token) → position. */
+/**
+ * Stream → position. A stream is named as its namespace (a channel's first
+ * token), or, where the bus spreads a namespace over partitions, as the
+ * event frame's `stream` says ("order.3").
+ */
 export type Positions = Record<string, Position>;
 
 /** An event frame as the edge sends it. */
@@ -523,7 +527,7 @@ export class EventBus {
       return;
     }
     if (!frame.event) return;
-    const ns = namespaceOf(frame.channel);
+    const ns = frame.stream ?? namespaceOf(frame.channel);
     for (const pattern of frame.subscriptions ?? []) {
       const sub = this.subs.get(pattern);
       if (!sub) continue;

@@ -249,11 +249,7 @@ func (b *Bus) sendLive(ctx context.Context, reqs []*request) ([]bus.Receipt, []e
 	var cmds []*redis.IntCmd
 	for _, r := range reqs {
 		for _, m := range r.msgs {
-			if st := b.streamFor(m.Channel); st.live != "" {
-				cmds = append(cmds, pipe.SPublish(ctx, st.live, channelHeader+b.key(m.Channel)+"\n"+string(m.Payload)))
-			} else {
-				cmds = append(cmds, pipe.Publish(ctx, b.key(m.Channel), m.Payload))
-			}
+			cmds = append(cmds, b.publishLive(ctx, pipe, m.Channel, m.Payload))
 		}
 	}
 	_, _ = pipe.Exec(ctx) // each command carries its own error
@@ -262,6 +258,32 @@ func (b *Bus) sendLive(ctx context.Context, reqs []*request) ([]bus.Receipt, []e
 		receipts[i].Receivers, errs[i] = c.Result()
 	}
 	return receipts, errs
+}
+
+// publishLive queues payload's live publish on ch, unrecorded: a PUBLISH
+// on the channel on one server, an SPUBLISH on its partition's shard
+// channel, naming the channel, on a cluster.
+func (b *Bus) publishLive(ctx context.Context, c redis.Cmdable, ch string, payload []byte) *redis.IntCmd {
+	if st := b.streamFor(ch); st.live != "" {
+		return c.SPublish(ctx, st.live, channelHeader+b.key(ch)+"\n"+string(payload))
+	}
+	return c.Publish(ctx, b.key(ch), payload)
+}
+
+// PublishLive sends payload on ch live only, unrecorded and outside the
+// pipeline, whether the bus keeps history or not: no position, at most
+// once, for messages that matter only to the subscriptions open now (an
+// edge's control commands). It returns how many subscriptions heard it,
+// counted as Receipt.Receivers is.
+func (b *Bus) PublishLive(ctx context.Context, ch string, payload []byte) (int64, error) {
+	if err := channel.Validate(ch); err != nil {
+		return 0, err
+	}
+	n, err := b.publishLive(ctx, b.pub, ch, payload).Result()
+	if err != nil {
+		return 0, fmt.Errorf("publish live on %s: %w", ch, err)
+	}
+	return n, nil
 }
 
 // sendRecorded records and publishes the size messages of reqs in one

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
@@ -95,10 +94,11 @@ func Apply(h *hub.Hub, s Sessions, c revocation.Command) int {
 // for is then left to the session store, which a newer connection's saves
 // always win.
 type Live struct {
-	Redis redis.UniversalClient
-	// Prefix is the bus's (REDIS_PREFIX): the control channel's name in
-	// Redis is Prefix + revocation.ControlChannel, as the bus names it.
-	Prefix string
+	// Bus publishes live only (redisbus.Bus.PublishLive), as the control
+	// subscription hears it on a single Redis or a cluster.
+	Bus interface {
+		PublishLive(ctx context.Context, ch string, payload []byte) (int64, error)
+	}
 	// Source names the sender in the command's envelope.
 	Source string
 }
@@ -109,7 +109,7 @@ func (l Live) Announce(ctx context.Context, c revocation.Command) error {
 	if err != nil {
 		return err
 	}
-	if err := l.Redis.Publish(ctx, l.Prefix+revocation.ControlChannel, payload).Err(); err != nil {
+	if _, err := l.Bus.PublishLive(ctx, revocation.ControlChannel, payload); err != nil {
 		return fmt.Errorf("publish %s on the control channel: %w", c.Action, err)
 	}
 	return nil

@@ -1,7 +1,6 @@
 package hub
 
 import (
-	"strings"
 	"sync"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
@@ -12,8 +11,11 @@ import (
 // recipient, decoded once, and encoded by each transport in its own way.
 type Event struct {
 	Channel string
-	// Position of the event in its namespace's stream; zero when the bus
-	// keeps no history.
+	// Stream names the stream Position is in (bus.History.StreamOf): the
+	// key of the event's position in cursors.
+	Stream string
+	// Position of the event in its stream; zero when the bus keeps no
+	// history.
 	Position bus.Position
 	Envelope *envelope.Envelope
 
@@ -22,20 +24,13 @@ type Event struct {
 	jsonErr  error
 }
 
-// NewEvent decodes an event as the bus delivered it.
-func NewEvent(ch string, pos bus.Position, payload []byte) (*Event, error) {
+// NewEvent decodes an event as the bus delivered it, recorded in stream.
+func NewEvent(ch, stream string, pos bus.Position, payload []byte) (*Event, error) {
 	env, err := envelope.Unmarshal(payload)
 	if err != nil {
 		return nil, err
 	}
-	return &Event{Channel: ch, Position: pos, Envelope: env}, nil
-}
-
-// Namespace is the first token of the event's channel: the stream its
-// position belongs to.
-func (e *Event) Namespace() string {
-	ns, _, _ := strings.Cut(e.Channel, ":")
-	return ns
+	return &Event{Channel: ch, Stream: stream, Position: pos, Envelope: env}, nil
 }
 
 // JSON returns the envelope in protojson, made on the first call and

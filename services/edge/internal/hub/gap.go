@@ -16,15 +16,20 @@ import (
 // positions, and learns whether it got everything.
 var DisconnectResume = Disconnect{1012, "the edge lost events while Redis was away: reconnect and resume"}
 
-// namespaceOf is the first token of ch.
-func namespaceOf(ch string) string {
+// streamOf names the stream the events of ch are recorded in, the key of
+// their positions in cursors: as the record says, or the namespace (the
+// first token of ch) when the hub has no record.
+func (h *Hub) streamOf(ch string) string {
+	if h.opts.History != nil {
+		return h.opts.History.StreamOf(ch)
+	}
 	ns, _, _ := strings.Cut(ch, ":")
 	return ns
 }
 
 // catchUp follows a gap in the Redis subscription: it reads from the
 // record what every subscribed name missed since the last event the hub
-// saw in each namespace, and dispatches it in offset order before the
+// saw in each stream, and dispatches it in offset order before the
 // live events that follow the gap (dispatch then skips those it had from
 // the record). If the record cannot say, every connection is closed with
 // DisconnectResume: each client resumes from its own positions, and its
@@ -81,7 +86,7 @@ func (h *Hub) readGap(names []string, since bus.Cursor) ([]bus.Event, error) {
 				return nil, err
 			}
 			for _, e := range page.Events {
-				got[key{namespaceOf(e.Channel), e.Position.Offset}] = e
+				got[key{h.streamOf(e.Channel), e.Position.Offset}] = e
 			}
 			if n += len(page.Events); n > h.opts.RecoverMax {
 				return nil, errTooMany
@@ -96,7 +101,7 @@ func (h *Hub) readGap(names []string, since bus.Cursor) ([]bus.Event, error) {
 	slices.SortFunc(out, func(a, b bus.Event) int {
 		am, _ := bus.SplitOffset(a.Position.Offset)
 		bm, _ := bus.SplitOffset(b.Position.Offset)
-		return cmp.Or(cmp.Compare(am, bm), strings.Compare(namespaceOf(a.Channel), namespaceOf(b.Channel)),
+		return cmp.Or(cmp.Compare(am, bm), strings.Compare(h.streamOf(a.Channel), h.streamOf(b.Channel)),
 			bus.CompareOffsets(a.Position.Offset, b.Position.Offset))
 	})
 	return out, nil

@@ -495,16 +495,16 @@ func (h *Hub) dispatch(m bus.Message) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	if !m.Position.IsZero() {
-		ns := namespaceOf(m.Channel)
-		if last, ok := h.seen[ns]; ok && last.Epoch == m.Position.Epoch && bus.CompareOffsets(m.Position.Offset, last.Offset) <= 0 {
+		st := h.streamOf(m.Channel)
+		if last, ok := h.seen[st]; ok && last.Epoch == m.Position.Epoch && bus.CompareOffsets(m.Position.Offset, last.Offset) <= 0 {
 			return // dispatched already, read from the record after a gap
 		}
-		h.seen[ns] = m.Position
+		h.seen[st] = m.Position
 	}
 	if len(h.recipients(m.Channel, m.Patterns)) == 0 {
 		return // its subscribers left while it was on its way
 	}
-	ev, err := NewEvent(m.Channel, m.Position, m.Payload)
+	ev, err := NewEvent(m.Channel, h.streamOf(m.Channel), m.Position, m.Payload)
 	if err != nil {
 		h.m.malformed.Inc()
 		// Once at warning level, then at debug: a publisher writing plain

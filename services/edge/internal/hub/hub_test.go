@@ -677,7 +677,7 @@ func TestEncodesEachFrameOnce(t *testing.T) {
 				events = append(events, f)
 			}
 		}
-		if len(events) != 1 || events[0].Event.Position != pos || events[0].Event.Namespace() != "enc" {
+		if len(events) != 1 || events[0].Event.Position != pos || events[0].Event.Stream != "enc" {
 			t.Fatalf("client %d got %+v, want the event once, at %+v", i, events, pos)
 		}
 	}

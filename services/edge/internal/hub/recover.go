@@ -86,7 +86,7 @@ func (r *replay) passes(ev *Event) bool {
 	if ev.Position.IsZero() || len(r.fence) == 0 {
 		return true
 	}
-	ns := ev.Namespace()
+	ns := ev.Stream
 	f, ok := r.fence[ns]
 	if !ok {
 		return true
@@ -175,7 +175,7 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 	maps.Copy(last, from)
 	subs := []string{p}
 	for _, e := range missed {
-		ev, err := NewEvent(e.Channel, e.Position, e.Payload)
+		ev, err := NewEvent(e.Channel, h.streamOf(e.Channel), e.Position, e.Payload)
 		if err != nil {
 			h.m.malformed.Inc()
 			continue
@@ -183,7 +183,7 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 		if !h.push(c, ev, subs, &r.cancelled) {
 			return
 		}
-		last[ev.Namespace()] = ev.Position
+		last[ev.Stream] = ev.Position
 	}
 	h.m.recovered.Add(float64(len(missed)))
 	for {
@@ -207,7 +207,7 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 		}
 		h.mu.Unlock()
 		for _, ev := range live {
-			ns := ev.Namespace()
+			ns := ev.Stream
 			if !ev.Position.IsZero() && !last[ns].IsZero() && bus.CompareOffsets(ev.Position.Offset, last[ns].Offset) <= 0 {
 				continue // the record gave it
 			}

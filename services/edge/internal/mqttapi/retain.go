@@ -56,7 +56,7 @@ func (s *session) retained(filter string) [][]byte {
 				continue
 			}
 			seen[e.Channel] = true
-			ev, err := hub.NewEvent(e.Channel, e.Position, e.Payload)
+			ev, err := hub.NewEvent(e.Channel, "", e.Position, e.Payload) // sent as it is, not resumed from
 			if err != nil {
 				continue // not an envelope: nothing a client could read
 			}

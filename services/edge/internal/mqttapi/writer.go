@@ -141,10 +141,10 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 	case !ok, s.maxPacket > 0 && len(f.Data)+2 > s.maxPacket:
 		// Not for this client's filters, or larger than it takes (5.0
 		// says to drop it): either way done with.
-		s.advance(f.Event.Namespace(), f.Event.Position)
+		s.advance(f.Event.Stream, f.Event.Position)
 		return
 	case qos == 0:
-		s.advance(f.Event.Namespace(), f.Event.Position)
+		s.advance(f.Event.Stream, f.Event.Position)
 		buf.Write(f.Data) // the shared QoS 0 PUBLISH
 		return
 	}
@@ -153,7 +153,7 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		return
 	}
 	pk.FixedHeader.Qos = qos
-	p := &pending{pk: pk, ns: f.Event.Namespace(), pos: f.Event.Position, prev: s.cursor[f.Event.Namespace()]}
+	p := &pending{pk: pk, ns: f.Event.Stream, pos: f.Event.Position, prev: s.cursor[f.Event.Stream]}
 	if s.heldBytes+len(pk.Payload) > s.h.QueueBytes && len(s.held) > 0 {
 		// Too slow: closed, and a kept session resumes from before this
 		// message.

@@ -15,7 +15,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
-	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 )
 
@@ -157,8 +156,8 @@ func checkSince(r Request) *Error {
 	}
 	for ns, p := range r.Since {
 		switch {
-		case channel.Validate(ns) != nil || strings.Contains(ns, ":"):
-			return Errorf(CodeBadRequest, "since: %q is not a namespace (a channel's first token)", ns)
+		case !bus.IsStream(ns):
+			return Errorf(CodeBadRequest, "since: %q is not a stream (a namespace, a channel's first token, or a namespace's partition such as order.3)", ns)
 		case !bus.IsOffset(p.Offset):
 			return Errorf(CodeBadRequest, "since: the offset of %s is not one, such as 1732290000000-0", ns)
 		case !bus.IsEpoch(p.Epoch):
@@ -259,8 +258,11 @@ func marshal(r reply) []byte {
 //
 // event is the envelope in protojson; subscriptions are the client's
 // patterns that matched; offset and epoch, the event's position in its
-// namespace's stream, are left out when it has none.
-func AppendEvent(b []byte, channel string, subscriptions []string, pos bus.Position, event []byte) []byte {
+// stream, are left out when it has none. Where the bus spreads a namespace
+// over partitions, "stream" names the one the position is in ("order.3"),
+// the key of the position in a subscription's positions and since; it is
+// left out where a namespace has one stream, named as the namespace.
+func AppendEvent(b []byte, channel, stream string, subscriptions []string, pos bus.Position, event []byte) []byte {
 	b = append(b, `{"channel":`...)
 	b = appendString(b, channel)
 	b = append(b, `,"subscriptions":[`...)
@@ -276,6 +278,10 @@ func AppendEvent(b []byte, channel string, subscriptions []string, pos bus.Posit
 		b = appendString(b, pos.Offset)
 		b = append(b, `,"epoch":`...)
 		b = appendString(b, pos.Epoch)
+		if ns, _, _ := strings.Cut(channel, ":"); stream != ns && stream != "" {
+			b = append(b, `,"stream":`...)
+			b = appendString(b, stream)
+		}
 	}
 	b = append(b, `,"event":`...)
 	b = append(b, event...)
@@ -293,11 +299,11 @@ func (jsonEncoding) Encode(ev *hub.Event, subscriptions []string) ([]byte, error
 	if err != nil {
 		return nil, err
 	}
-	n := len(event) + len(ev.Channel) + len(ev.Position.Offset) + len(ev.Position.Epoch) + 64
+	n := len(event) + len(ev.Channel) + len(ev.Position.Offset) + len(ev.Position.Epoch) + len(ev.Stream) + 80
 	for _, s := range subscriptions {
 		n += len(s) + 3
 	}
-	return AppendEvent(make([]byte, 0, n), ev.Channel, subscriptions, ev.Position, event), nil
+	return AppendEvent(make([]byte, 0, n), ev.Channel, ev.Stream, subscriptions, ev.Position, event), nil
 }
 
 // appendString appends a channel, pattern, offset or epoch as a JSON

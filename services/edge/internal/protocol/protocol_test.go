@@ -46,19 +46,28 @@ func TestParseRequest(t *testing.T) {
 
 func TestAppendEventIsJSON(t *testing.T) {
 	t.Parallel()
-	b := protocol.AppendEvent(nil, "order:placed", []string{"order:*", "order:placed"}, bus.Position{Offset: "1732290000000-7", Epoch: "9f01"}, []byte(`{"id":"1"}`))
-	var v struct {
+	type frame struct {
 		Channel       string
 		Subscriptions []string
 		Offset, Epoch string
+		Stream        *string
 		Event         map[string]string
 	}
-	if err := json.Unmarshal(b, &v); err != nil || v.Channel != "order:placed" || len(v.Subscriptions) != 2 ||
-		v.Offset != "1732290000000-7" || v.Epoch != "9f01" || v.Event["id"] != "1" {
-		t.Errorf("AppendEvent = %s (%v), want the channel, both subscriptions, the position and the event", b, err)
+	pos := bus.Position{Offset: "1732290000000-7", Epoch: "9f01"}
+	for _, tc := range []struct {
+		stream string
+		want   *string // the frame's stream: none where it is the namespace
+	}{{"order", nil}, {"", nil}, {"order.3", new("order.3")}} {
+		b := protocol.AppendEvent(nil, "order:placed", tc.stream, []string{"order:*", "order:placed"}, pos, []byte(`{"id":"1"}`))
+		var v frame
+		if err := json.Unmarshal(b, &v); err != nil || v.Channel != "order:placed" || len(v.Subscriptions) != 2 ||
+			v.Offset != "1732290000000-7" || v.Epoch != "9f01" || v.Event["id"] != "1" ||
+			(v.Stream == nil) != (tc.want == nil) || v.Stream != nil && *v.Stream != *tc.want {
+			t.Errorf("AppendEvent(stream %q) = %s (%v), want the channel, both subscriptions, the position, the stream %v and the event", tc.stream, b, err, tc.want)
+		}
 	}
-	if b := protocol.AppendEvent(nil, "a:b", []string{"a:*"}, bus.Position{}, []byte(`{}`)); bytes.Contains(b, []byte("offset")) {
-		t.Errorf("AppendEvent without a position = %s, want no offset", b)
+	if b := protocol.AppendEvent(nil, "a:b", "a.1", []string{"a:*"}, bus.Position{}, []byte(`{}`)); bytes.Contains(b, []byte("offset")) || bytes.Contains(b, []byte("stream")) {
+		t.Errorf("AppendEvent without a position = %s, want no offset and no stream", b)
 	}
 }
 

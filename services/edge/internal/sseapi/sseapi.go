@@ -349,7 +349,7 @@ func (s *stream) writeFrames(sw *sse.Writer, frames []hub.Frame) error {
 					if s.positions[p] == nil {
 						s.positions[p] = make(bus.Cursor)
 					}
-					s.positions[p][ev.Namespace()] = ev.Position
+					s.positions[p][ev.Stream] = ev.Position
 				}
 			}
 			if err := sw.WriteEventBytes(s.id(), "", f.Data); err != nil {

@@ -77,7 +77,7 @@ func TestIDsKeepEachSubscriptionsPosition(t *testing.T) {
 	s := &stream{positions: positions{"rec:a": {"rec": {Offset: "1-0", Epoch: "e1"}}, "rec:*": {"rec": {Offset: "1-0", Epoch: "e1"}}}}
 	ev := func(n int, subs ...string) hub.Frame {
 		return hub.Frame{Data: fmt.Appendf(nil, `{"n":%d}`, n), Subs: subs,
-			Event: &hub.Event{Channel: "rec:a", Position: bus.Position{Offset: fmt.Sprintf("%d-0", n), Epoch: "e1"}}}
+			Event: &hub.Event{Channel: "rec:a", Stream: "rec", Position: bus.Position{Offset: fmt.Sprintf("%d-0", n), Epoch: "e1"}}}
 	}
 	reply := func(p string) hub.Frame {
 		return hub.Frame{Data: subscribed(p, hub.Recovery{Resumed: true, Recovered: true, Missed: 3})}

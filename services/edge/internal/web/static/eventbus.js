@@ -1,6 +1,6 @@
 // eventbus: the client of the eventbus edge, for browsers and Node ≥ 20.
 //
-// It keeps a position per subscription (namespace → offset and epoch, from
+// It keeps a position per subscription (stream → offset and epoch, from
 // every event), and after every reconnect, or a page reload through
 // sessionStorage, subscribes again from there: the edge sends what was
 // missed, then the live events, and says whether that recovered
@@ -463,7 +463,7 @@ export class EventBus {
         }
         if (!frame.event)
             return;
-        const ns = namespaceOf(frame.channel);
+        const ns = frame.stream ?? namespaceOf(frame.channel);
         for (const pattern of frame.subscriptions ?? []) {
             const sub = this.subs.get(pattern);
             if (!sub)
