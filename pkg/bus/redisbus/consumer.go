@@ -64,8 +64,9 @@ type consumer struct {
 	// bounds each stream, not the read). The next Fetch returns it first;
 	// Extend keeps it from going to another member.
 	ahead   []bus.Delivery
-	reading map[int]bool // partitions with a read in flight
-	readErr error        // the first error of a read, for the next Fetch
+	given   map[string]time.Time // "<stream key> <offset>" → when Fetch handed it out; until Ack
+	reading map[int]bool         // partitions with a read in flight
+	readErr error                // the first error of a read, for the next Fetch
 }
 
 // Consume implements bus.Consumers.
@@ -85,7 +86,7 @@ func (b *Bus) Consume(ctx context.Context, group, name string, patterns []string
 		b: b, group: group, name: name, patterns: slices.Clone(patterns),
 		visibility: cmp.Or(opts.Visibility, defaultVisibility), fromOldest: opts.FromOldest,
 		ownFirst: true, ownFrom: make(map[string]string), claimFrom: make(map[string]string),
-		reads: make(chan struct{}, 1), epochs: make(map[string]string), reading: make(map[int]bool),
+		reads: make(chan struct{}, 1), epochs: make(map[string]string), reading: make(map[int]bool), given: make(map[string]time.Time),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	for _, p := range patterns {
@@ -229,6 +230,38 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("fetch %d events: want at least 1", n)
 	}
+	ds, err := c.fetch(ctx, n)
+	if err != nil && !errors.Is(err, ctx.Err()) {
+		// A read whose answer was lost with the connection delivered its
+		// events to this member all the same: read the member's own
+		// again, past those handed out, rather than wait for the
+		// visibility timeout to bring them.
+		c.ownFirst = true
+		clear(c.ownFrom)
+	}
+	c.handedOut(ds)
+	return ds, err
+}
+
+// handedOut records ds as given to the caller until acknowledged, and
+// forgets what was given longer ago than two visibility timeouts (taken
+// over by then, and acknowledged by another member if at all).
+func (c *consumer) handedOut(ds []bus.Delivery) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	for k, at := range c.given {
+		if now.Sub(at) > 2*c.visibility {
+			delete(c.given, k)
+		}
+	}
+	for _, d := range ds {
+		c.given[c.b.streamFor(d.Channel).key+" "+d.Position.Offset] = now
+	}
+}
+
+// fetch is Fetch without the bookkeeping of what it hands out.
+func (c *consumer) fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 	// A deadline bounds the reads as it bounds Fetch: they end by it, and
 	// Fetch waits for them, so none takes events after Fetch returned
 	// without them.
@@ -277,8 +310,9 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 		}
 		if c.ownFirst {
 			// One pass over what this member had not acknowledged when it
-			// (re)started, each event once: what stays unacknowledged after
-			// it comes again through the visibility timeout.
+			// (re)started, or lost on the way after a failed read, each
+			// event once and none it holds now: what stays unacknowledged
+			// after it comes again through the visibility timeout.
 			ds, err := c.readOwn(ctx, n, parts)
 			if err != nil || len(ds) > 0 {
 				return c.upTo(n, ds), err
@@ -333,7 +367,10 @@ func (c *consumer) readNew(n int, block time.Duration, part int, streams []strea
 	for range streams {
 		args = append(args, ">")
 	}
-	res, err := c.b.client.XReadGroup(c.ctx, &redis.XReadGroupArgs{
+	// On the client without retries: a read sent again after its answer
+	// was lost would not bring back what the first one delivered, and
+	// would hide the loss (Fetch reads its own events again after one).
+	res, err := c.b.pub.XReadGroup(c.ctx, &redis.XReadGroupArgs{
 		Group: c.group, Consumer: c.name, Streams: args, Count: int64(n), Block: block,
 	}).Result()
 	var ds []bus.Delivery
@@ -358,7 +395,7 @@ func (c *consumer) readNew(n int, block time.Duration, part int, streams []strea
 // readOwn reads this member's unacknowledged events, up to n of each
 // stream, one XREADGROUP per partition in one pipeline.
 func (c *consumer) readOwn(ctx context.Context, n int, parts map[int][]stream) ([]bus.Delivery, error) {
-	pipe := c.b.client.Pipeline()
+	pipe := c.b.pub.Pipeline() // no retries, as readNew
 	var cmds []*redis.XStreamSliceCmd
 	for _, streams := range parts {
 		args := make([]string, 0, 2*len(streams))
@@ -389,10 +426,25 @@ func (c *consumer) readOwn(ctx context.Context, n int, parts map[int][]stream) (
 			if len(s.Messages) > 0 {
 				c.ownFrom[s.Stream] = s.Messages[len(s.Messages)-1].ID
 			}
-			ds = c.deliveries(ctx, ds, s.Stream, s.Messages, true)
+			ds = c.deliveries(ctx, ds, s.Stream, c.notHeld(s.Stream, s.Messages), true)
 		}
 	}
 	return ds, nil
+}
+
+// notHeld returns msgs of stream key less those this member holds: handed
+// out and not acknowledged, or held ahead.
+func (c *consumer) notHeld(key string, msgs []redis.XMessage) []redis.XMessage {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ahead := make(map[string]bool, len(c.ahead))
+	for _, d := range c.ahead {
+		ahead[c.b.streamFor(d.Channel).key+" "+d.Position.Offset] = true
+	}
+	return slices.DeleteFunc(msgs, func(m redis.XMessage) bool {
+		_, given := c.given[key+" "+m.ID]
+		return given || ahead[key+" "+m.ID]
+	})
 }
 
 // upTo returns the first n of ds in position order, merging the streams
@@ -511,6 +563,11 @@ func (c *consumer) Ack(ctx context.Context, ds ...bus.Delivery) error {
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("acknowledge %d events of group %s: %w", len(ds), c.group, err)
 	}
+	c.mu.Lock()
+	for _, d := range ds {
+		delete(c.given, c.b.streamFor(d.Channel).key+" "+d.Position.Offset)
+	}
+	c.mu.Unlock()
 	return nil
 }
 

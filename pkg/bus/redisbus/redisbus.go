@@ -75,7 +75,7 @@ const MaxPartitions = 1024
 // Bus publishes and subscribes through one Redis server.
 type Bus struct {
 	client redis.UniversalClient
-	pub    redis.UniversalClient // the pipeline's: client's options without retries
+	pub    redis.UniversalClient // client's options without retries: for what must not be sent twice (publishes, consumers' reads)
 	opts   Options
 	log    *slog.Logger
 	m      *metrics

@@ -253,7 +253,7 @@ func TestLostReplyIsNotSentAgain(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Shared(t)
 	redistest.RequireReal(t, srv)
-	p := newCutProxy(t, srv.Addr)
+	p := newCutProxy(t, srv.Addr, "publish")
 	prefix := redistest.Prefix(t)
 	b := newBus(t, &redistest.Server{Addr: p.addr()}, redisbus.Options{Prefix: prefix})
 	watcher := newBus(t, srv, redisbus.Options{Prefix: prefix})
@@ -283,22 +283,23 @@ func TestLostReplyIsNotSentAgain(t *testing.T) {
 }
 
 // cutProxy relays TCP between go-redis and a real Redis, and when told,
-// drops the connection that carries the next PUBLISH once Redis has it but
-// before its reply gets back: a reply lost on the network.
+// drops the connection that carries the next command named cmd once Redis
+// has it but before its reply gets back: a reply lost on the network.
 type cutProxy struct {
 	l               net.Listener
 	redis           string
+	cmd             []byte // "\r\n<command>\r\n", lower case
 	cutAfterPublish atomic.Bool
-	publishes       atomic.Int64
+	publishes       atomic.Int64 // commands named cmd seen
 }
 
-func newCutProxy(t *testing.T, redisAddr string) *cutProxy {
+func newCutProxy(t *testing.T, redisAddr, cmd string) *cutProxy {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cutProxy{l: l, redis: redisAddr}
+	p := &cutProxy{l: l, redis: redisAddr, cmd: []byte("\r\n" + cmd + "\r\n")}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { _ = l.Close(); wg.Wait() })
 	wg.Go(func() {
@@ -342,7 +343,7 @@ func (p *cutProxy) relay(client net.Conn) {
 	for {
 		n, err := client.Read(buf)
 		if n > 0 {
-			k := bytes.Count(bytes.ToLower(buf[:n]), []byte("\r\npublish\r\n"))
+			k := bytes.Count(bytes.ToLower(buf[:n]), p.cmd)
 			p.publishes.Add(int64(k))
 			// Mark the cut before Redis can answer, then let the
 			// command through.
@@ -883,5 +884,47 @@ func TestStatsOnACluster(t *testing.T) {
 	}
 	if events != 3 {
 		t.Fatalf("Stats namespaces = %+v, want st's 3 events over its partitions", st.Namespaces)
+	}
+}
+
+// A read whose answer is lost with its connection delivered its events to
+// the member in Redis all the same: the next Fetch reads the member's own
+// again and hands them out, rather than leave them to the visibility
+// timeout (an hour here).
+func TestAReadLostOnTheWayComesAtOnce(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	p := newCutProxy(t, srv.Addr, "xreadgroup")
+	prefix := redistest.Prefix(t)
+	pub := newBus(t, srv, redisbus.Options{Prefix: prefix, HistoryMaxLen: 1000})
+	b := newBus(t, &redistest.Server{Addr: p.addr()}, redisbus.Options{Prefix: prefix, HistoryMaxLen: 1000})
+	c, err := b.Consume(t.Context(), "g", "m", []string{"cut:*"}, bus.ConsumerOptions{Visibility: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fetch := func() ([]bus.Delivery, error) {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		return c.Fetch(ctx, 10)
+	}
+	for _, payload := range []string{"before", "lost"} {
+		if _, err := pub.Publish(t.Context(), "cut:x", []byte(payload)); err != nil {
+			t.Fatal(err)
+		}
+		if payload == "lost" {
+			p.cutAfterPublish.Store(true)
+			if ds, err := fetch(); err == nil {
+				t.Fatalf("Fetch whose answer was cut = %d events, nil; want an error", len(ds))
+			}
+		}
+		ds, err := fetch()
+		if err != nil || len(ds) != 1 || string(ds[0].Payload) != payload || ds[0].Redelivered != (payload == "lost") {
+			t.Fatalf("Fetch = %+v, %v; want %q (redelivered %v)", ds, err, payload, payload == "lost")
+		}
+		if err := c.Ack(t.Context(), ds...); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
