@@ -99,11 +99,9 @@ func startCluster(masters, replicas int) (*Cluster, error) {
 		c.Addrs = append(c.Addrs, s.Addr)
 	}
 	c.URL = "redis+cluster://" + strings.Join(c.Addrs, ",")
-	args := append([]string{"--cluster", "create"}, c.Addrs...)
-	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
-	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+	if err := c.create(masters, replicas); err != nil {
 		c.stop()
-		return nil, fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
+		return nil, err
 	}
 	if err := c.waitHealthy(30 * time.Second); err != nil {
 		c.stop()
@@ -111,6 +109,40 @@ func startCluster(masters, replicas int) (*Cluster, error) {
 	}
 	return c, nil
 }
+
+// create joins the nodes: with redis-cli --cluster create, which wants
+// 3 masters at least; fewer masters, without replicas, are given the
+// slots by hand.
+func (c *Cluster) create(masters, replicas int) error {
+	if masters >= 3 {
+		args := append([]string{"--cluster", "create"}, c.Addrs...)
+		args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
+		if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
+		}
+		return nil
+	}
+	if replicas > 0 {
+		return errors.New("redistest: a cluster of fewer than 3 masters has no replicas here")
+	}
+	ctx := context.Background()
+	for i, addr := range c.Addrs {
+		cl := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+		err := cl.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", i*slots/masters, (i+1)*slots/masters-1).Err()
+		if err == nil && i > 0 {
+			host, port, _ := net.SplitHostPort(c.Addrs[0])
+			err = cl.ClusterMeet(ctx, host, port).Err()
+		}
+		cl.Close()
+		if err != nil {
+			return fmt.Errorf("give node %s its slots: %w", addr, err)
+		}
+	}
+	return nil
+}
+
+// slots is the number of hash slots of a Redis Cluster.
+const slots = 16384
 
 // startNode starts one cluster node on a port whose bus port is free too.
 func startNode() (*Server, error) {
@@ -223,6 +255,92 @@ func (c *Cluster) Restart(tb testing.TB, addr string) {
 	if err := s.spawn(); err != nil {
 		tb.Fatalf("redistest: restart %s: %v", addr, err)
 	}
+}
+
+// nodeID returns the cluster node id of the node at addr.
+func nodeID(ctx context.Context, addr string) (string, error) {
+	cl := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer cl.Close()
+	return cl.Do(ctx, "CLUSTER", "MYID").Text()
+}
+
+// MasterOf returns the address of the master serving slot now.
+func (c *Cluster) MasterOf(tb testing.TB, slot int) string {
+	tb.Helper()
+	for _, addr := range c.live() {
+		cl := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+		slots, err := cl.ClusterSlots(context.Background()).Result()
+		cl.Close()
+		if err != nil {
+			continue
+		}
+		for _, s := range slots {
+			if int(s.Start) <= slot && slot <= int(s.End) && len(s.Nodes) > 0 {
+				return s.Nodes[0].Addr
+			}
+		}
+	}
+	tb.Fatalf("redistest: no master serves slot %d", slot)
+	return ""
+}
+
+// MigrateSlot moves slot, with its keys, from its master to the master at
+// to, as redis-cli --cluster reshard does: the target imports it, the
+// source migrates it, the keys go over with MIGRATE, and every master is
+// told the slot's new owner. Sharded subscribers of the slot are then
+// unsubscribed by the source, and must find the slot's new master.
+func (c *Cluster) MigrateSlot(tb testing.TB, slot int, to string) {
+	tb.Helper()
+	ctx := context.Background()
+	from := c.MasterOf(tb, slot)
+	if from == to {
+		tb.Fatalf("redistest: slot %d is on %s already", slot, to)
+	}
+	fromID, err := nodeID(ctx, from)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	toID, err := nodeID(ctx, to)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	src := redis.NewClient(&redis.Options{Addr: from, MaxRetries: -1})
+	defer src.Close()
+	dst := redis.NewClient(&redis.Options{Addr: to, MaxRetries: -1})
+	defer dst.Close()
+	do := func(cl *redis.Client, args ...any) {
+		tb.Helper()
+		if err := cl.Do(ctx, args...).Err(); err != nil {
+			tb.Fatalf("redistest: %v: %v", args, err)
+		}
+	}
+	do(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", fromID)
+	do(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", toID)
+	host, port, _ := net.SplitHostPort(to)
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, slot, 100).Result()
+		if err != nil {
+			tb.Fatalf("redistest: keys of slot %d: %v", slot, err)
+		}
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		do(src, args...)
+	}
+	do(dst, "CLUSTER", "SETSLOT", slot, "NODE", toID)
+	do(src, "CLUSTER", "SETSLOT", slot, "NODE", toID)
+	for _, addr := range c.Masters(tb) {
+		if addr != from && addr != to {
+			cl := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+			do(cl, "CLUSTER", "SETSLOT", slot, "NODE", toID)
+			cl.Close()
+		}
+	}
+	c.WaitHealthy(tb)
 }
 
 // WaitHealthy waits until every running node says the cluster is ok,

@@ -165,3 +165,16 @@ func newPublishClient(c redis.UniversalClient) (redis.UniversalClient, error) {
 	}
 	return nil, errors.New("redisbus: want a *redis.Client or a *redis.ClusterClient")
 }
+
+// reloadSlots has a cluster's clients read again which master serves which
+// slot, after a command failed for want of an answer: a master may have
+// died and a replica taken its slots, and go-redis would otherwise go on
+// dialling the dead one until its own periodic reload, up to 10 s later.
+// On one server it does nothing.
+func (b *Bus) reloadSlots(ctx context.Context) {
+	for _, c := range []redis.UniversalClient{b.client, b.pub} {
+		if cc, ok := c.(*redis.ClusterClient); ok {
+			cc.ReloadState(ctx)
+		}
+	}
+}
