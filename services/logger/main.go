@@ -41,17 +41,6 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "logger")
 
-	recent, err := eventlog.LoadRecent(cfg.Dir, cfg.TailBuffer)
-	if err != nil {
-		return err
-	}
-	files, err := eventlog.OpenFiles(cfg.Dir, cfg.MaxFileBytes, cfg.MaxFiles)
-	if err != nil {
-		return err
-	}
-	defer files.Close()
-	window := eventlog.NewWindow(cfg.TailBuffer, recent)
-
 	reg := server.NewRegistry()
 	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second, log)
 	if err != nil {
@@ -66,6 +55,19 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 		return err
 	}
 	defer b.Close()
+
+	// The positions of the records are keyed by stream, as the bus names
+	// them.
+	recent, err := eventlog.LoadRecent(cfg.Dir, cfg.TailBuffer, b.StreamOf)
+	if err != nil {
+		return err
+	}
+	files, err := eventlog.OpenFiles(cfg.Dir, cfg.MaxFileBytes, cfg.MaxFiles)
+	if err != nil {
+		return err
+	}
+	defer files.Close()
+	window := eventlog.NewWindow(cfg.TailBuffer, recent)
 	// Every replica of the logger is a member of the group "logger", so
 	// a restarted replica gets back what it had not acknowledged.
 	con, err := b.ConsumeOrLive(ctx, "logger", cfg.Member, cfg.Patterns, bus.ConsumerOptions{})
@@ -81,7 +83,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	if cfg.HistoryMaxLen > 0 {
 		name, history = "logger/"+cfg.Member, b
 	}
-	rec := recorder.New(con, name, cfg.Patterns, files, stdout, window, log, reg)
+	rec := recorder.New(con, name, cfg.Patterns, b.StreamOf, files, stdout, window, log, reg)
 
 	mux := http.NewServeMux()
 	keys := apikey.New(cfg.APIKeys)

@@ -52,7 +52,8 @@ func startLoggerWith(t *testing.T, srv *redistest.Server, prefix, dir string, en
 	svc := servicetest.Start(t, func(ctx context.Context, getenv func(string) string, stderr io.Writer) error {
 		return run(ctx, getenv, stdout, stderr)
 	}, vars)
-	b, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":", HistoryMaxLen: 100_000})
+	parts, _ := strconv.Atoi(vars["BUS_PARTITIONS"])
+	b, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":", HistoryMaxLen: 100_000, Partitions: parts})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,6 +53,13 @@ func read(t *testing.T, rd *sse.Reader, n int) []sent {
 // be the order the logger recorded them in.
 func checkResumed(t *testing.T, got, want []sent) {
 	t.Helper()
+	checkResumedBy(t, got, want, eventlog.NamespaceOf)
+}
+
+// checkResumedBy is checkResumed with the order kept in each group that
+// of names: a namespace, or, where namespaces are partitioned, a channel.
+func checkResumedBy(t *testing.T, got, want []sent, of func(ch string) string) {
+	t.Helper()
 	if len(got) != len(want) {
 		t.Fatalf("resumed tail sent %d events, want %d", len(got), len(want))
 	}
@@ -67,7 +74,7 @@ func checkResumed(t *testing.T, got, want []sent) {
 			t.Fatalf("resumed event %d is %s, not one after the point (or sent twice)", k, g.line.Event.ID)
 		}
 		delete(index, g.line.Event.ID)
-		ns := eventlog.NamespaceOf(g.line.Channel)
+		ns := of(g.line.Channel)
 		if prev, seen := last[ns]; seen && i < prev {
 			t.Fatalf("resumed event %d (%s) comes before one sent earlier in %s: out of order", k, g.line.Event.ID, ns)
 		}
@@ -80,16 +87,27 @@ func checkResumed(t *testing.T, got, want []sent) {
 // live ones; within the window, from the window.
 func TestTailResumesFromTheRecord(t *testing.T) {
 	t.Parallel()
+	testTailResumesFromTheRecord(t, "", eventlog.NamespaceOf)
+}
+
+// The same with each namespace spread over 4 partitions: the marks name
+// the partitions' streams, and order holds per channel.
+func TestTailResumesFromAPartitionedRecord(t *testing.T) {
+	t.Parallel()
+	testTailResumesFromTheRecord(t, "4", func(ch string) string { return ch })
+}
+
+func testTailResumesFromTheRecord(t *testing.T, partitions string, orderedIn func(ch string) string) {
 	const window, events = 50, 300
 	l := startLogger(t, redistest.Shared(t), strings.TrimSuffix(redistest.Prefix(t), ":"), t.TempDir(), map[string]string{
-		"LOGGER_TAIL_BUFFER": fmt.Sprint(window), "LOGGER_STDOUT": "false",
+		"LOGGER_TAIL_BUFFER": fmt.Sprint(window), "LOGGER_STDOUT": "false", "BUS_PARTITIONS": partitions,
 	})
 	// The first tails read as the events come, so as not to fall a
 	// window behind.
 	all, bb := l.tail(t, "n=0"), l.tail(t, "pattern=bb:*&n=0")
 	var original, originalBB []sent
 	for i := range events {
-		typ := "aa.x"
+		typ := "aa.x" + fmt.Sprint(i%5) // five channels: several partitions
 		if i%3 == 0 {
 			typ = "bb.y"
 		}
@@ -105,7 +123,7 @@ func TestTailResumesFromTheRecord(t *testing.T) {
 		t.Helper()
 		rd := l.tail(t, query, "Last-Event-ID", from.id)
 		got := read(t, rd, len(want))
-		checkResumed(t, got, want)
+		checkResumedBy(t, got, want, orderedIn)
 		// Then live, with nothing repeated in between.
 		id := l.publish(t, "bb.y", fmt.Sprint("live", len(lives)))
 		got = read(t, rd, 1)

@@ -75,7 +75,7 @@ func TestFilesRotateAndReload(t *testing.T) {
 			t.Errorf("%s is %d bytes, more than the 4096 allowed", e.Name(), info.Size())
 		}
 	}
-	recent, err := eventlog.LoadRecent(dir, 10)
+	recent, err := eventlog.LoadRecent(dir, 10, eventlog.NamespaceOf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestFilesRotateAndReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	fs.Close()
-	recent, _ = eventlog.LoadRecent(dir, 2)
+	recent, _ = eventlog.LoadRecent(dir, 2, eventlog.NamespaceOf)
 	if got := subjects(t, recent.Records); got != "99,100" {
 		t.Errorf("after reopening, last two = %s, want 99,100", got)
 	}
@@ -105,7 +105,7 @@ func TestLoadRecentSkipsATornLine(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "events.log"), []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	recent, err := eventlog.LoadRecent(dir, 10)
+	recent, err := eventlog.LoadRecent(dir, 10, eventlog.NamespaceOf)
 	if err != nil || len(recent.Records) != 1 {
 		t.Fatalf("LoadRecent = %d records, %v; want the 1 whole line", len(recent.Records), err)
 	}

@@ -137,7 +137,7 @@ type Recent struct {
 // the current file, then rotated ones as far back as needed. A line that
 // does not parse (a crash mid-write) is skipped. Of the older lines of the
 // files it read, it keeps each namespace's last position.
-func LoadRecent(dir string, n int) (Recent, error) {
+func LoadRecent(dir string, n int, streamOf StreamOf) (Recent, error) {
 	rotated, err := rotatedFiles(dir)
 	if err != nil {
 		return Recent{}, err
@@ -159,10 +159,12 @@ func LoadRecent(dir string, n int) (Recent, error) {
 	}
 	cut := max(len(all)-n, 0)
 	r := Recent{Records: all[cut:], Before: bus.Cursor{}}
-	for i, rec := range all {
+	for i := range all {
+		rec := &all[i]
 		if !rec.Position.IsZero() {
+			rec.Stream = streamOf(rec.Channel)
 			if i < cut {
-				r.Before[NamespaceOf(rec.Channel)] = rec.Position
+				r.Before[rec.Stream] = rec.Position
 			}
 			if r.Floor == "" || CompareOffsets(rec.Position.Offset, r.Floor) < 0 {
 				r.Floor = rec.Position.Offset

@@ -90,17 +90,23 @@ func (m Mark) Clone() Mark {
 }
 
 // NamespaceOf returns the first token of ch: the namespace whose stream
-// records it.
+// records it, on a bus with one stream per namespace.
 func NamespaceOf(ch string) string {
 	ns, _, _ := strings.Cut(ch, ":")
 	return ns
 }
 
-// Reaches reports whether a channel matching pattern can be in namespace
-// ns: the namespace the pattern's first token names or, when that token
-// has a wildcard, any namespace starting with the text before it. It is
-// the rule by which bus.History chooses the streams it reads.
-func Reaches(pattern, ns string) bool {
+// StreamOf names the stream a channel's events are in: the bus's
+// History.StreamOf, or NamespaceOf on a bus with one stream per namespace.
+type StreamOf func(ch string) string
+
+// Reaches reports whether a channel matching pattern can be in stream, a
+// namespace or one partition of it ("order.3"): its namespace is the one
+// the pattern's first token names or, when that token has a wildcard, any
+// namespace starting with the text before it. It is the rule by which
+// bus.History chooses the streams it reads.
+func Reaches(pattern, stream string) bool {
+	ns, _, _ := strings.Cut(stream, ".")
 	literal, _, wild := strings.Cut(pattern, "*")
 	if first, _, ok := strings.Cut(literal, ":"); ok || !wild {
 		return first == ns

@@ -18,10 +18,15 @@ type Record struct {
 	ID string
 	// Channel the event travelled on.
 	Channel string
-	// Position of the event in its namespace's stream; zero when it has
-	// none (the bus keeps no history, or the line was written before lines
-	// had positions).
+	// Position of the event in its stream; zero when it has none (the bus
+	// keeps no history, or the line was written before lines had
+	// positions).
 	Position bus.Position
+	// Stream names the stream Position is in (bus.History.StreamOf), the
+	// key of its position in marks: the namespace, unless the bus spreads
+	// namespaces over partitions. Set by whoever made the record (the
+	// recorder, LoadRecent, a replay); not in the line.
+	Stream string
 	// Line is the JSON line as written, without the newline.
 	Line []byte
 	// Time is the event's own time; zero when unknown.

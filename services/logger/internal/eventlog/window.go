@@ -56,9 +56,8 @@ func (w *Window) put(r Record) {
 	i := w.next % uint64(len(w.ring))
 	var prev bus.Position
 	if !r.Position.IsZero() {
-		ns := NamespaceOf(r.Channel)
-		prev = w.heads[ns]
-		w.heads[ns] = r.Position
+		prev = w.heads[r.Stream]
+		w.heads[r.Stream] = r.Position
 		if w.floor == "" || CompareOffsets(r.Position.Offset, w.floor) < 0 {
 			w.floor = r.Position.Offset
 		}
@@ -144,9 +143,8 @@ func (w *Window) FollowMark(pattern string, m Mark) (t *Tail, ok bool) {
 	top, heads, _ := w.snapshot(pattern)
 	first := make(map[string]uint64, len(m.Cursor))
 	w.scanBack(top, func(s uint64, r *Record) bool {
-		ns := NamespaceOf(r.Channel)
-		if p, ok := m.Cursor[ns]; ok && p == r.Position {
-			first[ns] = s // scanning back: the last found is the first copy
+		if p, ok := m.Cursor[r.Stream]; ok && p == r.Position {
+			first[r.Stream] = s // scanning back: the last found is the first copy
 		}
 		return false
 	})
@@ -214,7 +212,7 @@ func (w *Window) cursorAt(pattern string, seq, top uint64, heads bus.Cursor) bus
 		if r.Position.IsZero() {
 			return false
 		}
-		ns := NamespaceOf(r.Channel)
+		ns := r.Stream
 		if !Reaches(pattern, ns) {
 			return false
 		}

@@ -152,6 +152,7 @@ func at(t *testing.T, ch, offset string) eventlog.Record {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rec.Stream = eventlog.NamespaceOf(ch)
 	return rec
 }
 
@@ -263,7 +264,7 @@ func TestLoadRecentKeepsPositions(t *testing.T) {
 	if err := fs.Close(); err != nil {
 		t.Fatal(err)
 	}
-	recent, err := eventlog.LoadRecent(dir, 3)
+	recent, err := eventlog.LoadRecent(dir, 3, eventlog.NamespaceOf)
 	if err != nil {
 		t.Fatal(err)
 	}

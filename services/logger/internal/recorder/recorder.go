@@ -29,6 +29,7 @@ type Recorder struct {
 	con      bus.Consumer // Run fetches and acknowledges; the lag reader reads Lag meanwhile
 	name     string       // "group/member", or "" when reading live
 	patterns []string     // the group's, to name the one each event matched
+	streamOf eventlog.StreamOf
 	files    *eventlog.Files
 	stdout   *bufio.Writer // nil when lines do not go to stdout
 	window   *eventlog.Window
@@ -53,11 +54,12 @@ var errLagUnread = errors.New("not read yet")
 
 // New returns a Recorder reading con, a member of a group consuming
 // patterns; name is the member's "group/member" for /readyz, or "" when
-// con reads live (bus.Live), without a group. stdout may be nil.
-func New(con bus.Consumer, name string, patterns []string, files *eventlog.Files, stdout io.Writer, window *eventlog.Window,
+// con reads live (bus.Live), without a group. streamOf names the stream of
+// each record's position, as the bus does. stdout may be nil.
+func New(con bus.Consumer, name string, patterns []string, streamOf eventlog.StreamOf, files *eventlog.Files, stdout io.Writer, window *eventlog.Window,
 	log *slog.Logger, reg prometheus.Registerer) *Recorder {
 	r := &Recorder{
-		con: con, name: name,
+		con: con, name: name, streamOf: streamOf,
 		patterns: patterns, files: files, window: window, log: log, now: time.Now, out: make([]formatted, 0, maxBatch),
 		logged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_logger_events_logged_total", Help: "Events written to the log."}),
@@ -231,6 +233,7 @@ func (r *Recorder) record(batch []bus.Message) error {
 	format := func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			out[i].rec, out[i].err = eventlog.Format(batch[i], now)
+			out[i].rec.Stream = r.streamOf(batch[i].Channel)
 		}
 	}
 	if workers := runtime.GOMAXPROCS(0); len(batch) < minParallel || workers == 1 {

@@ -60,7 +60,7 @@ func run(t *testing.T, con bus.Consumer, name string) *recorder.Recorder {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { files.Close() })
-	r := recorder.New(con, name, []string{"*"}, files, nil, eventlog.NewWindow(10, eventlog.Recent{}),
+	r := recorder.New(con, name, []string{"*"}, eventlog.NamespaceOf, files, nil, eventlog.NewWindow(10, eventlog.Recent{}),
 		slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -109,7 +109,7 @@ func TestDetailBeforeTheLagIsReadAndWhenLive(t *testing.T) {
 	}
 	defer files.Close()
 	newRecorder := func(name string) *recorder.Recorder {
-		return recorder.New(&idle{t: t}, name, []string{"*"}, files, nil, eventlog.NewWindow(10, eventlog.Recent{}),
+		return recorder.New(&idle{t: t}, name, []string{"*"}, eventlog.NamespaceOf, files, nil, eventlog.NewWindow(10, eventlog.Recent{}),
 			slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	}
 	if got, want := newRecorder("logger/m").Detail(), (map[string]any{"consumer": "logger/m", "lag_error": "not read yet"}); !reflect.DeepEqual(got, want) {

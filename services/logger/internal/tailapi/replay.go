@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
@@ -85,7 +86,7 @@ func (h *handler) replay(ctx context.Context, out *sender, pattern string) (uint
 				return 0, err
 			}
 			for _, e := range chunk {
-				ns := eventlog.NamespaceOf(e.Channel)
+				ns := h.History.StreamOf(e.Channel)
 				logged := h.loggedAs(e.Channel)
 				if logged == "" || !named[ns] && eventlog.CompareOffsets(e.Position.Offset, out.mark.Floor) < 0 {
 					out.mark.Advance(ns, e.Position) // passed: not one for this tail
@@ -96,6 +97,7 @@ func (h *handler) replay(ctx context.Context, out *sender, pattern string) (uint
 				rec, _ := eventlog.Format(bus.Message{
 					Channel: e.Channel, Patterns: []string{logged}, Payload: e.Payload, Position: e.Position,
 				}, time.Time{})
+				rec.Stream = ns
 				if err := out.record(rec); err != nil {
 					return 0, err
 				}
@@ -124,8 +126,11 @@ func (h *handler) truncated(ctx context.Context, pattern string, c bus.Cursor) (
 			continue
 		}
 		// A namespace is a pattern of the one channel named like it: the
-		// call reads its stream alone and checks the position first.
-		_, err := h.History.History(ctx, ns, bus.Cursor{ns: c[ns]}, 1)
+		// call reads the namespace's streams alone, and checks the
+		// position in this one first (the others, without one, are read
+		// from their oldest).
+		namespace, _, _ := strings.Cut(ns, ".")
+		_, err := h.History.History(ctx, namespace, bus.Cursor{ns: c[ns]}, 1)
 		switch {
 		case errors.Is(err, bus.ErrEpochChanged):
 			gone[ns] = "epoch_changed"

@@ -303,11 +303,10 @@ func (s *sender) record(rec eventlog.Record) error {
 		}
 		return s.sw.WriteEventBytes(id, "", rec.Line)
 	}
-	ns := eventlog.NamespaceOf(rec.Channel)
-	if !s.mark.After(ns, rec.Position) {
+	if !s.mark.After(rec.Stream, rec.Position) {
 		return nil
 	}
-	s.mark.Advance(ns, rec.Position)
+	s.mark.Advance(rec.Stream, rec.Position)
 	if s.mark.Floor == "" {
 		// The window knew nothing when the tail began: the tail's
 		// memory of the record starts here.
