@@ -40,7 +40,64 @@ func NewClient(url string) (redis.UniversalClient, error) {
 		return nil, fmt.Errorf("parse redis cluster url: %w", err)
 	}
 	opt.ContextTimeoutEnabled = true
-	return redis.NewClusterClient(opt), nil
+	return newClusterClient(opt), nil
+}
+
+// newClusterClient returns a cluster client that reads again which master
+// serves which slot whenever a command, a pipeline or a dial fails for want
+// of an answer: a master may have died and a replica taken its slots, and
+// go-redis would otherwise go on dialling the dead one until a reload of
+// its own, which fails as often as it asks the dead node.
+func newClusterClient(opt *redis.ClusterOptions) *redis.ClusterClient {
+	cc := redis.NewClusterClient(opt)
+	cc.AddHook(slotReloader{cc})
+	return cc
+}
+
+// slotReloader is the hook of newClusterClient.
+type slotReloader struct{ cc *redis.ClusterClient }
+
+// unanswered reports whether err means no answer: not an answer of Redis's
+// (an error reply), nor the caller's context ending.
+func unanswered(ctx context.Context, err error) bool {
+	return err != nil && ctx.Err() == nil && !errors.Is(err, redis.Nil) && !isRedisError(err)
+}
+
+// isRedisError reports whether err is an answer of Redis's, as opposed to
+// no answer (a lost connection, a dial that failed, a deadline).
+func isRedisError(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
+}
+
+func (h slotReloader) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if unanswered(ctx, err) {
+			h.cc.ReloadState(ctx)
+		}
+		return c, err
+	}
+}
+
+func (h slotReloader) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if unanswered(ctx, err) {
+			h.cc.ReloadState(ctx)
+		}
+		return err
+	}
+}
+
+func (h slotReloader) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		if unanswered(ctx, err) {
+			h.cc.ReloadState(ctx)
+		}
+		return err
+	}
 }
 
 // parseClusterURL reads what follows "redis+cluster://":
@@ -154,27 +211,19 @@ func newPublishClient(c redis.UniversalClient) (redis.UniversalClient, error) {
 		po.ClientSideCacheConfig = nil
 		return redis.NewClient(&po), nil
 	case *redis.ClusterClient:
-		// A MOVED or ASK answer means the command did not run, so
-		// following it cannot publish twice; retries stay off.
+		// go-redis's cluster client sends a pipeline again, up to
+		// MaxRedirects times, when its replies were lost with the
+		// connection, as well as after a MOVED or ASK: off, so that a
+		// publish is never sent twice. A publish answered MOVED (a slot
+		// that moved, a replica promoted) fails unsent, and the hook has
+		// the slots read again for the next.
 		po := *c.Options()
 		po.MaxRetries = -1
+		po.MaxRedirects = -1
 		po.ContextTimeoutEnabled = true
 		po.PushNotificationProcessor = nil
 		po.MaintNotificationsConfig = nil
-		return redis.NewClusterClient(&po), nil
+		return newClusterClient(&po), nil
 	}
 	return nil, errors.New("redisbus: want a *redis.Client or a *redis.ClusterClient")
-}
-
-// reloadSlots has a cluster's clients read again which master serves which
-// slot, after a command failed for want of an answer: a master may have
-// died and a replica taken its slots, and go-redis would otherwise go on
-// dialling the dead one until its own periodic reload, up to 10 s later.
-// On one server it does nothing.
-func (b *Bus) reloadSlots(ctx context.Context) {
-	for _, c := range []redis.UniversalClient{b.client, b.pub} {
-		if cc, ok := c.(*redis.ClusterClient); ok {
-			cc.ReloadState(ctx)
-		}
-	}
 }

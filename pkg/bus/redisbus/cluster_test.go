@@ -18,6 +18,18 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
+// clusterClient returns a client of c as the services make one
+// (NewClient), closed when the test ends.
+func clusterClient(t *testing.T, c *redistest.Cluster) redis.UniversalClient {
+	t.Helper()
+	cl, err := NewClient(c.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
 // steady publishes on channels <ns>:0 to <ns>:15 in turn, one event at a
 // time, until stopped, and remembers which it acknowledged.
 type steady struct {
@@ -154,7 +166,7 @@ func markLive(t *testing.T, b *Bus, sub bus.Subscription, ns string) (gaps int) 
 // replicated, which the test measures and prints.
 func TestClusterFailover(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 1)
-	b, err := New(c.Client(t), Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 100_000})
+	b, err := New(clusterClient(t, c), Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 100_000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +227,7 @@ func TestClusterFailover(t *testing.T) {
 // nothing is lost from the record or the consumer group.
 func TestClusterSlotMigration(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 0)
-	b, err := New(c.Client(t), Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 100_000})
+	b, err := New(clusterClient(t, c), Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 100_000})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -232,9 +232,6 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 	}
 	ds, err := c.fetch(ctx, n)
 	if err != nil && !errors.Is(err, ctx.Err()) {
-		if !isRedisError(err) {
-			c.b.reloadSlots(ctx)
-		}
 		// A read whose answer was lost with the connection delivered its
 		// events to this member all the same: read the member's own
 		// again, past those handed out, rather than wait for the

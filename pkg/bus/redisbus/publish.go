@@ -189,9 +189,6 @@ func (b *Bus) pipeline(trim *trimmer) {
 			receipts, errs = b.sendLive(ctx, live)
 		}
 		cancel()
-		if b.cluster && slices.ContainsFunc(errs, func(err error) bool { return err != nil && !isRedisError(err) }) {
-			b.reloadSlots(ctx)
-		}
 		i := 0
 		for _, r := range live {
 			for range r.msgs {
@@ -228,13 +225,6 @@ func unsent(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial" ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
 		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
-}
-
-// isRedisError reports whether err is an answer of Redis's, as opposed to
-// no answer (a lost connection, a dial that failed, a deadline).
-func isRedisError(err error) bool {
-	var re redis.Error
-	return errors.As(err, &re)
 }
 
 // drain answers requests that raced with Close.

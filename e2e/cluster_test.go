@@ -1,0 +1,236 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
+)
+
+// wsEvents reads a JSON WebSocket client's event frames into a set of
+// event subjects, until the connection ends.
+type wsEvents struct {
+	mu       sync.Mutex
+	subjects map[string]int
+	streams  map[string]bool // the frames' "stream" names
+	done     chan error
+}
+
+func readEvents(t *testing.T, conn *websocket.Conn) *wsEvents {
+	w := &wsEvents{subjects: map[string]int{}, streams: map[string]bool{}, done: make(chan error, 1)}
+	go func() {
+		for {
+			_, b, err := conn.Read(context.Background())
+			if err != nil {
+				w.done <- err
+				return
+			}
+			for line := range strings.SplitSeq(string(b), "\n") {
+				var f struct {
+					Stream string `json:"stream"`
+					Event  struct {
+						Subject string `json:"subject"`
+					} `json:"event"`
+				}
+				if json.Unmarshal([]byte(line), &f) == nil && f.Event.Subject != "" {
+					w.mu.Lock()
+					w.subjects[f.Event.Subject]++
+					w.streams[f.Stream] = true
+					w.mu.Unlock()
+				}
+			}
+		}
+	}()
+	return w
+}
+
+// masterHolding returns the master of c that holds a key matching pattern.
+func masterHolding(t *testing.T, c *redistest.Cluster, pattern string) string {
+	t.Helper()
+	for _, addr := range c.Masters(t) {
+		cl := redis.NewClient(&redis.Options{Addr: addr})
+		keys, err := cl.Keys(t.Context(), pattern).Result()
+		cl.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(keys) > 0 {
+			return addr
+		}
+	}
+	t.Fatalf("no master holds a key matching %s", pattern)
+	return ""
+}
+
+// The whole suite on a Redis Cluster (3 masters, 3 replicas), and the
+// master holding the sign-ups' partition killed (SIGKILL) under a steady
+// stream of them: its replica takes over; the api, logger, notification
+// and edge go on without a restart; every sign-up the API acknowledged
+// that the record kept is logged once, emailed once and received by a
+// WebSocket client subscribed to *; and the test prints what the dead
+// master acknowledged and never replicated.
+func TestSuiteOnAClusterRidesOutAFailover(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 1)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	sg := newFakeSendGrid(t)
+	apiHTTP, loggerHTTP, notifyHTTP, edgeHTTP, logDir := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), t.TempDir()
+	common := map[string]string{"REDIS_URL": c.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "warn"}
+	procs := []*process{
+		start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)})),
+		start(t, "logger", merge(common, map[string]string{
+			"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": logDir, "LOGGER_STDOUT": "false", "LOGGER_MEMBER": "only"})),
+		start(t, "notification", merge(common, map[string]string{
+			"NOTIFICATION_HTTP_ADDR": notifyHTTP, "NOTIFICATION_MEMBER": "only",
+			"SENDGRID_API_KEY": "SG.test", "SENDGRID_API_URL": sg.srv.URL})),
+		start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_JWT_SECRET": mqttSecret})),
+	}
+	for i, addr := range []string{apiHTTP, loggerHTTP, notifyHTTP, edgeHTTP} {
+		waitReady(t, procs[i], "http://"+addr+"/readyz")
+	}
+	browser := readEvents(t, dialJSON(t, edgeHTTP, "*"))
+
+	var mu sync.Mutex
+	var acked []int
+	tried := 0
+	ctx, stop := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		client := &http.Client{Timeout: 10 * time.Second}
+		for i := 0; ctx.Err() == nil; i++ {
+			mu.Lock()
+			tried = i + 1
+			mu.Unlock()
+			body := fmt.Sprintf(`{"user_id":"c%d","email":"c%d@example.com","name":"C"}`, i, i)
+			resp, err := client.Post("http://"+apiHTTP+"/v1/users", "application/json", strings.NewReader(body))
+			if err != nil {
+				continue
+			}
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusAccepted {
+				mu.Lock()
+				acked = append(acked, i)
+				mu.Unlock()
+			}
+		}
+	})
+	defer wg.Wait()
+	defer stop()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	servicetest.WaitFor(t, "sign-ups before the kill", func() bool { return count() >= 100 })
+
+	victim := masterHolding(t, c, prefix+":stream:{*}:user")
+	killed := time.Now()
+	c.Kill(t, victim)
+	before := count()
+	servicetest.WaitFor(t, "a sign-up acknowledged after the kill", func() bool { return count() > before })
+	// Those acknowledged right after the kill may have gone to other
+	// partitions' masters: wait for the cluster, then for more.
+	c.WaitHealthy(t)
+	recovery := time.Since(killed)
+	after := count()
+	servicetest.WaitFor(t, "sign-ups after the failover", func() bool { return count() >= after+100 })
+	stop()
+	wg.Wait()
+
+	// What the record kept: the API's history of user:*. A first read of
+	// a slot whose master changed may answer 503 unavailable, as its
+	// client learns the cluster's new shape: asked again, as a client
+	// would.
+	recorded := map[string]bool{}
+	for cursor := ""; ; {
+		var page struct {
+			Events []struct {
+				Event struct{ Subject string } `json:"event"`
+			} `json:"events"`
+			Next string `json:"next"`
+			More bool   `json:"more"`
+		}
+		servicetest.WaitFor(t, "GET /v1/history answered", func() bool {
+			resp, err := http.Get("http://" + apiHTTP + "/v1/history?pattern=user:*&limit=1000" + cursor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode == http.StatusServiceUnavailable {
+				return false
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&page); err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET /v1/history = %s, %v", resp.Status, err)
+			}
+			return true
+		})
+		for _, e := range page.Events {
+			recorded[e.Event.Subject] = true
+		}
+		if !page.More {
+			break
+		}
+		cursor = "&since=" + page.Next
+	}
+	var kept []string
+	lost := 0
+	for _, i := range acked {
+		if s := "c" + strconv.Itoa(i); recorded[s] {
+			kept = append(kept, s)
+		} else {
+			lost++
+		}
+	}
+	if len(kept) < len(acked)/2 {
+		t.Fatalf("the record kept %d of %d acknowledged sign-ups: more than a replication lag can lose", len(kept), len(acked))
+	}
+	servicetest.WaitFor(t, "every kept sign-up logged", func() bool {
+		logged := onceInOrder(t, readLog(t, logDir))
+		return !slices.ContainsFunc(kept, func(s string) bool { return !logged[s] })
+	})
+	servicetest.WaitFor(t, "every kept sign-up received by the browser", func() bool {
+		browser.mu.Lock()
+		defer browser.mu.Unlock()
+		return !slices.ContainsFunc(kept, func(s string) bool { return browser.subjects[s] == 0 })
+	})
+	servicetest.WaitFor(t, "a welcome email for every kept sign-up", func() bool {
+		sg.mu.Lock()
+		defer sg.mu.Unlock()
+		return !slices.ContainsFunc(kept, func(s string) bool { return sg.to[s+"@example.com"] == 0 })
+	})
+	sg.mu.Lock()
+	for to, n := range sg.to {
+		if n != 1 {
+			t.Errorf("%s got %d welcome emails, want 1", to, n)
+		}
+	}
+	sg.mu.Unlock()
+	browser.mu.Lock()
+	for s, n := range browser.subjects {
+		if n != 1 {
+			t.Errorf("the browser received %s %d times, want once", s, n)
+		}
+	}
+	partitioned := len(browser.streams) > 0 && !browser.streams[""]
+	browser.mu.Unlock()
+	if !partitioned {
+		t.Error("the browser's event frames name no partition's stream")
+	}
+	select {
+	case err := <-browser.done:
+		t.Errorf("the browser's connection ended: %v", err)
+	default:
+	}
+	for _, p := range procs {
+		running(t, p)
+	}
+	t.Logf("killed %s holding user's partition; the cluster was whole again %v later; %d sign-ups tried, %d acknowledged, %d of them lost (acknowledged, never replicated)",
+		victim, recovery.Round(time.Millisecond), tried, len(acked), lost)
+}
