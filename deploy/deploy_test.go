@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -110,6 +111,55 @@ func TestComposeFile(t *testing.T) {
 	}
 }
 
+// docker compose --profile cluster up, with REDIS_URL naming the cluster
+// (README): six cluster nodes, a one-off job joining them, and every
+// service on the cluster.
+func TestComposeClusterProfile(t *testing.T) {
+	t.Parallel()
+	const url = "redis+cluster://redis-1:6379,redis-2:6379,redis-3:6379"
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
+		cli.WithWorkingDirectory(root), cli.WithName("eventbus"), cli.WithEnv([]string{"REDIS_URL=" + url}), cli.WithProfiles([]string{"cluster"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	project, err := opts.LoadProject(t.Context())
+	if err != nil {
+		t.Fatalf("load docker-compose.yml with the cluster profile: %v", err)
+	}
+	var nodes []string
+	for i := 1; i <= 6; i++ {
+		name := "redis-" + strconv.Itoa(i)
+		nodes = append(nodes, name)
+		svc, ok := project.Services[name]
+		if !ok {
+			t.Fatalf("no service %s in the cluster profile", name)
+		}
+		if cmd := strings.Join(svc.Command, " "); !strings.Contains(cmd, "--cluster-enabled yes") || !strings.Contains(cmd, "--appendonly yes") {
+			t.Errorf("%s runs %q, want a cluster node keeping its append-only file", name, cmd)
+		}
+		if svc.HealthCheck == nil || len(svc.Volumes) != 1 || svc.Volumes[0].Target != "/data" {
+			t.Errorf("%s: want a healthcheck and a volume of its own on /data", name)
+		}
+	}
+	join, ok := project.Services["redis-cluster"]
+	if !ok {
+		t.Fatal("no redis-cluster service joining the nodes")
+	}
+	for _, n := range nodes {
+		if dep, ok := join.DependsOn[n]; !ok || dep.Condition != "service_healthy" {
+			t.Errorf("redis-cluster does not wait for %s to be healthy", n)
+		}
+	}
+	if cmd := strings.Join(join.Command, " "); !strings.Contains(cmd, "--cluster create") || !strings.Contains(cmd, "--cluster-replicas 1") || !strings.Contains(cmd, "getent hosts redis-") {
+		t.Errorf("redis-cluster runs %q, want redis-cli --cluster create of the nodes' addresses with a replica each", cmd)
+	}
+	for _, name := range []string{"api", "logger", "notification", "edge"} {
+		if v := project.Services[name].Environment["REDIS_URL"]; v == nil || *v != url {
+			t.Errorf("%s: REDIS_URL = %v, want %s", name, v, url)
+		}
+	}
+}
+
 // decodeStrict decodes YAML into v, refusing fields v does not have.
 func decodeStrict(doc []byte, v any) error {
 	js, err := yaml.YAMLToJSON(doc)
@@ -151,9 +201,13 @@ type kustomization struct {
 	} `json:"patches,omitempty"`
 }
 
-func TestKubernetesManifests(t *testing.T) {
-	t.Parallel()
+// walkOverlay checks every manifest an overlay's kustomization reaches,
+// through the bases it names, and returns the kind/name of each and the
+// overlay's own kustomization.
+func walkOverlay(t *testing.T, overlay string) (map[string]bool, kustomization) {
+	t.Helper()
 	seen := map[string]bool{} // kind/name across the base
+	var top kustomization
 	var walk func(dir string)
 	walk = func(dir string) {
 		raw, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
@@ -163,6 +217,9 @@ func TestKubernetesManifests(t *testing.T) {
 		var k kustomization
 		if err := decodeStrict(raw, &k); err != nil {
 			t.Fatalf("%s/kustomization.yaml: %v", dir, err)
+		}
+		if dir == overlay {
+			top = k
 		}
 		for _, r := range k.Resources {
 			p := filepath.Join(dir, r)
@@ -178,7 +235,13 @@ func TestKubernetesManifests(t *testing.T) {
 			checkManifest(t, p, seen)
 		}
 	}
-	walk(filepath.Join(root, "deploy/k8s/overlays/dev"))
+	walk(overlay)
+	return seen, top
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	t.Parallel()
+	seen, _ := walkOverlay(t, filepath.Join(root, "deploy/k8s/overlays/dev"))
 	for _, want := range []string{
 		"Deployment/api", "Deployment/logger", "Deployment/notification", "Deployment/edge", "Deployment/redis",
 		"Service/api", "Service/edge", "HorizontalPodAutoscaler/edge", "PodDisruptionBudget/edge", "ConfigMap/eventbus-config",
@@ -186,6 +249,48 @@ func TestKubernetesManifests(t *testing.T) {
 		if !seen[want] {
 			t.Errorf("no %s in the dev overlay", want)
 		}
+	}
+}
+
+// The cluster overlay is the base on an external Redis Cluster: no Redis of
+// its own, and a ConfigMap patched to a redis+cluster:// URL of host:port
+// nodes and BUS_PARTITIONS.
+func TestKubernetesClusterOverlay(t *testing.T) {
+	t.Parallel()
+	seen, k := walkOverlay(t, filepath.Join(root, "deploy/k8s/overlays/cluster"))
+	if seen["Deployment/redis"] {
+		t.Error("the cluster overlay runs a Redis of its own; it points at an external cluster")
+	}
+	for _, want := range []string{"Deployment/api", "Deployment/logger", "Deployment/notification", "Deployment/edge", "ConfigMap/eventbus-config"} {
+		if !seen[want] {
+			t.Errorf("no %s in the cluster overlay", want)
+		}
+	}
+	if len(k.Patches) != 1 || k.Patches[0].Target.Kind != "ConfigMap" || k.Patches[0].Target.Name != "eventbus-config" {
+		t.Fatalf("patches = %+v, want one of ConfigMap eventbus-config", k.Patches)
+	}
+	var ops []struct {
+		Op, Path string
+		Value    string
+	}
+	if err := yaml.Unmarshal([]byte(k.Patches[0].Patch), &ops); err != nil {
+		t.Fatalf("patch: %v", err)
+	}
+	got := map[string]string{}
+	for _, op := range ops {
+		got[op.Path] = op.Value
+	}
+	url, ok := strings.CutPrefix(got["/data/REDIS_URL"], "redis+cluster://")
+	if !ok {
+		t.Fatalf("REDIS_URL = %q, want redis+cluster://host:port,…", got["/data/REDIS_URL"])
+	}
+	for node := range strings.SplitSeq(url, ",") {
+		if host, port, err := net.SplitHostPort(node); err != nil || host == "" || port == "" {
+			t.Errorf("REDIS_URL node %q is not host:port", node)
+		}
+	}
+	if n, err := strconv.Atoi(got["/data/BUS_PARTITIONS"]); err != nil || n < 1 {
+		t.Errorf("BUS_PARTITIONS = %q, want a number of partitions", got["/data/BUS_PARTITIONS"])
 	}
 }
 
