@@ -10,10 +10,12 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	pahopackets "github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/golang-jwt/jwt/v5"
@@ -349,6 +351,71 @@ func TestMQTTPublishReachesJSONClients(t *testing.T) {
 	}
 }
 
+// paho's 5.0 client writes each packet whole, even as two of its
+// goroutines write at once: here a PINGREQ is sent, every run, while a
+// PUBLISH is half written (its fixed header out, the rest not), as
+// paho's pinger did in about 1 run in 20 of
+// TestMQTTPublishReachesJSONClients. Interleaved, the edge reads the
+// PUBLISH as malformed and closes with 0x81; kept whole, the PUBLISH is
+// acknowledged.
+func TestMQTTPahoPacketsReachTheEdgeWhole(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	split := &midPublish{Conn: e.mqttNetConn(t), pinged: make(chan error, 1)}
+	conn := pahoConn(split)
+	split.ping = func() {
+		go func() {
+			_, err := pahopackets.NewControlPacket(pahopackets.PINGREQ).WriteTo(conn)
+			split.pinged <- err
+		}()
+		if _, serialised := conn.(sync.Locker); !serialised {
+			// Nothing holds the PINGREQ back: let it go out now, inside
+			// the PUBLISH. (Held back by the lock, it would wait for this
+			// Write, which must not wait for it.)
+			err := <-split.pinged
+			split.pinged <- err
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	disconnected := make(chan byte, 1)
+	cfg := paho.ClientConfig{OnServerDisconnect: func(d *paho.Disconnect) {
+		disconnected <- d.ReasonCode
+		cancel()
+	}}
+	// KeepAlive 0: paho's own pinger stays quiet, the PINGREQ is the test's.
+	c, _ := e.pahoV5On(t, conn, cfg, mintMQTT(t, "dev-7", nil, []string{"sensor:*"}), paho.Connect{ClientID: "thermo-2", CleanStart: true})
+	resp, err := c.Publish(ctx, &paho.Publish{Topic: "sensor/temp", QoS: 1, Payload: []byte(`{"celsius":21.5}`)})
+	select {
+	case code := <-disconnected:
+		t.Fatalf("the edge disconnected with %#x: the PINGREQ was written inside the PUBLISH", code)
+	default:
+	}
+	if err != nil || resp.ReasonCode != 0 {
+		t.Fatalf("publish: %+v, %v", resp, err)
+	}
+	if err := <-split.pinged; err != nil {
+		t.Fatalf("write PINGREQ: %v", err)
+	}
+}
+
+// midPublish calls ping once, after the first Write of the first PUBLISH
+// it carries (paho's fixed header), before that Write returns.
+type midPublish struct {
+	net.Conn
+	ping   func()
+	pinged chan error // the PINGREQ's write, once done
+	once   sync.Once
+}
+
+func (m *midPublish) Write(p []byte) (int, error) {
+	n, err := m.Conn.Write(p)
+	if err == nil && len(p) > 0 && p[0]>>4 == packets.Publish {
+		m.once.Do(m.ping)
+	}
+	return n, err
+}
+
 // A second connection with a client id already connected takes it over:
 // the first is told (0x8E in 5.0) and closed, the second goes on.
 func TestMQTTClientIDTakeover(t *testing.T) {
@@ -553,13 +620,38 @@ func TestMQTTRetainedIsTheLatestEvent(t *testing.T) {
 // and disconnects it when the test ends.
 func (e *edge) pahoV5(t *testing.T, cfg paho.ClientConfig, tok string, cp paho.Connect) (*paho.Client, *paho.Connack) {
 	t.Helper()
+	return e.pahoV5On(t, pahoConn(e.mqttNetConn(t)), cfg, tok, cp)
+}
+
+// mqttNetConn opens /mqtt offering the mqtt subprotocol, as a net.Conn of
+// binary messages: each Write is one WebSocket message.
+func (e *edge) mqttNetConn(t *testing.T) net.Conn {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	conn, _, err := websocket.Dial(ctx, strings.Replace(e.base, "http", "ws", 1)+"/mqtt", &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Conn = websocket.NetConn(context.Background(), conn, websocket.MessageBinary)
+	return websocket.NetConn(context.Background(), conn, websocket.MessageBinary)
+}
+
+// pahoConn is nc as paho's 5.0 client is to be given it. paho writes a
+// packet in several Writes (net.Buffers.WriteTo on anything but a socket:
+// fixed header, variable header, properties and payload apart) and from
+// several goroutines (its pinger sends a PINGREQ as soon as CONNACK
+// comes, while the caller may be publishing). Over WebSocket each Write is
+// a message, so a PINGREQ could land inside a PUBLISH, which the edge
+// then reads as malformed. paho holds a conn's lock around each packet
+// when the conn is a sync.Locker (ClientConfig.Conn's doc): this one is.
+func pahoConn(nc net.Conn) net.Conn { return pahopackets.NewThreadSafeConn(nc) }
+
+// pahoV5On connects paho's 5.0 client over conn (see pahoConn).
+func (e *edge) pahoV5On(t *testing.T, conn net.Conn, cfg paho.ClientConfig, tok string, cp paho.Connect) (*paho.Client, *paho.Connack) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	cfg.Conn = conn
 	c := paho.NewClient(cfg)
 	cp.Username, cp.UsernameFlag, cp.Password, cp.PasswordFlag = "device", true, []byte(tok), true
 	ack, err := c.Connect(ctx, &cp)

@@ -547,6 +547,9 @@ func (s *session) handle(pk packets.Packet) bool {
 // DISCONNECT (MQTT 3.1.1 has none from the server) behind what is queued
 // for it, and the WebSocket closes with d.
 func (s *session) disconnect(code packets.Code, d hub.Disconnect) {
+	// The client is told; the log is where its operator finds why (a
+	// client whose packets arrive torn reads as malformed here).
+	s.h.Logger.Debug("mqtt connection closed by the edge", "client_id", s.id, "reason_code", code.Code, "reason", d.Reason)
 	if s.version == 5 {
 		s.client.Send(encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 5,
 			ReasonCode: code.Code, Properties: packets.Properties{ReasonString: d.Reason}}))
