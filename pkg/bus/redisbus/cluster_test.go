@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -358,4 +359,55 @@ func perMaster(t *testing.T, c *redistest.Cluster, field string, args ...any) []
 		out = append(out, n)
 	}
 	return out
+}
+
+// BenchmarkClusterPublish publishes from 64 goroutines, recorded and
+// delivered live to one subscription of *, on a cluster of 1 and of 3
+// masters (no replicas), every master on this machine: events/s overall
+// and per master, the figure docs/scaling.md sizes shards from.
+func BenchmarkClusterPublish(b *testing.B) {
+	for _, masters := range []int{1, 3} {
+		b.Run(fmt.Sprintf("masters=%d", masters), func(b *testing.B) {
+			c := redistest.StartCluster(b, masters, 0)
+			cl, err := NewClient(c.URL)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cl.Close()
+			bs, err := New(cl, Options{Prefix: redistest.Prefix(b), HistoryMaxLen: 100_000})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer bs.Close()
+			sub, err := bs.Subscribe(b.Context(), "*")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sub.Close()
+			var received sync.WaitGroup
+			received.Go(func() {
+				for range sub.Messages() {
+				}
+			})
+			payload := make([]byte, 200)
+			var n atomic.Int64
+			b.SetParallelism(32) // 64 publishers on 2 cores
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := n.Add(1)
+					if _, err := bs.Publish(b.Context(), fmt.Sprintf("bench%d:c%d", i%4, i%1000), payload); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			perSec := float64(b.N) / b.Elapsed().Seconds()
+			b.ReportMetric(perSec, "events/s")
+			b.ReportMetric(perSec/float64(masters), "events/s/master")
+			_ = sub.Close()
+			received.Wait()
+		})
+	}
 }
