@@ -3,10 +3,8 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -84,65 +82,21 @@ func masterHolding(t *testing.T, c *redistest.Cluster, pattern string) string {
 func TestSuiteOnAClusterRidesOutAFailover(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 1)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	sg := newFakeSendGrid(t)
-	apiHTTP, loggerHTTP, notifyHTTP, edgeHTTP, logDir := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), t.TempDir()
-	common := map[string]string{"REDIS_URL": c.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "warn"}
-	procs := []*process{
-		start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)})),
-		start(t, "logger", merge(common, map[string]string{
-			"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": logDir, "LOGGER_STDOUT": "false", "LOGGER_MEMBER": "only"})),
-		start(t, "notification", merge(common, map[string]string{
-			"NOTIFICATION_HTTP_ADDR": notifyHTTP, "NOTIFICATION_MEMBER": "only",
-			"SENDGRID_API_KEY": "SG.test", "SENDGRID_API_URL": sg.srv.URL})),
-		start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_JWT_SECRET": mqttSecret})),
-	}
-	for i, addr := range []string{apiHTTP, loggerHTTP, notifyHTTP, edgeHTTP} {
-		waitReady(t, procs[i], "http://"+addr+"/readyz")
-	}
-	browser := readEvents(t, dialJSON(t, edgeHTTP, "*"))
-
-	var mu sync.Mutex
-	var acked []int
-	tried := 0
-	ctx, stop := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		client := &http.Client{Timeout: 10 * time.Second}
-		for i := 0; ctx.Err() == nil; i++ {
-			mu.Lock()
-			tried = i + 1
-			mu.Unlock()
-			body := fmt.Sprintf(`{"user_id":"c%d","email":"c%d@example.com","name":"C"}`, i, i)
-			resp, err := client.Post("http://"+apiHTTP+"/v1/users", "application/json", strings.NewReader(body))
-			if err != nil {
-				continue
-			}
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusAccepted {
-				mu.Lock()
-				acked = append(acked, i)
-				mu.Unlock()
-			}
-		}
-	})
-	defer wg.Wait()
-	defer stop()
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
-	servicetest.WaitFor(t, "sign-ups before the kill", func() bool { return count() >= 100 })
+	s := startSuite(t, c.URL, prefix)
+	browser := readEvents(t, dialJSON(t, s.edge, "*"))
+	users := signUpSteadily(t, s.api, "c")
+	users.waitFor(t, 100, "sign-ups before the kill")
 
 	victim := masterHolding(t, c, prefix+":stream:{*}:user")
 	killed := time.Now()
 	c.Kill(t, victim)
-	before := count()
-	servicetest.WaitFor(t, "a sign-up acknowledged after the kill", func() bool { return count() > before })
+	users.waitFor(t, 1, "a sign-up acknowledged after the kill")
 	// Those acknowledged right after the kill may have gone to other
 	// partitions' masters: wait for the cluster, then for more.
 	c.WaitHealthy(t)
 	recovery := time.Since(killed)
-	after := count()
-	servicetest.WaitFor(t, "sign-ups after the failover", func() bool { return count() >= after+100 })
-	stop()
-	wg.Wait()
+	users.waitFor(t, 100, "sign-ups after the failover")
+	users.end()
 
 	// What the record kept: the API's history of user:*. A first read of
 	// a slot whose master changed may answer 503 unavailable, as its
@@ -158,7 +112,7 @@ func TestSuiteOnAClusterRidesOutAFailover(t *testing.T) {
 			More bool   `json:"more"`
 		}
 		servicetest.WaitFor(t, "GET /v1/history answered", func() bool {
-			resp, err := http.Get("http://" + apiHTTP + "/v1/history?pattern=user:*&limit=1000" + cursor)
+			resp, err := http.Get("http://" + s.api + "/v1/history?pattern=user:*&limit=1000" + cursor)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -179,43 +133,36 @@ func TestSuiteOnAClusterRidesOutAFailover(t *testing.T) {
 		}
 		cursor = "&since=" + page.Next
 	}
-	var kept []string
-	lost := 0
-	for _, i := range acked {
-		if s := "c" + strconv.Itoa(i); recorded[s] {
-			kept = append(kept, s)
-		} else {
-			lost++
+	var kept []int
+	for _, i := range users.acked {
+		if recorded[users.user(i)] {
+			kept = append(kept, i)
 		}
 	}
-	if len(kept) < len(acked)/2 {
-		t.Fatalf("the record kept %d of %d acknowledged sign-ups: more than a replication lag can lose", len(kept), len(acked))
+	if len(kept) < len(users.acked)/2 {
+		t.Fatalf("the record kept %d of %d acknowledged sign-ups: more than a replication lag can lose", len(kept), len(users.acked))
 	}
 	servicetest.WaitFor(t, "every kept sign-up logged", func() bool {
-		logged := onceInOrder(t, readLog(t, logDir))
-		return !slices.ContainsFunc(kept, func(s string) bool { return !logged[s] })
+		logged := onceInOrder(t, readLog(t, s.logDir))
+		return !slices.ContainsFunc(kept, func(i int) bool { return !logged[users.user(i)] })
 	})
 	servicetest.WaitFor(t, "every kept sign-up received by the browser", func() bool {
 		browser.mu.Lock()
 		defer browser.mu.Unlock()
-		return !slices.ContainsFunc(kept, func(s string) bool { return browser.subjects[s] == 0 })
+		return !slices.ContainsFunc(kept, func(i int) bool { return browser.subjects[users.user(i)] == 0 })
 	})
-	servicetest.WaitFor(t, "a welcome email for every kept sign-up", func() bool {
-		sg.mu.Lock()
-		defer sg.mu.Unlock()
-		return !slices.ContainsFunc(kept, func(s string) bool { return sg.to[s+"@example.com"] == 0 })
-	})
-	sg.mu.Lock()
-	for to, n := range sg.to {
+	s.sg.waitFor(t, users.user, kept)
+	s.sg.mu.Lock()
+	for to, n := range s.sg.to {
 		if n != 1 {
 			t.Errorf("%s got %d welcome emails, want 1", to, n)
 		}
 	}
-	sg.mu.Unlock()
+	s.sg.mu.Unlock()
 	browser.mu.Lock()
-	for s, n := range browser.subjects {
+	for subject, n := range browser.subjects {
 		if n != 1 {
-			t.Errorf("the browser received %s %d times, want once", s, n)
+			t.Errorf("the browser received %s %d times, want once", subject, n)
 		}
 	}
 	partitioned := len(browser.streams) > 0 && !browser.streams[""]
@@ -228,9 +175,7 @@ func TestSuiteOnAClusterRidesOutAFailover(t *testing.T) {
 		t.Errorf("the browser's connection ended: %v", err)
 	default:
 	}
-	for _, p := range procs {
-		running(t, p)
-	}
+	s.running(t)
 	t.Logf("killed %s holding user's partition; the cluster was whole again %v later; %d sign-ups tried, %d acknowledged, %d of them lost (acknowledged, never replicated)",
-		victim, recovery.Round(time.Millisecond), tried, len(acked), lost)
+		victim, recovery.Round(time.Millisecond), users.tried, len(users.acked), len(users.acked)-len(kept))
 }

@@ -175,6 +175,101 @@ func readyz(url string) int {
 	return resp.StatusCode
 }
 
+// suite is the four services on one Redis or a cluster, with a fake
+// SendGrid, as the fault tests run them.
+type suite struct {
+	api, logger, notification, edge string // HTTP addresses
+	logDir                          string
+	procs                           []*process // api, logger, notification, edge
+	sg                              *fakeSendGrid
+}
+
+// startSuite starts the api, logger, notification and edge on the Redis
+// at url under prefix, each ready.
+func startSuite(t *testing.T, url, prefix string) *suite {
+	t.Helper()
+	s := &suite{api: freeAddr(t), logger: freeAddr(t), notification: freeAddr(t), edge: freeAddr(t), logDir: t.TempDir(), sg: newFakeSendGrid(t)}
+	common := map[string]string{"REDIS_URL": url, "REDIS_PREFIX": prefix, "LOG_LEVEL": "warn"}
+	s.procs = []*process{
+		start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": s.api, "API_GRPC_ADDR": freeAddr(t)})),
+		start(t, "logger", merge(common, map[string]string{
+			"LOGGER_HTTP_ADDR": s.logger, "LOGGER_DIR": s.logDir, "LOGGER_STDOUT": "false", "LOGGER_MEMBER": "only"})),
+		start(t, "notification", merge(common, map[string]string{
+			"NOTIFICATION_HTTP_ADDR": s.notification, "NOTIFICATION_MEMBER": "only",
+			"SENDGRID_API_KEY": "SG.test", "SENDGRID_API_URL": s.sg.srv.URL})),
+		start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": s.edge, "EDGE_JWT_SECRET": mqttSecret})),
+	}
+	for i, addr := range []string{s.api, s.logger, s.notification, s.edge} {
+		waitReady(t, s.procs[i], "http://"+addr+"/readyz")
+	}
+	return s
+}
+
+// running fails the test if any of the suite's services has exited.
+func (s *suite) running(t *testing.T) {
+	t.Helper()
+	for _, p := range s.procs {
+		running(t, p)
+	}
+}
+
+// signups posts sign-ups to the API, one at a time, until ended: user
+// <prefix><i> with the address <prefix><i>@example.com.
+type signups struct {
+	prefix string
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	acked  []int // answered 202
+	tried  int
+}
+
+func signUpSteadily(t *testing.T, api, prefix string) *signups {
+	ctx, stop := context.WithCancel(t.Context())
+	s := &signups{prefix: prefix, stop: stop}
+	s.wg.Go(func() {
+		client := &http.Client{Timeout: 10 * time.Second}
+		for i := 0; ctx.Err() == nil; i++ {
+			s.mu.Lock()
+			s.tried = i + 1
+			s.mu.Unlock()
+			body := fmt.Sprintf(`{"user_id":"%s%d","email":"%s%d@example.com","name":"R"}`, prefix, i, prefix, i)
+			resp, err := client.Post("http://"+api+"/v1/users", "application/json", strings.NewReader(body))
+			if err != nil {
+				continue
+			}
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusAccepted {
+				s.mu.Lock()
+				s.acked = append(s.acked, i)
+				s.mu.Unlock()
+			}
+		}
+	})
+	t.Cleanup(s.end)
+	return s
+}
+
+func (s *signups) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.acked)
+}
+
+// waitFor waits until n more sign-ups than now are acknowledged.
+func (s *signups) waitFor(t *testing.T, n int, what string) {
+	t.Helper()
+	from := s.count()
+	servicetest.WaitFor(t, what, func() bool { return s.count() >= from+n })
+}
+
+func (s *signups) end() {
+	s.stop()
+	s.wg.Wait()
+}
+
+func (s *signups) user(i int) string { return s.prefix + strconv.Itoa(i) }
+
 // Redis killed (SIGKILL, with its append-only file) under a steady stream
 // of sign-ups and brought back once the logger and notification report
 // themselves unready: every service is still running afterwards, each
@@ -184,56 +279,13 @@ func readyz(url string) int {
 // same: it is logged and emailed at most once.
 func TestServicesRideOutARedisKill(t *testing.T) {
 	srv := redistest.StartPersistent(t)
-	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	sg := newFakeSendGrid(t)
-	apiHTTP, loggerHTTP, notifyHTTP, edgeHTTP, logDir := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), t.TempDir()
-	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "warn"}
-	procs := []*process{
-		start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)})),
-		start(t, "logger", merge(common, map[string]string{
-			"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": logDir, "LOGGER_STDOUT": "false", "LOGGER_MEMBER": "only"})),
-		start(t, "notification", merge(common, map[string]string{
-			"NOTIFICATION_HTTP_ADDR": notifyHTTP, "NOTIFICATION_MEMBER": "only",
-			"SENDGRID_API_KEY": "SG.test", "SENDGRID_API_URL": sg.srv.URL})),
-		start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_JWT_SECRET": "e2e-secret-0123456789abcdef0123"})),
-	}
-	for i, addr := range []string{apiHTTP, loggerHTTP, notifyHTTP, edgeHTTP} {
-		waitReady(t, procs[i], "http://"+addr+"/readyz")
-	}
-
-	// Sign-ups, one at a time, until stopped; those answered 202 count.
-	var mu sync.Mutex
-	var acked []int
-	tried := 0
-	ctx, stop := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		client := &http.Client{Timeout: 10 * time.Second}
-		for i := 0; ctx.Err() == nil; i++ {
-			mu.Lock()
-			tried = i + 1
-			mu.Unlock()
-			body := fmt.Sprintf(`{"user_id":"r%d","email":"r%d@example.com","name":"R"}`, i, i)
-			resp, err := client.Post("http://"+apiHTTP+"/v1/users", "application/json", strings.NewReader(body))
-			if err != nil {
-				continue
-			}
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusAccepted {
-				mu.Lock()
-				acked = append(acked, i)
-				mu.Unlock()
-			}
-		}
-	})
-	defer wg.Wait()
-	defer stop()
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
-	servicetest.WaitFor(t, "sign-ups before the kill", func() bool { return count() >= 50 })
+	s := startSuite(t, srv.URL, strings.TrimSuffix(redistest.Prefix(t), ":"))
+	users := signUpSteadily(t, s.api, "r")
+	users.waitFor(t, 50, "sign-ups before the kill")
 
 	// Down until the logger and notification have each seen it, reported
 	// themselves unready and said so.
-	consumers := map[*process]string{procs[1]: loggerHTTP, procs[2]: notifyHTTP}
+	consumers := map[*process]string{s.procs[1]: s.logger, s.procs[2]: s.notification}
 	srv.Stop(t)
 	for p, addr := range consumers {
 		servicetest.WaitFor(t, p.name+" unready while Redis is gone", func() bool { return readyz("http://"+addr+"/readyz") == http.StatusServiceUnavailable })
@@ -244,40 +296,43 @@ func TestServicesRideOutARedisKill(t *testing.T) {
 		servicetest.WaitFor(t, p.name+" ready again", func() bool { return readyz("http://"+addr+"/readyz") == http.StatusOK })
 		servicetest.WaitFor(t, p.name+" saying Redis is back", func() bool { return strings.Contains(p.out.String(), "works again") })
 	}
-	before := count()
-	servicetest.WaitFor(t, "sign-ups after Redis came back", func() bool { return count() >= before+50 })
-	stop()
-	wg.Wait()
+	before := users.count()
+	users.waitFor(t, 50, "sign-ups after Redis came back")
+	users.end()
 
-	n := count()
 	servicetest.WaitFor(t, "every acknowledged sign-up logged", func() bool {
-		logged := onceInOrder(t, readLog(t, logDir))
-		return !slices.ContainsFunc(acked, func(i int) bool { return !logged["r"+strconv.Itoa(i)] })
+		logged := onceInOrder(t, readLog(t, s.logDir))
+		return !slices.ContainsFunc(users.acked, func(i int) bool { return !logged[users.user(i)] })
 	})
-	if logged := onceInOrder(t, readLog(t, logDir)); len(logged) > tried {
-		t.Fatalf("logged %d sign-ups of %d tried", len(logged), tried)
+	if logged := onceInOrder(t, readLog(t, s.logDir)); len(logged) > users.tried {
+		t.Fatalf("logged %d sign-ups of %d tried", len(logged), users.tried)
 	}
-	servicetest.WaitFor(t, "a welcome email for each acknowledged sign-up", func() bool {
-		sg.mu.Lock()
-		defer sg.mu.Unlock()
-		return !slices.ContainsFunc(acked, func(i int) bool { return sg.to[fmt.Sprintf("r%d@example.com", i)] == 0 })
-	})
-	sg.mu.Lock()
-	for i := range tried {
-		got, ack := sg.to[fmt.Sprintf("r%d@example.com", i)], slices.Contains(acked, i)
+	s.sg.waitFor(t, users.user, users.acked)
+	s.sg.mu.Lock()
+	for i := range users.tried {
+		got, ack := s.sg.to[users.user(i)+"@example.com"], slices.Contains(users.acked, i)
 		if got > 1 || ack && got != 1 {
-			t.Errorf("user r%d (acknowledged %v) got %d welcome emails, want 1 (at most 1 unacknowledged)", i, ack, got)
+			t.Errorf("user %s (acknowledged %v) got %d welcome emails, want 1 (at most 1 unacknowledged)", users.user(i), ack, got)
 		}
 	}
-	sg.mu.Unlock()
-	for _, p := range procs {
-		running(t, p)
-	}
+	s.sg.mu.Unlock()
+	s.running(t)
 	for p := range consumers {
 		if logs := p.out.String(); strings.Count(logs, "failed; retrying until it works") != 1 || strings.Count(logs, "works again") != 1 {
 			t.Errorf("%s said %d times that Redis went and %d times that it came back, want once each:\n%s", p.name,
 				strings.Count(logs, "failed; retrying until it works"), strings.Count(logs, "works again"), logs)
 		}
 	}
-	t.Logf("%d sign-ups tried, %d acknowledged, %d of them after Redis came back", tried, n, n-before)
+	t.Logf("%d sign-ups tried, %d acknowledged, %d of them after Redis came back", users.tried, len(users.acked), len(users.acked)-before)
+}
+
+// waitFor waits until each of users' sign-ups numbered in which got a
+// welcome email.
+func (f *fakeSendGrid) waitFor(t *testing.T, user func(int) string, which []int) {
+	t.Helper()
+	servicetest.WaitFor(t, "a welcome email for each acknowledged sign-up", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return !slices.ContainsFunc(which, func(i int) bool { return f.to[user(i)+"@example.com"] == 0 })
+	})
 }
