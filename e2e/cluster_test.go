@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	paho3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
+	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
 // wsEvents reads a JSON WebSocket client's event frames into a set of
@@ -54,6 +56,36 @@ func readEvents(t *testing.T, conn *websocket.Conn) *wsEvents {
 	return w
 }
 
+// mqttSubjects connects paho's 3.1.1 client over /mqtt with a kept
+// session, subscribes to filter at QoS 1 and counts the subjects of the
+// events it receives.
+func mqttSubjects(t *testing.T, edge, filter string) *wsEvents {
+	t.Helper()
+	tok, err := token.Issue([]byte(mqttSecret), "device", []string{strings.ReplaceAll(strings.ReplaceAll(filter, "/", ":"), "+", "*")}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &wsEvents{subjects: map[string]int{}, streams: map[string]bool{}, done: make(chan error, 1)}
+	opts := paho3.NewClientOptions().AddBroker("ws://" + edge + "/mqtt").SetClientID("cluster-device").SetUsername("device").SetPassword(tok).
+		SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).
+		SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) {
+			var ev struct{ Subject string }
+			_ = json.Unmarshal(m.Payload(), &ev)
+			w.mu.Lock()
+			w.subjects[ev.Subject]++
+			w.mu.Unlock()
+		})
+	c := paho3.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("mqtt connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	if tok := c.Subscribe(filter, 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("mqtt subscribe %s: %v", filter, tok.Error())
+	}
+	return w
+}
+
 // masterHolding returns the master of c that holds a key matching pattern.
 func masterHolding(t *testing.T, c *redistest.Cluster, pattern string) string {
 	t.Helper()
@@ -77,13 +109,15 @@ func masterHolding(t *testing.T, c *redistest.Cluster, pattern string) string {
 // stream of them: its replica takes over; the api, logger, notification
 // and edge go on without a restart; every sign-up the API acknowledged
 // that the record kept is logged once, emailed once and received by a
-// WebSocket client subscribed to *; and the test prints what the dead
-// master acknowledged and never replicated.
+// WebSocket client subscribed to * and by an MQTT device subscribed to
+// user/+ at QoS 1; and the test prints what the dead master acknowledged
+// and never replicated.
 func TestSuiteOnAClusterRidesOutAFailover(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 1)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	s := startSuite(t, c.URL, prefix)
 	browser := readEvents(t, dialJSON(t, s.edge, "*"))
+	device := mqttSubjects(t, s.edge, "user/+")
 	users := signUpSteadily(t, s.api, "c")
 	users.waitFor(t, 100, "sign-ups before the kill")
 
@@ -150,6 +184,11 @@ func TestSuiteOnAClusterRidesOutAFailover(t *testing.T) {
 		browser.mu.Lock()
 		defer browser.mu.Unlock()
 		return !slices.ContainsFunc(kept, func(i int) bool { return browser.subjects[users.user(i)] == 0 })
+	})
+	servicetest.WaitFor(t, "every kept sign-up received by the MQTT device", func() bool {
+		device.mu.Lock()
+		defer device.mu.Unlock()
+		return !slices.ContainsFunc(kept, func(i int) bool { return device.subjects[users.user(i)] == 0 })
 	})
 	s.sg.waitFor(t, users.user, kept)
 	s.sg.mu.Lock()
