@@ -861,6 +861,37 @@ func TestPublishReturnsThePosition(t *testing.T) {
 	}
 }
 
+// Each accepted event of a batch has the position POST /v1/events gives
+// one event: its offset and epoch, as docs/protocol.md documents them.
+func TestBatchReturnsThePositions(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	a := startAPI(t, srv, nil)
+	r := a.post(t, "/v1/events:batch", "application/json", `[{"type":"bpos.one"},{"type":"Bad"},{"type":"bpos.two"}]`)
+	if r.status != http.StatusOK {
+		t.Fatalf("POST /v1/events:batch = %d %s, want 200", r.status, r.raw)
+	}
+	entries, err := srv.Client(t).XRange(t.Context(), a.prefix+":stream:{bpos}", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := r.body["results"].([]any)
+	var offsets []string
+	for _, i := range []int{0, 2} {
+		res := results[i].(map[string]any)
+		offset, _ := res["offset"].(string)
+		epoch, _ := res["epoch"].(string)
+		if offset == "" || epoch == "" {
+			t.Errorf("batch result %d = %v, want its offset and epoch", i, res)
+		}
+		offsets = append(offsets, offset)
+	}
+	if len(entries) != 2 || entries[0].ID != offsets[0] || entries[1].ID != offsets[1] {
+		t.Errorf("stream holds %v, want the two events at %v", entries, offsets)
+	}
+}
+
 func TestHistory(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Shared(t)

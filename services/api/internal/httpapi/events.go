@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
 
 // MaxBatch is the most events one POST /v1/events:batch takes.
@@ -59,15 +60,11 @@ func (h *handler) publishEvent(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// batchItem is one result of a batch: the reply POST /v1/events gives
+// (id, channel, offset, epoch, receivers), or an error.
 type batchItem struct {
-	*ingestResult
+	*ingest.Result
 	Error *errorBody `json:"error,omitempty"`
-}
-
-type ingestResult struct {
-	ID        string `json:"id"`
-	Channel   string `json:"channel"`
-	Receivers int64  `json:"receivers"`
 }
 
 type errorBody struct {
@@ -115,8 +112,7 @@ func (h *handler) publishBatch(w http.ResponseWriter, r *http.Request) error {
 			items[i].Error = &errorBody{Code: ae.code, Message: ae.message}
 			continue
 		}
-		res := results[j]
-		items[i].ingestResult = &ingestResult{ID: res.ID, Channel: res.Channel, Receivers: res.Receivers}
+		items[i].Result = &results[j]
 		accepted++
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
