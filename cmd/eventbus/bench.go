@@ -104,9 +104,10 @@ func (g *grpcFlag) IsBoolFlag() bool { return true }
 
 func (b *benchFlags) register(fs *flag.FlagSet, e env) {
 	b.common.register(fs, e)
-	b.grpc.addr = or(e.getenv("EVENTBUS_GRPC"), "localhost:9090")
-	fs.Var(&b.grpc, "grpc", "API gRPC address as --grpc=host:port (env EVENTBUS_GRPC); for ingest, --grpc alone publishes over gRPC")
-	fs.StringVar(&b.edge, "edge", or(e.getenv("EVENTBUS_EDGE"), "http://localhost:8081"), "edge base URL (env EVENTBUS_EDGE)")
+	b.grpc.addr = serviceAddr(e.getenv, "EVENTBUS_GRPC", "API_GRPC_ADDR", ":9090")
+	fs.Var(&b.grpc, "grpc", "API gRPC address as --grpc=host:port (env EVENTBUS_GRPC, else that of API_GRPC_ADDR); for ingest, --grpc alone publishes over gRPC")
+	fs.StringVar(&b.edge, "edge", serviceURL(e.getenv, "EVENTBUS_EDGE", "EDGE_HTTP_ADDR", ":8081"),
+		"edge base URL (env EVENTBUS_EDGE, else that of EDGE_HTTP_ADDR)")
 	fs.StringVar(&b.tokenSecret, "token-secret", e.getenv("EDGE_JWT_SECRET"),
 		"secret to mint edge tokens with (env EDGE_JWT_SECRET); without it, the edge's demo tokens are used")
 	fs.BoolVar(&b.json, "json", false, "print the result as JSON")
@@ -121,9 +122,9 @@ func (b *benchFlags) token(ctx context.Context, user string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := httpClient(30*time.Second, b.connectTimeout, true).Do(req)
 	if err != nil {
-		return "", fmt.Errorf("get a demo token: %w", err)
+		return "", fmt.Errorf("get a demo token: %w", describe(err, b.connectTimeout))
 	}
 	defer resp.Body.Close()
 	var v struct{ Token string }

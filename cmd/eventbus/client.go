@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -13,13 +15,39 @@ import (
 
 // client is a small JSON client of the API.
 type client struct {
-	base   string
-	apiKey string
-	http   *http.Client
+	base    string
+	apiKey  string
+	http    *http.Client
+	connect time.Duration // for messages
 }
 
 func newClient(c common) *client {
-	return &client{base: strings.TrimSuffix(c.api, "/"), apiKey: c.apiKey, http: &http.Client{Timeout: 30 * time.Second}}
+	return &client{base: strings.TrimSuffix(c.api, "/"), apiKey: c.apiKey,
+		http: httpClient(30*time.Second, c.connectTimeout, true), connect: c.connectTimeout}
+}
+
+// httpClient returns a client whose requests end with an error after total
+// (0: no limit), or after connect when the service has not connected by
+// then, nor, if headers is true, sent the status line of its reply: a
+// silent listener is reported quickly. headers is false for requests the
+// service answers only when their work is done.
+func httpClient(total, connect time.Duration, headers bool) *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}).DialContext
+	t.TLSHandshakeTimeout = connect
+	if headers {
+		t.ResponseHeaderTimeout = connect
+	}
+	return &http.Client{Timeout: total, Transport: t}
+}
+
+// describe adds to err of a request to url what a timeout means.
+func describe(err error, connect time.Duration) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("%w (no answer within --connect-timeout %v: is the service running at that address?)", err, connect)
+	}
+	return err
 }
 
 // do sends a request and decodes a 2xx JSON reply into out; any other
@@ -41,7 +69,7 @@ func (c *client) do(ctx context.Context, method, path string, body []byte, heade
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, c.base+path, err)
+		return describe(err, c.connect) // *url.Error: names the method and URL
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))

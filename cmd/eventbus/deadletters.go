@@ -45,16 +45,23 @@ func runDeadLetters(ctx context.Context, e env, args []string) error {
 // notificationFlags are the flags of the commands that talk to the
 // notification service.
 type notificationFlags struct {
-	base, apiKey string
+	base, apiKey   string
+	connectTimeout time.Duration
 }
 
 func (n *notificationFlags) register(fs *flag.FlagSet, e env) {
-	fs.StringVar(&n.base, "notification", or(e.getenv("EVENTBUS_NOTIFICATION"), "http://localhost:8083"), "notification service base URL (env EVENTBUS_NOTIFICATION)")
+	fs.StringVar(&n.base, "notification", serviceURL(e.getenv, "EVENTBUS_NOTIFICATION", "NOTIFICATION_HTTP_ADDR", ":8083"),
+		"notification service base URL (env EVENTBUS_NOTIFICATION, else that of NOTIFICATION_HTTP_ADDR)")
 	fs.StringVar(&n.apiKey, "api-key", e.getenv("EVENTBUS_API_KEY"), "API key sent as a bearer token (env EVENTBUS_API_KEY)")
+	registerConnectTimeout(fs, &n.connectTimeout)
 }
 
-func (n *notificationFlags) client(timeout time.Duration) *client {
-	return &client{base: strings.TrimSuffix(n.base, "/"), apiKey: n.apiKey, http: &http.Client{Timeout: timeout}}
+// client returns a client of the notification service whose requests
+// take at most timeout; headers says whether the service begins its reply
+// at once (see httpClient).
+func (n *notificationFlags) client(timeout time.Duration, headers bool) *client {
+	return &client{base: strings.TrimSuffix(n.base, "/"), apiKey: n.apiKey,
+		http: httpClient(timeout, n.connectTimeout, headers), connect: n.connectTimeout}
 }
 
 func runDeadLettersList(ctx context.Context, e env, args []string) error {
@@ -75,7 +82,7 @@ func runDeadLettersList(ctx context.Context, e env, args []string) error {
 		DeadLetters []json.RawMessage `json:"dead_letters"`
 		Total       int64             `json:"total"`
 	}
-	if err := n.client(30*time.Second).do(ctx, http.MethodGet, "/v1/dead-letters", nil, nil, &reply); err != nil {
+	if err := n.client(30*time.Second, true).do(ctx, http.MethodGet, "/v1/dead-letters", nil, nil, &reply); err != nil {
 		return err
 	}
 	for _, dl := range reply.DeadLetters {
@@ -156,7 +163,7 @@ func runDeadLettersRetry(ctx context.Context, e env, args []string) error {
 	// A retry sends up to 1,000 emails, each given up to the service's
 	// visibility timeout.
 	var sum retrySummary
-	if err := n.client(10*time.Minute).do(ctx, http.MethodPost, "/v1/dead-letters/retry", body, nil, &sum); err != nil {
+	if err := n.client(10*time.Minute, false).do(ctx, http.MethodPost, "/v1/dead-letters/retry", body, nil, &sum); err != nil {
 		return err
 	}
 	if *asJSON {

@@ -9,10 +9,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 )
 
 const usage = `eventbus is the command-line tool of the eventbus suite.
@@ -30,9 +32,13 @@ Usage:
   eventbus version                      print the version, commit and Go version (also --version)
 
 Run 'eventbus COMMAND --help' for the flags of a command.
-Addresses and the API key come from flags or from EVENTBUS_API
-(http://localhost:8080), EVENTBUS_LOGGER (http://localhost:8082),
-EVENTBUS_NOTIFICATION (http://localhost:8083) and EVENTBUS_API_KEY.
+Addresses come from flags, else from EVENTBUS_API, EVENTBUS_LOGGER,
+EVENTBUS_EDGE, EVENTBUS_NOTIFICATION (base URLs) and EVENTBUS_GRPC
+(host:port), else from the addresses the services listen on, as make run
+and the services read them: API_HTTP_ADDR (:8080), LOGGER_HTTP_ADDR
+(:8082), EDGE_HTTP_ADDR (:8081), NOTIFICATION_HTTP_ADDR (:8083) and
+API_GRPC_ADDR (:9090). The API key comes from --api-key or EVENTBUS_API_KEY.
+A service that does not answer within --connect-timeout (5s) is an error.
 `
 
 // errUsage asks for the usage text, with exit status 2.
@@ -134,12 +140,60 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 // common are the flags shared by the commands that talk to services.
 type common struct {
 	api, logger, apiKey string
+	connectTimeout      time.Duration
 }
 
 func (c *common) register(fs *flag.FlagSet, e env) {
-	fs.StringVar(&c.api, "api", or(e.getenv("EVENTBUS_API"), "http://localhost:8080"), "API base URL (env EVENTBUS_API)")
-	fs.StringVar(&c.logger, "logger", or(e.getenv("EVENTBUS_LOGGER"), "http://localhost:8082"), "logger base URL (env EVENTBUS_LOGGER)")
+	fs.StringVar(&c.api, "api", serviceURL(e.getenv, "EVENTBUS_API", "API_HTTP_ADDR", ":8080"),
+		"API base URL (env EVENTBUS_API, else that of API_HTTP_ADDR)")
+	fs.StringVar(&c.logger, "logger", serviceURL(e.getenv, "EVENTBUS_LOGGER", "LOGGER_HTTP_ADDR", ":8082"),
+		"logger base URL (env EVENTBUS_LOGGER, else that of LOGGER_HTTP_ADDR)")
 	fs.StringVar(&c.apiKey, "api-key", e.getenv("EVENTBUS_API_KEY"), "API key sent as a bearer token (env EVENTBUS_API_KEY)")
+	registerConnectTimeout(fs, &c.connectTimeout)
+}
+
+// defaultConnectTimeout is how long a command waits for a service to
+// connect and then to begin its reply, unless --connect-timeout says
+// otherwise: a listener that never answers is an error in seconds, not
+// after the whole request's timeout.
+const defaultConnectTimeout = 5 * time.Second
+
+func registerConnectTimeout(fs *flag.FlagSet, d *time.Duration) {
+	fs.DurationVar(d, "connect-timeout", defaultConnectTimeout, "how long to wait for a service to connect and begin its reply")
+}
+
+// serviceURL returns the default base URL of a service: the variable
+// urlVar (EVENTBUS_API) when set, else the URL of the address the service
+// listens on as the service and make run read it from addrVar
+// (API_HTTP_ADDR), else that of defAddr.
+func serviceURL(getenv func(string) string, urlVar, addrVar, defAddr string) string {
+	if u := strings.TrimSpace(getenv(urlVar)); u != "" {
+		return u
+	}
+	return "http://" + dialAddr(or(getenv(addrVar), defAddr))
+}
+
+// serviceAddr is serviceURL for a host:port (a gRPC address).
+func serviceAddr(getenv func(string) string, addrEnv, listenVar, defAddr string) string {
+	if a := strings.TrimSpace(getenv(addrEnv)); a != "" {
+		return a
+	}
+	return dialAddr(or(getenv(listenVar), defAddr))
+}
+
+// dialAddr turns a listen address into one to dial: no host (":8080"),
+// 0.0.0.0 or :: (every interface) become localhost.
+func dialAddr(listen string) string {
+	listen = strings.TrimSpace(listen)
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen // not host:port: leave it for the request to report
+	}
+	switch host {
+	case "", "0.0.0.0", "::":
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func or(v, def string) string {

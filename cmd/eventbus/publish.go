@@ -10,7 +10,8 @@ import (
 func runPublish(ctx context.Context, e env, args []string) error {
 	fs := flags(e, "publish", "TYPE [JSON]",
 		"Publishes an event of TYPE (e.g. order.placed) whose data is JSON (none if left out),\n"+
-			"and prints the reply: the event id, its channel and how many subscribers received it.")
+			"and prints the reply: the event id, its channel, the offset it is recorded at (which\n"+
+			"consumer groups and history read), and how many live subscriber connections received it.")
 	var c common
 	c.register(fs, e)
 	subject := fs.String("subject", "", "what the event is about, e.g. an order id")
@@ -60,10 +61,14 @@ func runPublish(ctx context.Context, e env, args []string) error {
 		return json.NewEncoder(e.stdout).Encode(reply)
 	}
 	if reply.Offset != "" {
-		fmt.Fprintf(e.stdout, "published %s on %s at offset %s (epoch %s), live to %d subscriber(s)\n",
-			reply.ID, reply.Channel, reply.Offset, reply.Epoch, reply.Receivers)
+		// Receivers counts live pub/sub connections only; the record is
+		// what consumer groups, history and resuming clients read, and it
+		// has the event whether or not anyone is listening now.
+		fmt.Fprintf(e.stdout, "published %s on %s: recorded at offset %s (epoch %s), where consumer groups and history read it; "+
+			"delivered live to %d subscriber connection(s)\n", reply.ID, reply.Channel, reply.Offset, reply.Epoch, reply.Receivers)
 		return nil
 	}
-	fmt.Fprintf(e.stdout, "published %s on %s to %d subscriber(s)\n", reply.ID, reply.Channel, reply.Receivers)
+	fmt.Fprintf(e.stdout, "published %s on %s: not recorded (the API keeps no history), delivered live to %d subscriber connection(s)\n",
+		reply.ID, reply.Channel, reply.Receivers)
 	return nil
 }

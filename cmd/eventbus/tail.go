@@ -41,20 +41,24 @@ func runTail(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	t := &tailer{
-		url:    fmt.Sprintf("%s/v1/tail?pattern=%s&n=%d", strings.TrimSuffix(c.logger, "/"), url.QueryEscape(pattern), *n),
-		apiKey: c.apiKey,
-		e:      e,
-		asJSON: *asJSON,
+		url:     fmt.Sprintf("%s/v1/tail?pattern=%s&n=%d", strings.TrimSuffix(c.logger, "/"), url.QueryEscape(pattern), *n),
+		apiKey:  c.apiKey,
+		http:    httpClient(0, c.connectTimeout, true), // the logger sends its headers at once
+		connect: c.connectTimeout,
+		e:       e,
+		asJSON:  *asJSON,
 	}
 	return t.follow(ctx)
 }
 
 type tailer struct {
-	url    string
-	apiKey string // sent as a bearer token when set
-	e      env
-	asJSON bool
-	lastID string
+	url     string
+	apiKey  string // sent as a bearer token when set
+	http    *http.Client
+	connect time.Duration
+	e       env
+	asJSON  bool
+	lastID  string
 }
 
 // errFinal is a refusal that retrying will not change.
@@ -99,9 +103,9 @@ func (t *tailer) stream(ctx context.Context) (printed bool, err error) {
 	if t.lastID != "" {
 		req.Header.Set("Last-Event-ID", t.lastID)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := t.http.Do(req)
 	if err != nil {
-		return false, err
+		return false, describe(err, t.connect)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -25,7 +25,7 @@ func runToken(ctx context.Context, e env, args []string) error {
 	sub := fs.String("sub", "", "user id (required)")
 	channels := fs.String("channels", "", "comma-separated patterns the user may subscribe to, e.g. 'order:*,user:*'")
 	publish := fs.String("publish", "", "comma-separated patterns the user may publish to over MQTT, e.g. 'sensor:*'")
-	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
+	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid, from now (positive)")
 	secret := fs.String("secret", e.getenv("EDGE_JWT_SECRET"),
 		"signing secret (env EDGE_JWT_SECRET); without either, the development secret make run keeps in "+devSecretFile)
 	if pos, err := parse(fs, args); err != nil {
@@ -33,6 +33,9 @@ func runToken(ctx context.Context, e env, args []string) error {
 	} else if len(pos) != 0 || *sub == "" {
 		fs.Usage()
 		return errUsage
+	}
+	if *ttl <= 0 {
+		return fmt.Errorf("--ttl %v: want a positive duration, such as 15m or 24h; a token that is already expired is refused by every edge", *ttl)
 	}
 	if *secret == "" {
 		b, err := os.ReadFile(devSecretFile)
