@@ -76,10 +76,34 @@ if [[ -z ${EDGE_JWT_SECRET:-} ]]; then
 fi
 export EDGE_JWT_SECRET
 
+# dial_addr ADDR: the host:port to reach a service listening on ADDR (no
+# host, 0.0.0.0 or [::] is every interface: localhost).
+dial_addr() {
+	local addr=$1 host=${1%:*}
+	case $host in "" | 0.0.0.0 | "[::]") host=localhost ;; esac
+	echo "$host:${addr##*:}"
+}
+# Every address a service listens on, and where this run says it is: the
+# banner, the demo page's buttons (EDGE_DEMO_API_URL) and bin/eventbus,
+# which reads the same variables.
+export API_HTTP_ADDR=${API_HTTP_ADDR:-:8080} API_GRPC_ADDR=${API_GRPC_ADDR:-:9090}
+export LOGGER_HTTP_ADDR=${LOGGER_HTTP_ADDR:-:8082} EDGE_HTTP_ADDR=${EDGE_HTTP_ADDR:-:8081}
+export NOTIFICATION_HTTP_ADDR=${NOTIFICATION_HTTP_ADDR:-:8083}
+api=http://$(dial_addr "$API_HTTP_ADDR")
+grpc=$(dial_addr "$API_GRPC_ADDR")
+logger=http://$(dial_addr "$LOGGER_HTTP_ADDR")
+edge=$(dial_addr "$EDGE_HTTP_ADDR")
+notification=http://$(dial_addr "$NOTIFICATION_HTTP_ADDR")
+# The flags bin/eventbus needs in another shell, where these variables
+# are not set: none on the default ports.
+cli_api= cli_logger=
+[[ $api != http://localhost:8080 ]] && cli_api=" --api $api"
+[[ $logger != http://localhost:8082 ]] && cli_logger=" --logger $logger"
+
 start api "$bin/api"
 start logger "$bin/logger"
 # Demo mode mints tokens for the demo page: for this local run only.
-start edge env EDGE_DEMO="${EDGE_DEMO:-true}" "$bin/edge"
+start edge env EDGE_DEMO="${EDGE_DEMO:-true}" EDGE_DEMO_API_URL="${EDGE_DEMO_API_URL:-$api}" "$bin/edge"
 # Without SENDGRID_API_KEY in the environment, emails are only logged.
 start notification "$bin/notification"
 
@@ -88,21 +112,21 @@ email_mode="dry-run, logged below"
 cat <<MSG
 [run] eventbus is starting:
 [run]   Redis    $REDIS_URL, keys and channels under "${REDIS_PREFIX}"
-[run]   API      http://localhost${API_HTTP_ADDR:-:8080}  (gRPC on ${API_GRPC_ADDR:-:9090})
-[run]   logger   http://localhost${LOGGER_HTTP_ADDR:-:8082}/v1/tail
-[run]   edge     http://localhost${EDGE_HTTP_ADDR:-:8081}   <- open this: the live demo page
-[run]            ws://localhost${EDGE_HTTP_ADDR:-:8081}/mqtt   MQTT 3.1.1/5.0 over WebSocket (the token is the password)
-[run]   notification  http://localhost${NOTIFICATION_HTTP_ADDR:-:8083}/metrics  (emails: $email_mode)
-[run] try:  curl -s localhost:8080/v1/users -d '{"user_id":"42","email":"ada@example.com","name":"Ada"}'
-[run]       curl -s localhost:8080/v1/orders/o1/ship -d '{"user_id":"42","carrier":"DHL","tracking_number":"JD01"}'
-[run]       bin/eventbus tail
+[run]   API      $api  (gRPC on $grpc)
+[run]   logger   $logger/v1/tail
+[run]   edge     http://$edge   <- open this: the live demo page
+[run]            ws://$edge/mqtt   MQTT 3.1.1/5.0 over WebSocket (the token is the password)
+[run]   notification  $notification/metrics  (emails: $email_mode)
+[run] try:  curl -s $api/v1/users -d '{"user_id":"42","email":"ada@example.com","name":"Ada"}'
+[run]       curl -s $api/v1/orders/o1/ship -d '{"user_id":"42","carrier":"DHL","tracking_number":"JD01"}'
+[run]       bin/eventbus publish${cli_api} order.placed '{"order_id":"o2","user_id":"42","total":990,"currency":"EUR"}'
+[run]       bin/eventbus tail${cli_logger}
 [run]       bin/eventbus token --sub 42 --channels 'order:*'   (a token this edge accepts: signed with data/dev-secret)
 [run] Ctrl-C stops everything.
 MSG
 
 if (($#)); then
-	for url in "http://localhost${API_HTTP_ADDR:-:8080}" "http://localhost${LOGGER_HTTP_ADDR:-:8082}" \
-		"http://localhost${EDGE_HTTP_ADDR:-:8081}" "http://localhost${NOTIFICATION_HTTP_ADDR:-:8083}"; do
+	for url in "$api" "$logger" "http://$edge" "$notification"; do
 		for _ in $(seq 100); do
 			curl -sf "$url/readyz" >/dev/null && break
 			sleep 0.1
@@ -110,7 +134,9 @@ if (($#)); then
 		curl -sf "$url/readyz" >/dev/null || { echo "[run] $url is not ready" >&2; exit 1; }
 	done
 	set +e
-	"$@"
+	# The command talks to this run, whatever EVENTBUS_* say outside it.
+	EVENTBUS_API=$api EVENTBUS_GRPC=$grpc EVENTBUS_LOGGER=$logger EVENTBUS_EDGE=http://$edge \
+		EVENTBUS_NOTIFICATION=$notification "$@"
 	status=$?
 	echo "[run] $1 exited with status $status; stopping everything"
 	exit "$status"
