@@ -31,6 +31,7 @@ import (
 // and user/+, and the telemetry it publishes on sensor/temp reaches the
 // logger's tail and a JSON WebSocket client subscribed to sensor:*.
 func TestMQTTJSSharesTheBus(t *testing.T) {
+	needJSClient(t, "node_modules/mqtt")
 	apiHTTP, edgeHTTP, logged := startTelemetryBus(t, nil)
 
 	for _, version := range []string{"4", "5"} {
