@@ -16,7 +16,13 @@ import (
 // client, built (make js), in Node against an edge.
 func startNodeClient(t *testing.T, env ...string) *servicetest.Node {
 	t.Helper()
-	script, err := filepath.Abs("../../clients/js/integration/resume.mjs")
+	return startNodeScript(t, "resume.mjs", env...)
+}
+
+// startNodeScript runs the script clients/js/integration/name.
+func startNodeScript(t *testing.T, name string, env ...string) *servicetest.Node {
+	t.Helper()
+	script, err := filepath.Abs("../../clients/js/integration/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,5 +89,85 @@ func TestJSClientFromNode(t *testing.T) {
 				t.Fatalf("then: %q, want %q", got, want)
 			}
 		})
+	}
+}
+
+// The JavaScript client in "auto", with WebSockets refused, reads the
+// edge over SSE; once WebSockets are accepted again it moves back to
+// WebSocket by itself, says so, and resumes there: every event once, in
+// order, those published around the move included.
+func TestJSClientMovesBackToWebSocket(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	e := startEdge(t, srv, nil)
+	rec := e.recorder(t)
+	publish := func(from, to int) []string {
+		var want []string
+		for i := from; i < to; i++ {
+			s := fmt.Sprint(i)
+			if _, err := rec.Publish(t.Context(), "up:x", event(t, "up:x", s)); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, s)
+		}
+		return want
+	}
+	c := startNodeScript(t, "upgrade.mjs", "EDGE="+e.base, "TOKEN="+mint(t, "u1", "up:*"), "PATTERN=up:*")
+	type seen struct {
+		Transport  string
+		Subscribed json.RawMessage
+		Event      *string
+	}
+	next := func() seen {
+		var s seen
+		if err := json.Unmarshal(c.Until("seen"), &s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	// events reads until n events have come, and returns them with the
+	// transport each came over, and the moves seen meanwhile.
+	events := func(n int) (got, over, moves []string) {
+		for len(got) < n {
+			s := next()
+			if s.Transport != "" && s.Event == nil {
+				moves = append(moves, s.Transport)
+			}
+			if s.Event != nil {
+				got = append(got, *s.Event)
+				over = append(over, s.Transport)
+			}
+		}
+		return got, over, moves
+	}
+
+	for s := next(); s.Subscribed == nil; s = next() {
+		if s.Transport != "" && s.Transport != "sse" {
+			t.Fatalf("moved to %q with WebSockets refused, want sse", s.Transport)
+		}
+	}
+	want := publish(0, 5)
+	if got, over, _ := events(5); !equal(got, want...) || !equal(over, "sse", "sse", "sse", "sse", "sse") {
+		t.Fatalf("over SSE: %q over %q, want %q over sse", got, over, want)
+	}
+
+	want = publish(5, 55)
+	c.Send("accept")
+	want = append(want, publish(55, 105)...)
+	got, _, moves := events(100)
+	if !equal(got, want...) {
+		t.Fatalf("around the move: %q, want %q", strings.Join(got, ","), strings.Join(want, ","))
+	}
+	for len(moves) == 0 {
+		if s := next(); s.Transport != "" && s.Event == nil {
+			moves = append(moves, s.Transport)
+		}
+	}
+	if !equal(moves, "websocket") {
+		t.Fatalf("moves %q, want [websocket]", moves)
+	}
+	want = publish(105, 110)
+	if got, over, _ := events(5); !equal(got, want...) || !equal(over, "websocket", "websocket", "websocket", "websocket", "websocket") {
+		t.Fatalf("then: %q over %q, want %q over websocket", got, over, want)
 	}
 }

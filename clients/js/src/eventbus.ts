@@ -6,7 +6,8 @@
 // missed, then the live events, and says whether that recovered
 // everything. It splits the frames the edge packs into one message, asks
 // getToken for a token on every connect, and falls back to Server-Sent
-// Events when a WebSocket cannot be opened. The wire protocol is in
+// Events when a WebSocket cannot be opened, trying WebSocket again, with
+// backoff, for as long as it is on SSE. The wire protocol is in
 // docs/protocol.md.
 
 /** Where a client stands in a stream: a namespace's, or one partition's. */
@@ -56,10 +57,21 @@ export interface Options {
   token?: string;
   /** Called before every connect for a fresh token. */
   getToken?: () => string | undefined | Promise<string | undefined>;
-  /** "auto" (default) tries WebSocket and falls back to SSE. */
+  /**
+   * "auto" (default) tries WebSocket, falls back to SSE when a WebSocket
+   * cannot open, and from SSE tries WebSocket again until one opens.
+   */
   transport?: "auto" | Transport;
+  /** Reconnect backoff in ms: from minBackoff (500), doubling to maxBackoff (15 s), jittered. */
   minBackoff?: number;
   maxBackoff?: number;
+  /**
+   * On SSE in "auto", a WebSocket is tried again in the background after
+   * minWebSocketRetry ms (2 s), doubling to maxWebSocketRetry (60 s),
+   * jittered; the first one that opens takes over from SSE.
+   */
+  minWebSocketRetry?: number;
+  maxWebSocketRetry?: number;
   /** A connection not open after this many ms is given up and tried again (10 s). */
   connectTimeout?: number;
   /**
@@ -68,6 +80,12 @@ export interface Options {
    */
   tokenInQuery?: boolean;
   onStatus?: (status: Status, detail: string, transport: Transport) => void;
+  /**
+   * A connection opened on another transport than the last one did: the
+   * first connection, a fallback to SSE, and a move back to WebSocket.
+   * bus.transport says the same at any time.
+   */
+  onTransport?: (transport: Transport) => void;
   /** The edge dropped a subscription (a new token no longer grants it). */
   onUnsubscribed?: (pattern: string, reason: string) => void;
   /** Where positions survive a page reload; sessionStorage by default, null for nowhere. */
@@ -160,7 +178,10 @@ const offline = () => (globalThis as any).navigator?.onLine === false;
 export class EventBus {
   private readonly wsURL: string;
   private readonly sseURL: string;
-  private readonly opts: Required<Pick<Options, "minBackoff" | "maxBackoff" | "connectTimeout" | "transport">> & Options;
+  private readonly opts: Required<
+    Pick<Options, "minBackoff" | "maxBackoff" | "minWebSocketRetry" | "maxWebSocketRetry" | "connectTimeout" | "transport">
+  > &
+    Options;
   private readonly subs = new Map<string, Subscription>();
   /** Requests awaiting their reply: called as the reply is read, before the frames after it. */
   private readonly pending = new Map<string, (reply: any, err?: Error & { code?: string }) => void>();
@@ -170,7 +191,13 @@ export class EventBus {
   private backoff: number;
   private closed = true;
   private wsFailures = 0;
-  private transport: Transport;
+  private next: Transport;
+  /** The transport of the last connection that opened, as onTransport last said. */
+  private reported: Transport | null = null;
+  /** On SSE: a WebSocket being tried in the background, or the timer that will try one. */
+  private probe: Connection | null = null;
+  private probeTimer: ReturnType<typeof setTimeout> | null = null;
+  private probeBackoff: number;
   private saveTimer: ReturnType<typeof setTimeout> | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly storageKey: string;
@@ -185,9 +212,18 @@ export class EventBus {
     const base = u.host + (u.pathname.endsWith("/ws") ? u.pathname.slice(0, -3) : u.pathname.replace(/\/$/, ""));
     this.wsURL = `${secure ? "wss" : "ws"}://${base}/ws`;
     this.sseURL = `${secure ? "https" : "http"}://${base}/sse`;
-    this.opts = { minBackoff: 500, maxBackoff: 15000, connectTimeout: 10000, transport: "auto", ...options };
+    this.opts = {
+      minBackoff: 500,
+      maxBackoff: 15000,
+      minWebSocketRetry: 2000,
+      maxWebSocketRetry: 60000,
+      connectTimeout: 10000,
+      transport: "auto",
+      ...options,
+    };
     this.backoff = this.opts.minBackoff;
-    this.transport = this.opts.transport === "sse" ? "sse" : "websocket";
+    this.probeBackoff = this.opts.minWebSocketRetry;
+    this.next = this.opts.transport === "sse" ? "sse" : "websocket";
     this.storageKey = "eventbus:positions:" + this.wsURL;
     this.storage =
       options.storage !== undefined ? options.storage : ((globalThis as any).sessionStorage as PositionStore | undefined) ?? null;
@@ -229,14 +265,23 @@ export class EventBus {
   close(): void {
     this.closed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.stopProbe();
     this.conn?.close();
     this.conn = null;
     this.save();
   }
 
-  /** The transport in use, or to be tried next. */
+  /**
+   * The transport in use ("websocket" or "sse"), or, while disconnected,
+   * the one to be tried next. onTransport reports each change.
+   */
+  get transport(): Transport {
+    return this.next;
+  }
+
+  /** @deprecated the same as transport. */
   get currentTransport(): Transport {
-    return this.transport;
+    return this.next;
   }
 
   /** Where a subscription stands: what it resumes from. */
@@ -279,7 +324,16 @@ export class EventBus {
   // --- connections ---
 
   private status(s: Status, detail = ""): void {
-    this.opts.onStatus?.(s, detail, this.transport);
+    this.opts.onStatus?.(s, detail, this.next);
+  }
+
+  /** A connection on transport t opened: onStatus, and onTransport if t is new. */
+  private opened(t: Transport): void {
+    this.next = t;
+    this.status("open");
+    if (this.reported === t) return;
+    this.reported = t;
+    this.opts.onTransport?.(t);
   }
 
   private async token(): Promise<string | undefined> {
@@ -304,7 +358,7 @@ export class EventBus {
     const previous = this.conn;
     this.conn = null;
     previous?.close();
-    if (this.transport === "websocket") this.openWebSocket(token);
+    if (this.next === "websocket") this.openWebSocket(token);
     else this.openSSE(token);
   }
 
@@ -316,6 +370,7 @@ export class EventBus {
   }
 
   private dropped(detail: string): void {
+    this.stopProbe(); // tried again once SSE works again
     for (const done of this.pending.values()) done(undefined, new Error("connection closed"));
     this.pending.clear();
     this.conn = null;
@@ -332,10 +387,16 @@ export class EventBus {
     void this.open();
   }
 
-  private openWebSocket(token: string | undefined): void {
+  /**
+   * Opens a WebSocket. A probe is tried in the background while SSE is in
+   * use: it becomes the connection only once it opens, and a probe that
+   * does not open is tried again later, leaving SSE as it was.
+   */
+  private openWebSocket(token: string | undefined, probe = false): void {
     const WS = this.opts.WebSocket ?? (globalThis as any).WebSocket;
     if (!WS) {
-      this.transport = "sse";
+      if (probe) return; // stays on SSE: nothing to try
+      this.next = "sse";
       return void this.open();
     }
     const url = this.wsURL + (token && this.opts.tokenInQuery ? "?token=" + encodeURIComponent(token) : "");
@@ -346,31 +407,42 @@ export class EventBus {
       close: () => ws.close(1000, "bye"),
       send: (frame) => ws.send(JSON.stringify(frame)),
     };
-    this.conn = conn;
+    const current = () => (probe && !opened ? this.probe : this.conn) === conn;
+    if (probe) this.probe = conn;
+    else this.conn = conn;
     // A network that drops packets leaves a handshake hanging for minutes.
     const timer = setTimeout(() => {
-      if (!opened && this.conn === conn) ws.close(4000, "connect timeout");
+      if (!opened && current()) ws.close(4000, "connect timeout");
     }, this.opts.connectTimeout);
     ws.onopen = () => {
       clearTimeout(timer);
+      if (!current()) return; // given up on: its close is on its way
+      if (probe) this.takeOver(conn);
       opened = true;
       this.wsFailures = 0;
       this.backoff = this.opts.minBackoff;
-      this.status("open");
+      this.probeBackoff = this.opts.minWebSocketRetry;
+      this.opened("websocket");
       // The edge reads frames in order: the subscriptions come after it.
+      // Over SSE until now, each resumes from the positions SSE reached.
       if (token && !this.opts.tokenInQuery) this.sendAuth(token);
       for (const pattern of this.subs.keys()) this.sendSubscribe(pattern);
     };
     ws.onmessage = (msg: MessageEvent) => {
+      if (this.conn !== conn) return;
       for (const f of splitFrames(String(msg.data))) this.receive(f as any);
     };
     let ended = false;
     const end = (detail: string) => {
       clearTimeout(timer);
-      if (ended || this.conn !== conn) return; // handled, replaced, or closed on purpose
+      if (ended || !current()) return; // handled, replaced, or closed on purpose
       ended = true;
+      if (probe && !opened) {
+        this.probe = null;
+        return this.scheduleProbe(); // SSE goes on
+      }
       if (!opened && !offline() && this.opts.transport === "auto" && ++this.wsFailures >= wsFailuresBeforeSSE) {
-        this.transport = "sse"; // WebSockets do not get through: try SSE
+        this.next = "sse"; // WebSockets do not get through: try SSE
       }
       this.dropped(detail);
     };
@@ -386,6 +458,50 @@ export class EventBus {
     };
   }
 
+  /**
+   * A probe opened: it replaces SSE, or the wait for SSE's next attempt.
+   * SSE's events stop counting here; the WebSocket's subscriptions resume
+   * from where they left positions, so nothing is missed, and an event
+   * both send is delivered once.
+   */
+  private takeOver(conn: Connection): void {
+    this.probe = null;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.attempt++; // an open waiting for getToken gives way
+    const previous = this.conn;
+    this.conn = conn;
+    previous?.close();
+  }
+
+  /** On SSE in "auto": tries a WebSocket again after the probe backoff. */
+  private scheduleProbe(): void {
+    if (this.opts.transport !== "auto" || this.closed || this.probe || this.probeTimer) return;
+    if (!(this.opts.WebSocket ?? (globalThis as any).WebSocket)) return;
+    const delay = this.probeBackoff * (0.5 + Math.random() / 2);
+    this.probeBackoff = Math.min(this.probeBackoff * 2, this.opts.maxWebSocketRetry);
+    this.probeTimer = setTimeout(async () => {
+      this.probeTimer = null;
+      if (this.closed || this.conn?.transport !== "sse") return;
+      let token: string | undefined;
+      try {
+        token = await this.token();
+      } catch (err) {
+        this.status("error", "getToken: " + String(err));
+        return this.scheduleProbe();
+      }
+      if (this.closed || this.conn?.transport !== "sse" || this.probe) return;
+      this.openWebSocket(token, true);
+    }, delay);
+  }
+
+  private stopProbe(): void {
+    if (this.probeTimer) clearTimeout(this.probeTimer);
+    this.probeTimer = null;
+    const p = this.probe;
+    this.probe = null;
+    p?.close();
+  }
+
   private openSSE(token: string | undefined): void {
     const f = this.opts.fetch ?? (globalThis as any).fetch;
     const q = new URLSearchParams();
@@ -393,7 +509,8 @@ export class EventBus {
     if (!q.has("channel")) {
       // Nothing to subscribe to: the stream opens with the first subscription.
       this.conn = { transport: "sse", close: () => {} };
-      this.status("open");
+      this.opened("sse");
+      this.scheduleProbe();
       return;
     }
     const headers: Record<string, string> = { Accept: "text/event-stream" };
@@ -419,8 +536,10 @@ export class EventBus {
           }
           throw new Error(detail);
         }
+        if (this.conn !== conn) return;
         this.backoff = this.opts.minBackoff;
-        this.status("open");
+        this.opened("sse");
+        this.scheduleProbe();
         await readSSE(resp.body, (type, data) => {
           if (this.conn !== conn) return;
           let frame: any;

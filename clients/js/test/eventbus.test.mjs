@@ -202,6 +202,88 @@ test("when WebSockets cannot open it falls back to SSE, resuming from its positi
   bus.close();
 });
 
+test("on SSE it tries WebSocket again with backoff, and moves back once one opens, resuming from its positions", async () => {
+  const sockets = [];
+  const requests = [];
+  let push;
+  const fetch = async (url, init) => {
+    requests.push({ url, headers: init.headers, signal: init.signal });
+    const body = new ReadableStream({ start(c) { push = (s) => c.enqueue(new TextEncoder().encode(s)); } });
+    return new Response(body, { status: 200, headers: { "Content-Type": "text/event-stream" } });
+  };
+  const statuses = [];
+  const transports = [];
+  const { bus } = newBus(sockets, {
+    fetch, minWebSocketRetry: 1, maxWebSocketRetry: 2,
+    onStatus: (s, _, transport) => statuses.push(s + "/" + transport),
+    onTransport: (t) => transports.push(t),
+  });
+  const got = [];
+  const replies = [];
+  bus.subscribe("order:*", (event) => got.push(event.subject), { onSubscribed: (r) => replies.push(r) });
+  bus.connect();
+  await until("a first socket", () => sockets.length === 1);
+  sockets[0].drop(); // the edge restarting: WebSockets refused
+  await until("a second socket", () => sockets.length === 2);
+  sockets[1].drop();
+  await until("an SSE request", () => requests.length === 1 && push);
+  push('event: subscribed\ndata: {"channel":"order:*","positions":{"order":{"offset":"6-0","epoch":"e1"}}}\n\n');
+  push("data: " + JSON.stringify(ev("b", "7-0")) + "\n\n");
+  push("data: " + JSON.stringify(ev("c", "8-0")) + "\n\n");
+  await until("the events over SSE", () => got.length === 2);
+  assert.equal(bus.transport, "sse");
+  assert.deepEqual(transports, ["sse"]);
+
+  await until("a WebSocket tried again", () => sockets.length === 3);
+  sockets[2].drop(); // still refused: SSE goes on, and it tries again later
+  assert.equal(bus.transport, "sse");
+  assert.equal(requests[0].signal.aborted, false, "SSE is kept while WebSocket is tried");
+  await until("a WebSocket tried once more", () => sockets.length === 4);
+  sockets[3].open(); // accepted again
+  assert.equal(bus.transport, "websocket");
+  assert.deepEqual(transports, ["sse", "websocket"]);
+  assert.equal(statuses.at(-1), "open/websocket");
+  assert.equal(requests[0].signal.aborted, true, "SSE is closed once the WebSocket took over");
+  assert.equal(sockets[3].sent[0].action, "auth");
+  const resume = sockets[3].last();
+  assert.equal(resume.action, "subscribe");
+  assert.deepEqual(resume.since, { order: { offset: "8-0", epoch: "e1" } }, "it resumes from where SSE left it");
+  // The edge replays from there; an event SSE delivered already is not delivered again.
+  sockets[3].message({ id: resume.id, ok: true, recovered: true, missed: 1 }, ev("c", "8-0"), ev("d", "9-0"));
+  sockets[3].message(ev("e", "10-0"));
+  assert.deepEqual(got, ["b", "c", "d", "e"]);
+  assert.equal(replies.at(-1).recovered, true);
+  assert.equal(requests.length, 1, "no SSE stream opened again");
+  assert.equal(sockets.length, 4);
+  bus.close();
+});
+
+test("it moves back from an SSE stream that has sent nothing yet, and tries no WebSocket once closed", async () => {
+  const sockets = [];
+  let fetches = 0;
+  const fetch = async () => {
+    fetches++;
+    const body = new ReadableStream({ start() {} });
+    return new Response(body, { status: 200 });
+  };
+  const transports = [];
+  const { bus } = newBus(sockets, { fetch, minWebSocketRetry: 1, maxWebSocketRetry: 2, onTransport: (t) => transports.push(t) });
+  bus.subscribe("order:*", () => {});
+  bus.connect();
+  await until("a first socket", () => sockets.length === 1);
+  sockets[0].drop();
+  await until("a second socket", () => sockets.length === 2);
+  sockets[1].drop();
+  await until("SSE", () => transports.length === 1);
+  await until("a WebSocket tried again", () => sockets.length === 3);
+  sockets[2].open();
+  assert.deepEqual(transports, ["sse", "websocket"]);
+  assert.equal(fetches, 1);
+  assert.equal(sockets[2].last().action, "subscribe");
+  bus.close();
+  assert.equal(sockets.length, 3, "no WebSocket tried after close");
+});
+
 test("a socket that fails with an error and no close is tried again", async () => {
   const sockets = [];
   const { bus } = newBus(sockets, { transport: "websocket" });

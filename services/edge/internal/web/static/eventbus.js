@@ -6,7 +6,8 @@
 // missed, then the live events, and says whether that recovered
 // everything. It splits the frames the edge packs into one message, asks
 // getToken for a token on every connect, and falls back to Server-Sent
-// Events when a WebSocket cannot be opened. The wire protocol is in
+// Events when a WebSocket cannot be opened, trying WebSocket again, with
+// backoff, for as long as it is on SSE. The wire protocol is in
 // docs/protocol.md.
 /** A WebSocket connection closed before it ever opened this many times in a row means SSE. */
 const wsFailuresBeforeSSE = 2;
@@ -72,7 +73,13 @@ export class EventBus {
     backoff;
     closed = true;
     wsFailures = 0;
-    transport;
+    next;
+    /** The transport of the last connection that opened, as onTransport last said. */
+    reported = null;
+    /** On SSE: a WebSocket being tried in the background, or the timer that will try one. */
+    probe = null;
+    probeTimer = null;
+    probeBackoff;
     saveTimer = null;
     retryTimer = null;
     storageKey;
@@ -86,9 +93,18 @@ export class EventBus {
         const base = u.host + (u.pathname.endsWith("/ws") ? u.pathname.slice(0, -3) : u.pathname.replace(/\/$/, ""));
         this.wsURL = `${secure ? "wss" : "ws"}://${base}/ws`;
         this.sseURL = `${secure ? "https" : "http"}://${base}/sse`;
-        this.opts = { minBackoff: 500, maxBackoff: 15000, connectTimeout: 10000, transport: "auto", ...options };
+        this.opts = {
+            minBackoff: 500,
+            maxBackoff: 15000,
+            minWebSocketRetry: 2000,
+            maxWebSocketRetry: 60000,
+            connectTimeout: 10000,
+            transport: "auto",
+            ...options,
+        };
         this.backoff = this.opts.minBackoff;
-        this.transport = this.opts.transport === "sse" ? "sse" : "websocket";
+        this.probeBackoff = this.opts.minWebSocketRetry;
+        this.next = this.opts.transport === "sse" ? "sse" : "websocket";
         this.storageKey = "eventbus:positions:" + this.wsURL;
         this.storage =
             options.storage !== undefined ? options.storage : globalThis.sessionStorage ?? null;
@@ -131,13 +147,21 @@ export class EventBus {
         this.closed = true;
         if (this.retryTimer)
             clearTimeout(this.retryTimer);
+        this.stopProbe();
         this.conn?.close();
         this.conn = null;
         this.save();
     }
-    /** The transport in use, or to be tried next. */
+    /**
+     * The transport in use ("websocket" or "sse"), or, while disconnected,
+     * the one to be tried next. onTransport reports each change.
+     */
+    get transport() {
+        return this.next;
+    }
+    /** @deprecated the same as transport. */
     get currentTransport() {
-        return this.transport;
+        return this.next;
     }
     /** Where a subscription stands: what it resumes from. */
     positions(pattern) {
@@ -183,7 +207,16 @@ export class EventBus {
     }
     // --- connections ---
     status(s, detail = "") {
-        this.opts.onStatus?.(s, detail, this.transport);
+        this.opts.onStatus?.(s, detail, this.next);
+    }
+    /** A connection on transport t opened: onStatus, and onTransport if t is new. */
+    opened(t) {
+        this.next = t;
+        this.status("open");
+        if (this.reported === t)
+            return;
+        this.reported = t;
+        this.opts.onTransport?.(t);
     }
     async token() {
         return this.opts.getToken ? await this.opts.getToken() : this.opts.token;
@@ -210,7 +243,7 @@ export class EventBus {
         const previous = this.conn;
         this.conn = null;
         previous?.close();
-        if (this.transport === "websocket")
+        if (this.next === "websocket")
             this.openWebSocket(token);
         else
             this.openSSE(token);
@@ -223,6 +256,7 @@ export class EventBus {
         this.retryTimer = setTimeout(() => void this.open(), delay);
     }
     dropped(detail) {
+        this.stopProbe(); // tried again once SSE works again
         for (const done of this.pending.values())
             done(undefined, new Error("connection closed"));
         this.pending.clear();
@@ -238,10 +272,17 @@ export class EventBus {
         c?.close();
         void this.open();
     }
-    openWebSocket(token) {
+    /**
+     * Opens a WebSocket. A probe is tried in the background while SSE is in
+     * use: it becomes the connection only once it opens, and a probe that
+     * does not open is tried again later, leaving SSE as it was.
+     */
+    openWebSocket(token, probe = false) {
         const WS = this.opts.WebSocket ?? globalThis.WebSocket;
         if (!WS) {
-            this.transport = "sse";
+            if (probe)
+                return; // stays on SSE: nothing to try
+            this.next = "sse";
             return void this.open();
         }
         const url = this.wsURL + (token && this.opts.tokenInQuery ? "?token=" + encodeURIComponent(token) : "");
@@ -252,36 +293,52 @@ export class EventBus {
             close: () => ws.close(1000, "bye"),
             send: (frame) => ws.send(JSON.stringify(frame)),
         };
-        this.conn = conn;
+        const current = () => (probe && !opened ? this.probe : this.conn) === conn;
+        if (probe)
+            this.probe = conn;
+        else
+            this.conn = conn;
         // A network that drops packets leaves a handshake hanging for minutes.
         const timer = setTimeout(() => {
-            if (!opened && this.conn === conn)
+            if (!opened && current())
                 ws.close(4000, "connect timeout");
         }, this.opts.connectTimeout);
         ws.onopen = () => {
             clearTimeout(timer);
+            if (!current())
+                return; // given up on: its close is on its way
+            if (probe)
+                this.takeOver(conn);
             opened = true;
             this.wsFailures = 0;
             this.backoff = this.opts.minBackoff;
-            this.status("open");
+            this.probeBackoff = this.opts.minWebSocketRetry;
+            this.opened("websocket");
             // The edge reads frames in order: the subscriptions come after it.
+            // Over SSE until now, each resumes from the positions SSE reached.
             if (token && !this.opts.tokenInQuery)
                 this.sendAuth(token);
             for (const pattern of this.subs.keys())
                 this.sendSubscribe(pattern);
         };
         ws.onmessage = (msg) => {
+            if (this.conn !== conn)
+                return;
             for (const f of splitFrames(String(msg.data)))
                 this.receive(f);
         };
         let ended = false;
         const end = (detail) => {
             clearTimeout(timer);
-            if (ended || this.conn !== conn)
+            if (ended || !current())
                 return; // handled, replaced, or closed on purpose
             ended = true;
+            if (probe && !opened) {
+                this.probe = null;
+                return this.scheduleProbe(); // SSE goes on
+            }
             if (!opened && !offline() && this.opts.transport === "auto" && ++this.wsFailures >= wsFailuresBeforeSSE) {
-                this.transport = "sse"; // WebSockets do not get through: try SSE
+                this.next = "sse"; // WebSockets do not get through: try SSE
             }
             this.dropped(detail);
         };
@@ -297,6 +354,54 @@ export class EventBus {
             }
         };
     }
+    /**
+     * A probe opened: it replaces SSE, or the wait for SSE's next attempt.
+     * SSE's events stop counting here; the WebSocket's subscriptions resume
+     * from where they left positions, so nothing is missed, and an event
+     * both send is delivered once.
+     */
+    takeOver(conn) {
+        this.probe = null;
+        if (this.retryTimer)
+            clearTimeout(this.retryTimer);
+        this.attempt++; // an open waiting for getToken gives way
+        const previous = this.conn;
+        this.conn = conn;
+        previous?.close();
+    }
+    /** On SSE in "auto": tries a WebSocket again after the probe backoff. */
+    scheduleProbe() {
+        if (this.opts.transport !== "auto" || this.closed || this.probe || this.probeTimer)
+            return;
+        if (!(this.opts.WebSocket ?? globalThis.WebSocket))
+            return;
+        const delay = this.probeBackoff * (0.5 + Math.random() / 2);
+        this.probeBackoff = Math.min(this.probeBackoff * 2, this.opts.maxWebSocketRetry);
+        this.probeTimer = setTimeout(async () => {
+            this.probeTimer = null;
+            if (this.closed || this.conn?.transport !== "sse")
+                return;
+            let token;
+            try {
+                token = await this.token();
+            }
+            catch (err) {
+                this.status("error", "getToken: " + String(err));
+                return this.scheduleProbe();
+            }
+            if (this.closed || this.conn?.transport !== "sse" || this.probe)
+                return;
+            this.openWebSocket(token, true);
+        }, delay);
+    }
+    stopProbe() {
+        if (this.probeTimer)
+            clearTimeout(this.probeTimer);
+        this.probeTimer = null;
+        const p = this.probe;
+        this.probe = null;
+        p?.close();
+    }
     openSSE(token) {
         const f = this.opts.fetch ?? globalThis.fetch;
         const q = new URLSearchParams();
@@ -305,7 +410,8 @@ export class EventBus {
         if (!q.has("channel")) {
             // Nothing to subscribe to: the stream opens with the first subscription.
             this.conn = { transport: "sse", close: () => { } };
-            this.status("open");
+            this.opened("sse");
+            this.scheduleProbe();
             return;
         }
         const headers = { Accept: "text/event-stream" };
@@ -336,8 +442,11 @@ export class EventBus {
                     }
                     throw new Error(detail);
                 }
+                if (this.conn !== conn)
+                    return;
                 this.backoff = this.opts.minBackoff;
-                this.status("open");
+                this.opened("sse");
+                this.scheduleProbe();
                 await readSSE(resp.body, (type, data) => {
                     if (this.conn !== conn)
                         return;
