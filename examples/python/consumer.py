@@ -21,6 +21,11 @@ default) of a consumer group, each acknowledged once printed; what it had
 not acknowledged when it stopped comes first. It prints "reading
 <prefix>stream:{order} as <group>/<consumer>" once the group exists.
 
+The group outlives the consumer, and Redis trims no entry it has yet to
+read: a group nobody reads any more pins the stream. With --remove-group,
+a group this run created is destroyed (XGROUP DESTROY) when it stops on
+SIGINT or SIGTERM; a group that existed before is left alone.
+
 Needs redis-py and protobuf (Debian: python3-redis and python3-protobuf).
 """
 
@@ -132,18 +137,35 @@ def subscribe(client, pattern):
         pubsub.close()
 
 
-def read_stream(client, key, group, consumer):
+def read_stream(client, key, group, consumer, remove_group=False):
     """Print every event recorded in the stream key from now on, at least once.
 
     As the consumer of group, acknowledging each once printed; what it was
-    given before and did not acknowledge (a crash) comes first.
+    given before and did not acknowledge (a crash) comes first. With
+    remove_group, a group this call created is destroyed when it stops.
     """
+    created = True
     try:
         client.xgroup_create(key, group, id="$", mkstream=True)
     except redis.ResponseError as err:
         if not str(err).startswith("BUSYGROUP"):
             raise
+        created = False
     print(f"reading {key} as {group}/{consumer}", file=sys.stderr, flush=True)
+    try:
+        consume_group(client, key, group, consumer)
+    except Stop:
+        if remove_group and created:
+            # What the group had not acknowledged goes with it.
+            client.xgroup_destroy(key, group)
+            print(f"removed group {group} of {key}", file=sys.stderr, flush=True)
+        elif remove_group:
+            print(f"group {group} of {key} existed before: left in place", file=sys.stderr, flush=True)
+        raise
+
+
+def consume_group(client, key, group, consumer):
+    """Read and acknowledge the entries of group as consumer until stopped."""
     start = "0"  # this consumer's pending entries, then > for new ones
     while True:
         reply = client.xreadgroup(group, consumer, {key: start}, count=100, block=5000)
@@ -172,6 +194,8 @@ def main():
     parser.add_argument("--stream", metavar="NAMESPACE", help="read the record of this namespace instead, durably")
     parser.add_argument("--group", default="example", help="consumer group (with --stream; default example)")
     parser.add_argument("--consumer", default=socket.gethostname(), help="this consumer's name in the group (default the host name)")
+    parser.add_argument("--remove-group", action="store_true",
+                        help="with --stream: destroy the group on SIGINT or SIGTERM if this run created it")
     args = parser.parse_args()
     url = os.environ.get("REDIS_URL") or "redis://localhost:6379"
     base = (os.environ.get("REDIS_PREFIX") or "").removesuffix(":")
@@ -185,7 +209,7 @@ def main():
         if args.stream is None:
             subscribe(client, prefix + args.pattern)
         else:
-            read_stream(client, f"{prefix}stream:{{{args.stream}}}", args.group, args.consumer)
+            read_stream(client, f"{prefix}stream:{{{args.stream}}}", args.group, args.consumer, args.remove_group)
     except Stop:
         pass
     finally:
