@@ -344,7 +344,7 @@ func TestPublishSaysTheEventIsRecorded(t *testing.T) {
 	if err := run(t.Context(), []string{"publish", "order.placed", "--api", srv.URL}, func(string) string { return "" }, &out, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"recorded at offset 1732290000000-0", "consumer groups", "0 subscriber connection(s)"} {
+	for _, want := range []string{"on order:placed at offset 1732290000000-0", "recorded, for consumer groups", "0 subscriber connection(s)"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("publish printed %q, want %q", out.String(), want)
 		}

@@ -64,7 +64,7 @@ func runPublish(ctx context.Context, e env, args []string) error {
 		// Receivers counts live pub/sub connections only; the record is
 		// what consumer groups, history and resuming clients read, and it
 		// has the event whether or not anyone is listening now.
-		fmt.Fprintf(e.stdout, "published %s on %s: recorded at offset %s (epoch %s), where consumer groups and history read it; "+
+		fmt.Fprintf(e.stdout, "published %s on %s at offset %s (epoch %s): recorded, for consumer groups and history to read; "+
 			"delivered live to %d subscriber connection(s)\n", reply.ID, reply.Channel, reply.Offset, reply.Epoch, reply.Receivers)
 		return nil
 	}
