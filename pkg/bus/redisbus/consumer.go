@@ -46,6 +46,7 @@ type consumer struct {
 
 	ownFirst  bool              // own unacknowledged events, after a restart, not all read yet
 	ownFrom   map[string]string // stream key → where reading them goes on from
+	ownDone   map[int]bool      // partitions whose own events this pass has read
 	refreshed time.Time
 	claimed   time.Time
 	claimFrom map[string]string // stream key → where XAUTOCLAIM goes on from
@@ -85,7 +86,7 @@ func (b *Bus) Consume(ctx context.Context, group, name string, patterns []string
 	c := &consumer{
 		b: b, group: group, name: name, patterns: slices.Clone(patterns),
 		visibility: cmp.Or(opts.Visibility, defaultVisibility), fromOldest: opts.FromOldest,
-		ownFirst: true, ownFrom: make(map[string]string), claimFrom: make(map[string]string),
+		ownFirst: true, ownFrom: make(map[string]string), ownDone: make(map[int]bool), claimFrom: make(map[string]string),
 		reads: make(chan struct{}, 1), epochs: make(map[string]string), reading: make(map[int]bool), given: make(map[string]time.Time),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -238,14 +239,16 @@ func (c *consumer) Fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 		// visibility timeout to bring them.
 		c.ownFirst = true
 		clear(c.ownFrom)
+		clear(c.ownDone)
 	}
 	c.handedOut(ds)
 	return ds, err
 }
 
 // handedOut records ds as given to the caller until acknowledged, and
-// forgets what was given longer ago than two visibility timeouts (taken
-// over by then, and acknowledged by another member if at all).
+// forgets what was given, or last extended, longer ago than two
+// visibility timeouts (taken over by then, and acknowledged by another
+// member if at all).
 func (c *consumer) handedOut(ds []bus.Delivery) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -279,6 +282,10 @@ func (c *consumer) fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 		if ds := c.takeAhead(n); len(ds) > 0 {
 			return ds, nil
 		}
+		if c.ctx.Err() != nil {
+			// Closed: the reads it would start end at once.
+			return nil, bus.ErrClosed
+		}
 		if ctx.Err() != nil {
 			return ended()
 		}
@@ -308,16 +315,35 @@ func (c *consumer) fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 				return nil, ctx.Err()
 			}
 		}
+		reads := parts
 		if c.ownFirst {
 			// One pass over what this member had not acknowledged when it
 			// (re)started, or lost on the way after a failed read, each
 			// event once and none it holds now: what stays unacknowledged
-			// after it comes again through the visibility timeout.
-			ds, err := c.readOwn(ctx, n, parts)
-			if err != nil || len(ds) > 0 {
-				return c.upTo(n, ds), err
+			// after it comes again through the visibility timeout. Not
+			// over a partition whose read is in flight: what that read
+			// took is pending for this member but not yet ahead, and
+			// would be handed out twice. Its turn comes when it lands,
+			// and it starts no read until then.
+			if todo := c.ownToDo(parts); len(todo) > 0 {
+				ds, err := c.readOwn(ctx, n, todo)
+				if err != nil || len(ds) > 0 {
+					return c.upTo(n, ds), err
+				}
+				for part := range todo {
+					c.ownDone[part] = true
+				}
 			}
-			c.ownFirst = false
+			reads = make(map[int][]stream)
+			for part, streams := range parts {
+				if c.ownDone[part] {
+					reads[part] = streams
+				}
+			}
+			if len(reads) == len(parts) {
+				c.ownFirst = false
+				clear(c.ownDone)
+			}
 		}
 		if time.Since(c.claimed) > min(c.visibility/2, time.Second) {
 			ds, err := c.claim(ctx, n)
@@ -329,7 +355,7 @@ func (c *consumer) fetch(ctx context.Context, n int) ([]bus.Delivery, error) {
 		if bounded {
 			block = min(block, max(time.Until(deadline), time.Millisecond))
 		}
-		c.startReads(n, block, parts)
+		c.startReads(n, block, reads)
 		select {
 		case <-c.reads:
 		case <-ctx.Done():
@@ -355,6 +381,20 @@ func (c *consumer) startReads(n int, block time.Duration, parts map[int][]stream
 		c.reading[part] = true
 		c.wg.Go(func() { c.readNew(n, block, part, streams) })
 	}
+}
+
+// ownToDo returns the partitions of parts whose own events this pass has
+// yet to read and which have no read in flight.
+func (c *consumer) ownToDo(parts map[int][]stream) map[int][]stream {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	todo := make(map[int][]stream)
+	for part, streams := range parts {
+		if !c.ownDone[part] && !c.reading[part] {
+			todo[part] = streams
+		}
+	}
+	return todo
 }
 
 // readNew reads up to n new events of each of streams, one partition's,
@@ -610,6 +650,14 @@ const extendBatch = 1000
 func (c *consumer) Extend(ctx context.Context, ds ...bus.Delivery) error {
 	c.mu.Lock()
 	all := append(slices.Clone(c.ahead), ds...)
+	now := time.Now()
+	for _, d := range ds {
+		// Still held: not to be handed out again after a lost read, as
+		// it would be once handedOut forgot it.
+		if k := c.b.streamFor(d.Channel).key + " " + d.Position.Offset; !c.given[k].IsZero() {
+			c.given[k] = now
+		}
+	}
 	c.mu.Unlock()
 	pipe := c.b.client.Pipeline()
 	for key, ids := range c.byStream(all) {
@@ -666,10 +714,11 @@ func (c *consumer) Lag(ctx context.Context) (int64, error) {
 	return lag, nil
 }
 
-// Close implements bus.Consumer: it stops the reads in flight. The member
-// stays known to Redis with its unacknowledged events (what a read in
-// flight took among them), which others take over after the visibility
-// timeout, or which it gets first when it comes back under its name.
+// Close implements bus.Consumer: it stops the reads in flight, and a
+// Fetch after it returns bus.ErrClosed. The member stays known to Redis
+// with its unacknowledged events (what a read in flight took among them),
+// which others take over after the visibility timeout, or which it gets
+// first when it comes back under its name.
 func (c *consumer) Close() error {
 	c.cancel()
 	c.wg.Wait()
