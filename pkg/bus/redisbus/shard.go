@@ -451,6 +451,12 @@ func (p *partitionSub) run() {
 			return
 		}
 		p.mu.Lock()
+		if p.closing() {
+			// Close ran since the check above, and closed what p.ps was
+			// then: a connection made now would be left open.
+			p.mu.Unlock()
+			return
+		}
 		ps := p.ps
 		if ps == nil && len(p.want) > 0 {
 			chs := slices.Sorted(maps.Keys(p.want))
@@ -545,8 +551,13 @@ func (p *partitionSub) closing() bool {
 
 // message reads a message of a shard channel: an event of a channel the
 // patterns match (ok), or a namespace announced new to the partition.
+// A message that does not name a channel of its shard channel, or an
+// announcement that is not a namespace, is dropped.
 func (s *shardedSubscription) message(part int, m *redis.Message) (out bus.Message, announced string, ok bool) {
 	if m.Channel == s.b.announceChannel(part) {
+		if channel.Validate(m.Payload) != nil || strings.Contains(m.Payload, ":") {
+			return bus.Message{}, "", false // not a namespace: not the publish script's
+		}
 		return bus.Message{}, m.Payload, false
 	}
 	rest, found := strings.CutPrefix(m.Payload, channelHeader)
@@ -557,7 +568,14 @@ func (s *shardedSubscription) message(part int, m *redis.Message) (out bus.Messa
 	if !found {
 		return bus.Message{}, "", false
 	}
-	ch := s.b.unkey(line)
+	// The channel a message names is believed only if it is one whose
+	// events go out on the shard channel it came on: anything that can
+	// SPUBLISH there could otherwise speak for any channel, past the
+	// grants checked on the channel.
+	ch, prefixed := strings.CutPrefix(line, s.b.opts.Prefix)
+	if !prefixed || channel.Validate(ch) != nil || s.b.streamFor(ch).live != m.Channel {
+		return bus.Message{}, "", false
+	}
 	s.mu.RLock()
 	var matched []string
 	for _, p := range s.patterns {
