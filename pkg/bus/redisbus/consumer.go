@@ -67,6 +67,7 @@ type consumer struct {
 	ahead   []bus.Delivery
 	given   map[string]time.Time // "<stream key> <offset>" → when Fetch handed it out; until Ack
 	reading map[int]bool         // partitions with a read in flight
+	closed  bool                 // by Close: no read starts any more
 	readErr error                // the first error of a read, for the next Fetch
 }
 
@@ -374,6 +375,9 @@ func lostGroup(err error) bool {
 func (c *consumer) startReads(n int, block time.Duration, parts map[int][]stream) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return // Close waits for the reads it knows of; none may start after
+	}
 	for part, streams := range parts {
 		if c.reading[part] {
 			continue
@@ -720,6 +724,9 @@ func (c *consumer) Lag(ctx context.Context) (int64, error) {
 // which others take over after the visibility timeout, or which it gets
 // first when it comes back under its name.
 func (c *consumer) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()
 	return nil

@@ -253,6 +253,7 @@ func (s *shardedSubscription) apply(ctx context.Context, next []string, known ma
 	// The patterns change first for a channel added, so that what it
 	// brings is matched, and last for one dropped.
 	s.mu.Lock()
+	before := s.patterns
 	grown := slices.Clone(s.patterns)
 	for _, p := range next {
 		if !slices.Contains(grown, p) {
@@ -267,6 +268,16 @@ func (s *shardedSubscription) apply(ctx context.Context, next []string, known ma
 		errs = append(errs, p.change(ctx, adds[i], true))
 	}
 	if err := errors.Join(errs...); err != nil {
+		// Undone, as on one server: the caller is told the change failed,
+		// so neither the patterns nor a reconnect may keep what it added.
+		s.mu.Lock()
+		s.patterns = before
+		s.mu.Unlock()
+		undo, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		for i, p := range s.parts {
+			_ = p.change(undo, adds[i], false)
+		}
 		return err
 	}
 	for i, p := range s.parts {
@@ -438,6 +449,9 @@ func (p *partitionSub) run() {
 			again = true
 			p.s.b.log.Warn("redis shard subscription lost; reconnecting", "partition", p.part, "error", err)
 		}
+		if len(held) > 0 {
+			again = true // what it held is gone: a Gap says so
+		}
 		restoring, held = nil, nil
 		p.s.cc.ReloadState(ctx)
 		backoff = min(max(2*backoff, 50*time.Millisecond), maxBackoff)
@@ -486,7 +500,13 @@ func (p *partitionSub) run() {
 					continue
 				}
 			}
-			drop(err) // lost, or an error answer such as MOVED: go to the slot's master again
+			if isRedisError(err) && !redirected(err) {
+				// An error reply (-BUSY to the ping while a script runs,
+				// say) on a connection that keeps its subscriptions.
+				p.s.b.log.Warn("redis answered the shard subscription with an error", "partition", p.part, "error", err)
+				continue
+			}
+			drop(err) // lost, or the slot elsewhere: go to the slot's master again
 			continue
 		}
 		switch m := msg.(type) {
@@ -502,10 +522,13 @@ func (p *partitionSub) run() {
 						if again {
 							p.s.b.m.reconnects.Inc()
 							p.s.b.log.Info("redis shard subscription restored: reconnected and resubscribed", "partition", p.part)
-							for _, m := range append([]bus.Message{{Gap: true}}, held...) {
-								if !deliver(m) {
-									return
-								}
+							held = append([]bus.Message{{Gap: true}}, held...)
+						}
+						// Published after their channel's subscription:
+						// delivered, on a first connection too.
+						for _, m := range held {
+							if !deliver(m) {
+								return
 							}
 						}
 						held = nil
@@ -530,6 +553,8 @@ func (p *partitionSub) run() {
 			if restoring != nil {
 				if len(held) < maxHeld {
 					held = append(held, out)
+				} else {
+					again = true // beyond what it holds: left to the record, as a Gap says
 				}
 				continue
 			}
@@ -538,6 +563,17 @@ func (p *partitionSub) run() {
 			}
 		}
 	}
+}
+
+// redirected reports whether err says the slot is served elsewhere, or not
+// served at all now: a subscription must go to the slot's master again.
+func redirected(err error) bool {
+	for _, prefix := range []string{"MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN"} {
+		if redis.HasErrorPrefix(err, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *partitionSub) closing() bool {
