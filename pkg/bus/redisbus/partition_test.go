@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 )
 
@@ -99,4 +102,36 @@ func TestStreamsAndTheirNames(t *testing.T) {
 	if len(seen) != 4 {
 		t.Errorf("100 channels of one namespace reach %d of 4 partitions", len(seen))
 	}
+}
+
+// FuzzShardMessage: no message on a shard channel panics the sharded
+// subscription, and one it takes names a channel whose events go out on
+// that very shard channel, with a position the publish script would give
+// or none; an announcement it takes is a namespace.
+func FuzzShardMessage(f *testing.F) {
+	b := &Bus{opts: Options{Prefix: "p:"}, parts: 4, tags: balancedTags(4), cluster: true}
+	s := &shardedSubscription{b: b, patterns: []string{"*"}}
+	st := b.streamFor("order:placed")
+	f.Add(st.part, st.live, channelHeader+"p:order:placed\n"+positionHeader+"9f01 1732290000000-0\n{}")
+	f.Add(st.part, st.live, channelHeader+"p:user:1\nforged")
+	f.Add(st.part, b.announceChannel(st.part), "order")
+	f.Add(0, "x", "")
+	f.Fuzz(func(t *testing.T, part int, shard, payload string) {
+		if part < 0 || part >= b.parts {
+			return
+		}
+		out, announced, ok := s.message(part, &redis.Message{Channel: shard, Payload: payload})
+		if announced != "" && (ok || !bus.IsStream(announced) || strings.Contains(announced, ".")) {
+			t.Fatalf("announcement %q taken from %q", announced, payload)
+		}
+		if !ok {
+			return
+		}
+		if b.streamFor(out.Channel).live != shard || len(out.Patterns) == 0 {
+			t.Fatalf("took %q from shard channel %q, whose events go out on %q", out.Channel, shard, b.streamFor(out.Channel).live)
+		}
+		if !out.Position.IsZero() && (!bus.IsOffset(out.Position.Offset) || !bus.IsEpoch(out.Position.Epoch)) {
+			t.Fatalf("took position %+v", out.Position)
+		}
+	})
 }
