@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 )
@@ -199,6 +201,16 @@ func (r *Reader) Common() Common {
 		r.fail("BUS_HISTORY", v, "on or off")
 	}
 	return c
+}
+
+// BusOptions returns the bus's options these settings make (REDIS_PREFIX,
+// the record's BUS_ variables), with a service's logger, metrics registry
+// and metric namespace ("eventbus_api").
+func (c Common) BusOptions(log *slog.Logger, reg prometheus.Registerer, namespace string) redisbus.Options {
+	return redisbus.Options{
+		Prefix: c.RedisPrefix, HistoryMaxLen: c.HistoryMaxLen, HistoryTTL: c.HistoryTTL, Partitions: c.Partitions,
+		Logger: log, Registerer: reg, Namespace: namespace,
+	}
 }
 
 // redis reads REDIS_URL, or REDIS_CLUSTER_ADDRS (host:port,host:port),

@@ -49,19 +49,11 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 
 	reg := server.NewRegistry()
-	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second, log)
+	b, rdb, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, cfg.BusOptions(log, reg, "eventbus_api"))
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
-	b, err := redisbus.New(rdb, redisbus.Options{
-		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL, Partitions: cfg.Partitions,
-		Logger: log, Registerer: reg, Namespace: "eventbus_api",
-	})
-	if err != nil {
-		return err
-	}
-	defer b.Close()
+	defer b.Close() // and its client
 
 	svc := ingest.New(b, "eventbus/api", cfg.PublishTimeout, reg)
 	idem := ingest.NewIdempotency(rdb, cfg.RedisPrefix, 24*time.Hour, cfg.PublishTimeout)

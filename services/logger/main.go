@@ -42,19 +42,11 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "logger")
 
 	reg := server.NewRegistry()
-	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second, log)
+	b, _, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, cfg.BusOptions(log, reg, "eventbus_logger"))
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
-	b, err := redisbus.New(rdb, redisbus.Options{
-		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL, Partitions: cfg.Partitions,
-		Logger: log, Registerer: reg, Namespace: "eventbus_logger",
-	})
-	if err != nil {
-		return err
-	}
-	defer b.Close()
+	defer b.Close() // and its client
 
 	// The positions of the records are keyed by stream, as the bus names
 	// them.

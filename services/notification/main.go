@@ -52,19 +52,11 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 
 	reg := server.NewRegistry()
-	rdb, err := redisbus.Dial(ctx, cfg.RedisURL, 5*time.Second, log)
+	b, rdb, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, cfg.BusOptions(log, reg, "eventbus_notification"))
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
-	b, err := redisbus.New(rdb, redisbus.Options{
-		Prefix: cfg.RedisPrefix, HistoryMaxLen: cfg.HistoryMaxLen, HistoryTTL: cfg.HistoryTTL, Partitions: cfg.Partitions,
-		Logger: log, Registerer: reg, Namespace: "eventbus_notification",
-	})
-	if err != nil {
-		return err
-	}
-	defer b.Close()
+	defer b.Close() // and its client
 	// Every replica is a member of the group "notification": each event
 	// goes to one of them, and to another if it is not acknowledged in time.
 	con, err := b.ConsumeOrLive(ctx, "notification", cfg.Member, rules.Patterns, bus.ConsumerOptions{Visibility: cfg.Visibility})

@@ -165,6 +165,24 @@ func Dial(ctx context.Context, url string, timeout time.Duration, log *slog.Logg
 	return c, nil
 }
 
+// Open dials url (Dial, with opts.Logger) and makes a Bus on the client,
+// which it owns: the Bus's Close closes the client too. The client is
+// returned for the service's small stores (claims, contacts,
+// idempotency, revocations), which must not outlive the Bus.
+func Open(ctx context.Context, url string, timeout time.Duration, opts Options) (*Bus, redis.UniversalClient, error) {
+	rdb, err := Dial(ctx, url, timeout, opts.Logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := New(rdb, opts)
+	if err != nil {
+		_ = rdb.Close()
+		return nil, nil, err
+	}
+	b.ownsClient = true
+	return b, rdb, nil
+}
+
 // ping pings a single server, or every master and replica of a cluster.
 func ping(ctx context.Context, c redis.UniversalClient) error {
 	cc, ok := c.(*redis.ClusterClient)

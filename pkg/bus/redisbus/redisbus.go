@@ -11,6 +11,7 @@ package redisbus
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -88,13 +89,15 @@ type Bus struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
-	mu     sync.Mutex
-	closed bool
-	subs   map[subscription]struct{}
+	mu         sync.Mutex
+	closed     bool
+	subs       map[subscription]struct{}
+	ownsClient bool // made by Open: Close closes the client
 }
 
 // New returns a Bus on client and starts its publishing pipeline; Close
-// stops it. The client stays the caller's: Close does not close it.
+// stops it. The client stays the caller's: Close does not close it (Open
+// makes a Bus that owns its client).
 //
 // Publishing runs on a client of its own, made with client's options but
 // with no retries and with context deadlines honoured: go-redis would
@@ -187,7 +190,11 @@ func (b *Bus) Close() error {
 	}
 	close(b.stop)
 	b.wg.Wait()
-	return b.pub.Close()
+	err := b.pub.Close()
+	if b.ownsClient {
+		err = errors.Join(err, b.client.Close())
+	}
+	return err
 }
 
 func (b *Bus) key(ch string) string { return b.opts.Prefix + ch }
