@@ -928,3 +928,55 @@ func TestAReadLostOnTheWayComesAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// On a cluster, a namespace that appears after a subscription of a
+// pattern with a wild first token is announced, and subscribed: its first
+// event went by before that, so a Gap comes, and before any of its events,
+// so that a reader filling gaps from the record reads from before them.
+func TestANewNamespaceOnAClusterGivesAGapFirst(t *testing.T) {
+	t.Parallel()
+	c := redistest.SharedCluster(t)
+	rdb, err := redisbus.NewClient(c.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	b, err := redisbus.New(rdb, redisbus.Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	sub, err := b.Subscribe(t.Context(), "nn*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if _, err := b.Publish(t.Context(), "nnnew:a", []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	// Published again until one comes live: the namespace's channels are
+	// subscribed by then.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(10 * time.Second)
+	gap := false
+	for i := 0; ; i++ {
+		select {
+		case m := <-sub.Messages():
+			if m.Gap {
+				gap = true
+				continue
+			}
+			if !gap {
+				t.Fatalf("event %q of the new namespace came before the Gap for its first", m.Payload)
+			}
+			return
+		case <-tick.C:
+			if _, err := b.Publish(t.Context(), "nnnew:a", []byte("again "+strconv.Itoa(i))); err != nil {
+				t.Fatal(err)
+			}
+		case <-deadline:
+			t.Fatalf("nothing of the new namespace came live in 10 s (gap %v)", gap)
+		}
+	}
+}

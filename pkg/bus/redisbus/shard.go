@@ -78,6 +78,11 @@ type partitionSub struct {
 	ps      *redis.PubSub              // nil while disconnected
 	want    map[string]bool            // shard channels the patterns need
 	waiters map[string][]chan struct{} // "ssubscribe <ch>" or "sunsubscribe <ch>" → who awaits it
+	// gapOn holds the shard channels whose confirmation owes a Gap: a
+	// namespace announced before this partition listened to it, whose
+	// first events went by. The Gap goes out as the confirmation comes,
+	// before anything the channel brings.
+	gapOn map[string]bool
 }
 
 func (b *Bus) subscribeSharded(ctx context.Context, patterns []string) (bus.Subscription, error) {
@@ -87,7 +92,7 @@ func (b *Bus) subscribeSharded(ctx context.Context, patterns []string) (bus.Subs
 		namespaces: make(map[string]bool),
 	}
 	for i := range b.parts {
-		p := &partitionSub{s: s, part: i, wake: make(chan struct{}, 1), want: make(map[string]bool), waiters: make(map[string][]chan struct{})}
+		p := &partitionSub{s: s, part: i, wake: make(chan struct{}, 1), want: make(map[string]bool), waiters: make(map[string][]chan struct{}), gapOn: make(map[string]bool)}
 		s.parts = append(s.parts, p)
 	}
 	b.mu.Lock()
@@ -514,6 +519,13 @@ func (p *partitionSub) run() {
 			switch m.Kind {
 			case "ssubscribe":
 				p.confirmed(m.Kind, m.Channel)
+				if p.owesGap(m.Channel) {
+					if restoring != nil {
+						again = true // the Gap goes out once restored
+					} else if !deliver(bus.Message{Gap: true}) {
+						return
+					}
+				}
 				if restoring != nil {
 					delete(restoring, m.Channel)
 					if len(restoring) == 0 {
@@ -630,8 +642,9 @@ func (s *shardedSubscription) message(part int, m *redis.Message) (out bus.Messa
 // announced takes in a namespace new to a partition. If a pattern with a
 // wild first token reaches it, it is known from now on, and its shard
 // channels are subscribed in every partition where they are not yet;
-// unless the announcing partition was subscribed to it already, the
-// events the announcement came with went by, and a Gap says so.
+// unless the announcing partition was listening to it already, the
+// events the announcement came with went by, and a Gap says so, ahead of
+// everything the channel brings once subscribed (gapOn).
 func (s *shardedSubscription) announced(part int, ns string) {
 	s.mu.Lock()
 	reached := slices.ContainsFunc(s.patterns, func(p string) bool {
@@ -645,7 +658,12 @@ func (s *shardedSubscription) announced(part int, ns string) {
 	if !reached {
 		return
 	}
-	missed := !s.parts[part].subscribed(s.b.streamOf(ns, part).live)
+	p, ch := s.parts[part], s.b.streamOf(ns, part).live
+	p.mu.Lock()
+	if !p.want[ch] || len(p.waiters["ssubscribe "+ch]) > 0 || !p.live.Load() {
+		p.gapOn[ch] = true // not listening yet: the events it came with went by
+	}
+	p.mu.Unlock()
 	// Not on this goroutine, which must go on receiving the
 	// confirmations the change waits for.
 	s.wg.Go(func() {
@@ -656,22 +674,17 @@ func (s *shardedSubscription) announced(part int, ns string) {
 		if err := s.apply(ctx, s.current(), s.known()); err != nil {
 			s.b.log.Warn("subscribe a new namespace's shard channels", "namespace", ns, "error", err)
 		}
-		if !missed {
-			return
-		}
-		select {
-		case s.msgs <- bus.Message{Gap: true}:
-		case <-s.done:
-		}
 	})
 }
 
-// subscribed reports whether shard channel ch is subscribed on the
-// partition's connection, confirmed, now.
-func (p *partitionSub) subscribed(ch string) bool {
+// owesGap reports whether the confirmation of ch owes a Gap, and forgets
+// it.
+func (p *partitionSub) owesGap(ch string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.want[ch] && len(p.waiters["ssubscribe "+ch]) == 0 && p.live.Load()
+	owed := p.gapOn[ch]
+	delete(p.gapOn, ch)
+	return owed
 }
 
 // Close implements bus.Subscription.
