@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -19,41 +20,83 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
-// wsEvents reads a JSON WebSocket client's event frames into a set of
-// event subjects, until the connection ends.
+// wsEvents follows a JSON WebSocket client subscribed to pattern, as a
+// real client does: it keeps each stream's position from the frames, and
+// when the edge closes the connection (1012, resume: a gap it could not
+// fill) it connects again and resubscribes with since. It counts the
+// subjects of the events it receives, and the times it had to resume.
 type wsEvents struct {
-	mu       sync.Mutex
-	subjects map[string]int
-	streams  map[string]bool // the frames' "stream" names
-	done     chan error
+	mu        sync.Mutex
+	subjects  map[string]int
+	streams   map[string]bool                           // the frames' "stream" names
+	positions map[string]struct{ Offset, Epoch string } // stream → last position
+	resumed   int
+	done      chan error // the connection ended for good
 }
 
-func readEvents(t *testing.T, conn *websocket.Conn) *wsEvents {
-	w := &wsEvents{subjects: map[string]int{}, streams: map[string]bool{}, done: make(chan error, 1)}
+func followEvents(t *testing.T, edge, pattern string) *wsEvents {
+	t.Helper()
+	w := &wsEvents{subjects: map[string]int{}, streams: map[string]bool{}, positions: map[string]struct{ Offset, Epoch string }{}, done: make(chan error, 1)}
+	conn := dialJSON(t, edge, pattern)
 	go func() {
 		for {
 			_, b, err := conn.Read(context.Background())
+			if websocket.CloseStatus(err) == 1012 {
+				w.mu.Lock()
+				w.resumed++
+				since, _ := json.Marshal(w.positions)
+				w.mu.Unlock()
+				if conn, err = dialJSONSince(t, edge, pattern, string(since)); err == nil {
+					continue
+				}
+			}
 			if err != nil {
 				w.done <- err
 				return
 			}
 			for line := range strings.SplitSeq(string(b), "\n") {
 				var f struct {
-					Stream string `json:"stream"`
-					Event  struct {
+					Channel, Stream, Offset, Epoch string
+					Event                          struct {
 						Subject string `json:"subject"`
 					} `json:"event"`
 				}
-				if json.Unmarshal([]byte(line), &f) == nil && f.Event.Subject != "" {
-					w.mu.Lock()
-					w.subjects[f.Event.Subject]++
-					w.streams[f.Stream] = true
-					w.mu.Unlock()
+				if json.Unmarshal([]byte(line), &f) != nil || f.Event.Subject == "" {
+					continue
 				}
+				stream := cmp.Or(f.Stream, strings.Split(f.Channel, ":")[0])
+				w.mu.Lock()
+				w.subjects[f.Event.Subject]++
+				w.streams[f.Stream] = true
+				if f.Offset != "" {
+					w.positions[stream] = struct{ Offset, Epoch string }{f.Offset, f.Epoch}
+				}
+				w.mu.Unlock()
 			}
 		}
 	}()
 	return w
+}
+
+// dialJSONSince is dialJSON resubscribing with since, a JSON object of
+// positions by stream, as a resuming client does.
+func dialJSONSince(t *testing.T, addr, pattern, since string) (*websocket.Conn, error) {
+	tok, err := token.Issue([]byte(mqttSecret), "browser", []string{pattern}, time.Hour, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws?token="+tok, nil)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { conn.CloseNow() })
+	req := `{"action":"subscribe","channel":"` + pattern + `","since":` + since + `,"id":"1"}`
+	if err := conn.Write(ctx, websocket.MessageText, []byte(req)); err != nil {
+		return nil, err
+	}
+	return conn, nil
 }
 
 // mqttSubjects connects paho's 3.1.1 client over /mqtt with a kept
@@ -66,8 +109,10 @@ func mqttSubjects(t *testing.T, edge, filter string) *wsEvents {
 		t.Fatal(err)
 	}
 	w := &wsEvents{subjects: map[string]int{}, streams: map[string]bool{}, done: make(chan error, 1)}
+	// A kept session that reconnects by itself, as devices do: the edge
+	// closes it, to resume, after a gap it cannot fill from the record.
 	opts := paho3.NewClientOptions().AddBroker("ws://" + edge + "/mqtt").SetClientID("cluster-device").SetUsername("device").SetPassword(tok).
-		SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).
+		SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(false).
 		SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) {
 			var ev struct{ Subject string }
 			_ = json.Unmarshal(m.Payload(), &ev)
@@ -116,7 +161,7 @@ func TestSuiteOnAClusterRidesOutAFailover(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 1)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	s := startSuite(t, c.URL, prefix)
-	browser := readEvents(t, dialJSON(t, s.edge, "*"))
+	browser := followEvents(t, s.edge, "*")
 	device := mqttSubjects(t, s.edge, "user/+")
 	users := signUpSteadily(t, s.api, "c")
 	users.waitFor(t, 100, "sign-ups before the kill")
@@ -214,7 +259,10 @@ func TestSuiteOnAClusterRidesOutAFailover(t *testing.T) {
 		t.Errorf("the browser's connection ended: %v", err)
 	default:
 	}
+	browser.mu.Lock()
+	resumed := browser.resumed
+	browser.mu.Unlock()
 	s.running(t)
-	t.Logf("killed %s holding user's partition; the cluster was whole again %v later; %d sign-ups tried, %d acknowledged, %d of them lost (acknowledged, never replicated)",
-		victim, recovery.Round(time.Millisecond), users.tried, len(users.acked), len(users.acked)-len(kept))
+	t.Logf("killed %s holding user's partition; the cluster was whole again %v later; %d sign-ups tried, %d acknowledged, %d of them lost (acknowledged, never replicated); the browser resumed %d time(s)",
+		victim, recovery.Round(time.Millisecond), users.tried, len(users.acked), len(users.acked)-len(kept), resumed)
 }

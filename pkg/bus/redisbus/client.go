@@ -45,9 +45,11 @@ func NewClient(url string) (redis.UniversalClient, error) {
 
 // newClusterClient returns a cluster client that reads again which master
 // serves which slot whenever a command, a pipeline or a dial fails for want
-// of an answer: a master may have died and a replica taken its slots, and
-// go-redis would otherwise go on dialling the dead one until a reload of
-// its own, which fails as often as it asks the dead node.
+// of an answer, or is redirected (MOVED, ASK, CLUSTERDOWN, TRYAGAIN): a
+// master may have died and a replica taken its slots, or a slot moved, and
+// go-redis would otherwise go on asking the old node until a reload of its
+// own, which fails as often as it asks a dead node; the publishing client,
+// which follows no redirection, would not learn of a move at all.
 func newClusterClient(opt *redis.ClusterOptions) *redis.ClusterClient {
 	cc := redis.NewClusterClient(opt)
 	cc.AddHook(slotReloader{cc})
@@ -57,10 +59,11 @@ func newClusterClient(opt *redis.ClusterOptions) *redis.ClusterClient {
 // slotReloader is the hook of newClusterClient.
 type slotReloader struct{ cc *redis.ClusterClient }
 
-// unanswered reports whether err means no answer: not an answer of Redis's
-// (an error reply), nor the caller's context ending.
-func unanswered(ctx context.Context, err error) bool {
-	return err != nil && ctx.Err() == nil && !errors.Is(err, redis.Nil) && !isRedisError(err)
+// stale reports whether err means the client's map of slots may be stale:
+// no answer (not an answer of Redis's, nor the caller's context ending),
+// or an answer redirecting the command.
+func stale(ctx context.Context, err error) bool {
+	return err != nil && ctx.Err() == nil && !errors.Is(err, redis.Nil) && (!isRedisError(err) || redirected(err))
 }
 
 // isRedisError reports whether err is an answer of Redis's, as opposed to
@@ -73,7 +76,7 @@ func isRedisError(err error) bool {
 func (h slotReloader) DialHook(next redis.DialHook) redis.DialHook {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := next(ctx, network, addr)
-		if unanswered(ctx, err) {
+		if stale(ctx, err) {
 			h.cc.ReloadState(ctx)
 		}
 		return c, err
@@ -83,7 +86,7 @@ func (h slotReloader) DialHook(next redis.DialHook) redis.DialHook {
 func (h slotReloader) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		err := next(ctx, cmd)
-		if unanswered(ctx, err) {
+		if stale(ctx, err) {
 			h.cc.ReloadState(ctx)
 		}
 		return err
@@ -93,7 +96,7 @@ func (h slotReloader) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (h slotReloader) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
-		if unanswered(ctx, err) {
+		if stale(ctx, err) {
 			h.cc.ReloadState(ctx)
 		}
 		return err

@@ -3,12 +3,15 @@ package hub
 import (
 	"cmp"
 	"context"
+	"errors"
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/retry"
 )
 
 // DisconnectResume closes the connections of an edge that lost events it
@@ -26,6 +29,9 @@ func (h *Hub) streamOf(ch string) string {
 	ns, _, _ := strings.Cut(ch, ":")
 	return ns
 }
+
+// gapTries bounds the reads of the record that fill one gap.
+const gapTries = 4
 
 // catchUp follows a gap in the Redis subscription: it reads from the
 // record what every subscribed name missed since the last event the hub
@@ -47,7 +53,17 @@ func (h *Hub) catchUp() {
 		h.log.Warn("redis subscription had a gap; without a record (BUS_HISTORY=off) what was published meanwhile is lost")
 		return
 	}
+	// The first read after a Redis failover may find the client's map of
+	// slots stale while it learns the new master: a few tries, a moment
+	// apart, before every connection is closed for it. What the record
+	// says it cannot give (truncated, too many) is final.
+	backoff := retry.Backoff{Min: 100 * time.Millisecond, Max: time.Second}
 	missed, err := h.readGap(names, since)
+	for try := 1; err != nil && try < gapTries && !errors.Is(err, bus.ErrTruncated) && !errors.Is(err, errTooMany); try++ {
+		h.log.Debug("read what a gap missed from the record; trying again", "error", err)
+		_ = backoff.Wait(context.Background())
+		missed, err = h.readGap(names, since)
+	}
 	if err != nil {
 		h.log.Warn("redis subscription had a gap the record cannot fill; closing every connection for its client to resume", "error", err)
 		h.m.recoveries.WithLabelValues("gap_" + reasonOf(err)).Inc()
