@@ -169,7 +169,14 @@ async function readStream(client, key, group, consumer, stopping) {
       if (entry.has("p")) {
         print(entry.get("p"), entry.get("c")?.toString() ?? key, id);
       } // else trimmed away while pending: nothing left to print
-      await client.sendCommand(["XACK", key, group, id]);
+      try {
+        await client.sendCommand(["XACK", key, group, id]);
+      } catch (err) {
+        if (stopping()) {
+          return; // stopped mid-acknowledgement: the entry comes again at the next start
+        }
+        throw err;
+      }
     }
   }
 }
