@@ -600,16 +600,19 @@ func (c *consumer) deliveries(ctx context.Context, ds []bus.Delivery, key string
 
 // Ack implements bus.Consumer.
 func (c *consumer) Ack(ctx context.Context, ds ...bus.Delivery) error {
+	byStream := c.byStream(ds)
 	pipe := c.b.client.Pipeline()
-	for key, ids := range c.byStream(ds) {
+	for key, ids := range byStream {
 		pipe.XAck(ctx, key, c.group, ids...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("acknowledge %d events of group %s: %w", len(ds), c.group, err)
 	}
 	c.mu.Lock()
-	for _, d := range ds {
-		delete(c.given, c.b.streamFor(d.Channel).key+" "+d.Position.Offset)
+	for key, ids := range byStream {
+		for _, id := range ids {
+			delete(c.given, key+" "+id)
+		}
 	}
 	c.mu.Unlock()
 	return nil

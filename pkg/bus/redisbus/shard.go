@@ -430,24 +430,7 @@ func (p *partitionSub) run() {
 		again     bool            // a reconnect, which owes a Gap
 		lastStall time.Time
 	)
-	deliver := func(m bus.Message) bool {
-		select {
-		case p.s.msgs <- m:
-			return true
-		default:
-		}
-		p.s.b.m.stalls.Inc()
-		if time.Since(lastStall) > stallLogEvery {
-			lastStall = time.Now()
-			p.s.b.log.Warn("subscriber is falling behind: delivery from redis blocks until it catches up", "buffer", cap(p.s.msgs))
-		}
-		select {
-		case p.s.msgs <- m:
-			return true
-		case <-p.s.done:
-			return false
-		}
-	}
+	deliver := func(m bus.Message) bool { return p.s.b.deliver(p.s.msgs, p.s.done, m, &lastStall) }
 	drop := func(err error) {
 		if p.lost() {
 			// Once live, it owes a Gap when it is back.

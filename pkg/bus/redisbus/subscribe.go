@@ -232,6 +232,28 @@ func (s *Subscription) closing() bool {
 	}
 }
 
+// deliver hands m to a subscriber's msgs, waiting while it falls behind
+// (counted, and said at most every stallLogEvery, as lastStall keeps); it
+// reports false when done closes meanwhile.
+func (b *Bus) deliver(msgs chan<- bus.Message, done <-chan struct{}, m bus.Message, lastStall *time.Time) bool {
+	select {
+	case msgs <- m:
+		return true
+	default:
+	}
+	b.m.stalls.Inc()
+	if time.Since(*lastStall) > stallLogEvery {
+		*lastStall = time.Now()
+		b.log.Warn("subscriber is falling behind: delivery from redis blocks until it catches up", "buffer", cap(msgs))
+	}
+	select {
+	case msgs <- m:
+		return true
+	case <-done:
+		return false
+	}
+}
+
 // While a subscription is being restored, it holds at most maxHeld of the
 // messages that arrive, and pings again every restorePing until Redis
 // answers.
@@ -259,25 +281,7 @@ func (s *Subscription) receive() {
 	)
 	// deliver hands m to the subscriber, waiting while it falls behind; it
 	// reports false when the subscription is closed meanwhile.
-	deliver := func(m bus.Message) bool {
-		select {
-		case s.msgs <- m:
-			return true
-		default:
-		}
-		s.b.m.stalls.Inc()
-		if time.Since(lastStall) > stallLogEvery {
-			lastStall = time.Now()
-			s.b.log.Warn("subscriber is falling behind: delivery from redis blocks until it catches up",
-				"buffer", cap(s.msgs))
-		}
-		select {
-		case s.msgs <- m:
-			return true
-		case <-s.done:
-			return false
-		}
-	}
+	deliver := func(m bus.Message) bool { return s.b.deliver(s.msgs, s.done, m, &lastStall) }
 	for {
 		msg, err := s.ps.ReceiveTimeout(ctx, healthInterval)
 		if s.closing() {
@@ -290,7 +294,7 @@ func (s *Subscription) receive() {
 					continue
 				}
 			}
-			if rerr := redis.Error(nil); errors.As(err, &rerr) {
+			if isRedisError(err) {
 				// An error reply (-BUSY to the ping while a script runs, say)
 				// on a connection that keeps its subscriptions.
 				s.b.log.Warn("redis answered the subscription with an error", "error", err)
