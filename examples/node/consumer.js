@@ -20,13 +20,27 @@
 // what it had not acknowledged when it stopped comes first. It prints
 // "reading <prefix>stream:{order} as <group>/<consumer>" once the group
 // exists.
+//
+// On a Redis Cluster (REDIS_URL=redis+cluster://host:port,host:port, or
+// rediss+cluster:// for TLS, with user:password@ before the first node if
+// need be) the bus spreads each namespace over BUS_PARTITIONS partitions (8
+// by default there; give the services' own), each with a hash tag of its
+// own. Subscribed, the consumer SSUBSCRIBEs the partitions' shard channels
+// its pattern can reach, follows namespaces announced new, and matches each
+// message's channel itself; with --stream it reads the namespace's stream
+// in every partition, <prefix>stream:{<tag>}:order, with one group on each,
+// and says "reading <key>, <key>, … as <group>/<consumer>" once all exist.
+// node-redis subscribes again after a lost connection or a moved slot;
+// what went by meanwhile is in the stream.
 
 import { hostname } from "node:os";
 import { parseArgs } from "node:util";
+import { crc32 } from "node:zlib";
 
 import { createRegistry, fromBinary, toJson } from "@bufbuild/protobuf";
 import { anyUnpack, StructSchema, TimestampSchema } from "@bufbuild/protobuf/wkt";
-import { createClient, RESP_TYPES } from "redis";
+import calculateSlot from "cluster-key-slot";
+import { createClient, createCluster, RESP_TYPES } from "redis";
 
 import { EnvelopeSchema } from "./gen/eventbus/v1/envelope_pb.js";
 import { file_eventbus_v1_events } from "./gen/eventbus/v1/events_pb.js";
@@ -124,29 +138,140 @@ async function subscribe(client, pattern) {
   console.error(`subscribed ${pattern}`);
 }
 
+// On a cluster each message of a shard channel starts with a line naming
+// its channel, with the prefix.
+const channelHeader = Buffer.from("\x00ebc ");
+
+/**
+ * Reports whether channel ch matches pattern p as PSUBSCRIBE would: in the
+ * bus's grammar, * matches any run of characters, : included, and nothing
+ * else is special.
+ */
+function match(p, ch) {
+  const parts = p.split("*").map((part) => part.replace(/[\\^$.|?+()[\]{}]/g, "\\$&"));
+  return new RegExp(`^${parts.join(".*")}$`, "s").test(ch);
+}
+
+/**
+ * Returns the hash tag of each of n partitions, as the bus chooses them
+ * (pkg/bus/redisbus/partition.go): for partition i, the first base-36
+ * number whose cluster slot lies within max(16384/(8n), 1) of the middle
+ * of the i-th n-th of the 16,384 slots.
+ */
+function balancedTags(n) {
+  const slots = 16384;
+  const tags = [];
+  for (let i = 0; i < n; i++) {
+    const mid = Math.floor(((2 * i + 1) * slots) / (2 * n));
+    const within = Math.max(Math.floor(slots / (8 * n)), 1);
+    const near = (slot) => slot >= mid - within && slot < mid + within;
+    let c = 0;
+    while (!near(calculateSlot(c.toString(36)))) {
+      c++;
+    }
+    tags.push(c.toString(36));
+  }
+  return tags;
+}
+
+/**
+ * Reports which namespaces the channels pattern p matches can be in: the
+ * one its first token names (wild false), or, when that token has a
+ * wildcard, every namespace that starts with prefix, the text before it.
+ */
+function reach(p) {
+  const star = p.indexOf("*");
+  const literal = star < 0 ? p : p.slice(0, star);
+  const colon = literal.indexOf(":");
+  if (colon >= 0 || star < 0) {
+    return { prefix: colon >= 0 ? literal.slice(0, colon) : literal, wild: false };
+  }
+  return { prefix: literal, wild: true };
+}
+
+/**
+ * Prints what is published on channels matching pattern (without the
+ * prefix), from now on, on a cluster of tags.length partitions: it
+ * SSUBSCRIBEs the shard channels the pattern can reach, each partition's
+ * in a call of its own (SSUBSCRIBE takes the channels of one slot), and
+ * matches each message's channel itself.
+ */
+async function subscribeSharded(cluster, prefix, pattern, tags) {
+  const live = (tag, ns) => `${prefix}live:{${tag}}:${ns}`;
+  const onMessage = (message, shardChannel) => {
+    const nl = message.indexOf(0x0a);
+    if (!message.subarray(0, channelHeader.length).equals(channelHeader) || nl < 0) {
+      console.error(`not an envelope on ${shardChannel}: no channel line`);
+      return;
+    }
+    const channel = message.subarray(channelHeader.length, nl).toString();
+    if (match(prefix + pattern, channel)) {
+      print(message.subarray(nl + 1), channel);
+    }
+  };
+  const sub = (channels) => cluster.sSubscribe(channels, onMessage, true);
+  const { prefix: nsPrefix, wild } = reach(pattern);
+  if (!pattern.includes("*")) {
+    // One channel: the shard channel of its partition, the CRC-32 of the
+    // channel modulo the partitions.
+    await sub(live(tags[crc32(pattern) % tags.length], nsPrefix));
+  } else if (!wild) {
+    await Promise.all(tags.map((tag) => sub(live(tag, nsPrefix))));
+  } else {
+    // Every namespace the pattern can reach, in every partition: those
+    // known now, and those each partition announces (the name of one new
+    // to it, on <prefix>live:{<tag>}), listened to first so that none
+    // appears unseen in between. The first events of a namespace come
+    // with its announcement and go by: the stream has them.
+    const followed = new Set();
+    const follow = async (ns) => {
+      if (/^[a-z0-9_-]+$/.test(ns) && ns.startsWith(nsPrefix) && !followed.has(ns)) {
+        followed.add(ns);
+        await Promise.all(tags.map((tag) => sub(live(tag, ns))));
+      }
+    };
+    await Promise.all(
+      tags.map((tag) =>
+        cluster.sSubscribe(`${prefix}live:{${tag}}`, (ns) =>
+          follow(ns).catch((err) => console.error(`subscribe namespace ${ns}: ${err.message}`)),
+        ),
+      ),
+    );
+    for (const tag of tags) {
+      for (const ns of await cluster.sMembers(`${prefix}namespaces:{${tag}}`)) {
+        await follow(ns);
+      }
+    }
+  }
+  console.error(`subscribed ${prefix}${pattern}`);
+}
+
 // Replies with Buffers, not strings: p is binary.
 const binary = { typeMapping: { [RESP_TYPES.BLOB_STRING]: Buffer } };
 
-/**
- * Prints every event recorded in the stream key from now on, at least
- * once, as the consumer of group, acknowledging each once printed; what
- * it was given before and did not acknowledge (a crash) comes first.
- * Returns when stopping() holds.
- */
-async function readStream(client, key, group, consumer, stopping) {
+/** Creates group on the stream key, and the stream if need be. */
+async function createGroup(send, key, group) {
   try {
-    await client.sendCommand(["XGROUP", "CREATE", key, group, "$", "MKSTREAM"]);
+    await send(["XGROUP", "CREATE", key, group, "$", "MKSTREAM"]);
   } catch (err) {
     if (!err.message.startsWith("BUSYGROUP")) {
       throw err;
     }
   }
-  console.error(`reading ${key} as ${group}/${consumer}`);
+}
+
+/**
+ * Prints every event recorded in the stream key from now on, at least
+ * once, as the consumer of group, acknowledging each once printed; what
+ * it was given before and did not acknowledge (a crash) comes first.
+ * send sends a command; returns when stopping() holds.
+ */
+async function readStream(send, key, group, consumer, stopping) {
   let from = "0"; // this consumer's pending entries, then > for new ones
   while (!stopping()) {
     let reply;
     try {
-      reply = await client.sendCommand(
+      reply = await send(
         ["XREADGROUP", "GROUP", group, consumer, "COUNT", "100", "BLOCK", "5000", "STREAMS", key, from],
         binary,
       );
@@ -170,7 +295,7 @@ async function readStream(client, key, group, consumer, stopping) {
         print(entry.get("p"), entry.get("c")?.toString() ?? key, id);
       } // else trimmed away while pending: nothing left to print
       try {
-        await client.sendCommand(["XACK", key, group, id]);
+        await send(["XACK", key, group, id]);
       } catch (err) {
         if (stopping()) {
           return; // stopped mid-acknowledgement: the entry comes again at the next start
@@ -179,6 +304,29 @@ async function readStream(client, key, group, consumer, stopping) {
       }
     }
   }
+}
+
+/**
+ * Returns a client of the Redis at url, not yet connected, and whether it
+ * is a cluster's: one server for redis:// (rediss://), a cluster for
+ * redis+cluster://host:port,host:port (rediss+cluster://), with
+ * user:password@ before the first node if need be.
+ */
+function newClient(url) {
+  const m = /^(rediss?)\+cluster:\/\/(?:(.*)@)?([^/?@]+)/.exec(url);
+  if (!m) {
+    return { client: createClient({ url }), cluster: false };
+  }
+  const [, scheme, userinfo = "", hosts] = m;
+  const colon = userinfo.indexOf(":");
+  const defaults = {
+    username: decodeURIComponent(colon < 0 ? userinfo : userinfo.slice(0, colon)) || undefined,
+    password: colon < 0 ? undefined : decodeURIComponent(userinfo.slice(colon + 1)),
+    socket: { tls: scheme === "rediss" },
+  };
+  const rootNodes = hosts.split(",").map((h) => ({ url: `${scheme}://${h}` }));
+  // Connections to the nodes a command needs, not to every one.
+  return { client: createCluster({ rootNodes, defaults, minimizeConnections: true }), cluster: true };
 }
 
 async function main() {
@@ -193,25 +341,56 @@ async function main() {
   const url = process.env.REDIS_URL || "redis://localhost:6379";
   const base = (process.env.REDIS_PREFIX || "").replace(/:$/, "");
   const prefix = base === "" ? "" : base + ":";
+  const { client, cluster } = newClient(url);
+  // The services' BUS_PARTITIONS: each namespace's streams, 1 on one
+  // server, 8 on a cluster by default.
+  const partitions = Number(process.env.BUS_PARTITIONS || (cluster ? 8 : 1));
+  if (!Number.isInteger(partitions) || partitions < 1) {
+    throw new Error(`BUS_PARTITIONS ${process.env.BUS_PARTITIONS}: want a number from 1`);
+  }
+  const tags = balancedTags(partitions);
 
-  const client = createClient({ url });
   // Without a listener an error (Redis gone) would end the process; the
   // client reconnects, and subscribes again, by itself.
   client.on("error", (err) => console.error(`redis: ${err.message}`));
+  client.on("node-error", (err, node) => console.error(`redis ${node.host}:${node.port}: ${err.message}`));
   await client.connect();
+  const clients = [client];
   let stopped = false;
   const stop = () => {
     stopped = true;
-    client.destroy();
+    clients.forEach((c) => c.destroy());
   };
   process.once("SIGINT", stop);
   process.once("SIGTERM", stop);
 
   if (values.stream === undefined) {
-    await subscribe(client, prefix + (positionals[0] || "*"));
-  } else {
-    await readStream(client, `${prefix}stream:{${values.stream}}`, values.group, values.consumer, () => stopped);
+    const pattern = positionals[0] || "*";
+    await (cluster ? subscribeSharded(client, prefix, pattern, tags) : subscribe(client, prefix + pattern));
+    return;
   }
+  // One stream per partition when partitioned (always on a cluster), each
+  // read on a connection of its own: a blocked XREADGROUP holds up its
+  // connection, and each stream is on a slot of its own.
+  const ns = values.stream;
+  const keys =
+    cluster || partitions > 1 ? tags.map((tag) => `${prefix}stream:{${tag}}:${ns}`) : [`${prefix}stream:{${ns}}`];
+  for (let i = 1; i < keys.length; i++) {
+    const c = client.duplicate();
+    c.on("error", (err) => console.error(`redis: ${err.message}`));
+    clients.push(c);
+    await c.connect();
+  }
+  const senders = keys.map((key, i) =>
+    cluster
+      ? (args, options) => clients[i].sendCommand(key, false, args, options)
+      : (args, options) => clients[i].sendCommand(args, options),
+  );
+  for (const [i, key] of keys.entries()) {
+    await createGroup(senders[i], key, values.group);
+  }
+  console.error(`reading ${keys.join(", ")} as ${values.group}/${values.consumer}`);
+  await Promise.all(keys.map((key, i) => readStream(senders[i], key, values.group, values.consumer, () => stopped)));
 }
 
 main().catch((err) => {
