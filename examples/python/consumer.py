@@ -270,6 +270,8 @@ def subscribe_sharded(client, prefix, pattern, tags):
                 shard.add(live(shard, ns))
 
     def handle(shard, reply):
+        if not isinstance(reply, list):
+            return  # PONG to a connection with no channel yet
         kind, shard_channel = reply[0], reply[1].decode()
         if kind == b"ssubscribe":
             shard.unconfirmed.discard(shard_channel)
@@ -288,9 +290,10 @@ def subscribe_sharded(client, prefix, pattern, tags):
 
     def pump(timeout):
         """Handle what the shards' connections bring within timeout."""
-        socks = {shard.conn._sock: shard for shard in shards}
+        active = [shard for shard in shards if shard.channels]
+        socks = {shard.conn._sock: shard for shard in active}
         ready, _, _ = select.select(list(socks), [], [], timeout)
-        for shard in shards if not ready else [socks[sock] for sock in ready]:
+        for shard in active if not ready else [socks[sock] for sock in ready]:
             try:
                 if not ready:
                     shard.conn.send_command("PING")  # a connection gone without a word says so now
