@@ -26,6 +26,7 @@ import (
 )
 
 func main() {
+	server.TuneGC(os.Getenv) // see docs/operations.md, "Memory"
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Getenv, os.Stderr)
 	stop()
