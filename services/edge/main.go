@@ -83,7 +83,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 	defer sub.Close()
 	opts := hub.Options{
-		QueueBytes: cfg.SendQueueBytes, MaxUserPatterns: cfg.MaxUserPatterns,
+		QueueBytes: cfg.SendQueueBytes, QueueDelay: cfg.SendQueueMaxDelay, MaxUserPatterns: cfg.MaxUserPatterns,
 		MaxUserConnections: cfg.MaxUserConnections, MaxRedisPatterns: cfg.MaxRedisPatterns,
 		MaxAddressConnections: cfg.MaxAddrConnections, RecoverMax: cfg.RecoverMax,
 	}

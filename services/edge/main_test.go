@@ -663,7 +663,8 @@ func TestDemoToken(t *testing.T) {
 func TestConfigErrorsNameEveryVariable(t *testing.T) {
 	t.Parallel()
 	env := map[string]string{"EDGE_PING_INTERVAL": "often", "EDGE_PUBLIC_CHANNELS": "Bad", "EDGE_JWT_SECRET": "short",
-		"EDGE_TRUSTED_PROXIES": "10.0.0.0/33", "EDGE_MAX_REDIS_PATTERNS": "0", "EDGE_SEND_QUEUE_BYTES": "10"}
+		"EDGE_TRUSTED_PROXIES": "10.0.0.0/33", "EDGE_MAX_REDIS_PATTERNS": "0", "EDGE_SEND_QUEUE_BYTES": "10",
+		"EDGE_SEND_QUEUE_MAX_DELAY": "1ms"}
 	err := run(t.Context(), func(k string) string { return env[k] }, io.Discard)
 	if err == nil {
 		t.Fatal("run with bad configuration = nil")

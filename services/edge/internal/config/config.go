@@ -41,6 +41,7 @@ type Config struct {
 	RateLimit          float64        // EDGE_RATE_LIMIT: client frames per second per connection
 	RateBurst          int            // EDGE_RATE_BURST
 	SendQueueBytes     int            // EDGE_SEND_QUEUE_BYTES: bytes of frames waiting per connection before it is dropped as slow
+	SendQueueMaxDelay  time.Duration  // EDGE_SEND_QUEUE_MAX_DELAY: how long a connection's oldest waiting frame may wait before it is dropped as slow; 0 for no bound
 	MaxUserPatterns    int            // EDGE_MAX_USER_PATTERNS: distinct patterns per user across its connections
 	MaxUserConnections int            // EDGE_MAX_USER_CONNECTIONS: connections per user, or per address without one
 	MaxAddrConnections int            // EDGE_MAX_ADDRESS_CONNECTIONS: connections without a user (yet), over every address
@@ -91,6 +92,7 @@ func Load(getenv func(string) string) (Config, error) {
 		MQTTRetryInterval:  r.Duration("EDGE_MQTT_RETRY_INTERVAL", 20*time.Second),
 		MQTTSessionExpiry:  r.Duration("EDGE_MQTT_SESSION_EXPIRY", 24*time.Hour),
 	}
+	c.SendQueueMaxDelay = queueDelay(r)
 	for _, p := range r.List("EDGE_TRUSTED_PROXIES", nil) {
 		prefix, err := netip.ParsePrefix(p)
 		if err != nil {
@@ -132,6 +134,34 @@ func Load(getenv func(string) string) (Config, error) {
 		return Config{}, fmt.Errorf("configuration: %w", err)
 	}
 	return c, nil
+}
+
+// DefaultSendQueueMaxDelay is EDGE_SEND_QUEUE_MAX_DELAY's default, and
+// MinSendQueueMaxDelay the least it takes besides 0: below it, a client
+// reading as fast as it can is closed on the scheduling jitter of a busy
+// edge.
+const (
+	DefaultSendQueueMaxDelay = 100 * time.Millisecond
+	MinSendQueueMaxDelay     = 10 * time.Millisecond
+)
+
+// queueDelay reads EDGE_SEND_QUEUE_MAX_DELAY: a duration of at least
+// MinSendQueueMaxDelay, or 0 for no bound in time.
+func queueDelay(r *envconfig.Reader) time.Duration {
+	const name = "EDGE_SEND_QUEUE_MAX_DELAY"
+	v := r.String(name, "")
+	switch v {
+	case "":
+		return DefaultSendQueueMaxDelay
+	case "0":
+		return 0
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < MinSendQueueMaxDelay {
+		r.Check(name, v, fmt.Errorf("want 0 (no bound in time) or a duration of at least %v, such as %v", MinSendQueueMaxDelay, DefaultSendQueueMaxDelay))
+		return 0
+	}
+	return d
 }
 
 // checkDemoAPIURL accepts an absolute http(s) URL of a host, without a

@@ -22,6 +22,10 @@ var (
 	DisconnectShutdown = Disconnect{1001, "server shutting down"}
 	// DisconnectSlow: the client read too slowly and its queue overflowed.
 	DisconnectSlow = Disconnect{4008, "too slow: the send queue overflowed"}
+	// DisconnectSlowDelay: the client read too slowly and the oldest frame
+	// in its queue waited longer than Options.QueueDelay. The same code as
+	// DisconnectSlow, and the same advice: reconnect and resume.
+	DisconnectSlowDelay = Disconnect{4008, "too slow: a frame waited too long in the send queue"}
 	// DisconnectBroken: the connection failed under a write. Nothing can
 	// be sent on it any more: transports drop it without a close message,
 	// which a browser reports as 1006.
@@ -29,8 +33,9 @@ var (
 )
 
 // Client is one connection as the hub sees it. Replies and events share
-// one queue, bounded in bytes, so a client gets them in the order they
-// were decided. The queue costs nothing until a frame waits, and no
+// one queue, bounded in bytes and in time (how long its oldest frame may
+// wait), so a client gets them in the order they were decided, and one
+// that falls behind is closed rather than fed ever staler events. The queue costs nothing until a frame waits, and no
 // writer runs while none does: an idle connection holds no buffer and no
 // goroutine for sending.
 type Client struct {
@@ -38,7 +43,9 @@ type Client struct {
 	onReady  func()
 	onKick   func(Disconnect)
 	maxBytes int
-	slow     func() // counts a slow-consumer close
+	maxDelay time.Duration    // 0: no bound in time
+	now      func() time.Time // the hub's clock
+	slow     func()           // counts a slow-consumer close
 	once     sync.Once
 	kicked   atomic.Bool
 	subs     map[string]struct{} // guarded by Hub.mu; nil until the first subscription
@@ -51,6 +58,7 @@ type Client struct {
 	mu      sync.Mutex
 	queue   []Frame       // frames waiting, in order
 	bytes   int           // their length in all
+	oldest  time.Time     // when the first of them was queued
 	closing *Disconnect   // to do once the queue is written
 	writing bool          // onReady was called and Take has not found the queue empty since
 	pausing bool          // the writer is in Pause
@@ -110,29 +118,44 @@ func (c *Client) withholds(ch string) bool {
 // Send queues a frame for the client: a reply, or a notice of its own. A
 // client whose queue is full is kicked as too slow.
 func (c *Client) Send(data []byte) {
-	if !c.push(Frame{Data: data}) {
-		c.tooSlow()
+	if d, ok := c.push(Frame{Data: data}, c.now()); !ok {
+		c.tooSlow(d)
 	}
 }
 
-func (c *Client) tooSlow() {
+// tooSlow closes c with d, one of the slow disconnects, and counts it.
+func (c *Client) tooSlow(d Disconnect) {
 	if !c.kicked.Load() {
 		c.slow()
-		c.Kick(DisconnectSlow)
+		c.Kick(d)
 	}
 }
 
-// push queues frame, calling onReady if no writer runs. It reports false,
-// queueing nothing, when the frame would take the queue past its bound in
-// bytes; a queue with nothing waiting takes any frame, however large.
-func (c *Client) push(f Frame) bool {
+// push queues frame at now, calling onReady if no writer runs. It reports
+// false, queueing nothing, with the slow disconnect that applies, when the
+// frame would take the queue past its bound in bytes or when the oldest
+// frame waiting has waited longer than maxDelay; a queue with nothing
+// waiting takes any frame, however large.
+func (c *Client) push(f Frame, now time.Time) (Disconnect, bool) {
 	if c.kicked.Load() {
-		return false
+		return DisconnectSlow, false // tooSlow does nothing: the kick said why
 	}
 	c.mu.Lock()
-	if c.closing != nil || len(c.queue) > 0 && c.bytes+len(f.Data) > c.maxBytes {
+	if c.closing != nil {
 		c.mu.Unlock()
-		return c.closing != nil // a client being closed drops frames quietly
+		return Disconnect{}, true // a client being closed drops frames quietly
+	}
+	if len(c.queue) > 0 {
+		if c.bytes+len(f.Data) > c.maxBytes {
+			c.mu.Unlock()
+			return DisconnectSlow, false
+		}
+		if c.maxDelay > 0 && now.Sub(c.oldest) > c.maxDelay {
+			c.mu.Unlock()
+			return DisconnectSlowDelay, false
+		}
+	} else {
+		c.oldest = now
 	}
 	c.queue = append(c.queue, f)
 	c.bytes += len(f.Data)
@@ -146,7 +169,7 @@ func (c *Client) push(f Frame) bool {
 	if start {
 		c.onReady()
 	}
-	return true
+	return Disconnect{}, true
 }
 
 // Take appends the waiting frames to dst, in order, and empties the queue.
@@ -196,6 +219,9 @@ func (c *Client) pushWait(f Frame, cancelled *atomic.Bool) bool {
 			return false
 		}
 		if len(c.queue) == 0 || c.bytes+len(f.Data) <= c.maxBytes/2 {
+			if len(c.queue) == 0 {
+				c.oldest = c.now()
+			}
 			c.queue = append(c.queue, f)
 			c.bytes += len(f.Data)
 			start := !c.writing
@@ -256,12 +282,21 @@ func (c *Client) Closing() bool {
 	return c.closing != nil
 }
 
-// Pause waits d, or less if the queue fills to half its bound meanwhile:
-// a writer pausing to pack more events into its next write must not let
-// the queue overflow, which would close a client that reads fast enough.
+// Pause waits d, or less if the queue fills to half its bound meanwhile,
+// and never past half the delay bound of the oldest frame waiting: a
+// writer pausing to pack more events into its next write must not let the
+// queue overflow, in bytes or in time, which would close a client that
+// reads fast enough.
 func (c *Client) Pause(d time.Duration) {
 	c.mu.Lock()
-	if c.bytes >= c.maxBytes/2 || c.closing != nil {
+	if c.maxDelay > 0 {
+		left := c.maxDelay / 2
+		if len(c.queue) > 0 {
+			left -= c.now().Sub(c.oldest)
+		}
+		d = min(d, left)
+	}
+	if d <= 0 || c.bytes >= c.maxBytes/2 || c.closing != nil {
 		c.mu.Unlock()
 		return
 	}

@@ -37,6 +37,10 @@ type Options struct {
 	// QueueBytes is how many bytes of frames may wait for a client before
 	// it is dropped as too slow.
 	QueueBytes int
+	// QueueDelay is how long the oldest frame waiting for a client may
+	// wait before the client is dropped as too slow, checked as the next
+	// frame is queued; 0 for no bound in time.
+	QueueDelay time.Duration
 	// MaxUserPatterns bounds the distinct patterns one identity holds
 	// across its connections.
 	MaxUserPatterns int
@@ -55,6 +59,8 @@ type Options struct {
 	History bus.History
 	// RecoverMax bounds the missed events one subscription recovers.
 	RecoverMax int
+
+	now func() time.Time // the clock of the queues' delay bound; nil for time.Now (tests set it)
 }
 
 // SubscribeTimeout is how long a transport gives Subscribe to have Redis
@@ -150,6 +156,9 @@ func New(sub bus.Subscription, opts Options, log *slog.Logger, reg prometheus.Re
 		dedupe:     make(map[*Client]struct{}),
 		frames:     make(map[frameKey]encoded),
 	}
+	if h.opts.now == nil {
+		h.opts.now = time.Now
+	}
 	h.m = newMetrics(h, reg)
 	return h
 }
@@ -166,7 +175,8 @@ func (h *Hub) Join(who string, enc Encoding, onReady func(), onKick func(Disconn
 	if h.closed {
 		return nil, ErrClosed
 	}
-	c := &Client{enc: enc, gone: make(chan struct{}), onReady: onReady, onKick: onKick, maxBytes: h.opts.QueueBytes, slow: h.m.slowCloses.Inc}
+	c := &Client{enc: enc, gone: make(chan struct{}), onReady: onReady, onKick: onKick,
+		maxBytes: h.opts.QueueBytes, maxDelay: h.opts.QueueDelay, now: h.opts.now, slow: h.m.slowCloses.Inc}
 	if err := h.identify(c, who); err != nil {
 		return nil, err
 	}
@@ -518,6 +528,7 @@ func (h *Hub) dispatch(m bus.Message) {
 		return
 	}
 	clear(h.frames)
+	now := h.opts.now() // once for every recipient: the delay bound needs no finer clock
 	// The common case needs no per-client dedupe: every recipient came
 	// through the same subscription.
 	if len(h.wanted) == 1 {
@@ -526,7 +537,7 @@ func (h *Hub) dispatch(m bus.Message) {
 			if c.replays != nil && len(h.hold(c, ev, h.wanted)) == 0 {
 				continue
 			}
-			if h.send(c, ev, h.wanted) {
+			if h.send(c, ev, h.wanted, now) {
 				n++
 			}
 		}
@@ -536,7 +547,7 @@ func (h *Hub) dispatch(m bus.Message) {
 	clear(h.dedupe)
 	for _, p := range h.wanted {
 		for c := range h.subs[p] {
-			h.deliver(c, ev)
+			h.deliver(c, ev, now)
 		}
 	}
 }
@@ -548,10 +559,11 @@ type frameKey struct {
 	subs string
 }
 
-// send queues ev's frame for c, its subscriptions subs having matched, or
-// kicks c if its queue is full. It reports whether the frame was queued.
-// Call from dispatch, which owns h.frames.
-func (h *Hub) send(c *Client, ev *Event, subs []string) bool {
+// send queues ev's frame for c at now, its subscriptions subs having
+// matched, or kicks c if its queue is full or has waited too long. It
+// reports whether the frame was queued. Call from dispatch, which owns
+// h.frames.
+func (h *Hub) send(c *Client, ev *Event, subs []string, now time.Time) bool {
 	if c.withholds(ev.Channel) {
 		return false
 	}
@@ -567,16 +579,16 @@ func (h *Hub) send(c *Client, ev *Event, subs []string) bool {
 		f = encoded{data, slices.Clone(subs)}
 		h.frames[key] = f
 	}
-	if c.push(Frame{Data: f.data, Event: ev, Subs: f.subs}) {
-		return true
+	d, ok := c.push(Frame{Data: f.data, Event: ev, Subs: f.subs}, now)
+	if !ok {
+		c.tooSlow(d)
 	}
-	c.tooSlow()
-	return false
+	return ok
 }
 
 // deliver queues ev for c unless c has it already, naming every
 // subscription of c that matched.
-func (h *Hub) deliver(c *Client, ev *Event) {
+func (h *Hub) deliver(c *Client, ev *Event, now time.Time) {
 	if _, ok := h.dedupe[c]; ok {
 		return
 	}
@@ -592,7 +604,7 @@ func (h *Hub) deliver(c *Client, ev *Event) {
 			return
 		}
 	}
-	if h.send(c, ev, subs) {
+	if h.send(c, ev, subs, now) {
 		h.m.delivered.Inc()
 	}
 }

@@ -100,8 +100,14 @@ var bounds = Options{QueueBytes: 1 << 20, MaxUserPatterns: 100, MaxUserConnectio
 
 func startHub(t *testing.T, opts Options) *testHub {
 	t.Helper()
+	return startHubIn(t, opts, prometheus.NewRegistry())
+}
+
+// startHubIn starts a hub whose metrics go to reg.
+func startHubIn(t *testing.T, opts Options, reg prometheus.Registerer) *testHub {
+	t.Helper()
 	sub := newFakeSub()
-	h := New(sub, opts, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	h := New(sub, opts, slog.New(slog.DiscardHandler), reg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.Run(ctx) }()

@@ -19,7 +19,7 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_edge_deliveries_total", Help: "Event frames queued for clients."}),
 		slowCloses: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "eventbus_edge_slow_consumer_closes_total", Help: "Connections closed because their send queue overflowed."}),
+			Name: "eventbus_edge_slow_consumer_closes_total", Help: "Connections closed as too slow (4008): their send queue overflowed in bytes, or its oldest frame waited longer than EDGE_SEND_QUEUE_MAX_DELAY."}),
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_edge_malformed_total", Help: "Messages that were no envelope, not forwarded."}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{

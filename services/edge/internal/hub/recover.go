@@ -201,7 +201,7 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 			h.raiseFloor(last)
 			h.mu.Unlock()
 			if overflow {
-				c.tooSlow() // what it missed meanwhile is lost: it recovers again
+				c.tooSlow(DisconnectSlow) // what it missed meanwhile is lost: it recovers again
 			}
 			return
 		}

@@ -1,0 +1,44 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSendQueueMaxDelay(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name    string
+		value   string
+		want    time.Duration
+		refused bool
+	}{
+		{name: "unset", value: "", want: DefaultSendQueueMaxDelay},
+		{name: "no bound", value: "0", want: 0},
+		{name: "a duration", value: "250ms", want: 250 * time.Millisecond},
+		{name: "the least", value: "10ms", want: 10 * time.Millisecond},
+		{name: "below the least", value: "5ms", refused: true},
+		{name: "negative", value: "-1s", refused: true},
+		{name: "no unit", value: "100", refused: true},
+		{name: "not a duration", value: "soon", refused: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"EDGE_JWT_SECRET": strings.Repeat("k", 32), "EDGE_SEND_QUEUE_MAX_DELAY": tt.value}
+			c, err := Load(func(k string) string { return env[k] })
+			if tt.refused {
+				if err == nil || !strings.Contains(err.Error(), "EDGE_SEND_QUEUE_MAX_DELAY") || !strings.Contains(err.Error(), "at least 10ms") {
+					t.Fatalf("Load(EDGE_SEND_QUEUE_MAX_DELAY=%q) = %v, want an error naming the variable and its least value", tt.value, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Load(EDGE_SEND_QUEUE_MAX_DELAY=%q) = %v", tt.value, err)
+			}
+			if c.SendQueueMaxDelay != tt.want {
+				t.Errorf("Load(EDGE_SEND_QUEUE_MAX_DELAY=%q).SendQueueMaxDelay = %v, want %v", tt.value, c.SendQueueMaxDelay, tt.want)
+			}
+		})
+	}
+}
