@@ -15,7 +15,42 @@ run() {
 flags=(--api "http://localhost${API_HTTP_ADDR:-:8080}"
 	--edge "http://localhost${EDGE_HTTP_ADDR:-:8081}" --logger "http://localhost${LOGGER_HTTP_ADDR:-:8082}")
 
+# ratio SECONDS: wrk -t1 -c32 against the empty handler of bin/eventbus
+# bench baseline and against POST /v1/events (and :batch, 100 events a
+# request) in turn, then the api's rate as a fraction of the empty one's.
+# Needs wrk (Debian's package); without it, it says so and skips.
+ratio() {
+	local d=$1 base=${BENCH_BASELINE_ADDR:-127.0.0.1:18090}
+	if ! command -v wrk >/dev/null; then
+		echo "== HTTP ratio: skipped, wrk is not installed (apt-get install wrk)"
+		return
+	fi
+	bin/eventbus bench baseline --listen "$base" >/dev/null &
+	local pid=$!
+	local i
+	for ((i = 0; i < 50; i++)); do
+		curl -s -o /dev/null "http://$base/" && break
+		sleep 0.1
+	done
+	rate() { wrk -t1 -c32 -d"$d" -s "scripts/wrk/$1.lua" "$2" | awk '/^Requests\/sec/ {printf "%d", $2}'; }
+	local empty event batch
+	empty=$(rate event "http://$base/")
+	event=$(rate event "http://localhost${API_HTTP_ADDR:-:8080}/v1/events")
+	batch=$(rate batch "http://localhost${API_HTTP_ADDR:-:8080}/v1/events:batch")
+	kill "$pid"
+	wait "$pid" 2>/dev/null
+	if [[ -z $empty || -z $event || -z $batch || $empty == 0 ]]; then
+		echo "== HTTP ratio: wrk measured nothing"
+		failed=1
+		return
+	fi
+	echo "== HTTP ratio, wrk -t1 -c32 -d$d: empty handler $empty requests/s;" \
+		"POST /v1/events $event/s = $(awk "BEGIN {printf \"%.2f\", $event / $empty}") of it;" \
+		"POST /v1/events:batch $batch requests/s ($((batch * 100)) events/s) = $(awk "BEGIN {printf \"%.2f\", $batch / $empty}") of it"
+}
+
 if [[ ${BENCH_SMOKE:-} == 1 ]]; then
+	ratio 1s
 	run bench fanout "${flags[@]}" --subscribers 20 --rate 200 --duration 2s
 	run bench fanout "${flags[@]}" --subscribers 20 --rate 200 --duration 2s --pattern
 	run bench fanout "${flags[@]}" --subscribers 20 --rate 200 --duration 2s --mqtt
@@ -33,6 +68,7 @@ run bench fanout "${flags[@]}" --subscribers 100 --rate 1000 --duration 10s
 run bench fanout "${flags[@]}" --subscribers 1000 --rate 100 --duration 5s --ramp
 # MQTT subscribers against WebSocket ones, in the same run.
 run bench fanout "${flags[@]}" --subscribers 1000 --rate 1000 --duration 5s --mqtt
+ratio 8s
 run bench ingest "${flags[@]}" --concurrency 64 --duration 10s
 run bench ingest "${flags[@]}" --concurrency 8 --duration 10s --grpc="localhost${API_GRPC_ADDR:-:9090}"
 # A client away while 50,000 events flow, then catching up.

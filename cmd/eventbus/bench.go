@@ -32,6 +32,7 @@ or JSON with --json. Scenarios:
   ingest       events posted over HTTP (or a gRPC stream) as fast as possible
   connections  idle WebSocket connections and what each costs the edge
   recovery     a client away while events flow, then the time it takes to catch up
+  baseline     serves an empty HTTP handler, the yardstick for ingest (see docs/benchmarks.md)
 
 Run 'eventbus bench SCENARIO --help' for its flags.
 `
@@ -54,6 +55,8 @@ func runBench(ctx context.Context, e env, args []string) error {
 		return benchConnections(ctx, e, args[1:])
 	case "recovery":
 		return benchRecovery(ctx, e, args[1:])
+	case "baseline":
+		return benchBaseline(ctx, e, args[1:])
 	case "-h", "--help", "help":
 		fmt.Fprint(e.stdout, benchUsage)
 		return nil
