@@ -141,7 +141,7 @@ func Load(getenv func(string) string) (Config, error) {
 // reading as fast as it can is closed on the scheduling jitter of a busy
 // edge.
 const (
-	DefaultSendQueueMaxDelay = 100 * time.Millisecond
+	DefaultSendQueueMaxDelay = 250 * time.Millisecond
 	MinSendQueueMaxDelay     = 10 * time.Millisecond
 )
 
