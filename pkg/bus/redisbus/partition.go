@@ -23,14 +23,16 @@ import (
 // Key layout, one server, one partition (today's wire):
 //
 //	<prefix>stream:{order}            the stream: fields c (channel, with the prefix) and p (payload)
-//	<prefix>stream:{order}:meta       hash: epoch
+//	<prefix>stream:{order}:meta       hash: epoch, added (entries ever added)
+//	<prefix>stream:{order}:marks      sorted set: ids by added, where trimming cuts
 //	<prefix>namespaces                set of the namespaces that have a stream
 //	<prefix>order:placed              the live channel: PUBLISH, what PSUBSCRIBE order:* hears
 //
 // Partitioned, for partition i with tag T = tags[i]:
 //
 //	<prefix>stream:{T}:order          the stream of order's partition i
-//	<prefix>stream:{T}:order:meta     hash: its epoch
+//	<prefix>stream:{T}:order:meta     hash: its epoch, added
+//	<prefix>stream:{T}:order:marks    sorted set: its trimming marks
 //	<prefix>namespaces:{T}            set of the namespaces recorded in partition i
 //	<prefix>live:{T}:order            on a cluster, the shard channel of order's partition i
 //	                                  (SPUBLISH; each message says its channel)
@@ -46,7 +48,10 @@ type stream struct {
 	// or "<namespace>.<partition>" when namespaces are partitioned.
 	name string
 	key  string // the stream
-	meta string // hash: epoch
+	meta string // hash: epoch, added
+	// marks is a sorted set of ids by the count of entries added when
+	// each was the newest: where trimming to MAXLEN cuts (publishScript).
+	marks string
 	set  string // the set of namespaces recorded in this partition
 	// live is the shard channel the partition's events of ns go out on,
 	// on a cluster; "" on one server, where each channel is its own.
@@ -63,12 +68,14 @@ func (b *Bus) partitioned() bool { return b.cluster || b.parts > 1 }
 func (b *Bus) streamOf(ns string, part int) stream {
 	p := b.opts.Prefix
 	if !b.partitioned() {
-		return stream{ns: ns, name: ns, key: p + "stream:{" + ns + "}", meta: p + "stream:{" + ns + "}:meta", set: p + "namespaces"}
+		key := p + "stream:{" + ns + "}"
+		return stream{ns: ns, name: ns, key: key, meta: key + ":meta", marks: key + ":marks", set: p + "namespaces"}
 	}
 	tag := b.tags[part]
+	key := p + "stream:{" + tag + "}:" + ns
 	s := stream{
 		ns: ns, part: part, name: ns + "." + strconv.Itoa(part), tag: tag,
-		key: p + "stream:{" + tag + "}:" + ns, meta: p + "stream:{" + tag + "}:" + ns + ":meta", set: p + "namespaces:{" + tag + "}",
+		key: key, meta: key + ":meta", marks: key + ":marks", set: p + "namespaces:{" + tag + "}",
 	}
 	if b.cluster {
 		s.live = p + "live:{" + tag + "}:" + ns

@@ -676,6 +676,71 @@ func TestTrimmingWaitsForConsumerGroups(t *testing.T) {
 	}
 }
 
+// Trimming keeps at least MAXLEN entries after every run and not many
+// more: MAXLEN, plus the runs between marks (every 10 entries for 1,000),
+// plus a stream node Redis trims whole (100). A stream recorded before the
+// marks were kept (no count, no marks) is trimmed as before, and the
+// marks take over; they stay about MAXLEN/every however long it runs.
+func TestTrimmingKeepsAboutMaxLen(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	prefix := redistest.Prefix(t)
+	const maxLen, most = 1000, 1000 + 10 + 100 + 7
+	b := newBus(t, srv, redisbus.Options{Prefix: prefix, HistoryMaxLen: maxLen})
+	rdb := srv.Client(t)
+	key := prefix + "stream:{keep}"
+	published := 0
+	publish := func(runs int) {
+		t.Helper()
+		for range runs {
+			msgs := make([]bus.Publication, 7) // runs that straddle the marks
+			for j := range msgs {
+				msgs[j] = bus.Publication{Channel: "keep:x", Payload: []byte(strconv.Itoa(published))}
+				published++
+			}
+			if _, _, err := b.PublishBatch(t.Context(), msgs); err != nil {
+				t.Fatal(err)
+			}
+			n, err := rdb.XLen(t.Context(), key).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := min(published, maxLen); n < int64(want) {
+				t.Fatalf("after %d events the stream holds %d: trimmed below %d", published, n, want)
+			}
+		}
+	}
+	publish(1000)
+	if n := rdb.XLen(t.Context(), key).Val(); n > most {
+		t.Fatalf("after %d events the stream holds %d, want at most %d", published, n, most)
+	}
+	if n := rdb.ZCard(t.Context(), key+":marks").Val(); n > maxLen/10+2 {
+		t.Errorf("%d marks for MAXLEN %d every 10, want about 100", n, maxLen)
+	}
+
+	// A stream recorded before the count and the marks: it grows past
+	// MAXLEN by hand, then the next runs trim it back.
+	if err := rdb.HDel(t.Context(), key+":meta", "added").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(t.Context(), key+":marks").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3000 {
+		if err := rdb.XAdd(t.Context(), &redis.XAddArgs{Stream: key, Values: []any{"c", prefix + "keep:x", "p", "old" + strconv.Itoa(i)}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(400)
+	if n := rdb.XLen(t.Context(), key).Val(); n > most {
+		t.Fatalf("a stream recorded before the marks holds %d after %d more events, want at most %d", n, 400*7, most)
+	}
+	if added, err := rdb.HGet(t.Context(), key+":meta", "added").Int(); err != nil || added < 400*7 {
+		t.Errorf("the count of entries added = %d, %v; want at least the %d published since", added, err, 400*7)
+	}
+}
+
 // A member back under its name gets its unacknowledged events once, then
 // new ones, even if it leaves those unacknowledged: they come again only
 // through the visibility timeout.

@@ -40,51 +40,71 @@ func reach(p string) (prefix string, wild bool) {
 // step: a subscriber never sees an event the record lacks, and no recorded
 // event skips the live path. The stream's epoch is made when the stream
 // is (new, or lost with its data), and the namespace is added to its
-// partition's set of namespaces. Trimming, in the runs the publisher asks
-// for it (see trimmer), keeps about MAXLEN entries and none older than
-// MINID, but never what a consumer group has yet to read or acknowledge: a
-// group that falls behind holds the record back, so it loses nothing, at
-// the cost of the memory its backlog takes. Each redis.call costs: one
-// XADD and one PUBLISH per message is all the script does per message.
+// partition's set of namespaces. Each redis.call costs: one XADD and one
+// PUBLISH per message is all the script does per message.
 //
 // Live, on one server each message is PUBLISHed on its own channel; on a
 // cluster it is SPUBLISHed on the stream's shard channel, after a line
 // naming its channel (channelHeader).
 //
-// KEYS: stream, meta, the partition's namespace set. ARGV: maxlen and
-// minid (both "" for no trimming in this run, minid "" for no bound by
+// Trimming, in the runs the publisher asks for it (see trimmer), keeps
+// about MAXLEN entries and none older than MINID, but never what a
+// consumer group has yet to read or acknowledge: a group that falls
+// behind holds the record back, so it loses nothing, at the cost of the
+// memory its backlog takes. A stream has no index by position, so the
+// script keeps marks to find where MAXLEN entries from the end begin: the
+// meta hash counts the entries ever added, and each trimming run adds the
+// newest entry's id to a sorted set (the marks key) scored by that count,
+// at most one per EVERY entries. The newest mark scored at most
+// added−MAXLEN is a cut that keeps at least MAXLEN entries, and the marks
+// before it are dropped. Without such a mark (a stream recorded before
+// marks were kept) it reads the entries beyond MAXLEN, at most 10,000, as
+// it did before: that costs about as much as recording them.
+//
+// KEYS: stream, meta, the partition's namespace set, marks. ARGV: maxlen
+// and minid (both "" for no trimming in this run, minid "" for no bound by
 // age), a new epoch in case one is needed, the namespace, the shard
 // channel ("" to PUBLISH each message on its channel), the partition's
 // announcement channel (on a cluster, where a namespace new to the
-// partition is named before its first events), then channel and payload
-// of each message. It returns the epoch, 1 when the namespace was
-// new to the partition (else 0), then the offset and receiver count of
-// each message.
+// partition is named before its first events), the marks' spacing, then
+// channel and payload of each message. It returns the epoch, 1 when the
+// namespace was new to the partition (else 0), then the offset and
+// receiver count of each message.
 var publishScript = redis.NewScript(`
-local stream, epoch = KEYS[1], nil
+local stream, meta, marks = KEYS[1], KEYS[2], KEYS[4]
+local epoch, added = nil, nil
 if redis.call('EXISTS', stream) == 1 then
-	epoch = redis.call('HGET', KEYS[2], 'epoch')
+	local m = redis.call('HMGET', meta, 'epoch', 'added')
+	epoch, added = m[1], tonumber(m[2])
 end
 if not epoch then
-	epoch = ARGV[3]
-	redis.call('HSET', KEYS[2], 'epoch', epoch)
+	epoch, added = ARGV[3], 0
+	redis.call('HSET', meta, 'epoch', epoch)
+	redis.call('DEL', marks)
+elseif not added then
+	added = redis.call('XLEN', stream) -- recorded before the count was kept
 end
-local added = redis.call('SADD', KEYS[3], ARGV[4])
+local isNew = redis.call('SADD', KEYS[3], ARGV[4])
 local maxlen, live, header = ARGV[1], ARGV[5], '\0eb1 ' .. epoch .. ' '
-if added == 1 and live ~= '' then
+if isNew == 1 and live ~= '' then
 	redis.call('SPUBLISH', ARGV[6], ARGV[4])
 end
-local out, n = {epoch, added}, 2
-for i = 7, #ARGV, 2 do
+local out, n, last = {epoch, isNew}, 2, nil
+for i = 8, #ARGV, 2 do
 	local ch, payload = ARGV[i], ARGV[i + 1]
-	local id = redis.call('XADD', stream, '*', 'c', ch, 'p', payload)
-	out[n + 1] = id
+	last = redis.call('XADD', stream, '*', 'c', ch, 'p', payload)
+	out[n + 1] = last
 	if live == '' then
-		out[n + 2] = redis.call('PUBLISH', ch, header .. id .. '\n' .. payload)
+		out[n + 2] = redis.call('PUBLISH', ch, header .. last .. '\n' .. payload)
 	else
-		out[n + 2] = redis.call('SPUBLISH', live, '\0ebc ' .. ch .. '\n' .. header .. id .. '\n' .. payload)
+		out[n + 2] = redis.call('SPUBLISH', live, '\0ebc ' .. ch .. '\n' .. header .. last .. '\n' .. payload)
 	end
 	n = n + 2
+end
+added = added + (n - 2) / 2
+redis.call('HSET', meta, 'added', added)
+if maxlen == '' then
+	return out
 end
 local function split(id)
 	local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -95,11 +115,18 @@ local function less(a, b)
 	local bm, bs = split(b)
 	return am < bm or (am == bm and as < bs)
 end
-if maxlen == '' then
-	return out
+maxlen = tonumber(maxlen)
+local newest = redis.call('ZREVRANGE', marks, 0, 0, 'WITHSCORES')
+if #newest == 0 or added - tonumber(newest[2]) >= tonumber(ARGV[7]) then
+	redis.call('ZADD', marks, added, last)
+end
+-- The newest mark with at least MAXLEN entries after it; older ones go.
+local mark = redis.call('ZREVRANGEBYSCORE', marks, added - maxlen, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if #mark > 0 then
+	redis.call('ZREMRANGEBYSCORE', marks, '-inf', '(' .. mark[2])
 end
 local len, ttl = redis.call('XLEN', stream), ARGV[2]
-if len > tonumber(maxlen) or ttl ~= '' then
+if len > maxlen or ttl ~= '' then
 	-- The furthest trimming may go: what every group has read and
 	-- acknowledged ('+' without groups).
 	local limit = '+'
@@ -120,12 +147,19 @@ if len > tonumber(maxlen) or ttl ~= '' then
 	if ttl ~= '' then
 		cut = ttl
 	end
-	if len > tonumber(maxlen) then
-		-- What lies before the last MAXLEN entries, read from the head,
-		-- no further than the limit.
-		local beyond = redis.call('XRANGE', stream, '-', limit, 'COUNT', math.min(len - tonumber(maxlen), 10000))
-		if #beyond > 0 and (cut == nil or less(cut, beyond[#beyond][1])) then
-			cut = beyond[#beyond][1]
+	if len > maxlen then
+		-- Where the last MAXLEN entries begin, no further than the limit.
+		local beyond
+		if #mark > 0 then
+			beyond = mark[1]
+		else
+			local head = redis.call('XRANGE', stream, '-', limit, 'COUNT', math.min(len - maxlen, 10000))
+			if #head > 0 then
+				beyond = head[#head][1]
+			end
+		end
+		if beyond and (cut == nil or less(cut, beyond)) then
+			cut = beyond
 		end
 	end
 	if cut and limit ~= '+' and less(limit, cut) then
@@ -248,13 +282,13 @@ func (b *Bus) record(ctx context.Context, pipe redis.Pipeliner, trim *trimmer, s
 		perStream := (b.opts.HistoryMaxLen + int64(b.parts) - 1) / int64(b.parts)
 		maxLen, minID = strconv.FormatInt(perStream, 10), b.minID(now)
 	}
-	c := recordCall{stream: st, keys: []string{st.key, st.meta, st.set}, n: len(msgs)}
+	c := recordCall{stream: st, keys: []string{st.key, st.meta, st.set, st.marks}, n: len(msgs)}
 	announce := ""
 	if st.live != "" {
 		announce = b.announceChannel(st.part)
 	}
-	c.args = make([]any, 0, 6+2*len(msgs))
-	c.args = append(c.args, maxLen, minID, newEpoch(), st.ns, st.live, announce)
+	c.args = make([]any, 0, 7+2*len(msgs))
+	c.args = append(c.args, maxLen, minID, newEpoch(), st.ns, st.live, announce, trim.every)
 	for _, m := range msgs {
 		c.args = append(c.args, b.key(m.Channel), m.Payload)
 	}
