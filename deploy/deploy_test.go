@@ -17,6 +17,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -180,8 +181,9 @@ type kustomization struct {
 	Labels     []struct {
 		Pairs map[string]string `json:"pairs"`
 	} `json:"labels,omitempty"`
-	Resources []string `json:"resources"`
-	Images    []struct {
+	Resources  []string `json:"resources,omitempty"`
+	Components []string `json:"components,omitempty"`
+	Images     []struct {
 		Name   string `json:"name"`
 		NewTag string `json:"newTag"`
 	} `json:"images,omitempty"`
@@ -202,7 +204,7 @@ type kustomization struct {
 }
 
 // walkOverlay checks every manifest an overlay's kustomization reaches,
-// through the bases it names, and returns the kind/name of each and the
+// through the bases and components it names, and returns the kind/name of each and the
 // overlay's own kustomization.
 func walkOverlay(t *testing.T, overlay string) (map[string]bool, kustomization) {
 	t.Helper()
@@ -220,6 +222,9 @@ func walkOverlay(t *testing.T, overlay string) (map[string]bool, kustomization) 
 		}
 		if dir == overlay {
 			top = k
+		}
+		for _, c := range k.Components {
+			walk(filepath.Join(dir, c))
 		}
 		for _, r := range k.Resources {
 			p := filepath.Join(dir, r)
@@ -329,6 +334,14 @@ func checkManifest(t *testing.T, path string, seen map[string]bool) {
 			obj = new(autoscalingv2.HorizontalPodAutoscaler)
 		case "PodDisruptionBudget":
 			obj = new(policyv1.PodDisruptionBudget)
+		case "StatefulSet":
+			obj = new(appsv1.StatefulSet)
+		case "Ingress":
+			obj = new(networkingv1.Ingress)
+		case "NetworkPolicy":
+			obj = new(networkingv1.NetworkPolicy)
+		case "ServiceMonitor":
+			obj = new(serviceMonitor)
 		default:
 			t.Errorf("%s document %d: kind %q has no check", path, i, head.Kind)
 			continue
@@ -338,18 +351,23 @@ func checkManifest(t *testing.T, path string, seen map[string]bool) {
 			continue
 		}
 		seen[head.Kind+"/"+head.Metadata.Name] = true
-		if d, ok := obj.(*appsv1.Deployment); ok {
-			checkDeployment(t, path, d)
+		switch o := obj.(type) {
+		case *appsv1.Deployment:
+			checkPodSpec(t, path, o.Name, &o.Spec.Template.Spec)
+		case *appsv1.StatefulSet:
+			checkPodSpec(t, path, o.Name, &o.Spec.Template.Spec)
 		}
 	}
 }
 
-func checkDeployment(t *testing.T, path string, d *appsv1.Deployment) {
+// checkPodSpec checks the pod template of the Deployment or StatefulSet
+// name.
+func checkPodSpec(t *testing.T, path, name string, spec *corev1.PodSpec) {
 	t.Helper()
-	if sc := d.Spec.Template.Spec.SecurityContext; d.Name != "redis" && (sc == nil || sc.FSGroup == nil || *sc.FSGroup != 65532) {
-		t.Errorf("%s: %s has no fsGroup 65532: a fresh volume would not be writable by the service's user", path, d.Name)
+	if sc := spec.SecurityContext; name != "redis" && (sc == nil || sc.FSGroup == nil || *sc.FSGroup != 65532) {
+		t.Errorf("%s: %s has no fsGroup 65532: a fresh volume would not be writable by the service's user", path, name)
 	}
-	for _, c := range d.Spec.Template.Spec.Containers {
+	for _, c := range spec.Containers {
 		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 			t.Errorf("%s: %s has no resource requests and limits", path, c.Name)
 		}
@@ -357,7 +375,7 @@ func checkDeployment(t *testing.T, path string, d *appsv1.Deployment) {
 			t.Errorf("%s: %s lacks a readiness or liveness probe", path, c.Name)
 			continue
 		}
-		if d.Name == "redis" {
+		if name == "redis" {
 			continue
 		}
 		if g := c.ReadinessProbe.HTTPGet; g == nil || g.Path != "/readyz" {
