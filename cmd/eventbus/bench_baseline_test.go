@@ -47,3 +47,21 @@ func TestBenchBaseline(t *testing.T) {
 		t.Errorf("bench baseline after its context ended = %v, want nil", err)
 	}
 }
+
+// bench ingest refuses a negative --rate, and --rate over gRPC, whose
+// streams it does not pace, before it sends anything.
+func TestBenchIngestRefusesBadRates(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"bench", "ingest", "--rate", "-1"},
+		{"bench", "ingest", "--rate", "100", "--grpc"},
+	} {
+		var stderr strings.Builder
+		if err := run(t.Context(), args, func(string) string { return "" }, io.Discard, &stderr); !errors.Is(err, errUsage) {
+			t.Errorf("%q = %v, want a usage error", args, err)
+		}
+		if !strings.Contains(stderr.String(), "-rate") {
+			t.Errorf("%q printed %q, want the usage with -rate", args, stderr.String())
+		}
+	}
+}

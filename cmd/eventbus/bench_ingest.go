@@ -35,11 +35,12 @@ func benchIngest(ctx context.Context, e env, args []string) error {
 	concurrency := fs.Int("concurrency", 32, "concurrent clients (or streams)")
 	duration := fs.Duration("duration", 10*time.Second, "how long to publish")
 	batch := fs.Int("batch", 1000, "events per gRPC stream")
+	rate := fs.Float64("rate", 0, "HTTP only: post at this many events/s in all, on a fixed schedule, and time each from when it was due\n(0: as fast as the clients can)")
 	patterns := fs.Int("patterns", 0, "first subscribe this many distinct patterns at the edge, 200 per user, as an attacker would")
 	patternsNS := fs.String("patterns-namespace", "amp", "namespace of those patterns; with bench, the ingest's own, every event reaches the edge through their cover")
 	if pos, err := parse(fs, args); err != nil {
 		return err
-	} else if len(pos) != 0 || *concurrency < 1 || *batch < 1 || *patterns < 0 {
+	} else if len(pos) != 0 || *concurrency < 1 || *batch < 1 || *patterns < 0 || *rate < 0 || (*rate > 0 && b.grpc.on) {
 		fs.Usage()
 		return errUsage
 	}
@@ -100,11 +101,27 @@ func benchIngest(ctx context.Context, e env, args []string) error {
 			return err
 		}
 		body := []byte(`{"type":"bench.ingest","subject":"http"}`)
+		// With --rate, client i posts every interval from its own offset,
+		// and a post is timed from when it was due, not from when it went
+		// out: a server that falls behind shows in the latencies instead
+		// of slowing the schedule (coordinated omission).
+		var interval time.Duration
+		if *rate > 0 {
+			interval = time.Duration(float64(*concurrency) / *rate * float64(time.Second))
+		}
+		first := time.Now()
 		work = func(i int) error {
 			p := posts{cfg: cfg}
 			defer p.close()
+			due := first.Add(interval * time.Duration(i) / time.Duration(*concurrency))
 			for time.Now().Before(deadline) && ctx.Err() == nil {
 				t0 := time.Now()
+				if interval > 0 {
+					if wait := time.Until(due); wait > 0 {
+						time.Sleep(wait)
+					}
+					t0, due = due, due.Add(interval)
+				}
 				status, err := p.post(ctx, body)
 				if err != nil && ctx.Err() != nil {
 					return nil
@@ -147,6 +164,7 @@ func benchIngest(ctx context.Context, e env, args []string) error {
 	}
 	res := result{
 		{"transport", transport}, {"concurrency", *concurrency}, {"duration_s", round(elapsed.Seconds(), 2)},
+		{"offered_per_sec", offered(*rate)},
 		{"events_per_sec", round(float64(accepted.Load())/elapsed.Seconds(), 0)},
 		{"p50_ms", p[0]}, {"p99_ms", p[1]}, {"accepted", accepted.Load()}, {"errors", failed.Load()},
 	}
@@ -171,6 +189,14 @@ func benchIngest(ctx context.Context, e env, args []string) error {
 		return errLoss
 	}
 	return nil
+}
+
+// offered names the rate asked for: "max" when none was.
+func offered(rate float64) any {
+	if rate == 0 {
+		return "max"
+	}
+	return rate
 }
 
 func waitLogged(ctx context.Context, logger string, before float64, want int64) (int64, error) {
