@@ -26,7 +26,7 @@ import (
 )
 
 func main() {
-	server.TuneGC(os.Getenv) // see docs/operations.md, "Memory"
+	server.TuneGC(os.Getenv) // docs/operations.md, "Memory: the api's garbage collector"
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Getenv, os.Stderr)
 	stop()
