@@ -4,9 +4,11 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -159,7 +161,16 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log.Info("listening", "http_addr", l.Addr().String(), "demo", cfg.Demo, "anonymous", cfg.AllowAnonymous)
+	mqttListeners, err := listenMQTT(ctx, cfg)
+	if err != nil {
+		_ = l.Close()
+		return err
+	}
+	attrs := []any{"http_addr", l.Addr().String()}
+	for name, ml := range mqttListeners {
+		attrs = append(attrs, name, ml.Addr().String())
+	}
+	log.Info("listening", append(attrs, "demo", cfg.Demo, "anonymous", cfg.AllowAnonymous)...)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return h.Run(ctx) })
@@ -167,7 +178,37 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	g.Go(func() error {
 		return server.ServeHTTP(ctx, server.NewHTTPServer(mux, server.HTTPOptions{}), l)
 	})
+	for _, ml := range mqttListeners {
+		g.Go(func() error { return mq.Serve(ctx, ml) })
+	}
 	err = g.Wait()
 	log.Info("stopped")
 	return err
+}
+
+// listenMQTT opens the MQTT listeners the configuration asks for, keyed
+// by the name their address is logged under: TCP at EDGE_MQTT_ADDR, TLS
+// at EDGE_MQTTS_ADDR.
+func listenMQTT(ctx context.Context, cfg config.Config) (map[string]net.Listener, error) {
+	ls := map[string]net.Listener{}
+	if cfg.MQTTAddr != "" {
+		l, err := server.Listen(ctx, cfg.MQTTAddr)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt: %w", err)
+		}
+		ls["mqtt_addr"] = l
+	}
+	if cfg.MQTTSAddr != "" {
+		l, err := server.Listen(ctx, cfg.MQTTSAddr)
+		if err != nil {
+			for _, l := range ls {
+				_ = l.Close()
+			}
+			return nil, fmt.Errorf("mqtts: %w", err)
+		}
+		ls["mqtts_addr"] = tls.NewListener(l, &tls.Config{
+			MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*cfg.TLSCertificate},
+		})
+	}
+	return ls, nil
 }

@@ -34,6 +34,7 @@ type edge struct {
 	prefix string // the edge's channel prefix in Redis
 	base   string // http://host:port
 	ws     string // ws://host:port/ws
+	mqtt   string // host:port of MQTT over TCP, when EDGE_MQTT_ADDR is on
 	bus    *redisbus.Bus
 	redis  *redistest.Server
 	svc    *servicetest.Service
@@ -49,7 +50,7 @@ func startEdge(t *testing.T, srv *redistest.Server, env map[string]string) *edge
 func startEdgeWithPrefix(t *testing.T, srv *redistest.Server, prefix string, env map[string]string) *edge {
 	t.Helper()
 	vars := map[string]string{
-		"EDGE_HTTP_ADDR": "127.0.0.1:0", "EDGE_JWT_SECRET": secret,
+		"EDGE_HTTP_ADDR": "127.0.0.1:0", "EDGE_MQTT_ADDR": "127.0.0.1:0", "EDGE_JWT_SECRET": secret,
 		"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "debug",
 	}
 	maps.Copy(vars, env)
@@ -60,7 +61,7 @@ func startEdgeWithPrefix(t *testing.T, srv *redistest.Server, prefix string, env
 	}
 	t.Cleanup(func() { _ = b.Close() })
 	addr := svc.Addrs["http_addr"]
-	return &edge{prefix: prefix + ":", base: "http://" + addr, ws: "ws://" + addr + "/ws", bus: b, redis: srv, svc: svc}
+	return &edge{prefix: prefix + ":", base: "http://" + addr, ws: "ws://" + addr + "/ws", mqtt: svc.Addrs["mqtt_addr"], bus: b, redis: srv, svc: svc}
 }
 
 func mint(t *testing.T, sub string, channels ...string) string {

@@ -2,10 +2,13 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
 	"net/url"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -51,6 +54,13 @@ type Config struct {
 	WriteRate          int            // EDGE_WRITE_RATE: writes per second to aim at, over every transport, by packing events; 0 for none
 	MQTTRetryInterval  time.Duration  // EDGE_MQTT_RETRY_INTERVAL: an unacknowledged QoS 1 message is sent again, with DUP, this often
 	MQTTSessionExpiry  time.Duration  // EDGE_MQTT_SESSION_EXPIRY: how long a kept MQTT session outlives its connection, at most
+	MQTTAddr           string         // EDGE_MQTT_ADDR: MQTT over TCP; "" (EDGE_MQTT_ADDR=off) for none
+	MQTTSAddr          string         // EDGE_MQTTS_ADDR: MQTT over TLS; "" for none
+	TLSCertFile        string         // EDGE_TLS_CERT: PEM certificate chain of the MQTT TLS listener
+	TLSKeyFile         string         // EDGE_TLS_KEY: PEM private key of that certificate
+	// TLSCertificate is the key pair of EDGE_TLS_CERT and EDGE_TLS_KEY,
+	// loaded and checked; nil when EDGE_MQTTS_ADDR is not set.
+	TLSCertificate *tls.Certificate
 }
 
 // Load reads the configuration through getenv and reports every bad
@@ -93,6 +103,7 @@ func Load(getenv func(string) string) (Config, error) {
 		MQTTSessionExpiry:  r.Duration("EDGE_MQTT_SESSION_EXPIRY", 24*time.Hour),
 	}
 	c.SendQueueMaxDelay = queueDelay(r)
+	c.mqttListeners(r)
 	for _, p := range r.List("EDGE_TRUSTED_PROXIES", nil) {
 		prefix, err := netip.ParsePrefix(p)
 		if err != nil {
@@ -174,4 +185,51 @@ func checkDemoAPIURL(s string) error {
 		return errors.New("want no query or fragment")
 	}
 	return nil
+}
+
+// DefaultMQTTAddr is EDGE_MQTT_ADDR's default: MQTT's registered port.
+const DefaultMQTTAddr = ":1883"
+
+// mqttListeners reads EDGE_MQTT_ADDR, EDGE_MQTTS_ADDR and the TLS key pair
+// of the second, loading it so that a missing, unreadable or mismatched
+// file stops the edge at start rather than at the first client.
+func (c *Config) mqttListeners(r *envconfig.Reader) {
+	// An unset variable reads as empty, so "off" is how TCP is turned off.
+	if v := r.String("EDGE_MQTT_ADDR", DefaultMQTTAddr); !strings.EqualFold(v, "off") {
+		c.MQTTAddr = r.Addr("EDGE_MQTT_ADDR", DefaultMQTTAddr)
+	}
+	if v := r.String("EDGE_MQTTS_ADDR", ""); v != "" && !strings.EqualFold(v, "off") {
+		c.MQTTSAddr = r.Addr("EDGE_MQTTS_ADDR", "")
+	}
+	c.TLSCertFile, c.TLSKeyFile = r.String("EDGE_TLS_CERT", ""), r.String("EDGE_TLS_KEY", "")
+	if c.MQTTSAddr == "" {
+		for _, v := range [][2]string{{"EDGE_TLS_CERT", c.TLSCertFile}, {"EDGE_TLS_KEY", c.TLSKeyFile}} {
+			if v[1] != "" {
+				r.Check(v[0], v[1], errors.New("applies to the MQTT TLS listener, EDGE_MQTTS_ADDR, which is not set"))
+			}
+		}
+		return
+	}
+	var pems [2][]byte
+	read := true
+	for i, v := range [][2]string{{"EDGE_TLS_CERT", c.TLSCertFile}, {"EDGE_TLS_KEY", c.TLSKeyFile}} {
+		if v[1] == "" {
+			r.Check(v[0], "", errors.New("required with EDGE_MQTTS_ADDR: a PEM file"))
+			read = false
+			continue
+		}
+		var err error
+		pems[i], err = os.ReadFile(v[1])
+		r.Check(v[0], v[1], err)
+		read = read && err == nil
+	}
+	if !read {
+		return
+	}
+	pair, err := tls.X509KeyPair(pems[0], pems[1])
+	if err != nil {
+		r.Check("EDGE_TLS_KEY", c.TLSKeyFile, fmt.Errorf("with EDGE_TLS_CERT=%q: %w", c.TLSCertFile, err))
+		return
+	}
+	c.TLSCertificate = &pair
 }

@@ -1,5 +1,6 @@
-// Package mqttapi serves MQTT 3.1.1 and 5.0 over WebSocket: GET /mqtt, and
-// GET /ws when the client offers the mqtt subprotocol. It is the edge's
+// Package mqttapi serves MQTT 3.1.1 and 5.0 over WebSocket (GET /mqtt, and
+// GET /ws when the client offers the mqtt subprotocol), over TCP and over
+// TLS (Serve, tcp.go): one session, whatever carries it. It is the edge's
 // third transport on the same hub as the JSON WebSocket and SSE: topics are
 // channels ("order/placed" is "order:placed"), the password of CONNECT is
 // the token, and PUBLISH from a client becomes an event on the bus.
@@ -158,15 +159,48 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Logger.Debug("mqtt upgrade refused", "error", err)
 		return
 	}
-	go h.serve(conn, h.Access.ClientAddr(r))
+	go h.serveWebSocket(conn, h.Access.ClientAddr(r))
 }
+
+// serveWebSocket runs the session of an upgraded connection, its packets
+// carried in binary messages.
+func (h *Handler) serveWebSocket(conn *websocket.Conn, addr netip.Addr) {
+	// The socket's reads and writes end when serve returns, not with the
+	// session's context: a kick ends that, and the writer still says why
+	// before it closes.
+	netCtx, netCancel := context.WithCancel(context.Background())
+	defer netCancel()
+	h.serve(websocket.NetConn(netCtx, conn, websocket.MessageBinary), wsCloser{conn}, addr)
+}
+
+// closer ends a connection the way its transport can. The session writes
+// MQTT packets to its net.Conn and leaves the closing to this.
+type closer interface {
+	// Close ends the connection for d: over WebSocket with a close frame
+	// of d's code and reason; over TCP and TLS, where MQTT has no word
+	// but the DISCONNECT already sent to a 5.0 client, by closing the
+	// socket.
+	Close(d hub.Disconnect)
+	// CloseNow cuts the connection at once, saying nothing. It is safe to
+	// call from any goroutine, and again.
+	CloseNow()
+}
+
+// wsCloser closes an MQTT WebSocket.
+type wsCloser struct{ conn *websocket.Conn }
+
+func (c wsCloser) Close(d hub.Disconnect) {
+	_ = c.conn.Close(websocket.StatusCode(d.Code), protocol.CloseReason(d.Reason))
+}
+
+func (c wsCloser) CloseNow() { _ = c.conn.CloseNow() }
 
 // session is one MQTT connection: its reader runs in serve, its writer in
 // write, and both share the subscriptions and the QoS 1 window.
 type session struct {
 	h       *Handler
-	conn    *websocket.Conn
-	nc      net.Conn
+	nc      net.Conn        // MQTT's bytes, in and out
+	closer  closer          // how the transport ends the connection
 	ctx     context.Context // ends with the connection
 	cancel  context.CancelFunc
 	addr    netip.Addr
@@ -218,16 +252,15 @@ type pending struct {
 	prev bus.Position
 }
 
-func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {
-	defer conn.CloseNow()
+// serve runs the session of a connection whose MQTT bytes nc carries and
+// which c closes, from addr, until it ends; then nc is closed. The
+// session's reads and writes of nc must not end with a kick: the writer
+// still says why before it closes.
+func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
+	defer c.CloseNow()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// The socket's reads and writes end when serve returns, not with ctx:
-	// a kick cancels ctx, and the writer still says why before it closes.
-	netCtx, netCancel := context.WithCancel(context.Background())
-	defer netCancel()
-	nc := websocket.NetConn(netCtx, conn, websocket.MessageBinary)
-	s := &session{h: h, conn: conn, nc: nc, ctx: ctx, cancel: cancel, addr: addr,
+	s := &session{h: h, nc: nc, closer: c, ctx: ctx, cancel: cancel, addr: addr,
 		limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst),
 		wake:    make(chan struct{}, 1),
 		filters: make(map[string]byte), byPattern: make(map[string][]string), inflight: make(map[uint16]*pending)}
@@ -236,7 +269,7 @@ func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {
 		if !errors.Is(err, hub.ErrTooManyConnections) {
 			d = hub.DisconnectShutdown
 		}
-		_ = conn.Close(websocket.StatusCode(d.Code), protocol.CloseReason(fmt.Sprintf("%s: %v", d.Reason, err)))
+		c.Close(hub.Disconnect{Code: d.Code, Reason: fmt.Sprintf("%s: %v", d.Reason, err)})
 		return
 	}
 	br := bufio.NewReaderSize(nc, 4<<10)
@@ -280,7 +313,7 @@ func (h *Handler) serve(conn *websocket.Conn, addr netip.Addr) {
 // WebSocket is, EDGE_MAX_USER_CONNECTIONS per address and
 // EDGE_MAX_ADDRESS_CONNECTIONS over all of them, and holds its place
 // until CONNECT moves it to its user or ConnectTimeout closes it. Every
-// listener of MQTT (over WebSocket here; a TCP listener alike) admits its
+// listener of MQTT (over WebSocket, TCP and TLS alike) admits its
 // sockets through it first and closes one refused with
 // hub.ErrTooManyConnections; one admitted is followed by one Hub.Leave.
 func (h *Handler) admit(s *session) error {
@@ -301,7 +334,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	refuse := func(code packets.Code, why string) (time.Duration, bool) {
 		h.Logger.Debug("mqtt connect refused", "reason", why, "client_id", pk.Connect.ClientIdentifier)
 		_, _ = s.nc.Write(encode(s.connack(code, packets.Properties{})))
-		_ = s.conn.Close(websocket.StatusPolicyViolation, protocol.CloseReason(why))
+		s.closer.Close(hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: why})
 		return 0, false
 	}
 	if s.version != 4 && s.version != 5 {
@@ -565,5 +598,5 @@ func (s *session) kicked(d hub.Disconnect) {
 	s.cancel()
 	// A writer stuck on a client that stopped reading never gets to close:
 	// the socket is cut after a grace.
-	time.AfterFunc(closeGrace, func() { _ = s.conn.CloseNow() })
+	time.AfterFunc(closeGrace, s.closer.CloseNow)
 }

@@ -2,11 +2,9 @@ package mqttapi
 
 import (
 	"bytes"
-	"context"
 	"slices"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
@@ -235,7 +233,7 @@ func (s *session) acked(id uint16) {
 	}
 }
 
-// flush writes buf as one WebSocket message.
+// flush writes buf: one WebSocket message, or to the TCP stream.
 func (s *session) flush(buf *bytes.Buffer) {
 	if buf.Len() == 0 {
 		return
@@ -249,22 +247,23 @@ func (s *session) flush(buf *bytes.Buffer) {
 	}
 }
 
-// closeWith closes the WebSocket with d; a 5.0 client whose connection
+// closeWith closes the connection with d; a 5.0 client whose connection
 // the hub or a control command ends is told why with a DISCONNECT first.
 func (s *session) closeWith(d hub.Disconnect) {
 	if d == hub.DisconnectBroken {
-		_ = s.conn.CloseNow()
+		s.closer.CloseNow()
 		return
 	}
 	if code, ok := reasonOf(d); ok && s.version == 5 && !s.saidBye {
 		var buf bytes.Buffer
 		_ = mqttwire.Append(&buf, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 5,
 			ReasonCode: code.Code, Properties: packets.Properties{ReasonString: d.Reason}})
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = s.conn.Write(ctx, websocket.MessageBinary, buf.Bytes())
-		cancel()
+		// The writer is the socket's only writer now; a client that
+		// stopped reading gets a second.
+		_ = s.nc.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = s.nc.Write(buf.Bytes())
 	}
-	_ = s.conn.Close(websocket.StatusCode(d.Code), protocol.CloseReason(d.Reason))
+	s.closer.Close(d)
 }
 
 // reasonOf is the DISCONNECT reason code of a disconnect the hub or a
