@@ -20,6 +20,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/logging"
 )
 
 // Reader reads variables and remembers what was wrong with them.
@@ -123,6 +124,19 @@ func (r *Reader) LogLevel(name string, def slog.Level) slog.Level {
 	return l
 }
 
+// LogFormat returns json, text or auto (see logging.Format).
+func (r *Reader) LogFormat(name string, def logging.Format) logging.Format {
+	v := r.String(name, "")
+	if v == "" {
+		return def
+	}
+	f, err := logging.ParseFormat(strings.ToLower(v))
+	if err != nil {
+		r.fail(name, v, "json, text or auto")
+	}
+	return f
+}
+
 // RedisURL returns a URL that go-redis parses, such as
 // redis://localhost:6379/0.
 func (r *Reader) RedisURL(name, def string) string {
@@ -166,6 +180,9 @@ type Common struct {
 	RedisPrefix string     // REDIS_PREFIX: channel and key prefix, for sharing one Redis
 	Pprof       bool       // PPROF: serve /debug/pprof on the HTTP port, for profiling only
 	LogLevel    slog.Level // LOG_LEVEL
+	// LogFormat is LOG_FORMAT: json, text, or auto (the default), which
+	// is text on a terminal and JSON anywhere else.
+	LogFormat logging.Format
 	// HistoryMaxLen is about how many events each namespace's stream
 	// keeps (BUS_HISTORY_MAXLEN); zero when BUS_HISTORY is off, when the
 	// bus publishes live only.
@@ -178,7 +195,7 @@ type Common struct {
 }
 
 // Common reads REDIS_URL (or REDIS_CLUSTER_ADDRS), REDIS_PREFIX, PPROF,
-// LOG_LEVEL and the bus's record: BUS_HISTORY, BUS_HISTORY_MAXLEN,
+// LOG_LEVEL, LOG_FORMAT and the bus's record: BUS_HISTORY, BUS_HISTORY_MAXLEN,
 // BUS_HISTORY_TTL and BUS_PARTITIONS.
 func (r *Reader) Common() Common {
 	c := Common{
@@ -186,6 +203,7 @@ func (r *Reader) Common() Common {
 		RedisPrefix:   r.ChannelPrefix("REDIS_PREFIX"),
 		Pprof:         r.Bool("PPROF", false),
 		LogLevel:      r.LogLevel("LOG_LEVEL", slog.LevelInfo),
+		LogFormat:     r.LogFormat("LOG_FORMAT", logging.Auto),
 		HistoryMaxLen: r.Int("BUS_HISTORY_MAXLEN", 100_000, 1),
 		HistoryTTL:    r.Duration("BUS_HISTORY_TTL", 24*time.Hour),
 		Partitions:    int(r.Int("BUS_PARTITIONS", 0, 1)),

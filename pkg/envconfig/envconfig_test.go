@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/eventbus-suite/eventbus/pkg/envconfig"
+	"github.com/eventbus-suite/eventbus/pkg/logging"
 )
 
 func TestReaderDefaultsAndValues(t *testing.T) {
@@ -33,7 +34,7 @@ func TestReaderDefaultsAndValues(t *testing.T) {
 func TestReaderNamesEveryBadVariable(t *testing.T) {
 	t.Parallel()
 	env := map[string]string{
-		"ADDR": "8080", "ON": "maybe", "N": "-1", "D": "soon", "URL": "http://x", "LEVEL": "loud",
+		"ADDR": "8080", "ON": "maybe", "N": "-1", "D": "soon", "URL": "http://x", "LEVEL": "loud", "FORMAT": "xml",
 	}
 	r := envconfig.New(func(k string) string { return env[k] })
 	r.Addr("ADDR", "")
@@ -42,6 +43,7 @@ func TestReaderNamesEveryBadVariable(t *testing.T) {
 	r.Duration("D", 0)
 	r.RedisURL("URL", "")
 	r.LogLevel("LEVEL", 0)
+	r.LogFormat("FORMAT", logging.Auto)
 	err := r.Err()
 	if err == nil {
 		t.Fatal("Err() = nil, want every bad variable named")
@@ -50,6 +52,33 @@ func TestReaderNamesEveryBadVariable(t *testing.T) {
 		if !strings.Contains(err.Error(), name+"=") {
 			t.Errorf("Err() = %q, does not name %s", err, name)
 		}
+	}
+}
+
+func TestCommonLogFormat(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, value string
+		want        logging.Format
+	}{
+		{name: "unset", value: "", want: logging.Auto},
+		{name: "json", value: "json", want: logging.JSON},
+		{name: "text", value: "text", want: logging.Text},
+		{name: "auto", value: "auto", want: logging.Auto},
+		{name: "any case", value: " Text ", want: logging.Text},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := envconfig.New(func(k string) string { return map[string]string{"LOG_FORMAT": tt.value}[k] })
+			if got := r.Common().LogFormat; got != tt.want || r.Err() != nil {
+				t.Errorf("LOG_FORMAT=%q: Common().LogFormat = %q, Err() = %v; want %q", tt.value, got, r.Err(), tt.want)
+			}
+		})
+	}
+	r := envconfig.New(func(k string) string { return map[string]string{"LOG_FORMAT": "pretty"}[k] })
+	r.Common()
+	if err := r.Err(); err == nil || !strings.Contains(err.Error(), `LOG_FORMAT="pretty": want json, text or auto`) {
+		t.Errorf("LOG_FORMAT=pretty: Err() = %v, want it named with the formats", err)
 	}
 }
 
