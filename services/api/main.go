@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/apikey"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
+	"github.com/eventbus-suite/eventbus/pkg/logging"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/api/internal/config"
@@ -41,7 +41,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "api")
+	log := logging.New(stderr, cfg.LogFormat, cfg.LogLevel, "api")
 	keys := apikey.New(cfg.APIKeys)
 	if keys.Open() {
 		log.Warn("API_KEYS is not set: every /v1 route and gRPC call is open to anyone who can reach it, " +

@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
+	"github.com/eventbus-suite/eventbus/pkg/logging"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/token"
@@ -47,7 +47,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "edge")
+	log := logging.New(stderr, cfg.LogFormat, cfg.LogLevel, "edge")
 	secret := cfg.JWTSecret
 	if cfg.Demo {
 		if len(secret) == 0 {

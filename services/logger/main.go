@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -17,6 +16,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/apikey"
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
+	"github.com/eventbus-suite/eventbus/pkg/logging"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/logger/internal/config"
 	"github.com/eventbus-suite/eventbus/services/logger/internal/eventlog"
@@ -39,7 +39,7 @@ func run(ctx context.Context, getenv func(string) string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "logger")
+	log := logging.New(stderr, cfg.LogFormat, cfg.LogLevel, "logger")
 
 	reg := server.NewRegistry()
 	b, _, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, cfg.BusOptions(log, reg, "eventbus_logger"))

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -19,6 +18,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/apikey"
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
+	"github.com/eventbus-suite/eventbus/pkg/logging"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/claims"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/config"
@@ -45,7 +45,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", "notification")
+	log := logging.New(stderr, cfg.LogFormat, cfg.LogLevel, "notification")
 	tmpl, err := templates.Load()
 	if err != nil {
 		return err
