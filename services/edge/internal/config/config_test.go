@@ -42,3 +42,27 @@ func TestSendQueueMaxDelay(t *testing.T) {
 		})
 	}
 }
+
+func TestMQTTAddr(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, value, want string
+	}{
+		{name: "unset", value: "", want: ":1883"},
+		{name: "off", value: "off", want: ""},
+		{name: "off in any case", value: "Off", want: ""},
+		{name: "an address", value: "127.0.0.1:11883", want: "127.0.0.1:11883"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"EDGE_JWT_SECRET": strings.Repeat("k", 32), "EDGE_MQTT_ADDR": tt.value}
+			c, err := Load(func(k string) string { return env[k] })
+			if err != nil {
+				t.Fatalf("Load(EDGE_MQTT_ADDR=%q) = %v", tt.value, err)
+			}
+			if c.MQTTAddr != tt.want || c.MQTTSAddr != "" || c.TLSCertificate != nil {
+				t.Errorf("Load(EDGE_MQTT_ADDR=%q) = MQTTAddr %q, MQTTSAddr %q; want %q and no TLS", tt.value, c.MQTTAddr, c.MQTTSAddr, tt.want)
+			}
+		})
+	}
+}
