@@ -89,11 +89,22 @@ dial_addr() {
 export API_HTTP_ADDR=${API_HTTP_ADDR:-:8080} API_GRPC_ADDR=${API_GRPC_ADDR:-:9090}
 export LOGGER_HTTP_ADDR=${LOGGER_HTTP_ADDR:-:8082} EDGE_HTTP_ADDR=${EDGE_HTTP_ADDR:-:8081}
 export NOTIFICATION_HTTP_ADDR=${NOTIFICATION_HTTP_ADDR:-:8083}
+# MQTT over TCP on 11883, clear of a local Mosquitto on 1883, the edge's
+# own default (EDGE_MQTT_ADDR=off for none).
+export EDGE_MQTT_ADDR=${EDGE_MQTT_ADDR:-:11883}
 api=http://$(dial_addr "$API_HTTP_ADDR")
 grpc=$(dial_addr "$API_GRPC_ADDR")
 logger=http://$(dial_addr "$LOGGER_HTTP_ADDR")
 edge=$(dial_addr "$EDGE_HTTP_ADDR")
 notification=http://$(dial_addr "$NOTIFICATION_HTTP_ADDR")
+mqtt_line= mqtt_try=
+if [[ ${EDGE_MQTT_ADDR,,} != off ]]; then
+	mqtt=$(dial_addr "$EDGE_MQTT_ADDR")
+	mqtt_line="
+[run]            mqtt://$mqtt   MQTT 3.1.1/5.0 over TCP (the token is the password)"
+	mqtt_try="
+[run]       mosquitto_sub -h ${mqtt%:*} -p ${mqtt##*:} -u dev -P \"\$(bin/eventbus token --sub 42 --channels 'order:*')\" -t 'order/+' -v"
+fi
 # The flags bin/eventbus needs in another shell, where these variables
 # are not set: none on the default ports.
 cli_api= cli_logger=
@@ -115,13 +126,13 @@ cat <<MSG
 [run]   API      $api  (gRPC on $grpc)
 [run]   logger   $logger/v1/tail
 [run]   edge     http://$edge   <- open this: the live demo page
-[run]            ws://$edge/mqtt   MQTT 3.1.1/5.0 over WebSocket (the token is the password)
+[run]            ws://$edge/mqtt   MQTT 3.1.1/5.0 over WebSocket (the token is the password)$mqtt_line
 [run]   notification  $notification/metrics  (emails: $email_mode)
 [run] try:  curl -s $api/v1/users -d '{"user_id":"42","email":"ada@example.com","name":"Ada"}'
 [run]       curl -s $api/v1/orders/o1/ship -d '{"user_id":"42","carrier":"DHL","tracking_number":"JD01"}'
 [run]       bin/eventbus publish${cli_api} order.placed '{"order_id":"o2","user_id":"42","total":990,"currency":"EUR"}'
 [run]       bin/eventbus tail${cli_logger}
-[run]       bin/eventbus token --sub 42 --channels 'order:*'   (a token this edge accepts: signed with data/dev-secret)
+[run]       bin/eventbus token --sub 42 --channels 'order:*'   (a token this edge accepts: signed with data/dev-secret)$mqtt_try
 [run] Ctrl-C stops everything.
 MSG
 
