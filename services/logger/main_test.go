@@ -36,13 +36,15 @@ type logger struct {
 func startLogger(t *testing.T, srv *redistest.Server, prefix, dir string, env map[string]string) *logger {
 	t.Helper()
 	stdout := &servicetest.Buffer{}
-	l := startLoggerWith(t, srv, prefix, dir, env, stdout)
+	l := startLoggerWith(t, srv, prefix, dir, env, stdout, nil)
 	l.stdout = stdout
 	return l
 }
 
-// startLoggerWith is startLogger writing event lines to stdout.
-func startLoggerWith(t *testing.T, srv *redistest.Server, prefix, dir string, env map[string]string, stdout io.Writer) *logger {
+// startLoggerWith is startLogger writing event lines to stdout and its log
+// through wrap (when not nil), which takes the log the test keeps.
+func startLoggerWith(t *testing.T, srv *redistest.Server, prefix, dir string, env map[string]string, stdout io.Writer,
+	wrap func(stderr io.Writer) io.Writer) *logger {
 	t.Helper()
 	vars := map[string]string{
 		"LOGGER_HTTP_ADDR": "127.0.0.1:0", "LOGGER_DIR": dir,
@@ -50,6 +52,9 @@ func startLoggerWith(t *testing.T, srv *redistest.Server, prefix, dir string, en
 	}
 	maps.Copy(vars, env)
 	svc := servicetest.Start(t, func(ctx context.Context, getenv func(string) string, stderr io.Writer) error {
+		if wrap != nil {
+			stderr = wrap(stderr)
+		}
 		return run(ctx, getenv, stdout, stderr)
 	}, vars)
 	parts, _ := strconv.Atoi(vars["BUS_PARTITIONS"])
@@ -331,7 +336,7 @@ func TestReadyAndMetrics(t *testing.T) {
 
 func TestConfigErrorsNameEveryVariable(t *testing.T) {
 	t.Parallel()
-	env := map[string]string{"LOGGER_PATTERNS": "ok:*,Not Valid", "LOGGER_MAX_FILES": "0", "LOGGER_HTTP_ADDR": "x"}
+	env := map[string]string{"LOGGER_PATTERNS": "ok:*,Not Valid", "LOGGER_MAX_FILES": "0", "LOGGER_HTTP_ADDR": "x", "LOG_FORMAT": "xml"}
 	err := run(t.Context(), func(k string) string { return env[k] }, io.Discard, io.Discard)
 	if err == nil {
 		t.Fatal("run with bad configuration = nil, want an error")

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -13,20 +14,34 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
-// gate is a stdout whose writes block until it is opened: the recorder,
-// which flushes every batch to stdout, stops on it.
+// gate blocks the writes of a log line holding trigger until it is
+// opened; other lines go through. The recorder, which logs a message that
+// is no envelope as it records it, stops on it.
 type gate struct {
-	entered chan struct{} // closed when the first write begins
+	trigger string
+	entered chan struct{} // closed when the first blocked write begins
 	open    chan struct{}
 	once    sync.Once
 }
 
-func newGate() *gate { return &gate{entered: make(chan struct{}), open: make(chan struct{})} }
+func newGate(trigger string) *gate {
+	return &gate{trigger: trigger, entered: make(chan struct{}), open: make(chan struct{})}
+}
 
-func (g *gate) Write(p []byte) (int, error) {
-	g.once.Do(func() { close(g.entered) })
-	<-g.open
-	return len(p), nil
+// wrap returns w with its writes through g.
+func (g *gate) wrap(w io.Writer) io.Writer { return gated{g, w} }
+
+type gated struct {
+	g *gate
+	w io.Writer
+}
+
+func (w gated) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), w.g.trigger) {
+		w.g.once.Do(func() { close(w.g.entered) })
+		<-w.g.open
+	}
+	return w.w.Write(p)
 }
 
 // readyz returns the status code and body of GET /readyz.
@@ -49,18 +64,20 @@ func (l *logger) readyz(t *testing.T) (int, map[string]any) {
 // make it unready.
 func TestReadyzShowsTheLag(t *testing.T) {
 	t.Parallel()
-	g := newGate()
+	g := newGate("not an envelope")
 	l := startLoggerWith(t, redistest.Shared(t), strings.TrimSuffix(redistest.Prefix(t), ":"), t.TempDir(),
-		map[string]string{"LOGGER_MEMBER": "m1"}, g)
+		map[string]string{"LOGGER_MEMBER": "m1"}, io.Discard, g.wrap)
 	var once sync.Once
 	release := func() { once.Do(func() { close(g.open) }) }
 	t.Cleanup(release) // before the logger stops: cleanups run last first
 
-	l.publish(t, "lag.x", "first")
+	if _, err := l.bus.Publish(t.Context(), "lag:x", []byte("no envelope")); err != nil {
+		t.Fatal(err)
+	}
 	select {
-	case <-g.entered: // the recorder took the first event and is stuck writing it
+	case <-g.entered: // the recorder took the message and is stuck logging it
 	case <-time.After(30 * time.Second):
-		t.Fatal("the recorder wrote nothing to stdout in 30s")
+		t.Fatal("the recorder logged nothing of the message in 30s")
 	}
 	for i := range 10 {
 		l.publish(t, "lag.x", fmt.Sprint(i))

@@ -19,7 +19,7 @@ type Config struct {
 	MaxFileBytes int64    // LOGGER_MAX_FILE_BYTES: rotate past this size
 	MaxFiles     int      // LOGGER_MAX_FILES: rotated files kept
 	TailBuffer   int      // LOGGER_TAIL_BUFFER: recent events kept in memory for tails
-	Stdout       bool     // LOGGER_STDOUT: also write each event line to stdout
+	Stdout       bool     // LOGGER_STDOUT: also copy each event line to stdout, as far as it keeps up
 	// Member is this replica's name in the consumer group "logger"
 	// (LOGGER_MEMBER, else the host name as a token): a replica restarted
 	// under its name gets back what it had not acknowledged.

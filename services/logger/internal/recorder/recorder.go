@@ -1,10 +1,10 @@
 // Package recorder is the core of the logger service: it reads the record
-// through the consumer group "logger" into the log files, stdout and the
-// window tails read, and acknowledges what it has written.
+// through the consumer group "logger" into the log files and the window
+// tails read, acknowledges what it has written, and copies each line to
+// stdout as far as stdout keeps up.
 package recorder
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -31,7 +31,7 @@ type Recorder struct {
 	patterns []string     // the group's, to name the one each event matched
 	streamOf eventlog.StreamOf
 	files    *eventlog.Files
-	stdout   *bufio.Writer // nil when lines do not go to stdout
+	stdout   *stdoutLines // nil when lines do not go to stdout
 	window   *eventlog.Window
 	log      *slog.Logger
 	now      func() time.Time
@@ -55,7 +55,9 @@ var errLagUnread = errors.New("not read yet")
 // New returns a Recorder reading con, a member of a group consuming
 // patterns; name is the member's "group/member" for /readyz, or "" when
 // con reads live (bus.Live), without a group. streamOf names the stream of
-// each record's position, as the bus does. stdout may be nil.
+// each record's position, as the bus does. stdout may be nil; when set,
+// each line is copied to it from a bounded buffer, dropped (and counted in
+// eventbus_logger_stdout_dropped_total) when stdout does not keep up.
 func New(con bus.Consumer, name string, patterns []string, streamOf eventlog.StreamOf, files *eventlog.Files, stdout io.Writer, window *eventlog.Window,
 	log *slog.Logger, reg prometheus.Registerer) *Recorder {
 	r := &Recorder{
@@ -69,7 +71,8 @@ func New(con bus.Consumer, name string, patterns []string, streamOf eventlog.Str
 			Name: "eventbus_logger_lag_seconds", Help: "Time between the last logged event's time and its logging."}),
 	}
 	if stdout != nil {
-		r.stdout = bufio.NewWriterSize(stdout, 64<<10)
+		r.stdout = newStdoutLines(stdout, log)
+		reg.MustRegister(r.stdout.droppedTotal)
 	}
 	behind := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "eventbus_logger_lag_events", Help: "Recorded events the logger's group has not read yet, read every second (-1: Redis did not say)."},
@@ -147,7 +150,10 @@ func (r *Recorder) readLag(ctx context.Context) {
 // is acknowledged once it is in the files, so a crash costs at most a
 // repeat of the last batch, never a loss. When ctx ends, what was fetched
 // is written and acknowledged before Run returns. Meanwhile it reads the
-// group's lag every second (see Lag).
+// group's lag every second (see Lag), and copies the lines to stdout from
+// a goroutine of its own, waiting for it at most stdoutGrace as it returns:
+// a write to a stdout that takes nothing cannot be interrupted, and is
+// left to end with the process.
 //
 // Redis going away does not end Run: it retries, with a backoff of at
 // most 5 s, saying so once in the log, and goes on from the group's
@@ -162,6 +168,24 @@ func (r *Recorder) Run(ctx context.Context) error {
 	}
 	defer wg.Wait()
 	defer stopLag()
+	if r.stdout != nil {
+		// The copying outlives ctx, to write the last batch.
+		sctx, stopStdout := context.WithCancel(context.WithoutCancel(ctx))
+		copied := make(chan struct{})
+		go func() {
+			defer close(copied)
+			r.stdout.run(sctx)
+		}()
+		defer func() {
+			stopStdout()
+			select {
+			case <-copied:
+			case <-time.After(stdoutGrace):
+				r.log.Warn("stdout takes no event lines: leaving the last ones unwritten")
+			}
+			r.stdout.close()
+		}()
+	}
 
 	outage := retry.Outage{What: "read the record", Log: r.log}
 	batch := make([]bus.Message, 0, maxBatch)
@@ -223,9 +247,9 @@ type formatted struct {
 	err error
 }
 
-// record formats batch into r.out and writes it to the files and stdout,
-// buffered: the lines are out once flush returns, and show then hands
-// them to the tails.
+// record formats batch into r.out and writes it to the files, buffered,
+// and queues it for stdout: the lines are in the files once flush returns,
+// and show then hands them to the tails.
 func (r *Recorder) record(batch []bus.Message) error {
 	now := r.now()
 	r.out = slices.Grow(r.out[:0], len(batch))[:len(batch)]
@@ -255,8 +279,7 @@ func (r *Recorder) record(batch []bus.Message) error {
 			return err
 		}
 		if r.stdout != nil {
-			r.stdout.Write(f.rec.Line)
-			r.stdout.WriteByte('\n')
+			r.stdout.add(f.rec.Line)
 		}
 		r.logged.Inc()
 		if !f.rec.Time.IsZero() {
@@ -267,7 +290,7 @@ func (r *Recorder) record(batch []bus.Message) error {
 }
 
 // show hands the batch record wrote, now flushed, to the tails: a tail
-// never shows a line the files and stdout do not have yet.
+// never shows a line the files do not have yet.
 func (r *Recorder) show() {
 	for _, f := range r.out {
 		r.window.Append(f.rec)
@@ -279,9 +302,7 @@ func (r *Recorder) show() {
 func (r *Recorder) flush() error {
 	err := r.files.Flush()
 	if r.stdout != nil {
-		if serr := r.stdout.Flush(); serr != nil && err == nil {
-			err = fmt.Errorf("write stdout: %w", serr)
-		}
+		r.stdout.kick()
 	}
 	return err
 }
