@@ -69,7 +69,11 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	var sg *mailer.SendGrid
 	if cfg.SendGridAPIKey == "" {
 		log.Warn("SENDGRID_API_KEY is not set: dry-run mode, emails are logged, not sent")
-		mail = mailer.DryRun{Log: log}
+		dry := mailer.DryRun{Log: log, FromEmail: cfg.FromEmail, FromName: cfg.FromName}
+		if cfg.LogFormat.For(stderr) == logging.Text {
+			dry.Out = stderr // for a person: each email as it would read
+		}
+		mail = dry
 	} else {
 		sg = mailer.NewSendGrid(cfg.SendGridAPIKey, cfg.SendGridURL, cfg.FromEmail, cfg.FromName, cfg.MaxAttempts, cfg.RetryBase, cfg.RetryMax)
 		mail = sg

@@ -5,6 +5,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -337,6 +338,39 @@ func TestDryRunLogsEmails(t *testing.T) {
 	}
 	if got := w.sg.requestCount(); got != 0 {
 		t.Errorf("SendGrid saw %d requests in dry-run mode, want 0", got)
+	}
+}
+
+// With LOG_FORMAT=text (as scripts/run.sh sets in a terminal) the log is
+// text lines and a dry-run email reads as the email would.
+func TestDryRunShowsEmailsAsTheyRead(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, newFakeSendGrid(t), map[string]string{"SENDGRID_API_KEY": "", "LOG_FORMAT": "text", "NOTIFY_FROM_NAME": "The Shop"})
+	s := w.replica()
+	w.publish("user.created", &eventbusv1.UserCreated{UserId: "ada", Email: "ada@example.com", Name: "Ada"})
+	servicetest.WaitFor(t, "the dry-run email", func() bool { return strings.Contains(s.Logs(), "─── dry-run email") })
+	logs := s.Logs()
+	i := strings.Index(logs, "─── dry-run email")
+	email := logs[i:]
+	email = email[:strings.Index(email, "\n───\n")+len("\n───\n")]
+	re := regexp.MustCompile(`^─── dry-run email, not sent \(no SENDGRID_API_KEY\) ───
+From:    The Shop <shop@example\.com>
+To:      Ada <ada@example\.com>
+Subject: Welcome to eventbus, Ada!
+
+(?s:.*Ada.*)
+───
+$`)
+	if !re.MatchString(email) {
+		t.Errorf("the dry-run email reads\n%s\nwant From, To, Subject and the text", email)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(logs[:i]), "\n") {
+		if !regexp.MustCompile(`^\d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO |WARN |ERROR) `).MatchString(line) {
+			t.Errorf("log line %q is not a text line", line)
+		}
+	}
+	if strings.Contains(logs, `{"`) {
+		t.Errorf("LOG_FORMAT=text but the log has JSON:\n%s", logs)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -130,11 +131,46 @@ func trim(s string) string {
 	return s
 }
 
-// DryRun logs every email instead of sending it.
-type DryRun struct{ Log *slog.Logger }
+// DryRun shows every email instead of sending it: as a log record, or,
+// for a person at a terminal, as the email would read.
+type DryRun struct {
+	Log *slog.Logger
+	// Out, when not nil, takes each email as it would read (From, To,
+	// Subject, then the text), in one Write, instead of a log record.
+	Out io.Writer
+	// FromEmail and FromName are the sender the email would have.
+	FromEmail, FromName string
+}
 
 // Send implements Mailer.
 func (d DryRun) Send(ctx context.Context, e Email) error {
-	d.Log.InfoContext(ctx, "dry-run: would send email", "to", e.ToEmail, "subject", e.Subject, "key", e.Key, "text", e.Text)
+	if d.Out == nil {
+		d.Log.InfoContext(ctx, "dry-run: would send email", "to", e.ToEmail, "subject", e.Subject, "key", e.Key, "text", e.Text)
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("─── dry-run email, not sent (no SENDGRID_API_KEY) ───\n")
+	fmt.Fprintf(&b, "From:    %s\n", address(d.FromName, d.FromEmail))
+	fmt.Fprintf(&b, "To:      %s\n", address(e.ToName, e.ToEmail))
+	fmt.Fprintf(&b, "Subject: %s\n\n", e.Subject)
+	b.WriteString(strings.TrimRight(e.Text, "\n"))
+	b.WriteString("\n")
+	if e.HTML != "" {
+		b.WriteString("(an HTML version goes with it)\n")
+	}
+	b.WriteString("───\n")
+	if _, err := io.WriteString(d.Out, b.String()); err != nil {
+		// The email is shown, not sent: failing to show it is no reason to
+		// send it again.
+		d.Log.WarnContext(ctx, "show dry-run email", "key", e.Key, "error", err)
+	}
 	return nil
+}
+
+// address is name <email>, or email alone without a name.
+func address(name, email string) string {
+	if name == "" {
+		return email
+	}
+	return name + " <" + email + ">"
 }
