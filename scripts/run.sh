@@ -9,6 +9,19 @@
 #   scripts/run.sh bin/eventbus bench fanout --subscribers 100
 set -euo pipefail
 cd "$(dirname "$0")/.."
+commands=$# # 0: run until Ctrl-C
+
+# The services write to the pipes that prefix their lines, so they cannot
+# see a terminal: this script decides for them. A person at a terminal
+# reads text lines; anything else (CI, a file) gets JSON. LOG_FORMAT set
+# by the caller wins.
+if [[ -z ${LOG_FORMAT:-} && -t 1 ]]; then
+	export LOG_FORMAT=text
+fi
+# The logger records every event in its files; printing each one here as
+# well floods the terminal (10,000 lines for a burst of 10,000 events).
+# LOGGER_STDOUT=true make run prints them; bin/eventbus tail follows them.
+export LOGGER_STDOUT=${LOGGER_STDOUT:-false}
 
 export REDIS_URL=${REDIS_URL:-redis://localhost:6379/0}
 # Keys and channels of a development run carry a prefix of their own, so a
@@ -28,7 +41,17 @@ stop_all() {
 	((${#pids[@]})) && kill -TERM "${pids[@]}" 2>/dev/null || true
 	wait 2>/dev/null || true
 }
-trap stop_all INT TERM EXIT
+# stopped STATUS: Ctrl-C or SIGTERM. Stopping the services is what a person
+# asks with it, so make run ends with 0 (make says no "Error 130"); a
+# command run with the services is cut short, so its status says so.
+stopped() {
+	stop_all
+	((commands)) && exit "$1"
+	exit 0
+}
+trap stop_all EXIT
+trap 'stopped 130' INT
+trap 'stopped 143' TERM
 
 # start NAME CMD...: run CMD with its output prefixed by [NAME]. $! is the
 # command itself, so stop_all signals the service, not a pipe.
@@ -118,20 +141,22 @@ start edge env EDGE_DEMO="${EDGE_DEMO:-true}" EDGE_DEMO_API_URL="${EDGE_DEMO_API
 # Without SENDGRID_API_KEY in the environment, emails are only logged.
 start notification "$bin/notification"
 
-email_mode="dry-run, logged below"
+email_mode="dry-run, shown below"
 [[ -n ${SENDGRID_API_KEY:-} ]] && email_mode="sent through SendGrid"
+logger_stdout="; LOGGER_STDOUT=true make run prints each here"
+[[ ${LOGGER_STDOUT,,} == true || $LOGGER_STDOUT == 1 ]] && logger_stdout=", each printed below"
 cat <<MSG
 [run] eventbus is starting:
 [run]   Redis    $REDIS_URL, keys and channels under "${REDIS_PREFIX}"
 [run]   API      $api  (gRPC on $grpc)
-[run]   logger   $logger/v1/tail
+[run]   logger   $logger/v1/tail  (events recorded in ${LOGGER_DIR:-data/logger}$logger_stdout)
 [run]   edge     http://$edge   <- open this: the live demo page
 [run]            ws://$edge/mqtt   MQTT 3.1.1/5.0 over WebSocket (the token is the password)$mqtt_line
 [run]   notification  $notification/metrics  (emails: $email_mode)
 [run] try:  curl -s $api/v1/users -d '{"user_id":"42","email":"ada@example.com","name":"Ada"}'
 [run]       curl -s $api/v1/orders/o1/ship -d '{"user_id":"42","carrier":"DHL","tracking_number":"JD01"}'
 [run]       bin/eventbus publish${cli_api} order.placed '{"order_id":"o2","user_id":"42","total":990,"currency":"EUR"}'
-[run]       bin/eventbus tail${cli_logger}
+[run]       bin/eventbus tail${cli_logger}   (every event as it comes)
 [run]       bin/eventbus token --sub 42 --channels 'order:*'   (a token this edge accepts: signed with data/dev-secret)$mqtt_try
 [run] Ctrl-C stops everything.
 MSG
