@@ -29,7 +29,7 @@ build: ## Build every binary into bin/
 		-o $(BIN)/eventbus ./cmd/eventbus
 
 .PHONY: test
-test: build js-test examples ## Run the whole test suite against a real redis-server (or the embedded fallback)
+test: build js-test examples push-decrypt ## Run the whole test suite against a real redis-server (or the embedded fallback)
 	@mkdir -p test-output
 	@report=$$(mktemp); trap 'rm -f "$$report"' EXIT; \
 	status=0; EVENTBUS_BIN=$(BIN) EVENTBUS_SKIP_REPORT="$$report" go test $(GO_TEST_FLAGS) work || status=$$?; \
@@ -77,6 +77,17 @@ examples: ## Install the Node consumer's packages (npm ci)
 		echo "npm is not on PATH: the Node consumer's test is skipped"; exit 0; fi; \
 	cd $(NODE_EXAMPLE) && npm ci --no-audit --no-fund --loglevel=error
 
+# The notification tests decrypt the Web Push messages they receive with
+# Mozilla's http_ece (RFC 8291), pinned by this folder's package-lock.json.
+PUSH_DECRYPT := services/notification/testdata/pushdecrypt
+
+.PHONY: push-decrypt
+push-decrypt: ## Install the Node package the Web Push tests decrypt with (npm ci)
+	@if ! command -v npm >/dev/null; then \
+		if [[ "$${EVENTBUS_REQUIRE_NODE:-}" == 1 ]]; then echo "EVENTBUS_REQUIRE_NODE=1 but npm is not on PATH"; exit 1; fi; \
+		echo "npm is not on PATH: the Web Push decryption tests are skipped"; exit 0; fi; \
+	cd $(PUSH_DECRYPT) && npm ci --no-audit --no-fund --loglevel=error
+
 .PHONY: examples-generate
 examples-generate: tools examples ## Generate the Node and Python consumers' code from proto/
 	@if command -v npm >/dev/null; then cd $(NODE_EXAMPLE) && rm -rf gen && $(TOOLS)/buf generate; \
@@ -100,7 +111,7 @@ bench: build ## Start the system and run the standard benchmark scenarios
 
 .PHONY: bench-smoke
 bench-smoke: build ## Run every benchmark scenario for a moment, to prove each works
-	$(BENCH_ENV) BENCH_SMOKE=1 API_HTTP_ADDR=:18080 API_GRPC_ADDR=:19090 EDGE_HTTP_ADDR=:18081 \
+	$(BENCH_ENV) BENCH_SMOKE=1 API_HTTP_ADDR=:18080 API_GRPC_ADDR=:19090 EDGE_HTTP_ADDR=:18081 EDGE_MQTT_ADDR=:18883 \
 		LOGGER_HTTP_ADDR=:18082 NOTIFICATION_HTTP_ADDR=:18083 LOGGER_DIR=$$(mktemp -d) ./scripts/run.sh ./scripts/bench.sh
 
 .PHONY: tools

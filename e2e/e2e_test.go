@@ -64,8 +64,14 @@ type process struct {
 }
 
 // start runs bin/name with env and stops it with SIGTERM when the test ends.
+// An edge listens for MQTT over TCP on a port of its own unless env says
+// otherwise: its default, 1883, may be a local Mosquitto's, and tests
+// start several edges.
 func start(t *testing.T, name string, env map[string]string, args ...string) *process {
 	t.Helper()
+	if _, ok := env["EDGE_MQTT_ADDR"]; name == "edge" && !ok {
+		env = merge(env, map[string]string{"EDGE_MQTT_ADDR": "127.0.0.1:0"})
+	}
 	cmd := exec.Command(filepath.Join(bin, name), args...)
 	cmd.Env = os.Environ()
 	for k, v := range env {

@@ -30,7 +30,7 @@ func TestTheREADMEFlow(t *testing.T) {
 	apiHTTP, edgeHTTP := freeAddr(t), freeAddr(t)
 	cmd := exec.Command(filepath.Join(root, "scripts", "run.sh"))
 	cmd.Env = append(os.Environ(), "EVENTBUS_BIN="+bin, "REDIS_URL="+srv.URL, "REDIS_PREFIX="+strings.TrimSuffix(redistest.Prefix(t), ":"),
-		"API_HTTP_ADDR="+apiHTTP, "API_GRPC_ADDR="+freeAddr(t), "EDGE_HTTP_ADDR="+edgeHTTP,
+		"API_HTTP_ADDR="+apiHTTP, "API_GRPC_ADDR="+freeAddr(t), "EDGE_HTTP_ADDR="+edgeHTTP, "EDGE_MQTT_ADDR="+freeAddr(t),
 		"LOGGER_HTTP_ADDR="+freeAddr(t), "NOTIFICATION_HTTP_ADDR="+freeAddr(t), "LOGGER_DIR="+t.TempDir(),
 		"EDGE_JWT_SECRET=") // as on a newcomer's machine
 	out := &servicetest.Buffer{}

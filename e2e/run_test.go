@@ -27,7 +27,7 @@ func TestMakeRunCarriesThePorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	addrs := map[string]string{}
-	for _, v := range []string{"API_HTTP_ADDR", "API_GRPC_ADDR", "LOGGER_HTTP_ADDR", "EDGE_HTTP_ADDR", "NOTIFICATION_HTTP_ADDR"} {
+	for _, v := range []string{"API_HTTP_ADDR", "API_GRPC_ADDR", "LOGGER_HTTP_ADDR", "EDGE_HTTP_ADDR", "EDGE_MQTT_ADDR", "NOTIFICATION_HTTP_ADDR"} {
 		addrs[v] = freeAddr(t)
 	}
 	// What a newcomer types once make run is up, in the shell it runs in.
