@@ -26,6 +26,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/notification/internal/deadletter"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/mailer"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/notifier"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/push"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/rules"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/templates"
 )
@@ -87,21 +88,37 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		Redis: rdb, Prefix: cfg.RedisPrefix, Claims: cl, Mailer: mail,
 		SendTimeout: cfg.SendTimeout, ClaimTTL: cfg.ClaimTTL, Logger: log,
 	}, reg)
+	subs := push.NewStore(rdb, cfg.RedisPrefix)
+	var pusher *push.Sender
+	if cfg.Push() {
+		// Retried as emails are.
+		pusher = push.NewSender(push.Options{
+			VAPIDPublicKey: cfg.VAPIDPublicKey, VAPIDPrivateKey: cfg.VAPIDPrivateKey, Subject: cfg.VAPIDSubject,
+			TTL: cfg.PushTTL, Timeout: cfg.PushTimeout, MaxAttempts: cfg.MaxAttempts, RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax,
+		})
+	} else {
+		log.Warn("NOTIFY_VAPID_PUBLIC_KEY and NOTIFY_VAPID_PRIVATE_KEY are not set: Web Push is off, push subscriptions are kept but nothing is pushed")
+	}
 	n := notifier.New(notifier.Options{
 		Consumer: con, Publisher: b, Contacts: contacts.New(rdb, cfg.RedisPrefix), Claims: cl, DeadLetters: dead,
 		Mailer: mail, Templates: tmpl, Logger: log,
 		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL, SendTimeout: cfg.SendTimeout, Visibility: cfg.Visibility, ContactWait: 2 * cfg.Visibility,
+		Push: pusher, Subscriptions: subs,
 	}, reg)
 	if sg != nil {
 		sg.OnRetry = n.CountRetry
+	}
+	if pusher != nil {
+		pusher.OnRetry = n.CountPushRetry
 	}
 
 	mux := http.NewServeMux()
 	keys := apikey.New(cfg.APIKeys)
 	if keys.Open() {
-		log.Warn("API_KEYS is not set: anyone who can reach the notification service may list and retry dead letters")
+		log.Warn("API_KEYS is not set: anyone who can reach the notification service may list and retry dead letters, and add and remove push subscriptions")
 	}
 	deadletter.Register(mux, dead, keys, log)
+	push.Register(mux, subs, keys, cfg.PushAllowHTTP, log)
 	if cfg.Pprof {
 		server.Pprof(mux)
 	}
@@ -110,7 +127,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log.Info("listening", "http_addr", l.Addr().String(), "patterns", rules.Patterns, "dry_run", cfg.SendGridAPIKey == "")
+	log.Info("listening", "http_addr", l.Addr().String(), "patterns", rules.Patterns, "dry_run", cfg.SendGridAPIKey == "", "push", cfg.Push())
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return n.Run(ctx) })

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net/mail"
+	"net/url"
 	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/envconfig"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/push"
 )
 
 // Config is every setting of bin/notification.
@@ -29,7 +31,17 @@ type Config struct {
 	Member         string        // NOTIFICATION_MEMBER: name in the consumer group "notification"; the host name by default
 	Visibility     time.Duration // NOTIFICATION_VISIBILITY: an event not acknowledged (nor extended) this long goes to another replica
 	SendTimeout    time.Duration // NOTIFICATION_SEND_TIMEOUT: bounds one email's send, retries included
+
+	VAPIDPublicKey  string        // NOTIFY_VAPID_PUBLIC_KEY: with the private key, turns Web Push on
+	VAPIDPrivateKey string        // NOTIFY_VAPID_PRIVATE_KEY
+	VAPIDSubject    string        // NOTIFY_VAPID_SUBJECT: mailto: or https: URL; mailto:NOTIFY_FROM_EMAIL by default
+	PushTTL         time.Duration // NOTIFY_PUSH_TTL: how long a push service keeps a push for an offline browser
+	PushTimeout     time.Duration // NOTIFY_PUSH_TIMEOUT: bounds one attempt at a push
+	PushAllowHTTP   bool          // NOTIFY_PUSH_ALLOW_HTTP: accept http endpoints on loopback (tests, development)
 }
+
+// Push reports whether Web Push is on: the VAPID keys are set.
+func (c Config) Push() bool { return c.VAPIDPublicKey != "" }
 
 // Load reads the configuration through getenv and reports every bad
 // variable at once.
@@ -55,6 +67,13 @@ func Load(getenv func(string) string) (Config, error) {
 		// worker, its event being kept by the heartbeat meanwhile.
 		SendTimeout: r.Duration("NOTIFICATION_SEND_TIMEOUT", 2*time.Minute),
 	}
+	c.VAPIDPublicKey = r.String("NOTIFY_VAPID_PUBLIC_KEY", "")
+	c.VAPIDPrivateKey = r.String("NOTIFY_VAPID_PRIVATE_KEY", "")
+	c.VAPIDSubject = r.String("NOTIFY_VAPID_SUBJECT", "mailto:"+c.FromEmail)
+	c.PushTTL = r.Duration("NOTIFY_PUSH_TTL", 24*time.Hour)
+	c.PushTimeout = r.Duration("NOTIFY_PUSH_TIMEOUT", 10*time.Second)
+	c.PushAllowHTTP = r.Bool("NOTIFY_PUSH_ALLOW_HTTP", false)
+	checkPush(r, c)
 	r.Check("SENDGRID_API_URL", c.SendGridURL, envconfig.CheckHTTPURL(c.SendGridURL, "https://api.sendgrid.com"))
 	if a, err := mail.ParseAddress(c.FromEmail); err != nil || a.Address != c.FromEmail {
 		r.Check("NOTIFY_FROM_EMAIL", c.FromEmail, errors.New("want a bare address such as noreply@example.com"))
@@ -63,4 +82,33 @@ func Load(getenv func(string) string) (Config, error) {
 		return Config{}, fmt.Errorf("configuration: %w", err)
 	}
 	return c, nil
+}
+
+// maxPushTTL is the longest TTL the browsers' push services keep a message
+// (FCM: 4 weeks).
+const maxPushTTL = 28 * 24 * time.Hour
+
+// checkPush checks the Web Push settings: both VAPID keys or neither, a
+// pair that matches, a subject the push services accept.
+func checkPush(r *envconfig.Reader, c Config) {
+	switch {
+	case c.VAPIDPublicKey == "" && c.VAPIDPrivateKey == "":
+	case c.VAPIDPublicKey == "":
+		r.Check("NOTIFY_VAPID_PUBLIC_KEY", "", errors.New("want it with NOTIFY_VAPID_PRIVATE_KEY, or neither (Web Push off)"))
+	case c.VAPIDPrivateKey == "":
+		r.Check("NOTIFY_VAPID_PRIVATE_KEY", "", errors.New("want it with NOTIFY_VAPID_PUBLIC_KEY, or neither (Web Push off)"))
+	default:
+		pubErr, privErr := push.CheckVAPID(c.VAPIDPublicKey, c.VAPIDPrivateKey)
+		r.Check("NOTIFY_VAPID_PUBLIC_KEY", c.VAPIDPublicKey, pubErr)
+		r.Check("NOTIFY_VAPID_PRIVATE_KEY", "(hidden)", privErr) // a secret: never echoed
+	}
+	if u, err := url.Parse(c.VAPIDSubject); err != nil || !(u.Scheme == "mailto" && u.Opaque != "" || u.Scheme == "https" && u.Host != "") {
+		r.Check("NOTIFY_VAPID_SUBJECT", c.VAPIDSubject, errors.New("want a mailto: or https: URL where push services can reach you, such as mailto:ops@example.com"))
+	}
+	if c.PushTTL < 0 || c.PushTTL > maxPushTTL {
+		r.Check("NOTIFY_PUSH_TTL", c.PushTTL.String(), fmt.Errorf("want 0 to %s", maxPushTTL))
+	}
+	if c.PushTimeout <= 0 {
+		r.Check("NOTIFY_PUSH_TIMEOUT", c.PushTimeout.String(), errors.New("want a positive duration"))
+	}
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/notification/internal/contacts"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/deadletter"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/mailer"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/push"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/rules"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/templates"
 )
@@ -75,6 +76,10 @@ type Options struct {
 	// Until then the event is left for a redelivery; after it, the email
 	// is given up and the user counted as unknown.
 	ContactWait time.Duration
+	// Push, when set, also sends each browser notification as a Web Push
+	// to each of its user's Subscriptions; nil means Web Push is off.
+	Push          *push.Sender
+	Subscriptions *push.Store
 }
 
 // Notifier handles events.
@@ -109,6 +114,8 @@ type metrics struct {
 	conflicts     prometheus.Counter
 	unknownUsers  prometheus.Counter
 	malformed     prometheus.Counter
+	pushSent      *prometheus.CounterVec
+	pushRetried   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -128,8 +135,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		conflicts:     c("claim_conflicts_total", "Notifications skipped because another replica had claimed them."),
 		unknownUsers:  c("unknown_users_total", "Emails not sent because the user's contact is unknown."),
 		malformed:     c("malformed_total", "Messages that were no envelope, ignored."),
+		pushSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventbus_notification_push_sent_total",
+			Help: "Web Push messages by outcome: sent, gone (404 or 410: subscription removed), rejected (another 4xx), failed (429, 5xx or no answer, every attempt), timed_out (cut by NOTIFICATION_SEND_TIMEOUT, left for a redelivery)."},
+			[]string{"outcome"}),
+		pushRetried: c("push_retried_total", "Retries of Web Push messages after a 429, 5xx or no answer."),
 	}
-	reg.MustRegister(m.events, m.emailsSent, m.emailsFailed, m.emailsRetried, m.emailsCut, m.published, m.publishFailed, m.conflicts, m.unknownUsers, m.malformed)
+	for _, o := range pushOutcomes {
+		m.pushSent.WithLabelValues(o)
+	}
+	reg.MustRegister(m.events, m.emailsSent, m.emailsFailed, m.emailsRetried, m.emailsCut, m.published, m.publishFailed, m.conflicts, m.unknownUsers, m.malformed,
+		m.pushSent, m.pushRetried)
 	return m
 }
 
@@ -485,7 +501,11 @@ func (w *worker) handle(ctx context.Context, j job) bool {
 	}
 	done := true
 	for _, a := range j.plan.Actions {
-		done = w.do(ctx, log.With("notification", a.Name), j.env, a) && done
+		alog := log.With("notification", a.Name)
+		done = w.do(ctx, alog, j.env, a) && done
+		if a.Kind == rules.Browser && n.Push != nil {
+			done = w.pushes(ctx, alog, j.env, a) && done
+		}
 	}
 	return done
 }
@@ -516,28 +536,8 @@ func (w *worker) do(ctx context.Context, log *slog.Logger, env *envelope.Envelop
 		}
 		to = c
 	}
-	// The replica holds the lease while it sends, kept by the heartbeat,
-	// and records the notification as sent for ClaimTTL.
-	var state claims.State
-	var holder string
-	err := w.redis(ctx, func() (err error) {
-		state, holder, err = n.Claims.Take(ctx, env.GetId(), a.Name)
-		return err
-	})
-	switch {
-	case err != nil:
-		log.Error("claim notification", "error", err)
-		return false
-	case state == claims.Sent:
-		n.m.conflicts.Inc()
-		log.Debug("sent already")
-		return true
-	case state == claims.DeadLettered:
-		log.Debug("dead-lettered already: only a retry of its dead letter sends it")
-		return true
-	case state == claims.Held:
-		log.Info("another replica is sending it; left for a redelivery", "claim", holder)
-		return false
+	if taken, done := w.take(ctx, log, env.GetId(), a.Name); !taken {
+		return done
 	}
 	sendCtx, cancel := context.WithTimeout(ctx, n.SendTimeout)
 	var sendErr error
@@ -571,6 +571,36 @@ func (w *worker) do(ctx context.Context, log *slog.Logger, env *envelope.Envelop
 		log.Error("release claim; it runs out by itself", "error", err)
 	}
 	return false
+}
+
+// take takes the lease on notification name of event eventID, which the
+// replica holds while it sends, kept by the heartbeat, and records as sent
+// for ClaimTTL. When it is not taken, done says whether the notification
+// is done with (sent, or dead-lettered) rather than left for a redelivery.
+func (w *worker) take(ctx context.Context, log *slog.Logger, eventID, name string) (taken, done bool) {
+	n := w.n
+	var state claims.State
+	var holder string
+	err := w.redis(ctx, func() (err error) {
+		state, holder, err = n.Claims.Take(ctx, eventID, name)
+		return err
+	})
+	switch {
+	case err != nil:
+		log.Error("claim notification", "error", err)
+		return false, false
+	case state == claims.Sent:
+		n.m.conflicts.Inc()
+		log.Debug("sent already")
+		return false, true
+	case state == claims.DeadLettered:
+		log.Debug("dead-lettered already: only a retry of its dead letter sends it")
+		return false, true
+	case state == claims.Held:
+		log.Info("another replica is sending it; left for a redelivery", "claim", holder)
+		return false, false
+	}
+	return true, false
 }
 
 // email sends one email and says how it went: nil when SendGrid accepted
