@@ -2,14 +2,19 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
@@ -75,5 +80,136 @@ echo`
 		if !strings.Contains(banner.String(), want) {
 			t.Errorf("the banner does not say %q:\n%s", want, banner.String())
 		}
+	}
+}
+
+// openPTY opens a pseudo-terminal: the terminal side, for a process's
+// stdout and stderr, and the side that reads what it shows.
+func openPTY(t *testing.T) (tty, term *os.File) {
+	t.Helper()
+	term, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("open /dev/ptmx: %v", err)
+	}
+	t.Cleanup(func() { term.Close() })
+	var unlock int32
+	if _, _, errno := syscall.Syscall(syscall.SYS_IOCTL, term.Fd(), syscall.TIOCSPTLCK, uintptr(unsafe.Pointer(&unlock))); errno != 0 {
+		t.Fatalf("unlock the pty: %v", errno)
+	}
+	var n uint32
+	if _, _, errno := syscall.Syscall(syscall.SYS_IOCTL, term.Fd(), syscall.TIOCGPTN, uintptr(unsafe.Pointer(&n))); errno != 0 {
+		t.Fatalf("number the pty: %v", errno)
+	}
+	tty, err = os.OpenFile("/dev/pts/"+strconv.FormatUint(uint64(n), 10), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatalf("open the pty: %v", err)
+	}
+	t.Cleanup(func() { tty.Close() })
+	return tty, term
+}
+
+// make run in a terminal, as a person sees it: text log lines, no line per
+// event (the logger records them quietly), a dry-run email that reads as
+// an email, and Ctrl-C (SIGINT to the whole process group, as a terminal
+// sends it) ends it with status 0, so make says no "Error 130".
+func TestMakeRunInATerminal(t *testing.T) {
+	srv := redistest.Shared(t)
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiHTTP, loggerHTTP, notifyHTTP := freeAddr(t), freeAddr(t), freeAddr(t)
+	tty, term := openPTY(t)
+	cmd := exec.Command(filepath.Join(root, "scripts", "run.sh"))
+	cmd.Env = append(os.Environ(), "EVENTBUS_BIN="+bin, "REDIS_URL="+srv.URL, "REDIS_PREFIX="+strings.TrimSuffix(redistest.Prefix(t), ":"),
+		"API_HTTP_ADDR="+apiHTTP, "API_GRPC_ADDR="+freeAddr(t), "EDGE_HTTP_ADDR="+freeAddr(t), "EDGE_MQTT_ADDR="+freeAddr(t),
+		"LOGGER_HTTP_ADDR="+loggerHTTP, "NOTIFICATION_HTTP_ADDR="+notifyHTTP, "LOGGER_DIR="+t.TempDir(),
+		"EDGE_JWT_SECRET=run-terminal-e2e-secret-0123456789abcdef", "SENDGRID_API_KEY=",
+		"LOG_FORMAT=", "LOGGER_STDOUT=") // as a newcomer has them: unset
+	cmd.Stdout, cmd.Stderr = tty, tty
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tty.Close() // the processes hold it now
+	out := &servicetest.Buffer{}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(out, term) // ends with EIO once every process has let go
+	}()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("scripts/run.sh in a terminal showed:\n%s", out)
+		}
+	})
+	for _, a := range []string{apiHTTP, loggerHTTP, notifyHTTP} {
+		servicetest.WaitFor(t, a+" to be ready", func() bool {
+			resp, err := http.Get("http://" + a + "/readyz")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		})
+	}
+
+	const orders = 20
+	postAccepted(t, apiHTTP, "/v1/users", `{"user_id":"42","email":"ada@example.com","name":"Ada"}`)
+	for i := range orders {
+		postAccepted(t, apiHTTP, fmt.Sprintf("/v1/orders/o%d/ship", i), `{"user_id":"42","carrier":"DHL","tracking_number":"JD01"}`)
+	}
+	servicetest.WaitFor(t, "the logger to record every event", func() bool {
+		return servicetest.Metric(t, "http://"+loggerHTTP, "eventbus_logger_events_logged_total") >= 1+orders
+	})
+	shown := func() string { return strings.ReplaceAll(out.String(), "\r\n", "\n") }
+	servicetest.WaitFor(t, "the dry-run welcome email", func() bool { return strings.Contains(shown(), "Subject: Welcome to eventbus, Ada!") })
+
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		stopped = true
+		if err != nil {
+			t.Errorf("scripts/run.sh after Ctrl-C: %v, want exit status 0", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("scripts/run.sh did not stop within 30 s of Ctrl-C")
+	}
+	<-copied
+
+	text := regexp.MustCompile(`^\[(api|logger|edge|notification)\] \d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO |WARN |ERROR) `)
+	said := map[string]bool{}
+	for _, line := range strings.Split(shown(), "\n") {
+		if m := text.FindStringSubmatch(line); m != nil {
+			said[m[1]] = true
+		}
+		if regexp.MustCompile(`^\[(api|logger|edge|notification)\] \{`).MatchString(line) {
+			t.Errorf("a JSON line in a terminal: %s", line)
+		}
+	}
+	for _, svc := range []string{"api", "logger", "edge", "notification"} {
+		if !said[svc] {
+			t.Errorf("no text log line of %s", svc)
+		}
+	}
+	for _, want := range []string{
+		"[notification] From:    eventbus <eventbus@example.com>\n[notification] To:      Ada <ada@example.com>\n[notification] Subject: Welcome to eventbus, Ada!\n",
+		"bin/eventbus tail --logger http://" + loggerHTTP, "LOGGER_STDOUT=true make run",
+	} {
+		if !strings.Contains(shown(), want) {
+			t.Errorf("the terminal does not show %q", want)
+		}
+	}
+	if strings.Contains(shown(), "status 130") {
+		t.Error("Ctrl-C is reported as a failure")
 	}
 }
