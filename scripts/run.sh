@@ -99,6 +99,19 @@ if [[ -z ${EDGE_JWT_SECRET:-} ]]; then
 fi
 export EDGE_JWT_SECRET
 
+# The development VAPID key pair of Web Push, kept across runs like the
+# token secret: a browser's push subscription is made with its public key,
+# and a new pair would make every one of them useless.
+if [[ -z ${NOTIFY_VAPID_PUBLIC_KEY:-}${NOTIFY_VAPID_PRIVATE_KEY:-} ]]; then
+	mkdir -p data
+	if [[ ! -s data/dev-vapid ]]; then
+		(umask 077 && "$bin/eventbus" vapid >data/dev-vapid.new && mv data/dev-vapid.new data/dev-vapid)
+	fi
+	NOTIFY_VAPID_PUBLIC_KEY=$(sed -n 's/^NOTIFY_VAPID_PUBLIC_KEY=//p' data/dev-vapid)
+	NOTIFY_VAPID_PRIVATE_KEY=$(sed -n 's/^NOTIFY_VAPID_PRIVATE_KEY=//p' data/dev-vapid)
+	export NOTIFY_VAPID_PUBLIC_KEY NOTIFY_VAPID_PRIVATE_KEY
+fi
+
 # dial_addr ADDR: the host:port to reach a service listening on ADDR (no
 # host, 0.0.0.0 or [::] is every interface: localhost).
 dial_addr() {

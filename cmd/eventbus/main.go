@@ -27,6 +27,7 @@ Usage:
   eventbus dead-letters list|retry      list the emails never sent, or send them again
   eventbus token --sub ID [flags]       mint a development token for the edge
   eventbus revoke --jti ID | --sub ID   revoke edge tokens on every edge
+  eventbus vapid                        print a new VAPID key pair for Web Push
   eventbus bench SCENARIO [flags]       measure a running system: fanout, ingest, connections, recovery
   eventbus devredis [flags]             run an embedded Redis-compatible server (development only)
   eventbus version                      print the version, commit and Go version (also --version)
@@ -78,6 +79,7 @@ var commands = map[string]command{
 	"dead-letters": {"list or resend the emails never sent", runDeadLetters},
 	"token":        {"mint a development token for the edge", runToken},
 	"revoke":       {"revoke edge tokens on every edge", runRevoke},
+	"vapid":        {"print a new VAPID key pair for Web Push", runVapid},
 	"version":      {"print the version of this build", runVersion},
 	"bench":        {"measure a running system", runBench},
 	"devredis":     {"run an embedded Redis-compatible server", runDevRedis},
