@@ -21,6 +21,7 @@ help: ## List the targets
 .PHONY: build
 build: ## Build every binary into bin/
 	@mkdir -p $(BIN)
+	@[[ -x $(BIN)/api ]] || echo "building the services into bin/ (a first build downloads the Go modules and compiles everything: about 2 minutes; later builds take seconds)…"
 	go build -o $(BIN)/api ./services/api
 	go build -o $(BIN)/logger ./services/logger
 	go build -o $(BIN)/edge ./services/edge
