@@ -105,11 +105,15 @@ export EDGE_JWT_SECRET
 if [[ -z ${NOTIFY_VAPID_PUBLIC_KEY:-}${NOTIFY_VAPID_PRIVATE_KEY:-} ]]; then
 	mkdir -p data
 	if [[ ! -s data/dev-vapid ]]; then
-		(umask 077 && "$bin/eventbus" vapid >data/dev-vapid.new && mv data/dev-vapid.new data/dev-vapid)
+		# Written aside and renamed: two first runs at once each read a whole pair.
+		(umask 077 && "$bin/eventbus" vapid >"data/dev-vapid.$$" && mv "data/dev-vapid.$$" data/dev-vapid) ||
+			{ rm -f "data/dev-vapid.$$"; echo "[run] $bin/eventbus vapid made no VAPID pair: Web Push is off"; }
 	fi
-	NOTIFY_VAPID_PUBLIC_KEY=$(sed -n 's/^NOTIFY_VAPID_PUBLIC_KEY=//p' data/dev-vapid)
-	NOTIFY_VAPID_PRIVATE_KEY=$(sed -n 's/^NOTIFY_VAPID_PRIVATE_KEY=//p' data/dev-vapid)
-	export NOTIFY_VAPID_PUBLIC_KEY NOTIFY_VAPID_PRIVATE_KEY
+	if [[ -s data/dev-vapid ]]; then
+		NOTIFY_VAPID_PUBLIC_KEY=$(sed -n 's/^NOTIFY_VAPID_PUBLIC_KEY=//p' data/dev-vapid)
+		NOTIFY_VAPID_PRIVATE_KEY=$(sed -n 's/^NOTIFY_VAPID_PRIVATE_KEY=//p' data/dev-vapid)
+		export NOTIFY_VAPID_PUBLIC_KEY NOTIFY_VAPID_PRIVATE_KEY
+	fi
 fi
 
 # dial_addr ADDR: the host:port to reach a service listening on ADDR (no
