@@ -52,7 +52,7 @@ type stream struct {
 	// marks is a sorted set of ids by the count of entries added when
 	// each was the newest: where trimming to MAXLEN cuts (publishScript).
 	marks string
-	set  string // the set of namespaces recorded in this partition
+	set   string // the set of namespaces recorded in this partition
 	// live is the shard channel the partition's events of ns go out on,
 	// on a cluster; "" on one server, where each channel is its own.
 	live string

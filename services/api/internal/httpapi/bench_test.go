@@ -15,8 +15,8 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
-	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 	"github.com/eventbus-suite/eventbus/services/api/internal/inflight"
+	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
