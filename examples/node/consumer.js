@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // A consumer of the eventbus that reads Redis directly, as any service that
-// is not written in Go can: it subscribes to a pattern, takes the position
-// header off each message, decodes the eventbus.v1.Envelope with the code
-// protobuf-es generated from proto/ (gen/), unpacks its data and prints one
-// JSON line per event on stdout. See docs/consumers.md.
+// is not written in Go can: it subscribes to a pattern, decodes each
+// message, an eventbus.v1.Envelope carrying its position (offset, epoch),
+// with the code protobuf-es generated from proto/ (gen/), unpacks its data
+// and prints one JSON line per event on stdout. See docs/consumers.md.
 //
 //   REDIS_URL=redis://localhost:6379 REDIS_PREFIX=dev node consumer.js 'order:*'
 //
@@ -49,13 +49,15 @@ import { file_eventbus_v1_events } from "./gen/eventbus/v1/events_pb.js";
 // knows, a Struct for any other.
 const registry = createRegistry(file_eventbus_v1_events, StructSchema);
 
-// A live message starts with "\x00eb1 <epoch> <offset>\n" when the bus
-// records history; no envelope starts with a NUL byte.
+// A live message is an envelope whose offset and epoch say where it stands
+// in its stream. Until the release after this one, a bus of the release
+// before may still send its position in a header instead:
+// "\x00eb1 <epoch> <offset>\n"; no envelope starts with a NUL byte.
 const header = Buffer.from("\x00eb1 ");
 
 /**
- * Splits a message into its position (undefined without a header) and the
- * envelope bytes.
+ * Splits a message into the position of its header, if it has one (the
+ * release before), and the envelope bytes.
  * @param {Buffer} message
  */
 function splitPosition(message) {
@@ -79,8 +81,11 @@ function splitPosition(message) {
  * @param {Buffer} message
  */
 function decode(message) {
-  const { position, body } = splitPosition(message);
+  let { position, body } = splitPosition(message);
   const env = fromBinary(EnvelopeSchema, body);
+  if (env.offset !== "") {
+    position = { epoch: env.epoch, offset: env.offset };
+  }
   if (env.type === "") {
     throw new Error("no type");
   }

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """A consumer of the eventbus that reads Redis directly.
 
-As any service not written in Go can, it subscribes to a pattern, takes the
-position header off each message, decodes the eventbus.v1.Envelope with the
-code protoc generated from proto/ (gen/), unpacks its data and prints one
-JSON line per event on stdout. See docs/consumers.md.
+As any service not written in Go can, it subscribes to a pattern, decodes
+each message, an eventbus.v1.Envelope carrying its position (offset,
+epoch), with the code protoc generated from proto/ (gen/), unpacks its data
+and prints one JSON line per event on stdout. See docs/consumers.md.
 
     REDIS_URL=redis://localhost:6379 REDIS_PREFIX=dev python3 consumer.py 'order:*'
 
@@ -76,8 +76,10 @@ REGISTRY = {
 }
 REGISTRY[struct_pb2.Struct.DESCRIPTOR.full_name] = struct_pb2.Struct
 
-# A live message starts with "\x00eb1 <epoch> <offset>\n" when the bus
-# records history; no envelope starts with a NUL byte.
+# A live message is an envelope whose offset and epoch say where it stands
+# in its stream. Until the release after this one, a bus of the release
+# before may still send its position in a header instead:
+# "\x00eb1 <epoch> <offset>\n"; no envelope starts with a NUL byte.
 HEADER = b"\x00eb1 "
 
 
@@ -86,7 +88,8 @@ class NotAnEnvelope(Exception):
 
 
 def split_position(message):
-    """Return the position (None without a header) and the envelope bytes."""
+    """Return the position of a header (the release before; None without
+    one) and the envelope bytes."""
     if not message.startswith(HEADER):
         return None, message
     line, nl, body = message[len(HEADER):].partition(b"\n")
@@ -113,6 +116,8 @@ def decode(message):
         raise NotAnEnvelope(str(warned[0].message))
     if not env.type:
         raise NotAnEnvelope("no type")
+    if env.offset:
+        position = {"epoch": env.epoch, "offset": env.offset}
     event = {"id": env.id, "type": env.type, "channel": env.channel}
     if env.subject:
         event["subject"] = env.subject

@@ -52,7 +52,8 @@ const MaxDataDepth = 64
 const dataRecursionLimit = 4*MaxDataDepth + 8
 
 // Fill completes env in place: a new id, the current time and the channel
-// derived from the type where they are empty, and source where it is empty.
+// derived from the type where they are empty, and source where it is
+// empty; an offset and epoch are cleared, for the bus sets them.
 // It then validates env with Validate and returns the validation error, if
 // any. An event from outside the bus goes through FillStrict instead.
 func Fill(env *Envelope, source string, now time.Time) error {
@@ -68,6 +69,9 @@ func FillStrict(env *Envelope, source string, now time.Time) error {
 }
 
 func complete(env *Envelope, source string, now time.Time) {
+	// The position is the bus's to set, on a live message: one from a
+	// publisher would only mislead whoever decodes the record.
+	env.Offset, env.Epoch = "", ""
 	if env.GetId() == "" {
 		env.Id = NewID()
 	}

@@ -368,3 +368,18 @@ func TestABadTypeIsOneError(t *testing.T) {
 		t.Fatalf("FillStrict with a bad channel = %v, want the channel's error", err)
 	}
 }
+
+// A position is the bus's to set on a live message: one a publisher sends
+// is cleared, so the record never holds one of its making.
+func TestFillClearsThePosition(t *testing.T) {
+	t.Parallel()
+	for _, fill := range []func(*envelope.Envelope, string, time.Time) error{envelope.Fill, envelope.FillStrict} {
+		env := &envelope.Envelope{Type: "order.note", Offset: "1-1", Epoch: "ab"}
+		if err := fill(env, "test", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if env.GetOffset() != "" || env.GetEpoch() != "" {
+			t.Errorf("filled envelope keeps the position %s/%s", env.GetOffset(), env.GetEpoch())
+		}
+	}
+}

@@ -17,12 +17,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/bustest"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
+	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
@@ -673,6 +675,56 @@ func TestTrimmingWaitsForConsumerGroups(t *testing.T) {
 		if err != nil || len(page.Events) > 400 {
 			t.Fatalf("%s: history after the group caught up holds %d events, %v; want it trimmed to about 100", tt.pattern, len(page.Events), err)
 		}
+	}
+}
+
+// What a plain subscriber of the Redis wire gets, as the seed's consumers
+// subscribe: an envelope any protobuf decoder reads, its position among
+// its fields, and nothing to strip; subscribers of the bus get the payload
+// as published and the position beside it.
+func TestLiveMessagesAreEnvelopesWithTheirPosition(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	prefix := redistest.Prefix(t)
+	b := newBus(t, srv, redisbus.Options{Prefix: prefix, HistoryMaxLen: 1000})
+	plain := srv.Client(t).PSubscribe(t.Context(), prefix+"wire:*")
+	defer plain.Close()
+	if _, err := plain.Receive(t.Context()); err != nil { // the subscription's confirmation
+		t.Fatal(err)
+	}
+	sub, err := b.Subscribe(t.Context(), "wire:*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	payload, err := proto.Marshal(&eventbusv1.Envelope{Id: "w1", Type: "wire.sent", Channel: "wire:sent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.Publish(t.Context(), "wire:sent", payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := plain.ReceiveMessage(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env eventbusv1.Envelope
+	if err := proto.Unmarshal([]byte(m.Payload), &env); err != nil {
+		t.Fatalf("the live message is no envelope: %v", err)
+	}
+	if env.GetId() != "w1" || env.GetOffset() != r.Offset || env.GetEpoch() != r.Epoch {
+		t.Errorf("decoded id %q at %s/%s, want w1 at the receipt's %s/%s", env.GetId(), env.GetOffset(), env.GetEpoch(), r.Offset, r.Epoch)
+	}
+	var got bus.Message
+	select {
+	case got = <-sub.Messages():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the bus's subscriber got nothing")
+	}
+	if !bytes.Equal(got.Payload, payload) || got.Position != r.Position {
+		t.Errorf("the bus's subscriber got %q at %+v, want the payload as published at %+v", got.Payload, got.Position, r.Position)
 	}
 }
 

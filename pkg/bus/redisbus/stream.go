@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 )
@@ -43,9 +44,10 @@ func reach(p string) (prefix string, wild bool) {
 // partition's set of namespaces. Each redis.call costs: one XADD and one
 // PUBLISH per message is all the script does per message.
 //
-// Live, on one server each message is PUBLISHed on its own channel; on a
-// cluster it is SPUBLISHed on the stream's shard channel, after a line
-// naming its channel (channelHeader).
+// Live, each message goes out as published with its position appended as
+// two envelope fields (positionFields): on one server PUBLISHed on its own
+// channel, on a cluster SPUBLISHed on the stream's shard channel, after a
+// line naming its channel (channelHeader).
 //
 // Trimming, in the runs the publisher asks for it (see trimmer), keeps
 // about MAXLEN entries and none older than MINID, but never what a
@@ -85,7 +87,9 @@ elseif not added then
 	added = redis.call('XLEN', stream) -- recorded before the count was kept
 end
 local isNew = redis.call('SADD', KEYS[3], ARGV[4])
-local maxlen, live, header = ARGV[1], ARGV[5], '\0eb1 ' .. epoch .. ' '
+-- positionFields: envelope fields 9 (offset) and 10 (epoch), both strings
+-- of fewer than 128 bytes: a tag byte, a length byte, the bytes.
+local maxlen, live, epochField = ARGV[1], ARGV[5], string.char(82, #epoch) .. epoch
 if isNew == 1 and live ~= '' then
 	redis.call('SPUBLISH', ARGV[6], ARGV[4])
 end
@@ -94,10 +98,11 @@ for i = 8, #ARGV, 2 do
 	local ch, payload = ARGV[i], ARGV[i + 1]
 	last = redis.call('XADD', stream, '*', 'c', ch, 'p', payload)
 	out[n + 1] = last
+	local message = payload .. string.char(74, #last) .. last .. epochField
 	if live == '' then
-		out[n + 2] = redis.call('PUBLISH', ch, header .. last .. '\n' .. payload)
+		out[n + 2] = redis.call('PUBLISH', ch, message)
 	else
-		out[n + 2] = redis.call('SPUBLISH', live, '\0ebc ' .. ch .. '\n' .. header .. last .. '\n' .. payload)
+		out[n + 2] = redis.call('SPUBLISH', live, '\0ebc ' .. ch .. '\n' .. message)
 	end
 	n = n + 2
 end
@@ -172,38 +177,100 @@ end
 return out
 `)
 
-// positionHeader starts a live message that carries its position:
+// A live message carries its position in the envelope itself: the
+// publish script appends fields 9 (offset) and 10 (epoch) of
+// eventbus.v1.Envelope to the payload as published, and protobuf takes
+// appended fields as part of the message, so any decoder of the envelope
+// reads them with nothing to strip. Readers here take them off again
+// (splitPosition): bus.Message carries the payload as published and the
+// position beside it.
+const (
+	offsetField = 9
+	epochField  = 10
+)
+
+// positionHeader started a live message before the position moved into
+// the envelope, and may still come from a publisher of the release
+// before:
 //
 //	"\x00eb1 <epoch> <offset>\n" then the payload as published.
 //
-// No protobuf message and no JSON text starts with a NUL byte, so a
-// message published without one (by hand, or by a bus without history)
-// is told apart.
+// Readers take it for one more release.
 const positionHeader = "\x00eb1 "
 
 // channelHeader starts a message on a cluster's shard channel, which
 // carries the events of several channels:
 //
-//	"\x00ebc <channel>\n" then the live message, position header and all.
+//	"\x00ebc <channel>\n" then the live message.
 const channelHeader = "\x00ebc "
 
-// splitPosition takes the position header off a live message.
+// appendPosition appends pos to an envelope's bytes as the publish
+// script does.
+func appendPosition(b []byte, pos bus.Position) []byte {
+	b = protowire.AppendTag(b, offsetField, protowire.BytesType)
+	b = protowire.AppendString(b, pos.Offset)
+	b = protowire.AppendTag(b, epochField, protowire.BytesType)
+	return protowire.AppendString(b, pos.Epoch)
+}
+
+// splitPosition takes a live message apart into its position and the
+// payload as published. The position is the message's last two fields
+// when they are an offset and an epoch, in that order, as the publish
+// script appends them, or the header of the release before. Anything
+// else, however close, has no position and is the payload as it is: a
+// position the edge would hand to browsers must be one the script wrote
+// (or one that a client able to PUBLISH on Redis forged, which it could
+// as well in the header). The payload need not be an envelope: the bus
+// carries any bytes, and gives them back as they were published.
 func splitPosition(payload string) (bus.Position, string) {
-	rest, ok := strings.CutPrefix(payload, positionHeader)
+	if rest, ok := strings.CutPrefix(payload, positionHeader); ok {
+		line, body, ok := strings.Cut(rest, "\n")
+		if !ok {
+			return bus.Position{}, payload
+		}
+		epoch, offset, ok := strings.Cut(line, " ")
+		if !ok || !bus.IsEpoch(epoch) || !bus.IsOffset(offset) {
+			return bus.Position{}, payload
+		}
+		return bus.Position{Offset: offset, Epoch: epoch}, body
+	}
+	pos, n, ok := trailingPosition(payload)
 	if !ok {
 		return bus.Position{}, payload
 	}
-	line, body, ok := strings.Cut(rest, "\n")
+	return pos, payload[:len(payload)-n]
+}
+
+// trailingPosition reads the position the publish script appends, from
+// the end of a live message: whatever comes before it (an envelope, or
+// anything else published through the bus) is left as it is. It returns
+// the position and how many bytes it takes. The fields are read as the
+// script writes them, a tag byte and a one-byte length each (offsets and
+// epochs are far shorter than 128 bytes); at most one reading is
+// possible, for neither tag byte ('J', 'R') is a character of an offset
+// or an epoch.
+func trailingPosition(m string) (pos bus.Position, n int, ok bool) {
+	field := func(end int, tag byte, valid func(string) bool) (string, int, bool) {
+		for l := 1; l <= 64 && l+2 <= end; l++ {
+			if m[end-l-2] == tag && int(m[end-l-1]) == l && valid(m[end-l:end]) {
+				return m[end-l : end], end - l - 2, true
+			}
+		}
+		return "", 0, false
+	}
+	const (
+		offsetTag = byte(offsetField<<3 | byte(protowire.BytesType))
+		epochTag  = byte(epochField<<3 | byte(protowire.BytesType))
+	)
+	epoch, at, ok := field(len(m), epochTag, bus.IsEpoch)
 	if !ok {
-		return bus.Position{}, payload
+		return bus.Position{}, 0, false
 	}
-	epoch, offset, ok := strings.Cut(line, " ")
-	if !ok || !bus.IsEpoch(epoch) || !bus.IsOffset(offset) {
-		// Not written by the publish script: a position the edge would
-		// hand to browsers must be one.
-		return bus.Position{}, payload
+	offset, at, ok := field(at, offsetTag, bus.IsOffset)
+	if !ok {
+		return bus.Position{}, 0, false
 	}
-	return bus.Position{Offset: offset, Epoch: epoch}, body
+	return bus.Position{Offset: offset, Epoch: epoch}, len(m) - at, true
 }
 
 // newEpoch returns a random epoch: 16 hex digits.

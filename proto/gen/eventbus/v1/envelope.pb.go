@@ -45,7 +45,16 @@ type Envelope struct {
 	Attributes map[string]string `protobuf:"bytes,7,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The event itself: a typed message such as OrderPlaced, or a
 	// google.protobuf.Struct for types the bus does not know.
-	Data          *anypb.Any `protobuf:"bytes,8,opt,name=data,proto3" json:"data,omitempty"`
+	Data *anypb.Any `protobuf:"bytes,8,opt,name=data,proto3" json:"data,omitempty"`
+	// Where the event stands in the record of its channel's stream: the
+	// stream entry's id, e.g. "1733577600000-0". Set by the bus on a live
+	// message, appended to the envelope as it is published; empty in the
+	// record itself (a stream entry's id is its offset) and ignored from
+	// publishers.
+	Offset string `protobuf:"bytes,9,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The epoch of that stream: 16 hex digits, new whenever the stream is
+	// (created, or lost with Redis's data). Set with offset.
+	Epoch         string `protobuf:"bytes,10,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -136,11 +145,25 @@ func (x *Envelope) GetData() *anypb.Any {
 	return nil
 }
 
+func (x *Envelope) GetOffset() string {
+	if x != nil {
+		return x.Offset
+	}
+	return ""
+}
+
+func (x *Envelope) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
+}
+
 var File_eventbus_v1_envelope_proto protoreflect.FileDescriptor
 
 const file_eventbus_v1_envelope_proto_rawDesc = "" +
 	"\n" +
-	"\x1aeventbus/v1/envelope.proto\x12\veventbus.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x02\n" +
+	"\x1aeventbus/v1/envelope.proto\x12\veventbus.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x03\n" +
 	"\bEnvelope\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x12\n" +
@@ -151,7 +174,10 @@ const file_eventbus_v1_envelope_proto_rawDesc = "" +
 	"\n" +
 	"attributes\x18\a \x03(\v2%.eventbus.v1.Envelope.AttributesEntryR\n" +
 	"attributes\x12(\n" +
-	"\x04data\x18\b \x01(\v2\x14.google.protobuf.AnyR\x04data\x1a=\n" +
+	"\x04data\x18\b \x01(\v2\x14.google.protobuf.AnyR\x04data\x12\x16\n" +
+	"\x06offset\x18\t \x01(\tR\x06offset\x12\x14\n" +
+	"\x05epoch\x18\n" +
+	" \x01(\tR\x05epoch\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\xb2\x01\n" +
