@@ -24,9 +24,10 @@ fi
 export LOGGER_STDOUT=${LOGGER_STDOUT:-false}
 
 export REDIS_URL=${REDIS_URL:-redis://localhost:6379/0}
-# Keys and channels of a development run carry a prefix of their own, so a
-# Redis shared with anything else is left as it was (REDIS_PREFIX= for none).
-export REDIS_PREFIX=${REDIS_PREFIX-dev:}
+# Channels are the events' own (order:placed), as a consumer written from
+# the seed tutorials subscribes to them. To keep a development run apart
+# from anything else in a shared Redis, give it a prefix: REDIS_PREFIX=dev:
+export REDIS_PREFIX=${REDIS_PREFIX:-}
 bin=${EVENTBUS_BIN:-bin} # where make build put the binaries
 hostport=${REDIS_URL#*://}
 hostport=${hostport#*@}
@@ -158,13 +159,15 @@ start edge env EDGE_DEMO="${EDGE_DEMO:-true}" EDGE_DEMO_API_URL="${EDGE_DEMO_API
 # Without SENDGRID_API_KEY in the environment, emails are only logged.
 start notification "$bin/notification"
 
+prefix_line="keys and channels under \"$REDIS_PREFIX\""
+[[ -z $REDIS_PREFIX ]] && prefix_line="keys and channels unprefixed (REDIS_PREFIX=dev: keeps them apart)"
 email_mode="dry-run, shown below"
 [[ -n ${SENDGRID_API_KEY:-} ]] && email_mode="sent through SendGrid"
 logger_stdout="; LOGGER_STDOUT=true make run prints each here"
 [[ ${LOGGER_STDOUT,,} == true || $LOGGER_STDOUT == 1 ]] && logger_stdout=", each printed below"
 cat <<MSG
 [run] eventbus is starting:
-[run]   Redis    $REDIS_URL, keys and channels under "${REDIS_PREFIX}"
+[run]   Redis    $REDIS_URL, $prefix_line
 [run]   API      $api  (gRPC on $grpc)
 [run]   logger   $logger/v1/tail  (events recorded in ${LOGGER_DIR:-data/logger}$logger_stdout)
 [run]   edge     http://$edge   <- open this: the live demo page
