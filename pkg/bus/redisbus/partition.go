@@ -4,6 +4,7 @@ import (
 	"hash/crc32"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 )
@@ -64,8 +65,44 @@ type stream struct {
 // could not be read together, and on one server when asked for.
 func (b *Bus) partitioned() bool { return b.cluster || b.parts > 1 }
 
-// streamOf returns partition part of namespace ns.
+// streamOf returns partition part of namespace ns. Every event published,
+// read and acknowledged asks for its stream, so the streams of the first
+// maxKnownNamespaces namespaces are made once and kept (streamCache);
+// those of any beyond are made each time.
 func (b *Bus) streamOf(ns string, part int) stream {
+	b.streams.mu.RLock()
+	known, ok := b.streams.byNS[ns]
+	b.streams.mu.RUnlock()
+	if ok {
+		return known[part]
+	}
+	all := make([]stream, max(b.parts, 1))
+	for i := range all {
+		all[i] = b.makeStream(ns, i)
+	}
+	b.streams.mu.Lock()
+	if b.streams.byNS == nil {
+		b.streams.byNS = make(map[string][]stream)
+	}
+	if len(b.streams.byNS) < maxKnownNamespaces {
+		b.streams.byNS[ns] = all
+	}
+	b.streams.mu.Unlock()
+	return all[part]
+}
+
+// maxKnownNamespaces bounds the namespaces whose streams a Bus keeps:
+// namespaces are publishers' to name, and a Bus must not grow with them.
+const maxKnownNamespaces = 4096
+
+// streamCache holds the streams of the namespaces met so far.
+type streamCache struct {
+	mu   sync.RWMutex
+	byNS map[string][]stream // namespace → its partitions
+}
+
+// makeStream makes partition part of namespace ns.
+func (b *Bus) makeStream(ns string, part int) stream {
 	p := b.opts.Prefix
 	if !b.partitioned() {
 		key := p + "stream:{" + ns + "}"

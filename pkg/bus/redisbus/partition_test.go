@@ -2,6 +2,7 @@ package redisbus
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -134,4 +135,22 @@ func FuzzShardMessage(f *testing.F) {
 			t.Fatalf("took position %+v", out.Position)
 		}
 	})
+}
+
+// A Bus keeps the streams of at most maxKnownNamespaces namespaces, however
+// many it meets, and makes the same streams for those beyond.
+func TestKnownStreamsAreBounded(t *testing.T) {
+	t.Parallel()
+	b := &Bus{opts: Options{Prefix: "p:"}, parts: 4, tags: balancedTags(4), cluster: true}
+	for i := range maxKnownNamespaces + 100 {
+		ns := "ns" + strconv.Itoa(i)
+		for part := range b.parts {
+			if got, want := b.streamOf(ns, part), b.makeStream(ns, part); got != want {
+				t.Fatalf("streamOf(%s, %d) = %+v, want %+v", ns, part, got, want)
+			}
+		}
+	}
+	if n := len(b.streams.byNS); n != maxKnownNamespaces {
+		t.Errorf("%d namespaces kept, want %d", n, maxKnownNamespaces)
+	}
 }

@@ -84,6 +84,7 @@ type Bus struct {
 	cluster bool     // client is a *redis.ClusterClient
 	parts   int      // partitions of a namespace
 	tags    []string // hash tag of each partition, when partitioned
+	streams streamCache
 
 	reqs chan *request
 	stop chan struct{}
