@@ -20,6 +20,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/logging"
 )
 
@@ -192,11 +193,15 @@ type Common struct {
 	// (BUS_PARTITIONS); 0, the default, leaves it to the bus: 1 on one
 	// Redis, 8 on a cluster. Every service of a deployment must agree.
 	Partitions int
+	// WireJSON is BUS_WIRE=json: events go on the bus, live and in the
+	// record, as their canonical protobuf JSON instead of protobuf
+	// (BUS_WIRE=protobuf, the default). Every service reads both.
+	WireJSON bool
 }
 
 // Common reads REDIS_URL (or REDIS_CLUSTER_ADDRS), REDIS_PREFIX, PPROF,
-// LOG_LEVEL, LOG_FORMAT and the bus's record: BUS_HISTORY, BUS_HISTORY_MAXLEN,
-// BUS_HISTORY_TTL and BUS_PARTITIONS.
+// LOG_LEVEL, LOG_FORMAT and the bus's: BUS_WIRE, BUS_HISTORY,
+// BUS_HISTORY_MAXLEN, BUS_HISTORY_TTL and BUS_PARTITIONS.
 func (r *Reader) Common() Common {
 	c := Common{
 		RedisURL:      r.redis(),
@@ -210,6 +215,13 @@ func (r *Reader) Common() Common {
 	}
 	if c.Partitions > redisbus.MaxPartitions {
 		r.fail("BUS_PARTITIONS", strconv.Itoa(c.Partitions), fmt.Sprintf("at most %d", redisbus.MaxPartitions))
+	}
+	switch v := r.String("BUS_WIRE", "protobuf"); strings.ToLower(v) {
+	case "protobuf":
+	case "json":
+		c.WireJSON = true
+	default:
+		r.fail("BUS_WIRE", v, "protobuf or json")
 	}
 	switch v := r.String("BUS_HISTORY", "on"); strings.ToLower(v) {
 	case "on", "true":
@@ -225,10 +237,14 @@ func (r *Reader) Common() Common {
 // the record's BUS_ variables), with a service's logger, metrics registry
 // and metric namespace ("eventbus_api").
 func (c Common) BusOptions(log *slog.Logger, reg prometheus.Registerer, namespace string) redisbus.Options {
-	return redisbus.Options{
+	o := redisbus.Options{
 		Prefix: c.RedisPrefix, HistoryMaxLen: c.HistoryMaxLen, HistoryTTL: c.HistoryTTL, Partitions: c.Partitions,
 		Logger: log, Registerer: reg, Namespace: namespace,
 	}
+	if c.WireJSON {
+		o.Encode = envelope.ToJSON
+	}
+	return o
 }
 
 // redis reads REDIS_URL, or REDIS_CLUSTER_ADDRS (host:port,host:port),

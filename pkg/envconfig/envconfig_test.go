@@ -110,6 +110,37 @@ func TestCommonHistory(t *testing.T) {
 	}
 }
 
+// BUS_WIRE chooses how events travel: protobuf (the default) or their
+// canonical protobuf JSON, which the bus's options then encode to.
+func TestCommonWire(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		value string
+		json  bool
+		bad   bool
+	}{
+		{"", false, false}, {"protobuf", false, false}, {"json", true, false}, {"JSON", true, false},
+		{"xml", false, true}, {"proto", false, true},
+	} {
+		r := envconfig.New(func(k string) string {
+			if k == "BUS_WIRE" {
+				return tt.value
+			}
+			return ""
+		})
+		c := r.Common()
+		if tt.bad {
+			if err := r.Err(); err == nil || !strings.Contains(err.Error(), `BUS_WIRE="`+tt.value+`": want protobuf or json`) {
+				t.Errorf("BUS_WIRE=%s: Err() = %v, want it named with the choices", tt.value, err)
+			}
+			continue
+		}
+		if r.Err() != nil || c.WireJSON != tt.json || (c.BusOptions(nil, nil, "x").Encode != nil) != tt.json {
+			t.Errorf("BUS_WIRE=%s: WireJSON %v, Encode set %v, error %v; want %v", tt.value, c.WireJSON, c.BusOptions(nil, nil, "x").Encode != nil, r.Err(), tt.json)
+		}
+	}
+}
+
 func TestCommonRedisCluster(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {

@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -317,14 +318,50 @@ func Marshal(env *Envelope) ([]byte, error) {
 	return b, nil
 }
 
-// Unmarshal decodes an envelope from the protobuf wire format. It does not
+// Unmarshal decodes an envelope as it travels on the bus: the protobuf wire
+// format, or, from a bus with BUS_WIRE=json, its canonical protobuf JSON
+// (a JSON object; no protobuf envelope starts with '{'). It does not
 // validate it: a consumer decides what to do with a malformed event.
 func Unmarshal(b []byte) (*Envelope, error) {
 	env := new(Envelope)
+	if isJSON(b) {
+		if err := wireJSON.Unmarshal(b, env); err != nil {
+			return nil, fmt.Errorf("unmarshal envelope from JSON: %s", ErrorText(err))
+		}
+		return env, nil
+	}
 	if err := proto.Unmarshal(b, env); err != nil {
 		return nil, fmt.Errorf("unmarshal envelope: %w", err)
 	}
 	return env, nil
+}
+
+// wireJSON reads the JSON wire: fields a newer publisher added are
+// skipped, as the protobuf wire skips them.
+var wireJSON = protojson.UnmarshalOptions{DiscardUnknown: true}
+
+// isJSON reports whether b is on the JSON wire: it starts with '{'. A
+// protobuf envelope starts with the tag of one of its fields, and '{'
+// would be field 15, which it does not have, as a group.
+func isJSON(b []byte) bool { return len(b) > 0 && b[0] == '{' }
+
+// ToJSON turns an envelope in the protobuf wire format into its canonical
+// protobuf JSON, the wire of BUS_WIRE=json, which consumers written for
+// plain JSON (the seed's JSON.parse) read. Anything that is no envelope,
+// or is JSON already, is returned as it is: the bus carries any bytes.
+func ToJSON(b []byte) []byte {
+	if isJSON(b) {
+		return b
+	}
+	env := new(Envelope)
+	if proto.Unmarshal(b, env) != nil || env.GetType() == "" {
+		return b
+	}
+	out, err := protojson.Marshal(env)
+	if err != nil {
+		return b
+	}
+	return out
 }
 
 // PackData wraps msg in an Any.

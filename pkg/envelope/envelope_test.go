@@ -1,6 +1,7 @@
 package envelope_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"math"
@@ -381,5 +382,44 @@ func TestFillClearsThePosition(t *testing.T) {
 		if env.GetOffset() != "" || env.GetEpoch() != "" {
 			t.Errorf("filled envelope keeps the position %s/%s", env.GetOffset(), env.GetEpoch())
 		}
+	}
+}
+
+// The JSON wire: ToJSON renders an envelope as its canonical protobuf
+// JSON, which JSON.parse reads and Unmarshal reads back to the same
+// envelope; anything that is no envelope passes as it is.
+func TestJSONWire(t *testing.T) {
+	t.Parallel()
+	data, err := envelope.DecodeData("order.note", []byte(`{"text":"gift wrap","boxes":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &envelope.Envelope{Type: "order.note", Subject: "o1", Data: data, Attributes: map[string]string{"traceparent": "00-1"}}
+	if err := envelope.Fill(env, "test", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	b, err := envelope.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := envelope.ToJSON(b)
+	var plain map[string]any
+	if err := json.Unmarshal(js, &plain); err != nil || plain["type"] != "order.note" || plain["subject"] != "o1" {
+		t.Fatalf("ToJSON = %s, %v; want a JSON object with the envelope's fields", js, err)
+	}
+	back, err := envelope.Unmarshal(js)
+	if err != nil || !proto.Equal(back, env) {
+		t.Fatalf("Unmarshal(ToJSON) = %v, %v; want %v", back, err, env)
+	}
+	if again := envelope.ToJSON(js); !bytes.Equal(again, js) {
+		t.Errorf("ToJSON of JSON = %s, want it as it was", again)
+	}
+	for _, other := range [][]byte{[]byte("plain"), {0x0a, 0x02, 'e', '1'}, nil} {
+		if got := envelope.ToJSON(other); !bytes.Equal(got, other) {
+			t.Errorf("ToJSON(%q) = %q, want it as it was", other, got)
+		}
+	}
+	if _, err := envelope.Unmarshal([]byte(`{"type":`)); err == nil {
+		t.Error("Unmarshal of cut JSON = nil error")
 	}
 }

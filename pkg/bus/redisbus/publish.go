@@ -42,7 +42,7 @@ func (b *Bus) Publish(ctx context.Context, ch string, payload []byte) (bus.Recei
 		return bus.Receipt{}, err
 	}
 	r := requestPool.Get().(*request)
-	r.msgs = append(r.msgs[:0], bus.Publication{Channel: ch, Payload: payload})
+	r.msgs = append(r.msgs[:0], bus.Publication{Channel: ch, Payload: b.encode(payload)})
 	if err := b.submit(ctx, r); err != nil {
 		return bus.Receipt{}, err
 	}
@@ -62,11 +62,25 @@ func (b *Bus) PublishBatch(ctx context.Context, msgs []bus.Publication) ([]bus.R
 	if len(msgs) == 0 {
 		return nil, nil, nil
 	}
+	if b.opts.Encode != nil {
+		msgs = slices.Clone(msgs)
+		for i := range msgs {
+			msgs[i].Payload = b.encode(msgs[i].Payload)
+		}
+	}
 	r := &request{msgs: msgs, done: make(chan struct{}, 1)}
 	if err := b.submit(ctx, r); err != nil {
 		return nil, nil, err
 	}
 	return r.receipts, r.errs, nil
+}
+
+// encode turns payload into its form on the wire (Options.Encode).
+func (b *Bus) encode(payload []byte) []byte {
+	if b.opts.Encode == nil {
+		return payload
+	}
+	return b.opts.Encode(payload)
 }
 
 // notSent wraps err in bus.ErrNotSent.
@@ -279,7 +293,7 @@ func (b *Bus) PublishLive(ctx context.Context, ch string, payload []byte) (int64
 	if err := channel.Validate(ch); err != nil {
 		return 0, err
 	}
-	n, err := b.publishLive(ctx, b.pub, ch, payload).Result()
+	n, err := b.publishLive(ctx, b.pub, ch, b.encode(payload)).Result()
 	if err != nil {
 		return 0, fmt.Errorf("publish live on %s: %w", ch, err)
 	}

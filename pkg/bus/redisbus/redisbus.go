@@ -64,6 +64,11 @@ type Options struct {
 	// namespace keeps today's layout, and DefaultClusterPartitions on a
 	// cluster. Every process of a deployment must use the same.
 	Partitions int
+	// Encode, when set, turns each payload into what goes on the wire and
+	// into the record (BUS_WIRE=json: an envelope's canonical protobuf
+	// JSON, envelope.ToJSON). It must return a payload it does not know
+	// as it is.
+	Encode func([]byte) []byte
 }
 
 // DefaultClusterPartitions is a namespace's partitions on a cluster

@@ -3,6 +3,7 @@ package redisbus_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/bustest"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
@@ -725,6 +727,65 @@ func TestLiveMessagesAreEnvelopesWithTheirPosition(t *testing.T) {
 	}
 	if !bytes.Equal(got.Payload, payload) || got.Position != r.Position {
 		t.Errorf("the bus's subscriber got %q at %+v, want the payload as published at %+v", got.Payload, got.Position, r.Position)
+	}
+}
+
+// With the JSON wire (Options.Encode, BUS_WIRE=json) a plain subscriber
+// gets a JSON object any JSON parser reads, its position among its
+// members; the bus's subscribers and the record get the JSON as encoded,
+// without them.
+func TestJSONWireCarriesThePosition(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	prefix := redistest.Prefix(t)
+	b := newBus(t, srv, redisbus.Options{Prefix: prefix, HistoryMaxLen: 1000, Encode: envelope.ToJSON})
+	plain := srv.Client(t).PSubscribe(t.Context(), prefix+"jw:*")
+	defer plain.Close()
+	if _, err := plain.Receive(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := b.Subscribe(t.Context(), "jw:*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	env := &eventbusv1.Envelope{Id: "j1", Type: "jw.sent", Channel: "jw:sent", Source: "test"}
+	payload, err := proto.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.Publish(t.Context(), "jw:sent", payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := plain.ReceiveMessage(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parsed map[string]any
+	if err := json.Unmarshal([]byte(m.Payload), &parsed); err != nil {
+		t.Fatalf("the live message %q is no JSON: %v", m.Payload, err)
+	}
+	if parsed["id"] != "j1" || parsed["offset"] != r.Offset || parsed["epoch"] != r.Epoch {
+		t.Errorf("parsed %v, want id j1 at the receipt's %s/%s", parsed, r.Offset, r.Epoch)
+	}
+	var got bus.Message
+	select {
+	case got = <-sub.Messages():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the bus's subscriber got nothing")
+	}
+	want := envelope.ToJSON(payload)
+	if !bytes.Equal(got.Payload, want) || got.Position != r.Position {
+		t.Errorf("the bus's subscriber got %s at %+v, want %s at %+v", got.Payload, got.Position, want, r.Position)
+	}
+	page, err := b.History(t.Context(), "jw:*", nil, 10)
+	if err != nil || len(page.Events) != 1 || !bytes.Equal(page.Events[0].Payload, want) {
+		t.Fatalf("History = %+v, %v; want the JSON as encoded", page.Events, err)
+	}
+	if back, err := envelope.Unmarshal(got.Payload); err != nil || !proto.Equal(back, env) {
+		t.Errorf("Unmarshal of the JSON wire = %v, %v; want %v", back, err, env)
 	}
 }
 

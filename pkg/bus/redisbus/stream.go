@@ -98,7 +98,17 @@ for i = 8, #ARGV, 2 do
 	local ch, payload = ARGV[i], ARGV[i + 1]
 	last = redis.call('XADD', stream, '*', 'c', ch, 'p', payload)
 	out[n + 1] = last
-	local message = payload .. string.char(74, #last) .. last .. epochField
+	local message
+	if string.sub(payload, 1, 1) == '{' and string.sub(payload, -1) == '}' then
+		-- A JSON object (BUS_WIRE=json): the position as two members.
+		local sep = ','
+		if string.match(payload, '^{%s*}$') then
+			sep = ''
+		end
+		message = string.sub(payload, 1, -2) .. sep .. '"offset":"' .. last .. '","epoch":"' .. epoch .. '"}'
+	else
+		message = payload .. string.char(74, #last) .. last .. epochField
+	end
 	if live == '' then
 		out[n + 2] = redis.call('PUBLISH', ch, message)
 	else
@@ -181,9 +191,11 @@ return out
 // publish script appends fields 9 (offset) and 10 (epoch) of
 // eventbus.v1.Envelope to the payload as published, and protobuf takes
 // appended fields as part of the message, so any decoder of the envelope
-// reads them with nothing to strip. Readers here take them off again
-// (splitPosition): bus.Message carries the payload as published and the
-// position beside it.
+// reads them with nothing to strip. A payload that is a JSON object (the
+// JSON wire, BUS_WIRE=json) gets them as its last two members instead,
+// "offset" and "epoch", as protobuf JSON names them. Readers here take
+// them off again (splitPosition): bus.Message carries the payload as
+// published and the position beside it.
 const (
 	offsetField = 9
 	epochField  = 10
@@ -234,11 +246,42 @@ func splitPosition(payload string) (bus.Position, string) {
 		}
 		return bus.Position{Offset: offset, Epoch: epoch}, body
 	}
+	if strings.HasPrefix(payload, "{") && strings.HasSuffix(payload, "}") {
+		return jsonPosition(payload)
+	}
 	pos, n, ok := trailingPosition(payload)
 	if !ok {
 		return bus.Position{}, payload
 	}
 	return pos, payload[:len(payload)-n]
+}
+
+// jsonPosition reads the members the publish script appends to a JSON
+// object, `"offset":"<offset>","epoch":"<epoch>"` before its closing
+// brace, after a comma unless they are its only members, and returns the
+// object without them.
+func jsonPosition(m string) (bus.Position, string) {
+	rest, ok := strings.CutSuffix(m, `"}`)
+	if !ok {
+		return bus.Position{}, m
+	}
+	i := strings.LastIndex(rest, `","epoch":"`)
+	if i < 0 || !bus.IsEpoch(rest[i+len(`","epoch":"`):]) {
+		return bus.Position{}, m
+	}
+	epoch, rest := rest[i+len(`","epoch":"`):], rest[:i]
+	j := strings.LastIndex(rest, `"offset":"`)
+	if j < 1 || !bus.IsOffset(rest[j+len(`"offset":"`):]) {
+		return bus.Position{}, m
+	}
+	pos, before := bus.Position{Offset: rest[j+len(`"offset":"`):], Epoch: epoch}, rest[:j]
+	switch {
+	case strings.HasSuffix(before, ","):
+		return pos, before[:len(before)-1] + "}"
+	case strings.TrimSpace(before) == "{":
+		return pos, before + "}"
+	}
+	return bus.Position{}, m
 }
 
 // trailingPosition reads the position the publish script appends, from

@@ -2,6 +2,7 @@ package redisbus
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -41,6 +42,15 @@ func TestSplitPosition(t *testing.T) {
 		{string(protowire.AppendVarint(protowire.AppendTag(appendPosition(slices.Clone(env), at), 11, protowire.VarintType), 1)), "", bus.Position{}}, // a field after
 		{withFields[:len(withFields)-1], "", bus.Position{}},                                                                                          // cut short
 		{`{"type":"order.placed"}`, `{"type":"order.placed"}`, bus.Position{}},
+		// The JSON wire: two members before the closing brace.
+		{`{"type":"order.placed","offset":"1732290000000-3","epoch":"9f01"}`, `{"type":"order.placed"}`, at},
+		{`{"offset":"1732290000000-3","epoch":"9f01"}`, `{}`, at},
+		{`{ "offset":"1732290000000-3","epoch":"9f01"}`, `{ }`, at},
+		{`{"type":"x","epoch":"9f01","offset":"1732290000000-3"}`, "", bus.Position{}},  // the wrong order
+		{`{"type":"x","offset":"1732290000000-3"}`, "", bus.Position{}},                 // no epoch
+		{`{"type":"x","offset":"17x-3","epoch":"9f01"}`, "", bus.Position{}},            // not an offset
+		{`{"type":"x" "offset":"1732290000000-3","epoch":"9f01"}`, "", bus.Position{}},  // no comma
+		{`{"type":"x","offset":"1732290000000-3","epoch":"9f01"} `, "", bus.Position{}}, // not the script's end
 		{"\x00eb1 9f01 1732290000000-3\n{}", "{}", bus.Position{Offset: "1732290000000-3", Epoch: "9f01"}},
 		{"\x00eb1 9f01 1732290000000-3\n", "", bus.Position{Offset: "1732290000000-3", Epoch: "9f01"}},
 		{"plain", "plain", bus.Position{}},
@@ -65,6 +75,7 @@ func FuzzSplitPosition(f *testing.F) {
 	f.Add("\x00eb1 9f01 1732290000000-3\n{}")
 	f.Add("\x00eb1  \n")
 	f.Add("{}")
+	f.Add(`{"type":"x","offset":"1732290000000-3","epoch":"9f01"}`)
 	f.Add(string(appendPosition([]byte("\x0a\x02e1"), bus.Position{Offset: "1732290000000-3", Epoch: "9f01"})))
 	f.Fuzz(func(t *testing.T, payload string) {
 		pos, body := splitPosition(payload)
@@ -77,8 +88,21 @@ func FuzzSplitPosition(f *testing.F) {
 		if !bus.IsOffset(pos.Offset) || !bus.IsEpoch(pos.Epoch) {
 			t.Fatalf("position %+v of %q is not one", pos, payload)
 		}
-		if positionHeader+pos.Epoch+" "+pos.Offset+"\n"+body != payload && string(appendPosition([]byte(body), pos)) != payload {
+		if positionHeader+pos.Epoch+" "+pos.Offset+"\n"+body != payload && string(appendPosition([]byte(body), pos)) != payload &&
+			appendJSONPosition(body, pos) != payload {
 			t.Fatalf("position and body of %q do not add up: %+v, %q", payload, pos, body)
 		}
 	})
+}
+
+// appendJSONPosition is what the publish script makes of a JSON object.
+func appendJSONPosition(obj string, pos bus.Position) string {
+	if len(obj) < 2 {
+		return ""
+	}
+	members := `"offset":"` + pos.Offset + `","epoch":"` + pos.Epoch + `"}`
+	if strings.TrimSpace(obj[1:len(obj)-1]) == "" {
+		return obj[:len(obj)-1] + members
+	}
+	return obj[:len(obj)-1] + "," + members
 }
