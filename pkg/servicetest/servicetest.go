@@ -203,6 +203,25 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 // base + "/metrics", failing the test when it is not exported.
 func Metric(t testing.TB, base, name string) float64 {
 	t.Helper()
+	v, ok := metric(t, base, name)
+	if !ok {
+		t.Fatalf("%s does not export %s", base, name)
+	}
+	return v
+}
+
+// Count is Metric for a counter whose series appears with its first
+// count (one of a label's values, say): 0 while the service does not
+// export it yet.
+func Count(t testing.TB, base, name string) float64 {
+	t.Helper()
+	v, _ := metric(t, base, name)
+	return v
+}
+
+// metric reads the value of name at base/metrics, and whether it is there.
+func metric(t testing.TB, base, name string) (float64, bool) {
+	t.Helper()
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
 		t.Fatalf("read metrics: %v", err)
@@ -218,11 +237,10 @@ func Metric(t testing.TB, base, name string) float64 {
 			if err != nil {
 				t.Fatalf("metric %s = %q: %v", name, v, err)
 			}
-			return f
+			return f, true
 		}
 	}
-	t.Fatalf("%s does not export %s", base, name)
-	return 0
+	return 0, false
 }
 
 // ErrorReply reads the JSON error a service answers with,
