@@ -165,6 +165,45 @@ func Covers(a, p string) bool {
 	return ok[0]
 }
 
+// Overlaps reports whether some string matches both patterns a and b:
+// whether a subscription to a can carry an event a subscription to b
+// takes. It is exact for Match's glob semantics; the grammar may still
+// rule out every common string (a witness can need an empty token), so
+// a yes means "possibly", a no "never". Both are assumed valid patterns.
+func Overlaps(a, b string) bool {
+	// reach[i][j]: some string takes a[:i] and b[:j] to where they
+	// stand. A '*' may end (the other stays) or absorb the other's next
+	// literal; two '*' absorb anything together, which takes neither on.
+	n := len(b) + 1
+	reach := make([]bool, (len(a)+1)*n)
+	reach[0] = true
+	for i := 0; i <= len(a); i++ {
+		for j := 0; j <= len(b); j++ {
+			if !reach[i*n+j] {
+				continue
+			}
+			aStar := i < len(a) && a[i] == '*'
+			bStar := j < len(b) && b[j] == '*'
+			if aStar {
+				reach[(i+1)*n+j] = true
+			}
+			if bStar {
+				reach[i*n+j+1] = true
+			}
+			switch {
+			case i == len(a) || j == len(b) || aStar && bStar:
+			case aStar:
+				reach[i*n+j+1] = true
+			case bStar:
+				reach[(i+1)*n+j] = true
+			case a[i] == b[j]:
+				reach[(i+1)*n+j+1] = true
+			}
+		}
+	}
+	return reach[len(reach)-1]
+}
+
 // ReservedNamespace is the namespace of the bus's own channels, such as
 // the control channel the edges obey: events from outside (the API, MQTT
 // clients) may not use it.

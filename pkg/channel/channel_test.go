@@ -2,6 +2,7 @@ package channel_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -184,6 +185,66 @@ func FuzzCovers(f *testing.F) {
 			t.Fatalf("Covers(%q, %q) = %v, want Match = %v for a plain channel", a, p, channel.Covers(a, p), channel.Match(a, p))
 		}
 	})
+}
+
+func TestOverlaps(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"order:*", "order:*", true},
+		{"order:*", "*", true},
+		{"order:*", "order", false}, // order:* needs a token after order
+		{"order:*", "*:placed", true},
+		{"order:placed", "*:placed", true},
+		{"order:*", "user:*", false},
+		{"notify:user:42", "notify:*", true},
+		{"notify:user:42", "notify:user:7", false},
+		{"*a", "b*", true},
+		{"a*", "b*", false},
+		{"*ab*", "*ba*", true},
+		{"x*y", "*z*", true},
+		{"x", "x*", true},
+		{"xy", "x*z", false},
+	}
+	for _, tt := range tests {
+		if got := channel.Overlaps(tt.a, tt.b); got != tt.want {
+			t.Errorf("Overlaps(%q, %q) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+		if got := channel.Overlaps(tt.b, tt.a); got != tt.want {
+			t.Errorf("Overlaps(%q, %q) = %v, want %v", tt.b, tt.a, got, tt.want)
+		}
+	}
+}
+
+// Overlaps agrees with Match on every pair of short patterns over a small
+// alphabet: it says yes exactly when some short string matches both.
+func TestOverlapsAgreesWithMatch(t *testing.T) {
+	t.Parallel()
+	words := func(alphabet string, max int) []string {
+		out := []string{""}
+		for l, from := 0, 0; l < max; l++ {
+			to := len(out)
+			for _, w := range out[from:to] {
+				for _, c := range alphabet {
+					out = append(out, w+string(c))
+				}
+			}
+			from = to
+		}
+		return out
+	}
+	patterns := words("a:*", 4)
+	strs := words("ab:", 6)
+	for _, a := range patterns {
+		for _, b := range patterns {
+			want := slices.ContainsFunc(strs, func(s string) bool { return channel.Match(a, s) && channel.Match(b, s) })
+			if got := channel.Overlaps(a, b); got != want {
+				t.Fatalf("Overlaps(%q, %q) = %v, want %v", a, b, got, want)
+			}
+		}
+	}
 }
 
 // A channel written as a type, or in upper case, is refused with what it
