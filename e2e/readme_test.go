@@ -28,41 +28,11 @@ func TestTheREADMEFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	apiHTTP, edgeHTTP := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(filepath.Join(root, "scripts", "run.sh"))
-	cmd.Env = append(os.Environ(), "EVENTBUS_BIN="+bin, "REDIS_URL="+srv.URL, "REDIS_PREFIX="+strings.TrimSuffix(redistest.Prefix(t), ":"),
-		"API_HTTP_ADDR="+apiHTTP, "API_GRPC_ADDR="+freeAddr(t), "EDGE_HTTP_ADDR="+edgeHTTP, "EDGE_MQTT_ADDR="+freeAddr(t),
-		"LOGGER_HTTP_ADDR="+freeAddr(t), "NOTIFICATION_HTTP_ADDR="+freeAddr(t), "LOGGER_DIR="+t.TempDir(),
-		"EDGE_JWT_SECRET=") // as on a newcomer's machine
-	out := &servicetest.Buffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("scripts/run.sh output:\n%s", out)
-		}
-	})
-	for _, a := range []string{apiHTTP, edgeHTTP} {
-		servicetest.WaitFor(t, a+" to be ready", func() bool {
-			resp, err := http.Get("http://" + a + "/readyz")
-			if err != nil {
-				return false
-			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK
-		})
-	}
+	out := startRun(t, root, []string{"REDIS_URL=" + srv.URL, "REDIS_PREFIX=" + strings.TrimSuffix(redistest.Prefix(t), ":"),
+		"API_HTTP_ADDR=" + apiHTTP, "API_GRPC_ADDR=" + freeAddr(t), "EDGE_HTTP_ADDR=" + edgeHTTP, "EDGE_MQTT_ADDR=" + freeAddr(t),
+		"LOGGER_HTTP_ADDR=" + freeAddr(t), "NOTIFICATION_HTTP_ADDR=" + freeAddr(t), "LOGGER_DIR=" + t.TempDir(),
+		"EDGE_JWT_SECRET="}, // as on a newcomer's machine
+		apiHTTP, edgeHTTP)
 	if !strings.Contains(out.String(), "bin/eventbus token --sub 42") {
 		t.Errorf("make run does not say how to mint a token:\n%s", out)
 	}
@@ -96,4 +66,44 @@ func TestTheREADMEFlow(t *testing.T) {
 	if _, msg, err := conn.Read(ctx); err != nil || !strings.Contains(string(msg), `"order.shipped"`) {
 		t.Fatalf("the client got %s, %v; want the order.shipped event", msg, err)
 	}
+}
+
+// startRun runs scripts/run.sh (make run) from root with env added to the
+// test's environment, as a process group it stops when the test ends, and
+// returns its output once every address of ready answers /readyz.
+func startRun(t *testing.T, root string, env []string, ready ...string) *servicetest.Buffer {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(root, "scripts", "run.sh"))
+	cmd.Env = append(append(os.Environ(), "EVENTBUS_BIN="+bin), env...)
+	out := &servicetest.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("scripts/run.sh output:\n%s", out)
+		}
+	})
+	for _, a := range ready {
+		servicetest.WaitFor(t, a+" to be ready", func() bool {
+			resp, err := http.Get("http://" + a + "/readyz")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		})
+	}
+	return out
 }

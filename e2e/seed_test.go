@@ -2,12 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -34,38 +32,10 @@ func TestSeedConsumerReadsMakeRunWithTheJSONWire(t *testing.T) {
 	}
 	srv := redistest.Start(t) // a server of its own: make run's channels carry no prefix
 	apiHTTP := freeAddr(t)
-	cmd := exec.Command(filepath.Join(root, "scripts", "run.sh"))
-	cmd.Env = append(os.Environ(), "EVENTBUS_BIN="+bin, "REDIS_URL="+srv.URL, "BUS_WIRE=json",
-		"API_HTTP_ADDR="+apiHTTP, "API_GRPC_ADDR="+freeAddr(t), "EDGE_HTTP_ADDR="+freeAddr(t), "EDGE_MQTT_ADDR="+freeAddr(t),
-		"LOGGER_HTTP_ADDR="+freeAddr(t), "NOTIFICATION_HTTP_ADDR="+freeAddr(t), "LOGGER_DIR="+t.TempDir())
-	out := &servicetest.Buffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("scripts/run.sh output:\n%s", out)
-		}
-	})
-	servicetest.WaitFor(t, "the api to be ready", func() bool {
-		resp, err := http.Get("http://" + apiHTTP + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	startRun(t, root, []string{"REDIS_URL=" + srv.URL, "BUS_WIRE=json",
+		"API_HTTP_ADDR=" + apiHTTP, "API_GRPC_ADDR=" + freeAddr(t), "EDGE_HTTP_ADDR=" + freeAddr(t), "EDGE_MQTT_ADDR=" + freeAddr(t),
+		"LOGGER_HTTP_ADDR=" + freeAddr(t), "NOTIFICATION_HTTP_ADDR=" + freeAddr(t), "LOGGER_DIR=" + t.TempDir()},
+		apiHTTP)
 
 	seed := exec.Command(node, filepath.Join(root, "e2e", "testdata", "seed-consumer.js"))
 	seed.Env = append(os.Environ(), "REDIS_URL="+srv.URL, "NODE_PATH="+modules)
