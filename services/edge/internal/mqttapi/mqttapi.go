@@ -220,6 +220,7 @@ type session struct {
 	// kickedWith is why the hub or the session ended the connection.
 	kickedWith atomic.Pointer[hub.Disconnect]
 	maxPacket  int  // the most bytes the client takes in a packet (5.0); 0: no bound
+	quiet      bool // a 5.0 client asked for no reason strings but in DISCONNECT (Request Problem Information 0)
 	saidBye    bool // a DISCONNECT was written; the writer's only
 
 	writeMu sync.Mutex // one writer of the socket at a time
@@ -384,6 +385,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		}
 	}
 	s.window, s.maxPacket = maxInflight, int(pk.Properties.MaximumPacketSize)
+	s.quiet = pk.Properties.RequestProblemInfoFlag && pk.Properties.RequestProblemInfo == 0
 	if rm := int(pk.Properties.ReceiveMaximum); s.version == 5 && rm > 0 {
 		s.window = min(rm, maxInflight)
 	}

@@ -52,8 +52,8 @@ func (s *session) begin(clean bool) *state {
 	return &kept
 }
 
-// resume subscribes the kept filters the token still allows, from the
-// session's positions.
+// resume subscribes the kept filters, narrowed to what the token grants
+// now (grants.go), from the session's positions.
 func (s *session) resume(kept state) {
 	s.mu.Lock()
 	s.resumed = true
@@ -65,23 +65,14 @@ func (s *session) resume(kept state) {
 	since := maps.Clone(s.cursor)
 	s.mu.Unlock()
 	for filter, qos := range kept.Filters {
-		patterns, err := patternsOf(filter)
-		if err != nil || !s.allowedAll(patterns) {
-			continue // the new token no longer grants it
+		patterns, _, err := s.cover(filter)
+		if err != nil || len(patterns) == 0 {
+			continue // the new token grants nothing of it
 		}
 		if code := s.add(filter, qos, patterns, since); code != 0 {
 			s.h.Logger.Warn("mqtt session filter not resumed", "client_id", s.id, "filter", filter, "reason_code", code)
 		}
 	}
-}
-
-func (s *session) allowedAll(patterns []string) bool {
-	for _, p := range patterns {
-		if !s.h.Access.Allowed(s.claims, p) {
-			return false
-		}
-	}
-	return true
 }
 
 // subscribed takes what the hub says of a new subscription: where its

@@ -119,6 +119,9 @@ func ctxErr(err error) string {
 }
 
 func (s *session) puback(id uint16, code packets.Code, why string) []byte {
+	if s.quiet {
+		why = "" // MQTT-3.1.2-29
+	}
 	return encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: s.version,
 		PacketID: id, ReasonCode: code.Code, Properties: packets.Properties{ReasonString: why}})
 }

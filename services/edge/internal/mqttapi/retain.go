@@ -31,13 +31,10 @@ type Record interface {
 	Last(ctx context.Context, pattern string, scan int) ([]bus.Event, error)
 }
 
-// retained returns the PUBLISH packets of filter's retained messages.
-func (s *session) retained(filter string) [][]byte {
+// retained returns the PUBLISH packets of filter's retained messages,
+// read through patterns, the hub patterns that serve it within the grants.
+func (s *session) retained(filter string, patterns []string) [][]byte {
 	if s.h.Record == nil {
-		return nil
-	}
-	patterns, err := patternsOf(filter)
-	if err != nil {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, storeTimeout)

@@ -13,48 +13,70 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 )
 
-// subscribe serves SUBSCRIBE: each filter is granted its QoS (at most 1)
-// or refused with a reason, in one SUBACK. The retained messages of a new
+// subscribe serves SUBSCRIBE: each filter is granted its QoS (at most 1),
+// narrowed to the grants where it is wider (grants.go), or refused with a
+// reason, in one SUBACK; a 5.0 one says in its reason string what was
+// narrowed or refused, and why. The retained messages of a new
 // subscription follow its SUBACK (retain.go).
 func (s *session) subscribe(pk packets.Packet) {
 	codes := make([]byte, len(pk.Filters))
 	var retained [][]byte
+	var notes []string
 	done := make(map[string]byte, len(pk.Filters)) // a filter repeated in one packet costs once
 	for i, f := range pk.Filters {
 		if code, ok := done[f.Filter]; ok {
 			codes[i] = code
 			continue
 		}
-		code, fresh := s.subscribeOne(f)
+		code, fresh, patterns, note := s.subscribeOne(f)
+		if note != "" {
+			notes = append(notes, note)
+			s.h.Logger.Debug("mqtt filter narrowed or refused", "client_id", s.id, "filter", f.Filter, "reason_code", code, "reason", note)
+		}
 		if code < 0x80 && (f.RetainHandling == 0 || f.RetainHandling == 1 && fresh) && len(retained) < maxRetained {
-			retained = append(retained, s.retained(f.Filter)...)
+			retained = append(retained, s.retained(f.Filter, patterns)...)
 		}
 		if s.version == 4 && code >= 0x80 {
 			code = 0x80 // 3.1.1 has one failure code
 		}
 		codes[i], done[f.Filter] = code, code
 	}
-	s.client.Send(encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: s.version,
-		PacketID: pk.PacketID, ReasonCodes: codes}))
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: s.version,
+		PacketID: pk.PacketID, ReasonCodes: codes}
+	if s.version == 5 && len(notes) > 0 && !s.quiet {
+		ack.Properties.ReasonString = reason(notes)
+	}
+	b := encode(ack)
+	if s.maxPacket > 0 && len(b) > s.maxPacket && ack.Properties.ReasonString != "" {
+		// The reason string is what 5.0 says to leave out first
+		// (MQTT-3.9.2-1).
+		ack.Properties.ReasonString = ""
+		b = encode(ack)
+	}
+	s.client.Send(b)
 	for _, r := range retained {
 		s.client.Send(r)
 	}
 }
 
-// subscribeOne returns the granted QoS or the reason for refusing f, and
-// whether the session did not have f before.
-func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool) {
+// subscribeOne returns the granted QoS or the reason code for refusing f,
+// whether the session did not have f before, the hub patterns serving it,
+// and what a reason string says of it: why it was narrowed or refused by
+// the grants, or nothing.
+func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool, patterns []string, note string) {
 	// mochi's decoder leaves ShareName to its server: "$share/<group>/…"
 	// arrives as the filter.
 	if len(f.ShareName) > 0 || strings.HasPrefix(f.Filter, "$share/") {
-		return packets.ErrSharedSubscriptionsNotSupported.Code, false
+		return packets.ErrSharedSubscriptionsNotSupported.Code, false, nil, ""
 	}
-	patterns, err := patternsOf(f.Filter)
-	if err != nil {
-		return packets.ErrTopicFilterInvalid.Code, false
-	}
-	if !s.allowedAll(patterns) {
-		return packets.ErrNotAuthorized.Code, false
+	patterns, narrowed, err := s.cover(f.Filter)
+	switch {
+	case err != nil:
+		return packets.ErrTopicFilterInvalid.Code, false, nil, ""
+	case len(patterns) == 0:
+		return packets.ErrNotAuthorized.Code, false, nil, s.refusal(f.Filter)
+	case narrowed:
+		note = narrowedTo(f.Filter, patterns)
 	}
 	qos := min(f.Qos, 1)
 	s.mu.Lock()
@@ -62,13 +84,13 @@ func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool) {
 	full := !had && len(s.filters) >= s.h.MaxSubscriptions
 	s.mu.Unlock()
 	if full {
-		return packets.ErrQuotaExceeded.Code, false
+		return packets.ErrQuotaExceeded.Code, false, nil, ""
 	}
 	if code := s.add(f.Filter, qos, patterns, nil); code != 0 {
-		return code, false
+		return code, false, nil, ""
 	}
 	s.save(false)
-	return qos, !had
+	return qos, !had, patterns, note
 }
 
 // add subscribes the hub to what filter needs of patterns, from since
