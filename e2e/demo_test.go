@@ -20,7 +20,10 @@ import (
 // up, places an order, ships it and pays, with the page's buttons. Each
 // press goes through the API; each event shows as a card with its key
 // fields and its raw JSON, each notification pops up, the emails are sent
-// (dry run), and the user id survives a reload.
+// (dry run), and the user id survives a reload. The MQTT tab, open all
+// along, shows the same events as the same cards, and nothing of the
+// bus's own eventbus/… topics. Its screenshots, demo-flow.png and
+// demo-mqtt.png, are what docs/demo-page.png is made from.
 func TestDemoPageButtonsWalkTheFlow(t *testing.T) {
 	srv := redistest.Shared(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
@@ -54,6 +57,13 @@ func TestDemoPageButtonsWalkTheFlow(t *testing.T) {
 	if n := browsertest.Do(t, ctx, chromedp.Evaluate[int](`document.querySelectorAll("#feed li").length`)); n != 0 {
 		t.Fatalf("a fresh page shows %d events, want the empty state alone", n)
 	}
+
+	step("the MQTT tab connects and subscribes",
+		chromedp.Click(chromedp.CSS(`#tab-mqtt-button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#mqtt-status[data-state="open"]`)),
+		chromedp.Poll[chromedp.Void](`document.querySelector("#mqtt-subscribed").textContent.includes("subscribed to notify/user/42 at")`),
+		chromedp.Click(chromedp.CSS(`#tab-ws-button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#feed`)))
 
 	card := func(typ string) string { return fmt.Sprintf(`#feed li.card[data-type=%q]`, typ) }
 	field := func(typ, name string) string {
@@ -106,6 +116,25 @@ func TestDemoPageButtonsWalkTheFlow(t *testing.T) {
 	}
 	png := browsertest.Do(t, ctx, chromedp.FullScreenshot(100))
 	if err := os.WriteFile(filepath.Join(t.ArtifactDir(), "demo-flow.png"), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	mqttCard := func(topic string) chromedp.Action[chromedp.Void] {
+		return chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`#mqtt-feed li.card[data-topic=%q]`, topic)))
+	}
+	step("the same events on the MQTT tab", chromedp.Click(chromedp.CSS(`#tab-mqtt-button`)),
+		mqttCard("user/created"), mqttCard("order/placed"), mqttCard("order/shipped"), mqttCard("payment/completed"), mqttCard("notify/user/42"))
+	if got := text(`#mqtt-feed li[data-topic="payment/completed"] [data-field="amount"] dd`); got != "4900" {
+		t.Errorf("the MQTT tab's payment card shows amount %q, want 4900, as the WebSocket tab does", got)
+	}
+	wrong := browsertest.Do(t, ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll("#mqtt-feed li")].flatMap((li) =>
+		li.dataset.topic.startsWith("eventbus/") ? [li.dataset.topic + " shown"] :
+		li.querySelector("dl.summary [data-field] dd") ? [] : [li.dataset.topic + " without its summary"])`))
+	if len(wrong) > 0 {
+		t.Errorf("the MQTT tab has %q", wrong)
+	}
+	png = browsertest.Do(t, ctx, chromedp.FullScreenshot(100))
+	if err := os.WriteFile(filepath.Join(t.ArtifactDir(), "demo-mqtt.png"), png, 0o644); err != nil {
 		t.Fatal(err)
 	}
 

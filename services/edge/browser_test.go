@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,12 +11,14 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"google.golang.org/protobuf/proto"
 
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
 	"github.com/eventbus-suite/eventbus/pkg/browsertest"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
@@ -106,9 +109,15 @@ func TestDemoPageShowsARefusedSubscription(t *testing.T) {
 	}
 }
 
-// The demo page's MQTT tab drives MQTT.js in the browser: it receives an
-// event under its filter "#", and its sensor/temp telemetry reaches a JSON
-// WebSocket client subscribed to sensor:* as an event of the bus.
+// The demo page's MQTT tab drives MQTT.js in the browser and looks like
+// the WebSocket tab: cards without bullets in a box that scrolls, each
+// with its event's key fields on one line. It subscribes to what a demo
+// token is for, the shop's topics, sensor/# and the user's own
+// notifications; under those and under "#" it shows neither another
+// user's notification nor the bus's own eventbus/… topics, though the
+// edges are commanded on eventbus:control while it watches. Its
+// sensor/temp telemetry reaches a JSON WebSocket client subscribed to
+// sensor:* as an event of the bus, and comes back to the tab.
 func TestDemoPageMQTTTab(t *testing.T) {
 	t.Parallel()
 	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_DEMO": "true"})
@@ -123,10 +132,66 @@ func TestDemoPageMQTTTab(t *testing.T) {
 			t.Fatalf("wait for %s: %v; %s", what, err, browsertest.PageState(t, browser, "#mqtt-status"))
 		}
 	}
+	subscribed := func(filter string) chromedp.Action[chromedp.Void] {
+		return chromedp.Poll[chromedp.Void](fmt.Sprintf(`document.querySelector("#mqtt-subscribed").textContent.includes(%q)`, "subscribed to "+filter+" at"))
+	}
+	item := func(topic string) chromedp.Action[chromedp.Void] {
+		return chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`#mqtt-feed li[data-topic=%q]`, topic)))
+	}
 	wait("MQTT.js to connect and subscribe", chromedp.WaitVisible(chromedp.CSS(`#mqtt-status[data-state="open"]`)),
-		chromedp.Poll[chromedp.Void](`document.querySelector("#mqtt-subscribed").textContent.startsWith("subscribed to #")`))
-	e.publish(t, "order:placed", "o-mqtt", -1)
-	wait("the event in the MQTT feed", chromedp.WaitVisible(chromedp.CSS(`#mqtt-feed li[data-topic="order/placed"]`)))
+		chromedp.WaitVisible(chromedp.CSS(`#mqtt-empty`)), subscribed("notify/user/42"))
+	if got, want := do(t, ctx, chromedp.Value(chromedp.CSS(`#mqtt-filter`))), "user/#, order/#, payment/#, sensor/#, notify/user/42"; got != want {
+		t.Errorf("the MQTT tab's filters = %q, want %q", got, want)
+	}
+
+	// The look: computed, so that a stylesheet that loses the rule fails.
+	type look struct{ List, MaxHeight, Overflow string }
+	style := func(sel string) look {
+		return do(t, ctx, chromedp.Evaluate[look](fmt.Sprintf(`(() => {
+			const s = getComputedStyle(document.querySelector(%q));
+			return {List: s.listStyleType, MaxHeight: s.maxHeight, Overflow: s.overflowY};
+		})()`, sel)))
+	}
+	mqttLook, wsLook := style("#mqtt-feed"), style("#feed")
+	if mqttLook.List != "none" || mqttLook.MaxHeight == "none" || (mqttLook.Overflow != "auto" && mqttLook.Overflow != "scroll") {
+		t.Errorf("the MQTT feed's style = %+v, want no bullets, a max height and overflow auto or scroll", mqttLook)
+	}
+	if mqttLook != wsLook {
+		t.Errorf("the MQTT feed's style = %+v, want the WebSocket feed's, %+v", mqttLook, wsLook)
+	}
+
+	// wrong lists what the feed must not show, and every item without the
+	// summary line.
+	wrong := func() []string {
+		return do(t, ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll("#mqtt-feed li")].flatMap((li) => {
+			const topic = li.dataset.topic;
+			if (topic.startsWith("eventbus/") || topic === "notify/user/7") return [topic + " shown"];
+			return li.querySelector("dl.summary [data-field] dd") ? [] : [topic + " without its summary"];
+		})`))
+	}
+	command := func() {
+		t.Helper()
+		e.command(t, revocation.Command{Action: revocation.ActionDisconnect, Sub: "8"})
+	}
+	commanded := func(n float64) {
+		t.Helper()
+		servicetest.WaitFor(t, "the edge to take the command", func() bool {
+			return servicetest.Count(t, e.base, `eventbus_edge_control_commands_total{action="disconnect"}`) == n
+		})
+	}
+
+	command()
+	commanded(1)
+	publishData(t, e, "notify:user:7", "notification.created", &eventbusv1.Notification{NotificationId: "n7", UserId: "7", Title: "For 7"})
+	publishData(t, e, "notify:user:42", "notification.created", &eventbusv1.Notification{NotificationId: "n42", UserId: "42", Title: "For 42", Body: "yours"})
+	publishData(t, e, "order:placed", "order.placed", &eventbusv1.OrderPlaced{OrderId: "o-mqtt", UserId: "42", Total: 4900, Currency: "EUR"})
+	wait("the events in the MQTT feed", item("notify/user/42"), item("order/placed"))
+	if got := do(t, ctx, chromedp.Text(chromedp.CSS(`#mqtt-feed li[data-topic="order/placed"] [data-field="order_id"] dd`))); got != "o-mqtt" {
+		t.Errorf("the order's card shows order_id %q, want o-mqtt", got)
+	}
+	if do(t, ctx, chromedp.Evaluate[bool](`document.querySelector("#mqtt-empty").hidden`)) != true {
+		t.Error("the MQTT tab's empty state stays after the first message")
+	}
 
 	wait("publishing", chromedp.Click(chromedp.CSS(`#mqtt-publish`)),
 		chromedp.Poll[chromedp.Void](`document.querySelector("#mqtt-result").textContent.startsWith("published on sensor/temp")`))
@@ -141,5 +206,42 @@ func TestDemoPageMQTTTab(t *testing.T) {
 	if f.Channel != "sensor:temp" || ev.Type != "sensor.temp" || !strings.HasPrefix(ev.Source, "mqtt:demo-42-") || ev.Subject != "42" || ev.Data["celsius"] != 21.5 {
 		t.Errorf("the JSON client got %s %+v, want the page's telemetry", f.Channel, ev)
 	}
-	wait("its own telemetry back in the MQTT feed", chromedp.WaitVisible(chromedp.CSS(`#mqtt-feed li[data-topic="sensor/temp"]`)))
+	wait("its own telemetry back in the MQTT feed", item("sensor/temp"))
+	if got := wrong(); len(got) > 0 {
+		t.Errorf("under its own filters the MQTT feed has %q", got)
+	}
+
+	// Under "#", what the token withholds and the bus's own namespace stay
+	// out all the same. The edge takes the command before the order that
+	// follows it, so the feed would show it by then.
+	wait("subscribing to #", chromedp.SetValue(chromedp.CSS(`#mqtt-filter`), "#"), chromedp.Click(chromedp.CSS(`#mqtt-subscribe`)), subscribed("#"))
+	command()
+	commanded(2)
+	publishData(t, e, "notify:user:7", "notification.created", &eventbusv1.Notification{NotificationId: "n7b", UserId: "7", Title: "For 7 again"})
+	publishData(t, e, "order:shipped", "order.shipped", &eventbusv1.OrderShipped{OrderId: "o-mqtt", UserId: "42", Carrier: "DHL", TrackingNumber: "JD0001"})
+	wait("the shipment in the MQTT feed", item("order/shipped"))
+	if got := wrong(); len(got) > 0 {
+		t.Errorf("under # the MQTT feed has %q", got)
+	}
+}
+
+// publishData publishes an event of type typ on ch carrying data, as the
+// API would, and fails the test unless the edge is listening.
+func publishData(t *testing.T, e *edge, ch, typ string, data proto.Message) {
+	t.Helper()
+	packed, err := envelope.PackData(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &envelope.Envelope{Type: typ, Channel: ch, Data: packed}
+	if err := envelope.Fill(env, "test", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	payload, err := envelope.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := e.bus.Publish(t.Context(), ch, payload); err != nil || r.Receivers < 1 {
+		t.Fatalf("Publish(%s) = %d, %v; want the edge among the receivers", ch, r.Receivers, err)
+	}
 }
