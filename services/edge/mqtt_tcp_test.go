@@ -367,9 +367,7 @@ func TestMQTTOverTCPLimits(t *testing.T) {
 	}
 	flood := dialTCP(t, e.mqtts, &tls.Config{RootCAs: e.pool}, 5)
 	flood.connect("flood", mint(t, "7"), 30)
-	for range 10 {
-		flood.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
-	}
+	flood.flood(10)
 	if d := flood.closed(packets.Pingresp); d.ReasonCode != 0x96 {
 		t.Errorf("10 packets at once past a burst of 5: DISCONNECT %#x, want 0x96 message rate too high", d.ReasonCode)
 	}

@@ -79,6 +79,22 @@ func (m *mqttConn) send(pk packets.Packet) {
 	}
 }
 
+// flood sends n PINGREQs in one write, which the edge cannot close the
+// connection in the middle of, as it may between writes.
+func (m *mqttConn) flood(n int) {
+	m.t.Helper()
+	var buf bytes.Buffer
+	for range n {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}, ProtocolVersion: m.version}
+		if err := mqttwire.Append(&buf, &pk); err != nil {
+			m.t.Fatal(err)
+		}
+	}
+	if _, err := m.nc.Write(buf.Bytes()); err != nil {
+		m.t.Fatalf("send %d PINGREQs: %v", n, err)
+	}
+}
+
 // next reads the next packet, or fails the test after 10 s; io.EOF and
 // the like when the edge closed the connection.
 func (m *mqttConn) next() (packets.Packet, error) {
@@ -255,9 +271,7 @@ func TestMQTTRefusals(t *testing.T) {
 
 			flood := e.dialMQTT(t, "/mqtt", v)
 			flood.connect(id("flood"), mint(t, "7"), 30)
-			for range 10 {
-				flood.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
-			}
+			flood.flood(10)
 			if d := flood.closed(packets.Pingresp); d.ReasonCode != 0x96 {
 				t.Errorf("10 packets at once past a burst of 5: DISCONNECT %#x, want 0x96 message rate too high", d.ReasonCode)
 			}
