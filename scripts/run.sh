@@ -144,7 +144,7 @@ if [[ ${EDGE_MQTT_ADDR,,} != off ]]; then
 	mqtt_line="
 [run]            mqtt://$mqtt   MQTT 3.1.1/5.0 over TCP (the token is the password)"
 	mqtt_try="
-[run]       mosquitto_sub -h ${mqtt%:*} -p ${mqtt##*:} -u dev -P \"\$(bin/eventbus token --sub 42 --channels 'order:*')\" -t 'order/+' -v"
+[run]       mosquitto_sub -h ${mqtt%:*} -p ${mqtt##*:} -u dev -P \"\$(bin/eventbus token --sub 42 --channels 'order:*')\" -t 'order/#' -v"
 fi
 # The flags bin/eventbus needs in another shell, where these variables
 # are not set: none on the default ports.

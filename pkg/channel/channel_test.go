@@ -268,3 +268,22 @@ func TestErrorsSuggestTheChannel(t *testing.T) {
 		t.Errorf("Validate(a b) = %v, want no suggestion (none is valid)", err)
 	}
 }
+
+// Overlaps is symmetric, and never says "never" of two patterns a channel
+// matches both.
+func FuzzOverlaps(f *testing.F) {
+	f.Add("order:*", "*:placed", "order:placed")
+	f.Add("*ab*", "*ba*", "xaba")
+	f.Add("order:*", "order", "order")
+	f.Fuzz(func(t *testing.T, a, b, ch string) {
+		if channel.ValidatePattern(a) != nil || channel.ValidatePattern(b) != nil {
+			return
+		}
+		if channel.Overlaps(a, b) != channel.Overlaps(b, a) {
+			t.Fatalf("Overlaps(%q, %q) = %v, but the other way round %v", a, b, channel.Overlaps(a, b), channel.Overlaps(b, a))
+		}
+		if channel.Validate(ch) == nil && channel.Match(a, ch) && channel.Match(b, ch) && !channel.Overlaps(a, b) {
+			t.Fatalf("Overlaps(%q, %q) = false, but %q matches both", a, b, ch)
+		}
+	})
+}
