@@ -534,7 +534,11 @@ func (c *consumer) claim(ctx context.Context, n int) ([]bus.Delivery, error) {
 	c.mu.Unlock()
 	var ds []bus.Delivery
 	for _, st := range streams {
-		msgs, next, err := c.b.client.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+		// On the client the reads use: after an outage, a claim must not
+		// fail on a pool still reporting the dial errors of the outage
+		// (go-redis keeps the last one for a while) once a read has
+		// worked, or the consumer would seem to fail again.
+		msgs, next, err := c.b.pub.XAutoClaim(ctx, &redis.XAutoClaimArgs{
 			Stream: st.key, Group: c.group, Consumer: c.name, MinIdle: c.visibility,
 			Start: cmp.Or(c.claimFrom[st.key], "0-0"), Count: int64(n - len(ds)),
 		}).Result()
