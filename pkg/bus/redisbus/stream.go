@@ -45,9 +45,10 @@ func reach(p string) (prefix string, wild bool) {
 // PUBLISH per message is all the script does per message.
 //
 // Live, each message goes out as published with its position appended as
-// two envelope fields (positionFields): on one server PUBLISHed on its own
-// channel, on a cluster SPUBLISHed on the stream's shard channel, after a
-// line naming its channel (channelHeader).
+// two envelope fields (appendPosition; on a JSON object, two last
+// members): on one server PUBLISHed on its own channel, on a cluster
+// SPUBLISHed on the stream's shard channel, after a line naming its
+// channel (channelHeader).
 //
 // Trimming, in the runs the publisher asks for it (see trimmer), keeps
 // about MAXLEN entries and none older than MINID, but never what a
@@ -87,8 +88,9 @@ elseif not added then
 	added = redis.call('XLEN', stream) -- recorded before the count was kept
 end
 local isNew = redis.call('SADD', KEYS[3], ARGV[4])
--- positionFields: envelope fields 9 (offset) and 10 (epoch), both strings
--- of fewer than 128 bytes: a tag byte, a length byte, the bytes.
+-- The position goes after the envelope as its fields 9 (offset) and 10
+-- (epoch), strings of fewer than 128 bytes: a tag byte, a length byte,
+-- the bytes (appendPosition).
 local maxlen, live, epochField = ARGV[1], ARGV[5], string.char(82, #epoch) .. epoch
 if isNew == 1 and live ~= '' then
 	redis.call('SPUBLISH', ARGV[6], ARGV[4])
