@@ -16,6 +16,9 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	// The wrappers' types, for every service that links this package to
+	// resolve: the edge wraps MQTT payloads that are no JSON in BytesValue.
+	_ "google.golang.org/protobuf/types/known/wrapperspb"
 
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
@@ -336,6 +339,24 @@ func Unmarshal(b []byte) (*Envelope, error) {
 	return env, nil
 }
 
+// everyServiceKnows reports whether every service can resolve the message
+// type name, as the JSON wire's readers must: ours (eventbus.v1, linked
+// through this package), and the well-known types it links.
+func everyServiceKnows(name protoreflect.FullName) bool {
+	if name.Parent() == "eventbus.v1" {
+		return true
+	}
+	switch name {
+	case "google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue",
+		"google.protobuf.BytesValue", "google.protobuf.StringValue", "google.protobuf.BoolValue",
+		"google.protobuf.Int64Value", "google.protobuf.UInt64Value", "google.protobuf.Int32Value",
+		"google.protobuf.UInt32Value", "google.protobuf.DoubleValue", "google.protobuf.FloatValue",
+		"google.protobuf.Timestamp":
+		return true
+	}
+	return false
+}
+
 // wireJSON reads the JSON wire: fields a newer publisher added are
 // skipped, as the protobuf wire skips them.
 var wireJSON = protojson.UnmarshalOptions{DiscardUnknown: true}
@@ -348,13 +369,21 @@ func isJSON(b []byte) bool { return len(b) > 0 && b[0] == '{' }
 // ToJSON turns an envelope in the protobuf wire format into its canonical
 // protobuf JSON, the wire of BUS_WIRE=json, which consumers written for
 // plain JSON (the seed's JSON.parse) read. Anything that is no envelope,
-// or is JSON already, is returned as it is: the bus carries any bytes.
+// or is JSON already, is returned as it is: the bus carries any bytes. So
+// is an envelope whose data another service could not read back from
+// JSON: protobuf JSON names the type of an Any, and a reader must know
+// it, where protobuf carries bytes it need not decode. Every service
+// knows the types of this package (ours, Struct and the wrappers, which
+// the edge uses for MQTT payloads), and no other.
 func ToJSON(b []byte) []byte {
 	if isJSON(b) {
 		return b
 	}
 	env := new(Envelope)
 	if proto.Unmarshal(b, env) != nil || env.GetType() == "" {
+		return b
+	}
+	if d := env.GetData(); d != nil && !everyServiceKnows(d.MessageName()) {
 		return b
 	}
 	out, err := protojson.Marshal(env)

@@ -14,8 +14,10 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
@@ -432,5 +434,37 @@ func TestJSONWire(t *testing.T) {
 	}
 	if _, err := envelope.Unmarshal([]byte(`{"type":`)); err == nil {
 		t.Error("Unmarshal of cut JSON = nil error")
+	}
+}
+
+// On the JSON wire an envelope goes as JSON only when every service can
+// read its data back: the edge's BytesValue of an MQTT payload does, data
+// of a type only one process links stays protobuf.
+func TestJSONWireOnlyForDataEveryServiceKnows(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		data proto.Message
+		json bool
+	}{
+		{wrapperspb.Bytes([]byte{0xde, 0xad}), true},
+		{&descriptorpb.FileDescriptorProto{Name: proto.String("x.proto")}, false},
+	} {
+		data, err := anypb.New(tt.data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := &envelope.Envelope{Id: "1", Type: "sensor.raw", Channel: "sensor:raw", Source: "s", Data: data}
+		b, err := envelope.Marshal(env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := envelope.ToJSON(b)
+		if got := len(out) > 0 && out[0] == '{'; got != tt.json {
+			t.Errorf("ToJSON of %T data: JSON %v, want %v", tt.data, got, tt.json)
+		}
+		back, err := envelope.Unmarshal(out)
+		if err != nil || !proto.Equal(back, env) {
+			t.Errorf("Unmarshal(ToJSON) of %T data = %v, %v; want %v", tt.data, back, err, env)
+		}
 	}
 }

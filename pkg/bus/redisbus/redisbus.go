@@ -163,7 +163,8 @@ func New(client redis.UniversalClient, opts Options) (*Bus, error) {
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		b.pipeline(newTrimmer(opts.HistoryMaxLen))
+		// Marks and trims are spaced by what each stream keeps.
+		b.pipeline(newTrimmer((opts.HistoryMaxLen + int64(b.parts) - 1) / int64(max(b.parts, 1))))
 	}()
 	return b, nil
 }

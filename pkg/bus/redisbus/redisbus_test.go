@@ -789,6 +789,34 @@ func TestJSONWireCarriesThePosition(t *testing.T) {
 	}
 }
 
+// A bus without history appends no position, so a message that merely
+// ends like one (an envelope's last field, JSON members named so) reaches
+// its subscribers as it was published, with no position.
+func TestWithoutHistoryNothingIsTakenAsAPosition(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	b := newBus(t, srv, redisbus.Options{})
+	sub, err := b.Subscribe(t.Context(), "np:*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for _, payload := range []string{"xJ\x031-0R\x02ab", `{"a":1,"offset":"1-0","epoch":"ab"}`, "\x00eb1 ab 1-0\nbody"} {
+		if _, err := b.Publish(t.Context(), "np:x", []byte(payload)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-sub.Messages():
+			if string(m.Payload) != payload || !m.Position.IsZero() {
+				t.Errorf("got %q at %+v, want %q with no position", m.Payload, m.Position, payload)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the subscriber got nothing")
+		}
+	}
+}
+
 // Trimming keeps at least MAXLEN entries after every run and not many
 // more: MAXLEN, plus the runs between marks (every 10 entries for 1,000),
 // plus a stream node Redis trims whole (100). A stream recorded before the

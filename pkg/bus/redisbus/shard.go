@@ -618,7 +618,7 @@ func (s *shardedSubscription) message(part int, m *redis.Message) (out bus.Messa
 	if len(matched) == 0 {
 		return bus.Message{}, "", false // another channel of a namespace subscribed for a pattern
 	}
-	pos, body := splitPosition(payload)
+	pos, body := s.b.livePosition(payload)
 	return bus.Message{Channel: ch, Patterns: matched, Payload: []byte(body), Position: pos}, "", true
 }
 

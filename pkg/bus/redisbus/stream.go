@@ -237,25 +237,38 @@ func appendPosition(b []byte, pos bus.Position) []byte {
 // as well in the header). The payload need not be an envelope: the bus
 // carries any bytes, and gives them back as they were published.
 func splitPosition(payload string) (bus.Position, string) {
-	if rest, ok := strings.CutPrefix(payload, positionHeader); ok {
-		line, body, ok := strings.Cut(rest, "\n")
-		if !ok {
-			return bus.Position{}, payload
-		}
-		epoch, offset, ok := strings.Cut(line, " ")
-		if !ok || !bus.IsEpoch(epoch) || !bus.IsOffset(offset) {
-			return bus.Position{}, payload
-		}
-		return bus.Position{Offset: offset, Epoch: epoch}, body
-	}
+	// What the script appended comes first: a payload of the bus's may
+	// itself start like the old header, and must come back as it was.
 	if strings.HasPrefix(payload, "{") && strings.HasSuffix(payload, "}") {
-		return jsonPosition(payload)
+		if pos, body := jsonPosition(payload); !pos.IsZero() {
+			return pos, body
+		}
+	} else if pos, n, ok := trailingPosition(payload); ok {
+		return pos, payload[:len(payload)-n]
 	}
-	pos, n, ok := trailingPosition(payload)
+	rest, ok := strings.CutPrefix(payload, positionHeader)
 	if !ok {
 		return bus.Position{}, payload
 	}
-	return pos, payload[:len(payload)-n]
+	line, body, ok := strings.Cut(rest, "\n")
+	if !ok {
+		return bus.Position{}, payload
+	}
+	epoch, offset, ok := strings.Cut(line, " ")
+	if !ok || !bus.IsEpoch(epoch) || !bus.IsOffset(offset) {
+		return bus.Position{}, payload
+	}
+	return bus.Position{Offset: offset, Epoch: epoch}, body
+}
+
+// livePosition is splitPosition for what this bus's subscriptions
+// receive: a bus without history records nothing and appends no
+// position, so a message that merely ends like one is left as it is.
+func (b *Bus) livePosition(payload string) (bus.Position, string) {
+	if b.opts.HistoryMaxLen <= 0 {
+		return bus.Position{}, payload
+	}
+	return splitPosition(payload)
 }
 
 // jsonPosition reads the members the publish script appends to a JSON

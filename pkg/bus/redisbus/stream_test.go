@@ -42,6 +42,9 @@ func TestSplitPosition(t *testing.T) {
 		{string(protowire.AppendVarint(protowire.AppendTag(appendPosition(slices.Clone(env), at), 11, protowire.VarintType), 1)), "", bus.Position{}}, // a field after
 		{withFields[:len(withFields)-1], "", bus.Position{}},                                                                                          // cut short
 		{`{"type":"order.placed"}`, `{"type":"order.placed"}`, bus.Position{}},
+		// A payload that starts like the old header, with the position the
+		// script appends: it comes back as it was published.
+		{string(appendPosition([]byte("\x00eb1 9f01 1-3\nbody"), at)), "\x00eb1 9f01 1-3\nbody", at},
 		// The JSON wire: two members before the closing brace.
 		{`{"type":"order.placed","offset":"1732290000000-3","epoch":"9f01"}`, `{"type":"order.placed"}`, at},
 		{`{"offset":"1732290000000-3","epoch":"9f01"}`, `{}`, at},

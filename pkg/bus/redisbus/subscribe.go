@@ -330,7 +330,7 @@ func (s *Subscription) receive() {
 			if patterns == nil {
 				continue // a further delivery of the publish just delivered
 			}
-			pos, payload := splitPosition(m.Payload)
+			pos, payload := s.b.livePosition(m.Payload)
 			out := bus.Message{Channel: ch, Patterns: patterns, Payload: []byte(payload), Position: pos}
 			if restoring {
 				// Published after the resubscription began: it comes
