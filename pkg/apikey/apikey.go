@@ -5,7 +5,9 @@ package apikey
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"net/http"
 
+	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
@@ -44,4 +46,24 @@ func (k Keys) Allow(authorization string) bool {
 		allowed |= subtle.ConstantTimeCompare(h[:], want[:])
 	}
 	return allowed == 1
+}
+
+// Require serves next to requests whose Authorization header Allow
+// accepts, and answers the others 401 unauthorized, in the JSON every
+// eventbus endpoint errs with, saying how to send a key.
+func (k Keys) Require(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !k.Allow(r.Header.Get("Authorization")) {
+			Refuse(w)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Refuse answers a request without an accepted key: 401 unauthorized,
+// with WWW-Authenticate, saying how to send one.
+func Refuse(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="eventbus"`)
+	server.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or unknown API key: send Authorization: Bearer <key>")
 }

@@ -47,7 +47,7 @@ type handler struct{ Options }
 func Register(mux *http.ServeMux, opts Options) {
 	h := &handler{opts}
 	route := func(path string, limit int64, fn func(http.ResponseWriter, *http.Request) error) {
-		mux.Handle("POST "+path, h.authorize(h.budget(limit, h.limit(limit, h.idempotent(fn)))))
+		mux.Handle("POST "+path, h.Keys.Require(h.budget(limit, h.limit(limit, h.idempotent(fn)))))
 		mux.Handle(path, methodNotAllowed("POST"))
 	}
 	route("/v1/events", opts.MaxBodyBytes, h.publishEvent)
@@ -59,12 +59,12 @@ func Register(mux *http.ServeMux, opts Options) {
 	route("/v1/revocations", opts.MaxBodyBytes, h.revoke)
 	route("/v1/users/{id}/disconnect", opts.MaxBodyBytes, h.disconnect)
 	route("/v1/users/{id}/unsubscribe", opts.MaxBodyBytes, h.unsubscribe)
-	mux.Handle("GET /v1/stats", h.authorize(h.handle(h.stats)))
+	mux.Handle("GET /v1/stats", h.Keys.Require(h.handle(h.stats)))
 	mux.Handle("/v1/stats", methodNotAllowed("GET"))
-	mux.Handle("GET /v1/history", h.authorize(h.handle(h.history)))
+	mux.Handle("GET /v1/history", h.Keys.Require(h.handle(h.history)))
 	mux.Handle("/v1/history", methodNotAllowed("GET"))
 	// Anything else under /v1 gets a JSON 404 rather than the mux's text.
-	mux.Handle("/v1/", h.authorize(h.handle(func(w http.ResponseWriter, r *http.Request) error {
+	mux.Handle("/v1/", h.Keys.Require(h.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return &apiError{status: http.StatusNotFound, code: "not_found", message: "no route " + r.Method + " " + r.URL.Path}
 	})))
 }
@@ -163,17 +163,6 @@ func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		w.Header().Set("Retry-After", retryAfter)
 	}
 	server.WriteError(w, ae.status, ae.code, ae.message)
-}
-
-func (h *handler) authorize(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !h.Keys.Allow(r.Header.Get("Authorization")) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="eventbus"`)
-			server.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or unknown API key: send Authorization: Bearer <key>")
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 // budget holds the request's body against the in-flight budget until the

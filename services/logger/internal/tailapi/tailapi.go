@@ -121,8 +121,7 @@ func Register(ctx context.Context, mux *http.ServeMux, reg prometheus.Registerer
 // none of a write for WriteTimeout is closed.
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.Keys.Allow(r.Header.Get("Authorization")) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="eventbus"`)
-		server.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or unknown API key: send Authorization: Bearer <key>")
+		apikey.Refuse(w)
 		return
 	}
 	q := r.URL.Query()

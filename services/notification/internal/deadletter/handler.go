@@ -77,25 +77,14 @@ func ParseRetryRequest(body []byte) ([]string, error) {
 // answers the Summary.
 func Register(mux *http.ServeMux, s *Store, keys apikey.Keys, log *slog.Logger) {
 	h := &handler{store: s, keys: keys, log: log}
-	mux.Handle("GET /v1/dead-letters", h.authorize(h.list))
-	mux.Handle("POST /v1/dead-letters/retry", h.authorize(h.retry))
+	mux.Handle("GET /v1/dead-letters", h.keys.Require(http.HandlerFunc(h.list)))
+	mux.Handle("POST /v1/dead-letters/retry", h.keys.Require(http.HandlerFunc(h.retry)))
 }
 
 type handler struct {
 	store *Store
 	keys  apikey.Keys
 	log   *slog.Logger
-}
-
-func (h *handler) authorize(next http.HandlerFunc) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !h.keys.Allow(r.Header.Get("Authorization")) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="eventbus"`)
-			server.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or unknown API key: send Authorization: Bearer <key>")
-			return
-		}
-		next(w, r)
-	})
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {

@@ -26,8 +26,8 @@ import (
 // addresses (ParseSubscription).
 func Register(mux *http.ServeMux, s *Store, keys apikey.Keys, allowHTTP bool, log *slog.Logger) {
 	h := &handler{store: s, keys: keys, allowHTTP: allowHTTP, log: log}
-	mux.Handle("POST /v1/users/{id}/push-subscriptions", h.authorize(h.add))
-	mux.Handle("DELETE /v1/users/{id}/push-subscriptions", h.authorize(h.remove))
+	mux.Handle("POST /v1/users/{id}/push-subscriptions", h.keys.Require(http.HandlerFunc(h.add)))
+	mux.Handle("DELETE /v1/users/{id}/push-subscriptions", h.keys.Require(http.HandlerFunc(h.remove)))
 }
 
 type handler struct {
@@ -35,18 +35,6 @@ type handler struct {
 	keys      apikey.Keys
 	allowHTTP bool
 	log       *slog.Logger
-}
-
-// authorize is the dead letters' check, for the same keys.
-func (h *handler) authorize(next http.HandlerFunc) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !h.keys.Allow(r.Header.Get("Authorization")) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="eventbus"`)
-			server.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or unknown API key: send Authorization: Bearer <key>")
-			return
-		}
-		next(w, r)
-	})
 }
 
 // CheckUserID reports whether id can be a user id: one token of a channel,
