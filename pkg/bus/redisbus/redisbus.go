@@ -164,7 +164,7 @@ func New(client redis.UniversalClient, opts Options) (*Bus, error) {
 	go func() {
 		defer b.wg.Done()
 		// Marks and trims are spaced by what each stream keeps.
-		b.pipeline(newTrimmer((opts.HistoryMaxLen + int64(b.parts) - 1) / int64(max(b.parts, 1))))
+		b.pipeline(newTrimmer(b.streamMaxLen()))
 	}()
 	return b, nil
 }

@@ -338,6 +338,13 @@ func newEpoch() string {
 	return fmt.Sprintf("%x", b)
 }
 
+// streamMaxLen is about how many entries each stream keeps: a namespace
+// keeps about HistoryMaxLen events over its partitions.
+func (b *Bus) streamMaxLen() int64 {
+	parts := int64(max(b.parts, 1))
+	return (b.opts.HistoryMaxLen + parts - 1) / parts
+}
+
 // minID is the oldest offset the record keeps, or "" for no bound by age.
 func (b *Bus) minID(now time.Time) string {
 	if b.opts.HistoryTTL <= 0 {
@@ -403,9 +410,7 @@ type recordCall struct {
 func (b *Bus) record(ctx context.Context, pipe redis.Pipeliner, trim *trimmer, st stream, msgs []bus.Publication, now time.Time) recordCall {
 	maxLen, minID := "", ""
 	if trim.due(st.key, len(msgs), now) {
-		// A namespace keeps about HistoryMaxLen events over its partitions.
-		perStream := (b.opts.HistoryMaxLen + int64(b.parts) - 1) / int64(b.parts)
-		maxLen, minID = strconv.FormatInt(perStream, 10), b.minID(now)
+		maxLen, minID = strconv.FormatInt(b.streamMaxLen(), 10), b.minID(now)
 	}
 	c := recordCall{stream: st, keys: []string{st.key, st.meta, st.set, st.marks}, n: len(msgs)}
 	announce := ""
