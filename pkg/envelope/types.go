@@ -99,7 +99,26 @@ func init() {
 		typed("notification.created", func(m *eventbusv1.Notification) error {
 			return errors.Join(required("user_id", m.GetUserId()), required("title", m.GetTitle()))
 		}),
+		// The edge's: a connection acknowledged a notification.
+		typed("notification.delivered", func(m *eventbusv1.NotificationDelivered) error {
+			return errors.Join(required("notification_id", m.GetNotificationId()), required("user_id", m.GetUserId()),
+				required("transport", m.GetTransport()), nonNegative("latency_ms", m.GetLatencyMs()))
+		}),
+		// The edge's, published live on the channel itself.
+		typed("presence.join", checkPresence),
+		typed("presence.leave", checkPresence),
 	)
+}
+
+func checkPresence(m *eventbusv1.Presence) error {
+	return errors.Join(required("client_id", m.GetClientId()), required("transport", m.GetTransport()))
+}
+
+// EdgeOnly reports whether events of type t are the edge's to publish:
+// presence joins and leaves, and delivery receipts. The api refuses them,
+// so that no publisher can fake a user's presence or a receipt.
+func EdgeOnly(t string) bool {
+	return strings.HasPrefix(t, "presence.") || t == "notification.delivered"
 }
 
 // Lookup returns the registered type called name.

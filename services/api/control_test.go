@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,5 +73,15 @@ func TestControlRoutes(t *testing.T) {
 	// Nobody outside publishes on the bus's own namespace.
 	if r := a.post(t, "/v1/events", "application/json", `{"type":"eventbus.control","channel":"eventbus:control","data":{"action":"disconnect","sub":"42"}}`); r.status != http.StatusBadRequest {
 		t.Fatalf("an event on eventbus:control = %d %s, want 400", r.status, r.raw)
+	}
+	// Nor fakes a presence or a delivery receipt: the edge's own types.
+	for _, body := range []string{
+		`{"type":"presence.join","channel":"room:1","data":{"client_id":"c","transport":"ws"}}`,
+		`{"type":"presence.leave","channel":"room:1","data":{"client_id":"c","transport":"ws"}}`,
+		`{"type":"notification.delivered","data":{"notification_id":"n-1","user_id":"42","transport":"ws"}}`,
+	} {
+		if r := a.post(t, "/v1/events", "application/json", body); r.status != http.StatusBadRequest || !strings.Contains(string(r.raw), "only the edge publishes it") {
+			t.Errorf("POST /v1/events %s = %d %s, want 400: only the edge publishes it", body, r.status, r.raw)
+		}
 	}
 }

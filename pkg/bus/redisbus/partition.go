@@ -139,6 +139,21 @@ func (b *Bus) streamFor(ch string) stream { return b.streamOf(namespaceOf(ch), b
 // as they agree on the partitions.
 func (b *Bus) StreamOf(ch string) string { return b.streamFor(ch).name }
 
+// KeyOf names a key of kind about channel ch, in the slot of ch's stream:
+// "<prefix><kind>:{<tag>}:<ch>", the tag being the stream's partition's on
+// a partitioned bus and ch's namespace on one server. A script or a
+// MULTI may then touch it together with ch's stream on a cluster, and
+// every process of a deployment names it alike (presence keys are made
+// so).
+func (b *Bus) KeyOf(kind, ch string) string {
+	st := b.streamFor(ch)
+	tag := st.tag
+	if tag == "" {
+		tag = st.ns
+	}
+	return b.opts.Prefix + kind + ":{" + tag + "}:" + ch
+}
+
 // streamsOf returns every partition of namespace ns.
 func (b *Bus) streamsOf(ns string) []stream {
 	out := make([]stream, b.parts)

@@ -84,6 +84,15 @@ func TestStreamsAndTheirNames(t *testing.T) {
 			t.Errorf("StreamOf is not stable, or streamsOf is not every partition")
 		}
 	}
+	// A channel's keys of other kinds (presence) share its stream's slot.
+	for _, b := range []*Bus{one, parted, clustered} {
+		for _, ch := range []string{"order:placed", "notify:user:42", "room:1"} {
+			k := b.KeyOf("presence", ch)
+			if !strings.HasPrefix(k, "p:presence:{") || !strings.HasSuffix(k, "}:"+ch) || keySlot(k) != keySlot(b.streamFor(ch).key) {
+				t.Errorf("KeyOf(presence, %s) = %q; want p:presence:{tag}:%[2]s in the slot of %q", ch, k, b.streamFor(ch).key)
+			}
+		}
+	}
 	if clustered.streamFor("a:b").live == "" || parted.streamFor("a:b").live != "" {
 		t.Error("a shard channel on a cluster only")
 	}

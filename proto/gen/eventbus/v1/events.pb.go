@@ -466,6 +466,154 @@ func (x *Notification) GetCauseEventId() string {
 	return ""
 }
 
+// Presence is one connection on a channel: the data of "presence.join" and
+// "presence.leave", which the edge publishes live (unrecorded) on the
+// channel itself, for the clients that subscribed with presence.
+type Presence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the connection, unique across edges and restarts.
+	ClientId string `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// The user its token names; empty for a connection without a token.
+	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// How it is connected: "ws", "sse", "mqtt" (WebSocket) or "mqtt-tcp".
+	Transport     string `protobuf:"bytes,3,opt,name=transport,proto3" json:"transport,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Presence) Reset() {
+	*x = Presence{}
+	mi := &file_eventbus_v1_events_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Presence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Presence) ProtoMessage() {}
+
+func (x *Presence) ProtoReflect() protoreflect.Message {
+	mi := &file_eventbus_v1_events_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Presence.ProtoReflect.Descriptor instead.
+func (*Presence) Descriptor() ([]byte, []int) {
+	return file_eventbus_v1_events_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Presence) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *Presence) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *Presence) GetTransport() string {
+	if x != nil {
+		return x.Transport
+	}
+	return ""
+}
+
+// NotificationDelivered says a user's connection acknowledged a
+// notification it received: the edge publishes it on
+// "notification:delivered" once per acknowledgement.
+type NotificationDelivered struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	NotificationId string                 `protobuf:"bytes,1,opt,name=notification_id,json=notificationId,proto3" json:"notification_id,omitempty"`
+	UserId         string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The connection that acknowledged it, and its transport (as Presence).
+	ClientId  string `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Transport string `protobuf:"bytes,4,opt,name=transport,proto3" json:"transport,omitempty"`
+	// From the notification's time to the acknowledgement, in milliseconds,
+	// as the edge's clock sees it.
+	LatencyMs     int64 `protobuf:"varint,5,opt,name=latency_ms,json=latencyMs,proto3" json:"latency_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NotificationDelivered) Reset() {
+	*x = NotificationDelivered{}
+	mi := &file_eventbus_v1_events_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NotificationDelivered) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NotificationDelivered) ProtoMessage() {}
+
+func (x *NotificationDelivered) ProtoReflect() protoreflect.Message {
+	mi := &file_eventbus_v1_events_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NotificationDelivered.ProtoReflect.Descriptor instead.
+func (*NotificationDelivered) Descriptor() ([]byte, []int) {
+	return file_eventbus_v1_events_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *NotificationDelivered) GetNotificationId() string {
+	if x != nil {
+		return x.NotificationId
+	}
+	return ""
+}
+
+func (x *NotificationDelivered) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *NotificationDelivered) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *NotificationDelivered) GetTransport() string {
+	if x != nil {
+		return x.Transport
+	}
+	return ""
+}
+
+func (x *NotificationDelivered) GetLatencyMs() int64 {
+	if x != nil {
+		return x.LatencyMs
+	}
+	return 0
+}
+
 var File_eventbus_v1_events_proto protoreflect.FileDescriptor
 
 const file_eventbus_v1_events_proto_rawDesc = "" +
@@ -505,7 +653,18 @@ const file_eventbus_v1_events_proto_rawDesc = "" +
 	"\x05title\x18\x03 \x01(\tR\x05title\x12\x12\n" +
 	"\x04body\x18\x04 \x01(\tR\x04body\x12\x12\n" +
 	"\x04link\x18\x05 \x01(\tR\x04link\x12$\n" +
-	"\x0ecause_event_id\x18\x06 \x01(\tR\fcauseEventIdB\xb0\x01\n" +
+	"\x0ecause_event_id\x18\x06 \x01(\tR\fcauseEventId\"^\n" +
+	"\bPresence\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1c\n" +
+	"\ttransport\x18\x03 \x01(\tR\ttransport\"\xb3\x01\n" +
+	"\x15NotificationDelivered\x12'\n" +
+	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12\x1c\n" +
+	"\ttransport\x18\x04 \x01(\tR\ttransport\x12\x1d\n" +
+	"\n" +
+	"latency_ms\x18\x05 \x01(\x03R\tlatencyMsB\xb0\x01\n" +
 	"\x0fcom.eventbus.v1B\vEventsProtoP\x01ZCgithub.com/eventbus-suite/eventbus/proto/gen/eventbus/v1;eventbusv1\xa2\x02\x03EXX\xaa\x02\vEventbus.V1\xca\x02\vEventbus\\V1\xe2\x02\x17Eventbus\\V1\\GPBMetadata\xea\x02\fEventbus::V1b\x06proto3"
 
 var (
@@ -520,14 +679,16 @@ func file_eventbus_v1_events_proto_rawDescGZIP() []byte {
 	return file_eventbus_v1_events_proto_rawDescData
 }
 
-var file_eventbus_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_eventbus_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_eventbus_v1_events_proto_goTypes = []any{
-	(*UserCreated)(nil),      // 0: eventbus.v1.UserCreated
-	(*OrderItem)(nil),        // 1: eventbus.v1.OrderItem
-	(*OrderPlaced)(nil),      // 2: eventbus.v1.OrderPlaced
-	(*OrderShipped)(nil),     // 3: eventbus.v1.OrderShipped
-	(*PaymentCompleted)(nil), // 4: eventbus.v1.PaymentCompleted
-	(*Notification)(nil),     // 5: eventbus.v1.Notification
+	(*UserCreated)(nil),           // 0: eventbus.v1.UserCreated
+	(*OrderItem)(nil),             // 1: eventbus.v1.OrderItem
+	(*OrderPlaced)(nil),           // 2: eventbus.v1.OrderPlaced
+	(*OrderShipped)(nil),          // 3: eventbus.v1.OrderShipped
+	(*PaymentCompleted)(nil),      // 4: eventbus.v1.PaymentCompleted
+	(*Notification)(nil),          // 5: eventbus.v1.Notification
+	(*Presence)(nil),              // 6: eventbus.v1.Presence
+	(*NotificationDelivered)(nil), // 7: eventbus.v1.NotificationDelivered
 }
 var file_eventbus_v1_events_proto_depIdxs = []int32{
 	1, // 0: eventbus.v1.OrderPlaced.items:type_name -> eventbus.v1.OrderItem
@@ -549,7 +710,7 @@ func file_eventbus_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eventbus_v1_events_proto_rawDesc), len(file_eventbus_v1_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

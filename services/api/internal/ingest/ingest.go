@@ -196,6 +196,9 @@ func (s *Service) prepare(env *envelope.Envelope) ([]byte, error) {
 	if err == nil && channel.Reserved(env.GetChannel()) {
 		err = fmt.Errorf("%w: channel %s: the namespace %s is the bus's own", envelope.ErrInvalid, env.GetChannel(), channel.ReservedNamespace)
 	}
+	if err == nil && envelope.EdgeOnly(env.GetType()) {
+		err = fmt.Errorf("%w: type %s: only the edge publishes it", envelope.ErrInvalid, env.GetType())
+	}
 	if err != nil {
 		s.rejected.WithLabelValues("invalid").Inc()
 		return nil, err

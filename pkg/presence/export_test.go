@@ -1,0 +1,4 @@
+package presence
+
+// Encode gives m as the sorted set holds it, for tests that age entries.
+func Encode(m Member) string { return m.encode() }
