@@ -68,7 +68,7 @@ type Store struct {
 }
 
 // New returns a store on rdb whose members expire ttl after their last
-// renewal. keyOf names keys as the bus does (redisbus.Bus.KeyOf), so that
+// renewal (which matters only to a store that writes). keyOf names keys as the bus does (redisbus.Bus.KeyOf), so that
 // every process of a deployment finds the same key.
 func New(rdb redis.UniversalClient, keyOf func(kind, ch string) string, ttl time.Duration) *Store {
 	return &Store{rdb: rdb, keyOf: keyOf, ttl: ttl}
@@ -189,7 +189,8 @@ func (s *Store) Sweep(ctx context.Context, ch string) ([]Member, error) {
 	return out, nil
 }
 
-// List returns up to limit members of ch (0: all), in no promised order,
+// List returns up to limit members of ch (0: all; -1: none, the counts
+// only), in no promised order,
 // and the channel's counts. The users are counted over every member, so
 // a channel of many members costs a read of all of them.
 func (s *Store) List(ctx context.Context, ch string, limit int) ([]Member, Stats, error) {

@@ -167,3 +167,26 @@ func TestForeignMember(t *testing.T) {
 		t.Fatalf("List = %v, %v; want the foreign entries ignored", ms, err)
 	}
 }
+
+// FuzzMember: whatever a sorted set holds (another version's entries, a
+// hand-made one), reading it never panics, and what it takes for a
+// member is one, which reads back the same once written.
+func FuzzMember(f *testing.F) {
+	f.Add(presence.Encode(presence.Member{Client: "c", User: "ada", Transport: "ws"}))
+	f.Add(`{"client":"c"}`)
+	f.Add(`{"user":"x"}`)
+	f.Add(`not json`)
+	f.Add(`{"client":"c","extra":[1,2]}`)
+	f.Fuzz(func(t *testing.T, s string) {
+		m, ok := presence.Decode(s)
+		if !ok {
+			return
+		}
+		if m.Client == "" {
+			t.Fatalf("took %q for a member without a client", s)
+		}
+		if back, ok := presence.Decode(presence.Encode(m)); !ok || back != m {
+			t.Fatalf("%+v reads back as %+v, %v", m, back, ok)
+		}
+	})
+}

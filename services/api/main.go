@@ -16,6 +16,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/apikey"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/logging"
+	"github.com/eventbus-suite/eventbus/pkg/presence"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/api/internal/config"
@@ -62,6 +63,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	mux := http.NewServeMux()
 	httpapi.Register(mux, httpapi.Options{
 		Ingest: svc, Idempotency: idem, Stats: b.Stats, History: b, Keys: keys, Logger: log,
+		Presence:     presence.New(rdb, b.KeyOf, 0), // read only
 		Revocations:  revocation.Store{Redis: rdb, Prefix: cfg.RedisPrefix, MaxAge: cfg.MaxTokenAge},
 		MaxBodyBytes: cfg.MaxBodyBytes, MaxBatchBytes: cfg.MaxBatchBytes, Budget: budget,
 	})

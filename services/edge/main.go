@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/logging"
+	"github.com/eventbus-suite/eventbus/pkg/presence"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/pkg/token"
@@ -27,6 +29,8 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/control"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/mqttapi"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/receipt"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/roster"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/sseapi"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/web"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/wsapi"
@@ -92,6 +96,13 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if cfg.HistoryMaxLen > 0 {
 		opts.History = b
 	}
+	var ros *roster.Roster
+	if len(cfg.PresenceNamespaces) > 0 {
+		ros = roster.New(roster.Options{
+			Store: presence.New(rdb, b.KeyOf, cfg.PresenceTTL), Bus: b, Namespaces: cfg.PresenceNamespaces, Logger: log,
+		}, reg)
+		opts.Presence = ros
+	}
 	h := hub.New(sub, opts, log, reg)
 
 	mux := http.NewServeMux()
@@ -110,12 +121,13 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	// One budget of writes per second for the connections of every
 	// transport.
 	pacer := &hub.Pacer{Rate: cfg.WriteRate}
+	receipts := receipt.New(b, log, reg)
 	ws := wsapi.New(wsapi.Options{
 		Hub: h, Access: policy, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
 		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout, RefreshBefore: cfg.RefreshBefore,
 		MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
 		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Pacer: pacer,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Pacer: pacer, Receipts: receipts,
 	}, reg)
 	// MQTT sessions outlive their connection, and retained messages come,
 	// only where there is a record.
@@ -129,7 +141,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		Hub: h, Access: policy, Bus: b, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
 		ConnectTimeout: cfg.AuthTimeout, MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
-		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry, Record: record, Pacer: pacer,
+		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry, Record: record, Pacer: pacer, Receipts: receipts,
 		// Takeovers go live only: a CONNECT costs no recorded event.
 		Announce: control.Live{Bus: b, Source: "edge"}.Announce,
 	}, reg)
@@ -172,6 +184,15 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 	log.Info("listening", append(attrs, "demo", cfg.Demo, "anonymous", cfg.AllowAnonymous)...)
 
+	// The roster outlives the hub, to announce the leaves of the
+	// connections the hub closes on its way down.
+	var presenceDone sync.WaitGroup
+	stopPresence := func() {}
+	if ros != nil {
+		var pctx context.Context
+		pctx, stopPresence = context.WithCancel(context.WithoutCancel(ctx))
+		presenceDone.Go(func() { _ = ros.Run(pctx) })
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return h.Run(ctx) })
 	g.Go(func() error { return control.Run(ctx, ctl, h, mq, log, reg) })
@@ -182,6 +203,8 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		g.Go(func() error { return mq.Serve(ctx, ml) })
 	}
 	err = g.Wait()
+	stopPresence()
+	presenceDone.Wait()
 	log.Info("stopped")
 	return err
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/pkg/presence"
 	"github.com/eventbus-suite/eventbus/pkg/revocation"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/api/internal/inflight"
@@ -30,6 +31,8 @@ type Options struct {
 	Stats func(context.Context) (redisbus.Stats, error)
 	// History reads the record for GET /v1/history.
 	History bus.History
+	// Presence is who is on which channel, for GET /v1/presence.
+	Presence *presence.Store
 	// Revocations is where POST /v1/revocations records revoked tokens.
 	Revocations   revocation.Store
 	Keys          apikey.Keys
@@ -63,6 +66,8 @@ func Register(mux *http.ServeMux, opts Options) {
 	mux.Handle("/v1/stats", methodNotAllowed("GET"))
 	mux.Handle("GET /v1/history", h.Keys.Require(h.handle(h.history)))
 	mux.Handle("/v1/history", methodNotAllowed("GET"))
+	mux.Handle("GET /v1/presence", h.Keys.Require(h.handle(h.presence)))
+	mux.Handle("/v1/presence", methodNotAllowed("GET"))
 	// Anything else under /v1 gets a JSON 404 rather than the mux's text.
 	mux.Handle("/v1/", h.Keys.Require(h.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return &apiError{status: http.StatusNotFound, code: "not_found", message: "no route " + r.Method + " " + r.URL.Path}

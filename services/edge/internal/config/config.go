@@ -61,6 +61,9 @@ type Config struct {
 	// TLSCertificate is the key pair of EDGE_TLS_CERT and EDGE_TLS_KEY,
 	// loaded and checked; nil when EDGE_MQTTS_ADDR is not set.
 	TLSCertificate *tls.Certificate
+
+	PresenceNamespaces []string      // EDGE_PRESENCE_NAMESPACES: namespaces whose channels keep presence ("*": all; "": none)
+	PresenceTTL        time.Duration // EDGE_PRESENCE_TTL: a lost edge's connections stop counting within it
 }
 
 // Load reads the configuration through getenv and reports every bad
@@ -104,6 +107,7 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	c.SendQueueMaxDelay = queueDelay(r)
 	c.mqttListeners(r)
+	c.presence(r)
 	for _, p := range r.List("EDGE_TRUSTED_PROXIES", nil) {
 		prefix, err := netip.ParsePrefix(p)
 		if err != nil {
@@ -173,6 +177,29 @@ func queueDelay(r *envconfig.Reader) time.Duration {
 		return 0
 	}
 	return d
+}
+
+// presence reads EDGE_PRESENCE_NAMESPACES, "notify" when unset (the
+// notification service asks whether a user is online) and none when
+// "off", and EDGE_PRESENCE_TTL.
+func (c *Config) presence(r *envconfig.Reader) {
+	c.PresenceNamespaces = r.List("EDGE_PRESENCE_NAMESPACES", []string{"notify"})
+	if len(c.PresenceNamespaces) == 1 && c.PresenceNamespaces[0] == "off" {
+		c.PresenceNamespaces = nil
+	}
+	for _, ns := range c.PresenceNamespaces {
+		switch err := channel.Validate(ns); {
+		case ns == "*":
+		case err != nil || strings.Contains(ns, ":"):
+			r.Check("EDGE_PRESENCE_NAMESPACES", ns, errors.New("want namespaces (the first token of a channel, such as notify or room), \"*\" for all, or off"))
+		case channel.Reserved(ns + ":x"):
+			r.Check("EDGE_PRESENCE_NAMESPACES", ns, errors.New("the bus's own namespace keeps no presence"))
+		}
+	}
+	c.PresenceTTL = r.Duration("EDGE_PRESENCE_TTL", 30*time.Second)
+	if c.PresenceTTL < time.Second {
+		r.Check("EDGE_PRESENCE_TTL", c.PresenceTTL.String(), errors.New("want at least 1s: the edge renews its connections every third of it"))
+	}
 }
 
 // checkDemoAPIURL accepts an absolute http(s) URL of a host, without a

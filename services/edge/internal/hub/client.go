@@ -1,10 +1,12 @@
 package hub
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/eventbus-suite/eventbus/pkg/presence"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
@@ -39,21 +41,24 @@ var (
 // writer runs while none does: an idle connection holds no buffer and no
 // goroutine for sending.
 type Client struct {
-	enc      Encoding
-	onReady  func()
-	onKick   func(Disconnect)
-	maxBytes int
-	maxDelay time.Duration    // 0: no bound in time
-	now      func() time.Time // the hub's clock
-	slow     func()           // counts a slow-consumer close
-	once     sync.Once
-	kicked   atomic.Bool
-	subs     map[string]struct{} // guarded by Hub.mu; nil until the first subscription
-	replays  map[string]*replay  // guarded by Hub.mu: subscriptions catching up
-	who      *identity           // guarded by Hub.mu
-	gone     chan struct{}       // closed when the client is kicked or leaves
-	goneOnce sync.Once
-	token    atomic.Pointer[Token] // the token it authenticated with, for revocations
+	id        string // unique across edges and restarts
+	transport string // as presence names it: "ws", "sse", "mqtt", "mqtt-tcp"
+	enc       Encoding
+	onReady   func()
+	onKick    func(Disconnect)
+	maxBytes  int
+	maxDelay  time.Duration    // 0: no bound in time
+	now       func() time.Time // the hub's clock
+	slow      func()           // counts a slow-consumer close
+	once      sync.Once
+	kicked    atomic.Bool
+	subs      map[string]struct{} // guarded by Hub.mu; nil until the first subscription
+	replays   map[string]*replay  // guarded by Hub.mu: subscriptions catching up
+	who       *identity           // guarded by Hub.mu
+	presence  map[string]struct{} // guarded by Hub.mu: channels whose joins and leaves it wants
+	gone      chan struct{}       // closed when the client is kicked or leaves
+	goneOnce  sync.Once
+	token     atomic.Pointer[Token] // the token it authenticated with, for revocations
 
 	mu      sync.Mutex
 	queue   []Frame       // frames waiting, in order
@@ -113,6 +118,20 @@ func (c *Client) SetToken(t Token) { c.token.Store(&t) }
 func (c *Client) withholds(ch string) bool {
 	t := c.token.Load()
 	return t != nil && len(t.Except) > 0 && token.Withheld(t.Sub, t.Except, ch)
+}
+
+// ID is the connection's id, unique across edges and restarts: presence
+// names it so.
+func (c *Client) ID() string { return c.id }
+
+// member is c as presence records it on its channels. Call with Hub.mu
+// held.
+func (c *Client) member() presence.Member {
+	user, _ := strings.CutPrefix(c.who.name, "user:")
+	if isAddress(c.who.name) {
+		user = ""
+	}
+	return presence.Member{Client: c.id, User: user, Transport: c.transport}
 }
 
 // Send queues a frame for the client: a reply, or a notice of its own. A

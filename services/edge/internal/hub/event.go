@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"strings"
 	"sync"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
@@ -19,6 +20,8 @@ type Event struct {
 	Position bus.Position
 	Envelope *envelope.Envelope
 
+	presence bool // a join or leave, for the subscriptions that want them
+
 	jsonOnce sync.Once
 	json     []byte
 	jsonErr  error
@@ -30,7 +33,7 @@ func NewEvent(ch, stream string, pos bus.Position, payload []byte) (*Event, erro
 	if err != nil {
 		return nil, err
 	}
-	return &Event{Channel: ch, Stream: stream, Position: pos, Envelope: env}, nil
+	return &Event{Channel: ch, Stream: stream, Position: pos, Envelope: env, presence: IsPresence(env.GetType())}, nil
 }
 
 // JSON returns the envelope in protojson, made on the first call and
@@ -63,3 +66,7 @@ type Frame struct {
 	// only: frames share it.
 	Subs []string
 }
+
+// IsPresence reports whether events of type typ are a channel's joins and
+// leaves, which go only to the subscriptions that ask for them.
+func IsPresence(typ string) bool { return strings.HasPrefix(typ, "presence.") }

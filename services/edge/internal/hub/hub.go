@@ -6,6 +6,7 @@ package hub
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"log/slog"
 	"slices"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
+	"github.com/eventbus-suite/eventbus/pkg/presence"
 )
 
 // Errors a caller reports to its client.
@@ -59,8 +61,20 @@ type Options struct {
 	History bus.History
 	// RecoverMax bounds the missed events one subscription recovers.
 	RecoverMax int
+	// Presence, when set, is told of every subscription to a channel (not
+	// a pattern) as it is taken and dropped.
+	Presence Presence
 
 	now func() time.Time // the clock of the queues' delay bound; nil for time.Now (tests set it)
+}
+
+// Presence records who is on which channel. The hub calls it with its
+// lock held: its methods must return without blocking.
+type Presence interface {
+	// Keeps reports whether channel ch keeps presence.
+	Keeps(ch string) bool
+	Joined(ch string, m presence.Member)
+	Left(ch string, m presence.Member)
 }
 
 // SubscribeTimeout is how long a transport gives Subscribe to have Redis
@@ -163,19 +177,20 @@ func New(sub bus.Subscription, opts Options, log *slog.Logger, reg prometheus.Re
 	return h
 }
 
-// Join registers a new connection of identity who (see Identify), whose
-// events are written in enc. The hub calls onReady when frames wait for it and no writer runs; the writer
+// Join registers a new connection of identity who (see Identify), which
+// came over transport ("ws", "sse", "mqtt", "mqtt-tcp") and whose events
+// are written in enc. The hub calls onReady when frames wait for it and no writer runs; the writer
 // then calls Take until it returns nothing. It calls onKick once, when it
 // wants the connection closed. Both must return without blocking; neither
 // is called after Leave returns. Every Join that returns a client is
 // followed by one Leave.
-func (h *Hub) Join(who string, enc Encoding, onReady func(), onKick func(Disconnect)) (*Client, error) {
+func (h *Hub) Join(who, transport string, enc Encoding, onReady func(), onKick func(Disconnect)) (*Client, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, ErrClosed
 	}
-	c := &Client{enc: enc, gone: make(chan struct{}), onReady: onReady, onKick: onKick,
+	c := &Client{id: rand.Text(), transport: transport, enc: enc, gone: make(chan struct{}), onReady: onReady, onKick: onKick,
 		maxBytes: h.opts.QueueBytes, maxDelay: h.opts.QueueDelay, now: h.opts.now, slow: h.m.slowCloses.Inc}
 	if err := h.identify(c, who); err != nil {
 		return nil, err
@@ -367,6 +382,9 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, since bus.Curs
 		c.subs[p] = struct{}{}
 		c.who.patterns[p]++
 		h.m.subscriptions.Inc()
+		if h.opts.Presence != nil && !channel.IsPattern(p) {
+			h.opts.Presence.Joined(p, c.member())
+		}
 		if since != nil {
 			r = &replay{}
 			if c.replays == nil {
@@ -386,6 +404,30 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, since bus.Curs
 		go h.recover(c, p, since, r, reply)
 	}
 	return nil
+}
+
+// KeepsPresence reports whether channel ch keeps presence: its
+// subscriptions are recorded, and may ask for its joins and leaves.
+func (h *Hub) KeepsPresence(ch string) bool {
+	return h.opts.Presence != nil && !channel.IsPattern(ch) && h.opts.Presence.Keeps(ch)
+}
+
+// WantPresence says whether c's subscription to channel ch delivers the
+// joins and leaves of ch's presence ("presence.join" and "presence.leave"
+// events), which other subscriptions never do. Call it before Subscribe,
+// so that none is missed, and again with false if Subscribe fails;
+// dropping the subscription forgets it.
+func (h *Hub) WantPresence(c *Client, ch string, want bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !want {
+		delete(c.presence, ch)
+		return
+	}
+	if c.presence == nil {
+		c.presence = make(map[string]struct{})
+	}
+	c.presence[ch] = struct{}{}
 }
 
 // Unsubscribe removes p from c, if c has it, and queues ok for c at the
@@ -432,6 +474,10 @@ func (h *Hub) drop(c *Client, p string) []string {
 		return nil
 	}
 	delete(c.subs, p)
+	delete(c.presence, p)
+	if h.opts.Presence != nil && !channel.IsPattern(p) {
+		h.opts.Presence.Left(p, c.member())
+	}
 	if r := c.replays[p]; r != nil {
 		r.cancelled.Store(true)
 		delete(c.replays, p)
@@ -566,6 +612,11 @@ type frameKey struct {
 func (h *Hub) send(c *Client, ev *Event, subs []string, now time.Time) bool {
 	if c.withholds(ev.Channel) {
 		return false
+	}
+	if ev.presence {
+		if _, ok := c.presence[ev.Channel]; !ok {
+			return false
+		}
 	}
 	key := frameKey{c.enc, strings.Join(subs, "\x00")}
 	f, ok := h.frames[key]

@@ -167,7 +167,7 @@ var users atomic.Int64
 func (h *testHub) joinAs(t *testing.T, who string) *testClient {
 	t.Helper()
 	kicks := make(chan Disconnect, 1)
-	c, err := h.Join(who, testEncoding{}, func() {}, func(d Disconnect) { kicks <- d })
+	c, err := h.Join(who, "test", testEncoding{}, func() {}, func(d Disconnect) { kicks <- d })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func (h *testHub) joinAs(t *testing.T, who string) *testClient {
 func (h *testHub) joinReady(t *testing.T) *testClient {
 	t.Helper()
 	tc := &testClient{kicks: make(chan Disconnect, 1), ready: make(chan struct{}, 1)}
-	c, err := h.Join(fmt.Sprintf("user:%d", users.Add(1)), testEncoding{}, func() {
+	c, err := h.Join(fmt.Sprintf("user:%d", users.Add(1)), "test", testEncoding{}, func() {
 		select {
 		case tc.ready <- struct{}{}:
 		default:
@@ -500,7 +500,7 @@ func TestUserBounds(t *testing.T) {
 	if err := h.Subscribe(t.Context(), one.Client, "c:*", nil, reply("")); !errors.Is(err, ErrTooManyPatterns) {
 		t.Fatalf("third distinct pattern of user 1 = %v, want ErrTooManyPatterns", err)
 	}
-	if _, err := h.Join("user:1", testEncoding{}, func() {}, func(Disconnect) {}); !errors.Is(err, ErrTooManyConnections) {
+	if _, err := h.Join("user:1", "test", testEncoding{}, func() {}, func(Disconnect) {}); !errors.Is(err, ErrTooManyConnections) {
 		t.Fatalf("third connection of user 1 = %v, want ErrTooManyConnections", err)
 	}
 	anon := h.joinAs(t, "addr:127.0.0.1")
@@ -654,7 +654,7 @@ func TestEncodesEachFrameOnce(t *testing.T) {
 	enc := countingEncoding{&made}
 	var clients []*Client
 	for i := range 10 {
-		c, err := h.Join(fmt.Sprintf("user:enc%d", i), enc, func() {}, func(Disconnect) {})
+		c, err := h.Join(fmt.Sprintf("user:enc%d", i), "test", enc, func() {}, func(Disconnect) {})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -34,6 +34,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/access"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/receipt"
 )
 
 // Subprotocol is the WebSocket subprotocol of MQTT (MQTT-6.0.0-3).
@@ -90,6 +91,9 @@ type Options struct {
 	// Pacer spaces the writes of connections with events flowing, shared
 	// by every transport of the edge.
 	Pacer *hub.Pacer
+	// Receipts publishes the PUBACKs of notifications (QoS 1 on
+	// notify/user/<id>) as their receipts; nil publishes none.
+	Receipts *receipt.Receipts
 	// Announce tells every edge of a command, through the control channel:
 	// a client id connected here, so its connections elsewhere close. Nil
 	// takes over on this edge only.
@@ -222,6 +226,7 @@ type session struct {
 	maxPacket  int  // the most bytes the client takes in a packet (5.0); 0: no bound
 	quiet      bool // a 5.0 client asked for no reason strings but in DISCONNECT (Request Problem Information 0)
 	saidBye    bool // a DISCONNECT was written; the writer's only
+	notes      receipt.Window
 
 	writeMu sync.Mutex // one writer of the socket at a time
 
@@ -251,6 +256,7 @@ type pending struct {
 	ns   string
 	pos  bus.Position
 	prev bus.Position
+	note string // the notification it carries, whose PUBACK is its receipt
 }
 
 // serve runs the session of a connection whose MQTT bytes nc carries and
@@ -309,6 +315,15 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 	<-done
 }
 
+// transport names how s is connected, as presence says it: "mqtt" over
+// WebSocket, "mqtt-tcp" over TCP or TLS.
+func (s *session) transport() string {
+	if _, ok := s.closer.(wsCloser); ok {
+		return "mqtt"
+	}
+	return "mqtt-tcp"
+}
+
 // admit joins s to the hub before its CONNECT, counted against its
 // address: a socket that never sends CONNECT is bounded as a tokenless
 // WebSocket is, EDGE_MAX_USER_CONNECTIONS per address and
@@ -318,7 +333,7 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 // sockets through it first and closes one refused with
 // hub.ErrTooManyConnections; one admitted is followed by one Hub.Leave.
 func (h *Handler) admit(s *session) error {
-	c, err := h.Hub.Join(access.Identity(nil, s.addr), publish{}, s.ready, s.kicked)
+	c, err := h.Hub.Join(access.Identity(nil, s.addr), s.transport(), publish{}, s.ready, s.kicked)
 	if err != nil {
 		return err
 	}

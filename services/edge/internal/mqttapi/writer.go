@@ -10,6 +10,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/receipt"
 )
 
 // ready wakes the writer: frames wait in the hub's queue.
@@ -152,6 +153,10 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 	}
 	pk.FixedHeader.Qos = qos
 	p := &pending{pk: pk, ns: f.Event.Stream, pos: f.Event.Position, prev: s.cursor[f.Event.Stream]}
+	if n, ok := receipt.Of(f.Event); ok {
+		p.note = n.ID
+		s.notes.Add(n)
+	}
 	if s.heldBytes+len(pk.Payload) > s.h.QueueBytes && len(s.held) > 0 {
 		// Too slow: closed, and a kept session resumes from before this
 		// message.
@@ -222,14 +227,21 @@ func (s *session) resend(buf *bytes.Buffer) {
 	s.flush(buf)
 }
 
-// acked frees the window's place of a PUBACKed message.
+// acked frees the window's place of a PUBACKed message; the PUBACK of a
+// notification is its receipt.
 func (s *session) acked(id uint16) {
 	s.mu.Lock()
-	_, ok := s.inflight[id]
+	p, ok := s.inflight[id]
 	delete(s.inflight, id)
 	s.mu.Unlock()
-	if ok {
-		s.ready()
+	if !ok {
+		return
+	}
+	s.ready()
+	if p.note != "" && s.h.Receipts != nil {
+		if err := s.h.Receipts.Ack(s.ctx, &s.notes, p.note, s.client.ID(), s.transport(), time.Now()); err != nil {
+			s.h.Logger.Debug("receipt of a notification", "notification_id", p.note, "error", err)
+		}
 	}
 }
 

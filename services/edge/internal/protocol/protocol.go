@@ -24,6 +24,8 @@ const (
 	ActionUnsubscribe = "unsubscribe"
 	ActionPing        = "ping"
 	ActionAuth        = "auth"
+	// ActionAck acknowledges the notification whose id it carries.
+	ActionAck = "ack"
 )
 
 // Error codes of replies.
@@ -37,6 +39,8 @@ const (
 	CodeTooManyConnections   = "too_many_connections"
 	CodeRateLimited          = "rate_limited"
 	CodeUnavailable          = "unavailable"
+	CodePresenceOff          = "presence_off"         // presence asked of a channel that keeps none
+	CodeUnknownNotification  = "unknown_notification" // an ack of a notification this connection was not given
 )
 
 // Close codes the WebSocket protocol decides on, besides the hub's
@@ -74,6 +78,9 @@ type Request struct {
 	// Since, with subscribe, resumes the subscription after these
 	// positions: namespace → the last event's offset and epoch.
 	Since map[string]Position `json:"since,omitempty"`
+	// Presence, with subscribe to a channel, delivers the channel's joins
+	// and leaves ("presence.join" and "presence.leave" events) too.
+	Presence bool `json:"presence,omitempty"`
 }
 
 // Position is where a client stands in a namespace's stream.
@@ -127,10 +134,17 @@ func ParseRequest(b []byte) (Request, *Error) {
 			return r, err
 		}
 	}
+	if r.Presence && r.Action != ActionSubscribe {
+		return r, Errorf(CodeBadRequest, "presence goes with subscribe only")
+	}
 	switch r.Action {
 	case ActionSubscribe, ActionUnsubscribe:
 		if r.Channel == "" {
 			return r, Errorf(CodeBadRequest, "%s needs a channel", r.Action)
+		}
+	case ActionAck:
+		if r.ID == "" {
+			return r, Errorf(CodeBadRequest, "ack needs the id of the notification it acknowledges")
 		}
 	case ActionAuth:
 		if r.Token == "" {
@@ -138,9 +152,9 @@ func ParseRequest(b []byte) (Request, *Error) {
 		}
 	case ActionPing:
 	case "":
-		return r, Errorf(CodeBadRequest, "action is missing; want subscribe, unsubscribe, ping or auth")
+		return r, Errorf(CodeBadRequest, "action is missing; want subscribe, unsubscribe, ping, auth or ack")
 	default:
-		return r, Errorf(CodeBadRequest, "unknown action %q; want subscribe, unsubscribe, ping or auth", r.Action)
+		return r, Errorf(CodeBadRequest, "unknown action %q; want subscribe, unsubscribe, ping, auth or ack", r.Action)
 	}
 	return r, nil
 }

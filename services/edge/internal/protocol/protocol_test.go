@@ -30,6 +30,12 @@ func TestParseRequest(t *testing.T) {
 		{"auth without token", `{"action":"auth"}`, protocol.CodeBadRequest},
 		{"two objects", `{"action":"ping"}{"action":"ping"}`, protocol.CodeBadRequest},
 		{"array", `[{"action":"ping"}]`, protocol.CodeBadRequest},
+		{"subscribe with presence", `{"action":"subscribe","channel":"room:1","presence":true}`, ""},
+		{"presence with unsubscribe", `{"action":"unsubscribe","channel":"room:1","presence":true}`, protocol.CodeBadRequest},
+		{"presence not a boolean", `{"action":"subscribe","channel":"room:1","presence":1}`, protocol.CodeBadRequest},
+		{"ack", `{"action":"ack","id":"n-0a1b"}`, ""},
+		{"ack without id", `{"action":"ack"}`, protocol.CodeBadRequest},
+		{"ack with a channel", `{"action":"ack","id":"n-1","channel":"notify:user:1","presence":true}`, protocol.CodeBadRequest},
 	}
 	for _, tt := range tests {
 		_, err := protocol.ParseRequest([]byte(tt.frame))
@@ -76,7 +82,8 @@ func TestAppendEventIsJSON(t *testing.T) {
 func FuzzParseRequest(f *testing.F) {
 	for _, s := range []string{`{"action":"subscribe","channel":"order:*","id":"7"}`, `{"action":"auth","token":"t"}`, `{"action":"ping"}`, `{`, `null`, `{"action":"subscribe","channel":1}`,
 		`{"action":"subscribe","channel":"order:*","since":{"order":{"offset":"1732290000000-0","epoch":"9f01"}}}`,
-		`{"action":"subscribe","channel":"*","since":{"a:b":{"offset":"1-0","epoch":"9f"}}}`} {
+		`{"action":"subscribe","channel":"*","since":{"a:b":{"offset":"1-0","epoch":"9f"}}}`,
+		`{"action":"subscribe","channel":"room:1","presence":true}`, `{"action":"ack","id":"n-1"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
@@ -97,6 +104,9 @@ func FuzzParseRequest(f *testing.F) {
 				}
 			}
 		}
+		if r.Presence && r.Action != protocol.ActionSubscribe {
+			t.Fatalf("accepted presence with %s", r.Action)
+		}
 		switch r.Action {
 		case protocol.ActionSubscribe, protocol.ActionUnsubscribe:
 			if r.Channel == "" {
@@ -105,6 +115,10 @@ func FuzzParseRequest(f *testing.F) {
 		case protocol.ActionAuth:
 			if r.Token == "" {
 				t.Fatal("accepted auth without token")
+			}
+		case protocol.ActionAck:
+			if r.ID == "" {
+				t.Fatal("accepted ack without the notification's id")
 			}
 		case protocol.ActionPing:
 		default:

@@ -18,7 +18,9 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,6 +60,26 @@ type Options struct {
 // Handler serves SSE connections.
 type Handler struct{ Options }
 
+// presence reads ?presence=true, which asks for the joins and leaves of
+// every channel of the stream: each must keep presence.
+func (h *Handler) presence(q url.Values, patterns []string) (bool, *protocol.Error) {
+	v := q.Get("presence")
+	if v == "" {
+		return false, nil
+	}
+	on, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, protocol.Errorf(protocol.CodeBadRequest, "presence: want true or false, got %q", v)
+	}
+	for _, p := range patterns {
+		if on && !h.Hub.KeepsPresence(p) {
+			return false, protocol.Errorf(protocol.CodePresenceOff,
+				"%s keeps no presence: only channels (no wildcard) of the namespaces in EDGE_PRESENCE_NAMESPACES do", p)
+		}
+	}
+	return on, nil
+}
+
 // New returns the handler.
 func New(opts Options) *Handler { return &Handler{opts} }
 
@@ -91,12 +113,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		server.WriteError(w, http.StatusBadRequest, err.Code, err.Message)
 		return
 	}
+	withPresence, err := h.presence(q, patterns)
+	if err != nil {
+		server.WriteError(w, http.StatusBadRequest, err.Code, err.Message)
+		return
+	}
 
 	s := &stream{h: h, ready: make(chan struct{}, 1), kick: make(chan hub.Disconnect, 1), positions: make(positions)}
 	for p, c := range since {
 		s.positions[p] = maps.Clone(c)
 	}
-	c, jerr := h.Hub.Join(access.Identity(claims, h.Access.ClientAddr(r)), protocol.JSON, s.onReady, s.onKick)
+	c, jerr := h.Hub.Join(access.Identity(claims, h.Access.ClientAddr(r)), "sse", protocol.JSON, s.onReady, s.onKick)
 	switch {
 	case errors.Is(jerr, hub.ErrTooManyConnections):
 		server.WriteError(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections,
@@ -114,6 +141,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), hub.SubscribeTimeout)
 	defer cancel()
 	for _, p := range patterns {
+		h.Hub.WantPresence(c, p, withPresence) // dropped with c if Subscribe fails
 		reply := func(rec hub.Recovery) []byte { return subscribed(p, rec) }
 		switch err := h.Hub.Subscribe(ctx, c, p, since[p], reply); {
 		case errors.Is(err, hub.ErrTooManyPatterns):

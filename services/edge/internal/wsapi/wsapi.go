@@ -29,6 +29,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/access"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/receipt"
 )
 
 const (
@@ -65,6 +66,8 @@ type Options struct {
 	// Pacer spaces the writes of connections with events flowing, shared
 	// by every transport of the edge.
 	Pacer *hub.Pacer
+	// Receipts publishes the acknowledgements of notifications.
+	Receipts *receipt.Receipts
 }
 
 // Handler serves WebSocket connections.
@@ -137,7 +140,7 @@ func (h *Handler) serve(conn *websocket.Conn, claims *token.Claims, addr netip.A
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := &session{h: h, conn: conn, ctx: ctx, cancel: cancel, addr: addr, limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst)}
-	c, err := h.Hub.Join(access.Identity(claims, addr), protocol.JSON, s.ready, s.kicked)
+	c, err := h.Hub.Join(access.Identity(claims, addr), "ws", protocol.JSON, s.ready, s.kicked)
 	switch {
 	case errors.Is(err, hub.ErrTooManyConnections):
 		d := hub.DisconnectTooManyConnections
@@ -195,6 +198,7 @@ type session struct {
 	notice  *time.Timer                  // the expiring notice; likewise
 	pinger  atomic.Pointer[time.Timer]
 	writers sync.WaitGroup
+	notes   receipt.Window // the notifications written and not acknowledged
 }
 
 // authenticate makes c the connection's claims and drops, telling the
@@ -290,6 +294,9 @@ func (s *session) flush() {
 			return
 		}
 		frames := b.frames
+		for _, f := range frames {
+			s.notes.AddEvent(f.Event)
+		}
 		for len(frames) > 0 {
 			// Pack frames while the message stays within maxPacked; a
 			// frame too big for it goes alone.
@@ -403,6 +410,9 @@ func (s *session) handle(req protocol.Request) []byte {
 	if !s.authenticated() {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnauthorized, `authenticate first: send {"action":"auth","token":…}`))
 	}
+	if req.Action == protocol.ActionAck {
+		return s.ack(req)
+	}
 	if err := channel.ValidatePattern(req.Channel); err != nil {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeInvalidChannel, "%v", err))
 	}
@@ -416,10 +426,21 @@ func (s *session) handle(req protocol.Request) []byte {
 	if s.h.Hub.Count(s.client) >= s.h.MaxSubscriptions {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManySubscriptions, "at most %d subscriptions per connection", s.h.MaxSubscriptions))
 	}
+	if req.Presence {
+		if !s.h.Hub.KeepsPresence(req.Channel) {
+			return protocol.Fail(req.ID, protocol.Errorf(protocol.CodePresenceOff,
+				"%s keeps no presence: only channels (no wildcard) of the namespaces in EDGE_PRESENCE_NAMESPACES do", req.Channel))
+		}
+		s.h.Hub.WantPresence(s.client, req.Channel, true)
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, hub.SubscribeTimeout)
 	defer cancel()
 	reply := func(r hub.Recovery) []byte { return protocol.Subscribed(req.ID, r) }
-	switch err := s.h.Hub.Subscribe(ctx, s.client, req.Channel, req.Cursor(), reply); {
+	err := s.h.Hub.Subscribe(ctx, s.client, req.Channel, req.Cursor(), reply)
+	if err != nil && req.Presence {
+		s.h.Hub.WantPresence(s.client, req.Channel, false)
+	}
+	switch {
 	case errors.Is(err, hub.ErrTooManyPatterns):
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManyPatterns,
 			"at most %d distinct patterns per user across its connections", s.h.MaxUserPatterns))
@@ -427,6 +448,19 @@ func (s *session) handle(req protocol.Request) []byte {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnavailable, "%v", err))
 	}
 	return nil
+}
+
+// ack serves an ack: the receipt of a notification written to this
+// connection.
+func (s *session) ack(req protocol.Request) []byte {
+	err := s.h.Receipts.Ack(s.ctx, &s.notes, req.ID, s.client.ID(), "ws", time.Now())
+	switch {
+	case errors.Is(err, receipt.ErrUnknown):
+		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnknownNotification, "%s: %v", req.ID, err))
+	case err != nil:
+		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnavailable, "%v; acknowledge it again", err))
+	}
+	return protocol.OK(req.ID)
 }
 
 // reauthenticate serves an auth request. A good token replaces the
