@@ -118,7 +118,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		log.Warn("API_KEYS is not set: anyone who can reach the notification service may list and retry dead letters, and add and remove push subscriptions")
 	}
 	deadletter.Register(mux, dead, keys, log)
-	push.Register(mux, subs, keys, cfg.PushAllowHTTP, log)
+	push.Register(mux, subs, keys, cfg.PushAllowHTTP, cfg.VAPIDPublicKey, log)
 	if cfg.Pprof {
 		server.Pprof(mux)
 	}

@@ -24,10 +24,26 @@ import (
 // payload_too_large, a user with MaxPerUser subscriptions 409
 // too_many_subscriptions. allowHTTP accepts http endpoints on loopback
 // addresses (ParseSubscription).
-func Register(mux *http.ServeMux, s *Store, keys apikey.Keys, allowHTTP bool, log *slog.Logger) {
+//
+// It also adds, open whatever keys says (the key is public: browsers
+// subscribe with it), the route a page asks for the VAPID public key:
+//
+//	GET    /v1/push/vapid-public-key           → 200 {"vapid_public_key":…}, or 404 push_off
+//
+// vapidPublicKey is that key, base64url; empty means Web Push is off.
+func Register(mux *http.ServeMux, s *Store, keys apikey.Keys, allowHTTP bool, vapidPublicKey string, log *slog.Logger) {
 	h := &handler{store: s, keys: keys, allowHTTP: allowHTTP, log: log}
 	mux.Handle("POST /v1/users/{id}/push-subscriptions", h.keys.Require(http.HandlerFunc(h.add)))
 	mux.Handle("DELETE /v1/users/{id}/push-subscriptions", h.keys.Require(http.HandlerFunc(h.remove)))
+	mux.HandleFunc("GET /v1/push/vapid-public-key", func(w http.ResponseWriter, r *http.Request) {
+		if vapidPublicKey == "" {
+			server.WriteError(w, http.StatusNotFound, "push_off",
+				"Web Push is off: NOTIFY_VAPID_PUBLIC_KEY and NOTIFY_VAPID_PRIVATE_KEY are not set")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{"vapid_public_key": vapidPublicKey})
+	})
 }
 
 type handler struct {
