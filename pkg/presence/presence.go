@@ -16,7 +16,9 @@ package presence
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -128,9 +130,12 @@ func (s *Store) Join(ctx context.Context, ch string, m Member) (bool, error) {
 	return n == 1, nil
 }
 
-// Renew renews every entry in one pipeline and returns those that were
-// gone (expired, or swept by another edge while this one could not reach
-// Redis) and are back: their joins are news again.
+// renewBatch bounds the renewals of one pipeline.
+const renewBatch = 512
+
+// Renew renews every entry, renewBatch to a pipeline, and returns those
+// that were gone (expired, or swept by another edge while this one could
+// not reach Redis) and are back: their joins are news again.
 func (s *Store) Renew(ctx context.Context, es []Entry) ([]Entry, error) {
 	if len(es) == 0 {
 		return nil, nil
@@ -138,6 +143,20 @@ func (s *Store) Renew(ctx context.Context, es []Entry) ([]Entry, error) {
 	if err := renew.Load(ctx, s.rdb).Err(); err != nil {
 		return nil, fmt.Errorf("presence renew: %w", err)
 	}
+	var back []Entry
+	var errs []error
+	for chunk := range slices.Chunk(es, renewBatch) {
+		b, err := s.renew(ctx, chunk)
+		back = append(back, b...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return back, errors.Join(errs...)
+}
+
+// renew renews es in one pipeline.
+func (s *Store) renew(ctx context.Context, es []Entry) ([]Entry, error) {
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(es))
 	for i, e := range es {

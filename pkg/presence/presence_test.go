@@ -2,6 +2,7 @@ package presence_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -189,4 +190,37 @@ func FuzzMember(f *testing.F) {
 			t.Fatalf("%+v reads back as %+v, %v", m, back, ok)
 		}
 	})
+}
+
+// TestRenewMany: renewals go several pipelines at a time, and every
+// entry past the first pipeline is renewed, and said back, all the same.
+func TestRenewMany(t *testing.T) {
+	s, rdb, key := newStore(t)
+	ctx := context.Background()
+	var es []presence.Entry
+	for i := range 1300 {
+		e := presence.Entry{Channel: fmt.Sprintf("room:%d", i%7), Member: presence.Member{Client: fmt.Sprint("c", i), Transport: "ws"}}
+		es = append(es, e)
+	}
+	back, err := s.Renew(ctx, es)
+	if err != nil || len(back) != len(es) {
+		t.Fatalf("first Renew = %d back, %v; want all %d new", len(back), err, len(es))
+	}
+	last := es[len(es)-1]
+	expire(t, rdb, key(last.Channel), last.Member)
+	back, err = s.Renew(ctx, es)
+	if err != nil || len(back) != 1 || back[0] != last {
+		t.Fatalf("Renew = %v, %v; want only the expired entry of the last pipeline back", back, err)
+	}
+	total := 0
+	for i := range 7 {
+		n, err := s.Count(ctx, fmt.Sprintf("room:%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += n
+	}
+	if total != len(es) {
+		t.Fatalf("%d members over the channels, want %d", total, len(es))
+	}
 }

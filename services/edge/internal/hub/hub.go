@@ -73,7 +73,9 @@ type Options struct {
 type Presence interface {
 	// Keeps reports whether channel ch keeps presence.
 	Keeps(ch string) bool
-	Joined(ch string, m presence.Member)
+	// Joined and Left say that m took or dropped its subscription to ch;
+	// watching, whether that subscription wants ch's joins and leaves.
+	Joined(ch string, m presence.Member, watching bool)
 	Left(ch string, m presence.Member)
 }
 
@@ -383,7 +385,8 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, since bus.Curs
 		c.who.patterns[p]++
 		h.m.subscriptions.Inc()
 		if h.opts.Presence != nil && !channel.IsPattern(p) {
-			h.opts.Presence.Joined(p, c.member())
+			_, watching := c.presence[p]
+			h.opts.Presence.Joined(p, c.member(), watching)
 		}
 		if since != nil {
 			r = &replay{}

@@ -54,10 +54,11 @@ type Roster struct {
 	opts Options
 	m    *metrics
 
-	mu      sync.Mutex
-	here    map[string]map[string]presence.Member // channel → client id → member, as joined
-	pending []op                                  // changes not yet written, in order
-	wake    chan struct{}
+	mu       sync.Mutex
+	here     map[string]map[string]presence.Member // channel → client id → member, as joined
+	watching map[string]map[string]bool            // channel → the client ids here that want its news
+	pending  []op                                  // changes not yet written, in order
+	wake     chan struct{}
 }
 
 // op is one change to write: a join, or a leave.
@@ -75,7 +76,8 @@ type metrics struct {
 
 // New returns a roster registering its metrics on reg.
 func New(opts Options, reg prometheus.Registerer) *Roster {
-	r := &Roster{opts: opts, here: make(map[string]map[string]presence.Member), wake: make(chan struct{}, 1)}
+	r := &Roster{opts: opts, here: make(map[string]map[string]presence.Member), watching: make(map[string]map[string]bool),
+		wake: make(chan struct{}, 1)}
 	r.m = &metrics{
 		members: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "eventbus_edge_presence_members", Help: "Connections of this edge recorded in presence, one per channel."},
@@ -100,8 +102,9 @@ func (r *Roster) Keeps(ch string) bool {
 	return slices.Contains(r.opts.Namespaces, "*") || slices.Contains(r.opts.Namespaces, ns)
 }
 
-// Joined records m on ch, if ch keeps presence. It does not block.
-func (r *Roster) Joined(ch string, m presence.Member) {
+// Joined records m on ch, if ch keeps presence; watching says that m
+// wants ch's joins and leaves, so this edge sweeps ch. It does not block.
+func (r *Roster) Joined(ch string, m presence.Member, watching bool) {
 	if !r.Keeps(ch) {
 		return
 	}
@@ -111,6 +114,12 @@ func (r *Roster) Joined(ch string, m presence.Member) {
 		r.here[ch] = make(map[string]presence.Member)
 	}
 	r.here[ch][m.Client] = m
+	if watching {
+		if r.watching[ch] == nil {
+			r.watching[ch] = make(map[string]bool)
+		}
+		r.watching[ch][m.Client] = true
+	}
 	r.queue(op{ch: ch, m: m, join: true})
 }
 
@@ -127,6 +136,9 @@ func (r *Roster) Left(ch string, m presence.Member) {
 	delete(r.here[ch], m.Client)
 	if len(r.here[ch]) == 0 {
 		delete(r.here, ch)
+	}
+	if delete(r.watching[ch], m.Client); len(r.watching[ch]) == 0 {
+		delete(r.watching, ch)
 	}
 	r.queue(op{ch: ch, m: joined})
 }
@@ -222,8 +234,10 @@ func (r *Roster) write(ctx context.Context, o op) error {
 
 // beat renews this edge's connections, announcing again those that had
 // expired meanwhile (this edge was cut off from Redis for longer than the
-// TTL, and another swept them), and sweeps their channels, announcing the
-// leaves of the connections of lost edges.
+// TTL, and another swept them), and sweeps the channels whose news a
+// connection here wants, announcing the leaves of the connections of lost
+// edges. A channel nobody watches is not swept: its lost members stop
+// counting all the same, and leave with its key.
 func (r *Roster) beat(ctx context.Context) {
 	r.mu.Lock()
 	var es []presence.Entry
@@ -231,6 +245,10 @@ func (r *Roster) beat(ctx context.Context) {
 		for _, m := range ms {
 			es = append(es, presence.Entry{Channel: ch, Member: m})
 		}
+	}
+	watched := make([]string, 0, len(r.watching))
+	for ch := range r.watching {
+		watched = append(watched, ch)
 	}
 	r.mu.Unlock()
 	back, err := r.opts.Store.Renew(ctx, es)
@@ -243,20 +261,15 @@ func (r *Roster) beat(ctx context.Context) {
 			r.announce(ctx, e.Channel, e.Member, true)
 		}
 	}
-	seen := make(map[string]bool, len(es))
-	for _, e := range es {
-		if seen[e.Channel] {
-			continue
-		}
-		seen[e.Channel] = true
-		gone, err := r.opts.Store.Sweep(ctx, e.Channel)
+	for _, ch := range watched {
+		gone, err := r.opts.Store.Sweep(ctx, ch)
 		if err != nil {
 			r.m.errors.Inc()
-			r.opts.Logger.Debug("sweep presence", "channel", e.Channel, "error", err)
+			r.opts.Logger.Debug("sweep presence", "channel", ch, "error", err)
 			continue
 		}
 		for _, m := range gone {
-			r.announce(ctx, e.Channel, m, false)
+			r.announce(ctx, ch, m, false)
 		}
 	}
 }
