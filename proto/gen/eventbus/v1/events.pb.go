@@ -389,7 +389,17 @@ type Notification struct {
 	Body           string                 `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
 	Link           string                 `protobuf:"bytes,5,opt,name=link,proto3" json:"link,omitempty"`
 	// Id of the event that caused this notification.
-	CauseEventId  string `protobuf:"bytes,6,opt,name=cause_event_id,json=causeEventId,proto3" json:"cause_event_id,omitempty"`
+	CauseEventId string `protobuf:"bytes,6,opt,name=cause_event_id,json=causeEventId,proto3" json:"cause_event_id,omitempty"`
+	// How the notification service chose to reach the user: "realtime" (a
+	// connection of the user is on this channel: in the page), "push" (Web
+	// Push to the user's browsers) or "email"; "none" when another email of
+	// the same event reaches the user. Empty from a service that does not
+	// route.
+	Route string `protobuf:"bytes,7,opt,name=route,proto3" json:"route,omitempty"`
+	// Why that route: "online", "offline_push_subscribed",
+	// "offline_no_push_subscription", "offline_push_off" or
+	// "offline_emailed_anyway".
+	RouteReason   string `protobuf:"bytes,8,opt,name=route_reason,json=routeReason,proto3" json:"route_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -462,6 +472,20 @@ func (x *Notification) GetLink() string {
 func (x *Notification) GetCauseEventId() string {
 	if x != nil {
 		return x.CauseEventId
+	}
+	return ""
+}
+
+func (x *Notification) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *Notification) GetRouteReason() string {
+	if x != nil {
+		return x.RouteReason
 	}
 	return ""
 }
@@ -646,14 +670,16 @@ const file_eventbus_v1_events_proto_rawDesc = "" +
 	"\border_id\x18\x02 \x01(\tR\aorderId\x12\x17\n" +
 	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x16\n" +
 	"\x06amount\x18\x04 \x01(\x03R\x06amount\x12\x1a\n" +
-	"\bcurrency\x18\x05 \x01(\tR\bcurrency\"\xb4\x01\n" +
+	"\bcurrency\x18\x05 \x01(\tR\bcurrency\"\xed\x01\n" +
 	"\fNotification\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05title\x18\x03 \x01(\tR\x05title\x12\x12\n" +
 	"\x04body\x18\x04 \x01(\tR\x04body\x12\x12\n" +
 	"\x04link\x18\x05 \x01(\tR\x04link\x12$\n" +
-	"\x0ecause_event_id\x18\x06 \x01(\tR\fcauseEventId\"^\n" +
+	"\x0ecause_event_id\x18\x06 \x01(\tR\fcauseEventId\x12\x14\n" +
+	"\x05route\x18\a \x01(\tR\x05route\x12!\n" +
+	"\froute_reason\x18\b \x01(\tR\vrouteReason\"^\n" +
 	"\bPresence\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1c\n" +
