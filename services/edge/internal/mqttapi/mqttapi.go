@@ -223,9 +223,10 @@ type session struct {
 	wake    chan struct{} // the hub queued frames, or the window opened
 	// kickedWith is why the hub or the session ended the connection.
 	kickedWith atomic.Pointer[hub.Disconnect]
-	maxPacket  int  // the most bytes the client takes in a packet (5.0); 0: no bound
-	quiet      bool // a 5.0 client asked for no reason strings but in DISCONNECT (Request Problem Information 0)
-	saidBye    bool // a DISCONNECT was written; the writer's only
+	maxPacket  int            // the most bytes the client takes in a packet (5.0); 0: no bound
+	quiet      bool           // a 5.0 client asked for no reason strings but in DISCONNECT (Request Problem Information 0)
+	saidBye    bool           // a DISCONNECT was written; the writer's only
+	endExpiry  *time.Duration // the expiry DISCONNECT set, replacing expiry as the connection ends; guarded by mu
 	notes      receipt.Window
 
 	writeMu sync.Mutex // one writer of the socket at a time
@@ -570,6 +571,12 @@ func (s *session) handle(pk packets.Packet) bool {
 			s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: code.Reason})
 			return false
 		}
+		if subscriptionIDs(pk) {
+			// CONNACK said Subscription Identifiers Available 0.
+			code := packets.ErrSubscriptionIdentifiersNotSupported
+			s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: code.Reason})
+			return false
+		}
 		s.subscribe(pk)
 	case packets.Unsubscribe:
 		if code := pk.UnsubscribeValidate(); code != packets.CodeSuccess {
@@ -580,6 +587,9 @@ func (s *session) handle(pk packets.Packet) bool {
 	case packets.Pingreq:
 		s.client.Send(encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}))
 	case packets.Disconnect:
+		if !s.expireAtEnd(pk) {
+			return false
+		}
 		s.bye = pk.ReasonCode != packets.CodeDisconnectWillMessage.Code
 		s.client.CloseAfter(hub.Disconnect{Code: int(websocket.StatusNormalClosure), Reason: "bye"})
 		return false
@@ -590,6 +600,41 @@ func (s *session) handle(pk packets.Packet) bool {
 		s.disconnect(packets.ErrQosNotSupported, hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: "QoS 2 is not supported"})
 		return false
 	}
+	return true
+}
+
+// subscriptionIDs reports whether a SUBSCRIBE carries a Subscription
+// Identifier, which the edge does not offer.
+func subscriptionIDs(pk packets.Packet) bool {
+	if len(pk.Properties.SubscriptionIdentifier) > 0 {
+		return true
+	}
+	for _, f := range pk.Filters {
+		if f.Identifier > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// expireAtEnd takes the Session Expiry Interval a 5.0 DISCONNECT sets:
+// the session is kept that long (within SessionExpiry) after this
+// connection, or ended with it when 0. A session that CONNECT said ends
+// with its connection cannot be kept at DISCONNECT (MQTT-3.14.2-2): that
+// is a protocol error, and false.
+func (s *session) expireAtEnd(pk packets.Packet) bool {
+	if s.version != 5 || !pk.Properties.SessionExpiryIntervalFlag || s.h.Sessions == nil {
+		return true // no session is kept without history, whatever either says
+	}
+	if s.expiry == 0 && pk.Properties.SessionExpiryInterval > 0 {
+		s.disconnect(packets.ErrProtocolViolation, hub.Disconnect{Code: int(websocket.StatusProtocolError),
+			Reason: "a session expiry at DISCONNECT for a session that CONNECT said ends with its connection"})
+		return false
+	}
+	d := min(time.Duration(pk.Properties.SessionExpiryInterval)*time.Second, s.h.SessionExpiry)
+	s.mu.Lock()
+	s.endExpiry = &d
+	s.mu.Unlock()
 	return true
 }
 

@@ -193,12 +193,16 @@ func (s *session) end() {
 	}
 	s.mu.Lock()
 	gone, resumed, st := s.gone, s.resumed, s.state()
+	expiry := s.expiry
+	if s.endExpiry != nil {
+		expiry = *s.endExpiry
+	}
 	s.mu.Unlock()
 	switch {
 	case gone:
-	case s.expiry > 0:
-		s.store(st, s.expiry)
-	case resumed: // a 5.0 session resumed with an expiry of 0 ends now
+	case expiry > 0:
+		s.store(st, expiry)
+	case resumed || s.expiry > 0: // a 5.0 session resumed, or saved, with an expiry of 0 at the end ends now
 		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 		defer cancel()
 		_ = s.h.Sessions.End(ctx, s.key, s.since.UnixNano())

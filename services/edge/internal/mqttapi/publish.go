@@ -73,8 +73,11 @@ func (s *session) publish(pk packets.Packet) bool {
 		}
 		return false
 	}
-	if pk.FixedHeader.Qos == 1 && pk.PacketID == 0 {
-		s.disconnect(packets.ErrProtocolViolationNoPacketID, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: "a QoS 1 PUBLISH needs a packet id"})
+	// The edge offers no topic aliases (Topic Alias Maximum 0): any alias,
+	// 0 above all, is a protocol error, as are a missing packet id and
+	// a wildcard in the topic.
+	if code := pk.PublishValidate(0); code != packets.CodeSuccess {
+		s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: code.Reason})
 		return false
 	}
 	if pk.FixedHeader.Qos > 1 {
