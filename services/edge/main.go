@@ -163,6 +163,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if cfg.Demo {
 		demo = web.Demo{Secret: secret, APIKey: cfg.DemoAPIKey}
 		demo.API, _ = url.Parse(cfg.DemoAPIURL) // checked by config.Load
+		demo.Notify, _ = url.Parse(cfg.DemoNotifyURL)
 	}
 	web.Register(mux, demo)
 	if cfg.Pprof {

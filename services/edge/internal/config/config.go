@@ -32,7 +32,8 @@ type Config struct {
 	AllowedOrigins     []string       // EDGE_ALLOWED_ORIGINS: host patterns besides the edge's own host
 	Demo               bool           // EDGE_DEMO: mint demo tokens for the demo page
 	DemoAPIURL         string         // EDGE_DEMO_API_URL: the api service the demo page's buttons post to, through the edge
-	DemoAPIKey         string         // EDGE_DEMO_API_KEY: the key the edge sends the API for them, when API_KEYS is set
+	DemoAPIKey         string         // EDGE_DEMO_API_KEY: the key the edge sends the API (and the notification service) for them, when API_KEYS is set
+	DemoNotifyURL      string         // EDGE_DEMO_NOTIFY_URL: the notification service the demo page subscribes to Web Push through, through the edge
 	PingInterval       time.Duration  // EDGE_PING_INTERVAL
 	SSEKeepAlive       time.Duration  // EDGE_SSE_KEEPALIVE: a comment on idle SSE streams this often
 	PongTimeout        time.Duration  // EDGE_PONG_TIMEOUT
@@ -85,6 +86,7 @@ func Load(getenv func(string) string) (Config, error) {
 		Demo:               r.Bool("EDGE_DEMO", false),
 		DemoAPIURL:         r.String("EDGE_DEMO_API_URL", "http://localhost:8080"),
 		DemoAPIKey:         r.String("EDGE_DEMO_API_KEY", ""),
+		DemoNotifyURL:      r.String("EDGE_DEMO_NOTIFY_URL", "http://localhost:8083"),
 		PingInterval:       r.Duration("EDGE_PING_INTERVAL", 25*time.Second),
 		SSEKeepAlive:       r.Duration("EDGE_SSE_KEEPALIVE", 15*time.Second),
 		PongTimeout:        r.Duration("EDGE_PONG_TIMEOUT", 10*time.Second),
@@ -129,7 +131,8 @@ func Load(getenv func(string) string) (Config, error) {
 		r.Check("EDGE_JWT_SECRET", "", errors.New("required (or EDGE_JWKS_URL) unless EDGE_ALLOW_ANONYMOUS or EDGE_DEMO is true: no client could subscribe"))
 	}
 	if c.Demo {
-		r.Check("EDGE_DEMO_API_URL", c.DemoAPIURL, checkDemoAPIURL(c.DemoAPIURL))
+		r.Check("EDGE_DEMO_API_URL", c.DemoAPIURL, checkDemoURL(c.DemoAPIURL, "http://api:8080"))
+		r.Check("EDGE_DEMO_NOTIFY_URL", c.DemoNotifyURL, checkDemoURL(c.DemoNotifyURL, "http://notification:8083"))
 	}
 	if c.JWKSURL != "" {
 		r.Check("EDGE_JWKS_URL", c.JWKSURL, token.CheckJWKSURL(c.JWKSURL))
@@ -202,10 +205,11 @@ func (c *Config) presence(r *envconfig.Reader) {
 	}
 }
 
-// checkDemoAPIURL accepts an absolute http(s) URL of a host, without a
+// checkDemoURL accepts an absolute http(s) URL of a host, without a
 // query or fragment: the demo's requests go to its routes under /v1.
-func checkDemoAPIURL(s string) error {
-	if err := envconfig.CheckHTTPURL(s, "http://api:8080"); err != nil {
+// example is one such URL, for the error message.
+func checkDemoURL(s, example string) error {
+	if err := envconfig.CheckHTTPURL(s, example); err != nil {
 		return err
 	}
 	if u, _ := url.Parse(s); u.RawQuery != "" || u.Fragment != "" {

@@ -66,3 +66,44 @@ func TestMQTTAddr(t *testing.T) {
 		})
 	}
 }
+
+// The demo's two upstreams are checked alike, each error naming its
+// variable; only with EDGE_DEMO on.
+func TestDemoURLs(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, api, notify   string
+		wantAPI, wantNotify string
+		refused             []string
+	}{
+		{name: "unset", wantAPI: "http://localhost:8080", wantNotify: "http://localhost:8083"},
+		{name: "set", api: "http://api:8080", notify: "https://notification.internal:8443/base",
+			wantAPI: "http://api:8080", wantNotify: "https://notification.internal:8443/base"},
+		{name: "notify not absolute", notify: "notification:8083", refused: []string{"EDGE_DEMO_NOTIFY_URL"}},
+		{name: "notify with a query", notify: "http://notification:8083/?x=1", refused: []string{"EDGE_DEMO_NOTIFY_URL"}},
+		{name: "both bad", api: "ftp://api", notify: "http://n:8083/#f", refused: []string{"EDGE_DEMO_API_URL", "EDGE_DEMO_NOTIFY_URL"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"EDGE_DEMO": "true", "EDGE_DEMO_API_URL": tt.api, "EDGE_DEMO_NOTIFY_URL": tt.notify}
+			c, err := Load(func(k string) string { return env[k] })
+			if len(tt.refused) > 0 {
+				for _, name := range tt.refused {
+					if err == nil || !strings.Contains(err.Error(), name) {
+						t.Errorf("Load(%v) = %v, want an error naming %s", env, err, name)
+					}
+				}
+				if err != nil && strings.Contains(err.Error(), "EDGE_DEMO_API_URL") && tt.api == "" {
+					t.Errorf("Load(%v) = %v, want EDGE_DEMO_API_URL's default accepted", env, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Load(%v) = %v", env, err)
+			}
+			if c.DemoAPIURL != tt.wantAPI || c.DemoNotifyURL != tt.wantNotify {
+				t.Errorf("Load(%v) = API %q, notify %q; want %q, %q", env, c.DemoAPIURL, c.DemoNotifyURL, tt.wantAPI, tt.wantNotify)
+			}
+		})
+	}
+}

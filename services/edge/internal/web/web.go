@@ -1,6 +1,7 @@
 // Package web serves the browser side of the edge: the demo page, the
-// eventbus.js client and, in demo mode, demo tokens and the demo page's
-// way to the API.
+// eventbus.js client, the page's service worker and, in demo mode, demo
+// tokens and the demo page's way to the API and to the notification
+// service.
 package web
 
 import (
@@ -48,22 +49,34 @@ type Demo struct {
 	Secret []byte
 	// API is the api service the page's buttons publish through.
 	API *url.URL
-	// APIKey goes to the API as a bearer token, when it wants one.
+	// APIKey goes to the API and to the notification service as a bearer
+	// token, when they want one (they share API_KEYS).
 	APIKey string
+	// Notify is the notification service the page subscribes to Web Push
+	// through; nil leaves those routes out.
+	Notify *url.URL
 }
 
-// Register adds GET / and GET /eventbus.js to mux and, when demo.Secret is
-// set, the demo routes: GET /demo/token?user=ID, which mints a token for
-// that user allowed every channel but other users' notifications and to
-// publish on sensor:*, and POST /demo/api/…, which passes the
-// page's sign-up, order, shipping and payment requests on to the API's
-// /v1/….
+// Register adds GET /, GET /eventbus.js and GET /sw.js to mux and, when
+// demo.Secret is set, the demo routes: GET /demo/token?user=ID, which mints
+// a token for that user allowed every channel but other users'
+// notifications and to publish on sensor:*; POST /demo/api/…, which passes
+// the page's sign-up, order, shipping and payment requests on to the API's
+// /v1/…; and /demo/notify/v1/…, which passes the page's Web Push requests
+// on to the notification service (GET /v1/push/vapid-public-key, and POST
+// and DELETE /v1/users/{id}/push-subscriptions for the user of the demo
+// token the page sends).
 func Register(mux *http.ServeMux, demo Demo) {
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		serve(w, "static/index.html", "text/html; charset=utf-8")
 	})
 	mux.HandleFunc("GET /eventbus.js", func(w http.ResponseWriter, r *http.Request) {
 		serve(w, "static/eventbus.js", "text/javascript; charset=utf-8")
+	})
+	// The page's service worker, at the root so that its scope is the
+	// whole origin.
+	mux.HandleFunc("GET /sw.js", func(w http.ResponseWriter, r *http.Request) {
+		serve(w, "static/sw.js", "application/javascript; charset=utf-8")
 	})
 	// MQTT.js's browser build (MIT), for the demo page's MQTT tab.
 	mux.HandleFunc("GET /mqtt.js", func(w http.ResponseWriter, r *http.Request) {
@@ -88,22 +101,62 @@ func Register(mux *http.ServeMux, demo Demo) {
 		_ = json.NewEncoder(w).Encode(map[string]string{"token": tok, "user_id": user})
 	})
 	if demo.API != nil {
-		api := demoAPI(demo.API, demo.APIKey)
+		api := demoProxy(demo.API, demo.APIKey, "/demo/api", "the API", "EDGE_DEMO_API_URL")
 		for _, route := range []string{"users", "orders", "orders/{id}/ship", "payments"} {
 			mux.Handle("POST /demo/api/"+route, api)
 		}
 	}
+	if demo.Notify != nil {
+		notify := demoProxy(demo.Notify, demo.APIKey, "/demo/notify/v1", "the notification service", "EDGE_DEMO_NOTIFY_URL")
+		mux.Handle("GET /demo/notify/v1/push/vapid-public-key", notify)
+		own := demoUser(token.NewVerifier(demo.Secret), notify)
+		mux.Handle("POST /demo/notify/v1/users/{id}/push-subscriptions", own)
+		mux.Handle("DELETE /demo/notify/v1/users/{id}/push-subscriptions", own)
+		// Anything else is refused here, in JSON, and never reaches the
+		// notification service (its dead letters, say).
+		mux.HandleFunc("/demo/notify/", func(w http.ResponseWriter, r *http.Request) {
+			server.WriteError(w, http.StatusNotFound, "not_found", "the demo passes on only the Web Push routes of the notification service")
+		})
+	}
 }
 
-// demoAPI passes a request of the demo page on to the same route under
-// /v1 of the API, with the edge's API key instead of the browser's
-// credentials. It serves the page's own origin only, so that another site
-// cannot publish through a visitor's browser.
-func demoAPI(target *url.URL, key string) http.Handler {
+// demoUser lets a request of the demo page through only with a demo token
+// (Authorization: Bearer, as GET /demo/token mints it) of the user its path
+// names: 401 without one, 403 for another user's. Demo tokens are minted
+// for anyone, so this guards nothing against a visitor; it keeps the page
+// to the user it is connected as.
+func demoUser(v *token.Verifier, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := token.FromAuthorization(r.Header.Get("Authorization"))
+		if !ok {
+			server.WriteError(w, http.StatusUnauthorized, "unauthorized", "send the page's demo token as Authorization: Bearer <token>")
+			return
+		}
+		c, err := v.Verify(tok)
+		if err != nil {
+			server.WriteError(w, http.StatusUnauthorized, "unauthorized", "demo token: "+err.Error())
+			return
+		}
+		if user := r.PathValue("id"); c.Subject != user {
+			server.WriteError(w, http.StatusForbidden, "forbidden",
+				fmt.Sprintf("the demo token is user %s's: it may not change the push subscriptions of user %s", c.Subject, user))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// demoProxy passes a request of the demo page on to target: its path less
+// strip, under /v1 of target's path. It sends key (if any) instead of the
+// browser's credentials, and names what (its service) and variable (where
+// it is configured) when target does not answer. It serves the page's own
+// origin only, so that another site cannot act through a visitor's
+// browser.
+func demoProxy(target *url.URL, key, strip, what, variable string) http.Handler {
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(target)
-			rest := strings.TrimPrefix(r.In.URL.EscapedPath(), "/demo/api")
+			rest := strings.TrimPrefix(r.In.URL.EscapedPath(), strip)
 			r.Out.URL.RawPath = strings.TrimSuffix(target.EscapedPath(), "/") + "/v1" + rest
 			r.Out.URL.Path, _ = url.PathUnescape(r.Out.URL.RawPath)
 			r.Out.URL.RawQuery = ""
@@ -115,13 +168,13 @@ func demoAPI(target *url.URL, key string) http.Handler {
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			server.WriteError(w, http.StatusBadGateway, "unavailable",
-				fmt.Sprintf("the demo could not reach the API at %s (EDGE_DEMO_API_URL): %v", target.Redacted(), err))
+				fmt.Sprintf("the demo could not reach %s at %s (%s): %v", what, target.Redacted(), variable, err))
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if o := r.Header.Get("Origin"); o != "" {
 			if u, err := url.Parse(o); err != nil || u.Host != r.Host {
-				server.WriteError(w, http.StatusForbidden, "forbidden", "the demo API serves the demo page's own origin only")
+				server.WriteError(w, http.StatusForbidden, "forbidden", "the demo's way to "+what+" serves the demo page's own origin only")
 				return
 			}
 		}
