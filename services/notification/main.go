@@ -19,6 +19,7 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/logging"
+	"github.com/eventbus-suite/eventbus/pkg/presence"
 	"github.com/eventbus-suite/eventbus/pkg/server"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/claims"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/config"
@@ -27,6 +28,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/notification/internal/mailer"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/notifier"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/push"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/routes"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/rules"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/templates"
 )
@@ -99,11 +101,18 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	} else {
 		log.Warn("NOTIFY_VAPID_PUBLIC_KEY and NOTIFY_VAPID_PRIVATE_KEY are not set: Web Push is off, push subscriptions are kept but nothing is pushed")
 	}
+	// Read only: the edges write presence (EDGE_PRESENCE_NAMESPACES with
+	// notify), and their TTL is theirs, so none is given here.
+	online := presence.New(rdb, b.KeyOf, 0)
+	if cfg.AckTimeout == 0 {
+		log.Warn("NOTIFY_ACK_TIMEOUT is 0: a browser notification sent in the page and never acknowledged does not fall back to push or email")
+	}
 	n := notifier.New(notifier.Options{
 		Consumer: con, Publisher: b, Contacts: contacts.New(rdb, cfg.RedisPrefix), Claims: cl, DeadLetters: dead,
 		Mailer: mail, Templates: tmpl, Logger: log,
 		Workers: cfg.Workers, ClaimTTL: cfg.ClaimTTL, SendTimeout: cfg.SendTimeout, Visibility: cfg.Visibility, ContactWait: 2 * cfg.Visibility,
 		Push: pusher, Subscriptions: subs,
+		Presence: online, Routes: routes.New(rdb, cfg.RedisPrefix, cfg.ClaimTTL), AckTimeout: cfg.AckTimeout,
 	}, reg)
 	if sg != nil {
 		sg.OnRetry = n.CountRetry
@@ -127,7 +136,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log.Info("listening", "http_addr", l.Addr().String(), "patterns", rules.Patterns, "dry_run", cfg.SendGridAPIKey == "", "push", cfg.Push())
+	log.Info("listening", "http_addr", l.Addr().String(), "patterns", rules.Patterns, "dry_run", cfg.SendGridAPIKey == "", "push", cfg.Push(), "ack_timeout", cfg.AckTimeout.String())
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return n.Run(ctx) })

@@ -5,6 +5,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -25,7 +26,13 @@ import (
 	"github.com/eventbus-suite/eventbus/services/notification/internal/deadletter"
 )
 
-func TestMain(m *testing.M) { redistest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(asMain) == "1" {
+		main() // a replica of process(): exits on error
+		os.Exit(0)
+	}
+	redistest.Main(m)
+}
 
 // world is a Redis prefix with a fake SendGrid and any number of replicas.
 type world struct {
@@ -138,29 +145,43 @@ func TestRules(t *testing.T) {
 		t.Errorf("welcome email = %+v", welcome)
 	}
 
+	// Ada is offline and Web Push is off: the browser notification is
+	// published (the record of it) and emailed.
 	placed := w.publish("order.placed", &eventbusv1.OrderPlaced{OrderId: "o1", UserId: "u1", Total: 1299, Currency: "EUR"})
 	env, n := nextNotification(t, notes)
 	if env.GetChannel() != "notify:user:u1" || env.GetType() != "notification.created" || n.GetTitle() != "Order received" ||
-		!strings.Contains(n.GetBody(), "12.99 EUR") || n.GetCauseEventId() != placed || n.GetUserId() != "u1" {
+		!strings.Contains(n.GetBody(), "12.99 EUR") || n.GetCauseEventId() != placed || n.GetUserId() != "u1" ||
+		n.GetRoute() != "email" || n.GetRouteReason() != "offline_push_off" {
 		t.Errorf("order received notification = %v on %s", n, env.GetChannel())
 	}
+	servicetest.WaitFor(t, "the order received email", func() bool { return len(w.sg.sent()) == 2 })
+	if m := w.sg.sent()[1]; m.To != "ada@example.com" || m.Subject != "Order received" || !strings.Contains(m.Text, "12.99 EUR") ||
+		!strings.Contains(m.Text, "/orders/o1") || !strings.Contains(m.HTML, `href="/orders/o1"`) || !strings.Contains(m.Text, "Hello Ada") {
+		t.Errorf("order received email = %+v, want the notification's title, body and link, to Ada", m)
+	}
 
+	// order.shipped emails anyway: its browser notification is not
+	// emailed a second time.
 	shipped := w.publish("order.shipped", &eventbusv1.OrderShipped{OrderId: "o1", UserId: "u1", Carrier: "DHL", TrackingNumber: "JD0001"})
-	servicetest.WaitFor(t, "the shipping email", func() bool { return len(w.sg.sent()) == 2 })
-	if m := w.sg.sent()[1]; m.To != "ada@example.com" || !strings.Contains(m.Text, "DHL") || !strings.Contains(m.Text, "JD0001") || !strings.Contains(m.Subject, "o1") {
+	servicetest.WaitFor(t, "the shipping email", func() bool { return len(w.sg.sent()) == 3 })
+	if m := w.sg.sent()[2]; m.To != "ada@example.com" || !strings.Contains(m.Text, "DHL") || !strings.Contains(m.Text, "JD0001") || !strings.Contains(m.Subject, "o1") {
 		t.Errorf("shipping email = %+v, want carrier and tracking number", m)
 	}
-	if _, n := nextNotification(t, notes); n.GetTitle() != "Order shipped" || n.GetCauseEventId() != shipped || !strings.Contains(n.GetBody(), "JD0001") {
+	if _, n := nextNotification(t, notes); n.GetTitle() != "Order shipped" || n.GetCauseEventId() != shipped || !strings.Contains(n.GetBody(), "JD0001") ||
+		n.GetRoute() != "none" || n.GetRouteReason() != "offline_emailed_anyway" {
 		t.Errorf("shipping notification = %v", n)
 	}
 
 	w.publish("payment.completed", &eventbusv1.PaymentCompleted{PaymentId: "p1", OrderId: "o1", UserId: "u1", Amount: 1299, Currency: "EUR"})
-	servicetest.WaitFor(t, "the receipt", func() bool { return len(w.sg.sent()) == 3 })
-	if m := w.sg.sent()[2]; !strings.Contains(m.Subject, "12.99 EUR") || !strings.Contains(m.Text, "p1") {
+	servicetest.WaitFor(t, "the receipt", func() bool { return len(w.sg.sent()) == 4 })
+	if m := w.sg.sent()[3]; !strings.Contains(m.Subject, "12.99 EUR") || !strings.Contains(m.Text, "p1") {
 		t.Errorf("receipt = %+v", m)
 	}
 	if _, n := nextNotification(t, notes); n.GetTitle() != "Payment received" {
 		t.Errorf("payment notification = %v", n)
+	}
+	if got := len(w.sg.sent()); got != 4 {
+		t.Errorf("%d emails sent, want 4: welcome, order received, shipping, receipt", got)
 	}
 }
 

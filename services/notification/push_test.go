@@ -47,6 +47,7 @@ type pushRequest struct {
 	Header http.Header
 	Body   []byte
 	Status int
+	Hung   bool // never answered: the client gave up, or died
 }
 
 func newFakePush(t *testing.T) *fakePush {
@@ -67,7 +68,7 @@ func (f *fakePush) serve(w http.ResponseWriter, r *http.Request) {
 		status, f.script[r.URL.Path] = s[0], s[1:]
 	}
 	hang := f.hang
-	f.requests = append(f.requests, pushRequest{Path: r.URL.Path, Header: r.Header.Clone(), Body: body, Status: status})
+	f.requests = append(f.requests, pushRequest{Path: r.URL.Path, Header: r.Header.Clone(), Body: body, Status: status, Hung: hang})
 	f.mu.Unlock()
 	if hang {
 		<-r.Context().Done()

@@ -38,6 +38,8 @@ type Config struct {
 	PushTTL         time.Duration // NOTIFY_PUSH_TTL: how long a push service keeps a push for an offline browser
 	PushTimeout     time.Duration // NOTIFY_PUSH_TIMEOUT: bounds one attempt at a push
 	PushAllowHTTP   bool          // NOTIFY_PUSH_ALLOW_HTTP: accept http endpoints on loopback (tests, development)
+
+	AckTimeout time.Duration // NOTIFY_ACK_TIMEOUT: a notification sent in the page and not acknowledged this long falls back to push or email; 0 turns the fallback off
 }
 
 // Push reports whether Web Push is on: the VAPID keys are set.
@@ -74,6 +76,7 @@ func Load(getenv func(string) string) (Config, error) {
 	c.PushTimeout = r.Duration("NOTIFY_PUSH_TIMEOUT", 10*time.Second)
 	c.PushAllowHTTP = r.Bool("NOTIFY_PUSH_ALLOW_HTTP", false)
 	checkPush(r, c)
+	c.AckTimeout = ackTimeout(r)
 	r.Check("SENDGRID_API_URL", c.SendGridURL, envconfig.CheckHTTPURL(c.SendGridURL, "https://api.sendgrid.com"))
 	if a, err := mail.ParseAddress(c.FromEmail); err != nil || a.Address != c.FromEmail {
 		r.Check("NOTIFY_FROM_EMAIL", c.FromEmail, errors.New("want a bare address such as noreply@example.com"))
@@ -111,4 +114,20 @@ func checkPush(r *envconfig.Reader, c Config) {
 	if c.PushTimeout <= 0 {
 		r.Check("NOTIFY_PUSH_TIMEOUT", c.PushTimeout.String(), errors.New("want a positive duration"))
 	}
+}
+
+// ackTimeout reads NOTIFY_ACK_TIMEOUT, 30s when unset: a duration, or 0
+// for no fallback (which envconfig's Duration refuses).
+func ackTimeout(r *envconfig.Reader) time.Duration {
+	const name, def = "NOTIFY_ACK_TIMEOUT", 30 * time.Second
+	v := r.String(name, "")
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		r.Check(name, v, errors.New("want a duration such as 30s, or 0 to turn the fallback off"))
+		return 0
+	}
+	return d
 }

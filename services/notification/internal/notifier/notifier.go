@@ -4,6 +4,11 @@
 // effects are done. Each notification is sent once, however often its
 // event is delivered: a replica holds a lease on it while it sends and
 // records it as sent only once the send succeeded.
+//
+// A browser notification is routed by presence (route.go): in the page
+// when its user is online, else a Web Push, else an email; one sent in the
+// page and not acknowledged within the ack timeout falls back to a push
+// or an email (receipt.go).
 package notifier
 
 import (
@@ -16,21 +21,22 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
-
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/pkg/presence"
 	"github.com/eventbus-suite/eventbus/pkg/retry"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/claims"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/contacts"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/deadletter"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/mailer"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/push"
+	"github.com/eventbus-suite/eventbus/services/notification/internal/routes"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/rules"
 	"github.com/eventbus-suite/eventbus/services/notification/internal/templates"
 )
@@ -76,10 +82,21 @@ type Options struct {
 	// Until then the event is left for a redelivery; after it, the email
 	// is given up and the user counted as unknown.
 	ContactWait time.Duration
-	// Push, when set, also sends each browser notification as a Web Push
-	// to each of its user's Subscriptions; nil means Web Push is off.
+	// Push, when set, sends a browser notification whose user is not
+	// online as a Web Push to each of the user's Subscriptions; nil means
+	// Web Push is off.
 	Push          *push.Sender
 	Subscriptions *push.Store
+	// Presence says whether a user is online: a live connection on
+	// notify:user:<id> at some edge.
+	Presence *presence.Store
+	// Routes remember each browser notification's route, its receipts and
+	// the receipts awaited.
+	Routes *routes.Store
+	// AckTimeout is how long a browser notification sent in the page may
+	// go unacknowledged before it falls back to a push or an email; 0
+	// turns the fallback off.
+	AckTimeout time.Duration
 }
 
 // Notifier handles events.
@@ -89,6 +106,11 @@ type Notifier struct {
 
 	mu    sync.Mutex
 	taken map[string]*takenDelivery // events fetched and not yet acknowledged or given up, by deliveryKey
+	// fallbacks in this replica's hands, by notification id: taken from
+	// the awaited receipts and not yet done with.
+	fallbacks map[string]bool
+
+	badReceiptLogged atomic.Bool // the first invalid receipt is logged as a warning, the others at debug level
 }
 
 // takenDelivery is an event in this replica's hands, fetched n times.
@@ -99,7 +121,7 @@ type takenDelivery struct {
 
 // New returns a Notifier registering its metrics on reg.
 func New(opts Options, reg prometheus.Registerer) *Notifier {
-	return &Notifier{Options: opts, m: newMetrics(reg), taken: make(map[string]*takenDelivery)}
+	return &Notifier{Options: opts, m: newMetrics(reg), taken: make(map[string]*takenDelivery), fallbacks: make(map[string]bool)}
 }
 
 // metrics of the notifier; CountRetry feeds the mailer's retries in.
@@ -116,6 +138,9 @@ type metrics struct {
 	malformed     prometheus.Counter
 	pushSent      *prometheus.CounterVec
 	pushRetried   prometheus.Counter
+	routes        *prometheus.CounterVec
+	delivery      *prometheus.HistogramVec
+	receipts      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -140,22 +165,53 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Web Push messages by outcome: sent, gone (404 or 410: subscription removed), rejected (another 4xx), failed (429, 5xx or no answer, every attempt), timed_out (cut by NOTIFICATION_SEND_TIMEOUT, left for a redelivery)."},
 			[]string{"outcome"}),
 		pushRetried: c("push_retried_total", "Retries of Web Push messages after a 429, 5xx or no answer."),
+		routes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventbus_notification_routes_total",
+			Help: "Browser notifications by the route chosen for them (realtime, push, email, none) and why; reasons ack_timeout_* are the fallbacks of notifications sent in the page and not acknowledged within NOTIFY_ACK_TIMEOUT."},
+			[]string{"route", "reason"}),
+		delivery: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "eventbus_notification_delivery_seconds",
+			Help:    "Delivery of browser notifications, by route, once per notification and route: realtime from the edge's receipt (its latency_ms: the notification's publication to the client's acknowledgement, by the edge's clock); push and email from the cause event's time to the push service's or SendGrid's acceptance (not the user's reading).",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900}},
+			[]string{"route"}),
+		receipts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventbus_notification_receipts_total",
+			Help: "notification.delivered events by result: delivered (a notification's first receipt), repeat, unknown (no notification of that id routed by this service for that user, or its state ran out), invalid (malformed, or not the edge's: ignored)."},
+			[]string{"result"}),
 	}
 	for _, o := range pushOutcomes {
 		m.pushSent.WithLabelValues(o)
 	}
+	for _, r := range []string{routeRealtime, routePush, routeEmail} {
+		m.delivery.WithLabelValues(r)
+	}
+	for _, r := range receiptResults {
+		m.receipts.WithLabelValues(r)
+	}
 	reg.MustRegister(m.events, m.emailsSent, m.emailsFailed, m.emailsRetried, m.emailsCut, m.published, m.publishFailed, m.conflicts, m.unknownUsers, m.malformed,
-		m.pushSent, m.pushRetried)
+		m.pushSent, m.pushRetried, m.routes, m.delivery, m.receipts)
 	return m
 }
 
 // CountRetry is a mailer retry hook.
 func (n *Notifier) CountRetry(int, time.Duration) { n.m.emailsRetried.Inc() }
 
+// job is a worker's: an event's plan, a receipt, or a fallback (which
+// has no delivery).
 type job struct {
 	delivery bus.Delivery
 	env      *envelope.Envelope
 	plan     rules.Plan
+	receipt  *receipt
+	fallback *fallback
+}
+
+// user is whose job it is: a user's jobs go to one worker, in order.
+func (j job) user() string {
+	if j.fallback != nil {
+		return j.fallback.note.UserID
+	}
+	return j.plan.UserID
 }
 
 // Run handles events until ctx ends, then finishes the events already
@@ -187,6 +243,10 @@ func (n *Notifier) Run(ctx context.Context) error {
 		w := &worker{n: n}
 		wg.Go(func() {
 			for j := range queues[i] {
+				if j.fallback != nil {
+					w.fallBack(sendCtx, j.fallback)
+					continue
+				}
 				if w.handle(sendCtx, j) {
 					acks <- j.delivery
 				} else {
@@ -195,7 +255,25 @@ func (n *Notifier) Run(ctx context.Context) error {
 			}
 		})
 	}
+	// The fallbacks go through the workers' queues, so that a user's
+	// sends stay in one worker's order; it stops before they close.
+	pollCtx, stopPoll := context.WithCancel(ctx)
+	var poll sync.WaitGroup
+	if n.AckTimeout > 0 {
+		poll.Go(func() {
+			n.pollReceipts(pollCtx, func(j job) bool {
+				select {
+				case queues[shard(j.user(), len(queues))] <- j:
+					return true
+				case <-pollCtx.Done():
+					return false
+				}
+			})
+		})
+	}
 	stop := func() {
+		stopPoll()
+		poll.Wait()
 		n.Logger.Info("stopping: finishing the events already taken", "events", len(n.inFlight()))
 		for _, q := range queues {
 			close(q)
@@ -239,7 +317,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 			var queued bool
 			if j, ok := n.plan(d); ok {
 				select {
-				case queues[shard(j.plan.UserID, len(queues))] <- j:
+				case queues[shard(j.user(), len(queues))] <- j:
 					queued = true
 				case <-ctx.Done():
 				}
@@ -334,9 +412,10 @@ func (n *Notifier) inFlight() []bus.Delivery {
 
 // heartbeat extends, every third of the visibility timeout until ctx
 // ends, the events in this replica's hands and the consumer's events read
-// ahead (Consumer.Extend), and the leases of the notifications being sent
-// (Claims.ExtendHeld). While Redis is away it retries, sooner than the
-// next beat, saying so once in the log.
+// ahead (Consumer.Extend), the leases of the notifications being sent
+// (Claims.ExtendHeld) and those of the fallbacks in hand (Routes.Extend).
+// While Redis is away it retries, sooner than the next beat, saying so
+// once in the log.
 func (n *Notifier) heartbeat(ctx context.Context) {
 	every := max(n.Visibility/3, time.Millisecond)
 	// Quiet: the record's reader speaks for an outage of Redis.
@@ -351,7 +430,7 @@ func (n *Notifier) heartbeat(ctx context.Context) {
 		}
 		for {
 			bctx, cancel := context.WithTimeout(ctx, every)
-			err := errors.Join(n.Consumer.Extend(bctx, n.inFlight()...), n.Claims.ExtendHeld(bctx))
+			err := errors.Join(n.Consumer.Extend(bctx, n.inFlight()...), n.Claims.ExtendHeld(bctx), n.Routes.Extend(bctx, n.Visibility, n.fallbacksInHand()...))
 			cancel()
 			if err == nil {
 				backoff.Reset()
@@ -422,6 +501,26 @@ func (n *Notifier) plan(d bus.Delivery) (job, bool) {
 		n.Logger.Warn("message is not an envelope; ignored", "channel", d.Channel, "error", err)
 		return job{}, false
 	}
+	if env.GetType() == receiptType {
+		r, err := parseReceipt(env, d.Channel)
+		if errors.Is(err, errNotOurs) {
+			n.m.receipts.WithLabelValues(receiptUnknown).Inc()
+			n.Logger.Debug("receipt of a notification this service did not make; ignored", "event_id", env.GetId(), "error", err)
+			return job{}, false
+		}
+		if err != nil {
+			n.m.receipts.WithLabelValues(receiptInvalid).Inc()
+			// A client names the id it acknowledges: the first is worth a
+			// warning, a flood of them is not worth a log.
+			level := slog.LevelDebug
+			if !n.badReceiptLogged.Swap(true) {
+				level = slog.LevelWarn
+			}
+			n.Logger.Log(context.Background(), level, "receipt ignored (further ones are logged at debug level)", "event_id", env.GetId(), "source", env.GetSource(), "error", err)
+			return job{}, false
+		}
+		return job{delivery: d, env: env, receipt: &r, plan: rules.Plan{UserID: r.userID}}, true
+	}
 	if env.GetData() == nil {
 		return job{}, false
 	}
@@ -490,6 +589,9 @@ func transient(err error) bool {
 func (w *worker) handle(ctx context.Context, j job) bool {
 	n := w.n
 	log := n.Logger.With("event_id", j.env.GetId(), "type", j.env.GetType(), "user_id", j.plan.UserID)
+	if j.receipt != nil {
+		return w.deliver(ctx, log, *j.receipt)
+	}
 	if c := j.plan.SaveContact; c != nil {
 		err := w.redis(ctx, func() error {
 			return n.Contacts.Save(ctx, j.plan.UserID, *c)
@@ -502,23 +604,43 @@ func (w *worker) handle(ctx context.Context, j job) bool {
 	done := true
 	for _, a := range j.plan.Actions {
 		alog := log.With("notification", a.Name)
-		done = w.do(ctx, alog, j.env, a) && done
-		if a.Kind == rules.Browser && n.Push != nil {
-			done = w.pushes(ctx, alog, j.env, a) && done
+		if a.Kind == rules.Browser {
+			done = w.browser(ctx, alog, j.env, a) && done
+			continue
 		}
+		done = w.mail(ctx, alog, email{
+			eventID: j.env.GetId(), eventType: j.env.GetType(), eventTime: j.env.GetTime().AsTime(),
+			name: a.Name, template: a.Template, userID: a.UserID, to: a.To, data: a.Data,
+		}) && done
 	}
 	return done
 }
 
-// do sends one notification unless it was sent already or another replica
-// is sending it, and reports whether it is done with.
-func (w *worker) do(ctx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action) bool {
+// email is one email to send: a rule's own, or a browser notification
+// routed to email.
+type email struct {
+	eventID, eventType string
+	eventTime          time.Time
+	// name is the notification's, with the event id the key of its claim.
+	name, template, userID string
+	// to is the recipient when the event carries it; else the user's
+	// recorded contact.
+	to   *rules.Contact
+	data map[string]string
+	// routed marks a browser notification sent as an email: its delivery
+	// is observed (eventbus_notification_delivery_seconds).
+	routed bool
+}
+
+// mail sends one email unless it was sent already or another replica is
+// sending it, and reports whether it is done with.
+func (w *worker) mail(ctx context.Context, log *slog.Logger, m email) bool {
 	n := w.n
-	to := a.To
-	if a.Kind == rules.Email && to == nil {
+	to := m.to
+	if to == nil {
 		var c *rules.Contact
 		err := w.redis(ctx, func() (err error) {
-			c, err = n.Contacts.Get(ctx, a.UserID)
+			c, err = n.Contacts.Get(ctx, m.userID)
 			return err
 		})
 		if err != nil {
@@ -526,7 +648,7 @@ func (w *worker) do(ctx context.Context, log *slog.Logger, env *envelope.Envelop
 			return false
 		}
 		if c == nil {
-			if time.Since(env.GetTime().AsTime()) < n.ContactWait {
+			if time.Since(m.eventTime) < n.ContactWait {
 				log.Info("no contact recorded for the user yet; left for a redelivery")
 				return false
 			}
@@ -536,23 +658,31 @@ func (w *worker) do(ctx context.Context, log *slog.Logger, env *envelope.Envelop
 		}
 		to = c
 	}
-	if taken, done := w.take(ctx, log, env.GetId(), a.Name); !taken {
+	return w.once(ctx, log, m.eventID, m.name, func(ctx, sendCtx context.Context) error {
+		return w.email(ctx, sendCtx, log, m, to)
+	})
+}
+
+// once sends notification name of event eventID with send, unless it was
+// sent already or another replica is sending it, and reports whether it is
+// done with. send gets ctx and sendCtx, which bounds the send (by
+// SendTimeout); its nil means sent, errDeadLettered that the email is kept
+// in the dead letters, claims.ErrLost that the lease ran out meanwhile,
+// anything else that the notification is left for a redelivery.
+func (w *worker) once(ctx context.Context, log *slog.Logger, eventID, name string, send func(ctx, sendCtx context.Context) error) bool {
+	n := w.n
+	if taken, done := w.take(ctx, log, eventID, name); !taken {
 		return done
 	}
 	sendCtx, cancel := context.WithTimeout(ctx, n.SendTimeout)
-	var sendErr error
-	if a.Kind == rules.Email {
-		sendErr = w.email(ctx, sendCtx, log, env, a, to)
-	} else {
-		sendErr = n.browser(sendCtx, env, a)
-	}
+	sendErr := send(ctx, sendCtx)
 	cancel()
 	// What follows outlives a shutdown, tried once at least: the send
 	// happened or not.
 	bg := context.WithoutCancel(ctx)
 	switch {
 	case sendErr == nil:
-		err := w.redis(ctx, func() error { return n.Claims.MarkSent(bg, env.GetId(), a.Name, n.ClaimTTL) })
+		err := w.redis(ctx, func() error { return n.Claims.MarkSent(bg, eventID, name, n.ClaimTTL) })
 		if err != nil {
 			// The lease runs out and a redelivery sends it again: the one
 			// way a notification goes twice without a replica dying.
@@ -567,7 +697,7 @@ func (w *worker) do(ctx context.Context, log *slog.Logger, env *envelope.Envelop
 		return false
 	}
 	// Release the lease, so that a redelivery may send it.
-	if err := w.redis(ctx, func() error { return n.Claims.Release(bg, env.GetId(), a.Name) }); err != nil {
+	if err := w.redis(ctx, func() error { return n.Claims.Release(bg, eventID, name) }); err != nil {
 		log.Error("release claim; it runs out by itself", "error", err)
 	}
 	return false
@@ -609,14 +739,14 @@ func (w *worker) take(ctx context.Context, log *slog.Logger, eventID, name strin
 // failed but the lease ran out before it could be kept; else it was cut
 // short (by SendTimeout or a drain timeout) or could not be kept, and is
 // tried again with the event. sendCtx bounds the send, ctx the rest.
-func (w *worker) email(ctx, sendCtx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action, to *rules.Contact) error {
+func (w *worker) email(ctx, sendCtx context.Context, log *slog.Logger, m email, to *rules.Contact) error {
 	n := w.n
-	data := map[string]string{"Name": to.Name, "Email": to.Email, "UserID": a.UserID}
-	for k, v := range a.Data {
+	data := map[string]string{"Name": to.Name, "Email": to.Email, "UserID": m.userID}
+	for k, v := range m.data {
 		data[k] = v
 	}
-	key := deadletter.EmailKey(env.GetId(), a.Name)
-	subject, text, html, err := n.Templates.Email(a.Template, data)
+	key := deadletter.EmailKey(m.eventID, m.name)
+	subject, text, html, err := n.Templates.Email(m.template, data)
 	if err == nil {
 		err = n.Mailer.Send(sendCtx, mailer.Email{
 			ToEmail: to.Email, ToName: to.Name, Subject: subject, Text: text, HTML: html, Key: key,
@@ -633,12 +763,15 @@ func (w *worker) email(ctx, sendCtx context.Context, log *slog.Logger, env *enve
 	}
 	if err == nil {
 		n.m.emailsSent.Inc()
+		if m.routed {
+			n.m.delivery.WithLabelValues(routeEmail).Observe(time.Since(m.eventTime).Seconds())
+		}
 		log.Info("email sent", "to", to.Email, "subject", subject)
 		return nil
 	}
 	// Everything needed to send it again as it was tried, bodies included.
 	dl := deadletter.Letter{
-		ID: key, EventID: env.GetId(), Type: env.GetType(), Name: a.Name, UserID: a.UserID,
+		ID: key, EventID: m.eventID, Type: m.eventType, Name: m.name, UserID: m.userID,
 		To: to.Email, ToName: to.Name, Subject: subject, Text: text, HTML: html, Key: key,
 		Attempts: 1, Reason: err.Error(), FailedAt: time.Now().UTC(),
 	}
@@ -659,49 +792,6 @@ func (w *worker) email(ctx, sendCtx context.Context, log *slog.Logger, env *enve
 // errDeadLettered is wrapped by an email error when the email was kept in
 // the dead letters.
 var errDeadLettered = errors.New("dead-lettered")
-
-func (n *Notifier) browser(ctx context.Context, env *envelope.Envelope, a rules.Action) error {
-	title, body, err := n.Templates.Browser(a.Template, a.Data)
-	if err != nil {
-		n.m.publishFailed.Inc()
-		return err
-	}
-	note := &eventbusv1.Notification{
-		NotificationId: notificationID(env.GetId(), a.Name), UserId: a.UserID, Title: title, Body: body, Link: a.Link, CauseEventId: env.GetId(),
-	}
-	if err := n.publish(ctx, env, note); err != nil {
-		n.m.publishFailed.Inc()
-		n.Logger.Error("publish browser notification", "event_id", env.GetId(), "user_id", a.UserID, "error", err)
-		return err
-	}
-	n.m.published.Inc()
-	return nil
-}
-
-func (n *Notifier) publish(ctx context.Context, cause *envelope.Envelope, note *eventbusv1.Notification) error {
-	data, err := envelope.PackData(note)
-	if err != nil {
-		return err
-	}
-	user := note.GetUserId()
-	out := &envelope.Envelope{
-		Id:   note.GetNotificationId(), // the same for every attempt: a repeat is recognisable
-		Type: "notification.created", Channel: "notify:user:" + user, Subject: user, Data: data,
-		Attributes: map[string]string{"causationid": cause.GetId()},
-	}
-	if tp := cause.GetAttributes()["traceparent"]; tp != "" {
-		out.Attributes["traceparent"] = tp
-	}
-	if err := envelope.Fill(out, "eventbus/notification", time.Now()); err != nil {
-		return err
-	}
-	b, err := envelope.Marshal(out)
-	if err != nil {
-		return err
-	}
-	_, err = n.Publisher.Publish(ctx, out.GetChannel(), b)
-	return err
-}
 
 // notificationID derives a notification's id from its cause and name, so
 // that every attempt at it carries the same id.

@@ -12,17 +12,25 @@ import (
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 )
 
-// Patterns are the subscriptions the rules need.
-var Patterns = []string{"user:*", "order:*", "payment:*"}
+// Patterns are the subscriptions the notification service needs: the
+// rules' events, and the edges' receipts of browser notifications.
+var Patterns = []string{"user:*", "order:*", "payment:*", "notification:delivered"}
 
 // Kind is how a notification reaches the user.
 type Kind int
 
-// Kinds of notification.
+// Kinds of notification. An email always goes as an email. A browser
+// notification is routed by presence: in the page when the user has a
+// live connection, else as a Web Push when the user subscribed to them,
+// else as an email (EmailTemplate, with Title, Body and Link).
 const (
 	Email Kind = iota
 	Browser
 )
+
+// EmailTemplate is the email a browser notification goes as when it is
+// emailed: its Title, Body and Link in a generic email.
+const EmailTemplate = "notification"
 
 // Contact is where a user's emails go.
 type Contact struct {
@@ -46,6 +54,13 @@ type Action struct {
 	Link string
 	// Data fills the templates.
 	Data map[string]string
+	// AlsoEmail, for a Browser action, emails it too whatever its route
+	// ("both"): once, even when the route is email.
+	AlsoEmail bool
+	// Emailed, for a Browser action, says another action of the plan
+	// emails the user about the same event: a user neither online nor
+	// subscribed to pushes gets that email, not a second one.
+	Emailed bool
 }
 
 // Plan is what to do about one event.
@@ -84,7 +99,7 @@ func For(typ string, msg proto.Message) Plan {
 		data := map[string]string{"OrderID": m.GetOrderId(), "Carrier": m.GetCarrier(), "TrackingNumber": m.GetTrackingNumber()}
 		return Plan{UserID: m.GetUserId(), Actions: []Action{
 			{Name: "shipped_email", Kind: Email, Template: "shipped", UserID: m.GetUserId(), Data: data},
-			{Name: "shipped_browser", Kind: Browser, Template: "shipped_browser", UserID: m.GetUserId(), Link: "/orders/" + m.GetOrderId(), Data: data},
+			{Name: "shipped_browser", Kind: Browser, Template: "shipped_browser", UserID: m.GetUserId(), Link: "/orders/" + m.GetOrderId(), Data: data, Emailed: true},
 		}}
 	case *eventbusv1.PaymentCompleted:
 		if typ != "payment.completed" {
@@ -93,7 +108,7 @@ func For(typ string, msg proto.Message) Plan {
 		data := map[string]string{"OrderID": m.GetOrderId(), "PaymentID": m.GetPaymentId(), "Amount": Money(m.GetAmount(), m.GetCurrency())}
 		return Plan{UserID: m.GetUserId(), Actions: []Action{
 			{Name: "receipt_email", Kind: Email, Template: "receipt", UserID: m.GetUserId(), Data: data},
-			{Name: "payment_browser", Kind: Browser, Template: "payment_browser", UserID: m.GetUserId(), Link: "/orders/" + m.GetOrderId(), Data: data},
+			{Name: "payment_browser", Kind: Browser, Template: "payment_browser", UserID: m.GetUserId(), Link: "/orders/" + m.GetOrderId(), Data: data, Emailed: true},
 		}}
 	}
 	return Plan{}
