@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -119,5 +121,57 @@ func TestMQTTTopicAliasZeroDisconnects(t *testing.T) {
 	}
 	if d := m.closed(); d.FixedHeader.Type != packets.Disconnect || d.ReasonCode != packets.ErrTopicAliasInvalid.Code {
 		t.Fatalf("the edge ended with %+v (reason %#x), want DISCONNECT 0x94 topic alias invalid", d.FixedHeader, d.ReasonCode)
+	}
+}
+
+// A new subscriber never gets one event twice, live and again as the
+// retained message, however events stream while it subscribes: 100
+// subscriptions with events published all the while, each reading its
+// first packets.
+func TestMQTTRetainedNeverDuplicatesALiveEvent(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	rec := e.recorder(t)
+	stop := make(chan struct{})
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := rec.Publish(context.Background(), "dup:x", event(t, "dup:x", fmt.Sprint(i))); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); <-published }()
+	tok := mint(t, "9", "dup:*")
+	for i := range 100 {
+		m := e.dialMQTT(t, "/mqtt", 4)
+		m.connect(fmt.Sprint("dup-", i), tok, 30)
+		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: "dup/x"}}})
+		// MQTT lets a server send the subscription's messages before its
+		// SUBACK.
+		seen := map[string]bool{}
+		for acked := false; !acked || len(seen) < 4; {
+			pk, err := m.next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pk.FixedHeader.Type == packets.Suback {
+				acked = true
+				continue
+			}
+			subject := subjectOf(t, pk.Payload)
+			if seen[subject] {
+				t.Fatalf("subscription %d got event %s twice", i, subject)
+			}
+			seen[subject] = true
+		}
+		m.nc.Close()
 	}
 }

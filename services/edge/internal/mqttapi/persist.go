@@ -69,7 +69,7 @@ func (s *session) resume(kept state) {
 		if err != nil || len(patterns) == 0 {
 			continue // the new token grants nothing of it
 		}
-		if code := s.add(filter, qos, patterns, since); code != 0 {
+		if code, _ := s.add(filter, qos, patterns, since); code != 0 {
 			s.h.Logger.Warn("mqtt session filter not resumed", "client_id", s.id, "filter", filter, "reason_code", code)
 		}
 	}

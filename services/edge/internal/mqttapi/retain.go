@@ -29,11 +29,15 @@ type Record interface {
 	// Last returns, for each channel matching pattern, its latest event
 	// among the newest scan entries of its namespace, oldest first.
 	Last(ctx context.Context, pattern string, scan int) ([]bus.Event, error)
+	// StreamOf names the stream channel ch's events are recorded in.
+	StreamOf(ch string) string
 }
 
 // retained returns the PUBLISH packets of filter's retained messages,
-// read through patterns, the hub patterns that serve it within the grants.
-func (s *session) retained(filter string, patterns []string) [][]byte {
+// read through patterns, the hub patterns that serve it within the grants:
+// the latest event of each channel at or before cut, where the filter's
+// live events begin. A later one comes live, so never twice.
+func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][]byte {
 	if s.h.Record == nil {
 		return nil
 	}
@@ -50,6 +54,13 @@ func (s *session) retained(filter string, patterns []string) [][]byte {
 		for _, e := range events {
 			topic := topicOf(e.Channel)
 			if seen[e.Channel] || !match(filter, topic) || channel.Reserved(e.Channel) || s.claims != nil && s.claims.Withholds(e.Channel) {
+				continue
+			}
+			if !before(cut, s.h.Record.StreamOf(e.Channel), e.Position) {
+				// Published as the subscription began: it comes live.
+				// Its channel's latest before it is not looked for, so
+				// the channel has no retained message this time.
+				seen[e.Channel] = true
 				continue
 			}
 			seen[e.Channel] = true
@@ -71,4 +82,11 @@ func (s *session) retained(filter string, patterns []string) [][]byte {
 		}
 	}
 	return out
+}
+
+// before reports whether pos, in stream st, is at or before where cut
+// says st stood: a stream cut does not know had no event then.
+func before(cut bus.Cursor, st string, pos bus.Position) bool {
+	c, ok := cut[st]
+	return ok && c.Epoch == pos.Epoch && bus.CompareOffsets(pos.Offset, c.Offset) <= 0
 }

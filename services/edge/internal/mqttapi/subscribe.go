@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 
@@ -28,13 +29,13 @@ func (s *session) subscribe(pk packets.Packet) {
 			codes[i] = code
 			continue
 		}
-		code, fresh, patterns, note := s.subscribeOne(f)
+		code, fresh, patterns, note, cut := s.subscribeOne(f)
 		if note != "" {
 			notes = append(notes, note)
 			s.h.Logger.Debug("mqtt filter narrowed or refused", "client_id", s.id, "filter", f.Filter, "reason_code", code, "reason", note)
 		}
 		if code < 0x80 && (f.RetainHandling == 0 || f.RetainHandling == 1 && fresh) && len(retained) < maxRetained {
-			retained = append(retained, s.retained(f.Filter, patterns)...)
+			retained = append(retained, s.retained(f.Filter, patterns, cut)...)
 		}
 		if s.version == 4 && code >= 0x80 {
 			code = 0x80 // 3.1.1 has one failure code
@@ -61,20 +62,20 @@ func (s *session) subscribe(pk packets.Packet) {
 
 // subscribeOne returns the granted QoS or the reason code for refusing f,
 // whether the session did not have f before, the hub patterns serving it,
-// and what a reason string says of it: why it was narrowed or refused by
-// the grants, or nothing.
-func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool, patterns []string, note string) {
+// what a reason string says of it (why it was narrowed or refused by the
+// grants, or nothing), and where its live events begin (add).
+func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool, patterns []string, note string, cut bus.Cursor) {
 	// mochi's decoder leaves ShareName to its server: "$share/<group>/…"
 	// arrives as the filter.
 	if len(f.ShareName) > 0 || strings.HasPrefix(f.Filter, "$share/") {
-		return packets.ErrSharedSubscriptionsNotSupported.Code, false, nil, ""
+		return packets.ErrSharedSubscriptionsNotSupported.Code, false, nil, "", nil
 	}
 	patterns, narrowed, err := s.cover(f.Filter)
 	switch {
 	case err != nil:
-		return packets.ErrTopicFilterInvalid.Code, false, nil, ""
+		return packets.ErrTopicFilterInvalid.Code, false, nil, "", nil
 	case len(patterns) == 0:
-		return packets.ErrNotAuthorized.Code, false, nil, s.refusal(f.Filter)
+		return packets.ErrNotAuthorized.Code, false, nil, s.refusal(f.Filter), nil
 	case narrowed:
 		note = narrowedTo(f.Filter, patterns)
 	}
@@ -84,23 +85,32 @@ func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool, p
 	full := !had && len(s.filters) >= s.h.MaxSubscriptions
 	s.mu.Unlock()
 	if full {
-		return packets.ErrQuotaExceeded.Code, false, nil, ""
+		return packets.ErrQuotaExceeded.Code, false, nil, "", nil
 	}
-	if code := s.add(f.Filter, qos, patterns, nil); code != 0 {
-		return code, false, nil, ""
+	code, cut = s.add(f.Filter, qos, patterns, nil)
+	if code != 0 {
+		return code, false, nil, "", nil
 	}
 	s.save(false)
-	return qos, !had, patterns, note
+	return qos, !had, patterns, note, cut
 }
 
 // add subscribes the hub to what filter needs of patterns, from since
-// when the session resumes, and returns 0 or the reason it could not.
-func (s *session) add(filter string, qos byte, patterns []string, since bus.Cursor) byte {
+// when the session resumes, and returns 0 or the reason it could not,
+// with where the filter's live events begin: an event of a stream at or
+// before cut is not delivered to the filter live (it was written before
+// the filter was in place), and any other is. Retained messages are then
+// those at or before cut, so none comes twice.
+func (s *session) add(filter string, qos byte, patterns []string, since bus.Cursor) (code byte, cut bus.Cursor) {
 	s.mu.Lock()
 	// The filter is in place before the hub delivers: no event of the
 	// subscription finds it missing.
 	s.filters[filter] = qos
 	s.dirty = true
+	cut = maps.Clone(s.cursor)
+	if cut == nil {
+		cut = make(bus.Cursor)
+	}
 	var fresh []string
 	for _, p := range patterns {
 		if !slices.Contains(s.byPattern[p], filter) {
@@ -113,18 +123,29 @@ func (s *session) add(filter string, qos byte, patterns []string, since bus.Curs
 	s.mu.Unlock()
 	for _, p := range fresh {
 		ctx, cancel := context.WithTimeout(s.ctx, hub.SubscribeTimeout)
-		err := s.h.Hub.Subscribe(ctx, s.client, p, since, func(r hub.Recovery) []byte { return s.subscribed(p, r) })
+		err := s.h.Hub.Subscribe(ctx, s.client, p, since, func(r hub.Recovery) []byte {
+			// Where the streams stood before the subscription began: a
+			// stream new to the session begins there.
+			s.mu.Lock()
+			for st, pos := range r.Positions {
+				if _, ok := cut[st]; !ok {
+					cut[st] = pos
+				}
+			}
+			s.mu.Unlock()
+			return s.subscribed(p, r)
+		})
 		cancel()
 		if err != nil {
 			s.h.Logger.Debug("mqtt subscribe failed", "filter", filter, "pattern", p, "error", err)
 			s.drop(filter)
 			if errors.Is(err, hub.ErrTooManyPatterns) {
-				return packets.ErrQuotaExceeded.Code
+				return packets.ErrQuotaExceeded.Code, nil
 			}
-			return packets.ErrUnspecifiedError.Code
+			return packets.ErrUnspecifiedError.Code, nil
 		}
 	}
-	return 0
+	return 0, cut
 }
 
 // unsubscribe serves UNSUBSCRIBE.
