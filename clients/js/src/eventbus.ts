@@ -7,7 +7,9 @@
 // everything. It splits the frames the edge packs into one message, asks
 // getToken for a token on every connect, and falls back to Server-Sent
 // Events when a WebSocket cannot be opened, trying WebSocket again, with
-// backoff, for as long as it is on SSE. The wire protocol is in
+// backoff, for as long as it is on SSE. A subscription may also ask for its
+// channel's joins and leaves (presence), and a notification may be
+// acknowledged (ack) over WebSocket. The wire protocol is in
 // docs/protocol.md.
 
 /** Where a client stands in a stream: a namespace's, or one partition's. */
@@ -23,12 +25,17 @@ export interface Position {
  */
 export type Positions = Record<string, Position>;
 
-/** An event frame as the edge sends it. */
+/**
+ * An event frame as the edge sends it. offset and epoch are absent when
+ * the bus keeps no history, and on presence events, which are live only.
+ */
 export interface EventFrame {
   channel: string;
   subscriptions: string[];
   offset?: string;
   epoch?: string;
+  /** The partition's stream ("order.3"), where the bus has partitions. */
+  stream?: string;
   event: Record<string, unknown>;
 }
 
@@ -101,6 +108,32 @@ export type Handler = (event: Record<string, unknown>, frame: EventFrame) => voi
 export interface SubscribeOptions {
   /** Called with the edge's reply on every (re)subscription: check recovered. */
   onSubscribed?: (reply: Subscribed) => void;
+  /**
+   * Also call the handler with the channel's joins and leaves: events of
+   * type "presence.join" and "presence.leave" whose data is
+   * {client_id, user_id, transport}. They are live only (no offset) and
+   * never move positions. Only a channel (no wildcard) of a namespace the
+   * edge keeps presence for has them; the edge refuses others with
+   * presence_off, which rejects ready. Handlers of the same pattern that
+   * did not ask get none.
+   *
+   * Over SSE presence is one switch for the whole stream: it is asked
+   * (?presence=true) when any subscription wants it, and applies to every
+   * channel of the stream. The edge refuses such a stream if one of its
+   * channels keeps no presence; the client then reports the refusal
+   * through onStatus ("error") and opens the stream again without
+   * presence, until the subscriptions change.
+   */
+  presence?: boolean;
+  /**
+   * Acknowledge (ack) every "notification.created" event on a
+   * "notify:user:<id>" channel once the handler has returned (a promise it
+   * returns is not awaited: call ack yourself for that). A failed ack is
+   * reported through onStatus ("error"). Over SSE nothing is acknowledged:
+   * SSE cannot send requests, and the notification service falls back as
+   * for an unacknowledged notification.
+   */
+  autoAck?: boolean;
 }
 
 /** Undoes a subscribe; ready settles with the first reply. */
@@ -109,8 +142,14 @@ export interface Unsubscribe {
   ready: Promise<Subscribed>;
 }
 
+/** What a handler asked for, of SubscribeOptions. */
+interface HandlerOptions {
+  presence: boolean;
+  autoAck: boolean;
+}
+
 interface Subscription {
-  handlers: Set<Handler>;
+  handlers: Map<Handler, HandlerOptions>;
   onSubscribed: Set<(reply: Subscribed) => void>;
   positions: Positions;
   waiting: Array<{ resolve: (r: Subscribed) => void; reject: (e: Error) => void }>;
@@ -119,7 +158,7 @@ interface Subscription {
 interface Connection {
   transport: Transport;
   close(): void;
-  /** Sends a request over WebSocket; SSE connections take none. */
+  /** Sends a request over an open WebSocket; SSE connections, and sockets still connecting, take none. */
   send?(frame: object): void;
 }
 
@@ -172,6 +211,19 @@ function base64url(text: string): string {
 
 const namespaceOf = (channel: string) => channel.split(":", 1)[0];
 
+/** Whether an event is a join or leave: the edge's rule, type "presence.*". */
+const isPresence = (event: Record<string, unknown>) => typeof event.type === "string" && event.type.startsWith("presence.");
+
+/** Whether a subscription has a handler that asked for presence. */
+const wantsPresence = (sub: Subscription) => [...sub.handlers.values()].some((o) => o.presence);
+
+/** The notification id a frame carries, if it is one the edge takes an ack of. */
+function notificationId(frame: EventFrame): string | undefined {
+  const { type, id } = frame.event;
+  if (type !== "notification.created" || typeof id !== "string" || !id) return undefined;
+  return frame.channel.startsWith("notify:user:") ? id : undefined;
+}
+
 /** Whether the browser knows it is offline (never in Node). */
 const offline = () => (globalThis as any).navigator?.onLine === false;
 
@@ -185,6 +237,10 @@ export class EventBus {
   private readonly subs = new Map<string, Subscription>();
   /** Requests awaiting their reply: called as the reply is read, before the frames after it. */
   private readonly pending = new Map<string, (reply: any, err?: Error & { code?: string }) => void>();
+  /** Acks awaiting their reply, by notification id: a second ack of one joins the first. */
+  private readonly acks = new Map<string, Promise<void>>();
+  /** The edge refused ?presence=true for the SSE stream's channels: asked again once they change. */
+  private ssePresenceOff = false;
   private conn: Connection | null = null;
   private nextId = 1;
   private attempt = 0;
@@ -292,26 +348,32 @@ export class EventBus {
   /**
    * Calls fn(event, frame) for every event on a channel matching pattern,
    * from now on and, after a reconnect, for what was missed meanwhile.
+   * Subscribing to a pattern subscribed already adds fn to it; asking for
+   * presence there subscribes it again, with presence.
    */
   subscribe(pattern: string, fn: Handler, options: SubscribeOptions = {}): Unsubscribe {
     let sub = this.subs.get(pattern);
     const first = !sub;
     if (!sub) {
-      sub = { handlers: new Set(), onSubscribed: new Set(), positions: this.saved[pattern] ?? {}, waiting: [] };
+      sub = { handlers: new Map(), onSubscribed: new Set(), positions: this.saved[pattern] ?? {}, waiting: [] };
       this.subs.set(pattern, sub);
     }
-    sub.handlers.add(fn);
+    const presenceAdded = !!options.presence && !first && !wantsPresence(sub);
+    sub.handlers.set(fn, { presence: !!options.presence, autoAck: !!options.autoAck });
     if (options.onSubscribed) sub.onSubscribed.add(options.onSubscribed);
     const s = sub;
     const ready = new Promise<Subscribed>((resolve, reject) => s.waiting.push({ resolve, reject }));
     ready.catch(() => {});
-    if (first) this.sendSubscribe(pattern);
-    else if (this.conn) s.waiting.shift()?.resolve({}); // subscribed already
+    if (first || presenceAdded) {
+      this.ssePresenceOff = false;
+      this.sendSubscribe(pattern);
+    } else if (this.conn) s.waiting.shift()?.resolve({}); // subscribed already
     const off = (() => {
       s.handlers.delete(fn);
       if (options.onSubscribed) s.onSubscribed.delete(options.onSubscribed);
       if (s.handlers.size > 0 || this.subs.get(pattern) !== s) return;
       this.subs.delete(pattern);
+      this.ssePresenceOff = false;
       delete this.saved[pattern];
       this.scheduleSave();
       if (this.conn?.transport === "websocket") this.request({ action: "unsubscribe", channel: pattern }, () => {});
@@ -319,6 +381,43 @@ export class EventBus {
     }) as Unsubscribe;
     off.ready = ready;
     return off;
+  }
+
+  /**
+   * Acknowledges the notification id (a "notification.created" event's
+   * id, as this connection received it on "notify:user:<id>"): the edge
+   * publishes its receipt, and the notification service does not fall back
+   * to Web Push or email as it does for one left unacknowledged.
+   * Resolves once the edge has taken it; rejects with an Error whose code
+   * is the edge's: "unknown_notification" (not received on this
+   * connection, or acknowledged already) or "unavailable" (ack again).
+   * Acks need a WebSocket: on SSE, or while disconnected, it rejects at
+   * once, and an ack in flight when the connection drops rejects with
+   * "connection closed". Acking an id whose ack is in flight returns
+   * that ack's promise.
+   */
+  ack(id: string): Promise<void> {
+    const inflight = this.acks.get(id);
+    if (inflight) return inflight;
+    const conn = this.conn;
+    if (!conn?.send) {
+      const why = conn?.transport === "sse" ? "on SSE, which cannot send requests" : "not connected";
+      return Promise.reject(new Error(`ack ${id}: acks need a WebSocket connection (${why})`));
+    }
+    if (this.pending.has(id)) {
+      // The edge echoes the notification id as the reply's id: it must
+      // not be one of this client's own request ids in flight.
+      return Promise.reject(new Error(`ack ${id}: a request with this id is in flight; ack again`));
+    }
+    const p = new Promise<void>((resolve, reject) => {
+      this.request({ action: "ack", id }, (_, err) => {
+        this.acks.delete(id);
+        if (err) reject(err);
+        else resolve();
+      });
+    });
+    this.acks.set(id, p);
+    return p;
   }
 
   // --- connections ---
@@ -402,11 +501,8 @@ export class EventBus {
     const url = this.wsURL + (token && this.opts.tokenInQuery ? "?token=" + encodeURIComponent(token) : "");
     const ws: WebSocket = new WS(url);
     let opened = false;
-    const conn: Connection = {
-      transport: "websocket",
-      close: () => ws.close(1000, "bye"),
-      send: (frame) => ws.send(JSON.stringify(frame)),
-    };
+    // send comes with onopen: a WebSocket still connecting throws on send.
+    const conn: Connection = { transport: "websocket", close: () => ws.close(1000, "bye") };
     const current = () => (probe && !opened ? this.probe : this.conn) === conn;
     if (probe) this.probe = conn;
     else this.conn = conn;
@@ -419,6 +515,7 @@ export class EventBus {
       if (!current()) return; // given up on: its close is on its way
       if (probe) this.takeOver(conn);
       opened = true;
+      conn.send = (frame) => ws.send(JSON.stringify(frame));
       this.wsFailures = 0;
       this.backoff = this.opts.minBackoff;
       this.probeBackoff = this.opts.minWebSocketRetry;
@@ -506,6 +603,9 @@ export class EventBus {
     const f = this.opts.fetch ?? (globalThis as any).fetch;
     const q = new URLSearchParams();
     for (const pattern of this.subs.keys()) q.append("channel", pattern);
+    // One switch for the stream: presence for every channel of it.
+    const presence = !this.ssePresenceOff && [...this.subs.values()].some(wantsPresence);
+    if (presence) q.set("presence", "true");
     if (!q.has("channel")) {
       // Nothing to subscribe to: the stream opens with the first subscription.
       this.conn = { transport: "sse", close: () => {} };
@@ -524,7 +624,15 @@ export class EventBus {
       try {
         const resp: Response = await f(this.sseURL + "?" + q, { headers, signal: abort.signal });
         if (!resp.ok || !resp.body) {
-          const detail = `GET /sse: ${resp.status} ${await resp.text()}`;
+          const body = await resp.text();
+          const detail = `GET /sse: ${resp.status} ${body.trim()}`;
+          if (presence && resp.status === 400 && errorCode(body) === "presence_off") {
+            // A channel of the stream keeps no presence: the others go on without it.
+            if (this.conn !== conn) return;
+            this.ssePresenceOff = true;
+            this.status("error", detail + "; opening it again without presence");
+            return void this.open();
+          }
           if ([400, 403, 404].includes(resp.status)) {
             // Trying again gets the same answer: tell the subscriptions.
             if (this.conn !== conn) return;
@@ -578,6 +686,7 @@ export class EventBus {
     const sub = this.subs.get(pattern)!;
     const frame: Record<string, unknown> = { action: "subscribe", channel: pattern };
     if (Object.keys(sub.positions).length > 0) frame.since = sub.positions;
+    if (wantsPresence(sub)) frame.presence = true;
     this.request(frame, (reply, err) => {
       if (!err) return this.subscribed(pattern, reply);
       if (!err.code) return; // the connection dropped: resent on the next one
@@ -605,10 +714,11 @@ export class EventBus {
     if (token && this.conn === conn && conn?.send) this.sendAuth(token);
   }
 
+  /** Sends a request under frame.id, or an id of its own; done gets its reply, or the error, as it is read. */
   private request(frame: Record<string, unknown>, done: (reply: any, err?: Error & { code?: string }) => void): void {
     const send = this.conn?.send;
     if (!send) return done(undefined, new Error("not connected"));
-    const id = String(this.nextId++);
+    const id = typeof frame.id === "string" ? frame.id : String(this.nextId++);
     this.pending.set(id, done);
     send({ ...frame, id });
   }
@@ -647,13 +757,25 @@ export class EventBus {
     }
     if (!frame.event) return;
     const ns = frame.stream ?? namespaceOf(frame.channel);
+    const presence = isPresence(frame.event);
+    let ack = false;
     for (const pattern of frame.subscriptions ?? []) {
       const sub = this.subs.get(pattern);
       if (!sub) continue;
+      // A frame without offset (presence, or no history) is live only: it
+      // leaves positions as they are.
       if (frame.offset && !advance(sub.positions, ns, { offset: frame.offset, epoch: frame.epoch })) continue; // had it
-      for (const fn of sub.handlers) fn(frame.event, frame);
+      for (const [fn, o] of sub.handlers) {
+        if (presence && !o.presence) continue;
+        fn(frame.event, frame);
+        ack ||= o.autoAck;
+      }
     }
     this.scheduleSave();
+    const id = ack ? notificationId(frame) : undefined;
+    if (id && this.conn?.send) {
+      this.ack(id).catch((err) => this.status("error", err.code ? `ack ${id}: ${err.code}: ${err.message}` : err.message));
+    }
   }
 
   // --- positions across page reloads ---
@@ -684,6 +806,15 @@ export class EventBus {
     } catch {
       // storage full or denied: positions live as long as the page
     }
+  }
+}
+
+/** The code of an edge's JSON error body, {"error":{"code":…}}. */
+function errorCode(body: string): string | undefined {
+  try {
+    return JSON.parse(body)?.error?.code;
+  } catch {
+    return undefined;
   }
 }
 

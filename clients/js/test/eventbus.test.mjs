@@ -14,7 +14,10 @@ class FakeWebSocket {
     this.readyState = 0;
     FakeWebSocket.all.push(this);
   }
-  send(data) { this.sent.push(JSON.parse(data)); }
+  send(data) {
+    if (this.readyState === 0) throw new Error("InvalidStateError: still in CONNECTING state"); // as browsers do
+    this.sent.push(JSON.parse(data));
+  }
   close(code = 1000, reason = "") { this.readyState = 3; this.onclose?.({ code, reason }); }
   // edge side
   open() { this.readyState = 1; this.onopen?.(); }
@@ -338,5 +341,185 @@ test("an SSE stream refused for good rejects the subscriptions instead of retryi
   await assert.rejects(off.ready, /403/);
   assert.equal(calls, 1);
   assert.ok(statuses.some((s) => s.startsWith("error GET /sse: 403")));
+  bus.close();
+});
+
+test("a subscribe while the socket connects is sent once it opens", async () => {
+  const sockets = [];
+  const { bus } = newBus(sockets);
+  bus.connect();
+  await until("a socket", () => sockets.length === 1);
+  const off = bus.subscribe("order:*", () => {}); // does not throw
+  sockets[0].open();
+  const sub = sockets[0].last();
+  assert.equal(sub.action, "subscribe");
+  assert.equal(sockets[0].sent.filter((f) => f.action === "subscribe").length, 1);
+  sockets[0].message({ id: sub.id, ok: true });
+  await off.ready;
+  bus.close();
+});
+
+const presenceEvent = (type, client, channel = "room:1") => ({
+  channel, subscriptions: [channel],
+  event: { type, channel, data: { "@type": "type.googleapis.com/eventbus.v1.Presence", client_id: client, user_id: "u" + client, transport: "ws" } },
+});
+
+test("presence is asked on subscribe and on every resubscribe, and its events move no position", async () => {
+  const sockets = [];
+  const { bus } = newBus(sockets);
+  const got = [];
+  const plain = [];
+  bus.subscribe("room:1", (event) => got.push(event.type + " " + (event.data?.client_id ?? event.subject)), { presence: true });
+  bus.subscribe("room:1", (event) => plain.push(event.type)); // a handler that did not ask
+  bus.connect();
+  await until("a socket", () => sockets.length === 1);
+  sockets[0].open();
+  const sub = sockets[0].last();
+  assert.deepEqual({ ...sub, id: undefined }, { action: "subscribe", channel: "room:1", presence: true, id: undefined });
+  sockets[0].message(
+    { id: sub.id, ok: true, positions: { room: { offset: "5-0", epoch: "e1" } } },
+    presenceEvent("presence.join", "c1"),
+    { channel: "room:1", subscriptions: ["room:1"], offset: "6-0", epoch: "e1", event: { type: "room.message", subject: "hi" } },
+    presenceEvent("presence.leave", "c1"),
+  );
+  assert.deepEqual(got, ["presence.join c1", "room.message hi", "presence.leave c1"]);
+  assert.deepEqual(plain, ["room.message"], "joins and leaves go only to the handlers that asked");
+  assert.deepEqual(bus.positions("room:1"), { room: { offset: "6-0", epoch: "e1" } });
+
+  sockets[0].drop();
+  await until("a new socket", () => sockets.length === 2);
+  sockets[1].open();
+  const resume = sockets[1].last();
+  assert.equal(resume.presence, true, "presence asked again after the reconnect");
+  assert.deepEqual(resume.since, { room: { offset: "6-0", epoch: "e1" } });
+  sockets[1].message({ id: resume.id, ok: true, recovered: true, missed: 0 }, presenceEvent("presence.join", "c2"));
+  assert.deepEqual(got.at(-1), "presence.join c2");
+  assert.deepEqual(bus.positions("room:1"), { room: { offset: "6-0", epoch: "e1" } });
+  bus.close();
+});
+
+test("presence asked of a pattern subscribed already subscribes it again; a refusal rejects ready", async () => {
+  const sockets = [];
+  const { bus } = newBus(sockets);
+  bus.subscribe("room:1", () => {});
+  bus.connect();
+  await until("a socket", () => sockets.length === 1);
+  sockets[0].open();
+  const first = sockets[0].last();
+  assert.equal(first.presence, undefined);
+  sockets[0].message({ id: first.id, ok: true });
+  const off = bus.subscribe("room:1", () => {}, { presence: true });
+  const again = sockets[0].last();
+  assert.deepEqual({ ...again, id: undefined }, { action: "subscribe", channel: "room:1", presence: true, id: undefined });
+  sockets[0].message({ id: again.id, ok: true, recovered: true });
+  assert.equal((await off.ready).recovered, true);
+
+  const wild = bus.subscribe("room:*", () => {}, { presence: true });
+  const refused = sockets[0].last();
+  assert.equal(refused.presence, true);
+  sockets[0].message({ id: refused.id, error: { code: "presence_off", message: "room:* keeps no presence" } });
+  await assert.rejects(wild.ready, (err) => err.code === "presence_off");
+  bus.close();
+});
+
+// sseFetch answers every GET /sse as fn says, recording the requests.
+function sseFetch(requests, answer = () => new Response(new ReadableStream({ start() {} }), { status: 200 })) {
+  return async (url, init) => {
+    requests.push({ url, headers: init.headers });
+    return answer(url);
+  };
+}
+
+test("over SSE, presence=true goes in the URL when any subscription asks", async () => {
+  const sockets = [];
+  const requests = [];
+  const opens = [];
+  const { bus } = newBus(sockets, { transport: "sse", fetch: sseFetch(requests), onStatus: (s) => s === "open" && opens.push(s) });
+  bus.subscribe("order:*", () => {});
+  bus.connect();
+  await until("an SSE request", () => requests.length === 1 && opens.length === 1);
+  assert.equal(new URL(requests[0].url).searchParams.get("presence"), null);
+  bus.subscribe("room:1", () => {}, { presence: true });
+  await until("the stream opened again", () => requests.length === 2);
+  const u = new URL(requests[1].url);
+  assert.deepEqual(u.searchParams.getAll("channel"), ["order:*", "room:1"]);
+  assert.equal(u.searchParams.get("presence"), "true");
+  bus.close();
+});
+
+test("over SSE, a stream refused with presence_off opens again without presence", async () => {
+  const sockets = [];
+  const requests = [];
+  const answer = (url) => new URL(url).searchParams.has("presence")
+    ? new Response('{"error":{"code":"presence_off","message":"order:* keeps no presence"}}', { status: 400 })
+    : new Response(new ReadableStream({ start() {} }), { status: 200 });
+  const statuses = [];
+  const { bus } = newBus(sockets, { transport: "sse", fetch: sseFetch(requests, answer), onStatus: (s, d) => statuses.push(s + " " + d) });
+  bus.subscribe("order:*", () => {});
+  bus.subscribe("room:1", () => {}, { presence: true });
+  bus.connect();
+  await until("a stream without presence", () => requests.length === 2);
+  assert.equal(new URL(requests[0].url).searchParams.get("presence"), "true");
+  assert.equal(new URL(requests[1].url).searchParams.get("presence"), null);
+  assert.deepEqual(new URL(requests[1].url).searchParams.getAll("channel"), ["order:*", "room:1"]);
+  assert.ok(statuses.some((s) => s.startsWith("error GET /sse: 400") && s.includes("presence_off")), statuses.join("; "));
+  await until("the stream open", () => statuses.at(-1) === "open ");
+  bus.close();
+});
+
+test("ack sends the notification id and settles with the edge's reply", async () => {
+  const sockets = [];
+  const { bus } = newBus(sockets);
+  bus.connect();
+  await until("a socket", () => sockets.length === 1);
+  sockets[0].open();
+  const ok = bus.ack("n-1");
+  assert.equal(bus.ack("n-1"), ok, "an ack in flight is not sent twice");
+  assert.deepEqual(sockets[0].last(), { action: "ack", id: "n-1" });
+  sockets[0].message({ id: "n-1", ok: true });
+  await ok;
+
+  const unknown = bus.ack("n-1");
+  sockets[0].message({ id: "n-1", error: { code: "unknown_notification", message: "n-1: acknowledged already" } });
+  await assert.rejects(unknown, (err) => err.code === "unknown_notification" && /acknowledged already/.test(err.message));
+
+  const lost = bus.ack("n-2");
+  sockets[0].drop();
+  await assert.rejects(lost, /connection closed/);
+  await assert.rejects(bus.ack("n-2"), /acks need a WebSocket connection \(not connected\)/);
+  bus.close();
+});
+
+test("ack is refused on SSE", async () => {
+  const sockets = [];
+  const requests = [];
+  const { bus } = newBus(sockets, { transport: "sse", fetch: sseFetch(requests) });
+  bus.subscribe("notify:user:1", () => {});
+  bus.connect();
+  await until("an SSE request", () => requests.length === 1 && bus.transport === "sse");
+  await assert.rejects(bus.ack("n-1"), (err) => /acks need a WebSocket connection \(on SSE/.test(err.message));
+  bus.close();
+});
+
+test("autoAck acknowledges each notification once its handler has returned", async () => {
+  const sockets = [];
+  const statuses = [];
+  const { bus } = newBus(sockets, { onStatus: (s, d) => statuses.push(s + " " + d) });
+  const order = [];
+  bus.subscribe("notify:user:1", (event) => order.push("handled " + event.id), { autoAck: true });
+  bus.subscribe("notify:*", () => {}, { autoAck: true }); // a second match: still one ack
+  bus.connect();
+  await until("a socket", () => sockets.length === 1);
+  sockets[0].open();
+  const note = (id, offset, type = "notification.created") => ({
+    channel: "notify:user:1", subscriptions: ["notify:user:1", "notify:*"], offset, epoch: "e1", event: { id, type },
+  });
+  const sent = sockets[0].sent.length;
+  sockets[0].send = ((send) => (data) => { order.push("sent " + JSON.parse(data).action); send.call(sockets[0], data); })(sockets[0].send);
+  sockets[0].message(note("n-1", "1-0"), note("x-1", "2-0", "notification.read"));
+  assert.deepEqual(order, ["handled n-1", "sent ack", "handled x-1"]);
+  assert.deepEqual(sockets[0].sent.slice(sent), [{ action: "ack", id: "n-1" }], "one ack, and none of other types");
+  sockets[0].message({ id: "n-1", error: { code: "unavailable", message: "redis: down; acknowledge it again" } });
+  await until("the failure reported", () => statuses.some((s) => s.startsWith("error ack n-1: unavailable")));
   bus.close();
 });

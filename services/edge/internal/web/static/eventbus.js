@@ -7,7 +7,9 @@
 // everything. It splits the frames the edge packs into one message, asks
 // getToken for a token on every connect, and falls back to Server-Sent
 // Events when a WebSocket cannot be opened, trying WebSocket again, with
-// backoff, for as long as it is on SSE. The wire protocol is in
+// backoff, for as long as it is on SSE. A subscription may also ask for its
+// channel's joins and leaves (presence), and a notification may be
+// acknowledged (ack) over WebSocket. The wire protocol is in
 // docs/protocol.md.
 /** A WebSocket connection closed before it ever opened this many times in a row means SSE. */
 const wsFailuresBeforeSSE = 2;
@@ -58,6 +60,17 @@ function base64url(text) {
     return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 const namespaceOf = (channel) => channel.split(":", 1)[0];
+/** Whether an event is a join or leave: the edge's rule, type "presence.*". */
+const isPresence = (event) => typeof event.type === "string" && event.type.startsWith("presence.");
+/** Whether a subscription has a handler that asked for presence. */
+const wantsPresence = (sub) => [...sub.handlers.values()].some((o) => o.presence);
+/** The notification id a frame carries, if it is one the edge takes an ack of. */
+function notificationId(frame) {
+    const { type, id } = frame.event;
+    if (type !== "notification.created" || typeof id !== "string" || !id)
+        return undefined;
+    return frame.channel.startsWith("notify:user:") ? id : undefined;
+}
 /** Whether the browser knows it is offline (never in Node). */
 const offline = () => globalThis.navigator?.onLine === false;
 export class EventBus {
@@ -67,6 +80,10 @@ export class EventBus {
     subs = new Map();
     /** Requests awaiting their reply: called as the reply is read, before the frames after it. */
     pending = new Map();
+    /** Acks awaiting their reply, by notification id: a second ack of one joins the first. */
+    acks = new Map();
+    /** The edge refused ?presence=true for the SSE stream's channels: asked again once they change. */
+    ssePresenceOff = false;
     conn = null;
     nextId = 1;
     attempt = 0;
@@ -170,22 +187,27 @@ export class EventBus {
     /**
      * Calls fn(event, frame) for every event on a channel matching pattern,
      * from now on and, after a reconnect, for what was missed meanwhile.
+     * Subscribing to a pattern subscribed already adds fn to it; asking for
+     * presence there subscribes it again, with presence.
      */
     subscribe(pattern, fn, options = {}) {
         let sub = this.subs.get(pattern);
         const first = !sub;
         if (!sub) {
-            sub = { handlers: new Set(), onSubscribed: new Set(), positions: this.saved[pattern] ?? {}, waiting: [] };
+            sub = { handlers: new Map(), onSubscribed: new Set(), positions: this.saved[pattern] ?? {}, waiting: [] };
             this.subs.set(pattern, sub);
         }
-        sub.handlers.add(fn);
+        const presenceAdded = !!options.presence && !first && !wantsPresence(sub);
+        sub.handlers.set(fn, { presence: !!options.presence, autoAck: !!options.autoAck });
         if (options.onSubscribed)
             sub.onSubscribed.add(options.onSubscribed);
         const s = sub;
         const ready = new Promise((resolve, reject) => s.waiting.push({ resolve, reject }));
         ready.catch(() => { });
-        if (first)
+        if (first || presenceAdded) {
+            this.ssePresenceOff = false;
             this.sendSubscribe(pattern);
+        }
         else if (this.conn)
             s.waiting.shift()?.resolve({}); // subscribed already
         const off = (() => {
@@ -195,6 +217,7 @@ export class EventBus {
             if (s.handlers.size > 0 || this.subs.get(pattern) !== s)
                 return;
             this.subs.delete(pattern);
+            this.ssePresenceOff = false;
             delete this.saved[pattern];
             this.scheduleSave();
             if (this.conn?.transport === "websocket")
@@ -204,6 +227,45 @@ export class EventBus {
         });
         off.ready = ready;
         return off;
+    }
+    /**
+     * Acknowledges the notification id (a "notification.created" event's
+     * id, as this connection received it on "notify:user:<id>"): the edge
+     * publishes its receipt, and the notification service does not fall back
+     * to Web Push or email as it does for one left unacknowledged.
+     * Resolves once the edge has taken it; rejects with an Error whose code
+     * is the edge's: "unknown_notification" (not received on this
+     * connection, or acknowledged already) or "unavailable" (ack again).
+     * Acks need a WebSocket: on SSE, or while disconnected, it rejects at
+     * once, and an ack in flight when the connection drops rejects with
+     * "connection closed". Acking an id whose ack is in flight returns
+     * that ack's promise.
+     */
+    ack(id) {
+        const inflight = this.acks.get(id);
+        if (inflight)
+            return inflight;
+        const conn = this.conn;
+        if (!conn?.send) {
+            const why = conn?.transport === "sse" ? "on SSE, which cannot send requests" : "not connected";
+            return Promise.reject(new Error(`ack ${id}: acks need a WebSocket connection (${why})`));
+        }
+        if (this.pending.has(id)) {
+            // The edge echoes the notification id as the reply's id: it must
+            // not be one of this client's own request ids in flight.
+            return Promise.reject(new Error(`ack ${id}: a request with this id is in flight; ack again`));
+        }
+        const p = new Promise((resolve, reject) => {
+            this.request({ action: "ack", id }, (_, err) => {
+                this.acks.delete(id);
+                if (err)
+                    reject(err);
+                else
+                    resolve();
+            });
+        });
+        this.acks.set(id, p);
+        return p;
     }
     // --- connections ---
     status(s, detail = "") {
@@ -288,11 +350,8 @@ export class EventBus {
         const url = this.wsURL + (token && this.opts.tokenInQuery ? "?token=" + encodeURIComponent(token) : "");
         const ws = new WS(url);
         let opened = false;
-        const conn = {
-            transport: "websocket",
-            close: () => ws.close(1000, "bye"),
-            send: (frame) => ws.send(JSON.stringify(frame)),
-        };
+        // send comes with onopen: a WebSocket still connecting throws on send.
+        const conn = { transport: "websocket", close: () => ws.close(1000, "bye") };
         const current = () => (probe && !opened ? this.probe : this.conn) === conn;
         if (probe)
             this.probe = conn;
@@ -310,6 +369,7 @@ export class EventBus {
             if (probe)
                 this.takeOver(conn);
             opened = true;
+            conn.send = (frame) => ws.send(JSON.stringify(frame));
             this.wsFailures = 0;
             this.backoff = this.opts.minBackoff;
             this.probeBackoff = this.opts.minWebSocketRetry;
@@ -407,6 +467,10 @@ export class EventBus {
         const q = new URLSearchParams();
         for (const pattern of this.subs.keys())
             q.append("channel", pattern);
+        // One switch for the stream: presence for every channel of it.
+        const presence = !this.ssePresenceOff && [...this.subs.values()].some(wantsPresence);
+        if (presence)
+            q.set("presence", "true");
         if (!q.has("channel")) {
             // Nothing to subscribe to: the stream opens with the first subscription.
             this.conn = { transport: "sse", close: () => { } };
@@ -427,7 +491,16 @@ export class EventBus {
             try {
                 const resp = await f(this.sseURL + "?" + q, { headers, signal: abort.signal });
                 if (!resp.ok || !resp.body) {
-                    const detail = `GET /sse: ${resp.status} ${await resp.text()}`;
+                    const body = await resp.text();
+                    const detail = `GET /sse: ${resp.status} ${body.trim()}`;
+                    if (presence && resp.status === 400 && errorCode(body) === "presence_off") {
+                        // A channel of the stream keeps no presence: the others go on without it.
+                        if (this.conn !== conn)
+                            return;
+                        this.ssePresenceOff = true;
+                        this.status("error", detail + "; opening it again without presence");
+                        return void this.open();
+                    }
                     if ([400, 403, 404].includes(resp.status)) {
                         // Trying again gets the same answer: tell the subscriptions.
                         if (this.conn !== conn)
@@ -493,6 +566,8 @@ export class EventBus {
         const frame = { action: "subscribe", channel: pattern };
         if (Object.keys(sub.positions).length > 0)
             frame.since = sub.positions;
+        if (wantsPresence(sub))
+            frame.presence = true;
         this.request(frame, (reply, err) => {
             if (!err)
                 return this.subscribed(pattern, reply);
@@ -523,11 +598,12 @@ export class EventBus {
         if (token && this.conn === conn && conn?.send)
             this.sendAuth(token);
     }
+    /** Sends a request under frame.id, or an id of its own; done gets its reply, or the error, as it is read. */
     request(frame, done) {
         const send = this.conn?.send;
         if (!send)
             return done(undefined, new Error("not connected"));
-        const id = String(this.nextId++);
+        const id = typeof frame.id === "string" ? frame.id : String(this.nextId++);
         this.pending.set(id, done);
         send({ ...frame, id });
     }
@@ -573,16 +649,28 @@ export class EventBus {
         if (!frame.event)
             return;
         const ns = frame.stream ?? namespaceOf(frame.channel);
+        const presence = isPresence(frame.event);
+        let ack = false;
         for (const pattern of frame.subscriptions ?? []) {
             const sub = this.subs.get(pattern);
             if (!sub)
                 continue;
+            // A frame without offset (presence, or no history) is live only: it
+            // leaves positions as they are.
             if (frame.offset && !advance(sub.positions, ns, { offset: frame.offset, epoch: frame.epoch }))
                 continue; // had it
-            for (const fn of sub.handlers)
+            for (const [fn, o] of sub.handlers) {
+                if (presence && !o.presence)
+                    continue;
                 fn(frame.event, frame);
+                ack ||= o.autoAck;
+            }
         }
         this.scheduleSave();
+        const id = ack ? notificationId(frame) : undefined;
+        if (id && this.conn?.send) {
+            this.ack(id).catch((err) => this.status("error", err.code ? `ack ${id}: ${err.code}: ${err.message}` : err.message));
+        }
     }
     // --- positions across page reloads ---
     saved = {};
@@ -615,6 +703,15 @@ export class EventBus {
         catch {
             // storage full or denied: positions live as long as the page
         }
+    }
+}
+/** The code of an edge's JSON error body, {"error":{"code":…}}. */
+function errorCode(body) {
+    try {
+        return JSON.parse(body)?.error?.code;
+    }
+    catch {
+        return undefined;
     }
 }
 /** Reads an SSE stream, calling onEvent(type, data) for each event. */
