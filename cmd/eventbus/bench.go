@@ -33,6 +33,7 @@ or JSON with --json. Scenarios:
   connections  idle WebSocket connections and what each costs the edge
   recovery     a client away while events flow, then the time it takes to catch up
   baseline     serves an empty HTTP handler, the yardstick for ingest (see docs/benchmarks.md)
+  mqtt         any MQTT broker (the edge, Mosquitto) over MQTT alone: fan-out, latency, losses, memory
 
 Run 'eventbus bench SCENARIO --help' for its flags.
 `
@@ -57,6 +58,8 @@ func runBench(ctx context.Context, e env, args []string) error {
 		return benchRecovery(ctx, e, args[1:])
 	case "baseline":
 		return benchBaseline(ctx, e, args[1:])
+	case "mqtt":
+		return benchMQTT(ctx, e, args[1:])
 	case "-h", "--help", "help":
 		fmt.Fprint(e.stdout, benchUsage)
 		return nil

@@ -28,7 +28,7 @@ Usage:
   eventbus token --sub ID [flags]       mint a development token for the edge
   eventbus revoke --jti ID | --sub ID   revoke edge tokens on every edge
   eventbus vapid                        print a new VAPID key pair for Web Push
-  eventbus bench SCENARIO [flags]       measure a running system: fanout, ingest, connections, recovery
+  eventbus bench SCENARIO [flags]       measure a running system: fanout, ingest, connections, recovery, mqtt
   eventbus devredis [flags]             run an embedded Redis-compatible server (development only)
   eventbus version                      print the version, commit and Go version (also --version)
 
