@@ -82,6 +82,14 @@ func AppendJSON(b []byte, env *Envelope) ([]byte, error) {
 		e.field("data")
 		e.b = append(e.b, compact(js)...)
 	}
+	if m := env.GetMqtt(); m != nil {
+		js, err := jsonOptions.Marshal(m)
+		if err != nil {
+			return b, fmt.Errorf("marshal envelope as json: mqtt: %w", err)
+		}
+		e.field("mqtt")
+		e.b = append(e.b, compact(js)...)
+	}
 	return append(e.b, '}'), nil
 }
 

@@ -55,6 +55,8 @@ func TestMarshalJSONMatchesProtojson(t *testing.T) {
 		{Time: timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 1000, time.UTC))},
 		{Attributes: map[string]string{"traceparent": "00-x-01", "b": "2", "a": "<&>"}},
 		{Id: "3", Type: "order.placed", Data: typed},
+		{Id: "5", Type: "dev.x", Mqtt: &eventbusv1.MqttMessage{Payload: []byte{0, 0xff}, Qos: 1, ContentType: "application/cbor",
+			UserProperties: []*eventbusv1.MqttUserProperty{{Key: "k", Value: "v"}}, CorrelationData: []byte("c"), MessageExpirySeconds: 60}},
 		{Time: &timestamppb.Timestamp{Seconds: -1e12}}, // out of range: both refuse
 	} {
 		sameAsProtojson(t, env)

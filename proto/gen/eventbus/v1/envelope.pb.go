@@ -54,7 +54,12 @@ type Envelope struct {
 	Offset string `protobuf:"bytes,9,opt,name=offset,proto3" json:"offset,omitempty"`
 	// The epoch of that stream: 16 hex digits, new whenever the stream is
 	// (created, or lost with Redis's data). Set with offset.
-	Epoch         string `protobuf:"bytes,10,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch string `protobuf:"bytes,10,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// What an MQTT client published, when the event came from one: the
+	// payload as sent and its MQTT 5 properties, which MQTT subscribers
+	// receive as they were. data holds the same payload for everyone
+	// else: the JSON it is, or bytes.
+	Mqtt          *MqttMessage `protobuf:"bytes,11,opt,name=mqtt,proto3" json:"mqtt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -159,11 +164,179 @@ func (x *Envelope) GetEpoch() string {
 	return ""
 }
 
+func (x *Envelope) GetMqtt() *MqttMessage {
+	if x != nil {
+		return x.Mqtt
+	}
+	return nil
+}
+
+// MqttMessage is an MQTT PUBLISH as its client sent it.
+type MqttMessage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The payload, byte for byte.
+	Payload []byte `protobuf:"bytes,1,opt,name=payload,proto3" json:"payload,omitempty"`
+	// The QoS it was published at: subscribers get it at no more.
+	Qos uint32 `protobuf:"varint,2,opt,name=qos,proto3" json:"qos,omitempty"`
+	// MQTT 5 properties (3.1.1 has none).
+	ContentType string `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// Payload Format Indicator 1: the payload is UTF-8.
+	PayloadUtf8     bool                `protobuf:"varint,4,opt,name=payload_utf8,json=payloadUtf8,proto3" json:"payload_utf8,omitempty"`
+	UserProperties  []*MqttUserProperty `protobuf:"bytes,5,rep,name=user_properties,json=userProperties,proto3" json:"user_properties,omitempty"`
+	ResponseTopic   string              `protobuf:"bytes,6,opt,name=response_topic,json=responseTopic,proto3" json:"response_topic,omitempty"`
+	CorrelationData []byte              `protobuf:"bytes,7,opt,name=correlation_data,json=correlationData,proto3" json:"correlation_data,omitempty"`
+	// Message Expiry Interval in seconds, from the envelope's time; 0 for
+	// none. An expired message is delivered to no MQTT subscriber.
+	MessageExpirySeconds uint32 `protobuf:"varint,8,opt,name=message_expiry_seconds,json=messageExpirySeconds,proto3" json:"message_expiry_seconds,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *MqttMessage) Reset() {
+	*x = MqttMessage{}
+	mi := &file_eventbus_v1_envelope_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MqttMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MqttMessage) ProtoMessage() {}
+
+func (x *MqttMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_eventbus_v1_envelope_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MqttMessage.ProtoReflect.Descriptor instead.
+func (*MqttMessage) Descriptor() ([]byte, []int) {
+	return file_eventbus_v1_envelope_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MqttMessage) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *MqttMessage) GetQos() uint32 {
+	if x != nil {
+		return x.Qos
+	}
+	return 0
+}
+
+func (x *MqttMessage) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *MqttMessage) GetPayloadUtf8() bool {
+	if x != nil {
+		return x.PayloadUtf8
+	}
+	return false
+}
+
+func (x *MqttMessage) GetUserProperties() []*MqttUserProperty {
+	if x != nil {
+		return x.UserProperties
+	}
+	return nil
+}
+
+func (x *MqttMessage) GetResponseTopic() string {
+	if x != nil {
+		return x.ResponseTopic
+	}
+	return ""
+}
+
+func (x *MqttMessage) GetCorrelationData() []byte {
+	if x != nil {
+		return x.CorrelationData
+	}
+	return nil
+}
+
+func (x *MqttMessage) GetMessageExpirySeconds() uint32 {
+	if x != nil {
+		return x.MessageExpirySeconds
+	}
+	return 0
+}
+
+// MqttUserProperty is one MQTT 5 user property: a name and value pair,
+// which may repeat.
+type MqttUserProperty struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MqttUserProperty) Reset() {
+	*x = MqttUserProperty{}
+	mi := &file_eventbus_v1_envelope_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MqttUserProperty) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MqttUserProperty) ProtoMessage() {}
+
+func (x *MqttUserProperty) ProtoReflect() protoreflect.Message {
+	mi := &file_eventbus_v1_envelope_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MqttUserProperty.ProtoReflect.Descriptor instead.
+func (*MqttUserProperty) Descriptor() ([]byte, []int) {
+	return file_eventbus_v1_envelope_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MqttUserProperty) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *MqttUserProperty) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
 var File_eventbus_v1_envelope_proto protoreflect.FileDescriptor
 
 const file_eventbus_v1_envelope_proto_rawDesc = "" +
 	"\n" +
-	"\x1aeventbus/v1/envelope.proto\x12\veventbus.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x03\n" +
+	"\x1aeventbus/v1/envelope.proto\x12\veventbus.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x03\n" +
 	"\bEnvelope\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x12\n" +
@@ -177,10 +350,23 @@ const file_eventbus_v1_envelope_proto_rawDesc = "" +
 	"\x04data\x18\b \x01(\v2\x14.google.protobuf.AnyR\x04data\x12\x16\n" +
 	"\x06offset\x18\t \x01(\tR\x06offset\x12\x14\n" +
 	"\x05epoch\x18\n" +
-	" \x01(\tR\x05epoch\x1a=\n" +
+	" \x01(\tR\x05epoch\x12,\n" +
+	"\x04mqtt\x18\v \x01(\v2\x18.eventbus.v1.MqttMessageR\x04mqtt\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\xb2\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcf\x02\n" +
+	"\vMqttMessage\x12\x18\n" +
+	"\apayload\x18\x01 \x01(\fR\apayload\x12\x10\n" +
+	"\x03qos\x18\x02 \x01(\rR\x03qos\x12!\n" +
+	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12!\n" +
+	"\fpayload_utf8\x18\x04 \x01(\bR\vpayloadUtf8\x12F\n" +
+	"\x0fuser_properties\x18\x05 \x03(\v2\x1d.eventbus.v1.MqttUserPropertyR\x0euserProperties\x12%\n" +
+	"\x0eresponse_topic\x18\x06 \x01(\tR\rresponseTopic\x12)\n" +
+	"\x10correlation_data\x18\a \x01(\fR\x0fcorrelationData\x124\n" +
+	"\x16message_expiry_seconds\x18\b \x01(\rR\x14messageExpirySeconds\":\n" +
+	"\x10MqttUserProperty\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05valueB\xb2\x01\n" +
 	"\x0fcom.eventbus.v1B\rEnvelopeProtoP\x01ZCgithub.com/eventbus-suite/eventbus/proto/gen/eventbus/v1;eventbusv1\xa2\x02\x03EXX\xaa\x02\vEventbus.V1\xca\x02\vEventbus\\V1\xe2\x02\x17Eventbus\\V1\\GPBMetadata\xea\x02\fEventbus::V1b\x06proto3"
 
 var (
@@ -195,22 +381,26 @@ func file_eventbus_v1_envelope_proto_rawDescGZIP() []byte {
 	return file_eventbus_v1_envelope_proto_rawDescData
 }
 
-var file_eventbus_v1_envelope_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_eventbus_v1_envelope_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_eventbus_v1_envelope_proto_goTypes = []any{
 	(*Envelope)(nil),              // 0: eventbus.v1.Envelope
-	nil,                           // 1: eventbus.v1.Envelope.AttributesEntry
-	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
-	(*anypb.Any)(nil),             // 3: google.protobuf.Any
+	(*MqttMessage)(nil),           // 1: eventbus.v1.MqttMessage
+	(*MqttUserProperty)(nil),      // 2: eventbus.v1.MqttUserProperty
+	nil,                           // 3: eventbus.v1.Envelope.AttributesEntry
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*anypb.Any)(nil),             // 5: google.protobuf.Any
 }
 var file_eventbus_v1_envelope_proto_depIdxs = []int32{
-	2, // 0: eventbus.v1.Envelope.time:type_name -> google.protobuf.Timestamp
-	1, // 1: eventbus.v1.Envelope.attributes:type_name -> eventbus.v1.Envelope.AttributesEntry
-	3, // 2: eventbus.v1.Envelope.data:type_name -> google.protobuf.Any
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	4, // 0: eventbus.v1.Envelope.time:type_name -> google.protobuf.Timestamp
+	3, // 1: eventbus.v1.Envelope.attributes:type_name -> eventbus.v1.Envelope.AttributesEntry
+	5, // 2: eventbus.v1.Envelope.data:type_name -> google.protobuf.Any
+	1, // 3: eventbus.v1.Envelope.mqtt:type_name -> eventbus.v1.MqttMessage
+	2, // 4: eventbus.v1.MqttMessage.user_properties:type_name -> eventbus.v1.MqttUserProperty
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_eventbus_v1_envelope_proto_init() }
@@ -224,7 +414,7 @@ func file_eventbus_v1_envelope_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eventbus_v1_envelope_proto_rawDesc), len(file_eventbus_v1_envelope_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"errors"
 	"strings"
 	"sync"
 
@@ -42,6 +43,11 @@ func (e *Event) JSON() ([]byte, error) {
 	e.jsonOnce.Do(func() { e.json, e.jsonErr = envelope.MarshalJSON(e.Envelope) })
 	return e.json, e.jsonErr
 }
+
+// ErrSkip is an Encoding's error for an event that goes to none of its
+// clients (an MQTT message whose expiry has passed): not sent, and not
+// counted as malformed.
+var ErrSkip = errors.New("not for this encoding's clients")
 
 // Encoding is how a transport writes events. The hub asks it for the frame
 // of an event once per event and distinct set of matching subscriptions

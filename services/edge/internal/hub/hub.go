@@ -625,6 +625,9 @@ func (h *Hub) send(c *Client, ev *Event, subs []string, now time.Time) bool {
 	f, ok := h.frames[key]
 	if !ok {
 		data, err := c.enc.Encode(ev, subs)
+		if errors.Is(err, ErrSkip) {
+			return false
+		}
 		if err != nil {
 			h.m.malformed.Inc()
 			h.log.Debug("event does not encode; not forwarded", "channel", ev.Channel, "error", err)

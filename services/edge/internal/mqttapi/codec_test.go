@@ -9,10 +9,14 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
 	"github.com/eventbus-suite/eventbus/pkg/token"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 )
 
 // Packets split across reads, or several in one, come out whole and in
@@ -90,7 +94,7 @@ func FuzzReadPacket(f *testing.F) {
 			if err != nil {
 				continue
 			}
-			payload, err := eventOf(ch, "fuzz", claims, pk.Payload, time.Unix(1, 0))
+			payload, err := eventOf(ch, "fuzz", claims, messageOf(pk.Payload, pk.FixedHeader.Qos, pk.Properties), time.Unix(1, 0))
 			if err != nil {
 				continue
 			}
@@ -98,6 +102,40 @@ func FuzzReadPacket(f *testing.F) {
 			if err != nil || envelope.ValidateStrict(env) != nil {
 				t.Fatalf("PUBLISH %q on %s made an event consumers refuse: %v", pk.Payload, ch, err)
 			}
+			// MQTT subscribers get the message as it was sent.
+			out, err := publishOf(&hub.Event{Channel: ch, Envelope: env}, 5, time.Unix(1, 0))
+			if err != nil || !bytes.Equal(out.Payload, pk.Payload) || out.Properties.ContentType != pk.Properties.ContentType ||
+				!bytes.Equal(out.Properties.CorrelationData, pk.Properties.CorrelationData) || len(out.Properties.User) != len(pk.Properties.User) {
+				t.Fatalf("PUBLISH %q on %s goes out as %q (%v), properties %+v, want it as sent", pk.Payload, ch, out.Payload, err, out.Properties)
+			}
 		}
 	})
+}
+
+// A message with a Message Expiry Interval goes out with what is left of
+// it, rounded up, and to no one once it has passed: live, resumed from
+// the record or retained alike, as they all go through publishOf.
+func TestPublishOfCountsExpiryDown(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	env := &envelope.Envelope{Id: "1", Type: "dev.x", Channel: "dev:x", Time: timestamppb.New(at),
+		Mqtt: &eventbusv1.MqttMessage{Payload: []byte("21.5"), Qos: 1, MessageExpirySeconds: 5}}
+	ev := &hub.Event{Channel: "dev:x", Envelope: env}
+	for _, tt := range []struct {
+		after time.Duration
+		left  uint32
+	}{{0, 5}, {2500 * time.Millisecond, 3}, {4999 * time.Millisecond, 1}} {
+		pk, err := publishOf(ev, 5, at.Add(tt.after))
+		if err != nil || pk.Properties.MessageExpiryInterval != tt.left || string(pk.Payload) != "21.5" {
+			t.Errorf("%v after: expiry %d (%v), want %d left", tt.after, pk.Properties.MessageExpiryInterval, err, tt.left)
+		}
+	}
+	for _, after := range []time.Duration{5 * time.Second, time.Hour} {
+		if _, err := publishOf(ev, 5, at.Add(after)); !errors.Is(err, hub.ErrSkip) {
+			t.Errorf("%v after: %v, want expired, skipped", after, err)
+		}
+	}
+	if pk, err := publishOf(ev, 4, at); err != nil || pk.Properties.MessageExpiryInterval != 0 || string(pk.Payload) != "21.5" {
+		t.Errorf("3.1.1: %+v (%v), want the payload alone: 3.1.1 has no properties", pk.Properties, err)
+	}
 }

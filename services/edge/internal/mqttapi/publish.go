@@ -15,6 +15,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
+
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/token"
@@ -24,16 +26,19 @@ import (
 
 // eventOf makes the event a client publishes on ch: its type is the
 // channel's ("sensor/temp" is sensor.temp), its source the client
-// ("mqtt:<client id>"), its subject the token's user, and its data the
-// payload: a JSON object as the API takes one (a known type strictly),
-// another JSON value as a google.protobuf.Value, anything else as
-// google.protobuf.BytesValue. It returns the envelope's bytes.
-func eventOf(ch, clientID string, claims *token.Claims, payload []byte, now time.Time) ([]byte, error) {
+// ("mqtt:<client id>"), its subject the token's user, its mqtt the message
+// as sent (payload and MQTT 5 properties, which MQTT subscribers receive
+// as they were), and its data the payload for everyone else: a JSON
+// object as the API takes one (a known type strictly), another JSON value
+// as a google.protobuf.Value, anything else as google.protobuf.BytesValue.
+// It returns the envelope's bytes.
+func eventOf(ch, clientID string, claims *token.Claims, m *eventbusv1.MqttMessage, now time.Time) ([]byte, error) {
 	typ := strings.ReplaceAll(ch, ":", ".")
-	env := &envelope.Envelope{Type: typ, Channel: ch}
+	env := &envelope.Envelope{Type: typ, Channel: ch, Mqtt: m}
 	if claims != nil {
 		env.Subject = claims.Subject
 	}
+	payload := m.GetPayload()
 	var err error
 	switch trimmed := strings.TrimSpace(string(payload)); {
 	case len(payload) == 0:
@@ -54,6 +59,20 @@ func eventOf(ch, clientID string, claims *token.Claims, payload []byte, now time
 		return nil, fmt.Errorf("payload: %w", err)
 	}
 	return envelope.Marshal(env)
+}
+
+// messageOf is what a client published: payload, QoS and, from 5.0,
+// properties (props: the PUBLISH's, or a will's).
+func messageOf(payload []byte, qos byte, props packets.Properties) *eventbusv1.MqttMessage {
+	m := &eventbusv1.MqttMessage{
+		Payload: payload, Qos: uint32(qos), ContentType: props.ContentType,
+		PayloadUtf8: props.PayloadFormatFlag && props.PayloadFormat == 1, ResponseTopic: props.ResponseTopic,
+		CorrelationData: props.CorrelationData, MessageExpirySeconds: props.MessageExpiryInterval,
+	}
+	for _, u := range props.User {
+		m.UserProperties = append(m.UserProperties, &eventbusv1.MqttUserProperty{Key: u.Key, Value: u.Val})
+	}
+	return m
 }
 
 // publish serves a client's PUBLISH: the payload becomes an event on the
@@ -91,7 +110,7 @@ func (s *session) publish(pk packets.Packet) bool {
 	if !s.mayPublish(ch) {
 		return refuse(packets.ErrNotAuthorized, fmt.Sprintf("topic %s is not among the token's publish patterns", pk.TopicName))
 	}
-	env, err := eventOf(ch, s.id, s.claims, pk.Payload, time.Now())
+	env, err := eventOf(ch, s.id, s.claims, messageOf(pk.Payload, pk.FixedHeader.Qos, pk.Properties), time.Now())
 	if err != nil {
 		return refuse(packets.ErrPayloadFormatInvalid, err.Error())
 	}
@@ -148,7 +167,7 @@ func (s *session) mayPublish(ch string) bool {
 // by a newer connection of the client taking over.
 type will struct {
 	channel string
-	payload []byte
+	message *eventbusv1.MqttMessage
 }
 
 // willOf checks the will of CONNECT as a PUBLISH is checked, returning it,
@@ -164,10 +183,11 @@ func (s *session) willOf(pk packets.Packet) (*will, packets.Code, string) {
 	if !s.mayPublish(ch) {
 		return nil, packets.ErrNotAuthorized, fmt.Sprintf("will topic %s is not among the token's publish patterns", pk.Connect.WillTopic)
 	}
-	if _, err := eventOf(ch, "will", s.claims, pk.Connect.WillPayload, time.Now()); err != nil {
+	m := messageOf(pk.Connect.WillPayload, pk.Connect.WillQos, pk.Connect.WillProperties)
+	if _, err := eventOf(ch, "will", s.claims, m, time.Now()); err != nil {
 		return nil, packets.ErrPayloadFormatInvalid, "will: " + err.Error()
 	}
-	return &will{channel: ch, payload: pk.Connect.WillPayload}, packets.CodeSuccess, ""
+	return &will{channel: ch, message: m}, packets.CodeSuccess, ""
 }
 
 // publishWill publishes the client's will, if it left one and is gone:
@@ -183,7 +203,7 @@ func (s *session) publishWill() {
 	if d := s.kickedWith.Load(); d != nil && (d.Code == protocol.CloseUnauthorized || d.Code == 4003 || d.Code == 4004) {
 		return
 	}
-	env, err := eventOf(s.will.channel, s.id, s.claims, s.will.payload, time.Now())
+	env, err := eventOf(s.will.channel, s.id, s.claims, s.will.message, time.Now())
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
 		defer cancel()

@@ -2,8 +2,7 @@ package mqttapi
 
 import (
 	"context"
-
-	"github.com/mochi-mqtt/server/v2/packets"
+	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -68,16 +67,11 @@ func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][
 			if err != nil {
 				continue // not an envelope: nothing a client could read
 			}
-			payload, err := ev.JSON()
+			pk, err := publishOf(ev, s.version, time.Now())
 			if err != nil {
-				continue
+				continue // expired, or no JSON
 			}
-			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, ProtocolVersion: s.version,
-				TopicName: topic, Payload: payload}
-			if s.version == 5 {
-				pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true
-				pk.Properties.ContentType = "application/json"
-			}
+			pk.FixedHeader.Retain = true
 			out = append(out, encode(pk))
 		}
 	}

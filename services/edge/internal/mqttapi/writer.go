@@ -2,6 +2,7 @@ package mqttapi
 
 import (
 	"bytes"
+	"fmt"
 	"slices"
 	"time"
 
@@ -28,7 +29,7 @@ func (s *session) ready() {
 type publish struct{ version byte }
 
 func (e publish) Encode(ev *hub.Event, _ []string) ([]byte, error) {
-	pk, err := publishOf(ev, e.version)
+	pk, err := publishOf(ev, e.version, time.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -39,19 +40,59 @@ func (e publish) Encode(ev *hub.Event, _ []string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// publishOf is the QoS 0 PUBLISH of ev in MQTT version.
-func publishOf(ev *hub.Event, version byte) (packets.Packet, error) {
-	payload, err := ev.JSON()
-	if err != nil {
-		return packets.Packet{}, err
+// errExpired is publishOf's error for a message whose Message Expiry
+// Interval has passed: it goes to no one.
+var errExpired = fmt.Errorf("message expired: %w", hub.ErrSkip)
+
+// publishOf is the QoS 0 PUBLISH of ev in MQTT version at now: what an
+// MQTT client published goes out as it was sent (5.0: with its
+// properties, its expiry counted down), any other event as its envelope
+// in JSON.
+func publishOf(ev *hub.Event, version byte, now time.Time) (packets.Packet, error) {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: version, TopicName: topicOf(ev.Channel)}
+	m := ev.Envelope.GetMqtt()
+	if m == nil {
+		payload, err := ev.JSON()
+		if err != nil {
+			return packets.Packet{}, err
+		}
+		pk.Payload = payload
+		if version == 5 {
+			pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true // UTF-8
+			pk.Properties.ContentType = "application/json"
+		}
+		return pk, nil
 	}
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: version,
-		TopicName: topicOf(ev.Channel), Payload: payload}
+	pk.Payload = m.GetPayload()
+	var left uint32
+	if m.GetMessageExpirySeconds() > 0 {
+		end := ev.Envelope.GetTime().AsTime().Add(time.Duration(m.GetMessageExpirySeconds()) * time.Second)
+		if !now.Before(end) {
+			return packets.Packet{}, errExpired
+		}
+		left = uint32((end.Sub(now) + time.Second - 1) / time.Second) // what is left, rounded up
+	}
 	if version == 5 {
-		pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true // UTF-8
-		pk.Properties.ContentType = "application/json"
+		p := &pk.Properties
+		p.ContentType, p.ResponseTopic, p.CorrelationData, p.MessageExpiryInterval = m.GetContentType(), m.GetResponseTopic(), m.GetCorrelationData(), left
+		pk.Mods.AllowResponseInfo = true // mochi's encoder writes response topic and correlation data only so: 5.0 says pass them on
+		if m.GetPayloadUtf8() {
+			p.PayloadFormat, p.PayloadFormatFlag = 1, true
+		}
+		for _, u := range m.GetUserProperties() {
+			p.User = append(p.User, packets.UserProperty{Key: u.GetKey(), Val: u.GetValue()})
+		}
 	}
 	return pk, nil
+}
+
+// publishedQoS is the QoS ev was published at: an MQTT client's, or 1
+// for any other event.
+func publishedQoS(ev *hub.Event) byte {
+	if m := ev.Envelope.GetMqtt(); m != nil {
+		return byte(min(m.GetQos(), 1))
+	}
+	return 1
 }
 
 // write sends what the hub queues, and what the QoS 1 window holds back,
@@ -136,6 +177,7 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		return // kicked: what is left of the batch was never sent
 	}
 	qos, ok := s.grant(f.Subs, topic)
+	qos = min(qos, publishedQoS(f.Event)) // the lesser of the published and the subscribed
 	switch {
 	case !ok, s.maxPacket > 0 && len(f.Data)+2 > s.maxPacket:
 		// Not for this client's filters, or larger than it takes (5.0
@@ -147,8 +189,9 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		buf.Write(f.Data) // the shared QoS 0 PUBLISH
 		return
 	}
-	pk, err := publishOf(f.Event, s.version)
+	pk, err := publishOf(f.Event, s.version, time.Now())
 	if err != nil {
+		s.advance(f.Event.Stream, f.Event.Position) // expired: done with
 		return
 	}
 	pk.FixedHeader.Qos = qos

@@ -9,7 +9,7 @@ import { file_google_protobuf_any, file_google_protobuf_timestamp } from "@bufbu
  * Describes the file eventbus/v1/envelope.proto.
  */
 export const file_eventbus_v1_envelope = /*@__PURE__*/
-  fileDesc("ChpldmVudGJ1cy92MS9lbnZlbG9wZS5wcm90bxILZXZlbnRidXMudjEisQIKCEVudmVsb3BlEgoKAmlkGAEgASgJEg4KBnNvdXJjZRgCIAEoCRIMCgR0eXBlGAMgASgJEg8KB3N1YmplY3QYBCABKAkSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY2hhbm5lbBgGIAEoCRI5CgphdHRyaWJ1dGVzGAcgAygLMiUuZXZlbnRidXMudjEuRW52ZWxvcGUuQXR0cmlidXRlc0VudHJ5EiIKBGRhdGEYCCABKAsyFC5nb29nbGUucHJvdG9idWYuQW55Eg4KBm9mZnNldBgJIAEoCRINCgVlcG9jaBgKIAEoCRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AWIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_timestamp]);
+  fileDesc("ChpldmVudGJ1cy92MS9lbnZlbG9wZS5wcm90bxILZXZlbnRidXMudjEi2QIKCEVudmVsb3BlEgoKAmlkGAEgASgJEg4KBnNvdXJjZRgCIAEoCRIMCgR0eXBlGAMgASgJEg8KB3N1YmplY3QYBCABKAkSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY2hhbm5lbBgGIAEoCRI5CgphdHRyaWJ1dGVzGAcgAygLMiUuZXZlbnRidXMudjEuRW52ZWxvcGUuQXR0cmlidXRlc0VudHJ5EiIKBGRhdGEYCCABKAsyFC5nb29nbGUucHJvdG9idWYuQW55Eg4KBm9mZnNldBgJIAEoCRINCgVlcG9jaBgKIAEoCRImCgRtcXR0GAsgASgLMhguZXZlbnRidXMudjEuTXF0dE1lc3NhZ2UaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi4QEKC01xdHRNZXNzYWdlEg8KB3BheWxvYWQYASABKAwSCwoDcW9zGAIgASgNEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIUCgxwYXlsb2FkX3V0ZjgYBCABKAgSNgoPdXNlcl9wcm9wZXJ0aWVzGAUgAygLMh0uZXZlbnRidXMudjEuTXF0dFVzZXJQcm9wZXJ0eRIWCg5yZXNwb25zZV90b3BpYxgGIAEoCRIYChBjb3JyZWxhdGlvbl9kYXRhGAcgASgMEh4KFm1lc3NhZ2VfZXhwaXJ5X3NlY29uZHMYCCABKA0iLgoQTXF0dFVzZXJQcm9wZXJ0eRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAliBnByb3RvMw", [file_google_protobuf_any, file_google_protobuf_timestamp]);
 
 /**
  * Describes the message eventbus.v1.Envelope.
@@ -17,4 +17,18 @@ export const file_eventbus_v1_envelope = /*@__PURE__*/
  */
 export const EnvelopeSchema = /*@__PURE__*/
   messageDesc(file_eventbus_v1_envelope, 0);
+
+/**
+ * Describes the message eventbus.v1.MqttMessage.
+ * Use `create(MqttMessageSchema)` to create a new message.
+ */
+export const MqttMessageSchema = /*@__PURE__*/
+  messageDesc(file_eventbus_v1_envelope, 1);
+
+/**
+ * Describes the message eventbus.v1.MqttUserProperty.
+ * Use `create(MqttUserPropertySchema)` to create a new message.
+ */
+export const MqttUserPropertySchema = /*@__PURE__*/
+  messageDesc(file_eventbus_v1_envelope, 2);
 

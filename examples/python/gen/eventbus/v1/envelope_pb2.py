@@ -15,7 +15,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65ventbus/v1/envelope.proto\x12\x0b\x65ventbus.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x03\n\x08\x45nvelope\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n\x06source\x18\x02 \x01(\tR\x06source\x12\x12\n\x04type\x18\x03 \x01(\tR\x04type\x12\x18\n\x07subject\x18\x04 \x01(\tR\x07subject\x12.\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x18\n\x07\x63hannel\x18\x06 \x01(\tR\x07\x63hannel\x12\x45\n\nattributes\x18\x07 \x03(\x0b\x32%.eventbus.v1.Envelope.AttributesEntryR\nattributes\x12(\n\x04\x64\x61ta\x18\x08 \x01(\x0b\x32\x14.google.protobuf.AnyR\x04\x64\x61ta\x12\x16\n\x06offset\x18\t \x01(\tR\x06offset\x12\x14\n\x05\x65poch\x18\n \x01(\tR\x05\x65poch\x1a=\n\x0f\x41ttributesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65ventbus/v1/envelope.proto\x12\x0b\x65ventbus.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x03\n\x08\x45nvelope\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n\x06source\x18\x02 \x01(\tR\x06source\x12\x12\n\x04type\x18\x03 \x01(\tR\x04type\x12\x18\n\x07subject\x18\x04 \x01(\tR\x07subject\x12.\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x18\n\x07\x63hannel\x18\x06 \x01(\tR\x07\x63hannel\x12\x45\n\nattributes\x18\x07 \x03(\x0b\x32%.eventbus.v1.Envelope.AttributesEntryR\nattributes\x12(\n\x04\x64\x61ta\x18\x08 \x01(\x0b\x32\x14.google.protobuf.AnyR\x04\x64\x61ta\x12\x16\n\x06offset\x18\t \x01(\tR\x06offset\x12\x14\n\x05\x65poch\x18\n \x01(\tR\x05\x65poch\x12,\n\x04mqtt\x18\x0b \x01(\x0b\x32\x18.eventbus.v1.MqttMessageR\x04mqtt\x1a=\n\x0f\x41ttributesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xcf\x02\n\x0bMqttMessage\x12\x18\n\x07payload\x18\x01 \x01(\x0cR\x07payload\x12\x10\n\x03qos\x18\x02 \x01(\rR\x03qos\x12!\n\x0c\x63ontent_type\x18\x03 \x01(\tR\x0b\x63ontentType\x12!\n\x0cpayload_utf8\x18\x04 \x01(\x08R\x0bpayloadUtf8\x12\x46\n\x0fuser_properties\x18\x05 \x03(\x0b\x32\x1d.eventbus.v1.MqttUserPropertyR\x0euserProperties\x12%\n\x0eresponse_topic\x18\x06 \x01(\tR\rresponseTopic\x12)\n\x10\x63orrelation_data\x18\x07 \x01(\x0cR\x0f\x63orrelationData\x12\x34\n\x16message_expiry_seconds\x18\x08 \x01(\rR\x14messageExpirySeconds\":\n\x10MqttUserProperty\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05valueb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eventbus.v1.envelope_pb2', globals())
@@ -25,7 +25,11 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _ENVELOPE_ATTRIBUTESENTRY._options = None
   _ENVELOPE_ATTRIBUTESENTRY._serialized_options = b'8\001'
   _ENVELOPE._serialized_start=104
-  _ENVELOPE._serialized_end=496
-  _ENVELOPE_ATTRIBUTESENTRY._serialized_start=435
-  _ENVELOPE_ATTRIBUTESENTRY._serialized_end=496
+  _ENVELOPE._serialized_end=542
+  _ENVELOPE_ATTRIBUTESENTRY._serialized_start=481
+  _ENVELOPE_ATTRIBUTESENTRY._serialized_end=542
+  _MQTTMESSAGE._serialized_start=545
+  _MQTTMESSAGE._serialized_end=880
+  _MQTTUSERPROPERTY._serialized_start=882
+  _MQTTUSERPROPERTY._serialized_end=940
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/eventbus-suite/eventbus/pkg/redistest"
+)
+
+// A device publishes a binary payload with MQTT 5 properties over TCP; a
+// subscriber over /mqtt gets the same bytes and properties, at the lesser
+// of the published and the subscribed QoS, and a JSON client sees the
+// payload as bytes with the message beside it.
+func TestMQTTPayloadAndPropertiesPassThrough(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	got := make(chan *paho.Publish, 4)
+	sub, _ := e.pahoV5(t, paho.ClientConfig{OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+		func(r paho.PublishReceived) (bool, error) { got <- r.Packet; return true, nil },
+	}}, mint(t, "1", "dev:*"), paho.Connect{ClientID: "browser", KeepAlive: 30, CleanStart: true})
+	if _, err := sub.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "dev/+", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	listener := e.dial(t, mint(t, "2", "dev:*"))
+	listener.subscribe("l", "dev:*")
+
+	nc, err := net.DialTimeout("tcp", e.mqtt, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	device, _ := e.pahoV5On(t, nc, paho.ClientConfig{}, mintMQTT(t, "dev-9", nil, []string{"dev:*"}),
+		paho.Connect{ClientID: "device-9", KeepAlive: 30, CleanStart: true})
+	payload := []byte{0x00, 0xff, 0x10, 'C', 0xbe, 0xef} // CBOR-ish: no JSON, no UTF-8
+	expiry := uint32(3600)
+	sent := &paho.Publish{Topic: "dev/reading", QoS: 1, Payload: payload, Properties: &paho.PublishProperties{
+		ContentType: "application/cbor", ResponseTopic: "dev/replies", CorrelationData: []byte("req-1"),
+		MessageExpiry: &expiry, User: paho.UserProperties{{Key: "unit", Value: "celsius"}, {Key: "unit", Value: "kelvin"}},
+	}}
+	if _, err := device.Publish(t.Context(), sent); err != nil {
+		t.Fatal(err)
+	}
+	qos0 := &paho.Publish{Topic: "dev/heartbeat", QoS: 0, Payload: []byte("1")}
+	if _, err := device.Publish(t.Context(), qos0); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		var p *paho.Publish
+		select {
+		case p = <-got:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the subscriber got nothing in 10 s")
+		}
+		switch p.Topic {
+		case "dev/reading":
+			pr := p.Properties
+			if !bytes.Equal(p.Payload, payload) || p.QoS != 1 || pr.ContentType != "application/cbor" || pr.ResponseTopic != "dev/replies" ||
+				string(pr.CorrelationData) != "req-1" || pr.MessageExpiry == nil || *pr.MessageExpiry == 0 || *pr.MessageExpiry > expiry ||
+				!slices.Equal(pr.User.GetAll("unit"), []string{"celsius", "kelvin"}) {
+				t.Errorf("the subscriber got % x at QoS %d with %+v, want the device's bytes and properties at QoS 1", p.Payload, p.QoS, pr)
+			}
+		case "dev/heartbeat":
+			if string(p.Payload) != "1" || p.QoS != 0 {
+				t.Errorf("the heartbeat came as %q at QoS %d, want 1 at QoS 0: published at 0", p.Payload, p.QoS)
+			}
+		default:
+			t.Errorf("unexpected topic %s", p.Topic)
+		}
+	}
+
+	f := listener.next()
+	var ev struct {
+		Type string
+		Data struct {
+			Type  string `json:"@type"`
+			Value []byte
+		}
+		Mqtt struct {
+			Payload         []byte
+			Qos             int
+			ContentType     string `json:"content_type"`
+			UserProperties  []struct{ Key, Value string } `json:"user_properties"`
+			CorrelationData []byte `json:"correlation_data"`
+		}
+	}
+	if err := json.Unmarshal(f.Event, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if f.Channel != "dev:reading" || ev.Data.Type != "type.googleapis.com/google.protobuf.BytesValue" || !bytes.Equal(ev.Data.Value, payload) ||
+		!bytes.Equal(ev.Mqtt.Payload, payload) || ev.Mqtt.Qos != 1 || ev.Mqtt.ContentType != "application/cbor" || len(ev.Mqtt.UserProperties) != 2 {
+		t.Errorf("the JSON client got %s, want the payload as bytes and the MQTT message beside it", f.Event)
+	}
+}
