@@ -120,6 +120,16 @@ func (c *Client) withholds(ch string) bool {
 	return t != nil && len(t.Except) > 0 && token.Withheld(t.Sub, t.Except, ch)
 }
 
+// wants reports whether ev is for c at all: a channel's joins and leaves
+// go only to a subscription that asked for them. Call with Hub.mu held.
+func (c *Client) wants(ev *Event) bool {
+	if !ev.presence {
+		return true
+	}
+	_, ok := c.presence[ev.Channel]
+	return ok
+}
+
 // ID is the connection's id, unique across edges and restarts: presence
 // names it so.
 func (c *Client) ID() string { return c.id }

@@ -616,10 +616,8 @@ func (h *Hub) send(c *Client, ev *Event, subs []string, now time.Time) bool {
 	if c.withholds(ev.Channel) {
 		return false
 	}
-	if ev.presence {
-		if _, ok := c.presence[ev.Channel]; !ok {
-			return false
-		}
+	if !c.wants(ev) {
+		return false
 	}
 	key := frameKey{c.enc, strings.Join(subs, "\x00")}
 	f, ok := h.frames[key]

@@ -227,6 +227,9 @@ func (h *Hub) push(c *Client, ev *Event, subs []string, cancelled *atomic.Bool) 
 		return true
 	}
 	data, err := c.enc.Encode(ev, subs)
+	if errors.Is(err, ErrSkip) {
+		return true
+	}
 	if err != nil {
 		h.m.malformed.Inc()
 		return true
@@ -244,6 +247,9 @@ func (h *Hub) push(c *Client, ev *Event, subs []string, cancelled *atomic.Bool) 
 // with mu held for writing).
 func (h *Hub) hold(c *Client, ev *Event, subs []string) []string {
 	live := subs[:0:0]
+	if !c.wants(ev) {
+		return live // neither now nor after the replay
+	}
 	for _, p := range subs {
 		r := c.replays[p]
 		if r == nil || r.done && r.passes(ev) {
