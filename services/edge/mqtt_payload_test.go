@@ -83,9 +83,9 @@ func TestMQTTPayloadAndPropertiesPassThrough(t *testing.T) {
 		Mqtt struct {
 			Payload         []byte
 			Qos             int
-			ContentType     string `json:"content_type"`
+			ContentType     string                        `json:"content_type"`
 			UserProperties  []struct{ Key, Value string } `json:"user_properties"`
-			CorrelationData []byte `json:"correlation_data"`
+			CorrelationData []byte                        `json:"correlation_data"`
 		}
 	}
 	if err := json.Unmarshal(f.Event, &ev); err != nil {
