@@ -61,23 +61,31 @@ type Options struct {
 type Handler struct{ Options }
 
 // presence reads ?presence=true, which asks for the joins and leaves of
-// every channel of the stream: each must keep presence.
-func (h *Handler) presence(q url.Values, patterns []string) (bool, *protocol.Error) {
+// the channels of the stream that keep presence, and returns them: at
+// least one must.
+func (h *Handler) presence(q url.Values, patterns []string) ([]string, *protocol.Error) {
 	v := q.Get("presence")
 	if v == "" {
-		return false, nil
+		return nil, nil
 	}
 	on, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, protocol.Errorf(protocol.CodeBadRequest, "presence: want true or false, got %q", v)
+	if err != nil || !on {
+		if err != nil {
+			return nil, protocol.Errorf(protocol.CodeBadRequest, "presence: want true or false, got %q", v)
+		}
+		return nil, nil
 	}
+	var kept []string
 	for _, p := range patterns {
-		if on && !h.Hub.KeepsPresence(p) {
-			return false, protocol.Errorf(protocol.CodePresenceOff,
-				"%s keeps no presence: only channels (no wildcard) of the namespaces in EDGE_PRESENCE_NAMESPACES do", p)
+		if h.Hub.KeepsPresence(p) {
+			kept = append(kept, p)
 		}
 	}
-	return on, nil
+	if len(kept) == 0 {
+		return nil, protocol.Errorf(protocol.CodePresenceOff,
+			"none of the channels keeps presence: only channels (no wildcard) of the namespaces in EDGE_PRESENCE_NAMESPACES do")
+	}
+	return kept, nil
 }
 
 // New returns the handler.
@@ -141,7 +149,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), hub.SubscribeTimeout)
 	defer cancel()
 	for _, p := range patterns {
-		h.Hub.WantPresence(c, p, withPresence) // dropped with c if Subscribe fails
+		h.Hub.WantPresence(c, p, slices.Contains(withPresence, p)) // dropped with c if Subscribe fails
 		reply := func(rec hub.Recovery) []byte { return subscribed(p, rec) }
 		switch err := h.Hub.Subscribe(ctx, c, p, since[p], reply); {
 		case errors.Is(err, hub.ErrTooManyPatterns):
