@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -341,7 +342,7 @@ func (o *mqttOptions) trial(ctx context.Context, e env, u *url.URL) (result, err
 	npub = min(npub, total)
 	qos := byte(o.qos)
 
-	mem := newMemProbe(ctx, o, u)
+	broker := newBrokerProbe(ctx, o, u)
 
 	// Subscribers connect and subscribe, 32 at a time.
 	subs := make([]*mqttSubscriber, o.subscribers)
@@ -398,7 +399,7 @@ func (o *mqttOptions) trial(ctx context.Context, e env, u *url.URL) (result, err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	memFields := mem.read(ctx, o.subscribers)
+	memFields := broker.memory(ctx, o.subscribers)
 
 	pubs := make([]mqttClient, npub)
 	defer func() {
@@ -432,6 +433,8 @@ func (o *mqttOptions) trial(ctx context.Context, e env, u *url.URL) (result, err
 	stopProgress = progress(e, func() string {
 		return fmt.Sprintf("mqtt %s: %d subscribers, %g/s: published %d, delivered %d", u, o.subscribers, o.rate, sent.Load(), delivered.Load())
 	})
+	cpu0, cpuOK := broker.cpu(ctx)
+	self0 := selfCPU()
 	start := time.Now()
 	var publishers sync.WaitGroup
 	for p, c := range pubs {
@@ -475,6 +478,8 @@ func (o *mqttOptions) trial(ctx context.Context, e env, u *url.URL) (result, err
 		}
 	}
 	stopProgress()
+	cpu1, cpu1OK := broker.cpu(ctx)
+	self1 := selfCPU()
 	closeAll()
 
 	var received, dups, stray, dropped int64
@@ -516,6 +521,16 @@ func (o *mqttOptions) trial(ctx context.Context, e env, u *url.URL) (result, err
 		res = append(res, field{"stray", stray}) // payloads not of this run's messages
 	}
 	res = append(res, memFields...)
+	// CPU seconds spent while the messages flowed, by the broker and by
+	// this load generator: on a machine they share, what a delivery costs
+	// the broker, whatever the generator left it.
+	if cpuOK && cpu1OK {
+		res = append(res, field{"broker_cpu_s", round(cpu1-cpu0, 2)},
+			field{"broker_cpu_us_per_delivery", round((cpu1-cpu0)*1e6/float64(max(received+dups, 1)), 2)})
+	} else {
+		res = append(res, field{"broker_cpu_s", "n/a"})
+	}
+	res = append(res, field{"bench_cpu_s", round((self1 - self0).Seconds(), 2)})
 	if lost != 0 || dups != 0 || failed.Load() != 0 {
 		fmt.Fprintf(e.stderr, "\n*** mqtt %s: %d lost, %d duplicated, %d publish errors ***\n\n", u, lost, dups, failed.Load())
 		return res, errLoss
@@ -523,19 +538,21 @@ func (o *mqttOptions) trial(ctx context.Context, e env, u *url.URL) (result, err
 	return res, nil
 }
 
-// memProbe reads a broker's memory before its subscribers connect, from
-// every source that answers, and picks one afterwards.
-type memProbe struct {
+// brokerProbe reads a broker's memory before its subscribers connect,
+// from every source that answers, and picks one afterwards; and its CPU
+// time.
+type brokerProbe struct {
 	metrics     string  // base URL of an edge's /metrics, "" when none answers
 	packets0    float64 // edgeMQTTPackets
 	rss0, heap0 float64
 	pid         int // the local process listening on the URL's port, 0 when not found
 	pidRSS0     float64
 	why         string // why no /proc figure
+	edge        bool   // the edge of metrics serves the URL, as memory found
 }
 
-func newMemProbe(ctx context.Context, o *mqttOptions, u *url.URL) *memProbe {
-	m := &memProbe{}
+func newBrokerProbe(ctx context.Context, o *mqttOptions, u *url.URL) *brokerProbe {
+	m := &brokerProbe{}
 	base := o.edge
 	if u.Scheme == "ws" || u.Scheme == "wss" {
 		base = strings.Replace(u.Scheme, "ws", "http", 1) + "://" + u.Host
@@ -566,16 +583,17 @@ func newMemProbe(ctx context.Context, o *mqttOptions, u *url.URL) *memProbe {
 // may still be leaving it.)
 const edgeMQTTPackets = "eventbus_edge_mqtt_packets_in_total"
 
-// read returns the memory fields of a result, n subscribers after the
+// memory returns the memory fields of a result, n subscribers after the
 // probe was made: the edge's /metrics when it received their SUBSCRIBE
 // packets (so it serves the URL), else the listening process's
 // VmRSS.
-func (m *memProbe) read(ctx context.Context, n int) result {
+func (m *brokerProbe) memory(ctx context.Context, n int) result {
 	if m.metrics != "" {
 		c, err := scrape(ctx, m.metrics, edgeMQTTPackets)
 		rss, err1 := scrape(ctx, m.metrics, "process_resident_memory_bytes")
 		heap, err2 := scrape(ctx, m.metrics, "go_memstats_heap_inuse_bytes")
 		if err == nil && err1 == nil && err2 == nil && c-m.packets0 >= float64(n) {
+			m.edge = true
 			return result{
 				{"memory_source", m.metrics + "/metrics"},
 				{"rss_bytes_per_conn", round((rss-m.rss0)/float64(n), 0)},
@@ -596,6 +614,54 @@ func (m *memProbe) read(ctx context.Context, n int) result {
 		m.why = err.Error()
 	}
 	return result{{"memory_source", "n/a: " + m.why}, {"rss_bytes_per_conn", "n/a"}}
+}
+
+// cpu returns the CPU seconds the broker has used: from /proc when its
+// process was found, else from the edge's /metrics when memory found it
+// serves the URL.
+func (m *brokerProbe) cpu(ctx context.Context) (float64, bool) {
+	if m.pid != 0 {
+		if s, err := processCPU(m.pid); err == nil {
+			return s, true
+		}
+	}
+	if m.edge {
+		if s, err := scrape(ctx, m.metrics, "process_cpu_seconds_total"); err == nil {
+			return s, true
+		}
+	}
+	return 0, false
+}
+
+// processCPU returns the user and system CPU seconds of process pid, from
+// /proc/<pid>/stat (in clock ticks of 1/100 s, USER_HZ on Linux).
+func processCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces: count the
+	// fields after it. utime and stime are fields 14 and 15 of the line.
+	i := bytes.LastIndexByte(b, ')')
+	fields := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(fields) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	utime, err1 := strconv.ParseFloat(fields[11], 64)
+	stime, err2 := strconv.ParseFloat(fields[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return (utime + stime) / 100, nil
+}
+
+// selfCPU returns the user and system CPU time this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // listenerPID returns the pid of the process on this machine listening on
@@ -685,7 +751,8 @@ func vmRSS(pid int) (float64, error) {
 func sideBySide(w io.Writer, results []result) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "mqtt side by side\n")
-	for _, key := range []string{"url", "deliveries_per_sec", "p50_ms", "p99_ms", "max_ms", "lost", "duplicated", "rss_bytes_per_conn"} {
+	for _, key := range []string{"url", "deliveries_per_sec", "p50_ms", "p99_ms", "max_ms", "lost", "duplicated",
+		"subscribers_dropped", "rss_bytes_per_conn", "broker_cpu_us_per_delivery", "bench_cpu_s"} {
 		fmt.Fprintf(tw, "  %s", key)
 		for _, r := range results {
 			v := r.get(key)
