@@ -142,6 +142,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		ConnectTimeout: cfg.AuthTimeout, MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
 		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry, Record: record, Pacer: pacer, Receipts: receipts,
+		Retained: &mqttapi.RetainedStore{Redis: rdb, Keys: b}, RetainLatest: cfg.MQTTRetained == "latest" && record != nil,
 		// Takeovers go live only: a CONNECT costs no recorded event.
 		Announce: control.Live{Bus: b, Source: "edge"}.Announce,
 	}, reg)

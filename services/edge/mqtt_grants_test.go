@@ -56,7 +56,9 @@ func TestMQTTNarrowsAFilterToTheGrants(t *testing.T) {
 	for _, v := range []byte{4, 5} {
 		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
 			t.Parallel()
-			e := startEdge(t, redistest.Shared(t), nil)
+			// Every channel's latest event is retained: the retained
+			// messages show what the filters reach.
+			e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_MQTT_RETAINED": "latest"})
 			rec := e.recorder(t)
 			publish := func(ch, subject string, receivers int64) {
 				t.Helper()

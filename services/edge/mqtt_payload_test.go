@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 )
@@ -94,5 +96,51 @@ func TestMQTTPayloadAndPropertiesPassThrough(t *testing.T) {
 	if f.Channel != "dev:reading" || ev.Data.Type != "type.googleapis.com/google.protobuf.BytesValue" || !bytes.Equal(ev.Data.Value, payload) ||
 		!bytes.Equal(ev.Mqtt.Payload, payload) || ev.Mqtt.Qos != 1 || ev.Mqtt.ContentType != "application/cbor" || len(ev.Mqtt.UserProperties) != 2 {
 		t.Errorf("the JSON client got %s, want the payload as bytes and the MQTT message beside it", f.Event)
+	}
+}
+
+// Retained messages as MQTT says: a topic's retained message is its last
+// PUBLISH with RETAIN, whatever came after without it; an empty one
+// clears it; a new subscription gets it with RETAIN set, over any
+// transport, from any edge; events that were never retained are none.
+func TestMQTTRetainedPerTopic(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	e1 := startEdgeWithPrefix(t, srv, prefix, nil)
+	e2 := startEdgeWithPrefix(t, srv, prefix, nil)
+	nc, err := net.DialTimeout("tcp", e1.mqtt, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	device, _ := e1.pahoV5On(t, nc, paho.ClientConfig{}, mintMQTT(t, "ha", nil, []string{"homeassistant:*"}),
+		paho.Connect{ClientID: "ha-bridge", KeepAlive: 30, CleanStart: true})
+	publish := func(topic, payload string, retain bool) {
+		t.Helper()
+		if _, err := device.Publish(t.Context(), &paho.Publish{Topic: topic, QoS: 1, Retain: retain, Payload: []byte(payload)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("homeassistant/sensor/a/config", `{"name":"a"}`, true)
+	publish("homeassistant/sensor/a/config", `{"name":"a, not retained"}`, false) // no RETAIN: the retained stays
+	publish("homeassistant/sensor/b/config", `{"name":"b"}`, true)
+	publish("homeassistant/sensor/c/config", `{"name":"c"}`, true)
+	publish("homeassistant/sensor/c/config", ``, true)        // cleared
+	e1.publish(t, "homeassistant:status", "from the api", -1) // an event never retained
+
+	m := e2.dialMQTT(t, "/mqtt", 5)
+	m.connect("dashboard", mint(t, "1", "homeassistant:*"), 30)
+	if codes := m.subscribe(1, map[string]byte{"homeassistant/#": 1}, "homeassistant/#"); codes[0] != 1 {
+		t.Fatalf("SUBACK %v", codes)
+	}
+	var got []string
+	for _, pk := range m.untilPong() {
+		if pk.FixedHeader.Type != packets.Publish || !pk.FixedHeader.Retain {
+			t.Fatalf("after SUBACK: a packet of type %d (retain %v), want retained PUBLISHes", pk.FixedHeader.Type, pk.FixedHeader.Retain)
+		}
+		got = append(got, pk.TopicName+" "+string(pk.Payload))
+	}
+	if want := []string{`homeassistant/sensor/a/config {"name":"a"}`, `homeassistant/sensor/b/config {"name":"b"}`}; !slices.Equal(got, want) {
+		t.Errorf("retained %q, want %q", got, want)
 	}
 }

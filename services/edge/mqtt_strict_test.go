@@ -130,7 +130,7 @@ func TestMQTTTopicAliasZeroDisconnects(t *testing.T) {
 // first packets.
 func TestMQTTRetainedNeverDuplicatesALiveEvent(t *testing.T) {
 	t.Parallel()
-	e := startEdge(t, redistest.Shared(t), nil)
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_MQTT_RETAINED": "latest"})
 	rec := e.recorder(t)
 	stop := make(chan struct{})
 	published := make(chan struct{})

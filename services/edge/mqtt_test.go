@@ -590,12 +590,12 @@ func subjectOf(t *testing.T, payload []byte) string {
 	return ev.Subject
 }
 
-// A new subscription is sent each matching channel's latest event, with
-// RETAIN set: the record is the retained store. 5.0's Retain Handling 2
-// asks for none.
+// With EDGE_MQTT_RETAINED=latest, a new subscription is sent each
+// matching channel's latest event, with RETAIN set: the record is the
+// retained store. 5.0's Retain Handling 2 asks for none.
 func TestMQTTRetainedIsTheLatestEvent(t *testing.T) {
 	t.Parallel()
-	e := startEdge(t, redistest.Shared(t), nil)
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_MQTT_RETAINED": "latest"})
 	rec := e.recorder(t)
 	for _, m := range [][2]string{{"shop:open", "old"}, {"shop:open", "new"}, {"shop:closed", "c"}, {"shop:open:eu", "deeper"}} {
 		if _, err := rec.Publish(t.Context(), m[0], event(t, m[0], m[1])); err != nil {

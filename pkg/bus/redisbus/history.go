@@ -61,6 +61,15 @@ func (b *Bus) namespacesOf(ctx context.Context, pattern string) ([]string, error
 	return slices.DeleteFunc(all, func(ns string) bool { return !strings.HasPrefix(ns, prefix) }), nil
 }
 
+// NamespacesOf returns the namespaces pattern reaches: its first token
+// when that has no wildcard, else every recorded namespace it may match.
+func (b *Bus) NamespacesOf(ctx context.Context, pattern string) ([]string, error) {
+	if err := channel.ValidatePattern(pattern); err != nil {
+		return nil, err
+	}
+	return b.namespacesOf(ctx, pattern)
+}
+
 // knownNamespaces returns every namespace recorded, sorted: the union of
 // the partitions' sets.
 func (b *Bus) knownNamespaces(ctx context.Context) ([]string, error) {

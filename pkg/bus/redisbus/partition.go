@@ -154,6 +154,34 @@ func (b *Bus) KeyOf(kind, ch string) string {
 	return b.opts.Prefix + kind + ":{" + tag + "}:" + ch
 }
 
+// NamespaceKey names a key of kind about the events of ch's namespace in
+// ch's partition, in the slot of that partition's stream:
+// "<prefix><kind>:{<tag>}:<namespace>". NamespaceKeys names those of
+// every partition of namespace ns, so that a reader finds what a writer
+// of any of its channels wrote (MQTT's retained messages are kept so).
+func (b *Bus) NamespaceKey(kind, ch string) string {
+	return b.namespaceKey(kind, b.streamFor(ch))
+}
+
+// NamespaceKeys names the keys of kind of every partition of namespace
+// ns (see NamespaceKey).
+func (b *Bus) NamespaceKeys(kind, ns string) []string {
+	sts := b.streamsOf(ns)
+	out := make([]string, len(sts))
+	for i, st := range sts {
+		out[i] = b.namespaceKey(kind, st)
+	}
+	return out
+}
+
+func (b *Bus) namespaceKey(kind string, st stream) string {
+	tag := st.tag
+	if tag == "" {
+		tag = st.ns
+	}
+	return b.opts.Prefix + kind + ":{" + tag + "}:" + st.ns
+}
+
 // streamsOf returns every partition of namespace ns.
 func (b *Bus) streamsOf(ns string) []stream {
 	out := make([]stream, b.parts)

@@ -163,3 +163,25 @@ func TestKnownStreamsAreBounded(t *testing.T) {
 		t.Errorf("%d namespaces kept, want %d", n, maxKnownNamespaces)
 	}
 }
+
+// A namespace's keys of a kind: the one a channel names is among those
+// its namespace names, in the slot of the channel's stream.
+func TestNamespaceKeys(t *testing.T) {
+	t.Parallel()
+	for _, b := range []*Bus{
+		{opts: Options{Prefix: "p:"}, parts: 1},
+		{opts: Options{Prefix: "p:"}, parts: 4, tags: balancedTags(4)},
+		{opts: Options{Prefix: "p:"}, parts: 4, tags: balancedTags(4), cluster: true},
+	} {
+		keys := b.NamespaceKeys("mqtt:retained", "dev")
+		if len(keys) != b.parts {
+			t.Fatalf("%d keys for %d partitions", len(keys), b.parts)
+		}
+		for _, ch := range []string{"dev:a", "dev:b:c", "dev:x1", "dev:x2", "dev:x3"} {
+			k := b.NamespaceKey("mqtt:retained", ch)
+			if !slices.Contains(keys, k) || !strings.HasSuffix(k, "}:dev") || keySlot(k) != keySlot(b.streamFor(ch).key) {
+				t.Errorf("NamespaceKey(%s) = %q; want one of %q, in the slot of %q", ch, k, keys, b.streamFor(ch).key)
+			}
+		}
+	}
+}

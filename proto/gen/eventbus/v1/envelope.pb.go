@@ -188,8 +188,11 @@ type MqttMessage struct {
 	// Message Expiry Interval in seconds, from the envelope's time; 0 for
 	// none. An expired message is delivered to no MQTT subscriber.
 	MessageExpirySeconds uint32 `protobuf:"varint,8,opt,name=message_expiry_seconds,json=messageExpirySeconds,proto3" json:"message_expiry_seconds,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Published with RETAIN: the topic's retained message from then on (an
+	// empty payload clears it).
+	Retain        bool `protobuf:"varint,9,opt,name=retain,proto3" json:"retain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MqttMessage) Reset() {
@@ -278,6 +281,13 @@ func (x *MqttMessage) GetMessageExpirySeconds() uint32 {
 	return 0
 }
 
+func (x *MqttMessage) GetRetain() bool {
+	if x != nil {
+		return x.Retain
+	}
+	return false
+}
+
 // MqttUserProperty is one MQTT 5 user property: a name and value pair,
 // which may repeat.
 type MqttUserProperty struct {
@@ -354,7 +364,7 @@ const file_eventbus_v1_envelope_proto_rawDesc = "" +
 	"\x04mqtt\x18\v \x01(\v2\x18.eventbus.v1.MqttMessageR\x04mqtt\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcf\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe7\x02\n" +
 	"\vMqttMessage\x12\x18\n" +
 	"\apayload\x18\x01 \x01(\fR\apayload\x12\x10\n" +
 	"\x03qos\x18\x02 \x01(\rR\x03qos\x12!\n" +
@@ -363,7 +373,8 @@ const file_eventbus_v1_envelope_proto_rawDesc = "" +
 	"\x0fuser_properties\x18\x05 \x03(\v2\x1d.eventbus.v1.MqttUserPropertyR\x0euserProperties\x12%\n" +
 	"\x0eresponse_topic\x18\x06 \x01(\tR\rresponseTopic\x12)\n" +
 	"\x10correlation_data\x18\a \x01(\fR\x0fcorrelationData\x124\n" +
-	"\x16message_expiry_seconds\x18\b \x01(\rR\x14messageExpirySeconds\":\n" +
+	"\x16message_expiry_seconds\x18\b \x01(\rR\x14messageExpirySeconds\x12\x16\n" +
+	"\x06retain\x18\t \x01(\bR\x06retain\":\n" +
 	"\x10MqttUserProperty\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05valueB\xb2\x01\n" +

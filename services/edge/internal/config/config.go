@@ -55,6 +55,7 @@ type Config struct {
 	WriteRate          int            // EDGE_WRITE_RATE: writes per second to aim at, over every transport, by packing events; 0 for none
 	MQTTRetryInterval  time.Duration  // EDGE_MQTT_RETRY_INTERVAL: an unacknowledged QoS 1 message is sent again, with DUP, this often
 	MQTTSessionExpiry  time.Duration  // EDGE_MQTT_SESSION_EXPIRY: how long a kept MQTT session outlives its connection, at most
+	MQTTRetained       string         // EDGE_MQTT_RETAINED: "topic" (a topic's last PUBLISH with RETAIN) or "latest" (every channel's latest event)
 	MQTTAddr           string         // EDGE_MQTT_ADDR: MQTT over TCP; "" (EDGE_MQTT_ADDR=off) for none
 	MQTTSAddr          string         // EDGE_MQTTS_ADDR: MQTT over TLS; "" for none
 	TLSCertFile        string         // EDGE_TLS_CERT: PEM certificate chain of the MQTT TLS listener
@@ -106,10 +107,14 @@ func Load(getenv func(string) string) (Config, error) {
 		WriteRate:          int(r.Int("EDGE_WRITE_RATE", 30000, 0)),
 		MQTTRetryInterval:  r.Duration("EDGE_MQTT_RETRY_INTERVAL", 20*time.Second),
 		MQTTSessionExpiry:  r.Duration("EDGE_MQTT_SESSION_EXPIRY", 24*time.Hour),
+		MQTTRetained:       r.String("EDGE_MQTT_RETAINED", "topic"),
 	}
 	c.SendQueueMaxDelay = queueDelay(r)
 	c.mqttListeners(r)
 	c.presence(r)
+	if c.MQTTRetained != "topic" && c.MQTTRetained != "latest" {
+		r.Check("EDGE_MQTT_RETAINED", c.MQTTRetained, errors.New(`want "topic" (a topic's last PUBLISH with RETAIN, as MQTT says) or "latest" (every channel's latest recorded event)`))
+	}
 	for _, p := range r.List("EDGE_TRUSTED_PROXIES", nil) {
 		prefix, err := netip.ParsePrefix(p)
 		if err != nil {

@@ -91,6 +91,11 @@ type Options struct {
 	// Pacer spaces the writes of connections with events flowing, shared
 	// by every transport of the edge.
 	Pacer *hub.Pacer
+	// Retained keeps the retained messages of every topic; nil keeps
+	// none. RetainLatest counts every channel's latest recorded event as
+	// retained instead (EDGE_MQTT_RETAINED=latest), the edge's older way.
+	Retained     *RetainedStore
+	RetainLatest bool
 	// Receipts publishes the PUBACKs of notifications (QoS 1 on
 	// notify/user/<id>) as their receipts; nil publishes none.
 	Receipts *receipt.Receipts

@@ -17,6 +17,7 @@ import (
 
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
+	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/token"
@@ -61,11 +62,11 @@ func eventOf(ch, clientID string, claims *token.Claims, m *eventbusv1.MqttMessag
 	return envelope.Marshal(env)
 }
 
-// messageOf is what a client published: payload, QoS and, from 5.0,
-// properties (props: the PUBLISH's, or a will's).
-func messageOf(payload []byte, qos byte, props packets.Properties) *eventbusv1.MqttMessage {
+// messageOf is what a client published: payload, QoS, RETAIN and, from
+// 5.0, properties (props: the PUBLISH's, or a will's).
+func messageOf(payload []byte, qos byte, retain bool, props packets.Properties) *eventbusv1.MqttMessage {
 	m := &eventbusv1.MqttMessage{
-		Payload: payload, Qos: uint32(qos), ContentType: props.ContentType,
+		Payload: payload, Qos: uint32(qos), Retain: retain, ContentType: props.ContentType,
 		PayloadUtf8: props.PayloadFormatFlag && props.PayloadFormat == 1, ResponseTopic: props.ResponseTopic,
 		CorrelationData: props.CorrelationData, MessageExpirySeconds: props.MessageExpiryInterval,
 	}
@@ -110,13 +111,17 @@ func (s *session) publish(pk packets.Packet) bool {
 	if !s.mayPublish(ch) {
 		return refuse(packets.ErrNotAuthorized, fmt.Sprintf("topic %s is not among the token's publish patterns", pk.TopicName))
 	}
-	env, err := eventOf(ch, s.id, s.claims, messageOf(pk.Payload, pk.FixedHeader.Qos, pk.Properties), time.Now())
+	env, err := eventOf(ch, s.id, s.claims, messageOf(pk.Payload, pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Properties), time.Now())
 	if err != nil {
 		return refuse(packets.ErrPayloadFormatInvalid, err.Error())
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, publishTimeout)
 	defer cancel()
-	if _, err := s.h.Bus.Publish(ctx, ch, env); err != nil {
+	r, err := s.h.Bus.Publish(ctx, ch, env)
+	if err == nil && pk.FixedHeader.Retain {
+		err = s.h.retain(ctx, ch, r.Position, env, len(pk.Payload) == 0)
+	}
+	if err != nil {
 		s.h.Logger.Warn("mqtt publish failed", "channel", ch, "error", err)
 		if s.version == 4 {
 			// No PUBACK: the client sends it again when it reconnects.
@@ -131,6 +136,19 @@ func (s *session) publish(pk packets.Packet) bool {
 		s.client.Send(s.puback(pk.PacketID, packets.CodeSuccess, ""))
 	}
 	return true
+}
+
+// retain makes env, published at pos, the retained message of ch, or,
+// when clear (an empty payload), clears ch's: unless the edge keeps the
+// latest event as retained instead (Options.RetainLatest), or no store.
+func (h *Handler) retain(ctx context.Context, ch string, pos bus.Position, env []byte, clear bool) error {
+	if h.Retained == nil || h.RetainLatest {
+		return nil
+	}
+	if clear {
+		return h.Retained.Clear(ctx, ch)
+	}
+	return h.Retained.Set(ctx, ch, pos, env)
 }
 
 func ctxErr(err error) string {
@@ -183,7 +201,7 @@ func (s *session) willOf(pk packets.Packet) (*will, packets.Code, string) {
 	if !s.mayPublish(ch) {
 		return nil, packets.ErrNotAuthorized, fmt.Sprintf("will topic %s is not among the token's publish patterns", pk.Connect.WillTopic)
 	}
-	m := messageOf(pk.Connect.WillPayload, pk.Connect.WillQos, pk.Connect.WillProperties)
+	m := messageOf(pk.Connect.WillPayload, pk.Connect.WillQos, pk.Connect.WillRetain, pk.Connect.WillProperties)
 	if _, err := eventOf(ch, "will", s.claims, m, time.Now()); err != nil {
 		return nil, packets.ErrPayloadFormatInvalid, "will: " + err.Error()
 	}
@@ -207,7 +225,11 @@ func (s *session) publishWill() {
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
 		defer cancel()
-		_, err = s.h.Bus.Publish(ctx, s.will.channel, env)
+		var r bus.Receipt
+		r, err = s.h.Bus.Publish(ctx, s.will.channel, env)
+		if err == nil && s.will.message.GetRetain() {
+			err = s.h.retain(ctx, s.will.channel, r.Position, env, len(s.will.message.GetPayload()) == 0)
+		}
 	}
 	if err != nil {
 		s.h.Logger.Warn("mqtt will not published", "client_id", s.id, "channel", s.will.channel, "error", err)

@@ -9,12 +9,13 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 )
 
-// Every event is kept in the record, so a channel's retained message is
-// simply its latest event there: a new subscription is sent, for each
-// channel it matches, the latest within the newest retainScan entries of
-// the channel's namespace, at QoS 0 with RETAIN set, after its SUBACK
-// (5.0's Retain Handling 1: only for a filter the session did not have;
-// 2: none).
+// A new subscription is sent, after its SUBACK, the retained message of
+// each channel it matches, with RETAIN set (5.0's Retain Handling 1:
+// only for a filter the session did not have; 2: none): the topic's last
+// PUBLISH with RETAIN (retained.go), or, with RetainLatest, the channel's
+// latest event within the newest retainScan entries of its namespace's
+// record. Either way a message that also comes live, published as the
+// subscription began, is not sent twice.
 
 // retainScan bounds the entries of a namespace read back for retained
 // messages; maxRetained, the retained messages one SUBSCRIBE reads.
@@ -37,7 +38,7 @@ type Record interface {
 // the latest event of each channel at or before cut, where the filter's
 // live events begin. A later one comes live, so never twice.
 func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][]byte {
-	if s.h.Record == nil {
+	if s.h.Record == nil && s.h.Retained == nil {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, storeTimeout)
@@ -45,7 +46,13 @@ func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][
 	var out [][]byte
 	seen := make(map[string]bool)
 	for _, p := range patterns {
-		events, err := s.h.Record.Last(ctx, p, retainScan)
+		var events []bus.Event
+		var err error
+		if s.h.RetainLatest {
+			events, err = s.h.Record.Last(ctx, p, retainScan)
+		} else if s.h.Retained != nil {
+			events, err = s.h.Retained.Matching(ctx, p, maxRetained)
+		}
 		if err != nil {
 			s.h.Logger.Warn("mqtt retained messages not read", "filter", filter, "error", err)
 			return out
@@ -55,7 +62,7 @@ func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][
 			if seen[e.Channel] || !match(filter, topic) || channel.Reserved(e.Channel) || s.claims != nil && s.claims.Withholds(e.Channel) {
 				continue
 			}
-			if !before(cut, s.h.Record.StreamOf(e.Channel), e.Position) {
+			if !e.Position.IsZero() && s.h.Record != nil && !before(cut, s.h.Record.StreamOf(e.Channel), e.Position) {
 				// Published as the subscription began: it comes live.
 				// Its channel's latest before it is not looked for, so
 				// the channel has no retained message this time.

@@ -1,0 +1,94 @@
+package mqttapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+)
+
+// Retained messages are what MQTT says they are: a PUBLISH with RETAIN
+// is its topic's retained message until the next one, and one with an
+// empty payload clears it. They are kept in Redis, one hash per namespace
+// and partition (the bus's NamespaceKey, in the slot of the partition's
+// stream): field the channel, value the event's position and envelope.
+// EDGE_MQTT_RETAINED=latest keeps the edge's older behaviour instead:
+// every channel's latest recorded event counts as retained (retain.go).
+
+// retainedKind names the hashes of retained messages.
+const retainedKind = "mqtt:retained"
+
+// RetainedKeys is the part of the bus that names where retained messages
+// are kept (redisbus.Bus).
+type RetainedKeys interface {
+	NamespaceKey(kind, ch string) string
+	NamespaceKeys(kind, ns string) []string
+	NamespacesOf(ctx context.Context, pattern string) ([]string, error)
+}
+
+// RetainedStore keeps the retained messages of every topic.
+type RetainedStore struct {
+	Redis redis.UniversalClient
+	Keys  RetainedKeys
+}
+
+// Set makes env, recorded at pos, the retained message of channel ch.
+func (s *RetainedStore) Set(ctx context.Context, ch string, pos bus.Position, env []byte) error {
+	v := pos.Offset + " " + pos.Epoch + "\n" + string(env)
+	if err := s.Redis.HSet(ctx, s.Keys.NamespaceKey(retainedKind, ch), ch, v).Err(); err != nil {
+		return fmt.Errorf("keep the retained message of %s: %w", ch, err)
+	}
+	return nil
+}
+
+// Clear removes the retained message of channel ch.
+func (s *RetainedStore) Clear(ctx context.Context, ch string) error {
+	if err := s.Redis.HDel(ctx, s.Keys.NamespaceKey(retainedKind, ch), ch).Err(); err != nil {
+		return fmt.Errorf("clear the retained message of %s: %w", ch, err)
+	}
+	return nil
+}
+
+// Matching returns the retained messages of the channels pattern matches,
+// at most max of them, by channel.
+func (s *RetainedStore) Matching(ctx context.Context, pattern string, max int) ([]bus.Event, error) {
+	nss, err := s.Keys.NamespacesOf(ctx, pattern)
+	if err != nil {
+		return nil, err
+	}
+	var out []bus.Event
+	for _, ns := range nss {
+		for _, key := range s.Keys.NamespaceKeys(retainedKind, ns) {
+			all, err := s.Redis.HGetAll(ctx, key).Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return out, fmt.Errorf("read retained messages: %w", err)
+			}
+			for ch, v := range all {
+				if !channel.Match(pattern, ch) {
+					continue
+				}
+				if e, ok := parseRetained(ch, v); ok {
+					out = append(out, e)
+				}
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b bus.Event) int { return strings.Compare(a.Channel, b.Channel) })
+	return out[:min(len(out), max)], nil
+}
+
+// parseRetained reads a stored retained message back.
+func parseRetained(ch, v string) (bus.Event, bool) {
+	head, env, ok := strings.Cut(v, "\n")
+	if !ok {
+		return bus.Event{}, false
+	}
+	offset, epoch, _ := strings.Cut(head, " ")
+	return bus.Event{Channel: ch, Payload: []byte(env), Position: bus.Position{Offset: offset, Epoch: epoch}}, true
+}
