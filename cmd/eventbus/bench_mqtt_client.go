@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -47,8 +48,42 @@ func (l *lostConn) lost() error {
 	return l.err
 }
 
-// paho3Client is an MQTT 3.1.1 connection made by paho.mqtt.golang, over
-// TCP or WebSocket (its own, with the "mqtt" subprotocol).
+// dialConn opens the connection an MQTT client runs over: a TCP socket,
+// or a WebSocket (coder/websocket, "mqtt" subprotocol) whose binary
+// messages carry the packets. Reads go through a buffer: both paho clients
+// read a packet a few bytes at a time (its type, each byte of its length,
+// then the rest), a read(2) each on a bare socket, which doubled what a
+// delivery cost the load generator.
+func dialConn(ctx context.Context, u *url.URL) (net.Conn, error) {
+	var nc net.Conn
+	switch u.Scheme {
+	case "ws", "wss":
+		conn, _, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+		if err != nil {
+			return nil, fmt.Errorf("dial %s: %w", u.Redacted(), err)
+		}
+		conn.SetReadLimit(16 << 20)
+		nc = websocket.NetConn(context.Background(), conn, websocket.MessageBinary)
+	default:
+		var err error
+		if nc, err = (&net.Dialer{}).DialContext(ctx, "tcp", u.Host); err != nil {
+			return nil, fmt.Errorf("dial %s: %w", u.Redacted(), err)
+		}
+	}
+	return &bufferedConn{Conn: nc, r: bufio.NewReader(nc)}, nil
+}
+
+// bufferedConn is a net.Conn read through a buffer.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// paho3Client is an MQTT 3.1.1 connection made by paho.mqtt.golang over
+// dialConn's connection. paho writes each packet in one Write, as a
+// WebSocket message must hold whole packets.
 type paho3Client struct {
 	lostConn
 	c paho3.Client
@@ -59,7 +94,8 @@ func dialPaho3(ctx context.Context, u *url.URL, clientID, username, password str
 	opts := paho3.NewClientOptions().AddBroker(u.String()).SetClientID(clientID).SetProtocolVersion(4).
 		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectTimeout(connectTimeout).SetKeepAlive(30 * time.Second).
-		SetConnectionLostHandler(func(_ paho3.Client, err error) { c.setLost(err) })
+		SetConnectionLostHandler(func(_ paho3.Client, err error) { c.setLost(err) }).
+		SetCustomOpenConnectionFn(func(*url.URL, paho3.ClientOptions) (net.Conn, error) { return dialConn(ctx, u) })
 	if username != "" {
 		opts.SetUsername(username)
 	}
@@ -110,8 +146,8 @@ func (c *paho3Client) close() {
 	c.c.Disconnect(50)
 }
 
-// paho5Client is an MQTT 5.0 connection made by paho.golang, over a TCP
-// socket or a WebSocket (coder/websocket, "mqtt" subprotocol).
+// paho5Client is an MQTT 5.0 connection made by paho.golang over
+// dialConn's connection.
 type paho5Client struct {
 	lostConn
 	c         *paho.Client
@@ -120,20 +156,9 @@ type paho5Client struct {
 }
 
 func dialPaho5(ctx context.Context, u *url.URL, clientID, username, password string) (mqttClient, error) {
-	var nc net.Conn
-	switch u.Scheme {
-	case "ws", "wss":
-		conn, _, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
-		if err != nil {
-			return nil, fmt.Errorf("dial %s: %w", u.Redacted(), err)
-		}
-		conn.SetReadLimit(16 << 20)
-		nc = websocket.NetConn(context.Background(), conn, websocket.MessageBinary)
-	default:
-		var err error
-		if nc, err = (&net.Dialer{}).DialContext(ctx, "tcp", u.Host); err != nil {
-			return nil, fmt.Errorf("dial %s: %w", u.Redacted(), err)
-		}
+	nc, err := dialConn(ctx, u)
+	if err != nil {
+		return nil, err
 	}
 	c := &paho5Client{nc: nc}
 	// paho writes a packet in several Writes, and from several goroutines
