@@ -49,6 +49,29 @@ ratio() {
 		"POST /v1/events:batch $batch requests/s ($((batch * 100)) events/s) = $(awk "BEGIN {printf \"%.2f\", $batch / $empty}") of it"
 }
 
+# bench mqtt measures the edge over MQTT alone, over TCP and WebSocket,
+# and beside it the Mosquitto of MOSQUITTO_URL, else the one answering on
+# 127.0.0.1:1883 (asked for its version, so that the edge of a run that
+# listens there is not taken for it), in the same run, with the same load.
+mqtt_urls="ws://localhost${EDGE_HTTP_ADDR:-:8081}/mqtt"
+mqtt_addr=${EDGE_MQTT_ADDR:-:11883}
+if [[ ${mqtt_addr,,} != off ]]; then
+	mqtt_host=${mqtt_addr%:*}
+	[[ -z $mqtt_host || $mqtt_host == 0.0.0.0 || $mqtt_host == "[::]" ]] && mqtt_host=localhost
+	mqtt_urls="tcp://$mqtt_host:${mqtt_addr##*:},$mqtt_urls"
+fi
+mosquitto=${MOSQUITTO_URL:-} mosquitto_version=
+if [[ -z $mosquitto ]] && command -v mosquitto_sub >/dev/null; then
+	mosquitto_version=$(mosquitto_sub -h 127.0.0.1 -p 1883 -t '$SYS/broker/version' -C 1 -W 2 2>/dev/null)
+	[[ $mosquitto_version == mosquitto* ]] && mosquitto=tcp://127.0.0.1:1883
+fi
+if [[ -n $mosquitto ]]; then
+	mqtt_urls+=",$mosquitto"
+	echo "== bench mqtt: the edge beside the Mosquitto at $mosquitto${mosquitto_version:+ ($mosquitto_version)}"
+else
+	echo "== bench mqtt: no Mosquitto answers on 127.0.0.1:1883 (or set MOSQUITTO_URL): the edge alone"
+fi
+
 if [[ ${BENCH_SMOKE:-} == 1 ]]; then
 	ratio 1s
 	run bench fanout "${flags[@]}" --subscribers 20 --rate 200 --duration 2s
@@ -59,6 +82,8 @@ if [[ ${BENCH_SMOKE:-} == 1 ]]; then
 	run bench ingest "${flags[@]}" --concurrency 2 --duration 2s --grpc="localhost${API_GRPC_ADDR:-:9090}" --batch 500 --patterns 400
 	run bench connections "${flags[@]}" --count 300 --settle 1s
 	run bench recovery "${flags[@]}" --grpc="localhost${API_GRPC_ADDR:-:9090}" --events 1000
+	run bench mqtt --url "$mqtt_urls" --subscribers 20 --rate 50 --duration 2s --settle 500ms --qos 1
+	run bench mqtt --url "$mqtt_urls" --subscribers 20 --rate 50 --duration 2s --settle 500ms --version 5
 	exit $failed
 fi
 
@@ -75,6 +100,10 @@ run bench ingest "${flags[@]}" --concurrency 8 --duration 10s --grpc="localhost$
 run bench recovery "${flags[@]}" --grpc="localhost${API_GRPC_ADDR:-:9090}" --events 50000
 # The same while attackers hold 20,000 distinct patterns at the edge.
 run bench ingest "${flags[@]}" --concurrency 8 --duration 10s --grpc="localhost${API_GRPC_ADDR:-:9090}" --patterns 20000
+# 1,000 MQTT subscribers at QoS 0 and QoS 1, 100 messages/s (100,000
+# deliveries/s offered): the edge over TCP and WebSocket, and Mosquitto.
+run bench mqtt --url "$mqtt_urls" --subscribers 1000 --rate 100 --duration 5s --qos 0
+run bench mqtt --url "$mqtt_urls" --subscribers 1000 --rate 100 --duration 5s --qos 1
 # 50,000 idle connections, or as many as the open-file limit allows: the
 # edge and the load generator each hold one descriptor per connection.
 nofile=$(ulimit -Hn)
