@@ -42,6 +42,12 @@ var demoExcept = []string{"notify:*"}
 // demoBodyBytes bounds a request of the demo page's buttons.
 const demoBodyBytes = 16 << 10
 
+// DemoLobby is the channel of the demo page's "who is online" panel: the
+// page subscribes to it with presence, and GET /demo/api/presence reads
+// who is on it. A demo token grants it; its namespace, lobby, keeps
+// presence only where EDGE_PRESENCE_NAMESPACES names it (make run does).
+const DemoLobby = "lobby:demo"
+
 // Demo turns on what only the demo page needs. The zero value leaves it
 // off; never turn it on where real users connect.
 type Demo struct {
@@ -59,13 +65,16 @@ type Demo struct {
 
 // Register adds GET /, GET /eventbus.js and GET /sw.js to mux and, when
 // demo.Secret is set, the demo routes: GET /demo/token?user=ID, which mints
-// a token for that user allowed every channel but other users'
-// notifications and to publish on sensor:*; POST /demo/api/…, which passes
-// the page's sign-up, order, shipping and payment requests on to the API's
-// /v1/…; and /demo/notify/v1/…, which passes the page's Web Push requests
-// on to the notification service (GET /v1/push/vapid-public-key, and POST
-// and DELETE /v1/users/{id}/push-subscriptions for the user of the demo
-// token the page sends).
+// a token for that user allowed every channel (DemoLobby among them) but
+// other users' notifications and to publish on sensor:*; POST
+// /demo/api/…, which passes the page's sign-up, order, shipping and
+// payment requests on to the API's /v1/…; GET /demo/api/presence, which
+// asks the API's GET /v1/presence of DemoLobby, and of no other channel
+// whatever the page's query says; and /demo/notify/v1/…, which passes the
+// page's Web Push requests on to the notification service (GET
+// /v1/push/vapid-public-key, and POST and DELETE
+// /v1/users/{id}/push-subscriptions for the user of the demo token the
+// page sends).
 func Register(mux *http.ServeMux, demo Demo) {
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		serve(w, "static/index.html", "text/html; charset=utf-8")
@@ -101,13 +110,18 @@ func Register(mux *http.ServeMux, demo Demo) {
 		_ = json.NewEncoder(w).Encode(map[string]string{"token": tok, "user_id": user})
 	})
 	if demo.API != nil {
-		api := demoProxy(demo.API, demo.APIKey, "/demo/api", "the API", "EDGE_DEMO_API_URL")
+		api := demoProxy(demo.API, demo.APIKey, "/demo/api", "the API", "EDGE_DEMO_API_URL", nil)
 		for _, route := range []string{"users", "orders", "orders/{id}/ship", "payments"} {
 			mux.Handle("POST /demo/api/"+route, api)
 		}
+		// Who is in the lobby, for the page's "who is online" panel when it
+		// (re)subscribes: the joins and leaves it hears tell only what
+		// happens after.
+		mux.Handle("GET /demo/api/presence", demoProxy(demo.API, demo.APIKey, "/demo/api", "the API", "EDGE_DEMO_API_URL",
+			url.Values{"channel": {DemoLobby}}))
 	}
 	if demo.Notify != nil {
-		notify := demoProxy(demo.Notify, demo.APIKey, "/demo/notify/v1", "the notification service", "EDGE_DEMO_NOTIFY_URL")
+		notify := demoProxy(demo.Notify, demo.APIKey, "/demo/notify/v1", "the notification service", "EDGE_DEMO_NOTIFY_URL", nil)
 		mux.Handle("GET /demo/notify/v1/push/vapid-public-key", notify)
 		own := demoUser(token.NewVerifier(demo.Secret), notify)
 		mux.Handle("POST /demo/notify/v1/users/{id}/push-subscriptions", own)
@@ -147,19 +161,19 @@ func demoUser(v *token.Verifier, next http.Handler) http.Handler {
 }
 
 // demoProxy passes a request of the demo page on to target: its path less
-// strip, under /v1 of target's path. It sends key (if any) instead of the
-// browser's credentials, and names what (its service) and variable (where
-// it is configured) when target does not answer. It serves the page's own
-// origin only, so that another site cannot act through a visitor's
-// browser.
-func demoProxy(target *url.URL, key, strip, what, variable string) http.Handler {
+// strip, under /v1 of target's path, with query (nil: none) in place of
+// the page's query string. It sends key (if any) instead of the browser's
+// credentials, and names what (its service) and variable (where it is
+// configured) when target does not answer. It serves the page's own origin
+// only, so that another site cannot act through a visitor's browser.
+func demoProxy(target *url.URL, key, strip, what, variable string, query url.Values) http.Handler {
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(target)
 			rest := strings.TrimPrefix(r.In.URL.EscapedPath(), strip)
 			r.Out.URL.RawPath = strings.TrimSuffix(target.EscapedPath(), "/") + "/v1" + rest
 			r.Out.URL.Path, _ = url.PathUnescape(r.Out.URL.RawPath)
-			r.Out.URL.RawQuery = ""
+			r.Out.URL.RawQuery = query.Encode()
 			r.Out.Header.Del("Cookie")
 			r.Out.Header.Del("Authorization")
 			if key != "" {

@@ -14,7 +14,7 @@ import (
 
 // apiCall is what the fake API saw of one request.
 type apiCall struct {
-	path, auth, cookie, body string
+	path, query, auth, cookie, body string
 }
 
 // demoMux serves Register's routes in demo mode in front of a fake API
@@ -24,7 +24,7 @@ func demoMux(t testing.TB) (*http.ServeMux, chan apiCall) {
 	calls := make(chan apiCall, 1)
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
-		calls <- apiCall{path: r.URL.EscapedPath(), auth: r.Header.Get("Authorization"), cookie: r.Header.Get("Cookie"), body: string(b)}
+		calls <- apiCall{path: r.URL.EscapedPath(), query: r.URL.RawQuery, auth: r.Header.Get("Authorization"), cookie: r.Header.Get("Cookie"), body: string(b)}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
 		_, _ = io.WriteString(w, `{"order_id":"o1","event_id":"e1"}`)
@@ -60,6 +60,40 @@ func TestDemoAPIPassesTheButtonsOn(t *testing.T) {
 	got := <-calls
 	if want := (apiCall{path: "/v1/orders/o1/ship", auth: "Bearer k1", body: body}); got != want {
 		t.Errorf("the API got %+v, want %+v", got, want)
+	}
+}
+
+// The page's "who is online" panel reads the lobby's presence: the API's
+// GET /v1/presence of DemoLobby, with the edge's key, whatever channel the
+// query names; another origin is refused, and nothing but GET is served.
+func TestDemoAPIPresenceIsTheLobbys(t *testing.T) {
+	mux, calls := demoMux(t)
+	for _, path := range []string{"/demo/api/presence", "/demo/api/presence?channel=notify:user:7&limit=0", "/demo/api/presence?channel=eventbus:control"} {
+		r := httptest.NewRequest(http.MethodGet, "http://edge.test"+path, nil)
+		r.Header.Set("Authorization", "Bearer the-browser's")
+		w := httptest.NewRecorder()
+		mux.ServeHTTP(w, r)
+		if w.Code != http.StatusAccepted || w.Body.String() != `{"order_id":"o1","event_id":"e1"}` {
+			t.Fatalf("GET %s: reply %d %s, want the API's as it came", path, w.Code, w.Body)
+		}
+		if got, want := <-calls, (apiCall{path: "/v1/presence", query: "channel=lobby%3Ademo", auth: "Bearer k1"}); got != want {
+			t.Errorf("GET %s: the API got %+v, want %+v", path, got, want)
+		}
+	}
+	r := httptest.NewRequest(http.MethodGet, "http://edge.test/demo/api/presence", nil)
+	r.Header.Set("Origin", "https://evil.example")
+	w := httptest.NewRecorder()
+	mux.ServeHTTP(w, r)
+	if code, _, _ := servicetest.ErrorReply(w.Result()); w.Code != http.StatusForbidden || code != "forbidden" {
+		t.Errorf("GET /demo/api/presence from another origin: %d %s, want 403 forbidden", w.Code, code)
+	}
+	if w := post(mux, "/demo/api/presence", `{}`, nil); w.Code != http.StatusMethodNotAllowed {
+		t.Errorf("POST /demo/api/presence: %d, want 405", w.Code)
+	}
+	select {
+	case c := <-calls:
+		t.Fatalf("the API got %+v from a refused request", c)
+	default:
 	}
 }
 
@@ -105,14 +139,16 @@ func TestDemoAPIRefuses(t *testing.T) {
 	}
 }
 
-// servedPath is every path the demo may send the API.
+// servedPath is every path the demo may POST to the API.
 var servedPath = regexp.MustCompile(`^/v1/(users|orders|payments|orders/[^/]+/ship)$`)
 
 // Whatever path a caller sends, the API is asked for one of the button
-// routes or nothing: no revocation, disconnect or raw event goes through.
+// routes, the lobby's presence or nothing: no revocation, disconnect, raw
+// event or other channel's presence goes through.
 func FuzzDemoAPIPath(f *testing.F) {
 	for _, s := range []string{"/demo/api/users", "/demo/api/orders/o1/ship", "/demo/api/orders/..%2f..%2frevocations/ship",
-		"/demo/api/orders/a%2Fb/ship", "/demo/api/../v1/revocations", "/demo/api//users", "/demo/api/users?x=1"} {
+		"/demo/api/orders/a%2Fb/ship", "/demo/api/../v1/revocations", "/demo/api//users", "/demo/api/users?x=1",
+		"/demo/api/presence?channel=notify:user:7", "/demo/api/presence/../users", "/demo/api/%70resence"} {
 		f.Add(s)
 	}
 	mux, calls := demoMux(f)
@@ -121,14 +157,28 @@ func FuzzDemoAPIPath(f *testing.F) {
 		if err != nil || !strings.HasPrefix(path, "/") {
 			return
 		}
-		r := &http.Request{Method: http.MethodPost, URL: u, Host: "edge.test", Header: http.Header{}, Body: http.NoBody}
-		mux.ServeHTTP(httptest.NewRecorder(), r)
-		select {
-		case c := <-calls:
-			if !servedPath.MatchString(c.path) {
-				t.Fatalf("POST %q reached the API as %q", path, c.path)
+		for _, method := range []string{http.MethodPost, http.MethodGet} {
+			r := &http.Request{Method: method, URL: u, Host: "edge.test", Header: http.Header{}, Body: http.NoBody}
+			mux.ServeHTTP(httptest.NewRecorder(), r)
+			select {
+			case c := <-calls:
+				switch {
+				case method == http.MethodPost && servedPath.MatchString(c.path) && c.query == "":
+				case method == http.MethodGet && unescaped(c.path) == "/v1/presence" && c.query == "channel=lobby%3Ademo":
+				default:
+					t.Fatalf("%s %q reached the API as %q?%s", method, path, c.path, c.query)
+				}
+			default:
 			}
-		default:
 		}
 	})
+}
+
+// unescaped is path as a server routes it.
+func unescaped(path string) string {
+	p, err := url.PathUnescape(path)
+	if err != nil {
+		return path
+	}
+	return p
 }
