@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,6 +110,31 @@ func TestComposeFile(t *testing.T) {
 		if !slices.Equal(got, ports[name]) {
 			t.Errorf("%s: ports %v, want %v", name, got, ports[name])
 		}
+	}
+
+	// The demo page reaches the api and the notification service through
+	// the edge: each URL names the service and the port it listens on.
+	edge := project.Services["edge"].Environment
+	for v, target := range map[string]struct{ service, addr string }{
+		"EDGE_DEMO_API_URL":    {"api", "API_HTTP_ADDR"},
+		"EDGE_DEMO_NOTIFY_URL": {"notification", "NOTIFICATION_HTTP_ADDR"},
+	} {
+		var got, listen string
+		if p := edge[v]; p != nil {
+			got = *p
+		}
+		if p := project.Services[target.service].Environment[target.addr]; p != nil {
+			listen = *p
+		}
+		u, err := url.Parse(got)
+		if err != nil || u.Scheme != "http" || u.Hostname() != target.service || listen == "" || ":"+u.Port() != listen[strings.LastIndex(listen, ":"):] {
+			t.Errorf("edge: %s = %q, want http://%s on the port of its %s (%q)", v, got, target.service, target.addr, listen)
+		}
+	}
+	// Presence for notify (the notification service routes by it) and
+	// lobby (the demo page's "who is online").
+	if p := edge["EDGE_PRESENCE_NAMESPACES"]; p == nil || !slices.Contains(strings.Split(*p, ","), "notify") || !slices.Contains(strings.Split(*p, ","), "lobby") {
+		t.Errorf("edge: EDGE_PRESENCE_NAMESPACES = %v, want notify and lobby among them", p)
 	}
 }
 

@@ -271,6 +271,16 @@ func TestKubernetesChecksRefuseBadVariants(t *testing.T) {
 			want: "Service/notification: no ServiceMonitor scrapes /metrics on port http",
 		},
 		{
+			name: "the demo's edge shut out of the notification service",
+			kustomization: `patches:
+  - target: {kind: Deployment, name: edge}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {name: EDGE_DEMO_NOTIFY_URL, value: "http://notification:8083"}`,
+			want: "Deployment/edge cannot reach Deployment/notification port 8083, its EDGE_DEMO_NOTIFY_URL",
+		},
+		{
 			name: "WebSockets cut after a minute",
 			kustomization: `patches:
   - target: {kind: Ingress, name: edge}
@@ -673,7 +683,8 @@ func portMatches(ports []networkingv1.NetworkPolicyPort, port corev1.ContainerPo
 // controller reaches what the Ingresses route to and nothing else;
 // Prometheus reaches each service's metrics port; every service reaches an
 // in-namespace Redis; labelled namespaces reach the api; and the demo's
-// edge reaches the api it posts to.
+// edge reaches the api and the notification service it passes the page's
+// requests on to.
 func checkNetworkPolicies(r *rendered) []error {
 	var errs []error
 	if !slices.ContainsFunc(r.policies, func(p *networkingv1.NetworkPolicy) bool {
@@ -722,20 +733,20 @@ func checkNetworkPolicies(r *rendered) []error {
 		}
 		for _, c := range w.pod.Spec.Containers {
 			for _, e := range c.Env {
-				if e.Name != "EDGE_DEMO_API_URL" {
+				if e.Name != "EDGE_DEMO_API_URL" && e.Name != "EDGE_DEMO_NOTIFY_URL" {
 					continue
 				}
 				u, err := url.Parse(e.Value)
 				if err != nil {
-					errs = append(errs, fmt.Errorf("%s: EDGE_DEMO_API_URL %q: %w", w, e.Value, err))
+					errs = append(errs, fmt.Errorf("%s: %s %q: %w", w, e.Name, e.Value, err))
 					continue
 				}
 				n, _ := strconv.Atoi(u.Port())
-				api, port, err := r.resolve(u.Hostname(), networkingv1.ServiceBackendPort{Number: int32(n)})
+				target, port, err := r.resolve(u.Hostname(), networkingv1.ServiceBackendPort{Number: int32(n)})
 				if err != nil {
-					errs = append(errs, fmt.Errorf("%s: EDGE_DEMO_API_URL: %w", w, err))
-				} else if !r.admits(self, api, port) {
-					errs = append(errs, fmt.Errorf("%s cannot reach %s port %d, its EDGE_DEMO_API_URL", w, api, port.ContainerPort))
+					errs = append(errs, fmt.Errorf("%s: %s: %w", w, e.Name, err))
+				} else if !r.admits(self, target, port) {
+					errs = append(errs, fmt.Errorf("%s cannot reach %s port %d, its %s", w, target, port.ContainerPort, e.Name))
 				}
 			}
 		}

@@ -125,8 +125,8 @@ dial_addr() {
 	echo "$host:${addr##*:}"
 }
 # Every address a service listens on, and where this run says it is: the
-# banner, the demo page's buttons (EDGE_DEMO_API_URL) and bin/eventbus,
-# which reads the same variables.
+# banner, the demo page's buttons and Web Push (EDGE_DEMO_API_URL,
+# EDGE_DEMO_NOTIFY_URL) and bin/eventbus, which reads the same variables.
 export API_HTTP_ADDR=${API_HTTP_ADDR:-:8080} API_GRPC_ADDR=${API_GRPC_ADDR:-:9090}
 export LOGGER_HTTP_ADDR=${LOGGER_HTTP_ADDR:-:8082} EDGE_HTTP_ADDR=${EDGE_HTTP_ADDR:-:8081}
 export NOTIFICATION_HTTP_ADDR=${NOTIFICATION_HTTP_ADDR:-:8083}
@@ -154,8 +154,13 @@ cli_api= cli_logger=
 
 start api "$bin/api"
 start logger "$bin/logger"
-# Demo mode mints tokens for the demo page: for this local run only.
-start edge env EDGE_DEMO="${EDGE_DEMO:-true}" EDGE_DEMO_API_URL="${EDGE_DEMO_API_URL:-$api}" "$bin/edge"
+# Demo mode mints tokens for the demo page: for this local run only. Its
+# buttons reach this run's API, its Web Push this run's notification
+# service. Presence is kept for notify (which the notification service
+# routes by) and lobby (the page's "who is online", lobby:demo).
+start edge env EDGE_DEMO="${EDGE_DEMO:-true}" EDGE_DEMO_API_URL="${EDGE_DEMO_API_URL:-$api}" \
+	EDGE_DEMO_NOTIFY_URL="${EDGE_DEMO_NOTIFY_URL:-$notification}" \
+	EDGE_PRESENCE_NAMESPACES="${EDGE_PRESENCE_NAMESPACES:-notify,lobby}" "$bin/edge"
 # Without SENDGRID_API_KEY in the environment, emails are only logged.
 start notification "$bin/notification"
 
