@@ -230,7 +230,7 @@ async function subscribeSharded(cluster, prefix, pattern, tags) {
     // with its announcement and go by: the stream has them.
     const followed = new Set();
     const follow = async (ns) => {
-      if (/^[a-z0-9_-]+$/.test(ns) && ns.startsWith(nsPrefix) && !followed.has(ns)) {
+      if (/^[a-z0-9_~-]+$/.test(ns) && ns.startsWith(nsPrefix) && !followed.has(ns)) {
         followed.add(ns);
         await Promise.all(tags.map((tag) => sub(live(tag, ns))));
       }

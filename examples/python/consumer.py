@@ -269,7 +269,7 @@ def subscribe_sharded(client, prefix, pattern, tags):
         return f"{prefix}live:{{{shard.tag}}}:{ns}"
 
     def follow(ns):
-        if re.fullmatch(r"[a-z0-9_-]+", ns) and ns.startswith(ns_prefix) and ns not in followed:
+        if re.fullmatch(r"[a-z0-9_~-]+", ns) and ns.startswith(ns_prefix) and ns not in followed:
             followed.add(ns)
             for shard in shards:
                 shard.add(live(shard, ns))

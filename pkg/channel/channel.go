@@ -2,7 +2,10 @@
 // event types, and the mapping between them.
 //
 // A channel is one or more lower-case tokens of [a-z0-9_-] joined by ':', such
-// as "order:placed" or "notify:user:42". A pattern is a channel in which any
+// as "order:placed" or "notify:user:42". Any other byte is written as an
+// escape, '~' and its two lower-case hex digits ("~41" for 'A'), and a
+// token of '~' alone is an empty one: so every MQTT topic is a channel
+// (FromTopic), and back (Topic). A pattern is a channel in which any
 // token may also contain '*'. As in Redis PSUBSCRIBE, '*' matches any run of
 // characters, ':' included, so "user:*" matches "user:42:deleted". Redis's
 // other glob characters ('?', '[', '\') are not part of the grammar, which
@@ -94,6 +97,9 @@ func check(what, s string, sep byte, wildcard bool) error {
 	if len(s) > MaxLen {
 		return fmt.Errorf("%w: %s is %d bytes long, more than %d", ErrInvalid, what, len(s), MaxLen)
 	}
+	if s == string(escape) {
+		return fmt.Errorf("%w: %s %q: an empty token alone names nothing", ErrInvalid, what, s)
+	}
 	tokenStart := 0
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -103,8 +109,17 @@ func check(what, s string, sep byte, wildcard bool) error {
 				return fmt.Errorf("%w: %s %q has an empty token at byte %d", ErrInvalid, what, s, i)
 			}
 			tokenStart = i + 1
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '_', c == '-':
+		case plain(c):
 		case c == '*' && wildcard:
+		case c == escape:
+			if i == tokenStart && (i+1 == len(s) || s[i+1] == sep) {
+				continue // "~", an empty MQTT level
+			}
+			if _, ok := unescape(s[i:]); !ok {
+				return fmt.Errorf("%w: %s %q has %q at byte %d, which is no escape: '~' and two lower-case hex digits of a byte other than a-z 0-9 _ -, or '~' alone as a token",
+					ErrInvalid, what, s, c, i)
+			}
+			i += 2
 		default:
 			return fmt.Errorf("%w: %s %q has %q at byte %d; allowed are %s%s", ErrInvalid, what, s, c, i, allowed(sep, wildcard), suggest(s, sep, wildcard))
 		}
@@ -131,7 +146,7 @@ func suggest(s string, sep byte, wildcard bool) string {
 }
 
 func allowed(sep byte, wildcard bool) string {
-	a := fmt.Sprintf("a-z 0-9 _ - and %q between tokens", sep)
+	a := fmt.Sprintf("a-z 0-9 _ -, '~' escapes (see FromTopic) and %q between tokens", sep)
 	if wildcard {
 		a += " and '*'"
 	}

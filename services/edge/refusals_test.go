@@ -30,7 +30,8 @@ func TestMQTTWillRefusalsAreNotRetried(t *testing.T) {
 		want  map[byte]byte
 	}{
 		{"will QoS 2", "sensor/gone", 2, map[byte]byte{4: 0x05, 5: 0x9B}},
-		{"will topic outside the grammar", "Sensor/Gone", 1, map[byte]byte{4: 0x05, 5: 0x90}},
+		{"will topic with a wildcard", "sensor/+", 1, map[byte]byte{4: 0x05, 5: 0x90}},
+		{"will topic outside the publish grants", "Sensor/Gone", 1, map[byte]byte{4: 0x05, 5: 0x87}},
 	} {
 		for _, v := range []byte{4, 5} {
 			m := e.dialMQTT(t, "/mqtt", v)

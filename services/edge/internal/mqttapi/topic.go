@@ -7,26 +7,26 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 )
 
-// Topics and channels are the same names spelled two ways: the levels of
-// a topic are the tokens of a channel, "order/placed" ↔ "order:placed".
+// Topics and channels are the same names spelled two ways
+// (channel.FromTopic): a topic's levels are a channel's tokens,
+// "order/placed" ↔ "order:placed", with anything outside [a-z0-9_-]
+// escaped ("TopicA/B" ↔ "~54opic~41:~42"), so any topic MQTT allows
+// reaches the bus and comes back as it was.
 
-// errTopic is a topic or filter outside what maps to the channel grammar.
-var errTopic = errors.New("want levels of [a-z0-9_-] separated by '/'")
+// errTopic is a topic or filter with no channel or pattern.
+var errTopic = errors.New("want a topic of at most about 80 bytes outside [a-z0-9_-] (each is escaped in three), '+' and '#' only as whole levels of a filter, '#' last")
 
 // channelOf returns the channel of an MQTT topic name.
 func channelOf(topic string) (string, error) {
-	if strings.ContainsRune(topic, ':') {
-		return "", errTopic
-	}
-	ch := strings.ReplaceAll(topic, "/", ":")
-	if channel.Validate(ch) != nil {
+	ch, err := channel.FromTopic(topic)
+	if err != nil {
 		return "", errTopic
 	}
 	return ch, nil
 }
 
 // topicOf returns the MQTT topic name of a channel.
-func topicOf(ch string) string { return strings.ReplaceAll(ch, ":", "/") }
+func topicOf(ch string) string { return channel.Topic(ch) }
 
 // patternsOf returns the patterns whose union covers every channel an
 // MQTT topic filter can match: the hub subscribes to them, and match
@@ -35,7 +35,7 @@ func topicOf(ch string) string { return strings.ReplaceAll(ch, ":", "/") }
 // "/#" also matches its parent level (MQTT-4.7.1-2), "order/#" is
 // "order:*" and "order"; a filter of '#' alone is '*'.
 func patternsOf(filter string) ([]string, error) {
-	if filter == "" || strings.ContainsAny(filter, ":*") {
+	if filter == "" || strings.HasPrefix(filter, "$share/") {
 		return nil, errTopic
 	}
 	levels := strings.Split(filter, "/")
@@ -49,12 +49,17 @@ func patternsOf(filter string) ([]string, error) {
 			levels[i] = "*"
 		case strings.ContainsAny(l, "+#"):
 			return nil, errTopic // a wildcard is a whole level; '#' only the last
+		default:
+			levels[i] = channel.Level(l)
 		}
 	}
 	if len(levels) == 0 {
 		return []string{"*"}, nil
 	}
 	p := strings.Join(levels, ":")
+	if multi && p == "~" {
+		return []string{"~:*"}, nil // "/#": its parent level would be the empty topic, which is none
+	}
 	if channel.ValidatePattern(p) != nil {
 		return nil, errTopic
 	}
@@ -65,8 +70,13 @@ func patternsOf(filter string) ([]string, error) {
 }
 
 // match reports whether topic matches filter with MQTT's semantics: '+'
-// is exactly one level, '#' the remaining levels, none included.
+// is exactly one level, '#' the remaining levels, none included; a
+// filter beginning with a wildcard matches no topic beginning with '$'
+// (MQTT-4.7.2-1), which are the server's.
 func match(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
 	for {
 		f, frest, fmore := strings.Cut(filter, "/")
 		if f == "#" {

@@ -32,6 +32,13 @@ func TestMatchIsMQTTs(t *testing.T) {
 		{"user/+/deleted", "user/42/created", false},
 		{"a/+/#", "a/b", true},
 		{"a/+/#", "a", false},
+		{"TopicA/+", "TopicA/B", true},
+		{"+/+", "/TopicA", true},
+		{"/#", "/TopicA", true},
+		{"#", "$SYS/uptime", false}, // a leading wildcard takes no $-topic
+		{"+/uptime", "$SYS/uptime", false},
+		{"$SYS/#", "$SYS/uptime", true},
+		{"$SYS/+", "$SYS/uptime", true},
 	} {
 		if got := match(tt.filter, tt.topic); got != tt.want {
 			t.Errorf("match(%q, %q) = %v, want %v", tt.filter, tt.topic, got, tt.want)
@@ -51,12 +58,18 @@ func TestPatternsOf(t *testing.T) {
 		{"#", []string{"*"}},
 		{"+/placed", []string{"*:placed"}},
 		{"user/+/deleted", []string{"user:*:deleted"}},
+		{"TopicA/#", []string{"~54opic~41:*", "~54opic~41"}},
+		{"/+", []string{"~:*"}},
+		{"/#", []string{"~:*"}},
+		{"$SYS/#", []string{"~24~53~59~53:*", "~24~53~59~53"}},
+		{"order:placed", []string{"order~3aplaced"}},
+		{"order/*", []string{"order:~2a"}},
 	} {
 		if got, err := patternsOf(tt.filter); err != nil || !slices.Equal(got, tt.want) {
 			t.Errorf("patternsOf(%q) = %q, %v; want %q", tt.filter, got, err, tt.want)
 		}
 	}
-	for _, bad := range []string{"", "order/", "/order", "order//x", "order/pl#", "order/#/x", "order/a+", "Order/x", "order:placed", "$share/g/order", "order/*"} {
+	for _, bad := range []string{"", "order/pl#", "order/#/x", "order/a+", "$share/g/order"} {
 		if got, err := patternsOf(bad); err == nil {
 			t.Errorf("patternsOf(%q) = %q, want it refused", bad, got)
 		}
@@ -68,7 +81,12 @@ func TestChannelOf(t *testing.T) {
 	if ch, err := channelOf("sensor/temp"); err != nil || ch != "sensor:temp" || topicOf(ch) != "sensor/temp" {
 		t.Errorf("channelOf(sensor/temp) = %q, %v", ch, err)
 	}
-	for _, bad := range []string{"", "sensor/+", "sensor/#", "a:b", "Sensor/temp", "sensor//temp", "sensor/temp/", "sensor/*"} {
+	for _, tt := range []struct{ topic, ch string }{{"Sensor/temp", "~53ensor:temp"}, {"sensor//temp", "sensor:~:temp"}, {"a:b", "a~3ab"}} {
+		if ch, err := channelOf(tt.topic); err != nil || ch != tt.ch || topicOf(ch) != tt.topic {
+			t.Errorf("channelOf(%q) = %q, %v; want %q", tt.topic, ch, err, tt.ch)
+		}
+	}
+	for _, bad := range []string{"", "sensor/+", "sensor/#", strings.Repeat("X", 100)} {
 		if ch, err := channelOf(bad); err == nil {
 			t.Errorf("channelOf(%q) = %q, want it refused", bad, ch)
 		}
