@@ -723,6 +723,7 @@ func TestMQTTWill(t *testing.T) {
 
 // The bus's own namespace is closed to MQTT clients whatever their publish
 // claim: a PUBLISH on eventbus/control could forge the edges' commands.
+// So are the edge's own event types, presence news and receipts.
 func TestMQTTCannotPublishOnTheControlChannel(t *testing.T) {
 	t.Parallel()
 	e := startEdge(t, redistest.Shared(t), nil)
@@ -731,6 +732,13 @@ func TestMQTTCannotPublishOnTheControlChannel(t *testing.T) {
 	m.send(publishPacket("eventbus/control", 1, 3, `{"action":"disconnect","sub":"42"}`))
 	if ack := m.expect(packets.Puback); ack.ReasonCode != 0x87 {
 		t.Errorf("PUBLISH on eventbus/control: PUBACK %#x, want 0x87 not authorized", ack.ReasonCode)
+	}
+	// Nor the edge's own news: a receipt, a presence join.
+	for i, topic := range []string{"notification/delivered", "presence/join"} {
+		m.send(publishPacket(topic, 1, uint16(10+i), `{"notification_id":"n-1","user_id":"42","transport":"ws"}`))
+		if ack := m.expect(packets.Puback); ack.ReasonCode != 0x87 {
+			t.Errorf("PUBLISH on %s: PUBACK %#x, want 0x87 not authorized", topic, ack.ReasonCode)
+		}
 	}
 	m.send(publishPacket("sensor/ok", 1, 4, `{}`)) // and the claim works elsewhere
 	if ack := m.expect(packets.Puback); ack.ReasonCode != 0 {

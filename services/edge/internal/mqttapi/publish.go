@@ -167,10 +167,11 @@ func (s *session) puback(id uint16, code packets.Code, why string) []byte {
 }
 
 // mayPublish reports whether the token's publish claim covers ch, which
-// is never in the bus's own namespace (the control channel the edges obey).
+// is never in the bus's own namespace (the control channel the edges obey)
+// nor of an event type only the edge publishes.
 func (s *session) mayPublish(ch string) bool {
-	if s.claims == nil || channel.Reserved(ch) {
-		return false
+	if s.claims == nil || channel.Reserved(ch) || envelope.EdgeOnly(strings.ReplaceAll(ch, ":", ".")) {
+		return false // the bus's own, or the edge's: presence news, receipts
 	}
 	for _, p := range s.claims.Publish {
 		if channel.Covers(p, ch) {
