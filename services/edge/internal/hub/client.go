@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -120,14 +121,23 @@ func (c *Client) withholds(ch string) bool {
 	return t != nil && len(t.Except) > 0 && token.Withheld(t.Sub, t.Except, ch)
 }
 
-// wants reports whether ev is for c at all: a channel's joins and leaves
-// go only to a subscription that asked for them. Call with Hub.mu held.
-func (c *Client) wants(ev *Event) bool {
+// through returns the subscriptions among subs, those of c that matched
+// ev, that ev goes to c through: all of them, but for a channel's joins
+// and leaves, which go only through c's subscription to the channel
+// itself, and only when it asked for them (none through a pattern, nor
+// before that subscription is in place). Call with Hub.mu held.
+func (c *Client) through(ev *Event, subs []string) []string {
 	if !ev.presence {
-		return true
+		return subs
 	}
-	_, ok := c.presence[ev.Channel]
-	return ok
+	if _, ok := c.presence[ev.Channel]; !ok {
+		return nil
+	}
+	i := slices.Index(subs, ev.Channel)
+	if i < 0 {
+		return nil
+	}
+	return subs[i : i+1 : i+1]
 }
 
 // ID is the connection's id, unique across edges and restarts: presence

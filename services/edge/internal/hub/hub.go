@@ -616,7 +616,7 @@ func (h *Hub) send(c *Client, ev *Event, subs []string, now time.Time) bool {
 	if c.withholds(ev.Channel) {
 		return false
 	}
-	if !c.wants(ev) {
+	if subs = c.through(ev, subs); len(subs) == 0 {
 		return false
 	}
 	key := frameKey{c.enc, strings.Join(subs, "\x00")}

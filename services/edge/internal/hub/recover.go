@@ -247,7 +247,7 @@ func (h *Hub) push(c *Client, ev *Event, subs []string, cancelled *atomic.Bool) 
 // with mu held for writing).
 func (h *Hub) hold(c *Client, ev *Event, subs []string) []string {
 	live := subs[:0:0]
-	if !c.wants(ev) {
+	if subs = c.through(ev, subs); len(subs) == 0 {
 		return live // neither now nor after the replay
 	}
 	for _, p := range subs {
