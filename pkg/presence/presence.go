@@ -88,8 +88,12 @@ const now = `local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(
 // renew adds or renews ARGV[2] on KEYS[1], expiring ARGV[1] ms from now,
 // and keeps the key as long as its longest-lived member. It returns 1
 // when the member was not there (or had expired): new to the channel.
+// Members expired for longer than the TTL go: a sweep had a TTL to
+// announce them, and a channel nobody watches is swept by nobody, so
+// its lost members would otherwise stay as long as a live one renews.
 var renew = redis.NewScript(now + `
 local ttl = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 local old = redis.call('ZSCORE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end

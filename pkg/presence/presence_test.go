@@ -224,3 +224,24 @@ func TestRenewMany(t *testing.T) {
 		t.Fatalf("%d members over the channels, want %d", total, len(es))
 	}
 }
+
+// TestLongExpiredMembersGo: a channel nobody sweeps keeps no member
+// expired for longer than the TTL once anyone renews there.
+func TestLongExpiredMembersGo(t *testing.T) {
+	s, rdb, key := newStore(t)
+	ctx := context.Background()
+	lost := presence.Member{Client: "lost", Transport: "ws"}
+	live := presence.Member{Client: "live", Transport: "ws"}
+	for _, m := range []presence.Member{lost, live} {
+		if _, err := s.Join(ctx, "notify:user:1", m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expire(t, rdb, key("notify:user:1"), lost) // expired at 1 ms after the epoch: long past
+	if _, err := s.Renew(ctx, []presence.Entry{{Channel: "notify:user:1", Member: live}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.ZCard(ctx, key("notify:user:1")).Val(); n != 1 {
+		t.Fatalf("%d members in the set, want the live one alone", n)
+	}
+}
