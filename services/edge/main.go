@@ -129,8 +129,9 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Pacer: pacer, Receipts: receipts,
 	}, reg)
-	// MQTT sessions outlive their connection, and retained messages come,
-	// only where there is a record.
+	// MQTT sessions outlive their connection, and the latest event can
+	// stand for a channel's retained message, only where there is a
+	// record; retained messages per topic are kept either way.
 	var sessions *mqttapi.Store
 	var record mqttapi.Record
 	if cfg.HistoryMaxLen > 0 {

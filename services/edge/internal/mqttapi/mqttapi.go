@@ -223,6 +223,7 @@ type session struct {
 	client  *hub.Client
 	limiter *rate.Limiter
 	expiry  time.Duration // how long the session outlives the connection; 0: not at all
+	asked   uint32        // the Session Expiry Interval CONNECT asked for, in seconds (5.0)
 	will    *will         // published unless the client says goodbye
 	bye     bool          // the client sent DISCONNECT without its will; read by the reader only
 	wake    chan struct{} // the hub queued frames, or the window opened
@@ -397,6 +398,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		s.id = "auto-" + strings.ToLower(rand.Text())
 		props.AssignedClientID = s.id
 	}
+	s.asked = pk.Properties.SessionExpiryInterval
 	if h.Sessions != nil {
 		switch {
 		case s.version == 5:
@@ -628,13 +630,16 @@ func subscriptionIDs(pk packets.Packet) bool {
 // with its connection cannot be kept at DISCONNECT (MQTT-3.14.2-2): that
 // is a protocol error, and false.
 func (s *session) expireAtEnd(pk packets.Packet) bool {
-	if s.version != 5 || !pk.Properties.SessionExpiryIntervalFlag || s.h.Sessions == nil {
-		return true // no session is kept without history, whatever either says
+	if s.version != 5 || !pk.Properties.SessionExpiryIntervalFlag {
+		return true
 	}
-	if s.expiry == 0 && pk.Properties.SessionExpiryInterval > 0 {
+	if s.asked == 0 && pk.Properties.SessionExpiryInterval > 0 {
 		s.disconnect(packets.ErrProtocolViolation, hub.Disconnect{Code: int(websocket.StatusProtocolError),
 			Reason: "a session expiry at DISCONNECT for a session that CONNECT said ends with its connection"})
 		return false
+	}
+	if s.h.Sessions == nil {
+		return true // no session is kept without history, whatever either says
 	}
 	d := min(time.Duration(pk.Properties.SessionExpiryInterval)*time.Second, s.h.SessionExpiry)
 	s.mu.Lock()

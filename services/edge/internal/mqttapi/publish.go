@@ -146,7 +146,7 @@ func (h *Handler) retain(ctx context.Context, ch string, pos bus.Position, env [
 		return nil
 	}
 	if clear {
-		return h.Retained.Clear(ctx, ch)
+		return h.Retained.Clear(ctx, ch, pos)
 	}
 	return h.Retained.Set(ctx, ch, pos, env)
 }

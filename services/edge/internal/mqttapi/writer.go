@@ -2,6 +2,8 @@ package mqttapi
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -282,11 +284,29 @@ func (s *session) acked(id uint16) {
 	}
 	s.ready()
 	if p.note != "" && s.h.Receipts != nil {
-		if err := s.h.Receipts.Ack(s.ctx, &s.notes, p.note, s.client.ID(), s.transport(), time.Now()); err != nil {
-			s.h.Logger.Debug("receipt of a notification", "notification_id", p.note, "error", err)
-		}
+		// In the background, and again while Redis does not take it: the
+		// client never sends this PUBACK again, and the reader goes on.
+		go s.receipt(p.note, time.Now())
 	}
 }
+
+// receipt publishes the receipt of notification id, acknowledged at at,
+// trying receiptTries times a second apart.
+func (s *session) receipt(id string, at time.Time) {
+	for try := 1; ; try++ {
+		err := s.h.Receipts.Ack(context.WithoutCancel(s.ctx), &s.notes, id, s.client.ID(), s.transport(), at)
+		if err == nil || errors.Is(err, receipt.ErrUnknown) || try == receiptTries {
+			if err != nil {
+				s.h.Logger.Warn("receipt of a notification not published; it falls back to push or email", "notification_id", id, "error", err)
+			}
+			return
+		}
+		time.Sleep(time.Second) // a retry's backoff, in its own goroutine
+	}
+}
+
+// receiptTries bounds the attempts at one receipt.
+const receiptTries = 3
 
 // flush writes buf: one WebSocket message, or to the TCP stream.
 func (s *session) flush(buf *bytes.Buffer) {
