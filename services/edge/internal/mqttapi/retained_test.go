@@ -45,7 +45,7 @@ func TestRetainedStoreKeepsTheLatest(t *testing.T) {
 		want []string
 	}{
 		{func() error { return s.Set(ctx, "dev:a", at("10-0"), []byte("ten")) }, []string{"dev:a=ten@10-0"}},
-		{func() error { return s.Set(ctx, "dev:a", at("9-5"), []byte("nine")) }, []string{"dev:a=ten@10-0"}},  // older: refused
+		{func() error { return s.Set(ctx, "dev:a", at("9-5"), []byte("nine")) }, []string{"dev:a=ten@10-0"}},   // older: refused
 		{func() error { return s.Set(ctx, "dev:a", at("100-0"), []byte("100")) }, []string{"dev:a=100@100-0"}}, // longer: later
 		{func() error { return s.Clear(ctx, "dev:a", at("100-1")) }, nil},
 		{func() error { return s.Set(ctx, "dev:a", at("100-0"), []byte("late")) }, nil}, // older than the clear
