@@ -263,7 +263,8 @@ type pending struct {
 	ns   string
 	pos  bus.Position
 	prev bus.Position
-	note string // the notification it carries, whose PUBACK is its receipt
+	note string     // the notification it carries, whose PUBACK is its receipt
+	ev   *hub.Event // the event it is, while it may wait for room
 }
 
 // serve runs the session of a connection whose MQTT bytes nc carries and

@@ -136,6 +136,9 @@ func (s *session) write() {
 				p := s.held[0]
 				s.held = s.held[1:]
 				s.heldBytes -= len(p.pk.Payload)
+				if !s.refresh(p) {
+					continue // expired while it waited: it goes to no one
+				}
 				s.send(&buf, p)
 			}
 			s.mu.Unlock()
@@ -197,7 +200,7 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		return
 	}
 	pk.FixedHeader.Qos = qos
-	p := &pending{pk: pk, ns: f.Event.Stream, pos: f.Event.Position, prev: s.cursor[f.Event.Stream]}
+	p := &pending{pk: pk, ev: f.Event, ns: f.Event.Stream, pos: f.Event.Position, prev: s.cursor[f.Event.Stream]}
 	if n, ok := receipt.Of(f.Event); ok {
 		p.note = n.ID
 		s.notes.Add(n)
@@ -230,6 +233,21 @@ func (s *session) grant(patterns []string, topic string) (qos byte, ok bool) {
 		}
 	}
 	return qos, ok
+}
+
+// refresh counts down the expiry of p, a message that waited for room in
+// the window, and reports whether it is still to go.
+func (s *session) refresh(p *pending) bool {
+	if p.ev == nil || p.ev.Envelope.GetMqtt().GetMessageExpirySeconds() == 0 {
+		return true
+	}
+	pk, err := publishOf(p.ev, s.version, time.Now())
+	if err != nil {
+		return false
+	}
+	pk.FixedHeader.Qos = p.pk.FixedHeader.Qos
+	p.pk = pk
+	return true
 }
 
 // send appends p, numbering it and keeping it for a PUBACK when it is

@@ -143,8 +143,21 @@ func (r *Roster) Left(ch string, m presence.Member) {
 	r.queue(op{ch: ch, m: joined})
 }
 
-// queue adds o to the changes to write. Call with mu held.
+// queue adds o to the changes to write. A leave whose join is still
+// pending takes it back instead: both are no news, and what waits while
+// Redis is away stays bounded by the connections. Call with mu held.
 func (r *Roster) queue(o op) {
+	if !o.join {
+		for i := len(r.pending) - 1; i >= 0; i-- {
+			if p := r.pending[i]; p.ch == o.ch && p.m.Client == o.m.Client {
+				if p.join {
+					r.pending = slices.Delete(r.pending, i, i+1)
+					return
+				}
+				break
+			}
+		}
+	}
 	r.pending = append(r.pending, o)
 	select {
 	case r.wake <- struct{}{}:
@@ -257,8 +270,14 @@ func (r *Roster) beat(ctx context.Context) {
 		r.opts.Logger.Debug("renew presence", "error", err)
 	}
 	for _, e := range back {
-		if r.holds(e) { // not left meanwhile: its leave would come before this join
+		if r.holds(e) {
 			r.announce(ctx, e.Channel, e.Member, true)
+			continue
+		}
+		// It left while this beat renewed it: another edge swept and
+		// announced it, so its own leave, queued, must find nothing.
+		if _, err := r.opts.Store.Leave(ctx, e.Channel, e.Member); err != nil {
+			r.opts.Logger.Debug("take back a renewal", "channel", e.Channel, "error", err)
 		}
 	}
 	for _, ch := range watched {
