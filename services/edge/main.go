@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/logging"
 	"github.com/eventbus-suite/eventbus/pkg/presence"
@@ -134,9 +135,11 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	// record; retained messages per topic are kept either way.
 	var sessions *mqttapi.Store
 	var record mqttapi.Record
+	var consumers bus.Consumers // shared subscriptions read the record
 	if cfg.HistoryMaxLen > 0 {
 		sessions = &mqttapi.Store{Redis: rdb, Prefix: cfg.RedisPrefix}
 		record = b
+		consumers = b
 	}
 	mq := mqttapi.New(mqttapi.Options{
 		Hub: h, Access: policy, Bus: b, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
@@ -144,6 +147,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
 		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry, Record: record, Pacer: pacer, Receipts: receipts,
 		Retained: &mqttapi.RetainedStore{Redis: rdb, Keys: b}, RetainLatest: cfg.MQTTRetained == "latest" && record != nil,
+		Consumers: consumers, ShareVisibility: cfg.MQTTShareVisibility,
 		// Takeovers go live only: a CONNECT costs no recorded event.
 		Announce: control.Live{Bus: b, Source: "edge"}.Announce,
 	}, reg)

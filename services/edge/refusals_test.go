@@ -47,15 +47,35 @@ func TestMQTTWillRefusalsAreNotRetried(t *testing.T) {
 	}
 }
 
-// "$share/<group>/<filter>" is refused as shared subscriptions are not
-// supported (0x9E, as CONNACK says), not as an invalid filter.
-func TestMQTTSharedSubscriptionRefused(t *testing.T) {
+// "$share/<group>/<filter>" is refused with the reason MQTT names: 0x9E
+// where shared subscriptions are not supported (no record: CONNACK says
+// so), 0x87 for a filter the grants would narrow (members share one
+// reading), 0x8F for one that is no shared subscription.
+func TestMQTTSharedSubscriptionRefusals(t *testing.T) {
 	t.Parallel()
-	e := startEdge(t, redistest.Shared(t), nil)
-	m := e.dialMQTT(t, "/mqtt", 5)
-	m.connect("shared", mint(t, "7", "order:*"), 30)
-	if codes := m.subscribe(1, map[string]byte{"$share/g/order/#": 0}, "$share/g/order/#"); codes[0] != 0x9E {
-		t.Errorf("SUBACK %#x, want 0x9E shared subscriptions not supported", codes)
+	for _, tt := range []struct {
+		name   string
+		env    map[string]string
+		filter string
+		want   byte
+	}{
+		{"without a record", map[string]string{"BUS_HISTORY": "off"}, "$share/g/order/+", 0x9E},
+		{"narrowed by the grants", nil, "$share/g/order/#", 0x87},
+		{"no filter", nil, "$share/g", 0x8F},
+		{"a wildcard group", nil, "$share/+/order/+", 0x8F},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := startEdge(t, redistest.Shared(t), tt.env)
+			m := e.dialMQTT(t, "/mqtt", 5)
+			ack := m.connect("shared", mint(t, "7", "order:*"), 30)
+			if want := byte(map[bool]byte{true: 0, false: 1}[tt.want == 0x9E]); ack.Properties.SharedSubAvailable != want {
+				t.Errorf("CONNACK Shared Subscription Available %d, want %d", ack.Properties.SharedSubAvailable, want)
+			}
+			if codes := m.subscribe(1, map[string]byte{tt.filter: 0}, tt.filter); codes[0] != tt.want {
+				t.Errorf("SUBACK %#x, want %#x", codes, tt.want)
+			}
+		})
 	}
 }
 

@@ -96,6 +96,12 @@ type Options struct {
 	// retained instead (EDGE_MQTT_RETAINED=latest), the edge's older way.
 	Retained     *RetainedStore
 	RetainLatest bool
+	// Consumers makes the members of shared subscriptions' groups; nil
+	// (no record) refuses shared subscriptions. ShareVisibility is how
+	// long a member may hold an event unacknowledged before it goes to
+	// another (EDGE_MQTT_SHARE_VISIBILITY).
+	Consumers       bus.Consumers
+	ShareVisibility time.Duration
 	// Receipts publishes the PUBACKs of notifications (QoS 1 on
 	// notify/user/<id>) as their receipts; nil publishes none.
 	Receipts *receipt.Receipts
@@ -229,10 +235,11 @@ type session struct {
 	wake    chan struct{} // the hub queued frames, or the window opened
 	// kickedWith is why the hub or the session ended the connection.
 	kickedWith atomic.Pointer[hub.Disconnect]
-	maxPacket  int            // the most bytes the client takes in a packet (5.0); 0: no bound
-	quiet      bool           // a 5.0 client asked for no reason strings but in DISCONNECT (Request Problem Information 0)
-	saidBye    bool           // a DISCONNECT was written; the writer's only
-	endExpiry  *time.Duration // the expiry DISCONNECT set, replacing expiry as the connection ends; guarded by mu
+	maxPacket  int                // the most bytes the client takes in a packet (5.0); 0: no bound
+	quiet      bool               // a 5.0 client asked for no reason strings but in DISCONNECT (Request Problem Information 0)
+	saidBye    bool               // a DISCONNECT was written; the writer's only
+	endExpiry  *time.Duration     // the expiry DISCONNECT set, replacing expiry as the connection ends; guarded by mu
+	shares     map[string]*shared // "$share/…" filter → its shared subscription; guarded by mu
 	notes      receipt.Window
 
 	writeMu sync.Mutex // one writer of the socket at a time
@@ -265,6 +272,10 @@ type pending struct {
 	prev bus.Position
 	note string     // the notification it carries, whose PUBACK is its receipt
 	ev   *hub.Event // the event it is, while it may wait for room
+	// share and delivery: the shared subscription it goes out for, and
+	// its delivery in the group, which its PUBACK acknowledges.
+	share    *shared
+	delivery bus.Delivery
 }
 
 // serve runs the session of a connection whose MQTT bytes nc carries and
@@ -308,6 +319,7 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 		s.write()
 	}()
 	s.read(br, keepAlive)
+	s.endShared() // what a member took and did not acknowledge goes to another
 	if s.client.Closing() {
 		// What the edge queued to say why (a DISCONNECT, a last PUBACK)
 		// goes out before the writer stops.
@@ -431,6 +443,9 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	props.ReceiveMaximum = maxInflight
 	props.MaximumQos, props.MaximumQosFlag = 1, true
 	props.SharedSubAvailable, props.SharedSubAvailableFlag = 0, true
+	if h.Consumers != nil {
+		props.SharedSubAvailable = 1
+	}
 	props.SubIDAvailable, props.SubIDAvailableFlag = 0, true
 	props.MaximumPacketSize = uint32(h.MaxMessageBytes)
 	resume := s.begin(pk.Connect.Clean)

@@ -67,8 +67,9 @@ func (s *session) subscribe(pk packets.Packet) {
 func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool, patterns []string, note string, cut bus.Cursor) {
 	// mochi's decoder leaves ShareName to its server: "$share/<group>/…"
 	// arrives as the filter.
-	if len(f.ShareName) > 0 || strings.HasPrefix(f.Filter, "$share/") {
-		return packets.ErrSharedSubscriptionsNotSupported.Code, false, nil, "", nil
+	if strings.HasPrefix(f.Filter, "$share/") {
+		code, note := s.subscribeShared(f)
+		return code, false, nil, note, nil
 	}
 	patterns, narrowed, err := s.cover(f.Filter)
 	switch {
@@ -164,6 +165,9 @@ func (s *session) unsubscribe(pk packets.Packet) {
 // drop removes filter, and from the hub the patterns no other filter
 // needs. It reports whether the client had the filter.
 func (s *session) drop(filter string) bool {
+	if strings.HasPrefix(filter, "$share/") {
+		return s.dropShared(filter)
+	}
 	s.mu.Lock()
 	_, had := s.filters[filter]
 	delete(s.filters, filter)

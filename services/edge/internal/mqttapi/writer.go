@@ -301,6 +301,10 @@ func (s *session) acked(id uint16) {
 		return
 	}
 	s.ready()
+	if p.share != nil {
+		s.ackShared(p)
+	}
+	s.roomFreed()
 	if p.note != "" && s.h.Receipts != nil {
 		// In the background, and again while Redis does not take it: the
 		// client never sends this PUBACK again, and the reader goes on.
