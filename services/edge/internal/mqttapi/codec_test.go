@@ -94,7 +94,7 @@ func FuzzReadPacket(f *testing.F) {
 			if err != nil {
 				continue
 			}
-			payload, err := eventOf(ch, "fuzz", claims, messageOf(pk.Payload, pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Properties), time.Unix(1, 0))
+			payload, err := eventOf(ch, "fuzz", claims, messageOf(pk.Payload, pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Properties), "", time.Unix(1, 0))
 			if err != nil {
 				continue
 			}

@@ -240,6 +240,7 @@ type session struct {
 	saidBye    bool               // a DISCONNECT was written; the writer's only
 	endExpiry  *time.Duration     // the expiry DISCONNECT set, replacing expiry as the connection ends; guarded by mu
 	shares     map[string]*shared // "$share/…" filter → its shared subscription; guarded by mu
+	awaiting   awaitingRelease    // QoS 2 messages waiting for their PUBREL; the reader's
 	notes      receipt.Window
 
 	writeMu sync.Mutex // one writer of the socket at a time
@@ -441,7 +442,6 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	s.who, s.name, s.key, s.since = who, rand.Text(), sessionKey(who, s.id), time.Now()
 	h.takeOver(s)
 	props.ReceiveMaximum = maxInflight
-	props.MaximumQos, props.MaximumQosFlag = 1, true
 	props.SharedSubAvailable, props.SharedSubAvailableFlag = 0, true
 	if h.Consumers != nil {
 		props.SharedSubAvailable = 1
@@ -449,6 +449,9 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	props.SubIDAvailable, props.SubIDAvailableFlag = 0, true
 	props.MaximumPacketSize = uint32(h.MaxMessageBytes)
 	resume := s.begin(pk.Connect.Clean)
+	actx, cancel := context.WithTimeout(s.ctx, storeTimeout)
+	s.awaiting = s.awaitingFor(actx, pk.Connect.Clean)
+	cancel()
 	ack := s.connack(packets.CodeSuccess, props)
 	ack.SessionPresent = resume != nil
 	c.Send(encode(ack))
@@ -589,6 +592,8 @@ func (s *session) handle(pk packets.Packet) bool {
 		return s.publish(pk)
 	case packets.Puback:
 		s.acked(pk.PacketID)
+	case packets.Pubrel:
+		s.released(pk.PacketID)
 	case packets.Subscribe:
 		if code := pk.SubscribeValidate(); code != packets.CodeSuccess {
 			s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: code.Reason})
@@ -619,8 +624,9 @@ func (s *session) handle(pk packets.Packet) bool {
 	case packets.Connect:
 		s.disconnect(packets.ErrProtocolViolationSecondConnect, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: "second CONNECT"})
 		return false
-	default: // QoS 2 flows
-		s.disconnect(packets.ErrQosNotSupported, hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: "QoS 2 is not supported"})
+	default: // PUBREC, PUBCOMP: the edge sends nothing at QoS 2
+		s.disconnect(packets.ErrProtocolViolation, hub.Disconnect{Code: int(websocket.StatusProtocolError),
+			Reason: "a PUBREC or PUBCOMP of a QoS 2 message the edge never sent"})
 		return false
 	}
 	return true

@@ -32,10 +32,10 @@ import (
 // as they were), and its data the payload for everyone else: a JSON
 // object as the API takes one (a known type strictly), another JSON value
 // as a google.protobuf.Value, anything else as google.protobuf.BytesValue.
-// It returns the envelope's bytes.
-func eventOf(ch, clientID string, claims *token.Claims, m *eventbusv1.MqttMessage, now time.Time) ([]byte, error) {
+// Its id is id, or a new one when empty. It returns the envelope's bytes.
+func eventOf(ch, clientID string, claims *token.Claims, m *eventbusv1.MqttMessage, id string, now time.Time) ([]byte, error) {
 	typ := strings.ReplaceAll(ch, ":", ".")
-	env := &envelope.Envelope{Type: typ, Channel: ch, Mqtt: m}
+	env := &envelope.Envelope{Id: id, Type: typ, Channel: ch, Mqtt: m}
 	if claims != nil {
 		env.Subject = claims.Subject
 	}
@@ -86,6 +86,9 @@ func (s *session) publish(pk packets.Packet) bool {
 		case s.version == 5 && pk.FixedHeader.Qos == 1:
 			s.client.Send(s.puback(pk.PacketID, code, why))
 			return true
+		case s.version == 5 && pk.FixedHeader.Qos == 2:
+			s.client.Send(s.ack(packets.Pubrec, pk.PacketID, code, why))
+			return true
 		case s.version == 5:
 			s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: why})
 		default: // 3.1.1 has no refusal but to close
@@ -100,10 +103,6 @@ func (s *session) publish(pk packets.Packet) bool {
 		s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: code.Reason})
 		return false
 	}
-	if pk.FixedHeader.Qos > 1 {
-		s.disconnect(packets.ErrQosNotSupported, hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: "QoS 2 is not supported"})
-		return false
-	}
 	ch, err := channelOf(pk.TopicName)
 	if err != nil {
 		return refuse(packets.ErrTopicNameInvalid, fmt.Sprintf("topic %q: %v", pk.TopicName, err))
@@ -111,15 +110,28 @@ func (s *session) publish(pk packets.Packet) bool {
 	if !s.mayPublish(ch) {
 		return refuse(packets.ErrNotAuthorized, fmt.Sprintf("topic %s is not among the token's publish patterns", pk.TopicName))
 	}
-	env, err := eventOf(ch, s.id, s.claims, messageOf(pk.Payload, pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Properties), time.Now())
-	if err != nil {
+	m := messageOf(pk.Payload, pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Properties)
+	now := time.Now()
+	if _, err := eventOf(ch, s.id, s.claims, m, "", now); err != nil {
 		return refuse(packets.ErrPayloadFormatInvalid, err.Error())
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, publishTimeout)
 	defer cancel()
-	r, err := s.h.Bus.Publish(ctx, ch, env)
-	if err == nil && pk.FixedHeader.Retain {
-		err = s.h.retain(ctx, ch, r.Position, env, len(pk.Payload) == 0)
+	send := func(id string) error {
+		env, err := eventOf(ch, s.id, s.claims, m, id, now)
+		if err != nil {
+			return err
+		}
+		r, err := s.h.Bus.Publish(ctx, ch, env)
+		if err == nil && pk.FixedHeader.Retain {
+			err = s.h.retain(ctx, ch, r.Position, env, len(pk.Payload) == 0)
+		}
+		return err
+	}
+	if pk.FixedHeader.Qos == 2 {
+		err = s.publishOnce(ctx, pk.PacketID, send)
+	} else {
+		err = send("")
 	}
 	if err != nil {
 		s.h.Logger.Warn("mqtt publish failed", "channel", ch, "error", err)
@@ -132,8 +144,11 @@ func (s *session) publish(pk packets.Packet) bool {
 		return refuse(packets.ErrImplementationSpecificError, "the event bus (Redis) is unavailable: "+ctxErr(err))
 	}
 	s.h.publishes.WithLabelValues("ok").Inc()
-	if pk.FixedHeader.Qos == 1 {
+	switch pk.FixedHeader.Qos {
+	case 1:
 		s.client.Send(s.puback(pk.PacketID, packets.CodeSuccess, ""))
+	case 2:
+		s.client.Send(s.ack(packets.Pubrec, pk.PacketID, packets.CodeSuccess, ""))
 	}
 	return true
 }
@@ -159,11 +174,34 @@ func ctxErr(err error) string {
 }
 
 func (s *session) puback(id uint16, code packets.Code, why string) []byte {
+	return s.ack(packets.Puback, id, code, why)
+}
+
+// ack is an acknowledgement of type typ (PUBACK, PUBREC, PUBCOMP) of
+// packet id, with code and, in 5.0, why.
+func (s *session) ack(typ byte, id uint16, code packets.Code, why string) []byte {
 	if s.quiet {
 		why = "" // MQTT-3.1.2-29
 	}
-	return encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: s.version,
+	return encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, ProtocolVersion: s.version,
 		PacketID: id, ReasonCode: code.Code, Properties: packets.Properties{ReasonString: why}})
+}
+
+// released serves a PUBREL: the QoS 2 message is done with, and PUBCOMP
+// says so (5.0: 0x92 for a packet id the session does not know).
+func (s *session) released(id uint16) {
+	ctx, cancel := context.WithTimeout(s.ctx, storeTimeout)
+	defer cancel()
+	code := packets.CodeSuccess
+	switch had, err := s.awaiting.release(ctx, id); {
+	case err != nil:
+		// Kept: a PUBLISH of that id again is recognised until the
+		// session expires.
+		s.h.Logger.Warn("mqtt QoS 2 state not released", "client_id", s.id, "error", err)
+	case !had:
+		code = packets.ErrPacketIdentifierNotFound
+	}
+	s.client.Send(s.ack(packets.Pubcomp, id, code, ""))
 }
 
 // mayPublish reports whether the token's publish claim covers ch, which
@@ -192,9 +230,6 @@ type will struct {
 // willOf checks the will of CONNECT as a PUBLISH is checked, returning it,
 // or the CONNACK code and reason to refuse the connection with.
 func (s *session) willOf(pk packets.Packet) (*will, packets.Code, string) {
-	if pk.Connect.WillQos > 1 {
-		return nil, packets.ErrQosNotSupported, "will QoS 2 is not supported"
-	}
 	ch, err := channelOf(pk.Connect.WillTopic)
 	if err != nil {
 		return nil, packets.ErrTopicNameInvalid, fmt.Sprintf("will topic %q: %v", pk.Connect.WillTopic, err)
@@ -203,7 +238,7 @@ func (s *session) willOf(pk packets.Packet) (*will, packets.Code, string) {
 		return nil, packets.ErrNotAuthorized, fmt.Sprintf("will topic %s is not among the token's publish patterns", pk.Connect.WillTopic)
 	}
 	m := messageOf(pk.Connect.WillPayload, pk.Connect.WillQos, pk.Connect.WillRetain, pk.Connect.WillProperties)
-	if _, err := eventOf(ch, "will", s.claims, m, time.Now()); err != nil {
+	if _, err := eventOf(ch, "will", s.claims, m, "", time.Now()); err != nil {
 		return nil, packets.ErrPayloadFormatInvalid, "will: " + err.Error()
 	}
 	return &will{channel: ch, message: m}, packets.CodeSuccess, ""
@@ -222,7 +257,7 @@ func (s *session) publishWill() {
 	if d := s.kickedWith.Load(); d != nil && (d.Code == protocol.CloseUnauthorized || d.Code == 4003 || d.Code == 4004) {
 		return
 	}
-	env, err := eventOf(s.will.channel, s.id, s.claims, s.will.message, time.Now())
+	env, err := eventOf(s.will.channel, s.id, s.claims, s.will.message, "", time.Now())
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
 		defer cancel()

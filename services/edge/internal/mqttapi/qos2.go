@@ -1,0 +1,150 @@
+package mqttapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/eventbus-suite/eventbus/pkg/envelope"
+)
+
+// QoS 2 from clients is exactly once: a PUBLISH is published as an event
+// once, however often its client sends it again before its PUBREL, on
+// this edge or, for a kept session, on another after this one was lost.
+// The session keeps each packet id between PUBLISH and PUBREL with the id
+// of its event and whether it was published: in Redis for a kept session
+// (<prefix>mqtt:qos2:<identity>/<client id>, a hash), in memory otherwise.
+// A PUBLISH seen and published is answered PUBREC alone; one seen but not
+// known to be published (its edge died in between) is published again
+// with the same event id, so that a consumer can tell. Subscriptions are
+// granted QoS 1 at most: the edge sends nothing at QoS 2.
+
+// awaitingRelease keeps the QoS 2 messages of a session that wait for
+// their PUBREL: packet id → the event's id and whether it was published.
+type awaitingRelease interface {
+	get(ctx context.Context, id uint16) (eventID string, published, ok bool, err error)
+	put(ctx context.Context, id uint16, eventID string, published bool) error
+	release(ctx context.Context, id uint16) (bool, error)
+	clear(ctx context.Context) error
+}
+
+// memoryAwaiting is awaitingRelease for a session that ends with its
+// connection; only its reader uses it.
+type memoryAwaiting map[uint16]string
+
+func (m memoryAwaiting) get(_ context.Context, id uint16) (string, bool, bool, error) {
+	v, ok := m[id]
+	eventID, published := parseAwaiting(v)
+	return eventID, published, ok, nil
+}
+
+func (m memoryAwaiting) put(_ context.Context, id uint16, eventID string, published bool) error {
+	m[id] = awaitingValue(eventID, published)
+	return nil
+}
+
+func (m memoryAwaiting) release(_ context.Context, id uint16) (bool, error) {
+	_, ok := m[id]
+	delete(m, id)
+	return ok, nil
+}
+
+func (m memoryAwaiting) clear(context.Context) error {
+	clear(m)
+	return nil
+}
+
+// redisAwaiting is awaitingRelease for a kept session, in one hash that
+// lives as long as the session may.
+type redisAwaiting struct {
+	rdb redis.UniversalClient
+	key string
+	ttl time.Duration
+}
+
+func (r redisAwaiting) get(ctx context.Context, id uint16) (string, bool, bool, error) {
+	v, err := r.rdb.HGet(ctx, r.key, strconv.Itoa(int(id))).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", false, false, nil
+	}
+	if err != nil {
+		return "", false, false, err
+	}
+	eventID, published := parseAwaiting(v)
+	return eventID, published, true, nil
+}
+
+func (r redisAwaiting) put(ctx context.Context, id uint16, eventID string, published bool) error {
+	pipe := r.rdb.TxPipeline() // one key: one slot
+	pipe.HSet(ctx, r.key, strconv.Itoa(int(id)), awaitingValue(eventID, published))
+	pipe.PExpire(ctx, r.key, r.ttl)
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+func (r redisAwaiting) release(ctx context.Context, id uint16) (bool, error) {
+	n, err := r.rdb.HDel(ctx, r.key, strconv.Itoa(int(id))).Result()
+	return n == 1, err
+}
+
+func (r redisAwaiting) clear(ctx context.Context) error { return r.rdb.Del(ctx, r.key).Err() }
+
+func awaitingValue(eventID string, published bool) string {
+	if published {
+		return eventID + " published"
+	}
+	return eventID + " pending"
+}
+
+func parseAwaiting(v string) (eventID string, published bool) {
+	eventID, state, _ := strings.Cut(v, " ")
+	return eventID, state == "published"
+}
+
+// awaitingFor returns where s keeps its QoS 2 messages: Redis for a kept
+// session, memory otherwise. A clean start forgets what an earlier
+// connection of the session left.
+func (s *session) awaitingFor(ctx context.Context, clean bool) awaitingRelease {
+	if s.h.Sessions == nil || s.expiry == 0 {
+		return memoryAwaiting{}
+	}
+	a := redisAwaiting{rdb: s.h.Sessions.Redis, key: s.h.Sessions.Prefix + "mqtt:qos2:" + s.key, ttl: s.expiry + time.Hour}
+	if clean {
+		if err := a.clear(ctx); err != nil {
+			s.h.Logger.Warn("mqtt QoS 2 state of an earlier connection not cleared", "client_id", s.id, "error", err)
+		}
+	}
+	return a
+}
+
+// publishOnce publishes a QoS 2 PUBLISH's event unless it was published
+// already, and reports whether it is done with (the PUBREC may go out).
+// publish does the publishing, of env with the given event id.
+func (s *session) publishOnce(ctx context.Context, id uint16, publish func(eventID string) error) error {
+	eventID, published, ok, err := s.awaiting.get(ctx, id)
+	if err != nil {
+		return fmt.Errorf("read the QoS 2 state: %w", err)
+	}
+	if ok && published {
+		return nil // a resend: PUBREC alone
+	}
+	if !ok {
+		eventID = envelope.NewID()
+		if err := s.awaiting.put(ctx, id, eventID, false); err != nil {
+			return fmt.Errorf("keep the QoS 2 state: %w", err)
+		}
+	}
+	if err := publish(eventID); err != nil {
+		return err
+	}
+	if err := s.awaiting.put(ctx, id, eventID, true); err != nil {
+		// Published: a resend publishes it again, with the same id.
+		s.h.Logger.Warn("mqtt QoS 2 message published but not marked so", "client_id", s.id, "error", err)
+	}
+	return nil
+}
