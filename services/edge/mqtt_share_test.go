@@ -38,7 +38,7 @@ func (m *shareMember) count() map[string]int {
 func joinShare(t *testing.T, e *edge, id, filter string) *shareMember {
 	t.Helper()
 	m := &shareMember{got: map[string]int{}}
-	opts := paho3.NewClientOptions().AddBroker("tcp://"+e.mqtt).SetClientID(id).SetUsername("device").
+	opts := paho3.NewClientOptions().AddBroker("tcp://" + e.mqtt).SetClientID(id).SetUsername("device").
 		SetPassword(mint(t, id, "jobs:*")).SetAutoReconnect(false).SetOrderMatters(false).
 		SetCustomOpenConnectionFn(func(u *url.URL, _ paho3.ClientOptions) (net.Conn, error) {
 			c, err := net.DialTimeout("tcp", u.Host, 10*time.Second)
