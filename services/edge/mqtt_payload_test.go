@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"slices"
 	"strings"
@@ -142,5 +143,46 @@ func TestMQTTRetainedPerTopic(t *testing.T) {
 	}
 	if want := []string{`homeassistant/sensor/a/config {"name":"a"}`, `homeassistant/sensor/b/config {"name":"b"}`}; !slices.Equal(got, want) {
 		t.Errorf("retained %q, want %q", got, want)
+	}
+}
+
+// No Local keeps a client's own messages from its filter, and Retain As
+// Published keeps the RETAIN a live message was published with (without
+// it a live message has none), as MQTT 5 says.
+func TestMQTTNoLocalAndRetainAsPublished(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	tok := mintMQTT(t, "loop", []string{"loop:*"}, []string{"loop:*"})
+	me := e.dialMQTT(t, "/mqtt", 5)
+	me.connect("me", tok, 30)
+	me.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1, Filters: packets.Subscriptions{
+		{Filter: "loop/mine/+", NoLocal: true},
+		{Filter: "loop/kept/+", RetainAsPublished: true, RetainHandling: 2},
+		{Filter: "loop/plain/+", RetainHandling: 2},
+	}})
+	if ack := me.expect(packets.Suback); !slices.Equal(ack.ReasonCodes, []byte{0, 0, 0}) {
+		t.Fatalf("SUBACK %v", ack.ReasonCodes)
+	}
+	other := e.dialMQTT(t, "/mqtt", 5)
+	other.connect("other", tok, 30)
+	me.send(publishPacket("loop/mine/a", 1, 5, "from me")) // published before the rest: its PUBACK says so
+	if ack := me.expect(packets.Puback); ack.ReasonCode != 0 {
+		t.Fatalf("PUBACK %#x", ack.ReasonCode)
+	}
+	other.send(publishPacket("loop/mine/b", 0, 0, "from other"))
+	kept := publishPacket("loop/kept/c", 0, 0, "kept")
+	kept.FixedHeader.Retain = true
+	other.send(kept)
+	plain := publishPacket("loop/plain/d", 0, 0, "plain")
+	plain.FixedHeader.Retain = true
+	other.send(plain)
+	var got []string
+	for range 3 {
+		pk := me.expect(packets.Publish)
+		got = append(got, fmt.Sprintf("%s %s retain=%v", pk.TopicName, pk.Payload, pk.FixedHeader.Retain))
+	}
+	want := []string{"loop/mine/b from other retain=false", "loop/kept/c kept retain=true", "loop/plain/d plain retain=false"}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }

@@ -235,12 +235,13 @@ type session struct {
 	wake    chan struct{} // the hub queued frames, or the window opened
 	// kickedWith is why the hub or the session ended the connection.
 	kickedWith atomic.Pointer[hub.Disconnect]
-	maxPacket  int                // the most bytes the client takes in a packet (5.0); 0: no bound
-	quiet      bool               // a 5.0 client asked for no reason strings but in DISCONNECT (Request Problem Information 0)
-	saidBye    bool               // a DISCONNECT was written; the writer's only
-	endExpiry  *time.Duration     // the expiry DISCONNECT set, replacing expiry as the connection ends; guarded by mu
-	shares     map[string]*shared // "$share/…" filter → its shared subscription; guarded by mu
-	awaiting   awaitingRelease    // QoS 2 messages waiting for their PUBREL; the reader's
+	maxPacket  int                      // the most bytes the client takes in a packet (5.0); 0: no bound
+	quiet      bool                     // a 5.0 client asked for no reason strings but in DISCONNECT (Request Problem Information 0)
+	saidBye    bool                     // a DISCONNECT was written; the writer's only
+	endExpiry  *time.Duration           // the expiry DISCONNECT set, replacing expiry as the connection ends; guarded by mu
+	shares     map[string]*shared       // "$share/…" filter → its shared subscription; guarded by mu
+	awaiting   awaitingRelease          // QoS 2 messages waiting for their PUBREL; the reader's
+	options    map[string]filterOptions // a 5.0 filter's No Local and Retain As Published; guarded by mu
 	notes      receipt.Window
 
 	writeMu sync.Mutex // one writer of the socket at a time
@@ -261,6 +262,12 @@ type session struct {
 	gone      bool       // taken over: the newer connection keeps the session
 	resumed   bool       // a kept session was resumed
 }
+
+// filterOptions are a 5.0 subscription's options besides its QoS: No
+// Local (none of the client's own messages) and Retain As Published (a
+// live message keeps the RETAIN it was published with). They last as long
+// as the connection: a resumed session's filters have neither.
+type filterOptions struct{ noLocal, rap bool }
 
 // pending is a QoS 1 message on its way, with its event's position and
 // where its namespace stood before it, for a kept session to resume from

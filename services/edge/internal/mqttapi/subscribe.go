@@ -92,6 +92,16 @@ func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool, p
 	if code != 0 {
 		return code, false, nil, "", nil
 	}
+	s.mu.Lock()
+	if f.NoLocal || f.RetainAsPublished {
+		if s.options == nil {
+			s.options = make(map[string]filterOptions)
+		}
+		s.options[f.Filter] = filterOptions{noLocal: f.NoLocal, rap: f.RetainAsPublished}
+	} else {
+		delete(s.options, f.Filter)
+	}
+	s.mu.Unlock()
 	s.save(false)
 	return qos, !had, patterns, note, cut
 }
@@ -171,6 +181,7 @@ func (s *session) drop(filter string) bool {
 	s.mu.Lock()
 	_, had := s.filters[filter]
 	delete(s.filters, filter)
+	delete(s.options, filter)
 	s.dirty = true
 	var orphans []string
 	for p, fs := range s.byPattern {

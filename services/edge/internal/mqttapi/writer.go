@@ -181,15 +181,16 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 	if s.ctx.Err() != nil {
 		return // kicked: what is left of the batch was never sent
 	}
-	qos, ok := s.grant(f.Subs, topic)
+	qos, ok, rap := s.grant(f.Subs, topic, s.own(f.Event))
 	qos = min(qos, publishedQoS(f.Event)) // the lesser of the published and the subscribed
+	retain := rap && f.Event.Envelope.GetMqtt().GetRetain()
 	switch {
 	case !ok, s.maxPacket > 0 && len(f.Data)+2 > s.maxPacket:
 		// Not for this client's filters, or larger than it takes (5.0
 		// says to drop it): either way done with.
 		s.advance(f.Event.Stream, f.Event.Position)
 		return
-	case qos == 0:
+	case qos == 0 && !retain:
 		s.advance(f.Event.Stream, f.Event.Position)
 		buf.Write(f.Data) // the shared QoS 0 PUBLISH
 		return
@@ -199,7 +200,12 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		s.advance(f.Event.Stream, f.Event.Position) // expired: done with
 		return
 	}
-	pk.FixedHeader.Qos = qos
+	pk.FixedHeader.Qos, pk.FixedHeader.Retain = qos, retain
+	if qos == 0 {
+		s.advance(f.Event.Stream, f.Event.Position)
+		_ = mqttwire.Append(buf, &pk)
+		return
+	}
 	p := &pending{pk: pk, ev: f.Event, ns: f.Event.Stream, pos: f.Event.Position, prev: s.cursor[f.Event.Stream]}
 	if n, ok := receipt.Of(f.Event); ok {
 		p.note = n.ID
@@ -223,16 +229,27 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 
 // grant returns the QoS an event on topic goes out with: the highest of
 // the client's filters that match it with MQTT's semantics, among those
-// served by the hub patterns it came through. Call with mu held.
-func (s *session) grant(patterns []string, topic string) (qos byte, ok bool) {
+// served by the hub patterns it came through, but for a filter with No
+// Local when the event is the client's own; and whether one of them asks
+// for Retain As Published. Call with mu held.
+func (s *session) grant(patterns []string, topic string, own bool) (qos byte, ok, rap bool) {
 	for _, p := range patterns {
 		for _, f := range s.byPattern[p] {
-			if match(f, topic) {
-				qos, ok = max(qos, s.filters[f]), true
+			o := s.options[f]
+			if !match(f, topic) || own && o.noLocal {
+				continue
 			}
+			qos, ok, rap = max(qos, s.filters[f]), true, rap || o.rap
 		}
 	}
-	return qos, ok
+	return qos, ok, rap
+}
+
+// own reports whether ev is one this client published: from its client
+// id, under its token's user.
+func (s *session) own(ev *hub.Event) bool {
+	env := ev.Envelope
+	return env.GetMqtt() != nil && env.GetSource() == "mqtt:"+s.id && (s.claims == nil || env.GetSubject() == s.claims.Subject)
 }
 
 // refresh counts down the expiry of p, a message that waited for room in
