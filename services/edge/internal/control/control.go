@@ -20,12 +20,6 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
 
-// The disconnects the commands decide on.
-var (
-	DisconnectRevoked      = hub.Disconnect{Code: 4003, Reason: "revoked"}
-	DisconnectDisconnected = hub.Disconnect{Code: 4004, Reason: "disconnected"}
-)
-
 // Sessions are the connections a command names by client id rather than
 // by token: MQTT's (package mqttapi).
 type Sessions interface {
@@ -73,11 +67,11 @@ func Apply(h *hub.Hub, s Sessions, c revocation.Command) int {
 		return s.TakenOver(c)
 	case revocation.ActionRevoke:
 		if c.JTI != "" {
-			return h.KickMatching(func(t hub.Token) bool { return t.ID == c.JTI }, DisconnectRevoked)
+			return h.KickMatching(func(t hub.Token) bool { return t.ID == c.JTI }, hub.DisconnectRevoked)
 		}
-		return h.KickMatching(func(t hub.Token) bool { return t.Sub == c.Sub && t.IssuedAt.Before(c.IssuedBefore) }, DisconnectRevoked)
+		return h.KickMatching(func(t hub.Token) bool { return t.Sub == c.Sub && t.IssuedAt.Before(c.IssuedBefore) }, hub.DisconnectRevoked)
 	case revocation.ActionDisconnect:
-		return h.KickMatching(func(t hub.Token) bool { return t.Sub == c.Sub }, DisconnectDisconnected)
+		return h.KickMatching(func(t hub.Token) bool { return t.Sub == c.Sub }, hub.DisconnectDisconnected)
 	case revocation.ActionUnsubscribe:
 		return h.DropCovered(c.Sub, c.Pattern, func(p string) []byte { return protocol.Unsubscribed(p, "removed") })
 	}

@@ -11,30 +11,6 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
-// Disconnect says why the edge ends a connection, in terms every
-// transport maps to its own close form. Code is one of the edge's close
-// codes, documented in docs/protocol.md.
-type Disconnect struct {
-	Code   int
-	Reason string
-}
-
-// The disconnects the hub itself decides on.
-var (
-	// DisconnectShutdown: the edge is going away; reconnect to another.
-	DisconnectShutdown = Disconnect{1001, "server shutting down"}
-	// DisconnectSlow: the client read too slowly and its queue overflowed.
-	DisconnectSlow = Disconnect{4008, "too slow: the send queue overflowed"}
-	// DisconnectSlowDelay: the client read too slowly and the oldest frame
-	// in its queue waited longer than Options.QueueDelay. The same code as
-	// DisconnectSlow, and the same advice: reconnect and resume.
-	DisconnectSlowDelay = Disconnect{4008, "too slow: a frame waited too long in the send queue"}
-	// DisconnectBroken: the connection failed under a write. Nothing can
-	// be sent on it any more: transports drop it without a close message,
-	// which a browser reports as 1006.
-	DisconnectBroken = Disconnect{1006, "connection broken"}
-)
-
 // Client is one connection as the hub sees it. Replies and events share
 // one queue, bounded in bytes and in time (how long its oldest frame may
 // wait), so a client gets them in the order they were decided, and one

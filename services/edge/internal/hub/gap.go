@@ -14,11 +14,6 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/retry"
 )
 
-// DisconnectResume closes the connections of an edge that lost events it
-// could not read back: the client reconnects and resumes from its own
-// positions, and learns whether it got everything.
-var DisconnectResume = Disconnect{1012, "the edge lost events while Redis was away: reconnect and resume"}
-
 // streamOf names the stream the events of ch are recorded in, the key of
 // their positions in cursors: as the record says, or the namespace (the
 // first token of ch) when the hub has no record.

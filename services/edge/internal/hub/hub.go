@@ -30,10 +30,6 @@ var (
 	ErrTooManyConnections = errors.New("too many connections for this user")
 )
 
-// DisconnectTooManyConnections closes a connection past its user's
-// (or address's) bound.
-var DisconnectTooManyConnections = Disconnect{4029, "too many connections"}
-
 // Options bound what the hub holds. Zero values are not allowed.
 type Options struct {
 	// QueueBytes is how many bytes of frames may wait for a client before

@@ -56,9 +56,6 @@ const (
 	maxClientID = 256
 )
 
-// DisconnectTakenOver closes a connection whose client id connected again.
-var DisconnectTakenOver = hub.Disconnect{Code: 4005, Reason: "session taken over"}
-
 // Options configure the handler.
 type Options struct {
 	Hub    *hub.Hub
@@ -442,7 +439,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	if s.claims != nil {
 		c.SetToken(hub.TokenOf(s.claims))
 		expiry := time.AfterFunc(time.Until(s.claims.ExpiresAt.Time), func() {
-			c.Kick(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token expired"})
+			c.Kick(hub.Disconnect{Code: hub.CloseUnauthorized, Reason: "token expired"})
 		})
 		context.AfterFunc(s.ctx, func() { expiry.Stop() })
 	}
@@ -555,7 +552,7 @@ func (s *session) read(br *bufio.Reader, keepAlive time.Duration) {
 	var idle *time.Timer
 	if keepAlive > 0 {
 		idle = time.AfterFunc(keepAlive*3/2, func() {
-			s.disconnect(packets.ErrKeepAliveTimeout, hub.Disconnect{Code: protocol.CloseHeartbeatTimeout,
+			s.disconnect(packets.ErrKeepAliveTimeout, hub.Disconnect{Code: hub.CloseHeartbeatTimeout,
 				Reason: fmt.Sprintf("no packet within 1.5 × the keep-alive of %v", keepAlive)})
 		})
 		defer idle.Stop()

@@ -215,5 +215,5 @@ func (s *session) takenOver() {
 	s.mu.Lock()
 	s.gone = true
 	s.mu.Unlock()
-	s.disconnect(packets.ErrSessionTakenOver, DisconnectTakenOver)
+	s.disconnect(packets.ErrSessionTakenOver, hub.DisconnectTakenOver)
 }

@@ -22,7 +22,6 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
-	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
 
 // eventOf makes the event a client publishes on ch: its type is the
@@ -254,7 +253,7 @@ func (s *session) publishWill() {
 	if s.will == nil || s.bye || takenOver {
 		return
 	}
-	if d := s.kickedWith.Load(); d != nil && (d.Code == protocol.CloseUnauthorized || d.Code == 4003 || d.Code == 4004) {
+	if d := s.kickedWith.Load(); d != nil && (d.Code == hub.CloseUnauthorized || d.Code == hub.CloseRevoked || d.Code == hub.CloseDisconnected) {
 		return
 	}
 	env, err := eventOf(s.will.channel, s.id, s.claims, s.will.message, "", time.Now())

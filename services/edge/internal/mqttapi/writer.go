@@ -12,7 +12,6 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
-	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/receipt"
 )
 
@@ -384,15 +383,15 @@ func (s *session) closeWith(d hub.Disconnect) {
 // control command decided on; the session's own decisions sent theirs.
 func reasonOf(d hub.Disconnect) (packets.Code, bool) {
 	switch d.Code {
-	case hub.DisconnectShutdown.Code:
+	case hub.CloseGoingAway:
 		return packets.ErrServerShuttingDown, true
-	case hub.DisconnectSlow.Code, hub.DisconnectTooManyConnections.Code:
+	case hub.CloseSlow, hub.CloseTooManyConns:
 		return packets.ErrQuotaExceeded, true
-	case protocol.CloseUnauthorized, 4003: // token expired, revoked
+	case hub.CloseUnauthorized, hub.CloseRevoked: // token expired, revoked
 		return packets.ErrNotAuthorized, true
-	case 4004: // disconnected by the API
+	case hub.CloseDisconnected: // by the API
 		return packets.ErrAdministrativeAction, true
-	case DisconnectTakenOver.Code:
+	case hub.CloseTakenOver:
 		return packets.ErrSessionTakenOver, true
 	}
 	return packets.Code{}, false

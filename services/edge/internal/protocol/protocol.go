@@ -43,14 +43,6 @@ const (
 	CodeUnknownNotification  = "unknown_notification" // an ack of a notification this connection was not given
 )
 
-// Close codes the WebSocket protocol decides on, besides the hub's
-// (hub.Disconnect) and the standard 1007 (a text frame that is not UTF-8)
-// and 1009 (message too big).
-const (
-	CloseUnauthorized     = 4001 // no valid token in time, or a token of another user
-	CloseHeartbeatTimeout = 4002 // no pong in time
-)
-
 // MaxCloseReason is the longest close reason a close frame carries: 125
 // bytes of control frame payload less the 2-byte code.
 const MaxCloseReason = 123

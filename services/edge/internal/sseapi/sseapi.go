@@ -163,7 +163,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if claims != nil {
 		expiry := time.AfterFunc(time.Until(claims.ExpiresAt.Time), func() {
-			c.Kick(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token expired"})
+			c.Kick(hub.Disconnect{Code: hub.CloseUnauthorized, Reason: "token expired"})
 		})
 		defer expiry.Stop()
 	}

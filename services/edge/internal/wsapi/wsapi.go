@@ -209,7 +209,7 @@ func (s *session) authenticate(c *token.Claims) {
 	s.stopTokenTimers()
 	exp := c.ExpiresAt.Time
 	s.expiry = time.AfterFunc(time.Until(exp), func() {
-		s.client.Kick(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token expired"})
+		s.client.Kick(hub.Disconnect{Code: hub.CloseUnauthorized, Reason: "token expired"})
 	})
 	s.notice = time.AfterFunc(time.Until(exp)-s.h.RefreshBefore, func() {
 		s.client.Send(protocol.Expiring(time.Until(exp)))
@@ -239,7 +239,7 @@ func (s *session) run() {
 		t := time.AfterFunc(s.h.AuthTimeout, func() {
 			if s.claims.Load() == nil {
 				s.h.authFailures.WithLabelValues("timeout").Inc()
-				s.client.Kick(hub.Disconnect{Code: protocol.CloseUnauthorized,
+				s.client.Kick(hub.Disconnect{Code: hub.CloseUnauthorized,
 					Reason: fmt.Sprintf(`authentication required: send {"action":"auth","token":…} within %v`, s.h.AuthTimeout)})
 			}
 		})
@@ -340,7 +340,7 @@ func (s *session) ping() {
 	defer cancel()
 	if err := s.conn.Ping(ctx); err != nil {
 		if s.ctx.Err() == nil {
-			s.client.Kick(hub.Disconnect{Code: protocol.CloseHeartbeatTimeout, Reason: fmt.Sprintf("no pong within %v", s.h.PongTimeout)})
+			s.client.Kick(hub.Disconnect{Code: hub.CloseHeartbeatTimeout, Reason: fmt.Sprintf("no pong within %v", s.h.PongTimeout)})
 		}
 		return
 	}
@@ -475,7 +475,7 @@ func (s *session) reauthenticate(req protocol.Request) []byte {
 			err = fmt.Errorf("token is for user %q, this connection is user %q: reconnect to change users", c.Subject, old.Subject)
 			s.h.authFailures.WithLabelValues("other_user").Inc()
 			s.reply(protocol.Fail(req.ID, protocol.Errorf(protocol.CodeUnauthorized, "%v", err)))
-			s.client.CloseAfter(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: "token of another user"})
+			s.client.CloseAfter(hub.Disconnect{Code: hub.CloseUnauthorized, Reason: "token of another user"})
 			return nil
 		}
 		switch err := s.h.Hub.Identify(s.client, access.Identity(c, s.addr)); {
@@ -498,7 +498,7 @@ func (s *session) reauthenticate(req protocol.Request) []byte {
 		return fail
 	}
 	s.reply(fail)
-	s.client.CloseAfter(hub.Disconnect{Code: protocol.CloseUnauthorized, Reason: err.Error()})
+	s.client.CloseAfter(hub.Disconnect{Code: hub.CloseUnauthorized, Reason: err.Error()})
 	return nil
 }
 
