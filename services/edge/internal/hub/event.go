@@ -67,6 +67,10 @@ type Encoding interface {
 type Frame struct {
 	Data  []byte
 	Event *Event
+	// Dropped names, for a notice, the subscription the edge dropped
+	// (Revoke): a transport that cannot send the notice (MQTT) acts on it
+	// without reading Data.
+	Dropped string
 	// Subs are, for an event, the client's subscriptions it matched: a
 	// transport that keeps positions per subscription follows them. Read
 	// only: frames share it.

@@ -459,7 +459,9 @@ func (h *Hub) Revoke(c *Client, keep func(p string) bool, notice func(p string) 
 		}
 		n++
 		orphans = append(orphans, h.drop(c, p)...)
-		c.Send(notice(p))
+		if d, ok := c.push(Frame{Data: notice(p), Dropped: p}, c.now()); !ok {
+			c.tooSlow(d)
+		}
 	}
 	h.mu.Unlock()
 	h.release(orphans)

@@ -2,7 +2,6 @@ package mqttapi
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"maps"
 	"slices"
@@ -201,18 +200,11 @@ func (s *session) drop(filter string) bool {
 	return had
 }
 
-// noticed takes a notice the hub queued in the JSON protocol's words: a
-// pattern the API unsubscribed the user from ({"unsubscribed":…}) takes
-// the filters it served with it, as MQTT has no packet to tell the client.
-func (s *session) noticed(notice []byte) {
-	var n struct {
-		Unsubscribed string `json:"unsubscribed"`
-	}
-	if json.Unmarshal(notice, &n) != nil || n.Unsubscribed == "" {
-		return
-	}
+// unsubscribedFrom takes the filters a hub pattern the edge dropped served with
+// it, as MQTT has no packet to tell the client.
+func (s *session) unsubscribedFrom(pattern string) {
 	s.mu.Lock()
-	filters := slices.Clone(s.byPattern[n.Unsubscribed])
+	filters := slices.Clone(s.byPattern[pattern])
 	s.mu.Unlock()
 	for _, f := range filters {
 		s.drop(f)

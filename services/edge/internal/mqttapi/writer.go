@@ -161,17 +161,18 @@ func (s *session) write() {
 // frame appends a queued frame: a packet of the session's own, or an
 // event as a PUBLISH when one of the client's filters takes it.
 func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
-	if f.Event == nil {
-		// The JSON transports' notices reach every connection a control
-		// command names; MQTT's own packets never start with '{' (PUBCOMP).
-		if len(f.Data) > 0 && f.Data[0] == '{' {
-			s.noticed(f.Data)
-		} else {
-			if len(f.Data) > 0 && f.Data[0]>>4 == packets.Disconnect {
-				s.saidBye = true // closeWith sends no second one
-			}
-			buf.Write(f.Data)
+	switch {
+	case f.Dropped != "":
+		// A subscription the edge dropped (a control command, a token
+		// that no longer grants it): its notice is the JSON protocol's,
+		// which MQTT has no packet for.
+		s.unsubscribedFrom(f.Dropped)
+		return
+	case f.Event == nil:
+		if len(f.Data) > 0 && f.Data[0]>>4 == packets.Disconnect {
+			s.saidBye = true // closeWith sends no second one
 		}
+		buf.Write(f.Data)
 		return
 	}
 	topic := topicOf(f.Event.Channel)

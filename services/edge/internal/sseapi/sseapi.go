@@ -8,7 +8,6 @@
 package sseapi
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/base64"
@@ -393,7 +392,7 @@ func (s *stream) writeFrames(sw *sse.Writer, frames []hub.Frame) error {
 			}
 			continue
 		}
-		if bytes.HasPrefix(f.Data, []byte(`{"unsubscribed":`)) {
+		if f.Dropped != "" {
 			if err := sw.WriteEventBytes(s.id(), "unsubscribed", f.Data); err != nil {
 				return err
 			}
