@@ -348,7 +348,7 @@ func (o *mqttOptions) trial(ctx context.Context, e env, u *url.URL) (result, err
 	subs := make([]*mqttSubscriber, o.subscribers)
 	var delivered atomic.Int64
 	var lastDelivery atomic.Int64 // unix ns
-	closeAll := func() {
+	closeAll := sync.OnceFunc(func() {
 		var wg sync.WaitGroup
 		sem := make(chan struct{}, 64)
 		for _, s := range subs {
@@ -358,7 +358,7 @@ func (o *mqttOptions) trial(ctx context.Context, e env, u *url.URL) (result, err
 			}
 		}
 		wg.Wait()
-	}
+	})
 	defer closeAll()
 	var connected atomic.Int64
 	stopProgress := progress(e, func() string {
