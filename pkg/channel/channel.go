@@ -115,6 +115,9 @@ func check(what, s string, sep byte, wildcard bool) error {
 			if i == tokenStart && (i+1 == len(s) || s[i+1] == sep) {
 				continue // "~", an empty MQTT level
 			}
+			if wildcard && partialEscape(s[i:]) {
+				continue // "~*", "~4*": a pattern may leave an escape to its wildcard
+			}
 			if _, ok := unescape(s[i:]); !ok {
 				return fmt.Errorf("%w: %s %q has %q at byte %d, which is no escape: '~' and two lower-case hex digits of a byte other than a-z 0-9 _ -, or '~' alone as a token",
 					ErrInvalid, what, s, c, i)

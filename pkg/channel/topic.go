@@ -39,6 +39,18 @@ func unescape(s string) (byte, bool) {
 	return b, !plain(b)
 }
 
+// partialEscape reports whether s, starting at '~', is an escape a
+// wildcard cuts short: "~*" or "~4*".
+func partialEscape(s string) bool {
+	switch {
+	case len(s) >= 2 && s[1] == '*':
+		return true
+	case len(s) >= 3 && strings.IndexByte(hexDigits, s[1]) >= 0 && s[2] == '*':
+		return true
+	}
+	return false
+}
+
 // Level returns an MQTT topic level as a channel token (see above).
 func Level(level string) string {
 	if level == "" {

@@ -56,8 +56,15 @@ func TestEscapesAreCanonical(t *testing.T) {
 			t.Errorf("Validate(%q) = %v, want ok", good, err)
 		}
 	}
-	if err := channel.ValidatePattern("~54opic~41:*"); err != nil {
-		t.Errorf("a pattern of escaped tokens: %v", err)
+	for _, p := range []string{"~54opic~41:*", "~*", "~5*", "a~*:b"} {
+		if err := channel.ValidatePattern(p); err != nil {
+			t.Errorf("ValidatePattern(%q) = %v: a wildcard may cut an escape short", p, err)
+		}
+	}
+	for _, p := range []string{"~z*", "~*x~", "~"} {
+		if err := channel.ValidatePattern(p); err == nil {
+			t.Errorf("ValidatePattern(%q) = ok, want refused", p)
+		}
 	}
 }
 
