@@ -1,12 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 // QoS 2 from a client is exactly once: a PUBLISH sent again before its
@@ -70,5 +72,61 @@ func TestMQTTQoS2ExactlyOnceAcrossEdges(t *testing.T) {
 	}
 	if !strings.Contains(got[0], `"kwh":1.5`) || !strings.Contains(got[1], `"kwh":2`) {
 		t.Fatalf("the listener got %q, want the first reading once, then the second", got)
+	}
+}
+
+// QoS 2 to clients: a message published at QoS 2 reaches a QoS 2
+// subscription at QoS 2; its PUBREC is answered PUBREL, resent until
+// PUBCOMP, and a kept session resumed on another edge is sent that
+// PUBREL again, not the message.
+func TestMQTTQoS2ToClients(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	e1 := startEdgeWithPrefix(t, srv, prefix, nil)
+	e2 := startEdgeWithPrefix(t, srv, prefix, nil)
+	tok := mintMQTT(t, "m-10", []string{"meter:*"}, []string{"meter:*"})
+	connect := func(e *edge, id string, clean bool) *mqttConn {
+		t.Helper()
+		m := e.dialMQTT(t, "/mqtt", 5)
+		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: clean, Keepalive: 30,
+			UsernameFlag: true, Username: []byte("device"), PasswordFlag: true, Password: []byte(tok)},
+			Properties: packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true}})
+		if ack := m.expect(packets.Connack); ack.ReasonCode != 0 {
+			t.Fatalf("CONNACK %#x", ack.ReasonCode)
+		}
+		return m
+	}
+	sub := connect(e1, "display", true)
+	if codes := sub.subscribe(1, map[string]byte{"meter/+": 2}, "meter/+"); codes[0] != 2 {
+		t.Fatalf("SUBACK %v, want QoS 2 granted", codes)
+	}
+	pub := connect(e1, "meter", true)
+	pub.send(publishPacket("meter/reading", 2, 1, `{"kwh":3}`))
+	pub.expect(packets.Pubrec)
+	got := sub.expect(packets.Publish)
+	if got.FixedHeader.Qos != 2 || string(got.Payload) != `{"kwh":3}` {
+		t.Fatalf("got %s at QoS %d, want the reading at QoS 2", got.Payload, got.FixedHeader.Qos)
+	}
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: got.PacketID})
+	if rel := sub.expect(packets.Pubrel); rel.PacketID != got.PacketID {
+		t.Fatalf("PUBREL %d, want %d", rel.PacketID, got.PacketID)
+	}
+	servicetest.WaitFor(t, "the session saved with its PUBREL owed", func() bool {
+		v, err := srv.Client(t).Get(t.Context(), prefix+":mqtt:session:user:m-10/display").Result()
+		return err == nil && strings.Contains(v, fmt.Sprintf(`"pubrel":[%d]`, got.PacketID))
+	})
+	sub.nc.Close() // lost before its PUBCOMP
+
+	again := connect(e2, "display", false)
+	if rel := again.expect(packets.Pubrel); rel.PacketID != got.PacketID {
+		t.Fatalf("the resumed session got PUBREL %d, want %d", rel.PacketID, got.PacketID)
+	}
+	again.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: got.PacketID})
+	// Nothing of the reading comes again: the next packet is this one.
+	pub.send(publishPacket("meter/reading", 0, 0, `{"kwh":4}`))
+	if next := again.expect(packets.Publish); string(next.Payload) != `{"kwh":4}` {
+		t.Fatalf("the resumed session got %s, want the next reading only", next.Payload)
 	}
 }

@@ -109,7 +109,7 @@ func (m *mqttConn) next() (packets.Packet, error) {
 		return pk, err
 	}
 	switch pk.FixedHeader.Type {
-	case packets.Connack, packets.Suback, packets.Unsuback, packets.Publish, packets.Puback, packets.Pubrec, packets.Pubcomp,
+	case packets.Connack, packets.Suback, packets.Unsuback, packets.Publish, packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp,
 		packets.Disconnect, packets.Pingresp:
 	default:
 		m.t.Fatalf("the edge sent a packet of type %d", pk.FixedHeader.Type)

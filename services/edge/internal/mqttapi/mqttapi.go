@@ -277,6 +277,7 @@ type pending struct {
 	prev bus.Position
 	note string     // the notification it carries, whose PUBACK is its receipt
 	ev   *hub.Event // the event it is, while it may wait for room
+	rec  bool       // QoS 2: PUBREC came, the client has it; PUBREL is what is resent
 	// share and delivery: the shared subscription it goes out for, and
 	// its delivery in the group, which its PUBACK acknowledges.
 	share    *shared
@@ -598,6 +599,10 @@ func (s *session) handle(pk packets.Packet) bool {
 		s.acked(pk.PacketID)
 	case packets.Pubrel:
 		s.released(pk.PacketID)
+	case packets.Pubrec:
+		s.recorded(pk.PacketID)
+	case packets.Pubcomp:
+		s.acked(pk.PacketID)
 	case packets.Subscribe:
 		if code := pk.SubscribeValidate(); code != packets.CodeSuccess {
 			s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: code.Reason})
@@ -628,9 +633,9 @@ func (s *session) handle(pk packets.Packet) bool {
 	case packets.Connect:
 		s.disconnect(packets.ErrProtocolViolationSecondConnect, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: "second CONNECT"})
 		return false
-	default: // PUBREC, PUBCOMP: the edge sends nothing at QoS 2
+	default:
 		s.disconnect(packets.ErrProtocolViolation, hub.Disconnect{Code: int(websocket.StatusProtocolError),
-			Reason: "a PUBREC or PUBCOMP of a QoS 2 message the edge never sent"})
+			Reason: fmt.Sprintf("a packet of type %d from a client", pk.FixedHeader.Type)})
 		return false
 	}
 	return true

@@ -63,6 +63,11 @@ func (s *session) resume(kept state) {
 	}
 	s.floor = maps.Clone(s.cursor)
 	since := maps.Clone(s.cursor)
+	for _, id := range kept.Pubrel {
+		s.inflight[id] = &pending{pk: packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, PacketID: id},
+			rec: true, sent: time.Now()}
+		s.client.Send(encode(pubrel(id, s.version)))
+	}
 	s.mu.Unlock()
 	for filter, qos := range kept.Filters {
 		patterns, _, err := s.cover(filter)
@@ -130,8 +135,8 @@ func (s *session) state() state {
 	}
 	for _, ps := range [][]*pending{unsent, slices.Collect(maps.Values(s.inflight))} {
 		for _, p := range ps {
-			if p.pos.IsZero() {
-				continue
+			if p.pos.IsZero() || p.rec {
+				continue // the client has a recorded QoS 2 message: only its PUBREL is owed
 			}
 			if e, ok := earliest[p.ns]; !ok || bus.CompareOffsets(p.pos.Offset, e.pos.Offset) < 0 {
 				earliest[p.ns] = p
@@ -154,7 +159,14 @@ func (s *session) state() state {
 			cursor[ns] = hold
 		}
 	}
-	return state{Filters: maps.Clone(s.filters), Cursor: cursor, Since: s.since.UnixNano()}
+	var pubrel []uint16
+	for id, p := range s.inflight {
+		if p.rec {
+			pubrel = append(pubrel, id)
+		}
+	}
+	slices.Sort(pubrel)
+	return state{Filters: maps.Clone(s.filters), Cursor: cursor, Since: s.since.UnixNano(), Pubrel: pubrel}
 }
 
 // save keeps the session, when it is kept and changed since its last

@@ -234,7 +234,7 @@ func (s *session) hand(ctx context.Context, sh *shared, ds []bus.Delivery) {
 			done = append(done, d)
 			continue
 		}
-		if qos := min(sh.qos, publishedQoS(ev)); qos == 0 {
+		if qos := min(sh.qos, publishedQoS(ev), 1); qos == 0 { // a group's member takes QoS 1 at most
 			s.client.Send(encode(pk))
 			done = append(done, d)
 			continue

@@ -31,6 +31,9 @@ type state struct {
 	Cursor  bus.Cursor      `json:"cursor,omitempty"`
 	Since   int64           `json:"since"`
 	Ended   bool            `json:"ended,omitempty"`
+	// Pubrel are the QoS 2 messages the client recorded (PUBREC) whose
+	// PUBCOMP has not come: a resumed session sends their PUBREL again.
+	Pubrel []uint16 `json:"pubrel,omitempty"`
 }
 
 func (s Store) key(name string) string { return s.Prefix + "mqtt:session:" + name }

@@ -79,7 +79,7 @@ func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool, p
 	case narrowed:
 		note = narrowedTo(f.Filter, patterns)
 	}
-	qos := min(f.Qos, 1)
+	qos := min(f.Qos, 2)
 	s.mu.Lock()
 	_, had := s.filters[f.Filter]
 	full := !had && len(s.filters) >= s.h.MaxSubscriptions

@@ -91,7 +91,7 @@ func publishOf(ev *hub.Event, version byte, now time.Time) (packets.Packet, erro
 // for any other event.
 func publishedQoS(ev *hub.Event) byte {
 	if m := ev.Envelope.GetMqtt(); m != nil {
-		return byte(min(m.GetQos(), 1))
+		return byte(min(m.GetQos(), 2))
 	}
 	return 1
 }
@@ -298,8 +298,13 @@ func (s *session) resend(buf *bytes.Buffer) {
 	slices.Sort(ids) // in the order they were first sent, within a wrap
 	for _, id := range ids {
 		p := s.inflight[id]
-		p.pk.FixedHeader.Dup = true
 		p.sent = now
+		if p.rec {
+			rel := pubrel(id, s.version)
+			_ = mqttwire.Append(buf, &rel)
+			continue
+		}
+		p.pk.FixedHeader.Dup = true
 		_ = mqttwire.Append(buf, &p.pk)
 		s.h.redelivered.Inc()
 	}
@@ -307,12 +312,38 @@ func (s *session) resend(buf *bytes.Buffer) {
 	s.flush(buf)
 }
 
-// acked frees the window's place of a PUBACKed message; the PUBACK of a
-// notification is its receipt.
+// pubrel is the PUBREL of QoS 2 message id.
+func pubrel(id uint16, version byte) packets.Packet {
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, ProtocolVersion: version, PacketID: id}
+}
+
+// recorded takes the PUBREC of a QoS 2 message: the client has it, and
+// gets its PUBREL (again, when the PUBREC is a resend); 5.0's PUBREL of an
+// id the session does not know says 0x92.
+func (s *session) recorded(id uint16) {
+	s.mu.Lock()
+	p, ok := s.inflight[id]
+	if ok && p.pk.FixedHeader.Qos == 2 {
+		p.rec, p.sent = true, time.Now()
+		s.dirty = true // its position is the client's now
+	}
+	s.mu.Unlock()
+	rel := pubrel(id, s.version)
+	if !ok {
+		rel.ReasonCode = packets.ErrPacketIdentifierNotFound.Code
+	}
+	s.client.Send(encode(rel))
+}
+
+// acked frees the window's place of a PUBACKed message (or a PUBCOMPed
+// one, at QoS 2); the acknowledgement of a notification is its receipt.
 func (s *session) acked(id uint16) {
 	s.mu.Lock()
 	p, ok := s.inflight[id]
 	delete(s.inflight, id)
+	if ok && p.rec {
+		s.dirty = true // its PUBREL is owed no more
+	}
 	s.mu.Unlock()
 	if !ok {
 		return
