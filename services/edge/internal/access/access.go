@@ -47,10 +47,18 @@ func (p *Policy) Verify(tok string) (*token.Claims, error) {
 		return nil, err
 	}
 	if err := p.admit(c); err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			return nil, err // the token may be good: ask again later
+		}
 		return nil, fmt.Errorf("%w: %w", token.ErrInvalid, err)
 	}
 	return c, nil
 }
+
+// ErrUnavailable is Verify's error when the revocations cannot be read
+// (Redis away): the token is neither good nor bad yet, and the client is
+// to try again, not to give up.
+var ErrUnavailable = errors.New("cannot check revocations: the event bus (Redis) is unavailable")
 
 // admit checks what the signature cannot: the token's life, and whether
 // it was revoked since it was issued.
@@ -76,7 +84,7 @@ func (p *Policy) admit(c *token.Claims) error {
 	revoked, err := p.Revocations.Revoked(ctx, c.ID, c.Subject, iat)
 	switch {
 	case err != nil:
-		return fmt.Errorf("cannot check revocations: %w", err)
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	case revoked:
 		return ErrRevoked
 	}

@@ -391,6 +391,8 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		switch {
 		case errors.Is(err, token.ErrTooLong):
 			return refuse(packets.ErrBadUsernameOrPassword, err.Error())
+		case errors.Is(err, access.ErrUnavailable):
+			return refuse(packets.ErrServerUnavailable, err.Error())
 		case err != nil:
 			return refuse(packets.ErrNotAuthorized, err.Error())
 		}
@@ -453,7 +455,12 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	}
 	props.SubIDAvailable, props.SubIDAvailableFlag = 0, true
 	props.MaximumPacketSize = uint32(h.MaxMessageBytes)
-	resume := s.begin(pk.Connect.Clean)
+	resume, err := s.begin(pk.Connect.Clean)
+	if err != nil {
+		h.Logger.Warn("mqtt session not read: the client is to connect again", "client_id", s.id, "error", err)
+		h.forget(s)
+		return refuse(packets.ErrServerUnavailable, "the session could not be read (Redis unavailable): connect again")
+	}
 	actx, cancel := context.WithTimeout(s.ctx, storeTimeout)
 	s.awaiting = s.awaitingFor(actx, pk.Connect.Clean)
 	cancel()

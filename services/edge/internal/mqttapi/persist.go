@@ -28,11 +28,14 @@ const saveInterval = time.Second
 const storeTimeout = 2 * time.Second
 
 // begin starts the connection's session: a clean start ends any kept
-// one; otherwise it returns the kept session to resume, or nil.
-func (s *session) begin(clean bool) *state {
+// one; otherwise it returns the kept session to resume, or nil. A kept
+// session that cannot be read (Redis away, a cluster failing over) is an
+// error, not a fresh start: the client connects again and resumes,
+// rather than lose what was published while it was away.
+func (s *session) begin(clean bool) (*state, error) {
 	st := s.h.Sessions
 	if st == nil {
-		return nil
+		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, storeTimeout)
 	defer cancel()
@@ -40,16 +43,16 @@ func (s *session) begin(clean bool) *state {
 		if err := st.End(ctx, s.key, s.since.UnixNano()); err != nil {
 			s.h.Logger.Warn("mqtt session not ended", "client_id", s.id, "error", err)
 		}
-		return nil
+		return nil, nil
 	}
 	kept, ok, err := st.Load(ctx, s.key)
 	if err != nil {
-		s.h.Logger.Warn("mqtt session not read: starting a new one", "client_id", s.id, "error", err)
+		return nil, err
 	}
 	if !ok {
-		return nil
+		return nil, nil
 	}
-	return &kept
+	return &kept, nil
 }
 
 // resume subscribes the kept filters, narrowed to what the token grants

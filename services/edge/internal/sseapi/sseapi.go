@@ -207,6 +207,9 @@ func (h *Handler) authenticate(r *http.Request) (*token.Claims, int, *protocol.E
 		return nil, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized, "no token: send Authorization: Bearer <token>, or ?token=<token>")
 	}
 	claims, err := h.Access.Verify(tok)
+	if errors.Is(err, access.ErrUnavailable) {
+		return nil, http.StatusServiceUnavailable, protocol.Errorf(protocol.CodeUnavailable, "%v", err)
+	}
 	if err != nil {
 		return nil, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized, "%v", err)
 	}

@@ -116,7 +116,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var claims *token.Claims
 	if tok := r.URL.Query().Get("token"); tok != "" {
 		var err error
-		if claims, err = h.Access.Verify(tok); err != nil {
+		if claims, err = h.Access.Verify(tok); errors.Is(err, access.ErrUnavailable) {
+			w.Header().Set("Retry-After", "1")
+			server.WriteError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, err.Error())
+			return
+		} else if err != nil {
 			h.authFailures.WithLabelValues("invalid_token").Inc()
 			server.WriteError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 			return
