@@ -36,6 +36,11 @@ func TestReauthDropsWhatTheNewTokenDoesNotGrant(t *testing.T) {
 	if r := c.next(); !r.OK || r.ID != "4" {
 		t.Fatalf("auth reply = %+v, want ok with id 4", r)
 	}
+	// The hub leaves Redis's "*" in the background: wait for it to be gone.
+	servicetest.WaitFor(t, "the edge to unsubscribe * in Redis", func() bool {
+		r, err := e.bus.Publish(t.Context(), "other:probe", event(t, "other:probe", "probe"))
+		return err == nil && r.Receivers == 0
+	})
 	e.publish(t, "other:secret", "secret", 0)
 	e.publish(t, "order:placed", "order", 0)
 	e.publish(t, "notify:user:42", "mine", 1)
