@@ -108,9 +108,10 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 
 	mux := http.NewServeMux()
 	policy := &access.Policy{
-		Verifier: verifier, AllowAnonymous: cfg.AllowAnonymous, PublicChannels: cfg.PublicChannels, TrustedProxies: cfg.TrustedProxies,
-		Revocations: &revocation.Store{Redis: rdb, Prefix: cfg.RedisPrefix, MaxAge: cfg.MaxTokenAge},
-		MaxTokenAge: cfg.MaxTokenAge,
+		Verifier: verifier, AllowAnonymous: cfg.AllowAnonymous, PublicChannels: cfg.PublicChannels, PublicPublish: cfg.PublicPublish,
+		TrustedProxies: cfg.TrustedProxies,
+		Revocations:    &revocation.Store{Redis: rdb, Prefix: cfg.RedisPrefix, MaxAge: cfg.MaxTokenAge},
+		MaxTokenAge:    cfg.MaxTokenAge,
 	}
 	// Commands for every edge: revocations, forced disconnects and
 	// unsubscriptions.

@@ -336,3 +336,26 @@ func (m *muted) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// With EDGE_ALLOW_ANONYMOUS, EDGE_PUBLIC_CHANNELS and EDGE_PUBLIC_PUBLISH
+// set to "~*", clients without a token, as the suite's are, subscribe and
+// publish on the suite's topics, and on nothing else: the edge can be
+// run against the real suite from outside.
+func TestPahoTokenlessClients(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_ALLOW_ANONYMOUS": "true",
+		"EDGE_PUBLIC_CHANNELS": "~*", "EDGE_PUBLIC_PUBLISH": "~*"})
+	c := interopConnect(t, e, "myclientid", true, func(o *paho3.ClientOptions) { o.SetUsername("").SetPassword("") })
+	tk := c.SubscribeMultiple(map[string]byte{interopWildcard[6]: 2, "order/#": 1}, nil)
+	done(t, tk)
+	if codes := tk.(*paho3.SubscribeToken).Result(); codes[interopWildcard[6]] != 2 || codes["order/#"] != 0x80 {
+		t.Fatalf("SUBACK %v, want TopicA/# granted at 2 and order/# refused", codes)
+	}
+	done(t, c.Publish(interopTopics[1], 2, false, "anonymous"))
+	if got := c.until(t, 1); got[0].payload != "anonymous" {
+		t.Fatalf("got %v", got)
+	}
+	if tk := c.Publish("order/placed", 1, false, "{}"); tk.WaitTimeout(10*time.Second) && tk.Error() == nil && c.IsConnectionOpen() {
+		t.Fatal("a tokenless client published outside EDGE_PUBLIC_PUBLISH and stayed connected")
+	}
+}

@@ -25,6 +25,9 @@ type Policy struct {
 	Verifier       *token.Verifier // nil when the edge accepts no tokens
 	AllowAnonymous bool
 	PublicChannels []string
+	// PublicPublish are the patterns a connection without a token may
+	// publish on (MQTT), with AllowAnonymous.
+	PublicPublish []string
 	// TrustedProxies may say who the client is in X-Forwarded-For.
 	TrustedProxies []netip.Prefix
 	// Revocations, when set, refuse revoked tokens; MaxTokenAge, when
@@ -89,6 +92,29 @@ func (p *Policy) admit(c *token.Claims) error {
 		return ErrRevoked
 	}
 	return nil
+}
+
+// MayPublish reports whether a connection with claims c (nil: none) may
+// publish on channel ch: its token's publish claim covers it, or, without
+// a token and with AllowAnonymous, PublicPublish does. Never in the bus's
+// own namespace.
+func (p *Policy) MayPublish(c *token.Claims, ch string) bool {
+	if channel.Reserved(ch) {
+		return false
+	}
+	grants := p.PublicPublish
+	switch {
+	case c != nil:
+		grants = c.Publish
+	case !p.AllowAnonymous:
+		return false
+	}
+	for _, g := range grants {
+		if channel.Covers(g, ch) {
+			return true
+		}
+	}
+	return false
 }
 
 // Allowed reports whether pattern is covered by one of the patterns a

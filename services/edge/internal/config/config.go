@@ -29,6 +29,7 @@ type Config struct {
 	JWTChannelsClaim    string         // EDGE_JWT_CHANNELS_CLAIM: the claim of the provider's tokens holding their patterns
 	AllowAnonymous      bool           // EDGE_ALLOW_ANONYMOUS: tokenless clients may subscribe to PublicChannels
 	PublicChannels      []string       // EDGE_PUBLIC_CHANNELS
+	PublicPublish       []string       // EDGE_PUBLIC_PUBLISH: what tokenless MQTT clients may publish on, with EDGE_ALLOW_ANONYMOUS
 	AllowedOrigins      []string       // EDGE_ALLOWED_ORIGINS: host patterns besides the edge's own host
 	Demo                bool           // EDGE_DEMO: mint demo tokens for the demo page
 	DemoAPIURL          string         // EDGE_DEMO_API_URL: the api service the demo page's buttons post to, through the edge
@@ -84,6 +85,7 @@ func Load(getenv func(string) string) (Config, error) {
 		JWTChannelsClaim:    r.String("EDGE_JWT_CHANNELS_CLAIM", token.DefaultChannelsClaim),
 		AllowAnonymous:      r.Bool("EDGE_ALLOW_ANONYMOUS", false),
 		PublicChannels:      r.List("EDGE_PUBLIC_CHANNELS", nil),
+		PublicPublish:       r.List("EDGE_PUBLIC_PUBLISH", nil),
 		AllowedOrigins:      r.List("EDGE_ALLOWED_ORIGINS", nil),
 		Demo:                r.Bool("EDGE_DEMO", false),
 		DemoAPIURL:          r.String("EDGE_DEMO_API_URL", "http://localhost:8080"),
@@ -133,6 +135,9 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	for _, p := range c.PublicChannels {
 		r.Check("EDGE_PUBLIC_CHANNELS", p, channel.ValidatePattern(p))
+	}
+	for _, p := range c.PublicPublish {
+		r.Check("EDGE_PUBLIC_PUBLISH", p, channel.ValidatePattern(p))
 	}
 	if len(c.JWTSecret) > 0 && len(c.JWTSecret) < token.MinSecretBytes {
 		r.Check("EDGE_JWT_SECRET", "…", fmt.Errorf("want at least %d bytes", token.MinSecretBytes))

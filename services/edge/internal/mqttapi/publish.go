@@ -18,7 +18,6 @@ import (
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
-	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
@@ -207,15 +206,10 @@ func (s *session) released(id uint16) {
 // is never in the bus's own namespace (the control channel the edges obey)
 // nor of an event type only the edge publishes.
 func (s *session) mayPublish(ch string) bool {
-	if s.claims == nil || channel.Reserved(ch) || envelope.EdgeOnly(strings.ReplaceAll(ch, ":", ".")) {
-		return false // the bus's own, or the edge's: presence news, receipts
+	if envelope.EdgeOnly(strings.ReplaceAll(ch, ":", ".")) {
+		return false // the edge's: presence news, receipts
 	}
-	for _, p := range s.claims.Publish {
-		if channel.Covers(p, ch) {
-			return true
-		}
-	}
-	return false
+	return s.h.Access.MayPublish(s.claims, ch)
 }
 
 // will is a client's last will: published as its event when the
