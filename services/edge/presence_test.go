@@ -366,3 +366,38 @@ func TestPresenceComesBackAfterRedisRestarts(t *testing.T) {
 		t.Fatalf("%v leaves announced, want none: bob left a Redis that no longer had him", n)
 	}
 }
+
+// Subscribing anew to a channel one has says again whether one wants its
+// news: presence turned on, then off, without a second member.
+func TestPresenceAskedAgain(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	e := startEdge(t, srv, map[string]string{"EDGE_PRESENCE_NAMESPACES": "room"})
+	store := presence.New(srv.Client(t), e.bus.KeyOf, time.Minute)
+	c := e.dial(t, mint(t, "ada", "room:*"))
+	c.subscribe("1", "room:1")
+	if r := c.do(`{"action":"subscribe","channel":"room:1","presence":true,"id":"2"}`); !r.OK {
+		t.Fatalf("subscribe again with presence = %+v", r)
+	}
+	bob := e.dial(t, mint(t, "bob", "room:*"))
+	bob.subscribe("b", "room:1")
+	news := c.news("room:1")
+	if news.User == "ada" { // its own join, announced as it asked: the roster writes in the background
+		news = c.news("room:1")
+	}
+	expectNews(t, news, "presence.join", "bob", "ws")
+	if n, err := store.Count(t.Context(), "room:1"); err != nil || n != 2 {
+		t.Fatalf("presence counts %d (%v), want 2: subscribing anew adds no member", n, err)
+	}
+	c.subscribe("3", "room:1") // and off again
+	bob.conn.CloseNow()
+	servicetest.WaitFor(t, "bob's leave written", func() bool {
+		n, err := store.Count(t.Context(), "room:1")
+		return err == nil && n == 1
+	})
+	e.publish(t, "room:1", "after", -1)
+	if f := c.next(); f.subject() != "after" {
+		t.Fatalf("read %s, want the event: no news once presence is off", f.Event)
+	}
+}

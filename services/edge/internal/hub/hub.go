@@ -368,6 +368,13 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, since bus.Curs
 		}
 	}
 	h.mu.Lock()
+	// Presence hears of the subscription, and again of one subscribed
+	// anew, whose wish for the channel's news may have changed (the
+	// member stays; only whether this edge sweeps the channel follows).
+	if h.opts.Presence != nil && !channel.IsPattern(p) {
+		_, watching := c.presence[p]
+		h.opts.Presence.Joined(p, c.member(), watching)
+	}
 	var r *replay
 	if !has {
 		if h.subs[p] == nil {
@@ -380,10 +387,6 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, since bus.Curs
 		c.subs[p] = struct{}{}
 		c.who.patterns[p]++
 		h.m.subscriptions.Inc()
-		if h.opts.Presence != nil && !channel.IsPattern(p) {
-			_, watching := c.presence[p]
-			h.opts.Presence.Joined(p, c.member(), watching)
-		}
 		if since != nil {
 			r = &replay{}
 			if c.replays == nil {

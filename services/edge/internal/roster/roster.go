@@ -103,7 +103,9 @@ func (r *Roster) Keeps(ch string) bool {
 }
 
 // Joined records m on ch, if ch keeps presence; watching says that m
-// wants ch's joins and leaves, so this edge sweeps ch. It does not block.
+// wants ch's joins and leaves, so this edge sweeps ch. Told again of a
+// member it has (a subscription made anew), it changes only whether m
+// watches. It does not block.
 func (r *Roster) Joined(ch string, m presence.Member, watching bool) {
 	if !r.Keeps(ch) {
 		return
@@ -113,14 +115,21 @@ func (r *Roster) Joined(ch string, m presence.Member, watching bool) {
 	if r.here[ch] == nil {
 		r.here[ch] = make(map[string]presence.Member)
 	}
-	r.here[ch][m.Client] = m
+	_, again := r.here[ch][m.Client]
+	if !again {
+		r.here[ch][m.Client] = m
+	}
 	if watching {
 		if r.watching[ch] == nil {
 			r.watching[ch] = make(map[string]bool)
 		}
 		r.watching[ch][m.Client] = true
+	} else if delete(r.watching[ch], m.Client); len(r.watching[ch]) == 0 {
+		delete(r.watching, ch)
 	}
-	r.queue(op{ch: ch, m: m, join: true})
+	if !again {
+		r.queue(op{ch: ch, m: m, join: true})
+	}
 }
 
 // Left takes m off ch. The member leaves as it joined, whatever its

@@ -430,13 +430,12 @@ func (s *session) handle(req protocol.Request) []byte {
 	if s.h.Hub.Count(s.client) >= s.h.MaxSubscriptions {
 		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodeTooManySubscriptions, "at most %d subscriptions per connection", s.h.MaxSubscriptions))
 	}
-	if req.Presence {
-		if !s.h.Hub.KeepsPresence(req.Channel) {
-			return protocol.Fail(req.ID, protocol.Errorf(protocol.CodePresenceOff,
-				"%s keeps no presence: only channels (no wildcard) of the namespaces in EDGE_PRESENCE_NAMESPACES do", req.Channel))
-		}
-		s.h.Hub.WantPresence(s.client, req.Channel, true)
+	if req.Presence && !s.h.Hub.KeepsPresence(req.Channel) {
+		return protocol.Fail(req.ID, protocol.Errorf(protocol.CodePresenceOff,
+			"%s keeps no presence: only channels (no wildcard) of the namespaces in EDGE_PRESENCE_NAMESPACES do", req.Channel))
 	}
+	// A subscription made anew says again whether it wants the news.
+	s.h.Hub.WantPresence(s.client, req.Channel, req.Presence)
 	ctx, cancel := context.WithTimeout(s.ctx, hub.SubscribeTimeout)
 	defer cancel()
 	reply := func(r hub.Recovery) []byte { return protocol.Subscribed(req.ID, r) }
