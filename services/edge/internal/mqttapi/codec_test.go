@@ -94,9 +94,13 @@ func FuzzReadPacket(f *testing.F) {
 			if err != nil {
 				continue
 			}
-			payload, err := eventOf(ch, "fuzz", claims, messageOf(pk.Payload, pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Properties), "", time.Unix(1, 0))
+			ev, err := eventOf(ch, "fuzz", claims, messageOf(pk.Payload, pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Properties), time.Unix(1, 0))
 			if err != nil {
 				continue
+			}
+			payload, err := envelope.Marshal(ev)
+			if err != nil {
+				t.Fatal(err)
 			}
 			env, err := envelope.Unmarshal(payload)
 			if err != nil || envelope.ValidateStrict(env) != nil {

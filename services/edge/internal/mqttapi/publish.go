@@ -17,7 +17,6 @@ import (
 
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 
-	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
@@ -30,10 +29,10 @@ import (
 // as they were), and its data the payload for everyone else: a JSON
 // object as the API takes one (a known type strictly), another JSON value
 // as a google.protobuf.Value, anything else as google.protobuf.BytesValue.
-// Its id is id, or a new one when empty. It returns the envelope's bytes.
-func eventOf(ch, clientID string, claims *token.Claims, m *eventbusv1.MqttMessage, id string, now time.Time) ([]byte, error) {
+// It returns the envelope, filled and checked as the API's events are.
+func eventOf(ch, clientID string, claims *token.Claims, m *eventbusv1.MqttMessage, now time.Time) (*envelope.Envelope, error) {
 	typ := strings.ReplaceAll(ch, ":", ".")
-	env := &envelope.Envelope{Id: id, Type: typ, Channel: ch, Mqtt: m}
+	env := &envelope.Envelope{Type: typ, Channel: ch, Mqtt: m}
 	if claims != nil {
 		env.Subject = claims.Subject
 	}
@@ -57,7 +56,7 @@ func eventOf(ch, clientID string, claims *token.Claims, m *eventbusv1.MqttMessag
 	if err := envelope.FillStrict(env, "mqtt:"+clientID, now); err != nil {
 		return nil, fmt.Errorf("payload: %w", err)
 	}
-	return envelope.Marshal(env)
+	return env, nil
 }
 
 // messageOf is what a client published: payload, QoS, RETAIN and, from
@@ -109,22 +108,19 @@ func (s *session) publish(pk packets.Packet) bool {
 		return refuse(packets.ErrNotAuthorized, fmt.Sprintf("topic %s is not among the token's publish patterns", pk.TopicName))
 	}
 	m := messageOf(pk.Payload, pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Properties)
-	now := time.Now()
-	if _, err := eventOf(ch, s.id, s.claims, m, "", now); err != nil {
+	ev, err := eventOf(ch, s.id, s.claims, m, time.Now())
+	if err != nil {
 		return refuse(packets.ErrPayloadFormatInvalid, err.Error())
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, publishTimeout)
 	defer cancel()
+	// send publishes the event, with the id QoS 2 keeps for it (id is
+	// never empty there) or the one it was made with.
 	send := func(id string) error {
-		env, err := eventOf(ch, s.id, s.claims, m, id, now)
-		if err != nil {
-			return err
+		if id != "" {
+			ev.Id = id
 		}
-		r, err := s.h.Bus.Publish(ctx, ch, env)
-		if err == nil && pk.FixedHeader.Retain {
-			err = s.h.retain(ctx, ch, r.Position, env, len(pk.Payload) == 0)
-		}
-		return err
+		return s.h.publishMessage(ctx, ev)
 	}
 	if pk.FixedHeader.Qos == 2 {
 		err = s.publishOnce(ctx, pk.PacketID, send)
@@ -151,17 +147,26 @@ func (s *session) publish(pk packets.Packet) bool {
 	return true
 }
 
-// retain makes env, published at pos, the retained message of ch, or,
-// when clear (an empty payload), clears ch's: unless the edge keeps the
-// latest event as retained instead (Options.RetainLatest), or no store.
-func (h *Handler) retain(ctx context.Context, ch string, pos bus.Position, env []byte, clear bool) error {
-	if h.Retained == nil || h.RetainLatest {
-		return nil
+// publishMessage publishes ev, an MQTT client's message (a PUBLISH or a
+// will), on its channel, and, when it was published with RETAIN, makes
+// it the channel's retained message, or clears that when its payload is
+// empty: unless the edge keeps the latest event as retained instead
+// (Options.RetainLatest), or keeps none.
+func (h *Handler) publishMessage(ctx context.Context, ev *envelope.Envelope) error {
+	env, err := envelope.Marshal(ev)
+	if err != nil {
+		return err
 	}
-	if clear {
-		return h.Retained.Clear(ctx, ch, pos)
+	ch := ev.GetChannel()
+	r, err := h.Bus.Publish(ctx, ch, env)
+	m := ev.GetMqtt()
+	if err != nil || !m.GetRetain() || h.Retained == nil || h.RetainLatest {
+		return err
 	}
-	return h.Retained.Set(ctx, ch, pos, env)
+	if len(m.GetPayload()) == 0 {
+		return h.Retained.Clear(ctx, ch, r.Position)
+	}
+	return h.Retained.Set(ctx, ch, r.Position, env)
 }
 
 func ctxErr(err error) string {
@@ -231,7 +236,7 @@ func (s *session) willOf(pk packets.Packet) (*will, packets.Code, string) {
 		return nil, packets.ErrNotAuthorized, fmt.Sprintf("will topic %s is not among the token's publish patterns", pk.Connect.WillTopic)
 	}
 	m := messageOf(pk.Connect.WillPayload, pk.Connect.WillQos, pk.Connect.WillRetain, pk.Connect.WillProperties)
-	if _, err := eventOf(ch, "will", s.claims, m, "", time.Now()); err != nil {
+	if _, err := eventOf(ch, "will", s.claims, m, time.Now()); err != nil {
 		return nil, packets.ErrPayloadFormatInvalid, "will: " + err.Error()
 	}
 	return &will{channel: ch, message: m}, packets.CodeSuccess, ""
@@ -250,15 +255,11 @@ func (s *session) publishWill() {
 	if d := s.kickedWith.Load(); d != nil && (d.Code == hub.CloseUnauthorized || d.Code == hub.CloseRevoked || d.Code == hub.CloseDisconnected) {
 		return
 	}
-	env, err := eventOf(s.will.channel, s.id, s.claims, s.will.message, "", time.Now())
+	ev, err := eventOf(s.will.channel, s.id, s.claims, s.will.message, time.Now())
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
 		defer cancel()
-		var r bus.Receipt
-		r, err = s.h.Bus.Publish(ctx, s.will.channel, env)
-		if err == nil && s.will.message.GetRetain() {
-			err = s.h.retain(ctx, s.will.channel, r.Position, env, len(s.will.message.GetPayload()) == 0)
-		}
+		err = s.h.publishMessage(ctx, ev)
 	}
 	if err != nil {
 		s.h.Logger.Warn("mqtt will not published", "client_id", s.id, "channel", s.will.channel, "error", err)
