@@ -213,19 +213,13 @@ func (s *Store) Sweep(ctx context.Context, ch string) ([]Member, error) {
 }
 
 // List returns up to limit members of ch (0: all; -1: none, the counts
-// only), in no promised order,
-// and the channel's counts. The users are counted over every member, so
-// a channel of many members costs a read of all of them.
+// only), in no promised order, and the channel's counts. The users are
+// counted over every member, so a channel of many members costs one read
+// of all of them, whatever the limit.
 func (s *Store) List(ctx context.Context, ch string, limit int) ([]Member, Stats, error) {
-	ms, n, err := s.read(ctx, ch, limit)
+	all, n, err := s.read(ctx, ch, 0) // the users are counted over every member
 	if err != nil {
 		return nil, Stats{}, err
-	}
-	all := ms
-	if len(ms) < n {
-		if all, _, err = s.read(ctx, ch, 0); err != nil {
-			return nil, Stats{}, err
-		}
 	}
 	users := make(map[string]struct{})
 	for _, m := range all {
@@ -233,7 +227,13 @@ func (s *Store) List(ctx context.Context, ch string, limit int) ([]Member, Stats
 			users[m.User] = struct{}{}
 		}
 	}
-	return ms, Stats{Clients: n, Users: len(users)}, nil
+	switch {
+	case limit < 0:
+		all = nil
+	case limit > 0 && limit < len(all):
+		all = all[:limit]
+	}
+	return all, Stats{Clients: n, Users: len(users)}, nil
 }
 
 // Count returns how many connections are on ch.
