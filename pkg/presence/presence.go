@@ -115,15 +115,12 @@ local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
 return gone`)
 
-// live returns the members of KEYS[1] that have not expired, at most
-// ARGV[1] of them (0: all; -1: none), and how many there are.
+// live returns how many members of KEYS[1] have not expired and, when
+// ARGV[1] is 1, the members.
 var live = redis.NewScript(now + `
 local n = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-local limit = tonumber(ARGV[1])
-if limit < 0 then return {n, {}} end
-if limit == 0 then limit = n end
-if limit == 0 then return {n, {}} end
-return {n, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, limit)}`)
+if ARGV[1] ~= '1' or n == 0 then return {n, {}} end
+return {n, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')}`)
 
 // Join adds m to ch, or renews it, and reports whether it is new there.
 func (s *Store) Join(ctx context.Context, ch string, m Member) (bool, error) {
@@ -217,7 +214,7 @@ func (s *Store) Sweep(ctx context.Context, ch string) ([]Member, error) {
 // counted over every member, so a channel of many members costs one read
 // of all of them, whatever the limit.
 func (s *Store) List(ctx context.Context, ch string, limit int) ([]Member, Stats, error) {
-	all, n, err := s.read(ctx, ch, 0) // the users are counted over every member
+	all, n, err := s.read(ctx, ch, true) // the users are counted over every member
 	if err != nil {
 		return nil, Stats{}, err
 	}
@@ -238,13 +235,17 @@ func (s *Store) List(ctx context.Context, ch string, limit int) ([]Member, Stats
 
 // Count returns how many connections are on ch.
 func (s *Store) Count(ctx context.Context, ch string) (int, error) {
-	_, n, err := s.read(ctx, ch, -1)
+	_, n, err := s.read(ctx, ch, false)
 	return n, err
 }
 
-// read runs live: limit 0 reads every member, -1 none.
-func (s *Store) read(ctx context.Context, ch string, limit int) ([]Member, int, error) {
-	res, err := live.Run(ctx, s.rdb, []string{s.key(ch)}, limit).Slice()
+// read runs live: the count of ch's members, and, with members, them.
+func (s *Store) read(ctx context.Context, ch string, members bool) ([]Member, int, error) {
+	flag := 0
+	if members {
+		flag = 1
+	}
+	res, err := live.Run(ctx, s.rdb, []string{s.key(ch)}, flag).Slice()
 	if err != nil {
 		return nil, 0, fmt.Errorf("presence of %s: %w", ch, err)
 	}
@@ -253,7 +254,7 @@ func (s *Store) read(ctx context.Context, ch string, limit int) ([]Member, int, 
 	}
 	n, _ := res[0].(int64)
 	var out []Member
-	if limit >= 0 {
+	if members {
 		raw, _ := res[1].([]any)
 		out = make([]Member, 0, len(raw))
 		for _, r := range raw {
