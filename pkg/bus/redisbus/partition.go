@@ -146,12 +146,7 @@ func (b *Bus) StreamOf(ch string) string { return b.streamFor(ch).name }
 // every process of a deployment names it alike (presence keys are made
 // so).
 func (b *Bus) KeyOf(kind, ch string) string {
-	st := b.streamFor(ch)
-	tag := st.tag
-	if tag == "" {
-		tag = st.ns
-	}
-	return b.opts.Prefix + kind + ":{" + tag + "}:" + ch
+	return b.taggedKey(kind, b.streamFor(ch), ch)
 }
 
 // NamespaceKey names a key of kind about the events of ch's namespace in
@@ -160,7 +155,8 @@ func (b *Bus) KeyOf(kind, ch string) string {
 // every partition of namespace ns, so that a reader finds what a writer
 // of any of its channels wrote (MQTT's retained messages are kept so).
 func (b *Bus) NamespaceKey(kind, ch string) string {
-	return b.namespaceKey(kind, b.streamFor(ch))
+	st := b.streamFor(ch)
+	return b.taggedKey(kind, st, st.ns)
 }
 
 // NamespaceKeys names the keys of kind of every partition of namespace
@@ -169,17 +165,20 @@ func (b *Bus) NamespaceKeys(kind, ns string) []string {
 	sts := b.streamsOf(ns)
 	out := make([]string, len(sts))
 	for i, st := range sts {
-		out[i] = b.namespaceKey(kind, st)
+		out[i] = b.taggedKey(kind, st, ns)
 	}
 	return out
 }
 
-func (b *Bus) namespaceKey(kind string, st stream) string {
+// taggedKey names key name of kind in the slot of stream st:
+// "<prefix><kind>:{<tag>}:<name>", the tag being st's partition's, or its
+// namespace on one server.
+func (b *Bus) taggedKey(kind string, st stream, name string) string {
 	tag := st.tag
 	if tag == "" {
 		tag = st.ns
 	}
-	return b.opts.Prefix + kind + ":{" + tag + "}:" + st.ns
+	return b.opts.Prefix + kind + ":{" + tag + "}:" + name
 }
 
 // streamsOf returns every partition of namespace ns.
