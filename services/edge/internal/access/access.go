@@ -109,12 +109,12 @@ func (p *Policy) MayPublish(c *token.Claims, ch string) bool {
 	case !p.AllowAnonymous:
 		return false
 	}
-	for _, g := range grants {
-		if channel.Covers(g, ch) {
-			return true
-		}
-	}
-	return false
+	return anyCovers(grants, ch)
+}
+
+// anyCovers reports whether one of patterns covers p (channel.Covers).
+func anyCovers(patterns []string, p string) bool {
+	return slices.ContainsFunc(patterns, func(a string) bool { return channel.Covers(a, p) })
 }
 
 // Allowed reports whether pattern is covered by one of the patterns a
@@ -131,25 +131,10 @@ func (p *Policy) Allowed(c *token.Claims, pattern string) bool {
 	if c != nil && channel.Covers(token.Own(c.Subject), pattern) {
 		return true
 	}
-	var grants []string
-	if c != nil {
-		grants = c.Channels
-		for _, e := range c.Except {
-			if channel.Covers(e, pattern) {
-				grants = nil
-				break
-			}
-		}
+	if c != nil && !anyCovers(c.Except, pattern) && anyCovers(c.Channels, pattern) {
+		return true
 	}
-	if p.AllowAnonymous {
-		grants = append(slices.Clip(grants), p.PublicChannels...)
-	}
-	for _, a := range grants {
-		if channel.Covers(a, pattern) {
-			return true
-		}
-	}
-	return false
+	return p.AllowAnonymous && anyCovers(p.PublicChannels, pattern)
 }
 
 // Identity is who a connection counts against for the hub's bounds: its
