@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -347,7 +348,14 @@ type monitorEndpoint struct {
 }
 
 // build runs kustomize on an overlay and decodes what it renders.
+// kustomizing serialises kustomize builds: kustomize keeps its OpenAPI
+// schema in package globals that parallel builds race on
+// (kubernetes-sigs/kustomize#5805).
+var kustomizing sync.Mutex
+
 func build(dir string) (*rendered, error) {
+	kustomizing.Lock()
+	defer kustomizing.Unlock()
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
 	m, err := k.Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
