@@ -32,6 +32,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/mqttapi"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/receipt"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/roster"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/session"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/sseapi"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/web"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/wsapi"
@@ -123,30 +124,34 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	// One budget of writes per second for the connections of every
 	// transport.
 	pacer := &hub.Pacer{Rate: cfg.WriteRate}
-	receipts := receipt.New(b, log, reg)
-	ws := wsapi.New(wsapi.Options{
-		Hub: h, Access: policy, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
-		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout, RefreshBefore: cfg.RefreshBefore,
-		MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
+	// Every transport's connections keep the same rules.
+	sessions := session.New(session.Options{
+		Hub: h, Access: policy, MaxSubscriptions: cfg.MaxSubscriptions,
 		MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Pacer: pacer, Receipts: receipts,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RefreshBefore: cfg.RefreshBefore,
+		Receipts: receipt.New(b, log, reg),
+	}, reg)
+	ws := wsapi.New(wsapi.Options{
+		Sessions: sessions, Access: policy, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
+		PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout, AuthTimeout: cfg.AuthTimeout,
+		MaxMessageBytes: cfg.MaxMessageBytes, Pacer: pacer,
 	}, reg)
 	// MQTT sessions outlive their connection, and the latest event can
 	// stand for a channel's retained message, only where there is a
 	// record; retained messages per topic are kept either way.
-	var sessions *mqttapi.Store
+	var kept *mqttapi.Store
 	var record mqttapi.Record
 	var consumers bus.Consumers // shared subscriptions read the record
 	if cfg.HistoryMaxLen > 0 {
-		sessions = &mqttapi.Store{Redis: rdb, Prefix: cfg.RedisPrefix}
+		kept = &mqttapi.Store{Redis: rdb, Prefix: cfg.RedisPrefix}
 		record = b
 		consumers = b
 	}
 	mq := mqttapi.New(mqttapi.Options{
-		Hub: h, Access: policy, Bus: b, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
-		ConnectTimeout: cfg.AuthTimeout, MaxMessageBytes: cfg.MaxMessageBytes, MaxSubscriptions: cfg.MaxSubscriptions,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
-		Sessions: sessions, SessionExpiry: cfg.MQTTSessionExpiry, Record: record, Pacer: pacer, Receipts: receipts,
+		Edge: sessions, Hub: h, Access: policy, Bus: b, Logger: log, AllowedOrigins: cfg.AllowedOrigins,
+		ConnectTimeout: cfg.AuthTimeout, MaxMessageBytes: cfg.MaxMessageBytes,
+		RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
+		Sessions: kept, SessionExpiry: cfg.MQTTSessionExpiry, Record: record, Pacer: pacer,
 		Retained: &mqttapi.RetainedStore{Redis: rdb, Keys: b}, RetainLatest: cfg.MQTTRetained == "latest" && record != nil,
 		Consumers: consumers, ShareVisibility: cfg.MQTTShareVisibility,
 		// Takeovers go live only: a CONNECT costs no recorded event.
@@ -162,8 +167,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}))
 	mux.Handle("GET /mqtt", mq)
 	mux.Handle("GET /sse", sseapi.New(sseapi.Options{
-		Hub: h, Access: policy, Logger: log,
-		MaxSubscriptions: cfg.MaxSubscriptions, MaxUserPatterns: cfg.MaxUserPatterns, MaxUserConnections: cfg.MaxUserConnections,
+		Sessions: sessions, Hub: h, Access: policy, Logger: log,
 		KeepAlive: cfg.SSEKeepAlive, WriteTimeout: cfg.PingInterval + cfg.PongTimeout,
 	}))
 	var demo web.Demo

@@ -138,6 +138,20 @@ func (c *Client) Send(data []byte) {
 	}
 }
 
+// sendSubscribed queues the reply of c's subscription to p, which began
+// as rec says, as Send does.
+func (c *Client) sendSubscribed(p string, rec Recovery, reply func(Recovery) []byte) {
+	if d, ok := c.push(subscribedFrame(p, rec, reply), c.now()); !ok {
+		c.tooSlow(d)
+	}
+}
+
+// subscribedFrame is the reply of the subscription to p, which began as
+// rec says.
+func subscribedFrame(p string, rec Recovery, reply func(Recovery) []byte) Frame {
+	return Frame{Kind: FrameSubscribed, Data: reply(rec), Channel: p, Recovery: &rec}
+}
+
 // tooSlow closes c with d, one of the slow disconnects, and counts it.
 func (c *Client) tooSlow(d Disconnect) {
 	if !c.kicked.Load() {

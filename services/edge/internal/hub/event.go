@@ -60,17 +60,37 @@ type Encoding interface {
 	Encode(ev *Event, subscriptions []string) ([]byte, error)
 }
 
-// Frame is what waits in a client's queue: a reply or notice of the
-// transport's own (Event nil), or an event's frame in the client's
-// encoding, with the event, so that a transport that numbers what it
+// FrameKind says what a frame is, so that no transport reads a frame's
+// bytes to learn it.
+type FrameKind uint8
+
+const (
+	// FrameReply is a reply or notice of the transport's own.
+	FrameReply FrameKind = iota
+	// FrameEvent is an event in the client's encoding: Event is set.
+	FrameEvent
+	// FrameSubscribed is a subscription's reply, saying how it began:
+	// Channel and Recovery are set.
+	FrameSubscribed
+	// FrameDropped is the notice of a subscription the edge dropped
+	// (Revoke): Channel is set, and a transport that cannot send the
+	// notice (MQTT) acts on it without reading Data.
+	FrameDropped
+)
+
+// Frame is what waits in a client's queue, in the client's encoding, with
+// what a transport needs to know of it without reading Data: an event's
+// frame comes with the event, so that a transport that numbers what it
 // writes (SSE ids) can follow the positions.
 type Frame struct {
+	Kind  FrameKind
 	Data  []byte
 	Event *Event
-	// Dropped names, for a notice, the subscription the edge dropped
-	// (Revoke): a transport that cannot send the notice (MQTT) acts on it
-	// without reading Data.
-	Dropped string
+	// Channel is the subscription a FrameSubscribed or FrameDropped is
+	// about.
+	Channel string
+	// Recovery is how a FrameSubscribed's subscription began.
+	Recovery *Recovery
 	// Subs are, for an event, the client's subscriptions it matched: a
 	// transport that keeps positions per subscription follows them. Read
 	// only: frames share it.

@@ -398,7 +398,7 @@ func (h *Hub) Subscribe(ctx context.Context, c *Client, p string, since bus.Curs
 	h.raiseFloor(latest)
 	if r == nil {
 		// Subscribed already, it missed nothing; else it is new.
-		c.Send(reply(Recovery{Resumed: since != nil, Recovered: since != nil, Positions: latest}))
+		c.sendSubscribed(p, Recovery{Resumed: since != nil, Recovered: since != nil, Positions: latest}, reply)
 	}
 	h.mu.Unlock()
 	h.change.Unlock()
@@ -462,7 +462,7 @@ func (h *Hub) Revoke(c *Client, keep func(p string) bool, notice func(p string) 
 		}
 		n++
 		orphans = append(orphans, h.drop(c, p)...)
-		if d, ok := c.push(Frame{Data: notice(p), Dropped: p}, c.now()); !ok {
+		if d, ok := c.push(Frame{Kind: FrameDropped, Data: notice(p), Channel: p}, c.now()); !ok {
 			c.tooSlow(d)
 		}
 	}
@@ -635,7 +635,7 @@ func (h *Hub) send(c *Client, ev *Event, subs []string, now time.Time) bool {
 		f = encoded{data, slices.Clone(subs)}
 		h.frames[key] = f
 	}
-	d, ok := c.push(Frame{Data: f.data, Event: ev, Subs: f.subs}, now)
+	d, ok := c.push(Frame{Kind: FrameEvent, Data: f.data, Event: ev, Subs: f.subs}, now)
 	if !ok {
 		c.tooSlow(d)
 	}

@@ -162,7 +162,7 @@ func (h *Hub) recover(c *Client, p string, since bus.Cursor, r *replay, reply fu
 	}
 	cancel()
 	<-h.recovering
-	if !c.pushWait(Frame{Data: reply(rec)}, &r.cancelled) {
+	if !c.pushWait(subscribedFrame(p, rec, reply), &r.cancelled) {
 		return
 	}
 	// last is where each namespace stands for the client: a live event at
@@ -234,7 +234,7 @@ func (h *Hub) push(c *Client, ev *Event, subs []string, cancelled *atomic.Bool) 
 		h.m.malformed.Inc()
 		return true
 	}
-	if !c.pushWait(Frame{Data: data, Event: ev, Subs: subs}, cancelled) {
+	if !c.pushWait(Frame{Kind: FrameEvent, Data: data, Event: ev, Subs: subs}, cancelled) {
 		return false
 	}
 	h.m.delivered.Inc()

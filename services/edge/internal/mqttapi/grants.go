@@ -37,7 +37,7 @@ func (s *session) cover(filter string) (patterns []string, narrowed bool, err er
 		}
 	}
 	for _, p := range wanted {
-		if s.h.Access.Allowed(s.claims, p) {
+		if s.edge.Allowed(p) {
 			add(p)
 			continue
 		}
@@ -46,31 +46,16 @@ func (s *session) cover(filter string) (patterns []string, narrowed bool, err er
 		// a wider grant could bring none of p's events: the hub withholds
 		// them. Only the user's own notifications are never withheld.
 		withheld := channel.Reserved(p) || s.claims != nil && slices.ContainsFunc(s.claims.Except, func(e string) bool { return channel.Covers(e, p) })
-		for _, g := range s.grants() {
+		for _, g := range s.edge.Grants() {
 			if withheld && (s.claims == nil || g != token.Own(s.claims.Subject)) {
 				continue
 			}
-			if channel.Overlaps(g, p) && s.h.Access.Allowed(s.claims, g) {
+			if channel.Overlaps(g, p) && s.edge.Allowed(g) {
 				add(g)
 			}
 		}
 	}
 	return patterns, narrowed, nil
-}
-
-// grants returns the patterns the connection may subscribe to, as
-// access.Policy.Allowed counts them: the user's own notifications, the
-// token's channels and, when anonymous access is on, the public channels.
-func (s *session) grants() []string {
-	var g []string
-	if s.claims != nil {
-		g = append(g, token.Own(s.claims.Subject))
-		g = append(g, s.claims.Channels...)
-	}
-	if s.h.Access.AllowAnonymous {
-		g = append(g, s.h.Access.PublicChannels...)
-	}
-	return g
 }
 
 // narrowedTo says what a filter was narrowed to.
@@ -83,7 +68,7 @@ func (s *session) refusal(filter string) string {
 	if ps, err := patternsOf(filter); err == nil && !slices.ContainsFunc(ps, func(p string) bool { return !channel.Reserved(p) }) {
 		return fmt.Sprintf("%s: not authorized, %s is the bus's own namespace", filter, channel.ReservedNamespace)
 	}
-	g := s.grants()
+	g := s.edge.Grants()
 	if len(g) == 0 {
 		return fmt.Sprintf("%s: not authorized, this connection has no grants", filter)
 	}

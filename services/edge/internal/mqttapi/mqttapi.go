@@ -24,7 +24,6 @@ import (
 	"github.com/coder/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
@@ -34,7 +33,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/access"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
-	"github.com/eventbus-suite/eventbus/services/edge/internal/receipt"
+	edge "github.com/eventbus-suite/eventbus/services/edge/internal/session"
 )
 
 // Subprotocol is the WebSocket subprotocol of MQTT (MQTT-6.0.0-3).
@@ -58,6 +57,8 @@ const (
 
 // Options configure the handler.
 type Options struct {
+	// Edge keeps every rule of a connection: tokens, grants, bounds.
+	Edge   *edge.Sessions
 	Hub    *hub.Hub
 	Access *access.Policy
 	// Bus takes what clients publish.
@@ -66,11 +67,8 @@ type Options struct {
 
 	AllowedOrigins []string
 	// ConnectTimeout bounds the wait for CONNECT after the upgrade.
-	ConnectTimeout   time.Duration
-	MaxMessageBytes  int64
-	MaxSubscriptions int
-	RateLimit        float64
-	RateBurst        int
+	ConnectTimeout  time.Duration
+	MaxMessageBytes int64
 	// RetryInterval is how long a QoS 1 message waits for its PUBACK
 	// before it is sent again, with DUP.
 	RetryInterval time.Duration
@@ -99,9 +97,6 @@ type Options struct {
 	// another (EDGE_MQTT_SHARE_VISIBILITY).
 	Consumers       bus.Consumers
 	ShareVisibility time.Duration
-	// Receipts publishes the PUBACKs of notifications (QoS 1 on
-	// notify/user/<id>) as their receipts; nil publishes none.
-	Receipts *receipt.Receipts
 	// Announce tells every edge of a command, through the control channel:
 	// a client id connected here, so its connections elsewhere close. Nil
 	// takes over on this edge only.
@@ -222,9 +217,9 @@ type session struct {
 	name    string    // this connection's own, for takeovers
 	since   time.Time // when it connected
 	key     string    // identity and client id, for takeovers
-	claims  *token.Claims
-	client  *hub.Client
-	limiter *rate.Limiter
+	edge    *edge.Session
+	claims  *token.Claims // CONNECT's, which an MQTT connection keeps
+	client  *hub.Client   // the session's
 	expiry  time.Duration // how long the session outlives the connection; 0: not at all
 	asked   uint32        // the Session Expiry Interval CONNECT asked for, in seconds (5.0)
 	will    *will         // published unless the client says goodbye
@@ -239,7 +234,6 @@ type session struct {
 	shares     map[string]*shared       // "$share/…" filter → its shared subscription; guarded by mu
 	awaiting   awaitingRelease          // QoS 2 messages waiting for their PUBREL; the reader's
 	options    map[string]filterOptions // a 5.0 filter's No Local and Retain As Published; guarded by mu
-	notes      receipt.Window
 
 	writeMu sync.Mutex // one writer of the socket at a time
 
@@ -293,15 +287,14 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := &session{h: h, nc: nc, closer: c, ctx: ctx, cancel: cancel, addr: addr,
-		limiter: rate.NewLimiter(rate.Limit(h.RateLimit), h.RateBurst),
 		wake:    make(chan struct{}, 1),
 		filters: make(map[string]byte), byPattern: make(map[string][]string), inflight: make(map[uint16]*pending)}
 	if err := h.admit(s); err != nil {
 		d := hub.DisconnectTooManyConnections
-		if !errors.Is(err, hub.ErrTooManyConnections) {
+		if err.Code != protocol.CodeTooManyConnections {
 			d = hub.DisconnectShutdown
 		}
-		c.Close(hub.Disconnect{Code: d.Code, Reason: fmt.Sprintf("%s: %v", d.Reason, err)})
+		c.Close(hub.Disconnect{Code: d.Code, Reason: fmt.Sprintf("%s: %v", d.Reason, err.Message)})
 		return
 	}
 	br := bufio.NewReaderSize(nc, 4<<10)
@@ -309,13 +302,13 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 	pk, err := readPacket(br, 0, int(h.MaxMessageBytes))
 	if err != nil || pk.FixedHeader.Type != packets.Connect {
 		h.Logger.Debug("mqtt connection without CONNECT", "error", err)
-		h.Hub.Leave(s.client)
+		s.edge.Close()
 		return
 	}
 	_ = nc.SetReadDeadline(time.Time{})
 	keepAlive, ok := s.connect(pk)
 	if !ok {
-		h.Hub.Leave(s.client)
+		s.edge.Close()
 		return
 	}
 	defer h.forget(s)
@@ -336,14 +329,14 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 	}
 	s.publishWill()
 	s.end()
-	h.Hub.Leave(s.client)
+	s.edge.Close()
 	cancel()
 	<-done
 }
 
-// transport names how s is connected, as presence says it: "mqtt" over
+// Name names how s is connected, as presence says it: "mqtt" over
 // WebSocket, "mqtt-tcp" over TCP or TLS.
-func (s *session) transport() string {
+func (s *session) Name() string {
 	if _, ok := s.closer.(wsCloser); ok {
 		return "mqtt"
 	}
@@ -357,13 +350,14 @@ func (s *session) transport() string {
 // until CONNECT moves it to its user or ConnectTimeout closes it. Every
 // listener of MQTT (over WebSocket, TCP and TLS alike) admits its
 // sockets through it first and closes one refused with
-// hub.ErrTooManyConnections; one admitted is followed by one Hub.Leave.
-func (h *Handler) admit(s *session) error {
-	c, err := h.Hub.Join(access.Identity(nil, s.addr), s.transport(), publish{}, s.ready, s.kicked)
+// protocol.CodeTooManyConnections; one admitted is followed by one
+// Close of its session.
+func (h *Handler) admit(s *session) *protocol.Error {
+	e, err := h.Edge.Open(nil, s.addr, s, publish{})
 	if err != nil {
 		return err
 	}
-	s.client = c
+	s.edge, s.client = e, e.Client()
 	return nil
 }
 
@@ -387,18 +381,22 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		return refuse(code, code.Reason)
 	}
 	if pk.Connect.PasswordFlag {
-		c, err := h.Access.Verify(string(pk.Connect.Password))
-		switch {
-		case errors.Is(err, token.ErrTooLong):
-			return refuse(packets.ErrBadUsernameOrPassword, err.Error())
-		case errors.Is(err, access.ErrUnavailable):
-			return refuse(packets.ErrServerUnavailable, err.Error())
-		case err != nil:
-			return refuse(packets.ErrNotAuthorized, err.Error())
+		c, err := h.Edge.Verify(string(pk.Connect.Password))
+		if err != nil {
+			switch {
+			case errors.Is(err, token.ErrTooLong):
+				return refuse(packets.ErrBadUsernameOrPassword, err.Message)
+			case err.Code == protocol.CodeUnavailable:
+				return refuse(packets.ErrServerUnavailable, err.Message)
+			}
+			return refuse(packets.ErrNotAuthorized, err.Message)
 		}
 		s.claims = c
 	} else if !h.Access.AllowAnonymous {
 		return refuse(packets.ErrNotAuthorized, "no token: send it as the CONNECT password")
+	}
+	if err := s.edge.Identify(s.claims); err != nil {
+		return refuse(packets.ErrQuotaExceeded, err.Message)
 	}
 	if pk.Connect.WillFlag {
 		w, code, why := s.willOf(pk)
@@ -434,18 +432,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		s.window = min(rm, maxInflight)
 	}
 	who := access.Identity(s.claims, s.addr)
-	c := s.client
-	if err := h.Hub.Identify(c, who); err != nil {
-		return refuse(packets.ErrQuotaExceeded, "too many connections")
-	}
-	h.Hub.SetEncoding(c, publish{s.version})
-	if s.claims != nil {
-		c.SetToken(hub.TokenOf(s.claims))
-		expiry := time.AfterFunc(time.Until(s.claims.ExpiresAt.Time), func() {
-			c.Kick(hub.Disconnect{Code: hub.CloseUnauthorized, Reason: "token expired"})
-		})
-		context.AfterFunc(s.ctx, func() { expiry.Stop() })
-	}
+	h.Hub.SetEncoding(s.client, publish{s.version})
 	s.who, s.name, s.key, s.since = who, rand.Text(), sessionKey(who, s.id), time.Now()
 	h.takeOver(s)
 	props.ReceiveMaximum = maxInflight
@@ -466,7 +453,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	cancel()
 	ack := s.connack(packets.CodeSuccess, props)
 	ack.SessionPresent = resume != nil
-	c.Send(encode(ack))
+	s.client.Send(encode(ack))
 	if resume != nil {
 		s.resume(*resume)
 	}
@@ -586,10 +573,11 @@ func (s *session) read(br *bufio.Reader, keepAlive time.Duration) {
 			continue
 		}
 		// PUBACKs answer the edge's own messages: only requests count.
-		if pk.FixedHeader.Type != packets.Puback && !s.limiter.Allow() {
-			s.disconnect(packets.ErrMessageRateTooHigh, hub.Disconnect{Code: int(websocket.StatusPolicyViolation),
-				Reason: fmt.Sprintf("more than %g packets per second (burst %d)", s.h.RateLimit, s.h.RateBurst)})
-			return
+		if pk.FixedHeader.Type != packets.Puback {
+			if err := s.edge.Allow(); err != nil {
+				s.disconnect(packets.ErrMessageRateTooHigh, hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: err.Message})
+				return
+			}
 		}
 		if !s.handle(pk) {
 			return
@@ -700,10 +688,10 @@ func (s *session) disconnect(code packets.Code, d hub.Disconnect) {
 	s.client.CloseAfter(d)
 }
 
-// kicked closes the connection with d, in the background: the hub calls
+// Kicked closes the connection with d, in the background: the hub calls
 // it and must not wait. The writer, which may hold the socket, sends a 5.0
 // client a DISCONNECT with the reason first.
-func (s *session) kicked(d hub.Disconnect) {
+func (s *session) Kicked(d hub.Disconnect) {
 	s.kickedWith.Store(&d)
 	s.cancel()
 	// A writer stuck on a client that stopped reading never gets to close:

@@ -214,7 +214,7 @@ func (s *session) mayPublish(ch string) bool {
 	if envelope.EdgeOnly(strings.ReplaceAll(ch, ":", ".")) {
 		return false // the edge's: presence news, receipts
 	}
-	return s.h.Access.MayPublish(s.claims, ch)
+	return s.edge.MayPublish(ch)
 }
 
 // will is a client's last will: published as its event when the

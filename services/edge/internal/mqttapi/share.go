@@ -81,7 +81,7 @@ func (s *session) subscribeShared(f packets.Subscription) (byte, string) {
 		s.mu.Unlock()
 		return qos, ""
 	}
-	full := len(s.filters)+len(s.shares) >= s.h.MaxSubscriptions
+	full := len(s.filters)+len(s.shares) >= s.h.Edge.MaxSubscriptions
 	s.mu.Unlock()
 	if full {
 		return packets.ErrQuotaExceeded.Code, ""
@@ -244,7 +244,7 @@ func (s *session) hand(ctx context.Context, sh *shared, ds []bus.Delivery) {
 		s.heldBytes += len(pk.Payload)
 	}
 	s.mu.Unlock()
-	s.ready()
+	s.Ready()
 	if len(done) > 0 {
 		if err := sh.consumer.Ack(ctx, done...); err != nil && !errors.Is(err, context.Canceled) {
 			s.h.Logger.Debug("mqtt shared subscription ack", "filter", sh.filter, "error", err)

@@ -1,8 +1,6 @@
 package mqttapi
 
 import (
-	"context"
-	"errors"
 	"maps"
 	"slices"
 	"strings"
@@ -11,6 +9,7 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 )
 
 // subscribe serves SUBSCRIBE: each filter is granted its QoS (at most 1),
@@ -82,7 +81,7 @@ func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool, p
 	qos := min(f.Qos, 2)
 	s.mu.Lock()
 	_, had := s.filters[f.Filter]
-	full := !had && len(s.filters) >= s.h.MaxSubscriptions
+	full := !had && len(s.filters) >= s.h.Edge.MaxSubscriptions
 	s.mu.Unlock()
 	if full {
 		return packets.ErrQuotaExceeded.Code, false, nil, "", nil
@@ -132,8 +131,7 @@ func (s *session) add(filter string, qos byte, patterns []string, since bus.Curs
 	}
 	s.mu.Unlock()
 	for _, p := range fresh {
-		ctx, cancel := context.WithTimeout(s.ctx, hub.SubscribeTimeout)
-		err := s.h.Hub.Subscribe(ctx, s.client, p, since, func(r hub.Recovery) []byte {
+		err := s.edge.Subscribe(s.ctx, p, since, false, func(r hub.Recovery) []byte {
 			// Where the streams stood before the subscription began: a
 			// stream new to the session begins there.
 			s.mu.Lock()
@@ -145,12 +143,14 @@ func (s *session) add(filter string, qos byte, patterns []string, since bus.Curs
 			s.mu.Unlock()
 			return s.subscribed(p, r)
 		})
-		cancel()
 		if err != nil {
 			s.h.Logger.Debug("mqtt subscribe failed", "filter", filter, "pattern", p, "error", err)
 			s.drop(filter)
-			if errors.Is(err, hub.ErrTooManyPatterns) {
+			switch err.Code {
+			case protocol.CodeTooManyPatterns, protocol.CodeTooManySubscriptions:
 				return packets.ErrQuotaExceeded.Code, nil
+			case protocol.CodeForbidden:
+				return packets.ErrNotAuthorized.Code, nil
 			}
 			return packets.ErrUnspecifiedError.Code, nil
 		}

@@ -3,7 +3,6 @@ package mqttapi
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -12,11 +11,12 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/receipt"
 )
 
-// ready wakes the writer: frames wait in the hub's queue.
-func (s *session) ready() {
+// Ready wakes the writer: frames wait in the hub's queue.
+func (s *session) Ready() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -162,11 +162,11 @@ func (s *session) write() {
 // event as a PUBLISH when one of the client's filters takes it.
 func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 	switch {
-	case f.Dropped != "":
+	case f.Kind == hub.FrameDropped:
 		// A subscription the edge dropped (a control command, a token
 		// that no longer grants it): its notice is the JSON protocol's,
 		// which MQTT has no packet for.
-		s.unsubscribedFrom(f.Dropped)
+		s.unsubscribedFrom(f.Channel)
 		return
 	case f.Event == nil:
 		if len(f.Data) > 0 && f.Data[0]>>4 == packets.Disconnect {
@@ -209,7 +209,7 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 	p := &pending{pk: pk, ev: f.Event, ns: f.Event.Stream, pos: f.Event.Position, prev: s.cursor[f.Event.Stream]}
 	if n, ok := receipt.Of(f.Event); ok {
 		p.note = n.ID
-		s.notes.Add(n)
+		s.edge.Note(n)
 	}
 	if s.heldBytes+len(pk.Payload) > s.h.QueueBytes && len(s.held) > 0 {
 		// Too slow: closed, and a kept session resumes from before this
@@ -348,12 +348,12 @@ func (s *session) acked(id uint16) {
 	if !ok {
 		return
 	}
-	s.ready()
+	s.Ready()
 	if p.share != nil {
 		s.ackShared(p)
 	}
 	s.roomFreed()
-	if p.note != "" && s.h.Receipts != nil {
+	if p.note != "" {
 		// In the background, and again while Redis does not take it: the
 		// client never sends this PUBACK again, and the reader goes on.
 		go s.receipt(p.note, time.Now())
@@ -364,8 +364,8 @@ func (s *session) acked(id uint16) {
 // trying receiptTries times a second apart.
 func (s *session) receipt(id string, at time.Time) {
 	for try := 1; ; try++ {
-		err := s.h.Receipts.Ack(context.WithoutCancel(s.ctx), &s.notes, id, s.client.ID(), s.transport(), at)
-		if err == nil || errors.Is(err, receipt.ErrUnknown) || try == receiptTries {
+		err := s.edge.Ack(context.WithoutCancel(s.ctx), id, at)
+		if err == nil || err.Code == protocol.CodeUnknownNotification || try == receiptTries {
 			if err != nil {
 				s.h.Logger.Warn("receipt of a notification not published; it falls back to push or email", "notification_id", id, "error", err)
 			}

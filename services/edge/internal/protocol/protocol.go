@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -96,17 +97,44 @@ func (r Request) Cursor() bus.Cursor {
 	return c
 }
 
-// Error is the error of a reply.
+// Error is the error of a reply, and the edge's refusals in every
+// transport, which each maps to its own form (Status for HTTP).
 type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// Err is the cause, when there is one, for errors.Is and As.
+	Err error `json:"-"`
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
+func (e *Error) Unwrap() error { return e.Err }
+
 // Errorf builds an Error.
 func Errorf(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Wrap builds an Error of code that says err and wraps it.
+func Wrap(code string, err error) *Error {
+	return &Error{Code: code, Message: err.Error(), Err: err}
+}
+
+// Status is the HTTP status of a refusal with code.
+func Status(code string) int {
+	switch code {
+	case CodeUnauthorized:
+		return http.StatusUnauthorized
+	case CodeForbidden:
+		return http.StatusForbidden
+	case CodeTooManyPatterns, CodeTooManyConnections, CodeRateLimited:
+		return http.StatusTooManyRequests
+	case CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case CodeUnknownNotification:
+		return http.StatusNotFound
+	}
+	return http.StatusBadRequest // bad_request, invalid_channel, too_many_subscriptions (in one request), presence_off
 }
 
 // ParseRequest decodes a client frame strictly: unknown fields, unknown

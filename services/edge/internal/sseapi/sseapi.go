@@ -9,11 +9,8 @@ package sseapi
 
 import (
 	"cmp"
-	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -31,6 +28,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/access"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/protocol"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/session"
 )
 
 const (
@@ -41,13 +39,12 @@ const (
 
 // Options configure the handler.
 type Options struct {
-	Hub    *hub.Hub
-	Access *access.Policy
-	Logger *slog.Logger
+	// Sessions keeps every rule of a connection: tokens, grants, bounds.
+	Sessions *session.Sessions
+	Hub      *hub.Hub
+	Access   *access.Policy
+	Logger   *slog.Logger
 
-	MaxSubscriptions   int
-	MaxUserPatterns    int
-	MaxUserConnections int
 	// KeepAlive is how often an idle stream gets a comment, which proxies
 	// see as traffic.
 	KeepAlive time.Duration
@@ -101,19 +98,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		server.WriteError(w, http.StatusBadRequest, err.Code, err.Message)
 		return
 	}
-	claims, status, err := h.authenticate(r)
+	claims, err := h.authenticate(r)
 	if err != nil {
-		if status == http.StatusUnauthorized {
+		if err.Code == protocol.CodeUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="eventbus"`)
 		}
-		server.WriteError(w, status, err.Code, err.Message)
+		server.WriteError(w, protocol.Status(err.Code), err.Code, err.Message)
 		return
-	}
-	for _, p := range patterns {
-		if !h.Access.Allowed(claims, p) {
-			server.WriteError(w, http.StatusForbidden, protocol.CodeForbidden, p+" is not among the channels this connection may subscribe to")
-			return
-		}
 	}
 	since, err := lastEventID(cmp.Or(r.Header.Get("Last-Event-ID"), q.Get("last_event_id")), patterns)
 	if err != nil {
@@ -130,41 +121,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for p, c := range since {
 		s.positions[p] = maps.Clone(c)
 	}
-	c, jerr := h.Hub.Join(access.Identity(claims, h.Access.ClientAddr(r)), "sse", protocol.JSON, s.onReady, s.onKick)
-	switch {
-	case errors.Is(jerr, hub.ErrTooManyConnections):
-		server.WriteError(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections,
-			fmt.Sprintf("at most %d connections per user (or address)", h.MaxUserConnections))
-		return
-	case jerr != nil:
-		server.WriteError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, jerr.Error())
+	sess, err := h.Sessions.Open(claims, h.Access.ClientAddr(r), s, protocol.JSON)
+	if err != nil {
+		server.WriteError(w, protocol.Status(err.Code), err.Code, err.Message)
 		return
 	}
-	defer h.Hub.Leave(c)
-	s.client = c
-	if claims != nil {
-		c.SetToken(hub.TokenOf(claims))
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), hub.SubscribeTimeout)
-	defer cancel()
+	defer sess.Close()
+	s.client = sess.Client()
 	for _, p := range patterns {
-		h.Hub.WantPresence(c, p, slices.Contains(withPresence, p)) // dropped with c if Subscribe fails
 		reply := func(rec hub.Recovery) []byte { return subscribed(p, rec) }
-		switch err := h.Hub.Subscribe(ctx, c, p, since[p], reply); {
-		case errors.Is(err, hub.ErrTooManyPatterns):
-			server.WriteError(w, http.StatusTooManyRequests, protocol.CodeTooManyPatterns,
-				fmt.Sprintf("at most %d distinct patterns per user across its connections", h.MaxUserPatterns))
-			return
-		case err != nil:
-			server.WriteError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, err.Error())
+		if err := sess.Subscribe(r.Context(), p, since[p], slices.Contains(withPresence, p), reply); err != nil {
+			server.WriteError(w, protocol.Status(err.Code), err.Code, err.Message)
 			return
 		}
-	}
-	if claims != nil {
-		expiry := time.AfterFunc(time.Until(claims.ExpiresAt.Time), func() {
-			c.Kick(hub.Disconnect{Code: hub.CloseUnauthorized, Reason: "token expired"})
-		})
-		defer expiry.Stop()
 	}
 	s.run(w, r)
 }
@@ -184,36 +153,29 @@ func (h *Handler) patterns(params []string) ([]string, *protocol.Error) {
 			out = append(out, p)
 		}
 	}
-	if len(out) > h.MaxSubscriptions {
-		return nil, protocol.Errorf(protocol.CodeTooManySubscriptions, "at most %d subscriptions per connection", h.MaxSubscriptions)
+	if len(out) > h.Sessions.MaxSubscriptions {
+		return nil, protocol.Errorf(protocol.CodeTooManySubscriptions, "at most %d subscriptions per connection", h.Sessions.MaxSubscriptions)
 	}
 	return out, nil
 }
 
 // authenticate reads the token of an Authorization: Bearer header, or of
 // ?token= for EventSource, which cannot set headers.
-func (h *Handler) authenticate(r *http.Request) (*token.Claims, int, *protocol.Error) {
+func (h *Handler) authenticate(r *http.Request) (*token.Claims, *protocol.Error) {
 	tok := r.URL.Query().Get("token")
 	if v := r.Header.Get("Authorization"); v != "" {
 		var ok bool
 		if tok, ok = token.FromAuthorization(v); !ok {
-			return nil, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized, "Authorization: want Bearer <token>")
+			return nil, protocol.Errorf(protocol.CodeUnauthorized, "Authorization: want Bearer <token>")
 		}
 	}
 	if tok == "" {
 		if h.Access.AllowAnonymous {
-			return nil, 0, nil
+			return nil, nil
 		}
-		return nil, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized, "no token: send Authorization: Bearer <token>, or ?token=<token>")
+		return nil, protocol.Errorf(protocol.CodeUnauthorized, "no token: send Authorization: Bearer <token>, or ?token=<token>")
 	}
-	claims, err := h.Access.Verify(tok)
-	if errors.Is(err, access.ErrUnavailable) {
-		return nil, http.StatusServiceUnavailable, protocol.Errorf(protocol.CodeUnavailable, "%v", err)
-	}
-	if err != nil {
-		return nil, http.StatusUnauthorized, protocol.Errorf(protocol.CodeUnauthorized, "%v", err)
-	}
-	return claims, 0, nil
+	return h.Sessions.Verify(tok)
 }
 
 // positions are where a connection stands, for each of its
@@ -314,14 +276,19 @@ type stream struct {
 	positions positions // where the client stands, sent as every event's id
 }
 
-func (s *stream) onReady() {
+// Name names the transport to presence.
+func (s *stream) Name() string { return "sse" }
+
+// Ready wakes the stream's writer.
+func (s *stream) Ready() {
 	select {
 	case s.ready <- struct{}{}:
 	default:
 	}
 }
 
-func (s *stream) onKick(d hub.Disconnect) { s.kick <- d } // once: buffered
+// Kicked ends the stream with d.
+func (s *stream) Kicked(d hub.Disconnect) { s.kick <- d } // once: buffered
 
 // run writes the stream until the client goes or is kicked.
 func (s *stream) run(w http.ResponseWriter, r *http.Request) {
@@ -395,31 +362,37 @@ func (s *stream) writeFrames(sw *sse.Writer, frames []hub.Frame) error {
 			}
 			continue
 		}
-		if f.Dropped != "" {
+		if f.Kind == hub.FrameDropped {
 			if err := sw.WriteEventBytes(s.id(), "unsubscribed", f.Data); err != nil {
 				return err
 			}
 			continue
 		}
-		var r subscribedReply
-		if json.Unmarshal(f.Data, &r) == nil {
-			if r.Recovered != nil && !*r.Recovered {
-				delete(s.positions, r.Channel) // start over from the reply's positions
-			}
-			if s.positions[r.Channel] == nil {
-				s.positions[r.Channel] = make(bus.Cursor)
-			}
-			for ns, p := range r.Positions {
-				if _, ok := s.positions[r.Channel][ns]; !ok {
-					s.positions[r.Channel][ns] = bus.Position{Offset: p.Offset, Epoch: p.Epoch}
-				}
-			}
+		if f.Kind == hub.FrameSubscribed {
+			s.began(f.Channel, *f.Recovery)
 		}
 		if err := sw.WriteEventBytes(s.id(), "subscribed", f.Data); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// began takes the positions a subscription to p begins from, as rec says:
+// a subscription that could not recover starts over from them, any other
+// keeps those it has and adds those of namespaces new to it.
+func (s *stream) began(p string, rec hub.Recovery) {
+	if rec.Resumed && !rec.Recovered {
+		delete(s.positions, p)
+	}
+	if s.positions[p] == nil {
+		s.positions[p] = make(bus.Cursor)
+	}
+	for ns, pos := range rec.Positions {
+		if _, ok := s.positions[p][ns]; !ok {
+			s.positions[p][ns] = pos
+		}
+	}
 }
 
 // id is the connection's positions as an SSE id, empty while it has none.
