@@ -123,9 +123,18 @@ func (s *session) publish(pk packets.Packet) bool {
 		return s.h.publishMessage(ctx, ev)
 	}
 	if pk.FixedHeader.Qos == 2 {
-		err = s.publishOnce(ctx, pk.PacketID, send)
+		limit := 0 // 3.1.1 has no Receive Maximum
+		if s.version == 5 {
+			limit = maxInflight // what CONNACK said
+		}
+		err = s.publishOnce(ctx, pk.PacketID, limit, send)
 	} else {
 		err = send("")
+	}
+	if errors.Is(err, errReceiveMaximum) {
+		s.h.publishes.WithLabelValues("receive_maximum_exceeded").Inc()
+		s.disconnect(packets.ErrReceiveMaximum, hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: err.Error()})
+		return false
 	}
 	if err != nil {
 		s.h.Logger.Warn("mqtt publish failed", "channel", ch, "error", err)

@@ -31,6 +31,8 @@ type awaitingRelease interface {
 	put(ctx context.Context, id uint16, eventID string, published bool) error
 	release(ctx context.Context, id uint16) (bool, error)
 	clear(ctx context.Context) error
+	// count is how many wait.
+	count(ctx context.Context) (int, error)
 }
 
 // memoryAwaiting is awaitingRelease for a session that ends with its
@@ -58,6 +60,8 @@ func (m memoryAwaiting) clear(context.Context) error {
 	clear(m)
 	return nil
 }
+
+func (m memoryAwaiting) count(context.Context) (int, error) { return len(m), nil }
 
 // redisAwaiting is awaitingRelease for a kept session, in one hash that
 // lives as long as the session may.
@@ -94,6 +98,11 @@ func (r redisAwaiting) release(ctx context.Context, id uint16) (bool, error) {
 
 func (r redisAwaiting) clear(ctx context.Context) error { return r.rdb.Del(ctx, r.key).Err() }
 
+func (r redisAwaiting) count(ctx context.Context) (int, error) {
+	n, err := r.rdb.HLen(ctx, r.key).Result()
+	return int(n), err
+}
+
 func awaitingValue(eventID string, published bool) string {
 	if published {
 		return eventID + " published"
@@ -122,16 +131,32 @@ func (s *session) awaitingFor(ctx context.Context, clean bool) awaitingRelease {
 	return a
 }
 
+// errReceiveMaximum is publishOnce's error for a QoS 2 PUBLISH of a new
+// packet id while as many as the CONNACK's Receive Maximum wait for their
+// PUBREL: 5.0 closes the connection with 0x93.
+var errReceiveMaximum = errors.New("more QoS 2 messages awaiting their PUBREL than the Receive Maximum")
+
 // publishOnce publishes a QoS 2 PUBLISH's event unless it was published
 // already, and reports whether it is done with (the PUBREC may go out).
-// publish does the publishing, of env with the given event id.
-func (s *session) publishOnce(ctx context.Context, id uint16, publish func(eventID string) error) error {
+// publish does the publishing, of env with the given event id. A new
+// packet id is refused with errReceiveMaximum when limit (0: none) wait
+// for their PUBREL already.
+func (s *session) publishOnce(ctx context.Context, id uint16, limit int, publish func(eventID string) error) error {
 	eventID, published, ok, err := s.awaiting.get(ctx, id)
 	if err != nil {
 		return fmt.Errorf("read the QoS 2 state: %w", err)
 	}
 	if ok && published {
 		return nil // a resend: PUBREC alone
+	}
+	if !ok && limit > 0 {
+		n, err := s.awaiting.count(ctx)
+		if err != nil {
+			return fmt.Errorf("read the QoS 2 state: %w", err)
+		}
+		if n >= limit {
+			return fmt.Errorf("packet id %d: %w (%d)", id, errReceiveMaximum, limit)
+		}
 	}
 	if !ok {
 		eventID = envelope.NewID()

@@ -1,8 +1,11 @@
 package mqttapi
 
 import (
+	"bytes"
 	"context"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -10,7 +13,8 @@ import (
 )
 
 // A new subscription is sent, after its SUBACK, the retained message of
-// each channel it matches, with RETAIN set (5.0's Retain Handling 1:
+// each channel it matches, with RETAIN set, at the lesser of the QoS it
+// was published at and the filter's (5.0's Retain Handling 1:
 // only for a filter the session did not have; 2: none): the topic's last
 // PUBLISH with RETAIN (retained.go), or, with RetainLatest, the channel's
 // latest event within the newest retainScan entries of its namespace's
@@ -79,10 +83,47 @@ func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][
 				continue // expired, or no JSON
 			}
 			pk.FixedHeader.Retain = true
-			out = append(out, encode(pk))
+			s.mu.Lock()
+			pk.FixedHeader.Qos = min(s.filters[filter], publishedQoS(ev))
+			s.mu.Unlock()
+			if pk.FixedHeader.Qos == 0 {
+				out = append(out, encode(pk))
+				continue
+			}
+			b, ok := s.retainedInWindow(pk, ev)
+			if !ok {
+				s.h.Logger.Warn("mqtt retained messages past the send queue not sent", "client_id", s.id, "filter", filter)
+				return out
+			}
+			if b != nil {
+				out = append(out, b)
+			}
 		}
 	}
 	return out
+}
+
+// retainedInWindow takes pk, a retained message at QoS 1 or 2 (the lesser
+// of the published and the granted, as MQTT-3.8.4-8 says): it returns
+// the packet to send, numbered, while the client's window has room, or
+// holds it back for the writer (nil); false when holding it would pass
+// the send queue. It is not resumed from: the session's positions do not
+// wait for its acknowledgement.
+func (s *session) retainedInWindow(pk packets.Packet, ev *hub.Event) ([]byte, bool) {
+	p := &pending{pk: pk, ev: ev}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.inflight) < s.window {
+		var buf bytes.Buffer
+		s.send(&buf, p)
+		return buf.Bytes(), true
+	}
+	if s.heldBytes+len(pk.Payload) > s.h.QueueBytes && len(s.held) > 0 {
+		return nil, false
+	}
+	s.held = append(s.held, p)
+	s.heldBytes += len(pk.Payload)
+	return nil, true
 }
 
 // before reports whether pos, in stream st, is at or before where cut

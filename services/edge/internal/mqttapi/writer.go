@@ -262,7 +262,7 @@ func (s *session) refresh(p *pending) bool {
 	if err != nil {
 		return false
 	}
-	pk.FixedHeader.Qos = p.pk.FixedHeader.Qos
+	pk.FixedHeader.Qos, pk.FixedHeader.Retain = p.pk.FixedHeader.Qos, p.pk.FixedHeader.Retain
 	p.pk = pk
 	return true
 }
