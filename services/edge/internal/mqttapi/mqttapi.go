@@ -224,7 +224,17 @@ type session struct {
 	asked   uint32        // the Session Expiry Interval CONNECT asked for, in seconds (5.0)
 	will    *will         // published unless the client says goodbye
 	bye     bool          // the client sent DISCONNECT without its will; read by the reader only
-	wake    chan struct{} // the hub queued frames, or the window opened
+	// writer runs the writer only while there is work (writer.go); closed
+	// ends when it has closed the connection.
+	writer atomic.Int32
+	closed chan struct{}
+	// resendDue asks the writer to resend what is unacknowledged, when
+	// retry, armed while messages are in flight, fires; saver saves a kept
+	// session now and then. Guarded by mu.
+	resendDue atomic.Bool
+	retry     *time.Timer
+	retrying  bool
+	saver     *time.Timer
 	// kickedWith is why the hub or the session ended the connection.
 	kickedWith atomic.Pointer[hub.Disconnect]
 	maxPacket  int                      // the most bytes the client takes in a packet (5.0); 0: no bound
@@ -286,9 +296,11 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 	defer c.CloseNow()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := &session{h: h, nc: nc, closer: c, ctx: ctx, cancel: cancel, addr: addr,
-		wake:    make(chan struct{}, 1),
+	s := &session{h: h, nc: nc, closer: c, ctx: ctx, cancel: cancel, addr: addr, closed: make(chan struct{}),
 		filters: make(map[string]byte), byPattern: make(map[string][]string), inflight: make(map[uint16]*pending)}
+	// Until CONNECT is served, what the hub queues (the CONNACK) waits for
+	// the writer serve starts then.
+	s.writer.Store(writerRunning)
 	if err := h.admit(s); err != nil {
 		d := hub.DisconnectTooManyConnections
 		if err.Code != protocol.CodeTooManyConnections {
@@ -312,11 +324,12 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 		return
 	}
 	defer h.forget(s)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.write()
-	}()
+	go s.write()
+	if s.expiry > 0 {
+		s.mu.Lock()
+		s.saver = time.AfterFunc(saveInterval, s.saveEvery)
+		s.mu.Unlock()
+	}
 	s.read(br, keepAlive)
 	s.endShared() // what a member took and did not acknowledge goes to another
 	if s.client.Closing() {
@@ -331,7 +344,8 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 	s.end()
 	s.edge.Close()
 	cancel()
-	<-done
+	s.Ready() // to close the connection
+	<-s.closed
 }
 
 // Name names how s is connected, as presence says it: "mqtt" over
@@ -694,6 +708,7 @@ func (s *session) disconnect(code packets.Code, d hub.Disconnect) {
 func (s *session) Kicked(d hub.Disconnect) {
 	s.kickedWith.Store(&d)
 	s.cancel()
+	s.Ready() // to close the connection
 	// A writer stuck on a client that stopped reading never gets to close:
 	// the socket is cut after a grace.
 	time.AfterFunc(closeGrace, s.closer.CloseNow)

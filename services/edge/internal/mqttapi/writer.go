@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -15,12 +16,44 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/receipt"
 )
 
-// Ready wakes the writer: frames wait in the hub's queue.
+// The session's writer runs only while there is work, so that an idle
+// connection costs no goroutine but its reader: frames in the hub's
+// queue, room opened in the window, messages due again, the connection's
+// end. One runs at a time; writerState says whether it does.
+const (
+	writerIdle    int32 = iota // none runs: Ready starts one
+	writerRunning              // one runs
+	writerAgain                // one runs, and looks again before it stops
+	writerClosed               // the connection is closed: none starts again
+)
+
+// Ready runs the writer, or has the running one look again: frames wait
+// in the hub's queue, the window opened, or the connection ends.
 func (s *session) Ready() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
+	for {
+		switch s.writer.Load() {
+		case writerIdle:
+			if s.writer.CompareAndSwap(writerIdle, writerRunning) {
+				go s.write()
+				return
+			}
+		case writerRunning:
+			if s.writer.CompareAndSwap(writerRunning, writerAgain) {
+				return
+			}
+		default:
+			return
+		}
 	}
+}
+
+// stopWriting ends a pass of the writer, and reports whether it is to
+// stop: false when Ready asked it to look again meanwhile.
+func (s *session) stopWriting() bool {
+	if s.writer.CompareAndSwap(writerAgain, writerRunning) {
+		return false
+	}
+	return s.writer.CompareAndSwap(writerRunning, writerIdle)
 }
 
 // publish is the MQTT encoding of events: the QoS 0 PUBLISH of an event
@@ -96,65 +129,128 @@ func publishedQoS(ev *hub.Event) byte {
 	return 1
 }
 
-// write sends what the hub queues, and what the QoS 1 window holds back,
-// until the connection ends; it resends unacknowledged QoS 1 messages
-// every RetryInterval.
+// writing is a writer's scratch space, pooled: an idle connection keeps
+// none.
+type writing struct {
+	frames []hub.Frame
+	buf    bytes.Buffer
+}
+
+var writings = sync.Pool{New: func() any { return new(writing) }}
+
+// write sends what the hub queues, what the QoS 1 window holds back and
+// what is due again, until nothing waits; when the connection ends, it
+// closes it.
 func (s *session) write() {
-	retry := time.NewTicker(s.h.RetryInterval)
-	defer retry.Stop()
-	var save <-chan time.Time
-	if s.expiry > 0 {
-		t := time.NewTicker(saveInterval)
-		defer t.Stop()
-		save = t.C
-	}
-	var frames []hub.Frame
-	var buf bytes.Buffer
+	w := writings.Get().(*writing)
+	defer func() {
+		w.buf.Reset()
+		writings.Put(w)
+	}()
 	for {
-		select {
-		case <-s.wake:
-		case <-retry.C:
-			s.resend(&buf)
-			continue
-		case <-save:
-			s.save(true)
-			continue
-		case <-s.ctx.Done():
+		if s.ctx.Err() != nil {
 			d := hub.DisconnectBroken // unless a kick says why
 			if k := s.kickedWith.Load(); k != nil {
 				d = *k
 			}
+			s.writer.Store(writerClosed)
 			s.closeWith(d)
+			s.stopTimers()
+			close(s.closed)
 			return
 		}
-		s.h.Pacer.Start()
-		for {
-			frames = s.client.Take(frames[:0])
-			s.mu.Lock()
-			for len(s.held) > 0 && len(s.inflight) < s.window {
-				p := s.held[0]
-				s.held = s.held[1:]
-				s.heldBytes -= len(p.pk.Payload)
-				if !s.refresh(p) {
-					continue // expired while it waited: it goes to no one
-				}
-				s.send(&buf, p)
-			}
-			s.mu.Unlock()
-			if len(frames) == 0 && buf.Len() == 0 {
-				break
-			}
-			for _, f := range frames {
-				s.frame(&buf, f)
-				if buf.Len() >= maxPacked {
-					s.flush(&buf)
-				}
-			}
-			clear(frames)
-			s.flush(&buf)
-			s.h.Pacer.Pause(s.client)
+		if s.resendDue.Swap(false) {
+			s.resend(&w.buf)
 		}
-		s.h.Pacer.Stop()
+		s.drain(w)
+		s.armRetry()
+		if s.stopWriting() {
+			return
+		}
+	}
+}
+
+// drain writes what the hub queued and what fits the window, until none
+// waits.
+func (s *session) drain(w *writing) {
+	buf := &w.buf
+	s.h.Pacer.Start()
+	defer s.h.Pacer.Stop()
+	for {
+		w.frames = s.client.Take(w.frames[:0])
+		s.mu.Lock()
+		for len(s.held) > 0 && len(s.inflight) < s.window {
+			p := s.held[0]
+			s.held = s.held[1:]
+			s.heldBytes -= len(p.pk.Payload)
+			if !s.refresh(p) {
+				continue // expired while it waited: it goes to no one
+			}
+			s.send(buf, p)
+		}
+		s.mu.Unlock()
+		if len(w.frames) == 0 && buf.Len() == 0 {
+			return
+		}
+		for _, f := range w.frames {
+			s.frame(buf, f)
+			if buf.Len() >= maxPacked {
+				s.flush(buf)
+			}
+		}
+		clear(w.frames)
+		s.flush(buf)
+		s.h.Pacer.Pause(s.client)
+	}
+}
+
+// armRetry has the writer resend, RetryInterval from now, what is still
+// unacknowledged then; a session with nothing in flight keeps no timer
+// running.
+func (s *session) armRetry() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.inflight) == 0 || s.retrying {
+		return
+	}
+	s.retrying = true
+	if s.retry == nil {
+		s.retry = time.AfterFunc(s.h.RetryInterval, s.retryDue)
+		return
+	}
+	s.retry.Reset(s.h.RetryInterval)
+}
+
+func (s *session) retryDue() {
+	s.mu.Lock()
+	s.retrying = false
+	s.mu.Unlock()
+	s.resendDue.Store(true)
+	s.Ready()
+}
+
+// saveEvery saves a kept session every saveInterval while its connection
+// lasts, when it changed (and, now and then, when not: save).
+func (s *session) saveEvery() {
+	if s.ctx.Err() != nil {
+		return
+	}
+	s.save(true)
+	s.mu.Lock()
+	if s.ctx.Err() == nil {
+		s.saver.Reset(saveInterval)
+	}
+	s.mu.Unlock()
+}
+
+// stopTimers stops the session's timers as its connection ends.
+func (s *session) stopTimers() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range []*time.Timer{s.retry, s.saver} {
+		if t != nil {
+			t.Stop()
+		}
 	}
 }
 
