@@ -53,6 +53,12 @@ const (
 	closeGrace = 5 * time.Second
 	// maxClientID bounds a client id, which names a session in Redis.
 	maxClientID = 256
+	// readBuffer and writeBuffer size a connection's buffers: most
+	// connections are idle and read little, and a larger packet is read
+	// past the read buffer. A WebSocket message that fits the write buffer
+	// costs one write(2).
+	readBuffer  = 1 << 10
+	writeBuffer = 4 << 10
 )
 
 // Options configure the handler.
@@ -161,7 +167,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("origin %q is neither this edge's host nor one of EDGE_ALLOWED_ORIGINS", origin))
 		return
 	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{Subprotocol}, OriginPatterns: h.AllowedOrigins})
+	// Buffers of the edge's own sizes, not net/http's pair, which the
+	// connection would keep for its life.
+	small := server.SmallBuffers{ResponseWriter: w, ReadSize: readBuffer, WriteSize: writeBuffer}
+	conn, err := websocket.Accept(small, r, &websocket.AcceptOptions{Subprotocols: []string{Subprotocol}, OriginPatterns: h.AllowedOrigins})
 	if err != nil {
 		h.Logger.Debug("mqtt upgrade refused", "error", err)
 		return
@@ -309,16 +318,8 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 		c.Close(hub.Disconnect{Code: d.Code, Reason: fmt.Sprintf("%s: %v", d.Reason, err.Message)})
 		return
 	}
-	br := bufio.NewReaderSize(nc, 4<<10)
-	_ = nc.SetReadDeadline(time.Now().Add(h.ConnectTimeout))
-	pk, err := readPacket(br, 0, int(h.MaxMessageBytes))
-	if err != nil || pk.FixedHeader.Type != packets.Connect {
-		h.Logger.Debug("mqtt connection without CONNECT", "error", err)
-		s.edge.Close()
-		return
-	}
-	_ = nc.SetReadDeadline(time.Time{})
-	keepAlive, ok := s.connect(pk)
+	br := bufio.NewReaderSize(nc, readBuffer)
+	keepAlive, ok := s.accept(br)
 	if !ok {
 		s.edge.Close()
 		return
@@ -555,8 +556,25 @@ func (h *Handler) forget(s *session) {
 	h.mu.Unlock()
 }
 
+// accept reads and serves the connection's CONNECT, which must come
+// within ConnectTimeout, and reports the keep-alive, and false when the
+// connection is refused.
+func (s *session) accept(br *bufio.Reader) (time.Duration, bool) {
+	_ = s.nc.SetReadDeadline(time.Now().Add(s.h.ConnectTimeout))
+	pk, err := readPacket(br, 0, int(s.h.MaxMessageBytes))
+	if err != nil || pk.FixedHeader.Type != packets.Connect {
+		s.h.Logger.Debug("mqtt connection without CONNECT", "error", err)
+		return 0, false
+	}
+	_ = s.nc.SetReadDeadline(time.Time{})
+	return s.connect(pk)
+}
+
 // read serves the client's packets until the connection ends, closing it
-// when no packet comes within 1.5 times the keep-alive.
+// when no packet comes within 1.5 times the keep-alive. It waits for each
+// packet in a shallow frame of its own: the goroutine of an idle
+// connection keeps only that, and the runtime shrinks its stack from what
+// serving a packet grew it to.
 func (s *session) read(br *bufio.Reader, keepAlive time.Duration) {
 	var idle *time.Timer
 	if keepAlive > 0 {
@@ -567,36 +585,45 @@ func (s *session) read(br *bufio.Reader, keepAlive time.Duration) {
 		defer idle.Stop()
 	}
 	for {
-		pk, err := readPacket(br, s.version, int(s.h.MaxMessageBytes))
-		var code packets.Code
-		switch {
-		case errors.Is(err, mqttwire.ErrTooLarge):
-			s.disconnect(packets.ErrPacketTooLarge, hub.Disconnect{Code: int(websocket.StatusMessageTooBig), Reason: err.Error()})
-			return
-		case errors.As(err, &code):
-			s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: code.Reason})
-			return
-		case err != nil:
+		if _, err := br.Peek(1); err != nil {
 			return // closed, by the peer or by a kick
 		}
-		s.h.packetsIn.Inc()
 		if idle != nil {
-			idle.Reset(keepAlive * 3 / 2)
+			idle.Reset(keepAlive * 3 / 2) // a packet comes
 		}
-		if s.client.Closing() {
-			continue
-		}
-		// PUBACKs answer the edge's own messages: only requests count.
-		if pk.FixedHeader.Type != packets.Puback {
-			if err := s.edge.Allow(); err != nil {
-				s.disconnect(packets.ErrMessageRateTooHigh, hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: err.Message})
-				return
-			}
-		}
-		if !s.handle(pk) {
+		if !s.next(br) {
 			return
 		}
 	}
+}
+
+// next reads and serves the client's next packet; false ends the
+// connection.
+func (s *session) next(br *bufio.Reader) bool {
+	pk, err := readPacket(br, s.version, int(s.h.MaxMessageBytes))
+	var code packets.Code
+	switch {
+	case errors.Is(err, mqttwire.ErrTooLarge):
+		s.disconnect(packets.ErrPacketTooLarge, hub.Disconnect{Code: int(websocket.StatusMessageTooBig), Reason: err.Error()})
+		return false
+	case errors.As(err, &code):
+		s.disconnect(code, hub.Disconnect{Code: int(websocket.StatusProtocolError), Reason: code.Reason})
+		return false
+	case err != nil:
+		return false // closed, by the peer or by a kick
+	}
+	s.h.packetsIn.Inc()
+	if s.client.Closing() {
+		return true
+	}
+	// PUBACKs answer the edge's own messages: only requests count.
+	if pk.FixedHeader.Type != packets.Puback {
+		if err := s.edge.Allow(); err != nil {
+			s.disconnect(packets.ErrMessageRateTooHigh, hub.Disconnect{Code: int(websocket.StatusPolicyViolation), Reason: err.Message})
+			return false
+		}
+	}
+	return s.handle(pk)
 }
 
 // handle serves one packet; false ends the connection.

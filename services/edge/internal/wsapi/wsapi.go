@@ -2,14 +2,10 @@
 package wsapi
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -103,7 +99,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	conn, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{OriginPatterns: h.AllowedOrigins})
+	conn, err := websocket.Accept(server.SmallBuffers{ResponseWriter: w, ReadSize: readBuffer, WriteSize: writeBuffer}, r, &websocket.AcceptOptions{OriginPatterns: h.AllowedOrigins})
 	if err != nil {
 		h.Logger.Debug("websocket upgrade refused", "error", err, "origin", r.Header.Get("Origin"))
 		return // Accept has answered: 403 for a foreign origin, 400 for a bad handshake
@@ -136,28 +132,6 @@ func (h *Handler) serve(ws *websocket.Conn, claims *token.Claims, addr netip.Add
 	s.Close() // after it no writer starts
 	cancel()
 	c.writers.Wait()
-}
-
-// smallBuffers hands coder/websocket buffers of its own instead of
-// net/http's 4 KB pair, which it keeps for the life of the connection: most
-// connections are idle and read little, so the read buffer is small.
-type smallBuffers struct{ http.ResponseWriter }
-
-func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	// Frames the client sent right behind its handshake may wait in
-	// net/http's buffer: they must wait in the new one, where
-	// coder/websocket looks for them.
-	early, _ := brw.Reader.Peek(brw.Reader.Buffered())
-	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), conn), max(readBuffer, len(early)))
-	if _, err := br.Peek(len(early)); err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
-	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, writeBuffer)), nil
 }
 
 // conn is one connection, the transport of its session. Only its reading
