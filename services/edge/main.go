@@ -214,6 +214,10 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	for _, ml := range mqttListeners {
 		g.Go(func() error { return mq.Serve(ctx, ml) })
 	}
+	g.Go(func() error {
+		mq.RunWills(ctx) // whichever edge lost their connection
+		return nil
+	})
 	err = g.Wait()
 	stopPresence()
 	presenceDone.Wait()

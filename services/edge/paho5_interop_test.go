@@ -1016,9 +1016,9 @@ func TestPaho5FlowControl2(t *testing.T) {
 
 // test_will_delay: the suite wants the will after its Will Delay
 // Interval (3 s), or when the session ends if that is sooner (at once
-// for a Session Expiry Interval of 0, after 2 s for one of 2). The edge
-// does not delay wills: each comes, at once, after its client was cut
-// off; the timing this cannot assert (nor would the suite's hold).
+// for a Session Expiry Interval of 0, after 2 s for one of 2). Each
+// comes; when, a test cannot assert (TestMQTTWillDelay shows that a
+// delayed will waits, and what takes it back).
 func TestPaho5WillDelay(t *testing.T) {
 	t.Parallel()
 	e := interopEdge(t)

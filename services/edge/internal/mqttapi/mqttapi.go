@@ -450,6 +450,9 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	h.Hub.SetEncoding(s.client, publish{s.version})
 	s.who, s.name, s.key, s.since = who, rand.Text(), sessionKey(who, s.id), time.Now()
 	h.takeOver(s)
+	if h.Sessions != nil {
+		s.takeBackWill(pk.Connect.Clean)
+	}
 	props.ReceiveMaximum = maxInflight
 	props.SharedSubAvailable, props.SharedSubAvailableFlag = 0, true
 	if h.Consumers != nil {

@@ -206,12 +206,9 @@ func (s *session) end() {
 	if s.h.Sessions == nil {
 		return
 	}
+	expiry := s.expiryAtEnd()
 	s.mu.Lock()
 	gone, resumed, st := s.gone, s.resumed, s.state()
-	expiry := s.expiry
-	if s.endExpiry != nil {
-		expiry = *s.endExpiry
-	}
 	s.mu.Unlock()
 	switch {
 	case gone:
@@ -222,6 +219,17 @@ func (s *session) end() {
 		defer cancel()
 		_ = s.h.Sessions.End(ctx, s.key, s.since.UnixNano())
 	}
+}
+
+// expiryAtEnd is how long the session outlives its connection: as CONNECT
+// said, or DISCONNECT changed it.
+func (s *session) expiryAtEnd() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.endExpiry != nil {
+		return *s.endExpiry
+	}
+	return s.expiry
 }
 
 // takenOver closes the connection for a newer one of its client id, which

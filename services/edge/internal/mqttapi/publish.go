@@ -228,10 +228,12 @@ func (s *session) mayPublish(ch string) bool {
 
 // will is a client's last will: published as its event when the
 // connection ends but by a DISCONNECT (5.0: one without reason 0x04) or
-// by a newer connection of the client taking over.
+// by a newer connection of the client taking over; with a delay (5.0),
+// that long after, or as the session ends if that comes first (wills.go).
 type will struct {
 	channel string
 	message *eventbusv1.MqttMessage
+	delay   time.Duration
 }
 
 // willOf checks the will of CONNECT as a PUBLISH is checked, returning it,
@@ -248,7 +250,8 @@ func (s *session) willOf(pk packets.Packet) (*will, packets.Code, string) {
 	if _, err := eventOf(ch, "will", s.claims, m, time.Now()); err != nil {
 		return nil, packets.ErrPayloadFormatInvalid, "will: " + err.Error()
 	}
-	return &will{channel: ch, message: m}, packets.CodeSuccess, ""
+	delay := time.Duration(pk.Connect.WillProperties.WillDelayInterval) * time.Second
+	return &will{channel: ch, message: m, delay: delay}, packets.CodeSuccess, ""
 }
 
 // publishWill publishes the client's will, if it left one and is gone:
@@ -265,12 +268,23 @@ func (s *session) publishWill() {
 		return
 	}
 	ev, err := eventOf(s.will.channel, s.id, s.claims, s.will.message, time.Now())
-	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
-		defer cancel()
-		err = s.h.publishMessage(ctx, ev)
-	}
 	if err != nil {
+		s.h.Logger.Warn("mqtt will not published", "client_id", s.id, "channel", s.will.channel, "error", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+	defer cancel()
+	if delay := min(s.will.delay, s.expiryAtEnd()); delay > 0 && s.h.Sessions != nil {
+		b, err := envelope.Marshal(ev)
+		if err == nil {
+			err = s.h.Sessions.DelayWill(ctx, s.key, b, delay)
+		}
+		if err != nil {
+			s.h.Logger.Warn("mqtt will not kept for its delay", "client_id", s.id, "channel", s.will.channel, "error", err)
+		}
+		return
+	}
+	if err := s.h.publishMessage(ctx, ev); err != nil {
 		s.h.Logger.Warn("mqtt will not published", "client_id", s.id, "channel", s.will.channel, "error", err)
 		return
 	}
