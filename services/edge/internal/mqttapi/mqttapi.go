@@ -275,9 +275,12 @@ type session struct {
 
 // filterOptions are a 5.0 subscription's options besides its QoS: No
 // Local (none of the client's own messages) and Retain As Published (a
-// live message keeps the RETAIN it was published with). They last as long
-// as the connection: a resumed session's filters have neither.
-type filterOptions struct{ noLocal, rap bool }
+// live message keeps the RETAIN it was published with). A kept session
+// keeps them with its filters.
+type filterOptions struct {
+	NoLocal           bool `json:"no_local,omitempty"`
+	RetainAsPublished bool `json:"retain_as_published,omitempty"`
+}
 
 // pending is a QoS 1 message on its way, with its event's position and
 // where its namespace stood before it, for a kept session to resume from

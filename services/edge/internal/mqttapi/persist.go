@@ -12,7 +12,8 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 )
 
-// A session kept past its connection is its filters and, per namespace,
+// A session kept past its connection is its filters (with their QoS and
+// options) and, per namespace,
 // the position of the last event the client has for certain. It is saved
 // when its filters change, every saveInterval while events flow, and when
 // the connection ends; an edge that dies loses at most saveInterval of
@@ -77,6 +78,7 @@ func (s *session) resume(kept state) {
 		if err != nil || len(patterns) == 0 {
 			continue // the new token grants nothing of it
 		}
+		s.setOptions(filter, kept.Options[filter])
 		if code, _ := s.add(filter, qos, patterns, since); code != 0 {
 			s.h.Logger.Warn("mqtt session filter not resumed", "client_id", s.id, "filter", filter, "reason_code", code)
 		}
@@ -169,7 +171,7 @@ func (s *session) state() state {
 		}
 	}
 	slices.Sort(pubrel)
-	return state{Filters: maps.Clone(s.filters), Cursor: cursor, Since: s.since.UnixNano(), Pubrel: pubrel}
+	return state{Filters: maps.Clone(s.filters), Options: maps.Clone(s.options), Cursor: cursor, Since: s.since.UnixNano(), Pubrel: pubrel}
 }
 
 // save keeps the session, when it is kept and changed since its last

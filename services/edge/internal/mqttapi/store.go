@@ -28,9 +28,11 @@ type Store struct {
 // connection ended, for as long as an older one might still write.
 type state struct {
 	Filters map[string]byte `json:"filters,omitempty"`
-	Cursor  bus.Cursor      `json:"cursor,omitempty"`
-	Since   int64           `json:"since"`
-	Ended   bool            `json:"ended,omitempty"`
+	// Options are the 5.0 filters' options, of those that have any.
+	Options map[string]filterOptions `json:"options,omitempty"`
+	Cursor  bus.Cursor               `json:"cursor,omitempty"`
+	Since   int64                    `json:"since"`
+	Ended   bool                     `json:"ended,omitempty"`
 	// Pubrel are the QoS 2 messages the client recorded (PUBREC) whose
 	// PUBCOMP has not come: a resumed session sends their PUBREL again.
 	Pubrel []uint16 `json:"pubrel,omitempty"`

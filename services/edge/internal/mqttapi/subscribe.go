@@ -86,22 +86,28 @@ func (s *session) subscribeOne(f packets.Subscription) (code byte, fresh bool, p
 	if full {
 		return packets.ErrQuotaExceeded.Code, false, nil, "", nil
 	}
+	// The options are in place before the hub delivers to the filter.
+	s.setOptions(f.Filter, filterOptions{NoLocal: f.NoLocal, RetainAsPublished: f.RetainAsPublished})
 	code, cut = s.add(f.Filter, qos, patterns, nil)
 	if code != 0 {
 		return code, false, nil, "", nil
 	}
-	s.mu.Lock()
-	if f.NoLocal || f.RetainAsPublished {
-		if s.options == nil {
-			s.options = make(map[string]filterOptions)
-		}
-		s.options[f.Filter] = filterOptions{noLocal: f.NoLocal, rap: f.RetainAsPublished}
-	} else {
-		delete(s.options, f.Filter)
-	}
-	s.mu.Unlock()
 	s.save(false)
 	return qos, !had, patterns, note, cut
+}
+
+// setOptions gives filter its options.
+func (s *session) setOptions(filter string, o filterOptions) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if o == (filterOptions{}) {
+		delete(s.options, filter)
+		return
+	}
+	if s.options == nil {
+		s.options = make(map[string]filterOptions)
+	}
+	s.options[filter] = o
 }
 
 // add subscribes the hub to what filter needs of patterns, from since

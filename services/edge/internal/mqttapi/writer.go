@@ -332,10 +332,10 @@ func (s *session) grant(patterns []string, topic string, own bool) (qos byte, ok
 	for _, p := range patterns {
 		for _, f := range s.byPattern[p] {
 			o := s.options[f]
-			if !match(f, topic) || own && o.noLocal {
+			if !match(f, topic) || own && o.NoLocal {
 				continue
 			}
-			qos, ok, rap = max(qos, s.filters[f]), true, rap || o.rap
+			qos, ok, rap = max(qos, s.filters[f]), true, rap || o.RetainAsPublished
 		}
 	}
 	return qos, ok, rap
