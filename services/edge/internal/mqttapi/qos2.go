@@ -21,8 +21,10 @@ import (
 // (<prefix>mqtt:qos2:<identity>/<client id>, a hash), in memory otherwise.
 // A PUBLISH seen and published is answered PUBREC alone; one seen but not
 // known to be published (its edge died in between) is published again
-// with the same event id, so that a consumer can tell. Subscriptions are
-// granted QoS 1 at most: the edge sends nothing at QoS 2.
+// with the same event id, so that a consumer can tell. A kept session is
+// saved before it first holds QoS 2 state (keepSession), so that an edge
+// lost within its first second leaves a session present for the next
+// one. The edge's own QoS 2 messages are writer.go's.
 
 // awaitingRelease keeps the QoS 2 messages of a session that wait for
 // their PUBREL: packet id → the event's id and whether it was published.
@@ -159,6 +161,7 @@ func (s *session) publishOnce(ctx context.Context, id uint16, limit int, publish
 		}
 	}
 	if !ok {
+		s.keepSession()
 		eventID = envelope.NewID()
 		if err := s.awaiting.put(ctx, id, eventID, false); err != nil {
 			return fmt.Errorf("keep the QoS 2 state: %w", err)
@@ -172,4 +175,23 @@ func (s *session) publishOnce(ctx context.Context, id uint16, limit int, publish
 		s.h.Logger.Warn("mqtt QoS 2 message published but not marked so", "client_id", s.id, "error", err)
 	}
 	return nil
+}
+
+// keepSession saves a kept session this connection has neither resumed
+// nor saved yet, as it is about to hold QoS 2 state in Redis: else an
+// edge killed before its first periodic save leaves that state without a
+// session, the next connection's CONNACK says Session Present 0, and its
+// client, as MQTT says, forgets the messages it awaits PUBREC or PUBCOMP
+// for (one the dead edge never read is lost) and reuses their packet ids,
+// which the state left behind takes for resends (PUBREC, not published).
+func (s *session) keepSession() {
+	s.mu.Lock()
+	first := s.expiry > 0 && !s.resumed && s.saved.IsZero()
+	if first {
+		s.dirty = true
+	}
+	s.mu.Unlock()
+	if first {
+		s.save(false)
+	}
 }
