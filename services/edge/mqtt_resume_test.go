@@ -6,6 +6,9 @@ import (
 	"testing"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/eventbus-suite/eventbus/pkg/redistest"
 )
 
 // A kept session resumes its filters with their options: No Local still
@@ -39,5 +42,49 @@ func TestMQTTResumedSessionKeepsSubscriptionOptions(t *testing.T) {
 	}
 	if want := []string{"TopicA/mine/b from other retain=false", "TopicA/kept/c kept retain=true"}; !slices.Equal(got, want) {
 		t.Fatalf("the resumed session got %q, want %q", got, want)
+	}
+}
+
+// A session that ended (a 5.0 DISCONNECT set its expiry to 0) leaves no
+// QoS 2 state behind: the next session, not resumed, may use the same
+// packet id for a new message, and it is published.
+func TestMQTTQoS2StateEndsWithItsSession(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), nil)
+	tok := mintMQTT(t, "q2", []string{"q2:*"}, []string{"q2:*"})
+	watcher := e.dialMQTT(t, "/mqtt", 5)
+	watcher.connect("watcher", tok, 30)
+	if got := watcher.subscribe(1, map[string]byte{"q2/+": 0}, "q2/+"); !slices.Equal(got, []byte{0}) {
+		t.Fatalf("SUBACK %v", got)
+	}
+	kept := func() *mqttConn {
+		m := e.dialMQTT(t, "/mqtt", 5)
+		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), ClientIdentifier: "q2-device", Keepalive: 30,
+			UsernameFlag: true, Username: []byte("device"), PasswordFlag: true, Password: []byte(tok)},
+			Properties: packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true}})
+		if ack := m.expect(packets.Connack); ack.ReasonCode != 0 {
+			t.Fatalf("CONNACK %#x", ack.ReasonCode)
+		}
+		return m
+	}
+	first := kept()
+	first.send(publishPacket("q2/a", 2, 7, "first"))
+	first.expect(packets.Pubrec) // no PUBREL: 7 stays in the session's QoS 2 state
+	first.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+		Properties: packets.Properties{SessionExpiryInterval: 0, SessionExpiryIntervalFlag: true}})
+	first.closed()
+
+	second := kept()
+	second.send(publishPacket("q2/a", 2, 7, "second"))
+	second.expect(packets.Pubrec)
+	second.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 7})
+	second.expect(packets.Pubcomp)
+	var got []string
+	for range 2 {
+		got = append(got, string(watcher.expect(packets.Publish).Payload))
+	}
+	if !slices.Equal(got, []string{"first", "second"}) {
+		t.Fatalf("the watcher got %q, want both messages: packet id 7 of an ended session is not the next one's", got)
 	}
 }

@@ -470,7 +470,9 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		return refuse(packets.ErrServerUnavailable, "the session could not be read (Redis unavailable): connect again")
 	}
 	actx, cancel := context.WithTimeout(s.ctx, storeTimeout)
-	s.awaiting = s.awaitingFor(actx, pk.Connect.Clean)
+	// A session not resumed starts afresh: what QoS 2 state an ended one
+	// left (its key outlives it) is not this one's.
+	s.awaiting = s.awaitingFor(actx, pk.Connect.Clean || resume == nil)
 	cancel()
 	ack := s.connack(packets.CodeSuccess, props)
 	ack.SessionPresent = resume != nil

@@ -118,14 +118,14 @@ func parseAwaiting(v string) (eventID string, published bool) {
 }
 
 // awaitingFor returns where s keeps its QoS 2 messages: Redis for a kept
-// session, memory otherwise. A clean start forgets what an earlier
-// connection of the session left.
-func (s *session) awaitingFor(ctx context.Context, clean bool) awaitingRelease {
+// session, memory otherwise. A session that starts afresh (a clean
+// start, or none kept to resume) forgets what an earlier one left.
+func (s *session) awaitingFor(ctx context.Context, fresh bool) awaitingRelease {
 	if s.h.Sessions == nil || s.expiry == 0 {
 		return memoryAwaiting{}
 	}
 	a := redisAwaiting{rdb: s.h.Sessions.Redis, key: s.h.Sessions.Prefix + "mqtt:qos2:" + s.key, ttl: s.expiry + time.Hour}
-	if clean {
+	if fresh {
 		if err := a.clear(ctx); err != nil {
 			s.h.Logger.Warn("mqtt QoS 2 state of an earlier connection not cleared", "client_id", s.id, "error", err)
 		}
