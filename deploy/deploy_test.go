@@ -21,6 +21,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 // root is the repository root, seen from this package.
@@ -99,7 +101,7 @@ func TestComposeFile(t *testing.T) {
 		}
 	}
 	ports := map[string][]string{
-		"api": {"8080:8080", "9090:9090"}, "logger": {"8082:8082"}, "nginx": {"8081:80"},
+		"api": {"8080:8080", "9090:9090"}, "logger": {"8082:8082"}, "nginx": {"8081:80", "11883:1883"},
 		"prometheus": {"9091:9090"}, "grafana": {"3000:3000"},
 	}
 	for name, svc := range project.Services {
@@ -430,6 +432,8 @@ func TestNginxConfig(t *testing.T) {
 	}
 	// The test-only hosts mapping: "edge" is the compose service.
 	conf = bytes.ReplaceAll(conf, []byte("server edge:8081"), []byte("server 127.0.0.1:8081"))
+	conf = bytes.ReplaceAll(conf, []byte("server edge:1883"), []byte("server 127.0.0.1:1883"))
+	conf = append(servicetest.NginxModules(t, nginx), conf...)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, conf, 0o644); err != nil {

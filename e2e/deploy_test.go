@@ -21,10 +21,20 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
-// startNginx runs nginx with the repository's nginx.conf, its upstream and
-// port replaced by the given edges and a free port, and returns its address
-// and what it writes (its access log goes to standard output).
+// startNginx runs nginx with the repository's nginx.conf, its HTTP
+// upstream and port replaced by the given edges and a free port, and
+// returns its address and what it writes (its access log goes to standard
+// output).
 func startNginx(t *testing.T, edges ...string) (string, *servicetest.Buffer) {
+	t.Helper()
+	front, _, out := startNginxFor(t, edges, nil)
+	return front, out
+}
+
+// startNginxFor is startNginx with the edges' MQTT over TCP too: it
+// returns nginx's MQTT address as well, in front of mqttEdges (none: an
+// address nothing listens on).
+func startNginxFor(t *testing.T, httpEdges, mqttEdges []string) (front, mqttFront string, out *servicetest.Buffer) {
 	t.Helper()
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
@@ -34,16 +44,25 @@ func startNginx(t *testing.T, edges ...string) (string, *servicetest.Buffer) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var servers []string
-	for _, e := range edges {
-		servers = append(servers, "server "+e+" max_fails=1 fail_timeout=5s;")
+	servers := func(addrs []string) string {
+		var s []string
+		for _, a := range addrs {
+			s = append(s, "server "+a+" max_fails=1 fail_timeout=5s;")
+		}
+		return strings.Join(s, "\n        ")
 	}
-	addr := freeAddr(t)
-	s := strings.Replace(string(conf), "server edge:8081 max_fails=1 fail_timeout=5s;", strings.Join(servers, "\n        "), 1)
+	if len(mqttEdges) == 0 {
+		mqttEdges = []string{"127.0.0.1:1"}
+	}
+	addr, mqttAddr := freeAddr(t), freeAddr(t)
+	s := strings.Replace(string(conf), "server edge:8081 max_fails=1 fail_timeout=5s;", servers(httpEdges), 1)
+	s = strings.Replace(s, "server edge:1883 max_fails=1 fail_timeout=5s;", servers(mqttEdges), 1)
 	s = strings.Replace(s, "listen 80;", "listen "+addr+";", 1)
-	if s == string(conf) || !strings.Contains(s, "listen "+addr) || strings.Contains(s, "edge:8081") {
+	s = strings.Replace(s, "listen 1883;", "listen "+mqttAddr+";", 1)
+	if !strings.Contains(s, "listen "+addr) || !strings.Contains(s, "listen "+mqttAddr) || strings.Contains(s, "edge:") {
 		t.Fatal("nginx.conf no longer has the upstream and listen lines this test replaces")
 	}
+	s = string(servicetest.NginxModules(t, nginx)) + s
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(s), 0o644); err != nil {
 		t.Fatal(err)
@@ -53,7 +72,7 @@ func startNginx(t *testing.T, edges ...string) (string, *servicetest.Buffer) {
 		global += " user root;" // workers must reach the temp dirs under the test's private dir
 	}
 	cmd := exec.Command(nginx, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-g", global)
-	out := &servicetest.Buffer{}
+	out = &servicetest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -74,7 +93,7 @@ func startNginx(t *testing.T, edges ...string) (string, *servicetest.Buffer) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	return addr, out
+	return addr, mqttAddr, out
 }
 
 // TestComposeTopologyBehindNginx runs, as processes, what docker compose

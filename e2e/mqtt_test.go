@@ -317,3 +317,57 @@ func TestMQTTThroughNginx(t *testing.T) {
 		t.Errorf("got %s, want nx/event", topic)
 	}
 }
+
+// The same over TCP: nginx's stream proxy hands each MQTT connection to an
+// edge behind a PROXY protocol header, which the edges, trusting nginx,
+// read for the client's address; an edge that did not would read the
+// header as a malformed packet and refuse the client.
+func TestMQTTOverTCPThroughNginx(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
+	var httpAddrs, mqttAddrs []string
+	for range 2 {
+		h, m := freeAddr(t), freeAddr(t)
+		p := start(t, "edge", map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "EDGE_JWT_SECRET": mqttSecret,
+			"EDGE_HTTP_ADDR": h, "EDGE_MQTT_ADDR": m, "EDGE_TRUSTED_PROXIES": "127.0.0.1"})
+		waitReady(t, p, "http://"+h+"/readyz")
+		httpAddrs, mqttAddrs = append(httpAddrs, h), append(mqttAddrs, m)
+	}
+	_, front, _ := startNginxFor(t, httpAddrs, mqttAddrs)
+	tok, err := token.Issue([]byte(mqttSecret), "16", []string{"nx:*"}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 2)
+	var clients []paho3.Client
+	for i := range 2 { // two connections: nginx takes turns between the edges
+		opts := paho3.NewClientOptions().AddBroker("tcp://" + front).SetClientID(fmt.Sprint("tcp-through-nginx-", i)).
+			SetUsername("device").SetPassword(tok).SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false)
+		c := paho3.NewClient(opts)
+		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect over TCP through nginx: %v", tok.Error())
+		}
+		t.Cleanup(func() { c.Disconnect(0) })
+		if tok := c.Subscribe("nx/+", 0, func(_ paho3.Client, m paho3.Message) { got <- m.Topic() }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe: %v", tok.Error())
+		}
+		clients = append(clients, c)
+	}
+	b, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &envelope.Envelope{Type: "nx.tcp"}
+	if err := envelope.Fill(env, "e2e", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := envelope.Marshal(env)
+	if _, err := b.Publish(t.Context(), "nx:tcp", payload); err != nil {
+		t.Fatal(err)
+	}
+	for range len(clients) {
+		if topic := servicetest.Receive(t, got); topic != "nx/tcp" {
+			t.Errorf("got %s, want nx/tcp", topic)
+		}
+	}
+}

@@ -9,13 +9,16 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
@@ -225,6 +228,27 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	return err
 }
 
+// proxied lets the trusted proxies (EDGE_TRUSTED_PROXIES) say who the
+// client of a connection is, with a PROXY protocol header (v1 or v2, as
+// nginx's stream proxy_protocol and TCP load balancers send it) before
+// its bytes of MQTT or TLS: the edge then bounds and names the connection
+// by the client's address, not the proxy's. A trusted proxy may also send
+// none; anyone else's first bytes are MQTT's (or TLS's), so a header from
+// them fails as a malformed packet.
+func proxied(l net.Listener, cfg config.Config) net.Listener {
+	if len(cfg.TrustedProxies) == 0 {
+		return l
+	}
+	return &proxyproto.Listener{Listener: l, ReadHeaderTimeout: cfg.AuthTimeout,
+		ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+			ap, err := netip.ParseAddrPort(o.Upstream.String())
+			if err == nil && slices.ContainsFunc(cfg.TrustedProxies, func(p netip.Prefix) bool { return p.Contains(ap.Addr().Unmap()) }) {
+				return proxyproto.USE, nil
+			}
+			return proxyproto.SKIP, nil // a plain connection, unwrapped
+		}}
+}
+
 // listenMQTT opens the MQTT listeners the configuration asks for, keyed
 // by the name their address is logged under: TCP at EDGE_MQTT_ADDR, TLS
 // at EDGE_MQTTS_ADDR.
@@ -235,7 +259,7 @@ func listenMQTT(ctx context.Context, cfg config.Config) (map[string]net.Listener
 		if err != nil {
 			return nil, fmt.Errorf("mqtt: %w", err)
 		}
-		ls["mqtt_addr"] = l
+		ls["mqtt_addr"] = proxied(l, cfg)
 	}
 	if cfg.MQTTSAddr != "" {
 		l, err := server.Listen(ctx, cfg.MQTTSAddr)
@@ -245,7 +269,7 @@ func listenMQTT(ctx context.Context, cfg config.Config) (map[string]net.Listener
 			}
 			return nil, fmt.Errorf("mqtts: %w", err)
 		}
-		ls["mqtts_addr"] = tls.NewListener(l, &tls.Config{
+		ls["mqtts_addr"] = tls.NewListener(proxied(l, cfg), &tls.Config{
 			MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*cfg.TLSCertificate},
 		})
 	}

@@ -444,3 +444,54 @@ func TestMQTTTLSConfigRefused(t *testing.T) {
 		})
 	}
 }
+
+// Behind a proxy that speaks the PROXY protocol (nginx's stream
+// proxy_protocol, as the compose file runs it), a TCP connection counts
+// against the client's address the header names, not the proxy's; a
+// trusted proxy's connection without one, against the proxy's. From
+// anyone not trusted a header is no MQTT: the socket is closed unanswered.
+func TestMQTTOverTCPBehindAProxy(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{
+		"EDGE_TRUSTED_PROXIES": "127.0.0.1", "EDGE_AUTH_TIMEOUT": "10m", "EDGE_MAX_USER_CONNECTIONS": "1"})
+	via := func(client string) *mqttConn {
+		t.Helper()
+		m := dialTCP(t, e.mqtt, nil, 5)
+		header := fmt.Sprintf("PROXY TCP4 %s 127.0.0.1 40000 1883\r\n", client)
+		if client == "" {
+			// None: the edge waits for a trusted proxy's first bytes to
+			// tell; these are CONNECT's first.
+			header = "\x10"
+		}
+		if _, err := fmt.Fprint(m.nc, header); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	held := func(n float64) {
+		t.Helper()
+		servicetest.WaitFor(t, fmt.Sprintf("%v sockets held before CONNECT", n), func() bool { return e.metric(t, "eventbus_edge_connections") == n })
+	}
+	first := via("192.0.2.1") // 192.0.2.1's one place before CONNECT
+	held(1)
+	closedByEdge(t, via("192.0.2.1").nc)
+	other := via("192.0.2.2")
+	held(2)
+	via("") // the proxy's own address
+	held(3)
+	closedByEdge(t, via("").nc)
+	for i, m := range []*mqttConn{first, other} {
+		if ack := m.connect(fmt.Sprint("c", i), mint(t, fmt.Sprint(i)), 30); ack.ReasonCode != 0 {
+			t.Fatalf("connection %d: CONNACK %#x", i, ack.ReasonCode)
+		}
+	}
+
+	untrusting := startEdge(t, redistest.Shared(t), nil)
+	m := dialTCP(t, untrusting.mqtt, nil, 5)
+	if _, err := fmt.Fprint(m.nc, "PROXY TCP4 192.0.2.9 127.0.0.1 40000 1883\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
+		ProtocolName: []byte("MQTT"), ClientIdentifier: "spoof", Clean: true, Keepalive: 30}})
+	closedByEdge(t, m.nc)
+}
