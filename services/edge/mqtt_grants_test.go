@@ -172,3 +172,19 @@ func TestMQTTRefusesAFilterOutsideTheGrants(t *testing.T) {
 		t.Errorf("SUBACK %#v %q, want 0x87 and QoS 1 without a reason string", ack.ReasonCodes, ack.Properties.ReasonString)
 	}
 }
+
+// EDGE_MAX_SUBSCRIPTIONS counts a connection's filters, however many
+// patterns each takes in the hub ("a/#" takes a:* and a): three "#"
+// filters fit a bound of three, the fourth is refused with 0x97.
+func TestMQTTSubscriptionsBoundCountsFilters(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_MAX_SUBSCRIPTIONS": "3"})
+	m := e.dialMQTT(t, "/mqtt", 5)
+	m.connect("many", mintMQTT(t, "7", []string{"a:*", "b:*", "c:*", "d:*", "a", "b", "c", "d"}, nil), 30)
+	if ack := m.suback(1, "a/#", "b/#", "c/#"); !slices.Equal(ack.ReasonCodes, []byte{1, 1, 1}) {
+		t.Fatalf("three filters within a bound of three: SUBACK %v, want each granted QoS 1", ack.ReasonCodes)
+	}
+	if ack := m.suback(2, "d/#"); !slices.Equal(ack.ReasonCodes, []byte{0x97}) {
+		t.Fatalf("a fourth filter: SUBACK %v, want 0x97 quota exceeded", ack.ReasonCodes)
+	}
+}

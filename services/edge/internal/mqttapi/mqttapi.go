@@ -270,6 +270,8 @@ type session struct {
 	dirty     bool       // cursor or filters changed since the last save
 	saved     time.Time  // when the session was last saved
 	gone      bool       // taken over: the newer connection keeps the session
+	ending    bool       // the connection ends: end saves the session, nothing else
+	saving    sync.Mutex // held while a save writes to Redis; taken before mu
 	resumed   bool       // a kept session was resumed
 }
 
@@ -349,6 +351,10 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 	s.edge.Close()
 	cancel()
 	s.Ready() // to close the connection
+	// A writer stuck on a client that stopped reading gets a grace, then
+	// the socket is cut under it.
+	cut := time.AfterFunc(closeGrace, c.CloseNow)
+	defer cut.Stop()
 	<-s.closed
 }
 
@@ -453,9 +459,6 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	h.Hub.SetEncoding(s.client, publish{s.version})
 	s.who, s.name, s.key, s.since = who, rand.Text(), sessionKey(who, s.id), time.Now()
 	h.takeOver(s)
-	if h.Sessions != nil {
-		s.takeBackWill(pk.Connect.Clean)
-	}
 	props.ReceiveMaximum = maxInflight
 	props.SharedSubAvailable, props.SharedSubAvailableFlag = 0, true
 	if h.Consumers != nil {
@@ -468,6 +471,10 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 		h.Logger.Warn("mqtt session not read: the client is to connect again", "client_id", s.id, "error", err)
 		h.forget(s)
 		return refuse(packets.ErrServerUnavailable, "the session could not be read (Redis unavailable): connect again")
+	}
+	if h.Sessions != nil {
+		// Only a connection that is made takes its session's will back.
+		s.takeBackWill(pk.Connect.Clean)
 	}
 	actx, cancel := context.WithTimeout(s.ctx, storeTimeout)
 	// A session not resumed starts afresh: what QoS 2 state an ended one
@@ -735,6 +742,9 @@ func (s *session) disconnect(code packets.Code, d hub.Disconnect) {
 			ReasonCode: code.Code, Properties: packets.Properties{ReasonString: d.Reason}}))
 	}
 	s.client.CloseAfter(d)
+	// What is queued goes out first, within a grace: a client that stopped
+	// reading holds the writer, and is kicked.
+	time.AfterFunc(closeGrace, func() { s.client.Kick(d) })
 }
 
 // Kicked closes the connection with d, in the background: the hub calls

@@ -182,9 +182,13 @@ func (s *session) save(refresh bool) {
 	if s.expiry == 0 {
 		return
 	}
+	// One save at a time, and end's after any under way: a late one would
+	// bring back a session end ended, or outlive its expiry.
+	s.saving.Lock()
+	defer s.saving.Unlock()
 	s.mu.Lock()
 	stale := refresh && time.Since(s.saved) >= s.expiry/2
-	if s.gone || !s.dirty && !stale {
+	if s.gone || s.ending || !s.dirty && !stale {
 		s.mu.Unlock()
 		return
 	}
@@ -208,6 +212,14 @@ func (s *session) end() {
 	if s.h.Sessions == nil {
 		return
 	}
+	s.mu.Lock()
+	s.ending = true // no save from here on but this one
+	if s.saver != nil {
+		s.saver.Stop()
+	}
+	s.mu.Unlock()
+	s.saving.Lock() // a save under way lands first
+	defer s.saving.Unlock()
 	expiry := s.expiryAtEnd()
 	s.mu.Lock()
 	gone, resumed, st := s.gone, s.resumed, s.state()

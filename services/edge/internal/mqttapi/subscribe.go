@@ -137,7 +137,7 @@ func (s *session) add(filter string, qos byte, patterns []string, since bus.Curs
 	}
 	s.mu.Unlock()
 	for _, p := range fresh {
-		err := s.edge.Subscribe(s.ctx, p, since, false, func(r hub.Recovery) []byte {
+		err := s.edge.SubscribeCovered(s.ctx, p, since, func(r hub.Recovery) []byte {
 			// Where the streams stood before the subscription began: a
 			// stream new to the session begins there.
 			s.mu.Lock()
@@ -152,11 +152,8 @@ func (s *session) add(filter string, qos byte, patterns []string, since bus.Curs
 		if err != nil {
 			s.h.Logger.Debug("mqtt subscribe failed", "filter", filter, "pattern", p, "error", err)
 			s.drop(filter)
-			switch err.Code {
-			case protocol.CodeTooManyPatterns, protocol.CodeTooManySubscriptions:
+			if err.Code == protocol.CodeTooManyPatterns {
 				return packets.ErrQuotaExceeded.Code, nil
-			case protocol.CodeForbidden:
-				return packets.ErrNotAuthorized.Code, nil
 			}
 			return packets.ErrUnspecifiedError.Code, nil
 		}

@@ -261,6 +261,17 @@ func (s *Session) AuthTimeout(d time.Duration) (stop func() bool) {
 	return t.Stop
 }
 
+// Forbidden refuses with CodeForbidden a pattern p that a connection with
+// claims (nil: none) may not subscribe to (access.Policy.Allowed): a
+// transport that checks a whole request before it opens its session asks
+// here.
+func (m *Sessions) Forbidden(claims *token.Claims, p string) *protocol.Error {
+	if m.Access.Allowed(claims, p) {
+		return nil
+	}
+	return protocol.Errorf(protocol.CodeForbidden, "%s is not among the channels this connection may subscribe to", p)
+}
+
 // Allowed reports whether the connection may subscribe to pattern p
 // (access.Policy.Allowed).
 func (s *Session) Allowed(p string) bool { return s.m.Access.Allowed(s.claims.Load(), p) }
@@ -305,8 +316,8 @@ func (s *Session) Subscribe(ctx context.Context, p string, since bus.Cursor, pre
 	if err := channel.ValidatePattern(p); err != nil {
 		return protocol.Errorf(protocol.CodeInvalidChannel, "%v", err)
 	}
-	if !s.Allowed(p) {
-		return protocol.Errorf(protocol.CodeForbidden, "%s is not among the channels this connection may subscribe to", p)
+	if err := s.m.Forbidden(s.claims.Load(), p); err != nil {
+		return err
 	}
 	h := s.m.Hub
 	if h.Count(s.client) >= s.m.MaxSubscriptions {
@@ -318,13 +329,21 @@ func (s *Session) Subscribe(ctx context.Context, p string, since bus.Cursor, pre
 	}
 	// A subscription made anew says again whether it wants the news.
 	h.WantPresence(s.client, p, presence)
-	ctx, cancel := context.WithTimeout(ctx, hub.SubscribeTimeout)
-	defer cancel()
-	err := h.Subscribe(ctx, s.client, p, since, reply)
+	err := s.SubscribeCovered(ctx, p, since, reply)
 	if err != nil && presence {
 		h.WantPresence(s.client, p, false)
 	}
-	switch {
+	return err
+}
+
+// SubscribeCovered subscribes the connection to pattern p, as Subscribe
+// does, for a transport that checked p against the grants itself and
+// bounds the subscriptions its own way: MQTT, whose filters each take
+// one or more patterns, narrowed to the grants, and count as one.
+func (s *Session) SubscribeCovered(ctx context.Context, p string, since bus.Cursor, reply func(hub.Recovery) []byte) *protocol.Error {
+	ctx, cancel := context.WithTimeout(ctx, hub.SubscribeTimeout)
+	defer cancel()
+	switch err := s.m.Hub.Subscribe(ctx, s.client, p, since, reply); {
 	case errors.Is(err, hub.ErrTooManyPatterns):
 		return protocol.Errorf(protocol.CodeTooManyPatterns,
 			"at most %d distinct patterns per user across its connections", s.m.MaxUserPatterns)

@@ -106,6 +106,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		server.WriteError(w, protocol.Status(err.Code), err.Code, err.Message)
 		return
 	}
+	for _, p := range patterns {
+		if err := h.Sessions.Forbidden(claims, p); err != nil {
+			server.WriteError(w, protocol.Status(err.Code), err.Code, err.Message)
+			return
+		}
+	}
 	since, err := lastEventID(cmp.Or(r.Header.Get("Last-Event-ID"), q.Get("last_event_id")), patterns)
 	if err != nil {
 		server.WriteError(w, http.StatusBadRequest, err.Code, err.Message)
