@@ -217,10 +217,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	for _, ml := range mqttListeners {
 		g.Go(func() error { return mq.Serve(ctx, ml) })
 	}
-	g.Go(func() error {
-		mq.RunWills(ctx) // whichever edge lost their connection
-		return nil
-	})
+	g.Go(func() error { return mq.RunWills(ctx) }) // whichever edge lost their connection
 	err = g.Wait()
 	stopPresence()
 	presenceDone.Wait()

@@ -11,12 +11,13 @@ type Disconnect struct {
 
 // The edge's close codes: this is the one list, for every transport.
 // Besides these, the WebSocket transports use the standard 1002 (protocol
-// error), 1007 (text that is not UTF-8), 1008 (policy), 1009 (message too
-// big) and 1013 (try again later).
+// error), 1007 (text that is not UTF-8), 1008 (policy) and 1009 (message
+// too big).
 const (
 	CloseGoingAway        = 1001 // the edge is shutting down: reconnect to another
 	CloseBroken           = 1006 // the connection failed under a write: nothing more can be sent
 	CloseResume           = 1012 // the edge lost events it could not read back: reconnect and resume
+	CloseTryAgain         = 1013 // the edge cannot serve it now (Redis away): try again later
 	CloseUnauthorized     = 4001 // no valid token in time, a token of another user, or one that expired
 	CloseHeartbeatTimeout = 4002 // no pong in time
 	CloseRevoked          = 4003 // the connection's token was revoked

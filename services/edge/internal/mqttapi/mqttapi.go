@@ -239,7 +239,7 @@ type session struct {
 	closed chan struct{}
 	// resendDue asks the writer to resend what is unacknowledged, when
 	// retry, armed while messages are in flight, fires; saver saves a kept
-	// session now and then. Guarded by mu.
+	// session now and then. The timers and retrying are guarded by mu.
 	resendDue atomic.Bool
 	retry     *time.Timer
 	retrying  bool

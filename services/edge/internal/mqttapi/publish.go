@@ -173,10 +173,19 @@ func (h *Handler) publishMessage(ctx context.Context, ev *envelope.Envelope) err
 		return err
 	}
 	if len(m.GetPayload()) == 0 {
-		return h.Retained.Clear(ctx, ch, r.Position)
+		err = h.Retained.Clear(ctx, ch, r.Position)
+	} else {
+		err = h.Retained.Set(ctx, ch, r.Position, env)
 	}
-	return h.Retained.Set(ctx, ch, r.Position, env)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errNotRetained, err)
+	}
+	return nil
 }
+
+// errNotRetained is publishMessage's error for a message published whose
+// retained message was not kept (or cleared).
+var errNotRetained = errors.New("published, but its retained message not kept")
 
 func ctxErr(err error) string {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) {
@@ -276,11 +285,15 @@ func (s *session) publishWill() {
 	defer cancel()
 	if delay := min(s.will.delay, s.expiryAtEnd()); delay > 0 && s.h.Sessions != nil {
 		b, err := envelope.Marshal(ev)
+		kept := false
 		if err == nil {
-			err = s.h.Sessions.DelayWill(ctx, s.key, b, delay)
+			kept, err = s.h.Sessions.DelayWill(ctx, s.key, s.since.UnixNano(), b, delay)
 		}
-		if err != nil {
+		switch {
+		case err != nil:
 			s.h.Logger.Warn("mqtt will not kept for its delay", "client_id", s.id, "channel", s.will.channel, "error", err)
+		case !kept:
+			s.h.Logger.Debug("mqtt will dropped: a newer connection has the session", "client_id", s.id)
 		}
 		return
 	}

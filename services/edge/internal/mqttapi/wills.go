@@ -11,20 +11,34 @@ import (
 )
 
 // Delayed wills (5.0's Will Delay Interval). A will with a delay waits in
-// Redis, not in the edge that lost the connection: a sorted set of the
-// sessions whose will waits, scored by when it is due on Redis's clock,
-// and a hash of the wills, in one slot. Any edge publishes a will that
-// came due (RunWills); a new connection of the session, on any edge,
-// takes its will back before its CONNACK (MQTT-3.1.3-9), and a clean
-// start, which ends the session, publishes it at once. An edge that dies
-// loses no will that waits.
+// Redis, not in the edge that lost the connection, in one slot: a sorted
+// set of the sessions whose will waits, scored by when it is due on
+// Redis's clock, and a hash of the wills. Any edge publishes a will that
+// came due (RunWills): it takes it for a lease, publishes it and only then
+// deletes it, so an edge that dies on the way leaves it to another when
+// the lease ends. A will is at least once: one published whose deletion
+// failed, or whose edge stalled past its lease, goes again.
+//
+// A new connection of the session, on any edge, takes the will back
+// before its CONNACK (MQTT-3.1.3-9), and a clean start, which ends the
+// session, publishes it at once. Each connection leaves its start as the
+// session's newest: a connection that ends after a newer one took the
+// session over (its edge late to notice) keeps no will.
 
 func (s Store) willsDue() string  { return s.Prefix + "mqtt:{wills}:due" }
 func (s Store) willsKept() string { return s.Prefix + "mqtt:{wills}:kept" }
+func (s Store) willsNewest(key string) string {
+	return s.Prefix + "mqtt:{wills}:newest:" + key
+}
 
 // delayWill keeps ARGV[2] as the will of session ARGV[1], due ARGV[3] ms
-// from now on Redis's clock.
+// from now on Redis's clock, unless a connection of the session newer than
+// ARGV[4] (its start, ns) began: KEYS[3] holds the newest's.
 var delayWill = redis.NewScript(`
+local newest = redis.call('GET', KEYS[3])
+if newest and tonumber(newest) > tonumber(ARGV[4]) then
+	return 0
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
@@ -32,76 +46,97 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 return 1
 `)
 
-// DelayWill keeps will, an envelope, as the will of the session key,
-// due after delay.
-func (s Store) DelayWill(ctx context.Context, key string, will []byte, delay time.Duration) error {
-	return delayWill.Run(ctx, s.Redis, []string{s.willsDue(), s.willsKept()}, key, will, delay.Milliseconds()).Err()
+// DelayWill keeps will, an envelope, as the will of the session key, due
+// after delay, for the connection that began at since; false when a newer
+// connection of the session began since, which takes the will's place.
+func (s Store) DelayWill(ctx context.Context, key string, since int64, will []byte, delay time.Duration) (bool, error) {
+	n, err := delayWill.Run(ctx, s.Redis, []string{s.willsDue(), s.willsKept(), s.willsNewest(key)},
+		key, will, delay.Milliseconds(), since).Int()
+	return n == 1, err
 }
 
-// takeWills takes the wills of sessions ARGV[2..] (none: up to ARGV[1] of
-// those due now, on Redis's clock), and returns them.
-var takeWills = redis.NewScript(`
-local keys = {}
-for i = 2, #ARGV do keys[#keys + 1] = ARGV[i] end
-if #keys == 0 then
-	local t = redis.call('TIME')
-	local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-	keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+// takeWill marks ARGV[2] (ns) as the start of session ARGV[1]'s newest
+// connection for ARGV[3] ms, unless a newer one's is there, and takes the
+// session's will, if one waits.
+var takeWill = redis.NewScript(`
+local newest = redis.call('GET', KEYS[3])
+if not newest or tonumber(newest) < tonumber(ARGV[2]) then
+	redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
 end
+local w = false
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+	w = redis.call('HGET', KEYS[2], ARGV[1])
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return w
+`)
+
+// TakeWill takes back the will that waits for the session key, if one
+// does, as its connection that began at since connects; what that
+// connection's predecessors leave later is refused for ttl.
+func (s Store) TakeWill(ctx context.Context, key string, since int64, ttl time.Duration) ([]byte, error) {
+	w, err := takeWill.Run(ctx, s.Redis, []string{s.willsDue(), s.willsKept(), s.willsNewest(key)},
+		key, since, ttl.Milliseconds()).Text()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	return []byte(w), err
+}
+
+// leaseDue takes, for ARGV[2] ms, at most ARGV[1] of the wills due now on
+// Redis's clock (or whose lease ended), returning each session's key and
+// will in turn.
+var leaseDue = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-for _, k in ipairs(keys) do
-	if redis.call('ZREM', KEYS[1], k) == 1 then
-		local w = redis.call('HGET', KEYS[2], k)
-		if w then out[#out + 1] = w end
+for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))) do
+	local w = redis.call('HGET', KEYS[2], k)
+	if w then
+		redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), k)
+		out[#out + 1] = k
+		out[#out + 1] = w
+	else
+		redis.call('ZREM', KEYS[1], k)
 	end
-	redis.call('HDEL', KEYS[2], k)
 end
 return out
 `)
 
-// TakeWill takes back the will that waits for the session key, if one
-// does.
-func (s Store) TakeWill(ctx context.Context, key string) ([]byte, error) {
-	ws, err := s.takeWills(ctx, 0, key)
-	if err != nil || len(ws) == 0 {
+// dueWill is a will taken for publishing: its session's key and the will.
+type dueWill struct {
+	key  string
+	will []byte
+}
+
+// LeaseDueWills takes at most n of the wills that are due, each for lease:
+// published and deleted (DoneWill) within it, or taken again after.
+func (s Store) LeaseDueWills(ctx context.Context, n int, lease time.Duration) ([]dueWill, error) {
+	vs, err := leaseDue.Run(ctx, s.Redis, []string{s.willsDue(), s.willsKept()}, n, lease.Milliseconds()).StringSlice()
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
 	}
-	return ws[0], nil
-}
-
-// TakeDueWills takes at most n of the wills that are due, for publishing:
-// each is taken by one edge.
-func (s Store) TakeDueWills(ctx context.Context, n int) ([][]byte, error) {
-	return s.takeWills(ctx, n)
-}
-
-func (s Store) takeWills(ctx context.Context, n int, keys ...string) ([][]byte, error) {
-	args := append([]any{n}, toAny(keys)...)
-	vs, err := takeWills.Run(ctx, s.Redis, []string{s.willsDue(), s.willsKept()}, args...).StringSlice()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
+	out := make([]dueWill, 0, len(vs)/2)
+	for i := 0; i+1 < len(vs); i += 2 {
+		out = append(out, dueWill{key: vs[i], will: []byte(vs[i+1])})
 	}
-	out := make([][]byte, len(vs))
-	for i, v := range vs {
-		out[i] = []byte(v)
-	}
-	return out, err
+	return out, nil
 }
 
-func toAny(ss []string) []any {
-	out := make([]any, len(ss))
-	for i, s := range ss {
-		out[i] = s
-	}
-	return out
-}
+// doneWill deletes the will of session ARGV[1] if it is still ARGV[2]: a
+// will delayed anew in the meantime stays.
+var doneWill = redis.NewScript(`
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+	redis.call('HDEL', KEYS[2], ARGV[1])
+	redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 1
+`)
 
-// willsEvery is how often an edge looks for wills that came due, and
-// willsBatch how many it takes at a time.
-const (
-	willsEvery = 500 * time.Millisecond
-	willsBatch = 100
-)
+// DoneWill deletes w, published.
+func (s Store) DoneWill(ctx context.Context, w dueWill) error {
+	return doneWill.Run(ctx, s.Redis, []string{s.willsDue(), s.willsKept()}, w.key, w.will).Err()
+}
 
 // takeBackWill takes back the will that waits for the session, as a new
 // connection of it comes: it is not published, unless the connection
@@ -109,22 +144,33 @@ const (
 func (s *session) takeBackWill(clean bool) {
 	ctx, cancel := context.WithTimeout(s.ctx, storeTimeout)
 	defer cancel()
-	w, err := s.h.Sessions.TakeWill(ctx, s.key)
+	// The mark of the newest connection lasts as long as a connection it
+	// took over might yet end: as long as the session.
+	w, err := s.h.Sessions.TakeWill(ctx, s.key, s.since.UnixNano(), s.h.SessionExpiry+time.Hour)
 	switch {
 	case err != nil:
 		s.h.Logger.Warn("the delayed will of a reconnecting mqtt session not taken back; it may be published", "client_id", s.id, "error", err)
 	case w != nil && clean:
-		s.h.publishDelayedWill(ctx, w)
+		if err := s.h.publishWillEnvelope(ctx, w); err != nil {
+			s.h.Logger.Warn("mqtt will of an ended session not published", "client_id", s.id, "error", err)
+		}
 	}
 }
 
+// willsEvery is how often an edge looks for wills that came due,
+// willsBatch how many it takes at a time, and willLease how long one is
+// its to publish.
+const (
+	willsEvery = 500 * time.Millisecond
+	willsBatch = 100
+	willLease  = 30 * time.Second
+)
+
 // RunWills publishes the delayed wills that come due, whichever edge lost
-// their connection, until ctx ends. Redis away delays them; a will taken
-// and not published (Redis went away in between) waits again, due at
-// once.
-func (h *Handler) RunWills(ctx context.Context) {
+// their connection, until ctx ends. Redis away delays them.
+func (h *Handler) RunWills(ctx context.Context) error {
 	if h.Sessions == nil {
-		return
+		return nil
 	}
 	t := time.NewTicker(willsEvery)
 	defer t.Stop()
@@ -132,10 +178,10 @@ func (h *Handler) RunWills(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
-		wills, err := h.Sessions.TakeDueWills(ctx, willsBatch)
+		wills, err := h.Sessions.LeaseDueWills(ctx, willsBatch, willLease)
 		if err != nil {
 			if !failing && ctx.Err() == nil {
 				h.Logger.Warn("delayed mqtt wills not read; trying again", "error", err)
@@ -145,28 +191,34 @@ func (h *Handler) RunWills(ctx context.Context) {
 		}
 		failing = false
 		for _, w := range wills {
-			h.publishDelayedWill(ctx, w)
+			if err := h.publishWillEnvelope(ctx, w.will); err != nil {
+				h.Logger.Warn("delayed mqtt will not published; it goes again when its lease ends", "error", err)
+				continue
+			}
+			if err := h.Sessions.DoneWill(context.WithoutCancel(ctx), w); err != nil {
+				h.Logger.Warn("delayed mqtt will published but not deleted; it may go again", "error", err)
+			}
 		}
 	}
 }
 
-// publishDelayedWill publishes will, an envelope that waited; one Redis
-// did not take waits again.
-func (h *Handler) publishDelayedWill(ctx context.Context, will []byte) {
+// publishWillEnvelope publishes will, an envelope that waited. A will
+// published whose retained message was not kept is published all the
+// same: publishing it again would not keep it either.
+func (h *Handler) publishWillEnvelope(ctx context.Context, will []byte) error {
 	ev, err := envelope.Unmarshal(will)
 	if err != nil {
 		h.Logger.Error("a delayed mqtt will is not an envelope: dropped", "error", err)
-		return
+		return nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
-	if err := h.publishMessage(pctx, ev); err != nil {
-		h.Logger.Warn("delayed mqtt will not published; it waits again", "channel", ev.GetChannel(), "error", err)
-		key := "retry:" + ev.GetId()
-		if err := h.Sessions.DelayWill(context.WithoutCancel(ctx), key, will, 0); err != nil {
-			h.Logger.Error("delayed mqtt will lost: Redis took neither it nor its retry", "channel", ev.GetChannel(), "error", err)
-		}
-		return
+	switch err := h.publishMessage(pctx, ev); {
+	case errors.Is(err, errNotRetained):
+		h.Logger.Warn("mqtt will published, its retained message not kept", "channel", ev.GetChannel(), "error", err)
+	case err != nil:
+		return err
 	}
 	h.publishes.WithLabelValues("will").Inc()
+	return nil
 }

@@ -19,7 +19,7 @@ import (
 // The session's writer runs only while there is work, so that an idle
 // connection costs no goroutine but its reader: frames in the hub's
 // queue, room opened in the window, messages due again, the connection's
-// end. One runs at a time; writerState says whether it does.
+// end. One runs at a time; session.writer says whether it does.
 const (
 	writerIdle    int32 = iota // none runs: Ready starts one
 	writerRunning              // one runs
@@ -440,11 +440,14 @@ func (s *session) acked(id uint16) {
 	if ok && p.rec {
 		s.dirty = true // its PUBREL is owed no more
 	}
+	waiting := len(s.held) > 0
 	s.mu.Unlock()
 	if !ok {
 		return
 	}
-	s.Ready()
+	if waiting {
+		s.Ready() // room in the window for what waits
+	}
 	if p.share != nil {
 		s.ackShared(p)
 	}

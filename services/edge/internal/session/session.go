@@ -96,6 +96,7 @@ func (m *Sessions) Verify(tok string) (*token.Claims, *protocol.Error) {
 	c, err := m.Access.Verify(tok)
 	switch {
 	case errors.Is(err, access.ErrUnavailable):
+		m.authFailures.WithLabelValues("unavailable").Inc()
 		return nil, protocol.Wrap(protocol.CodeUnavailable, err)
 	case err != nil:
 		m.authFailures.WithLabelValues("invalid_token").Inc()
@@ -192,8 +193,9 @@ func (s *Session) Identify(c *token.Claims) *protocol.Error {
 // as it was. The error, if any, is for the client; the disconnect, if
 // any, follows it: a token of another user, one past the user's
 // connections, and a bad one on a connection not yet authenticated close
-// the connection.
-func (s *Session) Reauthenticate(tok string) (*protocol.Error, *hub.Disconnect) {
+// the connection (one that cannot be checked, Redis away, with
+// CloseTryAgain).
+func (s *Session) Reauthenticate(tok string) (*hub.Disconnect, *protocol.Error) {
 	c, err := s.m.Verify(tok)
 	if err == nil {
 		err = s.Identify(c)
@@ -202,15 +204,17 @@ func (s *Session) Reauthenticate(tok string) (*protocol.Error, *hub.Disconnect) 
 	case err == nil:
 		return nil, nil
 	case err.Code == protocol.CodeTooManyPatterns:
-		return err, nil // the connection stays as it was, without the user's grants
+		return nil, err // the connection stays as it was, without the user's grants
 	case err.Code == protocol.CodeTooManyConnections:
-		return err, &hub.DisconnectTooManyConnections
+		return &hub.DisconnectTooManyConnections, err
 	case c != nil: // a good token, of another user
-		return err, &hub.Disconnect{Code: hub.CloseUnauthorized, Reason: "token of another user"}
+		return &hub.Disconnect{Code: hub.CloseUnauthorized, Reason: "token of another user"}, err
 	case s.Authenticated():
-		return err, nil
+		return nil, err
+	case err.Code == protocol.CodeUnavailable:
+		return &hub.Disconnect{Code: hub.CloseTryAgain, Reason: err.Message}, err
 	}
-	return err, &hub.Disconnect{Code: hub.CloseUnauthorized, Reason: err.Message}
+	return &hub.Disconnect{Code: hub.CloseUnauthorized, Reason: err.Message}, err
 }
 
 // adopt makes c the connection's claims: the hub withholds what they

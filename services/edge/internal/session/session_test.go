@@ -145,21 +145,21 @@ func TestReauthenticate(t *testing.T) {
 	if s.Authenticated() {
 		t.Fatal("a session without a token and without anonymous access is authenticated")
 	}
-	if err, d := s.Reauthenticate("garbage"); err == nil || err.Code != protocol.CodeUnauthorized || d == nil || d.Code != hub.CloseUnauthorized {
+	if d, err := s.Reauthenticate("garbage"); err == nil || err.Code != protocol.CodeUnauthorized || d == nil || d.Code != hub.CloseUnauthorized {
 		t.Fatalf("a bad first token: %v, %v; want unauthorized and closed with %d", err, d, hub.CloseUnauthorized)
 	}
 
 	s = open(t, m, newTransport())
-	if err, d := s.Reauthenticate(issue(t, "7", "order:*")); err != nil || d != nil {
+	if d, err := s.Reauthenticate(issue(t, "7", "order:*")); err != nil || d != nil {
 		t.Fatalf("a good token: %v, %v", err, d)
 	}
 	if !s.Authenticated() || s.Claims().Subject != "7" {
 		t.Fatalf("authenticated %v as %v, want user 7", s.Authenticated(), s.Claims())
 	}
-	if err, d := s.Reauthenticate("garbage"); err == nil || d != nil || s.Claims().Subject != "7" {
+	if d, err := s.Reauthenticate("garbage"); err == nil || d != nil || s.Claims().Subject != "7" {
 		t.Fatalf("a bad token on an authenticated connection: %v, %v, claims %v; want refused, open, as it was", err, d, s.Claims())
 	}
-	if err, d := s.Reauthenticate(issue(t, "8", "order:*")); err == nil || err.Code != protocol.CodeUnauthorized || d == nil || d.Code != hub.CloseUnauthorized {
+	if d, err := s.Reauthenticate(issue(t, "8", "order:*")); err == nil || err.Code != protocol.CodeUnauthorized || d == nil || d.Code != hub.CloseUnauthorized {
 		t.Fatalf("a token of another user: %v, %v; want unauthorized and closed", err, d)
 	}
 	if s.Claims().Subject != "7" {
@@ -187,7 +187,7 @@ func TestAFreshTokenDropsWhatItNoLongerGrants(t *testing.T) {
 			t.Fatalf("reply %d: %+v, want a FrameSubscribed of its channel with its recovery", i, f)
 		}
 	}
-	if err, d := s.Reauthenticate(issue(t, "7", "user:*")); err != nil || d != nil {
+	if d, err := s.Reauthenticate(issue(t, "7", "user:*")); err != nil || d != nil {
 		t.Fatalf("Reauthenticate: %v, %v", err, d)
 	}
 	dropped := frames(t, s, tr, 1)

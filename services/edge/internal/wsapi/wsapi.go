@@ -320,7 +320,7 @@ func (c *conn) handle(req protocol.Request) []byte {
 	case protocol.ActionPing:
 		return protocol.Pong(req.ID)
 	case protocol.ActionAuth:
-		err, d := c.s.Reauthenticate(req.Token)
+		d, err := c.s.Reauthenticate(req.Token)
 		if err == nil {
 			return protocol.OK(req.ID)
 		}
