@@ -301,18 +301,7 @@ func TestMQTTThroughNginx(t *testing.T) {
 	if tok := c.Subscribe("nx/+", 0, func(_ paho3.Client, m paho3.Message) { got <- m.Topic() }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
-	b, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := &envelope.Envelope{Type: "nx.event"}
-	if err := envelope.Fill(env, "e2e", time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	payload, _ := envelope.Marshal(env)
-	if _, err := b.Publish(t.Context(), "nx:event", payload); err != nil {
-		t.Fatal(err)
-	}
+	publishOnBus(t, srv, prefix, "nx.event")
 	if topic := servicetest.Receive(t, got); topic != "nx/event" {
 		t.Errorf("got %s, want nx/event", topic)
 	}
@@ -353,21 +342,28 @@ func TestMQTTOverTCPThroughNginx(t *testing.T) {
 		}
 		clients = append(clients, c)
 	}
-	b, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := &envelope.Envelope{Type: "nx.tcp"}
-	if err := envelope.Fill(env, "e2e", time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	payload, _ := envelope.Marshal(env)
-	if _, err := b.Publish(t.Context(), "nx:tcp", payload); err != nil {
-		t.Fatal(err)
-	}
+	publishOnBus(t, srv, prefix, "nx.tcp")
 	for range len(clients) {
 		if topic := servicetest.Receive(t, got); topic != "nx/tcp" {
 			t.Errorf("got %s, want nx/tcp", topic)
 		}
+	}
+}
+
+// publishOnBus publishes an event of type typ straight on the bus of
+// prefix, as the api would.
+func publishOnBus(t *testing.T, srv *redistest.Server, prefix, typ string) {
+	t.Helper()
+	b, err := redisbus.New(srv.Client(t), redisbus.Options{Prefix: prefix + ":"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &envelope.Envelope{Type: typ}
+	if err := envelope.Fill(env, "e2e", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := envelope.Marshal(env)
+	if _, err := b.Publish(t.Context(), env.GetChannel(), payload); err != nil {
+		t.Fatal(err)
 	}
 }
