@@ -146,7 +146,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	var record mqttapi.Record
 	var consumers bus.Consumers // shared subscriptions read the record
 	if cfg.HistoryMaxLen > 0 {
-		kept = &mqttapi.Store{Redis: rdb, Prefix: cfg.RedisPrefix}
+		kept = &mqttapi.Store{Redis: rdb, Prefix: cfg.RedisPrefix, Keys: b}
 		record = b
 		consumers = b
 	}

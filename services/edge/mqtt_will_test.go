@@ -15,7 +15,7 @@ import (
 // and client id waits in Redis for its delay.
 func willWaits(t *testing.T, e *edge, clientID string) bool {
 	t.Helper()
-	err := e.redis.Client(t).ZScore(t.Context(), e.prefix+"mqtt:{wills}:due", "user:interop/"+clientID).Err()
+	err := e.redis.Client(t).ZScore(t.Context(), e.bus.GroupKey("mqtt:wills", "due"), "user:interop/"+clientID).Err()
 	return err == nil
 }
 

@@ -170,6 +170,13 @@ func (b *Bus) NamespaceKeys(kind, ns string) []string {
 	return out
 }
 
+// GroupKey names key name of a group of keys that a script or a MULTI
+// touches together, all in one slot: "<prefix><group>:{<group>}:<name>"
+// (MQTT's delayed wills are kept so).
+func (b *Bus) GroupKey(group, name string) string {
+	return b.opts.Prefix + group + ":{" + group + "}:" + name
+}
+
 // taggedKey names key name of kind in the slot of stream st:
 // "<prefix><kind>:{<tag>}:<name>", the tag being st's partition's, or its
 // namespace on one server.

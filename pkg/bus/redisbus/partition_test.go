@@ -185,3 +185,16 @@ func TestNamespaceKeys(t *testing.T) {
 		}
 	}
 }
+
+// A group's keys share one slot, whatever their names, and are the
+// bus's: under its prefix.
+func TestGroupKeysShareASlot(t *testing.T) {
+	t.Parallel()
+	b := &Bus{opts: Options{Prefix: "p:"}, parts: 4, tags: balancedTags(4), cluster: true}
+	first := b.GroupKey("mqtt:wills", "due")
+	for _, name := range []string{"kept", "newest:user:1/a", "newest:addr:192.0.2.1/{x}"} {
+		if k := b.GroupKey("mqtt:wills", name); !strings.HasPrefix(k, "p:mqtt:wills:") || keySlot(k) != keySlot(first) {
+			t.Errorf("GroupKey(mqtt:wills, %s) = %q; want under p: and in the slot of %q", name, k, first)
+		}
+	}
+}

@@ -17,6 +17,14 @@ import (
 type Store struct {
 	Redis  redis.UniversalClient
 	Prefix string // the bus's key prefix, "" or "name:"
+	// Keys names the keys that must share a slot (the delayed wills').
+	Keys GroupKeys
+}
+
+// GroupKeys names keys that a script touches together, in one slot
+// (redisbus.Bus.GroupKey).
+type GroupKeys interface {
+	GroupKey(group, name string) string
 }
 
 // state is what a session keeps: its filters with their QoS, and where

@@ -25,11 +25,12 @@ import (
 // session's newest: a connection that ends after a newer one took the
 // session over (its edge late to notice) keeps no will.
 
-func (s Store) willsDue() string  { return s.Prefix + "mqtt:{wills}:due" }
-func (s Store) willsKept() string { return s.Prefix + "mqtt:{wills}:kept" }
-func (s Store) willsNewest(key string) string {
-	return s.Prefix + "mqtt:{wills}:newest:" + key
-}
+// willsGroup is the group of the wills' keys, in one slot (Keys.GroupKey).
+const willsGroup = "mqtt:wills"
+
+func (s Store) willsDue() string              { return s.Keys.GroupKey(willsGroup, "due") }
+func (s Store) willsKept() string             { return s.Keys.GroupKey(willsGroup, "kept") }
+func (s Store) willsNewest(key string) string { return s.Keys.GroupKey(willsGroup, "newest:"+key) }
 
 // delayWill keeps ARGV[2] as the will of session ARGV[1], due ARGV[3] ms
 // from now on Redis's clock, unless a connection of the session newer than

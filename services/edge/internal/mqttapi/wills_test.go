@@ -14,7 +14,15 @@ func willStore(t *testing.T) Store {
 	t.Helper()
 	srv := redistest.Shared(t)
 	redistest.RequireReal(t, srv)
-	return Store{Redis: srv.Client(t), Prefix: redistest.Prefix(t)}
+	return Store{Redis: srv.Client(t), Prefix: redistest.Prefix(t), Keys: oneSlot(redistest.Prefix(t))}
+}
+
+// oneSlot names a group's keys under prefix, in the group's slot, as a bus
+// does.
+type oneSlot string
+
+func (p oneSlot) GroupKey(group, name string) string {
+	return string(p) + group + ":{" + group + "}:" + name
 }
 
 // A will that comes due is leased to one taker at a time: taken again
