@@ -7,6 +7,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 )
 
@@ -102,3 +103,36 @@ func TestAWillOfAConnectionTakenOverIsRefused(t *testing.T) {
 }
 
 func redisZ(score float64, member string) redis.Z { return redis.Z{Score: score, Member: member} }
+
+// On a Redis Cluster the wills' scripts touch keys of one slot: a will
+// waits, is taken back, and is leased and done with, as on one server.
+func TestWillsOnACluster(t *testing.T) {
+	c := redistest.SharedCluster(t)
+	rdb := c.Client(t)
+	b, err := redisbus.New(rdb, redisbus.Options{Prefix: redistest.Prefix(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Store{Redis: rdb, Prefix: redistest.Prefix(t), Keys: b}
+	ctx := t.Context()
+	for i, key := range []string{"user:1/a", "user:2/b", "addr:192.0.2.1/c"} {
+		if ok, err := s.DelayWill(ctx, key, int64(i), []byte("will of "+key), 0); !ok || err != nil {
+			t.Fatalf("DelayWill(%s) = %v, %v", key, ok, err)
+		}
+	}
+	if w, err := s.TakeWill(ctx, "user:2/b", 10, time.Hour); err != nil || string(w) != "will of user:2/b" {
+		t.Fatalf("TakeWill = %q, %v", w, err)
+	}
+	due, err := s.LeaseDueWills(ctx, 100, time.Hour)
+	if err != nil || len(due) != 2 {
+		t.Fatalf("LeaseDueWills = %v, %v; want the two not taken back", due, err)
+	}
+	for _, w := range due {
+		if err := s.DoneWill(ctx, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := rdb.HLen(ctx, s.willsKept()).Result(); err != nil || n != 0 {
+		t.Fatalf("%d wills kept after all were done with (%v), want none", n, err)
+	}
+}
