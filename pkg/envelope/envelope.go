@@ -72,6 +72,18 @@ func FillStrict(env *Envelope, source string, now time.Time) error {
 	return ValidateStrict(env)
 }
 
+// FillStrictDecoded is FillStrict for an event whose data DecodeData made,
+// for the event's type, from JSON: DecodeData checked that data as
+// ValidateStrict would (its message type, the type's own checks, its
+// depth), so it is not decoded again, unless the type's message could hold
+// a google.protobuf.Any, which only decoding finds. Everything else is
+// validated as FillStrict does. An event from anywhere else, with data
+// another process packed, goes through FillStrict.
+func FillStrictDecoded(env *Envelope, source string, now time.Time) error {
+	complete(env, source, now)
+	return validate(env, true, true)
+}
+
 func complete(env *Envelope, source string, now time.Time) {
 	// The position is the bus's to set, on a live message: one from a
 	// publisher would only mislead whoever decodes the record.
@@ -96,7 +108,7 @@ func complete(env *Envelope, source string, now time.Time) {
 // checks. It is what a consumer may expect of any envelope; an event from
 // outside the bus must pass ValidateStrict.
 func Validate(env *Envelope) error {
-	return validate(env, false)
+	return validate(env, false, false)
 }
 
 // ValidateStrict checks an event from outside the bus: everything Validate
@@ -111,10 +123,12 @@ func Validate(env *Envelope) error {
 // linked with the same types decode it). Errors wrap ErrInvalid and name
 // the field.
 func ValidateStrict(env *Envelope) error {
-	return validate(env, true)
+	return validate(env, true, false)
 }
 
-func validate(env *Envelope, strict bool) error {
+// validate checks env, strictly when strict; decoded says its data was
+// made by DecodeData for its type (FillStrictDecoded).
+func validate(env *Envelope, strict, decoded bool) error {
 	var errs []error
 	typeErr := channel.ValidateType(env.GetType())
 	if typeErr != nil {
@@ -146,7 +160,7 @@ func validate(env *Envelope, strict bool) error {
 			errs = append(errs, fmt.Errorf("attributes: name %q is not 1-20 characters of a-z and 0-9", k))
 		}
 	}
-	if err := validateData(env, strict); err != nil {
+	if err := validateData(env, strict, decoded); err != nil {
 		errs = append(errs, fmt.Errorf("data: %w", err))
 	}
 	if len(errs) == 0 {
@@ -156,8 +170,9 @@ func validate(env *Envelope, strict bool) error {
 }
 
 // validateData checks the data of env against its registered type and, when
-// strict, that a registered type has data and that data is not too deep.
-func validateData(env *Envelope, strict bool) error {
+// strict, that a registered type has data and that data is not too deep;
+// decoded data (FillStrictDecoded) was checked so already.
+func validateData(env *Envelope, strict, decoded bool) error {
 	t, known := Lookup(env.GetType())
 	data := env.GetData()
 	if data == nil {
@@ -165,6 +180,9 @@ func validateData(env *Envelope, strict bool) error {
 			return fmt.Errorf("required: a %s event carries %s", env.GetType(), t.Descriptor().FullName())
 		}
 		return nil
+	}
+	if decoded && (!known || !t.mayHoldAny) {
+		return nil // DecodeData decoded it for this type and checked it
 	}
 	if !known && !strict {
 		return nil

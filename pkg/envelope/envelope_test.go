@@ -468,3 +468,35 @@ func TestJSONWireOnlyForDataEveryServiceKnows(t *testing.T) {
 		}
 	}
 }
+
+// FillStrictDecoded refuses what FillStrict refuses, for data DecodeData
+// made: the data it does not decode again was checked as it was decoded.
+func FuzzFillStrictDecodedAgrees(f *testing.F) {
+	for _, s := range []string{`{"user_id":"1","email":"a@b.c"}`, `{"user_id":"1"}`, `{"a":[1,{"b":null}]}`,
+		`{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":{"j":{"k":{"l":{"m":{"n":{"o":{"p":{"q":{"r":{"s":{"t":{"u":{"v":{"w":{"x":{"y":{"z":{"aa":{"bb":{"cc":{"dd":{"ee":{"ff":{"gg":1}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}`,
+		`{"order_id":"o1","user_id":"42","currency":"EUR","items":[{"sku":"s","name":"n","quantity":1,"unit_price":1}],"total":1}`, `{}`, ``} {
+		for _, typ := range []string{"user.created", "order.placed", "other.type", "Bad Type"} {
+			f.Add(typ, s, "id-1")
+		}
+	}
+	f.Fuzz(func(t *testing.T, typ, data, id string) {
+		a, err := envelope.DecodeData(typ, []byte(data))
+		if err != nil {
+			return // the API answers 400 before either
+		}
+		if id == "" {
+			id = "fuzz" // else each would make an id of its own
+		}
+		now := time.Unix(1700000000, 0)
+		strict := &envelope.Envelope{Type: typ, Id: id, Data: a}
+		decoded := proto.Clone(strict).(*envelope.Envelope)
+		errStrict := envelope.FillStrict(strict, "fuzz", now)
+		errDecoded := envelope.FillStrictDecoded(decoded, "fuzz", now)
+		if (errStrict == nil) != (errDecoded == nil) {
+			t.Fatalf("type %q, data %q: FillStrict says %v, FillStrictDecoded %v", typ, data, errStrict, errDecoded)
+		}
+		if !proto.Equal(strict, decoded) {
+			t.Fatalf("the two completed the event apart:\n%v\n%v", strict, decoded)
+		}
+	})
+}

@@ -23,6 +23,9 @@ type Type struct {
 	name  string
 	zero  proto.Message
 	check func(proto.Message) error
+	// mayHoldAny: the message has a google.protobuf.Any somewhere in it,
+	// which data decoded from JSON may fill and strict validation refuses.
+	mayHoldAny bool
 }
 
 // Descriptor describes the data message of the type.
@@ -38,11 +41,36 @@ func (t Type) Check(msg proto.Message) error { return t.check(msg) }
 
 func typed[M proto.Message](name string, check func(M) error) Type {
 	var zero M
+	z := zero.ProtoReflect().Type().Zero().Interface()
 	return Type{
-		name:  name,
-		zero:  zero.ProtoReflect().Type().Zero().Interface(),
-		check: func(m proto.Message) error { return check(m.(M)) },
+		name:       name,
+		zero:       z,
+		check:      func(m proto.Message) error { return check(m.(M)) },
+		mayHoldAny: holdsAny(z.ProtoReflect().Descriptor(), map[protoreflect.FullName]bool{}),
 	}
+}
+
+// holdsAny reports whether a message of d has a google.protobuf.Any field
+// anywhere inside it; seen breaks cycles.
+func holdsAny(d protoreflect.MessageDescriptor, seen map[protoreflect.FullName]bool) bool {
+	if d.FullName() == "google.protobuf.Any" {
+		return true
+	}
+	if seen[d.FullName()] {
+		return false
+	}
+	seen[d.FullName()] = true
+	fields := d.Fields()
+	for i := range fields.Len() {
+		f := fields.Get(i)
+		if f.IsMap() {
+			f = f.MapValue()
+		}
+		if m := f.Message(); m != nil && holdsAny(m, seen) {
+			return true
+		}
+	}
+	return false
 }
 
 var registry = map[string]Type{}

@@ -137,7 +137,7 @@ func (s *Server) Publish(ctx context.Context, req *eventbusv1.PublishRequest) (*
 		return nil, overBudget
 	}
 	publish := func() (*eventbusv1.PublishResponse, error) {
-		res, err := s.ingest.Publish(ctx, env)
+		res, err := s.ingest.Publish(ctx, env, ingest.Packed)
 		if err != nil {
 			return nil, err
 		}
@@ -199,7 +199,7 @@ func (s *Server) PublishStream(stream grpc.ClientStreamingServer[eventbusv1.Publ
 	defer hold.Release()
 	flush := func() {
 		if len(batch) > 0 {
-			_, errs := s.ingest.PublishMany(ctx, batch)
+			_, errs := s.ingest.PublishMany(ctx, batch, ingest.Packed)
 			for j, err := range errs {
 				if err != nil {
 					reject(indexes[j], err)

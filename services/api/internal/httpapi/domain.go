@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
+	"github.com/eventbus-suite/eventbus/services/api/internal/ingest"
 )
 
 // domainRoute describes one of the demo domain endpoints: its body is the
@@ -73,7 +74,7 @@ func (h *handler) domain(rt domainRoute) func(http.ResponseWriter, *http.Request
 		if err != nil {
 			return err
 		}
-		res, err := h.Ingest.Publish(r.Context(), &envelope.Envelope{Type: rt.typ, Subject: id, Data: data})
+		res, err := h.Ingest.Publish(r.Context(), &envelope.Envelope{Type: rt.typ, Subject: id, Data: data}, ingest.Packed)
 		if err != nil {
 			return err
 		}

@@ -52,7 +52,7 @@ func (h *handler) publishEvent(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	res, err := h.Ingest.Publish(r.Context(), env)
+	res, err := h.Ingest.Publish(r.Context(), env, ingest.Decoded)
 	if err != nil {
 		return err
 	}
@@ -101,7 +101,7 @@ func (h *handler) publishBatch(w http.ResponseWriter, r *http.Request) error {
 		envs = append(envs, env)
 		index = append(index, i)
 	}
-	results, errs := h.Ingest.PublishMany(r.Context(), envs)
+	results, errs := h.Ingest.PublishMany(r.Context(), envs, ingest.Decoded)
 	accepted := 0
 	for j, i := range index {
 		if errs[j] != nil {

@@ -92,7 +92,8 @@ func New(b bus.Publisher, source string, timeout time.Duration, reg prometheus.R
 }
 
 // Publish completes env (id, time, channel, source), validates it as an
-// event from outside the bus (envelope.ValidateStrict) and publishes it.
+// event from outside the bus (envelope.ValidateStrict; its data as from
+// says) and publishes it.
 //
 // Once publishing begins it runs to its end whatever becomes of ctx, for at
 // most the Service's timeout: a caller that hangs up must not leave behind
@@ -103,9 +104,9 @@ func New(b bus.Publisher, source string, timeout time.Duration, reg prometheus.R
 // Errors wrap envelope.ErrInvalid for a bad event and ErrUnavailable when
 // the bus did not take it in time, with ErrOutcomeUnknown when it may have
 // been published all the same.
-func (s *Service) Publish(ctx context.Context, env *envelope.Envelope) (Result, error) {
+func (s *Service) Publish(ctx context.Context, env *envelope.Envelope, from Data) (Result, error) {
 	start := time.Now()
-	payload, err := s.prepare(env)
+	payload, err := s.prepare(env, from)
 	if err != nil {
 		return Result{}, err
 	}
@@ -128,14 +129,14 @@ func (s *Service) Publish(ctx context.Context, env *envelope.Envelope) (Result, 
 // in one batch, as Publish does one. It returns one result and one error
 // per event; an event with an error was not published, unless the error
 // wraps ErrOutcomeUnknown.
-func (s *Service) PublishMany(ctx context.Context, envs []*envelope.Envelope) ([]Result, []error) {
+func (s *Service) PublishMany(ctx context.Context, envs []*envelope.Envelope, from Data) ([]Result, []error) {
 	start := time.Now()
 	results := make([]Result, len(envs))
 	errs := make([]error, len(envs))
 	msgs := make([]bus.Publication, 0, len(envs))
 	index := make([]int, 0, len(envs))
 	for i, env := range envs {
-		payload, err := s.prepare(env)
+		payload, err := s.prepare(env, from)
 		if err != nil {
 			errs[i] = err
 			continue
@@ -191,8 +192,24 @@ func unavailable(err error) error {
 	return fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrOutcomeUnknown, err)
 }
 
-func (s *Service) prepare(env *envelope.Envelope) ([]byte, error) {
-	err := envelope.FillStrict(env, s.source, s.now())
+// Data says where the data of the events a caller publishes comes from.
+type Data int
+
+const (
+	// Packed data came packed in its Any (gRPC), or was packed by its
+	// caller: it is decoded and checked (envelope.FillStrict).
+	Packed Data = iota
+	// Decoded data was made from JSON by envelope.DecodeData for the
+	// event's type, which checked it (envelope.FillStrictDecoded).
+	Decoded
+)
+
+func (s *Service) prepare(env *envelope.Envelope, from Data) ([]byte, error) {
+	fill := envelope.FillStrict
+	if from == Decoded {
+		fill = envelope.FillStrictDecoded
+	}
+	err := fill(env, s.source, s.now())
 	if err == nil && channel.Reserved(env.GetChannel()) {
 		err = fmt.Errorf("%w: channel %s: the namespace %s is the bus's own", envelope.ErrInvalid, env.GetChannel(), channel.ReservedNamespace)
 	}

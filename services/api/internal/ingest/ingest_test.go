@@ -73,10 +73,10 @@ func TestHangUpPublishesEachKeyOnce(t *testing.T) {
 			hook("as the key is claimed")()
 			env := &envelope.Envelope{Type: "hang.up", Subject: key}
 			if batch {
-				_, errs := svc.PublishMany(ctx, []*envelope.Envelope{env})
+				_, errs := svc.PublishMany(ctx, []*envelope.Envelope{env}, Packed)
 				return nil, errs[0]
 			}
-			_, err := svc.Publish(ctx, env)
+			_, err := svc.Publish(ctx, env, Packed)
 			return nil, err
 		})
 		return err
@@ -108,7 +108,7 @@ func TestHangUpPublishesEachKeyOnce(t *testing.T) {
 			}
 		}
 	}
-	if _, err := svc.Publish(t.Context(), &envelope.Envelope{Type: "hang.up", Subject: "sentinel"}); err != nil {
+	if _, err := svc.Publish(t.Context(), &envelope.Envelope{Type: "hang.up", Subject: "sentinel"}, Packed); err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]int{}
