@@ -31,6 +31,7 @@ func (s *session) cover(filter string) (patterns []string, narrowed bool, err er
 	if err != nil {
 		return nil, false, err
 	}
+	claims := s.edge.Claims()
 	add := func(p string) {
 		if !slices.Contains(patterns, p) {
 			patterns = append(patterns, p)
@@ -45,9 +46,9 @@ func (s *session) cover(filter string) (patterns []string, narrowed bool, err er
 		// Where the bus's namespace or an except pattern covers p whole,
 		// a wider grant could bring none of p's events: the hub withholds
 		// them. Only the user's own notifications are never withheld.
-		withheld := channel.Reserved(p) || s.claims != nil && slices.ContainsFunc(s.claims.Except, func(e string) bool { return channel.Covers(e, p) })
+		withheld := channel.Reserved(p) || claims != nil && slices.ContainsFunc(claims.Except, func(e string) bool { return channel.Covers(e, p) })
 		for _, g := range s.edge.Grants() {
-			if withheld && (s.claims == nil || g != token.Own(s.claims.Subject)) {
+			if withheld && (claims == nil || g != token.Own(claims.Subject)) {
 				continue
 			}
 			if channel.Overlaps(g, p) && s.edge.Allowed(g) {
@@ -73,8 +74,8 @@ func (s *session) refusal(filter string) string {
 		return fmt.Sprintf("%s: not authorized, this connection has no grants", filter)
 	}
 	why := fmt.Sprintf("%s: not authorized, outside the grants %s", filter, strings.Join(g, ", "))
-	if s.claims != nil && len(s.claims.Except) > 0 {
-		why += " except " + strings.Join(s.claims.Except, ", ")
+	if c := s.edge.Claims(); c != nil && len(c.Except) > 0 {
+		why += " except " + strings.Join(c.Except, ", ")
 	}
 	return why
 }

@@ -221,13 +221,12 @@ type session struct {
 	cancel  context.CancelFunc
 	addr    netip.Addr
 	version byte
-	id      string    // the client id
-	who     string    // the hub identity
-	name    string    // this connection's own, for takeovers
-	since   time.Time // when it connected
-	key     string    // identity and client id, for takeovers
-	edge    *edge.Session
-	claims  *token.Claims // CONNECT's, which an MQTT connection keeps
+	id      string        // the client id
+	who     string        // the hub identity
+	name    string        // this connection's own, for takeovers
+	since   time.Time     // when it connected
+	key     string        // identity and client id, for takeovers
+	edge    *edge.Session // its claims are CONNECT's, which an MQTT connection keeps
 	client  *hub.Client   // the session's
 	expiry  time.Duration // how long the session outlives the connection; 0: not at all
 	asked   uint32        // the Session Expiry Interval CONNECT asked for, in seconds (5.0)
@@ -404,6 +403,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	if code := pk.ConnectValidate(); code != packets.CodeSuccess {
 		return refuse(code, code.Reason)
 	}
+	var claims *token.Claims
 	if pk.Connect.PasswordFlag {
 		c, err := h.Edge.Verify(string(pk.Connect.Password))
 		if err != nil {
@@ -415,11 +415,11 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 			}
 			return refuse(packets.ErrNotAuthorized, err.Message)
 		}
-		s.claims = c
+		claims = c
 	} else if !h.Access.AllowAnonymous {
 		return refuse(packets.ErrNotAuthorized, "no token: send it as the CONNECT password")
 	}
-	if err := s.edge.Identify(s.claims); err != nil {
+	if err := s.edge.Identify(claims); err != nil {
 		return refuse(packets.ErrQuotaExceeded, err.Message)
 	}
 	if pk.Connect.WillFlag {
@@ -455,7 +455,7 @@ func (s *session) connect(pk packets.Packet) (time.Duration, bool) {
 	if rm := int(pk.Properties.ReceiveMaximum); s.version == 5 && rm > 0 {
 		s.window = min(rm, maxInflight)
 	}
-	who := access.Identity(s.claims, s.addr)
+	who := access.Identity(claims, s.addr)
 	h.Hub.SetEncoding(s.client, publish{s.version})
 	s.who, s.name, s.key, s.since = who, rand.Text(), sessionKey(who, s.id), time.Now()
 	h.takeOver(s)

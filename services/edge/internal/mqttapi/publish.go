@@ -108,7 +108,7 @@ func (s *session) publish(pk packets.Packet) bool {
 		return refuse(packets.ErrNotAuthorized, fmt.Sprintf("topic %s is not among the token's publish patterns", pk.TopicName))
 	}
 	m := messageOf(pk.Payload, pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Properties)
-	ev, err := eventOf(ch, s.id, s.claims, m, time.Now())
+	ev, err := eventOf(ch, s.id, s.edge.Claims(), m, time.Now())
 	if err != nil {
 		return refuse(packets.ErrPayloadFormatInvalid, err.Error())
 	}
@@ -256,7 +256,7 @@ func (s *session) willOf(pk packets.Packet) (*will, packets.Code, string) {
 		return nil, packets.ErrNotAuthorized, fmt.Sprintf("will topic %s is not among the token's publish patterns", pk.Connect.WillTopic)
 	}
 	m := messageOf(pk.Connect.WillPayload, pk.Connect.WillQos, pk.Connect.WillRetain, pk.Connect.WillProperties)
-	if _, err := eventOf(ch, "will", s.claims, m, time.Now()); err != nil {
+	if _, err := eventOf(ch, "will", s.edge.Claims(), m, time.Now()); err != nil {
 		return nil, packets.ErrPayloadFormatInvalid, "will: " + err.Error()
 	}
 	delay := time.Duration(pk.Connect.WillProperties.WillDelayInterval) * time.Second
@@ -276,7 +276,7 @@ func (s *session) publishWill() {
 	if d := s.kickedWith.Load(); d != nil && (d.Code == hub.CloseUnauthorized || d.Code == hub.CloseRevoked || d.Code == hub.CloseDisconnected) {
 		return
 	}
-	ev, err := eventOf(s.will.channel, s.id, s.claims, s.will.message, time.Now())
+	ev, err := eventOf(s.will.channel, s.id, s.edge.Claims(), s.will.message, time.Now())
 	if err != nil {
 		s.h.Logger.Warn("mqtt will not published", "client_id", s.id, "channel", s.will.channel, "error", err)
 		return

@@ -63,7 +63,7 @@ func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][
 		}
 		for _, e := range events {
 			topic := topicOf(e.Channel)
-			if seen[e.Channel] || !match(filter, topic) || channel.Reserved(e.Channel) || s.claims != nil && s.claims.Withholds(e.Channel) {
+			if seen[e.Channel] || !match(filter, topic) || channel.Reserved(e.Channel) || s.edge.Withholds(e.Channel) {
 				continue
 			}
 			if !e.Position.IsZero() && s.h.Record != nil && !before(cut, s.h.Record.StreamOf(e.Channel), e.Position) {

@@ -225,7 +225,7 @@ func (s *session) hand(ctx context.Context, sh *shared, ds []bus.Delivery) {
 	s.mu.Lock()
 	for _, d := range ds {
 		ev, err := hub.NewEvent(d.Channel, "", bus.Position{}, d.Payload) // no session position: the group keeps it
-		if err != nil || !match(sh.filter, topicOf(d.Channel)) || s.claims != nil && s.claims.Withholds(d.Channel) {
+		if err != nil || !match(sh.filter, topicOf(d.Channel)) || s.edge.Withholds(d.Channel) {
 			done = append(done, d)
 			continue
 		}

@@ -345,7 +345,8 @@ func (s *session) grant(patterns []string, topic string, own bool) (qos byte, ok
 // id, under its token's user.
 func (s *session) own(ev *hub.Event) bool {
 	env := ev.Envelope
-	return env.GetMqtt() != nil && env.GetSource() == "mqtt:"+s.id && (s.claims == nil || env.GetSubject() == s.claims.Subject)
+	c := s.edge.Claims()
+	return env.GetMqtt() != nil && env.GetSource() == "mqtt:"+s.id && (c == nil || env.GetSubject() == c.Subject)
 }
 
 // refresh counts down the expiry of p, a message that waited for room in

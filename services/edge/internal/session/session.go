@@ -284,6 +284,15 @@ func (s *Session) Allowed(p string) bool { return s.m.Access.Allowed(s.claims.Lo
 // (access.Policy.MayPublish).
 func (s *Session) MayPublish(ch string) bool { return s.m.Access.MayPublish(s.claims.Load(), ch) }
 
+// Withholds reports whether the connection's token withholds the events
+// of channel ch (its except patterns): the hub does not deliver them, and
+// neither does a transport that reads events of its own (retained
+// messages, shared subscriptions).
+func (s *Session) Withholds(ch string) bool {
+	c := s.claims.Load()
+	return c != nil && c.Withholds(ch)
+}
+
 // Grants are the patterns the connection may subscribe within: its
 // token's channels and its own notifications, and the public channels
 // when anyone may come in.
