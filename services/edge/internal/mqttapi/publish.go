@@ -281,9 +281,9 @@ func (s *session) publishWill() {
 		s.h.Logger.Warn("mqtt will not published", "client_id", s.id, "channel", s.will.channel, "error", err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
-	defer cancel()
 	if delay := min(s.will.delay, s.expiryAtEnd()); delay > 0 && s.h.Sessions != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+		defer cancel()
 		b, err := envelope.Marshal(ev)
 		kept := false
 		if err == nil {
@@ -297,9 +297,7 @@ func (s *session) publishWill() {
 		}
 		return
 	}
-	if err := s.h.publishMessage(ctx, ev); err != nil {
+	if err := s.h.publishWillEvent(context.Background(), ev); err != nil {
 		s.h.Logger.Warn("mqtt will not published", "client_id", s.id, "channel", s.will.channel, "error", err)
-		return
 	}
-	s.h.publishes.WithLabelValues("will").Inc()
 }

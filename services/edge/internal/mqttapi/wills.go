@@ -203,18 +203,23 @@ func (h *Handler) RunWills(ctx context.Context) error {
 	}
 }
 
-// publishWillEnvelope publishes will, an envelope that waited. A will
-// published whose retained message was not kept is published all the
-// same: publishing it again would not keep it either.
+// publishWillEnvelope publishes will, an envelope that waited.
 func (h *Handler) publishWillEnvelope(ctx context.Context, will []byte) error {
 	ev, err := envelope.Unmarshal(will)
 	if err != nil {
 		h.Logger.Error("a delayed mqtt will is not an envelope: dropped", "error", err)
 		return nil
 	}
-	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	return h.publishWillEvent(ctx, ev)
+}
+
+// publishWillEvent publishes ev, a will, at once or as it comes due. A will
+// published whose retained message was not kept counts as published:
+// publishing it again would not keep it either.
+func (h *Handler) publishWillEvent(ctx context.Context, ev *envelope.Envelope) error {
+	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
-	switch err := h.publishMessage(pctx, ev); {
+	switch err := h.publishMessage(ctx, ev); {
 	case errors.Is(err, errNotRetained):
 		h.Logger.Warn("mqtt will published, its retained message not kept", "channel", ev.GetChannel(), "error", err)
 	case err != nil:
