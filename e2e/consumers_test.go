@@ -496,9 +496,9 @@ func startConsumerAPI(t *testing.T, srv *redistest.Server, prefix string) string
 // startConsumerAPIAt is startConsumerAPI on the Redis at url.
 func startConsumerAPIAt(t *testing.T, url, prefix string) string {
 	t.Helper()
-	addr := freeAddr(t)
+	addr := servicetest.FreeAddr(t)
 	api := start(t, "api", map[string]string{"REDIS_URL": url, "REDIS_PREFIX": prefix,
-		"API_HTTP_ADDR": addr, "API_GRPC_ADDR": freeAddr(t)})
+		"API_HTTP_ADDR": addr, "API_GRPC_ADDR": servicetest.FreeAddr(t)})
 	waitReady(t, api, "http://"+addr+"/readyz")
 	return addr
 }

@@ -45,7 +45,7 @@ func TestLoggerWritesItsDataDirectoryAsTheImageUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	addr := freeAddr(t)
+	addr := servicetest.FreeAddr(t)
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), "REDIS_URL="+srv.URL, "REDIS_PREFIX="+prefix, "LOGGER_HTTP_ADDR="+addr, "LOGGER_DIR="+data, "LOGGER_STDOUT=false")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65532, Gid: 65532}}

@@ -91,13 +91,13 @@ func TestDeadLetterRetrySurvivesAKilledReplica(t *testing.T) {
 	sg := newStallingSendGrid(t)
 	const key = "e2e-operator-key"
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "info", "API_KEYS": key}
-	apiHTTP := freeAddr(t)
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)}))
+	apiHTTP := servicetest.FreeAddr(t)
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
 	var replicas []*process
 	var addrs []string
 	for i := range 2 {
-		addr := freeAddr(t)
+		addr := servicetest.FreeAddr(t)
 		p := start(t, "notification", merge(common, map[string]string{
 			"NOTIFICATION_HTTP_ADDR": addr, "NOTIFICATION_MEMBER": fmt.Sprintf("replica-%d", i),
 			// A send is cut at 2 s; the lease of a dead replica runs out after 4.

@@ -27,7 +27,7 @@ import (
 func TestDemoPageButtonsWalkTheFlow(t *testing.T) {
 	srv := redistest.Shared(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	apiHTTP, apiGRPC, edgeHTTP, notifyHTTP := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	apiHTTP, apiGRPC, edgeHTTP, notifyHTTP := servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
 	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
 	edge := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_DEMO": "true", "EDGE_DEMO_API_URL": "http://" + apiHTTP}))

@@ -54,7 +54,7 @@ func startNginxFor(t *testing.T, httpEdges, mqttEdges []string) (front, mqttFron
 	if len(mqttEdges) == 0 {
 		mqttEdges = []string{"127.0.0.1:1"}
 	}
-	addr, mqttAddr := freeAddr(t), freeAddr(t)
+	addr, mqttAddr := servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	s := strings.Replace(string(conf), "server edge:8081 max_fails=1 fail_timeout=5s;", servers(httpEdges), 1)
 	s = strings.Replace(s, "server edge:1883 max_fails=1 fail_timeout=5s;", servers(mqttEdges), 1)
 	s = strings.Replace(s, "listen 80;", "listen "+addr+";", 1)
@@ -105,7 +105,7 @@ func TestComposeTopologyBehindNginx(t *testing.T) {
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
 	const secret = "compose-e2e-secret-0123456789"
-	apiHTTP, apiGRPC, loggerHTTP := freeAddr(t), freeAddr(t), freeAddr(t)
+	apiHTTP, apiGRPC, loggerHTTP := servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	ready := map[*process]string{}
 	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
 	ready[api] = apiHTTP
@@ -113,7 +113,7 @@ func TestComposeTopologyBehindNginx(t *testing.T) {
 	ready[logger] = loggerHTTP
 	var notifications []string
 	for range 2 {
-		a := freeAddr(t)
+		a := servicetest.FreeAddr(t)
 		ready[start(t, "notification", merge(common, map[string]string{"NOTIFICATION_HTTP_ADDR": a}))] = a
 		notifications = append(notifications, a)
 	}
@@ -268,7 +268,7 @@ func dashboardMetrics(t *testing.T) []string {
 // cannot set headers put their token.
 func TestNginxLogsNoTokens(t *testing.T) {
 	srv := redistest.Shared(t)
-	a := freeAddr(t)
+	a := servicetest.FreeAddr(t)
 	p := start(t, "edge", map[string]string{"REDIS_URL": srv.URL, "EDGE_HTTP_ADDR": a, "EDGE_ALLOW_ANONYMOUS": "true"})
 	waitReady(t, p, "http://"+a+"/readyz")
 	front, logs := startNginx(t, a)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 	eventbusv1 "github.com/eventbus-suite/eventbus/proto/gen/eventbus/v1"
 )
 
@@ -27,7 +28,7 @@ func TestLoggerLosesNothingWhenStoppedAndRestarted(t *testing.T) {
 	srv := redistest.Shared(t)
 	redistest.RequireReal(t, srv)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	apiHTTP, apiGRPC, loggerHTTP := freeAddr(t), freeAddr(t), freeAddr(t)
+	apiHTTP, apiGRPC, loggerHTTP := servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "warn"}
 	logDir := t.TempDir()
 	loggerEnv := merge(common, map[string]string{

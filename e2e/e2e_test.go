@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -110,7 +109,7 @@ func startEdges(t *testing.T, n int, env map[string]string) ([]string, map[strin
 	var addrs []string
 	procs := map[string]*process{}
 	for range n {
-		a := freeAddr(t)
+		a := servicetest.FreeAddr(t)
 		procs[a] = start(t, "edge", merge(env, map[string]string{"EDGE_HTTP_ADDR": a}))
 		addrs = append(addrs, a)
 	}
@@ -137,16 +136,6 @@ func (p *process) stop(t *testing.T) {
 		_ = p.cmd.Process.Kill()
 		t.Errorf("%s did not exit within 10s of SIGTERM", p.name)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // waitReady polls url until it answers 200.
@@ -222,7 +211,7 @@ func linesOf(t *testing.T, cmd *exec.Cmd) <-chan string {
 func TestPublishedEventsReachTheLoggerTailInOrder(t *testing.T) {
 	srv := redistest.Shared(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	apiHTTP, apiGRPC, loggerHTTP := freeAddr(t), freeAddr(t), freeAddr(t)
+	apiHTTP, apiGRPC, loggerHTTP := servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
 	logDir := t.TempDir()
 
@@ -377,7 +366,7 @@ func TestBadConfigurationExits(t *testing.T) {
 func TestAPIEventReachesABrowserThroughTheEdge(t *testing.T) {
 	srv := redistest.Shared(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	apiHTTP, apiGRPC, edgeHTTP := freeAddr(t), freeAddr(t), freeAddr(t)
+	apiHTTP, apiGRPC, edgeHTTP := servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	const secret = "e2e-secret-0123456789abcdef"
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
 	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
@@ -448,7 +437,7 @@ func TestAPIEventReachesABrowserThroughTheEdge(t *testing.T) {
 func TestSignupAndShippingReachTheUser(t *testing.T) {
 	srv := redistest.Shared(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	apiHTTP, apiGRPC, edgeHTTP, notifyHTTP := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	apiHTTP, apiGRPC, edgeHTTP, notifyHTTP := servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
 	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
 	edge := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_DEMO": "true"}))

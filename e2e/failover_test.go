@@ -23,7 +23,7 @@ func TestClientResumesOnTheOtherEdgeAfterAKill(t *testing.T) {
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
 	const secret = "failover-e2e-secret-0123456789"
-	apiHTTP, apiGRPC := freeAddr(t), freeAddr(t)
+	apiHTTP, apiGRPC := servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
 	edgeAddrs, procs := startEdges(t, 2, merge(common, map[string]string{"EDGE_JWT_SECRET": secret}))

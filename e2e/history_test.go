@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 // Events published through the API are readable as history through the
@@ -18,9 +19,9 @@ func TestHistoryCLI(t *testing.T) {
 	srv := redistest.Shared(t)
 	redistest.RequireReal(t, srv)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	apiHTTP := freeAddr(t)
+	apiHTTP := servicetest.FreeAddr(t)
 	api := start(t, "api", map[string]string{
-		"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t),
+		"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t),
 	})
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
 	const n, batch = 1500, 500 // more than one page of 1000

@@ -147,8 +147,8 @@ func TestREADMEMQTTRecipes(t *testing.T) {
 
 	srv := redistest.Shared(t)
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": strings.TrimSuffix(redistest.Prefix(t), ":")}
-	apiHTTP, edgeHTTP, mqttAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)}))
+	apiHTTP, edgeHTTP, mqttAddr := servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t)
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
 	edge := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_MQTT_ADDR": mqttAddr, "EDGE_JWT_SECRET": recipeSecret}))
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
 	waitReady(t, edge, "http://"+edgeHTTP+"/readyz")

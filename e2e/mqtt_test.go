@@ -107,7 +107,7 @@ func startTelemetryBus(t *testing.T, edgeEnv map[string]string) (apiHTTP, edgeHT
 	t.Helper()
 	srv := redistest.Shared(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	apiHTTP, apiGRPC, edgeHTTP, loggerHTTP := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	apiHTTP, apiGRPC, edgeHTTP, loggerHTTP := servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
 	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": apiGRPC}))
 	edge := start(t, "edge", merge(common, map[string]string{"EDGE_HTTP_ADDR": edgeHTTP, "EDGE_JWT_SECRET": mqttSecret}, edgeEnv))
@@ -316,7 +316,7 @@ func TestMQTTOverTCPThroughNginx(t *testing.T) {
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	var httpAddrs, mqttAddrs []string
 	for range 2 {
-		h, m := freeAddr(t), freeAddr(t)
+		h, m := servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 		p := start(t, "edge", map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "EDGE_JWT_SECRET": mqttSecret,
 			"EDGE_HTTP_ADDR": h, "EDGE_MQTT_ADDR": m, "EDGE_TRUSTED_PROXIES": "127.0.0.1"})
 		waitReady(t, p, "http://"+h+"/readyz")

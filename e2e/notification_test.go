@@ -64,13 +64,13 @@ func TestNotificationSurvivesAKilledReplica(t *testing.T) {
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	sg := newFakeSendGrid(t)
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "warn"}
-	apiHTTP := freeAddr(t)
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)}))
+	apiHTTP := servicetest.FreeAddr(t)
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
 	const workers = 8
 	var replicas []*process
 	for i := range 3 {
-		addr := freeAddr(t)
+		addr := servicetest.FreeAddr(t)
 		p := start(t, "notification", merge(common, map[string]string{
 			"NOTIFICATION_HTTP_ADDR": addr, "NOTIFICATION_MEMBER": fmt.Sprintf("replica-%d", i),
 			"NOTIFICATION_VISIBILITY": "1s", "SENDGRID_API_KEY": "SG.test", "SENDGRID_API_URL": sg.srv.URL,

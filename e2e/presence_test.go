@@ -14,6 +14,7 @@ import (
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
@@ -121,8 +122,8 @@ func TestPresenceSurvivesAKilledEdge(t *testing.T) {
 	srv := redistest.Shared(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
-	apiHTTP := freeAddr(t)
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)}))
+	apiHTTP := servicetest.FreeAddr(t)
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
 	edges, procs := startEdges(t, 2, merge(common, map[string]string{
 		"EDGE_JWT_SECRET": presenceSecret, "EDGE_PRESENCE_NAMESPACES": "room", "EDGE_PRESENCE_TTL": "1s",

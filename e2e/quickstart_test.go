@@ -80,7 +80,7 @@ func TestTheREADMEQuickStartAsAScript(t *testing.T) {
 	srv := redistest.Start(t) // make run has no prefix: a server of its own
 	addrs := map[string]string{}
 	for _, v := range []string{"API_HTTP_ADDR", "API_GRPC_ADDR", "LOGGER_HTTP_ADDR", "EDGE_HTTP_ADDR", "EDGE_MQTT_ADDR", "NOTIFICATION_HTTP_ADDR"} {
-		addrs[v] = freeAddr(t)
+		addrs[v] = servicetest.FreeAddr(t)
 	}
 	env := []string{"REDIS_URL=" + srv.URL, "LOGGER_DIR=" + t.TempDir(), "EDGE_JWT_SECRET=", "REDIS_PREFIX="}
 	for v, a := range addrs {

@@ -27,10 +27,10 @@ func TestTheREADMEFlow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	apiHTTP, edgeHTTP := freeAddr(t), freeAddr(t)
+	apiHTTP, edgeHTTP := servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	out := startRun(t, root, []string{"REDIS_URL=" + srv.URL, "REDIS_PREFIX=" + strings.TrimSuffix(redistest.Prefix(t), ":"),
-		"API_HTTP_ADDR=" + apiHTTP, "API_GRPC_ADDR=" + freeAddr(t), "EDGE_HTTP_ADDR=" + edgeHTTP, "EDGE_MQTT_ADDR=" + freeAddr(t),
-		"LOGGER_HTTP_ADDR=" + freeAddr(t), "NOTIFICATION_HTTP_ADDR=" + freeAddr(t), "LOGGER_DIR=" + t.TempDir(),
+		"API_HTTP_ADDR=" + apiHTTP, "API_GRPC_ADDR=" + servicetest.FreeAddr(t), "EDGE_HTTP_ADDR=" + edgeHTTP, "EDGE_MQTT_ADDR=" + servicetest.FreeAddr(t),
+		"LOGGER_HTTP_ADDR=" + servicetest.FreeAddr(t), "NOTIFICATION_HTTP_ADDR=" + servicetest.FreeAddr(t), "LOGGER_DIR=" + t.TempDir(),
 		"EDGE_JWT_SECRET="}, // as on a newcomer's machine
 		apiHTTP, edgeHTTP)
 	if !strings.Contains(out.String(), "bin/eventbus token --sub 42") {

@@ -113,11 +113,11 @@ func TestABatchOverTwoNamespacesCannotStopTheLogger(t *testing.T) {
 	srv := redistest.Shared(t)
 	redistest.RequireReal(t, srv)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	apiHTTP, loggerHTTP, logDir := freeAddr(t), freeAddr(t), t.TempDir()
+	apiHTTP, loggerHTTP, logDir := servicetest.FreeAddr(t), servicetest.FreeAddr(t), t.TempDir()
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "warn"}
 	logger := start(t, "logger", merge(common, map[string]string{
 		"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": logDir, "LOGGER_STDOUT": "false", "LOGGER_MEMBER": "only"}))
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)}))
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
 	waitReady(t, logger, "http://"+loggerHTTP+"/readyz")
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
 
@@ -135,12 +135,12 @@ func TestAStoppedLoggerLogsItsBacklogOnceInOrder(t *testing.T) {
 	srv := redistest.Shared(t)
 	redistest.RequireReal(t, srv)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	apiHTTP, loggerHTTP, logDir := freeAddr(t), freeAddr(t), t.TempDir()
+	apiHTTP, loggerHTTP, logDir := servicetest.FreeAddr(t), servicetest.FreeAddr(t), t.TempDir()
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "warn"}
 	loggerEnv := merge(common, map[string]string{
 		"LOGGER_HTTP_ADDR": loggerHTTP, "LOGGER_DIR": logDir, "LOGGER_STDOUT": "false", "LOGGER_MEMBER": "only"})
 	logger := start(t, "logger", loggerEnv)
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": freeAddr(t)}))
+	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
 	waitReady(t, logger, "http://"+loggerHTTP+"/readyz")
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
 	// The group stands on each namespace once the logger logged its event.
@@ -188,10 +188,10 @@ type suite struct {
 // at url under prefix, each ready.
 func startSuite(t *testing.T, url, prefix string) *suite {
 	t.Helper()
-	s := &suite{api: freeAddr(t), logger: freeAddr(t), notification: freeAddr(t), edge: freeAddr(t), logDir: t.TempDir(), sg: newFakeSendGrid(t)}
+	s := &suite{api: servicetest.FreeAddr(t), logger: servicetest.FreeAddr(t), notification: servicetest.FreeAddr(t), edge: servicetest.FreeAddr(t), logDir: t.TempDir(), sg: newFakeSendGrid(t)}
 	common := map[string]string{"REDIS_URL": url, "REDIS_PREFIX": prefix, "LOG_LEVEL": "warn"}
 	s.procs = []*process{
-		start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": s.api, "API_GRPC_ADDR": freeAddr(t)})),
+		start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": s.api, "API_GRPC_ADDR": servicetest.FreeAddr(t)})),
 		start(t, "logger", merge(common, map[string]string{
 			"LOGGER_HTTP_ADDR": s.logger, "LOGGER_DIR": s.logDir, "LOGGER_STDOUT": "false", "LOGGER_MEMBER": "only"})),
 		start(t, "notification", merge(common, map[string]string{

@@ -33,7 +33,7 @@ func TestMakeRunCarriesThePorts(t *testing.T) {
 	}
 	addrs := map[string]string{}
 	for _, v := range []string{"API_HTTP_ADDR", "API_GRPC_ADDR", "LOGGER_HTTP_ADDR", "EDGE_HTTP_ADDR", "EDGE_MQTT_ADDR", "NOTIFICATION_HTTP_ADDR"} {
-		addrs[v] = freeAddr(t)
+		addrs[v] = servicetest.FreeAddr(t)
 	}
 	// What a newcomer types once make run is up, in the shell it runs in.
 	const try = `set -e
@@ -118,11 +118,11 @@ func TestMakeRunInATerminal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	apiHTTP, loggerHTTP, notifyHTTP := freeAddr(t), freeAddr(t), freeAddr(t)
+	apiHTTP, loggerHTTP, notifyHTTP := servicetest.FreeAddr(t), servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	tty, term := openPTY(t)
 	cmd := exec.Command(filepath.Join(root, "scripts", "run.sh"))
 	cmd.Env = append(os.Environ(), "EVENTBUS_BIN="+bin, "REDIS_URL="+srv.URL, "REDIS_PREFIX="+strings.TrimSuffix(redistest.Prefix(t), ":"),
-		"API_HTTP_ADDR="+apiHTTP, "API_GRPC_ADDR="+freeAddr(t), "EDGE_HTTP_ADDR="+freeAddr(t), "EDGE_MQTT_ADDR="+freeAddr(t),
+		"API_HTTP_ADDR="+apiHTTP, "API_GRPC_ADDR="+servicetest.FreeAddr(t), "EDGE_HTTP_ADDR="+servicetest.FreeAddr(t), "EDGE_MQTT_ADDR="+servicetest.FreeAddr(t),
 		"LOGGER_HTTP_ADDR="+loggerHTTP, "NOTIFICATION_HTTP_ADDR="+notifyHTTP, "LOGGER_DIR="+t.TempDir(),
 		"EDGE_JWT_SECRET=run-terminal-e2e-secret-0123456789abcdef", "SENDGRID_API_KEY=",
 		"LOG_FORMAT=", "LOGGER_STDOUT=") // as a newcomer has them: unset

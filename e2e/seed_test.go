@@ -31,10 +31,10 @@ func TestSeedConsumerReadsMakeRunWithTheJSONWire(t *testing.T) {
 		servicetest.Needs(t, "EVENTBUS_REQUIRE_NODE", "node and examples/node's node_modules (make examples): "+err.Error())
 	}
 	srv := redistest.Start(t) // a server of its own: make run's channels carry no prefix
-	apiHTTP := freeAddr(t)
+	apiHTTP := servicetest.FreeAddr(t)
 	startRun(t, root, []string{"REDIS_URL=" + srv.URL, "BUS_WIRE=json",
-		"API_HTTP_ADDR=" + apiHTTP, "API_GRPC_ADDR=" + freeAddr(t), "EDGE_HTTP_ADDR=" + freeAddr(t), "EDGE_MQTT_ADDR=" + freeAddr(t),
-		"LOGGER_HTTP_ADDR=" + freeAddr(t), "NOTIFICATION_HTTP_ADDR=" + freeAddr(t), "LOGGER_DIR=" + t.TempDir()},
+		"API_HTTP_ADDR=" + apiHTTP, "API_GRPC_ADDR=" + servicetest.FreeAddr(t), "EDGE_HTTP_ADDR=" + servicetest.FreeAddr(t), "EDGE_MQTT_ADDR=" + servicetest.FreeAddr(t),
+		"LOGGER_HTTP_ADDR=" + servicetest.FreeAddr(t), "NOTIFICATION_HTTP_ADDR=" + servicetest.FreeAddr(t), "LOGGER_DIR=" + t.TempDir()},
 		apiHTTP)
 
 	seed := exec.Command(node, filepath.Join(root, "e2e", "testdata", "seed-consumer.js"))

@@ -12,12 +12,13 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/bus/redisbus"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
+	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 )
 
 func TestTailCLISendsTheAPIKey(t *testing.T) {
 	srv := redistest.Shared(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
-	loggerHTTP, logDir := freeAddr(t), t.TempDir()
+	loggerHTTP, logDir := servicetest.FreeAddr(t), t.TempDir()
 	logger := start(t, "logger", map[string]string{
 		"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOGGER_HTTP_ADDR": loggerHTTP,
 		"LOGGER_DIR": logDir, "LOGGER_STDOUT": "false", "API_KEYS": "tail-key",

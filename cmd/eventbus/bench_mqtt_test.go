@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -63,23 +62,13 @@ func edgeBinary(t *testing.T) string {
 	return builtEdge
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // startEdgeProcess runs the edge binary on free ports of 127.0.0.1 with a
 // known token secret, MQTT over TCP on, and returns its HTTP and MQTT
 // addresses once it is ready; it stops it with SIGTERM when the test ends.
 func startEdgeProcess(t *testing.T, secret string) (httpAddr, mqttAddr string) {
 	t.Helper()
 	redis := redistest.Shared(t)
-	httpAddr, mqttAddr = freeAddr(t), freeAddr(t)
+	httpAddr, mqttAddr = servicetest.FreeAddr(t), servicetest.FreeAddr(t)
 	cmd := exec.Command(edgeBinary(t))
 	cmd.Env = append(os.Environ(), "REDIS_URL="+redis.URL, "REDIS_PREFIX="+redistest.Prefix(t),
 		"EDGE_HTTP_ADDR="+httpAddr, "EDGE_MQTT_ADDR="+mqttAddr, "EDGE_JWT_SECRET="+secret,

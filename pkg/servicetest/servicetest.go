@@ -187,6 +187,18 @@ func pickPorts(env map[string]string) (vars, addrs map[string]string, err error)
 
 // WaitFor polls cond every 10 ms until it holds, failing the test after
 // 15 s: the way to wait for a condition another process or goroutine brings
+// FreeAddr is an address of 127.0.0.1 on a port free a moment ago, for a
+// service a test starts to listen on.
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
 // about, rather than sleeping.
 func WaitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()

@@ -27,12 +27,7 @@ func TestMQTTQoS2ExactlyOnceAcrossEdges(t *testing.T) {
 	connect := func(e *edge, clean bool) *mqttConn {
 		t.Helper()
 		m := e.dialMQTT(t, "/mqtt", 5)
-		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), ClientIdentifier: "meter-9", Clean: clean, Keepalive: 30,
-			UsernameFlag: true, Username: []byte("device"), PasswordFlag: true, Password: []byte(tok)},
-			Properties: packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true}}
-		m.send(pk)
-		if ack := m.expect(packets.Connack); ack.ReasonCode != 0 || ack.SessionPresent == clean {
+		if ack := m.connectKept("meter-9", tok, clean); ack.ReasonCode != 0 || ack.SessionPresent == clean {
 			t.Fatalf("CONNACK %#x, session present %v; want success, present unless clean", ack.ReasonCode, ack.SessionPresent)
 		}
 		return m
@@ -89,11 +84,7 @@ func TestMQTTQoS2ToClients(t *testing.T) {
 	connect := func(e *edge, id string, clean bool) *mqttConn {
 		t.Helper()
 		m := e.dialMQTT(t, "/mqtt", 5)
-		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: clean, Keepalive: 30,
-			UsernameFlag: true, Username: []byte("device"), PasswordFlag: true, Password: []byte(tok)},
-			Properties: packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true}})
-		if ack := m.expect(packets.Connack); ack.ReasonCode != 0 {
+		if ack := m.connectKept(id, tok, clean); ack.ReasonCode != 0 {
 			t.Fatalf("CONNACK %#x", ack.ReasonCode)
 		}
 		return m

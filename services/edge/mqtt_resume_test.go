@@ -59,11 +59,7 @@ func TestMQTTQoS2StateEndsWithItsSession(t *testing.T) {
 	}
 	kept := func() *mqttConn {
 		m := e.dialMQTT(t, "/mqtt", 5)
-		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), ClientIdentifier: "q2-device", Keepalive: 30,
-			UsernameFlag: true, Username: []byte("device"), PasswordFlag: true, Password: []byte(tok)},
-			Properties: packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true}})
-		if ack := m.expect(packets.Connack); ack.ReasonCode != 0 {
+		if ack := m.connectKept("q2-device", tok, false); ack.ReasonCode != 0 {
 			t.Fatalf("CONNACK %#x", ack.ReasonCode)
 		}
 		return m

@@ -27,14 +27,7 @@ func TestMQTTSessionUnreadableIsRefusedNotLost(t *testing.T) {
 	connect := func(v byte) packets.Packet {
 		t.Helper()
 		m := e.dialMQTT(t, "/mqtt", v)
-		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), ClientIdentifier: "meter-11", Clean: false, Keepalive: 30,
-			UsernameFlag: true, Username: []byte("device"), PasswordFlag: true, Password: []byte(tok)}}
-		if v == 5 {
-			pk.Properties = packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true}
-		}
-		m.send(pk)
-		ack := m.expect(packets.Connack)
+		ack := m.connectKept("meter-11", tok, false)
 		if ack.ReasonCode == 0 {
 			if codes := m.subscribe(1, map[string]byte{"meter/+": 1}, "meter/+"); codes[0] != 1 {
 				t.Fatalf("SUBACK %v", codes)
@@ -67,11 +60,7 @@ func TestMQTTSessionUnreadableIsRefusedNotLost(t *testing.T) {
 	servicetest.WaitFor(t, "the session resumed once Redis is back", func() bool {
 		m := e.dialMQTT(t, "/mqtt", 5)
 		defer m.nc.Close()
-		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), ClientIdentifier: "meter-11", Clean: false, Keepalive: 30,
-			UsernameFlag: true, Username: []byte("device"), PasswordFlag: true, Password: []byte(tok)},
-			Properties: packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true}})
-		ack := m.expect(packets.Connack)
+		ack := m.connectKept("meter-11", tok, false)
 		return ack.ReasonCode == 0 && ack.SessionPresent
 	})
 }

@@ -146,13 +146,34 @@ func (m *mqttConn) closed(tolerated ...byte) packets.Packet {
 	}
 }
 
-func (m *mqttConn) connect(id, tok string, keepAlive uint16) packets.Packet {
-	m.t.Helper()
+// connectPacket is the CONNECT of client id as the user "device" with
+// token tok (none: ""), in a clean session that ends with its connection.
+func connectPacket(id, tok string, keepAlive uint16) packets.Packet {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
 		ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: true, Keepalive: keepAlive,
 		UsernameFlag: true, Username: []byte("device")}}
 	if tok != "" {
 		pk.Connect.PasswordFlag, pk.Connect.Password = true, []byte(tok)
+	}
+	return pk
+}
+
+func (m *mqttConn) connect(id, tok string, keepAlive uint16) packets.Packet {
+	m.t.Helper()
+	m.send(connectPacket(id, tok, keepAlive))
+	return m.expect(packets.Connack)
+}
+
+// connectKept connects client id with token tok to a session kept past
+// its connection (5.0: Session Expiry an hour; 3.1.1: as long as
+// EDGE_MQTT_SESSION_EXPIRY, with clean false), starting clean or
+// resuming, and returns the CONNACK.
+func (m *mqttConn) connectKept(id, tok string, clean bool) packets.Packet {
+	m.t.Helper()
+	pk := connectPacket(id, tok, 30)
+	pk.Connect.Clean = clean
+	if m.version == 5 {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 3600, true
 	}
 	m.send(pk)
 	return m.expect(packets.Connack)
