@@ -220,16 +220,6 @@ func TestPushIsEncryptedAndSigned(t *testing.T) {
 		}
 	}
 
-	// The payload, decrypted with the subscription's keys by http_ece, is
-	// the in-page notification.
-	want := push.Message{
-		Type: "notification.created", NotificationID: note.GetNotificationId(), UserID: "u1",
-		Title: note.GetTitle(), Body: note.GetBody(), Link: "/orders/o1", CauseEventID: placed,
-	}
-	if got := sub.decrypt(t, r.Body); got != want || !strings.Contains(got.Body, "12.99 EUR") {
-		t.Errorf("decrypted push = %+v, want %+v", got, want)
-	}
-
 	// Authorization: vapid t=<JWT>, k=<our public key>; the JWT signed with
 	// ES256 by the key pair, for the endpoint's origin, for at most 24 h.
 	auth, ok := strings.CutPrefix(r.Header.Get("Authorization"), "vapid ")
@@ -265,37 +255,55 @@ func TestPushIsEncryptedAndSigned(t *testing.T) {
 	if claims["sub"] != "mailto:shop@example.com" {
 		t.Errorf("VAPID JWT sub = %v, want mailto:NOTIFY_FROM_EMAIL", claims["sub"])
 	}
+
 	claim := w.prefix + ":notification:claim:" + placed + ":order_received_browser:push:" + push.EndpointID(sub.endpoint)
 	if state, err := w.rdb.Get(t.Context(), claim).Result(); state != "sent" {
 		t.Errorf("claim %s = %q, %v; want sent", claim, state, err)
 	}
+
+	// Last, as it needs Node: the payload, decrypted with the
+	// subscription's keys by http_ece, is the in-page notification.
+	want := push.Message{
+		Type: "notification.created", NotificationID: note.GetNotificationId(), UserID: "u1",
+		Title: note.GetTitle(), Body: note.GetBody(), Link: "/orders/o1", CauseEventID: placed,
+	}
+	if got := sub.decrypt(t, r.Body); got != want || !strings.Contains(got.Body, "12.99 EUR") {
+		t.Errorf("decrypted push = %+v, want %+v", got, want)
+	}
 }
 
+// A push service answers 404 or 410 for a subscription that no longer
+// exists (RFC 8030 §7.3): either removes it, and only it.
 func TestPushGoneRemovesTheSubscription(t *testing.T) {
 	t.Parallel()
-	fp := newFakePush(t)
-	w, _ := newPushWorld(t, nil)
-	svc := w.replica()
-	gone, kept := fp.subscriber(t, "gone"), fp.subscriber(t, "kept")
-	fp.script[gone.path] = []int{http.StatusGone}
-	subscribe(t, svc, "u2", gone)
-	subscribe(t, svc, "u2", kept)
+	for _, status := range []int{http.StatusGone, http.StatusNotFound} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			t.Parallel()
+			fp := newFakePush(t)
+			w, _ := newPushWorld(t, nil)
+			svc := w.replica()
+			gone, kept := fp.subscriber(t, "gone"), fp.subscriber(t, "kept")
+			fp.script[gone.path] = []int{status}
+			subscribe(t, svc, "u2", gone)
+			subscribe(t, svc, "u2", kept)
 
-	w.publish("order.placed", &eventbusv1.OrderPlaced{OrderId: "o1", UserId: "u2", Total: 100, Currency: "EUR"})
-	servicetest.WaitFor(t, "one push sent, one gone", func() bool {
-		return pushMetric(t, svc, "sent") == 1 && pushMetric(t, svc, "gone") == 1
-	})
-	key := w.prefix + ":push:u2"
-	if ok, _ := w.rdb.HExists(t.Context(), key, gone.endpoint).Result(); ok {
-		t.Errorf("%s still holds the subscription the push service said is gone", key)
-	}
-	if ok, _ := w.rdb.HExists(t.Context(), key, kept.endpoint).Result(); !ok {
-		t.Errorf("%s lost the subscription that works", key)
-	}
-	w.publish("order.placed", &eventbusv1.OrderPlaced{OrderId: "o2", UserId: "u2", Total: 100, Currency: "EUR"})
-	servicetest.WaitFor(t, "the second push", func() bool { return pushMetric(t, svc, "sent") == 2 })
-	if n := len(fp.to(gone)); n != 1 {
-		t.Errorf("the gone subscription got %d requests, want 1: none after its 410", n)
+			w.publish("order.placed", &eventbusv1.OrderPlaced{OrderId: "o1", UserId: "u2", Total: 100, Currency: "EUR"})
+			servicetest.WaitFor(t, "one push sent, one gone", func() bool {
+				return pushMetric(t, svc, "sent") == 1 && pushMetric(t, svc, "gone") == 1
+			})
+			key := w.prefix + ":push:u2"
+			if ok, _ := w.rdb.HExists(t.Context(), key, gone.endpoint).Result(); ok {
+				t.Errorf("%s still holds the subscription the push service said is gone", key)
+			}
+			if ok, _ := w.rdb.HExists(t.Context(), key, kept.endpoint).Result(); !ok {
+				t.Errorf("%s lost the subscription that works", key)
+			}
+			w.publish("order.placed", &eventbusv1.OrderPlaced{OrderId: "o2", UserId: "u2", Total: 100, Currency: "EUR"})
+			servicetest.WaitFor(t, "the second push", func() bool { return pushMetric(t, svc, "sent") == 2 })
+			if n := len(fp.to(gone)); n != 1 {
+				t.Errorf("the gone subscription got %d requests, want 1: none after its %d", n, status)
+			}
+		})
 	}
 }
 

@@ -151,7 +151,7 @@ func checkEndpoint(endpoint string, allowHTTP, anyScheme bool) error {
 		return fmt.Errorf("%w: endpoint is not valid UTF-8", ErrInvalid)
 	}
 	u, err := url.Parse(endpoint)
-	if err != nil || u.Host == "" || u.User != nil || u.Fragment != "" || u.Opaque != "" {
+	if err != nil || !u.IsAbs() || u.Host == "" || u.User != nil || u.Fragment != "" || u.Opaque != "" {
 		return fmt.Errorf("%w: endpoint is not an absolute URL without user or fragment", ErrInvalid)
 	}
 	switch {

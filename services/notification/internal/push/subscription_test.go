@@ -194,3 +194,35 @@ func FuzzParseSubscription(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseEndpoint: no removal body panics the parser; it refuses with
+// ErrInvalid, or returns an absolute URL of bounded size, without user or
+// fragment (of any scheme: one stored under NOTIFY_PUSH_ALLOW_HTTP can go),
+// that a removal of just that endpoint reads back the same.
+func FuzzParseEndpoint(f *testing.F) {
+	p, a := keys(f)
+	for _, s := range []string{
+		`{"endpoint":"https://fcm.googleapis.com/fcm/send/x"}`, body("https://p.example/x", p, a), `{"endpoint":"http://127.0.0.1:1/x"}`,
+		`{"endpoint":"ftp://p.example/x"}`, `{"endpoint":"/x"}`, `{"endpoint":1}`, `{"endpoint":"https://p.example/x","extra":1}`,
+		"", "{}", "null", `{}{}`, "\xff", `{"endpoint":"https://\u0000/x"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		endpoint, err := push.ParseEndpoint(in)
+		if err != nil {
+			if !errors.Is(err, push.ErrInvalid) || endpoint != "" {
+				t.Fatalf("ParseEndpoint(%q) = %q, %v; want nothing and ErrInvalid", in, endpoint, err)
+			}
+			return
+		}
+		u, err := url.Parse(endpoint)
+		if err != nil || !u.IsAbs() || u.Host == "" || u.User != nil || u.Fragment != "" || len(endpoint) > push.MaxEndpointBytes {
+			t.Fatalf("ParseEndpoint(%q) accepted endpoint %q", in, endpoint)
+		}
+		b, _ := json.Marshal(map[string]string{"endpoint": endpoint})
+		if again, err := push.ParseEndpoint(b); err != nil || again != endpoint {
+			t.Fatalf("ParseEndpoint of %q again = %q, %v; want the same", endpoint, again, err)
+		}
+	})
+}
