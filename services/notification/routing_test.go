@@ -275,6 +275,73 @@ func TestRouteOffline(t *testing.T) {
 	}
 }
 
+// "Both", where the rule says so: order.shipped has an email of its own
+// besides its browser notification. That email goes whatever the route;
+// the notification is routed as any other, but is never emailed a second
+// time.
+func TestRouteBoth(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name        string
+		online, sub bool
+		route, why  string
+	}{
+		{"online", true, true, "realtime", "online"},
+		{"offline, subscribed", false, true, "push", "offline_push_subscribed"},
+		{"offline, not subscribed", false, false, "none", "offline_emailed_anyway"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			fp := newFakePush(t)
+			w, _ := newPushWorld(t, map[string]string{"NOTIFY_ACK_TIMEOUT": "1h"})
+			svc := w.replica()
+			notes := w.notifications()
+			var sub *subscriber
+			if tt.sub {
+				sub = fp.subscriber(t, "cy")
+			}
+			w.signUp(svc, "cy", sub)
+			if tt.online {
+				w.online("cy")
+			}
+
+			shipped := w.publish("order.shipped", &eventbusv1.OrderShipped{OrderId: "o1", UserId: "cy", Carrier: "DHL", TrackingNumber: "JD0001"})
+			_, n := nextNotification(t, notes)
+			if n.GetCauseEventId() != shipped || n.GetRoute() != tt.route || n.GetRouteReason() != tt.why {
+				t.Fatalf("notification = %v, want route %s, reason %s", n, tt.route, tt.why)
+			}
+			servicetest.WaitFor(t, "the shipping email", func() bool { return len(w.emailsTo("cy@example.com")) == 2 })
+			if tt.route == "push" {
+				servicetest.WaitFor(t, "the push", func() bool { return len(fp.to(sub)) == 1 })
+			}
+			// The barrier is routed too, after the shipment is done with.
+			w.barrier(notes, "cy")
+			// Offline with nothing else to reach cy, the barrier is
+			// emailed, after its page: its email ends the count.
+			want := []string{"Welcome to eventbus, cy!", "Your order o1 is on its way"}
+			if tt.route == "none" {
+				want = append(want, "Order received")
+				servicetest.WaitFor(t, "the barrier's email", func() bool { return slices.Contains(w.emailsTo("cy@example.com"), "Order received") })
+			}
+			if got := w.emailsTo("cy@example.com"); !slices.Equal(got, want) {
+				t.Errorf("emails %q, want %q: the shipping email once, its notification never emailed", got, want)
+			}
+			topic := strings.TrimPrefix(n.GetNotificationId(), "n-")
+			pushed := 0
+			if sub != nil {
+				for _, r := range fp.to(sub) {
+					if r.Header.Get("Topic") == topic {
+						pushed++
+					}
+				}
+			}
+			if want := map[bool]int{true: 1}[tt.route == "push"]; pushed != want {
+				t.Errorf("the shipment's notification pushed %d times, want %d", pushed, want)
+			}
+		})
+	}
+}
+
 // Online, but the page never acknowledges: after the ack timeout, a push
 // (subscribed) or an email (not), once.
 func TestRouteFallsBackWithoutReceipt(t *testing.T) {

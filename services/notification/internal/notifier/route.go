@@ -63,8 +63,9 @@ type note struct {
 // published on notify:user:<id> whatever the route (the record of it,
 // and the page's, should one open), carrying the route; then, by route,
 // nothing more (realtime: in the page, its receipt awaited), a push, or
-// an email; and an email too when the rule says "both". The route is
-// chosen once: a redelivery of the event takes the same.
+// an email. A rule that means "both" has an email action of its own
+// beside it (Emailed). The route is chosen once: a redelivery of the
+// event takes the same.
 func (w *worker) browser(ctx context.Context, log *slog.Logger, env *envelope.Envelope, a rules.Action) bool {
 	n := w.n
 	title, body, err := n.Templates.Browser(a.Template, a.Data)
@@ -90,9 +91,6 @@ func (w *worker) browser(ctx context.Context, log *slog.Logger, env *envelope.En
 	case routePush:
 		done = w.pushes(ctx, log, nt) && done
 	case routeEmail:
-		done = w.emailNote(ctx, log, nt) && done
-	}
-	if a.AlsoEmail && c.Route != routeEmail {
 		done = w.emailNote(ctx, log, nt) && done
 	}
 	return done

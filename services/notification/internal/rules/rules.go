@@ -54,9 +54,6 @@ type Action struct {
 	Link string
 	// Data fills the templates.
 	Data map[string]string
-	// AlsoEmail, for a Browser action, emails it too whatever its route
-	// ("both"): once, even when the route is email.
-	AlsoEmail bool
 	// Emailed, for a Browser action, says another action of the plan
 	// emails the user about the same event: a user neither online nor
 	// subscribed to pushes gets that email, not a second one.
