@@ -1,6 +1,12 @@
 package httpapi
 
-import "testing"
+import (
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/eventbus-suite/eventbus/pkg/channel"
+)
 
 // FuzzDecodeEvent feeds arbitrary bodies to every decoder of outside input:
 // none may panic, and every error must be the caller's (4xx), never a 500.
@@ -35,6 +41,34 @@ func FuzzDecodeEvent(f *testing.F) {
 		check("splitBatch", err)
 		if err == nil && (len(raws) == 0 || len(raws) > MaxBatch) {
 			t.Fatalf("splitBatch(%q) = %d events, want 1 to %d", body, len(raws), MaxBatch)
+		}
+	})
+}
+
+// FuzzPresenceQuery: no query of GET /v1/presence panics its reader, and
+// what it refuses is the caller's (400); what it takes is a valid channel
+// that keeps presence and a limit within bounds.
+func FuzzPresenceQuery(f *testing.F) {
+	for _, s := range []string{
+		"channel=lobby:demo", "channel=lobby:demo&limit=0", "channel=notify:user:42&limit=10000", "channel=a&limit=10001",
+		"channel=eventbus:edges", "channel=&limit=1", "limit=-1", "channel=a%00b", "channel=a:b&limit=1e3", "channel=a&channel=b&limit=+5",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		ch, limit, err := presenceQuery(q)
+		if err != nil {
+			if ae, _ := toAPIError(err); ae.status != http.StatusBadRequest || ch != "" {
+				t.Fatalf("presenceQuery(%q) refused with %d %v, want 400", raw, ae.status, err)
+			}
+			return
+		}
+		if channel.Validate(ch) != nil || channel.Reserved(ch) || ch != q.Get("channel") || limit < 0 || limit > MaxPresenceLimit {
+			t.Fatalf("presenceQuery(%q) = %q, %d", raw, ch, limit)
 		}
 	})
 }
