@@ -306,13 +306,24 @@ type pending struct {
 // session's reads and writes of nc must not end with a kick: the writer
 // still says why before it closes.
 func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
-	defer c.CloseNow()
+	s, br, keepAlive := h.open(nc, c, addr)
+	if s == nil {
+		return
+	}
+	// This frame stays small, and open's and finish's are gone while the
+	// session reads: an idle connection's goroutine keeps a shallow stack.
+	s.read(br, keepAlive)
+	s.finish()
+}
+
+// open admits a connection and serves its CONNECT. It returns the session
+// and its reader, or nil when the connection ended there.
+func (h *Handler) open(nc net.Conn, c closer, addr netip.Addr) (*session, *bufio.Reader, time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	s := &session{h: h, nc: nc, closer: c, ctx: ctx, cancel: cancel, addr: addr, closed: make(chan struct{}),
 		filters: make(map[string]byte), byPattern: make(map[string][]string), inflight: make(map[uint16]*pending)}
 	// Until CONNECT is served, what the hub queues (the CONNACK) waits for
-	// the writer serve starts then.
+	// the writer started then.
 	s.writer.Store(writerRunning)
 	if err := h.admit(s); err != nil {
 		d := hub.DisconnectTooManyConnections
@@ -320,39 +331,50 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
 			d = hub.DisconnectShutdown
 		}
 		c.Close(hub.Disconnect{Code: d.Code, Reason: fmt.Sprintf("%s: %v", d.Reason, err.Message)})
-		return
+		cancel()
+		c.CloseNow()
+		return nil, nil, 0
 	}
 	br := bufio.NewReaderSize(nc, readBuffer)
 	keepAlive, ok := s.accept(br)
 	if !ok {
 		s.edge.Close()
-		return
+		cancel()
+		c.CloseNow()
+		return nil, nil, 0
 	}
-	defer h.forget(s)
 	go s.write()
 	if s.expiry > 0 {
 		s.mu.Lock()
 		s.saver = time.AfterFunc(saveInterval, s.saveEvery)
 		s.mu.Unlock()
 	}
-	s.read(br, keepAlive)
+	return s, br, keepAlive
+}
+
+// finish ends a session whose reading ended: its will, its state, its
+// writer, then the connection.
+func (s *session) finish() {
+	defer s.closer.CloseNow()
+	defer s.cancel()
+	defer s.h.forget(s)
 	s.endShared() // what a member took and did not acknowledge goes to another
 	if s.client.Closing() {
 		// What the edge queued to say why (a DISCONNECT, a last PUBACK)
 		// goes out before the writer stops.
 		select {
-		case <-ctx.Done():
+		case <-s.ctx.Done():
 		case <-time.After(closeGrace):
 		}
 	}
 	s.publishWill()
 	s.end()
 	s.edge.Close()
-	cancel()
+	s.cancel()
 	s.Ready() // to close the connection
 	// A writer stuck on a client that stopped reading gets a grace, then
 	// the socket is cut under it.
-	cut := time.AfterFunc(closeGrace, c.CloseNow)
+	cut := time.AfterFunc(closeGrace, s.closer.CloseNow)
 	defer cut.Stop()
 	<-s.closed
 }
