@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -494,4 +495,58 @@ func TestMQTTOverTCPBehindAProxy(t *testing.T) {
 	m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
 		ProtocolName: []byte("MQTT"), ClientIdentifier: "spoof", Clean: true, Keepalive: 30}})
 	closedByEdge(t, m.nc)
+}
+
+// A connection over TCP idle for EDGE_MQTT_IDLE_AFTER moves its reader to
+// a fresh goroutine; at 1 ms nearly every wait moves, and the session
+// does all it did: SUBSCRIBE, deliveries and their PUBACKs, PINGREQ, the
+// keep-alive's close, the edge's shutdown. Each step starts with the
+// reader moved: eventbus_edge_mqtt_idle_readers counts it.
+func TestMQTTOverTCPIdleReaderMoves(t *testing.T) {
+	t.Parallel()
+	e := startTLSEdge(t, map[string]string{"EDGE_MQTT_IDLE_AFTER": "1ms"})
+	idle := func(want float64) {
+		t.Helper()
+		servicetest.WaitFor(t, fmt.Sprintf("%v idle readers", want), func() bool {
+			return servicetest.Metric(t, e.base, "eventbus_edge_mqtt_idle_readers") == want
+		})
+	}
+	silent := dialTCP(t, e.mqtt, nil, 5)
+	silent.connect("silent", mint(t, "7"), 1)
+	idle(1)
+	if d := silent.closed(); d.ReasonCode != 0x8D {
+		t.Errorf("silent past its keep-alive, its reader moved: DISCONNECT %#x, want 0x8D keep alive timeout", d.ReasonCode)
+	}
+	idle(0)
+
+	m := dialTCP(t, e.mqtt, nil, 5)
+	m.connect("mover", mint(t, "42", "order:*"), 30)
+	idle(1)
+	if got := m.subscribe(1, map[string]byte{"order/+": 1}, "order/+"); !bytes.Equal(got, []byte{1}) {
+		t.Fatalf("SUBACK %v after the reader moved, want [1]", got)
+	}
+	for i := range 3 {
+		idle(1)
+		subject := fmt.Sprintf("o-%d", i)
+		e.publish(t, "order:placed", subject, 1)
+		pk := m.expect(packets.Publish)
+		if pk.TopicName != "order/placed" || subjectOf(t, pk.Payload) != subject {
+			t.Fatalf("got %s %s, want %s on order/placed", pk.TopicName, pk.Payload, subject)
+		}
+		idle(1)
+		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+		if got := m.untilPong(); len(got) != 0 {
+			t.Fatalf("before PINGRESP: %d packets, want none", len(got))
+		}
+	}
+
+	idle(1)
+	stopped := make(chan error, 1)
+	go func() { stopped <- e.svc.Stop() }()
+	if d := m.closed(); d.ReasonCode != 0x8B {
+		t.Errorf("a moved reader's session on shutdown: DISCONNECT %#x, want 0x8B server shutting down", d.ReasonCode)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("run returned %v after shutdown, want nil", err)
+	}
 }

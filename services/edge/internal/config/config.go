@@ -58,6 +58,7 @@ type Config struct {
 	MQTTSessionExpiry   time.Duration  // EDGE_MQTT_SESSION_EXPIRY: how long a kept MQTT session outlives its connection, at most
 	MQTTRetained        string         // EDGE_MQTT_RETAINED: "topic" (a topic's last PUBLISH with RETAIN) or "latest" (every channel's latest event)
 	MQTTShareVisibility time.Duration  // EDGE_MQTT_SHARE_VISIBILITY: how long a shared subscription's member may hold an event unacknowledged
+	MQTTIdleAfter       time.Duration  // EDGE_MQTT_IDLE_AFTER: an MQTT connection over TCP this long without a byte gives back its reader's stack
 	MQTTAddr            string         // EDGE_MQTT_ADDR: MQTT over TCP; "" (EDGE_MQTT_ADDR=off) for none
 	MQTTSAddr           string         // EDGE_MQTTS_ADDR: MQTT over TLS; "" for none
 	TLSCertFile         string         // EDGE_TLS_CERT: PEM certificate chain of the MQTT TLS listener
@@ -112,6 +113,7 @@ func Load(getenv func(string) string) (Config, error) {
 		MQTTSessionExpiry:   r.Duration("EDGE_MQTT_SESSION_EXPIRY", 24*time.Hour),
 		MQTTRetained:        r.String("EDGE_MQTT_RETAINED", "topic"),
 		MQTTShareVisibility: r.Duration("EDGE_MQTT_SHARE_VISIBILITY", 30*time.Second),
+		MQTTIdleAfter:       r.Duration("EDGE_MQTT_IDLE_AFTER", time.Second),
 	}
 	c.SendQueueMaxDelay = queueDelay(r)
 	c.mqttListeners(r)

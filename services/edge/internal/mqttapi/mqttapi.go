@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -103,6 +104,10 @@ type Options struct {
 	// another (EDGE_MQTT_SHARE_VISIBILITY).
 	Consumers       bus.Consumers
 	ShareVisibility time.Duration
+	// IdleAfter is how long a connection over TCP goes without a byte
+	// before its reader moves to a fresh goroutine, giving back the stack
+	// that serving packets grew (EDGE_MQTT_IDLE_AFTER); 0 never moves.
+	IdleAfter time.Duration
 	// Announce tells every edge of a command, through the control channel:
 	// a client id connected here, so its connections elsewhere close. Nil
 	// takes over on this edge only.
@@ -115,6 +120,8 @@ type Handler struct {
 	packetsIn   prometheus.Counter
 	publishes   *prometheus.CounterVec
 	redelivered prometheus.Counter
+	moved       prometheus.Counter
+	idle        prometheus.Gauge
 
 	mu       sync.Mutex
 	sessions map[string]*session // identity and client id → its connection
@@ -131,8 +138,12 @@ func New(opts Options, reg prometheus.Registerer) *Handler {
 			Name: "eventbus_edge_mqtt_publishes_total", Help: "PUBLISH packets from clients, by result."}, []string{"result"}),
 		redelivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_edge_mqtt_redelivered_total", Help: "QoS 1 messages sent again, with DUP, for want of a PUBACK."}),
+		moved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "eventbus_edge_mqtt_idle_readers_moved_total", Help: "Readers of MQTT connections over TCP moved to a fresh goroutine, idle for EDGE_MQTT_IDLE_AFTER."}),
+		idle: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "eventbus_edge_mqtt_idle_readers", Help: "MQTT connections over TCP idle since their reader moved."}),
 	}
-	reg.MustRegister(h.packetsIn, h.publishes, h.redelivered)
+	reg.MustRegister(h.packetsIn, h.publishes, h.redelivered, h.moved, h.idle)
 	return h
 }
 
@@ -186,7 +197,7 @@ func (h *Handler) serveWebSocket(conn *websocket.Conn, addr netip.Addr) {
 	// before it closes.
 	netCtx, netCancel := context.WithCancel(context.Background())
 	defer netCancel()
-	h.serve(websocket.NetConn(netCtx, conn, websocket.MessageBinary), wsCloser{conn}, addr)
+	h.serve(websocket.NetConn(netCtx, conn, websocket.MessageBinary), wsCloser{conn}, addr, nil)
 }
 
 // closer ends a connection the way its transport can. The session writes
@@ -211,27 +222,35 @@ func (c wsCloser) Close(d hub.Disconnect) {
 
 func (c wsCloser) CloseNow() { _ = c.conn.CloseNow() }
 
-// session is one MQTT connection: its reader runs in serve, its writer in
+// session is one MQTT connection: its reader runs in run, its writer in
 // write, and both share the subscriptions and the QoS 1 window.
 type session struct {
-	h       *Handler
-	nc      net.Conn        // MQTT's bytes, in and out
-	closer  closer          // how the transport ends the connection
-	ctx     context.Context // ends with the connection
-	cancel  context.CancelFunc
-	addr    netip.Addr
-	version byte
-	id      string        // the client id
-	who     string        // the hub identity
-	name    string        // this connection's own, for takeovers
-	since   time.Time     // when it connected
-	key     string        // identity and client id, for takeovers
-	edge    *edge.Session // its claims are CONNECT's, which an MQTT connection keeps
-	client  *hub.Client   // the session's
-	expiry  time.Duration // how long the session outlives the connection; 0: not at all
-	asked   uint32        // the Session Expiry Interval CONNECT asked for, in seconds (5.0)
-	will    *will         // published unless the client says goodbye
-	bye     bool          // the client sent DISCONNECT without its will; read by the reader only
+	h      *Handler
+	nc     net.Conn // MQTT's bytes, in and out
+	closer closer   // how the transport ends the connection
+	// move starts a function on a goroutine the listener waits for at
+	// shutdown: the reader of a connection gone idle moves to a fresh one
+	// (read). Nil where it cannot move.
+	move func(func())
+	// keepAlive closes the connection when no packet comes within
+	// keepAliveAfter, 1.5 times the client's keep-alive; nil without one.
+	keepAlive      *time.Timer
+	keepAliveAfter time.Duration
+	ctx            context.Context // ends with the connection
+	cancel         context.CancelFunc
+	addr           netip.Addr
+	version        byte
+	id             string        // the client id
+	who            string        // the hub identity
+	name           string        // this connection's own, for takeovers
+	since          time.Time     // when it connected
+	key            string        // identity and client id, for takeovers
+	edge           *edge.Session // its claims are CONNECT's, which an MQTT connection keeps
+	client         *hub.Client   // the session's
+	expiry         time.Duration // how long the session outlives the connection; 0: not at all
+	asked          uint32        // the Session Expiry Interval CONNECT asked for, in seconds (5.0)
+	will           *will         // published unless the client says goodbye
+	bye            bool          // the client sent DISCONNECT without its will; read by the reader only
 	// writer runs the writer only while there is work (writer.go); closed
 	// ends when it has closed the connection.
 	writer atomic.Int32
@@ -305,20 +324,28 @@ type pending struct {
 // which c closes, from addr, until it ends; then nc is closed. The
 // session's reads and writes of nc must not end with a kick: the writer
 // still says why before it closes.
-func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr) {
-	s, br, keepAlive := h.open(nc, c, addr)
+func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr, move func(func())) {
+	s, br := h.open(nc, c, addr)
 	if s == nil {
 		return
 	}
-	// This frame stays small, and open's and finish's are gone while the
-	// session reads: an idle connection's goroutine keeps a shallow stack.
-	s.read(br, keepAlive)
-	s.finish()
+	s.move = move
+	s.run(br)
+}
+
+// run reads the client's packets, then ends the session; unless the
+// reader moved to a fresh goroutine, which then does. Its frame stays
+// small, and open's and finish's are gone while the session reads: an
+// idle connection's goroutine keeps a shallow stack.
+func (s *session) run(br *bufio.Reader) {
+	if s.read(br) {
+		s.finish()
+	}
 }
 
 // open admits a connection and serves its CONNECT. It returns the session
 // and its reader, or nil when the connection ended there.
-func (h *Handler) open(nc net.Conn, c closer, addr netip.Addr) (*session, *bufio.Reader, time.Duration) {
+func (h *Handler) open(nc net.Conn, c closer, addr netip.Addr) (*session, *bufio.Reader) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &session{h: h, nc: nc, closer: c, ctx: ctx, cancel: cancel, addr: addr, closed: make(chan struct{}),
 		filters: make(map[string]byte), byPattern: make(map[string][]string), inflight: make(map[uint16]*pending)}
@@ -333,15 +360,23 @@ func (h *Handler) open(nc net.Conn, c closer, addr netip.Addr) (*session, *bufio
 		c.Close(hub.Disconnect{Code: d.Code, Reason: fmt.Sprintf("%s: %v", d.Reason, err.Message)})
 		cancel()
 		c.CloseNow()
-		return nil, nil, 0
+		return nil, nil
 	}
-	br := bufio.NewReaderSize(nc, readBuffer)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(nc)
 	keepAlive, ok := s.accept(br)
 	if !ok {
 		s.edge.Close()
 		cancel()
 		c.CloseNow()
-		return nil, nil, 0
+		return nil, nil
+	}
+	if keepAlive > 0 {
+		s.keepAliveAfter = keepAlive * 3 / 2
+		s.keepAlive = time.AfterFunc(s.keepAliveAfter, func() {
+			s.disconnect(packets.ErrKeepAliveTimeout, hub.Disconnect{Code: hub.CloseHeartbeatTimeout,
+				Reason: fmt.Sprintf("no packet within 1.5 × the keep-alive of %v", keepAlive)})
+		})
 	}
 	go s.write()
 	if s.expiry > 0 {
@@ -349,12 +384,15 @@ func (h *Handler) open(nc net.Conn, c closer, addr netip.Addr) (*session, *bufio
 		s.saver = time.AfterFunc(saveInterval, s.saveEvery)
 		s.mu.Unlock()
 	}
-	return s, br, keepAlive
+	return s, br
 }
 
 // finish ends a session whose reading ended: its will, its state, its
 // writer, then the connection.
 func (s *session) finish() {
+	if s.keepAlive != nil {
+		s.keepAlive.Stop()
+	}
 	defer s.closer.CloseNow()
 	defer s.cancel()
 	defer s.h.forget(s)
@@ -607,29 +645,59 @@ func (s *session) accept(br *bufio.Reader) (time.Duration, bool) {
 	return s.connect(pk)
 }
 
-// read serves the client's packets until the connection ends, closing it
-// when no packet comes within 1.5 times the keep-alive. It waits for each
-// packet in a shallow frame of its own: the goroutine of an idle
-// connection keeps only that, and the runtime shrinks its stack from what
-// serving a packet grew it to.
-func (s *session) read(br *bufio.Reader, keepAlive time.Duration) {
-	var idle *time.Timer
-	if keepAlive > 0 {
-		idle = time.AfterFunc(keepAlive*3/2, func() {
-			s.disconnect(packets.ErrKeepAliveTimeout, hub.Disconnect{Code: hub.CloseHeartbeatTimeout,
-				Reason: fmt.Sprintf("no packet within 1.5 × the keep-alive of %v", keepAlive)})
-		})
-		defer idle.Stop()
+// read serves the client's packets until the connection ends, and says
+// so; false when it moved to a fresh goroutine, which goes on. It waits
+// for each packet in a shallow frame of its own, the goroutine of an idle
+// connection keeping only that. Over plain TCP it waits without a read
+// buffer too (readers), and a connection idle for idleAfter moves its
+// reader to a fresh goroutine: the stack that serving packets grew is
+// given back at once, not at garbage collections that an idle edge seldom
+// runs. A nil br is a reader that moved.
+//
+// A reader that moves costs a goroutine's start, and one that then reads
+// grows the new stack again: IdleAfter trades that against memory.
+func (s *session) read(br *bufio.Reader) (ended bool) {
+	var rc syscall.RawConn
+	if s.move != nil && s.h.IdleAfter > 0 {
+		rc = rawConn(s.nc)
 	}
-	for {
-		if _, err := br.Peek(1); err != nil {
-			return // closed, by the peer or by a kick
+	defer func() {
+		if br != nil {
+			br.Reset(nil)
+			readers.Put(br)
 		}
-		if idle != nil {
-			idle.Reset(keepAlive * 3 / 2) // a packet comes
+	}()
+	for {
+		if rc != nil && (br == nil || br.Buffered() == 0) {
+			idle := br == nil
+			if br != nil {
+				br.Reset(nil)
+				readers.Put(br)
+				br = nil
+			}
+			w := s.awaitBytes(rc, idle)
+			if idle {
+				s.h.idle.Dec()
+			}
+			switch w {
+			case waitClosed:
+				return true // closed by a kick or the keep-alive
+			case waitIdle:
+				s.h.moved.Inc()
+				s.h.idle.Inc()
+				s.move(func() { s.run(nil) })
+				return false
+			}
+			br = readers.Get().(*bufio.Reader)
+			br.Reset(s.nc)
+		} else if _, err := br.Peek(1); err != nil {
+			return true // closed, by the peer or by a kick
+		}
+		if s.keepAlive != nil {
+			s.keepAlive.Reset(s.keepAliveAfter) // a packet comes
 		}
 		if !s.next(br) {
-			return
+			return true
 		}
 	}
 }

@@ -51,7 +51,7 @@ func (h *Handler) Serve(ctx context.Context, l net.Listener) error {
 			continue
 		}
 		backoff = 0
-		conns.Go(func() { h.serve(nc, tcpCloser{nc}, peerAddr(nc)) })
+		conns.Go(func() { h.serve(nc, tcpCloser{nc}, peerAddr(nc), conns.Go) })
 	}
 }
 
