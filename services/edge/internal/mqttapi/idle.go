@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// readers lends read buffers to connections with bytes to read. An idle
-// connection over plain TCP holds none: it waits for its socket to become
-// readable, then borrows one until what came is read.
+// readers lends read buffers to connections with bytes to read. A
+// connection over plain TCP idle for IdleAfter holds none: it waits for
+// its socket to become readable, then borrows one (session.read).
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBuffer) }}
 
 // rawConn returns nc's socket when nc is a plain TCP connection, whose
@@ -30,23 +30,21 @@ func rawConn(nc net.Conn) syscall.RawConn {
 	return rc
 }
 
-// wait is what awaitBytes saw.
+// wait is what a wait for the client's next byte saw.
 type wait int
 
 const (
 	waitBytes  wait = iota // a byte to read, the peer's close, or an error to read
 	waitIdle               // nothing for IdleAfter
-	waitClosed             // the connection was closed under the wait
+	waitClosed             // the connection ended
 )
 
-// awaitBytes waits until s's socket rc has something to read; for at most
-// IdleAfter unless idle, when the connection is idle already.
-func (s *session) awaitBytes(rc syscall.RawConn, idle bool) wait {
-	if !idle {
-		_ = s.nc.SetReadDeadline(time.Now().Add(s.h.IdleAfter))
-		defer func() { _ = s.nc.SetReadDeadline(time.Time{}) }()
-	}
-	switch err := rc.Read(readable); {
+// peek waits for the next byte in br, for at most IdleAfter.
+func (s *session) peek(br *bufio.Reader) wait {
+	_ = s.nc.SetReadDeadline(time.Now().Add(s.h.IdleAfter))
+	_, err := br.Peek(1)
+	_ = s.nc.SetReadDeadline(time.Time{})
+	switch {
 	case err == nil:
 		return waitBytes
 	case errors.Is(err, os.ErrDeadlineExceeded):
@@ -54,6 +52,14 @@ func (s *session) awaitBytes(rc syscall.RawConn, idle bool) wait {
 	default:
 		return waitClosed
 	}
+}
+
+// awaitReadable waits, with no buffer, until rc has something to read:
+// a byte, the peer's close or an error, which the read that follows
+// sees. It is false when the connection was closed under the wait (a
+// kick, the keep-alive's timer).
+func awaitReadable(rc syscall.RawConn) bool {
+	return rc.Read(readable) == nil
 }
 
 // readable looks at the socket's next byte without taking it: false while

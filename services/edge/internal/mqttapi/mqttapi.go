@@ -648,14 +648,15 @@ func (s *session) accept(br *bufio.Reader) (time.Duration, bool) {
 // read serves the client's packets until the connection ends, and says
 // so; false when it moved to a fresh goroutine, which goes on. It waits
 // for each packet in a shallow frame of its own, the goroutine of an idle
-// connection keeping only that. Over plain TCP it waits without a read
-// buffer too (readers), and a connection idle for idleAfter moves its
-// reader to a fresh goroutine: the stack that serving packets grew is
-// given back at once, not at garbage collections that an idle edge seldom
+// connection keeping only that. Over plain TCP, a connection without a
+// byte for IdleAfter gives its read buffer back (readers) and moves its
+// reader to a fresh goroutine, which waits for the socket to become
+// readable with no buffer: the stack that serving packets grew is given
+// back at once, not at garbage collections that an idle edge seldom
 // runs. A nil br is a reader that moved.
 //
-// A reader that moves costs a goroutine's start, and one that then reads
-// grows the new stack again: IdleAfter trades that against memory.
+// A busy connection reads as any other; an idle spell costs a goroutine's
+// start, and a look at the socket (awaitReadable) when it ends.
 func (s *session) read(br *bufio.Reader) (ended bool) {
 	var rc syscall.RawConn
 	if s.move != nil && s.h.IdleAfter > 0 {
@@ -668,30 +669,32 @@ func (s *session) read(br *bufio.Reader) (ended bool) {
 		}
 	}()
 	for {
-		if rc != nil && (br == nil || br.Buffered() == 0) {
-			idle := br == nil
-			if br != nil {
+		switch {
+		case br == nil:
+			ok := awaitReadable(rc)
+			s.h.idle.Dec()
+			if !ok {
+				return true // closed by a kick or the keep-alive
+			}
+			br = readers.Get().(*bufio.Reader)
+			br.Reset(s.nc)
+		case rc != nil && br.Buffered() == 0:
+			switch s.peek(br) {
+			case waitClosed:
+				return true // closed, by the peer or by a kick
+			case waitIdle:
 				br.Reset(nil)
 				readers.Put(br)
 				br = nil
-			}
-			w := s.awaitBytes(rc, idle)
-			if idle {
-				s.h.idle.Dec()
-			}
-			switch w {
-			case waitClosed:
-				return true // closed by a kick or the keep-alive
-			case waitIdle:
 				s.h.moved.Inc()
 				s.h.idle.Inc()
 				s.move(func() { s.run(nil) })
 				return false
 			}
-			br = readers.Get().(*bufio.Reader)
-			br.Reset(s.nc)
-		} else if _, err := br.Peek(1); err != nil {
-			return true // closed, by the peer or by a kick
+		default:
+			if _, err := br.Peek(1); err != nil {
+				return true // closed, by the peer or by a kick
+			}
 		}
 		if s.keepAlive != nil {
 			s.keepAlive.Reset(s.keepAliveAfter) // a packet comes
