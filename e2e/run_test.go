@@ -24,7 +24,9 @@ import (
 // them everywhere: the banner names the addresses it was given and no
 // default port, the demo page's buttons reach the API through the edge
 // (EDGE_DEMO_API_URL), and bin/eventbus, run by scripts/run.sh as a
-// command, publishes through that API.
+// command, publishes through that API. The notification service's Web
+// Push key is the development pair make run keeps in data/dev-vapid,
+// made by the first run and kept by the next.
 func TestMakeRunCarriesThePorts(t *testing.T) {
 	srv := redistest.Shared(t)
 	root, err := filepath.Abs("..")
@@ -40,6 +42,8 @@ func TestMakeRunCarriesThePorts(t *testing.T) {
 "$EVENTBUS_BIN/eventbus" publish order.placed '{"order_id":"o2","user_id":"42","total":990,"currency":"EUR"}'
 curl -sS --fail-with-body -H 'Content-Type: application/json' "http://$EDGE_HTTP_ADDR/demo/api/users" \
 	-d '{"user_id":"ports1","email":"ports1@example.com","name":"Ports"}'
+echo
+curl -sS --fail-with-body "http://$NOTIFICATION_HTTP_ADDR/v1/push/vapid-public-key"
 echo`
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -54,8 +58,21 @@ echo`
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	out := &servicetest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
+	vapidFile := filepath.Join(root, "data", "dev-vapid")
+	before, _ := os.ReadFile(vapidFile) // none on a fresh checkout
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("scripts/run.sh with the commands of its banner: %v\n%s", err, out)
+	}
+	pair, err := os.ReadFile(vapidFile)
+	if err != nil {
+		t.Fatalf("make run kept no VAPID pair: %v", err)
+	}
+	if len(before) > 0 && string(pair) != string(before) {
+		t.Errorf("make run made a new VAPID pair, want the one in data/dev-vapid kept")
+	}
+	public := regexp.MustCompile(`(?m)^NOTIFY_VAPID_PUBLIC_KEY=(\S+)$`).FindStringSubmatch(string(pair))
+	if public == nil || !strings.Contains(out.String(), `{"vapid_public_key":"`+public[1]+`"}`) {
+		t.Errorf("the notification service's VAPID key is not data/dev-vapid's %q:\n%s", public, out)
 	}
 	if !strings.Contains(out.String(), "published ") || !strings.Contains(out.String(), `"user_id":"ports1"`) {
 		t.Errorf("bin/eventbus publish and the demo page's sign-up did not both reach the API:\n%s", out)
