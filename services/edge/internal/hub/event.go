@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
+	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/envelope"
 )
 
@@ -26,6 +27,9 @@ type Event struct {
 	jsonOnce sync.Once
 	json     []byte
 	jsonErr  error
+
+	topicOnce sync.Once
+	topic     string
 }
 
 // NewEvent decodes an event as the bus delivered it, recorded in stream.
@@ -42,6 +46,13 @@ func NewEvent(ch, stream string, pos bus.Position, payload []byte) (*Event, erro
 func (e *Event) JSON() ([]byte, error) {
 	e.jsonOnce.Do(func() { e.json, e.jsonErr = envelope.MarshalJSON(e.Envelope) })
 	return e.json, e.jsonErr
+}
+
+// Topic returns the event's channel as an MQTT topic (channel.Topic),
+// made on the first call and shared by every MQTT client it goes to.
+func (e *Event) Topic() string {
+	e.topicOnce.Do(func() { e.topic = channel.Topic(e.Channel) })
+	return e.topic
 }
 
 // ErrSkip is an Encoding's error for an event that goes to none of its

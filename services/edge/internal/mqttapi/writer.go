@@ -83,7 +83,7 @@ var errExpired = fmt.Errorf("message expired: %w", hub.ErrSkip)
 // properties, its expiry counted down), any other event as its envelope
 // in JSON.
 func publishOf(ev *hub.Event, version byte, now time.Time) (packets.Packet, error) {
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: version, TopicName: topicOf(ev.Channel)}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: version, TopicName: ev.Topic()}
 	m := ev.Envelope.GetMqtt()
 	if m == nil {
 		payload, err := ev.JSON()
@@ -271,7 +271,7 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		buf.Write(f.Data)
 		return
 	}
-	topic := topicOf(f.Event.Channel)
+	topic := f.Event.Topic()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ctx.Err() != nil {
