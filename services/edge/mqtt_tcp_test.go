@@ -550,3 +550,24 @@ func TestMQTTOverTCPIdleReaderMoves(t *testing.T) {
 		t.Errorf("run returned %v after shutdown, want nil", err)
 	}
 }
+
+// A packet under way when EDGE_MQTT_IDLE_AFTER passes is read whole: the
+// reader's idle deadline never cuts it. A PINGREQ, then the first byte of
+// another in the same write, its second byte after the deadline; the
+// sleep shapes the input (a slow sender), it waits on nothing.
+func TestMQTTOverTCPIdleDeadlineSparesAPacketUnderWay(t *testing.T) {
+	t.Parallel()
+	const idleAfter = 300 * time.Millisecond
+	e := startTLSEdge(t, map[string]string{"EDGE_MQTT_IDLE_AFTER": idleAfter.String()})
+	m := dialTCP(t, e.mqtt, nil, 5)
+	m.connect("slow", mint(t, "42"), 30)
+	if _, err := m.nc.Write([]byte{packets.Pingreq << 4, 0, packets.Pingreq << 4}); err != nil {
+		t.Fatal(err)
+	}
+	m.expect(packets.Pingresp)
+	time.Sleep(2 * idleAfter)
+	if _, err := m.nc.Write([]byte{0}); err != nil {
+		t.Fatal(err)
+	}
+	m.expect(packets.Pingresp)
+}

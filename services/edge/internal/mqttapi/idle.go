@@ -3,11 +3,16 @@ package mqttapi
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/eventbus-suite/eventbus/services/edge/internal/hub"
 )
 
 // readers lends read buffers to connections with bytes to read. A
@@ -39,20 +44,34 @@ const (
 	waitClosed             // the connection ended
 )
 
-// peek waits for the next byte in br, for at most IdleAfter.
+// peek waits for the next byte in br, until IdleAfter has passed since the
+// last packet. Its read deadline stays armed across packets and is moved
+// only when it passes: a busy connection pays for it about once an
+// IdleAfter, not once a packet.
 func (s *session) peek(br *bufio.Reader) wait {
-	_ = s.nc.SetReadDeadline(time.Now().Add(s.h.IdleAfter))
-	_, err := br.Peek(1)
-	_ = s.nc.SetReadDeadline(time.Time{})
-	switch {
-	case err == nil:
-		return waitBytes
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return waitIdle
-	default:
-		return waitClosed
+	for {
+		if !s.armed {
+			_ = s.nc.SetReadDeadline(time.Now().Add(s.h.IdleAfter - s.sincePacket()))
+			s.armed = true
+		}
+		_, err := br.Peek(1)
+		switch {
+		case err == nil:
+			return waitBytes
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+			return waitClosed
+		case s.sincePacket() < s.h.IdleAfter:
+			s.armed = false // packets came since it was armed
+		default:
+			_ = s.nc.SetReadDeadline(time.Time{})
+			s.armed = false
+			return waitIdle
+		}
 	}
 }
+
+// sincePacket is how long ago the last packet came.
+func (s *session) sincePacket() time.Duration { return time.Duration(since() - s.lastPacket.Load()) }
 
 // awaitReadable waits, with no buffer, until rc has something to read:
 // a byte, the peer's close or an error, which the read that follows
@@ -68,4 +87,40 @@ func readable(fd uintptr) bool {
 	var b [1]byte
 	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	return err != syscall.EAGAIN && err != syscall.EINTR
+}
+
+// epoch is what since counts from: the monotonic clock, in a word.
+var epoch = time.Now()
+
+// since returns the time since epoch, on the monotonic clock.
+func since() int64 { return int64(time.Since(epoch)) }
+
+// checkKeepAlive closes the connection when no packet came within
+// keepAliveAfter, 1.5 times the client's keep-alive; otherwise it looks
+// again that long after the last packet.
+func (s *session) checkKeepAlive() {
+	if quiet := s.sincePacket(); quiet < s.keepAliveAfter {
+		s.mu.Lock()
+		if s.keepAlive != nil { // nil once the session finished
+			s.keepAlive.Reset(s.keepAliveAfter - quiet)
+		}
+		s.mu.Unlock()
+		return
+	}
+	s.disconnect(packets.ErrKeepAliveTimeout, hub.Disconnect{Code: hub.CloseHeartbeatTimeout,
+		Reason: fmt.Sprintf("no packet within 1.5 × the keep-alive of %v", s.keepAliveAfter*2/3)})
+}
+
+// whole reports whether br holds a whole packet, whose reading then needs
+// no read of the socket.
+func whole(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	n := 0
+	for i := 1; i < len(b) && i <= 4; i++ {
+		n |= int(b[i]&0x7f) << (7 * (i - 1))
+		if b[i]&0x80 == 0 {
+			return len(b) >= 1+i+n
+		}
+	}
+	return false
 }

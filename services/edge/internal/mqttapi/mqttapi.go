@@ -234,8 +234,14 @@ type session struct {
 	move func(func())
 	// keepAlive closes the connection when no packet comes within
 	// keepAliveAfter, 1.5 times the client's keep-alive; nil without one.
+	// lastPacket is when the last packet came (since), which the timer
+	// reads when it fires rather than being reset for every packet.
+	// Guarded by mu: keepAlive's timer; the reader's alone: armed, whether
+	// the socket has a read deadline for IdleAfter.
 	keepAlive      *time.Timer
 	keepAliveAfter time.Duration
+	lastPacket     atomic.Int64
+	armed          bool
 	ctx            context.Context // ends with the connection
 	cancel         context.CancelFunc
 	addr           netip.Addr
@@ -371,12 +377,12 @@ func (h *Handler) open(nc net.Conn, c closer, addr netip.Addr) (*session, *bufio
 		c.CloseNow()
 		return nil, nil
 	}
+	s.lastPacket.Store(since())
 	if keepAlive > 0 {
 		s.keepAliveAfter = keepAlive * 3 / 2
-		s.keepAlive = time.AfterFunc(s.keepAliveAfter, func() {
-			s.disconnect(packets.ErrKeepAliveTimeout, hub.Disconnect{Code: hub.CloseHeartbeatTimeout,
-				Reason: fmt.Sprintf("no packet within 1.5 × the keep-alive of %v", keepAlive)})
-		})
+		s.mu.Lock()
+		s.keepAlive = time.AfterFunc(s.keepAliveAfter, s.checkKeepAlive)
+		s.mu.Unlock()
 	}
 	go s.write()
 	if s.expiry > 0 {
@@ -390,9 +396,12 @@ func (h *Handler) open(nc net.Conn, c closer, addr netip.Addr) (*session, *bufio
 // finish ends a session whose reading ended: its will, its state, its
 // writer, then the connection.
 func (s *session) finish() {
+	s.mu.Lock()
 	if s.keepAlive != nil {
 		s.keepAlive.Stop()
+		s.keepAlive = nil
 	}
+	s.mu.Unlock()
 	defer s.closer.CloseNow()
 	defer s.cancel()
 	defer s.h.forget(s)
@@ -696,8 +705,11 @@ func (s *session) read(br *bufio.Reader) (ended bool) {
 				return true // closed, by the peer or by a kick
 			}
 		}
-		if s.keepAlive != nil {
-			s.keepAlive.Reset(s.keepAliveAfter) // a packet comes
+		s.lastPacket.Store(since()) // a packet comes
+		if s.armed && !whole(br) {
+			// The rest of the packet is read without the idle deadline.
+			_ = s.nc.SetReadDeadline(time.Time{})
+			s.armed = false
 		}
 		if !s.next(br) {
 			return true
