@@ -372,6 +372,8 @@ func (h *Handler) open(nc net.Conn, c closer, addr netip.Addr) (*session, *bufio
 	br.Reset(nc)
 	keepAlive, ok := s.accept(br)
 	if !ok {
+		br.Reset(nil)
+		readers.Put(br)
 		s.edge.Close()
 		cancel()
 		c.CloseNow()
