@@ -30,11 +30,12 @@ func Read(r *bufio.Reader, version byte, maxBytes int) (packets.Packet, error) {
 	if err := pk.FixedHeader.Decode(b); err != nil {
 		return pk, err
 	}
-	n, _, err := packets.DecodeLength(r)
+	n, used, err := packets.DecodeLength(r)
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return pk, io.ErrUnexpectedEOF
-	case err != nil:
+	case err != nil, used > 4:
+		// At most four bytes (MQTT 1.5.5); mochi takes a fifth.
 		return pk, packets.ErrMalformedVariableByteInteger
 	case n > maxBytes:
 		return pk, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, n, maxBytes)

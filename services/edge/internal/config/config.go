@@ -58,7 +58,7 @@ type Config struct {
 	MQTTSessionExpiry   time.Duration  // EDGE_MQTT_SESSION_EXPIRY: how long a kept MQTT session outlives its connection, at most
 	MQTTRetained        string         // EDGE_MQTT_RETAINED: "topic" (a topic's last PUBLISH with RETAIN) or "latest" (every channel's latest event)
 	MQTTShareVisibility time.Duration  // EDGE_MQTT_SHARE_VISIBILITY: how long a shared subscription's member may hold an event unacknowledged
-	MQTTIdleAfter       time.Duration  // EDGE_MQTT_IDLE_AFTER: an MQTT connection over TCP this long without a byte gives back its reader's stack
+	MQTTIdleAfter       time.Duration  // EDGE_MQTT_IDLE_AFTER: an MQTT connection over plain TCP idle this long after its last packet gives back its read buffer and stack; 0 (EDGE_MQTT_IDLE_AFTER=off) never
 	MQTTAddr            string         // EDGE_MQTT_ADDR: MQTT over TCP; "" (EDGE_MQTT_ADDR=off) for none
 	MQTTSAddr           string         // EDGE_MQTTS_ADDR: MQTT over TLS; "" for none
 	TLSCertFile         string         // EDGE_TLS_CERT: PEM certificate chain of the MQTT TLS listener
@@ -113,7 +113,6 @@ func Load(getenv func(string) string) (Config, error) {
 		MQTTSessionExpiry:   r.Duration("EDGE_MQTT_SESSION_EXPIRY", 24*time.Hour),
 		MQTTRetained:        r.String("EDGE_MQTT_RETAINED", "topic"),
 		MQTTShareVisibility: r.Duration("EDGE_MQTT_SHARE_VISIBILITY", 30*time.Second),
-		MQTTIdleAfter:       r.Duration("EDGE_MQTT_IDLE_AFTER", time.Second),
 	}
 	c.SendQueueMaxDelay = queueDelay(r)
 	c.mqttListeners(r)
@@ -242,6 +241,9 @@ const DefaultMQTTAddr = ":1883"
 // of the second, loading it so that a missing, unreadable or mismatched
 // file stops the edge at start rather than at the first client.
 func (c *Config) mqttListeners(r *envconfig.Reader) {
+	if !strings.EqualFold(r.String("EDGE_MQTT_IDLE_AFTER", ""), "off") {
+		c.MQTTIdleAfter = r.Duration("EDGE_MQTT_IDLE_AFTER", time.Second)
+	}
 	// An unset variable reads as empty, so "off" is how TCP is turned off.
 	if v := r.String("EDGE_MQTT_ADDR", DefaultMQTTAddr); !strings.EqualFold(v, "off") {
 		c.MQTTAddr = r.Addr("EDGE_MQTT_ADDR", DefaultMQTTAddr)

@@ -67,6 +67,23 @@ func TestMQTTAddr(t *testing.T) {
 	}
 }
 
+// EDGE_MQTT_IDLE_AFTER is a positive duration, 1 s unset, or off.
+func TestMQTTIdleAfter(t *testing.T) {
+	t.Parallel()
+	for value, want := range map[string]time.Duration{"": time.Second, "250ms": 250 * time.Millisecond, "off": 0, "OFF": 0, "0s": -1, "-1s": -1, "soon": -1} {
+		env := map[string]string{"EDGE_JWT_SECRET": strings.Repeat("k", 32), "EDGE_MQTT_IDLE_AFTER": value}
+		c, err := Load(func(k string) string { return env[k] })
+		switch {
+		case want < 0 && (err == nil || !strings.Contains(err.Error(), "EDGE_MQTT_IDLE_AFTER")):
+			t.Errorf("Load(EDGE_MQTT_IDLE_AFTER=%q) = %v, want an error naming it", value, err)
+		case want >= 0 && err != nil:
+			t.Errorf("Load(EDGE_MQTT_IDLE_AFTER=%q) = %v, want %v", value, err, want)
+		case want >= 0 && c.MQTTIdleAfter != want:
+			t.Errorf("Load(EDGE_MQTT_IDLE_AFTER=%q) = %v, want %v", value, c.MQTTIdleAfter, want)
+		}
+	}
+}
+
 // The demo's two upstreams are checked alike, each error naming its
 // variable; only with EDGE_DEMO on.
 func TestDemoURLs(t *testing.T) {

@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -20,21 +18,6 @@ import (
 // its socket to become readable, then borrows one (session.read).
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBuffer) }}
 
-// rawConn returns nc's socket when nc is a plain TCP connection, whose
-// readiness can be waited for without reading; nil otherwise (TLS,
-// WebSocket and PROXY connections read through buffers of their own).
-func rawConn(nc net.Conn) syscall.RawConn {
-	tc, ok := nc.(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return rc
-}
-
 // wait is what a wait for the client's next byte saw.
 type wait int
 
@@ -45,13 +28,13 @@ const (
 )
 
 // peek waits for the next byte in br, until IdleAfter has passed since the
-// last packet. Its read deadline stays armed across packets and is moved
-// only when it passes: a busy connection pays for it about once an
-// IdleAfter, not once a packet.
+// last packet was served. Its read deadline stays armed across packets
+// and is moved only when it passes: a busy connection pays for it about
+// once an IdleAfter, not once a packet.
 func (s *session) peek(br *bufio.Reader) wait {
 	for {
 		if !s.armed {
-			_ = s.nc.SetReadDeadline(time.Now().Add(s.h.IdleAfter - s.sincePacket()))
+			_ = s.nc.SetReadDeadline(time.Now().Add(s.h.IdleAfter - time.Duration(since()-s.served)))
 			s.armed = true
 		}
 		_, err := br.Peek(1)
@@ -60,8 +43,8 @@ func (s *session) peek(br *bufio.Reader) wait {
 			return waitBytes
 		case !errors.Is(err, os.ErrDeadlineExceeded):
 			return waitClosed
-		case s.sincePacket() < s.h.IdleAfter:
-			s.armed = false // packets came since it was armed
+		case time.Duration(since()-s.served) < s.h.IdleAfter:
+			s.armed = false // packets were served since it was armed
 		default:
 			_ = s.nc.SetReadDeadline(time.Time{})
 			s.armed = false
@@ -72,22 +55,6 @@ func (s *session) peek(br *bufio.Reader) wait {
 
 // sincePacket is how long ago the last packet came.
 func (s *session) sincePacket() time.Duration { return time.Duration(since() - s.lastPacket.Load()) }
-
-// awaitReadable waits, with no buffer, until rc has something to read:
-// a byte, the peer's close or an error, which the read that follows
-// sees. It is false when the connection was closed under the wait (a
-// kick, the keep-alive's timer).
-func awaitReadable(rc syscall.RawConn) bool {
-	return rc.Read(readable) == nil
-}
-
-// readable looks at the socket's next byte without taking it: false while
-// there is none yet, so that the runtime's poller parks the caller.
-func readable(fd uintptr) bool {
-	var b [1]byte
-	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return err != syscall.EAGAIN && err != syscall.EINTR
-}
 
 // epoch is what since counts from: the monotonic clock, in a word.
 var epoch = time.Now()

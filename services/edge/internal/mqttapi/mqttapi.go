@@ -230,17 +230,21 @@ type session struct {
 	closer closer   // how the transport ends the connection
 	// move starts a function on a goroutine the listener waits for at
 	// shutdown: the reader of a connection gone idle moves to a fresh one
-	// (read). Nil where it cannot move.
+	// (read). Nil where it cannot move; rc is then nil too, else the
+	// socket whose readiness a moved reader waits for.
 	move func(func())
+	rc   syscall.RawConn
 	// keepAlive closes the connection when no packet comes within
 	// keepAliveAfter, 1.5 times the client's keep-alive; nil without one.
 	// lastPacket is when the last packet came (since), which the timer
 	// reads when it fires rather than being reset for every packet.
-	// Guarded by mu: keepAlive's timer; the reader's alone: armed, whether
-	// the socket has a read deadline for IdleAfter.
+	// Guarded by mu: keepAlive's timer. The reader's alone: served, when
+	// it last finished serving a packet, from which IdleAfter counts; and
+	// armed, whether the socket has a read deadline for it.
 	keepAlive      *time.Timer
 	keepAliveAfter time.Duration
 	lastPacket     atomic.Int64
+	served         int64
 	armed          bool
 	ctx            context.Context // ends with the connection
 	cancel         context.CancelFunc
@@ -335,7 +339,9 @@ func (h *Handler) serve(nc net.Conn, c closer, addr netip.Addr, move func(func()
 	if s == nil {
 		return
 	}
-	s.move = move
+	if move != nil && h.IdleAfter > 0 {
+		s.move, s.rc = move, rawConn(nc)
+	}
 	s.run(br)
 }
 
@@ -379,7 +385,8 @@ func (h *Handler) open(nc net.Conn, c closer, addr netip.Addr) (*session, *bufio
 		c.CloseNow()
 		return nil, nil
 	}
-	s.lastPacket.Store(since())
+	s.served = since()
+	s.lastPacket.Store(s.served)
 	if keepAlive > 0 {
 		s.keepAliveAfter = keepAlive * 3 / 2
 		s.mu.Lock()
@@ -669,10 +676,6 @@ func (s *session) accept(br *bufio.Reader) (time.Duration, bool) {
 // A busy connection reads as any other; an idle spell costs a goroutine's
 // start, and a look at the socket (awaitReadable) when it ends.
 func (s *session) read(br *bufio.Reader) (ended bool) {
-	var rc syscall.RawConn
-	if s.move != nil && s.h.IdleAfter > 0 {
-		rc = rawConn(s.nc)
-	}
 	defer func() {
 		if br != nil {
 			br.Reset(nil)
@@ -682,14 +685,14 @@ func (s *session) read(br *bufio.Reader) (ended bool) {
 	for {
 		switch {
 		case br == nil:
-			ok := awaitReadable(rc)
+			ok := awaitReadable(s.rc)
 			s.h.idle.Dec()
 			if !ok {
 				return true // closed by a kick or the keep-alive
 			}
 			br = readers.Get().(*bufio.Reader)
 			br.Reset(s.nc)
-		case rc != nil && br.Buffered() == 0:
+		case s.rc != nil && br.Buffered() == 0:
 			switch s.peek(br) {
 			case waitClosed:
 				return true // closed, by the peer or by a kick
@@ -716,6 +719,7 @@ func (s *session) read(br *bufio.Reader) (ended bool) {
 		if !s.next(br) {
 			return true
 		}
+		s.served = since()
 	}
 }
 
