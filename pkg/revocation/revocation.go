@@ -109,25 +109,28 @@ func (c Command) Validate() error {
 }
 
 // Envelope wraps c as the event published on ControlChannel, which the
-// logger records like any other.
+// logger records like any other: its fields that are set, as a Struct.
 func (c Command) Envelope() (*envelope.Envelope, error) {
-	m := map[string]any{"action": c.Action}
-	for k, v := range map[string]string{"jti": c.JTI, "sub": c.Sub, "pattern": c.Pattern,
-		"identity": c.Identity, "client_id": c.ClientID, "conn": c.Conn} {
-		if v != "" {
-			m[k] = v
+	fields := make(map[string]*structpb.Value, 5)
+	for _, f := range [...]struct{ k, v string }{{"action", c.Action}, {"jti", c.JTI}, {"sub", c.Sub}, {"pattern", c.Pattern},
+		{"identity", c.Identity}, {"client_id", c.ClientID}, {"conn", c.Conn}} {
+		switch {
+		case f.v == "" && f.k != "action":
+		case !utf8.ValidString(f.v):
+			return nil, fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalid, f.k)
+		default:
+			fields[f.k] = structpb.NewStringValue(f.v)
 		}
 	}
-	for k, t := range map[string]time.Time{"issued_before": c.IssuedBefore, "connected_before": c.ConnectedBefore} {
-		if !t.IsZero() {
-			m[k] = t.UTC().Format(time.RFC3339Nano)
+	for _, f := range [...]struct {
+		k string
+		t time.Time
+	}{{"issued_before", c.IssuedBefore}, {"connected_before", c.ConnectedBefore}} {
+		if !f.t.IsZero() {
+			fields[f.k] = structpb.NewStringValue(f.t.UTC().Format(time.RFC3339Nano))
 		}
 	}
-	s, err := structpb.NewStruct(m)
-	if err != nil {
-		return nil, err
-	}
-	data, err := envelope.PackData(s)
+	data, err := envelope.PackData(&structpb.Struct{Fields: fields})
 	if err != nil {
 		return nil, err
 	}
