@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -17,6 +18,19 @@ import (
 // connection over plain TCP idle for IdleAfter holds none: it waits for
 // its socket to become readable, then borrows one (session.read).
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBuffer) }}
+
+// borrow lends a read buffer reading nc.
+func borrow(nc net.Conn) *bufio.Reader {
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(nc)
+	return br
+}
+
+// giveBack returns a buffer borrow lent, which its borrower no longer uses.
+func giveBack(br *bufio.Reader) {
+	br.Reset(nil)
+	readers.Put(br)
+}
 
 // wait is what a wait for the client's next byte saw.
 type wait int
@@ -34,7 +48,7 @@ const (
 func (s *session) peek(br *bufio.Reader) wait {
 	for {
 		if !s.armed {
-			_ = s.nc.SetReadDeadline(time.Now().Add(s.h.IdleAfter - time.Duration(since()-s.served)))
+			_ = s.nc.SetReadDeadline(time.Now().Add(s.h.IdleAfter - s.sinceServed()))
 			s.armed = true
 		}
 		_, err := br.Peek(1)
@@ -43,7 +57,7 @@ func (s *session) peek(br *bufio.Reader) wait {
 			return waitBytes
 		case !errors.Is(err, os.ErrDeadlineExceeded):
 			return waitClosed
-		case time.Duration(since()-s.served) < s.h.IdleAfter:
+		case s.sinceServed() < s.h.IdleAfter:
 			s.armed = false // packets were served since it was armed
 		default:
 			_ = s.nc.SetReadDeadline(time.Time{})
@@ -52,6 +66,9 @@ func (s *session) peek(br *bufio.Reader) wait {
 		}
 	}
 }
+
+// sinceServed is how long ago the reader last finished serving a packet.
+func (s *session) sinceServed() time.Duration { return time.Duration(since() - s.served) }
 
 // sincePacket is how long ago the last packet came.
 func (s *session) sincePacket() time.Duration { return time.Duration(since() - s.lastPacket.Load()) }
@@ -79,7 +96,9 @@ func (s *session) checkKeepAlive() {
 }
 
 // whole reports whether br holds a whole packet, whose reading then needs
-// no read of the socket.
+// no read of the socket. It reads the remaining length as mqttwire.Read
+// does (at most four bytes; FuzzWhole holds them to agreeing) but without
+// mochi's io.ByteReader, which would cost an allocation per packet.
 func whole(br *bufio.Reader) bool {
 	b, _ := br.Peek(br.Buffered())
 	n := 0

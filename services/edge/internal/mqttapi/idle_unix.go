@@ -9,7 +9,8 @@ import (
 
 // rawConn returns nc's socket when nc is a plain TCP connection, whose
 // readiness can be waited for without reading; nil otherwise (TLS,
-// WebSocket and PROXY connections read through buffers of their own).
+// WebSocket, and connections a trusted proxy passes with a PROXY header,
+// read through buffers of their own).
 func rawConn(nc net.Conn) syscall.RawConn {
 	tc, ok := nc.(*net.TCPConn)
 	if !ok {

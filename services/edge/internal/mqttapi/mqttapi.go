@@ -374,12 +374,10 @@ func (h *Handler) open(nc net.Conn, c closer, addr netip.Addr) (*session, *bufio
 		c.CloseNow()
 		return nil, nil
 	}
-	br := readers.Get().(*bufio.Reader)
-	br.Reset(nc)
+	br := borrow(nc)
 	keepAlive, ok := s.accept(br)
 	if !ok {
-		br.Reset(nil)
-		readers.Put(br)
+		giveBack(br)
 		s.edge.Close()
 		cancel()
 		c.CloseNow()
@@ -678,8 +676,7 @@ func (s *session) accept(br *bufio.Reader) (time.Duration, bool) {
 func (s *session) read(br *bufio.Reader) (ended bool) {
 	defer func() {
 		if br != nil {
-			br.Reset(nil)
-			readers.Put(br)
+			giveBack(br)
 		}
 	}()
 	for {
@@ -690,15 +687,13 @@ func (s *session) read(br *bufio.Reader) (ended bool) {
 			if !ok {
 				return true // closed by a kick or the keep-alive
 			}
-			br = readers.Get().(*bufio.Reader)
-			br.Reset(s.nc)
+			br = borrow(s.nc)
 		case s.rc != nil && br.Buffered() == 0:
 			switch s.peek(br) {
 			case waitClosed:
 				return true // closed, by the peer or by a kick
 			case waitIdle:
-				br.Reset(nil)
-				readers.Put(br)
+				giveBack(br)
 				br = nil
 				s.h.moved.Inc()
 				s.h.idle.Inc()
