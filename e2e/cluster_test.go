@@ -87,11 +87,10 @@ func dialJSONSince(t *testing.T, addr, pattern, since string) (*websocket.Conn, 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws?token="+tok, nil)
+	conn, err := dialWS(ctx, t, addr, tok)
 	if err != nil {
 		return nil, err
 	}
-	t.Cleanup(func() { conn.CloseNow() })
 	req := `{"action":"subscribe","channel":"` + pattern + `","since":` + since + `,"id":"1"}`
 	if err := conn.Write(ctx, websocket.MessageText, []byte(req)); err != nil {
 		return nil, err

@@ -167,6 +167,39 @@ func postBatch(t *testing.T, addr string, ndjson io.Reader) {
 	}
 }
 
+// mintToken is a token of user granting grants, signed with secret.
+func mintToken(t *testing.T, secret, user string, grants []string) string {
+	t.Helper()
+	tok, err := token.Issue([]byte(secret), user, grants, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// dialWS connects a JSON WebSocket client to the edge at addr with token
+// tok; the test's end closes it.
+func dialWS(ctx context.Context, t *testing.T, addr, tok string) (*websocket.Conn, error) {
+	conn, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws?token="+tok, nil)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { conn.CloseNow() })
+	return conn, nil
+}
+
+// subscribeOK subscribes conn to ch and fails the test unless the edge
+// says ok.
+func subscribeOK(ctx context.Context, t *testing.T, conn *websocket.Conn, ch string) {
+	t.Helper()
+	if err := conn.Write(ctx, websocket.MessageText, []byte(`{"action":"subscribe","channel":"`+ch+`","id":"1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := conn.Read(ctx); err != nil || !strings.Contains(string(b), `"ok":true`) {
+		t.Fatalf("subscribe %s: %s, %v", ch, b, err)
+	}
+}
+
 func waitReady(t *testing.T, p *process, url string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
@@ -374,23 +407,13 @@ func TestAPIEventReachesABrowserThroughTheEdge(t *testing.T) {
 	waitReady(t, api, "http://"+apiHTTP+"/readyz")
 	waitReady(t, edge, "http://"+edgeHTTP+"/readyz")
 
-	tok, err := token.Issue([]byte(secret), "7", nil, time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws://"+edgeHTTP+"/ws?token="+tok, nil)
+	conn, err := dialWS(ctx, t, edgeHTTP, mintToken(t, secret, "7", nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.CloseNow()
-	if err := conn.Write(ctx, websocket.MessageText, []byte(`{"action":"subscribe","channel":"notify:user:7","id":"1"}`)); err != nil {
-		t.Fatal(err)
-	}
-	if _, b, err := conn.Read(ctx); err != nil || !strings.Contains(string(b), `"ok":true`) {
-		t.Fatalf("subscribe reply = %s, %v", b, err)
-	}
+	subscribeOK(ctx, t, conn, "notify:user:7")
 	body := `{"type":"notification.created","channel":"notify:user:7","data":{"user_id":"7","title":"Hello","body":"from the API"}}`
 	resp, err := http.Post("http://"+apiHTTP+"/v1/events", "application/json", strings.NewReader(body))
 	if err != nil {

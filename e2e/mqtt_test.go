@@ -145,23 +145,13 @@ func waitTailed(t *testing.T, logged <-chan string, want ...string) {
 // subscribed to pattern with a token signed by mqttSecret.
 func dialJSON(t *testing.T, addr, pattern string) *websocket.Conn {
 	t.Helper()
-	tok, err := token.Issue([]byte(mqttSecret), "browser", []string{pattern}, time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws?token="+tok, nil)
+	conn, err := dialWS(ctx, t, addr, mintToken(t, mqttSecret, "browser", []string{pattern}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.CloseNow() })
-	if err := conn.Write(ctx, websocket.MessageText, []byte(`{"action":"subscribe","channel":"`+pattern+`","id":"1"}`)); err != nil {
-		t.Fatal(err)
-	}
-	if _, b, err := conn.Read(ctx); err != nil || !strings.Contains(string(b), `"ok":true`) {
-		t.Fatalf("subscribe %s: %s, %v", pattern, b, err)
-	}
+	subscribeOK(ctx, t, conn, pattern)
 	return conn
 }
 

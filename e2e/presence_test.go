@@ -18,18 +18,13 @@ import (
 	"github.com/eventbus-suite/eventbus/pkg/presence"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
-	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
 const presenceSecret = "presence-e2e-secret-0123456789"
 
 func presenceToken(t *testing.T, user string) string {
 	t.Helper()
-	tok, err := token.Issue([]byte(presenceSecret), user, []string{"room:*"}, time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return mintToken(t, presenceSecret, user, []string{"room:*"})
 }
 
 // presenceConn is a JSON WebSocket client subscribed to a channel with
@@ -46,11 +41,10 @@ func presenceFrames(t *testing.T, edge, user, ch string) *presenceConn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws://"+edge+"/ws?token="+presenceToken(t, user), nil)
+	conn, err := dialWS(ctx, t, edge, presenceToken(t, user))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.CloseNow() })
 	p := &presenceConn{conn: conn}
 	p.send(t, `{"action":"subscribe","channel":"`+ch+`","presence":true,"id":"p"}`)
 	out := make(chan string, 64)

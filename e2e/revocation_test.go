@@ -42,17 +42,11 @@ func TestRevocationAndDisconnectThroughTheAPI(t *testing.T) {
 	}
 	dial := func(edge, tok string) *websocket.Conn {
 		t.Helper()
-		conn, _, err := websocket.Dial(ctx, "ws://"+edge+"/ws?token="+tok, nil)
+		conn, err := dialWS(ctx, t, edge, tok)
 		if err != nil {
 			t.Fatalf("dial %s: %v", edge, err)
 		}
-		t.Cleanup(func() { conn.CloseNow() })
-		if err := conn.Write(ctx, websocket.MessageText, []byte(`{"action":"subscribe","channel":"rv:*","id":"1"}`)); err != nil {
-			t.Fatal(err)
-		}
-		if _, reply, err := conn.Read(ctx); err != nil || !strings.Contains(string(reply), `"ok":true`) {
-			t.Fatalf("subscribe: %s, %v", reply, err)
-		}
+		subscribeOK(ctx, t, conn, "rv:*")
 		return conn
 	}
 	closed := func(conn *websocket.Conn) websocket.StatusCode {

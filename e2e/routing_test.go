@@ -28,7 +28,6 @@ import (
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 	"github.com/eventbus-suite/eventbus/pkg/servicetest"
-	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
 const (
@@ -214,24 +213,14 @@ type edgeClient struct {
 // then reads the frames, handing out the events and the replies apart.
 func dialEdge(t *testing.T, addr, user string, grants []string, subs ...string) *edgeClient {
 	t.Helper()
-	tok, err := token.Issue([]byte(routingSecret), user, grants, time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws?token="+tok, nil)
+	conn, err := dialWS(ctx, t, addr, mintToken(t, routingSecret, user, grants))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.CloseNow() })
 	for _, s := range subs {
-		if err := conn.Write(ctx, websocket.MessageText, []byte(`{"action":"subscribe","channel":"`+s+`","id":"sub"}`)); err != nil {
-			t.Fatal(err)
-		}
-		if _, b, err := conn.Read(ctx); err != nil || !strings.Contains(string(b), `"ok":true`) {
-			t.Fatalf("%s: subscribe %s = %s, %v", user, s, b, err)
-		}
+		subscribeOK(ctx, t, conn, s)
 	}
 	c := &edgeClient{conn: conn, events: make(chan edgeFrame, 64), replies: make(chan edgeFrame, 64)}
 	go func() {
