@@ -91,9 +91,7 @@ func TestDeadLetterRetrySurvivesAKilledReplica(t *testing.T) {
 	sg := newStallingSendGrid(t)
 	const key = "e2e-operator-key"
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "info", "API_KEYS": key}
-	apiHTTP := servicetest.FreeAddr(t)
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
-	waitReady(t, api, "http://"+apiHTTP+"/readyz")
+	apiHTTP := startAPI(t, common)
 	var replicas []*process
 	var addrs []string
 	for i := range 2 {

@@ -167,6 +167,16 @@ func postBatch(t *testing.T, addr string, ndjson io.Reader) {
 	}
 }
 
+// startAPI starts an api on free ports with env, and returns its HTTP
+// address once it is ready.
+func startAPI(t *testing.T, env map[string]string) string {
+	t.Helper()
+	addr := servicetest.FreeAddr(t)
+	api := start(t, "api", merge(env, map[string]string{"API_HTTP_ADDR": addr, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
+	waitReady(t, api, "http://"+addr+"/readyz")
+	return addr
+}
+
 // mintToken is a token of user granting grants, signed with secret.
 func mintToken(t *testing.T, secret, user string, grants []string) string {
 	t.Helper()

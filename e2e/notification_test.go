@@ -64,9 +64,7 @@ func TestNotificationSurvivesAKilledReplica(t *testing.T) {
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	sg := newFakeSendGrid(t)
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "warn"}
-	apiHTTP := servicetest.FreeAddr(t)
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
-	waitReady(t, api, "http://"+apiHTTP+"/readyz")
+	apiHTTP := startAPI(t, common)
 	const workers = 8
 	var replicas []*process
 	for i := range 3 {

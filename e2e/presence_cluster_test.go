@@ -51,9 +51,7 @@ func TestPresenceOnACluster(t *testing.T) {
 	c := redistest.SharedCluster(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	common := map[string]string{"REDIS_URL": c.URL, "REDIS_PREFIX": prefix}
-	apiHTTP := servicetest.FreeAddr(t)
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
-	waitReady(t, api, "http://"+apiHTTP+"/readyz")
+	apiHTTP := startAPI(t, common)
 	// A TTL of a second: the edges renew every third of it, so the test
 	// sees renewals on every master, and a renewal the cluster lost would
 	// show as a member swept and its leave announced.

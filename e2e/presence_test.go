@@ -287,9 +287,7 @@ func TestPresenceSurvivesAKilledEdge(t *testing.T) {
 	srv := redistest.Shared(t)
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
-	apiHTTP := servicetest.FreeAddr(t)
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
-	waitReady(t, api, "http://"+apiHTTP+"/readyz")
+	apiHTTP := startAPI(t, common)
 	const ttl = time.Second
 	edges, procs := startEdges(t, 2, merge(common, map[string]string{
 		"EDGE_JWT_SECRET": presenceSecret, "EDGE_PRESENCE_NAMESPACES": "room", "EDGE_PRESENCE_TTL": ttl.String(),

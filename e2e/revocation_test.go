@@ -10,7 +10,6 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
-	"github.com/eventbus-suite/eventbus/pkg/servicetest"
 	"github.com/eventbus-suite/eventbus/pkg/token"
 )
 
@@ -23,9 +22,7 @@ func TestRevocationAndDisconnectThroughTheAPI(t *testing.T) {
 	prefix := strings.TrimSuffix(redistest.Prefix(t), ":")
 	common := map[string]string{"REDIS_URL": srv.URL, "REDIS_PREFIX": prefix}
 	const secret = "revocation-e2e-secret-0123456789"
-	apiHTTP := servicetest.FreeAddr(t)
-	api := start(t, "api", merge(common, map[string]string{"API_HTTP_ADDR": apiHTTP, "API_GRPC_ADDR": servicetest.FreeAddr(t)}))
-	waitReady(t, api, "http://"+apiHTTP+"/readyz")
+	apiHTTP := startAPI(t, common)
 	edges, _ := startEdges(t, 2, merge(common, map[string]string{"EDGE_JWT_SECRET": secret}))
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
