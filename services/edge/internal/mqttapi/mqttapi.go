@@ -261,9 +261,11 @@ type session struct {
 	asked          uint32        // the Session Expiry Interval CONNECT asked for, in seconds (5.0)
 	will           *will         // published unless the client says goodbye
 	bye            bool          // the client sent DISCONNECT without its will; read by the reader only
-	// writer runs the writer only while there is work (writer.go); closed
-	// ends when it has closed the connection.
+	// writer runs the writer only while there is work (writer.go), and
+	// Ready wakes a resting one through wake, made by its first rest;
+	// closed ends when it has closed the connection.
 	writer atomic.Int32
+	wake   chan struct{}
 	closed chan struct{}
 	// resendDue asks the writer to resend what is unacknowledged, when
 	// retry, armed while messages are in flight, fires; saver saves a kept
