@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -33,6 +34,9 @@ var (
 	prometheus        = peer{ns: "monitoring", pod: map[string]string{"app.kubernetes.io/name": "prometheus"}}
 	publisher         = peer{ns: "shop", nsLabels: map[string]string{"eventbus.io/publisher": "true"}, pod: map[string]string{"app": "checkout"}}
 	stranger          = peer{ns: "elsewhere", pod: map[string]string{"app": "stranger"}}
+	// device is a client outside the cluster, as a load balancer passes
+	// it on with its own address (externalTrafficPolicy: Local).
+	device = peer{addr: netip.MustParseAddr("203.0.113.7")}
 )
 
 // redisHeadroom is the factor over the streams' own size that maxmemory
@@ -261,6 +265,25 @@ func TestKubernetesChecksRefuseBadVariants(t *testing.T) {
 			want: "ingress-nginx/ingress-nginx can reach StatefulSet/redis port 6379, which no Ingress routes to",
 		},
 		{
+			name: "MQTT shut out",
+			kustomization: `patches:
+  - patch: |-
+      $patch: delete
+      apiVersion: networking.k8s.io/v1
+      kind: NetworkPolicy
+      metadata:
+        name: allow-mqtt-devices`,
+			want: "a device at 203.0.113.7 cannot reach Deployment/edge port 1883, which Service/edge-mqtt (LoadBalancer) exposes",
+		},
+		{
+			name: "the edge's HTTP port open to devices",
+			kustomization: `patches:
+  - target: {kind: NetworkPolicy, name: allow-mqtt-devices}
+    patch: |-
+      - {op: remove, path: /spec/ingress/0/ports}`,
+			want: "a device at 203.0.113.7 can reach Deployment/edge port 8081, which no LoadBalancer Service exposes",
+		},
+		{
 			name: "a service without a ServiceMonitor",
 			kustomization: `patches:
   - patch: |-
@@ -292,27 +315,88 @@ func TestKubernetesChecksRefuseBadVariants(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			dir := t.TempDir()
-			if err := os.CopyFS(filepath.Join(dir, "k8s"), os.DirFS(filepath.Join(root, "deploy/k8s"))); err != nil {
-				t.Fatal(err)
-			}
-			bad := filepath.Join(dir, "k8s/overlays/bad")
-			if err := os.Mkdir(bad, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../production\n" + tc.kustomization + "\n"
-			if err := os.WriteFile(filepath.Join(bad, "kustomization.yaml"), []byte(k), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			r, err := build(bad)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := buildOnProduction(t, tc.kustomization)
 			errs := checkRendered(r)
 			if !slices.ContainsFunc(errs, func(err error) bool { return strings.Contains(err.Error(), tc.want) }) {
 				t.Errorf("checkRendered(production with %s) = %v, want %q", tc.name, errs, tc.want)
 			}
 		})
+	}
+}
+
+// buildOnProduction builds an overlay of its own on top of
+// overlays/production, in a copy of deploy/k8s, with kustomization's
+// lines added to its kustomization.yaml.
+func buildOnProduction(t *testing.T, kustomization string) *rendered {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.CopyFS(filepath.Join(dir, "k8s"), os.DirFS(filepath.Join(root, "deploy/k8s"))); err != nil {
+		t.Fatal(err)
+	}
+	overlay := filepath.Join(dir, "k8s/overlays/variant")
+	if err := os.Mkdir(overlay, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../production\n" + kustomization + "\n"
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := build(overlay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// MQTT reaches the edge from outside the cluster: over TCP from the base,
+// and over TLS with components/mqtt-tls, whose certificate and key are
+// files of a mounted Secret that EDGE_TLS_CERT and EDGE_TLS_KEY name.
+func TestKubernetesMQTT(t *testing.T) {
+	t.Parallel()
+	r := buildOnProduction(t, "components:\n  - ../../components/mqtt-tls")
+	for _, err := range checkRendered(r) {
+		t.Error(err)
+	}
+	// The container ports are the edge's defaults (EDGE_MQTT_ADDR :1883)
+	// and what the component sets (EDGE_MQTTS_ADDR :8883).
+	for name, want := range map[string]int32{"mqtt": 1883, "mqtts": 8883} {
+		w, port, err := r.resolve("edge-mqtt", networkingv1.ServiceBackendPort{Name: name})
+		if err != nil {
+			t.Errorf("Service/edge-mqtt port %s: %v", name, err)
+			continue
+		}
+		if w.name != "edge" || port.ContainerPort != want {
+			t.Errorf("Service/edge-mqtt port %s reaches %s port %d, want Deployment/edge port %d", name, w, port.ContainerPort, want)
+		}
+	}
+	i := slices.IndexFunc(r.services, func(s *corev1.Service) bool { return s.Name == "edge-mqtt" })
+	if p := r.services[i].Spec.ExternalTrafficPolicy; p != corev1.ServiceExternalTrafficPolicyLocal {
+		t.Errorf("Service/edge-mqtt externalTrafficPolicy = %q, want Local: the edge's per-address limits need each client's own address", p)
+	}
+	j := slices.IndexFunc(r.deployments, func(d *appsv1.Deployment) bool { return d.Name == "edge" })
+	pod := r.deployments[j].Spec.Template.Spec
+	env := map[string]string{}
+	for _, e := range pod.Containers[0].Env {
+		env[e.Name] = e.Value
+	}
+	if _, set := env["EDGE_MQTT_ADDR"]; set || r.configMaps["eventbus-config"].Data["EDGE_MQTT_ADDR"] != "" {
+		t.Error("EDGE_MQTT_ADDR is set: the mqtt container port assumes its default, :1883")
+	}
+	if env["EDGE_MQTTS_ADDR"] != ":8883" {
+		t.Errorf("EDGE_MQTTS_ADDR = %q, want :8883", env["EDGE_MQTTS_ADDR"])
+	}
+	for _, v := range []string{"EDGE_TLS_CERT", "EDGE_TLS_KEY"} {
+		file := env[v]
+		mounted := slices.ContainsFunc(pod.Containers[0].VolumeMounts, func(m corev1.VolumeMount) bool {
+			if filepath.Dir(file) != m.MountPath {
+				return false
+			}
+			k := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+			return k >= 0 && pod.Volumes[k].Secret != nil && pod.Volumes[k].Secret.SecretName == "eventbus-mqtt-tls"
+		})
+		if !mounted {
+			t.Errorf("%s = %q is not a file of the mounted Secret eventbus-mqtt-tls", v, file)
+		}
 	}
 }
 
@@ -596,15 +680,20 @@ func (r *rendered) resolve(service string, port networkingv1.ServiceBackendPort)
 	return workload{}, corev1.ContainerPort{}, fmt.Errorf("Service/%s port %v reaches no container port", service, port)
 }
 
-// peer is a pod that may try to connect to the overlay's pods.
+// peer is a pod, or with addr a client outside the cluster, that may try
+// to connect to the overlay's pods.
 type peer struct {
 	ns       string
 	nsLabels map[string]string
 	pod      map[string]string
+	addr     netip.Addr // a client outside the cluster: only ipBlocks match it
 }
 
-// String names the peer by its namespace and app label.
+// String names the peer by its namespace and app label, or its address.
 func (p peer) String() string {
+	if p.addr.IsValid() {
+		return "a device at " + p.addr.String()
+	}
 	name, ok := p.pod["app.kubernetes.io/name"]
 	if !ok {
 		name = p.pod["app"]
@@ -655,7 +744,14 @@ func (r *rendered) peerMatches(peers []networkingv1.NetworkPolicyPeer, from peer
 	for _, p := range peers {
 		switch {
 		case p.IPBlock != nil:
-			// Pod traffic is not judged by address here.
+			// Only a client outside the cluster is judged by address here:
+			// whether an ipBlock matches pods' addresses depends on the
+			// network plugin.
+			if from.addr.IsValid() && inBlock(p.IPBlock, from.addr) {
+				return true
+			}
+		case from.addr.IsValid():
+			// Selectors match pods, never a client outside.
 		case p.NamespaceSelector == nil:
 			if from.ns == r.namespace && selects(p.PodSelector, from.pod) {
 				return true
@@ -667,6 +763,15 @@ func (r *rendered) peerMatches(peers []networkingv1.NetworkPolicyPeer, from peer
 		}
 	}
 	return false
+}
+
+// inBlock says whether addr lies in b's CIDR and outside its exceptions.
+func inBlock(b *networkingv1.IPBlock, addr netip.Addr) bool {
+	in := func(cidr string) bool {
+		p, err := netip.ParsePrefix(cidr)
+		return err == nil && p.Contains(addr)
+	}
+	return in(b.CIDR) && !slices.ContainsFunc(b.Except, in)
 }
 
 func portMatches(ports []networkingv1.NetworkPolicyPort, port corev1.ContainerPort) bool {
@@ -687,8 +792,10 @@ func portMatches(ports []networkingv1.NetworkPolicyPort, port corev1.ContainerPo
 	return false
 }
 
-// checkNetworkPolicies: nothing from outside reaches any pod; the ingress
-// controller reaches what the Ingresses route to and nothing else;
+// checkNetworkPolicies: nothing from elsewhere in the cluster reaches any
+// pod; a device outside reaches what a LoadBalancer Service exposes and
+// nothing else; the ingress controller reaches what the Ingresses route
+// to and nothing else;
 // Prometheus reaches each service's metrics port; every service reaches an
 // in-namespace Redis; labelled namespaces reach the api; and the demo's
 // edge reaches the api and the notification service it passes the page's
@@ -714,10 +821,30 @@ func checkNetworkPolicies(r *rendered) []error {
 			}
 		}
 	}
+	exposed := map[string]bool{} // workload/port
+	for _, svc := range r.services {
+		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
+			continue
+		}
+		for _, sp := range svc.Spec.Ports {
+			w, port, err := r.resolve(svc.Name, networkingv1.ServiceBackendPort{Name: sp.Name})
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			exposed[fmt.Sprint(w, port.ContainerPort)] = true
+			if !r.admits(device, w, port) {
+				errs = append(errs, fmt.Errorf("%s cannot reach %s port %d, which Service/%s (LoadBalancer) exposes", device, w, port.ContainerPort, svc.Name))
+			}
+		}
+	}
 	redis, redisPort, redisErr := r.resolve("redis", networkingv1.ServiceBackendPort{Number: 6379})
 	for _, w := range r.workloads() {
 		for _, c := range w.pod.Spec.Containers {
 			for _, port := range c.Ports {
+				if !exposed[fmt.Sprint(w, port.ContainerPort)] && r.admits(device, w, port) {
+					errs = append(errs, fmt.Errorf("%s can reach %s port %d, which no LoadBalancer Service exposes", device, w, port.ContainerPort))
+				}
 				if r.admits(stranger, w, port) {
 					errs = append(errs, fmt.Errorf("%s can reach %s port %d: no NetworkPolicy denies it", stranger, w, port.ContainerPort))
 				}
