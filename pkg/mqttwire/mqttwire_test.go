@@ -30,3 +30,42 @@ func TestReadRefusesAFiveByteLength(t *testing.T) {
 		}
 	}
 }
+
+// SetDup on a PUBLISH as sent gives what mochi encodes with DUP set, and
+// leaves any other packet as it is.
+func TestSetDupAgreesWithTheCodec(t *testing.T) {
+	t.Parallel()
+	for _, version := range []byte{4, 5} {
+		for _, qos := range []byte{1, 2} {
+			for _, retain := range []bool{false, true} {
+				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain},
+					ProtocolVersion: version, TopicName: "a/b", PacketID: 7, Payload: []byte{0, 1, 2}}
+				if version == 5 {
+					pk.Properties.ContentType = "application/cbor"
+				}
+				var sent, dup bytes.Buffer
+				if err := mqttwire.Append(&sent, &pk); err != nil {
+					t.Fatal(err)
+				}
+				pk.FixedHeader.Dup = true
+				if err := mqttwire.Append(&dup, &pk); err != nil {
+					t.Fatal(err)
+				}
+				got := bytes.Clone(sent.Bytes())
+				mqttwire.SetDup(got)
+				if !bytes.Equal(got, dup.Bytes()) {
+					t.Errorf("v%d QoS %d retain %v: SetDup(%x) = %x, want %x", version, qos, retain, sent.Bytes(), got, dup.Bytes())
+				}
+			}
+		}
+	}
+	var rel bytes.Buffer
+	if err := mqttwire.Append(&rel, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, ProtocolVersion: 4, PacketID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	got := bytes.Clone(rel.Bytes())
+	mqttwire.SetDup(got)
+	if !bytes.Equal(got, rel.Bytes()) {
+		t.Errorf("SetDup(PUBREL %x) = %x, want it unchanged", rel.Bytes(), got)
+	}
+}

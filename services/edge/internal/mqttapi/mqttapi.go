@@ -318,14 +318,22 @@ type filterOptions struct {
 // where its namespace stood before it, for a kept session to resume from
 // until it is acknowledged.
 type pending struct {
-	pk   packets.Packet
-	sent time.Time
-	ns   string
-	pos  bus.Position
-	prev bus.Position
-	note string     // the notification it carries, whose PUBACK is its receipt
-	ev   *hub.Event // the event it is, while it may wait for room
-	rec  bool       // QoS 2: PUBREC came, the client has it; PUBREL is what is resent
+	// qos and retain are the PUBLISH's flags; wire is the PUBLISH as it
+	// was sent, numbered, and nil until it is (a message waiting for room
+	// in the window is made from ev when its turn comes, so that its
+	// expiry counts down); size is its payload's length, counted in
+	// heldBytes while it waits.
+	qos    byte
+	retain bool
+	wire   []byte
+	size   int
+	sent   time.Time
+	ns     string
+	pos    bus.Position
+	prev   bus.Position
+	note   string     // the notification it carries, whose PUBACK is its receipt
+	ev     *hub.Event // the event it is, while it may wait for room
+	rec    bool       // QoS 2: PUBREC came, the client has it; PUBREL is what is resent
 	// share and delivery: the shared subscription it goes out for, and
 	// its delivery in the group, which its PUBACK acknowledges.
 	share    *shared

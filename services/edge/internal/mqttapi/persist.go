@@ -68,8 +68,7 @@ func (s *session) resume(kept state) {
 	s.floor = maps.Clone(s.cursor)
 	since := maps.Clone(s.cursor)
 	for _, id := range kept.Pubrel {
-		s.inflight[id] = &pending{pk: packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, PacketID: id},
-			rec: true, sent: time.Now()}
+		s.inflight[id] = &pending{qos: 2, rec: true, sent: time.Now()}
 		s.client.Send(encode(pubrel(id, s.version)))
 	}
 	s.mu.Unlock()

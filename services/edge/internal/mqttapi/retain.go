@@ -110,19 +110,19 @@ func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][
 // the send queue. It is not resumed from: the session's positions do not
 // wait for its acknowledgement.
 func (s *session) retainedInWindow(pk packets.Packet, ev *hub.Event) ([]byte, bool) {
-	p := &pending{pk: pk, ev: ev}
+	p := &pending{qos: pk.FixedHeader.Qos, retain: pk.FixedHeader.Retain, size: len(pk.Payload), ev: ev}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.inflight) < s.window {
 		var buf bytes.Buffer
-		s.send(&buf, p)
+		s.send(&buf, p, &pk)
 		return buf.Bytes(), true
 	}
-	if s.heldBytes+len(pk.Payload) > s.h.QueueBytes && len(s.held) > 0 {
+	if s.heldBytes+p.size > s.h.QueueBytes && len(s.held) > 0 {
 		return nil, false
 	}
 	s.held = append(s.held, p)
-	s.heldBytes += len(pk.Payload)
+	s.heldBytes += p.size
 	return nil, true
 }
 

@@ -239,8 +239,7 @@ func (s *session) hand(ctx context.Context, sh *shared, ds []bus.Delivery) {
 			done = append(done, d)
 			continue
 		}
-		pk.FixedHeader.Qos = 1
-		s.held = append(s.held, &pending{pk: pk, ev: ev, share: sh, delivery: d})
+		s.held = append(s.held, &pending{qos: 1, size: len(pk.Payload), ev: ev, share: sh, delivery: d})
 		s.heldBytes += len(pk.Payload)
 	}
 	s.mu.Unlock()

@@ -223,11 +223,13 @@ func (s *session) drain(w *writing) {
 		for len(s.held) > 0 && len(s.inflight) < s.window {
 			p := s.held[0]
 			s.held = s.held[1:]
-			s.heldBytes -= len(p.pk.Payload)
-			if !s.refresh(p) {
+			s.heldBytes -= p.size
+			pk, err := publishOf(p.ev, s.version, time.Now())
+			if err != nil {
 				continue // expired while it waited: it goes to no one
 			}
-			s.send(buf, p)
+			pk.FixedHeader.Qos, pk.FixedHeader.Retain = p.qos, p.retain
+			s.send(buf, p, &pk)
 		}
 		s.mu.Unlock()
 		if len(w.frames) == 0 && buf.Len() == 0 {
@@ -343,12 +345,12 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		_ = mqttwire.Append(buf, &pk)
 		return
 	}
-	p := &pending{pk: pk, ev: f.Event, ns: f.Event.Stream, pos: f.Event.Position, prev: s.cursor[f.Event.Stream]}
+	p := &pending{qos: qos, retain: retain, size: len(pk.Payload), ev: f.Event, ns: f.Event.Stream, pos: f.Event.Position, prev: s.cursor[f.Event.Stream]}
 	if n, ok := receipt.Of(f.Event); ok {
 		p.note = n.ID
 		s.edge.Note(n)
 	}
-	if s.heldBytes+len(pk.Payload) > s.h.QueueBytes && len(s.held) > 0 {
+	if s.heldBytes+p.size > s.h.QueueBytes && len(s.held) > 0 {
 		// Too slow: closed, and a kept session resumes from before this
 		// message.
 		s.dropped = p
@@ -357,11 +359,11 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 	}
 	s.advance(p.ns, p.pos)
 	if len(s.inflight) < s.window {
-		s.send(buf, p)
+		s.send(buf, p, &pk)
 		return
 	}
 	s.held = append(s.held, p)
-	s.heldBytes += len(pk.Payload)
+	s.heldBytes += p.size
 }
 
 // grant returns the QoS an event on topic goes out with: the highest of
@@ -391,36 +393,22 @@ func (s *session) own(ev *hub.Event) bool {
 	return ok && id == s.id && env.GetMqtt() != nil && (c == nil || env.GetSubject() == c.Subject)
 }
 
-// refresh counts down the expiry of p, a message that waited for room in
-// the window, and reports whether it is still to go.
-func (s *session) refresh(p *pending) bool {
-	if p.ev == nil || p.ev.Envelope.GetMqtt().GetMessageExpirySeconds() == 0 {
-		return true
-	}
-	pk, err := publishOf(p.ev, s.version, time.Now())
-	if err != nil {
-		return false
-	}
-	pk.FixedHeader.Qos, pk.FixedHeader.Retain = p.pk.FixedHeader.Qos, p.pk.FixedHeader.Retain
-	p.pk = pk
-	return true
-}
-
-// send appends p, numbering it and keeping it for a PUBACK when it is
-// QoS 1. Call with mu held.
-func (s *session) send(buf *bytes.Buffer, p *pending) {
-	if p.pk.FixedHeader.Qos > 0 {
-		for {
-			s.nextID++
-			if _, used := s.inflight[s.nextID]; s.nextID != 0 && !used {
-				break
-			}
+// send appends pk, the PUBLISH of p at QoS 1 or 2, numbering it and
+// keeping p, with the bytes sent, for the acknowledgement. Call with mu
+// held.
+func (s *session) send(buf *bytes.Buffer, p *pending, pk *packets.Packet) {
+	for {
+		s.nextID++
+		if _, used := s.inflight[s.nextID]; s.nextID != 0 && !used {
+			break
 		}
-		p.pk.PacketID = s.nextID
-		p.sent = time.Now()
-		s.inflight[p.pk.PacketID] = p
 	}
-	_ = mqttwire.Append(buf, &p.pk)
+	pk.PacketID = s.nextID
+	p.sent = time.Now()
+	s.inflight[pk.PacketID] = p
+	start := buf.Len()
+	_ = mqttwire.Append(buf, pk)
+	p.wire = bytes.Clone(buf.Bytes()[start:])
 }
 
 // resend sends again, with DUP, every QoS 1 message unacknowledged for
@@ -443,8 +431,8 @@ func (s *session) resend(buf *bytes.Buffer) {
 			_ = mqttwire.Append(buf, &rel)
 			continue
 		}
-		p.pk.FixedHeader.Dup = true
-		_ = mqttwire.Append(buf, &p.pk)
+		mqttwire.SetDup(p.wire) // as every later resend is
+		buf.Write(p.wire)
 		s.h.redelivered.Inc()
 	}
 	s.mu.Unlock()
@@ -462,7 +450,7 @@ func pubrel(id uint16, version byte) packets.Packet {
 func (s *session) recorded(id uint16) {
 	s.mu.Lock()
 	p, ok := s.inflight[id]
-	if ok && p.pk.FixedHeader.Qos == 2 {
+	if ok && p.qos == 2 {
 		p.rec, p.sent = true, time.Now()
 		s.dirty = true // its position is the client's now
 	}
