@@ -82,7 +82,9 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 
 	reg := server.NewRegistry()
-	b, rdb, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, cfg.BusOptions(log, reg, "eventbus_edge"))
+	busOpts := cfg.BusOptions(log, reg, "eventbus_edge")
+	busOpts.ConnBuffer = 4 << 10 // small commands, pools that grow with bursts of clients connecting
+	b, rdb, err := redisbus.Open(ctx, cfg.RedisURL, 5*time.Second, busOpts)
 	if err != nil {
 		return err
 	}

@@ -24,7 +24,11 @@ var clusterSchemes = map[string]string{"redis+cluster": "redis", "rediss+cluster
 // options after the last; it has no database. Either client honours
 // context deadlines, also while it waits on a socket (go-redis does not
 // unless told to).
-func NewClient(url string) (redis.UniversalClient, error) {
+func NewClient(url string) (redis.UniversalClient, error) { return newClient(url, 0) }
+
+// newClient is NewClient with its connections' buffers sized by buffer
+// (Options.ConnBuffer), or go-redis's when it is 0.
+func newClient(url string, buffer int) (redis.UniversalClient, error) {
 	scheme, rest, _ := strings.Cut(url, "://")
 	nodeScheme, cluster := clusterSchemes[scheme]
 	if !cluster {
@@ -33,6 +37,10 @@ func NewClient(url string) (redis.UniversalClient, error) {
 			return nil, fmt.Errorf("parse redis url: %w", err)
 		}
 		opt.ContextTimeoutEnabled = true
+		if buffer > 0 {
+			opt.ReadBufferSize, opt.WriteBufferSize = buffer, buffer
+			opt.PipelineReadBufferSize, opt.PipelineWriteBufferSize = 4*buffer, 4*buffer
+		}
 		return redis.NewClient(opt), nil
 	}
 	opt, err := parseClusterURL(nodeScheme, rest)
@@ -40,6 +48,11 @@ func NewClient(url string) (redis.UniversalClient, error) {
 		return nil, fmt.Errorf("parse redis cluster url: %w", err)
 	}
 	opt.ContextTimeoutEnabled = true
+	if buffer > 0 {
+		// Pipeline buffers set on a cluster would give each node a
+		// pipeline pool it has none of by default.
+		opt.ReadBufferSize, opt.WriteBufferSize = buffer, buffer
+	}
 	return newClusterClient(opt), nil
 }
 
@@ -152,10 +165,15 @@ func CheckURL(url string) error {
 // go-redis would say it several times a second for as long as Redis is
 // away.
 func Dial(ctx context.Context, url string, timeout time.Duration, log *slog.Logger) (redis.UniversalClient, error) {
+	return dial(ctx, url, timeout, log, 0)
+}
+
+// dial is Dial with the connections' buffers sized by buffer (newClient).
+func dial(ctx context.Context, url string, timeout time.Duration, log *slog.Logger, buffer int) (redis.UniversalClient, error) {
 	if log != nil {
 		redis.SetLogger(driverLog{log})
 	}
-	c, err := NewClient(url)
+	c, err := newClient(url, buffer)
 	if err != nil {
 		return nil, err
 	}
@@ -168,12 +186,12 @@ func Dial(ctx context.Context, url string, timeout time.Duration, log *slog.Logg
 	return c, nil
 }
 
-// Open dials url (Dial, with opts.Logger) and makes a Bus on the client,
-// which it owns: the Bus's Close closes the client too. The client is
-// returned for the service's small stores (claims, contacts,
-// idempotency, revocations), which must not outlive the Bus.
+// Open dials url (Dial, with opts.Logger and opts.ConnBuffer) and makes a
+// Bus on the client, which it owns: the Bus's Close closes the client
+// too. The client is returned for the service's small stores (claims,
+// contacts, idempotency, revocations), which must not outlive the Bus.
 func Open(ctx context.Context, url string, timeout time.Duration, opts Options) (*Bus, redis.UniversalClient, error) {
-	rdb, err := Dial(ctx, url, timeout, opts.Logger)
+	rdb, err := dial(ctx, url, timeout, opts.Logger, opts.ConnBuffer)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,13 +1,16 @@
 package redisbus
 
 import (
+	"bytes"
 	"net"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 )
 
@@ -108,5 +111,83 @@ func TestDialCluster(t *testing.T) {
 		if err := rdb.Set(t.Context(), key, "v", 0).Err(); err != nil {
 			t.Fatalf("SET %s through the cluster = %v", key, err)
 		}
+	}
+}
+
+// Open sizes its connections' buffers by Options.ConnBuffer, on the
+// client it returns and on the bus's publishing client, and a bus on
+// buffers that small still moves messages, and pipelines, many times
+// their size.
+func TestOpenSizesConnectionBuffers(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	b, rdb, err := Open(t.Context(), srv.URL, 5*time.Second, Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 1000, ConnBuffer: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for name, c := range map[string]redis.UniversalClient{"client": rdb, "publishing client": b.pub} {
+		o := c.(*redis.Client).Options()
+		if o.ReadBufferSize != 1024 || o.WriteBufferSize != 1024 || o.PipelineReadBufferSize != 4096 || o.PipelineWriteBufferSize != 4096 {
+			t.Errorf("%s's buffers = read %d, write %d, pipeline %d and %d; want 1024, 1024, 4096, 4096", name,
+				o.ReadBufferSize, o.WriteBufferSize, o.PipelineReadBufferSize, o.PipelineWriteBufferSize)
+		}
+	}
+	sub, err := b.Subscribe(t.Context(), "big:*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	msgs := make([]bus.Publication, 16)
+	for i := range msgs {
+		msgs[i] = bus.Publication{Channel: "big:" + strconv.Itoa(i), Payload: bytes.Repeat([]byte{byte('a' + i)}, 8<<10)}
+	}
+	_, errs, err := b.PublishBatch(t.Context(), msgs)
+	if err != nil || slices.ContainsFunc(errs, func(err error) bool { return err != nil }) {
+		t.Fatalf("PublishBatch of %d × 8 KiB = %v, %v", len(msgs), errs, err)
+	}
+	for _, want := range msgs {
+		select {
+		case m := <-sub.Messages():
+			if m.Channel != want.Channel || !bytes.Equal(m.Payload, want.Payload) {
+				t.Fatalf("received %s with %d bytes, want %s with %d", m.Channel, len(m.Payload), want.Channel, len(want.Payload))
+			}
+		case <-t.Context().Done():
+			t.Fatal(t.Context().Err())
+		}
+	}
+}
+
+// Without ConnBuffer, go-redis's own sizes stand.
+func TestOpenKeepsGoRedisBuffers(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	b, rdb, err := Open(t.Context(), srv.URL, 5*time.Second, Options{Prefix: redistest.Prefix(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if o := rdb.(*redis.Client).Options(); o.ReadBufferSize != 32<<10 || o.WriteBufferSize != 32<<10 {
+		t.Errorf("buffers = read %d, write %d; want go-redis's 32 KiB", o.ReadBufferSize, o.WriteBufferSize)
+	}
+}
+
+// On a cluster, ConnBuffer sizes the nodes' command buffers and gives
+// them no pipeline pool.
+func TestOpenSizesClusterBuffers(t *testing.T) {
+	t.Parallel()
+	c := redistest.SharedCluster(t)
+	b, rdb, err := Open(t.Context(), "redis+cluster://"+c.Addrs[0], 5*time.Second, Options{Prefix: redistest.Prefix(t), ConnBuffer: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	o := rdb.(*redis.ClusterClient).Options()
+	if o.ReadBufferSize != 1024 || o.WriteBufferSize != 1024 || o.PipelineReadBufferSize != 0 || o.PipelineWriteBufferSize != 0 {
+		t.Errorf("buffers = read %d, write %d, pipeline %d and %d; want 1024, 1024, 0, 0",
+			o.ReadBufferSize, o.WriteBufferSize, o.PipelineReadBufferSize, o.PipelineWriteBufferSize)
+	}
+	if _, err := b.Publish(t.Context(), "big:x", bytes.Repeat([]byte{'x'}, 8<<10)); err != nil {
+		t.Fatalf("Publish of 8 KiB through 1 KiB buffers = %v", err)
 	}
 }

@@ -69,6 +69,14 @@ type Options struct {
 	// JSON, envelope.ToJSON). It must return a payload it does not know
 	// as it is.
 	Encode func([]byte) []byte
+	// ConnBuffer, when above zero, sizes the read and write buffers of
+	// each connection Open's client makes, in place of go-redis's 32 KiB:
+	// ConnBuffer for commands, four times that for pipelines (128 KiB by
+	// default; on a cluster, go-redis's). It is for a service whose
+	// commands and replies are small but whose pools grow with bursts of
+	// its own clients: the edge's, with a thousand MQTT clients
+	// connecting at once, held 4–6 KB of buffers per connection.
+	ConnBuffer int
 }
 
 // DefaultClusterPartitions is a namespace's partitions on a cluster
