@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -37,6 +38,7 @@ import (
 	"github.com/eventbus-suite/eventbus/services/edge/internal/roster"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/session"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/sseapi"
+	"github.com/eventbus-suite/eventbus/services/edge/internal/tlsfiles"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/web"
 	"github.com/eventbus-suite/eventbus/services/edge/internal/wsapi"
 )
@@ -190,7 +192,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	mqttListeners, err := listenMQTT(ctx, cfg)
+	mqttListeners, err := listenMQTT(ctx, cfg, log)
 	if err != nil {
 		_ = l.Close()
 		return err
@@ -250,8 +252,8 @@ func proxied(l net.Listener, cfg config.Config) net.Listener {
 
 // listenMQTT opens the MQTT listeners the configuration asks for, keyed
 // by the name their address is logged under: TCP at EDGE_MQTT_ADDR, TLS
-// at EDGE_MQTTS_ADDR.
-func listenMQTT(ctx context.Context, cfg config.Config) (map[string]net.Listener, error) {
+// at EDGE_MQTTS_ADDR, whose key pair is read again when its files change.
+func listenMQTT(ctx context.Context, cfg config.Config, log *slog.Logger) (map[string]net.Listener, error) {
 	ls := map[string]net.Listener{}
 	if cfg.MQTTAddr != "" {
 		l, err := server.Listen(ctx, cfg.MQTTAddr)
@@ -261,6 +263,13 @@ func listenMQTT(ctx context.Context, cfg config.Config) (map[string]net.Listener
 		ls["mqtt_addr"] = proxied(l, cfg)
 	}
 	if cfg.MQTTSAddr != "" {
+		pair, err := tlsfiles.Load(cfg.TLSCertFile, cfg.TLSKeyFile, log)
+		if err != nil {
+			for _, l := range ls {
+				_ = l.Close()
+			}
+			return nil, fmt.Errorf("mqtts: %w", err)
+		}
 		l, err := server.Listen(ctx, cfg.MQTTSAddr)
 		if err != nil {
 			for _, l := range ls {
@@ -269,7 +278,7 @@ func listenMQTT(ctx context.Context, cfg config.Config) (map[string]net.Listener
 			return nil, fmt.Errorf("mqtts: %w", err)
 		}
 		ls["mqtts_addr"] = tls.NewListener(proxied(l, cfg), &tls.Config{
-			MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*cfg.TLSCertificate},
+			MinVersion: tls.VersionTLS12, GetCertificate: pair.GetCertificate,
 		})
 	}
 	return ls, nil

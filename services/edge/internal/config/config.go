@@ -64,7 +64,9 @@ type Config struct {
 	TLSCertFile         string         // EDGE_TLS_CERT: PEM certificate chain of the MQTT TLS listener
 	TLSKeyFile          string         // EDGE_TLS_KEY: PEM private key of that certificate
 	// TLSCertificate is the key pair of EDGE_TLS_CERT and EDGE_TLS_KEY,
-	// loaded and checked; nil when EDGE_MQTTS_ADDR is not set.
+	// loaded and checked as the edge starts (the listener reads the files
+	// again as they change: package tlsfiles); nil when EDGE_MQTTS_ADDR
+	// is not set.
 	TLSCertificate *tls.Certificate
 
 	PresenceNamespaces []string      // EDGE_PRESENCE_NAMESPACES: namespaces whose channels keep presence ("*": all; "": none)
