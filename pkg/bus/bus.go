@@ -72,6 +72,10 @@ type Message struct {
 	// was not delivered (the record, if the bus keeps one, has it). Every
 	// message after it was published after the subscription came back.
 	Gap bool
+	// Received is when the subscription read the message from the
+	// broker, so a consumer can tell how far behind it is; zero when the
+	// bus does not say.
+	Received time.Time
 }
 
 // Publication is one message to publish.

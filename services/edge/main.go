@@ -112,6 +112,10 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		}, reg)
 		opts.Presence = ros
 	}
+	// One budget of writes per second for the connections of every
+	// transport, which the hub strains when its dispatch falls behind.
+	pacer := &hub.Pacer{Rate: cfg.WriteRate}
+	opts.Pacer = pacer
 	h := hub.New(sub, opts, log, reg)
 
 	mux := http.NewServeMux()
@@ -128,9 +132,6 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		return err
 	}
 	defer ctl.Close()
-	// One budget of writes per second for the connections of every
-	// transport.
-	pacer := &hub.Pacer{Rate: cfg.WriteRate}
 	// Every transport's connections keep the same rules.
 	sessions := session.New(session.Options{
 		Hub: h, Access: policy, MaxSubscriptions: cfg.MaxSubscriptions,

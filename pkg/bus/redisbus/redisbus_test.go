@@ -704,6 +704,7 @@ func TestLiveMessagesAreEnvelopesWithTheirPosition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sent := time.Now()
 	r, err := b.Publish(t.Context(), "wire:sent", payload)
 	if err != nil {
 		t.Fatal(err)
@@ -727,6 +728,9 @@ func TestLiveMessagesAreEnvelopesWithTheirPosition(t *testing.T) {
 	}
 	if !bytes.Equal(got.Payload, payload) || got.Position != r.Position {
 		t.Errorf("the bus's subscriber got %q at %+v, want the payload as published at %+v", got.Payload, got.Position, r.Position)
+	}
+	if got.Received.Before(sent) || got.Received.After(time.Now()) {
+		t.Errorf("received at %v, want when the subscription read it, after %v", got.Received, sent)
 	}
 }
 

@@ -331,7 +331,7 @@ func (s *Subscription) receive() {
 				continue // a further delivery of the publish just delivered
 			}
 			pos, payload := s.b.livePosition(m.Payload)
-			out := bus.Message{Channel: ch, Patterns: patterns, Payload: []byte(payload), Position: pos}
+			out := bus.Message{Channel: ch, Patterns: patterns, Payload: []byte(payload), Position: pos, Received: time.Now()}
 			if restoring {
 				// Published after the resubscription began: it comes
 				// after the Gap, once the subscription is whole. Beyond

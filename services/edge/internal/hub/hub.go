@@ -60,6 +60,9 @@ type Options struct {
 	// Presence, when set, is told of every subscription to a channel (not
 	// a pattern) as it is taken and dropped.
 	Presence Presence
+	// Pacer, when set, is told how far behind the bus the dispatch is
+	// (Pacer.Behind), and strains when it falls behind.
+	Pacer *Pacer
 
 	now func() time.Time // the clock of the queues' delay bound; nil for time.Now (tests set it)
 }
@@ -515,11 +518,26 @@ func (h *Hub) Run(ctx context.Context) error {
 				h.catchUp()
 				continue
 			}
+			h.behind(m)
 			h.dispatch(m)
 		case <-ctx.Done():
 			h.shutdown()
 			return nil
 		}
+	}
+}
+
+// behind notes how long m waited between the bus and the dispatch, for
+// the Pacer and eventbus_edge_dispatch_lag_seconds.
+func (h *Hub) behind(m bus.Message) {
+	if m.Received.IsZero() {
+		return
+	}
+	now := time.Now()
+	lag := now.Sub(m.Received)
+	h.m.dispatchLag.Set(lag.Seconds())
+	if h.opts.Pacer != nil {
+		h.opts.Pacer.Behind(lag, now)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -730,5 +731,32 @@ func TestSubscriptionsShareRedisRoundTrips(t *testing.T) {
 	// One Add for st:early, then the 50 in a few batches, not 50.
 	if calls > 1+n/2 {
 		t.Fatalf("%d Add calls for %d subscriptions, want them batched", calls-1, n)
+	}
+}
+
+// The dispatch tells the Pacer how long each message waited since the bus
+// read it: a message that waited past strainLag strains it, one the bus
+// did not stamp says nothing, and the gauge shows the wait.
+func TestDispatchLagStrainsThePacer(t *testing.T) {
+	pacer := &Pacer{Rate: 30000}
+	opts := bounds
+	opts.Pacer = pacer
+	reg := prometheus.NewRegistry()
+	h := startHubIn(t, opts, reg)
+	h.sub.msgs <- bus.Message{Channel: "sync", Patterns: []string{"sync"}}
+	h.sub.msgs <- bus.Message{Channel: "sync", Patterns: []string{"sync"}}
+	if pacer.strained.Load() != 0 {
+		t.Fatal("strained by messages without a time of receipt")
+	}
+	h.sub.msgs <- bus.Message{Channel: "sync", Patterns: []string{"sync"}, Received: time.Now().Add(-time.Second)}
+	h.sub.msgs <- bus.Message{Channel: "sync", Patterns: []string{"sync"}}
+	if pacer.strained.Load() == 0 {
+		t.Fatal("not strained by a message that waited a second")
+	}
+	if lag := testutil.ToFloat64(h.m.dispatchLag); lag < 1 {
+		t.Fatalf("eventbus_edge_dispatch_lag_seconds = %v, want at least 1", lag)
+	}
+	if n, err := testutil.GatherAndCount(reg, "eventbus_edge_pacing_strained"); err != nil || n != 1 {
+		t.Fatalf("eventbus_edge_pacing_strained: %d series, %v; want 1", n, err)
 	}
 }

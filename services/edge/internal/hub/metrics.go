@@ -1,6 +1,10 @@
 package hub
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	subscriptions prometheus.Gauge
@@ -10,6 +14,7 @@ type metrics struct {
 	refusals      *prometheus.CounterVec
 	recoveries    *prometheus.CounterVec
 	recovered     prometheus.Counter
+	dispatchLag   prometheus.Gauge
 }
 
 func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
@@ -30,6 +35,8 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 			[]string{"result"}),
 		recovered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_edge_recovered_events_total", Help: "Missed events read from the record and queued for resuming subscriptions."}),
+		dispatchLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "eventbus_edge_dispatch_lag_seconds", Help: "How long the message the hub dispatched last had waited since the bus read it from Redis: above 0.02, the edge is short of CPU and its writes are paced for fewer, fuller writes (eventbus_edge_pacing_strained)."}),
 	}
 	// gauge reads what the hub holds, under its lock, when scraped.
 	gauge := func(name, help string, read func() int) prometheus.Collector {
@@ -39,7 +46,15 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 			return float64(read())
 		})
 	}
-	reg.MustRegister(m.subscriptions, m.delivered, m.slowCloses, m.malformed, m.refusals, m.recoveries, m.recovered,
+	reg.MustRegister(m.subscriptions, m.delivered, m.slowCloses, m.malformed, m.refusals, m.recoveries, m.recovered, m.dispatchLag,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "eventbus_edge_pacing_strained", Help: "1 while the dispatch has fallen behind within the last second and writes are paced at a third of EDGE_WRITE_RATE, 0 otherwise."},
+			func() float64 {
+				if p := h.opts.Pacer; p != nil && p.Strained(time.Now()) {
+					return 1
+				}
+				return 0
+			}),
 		gauge("eventbus_edge_connections", "Connected clients.",
 			func() int { return len(h.clients) }),
 		gauge("eventbus_edge_redis_subscriptions", "Channels and patterns subscribed in Redis.",

@@ -24,3 +24,36 @@ func TestPacerKeepsTheEdgeWithinItsWriteRate(t *testing.T) {
 		}
 	}
 }
+
+// While the dispatch is more than strainLag behind, and for strainHold
+// after, the Pacer aims at a third of its rate with longer pauses; then it
+// is back to its rate.
+func TestPacerStrainsWhileTheDispatchIsBehind(t *testing.T) {
+	at := time.Unix(1_000_000, 0)
+	p := &Pacer{Rate: 30000, now: func() time.Time { return at }}
+	p.flowing.Store(1000)
+	if got := p.gap(); got != time.Second/30 {
+		t.Fatalf("before any lag: gap %v, want %v", got, time.Second/30)
+	}
+	p.Behind(strainLag, at) // at the bound, not past it
+	if got := p.gap(); got != time.Second/30 || p.Strained(at) {
+		t.Fatalf("%v behind: gap %v, strained %v; want %v, false", strainLag, got, p.Strained(at), time.Second/30)
+	}
+	p.Behind(strainLag+time.Millisecond, at)
+	if got := p.gap(); got != time.Second/10 || !p.Strained(at) {
+		t.Fatalf("%v behind: gap %v, strained %v; want %v, true", strainLag+time.Millisecond, got, p.Strained(at), time.Second/10)
+	}
+	p.flowing.Store(3000)
+	if got := p.gap(); got != maxStrainedGap {
+		t.Fatalf("strained with 3,000 flowing: gap %v, want %v", got, maxStrainedGap)
+	}
+	p.flowing.Store(1000)
+	at = at.Add(strainHold - time.Nanosecond)
+	if !p.Strained(at) {
+		t.Fatal("strained no longer just before strainHold passed")
+	}
+	at = at.Add(time.Nanosecond)
+	if got := p.gap(); got != time.Second/30 || p.Strained(at) {
+		t.Fatalf("strainHold after the lag: gap %v, strained %v; want %v, false", got, p.Strained(at), time.Second/30)
+	}
+}
