@@ -94,15 +94,6 @@ func decode(pk *packets.Packet, body []byte) (err error) {
 	return packets.ErrProtocolViolation
 }
 
-// SetDup marks wire, an encoded PUBLISH, as a redelivery: the DUP flag,
-// bit 3 of its first byte (MQTT 3.1.1 §3.3.1.1, 5.0 §3.3.1.1), without
-// encoding it again.
-func SetDup(wire []byte) {
-	if len(wire) > 0 && wire[0]>>4 == packets.Publish {
-		wire[0] |= 1 << 3
-	}
-}
-
 // Append encodes pk, of any type, onto buf.
 func Append(buf *bytes.Buffer, pk *packets.Packet) error {
 	switch pk.FixedHeader.Type {

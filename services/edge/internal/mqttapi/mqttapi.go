@@ -318,15 +318,17 @@ type filterOptions struct {
 // where its namespace stood before it, for a kept session to resume from
 // until it is acknowledged.
 type pending struct {
-	// qos and retain are the PUBLISH's flags; wire is the PUBLISH as it
-	// was sent, numbered, and nil until it is (a message waiting for room
-	// in the window is made from ev when its turn comes, so that its
-	// expiry counts down); size is its payload's length, counted in
-	// heldBytes while it waits.
+	// qos and retain are the PUBLISH's flags: its packet is made from ev
+	// when it is sent (so that a message that waited for room in the
+	// window has its expiry counted down) and made again, as it was then,
+	// for a resend; nothing of it is kept meanwhile but the event every
+	// subscriber shares. size is its payload's length, counted in
+	// heldBytes while it waits; first is when it was first sent, sent when
+	// last.
 	qos    byte
 	retain bool
-	wire   []byte
 	size   int
+	first  time.Time
 	sent   time.Time
 	ns     string
 	pos    bus.Position

@@ -78,7 +78,8 @@ func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][
 			if err != nil {
 				continue // not an envelope: nothing a client could read
 			}
-			pk, err := publishOf(ev, s.version, time.Now())
+			now := time.Now()
+			pk, err := publishOf(ev, s.version, now)
 			if err != nil {
 				continue // expired, or no JSON
 			}
@@ -90,7 +91,7 @@ func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][
 				out = append(out, encode(pk))
 				continue
 			}
-			b, ok := s.retainedInWindow(pk, ev)
+			b, ok := s.retainedInWindow(pk, ev, now)
 			if !ok {
 				s.h.Logger.Warn("mqtt retained messages past the send queue not sent", "client_id", s.id, "filter", filter)
 				return out
@@ -104,18 +105,19 @@ func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][
 }
 
 // retainedInWindow takes pk, a retained message at QoS 1 or 2 (the lesser
-// of the published and the granted, as MQTT-3.8.4-8 says): it returns
+// of the published and the granted, as MQTT-3.8.4-8 says) made from ev at
+// at: it returns
 // the packet to send, numbered, while the client's window has room, or
 // holds it back for the writer (nil); false when holding it would pass
 // the send queue. It is not resumed from: the session's positions do not
 // wait for its acknowledgement.
-func (s *session) retainedInWindow(pk packets.Packet, ev *hub.Event) ([]byte, bool) {
+func (s *session) retainedInWindow(pk packets.Packet, ev *hub.Event, at time.Time) ([]byte, bool) {
 	p := &pending{qos: pk.FixedHeader.Qos, retain: pk.FixedHeader.Retain, size: len(pk.Payload), ev: ev}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.inflight) < s.window {
 		var buf bytes.Buffer
-		s.send(&buf, p, &pk)
+		s.send(&buf, p, &pk, at)
 		return buf.Bytes(), true
 	}
 	if s.heldBytes+p.size > s.h.QueueBytes && len(s.held) > 0 {

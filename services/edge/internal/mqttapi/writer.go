@@ -224,12 +224,13 @@ func (s *session) drain(w *writing) {
 			p := s.held[0]
 			s.held = s.held[1:]
 			s.heldBytes -= p.size
-			pk, err := publishOf(p.ev, s.version, time.Now())
+			now := time.Now()
+			pk, err := publishOf(p.ev, s.version, now)
 			if err != nil {
 				continue // expired while it waited: it goes to no one
 			}
 			pk.FixedHeader.Qos, pk.FixedHeader.Retain = p.qos, p.retain
-			s.send(buf, p, &pk)
+			s.send(buf, p, &pk, now)
 		}
 		s.mu.Unlock()
 		if len(w.frames) == 0 && buf.Len() == 0 {
@@ -334,7 +335,8 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 		buf.Write(f.Data) // the shared QoS 0 PUBLISH
 		return
 	}
-	pk, err := publishOf(f.Event, s.version, time.Now())
+	now := time.Now()
+	pk, err := publishOf(f.Event, s.version, now)
 	if err != nil {
 		s.advance(f.Event.Stream, f.Event.Position) // expired: done with
 		return
@@ -359,7 +361,7 @@ func (s *session) frame(buf *bytes.Buffer, f hub.Frame) {
 	}
 	s.advance(p.ns, p.pos)
 	if len(s.inflight) < s.window {
-		s.send(buf, p, &pk)
+		s.send(buf, p, &pk, now)
 		return
 	}
 	s.held = append(s.held, p)
@@ -393,10 +395,9 @@ func (s *session) own(ev *hub.Event) bool {
 	return ok && id == s.id && env.GetMqtt() != nil && (c == nil || env.GetSubject() == c.Subject)
 }
 
-// send appends pk, the PUBLISH of p at QoS 1 or 2, numbering it and
-// keeping p, with the bytes sent, for the acknowledgement. Call with mu
-// held.
-func (s *session) send(buf *bytes.Buffer, p *pending, pk *packets.Packet) {
+// send appends pk, the PUBLISH of p at QoS 1 or 2 made at now, numbering
+// it and keeping p for the acknowledgement. Call with mu held.
+func (s *session) send(buf *bytes.Buffer, p *pending, pk *packets.Packet, now time.Time) {
 	for {
 		s.nextID++
 		if _, used := s.inflight[s.nextID]; s.nextID != 0 && !used {
@@ -404,11 +405,9 @@ func (s *session) send(buf *bytes.Buffer, p *pending, pk *packets.Packet) {
 		}
 	}
 	pk.PacketID = s.nextID
-	p.sent = time.Now()
+	p.first, p.sent = now, now
 	s.inflight[pk.PacketID] = p
-	start := buf.Len()
 	_ = mqttwire.Append(buf, pk)
-	p.wire = bytes.Clone(buf.Bytes()[start:])
 }
 
 // resend sends again, with DUP, every QoS 1 message unacknowledged for
@@ -431,8 +430,13 @@ func (s *session) resend(buf *bytes.Buffer) {
 			_ = mqttwire.Append(buf, &rel)
 			continue
 		}
-		mqttwire.SetDup(p.wire) // as every later resend is
-		buf.Write(p.wire)
+		pk, err := publishOf(p.ev, s.version, p.first) // as it was sent: its delivery began then
+		if err != nil {
+			continue // not again: it was made once from the same event
+		}
+		pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.FixedHeader.Dup = p.qos, p.retain, true
+		pk.PacketID = id
+		_ = mqttwire.Append(buf, &pk)
 		s.h.redelivered.Inc()
 	}
 	s.mu.Unlock()
