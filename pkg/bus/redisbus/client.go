@@ -49,9 +49,8 @@ func newClient(url string, buffer int) (redis.UniversalClient, error) {
 	}
 	opt.ContextTimeoutEnabled = true
 	if buffer > 0 {
-		// Pipeline buffers set on a cluster would give each node a
-		// pipeline pool it has none of by default.
 		opt.ReadBufferSize, opt.WriteBufferSize = buffer, buffer
+		opt.PipelineReadBufferSize, opt.PipelineWriteBufferSize = 4*buffer, 4*buffer
 	}
 	return newClusterClient(opt), nil
 }

@@ -172,8 +172,8 @@ func TestOpenKeepsGoRedisBuffers(t *testing.T) {
 	}
 }
 
-// On a cluster, ConnBuffer sizes the nodes' command buffers and gives
-// them no pipeline pool.
+// On a cluster, ConnBuffer sizes the buffers of every node's pools, on the
+// client Open returns and on the bus's publishing client.
 func TestOpenSizesClusterBuffers(t *testing.T) {
 	t.Parallel()
 	c := redistest.SharedCluster(t)
@@ -182,10 +182,12 @@ func TestOpenSizesClusterBuffers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	o := rdb.(*redis.ClusterClient).Options()
-	if o.ReadBufferSize != 1024 || o.WriteBufferSize != 1024 || o.PipelineReadBufferSize != 0 || o.PipelineWriteBufferSize != 0 {
-		t.Errorf("buffers = read %d, write %d, pipeline %d and %d; want 1024, 1024, 0, 0",
-			o.ReadBufferSize, o.WriteBufferSize, o.PipelineReadBufferSize, o.PipelineWriteBufferSize)
+	for name, c := range map[string]redis.UniversalClient{"client": rdb, "publishing client": b.pub} {
+		o := c.(*redis.ClusterClient).Options()
+		if o.ReadBufferSize != 1024 || o.WriteBufferSize != 1024 || o.PipelineReadBufferSize != 4096 || o.PipelineWriteBufferSize != 4096 {
+			t.Errorf("%s's buffers = read %d, write %d, pipeline %d and %d; want 1024, 1024, 4096, 4096", name,
+				o.ReadBufferSize, o.WriteBufferSize, o.PipelineReadBufferSize, o.PipelineWriteBufferSize)
+		}
 	}
 	if _, err := b.Publish(t.Context(), "big:x", bytes.Repeat([]byte{'x'}, 8<<10)); err != nil {
 		t.Fatalf("Publish of 8 KiB through 1 KiB buffers = %v", err)

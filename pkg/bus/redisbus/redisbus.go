@@ -72,10 +72,11 @@ type Options struct {
 	// ConnBuffer, when above zero, sizes the read and write buffers of
 	// each connection Open's client makes, in place of go-redis's 32 KiB:
 	// ConnBuffer for commands, four times that for pipelines (128 KiB by
-	// default; on a cluster, go-redis's). It is for a service whose
-	// commands and replies are small but whose pools grow with bursts of
-	// its own clients: the edge's, with a thousand MQTT clients
-	// connecting at once, held 4–6 KB of buffers per connection.
+	// default), on every node of a cluster too. It is for a service whose
+	// commands and replies are mostly small (a larger reply takes more
+	// reads, no more memory) but whose pools grow with bursts of its own
+	// clients: the edge's, with a thousand MQTT clients connecting at
+	// once, held 4–6 KB of buffers per connection.
 	ConnBuffer int
 }
 
