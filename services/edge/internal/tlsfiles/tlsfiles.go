@@ -19,9 +19,10 @@ type Pair struct {
 	certFile, keyFile string
 	log               *slog.Logger
 
-	mu   sync.Mutex
-	seen [2]stamp         // the files as they were when last read
-	cert *tls.Certificate // the pair in use: the last that loaded
+	mu     sync.Mutex
+	seen   [2]stamp         // the files as they were when last read
+	cert   *tls.Certificate // the pair in use: the last that loaded
+	failed string           // why the files could not be looked at, as last reported
 }
 
 // stamp tells a file's versions apart: a renewal writes a new file, or
@@ -71,7 +72,15 @@ func (p *Pair) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now, err := p.stamps()
-	if err != nil || now == p.seen {
+	if err != nil {
+		if err.Error() != p.failed {
+			p.failed = err.Error()
+			p.logf(slog.LevelWarn, "TLS key pair files cannot be read: the previous pair stays in use", "error", err)
+		}
+		return p.cert, nil
+	}
+	p.failed = ""
+	if now == p.seen {
 		return p.cert, nil
 	}
 	p.seen = now
