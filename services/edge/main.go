@@ -230,7 +230,8 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	return err
 }
 
-// proxied lets the trusted proxies (EDGE_TRUSTED_PROXIES) say who the
+// proxied lets the trusted proxies (EDGE_MQTT_TRUSTED_PROXIES, by default
+// EDGE_TRUSTED_PROXIES) say who the
 // client of a connection is, with a PROXY protocol header (v1 or v2, as
 // nginx's stream proxy_protocol and TCP load balancers send it) before
 // its bytes of MQTT or TLS: the edge then bounds and names the connection
@@ -238,13 +239,13 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 // none; anyone else's first bytes are MQTT's (or TLS's), so a header from
 // them fails as a malformed packet.
 func proxied(l net.Listener, cfg config.Config) net.Listener {
-	if len(cfg.TrustedProxies) == 0 {
+	if len(cfg.MQTTTrustedProxies) == 0 {
 		return l
 	}
 	return &proxyproto.Listener{Listener: l, ReadHeaderTimeout: cfg.AuthTimeout,
 		ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
 			ap, err := netip.ParseAddrPort(o.Upstream.String())
-			if err == nil && slices.ContainsFunc(cfg.TrustedProxies, func(p netip.Prefix) bool { return p.Contains(ap.Addr().Unmap()) }) {
+			if err == nil && slices.ContainsFunc(cfg.MQTTTrustedProxies, func(p netip.Prefix) bool { return p.Contains(ap.Addr().Unmap()) }) {
 				return proxyproto.USE, nil
 			}
 			return proxyproto.SKIP, nil // a plain connection, unwrapped

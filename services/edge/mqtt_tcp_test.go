@@ -450,7 +450,8 @@ func TestMQTTTLSConfigRefused(t *testing.T) {
 // proxy_protocol, as the compose file runs it), a TCP connection counts
 // against the client's address the header names, not the proxy's; a
 // trusted proxy's connection without one, against the proxy's. From
-// anyone not trusted a header is no MQTT: the socket is closed unanswered.
+// anyone not trusted a header is no MQTT: the socket is closed unanswered,
+// also from a proxy trusted over HTTP only.
 func TestMQTTOverTCPBehindAProxy(t *testing.T) {
 	t.Parallel()
 	e := startEdge(t, redistest.Shared(t), map[string]string{
@@ -487,14 +488,18 @@ func TestMQTTOverTCPBehindAProxy(t *testing.T) {
 		}
 	}
 
-	untrusting := startEdge(t, redistest.Shared(t), nil)
-	m := dialTCP(t, untrusting.mqtt, nil, 5)
-	if _, err := fmt.Fprint(m.nc, "PROXY TCP4 192.0.2.9 127.0.0.1 40000 1883\r\n"); err != nil {
-		t.Fatal(err)
+	// An edge that trusts no one, and one that trusts the proxy over HTTP
+	// only (EDGE_MQTT_TRUSTED_PROXIES=none: devices reach MQTT directly).
+	for _, env := range []map[string]string{nil, {"EDGE_TRUSTED_PROXIES": "127.0.0.1", "EDGE_MQTT_TRUSTED_PROXIES": "none"}} {
+		untrusting := startEdge(t, redistest.Shared(t), env)
+		m := dialTCP(t, untrusting.mqtt, nil, 5)
+		if _, err := fmt.Fprint(m.nc, "PROXY TCP4 192.0.2.9 127.0.0.1 40000 1883\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), ClientIdentifier: "spoof", Clean: true, Keepalive: 30}})
+		closedByEdge(t, m.nc)
 	}
-	m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
-		ProtocolName: []byte("MQTT"), ClientIdentifier: "spoof", Clean: true, Keepalive: 30}})
-	closedByEdge(t, m.nc)
 }
 
 // A connection over TCP idle for EDGE_MQTT_IDLE_AFTER moves its reader to

@@ -53,6 +53,11 @@ type Config struct {
 	MaxRedisPatterns    int            // EDGE_MAX_REDIS_PATTERNS: wildcard patterns in Redis before covering patterns serve the rest
 	RecoverMax          int            // EDGE_RECOVER_MAX: missed events one resuming subscription recovers at most
 	TrustedProxies      []netip.Prefix // EDGE_TRUSTED_PROXIES: peers whose X-Forwarded-For names the client
+	// MQTTTrustedProxies are the peers whose PROXY protocol header names
+	// an MQTT client over TCP or TLS (EDGE_MQTT_TRUSTED_PROXIES): by
+	// default TrustedProxies; none when it is "none", for MQTT listeners
+	// that clients reach directly while HTTP comes through a proxy.
+	MQTTTrustedProxies []netip.Prefix
 	WriteRate           int            // EDGE_WRITE_RATE: writes per second to aim at, over every transport, by packing events; 0 for none
 	MQTTRetryInterval   time.Duration  // EDGE_MQTT_RETRY_INTERVAL: an unacknowledged QoS 1 message is sent again, with DUP, this often
 	MQTTSessionExpiry   time.Duration  // EDGE_MQTT_SESSION_EXPIRY: how long a kept MQTT session outlives its connection, at most
@@ -125,16 +130,13 @@ func Load(getenv func(string) string) (Config, error) {
 	if c.MQTTRetained != "topic" && c.MQTTRetained != "latest" {
 		r.Check("EDGE_MQTT_RETAINED", c.MQTTRetained, errors.New(`want "topic" (a topic's last PUBLISH with RETAIN, as MQTT says) or "latest" (every channel's latest recorded event)`))
 	}
-	for _, p := range r.List("EDGE_TRUSTED_PROXIES", nil) {
-		prefix, err := netip.ParsePrefix(p)
-		if err != nil {
-			var addr netip.Addr
-			if addr, err = netip.ParseAddr(p); err == nil {
-				prefix = netip.PrefixFrom(addr, addr.BitLen())
-			}
-		}
-		r.Check("EDGE_TRUSTED_PROXIES", p, err)
-		c.TrustedProxies = append(c.TrustedProxies, prefix)
+	c.TrustedProxies = prefixes(r, "EDGE_TRUSTED_PROXIES")
+	c.MQTTTrustedProxies = c.TrustedProxies
+	switch v := r.String("EDGE_MQTT_TRUSTED_PROXIES", ""); {
+	case strings.EqualFold(v, "none"):
+		c.MQTTTrustedProxies = nil
+	case v != "":
+		c.MQTTTrustedProxies = prefixes(r, "EDGE_MQTT_TRUSTED_PROXIES")
 	}
 	for _, p := range c.PublicChannels {
 		r.Check("EDGE_PUBLIC_CHANNELS", p, channel.ValidatePattern(p))
@@ -284,4 +286,21 @@ func (c *Config) mqttListeners(r *envconfig.Reader) {
 		return
 	}
 	c.TLSCertificate = &pair
+}
+
+// prefixes reads the comma-separated CIDRs or addresses of variable name.
+func prefixes(r *envconfig.Reader, name string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range r.List(name, nil) {
+		prefix, err := netip.ParsePrefix(p)
+		if err != nil {
+			var addr netip.Addr
+			if addr, err = netip.ParseAddr(p); err == nil {
+				prefix = netip.PrefixFrom(addr, addr.BitLen())
+			}
+		}
+		r.Check(name, p, err)
+		out = append(out, prefix)
+	}
+	return out
 }

@@ -124,3 +124,43 @@ func TestDemoURLs(t *testing.T) {
 		})
 	}
 }
+
+// EDGE_MQTT_TRUSTED_PROXIES is EDGE_TRUSTED_PROXIES unless set: "none"
+// trusts no PROXY header on the MQTT listeners, a list trusts its own.
+func TestMQTTTrustedProxies(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, http, mqtt string
+		want             string // the prefixes, joined by spaces
+		refused          bool
+	}{
+		{name: "neither", want: ""},
+		{name: "as HTTP's", http: "10.0.0.0/8", want: "10.0.0.0/8"},
+		{name: "none", http: "10.0.0.0/8", mqtt: "none", want: ""},
+		{name: "none in any case", http: "10.0.0.0/8", mqtt: "None", want: ""},
+		{name: "its own", http: "10.0.0.0/8", mqtt: "192.0.2.7, 198.51.100.0/24", want: "192.0.2.7/32 198.51.100.0/24"},
+		{name: "not an address", mqtt: "proxy.local", refused: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"EDGE_JWT_SECRET": strings.Repeat("k", 32), "EDGE_TRUSTED_PROXIES": tt.http, "EDGE_MQTT_TRUSTED_PROXIES": tt.mqtt}
+			c, err := Load(func(k string) string { return env[k] })
+			if tt.refused {
+				if err == nil || !strings.Contains(err.Error(), "EDGE_MQTT_TRUSTED_PROXIES") {
+					t.Fatalf("Load(EDGE_MQTT_TRUSTED_PROXIES=%q) = %v, want an error naming the variable", tt.mqtt, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, p := range c.MQTTTrustedProxies {
+				got = append(got, p.String())
+			}
+			if strings.Join(got, " ") != tt.want {
+				t.Errorf("MQTTTrustedProxies = %v, want %q", got, tt.want)
+			}
+		})
+	}
+}
