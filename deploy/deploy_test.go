@@ -277,7 +277,7 @@ func TestKubernetesManifests(t *testing.T) {
 	seen, _ := walkOverlay(t, filepath.Join(root, "deploy/k8s/overlays/dev"))
 	for _, want := range []string{
 		"Deployment/api", "Deployment/logger", "Deployment/notification", "Deployment/edge", "Deployment/redis",
-		"Service/api", "Service/edge", "Service/edge-mqtt", "HorizontalPodAutoscaler/edge", "PodDisruptionBudget/edge", "ConfigMap/eventbus-config",
+		"Service/api", "Service/edge", "HorizontalPodAutoscaler/edge", "PodDisruptionBudget/edge", "ConfigMap/eventbus-config",
 	} {
 		if !seen[want] {
 			t.Errorf("no %s in the dev overlay", want)

@@ -266,7 +266,9 @@ func TestKubernetesChecksRefuseBadVariants(t *testing.T) {
 		},
 		{
 			name: "MQTT shut out",
-			kustomization: `patches:
+			kustomization: `components:
+  - ../../components/mqtt
+patches:
   - patch: |-
       $patch: delete
       apiVersion: networking.k8s.io/v1
@@ -277,7 +279,9 @@ func TestKubernetesChecksRefuseBadVariants(t *testing.T) {
 		},
 		{
 			name: "the edge's HTTP port open to devices",
-			kustomization: `patches:
+			kustomization: `components:
+  - ../../components/mqtt
+patches:
   - target: {kind: NetworkPolicy, name: allow-mqtt-devices}
     patch: |-
       - {op: remove, path: /spec/ingress/0/ports}`,
@@ -348,30 +352,40 @@ func buildOnProduction(t *testing.T, kustomization string) *rendered {
 	return r
 }
 
-// MQTT reaches the edge from outside the cluster: over TCP from the base,
-// and over TLS with components/mqtt-tls, whose certificate and key are
-// files of a mounted Secret that EDGE_TLS_CERT and EDGE_TLS_KEY name.
+// MQTT reaches the edge from outside the cluster once an overlay adds
+// components/mqtt (TCP) or components/mqtt-tls (TLS), each through a load
+// balancer of its own that keeps clients' addresses, with no PROXY header
+// trusted on the MQTT listeners; TLS's certificate and key are files of a
+// mounted Secret that EDGE_TLS_CERT and EDGE_TLS_KEY name. The base
+// exposes no MQTT.
 func TestKubernetesMQTT(t *testing.T) {
 	t.Parallel()
-	r := buildOnProduction(t, "components:\n  - ../../components/mqtt-tls")
+	base := buildOnProduction(t, "")
+	if i := slices.IndexFunc(base.services, func(s *corev1.Service) bool { return s.Spec.Type == corev1.ServiceTypeLoadBalancer }); i >= 0 {
+		t.Errorf("production exposes Service/%s on a load balancer without an MQTT component", base.services[i].Name)
+	}
+	r := buildOnProduction(t, "components:\n  - ../../components/mqtt\n  - ../../components/mqtt-tls")
 	for _, err := range checkRendered(r) {
 		t.Error(err)
 	}
-	// The container ports are the edge's defaults (EDGE_MQTT_ADDR :1883)
-	// and what the component sets (EDGE_MQTTS_ADDR :8883).
-	for name, want := range map[string]int32{"mqtt": 1883, "mqtts": 8883} {
-		w, port, err := r.resolve("edge-mqtt", networkingv1.ServiceBackendPort{Name: name})
+	// The container ports are the edge's default EDGE_MQTT_ADDR (:1883)
+	// and what the TLS component sets (EDGE_MQTTS_ADDR :8883).
+	for _, tc := range []struct {
+		service, port string
+		want          int32
+	}{{"edge-mqtt", "mqtt", 1883}, {"edge-mqtts", "mqtts", 8883}} {
+		w, port, err := r.resolve(tc.service, networkingv1.ServiceBackendPort{Name: tc.port})
 		if err != nil {
-			t.Errorf("Service/edge-mqtt port %s: %v", name, err)
+			t.Errorf("Service/%s port %s: %v", tc.service, tc.port, err)
 			continue
 		}
-		if w.name != "edge" || port.ContainerPort != want {
-			t.Errorf("Service/edge-mqtt port %s reaches %s port %d, want Deployment/edge port %d", name, w, port.ContainerPort, want)
+		if w.name != "edge" || port.ContainerPort != tc.want {
+			t.Errorf("Service/%s port %s reaches %s port %d, want Deployment/edge port %d", tc.service, tc.port, w, port.ContainerPort, tc.want)
 		}
-	}
-	i := slices.IndexFunc(r.services, func(s *corev1.Service) bool { return s.Name == "edge-mqtt" })
-	if p := r.services[i].Spec.ExternalTrafficPolicy; p != corev1.ServiceExternalTrafficPolicyLocal {
-		t.Errorf("Service/edge-mqtt externalTrafficPolicy = %q, want Local: the edge's per-address limits need each client's own address", p)
+		i := slices.IndexFunc(r.services, func(s *corev1.Service) bool { return s.Name == tc.service })
+		if p := r.services[i].Spec.ExternalTrafficPolicy; p != corev1.ServiceExternalTrafficPolicyLocal {
+			t.Errorf("Service/%s externalTrafficPolicy = %q, want Local: the edge's per-address bounds need each client's own address", tc.service, p)
+		}
 	}
 	j := slices.IndexFunc(r.deployments, func(d *appsv1.Deployment) bool { return d.Name == "edge" })
 	pod := r.deployments[j].Spec.Template.Spec
@@ -381,6 +395,9 @@ func TestKubernetesMQTT(t *testing.T) {
 	}
 	if _, set := env["EDGE_MQTT_ADDR"]; set || r.configMaps["eventbus-config"].Data["EDGE_MQTT_ADDR"] != "" {
 		t.Error("EDGE_MQTT_ADDR is set: the mqtt container port assumes its default, :1883")
+	}
+	if env["EDGE_MQTT_TRUSTED_PROXIES"] != "none" {
+		t.Errorf("EDGE_MQTT_TRUSTED_PROXIES = %q, want none: devices reach MQTT directly, and a client in EDGE_TRUSTED_PROXIES's network could name any address", env["EDGE_MQTT_TRUSTED_PROXIES"])
 	}
 	if env["EDGE_MQTTS_ADDR"] != ":8883" {
 		t.Errorf("EDGE_MQTTS_ADDR = %q, want :8883", env["EDGE_MQTTS_ADDR"])
@@ -793,8 +810,9 @@ func portMatches(ports []networkingv1.NetworkPolicyPort, port corev1.ContainerPo
 }
 
 // checkNetworkPolicies: nothing from elsewhere in the cluster reaches any
-// pod; a device outside reaches what a LoadBalancer Service exposes and
-// nothing else; the ingress controller reaches what the Ingresses route
+// pod (as far as selectors say: whether an ipBlock for devices also
+// matches pods depends on the network plugin); a device outside reaches
+// what a LoadBalancer Service exposes and nothing else; the ingress controller reaches what the Ingresses route
 // to and nothing else;
 // Prometheus reaches each service's metrics port; every service reaches an
 // in-namespace Redis; labelled namespaces reach the api; and the demo's
