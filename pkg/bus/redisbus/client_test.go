@@ -126,13 +126,7 @@ func TestOpenSizesConnectionBuffers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	for name, c := range map[string]redis.UniversalClient{"client": rdb, "publishing client": b.pub} {
-		o := c.(*redis.Client).Options()
-		if o.ReadBufferSize != 1024 || o.WriteBufferSize != 1024 || o.PipelineReadBufferSize != 4096 || o.PipelineWriteBufferSize != 4096 {
-			t.Errorf("%s's buffers = read %d, write %d, pipeline %d and %d; want 1024, 1024, 4096, 4096", name,
-				o.ReadBufferSize, o.WriteBufferSize, o.PipelineReadBufferSize, o.PipelineWriteBufferSize)
-		}
-	}
+	checkBuffers(t, b, rdb, [4]int{1024, 1024, 4096, 4096})
 	sub, err := b.Subscribe(t.Context(), "big:*")
 	if err != nil {
 		t.Fatal(err)
@@ -182,14 +176,29 @@ func TestOpenSizesClusterBuffers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	for name, c := range map[string]redis.UniversalClient{"client": rdb, "publishing client": b.pub} {
-		o := c.(*redis.ClusterClient).Options()
-		if o.ReadBufferSize != 1024 || o.WriteBufferSize != 1024 || o.PipelineReadBufferSize != 4096 || o.PipelineWriteBufferSize != 4096 {
-			t.Errorf("%s's buffers = read %d, write %d, pipeline %d and %d; want 1024, 1024, 4096, 4096", name,
-				o.ReadBufferSize, o.WriteBufferSize, o.PipelineReadBufferSize, o.PipelineWriteBufferSize)
-		}
-	}
+	checkBuffers(t, b, rdb, [4]int{1024, 1024, 4096, 4096})
 	if _, err := b.Publish(t.Context(), "big:x", bytes.Repeat([]byte{'x'}, 8<<10)); err != nil {
 		t.Fatalf("Publish of 8 KiB through 1 KiB buffers = %v", err)
+	}
+}
+
+// checkBuffers checks the buffers, read and write, then pipelines' read
+// and write, of rdb and of b's publishing client, on one server or a
+// cluster.
+func checkBuffers(t *testing.T, b *Bus, rdb redis.UniversalClient, want [4]int) {
+	t.Helper()
+	for name, c := range map[string]redis.UniversalClient{"client": rdb, "publishing client": b.pub} {
+		var got [4]int
+		switch c := c.(type) {
+		case *redis.Client:
+			o := c.Options()
+			got = [4]int{o.ReadBufferSize, o.WriteBufferSize, o.PipelineReadBufferSize, o.PipelineWriteBufferSize}
+		case *redis.ClusterClient:
+			o := c.Options()
+			got = [4]int{o.ReadBufferSize, o.WriteBufferSize, o.PipelineReadBufferSize, o.PipelineWriteBufferSize}
+		}
+		if got != want {
+			t.Errorf("%s's buffers (read, write, pipeline read, pipeline write) = %v, want %v", name, got, want)
+		}
 	}
 }
