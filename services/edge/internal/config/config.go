@@ -20,54 +20,54 @@ import (
 type Config struct {
 	envconfig.Common // REDIS_URL, REDIS_PREFIX, PPROF, LOG_LEVEL
 
-	HTTPAddr            string         // EDGE_HTTP_ADDR
-	JWTSecret           []byte         // EDGE_JWT_SECRET: HS256 key of client tokens
-	JWKSURL             string         // EDGE_JWKS_URL: an identity provider's keys, for RS256, ES256 and EdDSA client tokens
-	JWKSMinRefresh      time.Duration  // EDGE_JWKS_MIN_REFRESH: a token of an unknown kid fetches the JWKS at most this often
-	JWTIssuer           string         // EDGE_JWT_ISSUER: the iss of the provider's tokens
-	JWTAudience         string         // EDGE_JWT_AUDIENCE: an aud the provider's tokens must carry
-	JWTChannelsClaim    string         // EDGE_JWT_CHANNELS_CLAIM: the claim of the provider's tokens holding their patterns
-	AllowAnonymous      bool           // EDGE_ALLOW_ANONYMOUS: tokenless clients may subscribe to PublicChannels
-	PublicChannels      []string       // EDGE_PUBLIC_CHANNELS
-	PublicPublish       []string       // EDGE_PUBLIC_PUBLISH: what tokenless MQTT clients may publish on, with EDGE_ALLOW_ANONYMOUS
-	AllowedOrigins      []string       // EDGE_ALLOWED_ORIGINS: host patterns besides the edge's own host
-	Demo                bool           // EDGE_DEMO: mint demo tokens for the demo page
-	DemoAPIURL          string         // EDGE_DEMO_API_URL: the api service the demo page's buttons post to, through the edge
-	DemoAPIKey          string         // EDGE_DEMO_API_KEY: the key the edge sends the API (and the notification service) for them, when API_KEYS is set
-	DemoNotifyURL       string         // EDGE_DEMO_NOTIFY_URL: the notification service the demo page subscribes to Web Push through, through the edge
-	PingInterval        time.Duration  // EDGE_PING_INTERVAL
-	SSEKeepAlive        time.Duration  // EDGE_SSE_KEEPALIVE: a comment on idle SSE streams this often
-	PongTimeout         time.Duration  // EDGE_PONG_TIMEOUT
-	AuthTimeout         time.Duration  // EDGE_AUTH_TIMEOUT
-	RefreshBefore       time.Duration  // EDGE_TOKEN_REFRESH_BEFORE: {"expiring":…} goes out this long before a token's exp
-	MaxTokenAge         time.Duration  // EDGE_MAX_TOKEN_AGE: the longest a token may live, and so how long a revocation is kept
-	MaxMessageBytes     int64          // EDGE_MAX_MESSAGE_BYTES: largest client frame
-	MaxSubscriptions    int            // EDGE_MAX_SUBSCRIPTIONS per connection
-	RateLimit           float64        // EDGE_RATE_LIMIT: client frames per second per connection
-	RateBurst           int            // EDGE_RATE_BURST
-	SendQueueBytes      int            // EDGE_SEND_QUEUE_BYTES: bytes of frames waiting per connection before it is dropped as slow
-	SendQueueMaxDelay   time.Duration  // EDGE_SEND_QUEUE_MAX_DELAY: how long a connection's oldest waiting frame may wait before it is dropped as slow; 0 for no bound
-	MaxUserPatterns     int            // EDGE_MAX_USER_PATTERNS: distinct patterns per user across its connections
-	MaxUserConnections  int            // EDGE_MAX_USER_CONNECTIONS: connections per user, or per address without one
-	MaxAddrConnections  int            // EDGE_MAX_ADDRESS_CONNECTIONS: connections without a user (yet), over every address
-	MaxRedisPatterns    int            // EDGE_MAX_REDIS_PATTERNS: wildcard patterns in Redis before covering patterns serve the rest
-	RecoverMax          int            // EDGE_RECOVER_MAX: missed events one resuming subscription recovers at most
-	TrustedProxies      []netip.Prefix // EDGE_TRUSTED_PROXIES: peers whose X-Forwarded-For names the client
+	HTTPAddr           string         // EDGE_HTTP_ADDR
+	JWTSecret          []byte         // EDGE_JWT_SECRET: HS256 key of client tokens
+	JWKSURL            string         // EDGE_JWKS_URL: an identity provider's keys, for RS256, ES256 and EdDSA client tokens
+	JWKSMinRefresh     time.Duration  // EDGE_JWKS_MIN_REFRESH: a token of an unknown kid fetches the JWKS at most this often
+	JWTIssuer          string         // EDGE_JWT_ISSUER: the iss of the provider's tokens
+	JWTAudience        string         // EDGE_JWT_AUDIENCE: an aud the provider's tokens must carry
+	JWTChannelsClaim   string         // EDGE_JWT_CHANNELS_CLAIM: the claim of the provider's tokens holding their patterns
+	AllowAnonymous     bool           // EDGE_ALLOW_ANONYMOUS: tokenless clients may subscribe to PublicChannels
+	PublicChannels     []string       // EDGE_PUBLIC_CHANNELS
+	PublicPublish      []string       // EDGE_PUBLIC_PUBLISH: what tokenless MQTT clients may publish on, with EDGE_ALLOW_ANONYMOUS
+	AllowedOrigins     []string       // EDGE_ALLOWED_ORIGINS: host patterns besides the edge's own host
+	Demo               bool           // EDGE_DEMO: mint demo tokens for the demo page
+	DemoAPIURL         string         // EDGE_DEMO_API_URL: the api service the demo page's buttons post to, through the edge
+	DemoAPIKey         string         // EDGE_DEMO_API_KEY: the key the edge sends the API (and the notification service) for them, when API_KEYS is set
+	DemoNotifyURL      string         // EDGE_DEMO_NOTIFY_URL: the notification service the demo page subscribes to Web Push through, through the edge
+	PingInterval       time.Duration  // EDGE_PING_INTERVAL
+	SSEKeepAlive       time.Duration  // EDGE_SSE_KEEPALIVE: a comment on idle SSE streams this often
+	PongTimeout        time.Duration  // EDGE_PONG_TIMEOUT
+	AuthTimeout        time.Duration  // EDGE_AUTH_TIMEOUT
+	RefreshBefore      time.Duration  // EDGE_TOKEN_REFRESH_BEFORE: {"expiring":…} goes out this long before a token's exp
+	MaxTokenAge        time.Duration  // EDGE_MAX_TOKEN_AGE: the longest a token may live, and so how long a revocation is kept
+	MaxMessageBytes    int64          // EDGE_MAX_MESSAGE_BYTES: largest client frame
+	MaxSubscriptions   int            // EDGE_MAX_SUBSCRIPTIONS per connection
+	RateLimit          float64        // EDGE_RATE_LIMIT: client frames per second per connection
+	RateBurst          int            // EDGE_RATE_BURST
+	SendQueueBytes     int            // EDGE_SEND_QUEUE_BYTES: bytes of frames waiting per connection before it is dropped as slow
+	SendQueueMaxDelay  time.Duration  // EDGE_SEND_QUEUE_MAX_DELAY: how long a connection's oldest waiting frame may wait before it is dropped as slow; 0 for no bound
+	MaxUserPatterns    int            // EDGE_MAX_USER_PATTERNS: distinct patterns per user across its connections
+	MaxUserConnections int            // EDGE_MAX_USER_CONNECTIONS: connections per user, or per address without one
+	MaxAddrConnections int            // EDGE_MAX_ADDRESS_CONNECTIONS: connections without a user (yet), over every address
+	MaxRedisPatterns   int            // EDGE_MAX_REDIS_PATTERNS: wildcard patterns in Redis before covering patterns serve the rest
+	RecoverMax         int            // EDGE_RECOVER_MAX: missed events one resuming subscription recovers at most
+	TrustedProxies     []netip.Prefix // EDGE_TRUSTED_PROXIES: peers whose X-Forwarded-For names the client
 	// MQTTTrustedProxies are the peers whose PROXY protocol header names
 	// an MQTT client over TCP or TLS (EDGE_MQTT_TRUSTED_PROXIES): by
 	// default TrustedProxies; none when it is "none", for MQTT listeners
 	// that clients reach directly while HTTP comes through a proxy.
-	MQTTTrustedProxies []netip.Prefix
-	WriteRate           int            // EDGE_WRITE_RATE: writes per second to aim at, over every transport, by packing events; 0 for none
-	MQTTRetryInterval   time.Duration  // EDGE_MQTT_RETRY_INTERVAL: an unacknowledged QoS 1 message is sent again, with DUP, this often
-	MQTTSessionExpiry   time.Duration  // EDGE_MQTT_SESSION_EXPIRY: how long a kept MQTT session outlives its connection, at most
-	MQTTRetained        string         // EDGE_MQTT_RETAINED: "topic" (a topic's last PUBLISH with RETAIN) or "latest" (every channel's latest event)
-	MQTTShareVisibility time.Duration  // EDGE_MQTT_SHARE_VISIBILITY: how long a shared subscription's member may hold an event unacknowledged
-	MQTTIdleAfter       time.Duration  // EDGE_MQTT_IDLE_AFTER: an MQTT connection over plain TCP idle this long after its last packet gives back its read buffer and stack; 0 (EDGE_MQTT_IDLE_AFTER=off) never
-	MQTTAddr            string         // EDGE_MQTT_ADDR: MQTT over TCP; "" (EDGE_MQTT_ADDR=off) for none
-	MQTTSAddr           string         // EDGE_MQTTS_ADDR: MQTT over TLS; "" for none
-	TLSCertFile         string         // EDGE_TLS_CERT: PEM certificate chain of the MQTT TLS listener
-	TLSKeyFile          string         // EDGE_TLS_KEY: PEM private key of that certificate
+	MQTTTrustedProxies  []netip.Prefix
+	WriteRate           int           // EDGE_WRITE_RATE: writes per second to aim at, over every transport, by packing events; 0 for none
+	MQTTRetryInterval   time.Duration // EDGE_MQTT_RETRY_INTERVAL: an unacknowledged QoS 1 message is sent again, with DUP, this often
+	MQTTSessionExpiry   time.Duration // EDGE_MQTT_SESSION_EXPIRY: how long a kept MQTT session outlives its connection, at most
+	MQTTRetained        string        // EDGE_MQTT_RETAINED: "topic" (a topic's last PUBLISH with RETAIN) or "latest" (every channel's latest event)
+	MQTTShareVisibility time.Duration // EDGE_MQTT_SHARE_VISIBILITY: how long a shared subscription's member may hold an event unacknowledged
+	MQTTIdleAfter       time.Duration // EDGE_MQTT_IDLE_AFTER: an MQTT connection over plain TCP idle this long after its last packet gives back its read buffer and stack; 0 (EDGE_MQTT_IDLE_AFTER=off) never
+	MQTTAddr            string        // EDGE_MQTT_ADDR: MQTT over TCP; "" (EDGE_MQTT_ADDR=off) for none
+	MQTTSAddr           string        // EDGE_MQTTS_ADDR: MQTT over TLS; "" for none
+	TLSCertFile         string        // EDGE_TLS_CERT: PEM certificate chain of the MQTT TLS listener
+	TLSKeyFile          string        // EDGE_TLS_KEY: PEM private key of that certificate
 	// TLSCertificate is the key pair of EDGE_TLS_CERT and EDGE_TLS_KEY,
 	// loaded and checked as the edge starts (the listener reads the files
 	// again as they change: package tlsfiles); nil when EDGE_MQTTS_ADDR
