@@ -231,13 +231,13 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 }
 
 // proxied lets the trusted proxies (EDGE_MQTT_TRUSTED_PROXIES, by default
-// EDGE_TRUSTED_PROXIES) say who the
-// client of a connection is, with a PROXY protocol header (v1 or v2, as
-// nginx's stream proxy_protocol and TCP load balancers send it) before
-// its bytes of MQTT or TLS: the edge then bounds and names the connection
-// by the client's address, not the proxy's. A trusted proxy may also send
-// none; anyone else's first bytes are MQTT's (or TLS's), so a header from
-// them fails as a malformed packet.
+// EDGE_TRUSTED_PROXIES) say who the client of a connection is, with a
+// PROXY protocol header (v1 or v2, as nginx's stream proxy_protocol and
+// TCP load balancers send it) before its bytes of MQTT or TLS: the edge
+// then bounds and names the connection by the client's address, not the
+// proxy's. A trusted proxy may also send none; anyone else's first bytes
+// are MQTT's (or TLS's), so a header from them fails as a malformed
+// packet.
 func proxied(l net.Listener, cfg config.Config) net.Listener {
 	if len(cfg.MQTTTrustedProxies) == 0 {
 		return l
