@@ -177,8 +177,24 @@ func TestOpenSizesClusterBuffers(t *testing.T) {
 	}
 	defer b.Close()
 	checkBuffers(t, b, rdb, [4]int{1024, 1024, 4096, 4096})
+	sub, err := b.Subscribe(t.Context(), "big:*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	sent := time.Now()
 	if _, err := b.Publish(t.Context(), "big:x", bytes.Repeat([]byte{'x'}, 8<<10)); err != nil {
 		t.Fatalf("Publish of 8 KiB through 1 KiB buffers = %v", err)
+	}
+	// The sharded subscription says when it read each message, as one
+	// server's does (the edge's Pacer counts from it).
+	select {
+	case m := <-sub.Messages():
+		if len(m.Payload) != 8<<10 || m.Received.Before(sent) || m.Received.After(time.Now()) {
+			t.Fatalf("received %d bytes, read at %v; want 8 KiB, read after %v", len(m.Payload), m.Received, sent)
+		}
+	case <-t.Context().Done():
+		t.Fatal(t.Context().Err())
 	}
 }
 

@@ -619,7 +619,7 @@ func (s *shardedSubscription) message(part int, m *redis.Message) (out bus.Messa
 		return bus.Message{}, "", false // another channel of a namespace subscribed for a pattern
 	}
 	pos, body := s.b.livePosition(payload)
-	return bus.Message{Channel: ch, Patterns: matched, Payload: []byte(body), Position: pos}, "", true
+	return bus.Message{Channel: ch, Patterns: matched, Payload: []byte(body), Position: pos, Received: time.Now()}, "", true
 }
 
 // announced takes in a namespace new to a partition. If a pattern with a

@@ -137,6 +137,9 @@ func Load(getenv func(string) string) (Config, error) {
 		c.MQTTTrustedProxies = nil
 	case v != "":
 		c.MQTTTrustedProxies = prefixes(r, "EDGE_MQTT_TRUSTED_PROXIES")
+		if len(c.MQTTTrustedProxies) == 0 {
+			r.Check("EDGE_MQTT_TRUSTED_PROXIES", v, errors.New("want CIDRs or addresses, or none"))
+		}
 	}
 	for _, p := range c.PublicChannels {
 		r.Check("EDGE_PUBLIC_CHANNELS", p, channel.ValidatePattern(p))

@@ -140,6 +140,7 @@ func TestMQTTTrustedProxies(t *testing.T) {
 		{name: "none in any case", http: "10.0.0.0/8", mqtt: "None", want: ""},
 		{name: "its own", http: "10.0.0.0/8", mqtt: "192.0.2.7, 198.51.100.0/24", want: "192.0.2.7/32 198.51.100.0/24"},
 		{name: "not an address", mqtt: "proxy.local", refused: true},
+		{name: "nothing but commas", mqtt: ",", refused: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

@@ -95,6 +95,7 @@ type Hub struct {
 	m               *metrics
 	recovering      chan struct{} // a token per subscription reading the record
 	warnedMalformed atomic.Bool
+	caughtUp        time.Time // when Run last ended a catch-up after a Gap; Run's own
 
 	// change serialises changes of the Redis subscription, so that the
 	// first-in and last-out of one pattern never race.
@@ -516,6 +517,7 @@ func (h *Hub) Run(ctx context.Context) error {
 			}
 			if m.Gap {
 				h.catchUp()
+				h.caughtUp = h.opts.now()
 				continue
 			}
 			h.behind(m)
@@ -528,13 +530,18 @@ func (h *Hub) Run(ctx context.Context) error {
 }
 
 // behind notes how long m waited between the bus and the dispatch, for
-// the Pacer and eventbus_edge_dispatch_lag_seconds.
+// the Pacer and eventbus_edge_dispatch_lag_seconds: from when the bus read
+// it, or from the end of the last catch-up after a Gap, which the
+// messages held meanwhile waited for rather than for the CPU.
 func (h *Hub) behind(m bus.Message) {
 	if m.Received.IsZero() {
 		return
 	}
-	now := time.Now()
+	now := h.opts.now()
 	lag := now.Sub(m.Received)
+	if m.Received.Before(h.caughtUp) {
+		lag = now.Sub(h.caughtUp)
+	}
 	h.m.dispatchLag.Set(lag.Seconds())
 	if h.opts.Pacer != nil {
 		h.opts.Pacer.Behind(lag, now)

@@ -760,3 +760,21 @@ func TestDispatchLagStrainsThePacer(t *testing.T) {
 		t.Fatalf("eventbus_edge_pacing_strained: %d series, %v; want 1", n, err)
 	}
 }
+
+// Messages the bus read before a Gap's catch-up ended waited for the
+// catch-up, not for the CPU: their wait counts from its end, and a
+// failover does not strain the Pacer.
+func TestLagCountsFromTheEndOfACatchUp(t *testing.T) {
+	pacer := &Pacer{Rate: 30000}
+	at := time.Now() // the hub's clock stands still: no wait but the stamp's
+	opts := bounds
+	opts.Pacer, opts.now = pacer, func() time.Time { return at }
+	h := startHub(t, opts)
+	stamped := at.Add(-time.Second) // read, then held while the subscription came back
+	h.sub.msgs <- bus.Message{Gap: true}
+	h.sub.msgs <- bus.Message{Channel: "sync", Patterns: []string{"sync"}, Received: stamped}
+	h.sub.msgs <- bus.Message{Channel: "sync", Patterns: []string{"sync"}}
+	if pacer.strained.Load() != 0 {
+		t.Fatal("strained by a message held through a catch-up")
+	}
+}

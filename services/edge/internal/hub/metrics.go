@@ -50,7 +50,7 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "eventbus_edge_pacing_strained", Help: "1 while the dispatch has fallen behind within the last second and writes are paced at a third of EDGE_WRITE_RATE, 0 otherwise."},
 			func() float64 {
-				if p := h.opts.Pacer; p != nil && p.Strained(time.Now()) {
+				if p := h.opts.Pacer; p != nil && p.Rate > 0 && p.Strained(time.Now()) {
 					return 1
 				}
 				return 0

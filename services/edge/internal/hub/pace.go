@@ -14,7 +14,8 @@ const (
 
 // While the hub's dispatch is more than strainLag behind the bus, the edge
 // is short of CPU: for strainHold after that, the Pacer aims at a
-// strainSlowdown-th of its Rate, with pauses of up to maxStrainedGap, so
+// strainSlowdown-th of its Rate, with pauses of up to maxStrainedGap
+// (Client.Pause still holds none past half of its delay bound), so
 // that each write carries more and the writes cost the edge less, instead
 // of messages queueing before the dispatch, where no client's queue bound
 // sees them. Measured (docs/benchmarks.md): 1,000 subscribers offered
