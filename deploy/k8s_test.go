@@ -357,23 +357,40 @@ func buildOnProduction(t *testing.T, kustomization string) *rendered {
 // balancer of its own that keeps clients' addresses, with no PROXY header
 // trusted on the MQTT listeners; TLS's certificate and key are files of a
 // mounted Secret that EDGE_TLS_CERT and EDGE_TLS_KEY name. The base
-// exposes no MQTT.
+// exposes no MQTT, and its pods listen for plain MQTT only with
+// components/mqtt.
 func TestKubernetesMQTT(t *testing.T) {
 	t.Parallel()
 	base := buildOnProduction(t, "")
 	if i := slices.IndexFunc(base.services, func(s *corev1.Service) bool { return s.Spec.Type == corev1.ServiceTypeLoadBalancer }); i >= 0 {
 		t.Errorf("production exposes Service/%s on a load balancer without an MQTT component", base.services[i].Name)
 	}
+	if got := edgeEnv(base)["EDGE_MQTT_ADDR"]; got != "off" {
+		t.Errorf("production's edge has EDGE_MQTT_ADDR %q, want off: no plain MQTT in the pods without components/mqtt", got)
+	}
+	tls := buildOnProduction(t, "components:\n  - ../../components/mqtt-tls")
+	for _, err := range checkRendered(tls) {
+		t.Error(err)
+	}
+	if got := edgeEnv(tls)["EDGE_MQTT_ADDR"]; got != "off" {
+		t.Errorf("with components/mqtt-tls alone, EDGE_MQTT_ADDR = %q, want off", got)
+	}
+	if _, _, err := tls.resolve("edge-mqtt", networkingv1.ServiceBackendPort{Name: "mqtt"}); err == nil {
+		t.Error("components/mqtt-tls alone exposes plain MQTT")
+	}
+
 	r := buildOnProduction(t, "components:\n  - ../../components/mqtt\n  - ../../components/mqtt-tls")
 	for _, err := range checkRendered(r) {
 		t.Error(err)
 	}
-	// The container ports are the edge's default EDGE_MQTT_ADDR (:1883)
-	// and what the TLS component sets (EDGE_MQTTS_ADDR :8883).
+	env := edgeEnv(r)
 	for _, tc := range []struct {
-		service, port string
-		want          int32
-	}{{"edge-mqtt", "mqtt", 1883}, {"edge-mqtts", "mqtts", 8883}} {
+		service, port, addrVar, addr string
+		want                         int32
+	}{{"edge-mqtt", "mqtt", "EDGE_MQTT_ADDR", ":1883", 1883}, {"edge-mqtts", "mqtts", "EDGE_MQTTS_ADDR", ":8883", 8883}} {
+		if env[tc.addrVar] != tc.addr {
+			t.Errorf("%s = %q, want %s", tc.addrVar, env[tc.addrVar], tc.addr)
+		}
 		w, port, err := r.resolve(tc.service, networkingv1.ServiceBackendPort{Name: tc.port})
 		if err != nil {
 			t.Errorf("Service/%s port %s: %v", tc.service, tc.port, err)
@@ -387,21 +404,11 @@ func TestKubernetesMQTT(t *testing.T) {
 			t.Errorf("Service/%s externalTrafficPolicy = %q, want Local: the edge's per-address bounds need each client's own address", tc.service, p)
 		}
 	}
-	j := slices.IndexFunc(r.deployments, func(d *appsv1.Deployment) bool { return d.Name == "edge" })
-	pod := r.deployments[j].Spec.Template.Spec
-	env := map[string]string{}
-	for _, e := range pod.Containers[0].Env {
-		env[e.Name] = e.Value
-	}
-	if _, set := env["EDGE_MQTT_ADDR"]; set || r.configMaps["eventbus-config"].Data["EDGE_MQTT_ADDR"] != "" {
-		t.Error("EDGE_MQTT_ADDR is set: the mqtt container port assumes its default, :1883")
-	}
 	if env["EDGE_MQTT_TRUSTED_PROXIES"] != "none" {
 		t.Errorf("EDGE_MQTT_TRUSTED_PROXIES = %q, want none: devices reach MQTT directly, and a client in EDGE_TRUSTED_PROXIES's network could name any address", env["EDGE_MQTT_TRUSTED_PROXIES"])
 	}
-	if env["EDGE_MQTTS_ADDR"] != ":8883" {
-		t.Errorf("EDGE_MQTTS_ADDR = %q, want :8883", env["EDGE_MQTTS_ADDR"])
-	}
+	j := slices.IndexFunc(r.deployments, func(d *appsv1.Deployment) bool { return d.Name == "edge" })
+	pod := r.deployments[j].Spec.Template.Spec
 	for _, v := range []string{"EDGE_TLS_CERT", "EDGE_TLS_KEY"} {
 		file := env[v]
 		mounted := slices.ContainsFunc(pod.Containers[0].VolumeMounts, func(m corev1.VolumeMount) bool {
@@ -415,6 +422,23 @@ func TestKubernetesMQTT(t *testing.T) {
 			t.Errorf("%s = %q is not a file of the mounted Secret eventbus-mqtt-tls", v, file)
 		}
 	}
+}
+
+// edgeEnv is the environment the edge's container gets: the ConfigMaps it
+// takes whole, then its own variables over them.
+func edgeEnv(r *rendered) map[string]string {
+	env := map[string]string{}
+	j := slices.IndexFunc(r.deployments, func(d *appsv1.Deployment) bool { return d.Name == "edge" })
+	c := r.deployments[j].Spec.Template.Spec.Containers[0]
+	for _, from := range c.EnvFrom {
+		if from.ConfigMapRef != nil {
+			maps.Copy(env, r.configMaps[from.ConfigMapRef.Name].Data)
+		}
+	}
+	for _, e := range c.Env {
+		env[e.Name] = e.Value
+	}
+	return env
 }
 
 // rendered is an overlay as kustomize builds it, each object decoded
