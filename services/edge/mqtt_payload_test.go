@@ -13,6 +13,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/eventbus-suite/eventbus/pkg/mqttwire"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
 )
 
@@ -185,4 +186,52 @@ func TestMQTTNoLocalAndRetainAsPublished(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("got %q, want %q", got, want)
 	}
+}
+
+// A QoS 1 message not acknowledged is sent again as it was sent the first
+// time, but for DUP: the same packet id, topic, payload and 5.0
+// properties, the Message Expiry Interval as it stood then. A message in
+// flight keeps no bytes, so the edge makes the resend again from the
+// event; this is what holds it to the first.
+func TestMQTTResendIsTheFirstSendWithDUP(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, redistest.Shared(t), map[string]string{"EDGE_MQTT_RETRY_INTERVAL": "100ms"})
+	sub := dialTCP(t, e.mqtt, nil, 5)
+	if ack := sub.connect("watcher", mint(t, "1", "dev:*"), 30); ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %#x", ack.ReasonCode)
+	}
+	if codes := sub.subscribe(1, map[string]byte{"dev/#": 1}, "dev/#"); !bytes.Equal(codes, []byte{1}) {
+		t.Fatalf("SUBACK %v, want QoS 1 granted", codes)
+	}
+	device := dialTCP(t, e.mqtt, nil, 5)
+	if ack := device.connect("device-9", mintMQTT(t, "dev-9", nil, []string{"dev:*"}), 30); ack.ReasonCode != 0 {
+		t.Fatalf("device CONNACK %#x", ack.ReasonCode)
+	}
+	pk := publishPacket("dev/reading", 1, 7, "\x00\xff\x10C")
+	pk.Properties = packets.Properties{ContentType: "application/cbor", ResponseTopic: "dev/replies", CorrelationData: []byte("req-1"),
+		MessageExpiryInterval: 3600, User: []packets.UserProperty{{Key: "unit", Val: "celsius"}}}
+	device.send(pk)
+	device.expect(packets.Puback)
+
+	first := sub.expect(packets.Publish) // and no PUBACK: it comes again
+	again := sub.expect(packets.Publish)
+	if first.FixedHeader.Dup || !again.FixedHeader.Dup {
+		t.Fatalf("DUP %v then %v, want false then true", first.FixedHeader.Dup, again.FixedHeader.Dup)
+	}
+	encode := func(p packets.Packet) []byte {
+		p.FixedHeader.Dup = false
+		var buf bytes.Buffer
+		if err := mqttwire.Append(&buf, &p); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	if a, b := encode(first), encode(again); !bytes.Equal(a, b) {
+		t.Fatalf("the resend, DUP aside, is\n% x\nwhere the first send was\n% x", b, a)
+	}
+	if p := first.Properties; first.TopicName != "dev/reading" || string(first.Payload) != "\x00\xff\x10C" || p.ContentType != "application/cbor" ||
+		p.MessageExpiryInterval == 0 || p.MessageExpiryInterval > 3600 || len(p.User) != 1 {
+		t.Fatalf("the first send was %s % x with %+v, want the device's message", first.TopicName, first.Payload, p)
+	}
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: again.PacketID})
 }
