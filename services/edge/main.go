@@ -256,6 +256,13 @@ func proxied(l net.Listener, cfg config.Config) net.Listener {
 // by the name their address is logged under: TCP at EDGE_MQTT_ADDR, TLS
 // at EDGE_MQTTS_ADDR, whose key pair is read again when its files change.
 func listenMQTT(ctx context.Context, cfg config.Config, log *slog.Logger) (map[string]net.Listener, error) {
+	var pair *tlsfiles.Pair
+	if cfg.MQTTSAddr != "" {
+		var err error
+		if pair, err = tlsfiles.Load(cfg.TLSCertFile, cfg.TLSKeyFile, log); err != nil {
+			return nil, fmt.Errorf("mqtts: %w", err)
+		}
+	}
 	ls := map[string]net.Listener{}
 	if cfg.MQTTAddr != "" {
 		l, err := server.Listen(ctx, cfg.MQTTAddr)
@@ -265,13 +272,6 @@ func listenMQTT(ctx context.Context, cfg config.Config, log *slog.Logger) (map[s
 		ls["mqtt_addr"] = proxied(l, cfg)
 	}
 	if cfg.MQTTSAddr != "" {
-		pair, err := tlsfiles.Load(cfg.TLSCertFile, cfg.TLSKeyFile, log)
-		if err != nil {
-			for _, l := range ls {
-				_ = l.Close()
-			}
-			return nil, fmt.Errorf("mqtts: %w", err)
-		}
 		l, err := server.Listen(ctx, cfg.MQTTSAddr)
 		if err != nil {
 			for _, l := range ls {
