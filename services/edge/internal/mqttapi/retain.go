@@ -49,21 +49,23 @@ func (s *session) retained(filter string, patterns []string, cut bus.Cursor) [][
 	defer cancel()
 	var out [][]byte
 	seen := make(map[string]bool)
+	wanted := func(ch string) bool {
+		return match(filter, topicOf(ch)) && !channel.Reserved(ch) && !s.edge.Withholds(ch)
+	}
 	for _, p := range patterns {
 		var events []bus.Event
 		var err error
 		if s.h.RetainLatest {
 			events, err = s.h.Record.Last(ctx, p, retainScan)
 		} else if s.h.Retained != nil {
-			events, err = s.h.Retained.Matching(ctx, p, maxRetained)
+			events, err = s.h.Retained.Matching(ctx, p, wanted, maxRetained)
 		}
 		if err != nil {
 			s.h.Logger.Warn("mqtt retained messages not read", "filter", filter, "error", err)
 			return out
 		}
 		for _, e := range events {
-			topic := topicOf(e.Channel)
-			if seen[e.Channel] || !match(filter, topic) || channel.Reserved(e.Channel) || s.edge.Withholds(e.Channel) {
+			if seen[e.Channel] || !wanted(e.Channel) {
 				continue
 			}
 			if !e.Position.IsZero() && s.h.Record != nil && !before(cut, s.h.Record.StreamOf(e.Channel), e.Position) {

@@ -90,42 +90,101 @@ func (s *RetainedStore) keep(ctx context.Context, ch string, pos bus.Position, e
 	return nil
 }
 
-// Matching returns the retained messages of the channels pattern matches,
-// at most max of them, by channel.
-func (s *RetainedStore) Matching(ctx context.Context, pattern string, max int) ([]bus.Event, error) {
-	var out []bus.Event
+// retainedScanCount is how many fields each HSCAN of a hash of retained
+// messages asks Redis to look at: a subscription to a wide filter reads a
+// namespace of many retained messages a page at a time, so that neither
+// Redis nor the edge builds one reply of all of them.
+const retainedScanCount = 256
+
+// Matching returns the retained messages of the channels pattern matches
+// that keep accepts (nil: all), at most max of them: those of the first
+// channels in order. The messages of a namespace are read a page at a
+// time (HSCAN, matched by Redis with pattern, whose grammar is a Redis
+// glob of the same meaning), and the edge holds at most 2×max of them
+// while it reads; keep runs before the bound, so channels a subscription
+// would skip take no room from those it wants.
+func (s *RetainedStore) Matching(ctx context.Context, pattern string, keep func(ch string) bool, max int) ([]bus.Event, error) {
+	if max <= 0 {
+		return nil, nil
+	}
 	if !channel.IsPattern(pattern) {
 		v, err := s.Redis.HGet(ctx, s.Keys.NamespaceKey(retainedKind, pattern), pattern).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return nil, fmt.Errorf("read retained messages: %w", err)
 		}
-		if e, ok := parseRetained(pattern, v); ok {
-			out = append(out, e)
+		if e, ok := parseRetained(pattern, v); ok && (keep == nil || keep(pattern)) {
+			return []bus.Event{e}, nil
 		}
-		return out, nil
+		return nil, nil
 	}
 	nss, err := s.Keys.NamespacesOf(ctx, pattern)
 	if err != nil {
 		return nil, err
 	}
+	first := firstChannels{max: max}
 	for _, ns := range nss {
 		for _, key := range s.Keys.NamespaceKeys(retainedKind, ns) {
-			all, err := s.Redis.HGetAll(ctx, key).Result()
-			if err != nil && !errors.Is(err, redis.Nil) {
-				return out, fmt.Errorf("read retained messages: %w", err)
-			}
-			for ch, v := range all {
-				if !channel.Match(pattern, ch) {
-					continue
-				}
-				if e, ok := parseRetained(ch, v); ok {
-					out = append(out, e)
-				}
+			if err := s.scan(ctx, key, pattern, keep, &first); err != nil {
+				return first.events(), err
 			}
 		}
 	}
-	slices.SortFunc(out, func(a, b bus.Event) int { return strings.Compare(a.Channel, b.Channel) })
-	return out[:min(len(out), max)], nil
+	return first.events(), nil
+}
+
+// scan adds the retained messages of hash key whose channels match
+// pattern and keep to first, a page at a time.
+func (s *RetainedStore) scan(ctx context.Context, key, pattern string, keep func(string) bool, first *firstChannels) error {
+	var cursor uint64
+	for {
+		kv, next, err := s.Redis.HScan(ctx, key, cursor, pattern, retainedScanCount).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("read retained messages: %w", err)
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			ch, v := kv[i], kv[i+1]
+			// Redis matched the glob; Match again in case a server
+			// answers a MATCH more widely, then the caller's own test.
+			if !channel.Match(pattern, ch) || (keep != nil && !keep(ch)) {
+				continue
+			}
+			if e, ok := parseRetained(ch, v); ok {
+				first.add(e)
+			}
+		}
+		if next == 0 {
+			return nil
+		}
+		cursor = next
+	}
+}
+
+// firstChannels keeps the events of the first max channels in order of
+// those added, holding at most 2×max at a time. HSCAN may return a field
+// twice (when the hash is resized meanwhile): a channel is kept once.
+type firstChannels struct {
+	max int
+	all []bus.Event
+}
+
+func (f *firstChannels) add(e bus.Event) {
+	f.all = append(f.all, e)
+	if len(f.all) >= 2*f.max {
+		f.trim()
+	}
+}
+
+func (f *firstChannels) trim() {
+	slices.SortStableFunc(f.all, func(a, b bus.Event) int { return strings.Compare(a.Channel, b.Channel) })
+	f.all = slices.CompactFunc(f.all, func(a, b bus.Event) bool { return a.Channel == b.Channel })
+	clear(f.all[min(len(f.all), f.max):])
+	f.all = f.all[:min(len(f.all), f.max)]
+}
+
+// events returns the events kept, by channel.
+func (f *firstChannels) events() []bus.Event {
+	f.trim()
+	return f.all
 }
 
 // parseRetained reads a stored retained message back: none for a clear.
