@@ -542,7 +542,7 @@ func (h *Hub) behind(m bus.Message) {
 	if m.Received.Before(h.caughtUp) {
 		lag = now.Sub(h.caughtUp)
 	}
-	h.m.dispatchLag.Set(lag.Seconds())
+	h.m.dispatchLag.Observe(lag.Seconds())
 	if h.opts.Pacer != nil {
 		h.opts.Pacer.Behind(lag, now)
 	}

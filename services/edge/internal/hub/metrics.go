@@ -14,7 +14,7 @@ type metrics struct {
 	refusals      *prometheus.CounterVec
 	recoveries    *prometheus.CounterVec
 	recovered     prometheus.Counter
-	dispatchLag   prometheus.Gauge
+	dispatchLag   prometheus.Histogram
 }
 
 func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
@@ -35,8 +35,9 @@ func newMetrics(h *Hub, reg prometheus.Registerer) *metrics {
 			[]string{"result"}),
 		recovered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eventbus_edge_recovered_events_total", Help: "Missed events read from the record and queued for resuming subscriptions."}),
-		dispatchLag: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "eventbus_edge_dispatch_lag_seconds", Help: "How long the message the hub dispatched last had waited since the bus read it from Redis: above 0.02, the edge is short of CPU and its writes are paced for fewer, fuller writes (eventbus_edge_pacing_strained)."}),
+		dispatchLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "eventbus_edge_dispatch_lag_seconds", Help: "How long each message the hub dispatched had waited since the bus read it from Redis: past 0.02, the edge is short of CPU and its writes are paced for fewer, fuller writes (eventbus_edge_pacing_strained).",
+			Buckets: []float64{0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 1, 5}}),
 	}
 	// gauge reads what the hub holds, under its lock, when scraped.
 	gauge := func(name, help string, read func() int) prometheus.Collector {
