@@ -68,11 +68,9 @@ type Config struct {
 	MQTTSAddr           string        // EDGE_MQTTS_ADDR: MQTT over TLS; "" for none
 	TLSCertFile         string        // EDGE_TLS_CERT: PEM certificate chain of the MQTT TLS listener
 	TLSKeyFile          string        // EDGE_TLS_KEY: PEM private key of that certificate
-	// TLSCertificate is the key pair of EDGE_TLS_CERT and EDGE_TLS_KEY,
-	// loaded and checked as the edge starts (the listener reads the files
-	// again as they change: package tlsfiles); nil when EDGE_MQTTS_ADDR
-	// is not set.
-	TLSCertificate *tls.Certificate
+	// The pair of EDGE_TLS_CERT and EDGE_TLS_KEY is checked here, so that
+	// a bad one is reported with the other settings; the listener loads
+	// it (package tlsfiles), and again whenever its files change.
 
 	PresenceNamespaces []string      // EDGE_PRESENCE_NAMESPACES: namespaces whose channels keep presence ("*": all; "": none)
 	PresenceTTL        time.Duration // EDGE_PRESENCE_TTL: a lost edge's connections stop counting within it
@@ -283,12 +281,9 @@ func (c *Config) mqttListeners(r *envconfig.Reader) {
 	if !read {
 		return
 	}
-	pair, err := tls.X509KeyPair(pems[0], pems[1])
-	if err != nil {
+	if _, err := tls.X509KeyPair(pems[0], pems[1]); err != nil {
 		r.Check("EDGE_TLS_KEY", c.TLSKeyFile, fmt.Errorf("with EDGE_TLS_CERT=%q: %w", c.TLSCertFile, err))
-		return
 	}
-	c.TLSCertificate = &pair
 }
 
 // prefixes reads the comma-separated CIDRs or addresses of variable name.
