@@ -160,7 +160,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 		ConnectTimeout: cfg.AuthTimeout, MaxMessageBytes: cfg.MaxMessageBytes,
 		RetryInterval: cfg.MQTTRetryInterval, QueueBytes: cfg.SendQueueBytes,
 		Sessions: kept, SessionExpiry: cfg.MQTTSessionExpiry, Record: record, Pacer: pacer,
-		Retained: &mqttapi.RetainedStore{Redis: rdb, Keys: b}, RetainLatest: cfg.MQTTRetained == "latest" && record != nil,
+		Retained: &mqttapi.RetainedStore{Redis: rdb, Keys: b, Max: cfg.MQTTRetainedMax}, RetainLatest: cfg.MQTTRetained == "latest" && record != nil,
 		Consumers: consumers, ShareVisibility: cfg.MQTTShareVisibility, IdleAfter: cfg.MQTTIdleAfter,
 		// Takeovers go live only: a CONNECT costs no recorded event.
 		Announce: control.Live{Bus: b, Source: "edge"}.Announce,

@@ -62,6 +62,7 @@ type Config struct {
 	MQTTRetryInterval   time.Duration // EDGE_MQTT_RETRY_INTERVAL: an unacknowledged QoS 1 message is sent again, with DUP, this often
 	MQTTSessionExpiry   time.Duration // EDGE_MQTT_SESSION_EXPIRY: how long a kept MQTT session outlives its connection, at most
 	MQTTRetained        string        // EDGE_MQTT_RETAINED: "topic" (a topic's last PUBLISH with RETAIN) or "latest" (every channel's latest event)
+	MQTTRetainedMax     int           // EDGE_MQTT_RETAINED_MAX: retained messages a namespace keeps at most; 0 for no bound
 	MQTTShareVisibility time.Duration // EDGE_MQTT_SHARE_VISIBILITY: how long a shared subscription's member may hold an event unacknowledged
 	MQTTIdleAfter       time.Duration // EDGE_MQTT_IDLE_AFTER: an MQTT connection over plain TCP idle this long after its last packet gives back its read buffer and stack; 0 (EDGE_MQTT_IDLE_AFTER=off) never
 	MQTTAddr            string        // EDGE_MQTT_ADDR: MQTT over TCP; "" (EDGE_MQTT_ADDR=off) for none
@@ -117,6 +118,7 @@ func Load(getenv func(string) string) (Config, error) {
 		MQTTRetryInterval:   r.Duration("EDGE_MQTT_RETRY_INTERVAL", 20*time.Second),
 		MQTTSessionExpiry:   r.Duration("EDGE_MQTT_SESSION_EXPIRY", 24*time.Hour),
 		MQTTRetained:        r.String("EDGE_MQTT_RETAINED", "topic"),
+		MQTTRetainedMax:     int(r.Int("EDGE_MQTT_RETAINED_MAX", 100000, 0)),
 		MQTTShareVisibility: r.Duration("EDGE_MQTT_SHARE_VISIBILITY", 30*time.Second),
 	}
 	c.SendQueueMaxDelay = queueDelay(r)

@@ -165,3 +165,29 @@ func TestMQTTTrustedProxies(t *testing.T) {
 		})
 	}
 }
+
+func TestMQTTRetainedMax(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		value   string
+		want    int
+		refused bool
+	}{
+		{value: "", want: 100000},
+		{value: "0", want: 0}, // no bound
+		{value: "5000", want: 5000},
+		{value: "-1", refused: true},
+		{value: "many", refused: true},
+	} {
+		env := map[string]string{"EDGE_JWT_SECRET": strings.Repeat("k", 32), "EDGE_MQTT_RETAINED_MAX": tt.value}
+		c, err := Load(func(k string) string { return env[k] })
+		switch {
+		case tt.refused && (err == nil || !strings.Contains(err.Error(), "EDGE_MQTT_RETAINED_MAX")):
+			t.Errorf("Load(EDGE_MQTT_RETAINED_MAX=%q) = %v, want an error naming the variable", tt.value, err)
+		case !tt.refused && err != nil:
+			t.Errorf("Load(EDGE_MQTT_RETAINED_MAX=%q) = %v", tt.value, err)
+		case !tt.refused && c.MQTTRetainedMax != tt.want:
+			t.Errorf("Load(EDGE_MQTT_RETAINED_MAX=%q).MQTTRetainedMax = %d, want %d", tt.value, c.MQTTRetainedMax, tt.want)
+		}
+	}
+}

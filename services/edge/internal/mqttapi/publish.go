@@ -115,12 +115,19 @@ func (s *session) publish(pk packets.Packet) bool {
 	ctx, cancel := context.WithTimeout(s.ctx, publishTimeout)
 	defer cancel()
 	// send publishes the event, with the id QoS 2 keeps for it (id is
-	// never empty there) or the one it was made with.
+	// never empty there) or the one it was made with. One published but
+	// not retained for the namespace's bound is published: sending it
+	// again would not keep it either.
+	var full error
 	send := func(id string) error {
 		if id != "" {
 			ev.Id = id
 		}
-		return s.h.publishMessage(ctx, ev)
+		err := s.h.publishMessage(ctx, ev)
+		if errors.Is(err, ErrRetainedFull) {
+			full, err = err, nil
+		}
+		return err
 	}
 	if pk.FixedHeader.Qos == 2 {
 		limit := 0 // 3.1.1 has no Receive Maximum
@@ -146,12 +153,20 @@ func (s *session) publish(pk packets.Packet) bool {
 		}
 		return refuse(packets.ErrImplementationSpecificError, "the event bus (Redis) is unavailable: "+ctxErr(err))
 	}
-	s.h.publishes.WithLabelValues("ok").Inc()
+	why := ""
+	if full != nil {
+		// Delivered, so a success; 5.0 says what was not done.
+		s.h.publishes.WithLabelValues("not_retained_full").Inc()
+		s.h.Logger.Warn("mqtt retained message not kept", "client_id", s.id, "channel", ch, "error", full)
+		why = "published, but not retained: the namespace holds its most retained messages (EDGE_MQTT_RETAINED_MAX)"
+	} else {
+		s.h.publishes.WithLabelValues("ok").Inc()
+	}
 	switch pk.FixedHeader.Qos {
 	case 1:
-		s.client.Send(s.puback(pk.PacketID, packets.CodeSuccess, ""))
+		s.client.Send(s.puback(pk.PacketID, packets.CodeSuccess, why))
 	case 2:
-		s.client.Send(s.ack(packets.Pubrec, pk.PacketID, packets.CodeSuccess, ""))
+		s.client.Send(s.ack(packets.Pubrec, pk.PacketID, packets.CodeSuccess, why))
 	}
 	return true
 }

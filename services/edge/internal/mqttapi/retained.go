@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -36,15 +37,38 @@ type RetainedKeys interface {
 type RetainedStore struct {
 	Redis redis.UniversalClient
 	Keys  RetainedKeys
+	// Max bounds the retained messages of a namespace (0: none), shared
+	// evenly among its partitions' hashes: past it, a message retained on
+	// a channel that has none is published but not kept (ErrRetainedFull).
+	// Replacing or clearing one is always kept.
+	Max int
+	now func() time.Time // tests set it; nil: time.Now
 }
+
+// ErrRetainedFull is Set's error for a message not kept because its
+// namespace holds RetainedStore.Max retained messages already.
+var ErrRetainedFull = errors.New("the namespace holds its most retained messages")
+
+// clearedFor is how long a clear's position is kept: longer than a
+// retained message published before it takes to reach the store, which it
+// keeps out. After that the clear leaves nothing behind.
+const clearedFor = time.Minute
 
 // keep writes a channel's retained message, or clears it, unless one of
 // a later position is kept: of two retained publishes racing to the
 // store, the later in the record stands, as it does for subscribers. A
-// clear leaves its position behind (an empty value), so that an older
-// message arriving late does not come back; without a position (a bus
-// without history) the last write stands. KEYS[1] the hash, ARGV[1] the
-// channel, ARGV[2] the offset ("" for none), ARGV[3] the value.
+// clear leaves its position behind (the header alone, no envelope), so
+// that an older message arriving late does not come back; without a
+// position (a bus without history) the last write stands. The positions
+// of clears are listed in a sorted set by time, and each call forgets up
+// to 8 of those older than clearedFor, so that clears do not pile up. A
+// message for a channel the hash does not hold is refused (-1) when the
+// hash holds ARGV[4] (0: no bound) channels already.
+//
+// KEYS[1] the hash, KEYS[2] the clears' times; ARGV[1] the channel,
+// ARGV[2] the offset ("" for none), ARGV[3] the value, ARGV[4] the bound,
+// ARGV[5] "1" for a clear, ARGV[6] now in Unix milliseconds. It returns
+// 1 when written, 0 when a later one stands, -1 when refused.
 var keep = redis.NewScript(`
 local function later(a, b) -- offset a after offset b?
   local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
@@ -55,18 +79,35 @@ local function later(a, b) -- offset a after offset b?
   if #aseq ~= #bseq then return #aseq > #bseq end
   return aseq > bseq
 end
-if ARGV[2] ~= '' then
-  local old = redis.call('HGET', KEYS[1], ARGV[1])
-  if old then
-    local offset = string.match(old, '^(%S*)')
-    if offset ~= '' and not later(ARGV[2], offset) then return 0 end
-  end
+local function cleared(v) -- a clear's position, with no message?
+  return string.find(v, '\n', 1, true) == #v
+end
+local now = tonumber(ARGV[6])
+for _, ch in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', now - ` + fmt.Sprint(clearedFor.Milliseconds()) + `), 'LIMIT', 0, 8)) do
+  local v = redis.call('HGET', KEYS[1], ch)
+  if v and cleared(v) then redis.call('HDEL', KEYS[1], ch) end
+  redis.call('ZREM', KEYS[2], ch)
+end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' and old then
+  local offset = string.match(old, '^(%S*)')
+  if offset ~= '' and not later(ARGV[2], offset) then return 0 end
+end
+local bound = tonumber(ARGV[4])
+if ARGV[5] ~= '1' and not old and bound > 0 and redis.call('HLEN', KEYS[1]) >= bound then
+  return -1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
 return 1`)
 
 // Set makes env, recorded at pos, the retained message of channel ch,
-// unless a later one is kept.
+// unless a later one is kept; ErrRetainedFull when ch's namespace holds
+// Max retained messages already.
 func (s *RetainedStore) Set(ctx context.Context, ch string, pos bus.Position, env []byte) error {
 	return s.keep(ctx, ch, pos, env)
 }
@@ -84,8 +125,26 @@ func (s *RetainedStore) Clear(ctx context.Context, ch string, pos bus.Position) 
 
 func (s *RetainedStore) keep(ctx context.Context, ch string, pos bus.Position, env []byte) error {
 	v := pos.Offset + " " + pos.Epoch + "\n" + string(env)
-	if err := keep.Run(ctx, s.Redis, []string{s.Keys.NamespaceKey(retainedKind, ch)}, ch, pos.Offset, v).Err(); err != nil {
+	bound, clear := 0, "0"
+	if env == nil {
+		clear = "1"
+	} else if s.Max > 0 {
+		ns, _, _ := strings.Cut(ch, ":")
+		parts := max(len(s.Keys.NamespaceKeys(retainedKind, ns)), 1)
+		bound = (s.Max + parts - 1) / parts
+	}
+	now := time.Now
+	if s.now != nil {
+		now = s.now
+	}
+	key := s.Keys.NamespaceKey(retainedKind, ch)
+	// The clears' set shares the hash's slot: its name holds the same tag.
+	n, err := keep.Run(ctx, s.Redis, []string{key, key + ":cleared"}, ch, pos.Offset, v, bound, clear, now().UnixMilli()).Int()
+	switch {
+	case err != nil:
 		return fmt.Errorf("keep the retained message of %s: %w", ch, err)
+	case n < 0:
+		return fmt.Errorf("retained message of %s: %w (%d)", ch, ErrRetainedFull, s.Max)
 	}
 	return nil
 }

@@ -2,11 +2,13 @@ package mqttapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
@@ -161,5 +163,82 @@ func TestRetainedMatchingKeepsTheFirstMax(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Errorf("Matching(%q, max %d) = %d channels %.60q…, want %d %.60q…", tt.pattern, tt.max, len(got), got, len(want), want)
 		}
+	}
+}
+
+// A namespace keeps at most Max retained messages, shared among its
+// partitions' hashes: past it, a message for a channel without one is
+// refused, while replacing or clearing one is not. A clear keeps its
+// position for clearedFor, then leaves nothing behind, and its room is
+// free again.
+func TestRetainedStoreBoundsANamespace(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Shared(t)
+	redistest.RequireReal(t, srv)
+	rdb := srv.Client(t)
+	keys := partitioned{prefix: redistest.Prefix(t) + "retained:", parts: 3, nss: []string{"dev"}}
+	at := time.Unix(1_000_000, 0)
+	s := &RetainedStore{Redis: rdb, Keys: keys, Max: 10, now: func() time.Time { return at }} // 4 a hash
+	ctx := context.Background()
+	offset := 0
+	pos := func() bus.Position { offset++; return bus.Position{Offset: fmt.Sprintf("%d-0", offset), Epoch: "9f"} }
+	held := map[string][]string{} // by hash, the channels kept
+	for i := range 40 {
+		ch := fmt.Sprintf("dev:d%02d", i)
+		key := keys.NamespaceKey(retainedKind, ch)
+		switch err := s.Set(ctx, ch, pos(), []byte("on")); {
+		case err == nil:
+			held[key] = append(held[key], ch)
+		case !errors.Is(err, ErrRetainedFull):
+			t.Fatal(err)
+		case len(held[key]) < 4:
+			t.Fatalf("%s refused with %d in its hash, want room for 4: %v", ch, len(held[key]), err)
+		}
+	}
+	for _, key := range keys.NamespaceKeys(retainedKind, "dev") {
+		if n, err := rdb.HLen(ctx, key).Result(); err != nil || n != 4 || len(held[key]) != 4 {
+			t.Fatalf("hash %s holds %d (%v), kept %d; want 4 each: 40 channels spread over 3", key, n, err, len(held[key]))
+		}
+	}
+	full := keys.NamespaceKeys(retainedKind, "dev")[0]
+	kept := held[full][0]
+	if err := s.Set(ctx, kept, pos(), []byte("off")); err != nil {
+		t.Fatalf("replacing a retained message in a full hash: %v", err)
+	}
+	var other string // a channel of the full hash it does not hold
+	for i := 40; other == ""; i++ {
+		if ch := fmt.Sprintf("dev:d%02d", i); keys.NamespaceKey(retainedKind, ch) == full {
+			other = ch
+		}
+	}
+	if err := s.Clear(ctx, kept, pos()); err != nil {
+		t.Fatalf("clearing in a full hash: %v", err)
+	}
+	if err := s.Set(ctx, other, pos(), []byte("on")); !errors.Is(err, ErrRetainedFull) {
+		t.Fatalf("a new channel while a clear's position is kept: %v, want ErrRetainedFull", err)
+	}
+	if err := s.Set(ctx, kept, bus.Position{Offset: "1-0", Epoch: "9f"}, []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	if es, err := s.Matching(ctx, kept, nil, 1); err != nil || len(es) != 0 {
+		t.Fatalf("an older message after the clear: retained %v (%v), want none", es, err)
+	}
+	at = at.Add(clearedFor) // not older than clearedFor yet
+	if err := s.Set(ctx, other, pos(), []byte("on")); !errors.Is(err, ErrRetainedFull) {
+		t.Fatalf("a new channel as the clear turns clearedFor old: %v, want ErrRetainedFull", err)
+	}
+	at = at.Add(time.Millisecond)
+	if err := s.Set(ctx, other, pos(), []byte("on")); err != nil {
+		t.Fatalf("a new channel once the clear is forgotten: %v", err)
+	}
+	if ok, err := rdb.HExists(ctx, full, kept).Result(); err != nil || ok {
+		t.Fatalf("the cleared channel still has a field (%v)", err)
+	}
+	if n, err := rdb.ZCard(ctx, full+":cleared").Result(); err != nil || n != 0 {
+		t.Fatalf("%d clears still listed (%v), want none", n, err)
+	}
+	unbounded := &RetainedStore{Redis: rdb, Keys: keys}
+	if err := unbounded.Set(ctx, fmt.Sprintf("dev:d%02d", 99), pos(), []byte("on")); err != nil {
+		t.Fatalf("Max 0 bounds nothing: %v", err)
 	}
 }
