@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
@@ -261,7 +263,66 @@ func TestSuiteOnAClusterRidesOutAFailover(t *testing.T) {
 	browser.mu.Lock()
 	resumed := browser.resumed
 	browser.mu.Unlock()
+	retainedOnACluster(t, s.edge)
 	s.running(t)
 	t.Logf("killed %s holding user's partition; the cluster was whole again %v later; %d sign-ups tried, %d acknowledged, %d of them lost (acknowledged, never replicated); the browser resumed %d time(s)",
 		victim, recovery.Round(time.Millisecond), users.tried, len(users.acked), len(users.acked)-len(kept), resumed)
+}
+
+// retainedOnACluster has a device keep a retained message on one topic
+// and clear that of another over /mqtt, and a subscriber that comes
+// later find the first alone: the store's script touches the hash of a
+// namespace's partition and its list of clears, one slot on a cluster.
+func retainedOnACluster(t *testing.T, edge string) {
+	t.Helper()
+	tok, err := token.IssueClaims([]byte(mqttSecret), token.Claims{Channels: []string{"sensor:*"}, Publish: []string{"sensor:*"},
+		RegisteredClaims: jwt.RegisteredClaims{Subject: "retainer"}}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect := func(id string) paho3.Client {
+		c := paho3.NewClient(paho3.NewClientOptions().AddBroker("ws://" + edge + "/mqtt").SetClientID(id).
+			SetUsername("device").SetPassword(tok).SetAutoReconnect(false))
+		if tk := c.Connect(); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+			t.Fatalf("%s: mqtt connect: %v", id, tk.Error())
+		}
+		t.Cleanup(func() { c.Disconnect(0) })
+		return c
+	}
+	device := connect("cluster-retainer")
+	for _, m := range []struct{ topic, payload string }{
+		{"sensor/kept", "21.5"}, {"sensor/gone", "19"}, {"sensor/gone", ""},
+	} {
+		if tk := device.Publish(m.topic, 1, true, m.payload); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+			t.Fatalf("publish %s retained: %v", m.topic, tk.Error())
+		}
+	}
+	got := make(chan string, 4)
+	late := connect("cluster-late")
+	tk := late.Subscribe("sensor/#", 1, func(_ paho3.Client, m paho3.Message) {
+		got <- fmt.Sprintf("%s %s retained=%v", m.Topic(), m.Payload(), m.Retained())
+	})
+	if !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+		t.Fatalf("subscribe sensor/#: %v", tk.Error())
+	}
+	select {
+	case m := <-got:
+		if m != "sensor/kept 21.5 retained=true" {
+			t.Fatalf("a late subscriber got %q, want sensor/kept's retained message", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a late subscriber got no retained message in 10 s")
+	}
+	// Nothing else was retained: a message published now is the next.
+	if tk := device.Publish("sensor/live", 1, false, "1"); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+		t.Fatalf("publish sensor/live: %v", tk.Error())
+	}
+	select {
+	case m := <-got:
+		if m != "sensor/live 1 retained=false" {
+			t.Fatalf("after the retained message the late subscriber got %q, want the live one", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the live message did not come in 10 s")
+	}
 }
