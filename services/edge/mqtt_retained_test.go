@@ -54,10 +54,25 @@ func TestMQTTRetainedBeyondTheBound(t *testing.T) {
 		t.Fatalf("kept %q, refused %q: want both, with a bound of 1 over %d topics", kept, refused, topics)
 	}
 
+	// A 5.0 client whose Maximum Packet Size the reason string would pass
+	// gets the PUBACK without it.
+	small := dialTCP(t, e.mqtt, nil, 5)
+	cp := connectPacket("device-small", tok, 30)
+	cp.Properties.MaximumPacketSize = 16
+	small.send(cp)
+	small.expect(packets.Connack)
+	pk := publishPacket(refused[0], 1, 1, "small")
+	pk.FixedHeader.Retain = true
+	small.send(pk)
+	if ack := small.expect(packets.Puback); ack.ReasonCode != 0 || ack.Properties.ReasonString != "" {
+		t.Fatalf("PUBACK to a client taking 16 bytes: %#x %q, want plain success", ack.ReasonCode, ack.Properties.ReasonString)
+	}
+	live.expect(packets.Publish)
+
 	// 3.1.1: acknowledged and delivered, and the connection stays.
 	old := dialTCP(t, e.mqtt, nil, 4)
 	old.connect("device-311", tok, 30)
-	pk := publishPacket(refused[0], 1, 1, "again")
+	pk = publishPacket(refused[0], 1, 1, "again")
 	pk.FixedHeader.Retain = true
 	old.send(pk)
 	old.expect(packets.Puback)

@@ -219,8 +219,16 @@ func (s *session) ack(typ byte, id uint16, code packets.Code, why string) []byte
 	if s.quiet {
 		why = "" // MQTT-3.1.2-29
 	}
-	return encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, ProtocolVersion: s.version,
-		PacketID: id, ReasonCode: code.Code, Properties: packets.Properties{ReasonString: why}})
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, ProtocolVersion: s.version,
+		PacketID: id, ReasonCode: code.Code, Properties: packets.Properties{ReasonString: why}}
+	b := encode(pk)
+	if s.maxPacket > 0 && len(b) > s.maxPacket && why != "" {
+		// The reason string is left out before the client's Maximum
+		// Packet Size is passed (MQTT-3.4.2-2).
+		pk.Properties.ReasonString = ""
+		b = encode(pk)
+	}
+	return b
 }
 
 // released serves a PUBREL: the QoS 2 message is done with, and PUBCOMP

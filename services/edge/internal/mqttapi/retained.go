@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -37,12 +38,14 @@ type RetainedKeys interface {
 type RetainedStore struct {
 	Redis redis.UniversalClient
 	Keys  RetainedKeys
-	// Max bounds the retained messages of a namespace (0: none), shared
-	// evenly among its partitions' hashes: past it, a message retained on
-	// a channel that has none is published but not kept (ErrRetainedFull).
-	// Replacing or clearing one is always kept.
+	// Max bounds the retained messages of a namespace (0: none), each of
+	// its partitions' hashes holding at most its share, rounded up: past
+	// it, a message retained on a channel that has none is published but
+	// not kept (ErrRetainedFull). Replacing or clearing one is always
+	// kept.
 	Max int
-	now func() time.Time // tests set it; nil: time.Now
+
+	adopted sync.Map // hash → when this edge last adopted its unlisted clears (adopt)
 }
 
 // ErrRetainedFull is Set's error for a message not kept because its
@@ -51,8 +54,18 @@ var ErrRetainedFull = errors.New("the namespace holds its most retained messages
 
 // clearedFor is how long a clear's position is kept: longer than a
 // retained message published before it takes to reach the store, which it
-// keeps out. After that the clear leaves nothing behind.
+// keeps out. After that, the next write to the same hash forgets it.
 const clearedFor = time.Minute
+
+// retainedLua is what the scripts share: what a clear is, and now on
+// Redis's clock, in Unix milliseconds.
+const retainedLua = `
+local function cleared(v) -- a clear's position, with no message?
+  return string.find(v, '\n', 1, true) == #v
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
 
 // keep writes a channel's retained message, or clears it, unless one of
 // a later position is kept: of two retained publishes racing to the
@@ -60,16 +73,18 @@ const clearedFor = time.Minute
 // clear leaves its position behind (the header alone, no envelope), so
 // that an older message arriving late does not come back; without a
 // position (a bus without history) the last write stands. The positions
-// of clears are listed in a sorted set by time, and each call forgets up
-// to 8 of those older than clearedFor, so that clears do not pile up. A
-// message for a channel the hash does not hold is refused (-1) when the
-// hash holds ARGV[4] (0: no bound) channels already.
+// of clears are listed in a sorted set by when, on Redis's clock (every
+// edge's the same), and each call forgets up to 8 of those older than
+// clearedFor, so that clears do not pile up. A message for a channel the
+// hash does not hold is refused (-1) when the hash holds ARGV[4] (0: no
+// bound) channels already, clears included; a clear of one is then done
+// with, leaving nothing (an older message arriving late finds no room).
 //
 // KEYS[1] the hash, KEYS[2] the clears' times; ARGV[1] the channel,
 // ARGV[2] the offset ("" for none), ARGV[3] the value, ARGV[4] the bound,
-// ARGV[5] "1" for a clear, ARGV[6] now in Unix milliseconds. It returns
-// 1 when written, 0 when a later one stands, -1 when refused.
-var keep = redis.NewScript(`
+// ARGV[5] "1" for a clear. It returns 1 when done, 0 when a later one
+// stands, -1 when refused.
+var keep = redis.NewScript(retainedLua + `
 local function later(a, b) -- offset a after offset b?
   local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
   local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
@@ -79,11 +94,8 @@ local function later(a, b) -- offset a after offset b?
   if #aseq ~= #bseq then return #aseq > #bseq end
   return aseq > bseq
 end
-local function cleared(v) -- a clear's position, with no message?
-  return string.find(v, '\n', 1, true) == #v
-end
-local now = tonumber(ARGV[6])
-for _, ch in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', now - ` + fmt.Sprint(clearedFor.Milliseconds()) + `), 'LIMIT', 0, 8)) do
+local cut = string.format('(%.0f', now - ` + fmt.Sprint(clearedFor.Milliseconds()) + `)
+for _, ch in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cut, 'LIMIT', 0, 8)) do
   local v = redis.call('HGET', KEYS[1], ch)
   if v and cleared(v) then redis.call('HDEL', KEYS[1], ch) end
   redis.call('ZREM', KEYS[2], ch)
@@ -94,7 +106,8 @@ if ARGV[2] ~= '' and old then
   if offset ~= '' and not later(ARGV[2], offset) then return 0 end
 end
 local bound = tonumber(ARGV[4])
-if ARGV[5] ~= '1' and not old and bound > 0 and redis.call('HLEN', KEYS[1]) >= bound then
+if not old and bound > 0 and redis.call('HLEN', KEYS[1]) >= bound then
+  if ARGV[5] == '1' then return 1 end
   return -1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -105,11 +118,31 @@ else
 end
 return 1`)
 
+// adoptCleared lists, as cleared now, the clears among the channels
+// ARGV names that the sorted set KEYS[2] does not list (left by an edge
+// older than the list), so that they are forgotten in turn.
+var adoptCleared = redis.NewScript(retainedLua + `
+local n = 0
+for _, ch in ipairs(ARGV) do
+  local v = redis.call('HGET', KEYS[1], ch)
+  if v and cleared(v) then n = n + redis.call('ZADD', KEYS[2], 'NX', now, ch) end
+end
+return n`)
+
 // Set makes env, recorded at pos, the retained message of channel ch,
 // unless a later one is kept; ErrRetainedFull when ch's namespace holds
 // Max retained messages already.
 func (s *RetainedStore) Set(ctx context.Context, ch string, pos bus.Position, env []byte) error {
-	return s.keep(ctx, ch, pos, env)
+	err := s.keep(ctx, ch, pos, env)
+	if errors.Is(err, ErrRetainedFull) {
+		// Clears an older edge left are not listed, so never forgotten:
+		// when a hash is full, this edge lists them (at most once a
+		// clearedFor per hash), and tries again.
+		if adopted, aerr := s.adopt(ctx, s.Keys.NamespaceKey(retainedKind, ch)); aerr == nil && adopted > 0 {
+			err = s.keep(ctx, ch, pos, env)
+		}
+	}
+	return err
 }
 
 // Clear clears the retained message of channel ch, as of pos.
@@ -125,21 +158,18 @@ func (s *RetainedStore) Clear(ctx context.Context, ch string, pos bus.Position) 
 
 func (s *RetainedStore) keep(ctx context.Context, ch string, pos bus.Position, env []byte) error {
 	v := pos.Offset + " " + pos.Epoch + "\n" + string(env)
-	bound, clear := 0, "0"
+	clear := "0"
 	if env == nil {
 		clear = "1"
-	} else if s.Max > 0 {
+	}
+	bound := 0
+	if s.Max > 0 {
 		ns, _, _ := strings.Cut(ch, ":")
 		parts := max(len(s.Keys.NamespaceKeys(retainedKind, ns)), 1)
 		bound = (s.Max + parts - 1) / parts
 	}
-	now := time.Now
-	if s.now != nil {
-		now = s.now
-	}
 	key := s.Keys.NamespaceKey(retainedKind, ch)
-	// The clears' set shares the hash's slot: its name holds the same tag.
-	n, err := keep.Run(ctx, s.Redis, []string{key, key + ":cleared"}, ch, pos.Offset, v, bound, clear, now().UnixMilli()).Int()
+	n, err := keep.Run(ctx, s.Redis, []string{key, cleared(key)}, ch, pos.Offset, v, bound, clear).Int()
 	switch {
 	case err != nil:
 		return fmt.Errorf("keep the retained message of %s: %w", ch, err)
@@ -147,6 +177,48 @@ func (s *RetainedStore) keep(ctx context.Context, ch string, pos bus.Position, e
 		return fmt.Errorf("retained message of %s: %w (%d)", ch, ErrRetainedFull, s.Max)
 	}
 	return nil
+}
+
+// cleared names the sorted set of the clears of hash key: the same slot,
+// as its name holds the same tag.
+func cleared(key string) string { return key + ":cleared" }
+
+// adopt lists the clears of hash key that no sorted set lists, unless
+// it did within clearedFor, and reports how many it listed: a hash full
+// of messages is not read whole at every refusal.
+func (s *RetainedStore) adopt(ctx context.Context, key string) (int, error) {
+	now := time.Now()
+	if last, ok := s.adopted.Load(key); ok && now.Sub(last.(time.Time)) < clearedFor {
+		return 0, nil
+	}
+	s.adopted.Store(key, now)
+	total := 0
+	var cursor uint64
+	for {
+		kv, next, err := s.Redis.HScan(ctx, key, cursor, "", retainedScanCount).Result()
+		if err != nil {
+			s.adopted.Delete(key) // again next time
+			return total, fmt.Errorf("adopt the clears of %s: %w", key, err)
+		}
+		var clears []any
+		for i := 0; i+1 < len(kv); i += 2 {
+			if head, env, ok := strings.Cut(kv[i+1], "\n"); ok && env == "" && head != "" {
+				clears = append(clears, kv[i])
+			}
+		}
+		if len(clears) > 0 {
+			n, err := adoptCleared.Run(ctx, s.Redis, []string{key, cleared(key)}, clears...).Int()
+			if err != nil {
+				s.adopted.Delete(key)
+				return total, fmt.Errorf("adopt the clears of %s: %w", key, err)
+			}
+			total += n
+		}
+		if next == 0 {
+			return total, nil
+		}
+		cursor = next
+	}
 }
 
 // retainedScanCount is how many fields each HSCAN of a hash of retained

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/eventbus-suite/eventbus/pkg/bus"
 	"github.com/eventbus-suite/eventbus/pkg/channel"
 	"github.com/eventbus-suite/eventbus/pkg/redistest"
@@ -168,17 +170,17 @@ func TestRetainedMatchingKeepsTheFirstMax(t *testing.T) {
 
 // A namespace keeps at most Max retained messages, shared among its
 // partitions' hashes: past it, a message for a channel without one is
-// refused, while replacing or clearing one is not. A clear keeps its
-// position for clearedFor, then leaves nothing behind, and its room is
-// free again.
+// refused, while replacing or clearing one is not, and a clear of a
+// channel without one leaves nothing. A clear keeps its position for
+// clearedFor, then the next write forgets it, and its room is free again;
+// clears an older edge left unlisted are adopted when a hash is full.
 func TestRetainedStoreBoundsANamespace(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Shared(t)
 	redistest.RequireReal(t, srv)
 	rdb := srv.Client(t)
 	keys := partitioned{prefix: redistest.Prefix(t) + "retained:", parts: 3, nss: []string{"dev"}}
-	at := time.Unix(1_000_000, 0)
-	s := &RetainedStore{Redis: rdb, Keys: keys, Max: 10, now: func() time.Time { return at }} // 4 a hash
+	s := &RetainedStore{Redis: rdb, Keys: keys, Max: 10} // 4 a hash
 	ctx := context.Background()
 	offset := 0
 	pos := func() bus.Position { offset++; return bus.Position{Offset: fmt.Sprintf("%d-0", offset), Epoch: "9f"} }
@@ -201,15 +203,23 @@ func TestRetainedStoreBoundsANamespace(t *testing.T) {
 		}
 	}
 	full := keys.NamespaceKeys(retainedKind, "dev")[0]
-	kept := held[full][0]
+	var others []string // channels of the full hash it does not hold
+	for i := 40; len(others) < 20; i++ {
+		if ch := fmt.Sprintf("dev:d%02d", i); keys.NamespaceKey(retainedKind, ch) == full {
+			others = append(others, ch)
+		}
+	}
+	for _, ch := range others {
+		if err := s.Clear(ctx, ch, pos()); err != nil {
+			t.Fatalf("clearing %s, which has none, in a full hash: %v", ch, err)
+		}
+	}
+	if n, err := rdb.HLen(ctx, full).Result(); err != nil || n != 4 {
+		t.Fatalf("clears of channels without a message grew the full hash to %d (%v)", n, err)
+	}
+	kept, other := held[full][0], others[0]
 	if err := s.Set(ctx, kept, pos(), []byte("off")); err != nil {
 		t.Fatalf("replacing a retained message in a full hash: %v", err)
-	}
-	var other string // a channel of the full hash it does not hold
-	for i := 40; other == ""; i++ {
-		if ch := fmt.Sprintf("dev:d%02d", i); keys.NamespaceKey(retainedKind, ch) == full {
-			other = ch
-		}
 	}
 	if err := s.Clear(ctx, kept, pos()); err != nil {
 		t.Fatalf("clearing in a full hash: %v", err)
@@ -223,11 +233,23 @@ func TestRetainedStoreBoundsANamespace(t *testing.T) {
 	if es, err := s.Matching(ctx, kept, nil, 1); err != nil || len(es) != 0 {
 		t.Fatalf("an older message after the clear: retained %v (%v), want none", es, err)
 	}
-	at = at.Add(clearedFor) // not older than clearedFor yet
-	if err := s.Set(ctx, other, pos(), []byte("on")); !errors.Is(err, ErrRetainedFull) {
-		t.Fatalf("a new channel as the clear turns clearedFor old: %v, want ErrRetainedFull", err)
+
+	// Age the clear, on Redis's clock: just under clearedFor, it stays.
+	age := func(d time.Duration) {
+		t.Helper()
+		now, err := rdb.Time(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.ZAdd(ctx, full+":cleared", redis.Z{Score: float64(now.Add(-d).UnixMilli()), Member: kept}).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
-	at = at.Add(time.Millisecond)
+	age(clearedFor - 5*time.Second)
+	if err := s.Set(ctx, other, pos(), []byte("on")); !errors.Is(err, ErrRetainedFull) {
+		t.Fatalf("a new channel before the clear is clearedFor old: %v, want ErrRetainedFull", err)
+	}
+	age(clearedFor + time.Second)
 	if err := s.Set(ctx, other, pos(), []byte("on")); err != nil {
 		t.Fatalf("a new channel once the clear is forgotten: %v", err)
 	}
@@ -237,8 +259,34 @@ func TestRetainedStoreBoundsANamespace(t *testing.T) {
 	if n, err := rdb.ZCard(ctx, full+":cleared").Result(); err != nil || n != 0 {
 		t.Fatalf("%d clears still listed (%v), want none", n, err)
 	}
+
+	// An older edge's clears, unlisted, are adopted when the hash is full
+	// (by an edge that has not adopted this hash's within clearedFor: a
+	// new one here), and forgotten clearedFor later.
+	s = &RetainedStore{Redis: rdb, Keys: keys, Max: 10}
+	unlisted := others[1]
+	// Full again, an older edge's clear in place of a message.
+	if err := rdb.HDel(ctx, full, held[full][1]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.HSet(ctx, full, unlisted, "3-0 9f\n").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, others[2], pos(), []byte("on")); !errors.Is(err, ErrRetainedFull) {
+		t.Fatalf("a new channel with an unlisted clear just adopted: %v, want ErrRetainedFull", err)
+	}
+	if _, err := rdb.ZScore(ctx, full+":cleared", unlisted).Result(); err != nil {
+		t.Fatalf("the unlisted clear was not adopted: %v", err)
+	}
+	if err := rdb.ZAdd(ctx, full+":cleared", redis.Z{Score: 0, Member: unlisted}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, others[2], pos(), []byte("on")); err != nil {
+		t.Fatalf("a new channel once the adopted clear is old: %v", err)
+	}
+
 	unbounded := &RetainedStore{Redis: rdb, Keys: keys}
-	if err := unbounded.Set(ctx, fmt.Sprintf("dev:d%02d", 99), pos(), []byte("on")); err != nil {
+	if err := unbounded.Set(ctx, others[3], pos(), []byte("on")); err != nil {
 		t.Fatalf("Max 0 bounds nothing: %v", err)
 	}
 }
