@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/eventbus-suite/eventbus/pkg/bus"
@@ -231,6 +232,37 @@ func TestClusterFailover(t *testing.T) {
 		t.Error("the live subscription lost a partition's connection and reported no gap")
 	}
 
+}
+
+// After a failover, a process's map of slots still names the dead master
+// until something it sends there fails: its first publish on the slot
+// fails unsent (connection refused), has the map read again, and is sent
+// again to the new master. The caller sees no error.
+func TestClusterPublishAfterAFailoverGoesThrough(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 1)
+	b, err := New(clusterClient(t, c), Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.Publish(t.Context(), "fs:0", []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	c.Kill(t, c.MasterOf(t, keySlot(b.streamFor("fs:0").key)))
+	c.WaitHealthy(t)
+	failed := testutil.ToFloat64(b.m.publishErrors)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	r, err := b.Publish(ctx, "fs:0", []byte("after"))
+	if err != nil {
+		t.Fatalf("the first publish after the failover: %v", err)
+	}
+	if r.Position.IsZero() {
+		t.Fatal("the publish after the failover has no position in the record")
+	}
+	if testutil.ToFloat64(b.m.publishErrors) == failed {
+		t.Fatal("the first publish after the failover met no stale map: the test proves nothing")
+	}
 }
 
 // A slot holding live partitions migrates to another master while events

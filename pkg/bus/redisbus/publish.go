@@ -41,14 +41,41 @@ func (b *Bus) Publish(ctx context.Context, ch string, payload []byte) (bus.Recei
 	if err := channel.Validate(ch); err != nil {
 		return bus.Receipt{}, err
 	}
-	r := requestPool.Get().(*request)
-	r.msgs = append(r.msgs[:0], bus.Publication{Channel: ch, Payload: b.encode(payload)})
-	if err := b.submit(ctx, r); err != nil {
-		return bus.Receipt{}, err
+	payload = b.encode(payload)
+	for attempt := 0; ; attempt++ {
+		r := requestPool.Get().(*request)
+		r.msgs = append(r.msgs[:0], bus.Publication{Channel: ch, Payload: payload})
+		if err := b.submit(ctx, r); err != nil {
+			return bus.Receipt{}, err
+		}
+		receipt, err := r.receipts[0], r.errs[0]
+		b.release(r)
+		if attempt == len(staleRetries) || !b.stale(ctx, err) {
+			return receipt, err
+		}
+		select {
+		case <-time.After(staleRetries[attempt]):
+		case <-ctx.Done():
+			return receipt, err
+		}
 	}
-	receipt, err := r.receipts[0], r.errs[0]
-	b.release(r)
-	return receipt, err
+}
+
+// staleRetries are the waits before a publish that a stale map of a
+// cluster's slots failed unsent is sent again, while its context lasts:
+// after a failover, a process's first publish on each slot the dead
+// master held goes to it, and fails; the failure has the map read again
+// (slotReloader), which takes a round trip. Sent again, it reaches the
+// new master, so a failover that is over costs no publish an error.
+var staleRetries = []time.Duration{20 * time.Millisecond, 100 * time.Millisecond}
+
+// stale reports whether err, a message's publish error on this bus, says
+// the message was not sent because the map of slots was stale: on a
+// cluster, a connection refused or an answer redirecting it.
+func (b *Bus) stale(ctx context.Context, err error) bool {
+	var op *net.OpError
+	return b.cluster && ctx.Err() == nil && errors.Is(err, bus.ErrNotSent) &&
+		(errors.As(err, &op) && op.Op == "dial" || redirected(err))
 }
 
 // PublishBatch implements bus.Publisher. The messages go out in one
@@ -228,15 +255,18 @@ func (b *Bus) pipeline(trim *trimmer) {
 	}
 }
 
-// unsent reports whether go-redis failed a command before writing it: no
-// connection could be had (a dial error, the pool closed or exhausted), or
-// the context ended while it waited for one. go-redis reports a deadline
-// that passes while it reads or writes as an i/o timeout from the
-// connection, never as the context's error, so a context error means
-// nothing was written. Anything else may have reached Redis.
+// unsent reports whether a command was not run: go-redis failed it before
+// writing it (no connection could be had: a dial error, the pool closed
+// or exhausted; or the context ended while it waited for one), or a
+// cluster answered that it runs elsewhere (MOVED, ASK, TRYAGAIN,
+// CLUSTERDOWN: a script call answered so ran none of its commands).
+// go-redis reports a deadline that passes while it reads or writes as an
+// i/o timeout from the connection, never as the context's error, so a
+// context error means nothing was written. Anything else may have
+// reached Redis.
 func unsent(err error) bool {
 	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial" ||
+	return errors.As(err, &op) && op.Op == "dial" || redirected(err) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
 		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
 }
