@@ -275,7 +275,8 @@ func TestSuiteOnAClusterRidesOutAFailover(t *testing.T) {
 // retainedOnACluster has a device keep a retained message on one topic
 // and clear that of another over /mqtt, and a subscriber that comes
 // later find the first alone: the store's script touches the hash of a
-// namespace's partition and its list of clears, one slot on a cluster.
+// namespace's partition and the two keys of its clears, one slot on a
+// cluster.
 func retainedOnACluster(t *testing.T, edge string) {
 	t.Helper()
 	tok, err := token.IssueClaims([]byte(mqttSecret), token.Claims{Channels: []string{"sensor:*"}, Publish: []string{"sensor:*"},

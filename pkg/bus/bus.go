@@ -18,8 +18,9 @@ var ErrClosed = errors.New("bus closed")
 
 // ErrNotSent is wrapped by a publish error when the message certainly was
 // not published: it never reached the transport (the context ended first,
-// no connection could be made, the bus was closed). Without it, an error
-// leaves open whether the message was published.
+// no connection could be made, the bus was closed), or the transport
+// answered that it did not run it (a cluster redirecting it). Without it,
+// an error leaves open whether the message was published.
 var ErrNotSent = errors.New("not sent")
 
 // Position is where an event stands in the record of its namespace, the

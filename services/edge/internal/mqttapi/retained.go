@@ -42,10 +42,10 @@ type RetainedStore struct {
 	// its partitions' hashes holding at most its share, rounded up: past
 	// it, a message retained on a channel that has none is published but
 	// not kept (ErrRetainedFull). Replacing or clearing one is always
-	// kept.
+	// done.
 	Max int
 
-	adopted sync.Map // hash → when this edge last adopted its unlisted clears (adopt)
+	adopted sync.Map // hash → when this edge last adopted its old clears (adopt)
 }
 
 // ErrRetainedFull is Set's error for a message not kept because its
@@ -57,35 +57,36 @@ var ErrRetainedFull = errors.New("the namespace holds its most retained messages
 // keeps out. After that, the next write to the same hash forgets it.
 const clearedFor = time.Minute
 
-// retainedLua is what the scripts share: what a clear is, and now on
-// Redis's clock, in Unix milliseconds.
+// A clear removes the channel's message from the hash and keeps its
+// position apart, in a hash of clears (channel → offset) listed by when
+// in a sorted set, both in the slot of the messages' hash (their names
+// extend its name, tag included): so that an older message arriving late
+// does not come back, while clears take no room from messages. Each
+// write forgets up to 8 clears older than clearedFor, on Redis's clock,
+// the same for every edge. An edge older than this kept a clear in the
+// messages' hash instead, as its position and no envelope; those are
+// moved apart when a hash is full (adopt).
+
+// retainedLua is what the scripts share: the keys (KEYS[1] the messages,
+// KEYS[2] the clears' positions, KEYS[3] their times), now in Unix
+// milliseconds on Redis's clock, and what an old clear in the messages'
+// hash looks like.
 const retainedLua = `
-local function cleared(v) -- a clear's position, with no message?
+local function oldClear(v) -- a position with no envelope?
   return string.find(v, '\n', 1, true) == #v
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function cleared(ch, offset) -- keep a clear's position apart
+  local was = redis.call('HGET', KEYS[2], ch)
+  if not was or later(offset, was) then redis.call('HSET', KEYS[2], ch, offset) end
+  redis.call('ZADD', KEYS[3], now, ch)
+end
 `
 
-// keep writes a channel's retained message, or clears it, unless one of
-// a later position is kept: of two retained publishes racing to the
-// store, the later in the record stands, as it does for subscribers. A
-// clear leaves its position behind (the header alone, no envelope), so
-// that an older message arriving late does not come back; without a
-// position (a bus without history) the last write stands. The positions
-// of clears are listed in a sorted set by when, on Redis's clock (every
-// edge's the same), and each call forgets up to 8 of those older than
-// clearedFor, so that clears do not pile up. A message for a channel the
-// hash does not hold is refused (-1) when the hash holds ARGV[4] (0: no
-// bound) channels already, clears included; a clear of one is then done
-// with, leaving nothing (an older message arriving late finds no room).
-//
-// KEYS[1] the hash, KEYS[2] the clears' times; ARGV[1] the channel,
-// ARGV[2] the offset ("" for none), ARGV[3] the value, ARGV[4] the bound,
-// ARGV[5] "1" for a clear. It returns 1 when done, 0 when a later one
-// stands, -1 when refused.
-var keep = redis.NewScript(retainedLua + `
-local function later(a, b) -- offset a after offset b?
+// laterLua is whether stream offset a comes after offset b.
+const laterLua = `
+local function later(a, b)
   local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
   local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
   if not ams or not bms then return true end
@@ -94,51 +95,69 @@ local function later(a, b) -- offset a after offset b?
   if #aseq ~= #bseq then return #aseq > #bseq end
   return aseq > bseq
 end
+`
+
+// keep writes a channel's retained message, or clears it, unless one of
+// a later position is kept or was cleared: of two retained publishes
+// racing to the store, the later in the record stands, as it does for
+// subscribers. Without a position (a bus without history) the last write
+// stands. A message for a channel the hash does not hold is refused (-1)
+// when the hash holds ARGV[4] (0: no bound) messages already.
+//
+// ARGV[1] the channel, ARGV[2] its offset ("" for none), ARGV[3] the
+// value, ARGV[4] the bound, ARGV[5] "1" for a clear. It returns 1 when
+// done, 0 when a later one stands, -1 when refused.
+var keep = redis.NewScript(laterLua + retainedLua + `
 local cut = string.format('(%.0f', now - ` + fmt.Sprint(clearedFor.Milliseconds()) + `)
-for _, ch in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cut, 'LIMIT', 0, 8)) do
-  local v = redis.call('HGET', KEYS[1], ch)
-  if v and cleared(v) then redis.call('HDEL', KEYS[1], ch) end
-  redis.call('ZREM', KEYS[2], ch)
+for _, ch in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', cut, 'LIMIT', 0, 8)) do
+  redis.call('HDEL', KEYS[2], ch)
+  redis.call('ZREM', KEYS[3], ch)
 end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-if ARGV[2] ~= '' and old then
-  local offset = string.match(old, '^(%S*)')
-  if offset ~= '' and not later(ARGV[2], offset) then return 0 end
+if ARGV[2] ~= '' then
+  local stands = {redis.call('HGET', KEYS[2], ARGV[1])}
+  if old then stands[#stands + 1] = string.match(old, '^(%S*)') end
+  for _, offset in ipairs(stands) do
+    if offset and offset ~= '' and not later(ARGV[2], offset) then return 0 end
+  end
+end
+if ARGV[5] == '1' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if ARGV[2] ~= '' then cleared(ARGV[1], ARGV[2]) end
+  return 1
 end
 local bound = tonumber(ARGV[4])
 if not old and bound > 0 and redis.call('HLEN', KEYS[1]) >= bound then
-  if ARGV[5] == '1' then return 1 end
   return -1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[5] == '1' then
-  redis.call('ZADD', KEYS[2], now, ARGV[1])
-else
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
 return 1`)
 
-// adoptCleared lists, as cleared now, the clears among the channels
-// ARGV names that the sorted set KEYS[2] does not list (left by an edge
-// older than the list), so that they are forgotten in turn.
-var adoptCleared = redis.NewScript(retainedLua + `
+// adoptClears moves the old clears among the channels ARGV names out of
+// the messages' hash, into the clears as of now. It returns how many.
+var adoptClears = redis.NewScript(laterLua + retainedLua + `
 local n = 0
 for _, ch in ipairs(ARGV) do
   local v = redis.call('HGET', KEYS[1], ch)
-  if v and cleared(v) then n = n + redis.call('ZADD', KEYS[2], 'NX', now, ch) end
+  if v and oldClear(v) then
+    redis.call('HDEL', KEYS[1], ch)
+    local offset = string.match(v, '^(%S*)')
+    if offset ~= '' then cleared(ch, offset) end
+    n = n + 1
+  end
 end
 return n`)
 
 // Set makes env, recorded at pos, the retained message of channel ch,
-// unless a later one is kept; ErrRetainedFull when ch's namespace holds
-// Max retained messages already.
+// unless a later one is kept or cleared; ErrRetainedFull when ch's
+// namespace holds Max retained messages already.
 func (s *RetainedStore) Set(ctx context.Context, ch string, pos bus.Position, env []byte) error {
 	err := s.keep(ctx, ch, pos, env)
 	if errors.Is(err, ErrRetainedFull) {
-		// Clears an older edge left are not listed, so never forgotten:
-		// when a hash is full, this edge lists them (at most once a
-		// clearedFor per hash), and tries again.
-		if adopted, aerr := s.adopt(ctx, s.Keys.NamespaceKey(retainedKind, ch)); aerr == nil && adopted > 0 {
+		// An older edge's clears take room in the hash: when it is full,
+		// this edge moves them apart (at most once a clearedFor per
+		// hash), and tries again if that made room.
+		if moved, aerr := s.adopt(ctx, s.Keys.NamespaceKey(retainedKind, ch)); aerr == nil && moved > 0 {
 			err = s.keep(ctx, ch, pos, env)
 		}
 	}
@@ -168,8 +187,7 @@ func (s *RetainedStore) keep(ctx context.Context, ch string, pos bus.Position, e
 		parts := max(len(s.Keys.NamespaceKeys(retainedKind, ns)), 1)
 		bound = (s.Max + parts - 1) / parts
 	}
-	key := s.Keys.NamespaceKey(retainedKind, ch)
-	n, err := keep.Run(ctx, s.Redis, []string{key, cleared(key)}, ch, pos.Offset, v, bound, clear).Int()
+	n, err := keep.Run(ctx, s.Redis, retainedKeys(s.Keys.NamespaceKey(retainedKind, ch)), ch, pos.Offset, v, bound, clear).Int()
 	switch {
 	case err != nil:
 		return fmt.Errorf("keep the retained message of %s: %w", ch, err)
@@ -179,25 +197,34 @@ func (s *RetainedStore) keep(ctx context.Context, ch string, pos bus.Position, e
 	return nil
 }
 
-// cleared names the sorted set of the clears of hash key: the same slot,
-// as its name holds the same tag.
-func cleared(key string) string { return key + ":cleared" }
+// retainedKeys names the keys of the scripts for the messages' hash key:
+// it, the clears' positions and their times.
+func retainedKeys(key string) []string {
+	return []string{key, key + ":clears", key + ":clears:by-time"}
+}
 
-// adopt lists the clears of hash key that no sorted set lists, unless
-// it did within clearedFor, and reports how many it listed: a hash full
-// of messages is not read whole at every refusal.
+// adopt moves the old clears out of hash key, unless this edge did within
+// clearedFor (whether it worked or not: a hash full of messages is not
+// read whole at every refusal), and reports how many it moved.
 func (s *RetainedStore) adopt(ctx context.Context, key string) (int, error) {
 	now := time.Now()
-	if last, ok := s.adopted.Load(key); ok && now.Sub(last.(time.Time)) < clearedFor {
-		return 0, nil
+	for {
+		last, loaded := s.adopted.LoadOrStore(key, now)
+		if !loaded {
+			break
+		}
+		if now.Sub(last.(time.Time)) < clearedFor {
+			return 0, nil
+		}
+		if s.adopted.CompareAndSwap(key, last, now) {
+			break
+		}
 	}
-	s.adopted.Store(key, now)
 	total := 0
 	var cursor uint64
 	for {
 		kv, next, err := s.Redis.HScan(ctx, key, cursor, "", retainedScanCount).Result()
 		if err != nil {
-			s.adopted.Delete(key) // again next time
 			return total, fmt.Errorf("adopt the clears of %s: %w", key, err)
 		}
 		var clears []any
@@ -207,9 +234,8 @@ func (s *RetainedStore) adopt(ctx context.Context, key string) (int, error) {
 			}
 		}
 		if len(clears) > 0 {
-			n, err := adoptCleared.Run(ctx, s.Redis, []string{key, cleared(key)}, clears...).Int()
+			n, err := adoptClears.Run(ctx, s.Redis, retainedKeys(key), clears...).Int()
 			if err != nil {
-				s.adopted.Delete(key)
 				return total, fmt.Errorf("adopt the clears of %s: %w", key, err)
 			}
 			total += n

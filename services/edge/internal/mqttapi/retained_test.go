@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -170,10 +171,10 @@ func TestRetainedMatchingKeepsTheFirstMax(t *testing.T) {
 
 // A namespace keeps at most Max retained messages, shared among its
 // partitions' hashes: past it, a message for a channel without one is
-// refused, while replacing or clearing one is not, and a clear of a
-// channel without one leaves nothing. A clear keeps its position for
-// clearedFor, then the next write forgets it, and its room is free again;
-// clears an older edge left unlisted are adopted when a hash is full.
+// refused, while replacing or clearing one is not. Clears take no room:
+// their positions are kept apart, for clearedFor, and still keep an
+// older message out. An older edge's clears, kept in the messages' hash,
+// are moved apart when a hash is full, at most once a clearedFor.
 func TestRetainedStoreBoundsANamespace(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Shared(t)
@@ -209,84 +210,115 @@ func TestRetainedStoreBoundsANamespace(t *testing.T) {
 			others = append(others, ch)
 		}
 	}
-	for _, ch := range others {
-		if err := s.Clear(ctx, ch, pos()); err != nil {
-			t.Fatalf("clearing %s, which has none, in a full hash: %v", ch, err)
-		}
+	other, third := others[0], others[1]
+	cleared := pos() // a clear of other, which has no message
+	if err := s.Clear(ctx, other, cleared); err != nil {
+		t.Fatalf("clearing %s, which has none, in a full hash: %v", other, err)
 	}
 	if n, err := rdb.HLen(ctx, full).Result(); err != nil || n != 4 {
-		t.Fatalf("clears of channels without a message grew the full hash to %d (%v)", n, err)
+		t.Fatalf("a clear of a channel without a message changed the full hash to %d (%v)", n, err)
 	}
-	kept, other := held[full][0], others[0]
+	kept := held[full][0]
 	if err := s.Set(ctx, kept, pos(), []byte("off")); err != nil {
 		t.Fatalf("replacing a retained message in a full hash: %v", err)
 	}
 	if err := s.Clear(ctx, kept, pos()); err != nil {
 		t.Fatalf("clearing in a full hash: %v", err)
 	}
-	if err := s.Set(ctx, other, pos(), []byte("on")); !errors.Is(err, ErrRetainedFull) {
-		t.Fatalf("a new channel while a clear's position is kept: %v, want ErrRetainedFull", err)
-	}
+	// Older than their clears: neither comes back, and each hash has its
+	// room for a message the clear freed.
 	if err := s.Set(ctx, kept, bus.Position{Offset: "1-0", Epoch: "9f"}, []byte("late")); err != nil {
 		t.Fatal(err)
 	}
-	if es, err := s.Matching(ctx, kept, nil, 1); err != nil || len(es) != 0 {
-		t.Fatalf("an older message after the clear: retained %v (%v), want none", es, err)
+	late := bus.Position{Offset: fmt.Sprintf("%d-9", mustAtoi(t, strings.TrimSuffix(cleared.Offset, "-0"))-1), Epoch: "9f"}
+	if err := s.Set(ctx, other, late, []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range []string{kept, other} {
+		if es, err := s.Matching(ctx, ch, nil, 1); err != nil || len(es) != 0 {
+			t.Fatalf("an older message of %s after its clear: retained %v (%v), want none", ch, es, err)
+		}
+	}
+	if err := s.Set(ctx, third, pos(), []byte("on")); err != nil {
+		t.Fatalf("a new channel in the room a clear freed: %v", err)
 	}
 
-	// Age the clear, on Redis's clock: just under clearedFor, it stays.
-	age := func(d time.Duration) {
+	// A clear is forgotten by the first write clearedFor after it, on
+	// Redis's clock.
+	age := func(ch string, d time.Duration) {
 		t.Helper()
 		now, err := rdb.Time(ctx).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := rdb.ZAdd(ctx, full+":cleared", redis.Z{Score: float64(now.Add(-d).UnixMilli()), Member: kept}).Err(); err != nil {
+		if err := rdb.ZAdd(ctx, full+":clears:by-time", redis.Z{Score: float64(now.Add(-d).UnixMilli()), Member: ch}).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	age(clearedFor - 5*time.Second)
-	if err := s.Set(ctx, other, pos(), []byte("on")); !errors.Is(err, ErrRetainedFull) {
-		t.Fatalf("a new channel before the clear is clearedFor old: %v, want ErrRetainedFull", err)
+	age(kept, clearedFor-5*time.Second)
+	if err := s.Set(ctx, third, pos(), []byte("again")); err != nil {
+		t.Fatal(err)
 	}
-	age(clearedFor + time.Second)
-	if err := s.Set(ctx, other, pos(), []byte("on")); err != nil {
-		t.Fatalf("a new channel once the clear is forgotten: %v", err)
+	if ok, err := rdb.HExists(ctx, full+":clears", kept).Result(); err != nil || !ok {
+		t.Fatalf("a clear forgotten before clearedFor (%v)", err)
 	}
-	if ok, err := rdb.HExists(ctx, full, kept).Result(); err != nil || ok {
-		t.Fatalf("the cleared channel still has a field (%v)", err)
+	age(kept, clearedFor+time.Second)
+	if err := s.Set(ctx, third, pos(), []byte("again")); err != nil {
+		t.Fatal(err)
 	}
-	if n, err := rdb.ZCard(ctx, full+":cleared").Result(); err != nil || n != 0 {
-		t.Fatalf("%d clears still listed (%v), want none", n, err)
+	if ok, err := rdb.HExists(ctx, full+":clears", kept).Result(); err != nil || ok {
+		t.Fatalf("a clear kept past clearedFor (%v)", err)
+	}
+	if n, err := rdb.ZCard(ctx, full+":clears:by-time").Result(); err != nil || n != 1 {
+		t.Fatalf("%d clears listed (%v), want 1: other's", n, err)
 	}
 
-	// An older edge's clears, unlisted, are adopted when the hash is full
-	// (by an edge that has not adopted this hash's within clearedFor: a
-	// new one here), and forgotten clearedFor later.
-	s = &RetainedStore{Redis: rdb, Keys: keys, Max: 10}
-	unlisted := others[1]
-	// Full again, an older edge's clear in place of a message.
+	// An older edge's clear, a position with no envelope in the messages'
+	// hash, takes room: when the hash is full, it is moved apart, and the
+	// message kept; it still keeps an older message out.
+	old := others[2]
 	if err := rdb.HDel(ctx, full, held[full][1]).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := rdb.HSet(ctx, full, unlisted, "3-0 9f\n").Err(); err != nil {
+	if err := rdb.HSet(ctx, full, old, "3-0 9f\n").Err(); err != nil { // full again, one of them an old clear
 		t.Fatal(err)
 	}
-	if err := s.Set(ctx, others[2], pos(), []byte("on")); !errors.Is(err, ErrRetainedFull) {
-		t.Fatalf("a new channel with an unlisted clear just adopted: %v, want ErrRetainedFull", err)
+	fresh := &RetainedStore{Redis: rdb, Keys: keys, Max: 10} // another edge, which has adopted nothing
+	if err := fresh.Set(ctx, others[3], pos(), []byte("on")); err != nil {
+		t.Fatalf("a new channel with an old clear in a full hash: %v", err)
 	}
-	if _, err := rdb.ZScore(ctx, full+":cleared", unlisted).Result(); err != nil {
-		t.Fatalf("the unlisted clear was not adopted: %v", err)
+	if v, err := rdb.HGet(ctx, full+":clears", old).Result(); err != nil || v != "3-0" {
+		t.Fatalf("the old clear was not moved apart: %q (%v)", v, err)
 	}
-	if err := rdb.ZAdd(ctx, full+":cleared", redis.Z{Score: 0, Member: unlisted}).Err(); err != nil {
+	if err := fresh.Set(ctx, old, bus.Position{Offset: "2-0", Epoch: "9f"}, []byte("late")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Set(ctx, others[2], pos(), []byte("on")); err != nil {
-		t.Fatalf("a new channel once the adopted clear is old: %v", err)
+	if es, err := fresh.Matching(ctx, old, nil, 1); err != nil || len(es) != 0 {
+		t.Fatalf("an older message after an old clear: retained %v (%v), want none", es, err)
+	}
+	// Within clearedFor, the same edge does not look again: the old clear
+	// that would make room stays.
+	if err := rdb.HDel(ctx, full, held[full][2]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.HSet(ctx, full, others[4], "4-0 9f\n").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.Set(ctx, others[5], pos(), []byte("on")); !errors.Is(err, ErrRetainedFull) {
+		t.Fatalf("a second adoption within clearedFor: %v, want ErrRetainedFull", err)
 	}
 
 	unbounded := &RetainedStore{Redis: rdb, Keys: keys}
-	if err := unbounded.Set(ctx, others[3], pos(), []byte("on")); err != nil {
+	if err := unbounded.Set(ctx, others[6], pos(), []byte("on")); err != nil {
 		t.Fatalf("Max 0 bounds nothing: %v", err)
 	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
