@@ -237,8 +237,9 @@ func TestClusterFailover(t *testing.T) {
 // After a failover, a process's map of slots still names the dead master
 // until something it sends there fails: its first publish on the slot
 // fails unsent (connection refused), has the map read again, and is sent
-// again to the new master. The caller sees no error.
-func TestClusterPublishAfterAFailoverGoesThrough(t *testing.T) {
+// again to the new master; its first read of the record, through another
+// client with its own map, is read again so. The caller sees no error.
+func TestClusterPublishAndReadAfterAFailoverGoThrough(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 1)
 	b, err := New(clusterClient(t, c), Options{Prefix: redistest.Prefix(t), HistoryMaxLen: 1000})
 	if err != nil {
@@ -262,6 +263,17 @@ func TestClusterPublishAfterAFailoverGoesThrough(t *testing.T) {
 	}
 	if testutil.ToFloat64(b.m.publishErrors) == failed {
 		t.Fatal("the first publish after the failover met no stale map: the test proves nothing")
+	}
+	page, err := b.History(ctx, "fs:*", nil, 10)
+	if err != nil {
+		t.Fatalf("the first read of the record after the failover: %v", err)
+	}
+	var got []string
+	for _, e := range page.Events {
+		got = append(got, string(e.Payload))
+	}
+	if !slices.Contains(got, "after") {
+		t.Fatalf("the record after the failover holds %q, want the event published after it", got)
 	}
 }
 

@@ -29,6 +29,15 @@ func (b *Bus) History(ctx context.Context, pattern string, since bus.Cursor, lim
 	if limit < 1 || limit > MaxHistoryLimit {
 		return bus.Page{}, fmt.Errorf("history limit %d: want 1 to %d", limit, MaxHistoryLimit)
 	}
+	var page bus.Page
+	err := b.again(ctx, func() (err error) {
+		page, err = b.history(ctx, pattern, since, limit)
+		return err
+	})
+	return page, err
+}
+
+func (b *Bus) history(ctx context.Context, pattern string, since bus.Cursor, limit int) (bus.Page, error) {
 	namespaces, err := b.namespacesOf(ctx, pattern)
 	if err != nil {
 		return bus.Page{}, err
@@ -97,6 +106,15 @@ func (b *Bus) Latest(ctx context.Context, pattern string) (bus.Cursor, error) {
 	if err := channel.ValidatePattern(pattern); err != nil {
 		return nil, err
 	}
+	var out bus.Cursor
+	err := b.again(ctx, func() (err error) {
+		out, err = b.latest(ctx, pattern)
+		return err
+	})
+	return out, err
+}
+
+func (b *Bus) latest(ctx context.Context, pattern string) (bus.Cursor, error) {
 	namespaces, err := b.namespacesOf(ctx, pattern)
 	if err != nil {
 		return nil, err
@@ -281,6 +299,15 @@ func (b *Bus) Last(ctx context.Context, pattern string, scan int) ([]bus.Event, 
 	if err := channel.ValidatePattern(pattern); err != nil {
 		return nil, err
 	}
+	var out []bus.Event
+	err := b.again(ctx, func() (err error) {
+		out, err = b.last(ctx, pattern, scan)
+		return err
+	})
+	return out, err
+}
+
+func (b *Bus) last(ctx context.Context, pattern string, scan int) ([]bus.Event, error) {
 	namespaces, err := b.namespacesOf(ctx, pattern)
 	if err != nil {
 		return nil, err

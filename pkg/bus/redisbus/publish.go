@@ -70,12 +70,36 @@ func (b *Bus) Publish(ctx context.Context, ch string, payload []byte) (bus.Recei
 var staleRetries = []time.Duration{20 * time.Millisecond, 100 * time.Millisecond}
 
 // stale reports whether err, a message's publish error on this bus, says
-// the message was not sent because the map of slots was stale: on a
-// cluster, a connection refused or an answer redirecting it.
+// the message was not sent because the map of slots was stale.
 func (b *Bus) stale(ctx context.Context, err error) bool {
+	return b.cluster && ctx.Err() == nil && errors.Is(err, bus.ErrNotSent) && staleMap(err)
+}
+
+// staleMap reports whether err is what a cluster client's stale map of
+// slots gives: a connection refused (a dead master), or an answer
+// redirecting the command. Either way the command did not run.
+func staleMap(err error) bool {
 	var op *net.OpError
-	return b.cluster && ctx.Err() == nil && errors.Is(err, bus.ErrNotSent) &&
-		(errors.As(err, &op) && op.Op == "dial" || redirected(err))
+	return errors.As(err, &op) && op.Op == "dial" || redirected(err)
+}
+
+// again runs read, and again after each of staleRetries while it fails
+// for a stale map of a cluster's slots, within ctx: a read is safe to
+// repeat, and its failure had the map read again (slotReloader). After a
+// failover, a history read through a client that has not seen the new
+// map so goes through instead of failing once.
+func (b *Bus) again(ctx context.Context, read func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := read()
+		if err == nil || attempt == len(staleRetries) || !b.cluster || ctx.Err() != nil || !staleMap(err) {
+			return err
+		}
+		select {
+		case <-time.After(staleRetries[attempt]):
+		case <-ctx.Done():
+			return err
+		}
+	}
 }
 
 // PublishBatch implements bus.Publisher. The messages go out in one
