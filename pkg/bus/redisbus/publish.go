@@ -65,9 +65,13 @@ func (b *Bus) Publish(ctx context.Context, ch string, payload []byte) (bus.Recei
 // cluster's slots failed unsent is sent again, while its context lasts:
 // after a failover, a process's first publish on each slot the dead
 // master held goes to it, and fails; the failure has the map read again
-// (slotReloader), which takes a round trip. Sent again, it reaches the
-// new master, so a failover that is over costs no publish an error.
-var staleRetries = []time.Duration{20 * time.Millisecond, 100 * time.Millisecond}
+// (slotReloader). go-redis reads it in the background, at most once per
+// 200 ms, and a read begun before the replica took over still names the
+// dead master, so the waits reach past two of those (875 ms in all).
+// Sent again, the publish reaches the new master, so a failover that is
+// over costs no publish an error. While no master holds the slot, a
+// publish fails that much later, or at its deadline.
+var staleRetries = []time.Duration{25 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond}
 
 // stale reports whether err, a message's publish error on this bus, says
 // the message was not sent because the map of slots was stale.
