@@ -69,8 +69,9 @@ const clearedFor = time.Minute
 
 // retainedLua is what the scripts share: the keys (KEYS[1] the messages,
 // KEYS[2] the clears' positions, KEYS[3] their times), now in Unix
-// milliseconds on Redis's clock, and what an old clear in the messages'
-// hash looks like.
+// milliseconds on Redis's clock, what an old clear in the messages' hash
+// looks like, and how a clear's position is kept apart (with laterLua's
+// later, which goes before it).
 const retainedLua = `
 local function oldClear(v) -- a position with no envelope?
   return string.find(v, '\n', 1, true) == #v
