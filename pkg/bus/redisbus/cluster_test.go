@@ -249,8 +249,15 @@ func TestClusterPublishAndReadAfterAFailoverGoThrough(t *testing.T) {
 	if _, err := b.Publish(t.Context(), "fs:0", []byte("before")); err != nil {
 		t.Fatal(err)
 	}
-	c.Kill(t, c.MasterOf(t, keySlot(b.streamFor("fs:0").key)))
+	victim := c.MasterOf(t, keySlot(b.streamFor("fs:0").key))
+	c.Kill(t, victim)
 	c.WaitHealthy(t)
+	// The failover is over when no node names the dead master any more: a
+	// node the news has not reached yet may still, and a client reading
+	// the map from it would learn nothing.
+	servicetest.WaitFor(t, "every node to name a new master", func() bool {
+		return !slices.ContainsFunc(c.Addrs, func(addr string) bool { return addr != victim && namesMaster(t, addr, victim) })
+	})
 	failed := testutil.ToFloat64(b.m.publishErrors)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
@@ -275,6 +282,18 @@ func TestClusterPublishAndReadAfterAFailoverGoThrough(t *testing.T) {
 	if !slices.Contains(got, "after") {
 		t.Fatalf("the record after the failover holds %q, want the event published after it", got)
 	}
+}
+
+// namesMaster reports whether the node at addr says master serves slots.
+func namesMaster(t *testing.T, addr, master string) bool {
+	t.Helper()
+	cl := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer cl.Close()
+	slots, err := cl.ClusterSlots(t.Context()).Result()
+	if err != nil {
+		return true // no answer yet: not known to be over
+	}
+	return slices.ContainsFunc(slots, func(s redis.ClusterSlot) bool { return len(s.Nodes) > 0 && s.Nodes[0].Addr == master })
 }
 
 // A slot holding live partitions migrates to another master while events
