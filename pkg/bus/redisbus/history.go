@@ -30,7 +30,7 @@ func (b *Bus) History(ctx context.Context, pattern string, since bus.Cursor, lim
 		return bus.Page{}, fmt.Errorf("history limit %d: want 1 to %d", limit, MaxHistoryLimit)
 	}
 	var page bus.Page
-	err := b.again(ctx, func() (err error) {
+	err := b.again(ctx, staleMap, func() (err error) {
 		page, err = b.history(ctx, pattern, since, limit)
 		return err
 	})
@@ -107,7 +107,7 @@ func (b *Bus) Latest(ctx context.Context, pattern string) (bus.Cursor, error) {
 		return nil, err
 	}
 	var out bus.Cursor
-	err := b.again(ctx, func() (err error) {
+	err := b.again(ctx, staleMap, func() (err error) {
 		out, err = b.latest(ctx, pattern)
 		return err
 	})
@@ -300,7 +300,7 @@ func (b *Bus) Last(ctx context.Context, pattern string, scan int) ([]bus.Event, 
 		return nil, err
 	}
 	var out []bus.Event
-	err := b.again(ctx, func() (err error) {
+	err := b.again(ctx, staleMap, func() (err error) {
 		out, err = b.last(ctx, pattern, scan)
 		return err
 	})

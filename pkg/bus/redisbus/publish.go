@@ -42,23 +42,19 @@ func (b *Bus) Publish(ctx context.Context, ch string, payload []byte) (bus.Recei
 		return bus.Receipt{}, err
 	}
 	payload = b.encode(payload)
-	for attempt := 0; ; attempt++ {
+	var receipt bus.Receipt
+	err := b.again(ctx, staleUnsent, func() error {
 		r := requestPool.Get().(*request)
 		r.msgs = append(r.msgs[:0], bus.Publication{Channel: ch, Payload: payload})
 		if err := b.submit(ctx, r); err != nil {
-			return bus.Receipt{}, err
+			return err
 		}
-		receipt, err := r.receipts[0], r.errs[0]
+		var err error
+		receipt, err = r.receipts[0], r.errs[0]
 		b.release(r)
-		if attempt == len(staleRetries) || !b.stale(ctx, err) {
-			return receipt, err
-		}
-		select {
-		case <-time.After(staleRetries[attempt]):
-		case <-ctx.Done():
-			return receipt, err
-		}
-	}
+		return err
+	})
+	return receipt, err
 }
 
 // staleRetries are the waits before a publish that a stale map of a
@@ -73,11 +69,9 @@ func (b *Bus) Publish(ctx context.Context, ch string, payload []byte) (bus.Recei
 // publish fails that much later, or at its deadline.
 var staleRetries = []time.Duration{25 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond}
 
-// stale reports whether err, a message's publish error on this bus, says
-// the message was not sent because the map of slots was stale.
-func (b *Bus) stale(ctx context.Context, err error) bool {
-	return b.cluster && ctx.Err() == nil && errors.Is(err, bus.ErrNotSent) && staleMap(err)
-}
+// staleUnsent reports whether err, a message's publish error, says the
+// message was not sent because the map of slots was stale.
+func staleUnsent(err error) bool { return errors.Is(err, bus.ErrNotSent) && staleMap(err) }
 
 // staleMap reports whether err is what a cluster client's stale map of
 // slots gives: a connection refused (a dead master), or an answer
@@ -87,15 +81,17 @@ func staleMap(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial" || redirected(err)
 }
 
-// again runs read, and again after each of staleRetries while it fails
-// for a stale map of a cluster's slots, within ctx: a read is safe to
-// repeat, and its failure had the map read again (slotReloader). After a
-// failover, a history read through a client that has not seen the new
-// map so goes through instead of failing once.
-func (b *Bus) again(ctx context.Context, read func() error) error {
+// again runs op, and again after each of staleRetries while, on a
+// cluster, it fails with an error stale says a stale map of slots caused
+// (staleMap for a read, which is safe to repeat; staleUnsent for a
+// publish, which did not run), within ctx. The failure had the map read
+// again (slotReloader), so after a failover a publish or a history read
+// through a client that has not seen the new map goes through instead of
+// failing once.
+func (b *Bus) again(ctx context.Context, stale func(error) bool, op func() error) error {
 	for attempt := 0; ; attempt++ {
-		err := read()
-		if err == nil || attempt == len(staleRetries) || !b.cluster || ctx.Err() != nil || !staleMap(err) {
+		err := op()
+		if err == nil || attempt == len(staleRetries) || !b.cluster || ctx.Err() != nil || !stale(err) {
 			return err
 		}
 		select {
