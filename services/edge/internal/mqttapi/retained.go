@@ -222,27 +222,41 @@ func (s *RetainedStore) adopt(ctx context.Context, key string) (int, error) {
 		}
 	}
 	total := 0
-	var cursor uint64
-	for {
-		kv, next, err := s.Redis.HScan(ctx, key, cursor, "", retainedScanCount).Result()
-		if err != nil {
-			return total, fmt.Errorf("adopt the clears of %s: %w", key, err)
-		}
+	err := s.pages(ctx, key, "", func(kv []string) error {
 		var clears []any
 		for i := 0; i+1 < len(kv); i += 2 {
 			if head, env, ok := strings.Cut(kv[i+1], "\n"); ok && env == "" && head != "" {
 				clears = append(clears, kv[i])
 			}
 		}
-		if len(clears) > 0 {
-			n, err := adoptClears.Run(ctx, s.Redis, retainedKeys(key), clears...).Int()
-			if err != nil {
-				return total, fmt.Errorf("adopt the clears of %s: %w", key, err)
-			}
-			total += n
+		if len(clears) == 0 {
+			return nil
+		}
+		n, err := adoptClears.Run(ctx, s.Redis, retainedKeys(key), clears...).Int()
+		total += n
+		return err
+	})
+	if err != nil {
+		return total, fmt.Errorf("adopt the clears of %s: %w", key, err)
+	}
+	return total, nil
+}
+
+// pages reads hash key a page of retainedScanCount fields at a time
+// (HSCAN, those matching match, "" for all) and hands each page, fields
+// and values in turn, to page, until the hash is read or an error.
+func (s *RetainedStore) pages(ctx context.Context, key, match string, page func(kv []string) error) error {
+	var cursor uint64
+	for {
+		kv, next, err := s.Redis.HScan(ctx, key, cursor, match, retainedScanCount).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		if err := page(kv); err != nil {
+			return err
 		}
 		if next == 0 {
-			return total, nil
+			return nil
 		}
 		cursor = next
 	}
@@ -293,12 +307,7 @@ func (s *RetainedStore) Matching(ctx context.Context, pattern string, keep func(
 // scan adds the retained messages of hash key whose channels match
 // pattern and keep to first, a page at a time.
 func (s *RetainedStore) scan(ctx context.Context, key, pattern string, keep func(string) bool, first *firstChannels) error {
-	var cursor uint64
-	for {
-		kv, next, err := s.Redis.HScan(ctx, key, cursor, pattern, retainedScanCount).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return fmt.Errorf("read retained messages: %w", err)
-		}
+	err := s.pages(ctx, key, pattern, func(kv []string) error {
 		for i := 0; i+1 < len(kv); i += 2 {
 			ch, v := kv[i], kv[i+1]
 			// Redis matched the glob; Match again in case a server
@@ -310,11 +319,12 @@ func (s *RetainedStore) scan(ctx context.Context, key, pattern string, keep func
 				first.add(e)
 			}
 		}
-		if next == 0 {
-			return nil
-		}
-		cursor = next
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read retained messages: %w", err)
 	}
+	return nil
 }
 
 // firstChannels keeps the events of the first max channels in order of
